@@ -1,0 +1,184 @@
+"""Typed settings: the only place that reads the process environment."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+DEFAULT_VOICENTER_BASE_URL = "https://api.voicenter.com"
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed; the message names the environment variable."""
+
+
+def _split_csv(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseModel):
+    """Everything optout-worker reads from the environment, validated once at start."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    redis_url: str | None = Field(default=None, alias="REDIS_URL")
+    celery_broker_url: str | None = Field(default=None, alias="CELERY_BROKER_URL")
+    key_prefix: str = Field(default="optout:", alias="OPTOUT_KEY_PREFIX")
+    data_dir: Path = Field(default=Path("var"), alias="OPTOUT_DATA_DIR")
+    default_region: str = Field(default="IL", alias="OPTOUT_DEFAULT_REGION")
+    source_regions: dict[str, str] = Field(default_factory=dict, alias="OPTOUT_SOURCE_REGIONS")
+
+    batch_size: int = Field(default=100, ge=1, le=100, alias="OPTOUT_BATCH_SIZE")
+    batch_linger_ms: int = Field(default=1000, ge=0, le=600_000, alias="OPTOUT_BATCH_LINGER_MS")
+    max_attempts: int = Field(default=8, ge=1, le=100, alias="OPTOUT_MAX_ATTEMPTS")
+    retry_base_seconds: float = Field(default=2.0, gt=0, alias="OPTOUT_RETRY_BASE_SECONDS")
+    retry_max_seconds: float = Field(default=600.0, gt=0, alias="OPTOUT_RETRY_MAX_SECONDS")
+    lease_seconds: float = Field(default=120.0, gt=0, alias="OPTOUT_LEASE_SECONDS")
+    sweep_interval_seconds: float = Field(default=1.0, gt=0, alias="OPTOUT_SWEEP_INTERVAL_SECONDS")
+    recover_interval_seconds: float = Field(
+        default=10.0, gt=0, alias="OPTOUT_RECOVER_INTERVAL_SECONDS"
+    )
+    http_timeout_seconds: float = Field(default=15.0, gt=0, alias="OPTOUT_HTTP_TIMEOUT_SECONDS")
+    clock_skew_seconds: float = Field(default=300.0, ge=0, alias="OPTOUT_CLOCK_SKEW_SECONDS")
+    idempotency_ttl_days: int = Field(default=30, ge=1, alias="OPTOUT_IDEMPOTENCY_TTL_DAYS")
+    audit_cap: int = Field(default=50, ge=1, le=10_000, alias="OPTOUT_AUDIT_CAP")
+    max_phones_per_request: int = Field(
+        default=10_000, ge=1, le=100_000, alias="OPTOUT_MAX_PHONES_PER_REQUEST"
+    )
+    max_body_bytes: int = Field(default=2_000_000, ge=1024, alias="OPTOUT_MAX_BODY_BYTES")
+    redis_wait_replicas: int = Field(default=0, ge=0, alias="OPTOUT_REDIS_WAIT_REPLICAS")
+    worker_concurrency: int = Field(default=2, ge=1, le=64, alias="OPTOUT_WORKER_CONCURRENCY")
+    log_format: str = Field(default="auto", alias="OPTOUT_LOG_FORMAT")
+
+    webhook_tokens: dict[str, list[SecretStr]] = Field(
+        default_factory=dict, alias="OPTOUT_WEBHOOK_TOKENS"
+    )
+    admin_token: SecretStr | None = Field(default=None, alias="OPTOUT_ADMIN_TOKEN")
+    own_numbers: list[str] = Field(default_factory=list, alias="OPTOUT_OWN_NUMBERS")
+    voicenter_optout_dtmf: str = Field(default="9", alias="OPTOUT_VOICENTER_OPTOUT_DTMF")
+    voicenter_optout_layers: list[str] = Field(
+        default_factory=list, alias="OPTOUT_VOICENTER_OPTOUT_LAYERS"
+    )
+
+    voicenter_api_code: SecretStr | None = Field(default=None, alias="VOICENTER_API_CODE")
+    voicenter_base_url: str = Field(default=DEFAULT_VOICENTER_BASE_URL, alias="VOICENTER_BASE_URL")
+
+    @field_validator("own_numbers", "voicenter_optout_layers", mode="before")
+    @classmethod
+    def _csv(cls, value: Any) -> Any:
+        return _split_csv(value)
+
+    @field_validator("source_regions", mode="before")
+    @classmethod
+    def _pairs(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        out: dict[str, str] = {}
+        for item in _split_csv(value):
+            source, sep, region = item.partition(":")
+            if not sep or not source or not region:
+                raise ValueError(f"expected source:REGION pairs, got {item!r}")
+            out[source.strip()] = region.strip().upper()
+        return out
+
+    @field_validator("webhook_tokens", mode="before")
+    @classmethod
+    def _tokens(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        out: dict[str, list[str]] = {}
+        for item in _split_csv(value):
+            source, sep, token = item.partition(":")
+            if not sep or not source or not token:
+                raise ValueError("expected source:token pairs separated by commas")
+            out.setdefault(source.strip(), []).append(token.strip())
+        return out
+
+    @field_validator("default_region")
+    @classmethod
+    def _region(cls, value: str) -> str:
+        import phonenumbers
+
+        region = value.strip().upper()
+        if region not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError(f"{value!r} is not a region phonenumbers knows (e.g. IL, GB, US)")
+        return region
+
+    @field_validator("log_format")
+    @classmethod
+    def _log_format(cls, value: str) -> str:
+        if value not in {"auto", "json", "console"}:
+            raise ValueError("must be auto, json or console")
+        return value
+
+    @field_validator("voicenter_base_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _retry_bounds(self) -> Settings:
+        if self.retry_max_seconds < self.retry_base_seconds:
+            raise ValueError("OPTOUT_RETRY_MAX_SECONDS must be at least OPTOUT_RETRY_BASE_SECONDS")
+        return self
+
+    @property
+    def broker_url(self) -> str:
+        return self.celery_broker_url or self.state_redis_url
+
+    @property
+    def state_redis_url(self) -> str:
+        if not self.redis_url:
+            raise ConfigError("REDIS_URL is not set (optout up starts an embedded Redis for you)")
+        return self.redis_url
+
+    def region_for(self, source: str) -> str:
+        return self.source_regions.get(source, self.default_region)
+
+    def enabled_providers(self) -> list[str]:
+        """Provider names whose credentials are set, in a stable order."""
+        enabled = []
+        if self.voicenter_api_code is not None and self.voicenter_api_code.get_secret_value():
+            enabled.append("voicenter")
+        return enabled
+
+
+def _field_to_env() -> dict[str, str]:
+    return {name: (field.alias or name.upper()) for name, field in Settings.model_fields.items()}
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Read and validate the settings once; a bad value raises ConfigError naming its variable."""
+    env = dict(os.environ if environ is None else environ)
+    known = {alias.upper() for alias in _field_to_env().values()}
+    values: dict[str, Any] = {
+        k.upper(): v for k, v in env.items() if k.upper() in known and v != ""
+    }
+    values.update(overrides)
+    try:
+        return Settings.model_validate(values)
+    except ValidationError as exc:
+        names = _field_to_env()
+        problems = []
+        for error in exc.errors():
+            loc = error.get("loc") or ()
+            field = str(loc[0]) if loc else ""
+            var = names.get(field, field) or "settings"
+            problems.append(f"{var}: {error.get('msg', 'invalid')}")
+        raise ConfigError("invalid configuration: " + "; ".join(problems)) from None

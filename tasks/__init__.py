@@ -1,0 +1,1 @@
+"""Celery tasks: thin wrappers that deserialise, call worker/, and declare retry policy."""

@@ -1,0 +1,46 @@
+"""The pipeline's Celery tasks: flush a batch, push a chunk, sweep, recover, replay."""
+
+from __future__ import annotations
+
+import redis
+
+from worker import pipeline as work
+from worker import runtime
+from worker.app import FLUSH_TASK, PUSH_TASK, RECOVER_TASK, REPLAY_TASK, SWEEP_TASK
+from worker.celery import app
+from worker.providers.base import Action
+
+# Redis hiccups are worth a few quick retries; state is durable, so a task that still
+# fails is repaired by the sweep (staged batches) or lease recovery (chunks).
+_RETRY = {
+    "autoretry_for": (redis.ConnectionError, redis.TimeoutError),
+    "retry_backoff": 1,
+    "retry_backoff_max": 30,
+    "retry_jitter": True,
+    "max_retries": 5,
+}
+
+
+@app.task(name=FLUSH_TASK, **_RETRY)  # type: ignore[untyped-decorator]
+def flush(target: str, action: str, mode: str) -> int:
+    return work.flush(runtime.pipeline(), target, Action(action), mode)
+
+
+@app.task(name=PUSH_TASK, **_RETRY)  # type: ignore[untyped-decorator]
+def push(chunk_id: str) -> dict[str, int]:
+    return work.push(runtime.pipeline(), chunk_id)
+
+
+@app.task(name=SWEEP_TASK, **_RETRY)  # type: ignore[untyped-decorator]
+def sweep() -> int:
+    return work.sweep(runtime.pipeline())
+
+
+@app.task(name=RECOVER_TASK, **_RETRY)  # type: ignore[untyped-decorator]
+def recover() -> int:
+    return work.recover(runtime.pipeline())
+
+
+@app.task(name=REPLAY_TASK, **_RETRY)  # type: ignore[untyped-decorator]
+def replay(ids: list[str], who: str) -> int:
+    return work.replay(runtime.pipeline(), ids, who)

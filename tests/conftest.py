@@ -1,0 +1,90 @@
+"""Shared fixtures: settings, a fakeredis-backed pipeline and a fake Voicenter."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import fakeredis
+import httpx
+import pytest
+
+from config import Settings, load_settings
+from tests.fakes.dispatch import QueueDispatcher
+from tests.fakes.server import mock_transport
+from tests.fakes.voicenter import FakeVoicenter
+from worker.pipeline import Pipeline
+from worker.runtime import build_pipeline
+
+
+class FakeClock:
+    """A settable clock for the store and pipeline."""
+
+    def __init__(self, start: float = 1_800_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def make_settings(**overrides: Any) -> Settings:
+    env = {
+        "REDIS_URL": "redis://127.0.0.1:6379/15",
+        "VOICENTER_API_CODE": "good-code",
+        "VOICENTER_BASE_URL": "http://voicenter.test",
+        "OPTOUT_RETRY_BASE_SECONDS": "1",
+        "OPTOUT_RETRY_MAX_SECONDS": "8",
+    }
+    return load_settings(env, **overrides)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def fake_voicenter() -> FakeVoicenter:
+    return FakeVoicenter()
+
+
+@pytest.fixture
+def dispatcher() -> QueueDispatcher:
+    return QueueDispatcher()
+
+
+@pytest.fixture
+def redis_fake() -> Iterator[fakeredis.FakeRedis]:
+    client = fakeredis.FakeRedis()
+    yield client
+    client.flushall()
+
+
+@pytest.fixture
+def make_pipe(
+    redis_fake: fakeredis.FakeRedis,
+    fake_voicenter: FakeVoicenter,
+    dispatcher: QueueDispatcher,
+    clock: FakeClock,
+) -> Any:
+    def make(**overrides: Any) -> Pipeline:
+        http = httpx.Client(transport=mock_transport(fake_voicenter.handle))
+        return build_pipeline(
+            make_settings(**overrides),
+            client=redis_fake,
+            http=http,
+            dispatcher=dispatcher,
+            clock=clock,
+            rng=random.Random(7),
+        )
+
+    return make
+
+
+@pytest.fixture
+def pipe(make_pipe: Any) -> Pipeline:
+    return make_pipe()  # type: ignore[no-any-return]

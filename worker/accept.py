@@ -1,0 +1,246 @@
+"""Accept: the one function every ingress calls to turn an opt-out event into staged work."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+import structlog
+
+from worker.phones import Convention, Normalised, Rejected, mask, normalise
+from worker.pipeline import Pipeline, schedule
+from worker.providers.base import Action
+
+log = structlog.get_logger("optout.accept")
+audit_log = structlog.get_logger("optout.audit")
+
+
+class AcceptError(Exception):
+    """The event as a whole is refused; `reason` is a short word, `status` an HTTP status."""
+
+    def __init__(self, reason: str, message: str, status: int = 422) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.status = status
+
+
+class StoreUnavailableError(AcceptError):
+    """Redis could not durably take the event: the sender must retry (HTTP 503)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("store_unavailable", message, status=503)
+
+
+@dataclass(frozen=True)
+class PhoneInput:
+    """One phone as the sender wrote it, with an optional label."""
+
+    raw: object
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class Event:
+    """An opt-out event from any ingress, before validation."""
+
+    source: str
+    action: Action
+    phones: list[PhoneInput]
+    reason: str = ""
+    idempotency_key: str | None = None
+    occurred_at: datetime | None = None
+    expires_at: datetime | None = None
+    convention: Convention = Convention.NATIONAL
+    region: str | None = None
+    context: dict[str, Any] = field(default_factory=dict)
+    body: Any = None  # what the idempotency hash covers; defaults to the fields above
+
+
+@dataclass(frozen=True)
+class PhoneResult:
+    """What became of one phone of an event."""
+
+    input: object
+    status: str  # accepted | rejected
+    phone: str | None = None
+    reason: str | None = None
+    flags: tuple[str, ...] = ()
+    ledger: str | None = None  # applied | extended | unchanged | stale (accepted only)
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"input": self.input, "status": self.status}
+        if self.phone:
+            out["phone"] = self.phone
+        if self.reason:
+            out["reason"] = self.reason
+        if self.flags:
+            out["flags"] = list(self.flags)
+        if self.ledger:
+            out["ledger"] = self.ledger
+        return out
+
+
+@dataclass(frozen=True)
+class AcceptResult:
+    """The answer to an event: its id, whether it repeated an earlier one, and per phone."""
+
+    event_id: str
+    duplicate: bool
+    phones: list[PhoneResult]
+
+    @property
+    def accepted(self) -> int:
+        return sum(1 for p in self.phones if p.status == "accepted")
+
+    @property
+    def rejected(self) -> int:
+        return len(self.phones) - self.accepted
+
+
+def _ms(when: datetime) -> int:
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return int(when.timestamp() * 1000)
+
+
+def _canonical(event: Event) -> str:
+    body = event.body
+    if body is None:
+        body = {
+            "action": event.action.value,
+            "phones": [[str(p.raw), p.name] for p in event.phones],
+            "reason": event.reason,
+            "occurred_at": event.occurred_at.isoformat() if event.occurred_at else None,
+            "expires_at": event.expires_at.isoformat() if event.expires_at else None,
+            "context": event.context,
+        }
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def accept(pipe: Pipeline, event: Event) -> AcceptResult:
+    """Validate, normalise, check idempotency, write the ledger and stage every number for
+    every target in one Redis round trip; then enqueue the flushes that are due."""
+    settings = pipe.settings
+    store = pipe.store
+    now_ms = store.now_ms()
+    if not event.source or len(event.source) > 64 or "|" in event.source or ":" in event.source:
+        raise AcceptError("bad_source", "source must be 1-64 characters without ':' or '|'")
+    if event.action is Action.REMOVE and event.occurred_at is None:
+        # An old CRM list re-imported must never undo opt-outs made since it was exported.
+        raise AcceptError(
+            "remove_needs_occurred_at", "a remove must say when it happened (occurred_at)"
+        )
+    if len(event.phones) > settings.max_phones_per_request:
+        raise AcceptError(
+            "too_many_phones",
+            f"at most {settings.max_phones_per_request} phones per event",
+            status=413,
+        )
+
+    region = event.region or settings.region_for(event.source)
+    own = pipe.own_numbers
+    results: list[PhoneResult] = []
+    numbers: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for phone in event.phones:
+        normal = normalise(phone.raw, region, event.convention, own)
+        if isinstance(normal, Rejected):
+            results.append(PhoneResult(phone.raw, "rejected", reason=normal.reason))
+            continue
+        assert isinstance(normal, Normalised)
+        results.append(PhoneResult(phone.raw, "accepted", normal.e164, flags=normal.flags))
+        if normal.e164 not in seen:
+            seen.add(normal.e164)
+            numbers.append((normal.e164, phone.name[:100]))
+    if not numbers:
+        raise AcceptError("no_valid_phones", "no phone in the event is a phone number", 422)
+
+    skew_ms = int(settings.clock_skew_seconds * 1000)
+    occurred_ms = _ms(event.occurred_at) if event.occurred_at else now_ms
+    effective_ms = min(occurred_ms, now_ms + skew_ms)
+    expires_ms = _ms(event.expires_at) if event.expires_at else 0
+    if expires_ms and expires_ms <= now_ms:
+        raise AcceptError("expires_in_past", "expires_at is already past")
+
+    canonical = _canonical(event)
+    body_hash = hashlib.sha256(canonical.encode()).hexdigest()
+    key = event.idempotency_key or body_hash
+    if len(key) > 200:
+        raise AcceptError("bad_idempotency_key", "idempotency_key is at most 200 characters")
+    event_id = uuid.uuid4().hex
+    payload = {
+        "id": event_id,
+        "source": event.source,
+        "key": key,
+        "hash": body_hash,
+        "action": event.action.value,
+        "t": effective_ms,
+        "x": expires_ms,
+        "reason": event.reason[:200],
+        "ctx": event.context or None,
+    }
+    try:
+        outcome = store.accept(
+            payload,
+            numbers,
+            sorted(pipe.targets()),
+            settings.idempotency_ttl_days * 86400,
+        )
+        if settings.redis_wait_replicas:
+            acked = store.redis.wait(settings.redis_wait_replicas, 1000)
+            if acked < settings.redis_wait_replicas:
+                raise StoreUnavailableError("the event did not reach enough Redis replicas")
+    except redis.RedisError as exc:
+        raise StoreUnavailableError(f"Redis unavailable: {type(exc).__name__}") from exc
+
+    if outcome.status == "conflict":
+        raise AcceptError(
+            "idempotency_conflict",
+            f"idempotency key already used with a different body (event {outcome.event_id})",
+            status=409,
+        )
+    duplicate = outcome.status == "duplicate"
+    if not duplicate:
+        ledger_results = iter(outcome.results)
+        by_number = {n: next(ledger_results) for n, _ in numbers}
+        results = [
+            PhoneResult(r.input, r.status, r.phone, r.reason, r.flags, by_number[r.phone])
+            if r.phone
+            else r
+            for r in results
+        ]
+        for number, _ in numbers:
+            audit_log.info(
+                "audit",
+                event_id=outcome.event_id,
+                phone=mask(number),
+                phone_sha256=hashlib.sha256(number.encode()).hexdigest()[:16],
+                source=event.source,
+                action=event.action.value,
+                ledger=by_number[number],
+                occurred_ms=effective_ms,
+            )
+        try:
+            schedule(pipe, outcome.staged)
+        except Exception as exc:
+            log.warning("schedule_failed", error=type(exc).__name__, event_id=outcome.event_id)
+    log.info(
+        "accepted",
+        event_id=outcome.event_id,
+        source=event.source,
+        action=event.action.value,
+        numbers=len(numbers),
+        rejected=sum(1 for r in results if r.status == "rejected"),
+        duplicate=duplicate,
+    )
+    return AcceptResult(outcome.event_id, duplicate, results)
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)

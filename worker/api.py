@@ -1,0 +1,264 @@
+"""The HTTP API: opt-out intake, number lookup, health and readiness."""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import structlog
+from fastapi import Depends, FastAPI, Header, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from kombu.connection import Connection
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from worker.accept import AcceptError, Event, PhoneInput, accept
+from worker.phones import Convention, Rejected, normalise
+from worker.pipeline import Pipeline
+from worker.providers.base import Action
+
+log = structlog.get_logger("optout.api")
+
+PipelineFactory = Callable[[], Pipeline]
+
+
+class PhoneObject(BaseModel):
+    """A phone with an optional label (Voicenter shows it as the blacklist entry's name)."""
+
+    model_config = ConfigDict(extra="forbid")
+    phone: str | int
+    name: str = Field(default="", max_length=100)
+
+
+class OptoutRequest(BaseModel):
+    """An opt-out (add) or an opt-in (remove) for one or more phones."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "action": "add",
+                    "phones": ["+972501234567", {"phone": "0527654321", "name": "Dana"}],
+                    "source": "crm",
+                    "reason": "customer asked by email",
+                    "idempotency_key": "crm-ticket-8812",
+                    "occurred_at": "2026-11-22T10:00:00Z",
+                }
+            ]
+        },
+    )
+    action: Literal["add", "remove"]
+    phones: list[str | int | PhoneObject] = Field(min_length=1)
+    source: str = Field(default="api", min_length=1, max_length=64, pattern=r"^[^:|]+$")
+    reason: str = Field(default="", max_length=200)
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
+    occurred_at: datetime | None = None
+    expires_at: datetime | None = None
+
+
+class _BodyLimit:
+    """Refuse bodies over the limit with 413 before they are read into memory."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                await _too_large(send, self.max_bytes)
+                return
+        seen = 0
+        too_large = False
+
+        async def limited() -> Message:
+            nonlocal seen, too_large
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    too_large = True
+                    raise _TooLargeError
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLargeError:
+            await _too_large(send, self.max_bytes)
+
+
+class _TooLargeError(Exception):
+    pass
+
+
+async def _too_large(send: Send, limit: int) -> None:
+    body = (
+        b'{"error":"body_too_large","message":"request body over '
+        + str(limit).encode()
+        + b' bytes"}'
+    )
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [(b"content-type", b"application/json")],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def _error(status: int, reason: str, message: str, **extra: Any) -> JSONResponse:
+    headers = {"Retry-After": "5"} if status == 503 else None
+    return JSONResponse(
+        {"error": reason, "message": message, **extra}, status_code=status, headers=headers
+    )
+
+
+def create_api(pipeline: PipelineFactory) -> FastAPI:
+    """The ASGI app; `pipeline` builds (or returns) this process's pipeline."""
+    api = FastAPI(
+        title="optout-worker",
+        version="0.1.0",
+        description="Durable opt-out (Do-Not-Call) intake and propagation to provider "
+        "blacklists. `/v1/*` needs the admin token as `Authorization: Bearer`.",
+    )
+
+    def admin(authorization: Annotated[str | None, Header()] = None) -> None:
+        token = pipeline().settings.admin_token
+        if token is None:
+            raise AcceptError(
+                "admin_disabled", "the admin API is off: set OPTOUT_ADMIN_TOKEN", status=503
+            )
+        scheme, _, given = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.encode(), token.get_secret_value().encode()
+        ):
+            raise AcceptError("unauthorized", "missing or wrong admin token", status=401)
+
+    @api.exception_handler(AcceptError)
+    async def _accept_error(_: Request, exc: AcceptError) -> JSONResponse:
+        return _error(exc.status, exc.reason, exc.message)
+
+    @api.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [
+            {"field": ".".join(str(p) for p in e.get("loc", ())), "message": e.get("msg", "")}
+            for e in exc.errors()
+        ]
+        return _error(
+            422, "invalid_request", "the request does not match the schema", problems=problems
+        )
+
+    @api.middleware("http")
+    async def _access_log(request: Request, call_next: Callable[[Request], Awaitable[Any]]) -> Any:
+        started = time.perf_counter()
+        response = await call_next(request)
+        # The path only: a webhook token may ride in the query string.
+        log.info(
+            "http",
+            method=request.method,
+            path=request.url.path,
+            status=response.status_code,
+            ms=round((time.perf_counter() - started) * 1000, 1),
+        )
+        return response
+
+    @api.post("/v1/optouts", status_code=202, dependencies=[Depends(admin)])
+    def post_optouts(body: OptoutRequest) -> JSONResponse:
+        """Accept an opt-out (`add`) or opt-in (`remove`). Answers 202 once every accepted
+        number is durably staged in Redis; 503 (retry) when it cannot be; 409 when the
+        idempotency key was used with another body; a remove needs `occurred_at`."""
+        phones = [
+            PhoneInput(p.phone, p.name) if isinstance(p, PhoneObject) else PhoneInput(p)
+            for p in body.phones
+        ]
+        event = Event(
+            source=body.source,
+            action=Action(body.action),
+            phones=phones,
+            reason=body.reason,
+            idempotency_key=body.idempotency_key,
+            occurred_at=body.occurred_at,
+            expires_at=body.expires_at,
+            convention=Convention.NATIONAL,
+            body=body.model_dump(mode="json"),
+        )
+        result = accept(pipeline(), event)
+        return JSONResponse(
+            {
+                "event_id": result.event_id,
+                "duplicate": result.duplicate,
+                "accepted": result.accepted,
+                "rejected": result.rejected,
+                "phones": [p.as_dict() for p in result.phones],
+            },
+            status_code=202,
+        )
+
+    @api.get("/v1/numbers/{phone}", dependencies=[Depends(admin)])
+    def get_number(phone: str) -> JSONResponse:
+        """A number's desired state, expiry, audit trail and each provider's status."""
+        pipe = pipeline()
+        normal = normalise(phone, pipe.settings.default_region)
+        if isinstance(normal, Rejected):
+            return _error(422, normal.reason, f"not a phone number: {normal.reason}")
+        return JSONResponse(number_view(pipe, normal.e164))
+
+    @api.get("/healthz")
+    def healthz() -> dict[str, str]:
+        """The process is up."""
+        return {"status": "ok"}
+
+    @api.get("/readyz")
+    def readyz() -> JSONResponse:
+        """Redis and the broker answer; paused providers are listed."""
+        pipe = pipeline()
+        checks: dict[str, Any] = {}
+        try:
+            checks["redis"] = "ok" if pipe.store.ping() else "down"
+            checks["paused_providers"] = pipe.store.paused()
+        except Exception as exc:
+            checks["redis"] = f"down: {type(exc).__name__}"
+        checks["broker"] = _broker_check(pipe.settings.broker_url)
+        ready = checks["redis"] == "ok" and checks["broker"] == "ok"
+        return JSONResponse(
+            {"status": "ready" if ready else "not_ready", **checks},
+            status_code=200 if ready else 503,
+        )
+
+    return api
+
+
+def _broker_check(url: str) -> str:
+    try:
+        with Connection(url, connect_timeout=2) as conn:  # type: ignore[no-untyped-call]
+            conn.ensure_connection(max_retries=1, timeout=2)
+        return "ok"
+    except Exception as exc:
+        return f"down: {type(exc).__name__}"
+
+
+def number_view(pipe: Pipeline, e164: str) -> dict[str, Any]:
+    """Everything known about one number (API and `optout status`)."""
+    ledger = pipe.store.ledger(e164)
+    targets = sorted(pipe.targets())
+    expires = int(ledger.get("x", "0") or 0)
+    return {
+        "phone": e164,
+        "known": bool(ledger),
+        "state": ledger.get("s", "unknown"),
+        "version": int(ledger.get("v", "0") or 0),
+        "expires_at_ms": expires or None,
+        "event_time_ms": int(ledger.get("t", "0") or 0) or None,
+        "last_event_id": ledger.get("e"),
+        "providers": pipe.store.provider_view(e164, targets),
+        "audit": pipe.store.audit(e164),
+    }

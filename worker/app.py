@@ -1,0 +1,116 @@
+"""All Celery plumbing in one place: the app, its queues and routes, beat, and log context."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import structlog
+from celery import Celery
+from celery.signals import task_postrun, task_prerun, worker_process_init
+from kombu.entity import Queue
+
+from config import Settings
+from worker.providers.base import Action
+
+DEFAULT_QUEUE = "optout.default"
+FLUSH_TASK = "optout.flush"
+PUSH_TASK = "optout.push"
+SWEEP_TASK = "optout.sweep"
+RECOVER_TASK = "optout.recover"
+REPLAY_TASK = "optout.replay"
+
+
+def push_queue(provider: str) -> str:
+    """Each provider has its own queue, so a slow one never starves the others."""
+    return f"optout.push.{provider}"
+
+
+def queue_names(settings: Settings) -> list[str]:
+    return [DEFAULT_QUEUE, *(push_queue(p) for p in settings.enabled_providers())]
+
+
+def create_celery(settings: Settings) -> Celery:
+    """A Celery app configured for at-least-once, JSON-only, one-task-at-a-time work."""
+    app = Celery("optout", broker=settings.broker_url, include=["tasks.pipeline"])
+    transport: dict[str, Any] = {"visibility_timeout": 3600}
+    if settings.broker_url.startswith(("redis://", "rediss://", "unix://", "redis+socket://")):
+        # Broker keys share the state's prefix, so one Redis can hold several deployments
+        # (and tests can clean exactly what they wrote).
+        transport["global_keyprefix"] = settings.key_prefix + "broker:"
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options=transport,
+        task_default_queue=DEFAULT_QUEUE,
+        task_queues=[Queue(name) for name in queue_names(settings)],  # type: ignore[no-untyped-call]
+        task_create_missing_queues=True,
+        task_publish_retry_policy={
+            "max_retries": 3,
+            "interval_start": 0,
+            "interval_step": 0.2,
+            "interval_max": 0.5,
+        },
+        beat_schedule={
+            "sweep": {
+                "task": SWEEP_TASK,
+                "schedule": timedelta(seconds=settings.sweep_interval_seconds),
+                "options": {"queue": DEFAULT_QUEUE, "expires": 30},
+            },
+            "recover": {
+                "task": RECOVER_TASK,
+                "schedule": timedelta(seconds=settings.recover_interval_seconds),
+                "options": {"queue": DEFAULT_QUEUE, "expires": 60},
+            },
+        },
+        beat_schedule_filename=str(settings.data_dir / "celerybeat-schedule"),
+        timezone="UTC",
+    )
+    return app
+
+
+class CeleryDispatcher:
+    """Sends pipeline work as Celery tasks, by name, carrying only JSON-safe arguments."""
+
+    def __init__(self, app: Celery) -> None:
+        self.app = app
+
+    def flush(self, target: str, action: Action, mode: str, delay: float = 0.0) -> None:
+        self.app.send_task(
+            FLUSH_TASK,
+            args=[target, action.value, mode],
+            queue=DEFAULT_QUEUE,
+            countdown=delay if delay > 0 else None,
+        )
+
+    def push(self, chunk_id: str, provider: str) -> None:
+        self.app.send_task(PUSH_TASK, args=[chunk_id], queue=push_queue(provider))
+
+    def replay(self, ids: list[str], who: str) -> None:
+        self.app.send_task(REPLAY_TASK, args=[ids, who], queue=DEFAULT_QUEUE)
+
+
+@task_prerun.connect  # type: ignore[untyped-decorator]
+def _bind_task_context(task_id: str | None = None, task: Any = None, **_: Any) -> None:
+    structlog.contextvars.bind_contextvars(task_id=task_id, task=getattr(task, "name", None))
+
+
+@task_postrun.connect  # type: ignore[untyped-decorator]
+def _clear_task_context(**_: Any) -> None:
+    structlog.contextvars.clear_contextvars()
+
+
+@worker_process_init.connect  # type: ignore[untyped-decorator]
+def _fresh_process_state(**_: Any) -> None:
+    # Connections and HTTP clients must never be shared across a fork.
+    from worker import runtime
+
+    runtime.reset()

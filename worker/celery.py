@@ -1,0 +1,7 @@
+"""The Celery app instance for `celery -A worker ...` and the `optout` commands."""
+
+from __future__ import annotations
+
+from worker.runtime import celery_app
+
+app = celery_app()

@@ -1,0 +1,441 @@
+"""The `optout` command line: run the service, inspect numbers, replay dead letters."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from config import ConfigError, Settings, load_settings
+from worker import logs
+
+app = typer.Typer(help="optout-worker: durable opt-out propagation.", no_args_is_help=True)
+dlq_app = typer.Typer(help="Inspect and replay dead letters.", no_args_is_help=True)
+provider_app = typer.Typer(help="Provider status, probes and resume.", no_args_is_help=True)
+app.add_typer(dlq_app, name="dlq")
+app.add_typer(provider_app, name="provider")
+
+console = Console()
+err = Console(stderr=True)
+
+HostOpt = Annotated[str, typer.Option(help="Address to listen on.")]
+PortOpt = Annotated[int, typer.Option(help="Port to listen on.")]
+
+
+def _settings() -> Settings:
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    logs.configure(settings.log_format)
+    return settings
+
+
+def _pipeline() -> Any:
+    _settings()
+    from worker import runtime
+
+    try:
+        return runtime.pipeline()
+    except ConfigError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+
+
+def _ms_to_text(ms: int | None) -> str:
+    if not ms:
+        return "-"
+    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+@app.command()
+def api(host: HostOpt = "127.0.0.1", port: PortOpt = 8000) -> None:
+    """Serve the HTTP API."""
+    settings = _settings()
+    import uvicorn
+
+    from worker import runtime
+    from worker.api import create_api
+
+    if not settings.redis_url:
+        err.print("[red]REDIS_URL is not set[/red] (optout up starts an embedded Redis)")
+        raise typer.Exit(2)
+    uvicorn.run(
+        create_api(runtime.pipeline),
+        host=host,
+        port=port,
+        access_log=False,  # ours logs the path without the query string
+        log_level="warning",
+    )
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[int | None, typer.Option(help="Worker processes.")] = None,
+    beat: Annotated[bool, typer.Option(help="Also run the beat scheduler in-process.")] = False,
+) -> None:
+    """Run a Celery worker on the default queue and every enabled provider's queue."""
+    settings = _settings()
+    from worker.app import queue_names
+    from worker.runtime import celery_app
+
+    argv = [
+        "worker",
+        "--loglevel=INFO",
+        f"--concurrency={concurrency or settings.worker_concurrency}",
+        "--queues=" + ",".join(queue_names(settings)),
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    if beat:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        argv += ["--beat", f"--schedule={settings.data_dir / 'celerybeat-schedule'}"]
+    celery_app().worker_main(argv)
+
+
+@app.command("beat")
+def beat_cmd() -> None:
+    """Run the beat scheduler (exactly one per deployment): sweeps and lease recovery."""
+    settings = _settings()
+    from worker.runtime import celery_app
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    celery_app().start(
+        ["beat", "--loglevel=INFO", f"--schedule={settings.data_dir / 'celerybeat-schedule'}"]
+    )
+
+
+@app.command()
+def up(host: HostOpt = "127.0.0.1", port: PortOpt = 8000) -> None:
+    """Run everything on this machine: Redis (embedded when REDIS_URL is unset), the API,
+    a worker and beat. Ctrl-C stops all of it; a restart keeps every accepted opt-out."""
+    settings = _settings()
+    from worker.embedded import EmbeddedRedis
+
+    env = dict(os.environ)
+    embedded: EmbeddedRedis | None = None
+    data_dir = settings.data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if not settings.redis_url:
+        embedded = EmbeddedRedis(data_dir / "redis").start()
+        env["REDIS_URL"] = embedded.url
+        console.print(f"embedded Redis on {embedded.url} (AOF always, data in {data_dir})")
+    if settings.admin_token is None:
+        env["OPTOUT_ADMIN_TOKEN"] = _local_admin_token(data_dir)
+        console.print(f"admin token: {data_dir / 'admin-token'} (set OPTOUT_ADMIN_TOKEN to choose)")
+    if not settings.enabled_providers():
+        console.print(
+            "[yellow]no provider is configured: opt-outs are kept in the ledger and pushed "
+            "once one is (see README, Configuration)[/yellow]"
+        )
+    env["OPTOUT_DATA_DIR"] = str(data_dir)
+    me = [sys.executable, "-m", "worker.cli"]
+    roles = {
+        "api": [*me, "api", "--host", host, "--port", str(port)],
+        "worker": [*me, "worker"],
+        "beat": [*me, "beat"],
+    }
+    children: dict[str, subprocess.Popen[bytes]] = {}
+    stopping = False
+
+    def stop(*_: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    code = 0
+    try:
+        for role, argv in roles.items():
+            # Own session: Ctrl-C reaches only us, and we stop each child exactly once.
+            children[role] = subprocess.Popen(argv, env=env, start_new_session=True)  # noqa: S603
+        console.print(f"optout up: API on http://{host}:{port}  (Ctrl-C to stop)")
+        while not stopping:
+            for role, child in children.items():
+                if child.poll() is not None:
+                    err.print(f"[red]{role} exited with {child.returncode}; stopping[/red]")
+                    stopping = True
+                    code = 1
+            time.sleep(0.2)
+    finally:
+        console.print("stopping ...")
+        for child in children.values():
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        for child in children.values():
+            try:
+                child.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+        if embedded is not None:
+            embedded.stop()
+        console.print("stopped")
+    raise typer.Exit(code)
+
+
+def _local_admin_token(data_dir: Path) -> str:
+    path = data_dir / "admin-token"
+    if path.exists():
+        return path.read_text().strip()
+    token = secrets.token_urlsafe(32)
+    path.write_text(token + "\n")
+    path.chmod(0o600)
+    return token
+
+
+@app.command()
+def status(phone: str) -> None:
+    """Show one number: desired state, expiry, each provider's status, the audit trail."""
+    pipe = _pipeline()
+    from worker.api import number_view
+    from worker.phones import Rejected, normalise
+
+    normal = normalise(phone, pipe.settings.default_region)
+    if isinstance(normal, Rejected):
+        err.print(f"[red]not a phone number: {normal.reason}[/red]")
+        raise typer.Exit(2)
+    view = number_view(pipe, normal.e164)
+    if not view["known"]:
+        console.print(f"{normal.e164}: no opt-out or opt-in recorded")
+        raise typer.Exit(1)
+    console.print(
+        f"[bold]{view['phone']}[/bold]  state={view['state']}  version={view['version']}  "
+        f"expires={_ms_to_text(view['expires_at_ms'])}"
+    )
+    table = Table("provider", "confirmed", "staged", "in flight", "attempts", "dead letter",
+                  "last answer", title="providers")  # fmt: skip
+    for target, row in view["providers"].items():
+        answer = row["last_answer"] or {}
+        table.add_row(
+            target,
+            row["confirmed"] or "-",
+            row["staged"] or "-",
+            row["in_flight_chunk"] or "-",
+            str(row["attempts"]),
+            (row["dead_letter"] or {}).get("reason", "-"),
+            f"{answer.get('act', '')} {answer.get('out', '')} {answer.get('rsn', '')}".strip()
+            or "-",
+        )
+    console.print(table)
+    audit = Table("time", "event", "what", "result", "detail", title="audit (newest first)")
+    for entry in view["audit"]:
+        what = entry.get("act", "")
+        if entry.get("prov"):
+            what = f"{what} -> {entry['prov']}"
+        audit.add_row(
+            _ms_to_text(entry.get("at")),
+            str(entry.get("ev", ""))[:12],
+            what,
+            str(entry.get("res") or entry.get("out") or ""),
+            str(entry.get("src") or entry.get("rsn") or ""),
+        )
+    console.print(audit)
+
+
+def _dead_letter_filter(
+    provider: str | None,
+    action: str | None,
+    reason: str | None,
+    phone: str | None,
+    older_than: float | None,
+    ids: list[str] | None,
+) -> Any:
+    from worker.deadletters import DeadLetterFilter
+
+    return DeadLetterFilter(provider, action, reason, phone, older_than, tuple(ids or ()))
+
+
+ProviderOpt = Annotated[str | None, typer.Option(help="Only this provider (or target).")]
+ActionOpt = Annotated[str | None, typer.Option(help="Only add or remove.")]
+ReasonOpt = Annotated[str | None, typer.Option(help="Only reasons containing this.")]
+PhoneOpt = Annotated[str | None, typer.Option(help="Only this E.164 number.")]
+OlderOpt = Annotated[float | None, typer.Option(help="Only entries older than N seconds.")]
+
+
+@dlq_app.command("list")
+def dlq_list(
+    provider: ProviderOpt = None,
+    action: ActionOpt = None,
+    reason: ReasonOpt = None,
+    phone: PhoneOpt = None,
+    older_than: OlderOpt = None,
+    limit: Annotated[int, typer.Option(help="Show at most N.")] = 100,
+) -> None:
+    """List dead letters, oldest first."""
+    pipe = _pipeline()
+    from worker.deadletters import select
+
+    flt = _dead_letter_filter(provider, action, reason, phone, older_than, None)
+    entries = select(pipe.store.dead_letters(), flt, pipe.store.now_ms())
+    table = Table("id", "action", "reason", "last error", "attempts", "first", "last",
+                  title=f"dead letters: {len(entries)}")  # fmt: skip
+    for e in entries[:limit]:
+        table.add_row(
+            e["id"],
+            e.get("action", ""),
+            e.get("reason", ""),
+            str(e.get("last_error", ""))[:60],
+            str(e.get("attempts", "")),
+            _ms_to_text(e.get("first_at")),
+            _ms_to_text(e.get("last_at")),
+        )
+    console.print(table)
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    ids: Annotated[list[str] | None, typer.Option("--id", help="Entry id (repeatable).")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Every entry the filters match.")] = False,
+    provider: ProviderOpt = None,
+    action: ActionOpt = None,
+    reason: ReasonOpt = None,
+    phone: PhoneOpt = None,
+    older_than: OlderOpt = None,
+    dry_run: Annotated[bool, typer.Option(help="Show what would be replayed.")] = False,
+) -> None:
+    """Put dead letters back into their batches; each leaves the store once delivered."""
+    if not (ids or all_ or provider or action or reason or phone or older_than):
+        err.print("[red]say what to replay: --id, filters, or --all[/red]")
+        raise typer.Exit(2)
+    pipe = _pipeline()
+    from worker.deadletters import select
+    from worker.pipeline import replay
+
+    flt = _dead_letter_filter(provider, action, reason, phone, older_than, ids)
+    chosen = [e["id"] for e in select(pipe.store.dead_letters(), flt, pipe.store.now_ms())]
+    if dry_run:
+        console.print(f"would replay {len(chosen)} dead letters")
+        for entry_id in chosen[:50]:
+            console.print(f"  {entry_id}")
+        return
+    who = f"cli:{os.environ.get('USER', 'unknown')}"
+    done = 0
+    with Progress(console=console, transient=False) as progress:
+        task = progress.add_task("replaying", total=len(chosen))
+        for start in range(0, len(chosen), 500):
+            batch = chosen[start : start + 500]
+            done += replay(pipe, batch, who)
+            progress.advance(task, len(batch))
+    console.print(f"replayed {done} dead letters")
+
+
+@provider_app.command("list")
+def provider_list() -> None:
+    """Each provider target: paused or not, staged, in flight; retry and dead-letter totals."""
+    pipe = _pipeline()
+    paused = pipe.store.paused()
+    targets = pipe.targets()
+    counts = pipe.store.counts(sorted(targets))
+    table = Table("target", "provider", "state", "staged add", "staged remove", "in flight")
+    for target in sorted(targets):
+        provider = targets[target]
+        state = "paused: " + paused[provider]["reason"] if provider in paused else "active"
+        if not paused.get(provider) and (held := pipe.store.held_for(provider)):
+            state = f"holding {held:.0f}s (Retry-After)"
+        c = counts[target]
+        table.add_row(target, provider, state, str(c["staged_add"]), str(c["staged_remove"]),
+                      str(c["in_flight"]))  # fmt: skip
+    console.print(table)
+    dead = pipe.store.dead_letters()
+    console.print(f"dead letters: {len(dead)}")
+    for provider, info in paused.items():
+        console.print(f"[red]{provider} paused[/red]: {info['reason']}; fix {info['setting']}, "
+                      f"then: optout provider resume {provider}")  # fmt: skip
+
+
+def _provider(pipe: Any, name: str) -> Any:
+    provider = pipe.providers.get(name)
+    if provider is None:
+        err.print(
+            f"[red]{name} is not enabled[/red] (enabled: {', '.join(pipe.providers) or 'none'})"
+        )
+        raise typer.Exit(2)
+    return provider
+
+
+@provider_app.command("test")
+def provider_test(name: str) -> None:
+    """Probe a provider's credentials with a call that changes nothing."""
+    pipe = _pipeline()
+    from worker.errors import AuthError, ProviderError
+
+    try:
+        _provider(pipe, name).probe()
+    except AuthError as exc:
+        err.print(f"[red]{name}: credentials refused ({exc.reason}); fix {exc.setting}[/red]")
+        raise typer.Exit(1) from None
+    except ProviderError as exc:
+        err.print(f"[red]{name}: probe failed: {exc}[/red]")
+        raise typer.Exit(1) from None
+    console.print(f"{name}: ok")
+
+
+@provider_app.command("resume")
+def provider_resume(name: str) -> None:
+    """Probe a paused provider and, if it answers, resume it and push what is staged."""
+    provider_test(name)
+    pipe = _pipeline()
+    from worker.pipeline import ALL
+    from worker.providers.base import Action
+
+    was_paused = pipe.store.resume(name)
+    for target in _provider(pipe, name).targets():
+        for action in Action:
+            pipe.dispatcher.flush(target, action, ALL)
+    console.print(
+        f"{name}: {'resumed' if was_paused else 'was not paused'}; staged numbers flushing"
+    )
+
+
+@app.command("check-config")
+def check_config() -> None:
+    """Validate the configuration and print it, secrets masked."""
+    settings = _settings()
+    table = Table("variable", "value", title="effective configuration")
+    for name, field in Settings.model_fields.items():
+        value = getattr(settings, name)
+        shown = _show(value)
+        table.add_row(field.alias or name, shown)
+    console.print(table)
+    enabled = settings.enabled_providers()
+    console.print(f"providers enabled: {', '.join(enabled) if enabled else 'none'}")
+
+
+def _show(value: Any) -> str:
+    from pydantic import SecretStr
+
+    if isinstance(value, SecretStr):
+        return "***" if value.get_secret_value() else "(empty)"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}:{_show(v)}" for k, v in value.items()) or "-"
+    if isinstance(value, list):
+        return ", ".join(_show(v) for v in value) or "-"
+    if value is None:
+        return "-"
+    if isinstance(value, str) and "@" in value and "://" in value:
+        # A URL with credentials: show the host only.
+        scheme, _, rest = value.partition("://")
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return str(value)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

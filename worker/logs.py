@@ -1,0 +1,57 @@
+"""structlog set-up: JSON off a terminal, pretty on one; numbers masked, secrets dropped."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+
+_E164ISH = re.compile(r"\+?\d{8,15}")
+_SECRET_KEYS = {"token", "authorization", "code", "api_key", "password", "secret"}
+
+
+def _mask_text(text: str) -> str:
+    def repl(match: re.Match[str]) -> str:
+        value = match.group(0)
+        return value[:6] + "***" + value[-4:]
+
+    return _E164ISH.sub(repl, text)
+
+
+def scrub(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Last line of defence: mask anything shaped like a phone number, drop secret fields."""
+    for key in list(event):
+        if key.lower() in _SECRET_KEYS:
+            event[key] = "***"
+            continue
+        value = event[key]
+        if isinstance(value, str) and key not in {"event_id", "phone_sha256", "timestamp"}:
+            event[key] = _mask_text(value)
+    return event
+
+
+def configure(log_format: str = "auto", level: int = logging.INFO) -> None:
+    """Configure structlog once per process."""
+    json_out = log_format == "json" or (log_format == "auto" and not sys.stderr.isatty())
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if json_out
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            scrub,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s %(message)s")

@@ -1,0 +1,53 @@
+-- Claim staged numbers of one target|action as leased chunks ready to push.
+-- ARGV: prefix, now_ms, target, provider, action, max per chunk, lease ms, mode, linger ms,
+--       max chunks
+-- mode: 'full' takes only full chunks, 'all' takes everything, 'due' takes everything once
+-- the oldest staged number has waited the linger time.
+local target, provider, action = ARGV[3], ARGV[4], ARGV[5]
+local size, lease, mode = tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8]
+local linger, max_chunks = tonumber(ARGV[9]), tonumber(ARGV[10])
+
+if redis.call('HEXISTS', P .. 'paused', provider) == 1 then
+  return cjson.encode({status = 'paused', chunks = {}})
+end
+if redis.call('EXISTS', P .. 'hold:' .. provider) == 1 then
+  return cjson.encode({status = 'held', chunks = {}})
+end
+
+local key = P .. 'stage:' .. target .. ':' .. action
+if mode == 'due' then
+  local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  if #oldest == 0 or tonumber(oldest[2]) + linger > NOW then
+    return cjson.encode({status = 'ok', chunks = {}})
+  end
+end
+
+local want = want_state(action)
+local chunks = {}
+local touched = {}
+while #chunks < max_chunks do
+  local count = redis.call('ZCARD', key)
+  if count == 0 or (mode == 'full' and count < size) then break end
+  local members = redis.call('ZRANGE', key, 0, size - 1)
+  redis.call('ZREM', key, unpack(members))
+  local id = int(redis.call('INCR', P .. 'chunkseq'))
+  local items = {}
+  for _, n in ipairs(members) do
+    local led = redis.call('HMGET', P .. 'num:' .. n, 's', 'v', 'n', 'x')
+    if led[1] == want then
+      redis.call('HSET', P .. 'inflight:' .. target, n, id)
+      table.insert(items, {n, led[2], led[3] or '', led[4] or '0'})
+    else
+      -- The ledger moved after staging and nothing re-staged it: stage what it says now.
+      restage(target, n, true, touched)
+    end
+  end
+  if #items > 0 then
+    redis.call('SET', P .. 'chunk:' .. id, cjson.encode({
+      id = id, target = target, provider = provider, action = action,
+      items = items, created = NOW}))
+    redis.call('ZADD', P .. 'leases', NOW + lease, id)
+    table.insert(chunks, id)
+  end
+end
+return cjson.encode({status = 'ok', chunks = chunks, staged = staged_summary(touched)})

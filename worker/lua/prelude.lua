@@ -1,0 +1,76 @@
+-- Helpers shared by every optout script (prepended by worker/store.py).
+-- Keys are built here from a prefix passed in ARGV[1]: multi-key scripts like these are why
+-- optout-worker runs on a single Redis (or Sentinel), never Redis Cluster.
+local P = ARGV[1]
+local NOW = tonumber(ARGV[2])
+local unpack = unpack or table.unpack -- Redis runs Lua 5.1; fakeredis may run 5.4
+
+local function int(x)
+  return string.format('%d', x)
+end
+
+local function want_state(action)
+  if action == 'add' then return 'blocked' end
+  return 'unblocked'
+end
+
+local function action_for(state)
+  if state == 'blocked' then return 'add' end
+  return 'remove'
+end
+
+local function opposite(action)
+  if action == 'add' then return 'remove' end
+  return 'add'
+end
+
+local function audit(n, entry, cap)
+  local key = P .. 'audit:' .. n
+  redis.call('LPUSH', key, cjson.encode(entry))
+  redis.call('LTRIM', key, 0, cap - 1)
+end
+
+-- Stage the number's current desired state for one target, unless that state is already
+-- confirmed there or a push for it is in flight (its completion re-stages if the ledger
+-- moved). `force` is false for events that changed nothing: they must not cut short a
+-- backoff or resurrect a dead letter. `touched` collects, per target|action, whether the
+-- batch was empty before (its linger starts now).
+local function restage(target, n, force, touched)
+  local led = redis.call('HMGET', P .. 'num:' .. n, 's', 'v')
+  if not led[1] then return false end
+  if redis.call('HEXISTS', P .. 'inflight:' .. target, n) == 1 then return false end
+  local member = target .. '|' .. n
+  if not force then
+    if redis.call('ZSCORE', P .. 'retry', member) then return false end
+    if redis.call('HEXISTS', P .. 'dlq', member) == 1 then return false end
+  end
+  local act = action_for(led[1])
+  local opp_key = P .. 'stage:' .. target .. ':' .. opposite(act)
+  local key = P .. 'stage:' .. target .. ':' .. act
+  redis.call('ZREM', opp_key, n)
+  redis.call('ZREM', P .. 'retry', member)
+  if redis.call('HGET', P .. 'confirmed:' .. target, n) == led[1] .. ':' .. led[2] then
+    redis.call('ZREM', key, n)
+    return false
+  end
+  local tk = target .. '|' .. act
+  if touched[tk] == nil then
+    touched[tk] = redis.call('ZCARD', key) == 0
+  end
+  redis.call('ZADD', key, 'NX', NOW, n)
+  return true
+end
+
+-- What callers need to schedule flushes: per target|action, the batch size now and
+-- whether this call opened it.
+local function staged_summary(touched)
+  local out = {}
+  for tk, opened in pairs(touched) do
+    local sep = string.find(tk, '|', 1, true)
+    local target = string.sub(tk, 1, sep - 1)
+    local act = string.sub(tk, sep + 1)
+    local count = redis.call('ZCARD', P .. 'stage:' .. target .. ':' .. act)
+    table.insert(out, {target, act, count, opened and 1 or 0})
+  end
+  return out
+end

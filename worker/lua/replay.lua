@@ -1,0 +1,22 @@
+-- Put dead letters back into their batches; an entry leaves the store only when a push
+-- succeeds, so replaying twice stages once and pushes once.
+-- ARGV: prefix, now_ms, ids JSON, who, audit cap
+local ids = cjson.decode(ARGV[3])
+local who, cap = ARGV[4], tonumber(ARGV[5])
+local touched = {}
+local replayed = 0
+for _, member in ipairs(ids) do
+  local raw = redis.call('HGET', P .. 'dlq', member)
+  if raw then
+    local entry = cjson.decode(raw)
+    entry.replays = (entry.replays or 0) + 1
+    entry.replayed_at = NOW
+    redis.call('HSET', P .. 'dlq', member, cjson.encode(entry))
+    redis.call('HDEL', P .. 'attempts:' .. entry.target, entry.phone)
+    restage(entry.target, entry.phone, true, touched)
+    audit(entry.phone, {at = NOW, act = 'replay', prov = entry.target, by = who,
+                        rsn = entry.reason}, cap)
+    replayed = replayed + 1
+  end
+end
+return cjson.encode({replayed = replayed, staged = staged_summary(touched)})

@@ -1,0 +1,227 @@
+"""Phone number normalisation to E.164 and rendering in each provider's format."""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass, field
+
+import phonenumbers
+from phonenumbers import NumberParseException, ValidationResult
+
+_SEPARATORS = re.compile(r"[\s\-.()/\u00a0\u200e\u200f]")
+_SPREADSHEET_INT = re.compile(r"^\+?\d+\.0+$")
+_DECIMAL = re.compile(r"^\+?\d+\.\d+$")
+_DIGITS = re.compile(r"^\d+$")
+_LETTER = re.compile(r"[^\W\d_]")
+
+#: Why a number was refused; every rejection carries exactly one of these.
+REJECTION_REASONS = (
+    "empty",
+    "not_a_number",
+    "contains_letters",
+    "decimal_number",
+    "sip_address",
+    "too_short",
+    "too_long",
+    "invalid_length",
+    "invalid_country_code",
+    "invalid_for_region",
+    "own_number",
+)
+
+
+class Convention(enum.StrEnum):
+    """How a source writes its numbers (design.md, pipeline step 1)."""
+
+    #: E.164 with `+`, or a national number of the region (`/v1/optouts`, Voicenter CDRs).
+    NATIONAL = "national"
+    #: Country code always present, `+` optional (`12125551234`, the DNC trigger).
+    INTERNATIONAL = "international"
+
+
+class NumberFormat(enum.StrEnum):
+    """How a provider wants a number written."""
+
+    DIGITS = "digits"  # 972501234567
+    PLUS = "plus"  # +972501234567
+    INTEGER = "integer"  # 972501234567 as a JSON number
+
+
+@dataclass(frozen=True, slots=True)
+class Normalised:
+    """An accepted number; `flags` says what was odd about it (e.g. `unknown_range`)."""
+
+    e164: str
+    flags: tuple[str, ...] = field(default=())
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A refused input, with one of REJECTION_REASONS."""
+
+    reason: str
+    detail: str = ""
+
+
+_POSSIBLE_REASONS = {
+    ValidationResult.TOO_SHORT: "too_short",
+    ValidationResult.TOO_LONG: "too_long",
+    ValidationResult.INVALID_LENGTH: "invalid_length",
+    ValidationResult.INVALID_COUNTRY_CODE: "invalid_country_code",
+    ValidationResult.IS_POSSIBLE_LOCAL_ONLY: "too_short",
+}
+
+_PARSE_REASONS = {
+    NumberParseException.INVALID_COUNTRY_CODE: "invalid_country_code",
+    NumberParseException.NOT_A_NUMBER: "not_a_number",
+    NumberParseException.TOO_SHORT_AFTER_IDD: "too_short",
+    NumberParseException.TOO_SHORT_NSN: "too_short",
+    NumberParseException.TOO_LONG: "too_long",
+}
+
+
+def _clean(raw: object) -> str | Rejected:
+    if isinstance(raw, bool) or raw is None:
+        return Rejected("not_a_number", "not a string or integer")
+    if isinstance(raw, int):
+        return str(raw)
+    if isinstance(raw, float):
+        if raw.is_integer() and raw > 0:
+            return str(int(raw))
+        return Rejected("decimal_number", "a decimal is not a phone number")
+    if not isinstance(raw, str):
+        return Rejected("not_a_number", "not a string or integer")
+    text = raw.strip()
+    if not text:
+        return Rejected("empty")
+    lowered = text.lower()
+    if lowered.startswith(("sip:", "sips:")) or "@" in text:
+        return Rejected("sip_address", "SIP addresses are not phone numbers")
+    if _LETTER.search(text):
+        # phonenumbers would read letters as keypad digits: 0501234567abc is not a number.
+        return Rejected("contains_letters")
+    compact = _SEPARATORS.sub("", text)
+    if _SPREADSHEET_INT.match(compact):
+        compact = compact.split(".", 1)[0]
+    elif _DECIMAL.match(compact):
+        return Rejected("decimal_number", "only a spreadsheet's N.0 is read as an integer")
+    body = compact[1:] if compact.startswith("+") else compact
+    if not body or not _DIGITS.match(body):
+        return Rejected("not_a_number")
+    if len(body) > 17:
+        return Rejected("too_long")
+    return compact
+
+
+def _parse(text: str, region: str | None) -> phonenumbers.PhoneNumber | Rejected:
+    try:
+        return phonenumbers.parse(text, region)
+    except NumberParseException as exc:
+        return Rejected(_PARSE_REASONS.get(exc.error_type, "not_a_number"), str(exc))
+
+
+def _possible(number: phonenumbers.PhoneNumber) -> Rejected | None:
+    result = phonenumbers.is_possible_number_with_reason(number)
+    if result == ValidationResult.IS_POSSIBLE:
+        return None
+    return Rejected(_POSSIBLE_REASONS.get(result, "invalid_length"))
+
+
+def _e164(number: phonenumbers.PhoneNumber) -> str:
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def _accept(number: phonenumbers.PhoneNumber) -> Normalised:
+    flags: tuple[str, ...] = ()
+    if not phonenumbers.is_valid_number(number):
+        # Refusing a real customer's opt-out is worse than storing one number too many.
+        flags = ("unknown_range",)
+    return Normalised(_e164(number), flags)
+
+
+def normalise(
+    raw: object,
+    region: str,
+    convention: Convention = Convention.NATIONAL,
+    own_numbers: frozenset[str] = frozenset(),
+) -> Normalised | Rejected:
+    """Normalise one number to E.164 or say why it cannot be one; never raises."""
+    try:
+        result = _normalise(raw, region, convention)
+    except Exception as exc:
+        return Rejected("not_a_number", f"unparseable: {type(exc).__name__}")
+    if isinstance(result, Normalised) and result.e164 in own_numbers:
+        return Rejected("own_number", "the company's own numbers are never blocked")
+    return result
+
+
+def _normalise(raw: object, region: str, convention: Convention) -> Normalised | Rejected:
+    cleaned = _clean(raw)
+    if isinstance(cleaned, Rejected):
+        return cleaned
+    if cleaned.startswith("+"):
+        parsed = _parse(cleaned, None)
+        if isinstance(parsed, Rejected):
+            return parsed
+        return _possible(parsed) or _accept(parsed)
+
+    international = _parse("+" + cleaned, None)
+    if (
+        convention is Convention.INTERNATIONAL
+        and not isinstance(international, Rejected)
+        and _possible(international) is None
+    ):
+        return _accept(international)
+
+    national = _parse(cleaned, region)
+    if isinstance(national, Rejected):
+        if not isinstance(international, Rejected) and _possible(international) is None:
+            return _accept(international)
+        return national
+    problem = _possible(national)
+    national_valid = problem is None and phonenumbers.is_valid_number(national)
+    if (
+        not national_valid
+        and not isinstance(international, Rejected)
+        and phonenumbers.is_valid_number(international)
+    ):
+        # 447911123456 in region IL: the national reading is not a real number, the
+        # international one is, so the sender meant the country code.
+        return _accept(international)
+    if problem is not None:
+        if phonenumbers.region_code_for_number(national) != region.upper():
+            return Rejected("invalid_for_region", problem.reason)
+        return problem
+    return _accept(national)
+
+
+def normalise_own_numbers(raw: list[str], region: str) -> frozenset[str]:
+    """The company's DIDs and caller ids as E.164, for the own-number check."""
+    out = set()
+    for item in raw:
+        result = normalise(item, region)
+        if isinstance(result, Normalised):
+            out.add(result.e164)
+    return frozenset(out)
+
+
+def digits(value: str) -> str:
+    """Only the digits of a number, for matching provider answers to what was sent."""
+    return "".join(ch for ch in value if ch.isdigit())
+
+
+def render(e164: str, fmt: NumberFormat) -> str | int:
+    """Write an E.164 number the way a provider wants it."""
+    if fmt is NumberFormat.PLUS:
+        return e164
+    if fmt is NumberFormat.INTEGER:
+        return int(digits(e164))
+    return digits(e164)
+
+
+def mask(e164: str) -> str:
+    """A number as logs may show it: `+97250***4567`."""
+    if len(e164) <= 8:
+        return e164[:2] + "***"
+    return e164[:6] + "***" + e164[-4:]

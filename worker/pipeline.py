@@ -1,0 +1,257 @@
+"""The batch pipeline: flush staged numbers into chunks, push a chunk, sweep, recover, replay."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import structlog
+
+from config import Settings
+from worker.errors import AuthError, PermanentError, RetryableError
+from worker.phones import mask
+from worker.providers.base import Action, NumberResult, Outcome, Provider, PushItem
+from worker.store import Chunk, Staged, Store
+
+log = structlog.get_logger("optout.pipeline")
+
+#: Flush modes: see worker/lua/claim.lua.
+FULL, ALL, DUE = "full", "all", "due"
+
+
+class Dispatcher(Protocol):
+    """Where pipeline work is sent: Celery in production, a direct call in unit tests."""
+
+    def flush(self, target: str, action: Action, mode: str, delay: float = 0.0) -> None: ...
+
+    def push(self, chunk_id: str, provider: str) -> None: ...
+
+
+@dataclass
+class Pipeline:
+    """What the pipeline functions need, built once per process and passed down."""
+
+    settings: Settings
+    store: Store
+    providers: dict[str, Provider]
+    dispatcher: Dispatcher
+    rng: random.Random = field(default_factory=random.Random)
+    own_numbers: frozenset[str] = frozenset()
+
+    def targets(self) -> dict[str, str]:
+        """Every target of every enabled provider -> its provider's name."""
+        return {t: name for name, p in self.providers.items() for t in p.targets()}
+
+    def batch_size(self, provider: str) -> int:
+        return min(self.settings.batch_size, self.providers[provider].capabilities.max_batch)
+
+
+def schedule(pipe: Pipeline, staged: Iterable[Staged]) -> None:
+    """Enqueue the flushes a change calls for: at once for a full batch, after the linger
+    for a batch that just opened."""
+    targets = pipe.targets()
+    for batch in staged:
+        provider = targets.get(batch.target)
+        if provider is None:
+            continue
+        if batch.count >= pipe.batch_size(provider):
+            pipe.dispatcher.flush(batch.target, batch.action, FULL)
+        if batch.opened:
+            pipe.dispatcher.flush(
+                batch.target, batch.action, ALL, pipe.settings.batch_linger_ms / 1000.0
+            )
+
+
+def flush(pipe: Pipeline, target: str, action: Action, mode: str) -> int:
+    """Lease staged numbers as chunks of at most the batch size and enqueue one push each."""
+    provider = pipe.targets().get(target)
+    if provider is None:
+        log.warning("flush_unknown_target", target=target)
+        return 0
+    total = 0
+    while True:
+        status, chunk_ids, staged = pipe.store.claim(
+            target,
+            provider,
+            action,
+            size=pipe.batch_size(provider),
+            lease_seconds=pipe.settings.lease_seconds,
+            mode=mode,
+            linger_ms=pipe.settings.batch_linger_ms,
+        )
+        for chunk_id in chunk_ids:
+            pipe.dispatcher.push(chunk_id, provider)
+        schedule(pipe, staged)
+        total += len(chunk_ids)
+        if status != "ok" or len(chunk_ids) < 50:
+            break
+    if total:
+        log.info("flushed", target=target, action=action.value, mode=mode, chunks=total)
+    return total
+
+
+@dataclass
+class _Push:
+    """One chunk's push in progress: results so far and the longest Retry-After seen."""
+
+    pipe: Pipeline
+    chunk: Chunk
+    provider: Provider
+    results: dict[str, NumberResult] = field(default_factory=dict)
+    retry_after: float | None = None
+    requests: int = 0
+    lost_lease: bool = False
+
+    def run(self, items: list[PushItem]) -> None:
+        if self.lost_lease:
+            return
+        if self.requests and not self.pipe.store.renew(
+            self.chunk.id, self.pipe.settings.lease_seconds
+        ):
+            self.lost_lease = True
+            return
+        self.requests += 1
+        try:
+            answers = self.provider.push(self.chunk.target, self.chunk.action, items)
+        except AuthError:
+            raise
+        except RetryableError as exc:
+            if exc.retry_after is not None:
+                self.retry_after = max(self.retry_after or 0.0, exc.retry_after)
+            for item in items:
+                self.results[item.e164] = NumberResult(Outcome.RETRY, exc.reason, exc.detail)
+            return
+        except PermanentError as exc:
+            if len(items) == 1:
+                self.results[items[0].e164] = NumberResult(
+                    Outcome.PERMANENT, exc.reason, exc.detail
+                )
+                return
+            # One bad number can sink a whole request: halve until it stands alone, so the
+            # good numbers beside it are not dead-lettered with it.
+            middle = len(items) // 2
+            self.run(items[:middle])
+            self.run(items[middle:])
+            return
+        self.results.update(answers)
+
+
+def push(pipe: Pipeline, chunk_id: str) -> dict[str, int]:
+    """Push one leased chunk and record every number's outcome."""
+    started = time.perf_counter()
+    chunk = pipe.store.load_chunk(chunk_id)
+    if chunk is None:
+        # Completed or recovered already: a redelivered task has nothing left to do.
+        return {}
+    provider = pipe.providers.get(chunk.provider)
+    if provider is None or chunk.provider in pipe.store.paused():
+        schedule(pipe, pipe.store.release(chunk.id, forget=False))
+        return {}
+
+    states = pipe.store.ledger_states([item.e164 for item in chunk.items])
+    want = "blocked" if chunk.action is Action.ADD else "unblocked"
+    stale: set[str] = set()
+    live: list[PushItem] = []
+    for item in chunk.items:
+        state, version = states[item.e164]
+        if state != want or version != item.version:
+            # Re-read before pushing: the ledger moved, so the newest state goes out next.
+            stale.add(item.e164)
+        else:
+            live.append(PushItem(item.e164, item.name))
+
+    work = _Push(pipe, chunk, provider)
+    if live:
+        try:
+            work.run(live)
+        except AuthError as exc:
+            pipe.store.pause(chunk.provider, exc.reason, exc.setting, exc.detail)
+            pipe.store.release(chunk.id, forget=False)
+            log.error(
+                "provider_paused",
+                provider=chunk.provider,
+                reason=exc.reason,
+                fix=exc.setting,
+                hint=f"fix {exc.setting}, then run: optout provider resume {chunk.provider}",
+            )
+            return {"paused": len(chunk.items)}
+    if work.retry_after:
+        pipe.store.hold(chunk.provider, work.retry_after)
+
+    retry_after_ms = int((work.retry_after or 0.0) * 1000)
+    encoded: dict[str, tuple[str, str, str, int, float]] = {}
+    for item in chunk.items:
+        if item.e164 in stale:
+            encoded[item.e164] = ("stale", "stale", "", 0, 0.0)
+            continue
+        result = work.results.get(item.e164) or NumberResult(Outcome.RETRY, "no_answer")
+        encoded[item.e164] = (
+            result.outcome.value,
+            result.reason,
+            result.detail[:300],
+            retry_after_ms,
+            pipe.rng.random(),
+        )
+    status, counts, staged = pipe.store.complete(
+        chunk,
+        encoded,
+        max_attempts=pipe.settings.max_attempts,
+        backoff_base_seconds=pipe.settings.retry_base_seconds,
+        backoff_cap_seconds=pipe.settings.retry_max_seconds,
+    )
+    schedule(pipe, staged)
+    log.info(
+        "chunk_pushed",
+        chunk=chunk.id,
+        provider=chunk.provider,
+        target=chunk.target,
+        action=chunk.action.value,
+        size=len(chunk.items),
+        requests=work.requests,
+        status=status,
+        duration_ms=round((time.perf_counter() - started) * 1000, 1),
+        **counts,
+    )
+    for n, r in encoded.items():
+        if r[0] in ("retry", "permanent"):
+            log.info(
+                "number_failed",
+                phone=mask(n),
+                provider=chunk.provider,
+                outcome=r[0],
+                reason=r[1],
+            )
+    return counts
+
+
+def sweep(pipe: Pipeline) -> int:
+    """Move due retries back into batches and flush batches whose linger has passed."""
+    moved, staged = pipe.store.sweep_retries()
+    schedule(pipe, staged)
+    now_ms = pipe.store.now_ms()
+    linger = pipe.settings.batch_linger_ms
+    for target, action, _size, oldest in pipe.store.staged_batches(pipe.targets()):
+        if oldest + linger <= now_ms:
+            pipe.dispatcher.flush(target, action, DUE)
+    return moved
+
+
+def recover(pipe: Pipeline) -> int:
+    """Give back chunks whose lease ran out (their worker died) so they are pushed again."""
+    recovered = 0
+    for chunk_id in pipe.store.expired_leases():
+        staged = pipe.store.release(chunk_id, forget=True)
+        schedule(pipe, staged)
+        recovered += 1
+        log.warning("chunk_recovered", chunk=chunk_id)
+    return recovered
+
+
+def replay(pipe: Pipeline, ids: list[str], who: str) -> int:
+    """Stage dead letters again; each leaves the store when its push succeeds."""
+    replayed, staged = pipe.store.replay(ids, who)
+    schedule(pipe, staged)
+    return replayed

@@ -1,0 +1,77 @@
+"""The provider Protocol every blacklist adapter implements, and the values it trades in."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Protocol
+
+from worker.phones import NumberFormat
+
+
+class Action(enum.StrEnum):
+    """What a push asks of a provider: put a number on its blacklist or take it off."""
+
+    ADD = "add"
+    REMOVE = "remove"
+
+    @property
+    def opposite(self) -> Action:
+        return Action.REMOVE if self is Action.ADD else Action.ADD
+
+
+class Outcome(enum.StrEnum):
+    """A provider's answer for one number."""
+
+    DONE = "done"  # includes "already in that state"
+    RETRY = "retry"  # 5xx, timeout, per-number internal error, missing from the answer
+    PERMANENT = "permanent"  # bad format and the like: dead-letter it
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What the batcher needs to know about a provider, so no provider `if` leaks out."""
+
+    max_batch: int
+    supports_remove: bool
+    number_format: NumberFormat
+    supports_expiry: bool = False
+    needs_call_context: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PushItem:
+    """One number of a chunk, already in E.164; `name` is an optional label."""
+
+    e164: str
+    name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class NumberResult:
+    """A provider's answer for one number of a chunk."""
+
+    outcome: Outcome
+    reason: str = ""
+    detail: str = ""
+
+
+class Provider(Protocol):
+    """A provider blacklist. Adapters take their settings and an httpx client; they never
+    build a client, read the environment or touch Redis."""
+
+    name: str
+    capabilities: Capabilities
+
+    def targets(self) -> list[str]:
+        """The blacklists this provider keeps (one, or one per agent / database)."""
+        ...
+
+    def push(self, target: str, action: Action, items: list[PushItem]) -> dict[str, NumberResult]:
+        """Send one chunk; answer per E.164 number. Raise a ProviderError when the request
+        failed as a whole. A number missing from the answer maps to RETRY, never DONE."""
+        ...
+
+    def probe(self) -> None:
+        """One harmless call that proves the credentials work; raises AuthError if not."""
+        ...

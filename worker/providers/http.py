@@ -1,0 +1,78 @@
+"""HTTP plumbing every adapter shares: transport errors, 429 + Retry-After, 5xx and auth."""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from typing import Any
+
+import httpx
+
+from worker.errors import AuthError, RetryableError
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP-date)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def send(
+    client: httpx.Client,
+    method: str,
+    url: str,
+    *,
+    auth_setting: str,
+    **kwargs: Any,
+) -> httpx.Response:
+    """Make one request; raise for what is not the adapter's to interpret.
+
+    Returns 2xx and non-auth 4xx responses (the adapter reads vendor codes from them).
+    """
+    try:
+        response = client.request(method, url, **kwargs)
+    except httpx.TimeoutException as exc:
+        raise RetryableError("timeout", type(exc).__name__) from exc
+    except httpx.TransportError as exc:
+        raise RetryableError("connection_error", type(exc).__name__) from exc
+    status = response.status_code
+    if status in (401, 403):
+        raise AuthError(f"http_{status}", _snippet(response), setting=auth_setting)
+    if status == 429:
+        raise RetryableError(
+            "rate_limited",
+            _snippet(response),
+            retry_after=parse_retry_after(response.headers.get("Retry-After")),
+        )
+    if status >= 500:
+        raise RetryableError(
+            f"http_{status}",
+            _snippet(response),
+            retry_after=parse_retry_after(response.headers.get("Retry-After")),
+        )
+    return response
+
+
+def json_body(response: httpx.Response) -> Any:
+    """The response's JSON, or a RetryableError: an unreadable answer confirms nothing."""
+    try:
+        return response.json()
+    except ValueError as exc:
+        raise RetryableError("unreadable_answer", _snippet(response)) from exc
+
+
+def _snippet(response: httpx.Response) -> str:
+    text = response.text[:200]
+    return f"HTTP {response.status_code}: {text}" if text else f"HTTP {response.status_code}"

@@ -1,0 +1,87 @@
+"""Per-process singletons: settings read once, the Redis client, HTTP client and pipeline."""
+
+from __future__ import annotations
+
+import functools
+import random
+import time
+
+import httpx
+import redis
+from celery import Celery
+
+from config import Settings, load_settings
+from worker.app import CeleryDispatcher, create_celery
+from worker.phones import normalise_own_numbers
+from worker.pipeline import Dispatcher, Pipeline
+from worker.providers import build_providers
+from worker.store import Clock, Store
+
+_pipeline: Pipeline | None = None
+
+
+@functools.cache
+def settings() -> Settings:
+    return load_settings()
+
+
+@functools.cache
+def celery_app() -> Celery:
+    return create_celery(settings())
+
+
+def redis_client(settings: Settings) -> redis.Redis:
+    return redis.Redis.from_url(
+        settings.state_redis_url,
+        socket_timeout=5,
+        socket_connect_timeout=2,
+        health_check_interval=30,
+    )
+
+
+def http_client(settings: Settings) -> httpx.Client:
+    timeout = settings.http_timeout_seconds
+    return httpx.Client(
+        timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
+        limits=httpx.Limits(max_connections=20, max_keepalive_connections=10),
+        headers={"User-Agent": "optout-worker/0.1"},
+    )
+
+
+def build_pipeline(
+    settings: Settings,
+    *,
+    client: redis.Redis | None = None,
+    http: httpx.Client | None = None,
+    dispatcher: Dispatcher | None = None,
+    clock: Clock = time.time,
+    rng: random.Random | None = None,
+) -> Pipeline:
+    """Wire a pipeline from settings; tests pass their own Redis, HTTP client and dispatcher."""
+    store = Store(
+        client if client is not None else redis_client(settings),
+        prefix=settings.key_prefix,
+        clock=clock,
+        audit_cap=settings.audit_cap,
+    )
+    return Pipeline(
+        settings=settings,
+        store=store,
+        providers=build_providers(settings, http if http is not None else http_client(settings)),
+        dispatcher=dispatcher if dispatcher is not None else CeleryDispatcher(celery_app()),
+        rng=rng or random.Random(),
+        own_numbers=normalise_own_numbers(settings.own_numbers, settings.default_region),
+    )
+
+
+def pipeline() -> Pipeline:
+    """This process's pipeline, built on first use (after any fork)."""
+    global _pipeline  # noqa: PLW0603 - one per process by design
+    if _pipeline is None:
+        _pipeline = build_pipeline(settings())
+    return _pipeline
+
+
+def reset() -> None:
+    global _pipeline  # noqa: PLW0603
+    _pipeline = None

@@ -1,0 +1,374 @@
+"""All optout state in Redis: one key scheme, and the Lua scripts that change it atomically.
+
+Key scheme (every key starts with the prefix, default ``optout:``):
+
+=============================  ======  ====================================================
+key                            type    holds
+=============================  ======  ====================================================
+``idem:{source}:{key}``        string  ``{body hash}|{event id}``; expires (30 days default)
+``num:{e164}``                 hash    ledger: s (blocked/unblocked), v (version), t (event
+                                       time ms that won), x (expiry ms, 0 = none), e (last
+                                       event id), n (label), src, u (updated ms)
+``audit:{e164}``               list    JSON audit entries, newest first, capped
+``blocked``                    set     numbers the ledger blocks now
+``stage:{target}:{action}``    zset    staged numbers -> time staged (ms): the batch
+``inflight:{target}``          hash    number -> chunk id pushing it (at most one)
+``chunk:{id}``                 string  JSON chunk: target, provider, action, items
+                                       ``[e164, version, label, expiry]``
+``leases``                     zset    chunk id -> lease expiry (ms)
+``chunkseq``                   string  chunk id counter
+``confirmed:{target}``         hash    number -> ``{state}:{version}`` the provider holds
+``answer:{target}``            hash    number -> JSON of the provider's last answer
+``attempts:{target}``          hash    number -> failed attempts since the last success
+``retry``                      zset    ``{target}|{e164}`` -> due time (ms)
+``dlq``                        hash    ``{target}|{e164}`` -> JSON dead letter
+``dlq:age``                    zset    ``{target}|{e164}`` -> first failure time (ms)
+``paused``                     hash    provider -> JSON (reason, setting to fix, time)
+``hold:{provider}``            string  set with a TTL while a Retry-After holds
+=============================  ======  ====================================================
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any, cast
+
+import redis
+
+from worker.providers.base import Action
+
+Clock = Callable[[], float]
+
+_SCRIPTS = ("accept", "claim", "complete", "release", "sweep", "replay", "renew")
+
+
+def _load_script(name: str) -> str:
+    lua = resources.files("worker") / "lua"
+    return (lua / "prelude.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
+
+
+def _ms(seconds: float) -> int:
+    return int(seconds * 1000)
+
+
+def _decode(raw: Any) -> Any:
+    if isinstance(raw, bytes):
+        raw = raw.decode()
+    return json.loads(raw)
+
+
+def _as_list(value: Any) -> list[Any]:
+    # cjson writes an empty Lua table as {} (Redis) or [] (fakeredis): both mean "none".
+    return value if isinstance(value, list) else []
+
+
+@dataclass(frozen=True, slots=True)
+class Staged:
+    """A batch an operation touched: its size now, and whether this operation opened it."""
+
+    target: str
+    action: Action
+    count: int
+    opened: bool
+
+
+def _staged(raw: Any) -> list[Staged]:
+    return [Staged(str(t), Action(str(a)), int(c), bool(o)) for t, a, c, o in _as_list(raw)]
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptOutcome:
+    """What the accept script did with one event."""
+
+    status: str  # ok | duplicate | conflict
+    event_id: str
+    results: list[str] = field(default_factory=list)  # per number: applied, stale, ...
+    staged: list[Staged] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkItem:
+    """One number of a leased chunk, with the ledger version it pushes."""
+
+    e164: str
+    version: str
+    name: str
+    expires_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """A leased batch of numbers for one target and action."""
+
+    id: str
+    target: str
+    provider: str
+    action: Action
+    items: list[ChunkItem]
+    raw: str
+
+    @classmethod
+    def parse(cls, raw: str) -> Chunk:
+        data = json.loads(raw)
+        return cls(
+            id=str(data["id"]),
+            target=str(data["target"]),
+            provider=str(data["provider"]),
+            action=Action(data["action"]),
+            items=[ChunkItem(str(n), str(v), str(nm), int(x)) for n, v, nm, x in data["items"]],
+            raw=raw,
+        )
+
+
+class Store:
+    """The Redis state of optout-worker. Every multi-key change is one Lua script."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        prefix: str = "optout:",
+        clock: Clock = time.time,
+        audit_cap: int = 50,
+    ) -> None:
+        self.redis = client
+        self.prefix = prefix
+        self.clock = clock
+        self.audit_cap = audit_cap
+        self._scripts = {name: client.register_script(_load_script(name)) for name in _SCRIPTS}
+
+    def key(self, *parts: str) -> str:
+        return self.prefix + ":".join(parts)
+
+    def now_ms(self) -> int:
+        return _ms(self.clock())
+
+    def _run(self, name: str, *args: Any) -> Any:
+        return self._scripts[name](keys=[], args=[self.prefix, self.now_ms(), *args])
+
+    # -- accept ---------------------------------------------------------------------------
+
+    def accept(
+        self,
+        event: dict[str, Any],
+        numbers: list[tuple[str, str]],
+        targets: list[str],
+        idempotency_ttl_seconds: int,
+    ) -> AcceptOutcome:
+        raw = _decode(
+            self._run(
+                "accept",
+                json.dumps(event),
+                idempotency_ttl_seconds,
+                self.audit_cap,
+                json.dumps(targets),
+                json.dumps([list(pair) for pair in numbers]),
+            )
+        )
+        return AcceptOutcome(
+            status=raw["status"],
+            event_id=raw["event_id"],
+            results=[str(r) for r in _as_list(raw.get("results"))],
+            staged=_staged(raw.get("staged")),
+        )
+
+    # -- batching and pushing ---------------------------------------------------------------
+
+    def claim(
+        self,
+        target: str,
+        provider: str,
+        action: Action,
+        *,
+        size: int,
+        lease_seconds: float,
+        mode: str,
+        linger_ms: int,
+        max_chunks: int = 50,
+    ) -> tuple[str, list[str], list[Staged]]:
+        raw = _decode(
+            self._run(
+                "claim",
+                target,
+                provider,
+                action.value,
+                size,
+                _ms(lease_seconds),
+                mode,
+                linger_ms,
+                max_chunks,
+            )
+        )
+        chunks = [str(c) for c in _as_list(raw.get("chunks"))]
+        return str(raw["status"]), chunks, _staged(raw.get("staged"))
+
+    def load_chunk(self, chunk_id: str) -> Chunk | None:
+        raw = self.redis.get(self.key("chunk", chunk_id))
+        if raw is None:
+            return None
+        return Chunk.parse(raw.decode() if isinstance(raw, bytes) else str(raw))
+
+    def renew(self, chunk_id: str, lease_seconds: float) -> bool:
+        return bool(self._run("renew", chunk_id, _ms(lease_seconds)))
+
+    def complete(
+        self,
+        chunk: Chunk,
+        results: dict[str, tuple[str, str, str, int, float]],
+        *,
+        max_attempts: int,
+        backoff_base_seconds: float,
+        backoff_cap_seconds: float,
+    ) -> tuple[str, dict[str, int], list[Staged]]:
+        raw = _decode(
+            self._run(
+                "complete",
+                chunk.raw,
+                json.dumps(results),
+                max_attempts,
+                self.audit_cap,
+                _ms(backoff_base_seconds),
+                _ms(backoff_cap_seconds),
+            )
+        )
+        return str(raw["status"]), dict(raw.get("counts") or {}), _staged(raw.get("staged"))
+
+    def release(self, chunk_id: str, *, forget: bool) -> list[Staged]:
+        raw = _decode(self._run("release", chunk_id, "1" if forget else "0"))
+        return _staged(raw.get("staged"))
+
+    def expired_leases(self, limit: int = 100) -> list[str]:
+        ids = self.redis.zrangebyscore(self.key("leases"), "-inf", self.now_ms(), 0, limit)
+        return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
+
+    def sweep_retries(self, limit: int = 1000) -> tuple[int, list[Staged]]:
+        raw = _decode(self._run("sweep", limit))
+        return int(raw["moved"]), _staged(raw.get("staged"))
+
+    def staged_batches(self, targets: Iterable[str]) -> list[tuple[str, Action, int, int]]:
+        """(target, action, size, oldest staged ms) of every non-empty batch."""
+        pairs = [(t, a) for t in targets for a in Action]
+        pipe = self.redis.pipeline(transaction=False)
+        for target, action in pairs:
+            key = self.key("stage", target, action.value)
+            pipe.zcard(key)
+            pipe.zrange(key, 0, 0, withscores=True)
+        answers = pipe.execute()
+        out = []
+        for i, (target, action) in enumerate(pairs):
+            size, oldest = answers[2 * i], answers[2 * i + 1]
+            if size:
+                out.append((target, action, int(size), int(oldest[0][1]) if oldest else 0))
+        return out
+
+    # -- providers ------------------------------------------------------------------------
+
+    def pause(self, provider: str, reason: str, setting: str, detail: str) -> None:
+        info = {"reason": reason, "setting": setting, "detail": detail, "at": self.now_ms()}
+        self.redis.hset(self.key("paused"), provider, json.dumps(info))
+
+    def resume(self, provider: str) -> bool:
+        return bool(self.redis.hdel(self.key("paused"), provider))
+
+    def paused(self) -> dict[str, dict[str, Any]]:
+        raw = cast(dict[Any, Any], self.redis.hgetall(self.key("paused")))
+        return {_text(k): _decode(v) for k, v in raw.items()}
+
+    def hold(self, provider: str, seconds: float) -> None:
+        """Stop every worker pushing to a provider until a Retry-After has passed."""
+        self.redis.set(self.key("hold", provider), "1", px=max(1, _ms(seconds)))
+
+    def held_for(self, provider: str) -> float:
+        ttl = int(self.redis.pttl(self.key("hold", provider)))
+        return max(0.0, ttl / 1000.0)
+
+    # -- ledger reads -----------------------------------------------------------------------
+
+    def ledger(self, e164: str) -> dict[str, str]:
+        raw = cast(dict[Any, Any], self.redis.hgetall(self.key("num", e164)))
+        return {_text(k): _text(v) for k, v in raw.items()}
+
+    def ledger_states(self, numbers: list[str]) -> dict[str, tuple[str, str]]:
+        pipe = self.redis.pipeline(transaction=False)
+        for n in numbers:
+            pipe.hmget(self.key("num", n), "s", "v")
+        out = {}
+        for n, (state, version) in zip(numbers, pipe.execute(), strict=True):
+            out[n] = (_text(state or b""), _text(version or b""))
+        return out
+
+    def audit(self, e164: str, limit: int | None = None) -> list[dict[str, Any]]:
+        end = -1 if limit is None else limit - 1
+        raw = cast(list[Any], self.redis.lrange(self.key("audit", e164), 0, end))
+        return [_decode(entry) for entry in raw]
+
+    def provider_view(self, e164: str, targets: list[str]) -> dict[str, dict[str, Any]]:
+        """Where one number stands at each target: confirmed, staged, in flight, retrying,
+        dead-lettered, and the provider's last answer."""
+        pipe = self.redis.pipeline(transaction=False)
+        for target in targets:
+            member = f"{target}|{e164}"
+            pipe.hget(self.key("confirmed", target), e164)
+            pipe.zscore(self.key("stage", target, "add"), e164)
+            pipe.zscore(self.key("stage", target, "remove"), e164)
+            pipe.hget(self.key("inflight", target), e164)
+            pipe.zscore(self.key("retry"), member)
+            pipe.hget(self.key("attempts", target), e164)
+            pipe.hget(self.key("dlq"), member)
+            pipe.hget(self.key("answer", target), e164)
+        answers = pipe.execute()
+        view: dict[str, dict[str, Any]] = {}
+        for i, target in enumerate(targets):
+            conf, s_add, s_rem, infl, retry, att, dead, answer = answers[8 * i : 8 * i + 8]
+            staged = "add" if s_add is not None else "remove" if s_rem is not None else None
+            view[target] = {
+                "confirmed": _text(conf) if conf else None,
+                "staged": staged,
+                "in_flight_chunk": _text(infl) if infl else None,
+                "retry_at_ms": int(retry) if retry is not None else None,
+                "attempts": int(att) if att else 0,
+                "dead_letter": _decode(dead) if dead else None,
+                "last_answer": _decode(answer) if answer else None,
+            }
+        return view
+
+    # -- dead letters -------------------------------------------------------------------------
+
+    def dead_letters(self) -> list[dict[str, Any]]:
+        """Every dead letter, oldest first."""
+        ids = cast(list[Any], self.redis.zrange(self.key("dlq:age"), 0, -1))
+        if not ids:
+            return []
+        raw = cast(list[Any], self.redis.hmget(self.key("dlq"), [_text(i) for i in ids]))
+        return [_decode(entry) for entry in raw if entry is not None]
+
+    def replay(self, ids: list[str], who: str) -> tuple[int, list[Staged]]:
+        raw = _decode(self._run("replay", json.dumps(ids), who, self.audit_cap))
+        return int(raw["replayed"]), _staged(raw.get("staged"))
+
+    def counts(self, targets: list[str]) -> dict[str, dict[str, int]]:
+        """Per target: staged adds/removes, in flight; plus retrying and dead-lettered totals."""
+        pipe = self.redis.pipeline(transaction=False)
+        for target in targets:
+            pipe.zcard(self.key("stage", target, "add"))
+            pipe.zcard(self.key("stage", target, "remove"))
+            pipe.hlen(self.key("inflight", target))
+        answers = pipe.execute()
+        out = {}
+        for i, target in enumerate(targets):
+            out[target] = {
+                "staged_add": int(answers[3 * i]),
+                "staged_remove": int(answers[3 * i + 1]),
+                "in_flight": int(answers[3 * i + 2]),
+            }
+        return out
+
+    def ping(self) -> bool:
+        return bool(self.redis.ping())
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
