@@ -33,7 +33,7 @@ def _split_csv(value: Any) -> Any:
 class Settings(BaseModel):
     """Everything optout-worker reads from the environment, validated once at start."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
 
     redis_url: str | None = Field(default=None, alias="REDIS_URL")
     celery_broker_url: str | None = Field(default=None, alias="CELERY_BROKER_URL")
@@ -170,11 +170,11 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
     values: dict[str, Any] = {
         k.upper(): v for k, v in env.items() if k.upper() in known and v != ""
     }
-    values.update(overrides)
+    names = _field_to_env()
+    values.update({names.get(k, k): v for k, v in overrides.items()})
     try:
         return Settings.model_validate(values)
     except ValidationError as exc:
-        names = _field_to_env()
         problems = []
         for error in exc.errors():
             loc = error.get("loc") or ()

@@ -33,7 +33,7 @@ class FakeClock:
 
 def make_settings(**overrides: Any) -> Settings:
     env = {
-        "REDIS_URL": "redis://127.0.0.1:6379/15",
+        "REDIS_URL": "redis://unused.invalid:1/0",
         "VOICENTER_API_CODE": "good-code",
         "VOICENTER_BASE_URL": "http://voicenter.test",
         "OPTOUT_RETRY_BASE_SECONDS": "1",

@@ -131,6 +131,8 @@ def create_api(pipeline: PipelineFactory) -> FastAPI:
         "blacklists. `/v1/*` needs the admin token as `Authorization: Bearer`.",
     )
 
+    api.add_middleware(_BodyLimit, max_bytes=pipeline().settings.max_body_bytes)
+
     def admin(authorization: Annotated[str | None, Header()] = None) -> None:
         token = pipeline().settings.admin_token
         if token is None:
@@ -239,8 +241,8 @@ def create_api(pipeline: PipelineFactory) -> FastAPI:
 
 def _broker_check(url: str) -> str:
     try:
-        with Connection(url, connect_timeout=2) as conn:  # type: ignore[no-untyped-call]
-            conn.ensure_connection(max_retries=1, timeout=2)
+        with Connection(url, connect_timeout=1) as conn:  # type: ignore[no-untyped-call]
+            conn.ensure_connection(max_retries=1, timeout=1)
         return "ok"
     except Exception as exc:
         return f"down: {type(exc).__name__}"

@@ -101,11 +101,14 @@ def _clean(raw: object) -> str | Rejected:
     if _LETTER.search(text):
         # phonenumbers would read letters as keypad digits: 0501234567abc is not a number.
         return Rejected("contains_letters")
-    compact = _SEPARATORS.sub("", text)
-    if _SPREADSHEET_INT.match(compact):
-        compact = compact.split(".", 1)[0]
-    elif _DECIMAL.match(compact):
+    spaced = text.replace(" ", "")
+    if _SPREADSHEET_INT.match(spaced):
+        # A spreadsheet export writes 972501234567 as 972501234567.0.
+        compact = spaced.split(".", 1)[0]
+    elif _DECIMAL.match(spaced):
         return Rejected("decimal_number", "only a spreadsheet's N.0 is read as an integer")
+    else:
+        compact = _SEPARATORS.sub("", text)
     body = compact[1:] if compact.startswith("+") else compact
     if not body or not _DIGITS.match(body):
         return Rejected("not_a_number")

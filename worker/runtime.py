@@ -8,6 +8,8 @@ import time
 
 import httpx
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 from celery import Celery
 
 from config import Settings, load_settings
@@ -31,11 +33,14 @@ def celery_app() -> Celery:
 
 
 def redis_client(settings: Settings) -> redis.Redis:
+    # Fail within about a second when Redis is down: the API answers 503 so the sender
+    # retries, and Celery retries tasks, so long client-side retry loops only add latency.
     return redis.Redis.from_url(
         settings.state_redis_url,
         socket_timeout=5,
-        socket_connect_timeout=2,
+        socket_connect_timeout=1,
         health_check_interval=30,
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
     )
 
 

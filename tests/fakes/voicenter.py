@@ -6,6 +6,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 ADD = "/Blacklist/AddBlackList"
@@ -26,6 +27,7 @@ class FakeVoicenter:
     http_status_times: int = 0
     retry_after: str | None = None
     delay: float = 0.0
+    after_request: Callable[[], None] | None = None  # runs once, after the next request
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def handle(
@@ -36,6 +38,13 @@ class FakeVoicenter:
         headers: dict[str, str],
         body: Any,
     ) -> tuple[int, Any, dict[str, str]]:
+        answer = self._handle(method, path, body)
+        hook, self.after_request = self.after_request, None
+        if hook is not None:
+            hook()
+        return answer
+
+    def _handle(self, method: str, path: str, body: Any) -> tuple[int, Any, dict[str, str]]:
         if self.delay:
             time.sleep(self.delay)
         with self.lock:

@@ -1,0 +1,169 @@
+"""Accept and the ledger: idempotency, last-writer-wins and its safety rules, staging."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from tests.conftest import FakeClock
+from tests.fakes.dispatch import QueueDispatcher
+from worker.accept import AcceptError, Event, PhoneInput, accept
+from worker.pipeline import Pipeline
+from worker.providers.base import Action
+
+N = "+972501234567"
+
+
+def at(clock: FakeClock, offset: float = 0.0) -> datetime:
+    return datetime.fromtimestamp(clock.now + offset, tz=UTC)
+
+
+def add(*phones: str, **kw: Any) -> Event:
+    return Event("api", Action.ADD, [PhoneInput(p) for p in phones], **kw)
+
+
+def remove(*phones: str, **kw: Any) -> Event:
+    return Event("api", Action.REMOVE, [PhoneInput(p) for p in phones], **kw)
+
+
+def test_accept_writes_ledger_audit_and_stages(pipe: Pipeline) -> None:
+    result = accept(pipe, add(N, "not-a-number", reason="pressed 9"))
+    assert result.accepted == 1
+    assert result.phones[1].status == "rejected"
+    assert result.phones[1].reason == "contains_letters"
+    ledger = pipe.store.ledger(N)
+    assert ledger["s"] == "blocked"
+    assert ledger["v"] == "1"
+    audit = pipe.store.audit(N)
+    assert audit[0]["ev"] == result.event_id
+    assert audit[0]["rsn"] == "pressed 9"
+    assert pipe.store.provider_view(N, ["voicenter"])["voicenter"]["staged"] == "add"
+
+
+def test_same_key_same_body_is_a_noop(pipe: Pipeline, dispatcher: QueueDispatcher) -> None:
+    first = accept(pipe, add(N, idempotency_key="k1"))
+    sent = len(dispatcher.sent)
+    again = accept(pipe, add(N, idempotency_key="k1"))
+    assert again.duplicate
+    assert again.event_id == first.event_id
+    assert len(dispatcher.sent) == sent
+    assert len(pipe.store.audit(N)) == 1
+
+
+def test_same_key_different_body_is_409(pipe: Pipeline) -> None:
+    accept(pipe, add(N, idempotency_key="k1"))
+    with pytest.raises(AcceptError) as caught:
+        accept(pipe, add("+972501234568", idempotency_key="k1"))
+    assert caught.value.status == 409
+
+
+def test_keys_are_scoped_by_source(pipe: Pipeline) -> None:
+    accept(pipe, add(N, idempotency_key="k1"))
+    other = Event("crm", Action.ADD, [PhoneInput("+972501234568")], idempotency_key="k1")
+    assert not accept(pipe, other).duplicate
+
+
+def test_without_a_key_the_body_hash_is_the_key(pipe: Pipeline) -> None:
+    accept(pipe, add(N, reason="x"))
+    assert accept(pipe, add(N, reason="x")).duplicate
+    assert not accept(pipe, add(N, reason="y")).duplicate
+
+
+def test_remove_without_occurred_at_is_refused(pipe: Pipeline) -> None:
+    with pytest.raises(AcceptError) as caught:
+        accept(pipe, remove(N))
+    assert caught.value.status == 422
+    assert caught.value.reason == "remove_needs_occurred_at"
+
+
+def test_a_remove_older_than_the_add_loses(pipe: Pipeline, clock: FakeClock) -> None:
+    accept(pipe, add(N, occurred_at=at(clock, -10)))  # T2
+    result = accept(pipe, remove(N, occurred_at=at(clock, -20)))  # T1 < T2, arrives last
+    assert result.phones[0].ledger == "stale"
+    assert pipe.store.ledger(N)["s"] == "blocked"
+    view = pipe.store.provider_view(N, ["voicenter"])["voicenter"]
+    assert view["staged"] == "add"
+
+
+def test_a_newer_remove_wins_and_replaces_the_staged_add(pipe: Pipeline, clock: FakeClock) -> None:
+    accept(pipe, add(N, occurred_at=at(clock, -20)))
+    accept(pipe, remove(N, occurred_at=at(clock, -10)))
+    assert pipe.store.ledger(N)["s"] == "unblocked"
+    assert pipe.store.provider_view(N, ["voicenter"])["voicenter"]["staged"] == "remove"
+    assert pipe.store.counts(["voicenter"])["voicenter"]["staged_add"] == 0
+
+
+def test_on_a_tie_the_add_wins(pipe: Pipeline, clock: FakeClock) -> None:
+    when = at(clock, -5)
+    accept(pipe, add(N, occurred_at=when))
+    assert accept(pipe, remove(N, occurred_at=when)).phones[0].ledger == "stale"
+    pipe2_state = pipe.store.ledger(N)["s"]
+    assert pipe2_state == "blocked"
+
+
+def test_a_future_occurred_at_is_clamped(pipe: Pipeline, clock: FakeClock) -> None:
+    accept(pipe, add(N, occurred_at=at(clock, 10 * 365 * 86400)))
+    t = int(pipe.store.ledger(N)["t"])
+    assert t <= int((clock.now + pipe.settings.clock_skew_seconds) * 1000)
+    # ... so a remove made after the skew window can still lift it.
+    clock.advance(pipe.settings.clock_skew_seconds + 1)
+    accept(pipe, remove(N, occurred_at=at(clock)))
+    assert pipe.store.ledger(N)["s"] == "unblocked"
+
+
+def test_blocks_merge_to_the_longest_expiry(pipe: Pipeline, clock: FakeClock) -> None:
+    accept(pipe, add(N))  # permanent
+    result = accept(pipe, add(N, expires_at=at(clock, 3600), reason="temp"))
+    assert result.phones[0].ledger == "unchanged"
+    assert pipe.store.ledger(N)["x"] == "0"
+    other = "+972501234568"
+    accept(pipe, add(other, expires_at=at(clock, 3600)))
+    accept(pipe, add(other, expires_at=at(clock, 7200), reason="longer"))
+    assert int(pipe.store.ledger(other)["x"]) == int((clock.now + 7200) * 1000)
+
+
+def test_an_unchanged_number_already_confirmed_is_not_pushed_again(
+    pipe: Pipeline, dispatcher: QueueDispatcher
+) -> None:
+    accept(pipe, add(N))
+    dispatcher.drain(pipe)
+    accept(pipe, add(N, reason="again"))
+    assert pipe.store.provider_view(N, ["voicenter"])["voicenter"]["staged"] is None
+
+
+def test_no_valid_phone_is_422(pipe: Pipeline) -> None:
+    with pytest.raises(AcceptError) as caught:
+        accept(pipe, add("abc", "12"))
+    assert caught.value.reason == "no_valid_phones"
+
+
+def test_duplicate_phones_in_one_event_count_once(pipe: Pipeline) -> None:
+    result = accept(pipe, add(N, "0501234567", "972501234567"))
+    assert result.accepted == 3
+    assert pipe.store.ledger(N)["v"] == "1"
+
+
+def test_expires_at_in_the_past_is_refused(pipe: Pipeline, clock: FakeClock) -> None:
+    with pytest.raises(AcceptError):
+        accept(pipe, add(N, expires_at=at(clock, -1)))
+
+
+def test_events_with_no_provider_still_land_in_the_ledger(make_pipe: Any) -> None:
+    pipe = make_pipe(voicenter_api_code=None)
+    accept(pipe, add(N))
+    assert pipe.store.ledger(N)["s"] == "blocked"
+
+
+def test_timezone_naive_times_are_utc(pipe: Pipeline, clock: FakeClock) -> None:
+    naive = datetime.fromtimestamp(clock.now - 60, tz=UTC).replace(tzinfo=None)
+    accept(pipe, add(N, occurred_at=naive))
+    assert int(pipe.store.ledger(N)["t"]) == int((clock.now - 60) * 1000)
+
+
+def test_one_hour_later_remove_with_time_lifts(pipe: Pipeline, clock: FakeClock) -> None:
+    accept(pipe, add(N))
+    clock.advance(3600)
+    accept(pipe, remove(N, occurred_at=at(clock) - timedelta(seconds=1)))
+    assert pipe.store.ledger(N)["s"] == "unblocked"

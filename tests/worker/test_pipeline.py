@@ -1,0 +1,345 @@
+"""The batch pipeline end to end in-process: fakeredis, the fake Voicenter, a queue dispatcher."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from tests.conftest import FakeClock
+from tests.fakes.dispatch import QueueDispatcher
+from tests.fakes.voicenter import ADD, REMOVE, FakeVoicenter
+from worker import pipeline as work
+from worker.accept import Event, PhoneInput, accept
+from worker.pipeline import Pipeline
+from worker.providers.base import Action
+
+
+def numbers(count: int, start: int = 0) -> list[str]:
+    return [f"+97250{i:07d}" for i in range(start, start + count)]
+
+
+def add(*phones: str) -> Event:
+    return Event("api", Action.ADD, [PhoneInput(p) for p in phones])
+
+
+def remove(clock: FakeClock, *phones: str) -> Event:
+    when = datetime.fromtimestamp(clock.now, tz=UTC)
+    return Event("api", Action.REMOVE, [PhoneInput(p) for p in phones], occurred_at=when)
+
+
+def settle(pipe: Pipeline, dispatcher: QueueDispatcher, clock: FakeClock, rounds: int = 12) -> None:
+    """Run queued work, then let time pass so retries come due, until nothing is left."""
+    for _ in range(rounds):
+        dispatcher.drain(pipe)
+        clock.advance(pipe.settings.retry_max_seconds + 1)
+        work.sweep(pipe)
+        dispatcher.drain(pipe)
+
+
+def test_250_numbers_cost_exactly_three_requests(
+    pipe: Pipeline, dispatcher: QueueDispatcher, fake_voicenter: FakeVoicenter
+) -> None:
+    accept(pipe, add(*numbers(250)))
+    dispatcher.drain(pipe)
+    sizes = [len(r) for r in fake_voicenter.pushed()]
+    assert sizes == [100, 100, 50]
+    assert fake_voicenter.pushed()[0][0] == "972500000000"
+    assert len(fake_voicenter.blacklist) == 250
+
+
+def test_numbers_from_many_events_share_a_batch(
+    pipe: Pipeline, dispatcher: QueueDispatcher, fake_voicenter: FakeVoicenter
+) -> None:
+    for n in numbers(150):
+        accept(pipe, add(n))
+    dispatcher.drain(pipe)
+    assert [len(r) for r in fake_voicenter.pushed()] == [100, 50]
+
+
+def test_a_linger_flush_with_nothing_staged_sends_nothing(
+    pipe: Pipeline, dispatcher: QueueDispatcher, fake_voicenter: FakeVoicenter
+) -> None:
+    assert work.flush(pipe, "voicenter", Action.ADD, work.ALL) == 0
+    assert fake_voicenter.requests == []
+
+
+def test_code_2_retries_that_number_alone_then_succeeds(
+    pipe: Pipeline,
+    dispatcher: QueueDispatcher,
+    fake_voicenter: FakeVoicenter,
+    clock: FakeClock,
+) -> None:
+    batch = numbers(5)
+    flaky = "972500000002"
+    fake_voicenter.phone_codes[flaky] = 2
+    fake_voicenter.phone_code_times[flaky] = 2
+    accept(pipe, add(*batch))
+    settle(pipe, dispatcher, clock)
+    pushed = fake_voicenter.pushed()
+    assert len(pushed[0]) == 5
+    assert pushed[1:] == [[flaky], [flaky]]
+    assert flaky in fake_voicenter.blacklist
+    view = pipe.store.provider_view("+" + flaky, ["voicenter"])["voicenter"]
+    assert view["confirmed"] == "blocked:1"
+    assert view["attempts"] == 0
+
+
+def test_code_1_dead_letters_with_reason_and_replay_delivers(
+    pipe: Pipeline,
+    dispatcher: QueueDispatcher,
+    fake_voicenter: FakeVoicenter,
+    clock: FakeClock,
+) -> None:
+    bad = "972500000001"
+    fake_voicenter.phone_codes[bad] = 1
+    accept(pipe, add(*numbers(3)))
+    settle(pipe, dispatcher, clock)
+    dead = pipe.store.dead_letters()
+    assert [d["phone"] for d in dead] == ["+" + bad]
+    assert dead[0]["reason"] == "bad_format"
+    assert dead[0]["action"] == "add"
+    assert dead[0]["attempts"] == 1
+    assert dead[0]["events"]
+    assert len(fake_voicenter.pushed()) == 1  # permanent: never retried on its own
+
+    del fake_voicenter.phone_codes[bad]
+    assert work.replay(pipe, [d["id"] for d in dead], "test") == 1
+    assert work.replay(pipe, [d["id"] for d in dead], "test") == 1  # twice: staged once
+    settle(pipe, dispatcher, clock)
+    assert pipe.store.dead_letters() == []
+    assert fake_voicenter.pushed()[1:] == [[bad]]
+    audit = pipe.store.audit("+" + bad)
+    assert any(e.get("act") == "replay" and e.get("by") == "test" for e in audit)
+
+
+def test_retries_are_capped_then_dead_lettered(
+    make_pipe: Any, dispatcher: QueueDispatcher, fake_voicenter: FakeVoicenter, clock: FakeClock
+) -> None:
+    pipe = make_pipe(max_attempts=3)
+    fake_voicenter.phone_codes["972500000000"] = 2
+    accept(pipe, add(*numbers(1)))
+    settle(pipe, dispatcher, clock)
+    assert len(fake_voicenter.pushed()) == 3
+    dead = pipe.store.dead_letters()
+    assert dead[0]["reason"] == "max_attempts"
+    assert "provider_internal_error" in dead[0]["last_error"]
+
+
+def test_backoff_grows_and_waits(
+    pipe: Pipeline, dispatcher: QueueDispatcher, fake_voicenter: FakeVoicenter, clock: FakeClock
+) -> None:
+    fake_voicenter.phone_codes["972500000000"] = 2
+    accept(pipe, add(*numbers(1)))
+    dispatcher.drain(pipe)
+    first = pipe.store.provider_view("+972500000000", ["voicenter"])["voicenter"]["retry_at_ms"]
+    base_ms = pipe.settings.retry_base_seconds * 1000
+    assert 0.5 * base_ms <= first - pipe.store.now_ms() <= base_ms
+    work.sweep(pipe)  # not due yet: nothing moves
+    dispatcher.drain(pipe)
+    assert len(fake_voicenter.pushed()) == 1
+    clock.advance(pipe.settings.retry_base_seconds)
+    work.sweep(pipe)
+    dispatcher.drain(pipe)
+    assert len(fake_voicenter.pushed()) == 2
+    second = pipe.store.provider_view("+972500000000", ["voicenter"])["voicenter"]["retry_at_ms"]
+    assert second - pipe.store.now_ms() >= base_ms  # 2 * base * [0.5, 1]
+
+
+def test_a_whole_chunk_rejection_is_split_to_isolate_the_bad_number(
+    pipe: Pipeline, dispatcher: QueueDispatcher, clock: FakeClock
+) -> None:
+    fake = FakeVoicenter()
+    poison = "972500000037"
+
+    def handler(method: str, path: str, q: Any, h: Any, body: Any) -> Any:
+        phones = [p["Phone"] for p in body["Phones"]]
+        if poison in phones:
+            return 200, {"ErrorCode": 2, "ErrorMessage": "Phones invalid"}, {}
+        return fake.handle(method, path, q, h, body)
+
+    import httpx
+
+    from tests.fakes.server import mock_transport
+    from worker.providers.voicenter import VoicenterProvider
+
+    pipe.providers["voicenter"] = VoicenterProvider(
+        "good-code", "http://v.test", httpx.Client(transport=mock_transport(handler))
+    )
+    accept(pipe, add(*numbers(100)))
+    settle(pipe, dispatcher, clock)
+    assert len(fake.blacklist) == 99
+    dead = pipe.store.dead_letters()
+    assert [d["phone"] for d in dead] == ["+" + poison]
+    assert dead[0]["reason"] == "phones_rejected"
+
+
+def test_auth_failure_pauses_keeps_numbers_staged_and_resume_delivers(
+    pipe: Pipeline, dispatcher: QueueDispatcher, fake_voicenter: FakeVoicenter, clock: FakeClock
+) -> None:
+    fake_voicenter.code = "rotated"
+    accept(pipe, add(*numbers(10)))
+    settle(pipe, dispatcher, clock)
+    assert "voicenter" in pipe.store.paused()
+    assert pipe.store.dead_letters() == []
+    assert pipe.store.counts(["voicenter"])["voicenter"]["staged_add"] == 10
+    assert fake_voicenter.blacklist == set()
+    # While paused, flushes claim nothing.
+    accept(pipe, add(*numbers(5, start=10)))
+    settle(pipe, dispatcher, clock)
+    assert pipe.store.counts(["voicenter"])["voicenter"]["staged_add"] == 15
+
+    fake_voicenter.code = "good-code"
+    assert pipe.store.resume("voicenter")
+    work.flush(pipe, "voicenter", Action.ADD, work.ALL)
+    settle(pipe, dispatcher, clock)
+    assert len(fake_voicenter.blacklist) == 15
+    assert pipe.store.counts(["voicenter"])["voicenter"]["staged_add"] == 0
+
+
+def test_429_holds_the_provider_until_retry_after(
+    pipe: Pipeline, dispatcher: QueueDispatcher, fake_voicenter: FakeVoicenter, clock: FakeClock
+) -> None:
+    fake_voicenter.http_status = 429
+    fake_voicenter.http_status_times = 1
+    fake_voicenter.retry_after = "30"
+    accept(pipe, add(*numbers(3)))
+    dispatcher.drain(pipe)
+    assert pipe.store.held_for("voicenter") > 29
+    retry_at = pipe.store.provider_view("+972500000000", ["voicenter"])["voicenter"]["retry_at_ms"]
+    assert retry_at >= pipe.store.now_ms() + 30_000
+    # A new number staged meanwhile is not pushed while the hold lasts.
+    accept(pipe, add(*numbers(1, start=50)))
+    dispatcher.drain(pipe)
+    assert fake_voicenter.requests == []
+
+
+def test_5xx_retries_the_whole_chunk(
+    pipe: Pipeline, dispatcher: QueueDispatcher, fake_voicenter: FakeVoicenter, clock: FakeClock
+) -> None:
+    fake_voicenter.http_status = 500
+    fake_voicenter.http_status_times = 2
+    accept(pipe, add(*numbers(4)))
+    settle(pipe, dispatcher, clock)
+    assert len(fake_voicenter.blacklist) == 4
+    assert pipe.store.dead_letters() == []
+
+
+def test_ledger_moving_while_in_flight_restages_the_newest_state(
+    pipe: Pipeline, dispatcher: QueueDispatcher, fake_voicenter: FakeVoicenter, clock: FakeClock
+) -> None:
+    n = numbers(1)[0]
+    accept(pipe, add(n))
+    # Claim the add, then a remove lands while the chunk is in flight.
+    work.flush(pipe, "voicenter", Action.ADD, work.ALL)
+    chunk_id = next(a[0] for k, a in dispatcher.tasks if k == "push")
+    clock.advance(1)
+    accept(pipe, remove(clock, n))
+    assert pipe.store.provider_view(n, ["voicenter"])["voicenter"]["staged"] is None
+    # The push re-reads the ledger: the add is stale and is not sent.
+    work.push(pipe, chunk_id)
+    assert fake_voicenter.requests == []
+    settle(pipe, dispatcher, clock)
+    assert [p for p, _ in fake_voicenter.requests] == [REMOVE]
+    assert pipe.store.provider_view(n, ["voicenter"])["voicenter"]["confirmed"] == "unblocked:2"
+
+
+def test_a_change_after_the_request_went_out_is_pushed_after_it(
+    pipe: Pipeline, dispatcher: QueueDispatcher, fake_voicenter: FakeVoicenter, clock: FakeClock
+) -> None:
+    n = numbers(1)[0]
+    accept(pipe, add(n))
+    work.flush(pipe, "voicenter", Action.ADD, work.ALL)
+
+    def remove_lands_mid_request() -> None:
+        clock.advance(1)
+        accept(pipe, remove(clock, n))
+
+    fake_voicenter.after_request = remove_lands_mid_request
+    settle(pipe, dispatcher, clock)
+    assert [p for p, _ in fake_voicenter.requests] == [ADD, REMOVE]
+    assert fake_voicenter.blacklist == set()
+
+
+def test_an_expired_lease_is_recovered_and_delivered(
+    pipe: Pipeline, dispatcher: QueueDispatcher, fake_voicenter: FakeVoicenter, clock: FakeClock
+) -> None:
+    accept(pipe, add(*numbers(3)))
+    work.flush(pipe, "voicenter", Action.ADD, work.ALL)
+    dispatcher.tasks.clear()  # the worker holding the push died
+    clock.advance(pipe.settings.lease_seconds + 1)
+    assert work.recover(pipe) == 1
+    settle(pipe, dispatcher, clock)
+    assert len(fake_voicenter.blacklist) == 3
+    assert pipe.store.counts(["voicenter"])["voicenter"]["in_flight"] == 0
+
+
+def test_a_late_push_after_recovery_forces_a_fresh_push(
+    pipe: Pipeline, dispatcher: QueueDispatcher, fake_voicenter: FakeVoicenter, clock: FakeClock
+) -> None:
+    n = numbers(1)[0]
+    accept(pipe, add(n))
+    work.flush(pipe, "voicenter", Action.ADD, work.ALL)
+    chunk_id = next(a[0] for k, a in dispatcher.tasks if k == "push")
+    dispatcher.tasks.clear()
+    chunk = pipe.store.load_chunk(chunk_id)
+    assert chunk is not None
+    clock.advance(pipe.settings.lease_seconds + 1)
+    work.recover(pipe)
+    settle(pipe, dispatcher, clock)
+    assert len(fake_voicenter.pushed()) == 1
+    # The presumed-dead worker finishes afterwards: its answer must not be trusted.
+    status, counts, staged = pipe.store.complete(
+        chunk,
+        {n: ("done", "", "", 0, 0.5)},
+        max_attempts=5,
+        backoff_base_seconds=1,
+        backoff_cap_seconds=2,
+    )
+    assert status == "orphan"
+    work.schedule(pipe, staged)
+    settle(pipe, dispatcher, clock)
+    assert len(fake_voicenter.pushed()) == 2
+
+
+def test_a_redelivered_push_of_a_completed_chunk_does_nothing(
+    pipe: Pipeline, dispatcher: QueueDispatcher, fake_voicenter: FakeVoicenter
+) -> None:
+    accept(pipe, add(*numbers(2)))
+    work.flush(pipe, "voicenter", Action.ADD, work.ALL)
+    chunk_id = next(a[0] for k, a in dispatcher.tasks if k == "push")
+    dispatcher.drain(pipe)
+    assert work.push(pipe, chunk_id) == {}
+    assert len(fake_voicenter.requests) == 1
+
+
+def test_interleaved_adds_and_removes_end_equal_to_the_ledger(
+    pipe: Pipeline, dispatcher: QueueDispatcher, fake_voicenter: FakeVoicenter, clock: FakeClock
+) -> None:
+    import random
+
+    rng = random.Random(3)
+    batch = numbers(60)
+    for _ in range(400):
+        n = rng.choice(batch)
+        clock.advance(0.01)
+        if rng.random() < 0.5:
+            accept(pipe, add(n))
+        else:
+            accept(pipe, remove(clock, n))
+        if rng.random() < 0.3:
+            # Run a random amount of the queued work, out of order.
+            for _ in range(rng.randint(0, 3)):
+                if dispatcher.tasks:
+                    i = rng.randrange(len(dispatcher.tasks))
+                    kind, args = dispatcher.tasks[i]
+                    del dispatcher.tasks[i]
+                    if kind == "flush":
+                        work.flush(pipe, args[0], args[1], args[2])
+                    else:
+                        work.push(pipe, args[0])
+    settle(pipe, dispatcher, clock)
+    for n in batch:
+        state = pipe.store.ledger(n).get("s")
+        if state is None:
+            continue
+        assert (n[1:] in fake_voicenter.blacklist) == (state == "blocked"), n
