@@ -8,9 +8,9 @@ import time
 
 import httpx
 import redis
+from celery import Celery
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
-from celery import Celery
 
 from config import Settings, load_settings
 from worker.app import CeleryDispatcher, create_celery

@@ -288,7 +288,7 @@ def test_a_late_push_after_recovery_forces_a_fresh_push(
     settle(pipe, dispatcher, clock)
     assert len(fake_voicenter.pushed()) == 1
     # The presumed-dead worker finishes afterwards: its answer must not be trusted.
-    status, counts, staged = pipe.store.complete(
+    status, _counts, staged = pipe.store.complete(
         chunk,
         {n: ("done", "", "", 0, 0.5)},
         max_attempts=5,
