@@ -9,6 +9,7 @@ from typing import Any
 import fakeredis
 import httpx
 import pytest
+import structlog
 
 from config import Settings, load_settings
 from tests.fakes.dispatch import QueueDispatcher
@@ -40,6 +41,12 @@ def make_settings(**overrides: Any) -> Settings:
         "OPTOUT_RETRY_MAX_SECONDS": "8",
     }
     return load_settings(env, **overrides)
+
+
+@pytest.fixture(autouse=True)
+def _default_logging() -> Iterator[None]:
+    yield
+    structlog.reset_defaults()
 
 
 @pytest.fixture

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 from typing import Any
 
 import structlog
 from celery import Celery
-from celery.signals import task_postrun, task_prerun, worker_process_init
-from kombu.entity import Queue
+from celery.signals import after_setup_logger, task_postrun, task_prerun, worker_process_init
+from kombu.entity import Exchange, Queue
 
 from config import Settings
 from worker.providers.base import Action
@@ -28,6 +29,12 @@ def push_queue(provider: str) -> str:
 
 def queue_names(settings: Settings) -> list[str]:
     return [DEFAULT_QUEUE, *(push_queue(p) for p in settings.enabled_providers())]
+
+
+def _queue(name: str) -> Queue:
+    # Its own exchange and routing key: a shared default key would copy every task to
+    # every queue bound with it.
+    return Queue(name, Exchange(name, type="direct"), routing_key=name)  # type: ignore[no-untyped-call]
 
 
 def create_celery(settings: Settings) -> Celery:
@@ -51,7 +58,7 @@ def create_celery(settings: Settings) -> Celery:
         broker_connection_retry_on_startup=True,
         broker_transport_options=transport,
         task_default_queue=DEFAULT_QUEUE,
-        task_queues=[Queue(name) for name in queue_names(settings)],  # type: ignore[no-untyped-call]
+        task_queues=[_queue(name) for name in queue_names(settings)],
         task_create_missing_queues=True,
         task_publish_retry_policy={
             "max_retries": 3,
@@ -106,6 +113,14 @@ def _bind_task_context(task_id: str | None = None, task: Any = None, **_: Any) -
 @task_postrun.connect  # type: ignore[untyped-decorator]
 def _clear_task_context(**_: Any) -> None:
     structlog.contextvars.clear_contextvars()
+
+
+@after_setup_logger.connect  # type: ignore[untyped-decorator]
+def _quiet_per_task_lines(**_: Any) -> None:
+    # The sweep runs every second: Celery's own received/succeeded lines would drown the
+    # one structured line per task that we write.
+    for name in ("celery.app.trace", "celery.worker.strategy", "celery.beat"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 @worker_process_init.connect  # type: ignore[untyped-decorator]

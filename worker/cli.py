@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import secrets
 import signal
@@ -198,7 +199,10 @@ def _local_admin_token(data_dir: Path) -> str:
 
 
 @app.command()
-def status(phone: str) -> None:
+def status(
+    phone: str,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the record as JSON.")] = False,
+) -> None:
     """Show one number: desired state, expiry, each provider's status, the audit trail."""
     pipe = _pipeline()
     from worker.api import number_view
@@ -209,9 +213,13 @@ def status(phone: str) -> None:
         err.print(f"[red]not a phone number: {normal.reason}[/red]")
         raise typer.Exit(2)
     view = number_view(pipe, normal.e164)
+    if as_json:
+        typer.echo(json.dumps(view, sort_keys=True))
     if not view["known"]:
         console.print(f"{normal.e164}: no opt-out or opt-in recorded")
         raise typer.Exit(1)
+    if as_json:
+        return
     console.print(
         f"[bold]{view['phone']}[/bold]  state={view['state']}  version={view['version']}  "
         f"expires={_ms_to_text(view['expires_at_ms'])}"
@@ -274,6 +282,7 @@ def dlq_list(
     phone: PhoneOpt = None,
     older_than: OlderOpt = None,
     limit: Annotated[int, typer.Option(help="Show at most N.")] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
     """List dead letters, oldest first."""
     pipe = _pipeline()
@@ -281,6 +290,10 @@ def dlq_list(
 
     flt = _dead_letter_filter(provider, action, reason, phone, older_than, None)
     entries = select(pipe.store.dead_letters(), flt, pipe.store.now_ms())
+    if as_json:
+        for e in entries[:limit]:
+            typer.echo(json.dumps(e, sort_keys=True))
+        return
     table = Table("id", "action", "reason", "last error", "attempts", "first", "last",
                   title=f"dead letters: {len(entries)}")  # fmt: skip
     for e in entries[:limit]:

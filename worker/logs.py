@@ -11,6 +11,7 @@ from typing import Any
 import structlog
 
 _E164ISH = re.compile(r"\+?\d{8,15}")
+_NOT_NUMBERS = {"event_id", "phone_sha256", "timestamp", "task_id", "chunk"}
 _SECRET_KEYS = {"token", "authorization", "code", "api_key", "password", "secret"}
 
 
@@ -29,9 +30,13 @@ def scrub(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[st
             event[key] = "***"
             continue
         value = event[key]
-        if isinstance(value, str) and key not in {"event_id", "phone_sha256", "timestamp"}:
+        if isinstance(value, str) and key not in _NOT_NUMBERS:
             event[key] = _mask_text(value)
     return event
+
+
+def _stderr_logger(*_: Any) -> structlog.PrintLogger:
+    return structlog.PrintLogger(sys.stderr)
 
 
 def configure(log_format: str = "auto", level: int = logging.INFO) -> None:
@@ -51,7 +56,8 @@ def configure(log_format: str = "auto", level: int = logging.INFO) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # Looked up at each call, so a replaced sys.stderr (tests, daemons) is honoured.
+        logger_factory=_stderr_logger,
         cache_logger_on_first_use=False,
     )
     logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s %(message)s")

@@ -1,0 +1,33 @@
+"""Celery configuration: at-least-once settings and one isolated queue per provider."""
+
+from __future__ import annotations
+
+from tests.conftest import make_settings
+from worker.app import DEFAULT_QUEUE, create_celery, push_queue, queue_names
+
+
+def test_reliability_settings() -> None:
+    conf = create_celery(make_settings()).conf
+    assert conf.task_acks_late is True
+    assert conf.task_reject_on_worker_lost is True
+    assert conf.worker_prefetch_multiplier == 1
+    assert conf.task_serializer == "json"
+    assert conf.accept_content == ["json"]
+
+
+def test_each_provider_queue_has_its_own_routing_key() -> None:
+    app = create_celery(make_settings())
+    names = queue_names(make_settings())
+    assert names == [DEFAULT_QUEUE, push_queue("voicenter")]
+    keys = {app.amqp.queues[name].routing_key for name in names}
+    assert keys == set(names)
+
+
+def test_broker_keys_share_the_state_prefix_on_redis() -> None:
+    app = create_celery(make_settings(key_prefix="t1:"))
+    assert app.conf.broker_transport_options["global_keyprefix"] == "t1:broker:"
+
+
+def test_rabbitmq_broker_has_no_key_prefix() -> None:
+    app = create_celery(make_settings(celery_broker_url="amqp://guest:guest@127.0.0.1:5672//"))
+    assert "global_keyprefix" not in app.conf.broker_transport_options
