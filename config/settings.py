@@ -140,7 +140,13 @@ class Settings(BaseModel):
 
     @property
     def broker_url(self) -> str:
-        return self.celery_broker_url or self.state_redis_url
+        if self.celery_broker_url:
+            return self.celery_broker_url
+        url = self.state_redis_url
+        if url.startswith("unix://"):
+            # redis-py says unix://, kombu says redis+socket:// for the same socket.
+            return "redis+socket://" + url.removeprefix("unix://")
+        return url
 
     @property
     def state_redis_url(self) -> str:

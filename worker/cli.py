@@ -45,8 +45,14 @@ def _settings() -> Settings:
 
 
 def _pipeline() -> Any:
-    _settings()
+    settings = _settings()
     from worker import runtime
+    from worker.embedded import running_url
+
+    if not settings.redis_url and (url := running_url(settings.data_dir)):
+        # `optout up` is running here with its embedded Redis.
+        settings = settings.model_copy(update={"redis_url": url})
+    runtime.configure(settings)
 
     try:
         return runtime.pipeline()
@@ -249,7 +255,7 @@ def status(
             str(entry.get("ev", ""))[:12],
             what,
             str(entry.get("res") or entry.get("out") or ""),
-            str(entry.get("src") or entry.get("rsn") or ""),
+            ": ".join(str(entry[k]) for k in ("src", "rsn", "det") if entry.get(k)),
         )
     console.print(audit)
 

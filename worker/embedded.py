@@ -23,18 +23,43 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def socket_path(data_dir: Path) -> Path:
+    return data_dir.resolve() / "redis.sock"
+
+
+def running_url(data_dir: Path) -> str | None:
+    """The URL of an embedded Redis that `optout up` runs for this data dir, if any."""
+    sock = socket_path(data_dir / "redis")
+    if not sock.exists():
+        return None
+    url = f"unix://{sock}"
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=0.5).ping()
+    except redis.RedisError:
+        return None
+    return url
+
+
 class EmbeddedRedis:
     """A redis-server on 127.0.0.1 persisting to `data_dir` with AOF `appendfsync always`
     and `noeviction`, so an acknowledged opt-out survives a crash and is never evicted."""
 
-    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+    def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir.resolve()
-        self.port = port or free_port()
+        self.socket = socket_path(self.data_dir)
+        # A unix socket at a known path lets `optout status` find a running `optout up`;
+        # sockets have a ~107-byte path limit, so a deep data dir falls back to TCP.
+        self.port = 0 if len(str(self.socket)) < 100 else free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        if self.port:
+            return f"redis://127.0.0.1:{self.port}/0"
+        return f"unix://{self.socket}"
+
+    def client(self, timeout: float = 0.5) -> redis.Redis:
+        return redis.Redis.from_url(self.url, socket_connect_timeout=timeout)
 
     def start(self, timeout: float = 15.0) -> EmbeddedRedis:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -42,6 +67,7 @@ class EmbeddedRedis:
             redis_server_binary(),
             "--bind", "127.0.0.1",
             "--port", str(self.port),
+            *([] if self.port else ["--unixsocket", str(self.socket), "--unixsocketperm", "700"]),
             "--dir", str(self.data_dir),
             "--appendonly", "yes",
             "--appendfsync", "always",
@@ -52,7 +78,7 @@ class EmbeddedRedis:
             "--logfile", str(self.data_dir / "redis.log"),
         ]  # fmt: skip
         self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL)  # noqa: S603
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.5)
+        client = self.client()
         deadline = time.monotonic() + timeout
         while True:
             if self.process.poll() is not None:
@@ -76,7 +102,7 @@ class EmbeddedRedis:
         if self.process is None or self.process.poll() is not None:
             return
         with contextlib.suppress(redis.RedisError):
-            redis.Redis(host="127.0.0.1", port=self.port).shutdown(nosave=True)
+            self.client().shutdown(nosave=True)
         try:
             self.process.wait(timeout=10)
         except subprocess.TimeoutExpired:

@@ -22,9 +22,21 @@ from worker.store import Clock, Store
 _pipeline: Pipeline | None = None
 
 
-@functools.cache
+_settings: Settings | None = None
+
+
+def configure(value: Settings) -> None:
+    """Use these settings in this process instead of reading the environment."""
+    global _settings  # noqa: PLW0603
+    _settings = value
+    celery_app.cache_clear()
+
+
 def settings() -> Settings:
-    return load_settings()
+    global _settings  # noqa: PLW0603
+    if _settings is None:
+        _settings = load_settings()
+    return _settings
 
 
 @functools.cache

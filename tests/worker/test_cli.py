@@ -25,6 +25,7 @@ def cli_pipe(pipe: Pipeline, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pipeli
     monkeypatch.setenv("REDIS_URL", "redis://unused.invalid:1/0")
     monkeypatch.setenv("VOICENTER_API_CODE", "good-code")
     monkeypatch.setattr(runtime, "_pipeline", pipe)
+    monkeypatch.setattr(runtime, "_settings", None)
     yield pipe
     runtime.reset()
 
