@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,10 @@ from pydantic import (
 )
 
 DEFAULT_VOICENTER_BASE_URL = "https://api.voicenter.com"
+DEFAULT_PHONELY_BASE_URL = "https://app.phonely.ai"
+DEFAULT_VOODOOSMS_BASE_URL = "https://api.voodoosms.com"
+PROVIDERS = ("voicenter", "phonely", "voodoosms", "weya", "daktela")
+_SAFE_ID = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
 
 class ConfigError(Exception):
@@ -74,10 +79,35 @@ class Settings(BaseModel):
         default_factory=list, alias="OPTOUT_VOICENTER_OPTOUT_LAYERS"
     )
 
+    routes: dict[str, dict[str, list[str]]] = Field(default_factory=dict, alias="OPTOUT_ROUTES")
+    provider_limits: dict[str, tuple[float, int]] = Field(
+        default_factory=dict, alias="OPTOUT_PROVIDER_LIMITS"
+    )
+
     voicenter_api_code: SecretStr | None = Field(default=None, alias="VOICENTER_API_CODE")
     voicenter_base_url: str = Field(default=DEFAULT_VOICENTER_BASE_URL, alias="VOICENTER_BASE_URL")
 
-    @field_validator("own_numbers", "voicenter_optout_layers", mode="before")
+    phonely_api_key: SecretStr | None = Field(default=None, alias="PHONELY_API_KEY")
+    phonely_uid: str | None = Field(default=None, alias="PHONELY_UID")
+    phonely_agent_ids: list[str] = Field(default_factory=list, alias="PHONELY_AGENT_IDS")
+    phonely_base_url: str = Field(default=DEFAULT_PHONELY_BASE_URL, alias="PHONELY_BASE_URL")
+
+    voodoosms_api_key: SecretStr | None = Field(default=None, alias="VOODOOSMS_API_KEY")
+    voodoosms_base_url: str = Field(default=DEFAULT_VOODOOSMS_BASE_URL, alias="VOODOOSMS_BASE_URL")
+
+    weya_api_token: SecretStr | None = Field(default=None, alias="WEYA_API_TOKEN")
+    weya_base_url: str | None = Field(default=None, alias="WEYA_BASE_URL")
+    weya_not_found_retry_seconds: float = Field(
+        default=600.0, gt=0, alias="WEYA_NOT_FOUND_RETRY_SECONDS"
+    )
+
+    daktela_access_token: SecretStr | None = Field(default=None, alias="DAKTELA_ACCESS_TOKEN")
+    daktela_base_url: str | None = Field(default=None, alias="DAKTELA_BASE_URL")
+    daktela_blacklist_database: str = Field(default="Global", alias="DAKTELA_BLACKLIST_DATABASE")
+    daktela_model: str = Field(default="blacklistNumbers", alias="DAKTELA_MODEL")
+    daktela_fields: dict[str, str] = Field(default_factory=dict, alias="DAKTELA_FIELDS")
+
+    @field_validator("own_numbers", "voicenter_optout_layers", "phonely_agent_ids", mode="before")
     @classmethod
     def _csv(cls, value: Any) -> Any:
         return _split_csv(value)
@@ -125,17 +155,92 @@ class Settings(BaseModel):
             raise ValueError("must be auto, json or console")
         return value
 
-    @field_validator("voicenter_base_url")
+    @field_validator(
+        "voicenter_base_url", "phonely_base_url", "voodoosms_base_url", "weya_base_url",
+        "daktela_base_url",
+    )  # fmt: skip
     @classmethod
-    def _url(cls, value: str) -> str:
+    def _url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
 
+    @field_validator("phonely_agent_ids", "daktela_blacklist_database", "daktela_model")
+    @classmethod
+    def _ids(cls, value: Any) -> Any:
+        for item in value if isinstance(value, list) else [value]:
+            if not _SAFE_ID.match(item):
+                raise ValueError(f"{item!r}: use letters, digits, '.', '_' or '-'")
+        return value
+
+    @field_validator("daktela_fields", mode="before")
+    @classmethod
+    def _fields(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        out = {}
+        for item in _split_csv(value):
+            key, sep, name = item.partition("=")
+            if not sep or key not in {"number", "description", "database", "expired"}:
+                raise ValueError("expected number=..,description=..,database=..,expired=..")
+            out[key] = name.strip()
+        return out
+
+    @field_validator("routes", mode="before")
+    @classmethod
+    def _routes(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        out: dict[str, dict[str, list[str]]] = {}
+        for item in _split_csv(value):
+            source, sep, provider = item.partition("=")
+            name = provider.strip().lstrip("-")
+            if not sep or name not in PROVIDERS:
+                raise ValueError(
+                    f"{item!r}: expected source=provider or source=-provider "
+                    f"(providers: {', '.join(PROVIDERS)})"
+                )
+            kind = "exclude" if provider.strip().startswith("-") else "include"
+            out.setdefault(source.strip(), {"include": [], "exclude": []})[kind].append(name)
+        return out
+
+    @field_validator("provider_limits", mode="before")
+    @classmethod
+    def _limits(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        out: dict[str, tuple[float, int]] = {}
+        for item in _split_csv(value):
+            name, sep, spec = item.partition("=")
+            rps, slash, cap = spec.partition("/")
+            try:
+                if not sep or not slash or name not in PROVIDERS:
+                    raise ValueError
+                out[name] = (float(rps), int(cap))
+            except ValueError:
+                raise ValueError(
+                    f"{item!r}: expected provider=RPS/CONCURRENCY, e.g. voicenter=10/4"
+                ) from None
+        return out
+
     @model_validator(mode="after")
-    def _retry_bounds(self) -> Settings:
+    def _consistent(self) -> Settings:
         if self.retry_max_seconds < self.retry_base_seconds:
             raise ValueError("OPTOUT_RETRY_MAX_SECONDS must be at least OPTOUT_RETRY_BASE_SECONDS")
+        if _set(self.phonely_api_key):
+            if not self.phonely_uid:
+                raise ValueError("PHONELY_UID is required when PHONELY_API_KEY is set")
+            if not self.phonely_agent_ids:
+                raise ValueError("PHONELY_AGENT_IDS is required when PHONELY_API_KEY is set")
+        if _set(self.weya_api_token) and not self.weya_base_url:
+            raise ValueError("WEYA_BASE_URL is required when WEYA_API_TOKEN is set")
+        if _set(self.daktela_access_token) and not self.daktela_base_url:
+            raise ValueError(
+                "DAKTELA_BASE_URL (https://<instance>.daktela.com) is required when "
+                "DAKTELA_ACCESS_TOKEN is set"
+            )
         return self
 
     @property
@@ -159,10 +264,31 @@ class Settings(BaseModel):
 
     def enabled_providers(self) -> list[str]:
         """Provider names whose credentials are set, in a stable order."""
-        enabled = []
-        if self.voicenter_api_code is not None and self.voicenter_api_code.get_secret_value():
-            enabled.append("voicenter")
-        return enabled
+        credentials = {
+            "voicenter": self.voicenter_api_code,
+            "phonely": self.phonely_api_key,
+            "voodoosms": self.voodoosms_api_key,
+            "weya": self.weya_api_token,
+            "daktela": self.daktela_access_token,
+        }
+        return [name for name in PROVIDERS if _set(credentials[name])]
+
+    def routed(self, source: str, providers: list[str]) -> list[str]:
+        """The providers an event from `source` goes to: all by default, narrowed by
+        OPTOUT_ROUTES includes, minus its excludes."""
+        route = self.routes.get(source)
+        if not route:
+            return providers
+        chosen = [p for p in providers if not route["include"] or p in route["include"]]
+        return [p for p in chosen if p not in route["exclude"]]
+
+    def limits_for(self, provider: str) -> tuple[float, int]:
+        """(requests per second, concurrent requests) shared by every worker; 0 = no limit."""
+        return self.provider_limits.get(provider, (20.0, 8))
+
+
+def _set(secret: SecretStr | None) -> bool:
+    return secret is not None and bool(secret.get_secret_value())
 
 
 def _field_to_env() -> dict[str, str]:

@@ -32,15 +32,18 @@ class FakeClock:
         self.now += seconds
 
 
-def make_settings(**overrides: Any) -> Settings:
-    env = {
-        "REDIS_URL": "redis://unused.invalid:1/0",
-        "VOICENTER_API_CODE": "good-code",
-        "VOICENTER_BASE_URL": "http://voicenter.test",
-        "OPTOUT_RETRY_BASE_SECONDS": "1",
-        "OPTOUT_RETRY_MAX_SECONDS": "8",
-    }
-    return load_settings(env, **overrides)
+BASE_ENV = {
+    "REDIS_URL": "redis://unused.invalid:1/0",
+    "OPTOUT_RETRY_BASE_SECONDS": "1",
+    "OPTOUT_RETRY_MAX_SECONDS": "8",
+}
+
+
+def make_settings(env: dict[str, str] | None = None, **overrides: Any) -> Settings:
+    """Test settings; by default only Voicenter is on, at http://voicenter.test."""
+    if env is None:
+        env = {"VOICENTER_API_CODE": "good-code", "VOICENTER_BASE_URL": "http://voicenter.test"}
+    return load_settings({**BASE_ENV, **env}, **overrides)
 
 
 @pytest.fixture(autouse=True)

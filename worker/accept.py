@@ -174,6 +174,10 @@ def accept(pipe: Pipeline, event: Event) -> AcceptResult:
     if len(key) > 200:
         raise AcceptError("bad_idempotency_key", "idempotency_key is at most 200 characters")
     event_id = uuid.uuid4().hex
+    call = call_context(event.context)
+    targets, not_applicable = pipe.targets_for(
+        event.source, call is not None or event.action is Action.REMOVE
+    )
     payload = {
         "id": event_id,
         "source": event.source,
@@ -184,14 +188,14 @@ def accept(pipe: Pipeline, event: Event) -> AcceptResult:
         "x": expires_ms,
         "reason": event.reason[:200],
         "ctx": event.context or None,
+        "cctx": json.dumps(call, sort_keys=True) if call else None,
+        "na": not_applicable or None,
     }
+    # Lua reads JSON null as a truthy sentinel: absent is the only safe "none".
+    payload = {k: v for k, v in payload.items() if v is not None}
     try:
-        outcome = store.accept(
-            payload,
-            numbers,
-            sorted(pipe.targets()),
-            settings.idempotency_ttl_days * 86400,
-        )
+        pipe.ensure_registered()
+        outcome = store.accept(payload, numbers, targets, settings.idempotency_ttl_days * 86400)
         if settings.redis_wait_replicas:
             acked = store.redis.wait(settings.redis_wait_replicas, 1000)
             if acked < settings.redis_wait_replicas:
@@ -242,5 +246,12 @@ def accept(pipe: Pipeline, event: Event) -> AcceptResult:
     return AcceptResult(outcome.event_id, duplicate, results)
 
 
-def now_utc() -> datetime:
-    return datetime.now(UTC)
+#: The call-record fields a call-linked provider (Weya) needs to accept an opt-out.
+CALL_FIELDS = ("batchId", "requestUUID", "type")
+
+
+def call_context(context: dict[str, Any]) -> dict[str, str] | None:
+    """The event's call record reference, when it has one (batchId and requestUUID)."""
+    if not context.get("batchId") or not context.get("requestUUID"):
+        return None
+    return {k: str(context[k]) for k in CALL_FIELDS if context.get(k)}

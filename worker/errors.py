@@ -22,9 +22,16 @@ class ProviderError(Exception):
 class RetryableError(ProviderError):
     """Trying again later may succeed; `retry_after` is the provider's own wait, in seconds."""
 
-    def __init__(self, reason: str, detail: str = "", retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        reason: str,
+        detail: str = "",
+        retry_after: float | None = None,
+        retry_window: float | None = None,
+    ) -> None:
         super().__init__(reason, detail)
         self.retry_after = retry_after
+        self.retry_window = retry_window
 
 
 class PermanentError(ProviderError):

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 
@@ -14,7 +15,7 @@ from config import Settings
 from worker.errors import AuthError, PermanentError, RetryableError
 from worker.phones import mask
 from worker.providers.base import Action, NumberResult, Outcome, Provider, PushItem
-from worker.store import Chunk, Staged, Store
+from worker.store import Chunk, ChunkItem, Staged, Store
 
 log = structlog.get_logger("optout.pipeline")
 
@@ -40,10 +41,45 @@ class Pipeline:
     dispatcher: Dispatcher
     rng: random.Random = field(default_factory=random.Random)
     own_numbers: frozenset[str] = frozenset()
+    registered: bool = False
 
     def targets(self) -> dict[str, str]:
         """Every target of every enabled provider -> its provider's name."""
         return {t: name for name, p in self.providers.items() for t in p.targets()}
+
+    def targets_for(self, source: str, has_call: bool) -> tuple[list[str], list[str]]:
+        """(targets an event goes to, targets it cannot go to for want of a call record),
+        after the source's routing. A remove passes has_call=True: every target hears it,
+        and staging drops it where it cannot apply."""
+        chosen: list[str] = []
+        not_applicable: list[str] = []
+        for name in self.settings.routed(source, list(self.providers)):
+            provider = self.providers[name]
+            into = (
+                chosen
+                if has_call or not provider.capabilities.needs_call_context
+                else (not_applicable)
+            )
+            into.extend(provider.targets())
+        return sorted(chosen), sorted(not_applicable)
+
+    def ensure_registered(self) -> None:
+        """Record every target's capabilities in Redis once per process; a target seen for
+        the first time gets backfilled from the ledger by the sweep."""
+        if self.registered:
+            return
+        metas = {}
+        for name, provider in self.providers.items():
+            caps = provider.capabilities
+            for target in provider.targets():
+                metas[target] = {
+                    "provider": name,
+                    "add_only": not caps.supports_remove,
+                    "needs_ctx": caps.needs_call_context,
+                }
+        for target in self.store.register_targets(metas):
+            log.info("target_registered", target=target, backfill=True)
+        self.registered = True
 
     def batch_size(self, provider: str) -> int:
         return min(self.settings.batch_size, self.providers[provider].capabilities.max_batch)
@@ -67,6 +103,7 @@ def schedule(pipe: Pipeline, staged: Iterable[Staged]) -> None:
 
 def flush(pipe: Pipeline, target: str, action: Action, mode: str) -> int:
     """Lease staged numbers as chunks of at most the batch size and enqueue one push each."""
+    pipe.ensure_registered()
     provider = pipe.targets().get(target)
     if provider is None:
         log.warning("flush_unknown_target", target=target)
@@ -95,13 +132,12 @@ def flush(pipe: Pipeline, target: str, action: Action, mode: str) -> int:
 
 @dataclass
 class _Push:
-    """One chunk's push in progress: results so far and the longest Retry-After seen."""
+    """One chunk's push in progress: per-number results so far."""
 
     pipe: Pipeline
     chunk: Chunk
     provider: Provider
     results: dict[str, NumberResult] = field(default_factory=dict)
-    retry_after: float | None = None
     requests: int = 0
     lost_lease: bool = False
 
@@ -113,22 +149,23 @@ class _Push:
         ):
             self.lost_lease = True
             return
-        self.requests += 1
+        self.requests += 1 if self.provider.capabilities.bulk else len(items)
         try:
             answers = self.provider.push(self.chunk.target, self.chunk.action, items)
         except AuthError:
             raise
         except RetryableError as exc:
-            if exc.retry_after is not None:
-                self.retry_after = max(self.retry_after or 0.0, exc.retry_after)
             for item in items:
-                self.results[item.e164] = NumberResult(Outcome.RETRY, exc.reason, exc.detail)
+                self.results[item.e164] = NumberResult(
+                    Outcome.RETRY, exc.reason, exc.detail, exc.retry_after, exc.retry_window
+                )
             return
         except PermanentError as exc:
-            if len(items) == 1:
-                self.results[items[0].e164] = NumberResult(
-                    Outcome.PERMANENT, exc.reason, exc.detail
-                )
+            if len(items) == 1 or not self.provider.capabilities.bulk:
+                for item in items:
+                    self.results[item.e164] = NumberResult(
+                        Outcome.PERMANENT, exc.reason, exc.detail
+                    )
                 return
             # One bad number can sink a whole request: halve until it stands alone, so the
             # good numbers beside it are not dead-lettered with it.
@@ -137,6 +174,16 @@ class _Push:
             self.run(items[middle:])
             return
         self.results.update(answers)
+
+
+def _push_item(item: ChunkItem) -> PushItem:
+    context: dict[str, Any] = {}
+    if item.context:
+        try:
+            context = dict(json.loads(item.context))
+        except (ValueError, TypeError):
+            context = {}
+    return PushItem(item.e164, item.name, item.expires_ms, item.source, item.reason, context)
 
 
 def push(pipe: Pipeline, chunk_id: str) -> dict[str, int]:
@@ -161,7 +208,7 @@ def push(pipe: Pipeline, chunk_id: str) -> dict[str, int]:
             # Re-read before pushing: the ledger moved, so the newest state goes out next.
             stale.add(item.e164)
         else:
-            live.append(PushItem(item.e164, item.name))
+            live.append(_push_item(item))
 
     work = _Push(pipe, chunk, provider)
     if live:
@@ -178,22 +225,24 @@ def push(pipe: Pipeline, chunk_id: str) -> dict[str, int]:
                 hint=f"fix {exc.setting}, then run: optout provider resume {chunk.provider}",
             )
             return {"paused": len(chunk.items)}
-    if work.retry_after:
-        pipe.store.hold(chunk.provider, work.retry_after)
+    hold = max((r.retry_after or 0.0 for r in work.results.values()), default=0.0)
+    if hold:
+        # One worker's Retry-After pauses the provider for every worker.
+        pipe.store.hold(chunk.provider, hold)
 
-    retry_after_ms = int((work.retry_after or 0.0) * 1000)
-    encoded: dict[str, tuple[str, str, str, int, float]] = {}
+    encoded: dict[str, tuple[str, str, str, int, float, int]] = {}
     for item in chunk.items:
         if item.e164 in stale:
-            encoded[item.e164] = ("stale", "stale", "", 0, 0.0)
+            encoded[item.e164] = ("stale", "stale", "", 0, 0.0, 0)
             continue
         result = work.results.get(item.e164) or NumberResult(Outcome.RETRY, "no_answer")
         encoded[item.e164] = (
             result.outcome.value,
             result.reason,
             result.detail[:300],
-            retry_after_ms,
+            int((result.retry_after or 0.0) * 1000),
             pipe.rng.random(),
+            int((result.retry_window or 0.0) * 1000),
         )
     status, counts, staged = pipe.store.complete(
         chunk,
@@ -228,7 +277,10 @@ def push(pipe: Pipeline, chunk_id: str) -> dict[str, int]:
 
 
 def sweep(pipe: Pipeline) -> int:
-    """Move due retries back into batches and flush batches whose linger has passed."""
+    """Move due retries back into batches, take a backfill step for new targets, and flush
+    batches whose linger has passed."""
+    pipe.ensure_registered()
+    backfill(pipe)
     moved, staged = pipe.store.sweep_retries()
     schedule(pipe, staged)
     now_ms = pipe.store.now_ms()
@@ -237,6 +289,32 @@ def sweep(pipe: Pipeline) -> int:
         if oldest + linger <= now_ms:
             pipe.dispatcher.flush(target, action, DUE)
     return moved
+
+
+def backfill(pipe: Pipeline, page: int = 2000) -> int:
+    """Stage the ledger's blocked numbers for targets seen for the first time, one page per
+    call (the sweep calls it every tick), so enabling a provider or adding an agent never
+    starts from an empty list. Routing rules are honoured by each number's last source."""
+    targets = pipe.targets()
+    staged_total = 0
+    for target, cursor in pipe.store.backfills().items():
+        provider = targets.get(target)
+        if provider is None:
+            continue  # not enabled in this process; a worker that has it will do it
+        next_cursor, numbers = pipe.store.blocked_page(cursor, page)
+        if numbers:
+            sources = pipe.store.ledger_sources(numbers)
+            wanted = [
+                n for n, src in zip(numbers, sources, strict=True)
+                if provider in pipe.settings.routed(src, [provider])
+            ]  # fmt: skip
+            count, staged = pipe.store.stage_many(target, wanted)
+            schedule(pipe, staged)
+            staged_total += count
+        done = next_cursor == "0"
+        pipe.store.set_backfill(target, None if done else next_cursor)
+        log.info("backfill", target=target, staged=staged_total, scanned=len(numbers), done=done)
+    return staged_total
 
 
 def recover(pipe: Pipeline) -> int:

@@ -17,6 +17,7 @@ from worker.app import CeleryDispatcher, create_celery
 from worker.phones import normalise_own_numbers
 from worker.pipeline import Dispatcher, Pipeline
 from worker.providers import build_providers
+from worker.ratelimit import SharedLimitTransport
 from worker.store import Clock, Store
 
 _pipeline: Pipeline | None = None
@@ -56,11 +57,21 @@ def redis_client(settings: Settings) -> redis.Redis:
     )
 
 
-def http_client(settings: Settings) -> httpx.Client:
+def provider_client(settings: Settings, store: Store, provider: str) -> httpx.Client:
+    """A provider's own HTTP client, its requests limited across all workers."""
+    rps, concurrency = settings.limits_for(provider)
     timeout = settings.http_timeout_seconds
+    transport = SharedLimitTransport(
+        httpx.HTTPTransport(limits=httpx.Limits(max_connections=20, max_keepalive_connections=10)),
+        store,
+        provider,
+        rps=rps,
+        concurrency=concurrency,
+        lease_seconds=timeout * 2 + 5,
+    )
     return httpx.Client(
+        transport=transport,
         timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
-        limits=httpx.Limits(max_connections=20, max_keepalive_connections=10),
         headers={"User-Agent": "optout-worker/0.1"},
     )
 
@@ -81,10 +92,14 @@ def build_pipeline(
         clock=clock,
         audit_cap=settings.audit_cap,
     )
+
+    def client_for(provider: str) -> httpx.Client:
+        return http if http is not None else provider_client(settings, store, provider)
+
     return Pipeline(
         settings=settings,
         store=store,
-        providers=build_providers(settings, http if http is not None else http_client(settings)),
+        providers=build_providers(settings, client_for),
         dispatcher=dispatcher if dispatcher is not None else CeleryDispatcher(celery_app()),
         rng=rng or random.Random(),
         own_numbers=normalise_own_numbers(settings.own_numbers, settings.default_region),

@@ -8,23 +8,30 @@ key                            type    holds
 ``idem:{source}:{key}``        string  ``{body hash}|{event id}``; expires (30 days default)
 ``num:{e164}``                 hash    ledger: s (blocked/unblocked), v (version), t (event
                                        time ms that won), x (expiry ms, 0 = none), e (last
-                                       event id), n (label), src, u (updated ms)
+                                       event id), n (label), src, r (reason), c (call
+                                       context JSON), u (updated ms)
 ``audit:{e164}``               list    JSON audit entries, newest first, capped
 ``blocked``                    set     numbers the ledger blocks now
 ``stage:{target}:{action}``    zset    staged numbers -> time staged (ms): the batch
 ``inflight:{target}``          hash    number -> chunk id pushing it (at most one)
 ``chunk:{id}``                 string  JSON chunk: target, provider, action, items
-                                       ``[e164, version, label, expiry]``
+                                       ``[e164, version, label, expiry, ctx, source, reason]``
 ``leases``                     zset    chunk id -> lease expiry (ms)
 ``chunkseq``                   string  chunk id counter
 ``confirmed:{target}``         hash    number -> ``{state}:{version}`` the provider holds
 ``answer:{target}``            hash    number -> JSON of the provider's last answer
 ``attempts:{target}``          hash    number -> failed attempts since the last success
+``firstfail:{target}``         hash    number -> first failure (ms), for retry windows
 ``retry``                      zset    ``{target}|{e164}`` -> due time (ms)
 ``dlq``                        hash    ``{target}|{e164}`` -> JSON dead letter
 ``dlq:age``                    zset    ``{target}|{e164}`` -> first failure time (ms)
 ``paused``                     hash    provider -> JSON (reason, setting to fix, time)
-``hold:{provider}``            string  set with a TTL while a Retry-After holds
+``hold:{provider}``            string  end (ms) of a Retry-After hold for all workers
+``targets``                    hash    target -> JSON capabilities (provider, add_only, ...)
+``targets:known``              set     every target ever registered
+``backfill``                   hash    target -> SSCAN cursor over ``blocked`` (new targets)
+``slots:{provider}``           zset    request token -> lease expiry (concurrency cap)
+``rate:{provider}``            zset    request token -> start (ms), last second (rate cap)
 =============================  ======  ====================================================
 """
 
@@ -43,7 +50,10 @@ from worker.providers.base import Action
 
 Clock = Callable[[], float]
 
-_SCRIPTS = ("accept", "claim", "complete", "release", "sweep", "replay", "renew")
+_SCRIPTS = (
+    "accept", "claim", "complete", "release", "sweep", "replay", "renew", "register",
+    "stage_many", "slot",
+)  # fmt: skip
 
 
 def _load_script(name: str) -> str:
@@ -98,6 +108,9 @@ class ChunkItem:
     version: str
     name: str
     expires_ms: int
+    context: str = ""
+    source: str = ""
+    reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +132,10 @@ class Chunk:
             target=str(data["target"]),
             provider=str(data["provider"]),
             action=Action(data["action"]),
-            items=[ChunkItem(str(n), str(v), str(nm), int(x)) for n, v, nm, x in data["items"]],
+            items=[
+                ChunkItem(str(n), str(v), str(nm), int(x), str(c), str(src), str(r))
+                for n, v, nm, x, c, src, r in data["items"]
+            ],
             raw=raw,
         )
 
@@ -217,7 +233,7 @@ class Store:
     def complete(
         self,
         chunk: Chunk,
-        results: dict[str, tuple[str, str, str, int, float]],
+        results: dict[str, tuple[str, str, str, int, float, int]],
         *,
         max_attempts: int,
         backoff_base_seconds: float,
@@ -278,12 +294,58 @@ class Store:
         return {_text(k): _decode(v) for k, v in raw.items()}
 
     def hold(self, provider: str, seconds: float) -> None:
-        """Stop every worker pushing to a provider until a Retry-After has passed."""
-        self.redis.set(self.key("hold", provider), "1", px=max(1, _ms(seconds)))
+        """Stop every worker pushing to a provider until a Retry-After has passed. The key
+        holds the end time by this store's clock; its TTL only tidies up."""
+        until = self.now_ms() + _ms(seconds)
+        key = self.key("hold", provider)
+        current = self.redis.get(key)
+        if current is None or int(current) < until:
+            self.redis.set(key, str(until), px=_ms(seconds) + 60_000)
 
     def held_for(self, provider: str) -> float:
-        ttl = int(self.redis.pttl(self.key("hold", provider)))
-        return max(0.0, ttl / 1000.0)
+        until = self.redis.get(self.key("hold", provider))
+        return max(0.0, (int(until) - self.now_ms()) / 1000.0) if until else 0.0
+
+    # -- targets, backfill and rate limits ------------------------------------------------
+
+    def register_targets(self, metas: dict[str, dict[str, Any]]) -> list[str]:
+        """Record target capabilities; answer the targets seen for the first time."""
+        return [str(t) for t in _as_list(_decode(self._run("register", json.dumps(metas))))]
+
+    def backfills(self) -> dict[str, str]:
+        raw = cast(dict[Any, Any], self.redis.hgetall(self.key("backfill")))
+        return {_text(k): _text(v) for k, v in raw.items()}
+
+    def blocked_page(self, cursor: str, count: int) -> tuple[str, list[str]]:
+        next_cursor, members = self.redis.sscan(self.key("blocked"), int(cursor), count=count)
+        return str(next_cursor), [_text(m) for m in members]
+
+    def set_backfill(self, target: str, cursor: str | None) -> None:
+        if cursor is None:
+            self.redis.hdel(self.key("backfill"), target)
+        else:
+            self.redis.hset(self.key("backfill"), target, cursor)
+
+    def stage_many(self, target: str, numbers: list[str]) -> tuple[int, list[Staged]]:
+        raw = _decode(self._run("stage_many", target, json.dumps(numbers)))
+        return int(raw["staged"]), _staged(raw.get("summary"))
+
+    def ledger_sources(self, numbers: list[str]) -> list[str]:
+        pipe = self.redis.pipeline(transaction=False)
+        for n in numbers:
+            pipe.hget(self.key("num", n), "src")
+        return [_text(s) if s else "" for s in pipe.execute()]
+
+    def acquire_slot(
+        self, provider: str, token: str, *, rps: float, concurrency: int, lease_seconds: float
+    ) -> int:
+        """Take a request slot shared by every worker; 0 when taken, else ms to wait."""
+        return int(
+            self._run("slot", "acquire", provider, token, rps, concurrency, _ms(lease_seconds))
+        )
+
+    def release_slot(self, provider: str, token: str) -> None:
+        self._run("slot", "release", provider, token, 0, 0, 0)
 
     # -- ledger reads -----------------------------------------------------------------------
 

@@ -61,8 +61,8 @@ def test_retry_dead_letter_and_replay(
     api: TestClient, fake: FakeVoicenter, producer: Pipeline, start_worker: Any
 ) -> None:
     flaky, bad = "972500000001", "972500000002"
-    fake.phone_codes.update({flaky: 2, bad: 1})
-    fake.phone_code_times[flaky] = 1
+    fake.permanent.add(bad)
+    fake.flaky[flaky] = 1
     start_worker()
     post(api, "add", numbers(5))
     wait_for(lambda: flaky in fake.blacklist and producer.store.dead_letters(), what="retry + DLQ")
@@ -71,7 +71,7 @@ def test_retry_dead_letter_and_replay(
     assert [(d["phone"], d["reason"]) for d in dead] == [("+" + bad, "bad_format")]
     assert bad not in fake.blacklist
 
-    del fake.phone_codes[bad]
+    fake.permanent.clear()
     response = api.get(f"/v1/numbers/+{bad}", headers=AUTH)
     assert response.json()["providers"]["voicenter"]["dead_letter"]["reason"] == "bad_format"
     from worker.pipeline import replay

@@ -64,7 +64,7 @@ def test_dlq_list_and_replay(
     fake_voicenter: FakeVoicenter,
     clock: FakeClock,
 ) -> None:
-    fake_voicenter.phone_codes["972501234567"] = 1
+    fake_voicenter.permanent.add("972501234567")
     accept(cli_pipe, Event("api", Action.ADD, [PhoneInput("+972501234567")]))
     dispatcher.drain(cli_pipe)
     listed = runner.invoke(app, ["dlq", "list"])
@@ -85,7 +85,7 @@ def test_dlq_list_and_replay(
         cli_pipe.store.provider_view("+972501234567", ["voicenter"])["voicenter"]["staged"] is None
     )
 
-    del fake_voicenter.phone_codes["972501234567"]
+    fake_voicenter.permanent.clear()
     replayed = runner.invoke(app, ["dlq", "replay", "--provider", "voicenter"])
     assert replayed.exit_code == 0, replayed.output
     assert "replayed 1" in replayed.output
@@ -97,7 +97,7 @@ def test_dlq_list_and_replay(
 def test_provider_list_test_and_resume(
     cli_pipe: Pipeline, dispatcher: QueueDispatcher, fake_voicenter: FakeVoicenter
 ) -> None:
-    fake_voicenter.code = "rotated"
+    fake_voicenter.key = "rotated"
     accept(cli_pipe, Event("api", Action.ADD, [PhoneInput("+972501234567")]))
     dispatcher.drain(cli_pipe)
     listed = runner.invoke(app, ["provider", "list"])
@@ -109,7 +109,7 @@ def test_provider_list_test_and_resume(
     assert runner.invoke(app, ["provider", "resume", "voicenter"]).exit_code == 1
     assert "voicenter" in cli_pipe.store.paused()
 
-    fake_voicenter.code = "good-code"
+    fake_voicenter.key = "good-code"
     assert runner.invoke(app, ["provider", "test", "voicenter"]).exit_code == 0
     resumed = runner.invoke(app, ["provider", "resume", "voicenter"])
     assert resumed.exit_code == 0, resumed.output

@@ -71,8 +71,7 @@ def test_code_2_retries_that_number_alone_then_succeeds(
 ) -> None:
     batch = numbers(5)
     flaky = "972500000002"
-    fake_voicenter.phone_codes[flaky] = 2
-    fake_voicenter.phone_code_times[flaky] = 2
+    fake_voicenter.flaky[flaky] = 2
     accept(pipe, add(*batch))
     settle(pipe, dispatcher, clock)
     pushed = fake_voicenter.pushed()
@@ -91,7 +90,7 @@ def test_code_1_dead_letters_with_reason_and_replay_delivers(
     clock: FakeClock,
 ) -> None:
     bad = "972500000001"
-    fake_voicenter.phone_codes[bad] = 1
+    fake_voicenter.permanent.add(bad)
     accept(pipe, add(*numbers(3)))
     settle(pipe, dispatcher, clock)
     dead = pipe.store.dead_letters()
@@ -102,7 +101,7 @@ def test_code_1_dead_letters_with_reason_and_replay_delivers(
     assert dead[0]["events"]
     assert len(fake_voicenter.pushed()) == 1  # permanent: never retried on its own
 
-    del fake_voicenter.phone_codes[bad]
+    fake_voicenter.permanent.clear()
     assert work.replay(pipe, [d["id"] for d in dead], "test") == 1
     assert work.replay(pipe, [d["id"] for d in dead], "test") == 1  # twice: staged once
     settle(pipe, dispatcher, clock)
@@ -116,7 +115,7 @@ def test_retries_are_capped_then_dead_lettered(
     make_pipe: Any, dispatcher: QueueDispatcher, fake_voicenter: FakeVoicenter, clock: FakeClock
 ) -> None:
     pipe = make_pipe(max_attempts=3)
-    fake_voicenter.phone_codes["972500000000"] = 2
+    fake_voicenter.flaky["972500000000"] = 100
     accept(pipe, add(*numbers(1)))
     settle(pipe, dispatcher, clock)
     assert len(fake_voicenter.pushed()) == 3
@@ -128,7 +127,7 @@ def test_retries_are_capped_then_dead_lettered(
 def test_backoff_grows_and_waits(
     pipe: Pipeline, dispatcher: QueueDispatcher, fake_voicenter: FakeVoicenter, clock: FakeClock
 ) -> None:
-    fake_voicenter.phone_codes["972500000000"] = 2
+    fake_voicenter.flaky["972500000000"] = 100
     accept(pipe, add(*numbers(1)))
     dispatcher.drain(pipe)
     first = pipe.store.provider_view("+972500000000", ["voicenter"])["voicenter"]["retry_at_ms"]
@@ -176,7 +175,7 @@ def test_a_whole_chunk_rejection_is_split_to_isolate_the_bad_number(
 def test_auth_failure_pauses_keeps_numbers_staged_and_resume_delivers(
     pipe: Pipeline, dispatcher: QueueDispatcher, fake_voicenter: FakeVoicenter, clock: FakeClock
 ) -> None:
-    fake_voicenter.code = "rotated"
+    fake_voicenter.key = "rotated"
     accept(pipe, add(*numbers(10)))
     settle(pipe, dispatcher, clock)
     assert "voicenter" in pipe.store.paused()
@@ -188,7 +187,7 @@ def test_auth_failure_pauses_keeps_numbers_staged_and_resume_delivers(
     settle(pipe, dispatcher, clock)
     assert pipe.store.counts(["voicenter"])["voicenter"]["staged_add"] == 15
 
-    fake_voicenter.code = "good-code"
+    fake_voicenter.key = "good-code"
     assert pipe.store.resume("voicenter")
     work.flush(pipe, "voicenter", Action.ADD, work.ALL)
     settle(pipe, dispatcher, clock)
@@ -239,7 +238,7 @@ def test_ledger_moving_while_in_flight_restages_the_newest_state(
     work.push(pipe, chunk_id)
     assert fake_voicenter.requests == []
     settle(pipe, dispatcher, clock)
-    assert [p for p, _ in fake_voicenter.requests] == [REMOVE]
+    assert [p for _, p, _ in fake_voicenter.requests] == [REMOVE]
     assert pipe.store.provider_view(n, ["voicenter"])["voicenter"]["confirmed"] == "unblocked:2"
 
 
@@ -256,7 +255,7 @@ def test_a_change_after_the_request_went_out_is_pushed_after_it(
 
     fake_voicenter.after_request = remove_lands_mid_request
     settle(pipe, dispatcher, clock)
-    assert [p for p, _ in fake_voicenter.requests] == [ADD, REMOVE]
+    assert [p for _, p, _ in fake_voicenter.requests] == [ADD, REMOVE]
     assert fake_voicenter.blacklist == set()
 
 

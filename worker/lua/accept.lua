@@ -77,7 +77,7 @@ for _, pair in ipairs(numbers) do
   if fields then
     v = v + 1
     redis.call('HSET', key, 'v', int(v), 'e', ev.id, 'src', ev.source, 'u', int(NOW),
-      unpack(fields))
+      'r', ev.reason or '', unpack(fields))
     if name and name ~= '' then redis.call('HSET', key, 'n', name) end
     if fields[2] == 'blocked' then
       redis.call('SADD', P .. 'blocked', n)
@@ -86,8 +86,12 @@ for _, pair in ipairs(numbers) do
     end
   end
   redis.call('HSET', key, 't', int(ct))
+  if ev.cctx and ev.action == 'add' then
+    -- The call this opt-out came from: call-record providers (Weya) need it to add.
+    redis.call('HSET', key, 'c', ev.cctx)
+  end
   audit(n, {at = NOW, ev = ev.id, src = ev.source, act = ev.action, res = result,
-            rsn = ev.reason, t = t, x = x, ctx = ev.ctx, v = v}, cap)
+            rsn = ev.reason, t = t, x = x, ctx = ev.ctx, v = v, na = ev.na}, cap)
   for _, target in ipairs(targets) do
     restage(target, n, fields ~= nil, touched)
   end

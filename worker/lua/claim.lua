@@ -10,7 +10,8 @@ local linger, max_chunks = tonumber(ARGV[9]), tonumber(ARGV[10])
 if redis.call('HEXISTS', P .. 'paused', provider) == 1 then
   return cjson.encode({status = 'paused', chunks = {}})
 end
-if redis.call('EXISTS', P .. 'hold:' .. provider) == 1 then
+local hold = redis.call('GET', P .. 'hold:' .. provider)
+if hold and tonumber(hold) > NOW then
   return cjson.encode({status = 'held', chunks = {}})
 end
 
@@ -33,10 +34,11 @@ while #chunks < max_chunks do
   local id = int(redis.call('INCR', P .. 'chunkseq'))
   local items = {}
   for _, n in ipairs(members) do
-    local led = redis.call('HMGET', P .. 'num:' .. n, 's', 'v', 'n', 'x')
+    local led = redis.call('HMGET', P .. 'num:' .. n, 's', 'v', 'n', 'x', 'c', 'src', 'r')
     if led[1] == want then
       redis.call('HSET', P .. 'inflight:' .. target, n, id)
-      table.insert(items, {n, led[2], led[3] or '', led[4] or '0'})
+      table.insert(items, {n, led[2], led[3] or '', led[4] or '0', led[5] or '',
+                           led[6] or '', led[7] or ''})
     else
       -- The ledger moved after staging and nothing re-staged it: stage what it says now.
       restage(target, n, true, touched)

@@ -1,6 +1,7 @@
 -- Record a chunk's per-number results: confirm, schedule retries, dead-letter, re-stage.
 -- ARGV: prefix, now_ms, chunk JSON (the pusher's own copy), results JSON
---       ({e164: [outcome, reason, detail, retry_after_ms, jitter 0..1]}), max attempts,
+--       ({e164: [outcome, reason, detail, retry_after_ms, jitter 0..1, retry window ms]}),
+--       max attempts,
 --       audit cap, backoff base ms, backoff cap ms
 local chunk = cjson.decode(ARGV[3])
 local results = cjson.decode(ARGV[4])
@@ -47,6 +48,7 @@ local function dead_letter(n, version, reason, detail, attempts)
   redis.call('HSET', P .. 'dlq', member, cjson.encode(entry))
   redis.call('ZADD', P .. 'dlq:age', 'NX', entry.first_at, member)
   redis.call('HDEL', P .. 'attempts:' .. target, n)
+  redis.call('HDEL', P .. 'firstfail:' .. target, n)
 end
 
 for _, item in ipairs(chunk.items) do
@@ -61,13 +63,27 @@ for _, item in ipairs(chunk.items) do
   if outcome == 'done' then
     redis.call('HSET', P .. 'confirmed:' .. target, n, want_state(action) .. ':' .. version)
     redis.call('HDEL', P .. 'attempts:' .. target, n)
+    redis.call('HDEL', P .. 'firstfail:' .. target, n)
     redis.call('HDEL', P .. 'dlq', member)
     redis.call('ZREM', P .. 'dlq:age', member)
     counts.done = counts.done + 1
   elseif outcome == 'retry' then
     attempts = redis.call('HINCRBY', P .. 'attempts:' .. target, n, 1)
-    if attempts >= max_attempts then
-      dead_letter(n, version, 'max_attempts', reason .. ': ' .. detail, attempts)
+    local window = tonumber(r[6] or 0)
+    local give_up = attempts >= max_attempts
+    if window > 0 then
+      -- Retried for a while rather than a number of times (a record not written yet).
+      local first = tonumber(redis.call('HGET', P .. 'firstfail:' .. target, n) or '0')
+      if first == 0 then
+        first = NOW
+        redis.call('HSET', P .. 'firstfail:' .. target, n, int(NOW))
+      end
+      give_up = NOW - first >= window
+    end
+    if give_up then
+      local why = 'max_attempts'
+      if window > 0 then why = reason end
+      dead_letter(n, version, why, reason .. ': ' .. detail, attempts)
       outcome = 'dead'
       counts.dead = counts.dead + 1
     else

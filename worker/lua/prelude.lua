@@ -30,16 +30,40 @@ local function audit(n, entry, cap)
   redis.call('LTRIM', key, 0, cap - 1)
 end
 
+-- A target's capabilities, as registered by worker/store.py:register_targets.
+local META = {}
+local function meta(target)
+  local m = META[target]
+  if m == nil then
+    local raw = redis.call('HGET', P .. 'targets', target)
+    if raw then m = cjson.decode(raw) else m = {} end
+    META[target] = m
+  end
+  return m
+end
+
 -- Stage the number's current desired state for one target, unless that state is already
 -- confirmed there or a push for it is in flight (its completion re-stages if the ledger
 -- moved). `force` is false for events that changed nothing: they must not cut short a
 -- backoff or resurrect a dead letter. `touched` collects, per target|action, whether the
 -- batch was empty before (its linger starts now).
 local function restage(target, n, force, touched)
-  local led = redis.call('HMGET', P .. 'num:' .. n, 's', 'v')
+  local led = redis.call('HMGET', P .. 'num:' .. n, 's', 'v', 'c')
   if not led[1] then return false end
   if redis.call('HEXISTS', P .. 'inflight:' .. target, n) == 1 then return false end
   local member = target .. '|' .. n
+  local m = meta(target)
+  if m.add_only then
+    -- No remove endpoint, and each add may notify someone: an add-only target gets a
+    -- number once, ever.
+    local conf = redis.call('HGET', P .. 'confirmed:' .. target, n)
+    if led[1] ~= 'blocked' or (conf and string.sub(conf, 1, 8) == 'blocked:') then
+      redis.call('ZREM', P .. 'stage:' .. target .. ':add', n)
+      redis.call('ZREM', P .. 'retry', member)
+      return false
+    end
+  end
+  if m.needs_ctx and (not led[3] or led[3] == '') then return false end
   if not force then
     if redis.call('ZSCORE', P .. 'retry', member) then return false end
     if redis.call('HEXISTS', P .. 'dlq', member) == 1 then return false end

@@ -11,21 +11,29 @@ from collections.abc import Callable
 import httpx
 
 from config import Settings
-from worker.providers import voicenter
+from worker.providers import daktela, phonely, voicenter, voodoosms, weya
 from worker.providers.base import Provider
 
 Factory = Callable[[Settings, httpx.Client], Provider | None]
 
 FACTORIES: dict[str, Factory] = {
     "voicenter": voicenter.from_settings,
+    "phonely": phonely.from_settings,
+    "voodoosms": voodoosms.from_settings,
+    "weya": weya.from_settings,
+    "daktela": daktela.from_settings,
 }
 
 
-def build_providers(settings: Settings, client: httpx.Client) -> dict[str, Provider]:
-    """Adapters for every provider whose credentials are set."""
+def build_providers(
+    settings: Settings, client_for: Callable[[str], httpx.Client]
+) -> dict[str, Provider]:
+    """Adapters for every provider whose credentials are set, each with its own client."""
     out: dict[str, Provider] = {}
     for name, factory in FACTORIES.items():
-        provider = factory(settings, client)
+        if name not in settings.enabled_providers():
+            continue
+        provider = factory(settings, client_for(name))
         if provider is not None:
             out[name] = provider
     return out

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from worker.phones import NumberFormat
 
@@ -32,11 +32,13 @@ class Outcome(enum.StrEnum):
 class Capabilities:
     """What the batcher needs to know about a provider, so no provider `if` leaks out."""
 
-    max_batch: int
+    max_batch: int  # numbers per chunk (per request when `bulk`)
     supports_remove: bool
     number_format: NumberFormat
     supports_expiry: bool = False
-    needs_call_context: bool = False
+    needs_call_context: bool = False  # only events tied to a call record go there
+    bulk: bool = True  # one request per chunk; else one per number, `concurrency` at once
+    concurrency: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +47,10 @@ class PushItem:
 
     e164: str
     name: str = ""
+    expires_ms: int = 0  # 0: a permanent block
+    source: str = ""
+    reason: str = ""
+    context: dict[str, Any] = field(default_factory=dict)  # call context (batchId, ...)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +60,8 @@ class NumberResult:
     outcome: Outcome
     reason: str = ""
     detail: str = ""
+    retry_after: float | None = None  # the provider's own wait (seconds), for RETRY
+    retry_window: float | None = None  # RETRY for this long, then dead-letter (not attempts)
 
 
 class Provider(Protocol):

@@ -22,7 +22,8 @@ def items(*numbers: str) -> list[PushItem]:
 
 
 def test_add_sends_digits_without_plus_and_maps_each_phone() -> None:
-    fake = FakeVoicenter(phone_codes={"972501111112": 1, "972501111113": 2})
+    fake = FakeVoicenter(permanent={"972501111112"})
+    fake.flaky["972501111113"] = 1
     result = adapter(fake).push(
         "voicenter", Action.ADD, items("+972501111111", "+972501111112", "+972501111113")
     )
@@ -34,7 +35,7 @@ def test_add_sends_digits_without_plus_and_maps_each_phone() -> None:
 
 
 def test_remove_uses_the_bulk_remove_endpoint() -> None:
-    fake = FakeVoicenter(blacklist={"972501111111"})
+    fake = FakeVoicenter(lists={"default": {"972501111111"}})
     result = adapter(fake).push("voicenter", Action.REMOVE, items("+972501111111"))
     assert result["+972501111111"].outcome is Outcome.DONE
     assert fake.blacklist == set()

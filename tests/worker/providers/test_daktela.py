@@ -1,0 +1,91 @@
+"""Daktela specifics: errors inside 2xx, native expiry, uniqueness checked and corrected."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from tests.fakes.daktela import FakeDaktela
+from tests.worker.providers.test_all_providers import World, numbers
+from worker.accept import Event, PhoneInput, accept
+from worker.providers.base import Action
+
+
+def daktela() -> tuple[World, FakeDaktela]:
+    w = World("daktela")
+    assert isinstance(w.fake, FakeDaktela)
+    return w, w.fake
+
+
+def test_a_created_record_carries_number_description_database_and_expiry() -> None:
+    w, fake = daktela()
+    until = datetime.fromtimestamp(w.clock.now, tz=UTC) + timedelta(days=30)
+    event = Event("crm", Action.ADD, [PhoneInput(numbers(1)[0])], reason="asked by email",
+                  expires_at=until)  # fmt: skip
+    accept(w.pipe, event)
+    w.settle()
+    (record,) = fake.records.values()
+    assert record["number"] == numbers(1)[0]
+    assert record["database"] == "Global"
+    assert "crm" in record["description"]
+    assert "asked by email" in record["description"]
+    assert record["expired"] == until.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def test_an_existing_entry_in_another_database_is_moved() -> None:
+    w, fake = daktela()
+    n = numbers(1)[0]
+    fake.records["x1"] = {"name": "x1", "number": n, "description": "old", "database": "Sales",
+                          "expired": None}  # fmt: skip
+    w.add(n)
+    w.settle()
+    assert fake.records["x1"]["database"] == "Global"
+    assert w.pipe.store.dead_letters() == []
+    assert ("PUT", "/api/v6/blacklistNumbers/x1.json", [n[1:]]) in fake.requests
+
+
+def test_an_existing_entry_expiring_earlier_is_made_permanent() -> None:
+    w, fake = daktela()
+    n = numbers(1)[0]
+    fake.records["x1"] = {"name": "x1", "number": n, "description": "old", "database": "Global",
+                          "expired": "2020-01-01 00:00:00"}  # fmt: skip
+    w.add(n)
+    w.settle()
+    assert fake.records["x1"]["expired"] is None
+
+
+def test_an_existing_permanent_entry_is_done_without_a_change() -> None:
+    w, fake = daktela()
+    n = numbers(1)[0]
+    fake.records["x1"] = {"name": "x1", "number": n, "description": "old", "database": "Global",
+                          "expired": None}  # fmt: skip
+    w.add(n)
+    w.settle()
+    assert not any(method == "PUT" for method, _, _ in fake.requests)
+
+
+def test_an_error_inside_a_2xx_is_a_failure() -> None:
+    w, fake = daktela()
+    fake.permanent.add(numbers(1)[0][1:])
+    w.add(*numbers(1))
+    w.settle()
+    dead = w.pipe.store.dead_letters()
+    assert dead and "Invalid number" in dead[0]["last_error"]
+
+
+def test_field_names_and_model_path_are_settings() -> None:
+    w = World(
+        "daktela",
+        daktela_model="blacklistNumbers",
+        daktela_fields={"database": "blacklistDatabase"},
+    )
+    body: list[object] = []
+    original = w.fake.serve
+
+    def spy(method: str, path: str, query: dict[str, list[str]], b: object) -> object:
+        body.append(b)
+        return original(method, path, query, b)
+
+    w.fake.serve = spy  # type: ignore[method-assign]
+    w.add(*numbers(1))
+    w.dispatcher.drain(w.pipe)
+    assert isinstance(body[0], dict) and body[0]["blacklistDatabase"] == "Global"

@@ -1,0 +1,80 @@
+"""Weya specifics: call-linked only, add only, 404 retried for a while, never twice."""
+
+from __future__ import annotations
+
+from tests.fakes.providers import CALL
+from tests.fakes.weya import FakeWeya
+from tests.worker.providers.test_all_providers import World, numbers
+from worker import pipeline as work
+from worker.accept import Event, PhoneInput, accept
+from worker.providers.base import Action
+
+
+def test_an_event_without_a_call_record_is_not_applicable_not_a_failure() -> None:
+    w = World("weya")
+    accept(w.pipe, Event("api", Action.ADD, [PhoneInput(numbers(1)[0])]))
+    w.settle()
+    assert w.fake.requests == []
+    assert w.pipe.store.dead_letters() == []
+    assert w.pipe.store.audit(numbers(1)[0])[0]["na"] == ["weya"]
+
+
+def test_the_call_context_is_sent() -> None:
+    w = World("weya")
+    bodies: list[object] = []
+    original = w.fake.serve
+
+    def spy(method: str, path: str, query: dict[str, list[str]], body: object) -> object:
+        bodies.append(body)
+        return original(method, path, query, body)
+
+    w.fake.serve = spy  # type: ignore[method-assign]
+    context = {**CALL, "type": "customer_request"}
+    accept(w.pipe, Event("dnc", Action.ADD, [PhoneInput("12125551234")], context=context))
+    w.settle()
+    assert bodies == [{"phoneNumber": "12125551234", "type": "customer_request", **CALL}]
+
+
+def test_404_is_retried_for_the_window_then_dead_lettered() -> None:
+    w = World("weya", weya_not_found_retry_seconds=60)
+    assert isinstance(w.fake, FakeWeya)
+    w.fake.call_records.clear()  # the call record is not written (yet)
+    w.add(*numbers(1))
+    w.dispatcher.drain(w.pipe)
+    for _ in range(3):  # within the window: retried, not dead-lettered
+        w.clock.advance(8)
+        work.sweep(w.pipe)
+        w.dispatcher.drain(w.pipe)
+    assert w.pipe.store.dead_letters() == []
+    assert len(w.fake.requests) >= 2
+    w.settle()  # the window passes
+    dead = w.pipe.store.dead_letters()
+    assert dead[0]["reason"] == "call_record_not_found"
+
+
+def test_404_then_record_written_is_delivered() -> None:
+    w = World("weya")
+    assert isinstance(w.fake, FakeWeya)
+    records = set(w.fake.call_records)
+    w.fake.call_records.clear()
+    w.add(*numbers(1))
+    w.dispatcher.drain(w.pipe)
+    w.fake.call_records |= records
+    w.settle()
+    assert w.fake.listed() == {numbers(1)[0][1:]}
+
+
+def test_never_pushed_twice_and_never_removed() -> None:
+    w = World("weya")
+    assert isinstance(w.fake, FakeWeya)
+    n = numbers(1)[0]
+    w.add(n)
+    w.settle()
+    w.remove(n)
+    w.settle()
+    w.clock.advance(1)
+    w.add(n)
+    w.settle()
+    assert w.fake.emails == 1
+    assert len(w.fake.requests) == 1
+    assert w.pipe.store.dead_letters() == []

@@ -1,0 +1,132 @@
+"""Targets: routing per source, capability-driven staging, and backfill of new targets."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import fakeredis
+
+from tests.conftest import FakeClock, make_settings
+from tests.fakes.dispatch import QueueDispatcher
+from tests.fakes.phonely import FakePhonely
+from tests.fakes.providers import CALL, Router, env_for, make_fake
+from worker import pipeline as work
+from worker.accept import Event, PhoneInput, accept
+from worker.pipeline import Pipeline
+from worker.providers.base import Action
+from worker.runtime import build_pipeline
+
+
+def every_provider_env() -> dict[str, str]:
+    env: dict[str, str] = {}
+    for name in ("voicenter", "phonely", "voodoosms", "weya", "daktela"):
+        env.update(env_for(name, f"http://{name}.test"))
+    return env
+
+
+def build(redis: Any, router: Router, env: dict[str, str], **overrides: Any) -> Pipeline:
+    return build_pipeline(
+        make_settings(env, **overrides),
+        client=redis,
+        http=router.client(),
+        dispatcher=QueueDispatcher(),
+        clock=FakeClock(),
+        rng=random.Random(1),
+    )
+
+
+def test_routes_send_a_source_only_where_it_is_allowed() -> None:
+    router = Router({n: make_fake(n) for n in ("voicenter", "voodoosms", "weya")})
+    env = {k: v for n in router.fakes for k, v in env_for(n, f"http://{n}.test").items()}
+    pipe = build(fakeredis.FakeRedis(), router, env, routes="sms=voodoosms,crm=-weya")
+    sms = pipe.targets_for("sms", has_call=True)
+    crm = pipe.targets_for("crm", has_call=True)
+    anyone = pipe.targets_for("api", has_call=False)
+    assert sms == (["voodoosms"], [])
+    assert crm == (["voicenter", "voodoosms"], [])
+    assert anyone == (["voicenter", "voodoosms"], ["weya"])
+
+
+def test_a_remove_is_never_staged_for_an_add_only_target() -> None:
+    router = Router({n: make_fake(n) for n in ("voicenter", "weya")})
+    env = {k: v for n in router.fakes for k, v in env_for(n, f"http://{n}.test").items()}
+    pipe = build(fakeredis.FakeRedis(), router, env)
+    n = "+972501234567"
+    accept(pipe, Event("dnc", Action.ADD, [PhoneInput(n)], context=CALL))
+    clock = pipe.store.clock
+    assert isinstance(clock, FakeClock)
+    clock.advance(5)
+    from datetime import UTC, datetime
+
+    when = datetime.fromtimestamp(clock.now, tz=UTC)
+    accept(pipe, Event("api", Action.REMOVE, [PhoneInput(n)], occurred_at=when))
+    view = pipe.store.provider_view(n, ["voicenter", "weya"])
+    assert view["voicenter"]["staged"] == "remove"
+    assert view["weya"]["staged"] is None
+
+
+def test_a_new_phonely_agent_is_backfilled_with_every_blocked_number() -> None:
+    redis = fakeredis.FakeRedis()
+    fake = FakePhonely()
+    router = Router({"phonely": fake})
+    env = env_for("phonely", "http://phonely.test")
+    pipe = build(redis, router, env)
+    blocked = [f"+97250{i:07d}" for i in range(500)]
+    accept(pipe, Event("api", Action.ADD, [PhoneInput(n) for n in blocked]))
+    removed = "+972509999999"
+    accept(pipe, Event("api", Action.ADD, [PhoneInput(removed)]))
+    clock = pipe.store.clock
+    assert isinstance(clock, FakeClock)
+    clock.advance(1)
+    from datetime import UTC, datetime
+
+    when = datetime.fromtimestamp(clock.now, tz=UTC)
+    accept(pipe, Event("api", Action.REMOVE, [PhoneInput(removed)], occurred_at=when))
+    dispatcher = pipe.dispatcher
+    assert isinstance(dispatcher, QueueDispatcher)
+    dispatcher.drain(pipe)
+    requests_before = len(fake.requests)
+
+    # A third agent is configured and the worker restarts.
+    env = {**env, "PHONELY_AGENT_IDS": "agent-a,agent-b,agent-c"}
+    pipe = build(redis, router, env)
+    dispatcher = pipe.dispatcher
+    assert isinstance(dispatcher, QueueDispatcher)
+    for _ in range(5):
+        work.sweep(pipe)
+        dispatcher.drain(pipe)
+    assert fake.listed("agent-c") == {n[1:] for n in blocked}
+    new_requests = fake.requests[requests_before:]
+    assert all(path.endswith("#agent-c") for _, path, _ in new_requests)
+    assert len(new_requests) == 5  # 500 numbers, 100 per request
+    assert pipe.store.backfills() == {}
+
+
+def test_backfill_honours_routes() -> None:
+    redis = fakeredis.FakeRedis()
+    router = Router({n: make_fake(n) for n in ("voicenter", "voodoosms")})
+    env = env_for("voicenter", "http://voicenter.test")
+    pipe = build(redis, router, env, routes="sms=voodoosms")
+    accept(pipe, Event("sms", Action.ADD, [PhoneInput("+972501234567")]))
+    accept(pipe, Event("api", Action.ADD, [PhoneInput("+972501234568")]))
+    env = {**env, **env_for("voodoosms", "http://voodoosms.test")}
+    pipe = build(redis, router, env, routes="sms=voodoosms,api=-voodoosms")
+    work.sweep(pipe)
+    staged = pipe.store.provider_view("+972501234567", ["voodoosms"])["voodoosms"]["staged"]
+    assert staged == "add"
+    other = pipe.store.provider_view("+972501234568", ["voodoosms"])["voodoosms"]["staged"]
+    assert other is None
+
+
+def test_one_call_linked_event_reaches_all_five_in_their_formats() -> None:
+    router = Router(
+        {n: make_fake(n) for n in ("voicenter", "phonely", "voodoosms", "weya", "daktela")}
+    )
+    pipe = build(fakeredis.FakeRedis(), router, every_provider_env())
+    accept(pipe, Event("dnc", Action.ADD, [PhoneInput("0501234567")], context=CALL))
+    dispatcher = pipe.dispatcher
+    assert isinstance(dispatcher, QueueDispatcher)
+    dispatcher.drain(pipe)
+    for name, fake in router.fakes.items():
+        assert fake.numbers_sent().count("972501234567") == (2 if name == "phonely" else 1), name

@@ -1,0 +1,26 @@
+-- Request slots shared by every worker: a concurrency cap held as leases that expire (a
+-- worker killed mid-request leaks nothing) and a requests-per-second cap over the last second.
+-- ARGV: prefix, now_ms, 'acquire'|'release', provider, token, rps, concurrency, lease ms
+local op, provider, token = ARGV[3], ARGV[4], ARGV[5]
+local rps, cap, lease = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local slots = P .. 'slots:' .. provider
+local rate = P .. 'rate:' .. provider
+if op == 'release' then
+  redis.call('ZREM', slots, token)
+  return 0
+end
+redis.call('ZREMRANGEBYSCORE', slots, '-inf', NOW)
+redis.call('ZREMRANGEBYSCORE', rate, '-inf', NOW - 1000)
+if cap > 0 and redis.call('ZCARD', slots) >= cap then
+  local first = redis.call('ZRANGE', slots, 0, 0, 'WITHSCORES')
+  return math.max(5, math.min(50, tonumber(first[2]) - NOW))
+end
+if rps > 0 and redis.call('ZCARD', rate) >= rps then
+  local oldest = redis.call('ZRANGE', rate, 0, 0, 'WITHSCORES')
+  return math.max(1, tonumber(oldest[2]) + 1000 - NOW)
+end
+redis.call('ZADD', slots, NOW + lease, token)
+redis.call('ZADD', rate, NOW, token)
+redis.call('PEXPIRE', slots, lease + 1000)
+redis.call('PEXPIRE', rate, 2000)
+return 0

@@ -1,0 +1,238 @@
+"""Daktela blacklist adapter (REST API v6): one record per number, native expiry.
+
+Facts: shared/providers.md, "Daktela blacklist". `X-AUTH-TOKEN` header; envelope
+`{"error": [...] | {"primary": [...], "form": {...}}, "result": {...}}` and a 2xx can still
+carry errors. A number is unique: a uniqueness error on create means an entry exists, which
+is done only if it is in the wanted database and does not expire earlier than wanted;
+otherwise it is fetched and corrected. Remove = look up by number, delete by its name.
+*Unconfirmed* by the vendor: the model path (`blacklistNumbers`) and the field names, so
+both are settings (DAKTELA_MODEL, DAKTELA_FIELDS). Expiry is written in UTC.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import httpx
+
+from config import Settings
+from worker.errors import PermanentError, RetryableError
+from worker.phones import NumberFormat, digits, render
+from worker.providers.base import Action, Capabilities, NumberResult, Outcome, PushItem
+from worker.providers.fanout import per_number
+from worker.providers.http import json_body, send
+
+API_PATH = "/api/v6"
+AUTH_SETTING = "DAKTELA_ACCESS_TOKEN"
+DEFAULT_FIELDS = {
+    "number": "number",
+    "description": "description",
+    "database": "database",
+    "expired": "expired",
+}
+_UNIQUE = ("unique", "already", "exist", "duplicate")
+_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+
+
+def format_expiry(expires_ms: int) -> str | None:
+    if not expires_ms:
+        return None
+    return dt.datetime.fromtimestamp(expires_ms / 1000, tz=dt.UTC).strftime(_TIME_FORMAT)
+
+
+def parse_expiry(value: Any) -> dt.datetime | None:
+    if not value:
+        return None
+    text = str(value).replace("T", " ")[:19]
+    try:
+        return dt.datetime.strptime(text, _TIME_FORMAT).replace(tzinfo=dt.UTC)
+    except ValueError:
+        return None
+
+
+def _errors(body: Any) -> list[str]:
+    """Every error message in a Daktela envelope, flattened."""
+    if not isinstance(body, dict):
+        return []
+    error = body.get("error")
+    out: list[str] = []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, str) and value:
+            out.append(value)
+        elif isinstance(value, list):
+            for v in value:
+                walk(v)
+        elif isinstance(value, dict):
+            for v in value.values():
+                walk(v)
+
+    walk(error)
+    return out
+
+
+class DaktelaProvider:
+    """One blacklist database per target: `daktela:<database>`."""
+
+    name = "daktela"
+    capabilities = Capabilities(
+        max_batch=25,
+        supports_remove=True,
+        number_format=NumberFormat.PLUS,
+        supports_expiry=True,
+        bulk=False,
+        concurrency=4,
+    )
+
+    def __init__(
+        self,
+        token: str,
+        base_url: str,
+        database: str,
+        client: httpx.Client,
+        model: str = "blacklistNumbers",
+        fields: dict[str, str] | None = None,
+    ) -> None:
+        self._headers = {"X-AUTH-TOKEN": token}
+        self._base = f"{base_url.rstrip('/')}{API_PATH}/{model}"
+        self._database = database
+        self._fields = {**DEFAULT_FIELDS, **(fields or {})}
+        self._client = client
+
+    def targets(self) -> list[str]:
+        return [f"{self.name}:{self._database}"]
+
+    def push(self, target: str, action: Action, items: list[PushItem]) -> dict[str, NumberResult]:
+        call = self._add if action is Action.ADD else self._remove
+        return per_number(items, call, self.capabilities.concurrency)
+
+    def _request(self, method: str, url: str, **kwargs: Any) -> tuple[int, Any]:
+        response = send(
+            self._client, method, url, auth_setting=AUTH_SETTING, headers=self._headers, **kwargs
+        )
+        return response.status_code, json_body(response) if response.content else {}
+
+    def _record(self, item: PushItem) -> dict[str, Any]:
+        f = self._fields
+        description = f"opt-out via {item.source or 'optout-worker'}"
+        if item.reason:
+            description += f": {item.reason}"
+        return {
+            f["number"]: render(item.e164, self.capabilities.number_format),
+            f["description"]: description[:250],
+            f["database"]: self._database,
+            f["expired"]: format_expiry(item.expires_ms),
+        }
+
+    def _add(self, item: PushItem) -> NumberResult:
+        status, body = self._request("POST", f"{self._base}.json", json=self._record(item))
+        errors = _errors(body)
+        if status < 400 and not errors:
+            return NumberResult(Outcome.DONE)
+        if any(word in e.lower() for e in errors for word in _UNIQUE):
+            return self._correct(item)
+        if status >= 400 or errors:
+            raise PermanentError(f"http_{status}" if status >= 400 else "refused",
+                                 "; ".join(errors)[:300])  # fmt: skip
+        return NumberResult(Outcome.DONE)
+
+    def _correct(self, item: PushItem) -> NumberResult:
+        """The number exists: done if it blocks at least as long in the wanted database;
+        otherwise move it there and lengthen its expiry."""
+        existing = self._find(item)
+        if existing is None:
+            raise RetryableError("unique_but_not_found", "create said it exists; lookup did not")
+        f = self._fields
+        database = existing.get(f["database"])
+        if isinstance(database, dict):
+            database = database.get("name")
+        have = parse_expiry(existing.get(f["expired"]))
+        want = parse_expiry(format_expiry(item.expires_ms))
+        long_enough = have is None or (want is not None and have >= want)
+        if database == self._database and long_enough:
+            return NumberResult(Outcome.DONE, "already")
+        record = self._record(item)
+        status, body = self._request(
+            "PUT",
+            f"{self._base}/{existing['name']}.json",
+            json={f["database"]: record[f["database"]], f["expired"]: record[f["expired"]]},
+        )
+        errors = _errors(body)
+        if status >= 400 or errors:
+            raise PermanentError("correct_failed", "; ".join(errors)[:300] or f"HTTP {status}")
+        return NumberResult(Outcome.DONE, "corrected")
+
+    def _find(self, item: PushItem) -> dict[str, Any] | None:
+        number = str(render(item.e164, self.capabilities.number_format))
+        params = {
+            "filter[0][field]": self._fields["number"],
+            "filter[0][operator]": "eq",
+            "filter[0][value]": number,
+            "take": 10,
+        }
+        status, body = self._request("GET", f"{self._base}.json", params=params)
+        if status >= 400 or _errors(body):
+            raise RetryableError(f"lookup_http_{status}", "; ".join(_errors(body))[:300])
+        for entry in _rows(body):
+            if digits(str(entry.get(self._fields["number"], ""))) == digits(item.e164):
+                return entry
+        return None
+
+    def _remove(self, item: PushItem) -> NumberResult:
+        existing = self._find(item)
+        if existing is None:
+            return NumberResult(Outcome.DONE, "already")
+        status, body = self._request("DELETE", f"{self._base}/{existing['name']}.json")
+        if status == 404:
+            return NumberResult(Outcome.DONE, "already")
+        errors = _errors(body)
+        if status >= 400 or errors:
+            raise PermanentError(f"http_{status}", "; ".join(errors)[:300])
+        return NumberResult(Outcome.DONE)
+
+    def probe(self) -> None:
+        status, body = self._request("GET", f"{self._base}.json", params={"take": 1})
+        if status >= 400 or _errors(body):
+            raise PermanentError(f"http_{status}", "; ".join(_errors(body))[:300])
+
+    def list_numbers(self, target: str) -> list[str]:
+        """Every number in the target database (for reconciliation), paged."""
+        out: list[str] = []
+        skip = 0
+        while True:
+            params = {
+                "filter[0][field]": self._fields["database"],
+                "filter[0][operator]": "eq",
+                "filter[0][value]": self._database,
+                "skip": skip,
+                "take": 500,
+            }
+            status, body = self._request("GET", f"{self._base}.json", params=params)
+            if status >= 400:
+                raise RetryableError(f"http_{status}")
+            rows = _rows(body)
+            out.extend(str(r.get(self._fields["number"], "")) for r in rows)
+            if len(rows) < 500:
+                return out
+            skip += 500
+
+
+def _rows(body: Any) -> list[dict[str, Any]]:
+    result = body.get("result") if isinstance(body, dict) else None
+    data = result.get("data") if isinstance(result, dict) else result
+    return [r for r in data if isinstance(r, dict)] if isinstance(data, list) else []
+
+
+def from_settings(settings: Settings, client: httpx.Client) -> DaktelaProvider | None:
+    """The adapter when DAKTELA_ACCESS_TOKEN is set (settings insist on DAKTELA_BASE_URL)."""
+    if settings.daktela_access_token is None or not settings.daktela_base_url:
+        return None
+    return DaktelaProvider(
+        settings.daktela_access_token.get_secret_value(),
+        settings.daktela_base_url,
+        settings.daktela_blacklist_database,
+        client,
+        model=settings.daktela_model,
+        fields=settings.daktela_fields,
+    )
