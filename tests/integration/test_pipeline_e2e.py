@@ -161,4 +161,4 @@ def test_a_chunk_in_flight_when_its_worker_is_killed_is_recovered(
     assert len(fake.blacklist) == 50
     assert len(fake.requests) >= 2  # the killed request, then the recovered chunk
     assert producer.store.counts(["voicenter"])["voicenter"]["in_flight"] == 0
-    assert all(path == ADD for path, _ in fake.requests)
+    assert all(path == ADD for _, path, _ in fake.requests)
