@@ -21,6 +21,16 @@ from pydantic import (
 DEFAULT_VOICENTER_BASE_URL = "https://api.voicenter.com"
 DEFAULT_PHONELY_BASE_URL = "https://app.phonely.ai"
 DEFAULT_VOODOOSMS_BASE_URL = "https://api.voodoosms.com"
+#: Which CDR field holds the customer for each Voicenter call type (shared/providers.md):
+#: the target on outbound legs, the caller on inbound ones. Other types go to review.
+DEFAULT_VOICENTER_CALL_TYPES = {
+    "Extension Outgoing": ["target"],
+    "Click2Call leg2": ["target"],
+    "ProductiveCall Leg2": ["target"],
+    "Click 2 IVR": ["target"],
+    "Incoming Call": ["callerPhone", "caller"],
+    "Queue": ["callerPhone", "caller"],
+}
 PROVIDERS = ("voicenter", "phonely", "voodoosms", "weya", "daktela")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
@@ -74,11 +84,18 @@ class Settings(BaseModel):
     )
     admin_token: SecretStr | None = Field(default=None, alias="OPTOUT_ADMIN_TOKEN")
     own_numbers: list[str] = Field(default_factory=list, alias="OPTOUT_OWN_NUMBERS")
-    voicenter_optout_dtmf: str = Field(default="9", alias="OPTOUT_VOICENTER_OPTOUT_DTMF")
+    voicenter_optout_dtmf: str | None = Field(default=None, alias="OPTOUT_VOICENTER_OPTOUT_DTMF")
     voicenter_optout_layers: list[str] = Field(
         default_factory=list, alias="OPTOUT_VOICENTER_OPTOUT_LAYERS"
     )
 
+    voicenter_optout_customdata: dict[str, str] = Field(
+        default_factory=dict, alias="OPTOUT_VOICENTER_OPTOUT_CUSTOMDATA"
+    )
+    voicenter_call_types: dict[str, list[str]] = Field(
+        default_factory=lambda: dict(DEFAULT_VOICENTER_CALL_TYPES),
+        alias="OPTOUT_VOICENTER_CALL_TYPES",
+    )
     routes: dict[str, dict[str, list[str]]] = Field(default_factory=dict, alias="OPTOUT_ROUTES")
     provider_limits: dict[str, tuple[float, int]] = Field(
         default_factory=dict, alias="OPTOUT_PROVIDER_LIMITS"
@@ -186,6 +203,36 @@ class Settings(BaseModel):
             if not sep or key not in {"number", "description", "database", "expired"}:
                 raise ValueError("expected number=..,description=..,database=..,expired=..")
             out[key] = name.strip()
+        return out
+
+    @field_validator("voicenter_optout_customdata", mode="before")
+    @classmethod
+    def _customdata(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        out = {}
+        for item in _split_csv(value):
+            key, sep, wanted = item.partition("=")
+            if not sep or not key.strip():
+                raise ValueError("expected key=value pairs, e.g. var_optout=1")
+            out[key.strip()] = wanted.strip()
+        return out
+
+    @field_validator("voicenter_call_types", mode="before")
+    @classmethod
+    def _call_types(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        out: dict[str, list[str]] = {}
+        for item in _split_csv(value):
+            call_type, sep, fields = item.partition("=")
+            names = [f.strip() for f in fields.split("|") if f.strip()]
+            if not sep or not call_type.strip() or not names:
+                raise ValueError(
+                    "expected type=field|field pairs, e.g. Queue=callerPhone|caller,"
+                    "Extension Outgoing=target"
+                )
+            out[call_type.strip()] = names
         return out
 
     @field_validator("routes", mode="before")

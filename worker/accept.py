@@ -15,6 +15,7 @@ import structlog
 from worker.phones import Convention, Normalised, Rejected, mask, normalise
 from worker.pipeline import Pipeline, schedule
 from worker.providers.base import Action
+from worker.store import AcceptOutcome, Staged
 
 log = structlog.get_logger("optout.accept")
 audit_log = structlog.get_logger("optout.audit")
@@ -123,6 +124,36 @@ def _canonical(event: Event) -> str:
     return json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
 
 
+#: Numbers per Lua call: a 10,000-number event is written in parts so no single script holds
+#: Redis for long; its idempotency key is recorded with the last part.
+WRITE_CHUNK = 1000
+
+
+def _write(
+    pipe: Pipeline, payload: dict[str, Any], numbers: list[tuple[str, str]], targets: list[str]
+) -> AcceptOutcome:
+    ttl = pipe.settings.idempotency_ttl_days * 86400
+    parts = [numbers[i : i + WRITE_CHUNK] for i in range(0, len(numbers), WRITE_CHUNK)]
+    if len(parts) == 1:
+        return pipe.store.accept(payload, numbers, targets, ttl)
+    results: list[str] = []
+    staged: dict[tuple[str, Action], Staged] = {}
+    for i, part in enumerate(parts):
+        mode = "check" if i == 0 else "record" if i == len(parts) - 1 else "none"
+        outcome = pipe.store.accept(payload, part, targets, ttl, mode)
+        if outcome.status != "ok":
+            return outcome
+        results.extend(outcome.results)
+        for batch in outcome.staged:
+            # The batch is opened by the first part that touched it; its size is the last.
+            first = staged.get((batch.target, batch.action))
+            opened = batch.opened or (first.opened if first else False)
+            staged[(batch.target, batch.action)] = Staged(
+                batch.target, batch.action, batch.count, opened
+            )
+    return AcceptOutcome("ok", str(payload["id"]), results, list(staged.values()))
+
+
 def accept(pipe: Pipeline, event: Event) -> AcceptResult:
     """Validate, normalise, check idempotency, write the ledger and stage every number for
     every target in one Redis round trip; then enqueue the flushes that are due."""
@@ -195,7 +226,7 @@ def accept(pipe: Pipeline, event: Event) -> AcceptResult:
     payload = {k: v for k, v in payload.items() if v is not None}
     try:
         pipe.ensure_registered()
-        outcome = store.accept(payload, numbers, targets, settings.idempotency_ttl_days * 86400)
+        outcome = _write(pipe, payload, numbers, targets)
         if settings.redis_wait_replicas:
             acked = store.redis.wait(settings.redis_wait_replicas, 1000)
             if acked < settings.redis_wait_replicas:

@@ -5,60 +5,24 @@ from __future__ import annotations
 import hmac
 import time
 from collections.abc import Awaitable, Callable
-from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import structlog
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from kombu.connection import Connection
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from worker.accept import AcceptError, Event, PhoneInput, accept
-from worker.phones import Convention, Rejected, normalise
+from worker.accept import AcceptError, accept
+from worker.phones import Rejected, normalise
 from worker.pipeline import Pipeline
-from worker.providers.base import Action
+from worker.schemas import OptoutRequest, optout_event
+from worker.webhooks import webhook_router
 
 log = structlog.get_logger("optout.api")
 
 PipelineFactory = Callable[[], Pipeline]
-
-
-class PhoneObject(BaseModel):
-    """A phone with an optional label (Voicenter shows it as the blacklist entry's name)."""
-
-    model_config = ConfigDict(extra="forbid")
-    phone: str | int
-    name: str = Field(default="", max_length=100)
-
-
-class OptoutRequest(BaseModel):
-    """An opt-out (add) or an opt-in (remove) for one or more phones."""
-
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {
-                    "action": "add",
-                    "phones": ["+972501234567", {"phone": "0527654321", "name": "Dana"}],
-                    "source": "crm",
-                    "reason": "customer asked by email",
-                    "idempotency_key": "crm-ticket-8812",
-                    "occurred_at": "2026-11-22T10:00:00Z",
-                }
-            ]
-        },
-    )
-    action: Literal["add", "remove"]
-    phones: list[str | int | PhoneObject] = Field(min_length=1)
-    source: str = Field(default="api", min_length=1, max_length=64, pattern=r"^[^:|]+$")
-    reason: str = Field(default="", max_length=200)
-    idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
-    occurred_at: datetime | None = None
-    expires_at: datetime | None = None
 
 
 class _BodyLimit:
@@ -132,6 +96,7 @@ def create_api(pipeline: PipelineFactory) -> FastAPI:
     )
 
     api.add_middleware(_BodyLimit, max_bytes=pipeline().settings.max_body_bytes)
+    api.include_router(webhook_router(pipeline))
 
     def admin(authorization: Annotated[str | None, Header()] = None) -> None:
         token = pipeline().settings.admin_token
@@ -178,22 +143,7 @@ def create_api(pipeline: PipelineFactory) -> FastAPI:
         """Accept an opt-out (`add`) or opt-in (`remove`). Answers 202 once every accepted
         number is durably staged in Redis; 503 (retry) when it cannot be; 409 when the
         idempotency key was used with another body; a remove needs `occurred_at`."""
-        phones = [
-            PhoneInput(p.phone, p.name) if isinstance(p, PhoneObject) else PhoneInput(p)
-            for p in body.phones
-        ]
-        event = Event(
-            source=body.source,
-            action=Action(body.action),
-            phones=phones,
-            reason=body.reason,
-            idempotency_key=body.idempotency_key,
-            occurred_at=body.occurred_at,
-            expires_at=body.expires_at,
-            convention=Convention.NATIONAL,
-            body=body.model_dump(mode="json"),
-        )
-        result = accept(pipeline(), event)
+        result = accept(pipeline(), optout_event(body))
         return JSONResponse(
             {
                 "event_id": result.event_id,
@@ -241,7 +191,7 @@ def create_api(pipeline: PipelineFactory) -> FastAPI:
 
 def _broker_check(url: str) -> str:
     try:
-        with Connection(url, connect_timeout=1) as conn:  # type: ignore[no-untyped-call]
+        with Connection(url, connect_timeout=1) as conn:
             conn.ensure_connection(max_retries=1, timeout=1)
         return "ok"
     except Exception as exc:

@@ -34,7 +34,7 @@ def queue_names(settings: Settings) -> list[str]:
 def _queue(name: str) -> Queue:
     # Its own exchange and routing key: a shared default key would copy every task to
     # every queue bound with it.
-    return Queue(name, Exchange(name, type="direct"), routing_key=name)  # type: ignore[no-untyped-call]
+    return Queue(name, Exchange(name, type="direct"), routing_key=name)
 
 
 def create_celery(settings: Settings) -> Celery:

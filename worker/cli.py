@@ -194,6 +194,34 @@ def up(host: HostOpt = "127.0.0.1", port: PortOpt = 8000) -> None:
     raise typer.Exit(code)
 
 
+@app.command()
+def consume(
+    url: Annotated[str, typer.Option(help="Broker URL: amqp://... or redis://...")],
+    queue: Annotated[str, typer.Option(help="Queue to consume (declared durable).")],
+    prefetch: Annotated[int, typer.Option(help="Unacked messages in hand at most.")] = 10,
+    allow_remove: Annotated[
+        bool, typer.Option(help="Accept removes too (otherwise they are parked).")
+    ] = False,
+) -> None:
+    """Consume opt-out messages from a broker queue; ack each only once it is staged.
+    Invalid messages go to QUEUE.rejected with the reason. SIGTERM finishes the message in
+    hand and stops."""
+    pipe = _pipeline()
+    from worker.consumer import OptoutConsumer, connect
+
+    with connect(url) as connection:
+        consumer = OptoutConsumer(pipe, connection, queue, prefetch, allow_remove)
+
+        def stop(*_: Any) -> None:
+            consumer.should_stop = True
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        console.print(f"consuming {queue} (rejected messages go to {queue}.rejected)")
+        consumer.run()
+    console.print(f"stopped after {consumer.handled} messages")
+
+
 def _local_admin_token(data_dir: Path) -> str:
     path = data_dir / "admin-token"
     if path.exists():

@@ -32,6 +32,8 @@ key                            type    holds
 ``backfill``                   hash    target -> SSCAN cursor over ``blocked`` (new targets)
 ``slots:{provider}``           zset    request token -> lease expiry (concurrency cap)
 ``rate:{provider}``            zset    request token -> start (ms), last second (rate cap)
+``review:{source}``            list    inputs kept for a person (e.g. CDRs of unknown type)
+``counts:{group}``             hash    counters (e.g. CDRs ignored / reviewed, by reason)
 =============================  ======  ====================================================
 """
 
@@ -173,6 +175,7 @@ class Store:
         numbers: list[tuple[str, str]],
         targets: list[str],
         idempotency_ttl_seconds: int,
+        idempotency_mode: str = "once",
     ) -> AcceptOutcome:
         raw = _decode(
             self._run(
@@ -182,6 +185,7 @@ class Store:
                 self.audit_cap,
                 json.dumps(targets),
                 json.dumps([list(pair) for pair in numbers]),
+                idempotency_mode,
             )
         )
         return AcceptOutcome(
@@ -427,6 +431,27 @@ class Store:
                 "in_flight": int(answers[3 * i + 2]),
             }
         return out
+
+    # -- ingress bookkeeping -------------------------------------------------------------
+
+    def keep_for_review(self, source: str, entry: dict[str, Any], keep: int = 1000) -> None:
+        """Keep an input we would not guess about for a person to read (newest first)."""
+        key = self.key("review", source)
+        pipe = self.redis.pipeline()
+        pipe.lpush(key, json.dumps({"at": self.now_ms(), **entry}, default=str))
+        pipe.ltrim(key, 0, keep - 1)
+        pipe.execute()
+
+    def reviews(self, source: str, limit: int = 100) -> list[dict[str, Any]]:
+        raw = cast(list[Any], self.redis.lrange(self.key("review", source), 0, limit - 1))
+        return [_decode(entry) for entry in raw]
+
+    def count(self, group: str, name: str) -> None:
+        self.redis.hincrby(self.key("counts", group), name, 1)
+
+    def counts_of(self, group: str) -> dict[str, int]:
+        raw = cast(dict[Any, Any], self.redis.hgetall(self.key("counts", group)))
+        return {_text(k): int(v) for k, v in raw.items()}
 
     def ping(self) -> bool:
         return bool(self.redis.ping())

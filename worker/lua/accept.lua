@@ -1,14 +1,17 @@
 -- Accept one event in one round trip: idempotency, ledger (last-writer-wins), audit, staging.
 -- ARGV: prefix, now_ms, event JSON, idempotency TTL seconds, audit cap, targets JSON,
---       numbers JSON ([[e164, name], ...])
+--       numbers JSON ([[e164, name], ...]), idempotency mode: 'once' (check and record),
+--       'check' (first part of a large event), 'none' (middle parts), 'record' (last part)
 local ev = cjson.decode(ARGV[3])
 local idem_ttl = tonumber(ARGV[4])
 local cap = tonumber(ARGV[5])
 local targets = cjson.decode(ARGV[6])
 local numbers = cjson.decode(ARGV[7])
+local mode = ARGV[8] or 'once'
 
 local idem_key = P .. 'idem:' .. ev.source .. ':' .. ev.key
-local seen = redis.call('GET', idem_key)
+local seen = false
+if mode == 'once' or mode == 'check' then seen = redis.call('GET', idem_key) end
 if seen then
   local sep = string.find(seen, '|', 1, true)
   local hash = string.sub(seen, 1, sep - 1)
@@ -18,7 +21,11 @@ if seen then
   end
   return cjson.encode({status = 'conflict', event_id = first_id})
 end
-redis.call('SET', idem_key, ev.hash .. '|' .. ev.id, 'EX', idem_ttl)
+-- A large event is written in parts; its key is recorded with the last part only, so a
+-- retry after a crash between parts redoes them all (each part is idempotent by itself).
+if mode == 'once' or mode == 'record' then
+  redis.call('SET', idem_key, ev.hash .. '|' .. ev.id, 'EX', idem_ttl)
+end
 
 local t = tonumber(ev.t)
 local x = tonumber(ev.x)
