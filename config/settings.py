@@ -294,11 +294,7 @@ class Settings(BaseModel):
     def broker_url(self) -> str:
         if self.celery_broker_url:
             return self.celery_broker_url
-        url = self.state_redis_url
-        if url.startswith("unix://"):
-            # redis-py says unix://, kombu says redis+socket:// for the same socket.
-            return "redis+socket://" + url.removeprefix("unix://")
-        return url
+        return kombu_url(self.state_redis_url)
 
     @property
     def state_redis_url(self) -> str:
@@ -332,6 +328,13 @@ class Settings(BaseModel):
     def limits_for(self, provider: str) -> tuple[float, int]:
         """(requests per second, concurrent requests) shared by every worker; 0 = no limit."""
         return self.provider_limits.get(provider, (20.0, 8))
+
+
+def kombu_url(url: str) -> str:
+    """redis-py says unix://, kombu says redis+socket:// for the same socket."""
+    if url.startswith("unix://"):
+        return "redis+socket://" + url.removeprefix("unix://")
+    return url
 
 
 def _set(secret: SecretStr | None) -> bool:

@@ -202,6 +202,10 @@ def consume(
     allow_remove: Annotated[
         bool, typer.Option(help="Accept removes too (otherwise they are parked).")
     ] = False,
+    visibility_timeout: Annotated[
+        float,
+        typer.Option(help="Redis transport: seconds before a dead consumer's messages return."),
+    ] = 60.0,
 ) -> None:
     """Consume opt-out messages from a broker queue; ack each only once it is staged.
     Invalid messages go to QUEUE.rejected with the reason. SIGTERM finishes the message in
@@ -209,7 +213,7 @@ def consume(
     pipe = _pipeline()
     from worker.consumer import OptoutConsumer, connect
 
-    with connect(url) as connection:
+    with connect(url, pipe.settings.key_prefix, visibility_timeout) as connection:
         consumer = OptoutConsumer(pipe, connection, queue, prefetch, allow_remove)
 
         def stop(*_: Any) -> None:

@@ -2,7 +2,7 @@
 
 A message is JSON: the `/v1/optouts` shape, a Voicenter CDR, or a DNC trigger. The header
 `x-optout-kind` (`optout`, `cdr`, `dnc`) says which; without it the fields do (`ivruniqueid`:
-a CDR; `phoneNumber` + `requestUUID`: a DNC trigger; `action` + `phones`: an opt-out). An
+a CDR; `phoneNumber` + `requestUUID`: a DNC trigger; `action` or `phones`: an opt-out). An
 invalid message is parked on `<queue>.rejected` with the reason in the header
 `x-rejected-reason`; it is never dropped silently. While Redis cannot take a message it is
 requeued, not acked.
@@ -21,6 +21,7 @@ from kombu.message import Message
 from kombu.mixins import ConsumerMixin
 from pydantic import ValidationError
 
+from config import kombu_url
 from worker import cdr as cdrs
 from worker.accept import AcceptError, Event, StoreUnavailableError, accept
 from worker.pipeline import Pipeline
@@ -68,7 +69,7 @@ def interpret(
             kind = "cdr"
         elif "phoneNumber" in data and "requestUUID" in data:
             kind = "dnc"
-        elif "action" in data and "phones" in data:
+        elif "action" in data or "phones" in data:
             kind = "optout"
         else:
             raise RejectedMessageError("unknown_message: no kind header and no known fields")
@@ -170,5 +171,14 @@ class OptoutConsumer(ConsumerMixin):  # type: ignore[misc]
         log.warning("message_parked", queue=self.queue.name, reason=reason[:200])
 
 
-def connect(url: str) -> Connection:
-    return Connection(url, heartbeat=30, connect_timeout=5)
+def connect(url: str, key_prefix: str = "", visibility_timeout: float = 60.0) -> Connection:
+    """A broker connection. On Redis its keys carry our prefix, like Celery's do, and a
+    message taken by a consumer that died is given back after `visibility_timeout` (RabbitMQ
+    gives it back as soon as the connection drops)."""
+    url = kombu_url(url)
+    options: dict[str, Any] = {}
+    if url.startswith(("redis://", "rediss://", "redis+socket://")):
+        options["visibility_timeout"] = visibility_timeout
+        if key_prefix:
+            options["global_keyprefix"] = key_prefix + "ingress:"
+    return Connection(url, heartbeat=30, connect_timeout=5, transport_options=options)

@@ -31,15 +31,19 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def wait_for(condition: Callable[[], Any], timeout: float = 30.0, what: str = "") -> Any:
-    """Poll until `condition()` is truthy; fail with `what` after `timeout` seconds."""
+def wait_for(
+    condition: Callable[[], Any], timeout: float = 30.0, what: str | Callable[[], str] = ""
+) -> Any:
+    """Poll until `condition()` is truthy; fail with `what` (or what it returns, for a
+    description of the state at that moment) after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
         if value:
             return value
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what or condition}")
+            described = what() if callable(what) else what
+            pytest.fail(f"timed out after {timeout}s waiting for {described or condition}")
         time.sleep(0.05)
 
 

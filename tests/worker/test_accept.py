@@ -167,3 +167,39 @@ def test_one_hour_later_remove_with_time_lifts(pipe: Pipeline, clock: FakeClock)
     clock.advance(3600)
     accept(pipe, remove(N, occurred_at=at(clock) - timedelta(seconds=1)))
     assert pipe.store.ledger(N)["s"] == "unblocked"
+
+
+def test_a_large_event_is_written_in_parts_and_still_idempotent(
+    pipe: Pipeline, dispatcher: QueueDispatcher
+) -> None:
+    phones = [f"+97250{i:07d}" for i in range(2500)]
+    first = accept(pipe, add(*phones, idempotency_key="big"))
+    assert first.accepted == 2500
+    assert pipe.store.counts(["voicenter"])["voicenter"]["staged_add"] == 2500
+    assert all(p.ledger == "applied" for p in first.phones)
+    again = accept(pipe, add(*phones, idempotency_key="big"))
+    assert again.duplicate and again.event_id == first.event_id
+    with pytest.raises(AcceptError):
+        accept(pipe, add(*phones[:10], idempotency_key="big"))
+    flushes = [a for k, a in dispatcher.sent if k == "flush"]
+    assert sum(1 for a in flushes if a[2] == "all") == 1  # one linger flush for one batch
+
+
+def test_a_crash_between_parts_is_redone_whole_on_retry(pipe: Pipeline) -> None:
+    phones = [f"+97250{i:07d}" for i in range(1500)]
+    original = pipe.store.accept
+    calls = {"n": 0}
+
+    def crash_on_second(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise ConnectionError("redis went away")
+        return original(*args, **kwargs)
+
+    pipe.store.accept = crash_on_second  # type: ignore[method-assign]
+    with pytest.raises(ConnectionError):
+        accept(pipe, add(*phones, idempotency_key="k"))
+    pipe.store.accept = original  # type: ignore[method-assign]
+    retry = accept(pipe, add(*phones, idempotency_key="k"))
+    assert not retry.duplicate  # the key was not recorded: the retry wrote everything
+    assert all(pipe.store.ledger(p)["s"] == "blocked" for p in phones[::100])

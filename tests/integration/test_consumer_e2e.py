@@ -1,0 +1,160 @@
+"""`optout consume` against a real broker: RabbitMQ on 127.0.0.1:5672, and Redis."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis as redis_lib
+
+from tests.fakes.voicenter import FakeVoicenter
+from tests.integration.conftest import ROOT, wait_for
+from worker.consumer import REASON_HEADER, connect
+
+pytestmark = pytest.mark.integration
+RABBIT = "amqp://guest:guest@127.0.0.1:5672//"
+
+
+def rabbit_up() -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", 5672), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(params=["rabbitmq", "redis"])
+def broker(request: pytest.FixtureRequest, redis_url: str, prefix: str) -> Iterator[str]:
+    if request.param == "rabbitmq":
+        if not rabbit_up():
+            pytest.skip("no RabbitMQ answers on 127.0.0.1:5672")
+        yield RABBIT
+    else:
+        yield redis_url
+
+
+class Consumer:
+    def __init__(self, env: dict[str, str], url: str, queue: str, log: Path) -> None:
+        self.argv = [sys.executable, "-m", "worker.cli", "consume", "--url", url,
+                     "--queue", queue, "--prefetch", "20", "--visibility-timeout", "5"]  # fmt: skip
+        self.env = {**os.environ, **env}
+        self.log = log
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Consumer:
+        self.process = subprocess.Popen(
+            self.argv, env=self.env, cwd=ROOT, stdout=self.log.open("ab"), stderr=subprocess.STDOUT
+        )
+        return self
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
+
+    def term(self) -> int:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=30)
+
+
+def publish(url: str, prefix: str, queue: str, bodies: list[Any]) -> None:
+    from kombu import Exchange, Queue
+
+    q = Queue(queue, Exchange(queue, type="direct"), routing_key=queue, durable=True)
+    with connect(url, prefix) as conn, conn.Producer() as producer:
+        for body in bodies:
+            data = body if isinstance(body, bytes) else json.dumps(body).encode()
+            producer.publish(data, exchange=q.exchange, routing_key=queue, declare=[q],
+                             content_type="application/json", content_encoding="utf-8",
+                             serializer=None, delivery_mode=2)  # fmt: skip
+
+
+def parked(url: str, prefix: str, queue: str) -> list[tuple[bytes, str]]:
+    from kombu import Exchange, Queue
+
+    name = queue + ".rejected"
+    q = Queue(name, Exchange(name, type="direct"), routing_key=name, durable=True)
+    out = []
+    with connect(url, prefix) as conn:
+        bound = q(conn.channel())
+        bound.declare()
+        while (message := bound.get(no_ack=False)) is not None:
+            out.append((message.body, message.headers.get(REASON_HEADER, "")))
+            message.ack()
+    return out
+
+
+def delete_queues(url: str, prefix: str, queue: str) -> None:
+    if not url.startswith("amqp"):
+        return  # Redis keys carry the test prefix and are cleaned with it
+    with connect(url, prefix) as conn:
+        channel = conn.channel()
+        for name in (queue, queue + ".rejected"):
+            try:
+                channel.queue_delete(name)
+                channel.exchange_delete(name)
+            except Exception:
+                channel = conn.channel()
+
+
+def test_consumer_accepts_every_message_once_parks_poison_and_survives_a_kill(
+    broker: str,
+    env: dict[str, str],
+    prefix: str,
+    fake_voicenter_server: tuple[FakeVoicenter, str],
+    start_worker: Any,
+    tmp_path: Path,
+) -> None:
+    fake = fake_voicenter_server[0]
+    queue = f"optout-test-{uuid.uuid4().hex[:8]}"
+    numbers = [f"+97252{i:07d}" for i in range(1000)]
+    bodies: list[Any] = [
+        {"action": "add", "phones": [n], "source": "crm", "idempotency_key": f"m-{i}"}
+        for i, n in enumerate(numbers)
+    ]
+    bodies.insert(500, b"this is not json")
+    remove = {"action": "remove", "phones": ["+972529999999"], "occurred_at": "2026-01-01T00:00Z"}
+    bodies.insert(700, remove)
+    try:
+        publish(broker, prefix, queue, bodies)
+        start_worker()
+        consumer = Consumer(env, broker, queue, tmp_path / "consumer.log").start()
+        client = redis_lib.Redis.from_url(env["REDIS_URL"])
+
+        def accepted() -> int:
+            return sum(1 for _ in client.scan_iter(match=prefix + "num:*", count=1000))
+
+        wait_for(lambda: accepted() >= 200, timeout=60, what="consumer under way")
+        consumer.kill()  # mid-stream: unacked messages go back to the queue
+        consumer = Consumer(env, broker, queue, tmp_path / "consumer.log").start()
+        wait_for(
+            lambda: len(fake.blacklist) == 1000,
+            timeout=120,
+            what=lambda: (
+                f"1,000 numbers pushed: {len(fake.blacklist)} pushed, {accepted()} accepted; "
+                f"consumer log {tmp_path / 'consumer.log'}"
+            ),
+        )
+        assert consumer.term() == 0
+        sent = fake.numbers_sent()
+        assert all(sent.count(n[1:]) == 1 for n in numbers)
+        rejected = parked(broker, prefix, queue)
+        reasons = sorted(reason.split(":")[0] for _, reason in rejected)
+        assert reasons == ["not_json", "remove_not_allowed"]
+        assert "this is not json" in [_text(body) for body, _ in rejected]
+    finally:
+        delete_queues(broker, prefix, queue)
+
+
+def _text(body: bytes | str) -> str:
+    return body.decode() if isinstance(body, bytes) else body
