@@ -179,6 +179,10 @@ def connect(url: str, key_prefix: str = "", visibility_timeout: float = 60.0) ->
     options: dict[str, Any] = {}
     if url.startswith(("redis://", "rediss://", "redis+socket://")):
         options["visibility_timeout"] = visibility_timeout
+        # kombu's default sweep for expired unacked messages runs only every ~100 s
+        # (10 s x a throttle of 10), whatever the visibility timeout: make it follow it.
+        options["unacked_restore_interval"] = max(1, min(10, int(visibility_timeout / 2)))
+        options["unacked_restore_throttle"] = 1
         if key_prefix:
             options["global_keyprefix"] = key_prefix + "ingress:"
     return Connection(url, heartbeat=30, connect_timeout=5, transport_options=options)
