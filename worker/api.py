@@ -79,6 +79,39 @@ async def _too_large(send: Send, limit: int) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+ACCEPTED_EXAMPLE = {
+    "event_id": "8a818628875441e3a3959d8ec65f71cd",
+    "duplicate": False,
+    "accepted": 1,
+    "rejected": 1,
+    "phones": [
+        {"input": "0501234567", "status": "accepted", "phone": "+972501234567",
+         "flags": ["unknown_range"], "ledger": "applied"},
+        {"input": "050abc", "status": "rejected", "reason": "contains_letters"},
+    ],
+}  # fmt: skip
+NUMBER_EXAMPLE = {
+    "phone": "+972501234567",
+    "known": True,
+    "state": "blocked",
+    "version": 1,
+    "expires_at_ms": None,
+    "event_time_ms": 1795000000000,
+    "last_event_id": "8a818628875441e3a3959d8ec65f71cd",
+    "providers": {
+        "voicenter": {"confirmed": "blocked:1", "staged": None, "in_flight_chunk": None,
+                      "retry_at_ms": None, "attempts": 0, "dead_letter": None,
+                      "last_answer": {"act": "add", "out": "done", "v": 1}},
+    },
+    "audit": [{"act": "add", "out": "done", "prov": "voicenter", "v": 1},
+              {"act": "add", "res": "applied", "src": "api", "ev": "8a81..."}],
+}  # fmt: skip
+
+
+def _example(value: Any) -> dict[str, Any]:
+    return {"content": {"application/json": {"example": value}}}
+
+
 def _error(status: int, reason: str, message: str, **extra: Any) -> JSONResponse:
     headers = {"Retry-After": "5"} if status == 503 else None
     return JSONResponse(
@@ -138,7 +171,19 @@ def create_api(pipeline: PipelineFactory) -> FastAPI:
         )
         return response
 
-    @api.post("/v1/optouts", status_code=202, dependencies=[Depends(admin)])
+    @api.post(
+        "/v1/optouts",
+        status_code=202,
+        dependencies=[Depends(admin)],
+        responses={
+            202: _example(ACCEPTED_EXAMPLE),
+            401: _example({"error": "unauthorized", "message": "missing or wrong admin token"}),
+            409: _example({"error": "idempotency_conflict", "message": "..."}),
+            413: _example({"error": "body_too_large", "message": "..."}),
+            422: _example({"error": "remove_needs_occurred_at", "message": "..."}),
+            503: _example({"error": "store_unavailable", "message": "Redis unavailable"}),
+        },
+    )
     def post_optouts(body: OptoutRequest) -> JSONResponse:
         """Accept an opt-out (`add`) or opt-in (`remove`). Answers 202 once every accepted
         number is durably staged in Redis; 503 (retry) when it cannot be; 409 when the
@@ -155,7 +200,11 @@ def create_api(pipeline: PipelineFactory) -> FastAPI:
             status_code=202,
         )
 
-    @api.get("/v1/numbers/{phone}", dependencies=[Depends(admin)])
+    @api.get(
+        "/v1/numbers/{phone}",
+        dependencies=[Depends(admin)],
+        responses={200: _example(NUMBER_EXAMPLE), 422: _example({"error": "too_short"})},
+    )
     def get_number(phone: str) -> JSONResponse:
         """A number's desired state, expiry, audit trail and each provider's status."""
         pipe = pipeline()
@@ -164,12 +213,20 @@ def create_api(pipeline: PipelineFactory) -> FastAPI:
             return _error(422, normal.reason, f"not a phone number: {normal.reason}")
         return JSONResponse(number_view(pipe, normal.e164))
 
-    @api.get("/healthz")
+    @api.get("/healthz", responses={200: _example({"status": "ok"})})
     def healthz() -> dict[str, str]:
         """The process is up."""
         return {"status": "ok"}
 
-    @api.get("/readyz")
+    @api.get(
+        "/readyz",
+        responses={
+            200: _example(
+                {"status": "ready", "redis": "ok", "broker": "ok", "paused_providers": {}}
+            ),
+            503: _example({"status": "not_ready", "redis": "down: ConnectionError"}),
+        },
+    )
     def readyz() -> JSONResponse:
         """Redis and the broker answer; paused providers are listed."""
         pipe = pipeline()
