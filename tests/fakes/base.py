@@ -19,6 +19,7 @@ class FakeProvider:
     key: str = "good-key"
     lists: dict[str, set[str]] = field(default_factory=dict)
     requests: list[tuple[str, str, list[str]]] = field(default_factory=list)
+    bodies: list[Any] = field(default_factory=list)  # every request body, as sent
     permanent: set[str] = field(default_factory=set)  # digits that fail for good
     flaky: Counter[str] = field(default_factory=Counter)  # digits -> failures left
     http_status: int | None = None
@@ -42,6 +43,7 @@ class FakeProvider:
         if self.delay:
             time.sleep(self.delay)
         with self.lock:
+            self.bodies.append(body)
             if self.http_status is not None and self.http_status_times != 0:
                 self.http_status_times -= 1
                 extra = {"Retry-After": self.retry_after} if self.retry_after else {}

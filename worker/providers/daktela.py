@@ -21,7 +21,7 @@ from worker.errors import PermanentError, RetryableError
 from worker.phones import NumberFormat, digits, render
 from worker.providers.base import Action, Capabilities, NumberResult, Outcome, PushItem
 from worker.providers.fanout import per_number
-from worker.providers.http import json_body, send
+from worker.providers.http import request_json
 
 API_PATH = "/api/v6"
 AUTH_SETTING = "DAKTELA_ACCESS_TOKEN"
@@ -108,10 +108,9 @@ class DaktelaProvider:
         return per_number(items, call, self.capabilities.concurrency)
 
     def _request(self, method: str, url: str, **kwargs: Any) -> tuple[int, Any]:
-        response = send(
+        return request_json(
             self._client, method, url, auth_setting=AUTH_SETTING, headers=self._headers, **kwargs
         )
-        return response.status_code, json_body(response) if response.content else {}
 
     def _record(self, item: PushItem) -> dict[str, Any]:
         f = self._fields

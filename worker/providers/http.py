@@ -65,6 +65,14 @@ def send(
     return response
 
 
+def request_json(
+    client: httpx.Client, method: str, url: str, *, auth_setting: str, **kwargs: Any
+) -> tuple[int, Any]:
+    """`send`, then the status and JSON body (`{}` when the body is empty)."""
+    response = send(client, method, url, auth_setting=auth_setting, **kwargs)
+    return response.status_code, json_body(response) if response.content else {}
+
+
 def json_body(response: httpx.Response) -> Any:
     """The response's JSON, or a RetryableError: an unreadable answer confirms nothing."""
     try:

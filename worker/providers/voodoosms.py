@@ -19,7 +19,7 @@ from worker.errors import PermanentError, RetryableError
 from worker.phones import NumberFormat, digits, render
 from worker.providers.base import Action, Capabilities, NumberResult, Outcome, PushItem
 from worker.providers.fanout import per_number
-from worker.providers.http import json_body, send
+from worker.providers.http import request_json
 
 PATH = "/blacklist"
 AUTH_SETTING = "VOODOOSMS_API_KEY"
@@ -54,11 +54,9 @@ class VoodooSmsProvider:
         return per_number(items, call, self.capabilities.concurrency)
 
     def _request(self, method: str, url: str, **kwargs: Any) -> tuple[int, Any]:
-        response = send(
+        return request_json(
             self._client, method, url, auth_setting=AUTH_SETTING, headers=self._headers, **kwargs
         )
-        body = json_body(response) if response.content else {}
-        return response.status_code, body
 
     def _add(self, item: PushItem) -> NumberResult:
         status, body = self._request(

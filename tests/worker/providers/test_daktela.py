@@ -78,14 +78,7 @@ def test_field_names_and_model_path_are_settings() -> None:
         daktela_model="blacklistNumbers",
         daktela_fields={"database": "blacklistDatabase"},
     )
-    body: list[object] = []
-    original = w.fake.serve
-
-    def spy(method: str, path: str, query: dict[str, list[str]], b: object) -> object:
-        body.append(b)
-        return original(method, path, query, b)
-
-    w.fake.serve = spy  # type: ignore[method-assign]
+    body = w.fake.bodies
     w.add(*numbers(1))
     w.dispatcher.drain(w.pipe)
     assert isinstance(body[0], dict) and body[0]["blacklistDatabase"] == "Global"

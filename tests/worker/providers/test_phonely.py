@@ -38,14 +38,7 @@ def test_a_failure_for_one_agent_does_not_repush_the_other() -> None:
 
 def test_numbers_are_sent_with_plus_and_uid_and_agent() -> None:
     w = World("phonely")
-    seen: list[object] = []
-    original = w.fake.serve
-
-    def spy(method: str, path: str, query: dict[str, list[str]], body: object) -> object:
-        seen.append(body)
-        return original(method, path, query, body)
-
-    w.fake.serve = spy  # type: ignore[method-assign]
+    seen = w.fake.bodies
     w.add("0501234567")
     w.settle()
     assert {"uid": "uid-1", "agentId": "agent-a", "numbers": ["+972501234567"]} in seen

@@ -7,14 +7,7 @@ from tests.worker.providers.test_all_providers import World, numbers
 
 def test_add_sends_an_integer_and_53_is_done() -> None:
     w = World("voodoosms")
-    bodies: list[object] = []
-    original = w.fake.serve
-
-    def spy(method: str, path: str, query: dict[str, list[str]], body: object) -> object:
-        bodies.append(body)
-        return original(method, path, query, body)
-
-    w.fake.serve = spy  # type: ignore[method-assign]
+    bodies = w.fake.bodies
     w.add("0501234567")
     w.settle()
     assert {"number": 972501234567} in bodies

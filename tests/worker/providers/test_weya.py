@@ -21,14 +21,7 @@ def test_an_event_without_a_call_record_is_not_applicable_not_a_failure() -> Non
 
 def test_the_call_context_is_sent() -> None:
     w = World("weya")
-    bodies: list[object] = []
-    original = w.fake.serve
-
-    def spy(method: str, path: str, query: dict[str, list[str]], body: object) -> object:
-        bodies.append(body)
-        return original(method, path, query, body)
-
-    w.fake.serve = spy  # type: ignore[method-assign]
+    bodies = w.fake.bodies
     context = {**CALL, "type": "customer_request"}
     accept(w.pipe, Event("dnc", Action.ADD, [PhoneInput("12125551234")], context=context))
     w.settle()
