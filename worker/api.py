@@ -15,6 +15,7 @@ from kombu.connection import Connection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from worker.accept import AcceptError, accept
+from worker.admin import admin_router
 from worker.phones import Rejected, normalise
 from worker.pipeline import Pipeline
 from worker.schemas import OptoutRequest, optout_event
@@ -142,6 +143,8 @@ def create_api(pipeline: PipelineFactory) -> FastAPI:
             given.encode(), token.get_secret_value().encode()
         ):
             raise AcceptError("unauthorized", "missing or wrong admin token", status=401)
+
+    api.include_router(admin_router(pipeline, admin))
 
     @api.exception_handler(AcceptError)
     async def _accept_error(_: Request, exc: AcceptError) -> JSONResponse:

@@ -226,6 +226,93 @@ def consume(
     console.print(f"stopped after {consumer.handled} messages")
 
 
+def _progress_over(path: Path, label: str) -> Any:
+    """A rich progress bar over a file's bytes, and the callback that advances it."""
+    progress = Progress(console=console, transient=False)
+    task = progress.add_task(label, total=path.stat().st_size)
+    return progress, lambda done: progress.update(task, completed=done)
+
+
+@app.command("import")
+def import_cmd(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],
+    action: Annotated[str, typer.Option(help="add (opt-out) or remove (opt-in).")] = "add",
+    source: Annotated[str, typer.Option(help="Source recorded on every row.")] = "import",
+    as_of: Annotated[
+        str | None,
+        typer.Option(help="When the list was true (ISO 8601). Required for remove."),
+    ] = None,
+    column: Annotated[str | None, typer.Option(help="Phone column (default: phone).")] = None,
+    report: Annotated[
+        Path | None, typer.Option(help="Rejected rows go here (default FILE.rejected.csv).")
+    ] = None,
+) -> None:
+    """Import a CSV of numbers, streamed; rejected rows and reasons go to a report file.
+    Safe to run twice: each batch is idempotent."""
+    from worker.accept import AcceptError
+    from worker.importer import import_csv
+    from worker.providers.base import Action
+
+    if action not in ("add", "remove"):
+        err.print("[red]--action is add or remove[/red]")
+        raise typer.Exit(2)
+    when = None
+    if as_of:
+        try:
+            when = dt.datetime.fromisoformat(as_of.replace("Z", "+00:00"))
+        except ValueError:
+            err.print(f"[red]--as-of {as_of!r} is not an ISO 8601 time[/red]")
+            raise typer.Exit(2) from None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=dt.UTC)
+    if action == "remove" and when is None:
+        err.print("[red]a remove import needs --as-of TIME[/red] (when the list was exported:"
+                  " opt-outs made after it must not be undone)")  # fmt: skip
+        raise typer.Exit(2)
+    pipe = _pipeline()
+    report_path = report or file.with_name(file.name + ".rejected.csv")
+    progress, advance = _progress_over(file, "importing")
+    try:
+        with progress:
+            result = import_csv(
+                pipe,
+                file,
+                action=Action(action),
+                source=source,
+                as_of=when,
+                report_path=report_path,
+                column=column,
+                progress=advance,
+            )
+    except (AcceptError, ValueError) as exc:
+        err.print(f"[red]import stopped: {getattr(exc, 'message', exc)}[/red] (re-run to resume)")
+        raise typer.Exit(1) from None
+    console.print(
+        f"rows {result.rows}: accepted {result.accepted}, rejected {result.rejected} "
+        f"(see {report_path}), already imported batches {result.repeated_batches}"
+    )
+
+
+@app.command()
+def scrub(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],
+    out: Annotated[Path | None, typer.Option(help="Default FILE.dialable.csv.")] = None,
+    column: Annotated[str | None, typer.Option(help="Phone column (default: phone).")] = None,
+) -> None:
+    """Write the dialable rows of a campaign list: numbers the ledger does not block."""
+    from worker.importer import scrub_csv
+
+    pipe = _pipeline()
+    out_path = out or file.with_name(file.stem + ".dialable.csv")
+    progress, advance = _progress_over(file, "scrubbing")
+    with progress:
+        result = scrub_csv(pipe, file, out_path, column=column, progress=advance)
+    console.print(
+        f"rows {result.rows}: dialable {result.dialable} (written to {out_path}), "
+        f"blocked {result.blocked}, not a phone number {result.rejected}"
+    )
+
+
 def _local_admin_token(data_dir: Path) -> str:
     path = data_dir / "admin-token"
     if path.exists():
@@ -320,6 +407,7 @@ def dlq_list(
     phone: PhoneOpt = None,
     older_than: OlderOpt = None,
     limit: Annotated[int, typer.Option(help="Show at most N.")] = 100,
+    offset: Annotated[int, typer.Option(help="Skip the first N (paging).")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
     """List dead letters, oldest first."""
@@ -328,12 +416,14 @@ def dlq_list(
 
     flt = _dead_letter_filter(provider, action, reason, phone, older_than, None)
     entries = select(pipe.store.dead_letters(), flt, pipe.store.now_ms())
+    total = len(entries)
+    entries = entries[offset:]
     if as_json:
         for e in entries[:limit]:
             typer.echo(json.dumps(e, sort_keys=True))
         return
     table = Table("id", "action", "reason", "last error", "attempts", "first", "last",
-                  title=f"dead letters: {len(entries)}")  # fmt: skip
+                  title=f"dead letters: {total}")  # fmt: skip
     for e in entries[:limit]:
         table.add_row(
             e["id"],
@@ -345,6 +435,69 @@ def dlq_list(
             _ms_to_text(e.get("last_at")),
         )
     console.print(table)
+
+
+@dlq_app.command("show")
+def dlq_show(entry_id: str) -> None:
+    """One dead letter in full, with the number's audit trail."""
+    pipe = _pipeline()
+    entry = next((e for e in pipe.store.dead_letters() if e["id"] == entry_id), None)
+    if entry is None:
+        err.print(f"[red]no dead letter {entry_id}[/red] (ids look like voicenter|+972501234567)")
+        raise typer.Exit(1)
+    typer.echo(json.dumps(entry, indent=2, sort_keys=True))
+    typer.echo(json.dumps(pipe.store.audit(entry["phone"], limit=20), indent=2))
+
+
+@dlq_app.command("purge")
+def dlq_purge(
+    ids: Annotated[list[str] | None, typer.Option("--id", help="Entry id (repeatable).")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Every entry the filters match.")] = False,
+    provider: ProviderOpt = None,
+    action: ActionOpt = None,
+    reason: ReasonOpt = None,
+    phone: PhoneOpt = None,
+    older_than: OlderOpt = None,
+    dry_run: Annotated[bool, typer.Option(help="Show what would be purged.")] = False,
+) -> None:
+    """Drop dead letters (giving up on them at that provider); each purge is audited."""
+    if not (ids or all_ or provider or action or reason or phone or older_than):
+        err.print("[red]say what to purge: --id, filters, or --all[/red]")
+        raise typer.Exit(2)
+    pipe = _pipeline()
+    chosen = _chosen(pipe, provider, action, reason, phone, older_than, ids)
+    if dry_run:
+        console.print(f"would purge {len(chosen)} dead letters")
+        return
+    who = f"cli:{os.environ.get('USER', 'unknown')}"
+    done = _in_batches(chosen, lambda batch: int(pipe.store.purge(batch, who)), "purging")
+    console.print(f"purged {done} dead letters")
+
+
+def _chosen(
+    pipe: Any,
+    provider: str | None,
+    action: str | None,
+    reason: str | None,
+    phone: str | None,
+    older_than: float | None,
+    ids: list[str] | None,
+) -> list[str]:
+    from worker.deadletters import select
+
+    flt = _dead_letter_filter(provider, action, reason, phone, older_than, ids)
+    return [e["id"] for e in select(pipe.store.dead_letters(), flt, pipe.store.now_ms())]
+
+
+def _in_batches(items: list[str], run: Any, label: str, size: int = 500) -> int:
+    done = 0
+    with Progress(console=console, transient=False) as progress:
+        task = progress.add_task(label, total=len(items))
+        for start in range(0, len(items), size):
+            batch = items[start : start + size]
+            done += run(batch)
+            progress.advance(task, len(batch))
+    return done
 
 
 @dlq_app.command("replay")
@@ -363,24 +516,16 @@ def dlq_replay(
         err.print("[red]say what to replay: --id, filters, or --all[/red]")
         raise typer.Exit(2)
     pipe = _pipeline()
-    from worker.deadletters import select
     from worker.pipeline import replay
 
-    flt = _dead_letter_filter(provider, action, reason, phone, older_than, ids)
-    chosen = [e["id"] for e in select(pipe.store.dead_letters(), flt, pipe.store.now_ms())]
+    chosen = _chosen(pipe, provider, action, reason, phone, older_than, ids)
     if dry_run:
         console.print(f"would replay {len(chosen)} dead letters")
         for entry_id in chosen[:50]:
             console.print(f"  {entry_id}")
         return
     who = f"cli:{os.environ.get('USER', 'unknown')}"
-    done = 0
-    with Progress(console=console, transient=False) as progress:
-        task = progress.add_task("replaying", total=len(chosen))
-        for start in range(0, len(chosen), 500):
-            batch = chosen[start : start + 500]
-            done += replay(pipe, batch, who)
-            progress.advance(task, len(batch))
+    done = _in_batches(chosen, lambda batch: replay(pipe, batch, who), "replaying")
     console.print(f"replayed {done} dead letters")
 
 
@@ -391,7 +536,10 @@ def provider_list() -> None:
     paused = pipe.store.paused()
     targets = pipe.targets()
     counts = pipe.store.counts(sorted(targets))
-    table = Table("target", "provider", "state", "staged add", "staged remove", "in flight")
+    retrying = pipe.store.retry_counts()
+    dead_by_target = pipe.store.dead_letter_counts()
+    table = Table("target", "provider", "state", "staged add", "staged remove", "in flight",
+                  "retrying", "dead letters")  # fmt: skip
     for target in sorted(targets):
         provider = targets[target]
         state = "paused: " + paused[provider]["reason"] if provider in paused else "active"
@@ -399,10 +547,10 @@ def provider_list() -> None:
             state = f"holding {held:.0f}s (Retry-After)"
         c = counts[target]
         table.add_row(target, provider, state, str(c["staged_add"]), str(c["staged_remove"]),
-                      str(c["in_flight"]))  # fmt: skip
+                      str(c["in_flight"]), str(retrying.get(target, 0)),
+                      str(dead_by_target.get(target, 0)))  # fmt: skip
     console.print(table)
-    dead = pipe.store.dead_letters()
-    console.print(f"dead letters: {len(dead)}")
+    console.print(f"dead letters: {sum(dead_by_target.values())}")
     for provider, info in paused.items():
         console.print(f"[red]{provider} paused[/red]: {info['reason']}; fix {info['setting']}, "
                       f"then: optout provider resume {provider}")  # fmt: skip

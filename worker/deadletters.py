@@ -1,4 +1,4 @@
-"""Selecting dead letters by filter, shared by the CLI and (later) the HTTP API."""
+"""Selecting dead letters by filter, shared by the CLI and the HTTP API."""
 
 from __future__ import annotations
 

@@ -76,6 +76,7 @@ class Pipeline:
                     "provider": name,
                     "add_only": not caps.supports_remove,
                     "needs_ctx": caps.needs_call_context,
+                    "native_expiry": caps.supports_expiry,
                 }
         for target in self.store.register_targets(metas):
             log.info("target_registered", target=target, backfill=True)
@@ -277,10 +278,14 @@ def push(pipe: Pipeline, chunk_id: str) -> dict[str, int]:
 
 
 def sweep(pipe: Pipeline) -> int:
-    """Move due retries back into batches, take a backfill step for new targets, and flush
-    batches whose linger has passed."""
+    """Lift expired blocks, move due retries back into batches, take a backfill step for new
+    targets, and flush batches whose linger has passed."""
     pipe.ensure_registered()
     backfill(pipe)
+    lifted, staged = pipe.store.expire_due()
+    if lifted:
+        log.info("blocks_expired", count=lifted)
+    schedule(pipe, staged)
     moved, staged = pipe.store.sweep_retries()
     schedule(pipe, staged)
     now_ms = pipe.store.now_ms()

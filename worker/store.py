@@ -9,9 +9,11 @@ key                            type    holds
 ``num:{e164}``                 hash    ledger: s (blocked/unblocked), v (version), t (event
                                        time ms that won), x (expiry ms, 0 = none), e (last
                                        event id), n (label), src, r (reason), c (call
-                                       context JSON), u (updated ms)
+                                       context JSON), u (updated ms), xr (1: unblocked
+                                       because its expiry passed)
 ``audit:{e164}``               list    JSON audit entries, newest first, capped
 ``blocked``                    set     numbers the ledger blocks now
+``expiry``                     zset    temporarily blocked numbers -> expiry (ms)
 ``stage:{target}:{action}``    zset    staged numbers -> time staged (ms): the batch
 ``inflight:{target}``          hash    number -> chunk id pushing it (at most one)
 ``chunk:{id}``                 string  JSON chunk: target, provider, action, items
@@ -41,7 +43,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, cast
@@ -54,7 +56,7 @@ Clock = Callable[[], float]
 
 _SCRIPTS = (
     "accept", "claim", "complete", "release", "sweep", "replay", "renew", "register",
-    "stage_many", "slot",
+    "stage_many", "slot", "purge", "expire",
 )  # fmt: skip
 
 
@@ -264,6 +266,11 @@ class Store:
         ids = self.redis.zrangebyscore(self.key("leases"), "-inf", self.now_ms(), 0, limit)
         return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
 
+    def expire_due(self, limit: int = 1000) -> tuple[int, list[Staged]]:
+        """Lift temporary blocks whose expiry has passed."""
+        raw = _decode(self._run("expire", limit, self.audit_cap))
+        return int(raw["lifted"]), _staged(raw.get("staged"))
+
     def sweep_retries(self, limit: int = 1000) -> tuple[int, list[Staged]]:
         raw = _decode(self._run("sweep", limit))
         return int(raw["moved"]), _staged(raw.get("staged"))
@@ -414,6 +421,53 @@ class Store:
     def replay(self, ids: list[str], who: str) -> tuple[int, list[Staged]]:
         raw = _decode(self._run("replay", json.dumps(ids), who, self.audit_cap))
         return int(raw["replayed"]), _staged(raw.get("staged"))
+
+    def blocked_among(self, numbers: list[str]) -> set[str]:
+        """Which of these numbers the ledger blocks now."""
+        if not numbers:
+            return set()
+        flags = self.redis.smismember(self.key("blocked"), numbers)
+        return {n for n, flag in zip(numbers, flags, strict=True) if flag}
+
+    def blocked_pages(self, count: int) -> Iterator[list[tuple[str, str, str]]]:
+        """(number, expiry ms, updated ms) of every blocked number, a page at a time."""
+        cursor = "0"
+        while True:
+            cursor, numbers = self.blocked_page(cursor, count)
+            if numbers:
+                pipe = self.redis.pipeline(transaction=False)
+                for n in numbers:
+                    pipe.hmget(self.key("num", n), "x", "u")
+                rows = []
+                for n, (x, u) in zip(numbers, pipe.execute(), strict=True):
+                    expires = _text(x) if x and _text(x) != "0" else ""
+                    rows.append((n, expires, _text(u) if u else ""))
+                yield rows
+            if cursor == "0":
+                return
+
+    def purge(self, ids: list[str], who: str) -> int:
+        return int(self._run("purge", json.dumps(ids), who, self.audit_cap))
+
+    def dead_letter_counts(self) -> dict[str, int]:
+        """Dead letters per target."""
+        out: dict[str, int] = {}
+        for member in self.redis.zscan_iter(self.key("dlq:age"), count=1000):
+            target = _text(member[0]).split("|", 1)[0]
+            out[target] = out.get(target, 0) + 1
+        return out
+
+    def retry_counts(self) -> dict[str, int]:
+        """Numbers waiting for a retry, per target."""
+        out: dict[str, int] = {}
+        for member in self.redis.zscan_iter(self.key("retry"), count=1000):
+            target = _text(member[0]).split("|", 1)[0]
+            out[target] = out.get(target, 0) + 1
+        return out
+
+    def oldest_dead_letter_ms(self) -> int | None:
+        first = self.redis.zrange(self.key("dlq:age"), 0, 0, withscores=True)
+        return int(first[0][1]) if first else None
 
     def counts(self, targets: list[str]) -> dict[str, dict[str, int]]:
         """Per target: staged adds/removes, in flight; plus retrying and dead-lettered totals."""

@@ -91,6 +91,13 @@ for _, pair in ipairs(numbers) do
     else
       redis.call('SREM', P .. 'blocked', n)
     end
+    -- A temporary block waits in `expiry` for the sweep that lifts it.
+    if fields[2] == 'blocked' and tonumber(fields[4]) > 0 then
+      redis.call('ZADD', P .. 'expiry', tonumber(fields[4]), n)
+    else
+      redis.call('ZREM', P .. 'expiry', n)
+    end
+    redis.call('HDEL', key, 'xr')
   end
   redis.call('HSET', key, 't', int(ct))
   if ev.cctx and ev.action == 'add' then

@@ -48,7 +48,7 @@ end
 -- backoff or resurrect a dead letter. `touched` collects, per target|action, whether the
 -- batch was empty before (its linger starts now).
 local function restage(target, n, force, touched)
-  local led = redis.call('HMGET', P .. 'num:' .. n, 's', 'v', 'c')
+  local led = redis.call('HMGET', P .. 'num:' .. n, 's', 'v', 'c', 'xr')
   if not led[1] then return false end
   if redis.call('HEXISTS', P .. 'inflight:' .. target, n) == 1 then return false end
   local member = target .. '|' .. n
@@ -64,6 +64,14 @@ local function restage(target, n, force, touched)
     end
   end
   if m.needs_ctx and (not led[3] or led[3] == '') then return false end
+  if m.native_expiry and led[1] == 'unblocked' and led[4] == '1' then
+    -- The provider lifted this block itself when it expired: nothing to send.
+    redis.call('HSET', P .. 'confirmed:' .. target, n, led[1] .. ':' .. led[2])
+    redis.call('ZREM', P .. 'stage:' .. target .. ':add', n)
+    redis.call('ZREM', P .. 'stage:' .. target .. ':remove', n)
+    redis.call('ZREM', P .. 'retry', member)
+    return false
+  end
   if not force then
     if redis.call('ZSCORE', P .. 'retry', member) then return false end
     if redis.call('HEXISTS', P .. 'dlq', member) == 1 then return false end

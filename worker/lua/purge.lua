@@ -1,0 +1,17 @@
+-- Drop dead letters an operator gave up on, leaving a line in each number's audit trail.
+-- ARGV: prefix, now_ms, ids JSON, who, audit cap
+local ids = cjson.decode(ARGV[3])
+local who, cap = ARGV[4], tonumber(ARGV[5])
+local purged = 0
+for _, member in ipairs(ids) do
+  local raw = redis.call('HGET', P .. 'dlq', member)
+  if raw then
+    local entry = cjson.decode(raw)
+    redis.call('HDEL', P .. 'dlq', member)
+    redis.call('ZREM', P .. 'dlq:age', member)
+    audit(entry.phone, {at = NOW, act = 'purge', prov = entry.target, by = who,
+                        rsn = entry.reason}, cap)
+    purged = purged + 1
+  end
+end
+return purged
