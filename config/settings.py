@@ -78,6 +78,7 @@ class Settings(BaseModel):
     redis_wait_replicas: int = Field(default=0, ge=0, alias="OPTOUT_REDIS_WAIT_REPLICAS")
     worker_concurrency: int = Field(default=2, ge=1, le=64, alias="OPTOUT_WORKER_CONCURRENCY")
     log_format: str = Field(default="auto", alias="OPTOUT_LOG_FORMAT")
+    sla_seconds: float = Field(default=86400.0, gt=0, alias="OPTOUT_SLA_SECONDS")
 
     webhook_tokens: dict[str, list[SecretStr]] = Field(
         default_factory=dict, alias="OPTOUT_WEBHOOK_TOKENS"

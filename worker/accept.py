@@ -12,6 +12,7 @@ from typing import Any
 import redis
 import structlog
 
+from worker import metrics
 from worker.phones import Convention, Normalised, Rejected, mask, normalise
 from worker.pipeline import Pipeline, schedule
 from worker.providers.base import Action
@@ -157,6 +158,15 @@ def _write(
 def accept(pipe: Pipeline, event: Event) -> AcceptResult:
     """Validate, normalise, check idempotency, write the ledger and stage every number for
     every target in one Redis round trip; then enqueue the flushes that are due."""
+    try:
+        return _accept(pipe, event)
+    except AcceptError as exc:
+        if exc.reason != "idempotency_conflict":  # counted where it is found
+            metrics.EVENTS.labels(event.source[:64], exc.reason).inc()
+        raise
+
+
+def _accept(pipe: Pipeline, event: Event) -> AcceptResult:
     settings = pipe.settings
     store = pipe.store
     now_ms = store.now_ms()
@@ -234,13 +244,18 @@ def accept(pipe: Pipeline, event: Event) -> AcceptResult:
     except redis.RedisError as exc:
         raise StoreUnavailableError(f"Redis unavailable: {type(exc).__name__}") from exc
 
+    for r in results:
+        if r.status == "rejected":
+            metrics.REJECTED.labels(event.source, r.reason or "unknown").inc()
     if outcome.status == "conflict":
+        metrics.EVENTS.labels(event.source, "idempotency_conflict").inc()
         raise AcceptError(
             "idempotency_conflict",
             f"idempotency key already used with a different body (event {outcome.event_id})",
             status=409,
         )
     duplicate = outcome.status == "duplicate"
+    metrics.EVENTS.labels(event.source, "duplicate" if duplicate else "accepted").inc()
     if not duplicate:
         ledger_results = iter(outcome.results)
         by_number = {n: next(ledger_results) for n, _ in numbers}

@@ -10,15 +10,18 @@ from typing import Annotated, Any
 import structlog
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from kombu.connection import Connection
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from worker import metrics
 from worker.accept import AcceptError, accept
 from worker.admin import admin_router
 from worker.phones import Rejected, normalise
 from worker.pipeline import Pipeline
 from worker.schemas import OptoutRequest, optout_event
+from worker.sla import overdue
 from worker.webhooks import webhook_router
 
 log = structlog.get_logger("optout.api")
@@ -246,7 +249,32 @@ def create_api(pipeline: PipelineFactory) -> FastAPI:
             status_code=200 if ready else 503,
         )
 
+    @api.get("/metrics", include_in_schema=False)
+    def prometheus() -> Response:
+        """Prometheus exposition: this machine's processes, plus gauges read from Redis."""
+        pipe = pipeline()
+        return Response(
+            metrics.render(metrics.StateCollector(lambda: state_gauges(pipe))),
+            media_type=CONTENT_TYPE_LATEST,
+        )
+
     return api
+
+
+def state_gauges(pipe: Pipeline) -> dict[str, float]:
+    """What Redis says right now, as numbers for Prometheus."""
+    store = pipe.store
+    oldest = store.oldest_dead_letter_ms()
+    dead = sum(store.dead_letter_counts().values())
+    staged = sum(sum(c.values()) for c in store.counts(sorted(pipe.targets())).values())
+    return {
+        "redis_up": 1.0,
+        "dead_letters": float(dead),
+        "dead_letter_oldest_age_seconds": (store.now_ms() - oldest) / 1000 if oldest else 0.0,
+        "staged_or_in_flight_numbers": float(staged),
+        "sla_overdue_numbers": float(len(overdue(pipe, pipe.settings.sla_seconds))),
+        "paused_providers": float(len(store.paused())),
+    }
 
 
 def _broker_check(url: str) -> str:

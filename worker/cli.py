@@ -92,9 +92,17 @@ def api(host: HostOpt = "127.0.0.1", port: PortOpt = 8000) -> None:
 def worker(
     concurrency: Annotated[int | None, typer.Option(help="Worker processes.")] = None,
     beat: Annotated[bool, typer.Option(help="Also run the beat scheduler in-process.")] = False,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Serve Prometheus metrics of this machine on this port.")
+    ] = None,
 ) -> None:
     """Run a Celery worker on the default queue and every enabled provider's queue."""
     settings = _settings()
+    if metrics_port:
+        _multiprocess_metrics(settings.data_dir / "metrics" / f"worker-{os.getpid()}")
+        from worker import metrics
+
+        metrics.serve(metrics_port)
     from worker.app import queue_names
     from worker.runtime import celery_app
 
@@ -148,6 +156,8 @@ def up(host: HostOpt = "127.0.0.1", port: PortOpt = 8000) -> None:
             "once one is (see README, Configuration)[/yellow]"
         )
     env["OPTOUT_DATA_DIR"] = str(data_dir)
+    # One metrics directory for the whole tree: the API's /metrics shows the worker's too.
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(_fresh_dir(data_dir / "metrics" / "up"))
     me = [sys.executable, "-m", "worker.cli"]
     roles = {
         "api": [*me, "api", "--host", host, "--port", str(port)],
@@ -311,6 +321,54 @@ def scrub(
         f"rows {result.rows}: dialable {result.dialable} (written to {out_path}), "
         f"blocked {result.blocked}, not a phone number {result.rejected}"
     )
+
+
+def _fresh_dir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    for stale in path.glob("*.db"):
+        stale.unlink()
+    return path
+
+
+def _multiprocess_metrics(default: Path) -> None:
+    """Celery's prefork children count in their own processes: prometheus_client must be in
+    multiprocess mode before it is first imported."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_fresh_dir(default))
+
+
+@app.command()
+def sla(
+    age: Annotated[
+        str | None,
+        typer.Option(help="Older than this: 24h, 90m, 3600 (default OPTOUT_SLA_SECONDS)."),
+    ] = None,
+    limit: Annotated[int, typer.Option(help="Show at most N.")] = 200,
+) -> None:
+    """Numbers whose latest state is not yet confirmed on every provider after AGE."""
+    pipe = _pipeline()
+    from worker.sla import overdue
+
+    seconds = pipe.settings.sla_seconds if age is None else _duration(age)
+    late = overdue(pipe, seconds, limit=limit)
+    table = Table("phone", "state", "age", "still pending at", title=f"not confirmed after "
+                  f"{seconds / 3600:g} h: {len(late)}")  # fmt: skip
+    for row in late:
+        table.add_row(row.phone, row.state, f"{row.age_seconds / 3600:.1f} h",
+                      ", ".join(row.pending))  # fmt: skip
+    console.print(table)
+    raise typer.Exit(1 if late else 0)
+
+
+def _duration(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        if text[-1] in units:
+            return float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except (ValueError, IndexError):
+        err.print(f"[red]{text!r} is not a duration (e.g. 24h, 90m, 3600)[/red]")
+        raise typer.Exit(2) from None
 
 
 def _local_admin_token(data_dir: Path) -> str:
@@ -598,6 +656,43 @@ def provider_resume(name: str) -> None:
     console.print(
         f"{name}: {'resumed' if was_paused else 'was not paused'}; staged numbers flushing"
     )
+
+
+@app.command("reconcile")
+def reconcile_cmd(
+    provider: Annotated[str | None, typer.Argument(help="One provider (default: all).")] = None,
+    remove_extras: Annotated[
+        bool, typer.Option(help="Remove numbers a provider holds that the ledger does not block.")
+    ] = False,
+) -> None:
+    """Compare each provider's list with the ledger (Phonely, VoodooSMS, Daktela): re-push
+    what is missing, report what is extra."""
+    pipe = _pipeline()
+    from worker.errors import ProviderError
+    from worker.reconcile import reconcile
+
+    if provider and provider not in pipe.providers:
+        err.print(f"[red]{provider} is not enabled[/red]")
+        raise typer.Exit(2)
+    with console.status("listing provider blacklists ..."):
+        try:
+            reports = reconcile(pipe, provider, remove_extras)
+        except ProviderError as exc:
+            err.print(f"[red]reconcile stopped: {exc}[/red]")
+            raise typer.Exit(1) from None
+    table = Table("target", "provider holds", "ledger blocks", "missing (re-pushed)",
+                  "extra", "extra removed", title="reconciliation")  # fmt: skip
+    for r in reports:
+        table.add_row(r.target, str(r.listed), str(r.blocked), str(len(r.missing)),
+                      str(len(r.extras)), str(r.removed))  # fmt: skip
+    for r in reports:
+        for n in r.extras[:20]:
+            console.print(f"extra at {r.target}: {n}")
+    if not reports:
+        console.print(
+            "no enabled provider can list its blacklist (Phonely, VoodooSMS, Daktela can)"
+        )
+    console.print(table)
 
 
 @app.command("check-config")

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 import structlog
 
 from config import Settings
+from worker import metrics
 from worker.errors import AuthError, PermanentError, RetryableError
 from worker.phones import mask
 from worker.providers.base import Action, NumberResult, Outcome, Provider, PushItem
@@ -150,18 +151,22 @@ class _Push:
         ):
             self.lost_lease = True
             return
-        self.requests += 1 if self.provider.capabilities.bulk else len(items)
+        sent = 1 if self.provider.capabilities.bulk else len(items)
+        self.requests += sent
+        started = time.perf_counter()
         try:
             answers = self.provider.push(self.chunk.target, self.chunk.action, items)
         except AuthError:
             raise
         except RetryableError as exc:
+            self._observe(started, sent)
             for item in items:
                 self.results[item.e164] = NumberResult(
                     Outcome.RETRY, exc.reason, exc.detail, exc.retry_after, exc.retry_window
                 )
             return
         except PermanentError as exc:
+            self._observe(started, sent)
             if len(items) == 1 or not self.provider.capabilities.bulk:
                 for item in items:
                     self.results[item.e164] = NumberResult(
@@ -174,7 +179,12 @@ class _Push:
             self.run(items[:middle])
             self.run(items[middle:])
             return
+        self._observe(started, sent)
         self.results.update(answers)
+
+    def _observe(self, started: float, requests: int) -> None:
+        per_request = (time.perf_counter() - started) / max(1, requests)
+        metrics.LATENCY.labels(self.chunk.provider).observe(per_request)
 
 
 def _push_item(item: ChunkItem) -> PushItem:
@@ -253,6 +263,13 @@ def push(pipe: Pipeline, chunk_id: str) -> dict[str, int]:
         backoff_cap_seconds=pipe.settings.retry_max_seconds,
     )
     schedule(pipe, staged)
+    metrics.BATCH.labels(chunk.provider).observe(len(chunk.items))
+    now_ms = pipe.store.now_ms()
+    for item in chunk.items:
+        outcome = encoded[item.e164][0]
+        metrics.PUSHED.labels(chunk.provider, outcome).inc()
+        if outcome == "done" and status == "ok" and item.updated_ms:
+            metrics.PROPAGATION.labels(chunk.provider).observe((now_ms - item.updated_ms) / 1000)
     log.info(
         "chunk_pushed",
         chunk=chunk.id,

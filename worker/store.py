@@ -17,7 +17,8 @@ key                            type    holds
 ``stage:{target}:{action}``    zset    staged numbers -> time staged (ms): the batch
 ``inflight:{target}``          hash    number -> chunk id pushing it (at most one)
 ``chunk:{id}``                 string  JSON chunk: target, provider, action, items
-                                       ``[e164, version, label, expiry, ctx, source, reason]``
+                                       ``[e164, version, label, expiry, ctx, source, reason,
+                                       updated]``
 ``leases``                     zset    chunk id -> lease expiry (ms)
 ``chunkseq``                   string  chunk id counter
 ``confirmed:{target}``         hash    number -> ``{state}:{version}`` the provider holds
@@ -115,6 +116,7 @@ class ChunkItem:
     context: str = ""
     source: str = ""
     reason: str = ""
+    updated_ms: int = 0  # when the ledger took this state: propagation time starts there
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,8 +139,8 @@ class Chunk:
             provider=str(data["provider"]),
             action=Action(data["action"]),
             items=[
-                ChunkItem(str(n), str(v), str(nm), int(x), str(c), str(src), str(r))
-                for n, v, nm, x, c, src, r in data["items"]
+                ChunkItem(str(n), str(v), str(nm), int(x), str(c), str(src), str(r), int(u))
+                for n, v, nm, x, c, src, r, u in data["items"]
             ],
             raw=raw,
         )
@@ -337,8 +339,10 @@ class Store:
         else:
             self.redis.hset(self.key("backfill"), target, cursor)
 
-    def stage_many(self, target: str, numbers: list[str]) -> tuple[int, list[Staged]]:
-        raw = _decode(self._run("stage_many", target, json.dumps(numbers)))
+    def stage_many(
+        self, target: str, numbers: list[str], *, force: bool = False
+    ) -> tuple[int, list[Staged]]:
+        raw = _decode(self._run("stage_many", target, json.dumps(numbers), "1" if force else "0"))
         return int(raw["staged"]), _staged(raw.get("summary"))
 
     def ledger_sources(self, numbers: list[str]) -> list[str]:

@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from worker import cdr as cdrs
+from worker import metrics
 from worker.accept import AcceptError, accept
 from worker.pipeline import Pipeline
 from worker.schemas import DncTrigger, dnc_event
@@ -108,8 +109,11 @@ def webhook_router(pipeline: Callable[[], Pipeline]) -> APIRouter:
         try:
             cdr = cdrs.decode(await _cdr_body(request))
         except (ValueError, UnicodeDecodeError) as exc:
+            metrics.CDRS.labels("unparseable").inc()
             return _voicenter(400, 1, f"unparseable: {exc}"[:200])
         outcome = cdrs.interpret(cdr, pipe.settings, pipe.own_numbers)
+        kind = outcome.reason if isinstance(outcome, cdrs.Ignored | cdrs.Review) else "optout"
+        metrics.CDRS.labels(kind).inc()
         try:
             if isinstance(outcome, cdrs.Ignored):
                 await run_in_threadpool(pipe.store.count, "voicenter_cdr", outcome.reason)

@@ -34,11 +34,11 @@ while #chunks < max_chunks do
   local id = int(redis.call('INCR', P .. 'chunkseq'))
   local items = {}
   for _, n in ipairs(members) do
-    local led = redis.call('HMGET', P .. 'num:' .. n, 's', 'v', 'n', 'x', 'c', 'src', 'r')
+    local led = redis.call('HMGET', P .. 'num:' .. n, 's', 'v', 'n', 'x', 'c', 'src', 'r', 'u')
     if led[1] == want then
       redis.call('HSET', P .. 'inflight:' .. target, n, id)
       table.insert(items, {n, led[2], led[3] or '', led[4] or '0', led[5] or '',
-                           led[6] or '', led[7] or ''})
+                           led[6] or '', led[7] or '', led[8] or '0'})
     else
       -- The ledger moved after staging and nothing re-staged it: stage what it says now.
       restage(target, n, true, touched)

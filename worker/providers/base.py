@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from worker.phones import NumberFormat
 
@@ -62,6 +62,15 @@ class NumberResult:
     detail: str = ""
     retry_after: float | None = None  # the provider's own wait (seconds), for RETRY
     retry_window: float | None = None  # RETRY for this long, then dead-letter (not attempts)
+
+
+@runtime_checkable
+class ListsNumbers(Protocol):
+    """A provider that can list what its blacklist holds (for reconciliation)."""
+
+    def list_numbers(self, target: str) -> list[str]:
+        """Every number the target's list holds now, in the provider's own format."""
+        ...
 
 
 class Provider(Protocol):

@@ -211,7 +211,11 @@ class DaktelaProvider:
             if status >= 400:
                 raise RetryableError(f"http_{status}")
             rows = _rows(body)
-            out.extend(str(r.get(self._fields["number"], "")) for r in rows)
+            now = dt.datetime.now(dt.UTC)
+            for r in rows:
+                expires = parse_expiry(r.get(self._fields["expired"]))
+                if expires is None or expires > now:  # an expired entry no longer blocks
+                    out.append(str(r.get(self._fields["number"], "")))
             if len(rows) < 500:
                 return out
             skip += 500

@@ -1,0 +1,91 @@
+"""Prometheus metrics: counters and histograms updated in code, gauges read from Redis.
+
+Processes on one machine share counters through prometheus_client's multiprocess mode when
+PROMETHEUS_MULTIPROC_DIR is set (`optout up` sets it; Celery's prefork children need it).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+    start_http_server,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import REGISTRY, Collector
+
+EVENTS = Counter(
+    "optout_events_total", "Opt-out events by source and outcome", ["source", "outcome"]
+)
+REJECTED = Counter(
+    "optout_numbers_rejected_total", "Numbers refused at accept, by reason", ["source", "reason"]
+)
+CDRS = Counter("optout_cdrs_total", "Voicenter CDRs by what became of them", ["outcome"])
+PUSHED = Counter(
+    "optout_numbers_pushed_total",
+    "Numbers pushed, by provider and outcome",
+    ["provider", "outcome"],
+)
+LATENCY = Histogram(
+    "optout_provider_request_seconds",
+    "Provider request latency",
+    ["provider"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
+)
+BATCH = Histogram(
+    "optout_batch_size",
+    "Numbers per pushed chunk",
+    ["provider"],
+    buckets=(1, 5, 10, 25, 50, 75, 100),
+)
+PROPAGATION = Histogram(
+    "optout_propagation_seconds",
+    "From the ledger taking a state to a provider confirming it",
+    ["provider"],
+    buckets=(0.5, 1, 2, 5, 10, 30, 60, 300, 3600, 86400),
+)
+
+
+class StateCollector(Collector):
+    """Gauges read from Redis at scrape time: dead letters, oldest age, SLA, paused."""
+
+    def __init__(self, read: Callable[[], dict[str, float]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            values = self._read()
+        except Exception:
+            values = {"redis_up": 0.0}
+        for name, value in values.items():
+            yield GaugeMetricFamily(f"optout_{name}", name.replace("_", " "), value=value)
+
+
+def process_registry() -> CollectorRegistry:
+    """Every process on this machine (multiprocess mode), else just this one."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return REGISTRY
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return registry
+
+
+def render(extra: Collector | None = None) -> bytes:
+    """The exposition text for /metrics: this machine's processes, plus `extra`."""
+    text = generate_latest(process_registry())
+    if extra is not None:
+        own = CollectorRegistry()
+        own.register(extra)
+        text += generate_latest(own)
+    return text
+
+
+def serve(port: int) -> None:
+    """Expose this machine's metrics on a port of their own (workers have no HTTP server)."""
+    start_http_server(port, registry=process_registry())
