@@ -53,6 +53,7 @@ class Settings(BaseModel):
     redis_url: str | None = Field(default=None, alias="REDIS_URL")
     celery_broker_url: str | None = Field(default=None, alias="CELERY_BROKER_URL")
     key_prefix: str = Field(default="optout:", alias="OPTOUT_KEY_PREFIX")
+    queue_namespace: str = Field(default="", alias="OPTOUT_QUEUE_NAMESPACE")
     data_dir: Path = Field(default=Path("var"), alias="OPTOUT_DATA_DIR")
     default_region: str = Field(default="IL", alias="OPTOUT_DEFAULT_REGION")
     source_regions: dict[str, str] = Field(default_factory=dict, alias="OPTOUT_SOURCE_REGIONS")

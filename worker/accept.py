@@ -278,7 +278,8 @@ def _accept(pipe: Pipeline, event: Event) -> AcceptResult:
             )
         try:
             schedule(pipe, outcome.staged)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001
+            # The numbers are durably staged; the beat sweep flushes them if this failed.
             log.warning("schedule_failed", error=type(exc).__name__, event_id=outcome.event_id)
     log.info(
         "accepted",

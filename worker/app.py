@@ -14,7 +14,7 @@ from kombu.entity import Exchange, Queue
 from config import Settings
 from worker.providers.base import Action
 
-DEFAULT_QUEUE = "optout.default"
+DEFAULT_QUEUE = "optout.default"  # prefixed with OPTOUT_QUEUE_NAMESPACE when set
 FLUSH_TASK = "optout.flush"
 PUSH_TASK = "optout.push"
 SWEEP_TASK = "optout.sweep"
@@ -22,13 +22,18 @@ RECOVER_TASK = "optout.recover"
 REPLAY_TASK = "optout.replay"
 
 
-def push_queue(provider: str) -> str:
+def default_queue(namespace: str = "") -> str:
+    return namespace + DEFAULT_QUEUE
+
+
+def push_queue(provider: str, namespace: str = "") -> str:
     """Each provider has its own queue, so a slow one never starves the others."""
-    return f"optout.push.{provider}"
+    return f"{namespace}optout.push.{provider}"
 
 
 def queue_names(settings: Settings) -> list[str]:
-    return [DEFAULT_QUEUE, *(push_queue(p) for p in settings.enabled_providers())]
+    ns = settings.queue_namespace
+    return [default_queue(ns), *(push_queue(p, ns) for p in settings.enabled_providers())]
 
 
 def _queue(name: str) -> Queue:
@@ -57,7 +62,7 @@ def create_celery(settings: Settings) -> Celery:
         worker_send_task_events=False,
         broker_connection_retry_on_startup=True,
         broker_transport_options=transport,
-        task_default_queue=DEFAULT_QUEUE,
+        task_default_queue=default_queue(settings.queue_namespace),
         task_queues=[_queue(name) for name in queue_names(settings)],
         task_create_missing_queues=True,
         task_publish_retry_policy={
@@ -70,12 +75,12 @@ def create_celery(settings: Settings) -> Celery:
             "sweep": {
                 "task": SWEEP_TASK,
                 "schedule": timedelta(seconds=settings.sweep_interval_seconds),
-                "options": {"queue": DEFAULT_QUEUE, "expires": 30},
+                "options": {"queue": default_queue(settings.queue_namespace), "expires": 30},
             },
             "recover": {
                 "task": RECOVER_TASK,
                 "schedule": timedelta(seconds=settings.recover_interval_seconds),
-                "options": {"queue": DEFAULT_QUEUE, "expires": 60},
+                "options": {"queue": default_queue(settings.queue_namespace), "expires": 60},
             },
         },
         beat_schedule_filename=str(settings.data_dir / "celerybeat-schedule"),
@@ -87,22 +92,28 @@ def create_celery(settings: Settings) -> Celery:
 class CeleryDispatcher:
     """Sends pipeline work as Celery tasks, by name, carrying only JSON-safe arguments."""
 
-    def __init__(self, app: Celery) -> None:
+    def __init__(self, app: Celery, namespace: str = "") -> None:
         self.app = app
+        self.namespace = namespace
 
     def flush(self, target: str, action: Action, mode: str, delay: float = 0.0) -> None:
         self.app.send_task(
             FLUSH_TASK,
             args=[target, action.value, mode],
-            queue=DEFAULT_QUEUE,
+            queue=default_queue(self.namespace),
             countdown=delay if delay > 0 else None,
         )
 
     def push(self, chunk_id: str, provider: str) -> None:
-        self.app.send_task(PUSH_TASK, args=[chunk_id], queue=push_queue(provider))
+        self.app.send_task(PUSH_TASK, args=[chunk_id], queue=push_queue(provider, self.namespace))
 
     def replay(self, ids: list[str], who: str) -> None:
-        self.app.send_task(REPLAY_TASK, args=[ids, who], queue=DEFAULT_QUEUE)
+        self.app.send_task(REPLAY_TASK, args=[ids, who], queue=default_queue(self.namespace))
+
+
+def celery_dispatcher(settings: Settings) -> CeleryDispatcher:
+    """A dispatcher on its own Celery app for these settings (tests, tools)."""
+    return CeleryDispatcher(create_celery(settings), settings.queue_namespace)
 
 
 @task_prerun.connect  # type: ignore[untyped-decorator]

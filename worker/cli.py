@@ -695,6 +695,36 @@ def reconcile_cmd(
     console.print(table)
 
 
+@app.command()
+def healthcheck(
+    url: Annotated[
+        str | None, typer.Option(help="An HTTP URL to GET instead (the API's /healthz).")
+    ] = None,
+) -> None:
+    """Exit 0 when healthy: the URL answers 2xx, or Redis and the broker answer. For
+    container HEALTHCHECKs and systemd watchdogs."""
+    if url:
+        import httpx
+
+        try:
+            ok = httpx.get(url, timeout=3).is_success
+        except httpx.HTTPError:
+            ok = False
+    else:
+        settings = _settings()
+        from worker.api import broker_check
+        from worker.runtime import redis_client
+
+        try:
+            ok = bool(redis_client(settings).ping()) and broker_check(settings.broker_url) == "ok"
+        except Exception:  # noqa: BLE001
+            ok = False  # whatever failed, the process is not healthy
+    if not ok:
+        err.print("unhealthy")
+        raise typer.Exit(1)
+    console.print("healthy")
+
+
 @app.command("check-config")
 def check_config() -> None:
     """Validate the configuration and print it, secrets masked."""

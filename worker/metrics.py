@@ -61,8 +61,8 @@ class StateCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         try:
             values = self._read()
-        except Exception:
-            values = {"redis_up": 0.0}
+        except Exception:  # noqa: BLE001
+            values = {"redis_up": 0.0}  # a scrape must not fail because Redis is down
         for name, value in values.items():
             yield GaugeMetricFamily(f"optout_{name}", name.replace("_", " "), value=value)
 

@@ -152,7 +152,8 @@ def normalise(
     """Normalise one number to E.164 or say why it cannot be one; never raises."""
     try:
         result = _normalise(raw, region, convention)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001
+        # phonenumbers must never turn bad input into a 500.
         return Rejected("not_a_number", f"unparseable: {type(exc).__name__}")
     if isinstance(result, Normalised) and result.e164 in own_numbers:
         return Rejected("own_number", "the company's own numbers are never blocked")

@@ -100,7 +100,9 @@ def build_pipeline(
         settings=settings,
         store=store,
         providers=build_providers(settings, client_for),
-        dispatcher=dispatcher if dispatcher is not None else CeleryDispatcher(celery_app()),
+        dispatcher=dispatcher
+        if dispatcher is not None
+        else CeleryDispatcher(celery_app(), settings.queue_namespace),
         rng=rng or random.Random(),
         own_numbers=normalise_own_numbers(settings.own_numbers, settings.default_region),
     )
@@ -108,7 +110,8 @@ def build_pipeline(
 
 def pipeline() -> Pipeline:
     """This process's pipeline, built on first use (after any fork)."""
-    global _pipeline  # noqa: PLW0603 - one per process by design
+    # One per process by design.
+    global _pipeline  # noqa: PLW0603
     if _pipeline is None:
         _pipeline = build_pipeline(settings())
     return _pipeline

@@ -22,7 +22,7 @@ import redis
 from config import Settings, load_settings
 from tests.fakes.server import LoopbackServer
 from tests.fakes.voicenter import FakeVoicenter
-from worker.app import CeleryDispatcher, create_celery
+from worker.app import celery_dispatcher
 from worker.embedded import EmbeddedRedis
 from worker.pipeline import Pipeline
 from worker.runtime import build_pipeline
@@ -114,7 +114,7 @@ def settings(env: dict[str, str]) -> Settings:
 @pytest.fixture
 def producer(settings: Settings) -> Pipeline:
     """The API side's pipeline: accepts into real Redis and sends real Celery tasks."""
-    return build_pipeline(settings, dispatcher=CeleryDispatcher(create_celery(settings)))
+    return build_pipeline(settings, dispatcher=celery_dispatcher(settings))
 
 
 class WorkerProcess:

@@ -103,8 +103,8 @@ def delete_queues(url: str, prefix: str, queue: str) -> None:
             try:
                 channel.queue_delete(name)
                 channel.exchange_delete(name)
-            except Exception:
-                channel = conn.channel()
+            except Exception:  # noqa: BLE001
+                channel = conn.channel()  # already gone: the channel closed, open another
 
 
 def test_consumer_accepts_every_message_once_parks_poison_and_survives_a_kill(

@@ -18,7 +18,7 @@ from tests.fakes.providers import CALL, env_for, make_fake
 from tests.fakes.server import LoopbackServer
 from tests.integration.conftest import ROOT, wait_for
 from worker.accept import Event, PhoneInput, accept
-from worker.app import CeleryDispatcher, create_celery
+from worker.app import celery_dispatcher
 from worker.pipeline import Pipeline
 from worker.providers.base import Action
 from worker.runtime import build_pipeline
@@ -47,7 +47,7 @@ def provider_env(fakes: dict[str, tuple[FakeProvider, str]], *names: str) -> dic
 
 def producer_for(env: dict[str, str]) -> Pipeline:
     settings = load_settings(env)
-    return build_pipeline(settings, dispatcher=CeleryDispatcher(create_celery(settings)))
+    return build_pipeline(settings, dispatcher=celery_dispatcher(settings))
 
 
 def test_one_call_linked_opt_out_reaches_all_five_in_their_formats(

@@ -28,6 +28,14 @@ def test_broker_keys_share_the_state_prefix_on_redis() -> None:
     assert app.conf.broker_transport_options["global_keyprefix"] == "t1:broker:"
 
 
+def test_a_queue_namespace_prefixes_every_queue() -> None:
+    settings = make_settings(queue_namespace="blue.")
+    app = create_celery(settings)
+    assert queue_names(settings) == ["blue.optout.default", "blue.optout.push.voicenter"]
+    assert app.conf.task_default_queue == "blue.optout.default"
+    assert app.conf.beat_schedule["sweep"]["options"]["queue"] == "blue.optout.default"
+
+
 def test_rabbitmq_broker_has_no_key_prefix() -> None:
     app = create_celery(make_settings(celery_broker_url="amqp://guest:guest@127.0.0.1:5672//"))
     assert "global_keyprefix" not in app.conf.broker_transport_options
