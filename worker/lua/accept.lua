@@ -36,70 +36,42 @@ for _, pair in ipairs(numbers) do
   local n = pair[1]
   local name = pair[2]
   local key = P .. 'num:' .. n
-  local cur = redis.call('HMGET', key, 's', 'v', 't', 'x')
-  local result
-  local state, v, ct, cx = cur[1], tonumber(cur[2] or '0'), tonumber(cur[3] or '0'), tonumber(cur[4] or '0')
-  local fields = nil
-  if not state then
-    if ev.action == 'add' then
-      fields = {'s', 'blocked', 'x', int(x)}
+  local cur = redis.call('HMGET', key, 's', 'v', 'x', 'rt', 'bl', 't')
+  local state, v, cx = cur[1], tonumber(cur[2] or '0'), tonumber(cur[3] or '0')
+  local rt, ct = tonumber(cur[4] or '-1'), tonumber(cur[6] or '0')
+  local blocks = decode_blocks(cur[5])
+  local result = nil
+  if ev.action == 'add' then
+    if t < rt then
+      result = 'stale'  -- a remove newer than this add has already lifted it
     else
-      fields = {'s', 'unblocked', 'x', '0'}
+      table.insert(blocks, {t, x})
+      blocks = staircase(blocks)
     end
-    result = 'applied'
-    ct = t
-  elseif ev.action == 'add' then
-    if state == 'blocked' then
-      -- Blocks merge to the longest expiry (0 = permanent), whatever order they arrive in;
-      -- only a remove lifts a block.
-      local nx = cx
-      if cx == 0 or x == 0 then nx = 0 elseif x > cx then nx = x end
-      if nx ~= cx then
-        fields = {'s', 'blocked', 'x', int(nx)}
-        result = 'extended'
-      else
-        result = 'unchanged'
-      end
-      if t > ct then ct = t end
-    elseif t >= ct then
-      fields = {'s', 'blocked', 'x', int(x)}
-      result = 'applied'
-      ct = t
+  elseif t > rt then
+    rt = t
+    blocks = keep_blocks(blocks, function(b) return b[1] >= rt end)
+  end
+  local ns, nx = derive(blocks)
+  local changed = ns ~= state or nx ~= cx
+  if result == nil then
+    if changed then
+      if state == 'blocked' and ns == 'blocked' then result = 'extended' else result = 'applied' end
+    elseif ev.action == 'remove' and ns == 'blocked' then
+      result = 'stale'  -- on a tie the add wins: a remove lifts only older blocks
     else
-      result = 'stale'
-    end
-  else
-    if state == 'unblocked' then
       result = 'unchanged'
-      if t > ct then ct = t end
-    elseif t > ct then
-      fields = {'s', 'unblocked', 'x', '0'}
-      result = 'applied'
-      ct = t
-    else
-      -- On a tie the add wins: a remove must be strictly newer than the block it lifts.
-      result = 'stale'
     end
   end
-  if fields then
+  if changed then
     v = v + 1
-    redis.call('HSET', key, 'v', int(v), 'e', ev.id, 'src', ev.source, 'u', int(NOW),
-      'r', ev.reason or '', unpack(fields))
-    if name and name ~= '' then redis.call('HSET', key, 'n', name) end
-    if fields[2] == 'blocked' then
-      redis.call('SADD', P .. 'blocked', n)
-    else
-      redis.call('SREM', P .. 'blocked', n)
-    end
-    -- A temporary block waits in `expiry` for the sweep that lifts it.
-    if fields[2] == 'blocked' and tonumber(fields[4]) > 0 then
-      redis.call('ZADD', P .. 'expiry', tonumber(fields[4]), n)
-    else
-      redis.call('ZREM', P .. 'expiry', n)
-    end
+    set_state(key, n, ns, nx, v)
+    redis.call('HSET', key, 'e', ev.id, 'src', ev.source, 'r', ev.reason or '')
     redis.call('HDEL', key, 'xr')
+    if name and name ~= '' then redis.call('HSET', key, 'n', name) end
   end
-  redis.call('HSET', key, 't', int(ct))
+  if t > ct then ct = t end
+  redis.call('HSET', key, 't', int(ct), 'rt', int(rt), 'bl', encode_blocks(blocks))
   if ev.cctx and ev.action == 'add' then
     -- The call this opt-out came from: call-record providers (Weya) need it to add.
     redis.call('HSET', key, 'c', ev.cctx)
@@ -107,7 +79,7 @@ for _, pair in ipairs(numbers) do
   audit(n, {at = NOW, ev = ev.id, src = ev.source, act = ev.action, res = result,
             rsn = ev.reason, t = t, x = x, ctx = ev.ctx, v = v, na = ev.na}, cap)
   for _, target in ipairs(targets) do
-    restage(target, n, fields ~= nil, touched)
+    restage(target, n, changed, touched)
   end
   table.insert(results, result)
 end

@@ -9,19 +9,23 @@ local lifted = 0
 for _, n in ipairs(due) do
   redis.call('ZREM', P .. 'expiry', n)
   local key = P .. 'num:' .. n
-  local led = redis.call('HMGET', key, 's', 'v', 'x', 't')
-  local x = tonumber(led[3] or '0')
-  if led[1] == 'blocked' and x > 0 and x <= NOW then
+  local led = redis.call('HMGET', key, 's', 'v', 'x', 'bl')
+  local blocks = keep_blocks(decode_blocks(led[4]), function(b) return b[2] == 0 or b[2] > NOW end)
+  local ns, nx = derive(blocks)
+  redis.call('HSET', key, 'bl', encode_blocks(blocks))
+  if ns ~= led[1] or nx ~= tonumber(led[3] or '0') then
     local v = tonumber(led[2]) + 1
-    local t = math.max(tonumber(led[4] or '0'), x)
-    redis.call('HSET', key, 's', 'unblocked', 'v', int(v), 'x', '0', 't', int(t),
-      'e', 'expiry', 'u', int(NOW), 'xr', '1')
-    redis.call('SREM', P .. 'blocked', n)
-    audit(n, {at = NOW, ev = 'expiry', act = 'expire', res = 'applied', t = x, v = v}, cap)
+    set_state(key, n, ns, nx, v)
+    redis.call('HSET', key, 'e', 'expiry')
+    if ns == 'unblocked' then
+      redis.call('HSET', key, 'xr', '1')
+      lifted = lifted + 1
+    end
+    audit(n, {at = NOW, ev = 'expiry', act = 'expire', res = 'applied', t = NOW, v = v,
+              x = nx}, cap)
     for _, target in ipairs(targets) do
       restage(target, n, true, touched)
     end
-    lifted = lifted + 1
   end
 end
 return cjson.encode({lifted = lifted, staged = staged_summary(touched)})

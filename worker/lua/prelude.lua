@@ -30,6 +30,83 @@ local function audit(n, entry, cap)
   redis.call('LTRIM', key, 0, cap - 1)
 end
 
+-- The ledger keeps, per number, the latest remove time `rt` and the blocks (event time t,
+-- expiry x; x = 0 is permanent) newer than it, reduced to a staircase: a block is dropped when
+-- another is at least as new and lasts at least as long. The number is blocked while any
+-- block remains, until the longest expiry. That makes the result the same for any arrival
+-- order of the same events: a remove lifts every block older than itself (on a tie the add
+-- wins), and blocks merge to the longest expiry.
+local INF = math.huge
+
+local function span(x)
+  if x == 0 then return INF end
+  return x
+end
+
+local function staircase(blocks)
+  table.sort(blocks, function(a, b)
+    if a[1] ~= b[1] then return a[1] > b[1] end
+    return span(a[2]) > span(b[2])
+  end)
+  local kept, longest = {}, -1
+  for _, b in ipairs(blocks) do
+    if span(b[2]) > longest then
+      table.insert(kept, 1, b)
+      longest = span(b[2])
+    end
+  end
+  return kept
+end
+
+local function keep_blocks(blocks, keep)
+  local out = {}
+  for _, b in ipairs(blocks) do
+    if keep(b) then table.insert(out, b) end
+  end
+  return out
+end
+
+-- (state, expiry) the blocks add up to.
+local function derive(blocks)
+  if #blocks == 0 then return 'unblocked', 0 end
+  local longest = 0
+  for _, b in ipairs(blocks) do
+    if b[2] == 0 then return 'blocked', 0 end
+    if b[2] > longest then longest = b[2] end
+  end
+  return 'blocked', longest
+end
+
+local function decode_blocks(raw)
+  if not raw or raw == '' then return {} end
+  local out = {}
+  for _, b in ipairs(cjson.decode(raw)) do table.insert(out, {tonumber(b[1]), tonumber(b[2])}) end
+  return out
+end
+
+local function encode_blocks(blocks)
+  if #blocks == 0 then return '[]' end
+  local parts = {}
+  for _, b in ipairs(blocks) do table.insert(parts, '[' .. int(b[1]) .. ',' .. int(b[2]) .. ']') end
+  return '[' .. table.concat(parts, ',') .. ']'
+end
+
+-- Write a number's new derived state: version, the blocked set, the expiry index.
+local function set_state(key, n, state, x, v)
+  redis.call('HSET', key, 's', state, 'x', int(x), 'v', int(v), 'u', int(NOW))
+  if state == 'blocked' then
+    redis.call('SADD', P .. 'blocked', n)
+  else
+    redis.call('SREM', P .. 'blocked', n)
+  end
+  -- A temporary block waits in `expiry` for the sweep that lifts it.
+  if state == 'blocked' and x > 0 then
+    redis.call('ZADD', P .. 'expiry', x, n)
+  else
+    redis.call('ZREM', P .. 'expiry', n)
+  end
+end
+
 -- A target's capabilities, as registered by worker/store.py:register_targets.
 local META = {}
 local function meta(target)
