@@ -6,8 +6,10 @@ Key scheme (every key starts with the prefix, default ``optout:``):
 key                            type    holds
 =============================  ======  ====================================================
 ``idem:{source}:{key}``        string  ``{body hash}|{event id}``; expires (30 days default)
-``num:{e164}``                 hash    ledger: s (blocked/unblocked), v (version), t (event
-                                       time ms that won), x (expiry ms, 0 = none), e (last
+``num:{e164}``                 hash    ledger: s (blocked/unblocked), v (version), t (newest
+                                       event time ms), rt (latest remove time), bl (blocks
+                                       newer than rt: JSON [[t, expiry], ...]), x (expiry ms
+                                       the blocks add up to, 0 = none), e (last
                                        event id), n (label), src, r (reason), c (call
                                        context JSON), u (updated ms), xr (1: unblocked
                                        because its expiry passed)
