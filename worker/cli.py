@@ -174,18 +174,35 @@ def up(host: HostOpt = "127.0.0.1", port: PortOpt = 8000) -> None:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     code = 0
+    restarts: dict[str, list[float]] = {role: [] for role in roles}
+
+    def spawn(role: str) -> None:
+        # Own session: Ctrl-C reaches only us, and we stop each child exactly once.
+        children[role] = subprocess.Popen(roles[role], env=env, start_new_session=True)  # noqa: S603
+
     try:
-        for role, argv in roles.items():
-            # Own session: Ctrl-C reaches only us, and we stop each child exactly once.
-            children[role] = subprocess.Popen(argv, env=env, start_new_session=True)  # noqa: S603
+        for role in roles:
+            spawn(role)
         console.print(f"optout up: API on http://{host}:{port}  (Ctrl-C to stop)")
         while not stopping:
-            for role, child in children.items():
-                if child.poll() is not None:
-                    err.print(f"[red]{role} exited with {child.returncode}; stopping[/red]")
+            if embedded is not None and not embedded.alive():
+                err.print(
+                    "[yellow]embedded Redis exited; restarting it (AOF keeps its data)[/yellow]"
+                )
+                embedded.start()
+            for role, child in list(children.items()):
+                if child.poll() is None or stopping:
+                    continue
+                now = time.monotonic()
+                restarts[role] = [t for t in restarts[role] if now - t < 60] + [now]
+                if len(restarts[role]) > 5:
+                    err.print(f"[red]{role} keeps exiting ({child.returncode}); stopping[/red]")
                     stopping = True
                     code = 1
-            time.sleep(0.2)
+                else:
+                    err.print(f"[yellow]{role} exited with {child.returncode}; restarting[/yellow]")
+                    spawn(role)
+            time.sleep(0.3)
     finally:
         console.print("stopping ...")
         for child in children.values():

@@ -23,16 +23,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def socket_path(data_dir: Path) -> Path:
-    return data_dir.resolve() / "redis.sock"
+URL_FILE = "redis.url"
 
 
 def running_url(data_dir: Path) -> str | None:
     """The URL of an embedded Redis that `optout up` runs for this data dir, if any."""
-    sock = socket_path(data_dir / "redis")
-    if not sock.exists():
+    path = data_dir / "redis" / URL_FILE
+    if not path.exists():
         return None
-    url = f"unix://{sock}"
+    url = path.read_text().strip()
     try:
         redis.Redis.from_url(url, socket_connect_timeout=0.5).ping()
     except redis.RedisError:
@@ -42,21 +41,19 @@ def running_url(data_dir: Path) -> str | None:
 
 class EmbeddedRedis:
     """A redis-server on 127.0.0.1 persisting to `data_dir` with AOF `appendfsync always`
-    and `noeviction`, so an acknowledged opt-out survives a crash and is never evicted."""
+    and `noeviction`, so an acknowledged opt-out survives a crash and is never evicted.
+
+    TCP on a free port (kombu's unix-socket transport does not survive a Redis restart);
+    the URL is written to `data_dir/redis.url` so `optout status` and friends find it."""
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir.resolve()
-        self.socket = socket_path(self.data_dir)
-        # A unix socket at a known path lets `optout status` find a running `optout up`;
-        # sockets have a ~107-byte path limit, so a deep data dir falls back to TCP.
-        self.port = 0 if len(str(self.socket)) < 100 else free_port()
+        self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        if self.port:
-            return f"redis://127.0.0.1:{self.port}/0"
-        return f"unix://{self.socket}"
+        return f"redis://127.0.0.1:{self.port}/0"
 
     def client(self, timeout: float = 0.5) -> redis.Redis:
         return redis.Redis.from_url(self.url, socket_connect_timeout=timeout)
@@ -67,7 +64,6 @@ class EmbeddedRedis:
             redis_server_binary(),
             "--bind", "127.0.0.1",
             "--port", str(self.port),
-            *([] if self.port else ["--unixsocket", str(self.socket), "--unixsocketperm", "700"]),
             "--dir", str(self.data_dir),
             "--appendonly", "yes",
             "--appendfsync", "always",
@@ -90,6 +86,7 @@ class EmbeddedRedis:
                     # Loading a large AOF answers LOADING until done.
                     info = client.info("persistence")
                     if not info.get("loading"):
+                        (self.data_dir / URL_FILE).write_text(self.url + "\n")
                         return self
             except redis.RedisError:
                 pass
@@ -98,7 +95,11 @@ class EmbeddedRedis:
                 raise RuntimeError("embedded Redis did not answer in time")
             time.sleep(0.05)
 
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
     def stop(self) -> None:
+        (self.data_dir / URL_FILE).unlink(missing_ok=True)
         if self.process is None or self.process.poll() is not None:
             return
         with contextlib.suppress(redis.RedisError):

@@ -20,6 +20,7 @@ class FakeProvider:
     lists: dict[str, set[str]] = field(default_factory=dict)
     requests: list[tuple[str, str, list[str]]] = field(default_factory=list)
     bodies: list[Any] = field(default_factory=list)  # every request body, as sent
+    injected: int = 0  # answers the chaos hook gave instead of the fake
     permanent: set[str] = field(default_factory=set)  # digits that fail for good
     flaky: Counter[str] = field(default_factory=Counter)  # digits -> failures left
     http_status: int | None = None
@@ -27,6 +28,7 @@ class FakeProvider:
     retry_after: str | None = None
     delay: float = 0.0
     after_request: Callable[[], None] | None = None
+    chaos: Callable[[], Answer | None] | None = None  # may answer instead of the fake
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -42,6 +44,11 @@ class FakeProvider:
     ) -> Answer:
         if self.delay:
             time.sleep(self.delay)
+        injected = self.chaos() if self.chaos is not None else None
+        if injected is not None:
+            with self.lock:
+                self.injected += 1
+            return injected
         with self.lock:
             self.bodies.append(body)
             if self.http_status is not None and self.http_status_times != 0:

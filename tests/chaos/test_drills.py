@@ -1,0 +1,20 @@
+"""The reduced fault drills, in CI: nothing lost, nothing stale."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.chaos.drills import run
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.parametrize(
+    "drill", ["worker_kills", "redis_kill", "random_failures", "provider_down"]
+)
+def test_quick_drill_loses_nothing(drill: str) -> None:
+    (result,) = run(quick=True, only=drill)
+    assert result.lost == 0, result.show()
+    assert result.stale == 0, result.show()
+    assert result.accepted > 0 and result.delivered > 0, result.show()
+    assert result.dead_lettered == 0, result.show()
