@@ -536,11 +536,7 @@ def dlq_purge(
     dry_run: Annotated[bool, typer.Option(help="Show what would be purged.")] = False,
 ) -> None:
     """Drop dead letters (giving up on them at that provider); each purge is audited."""
-    if not (ids or all_ or provider or action or reason or phone or older_than):
-        err.print("[red]say what to purge: --id, filters, or --all[/red]")
-        raise typer.Exit(2)
-    pipe = _pipeline()
-    chosen = _chosen(pipe, provider, action, reason, phone, older_than, ids)
+    chosen, pipe = _chosen("purge", all_, provider, action, reason, phone, older_than, ids)
     if dry_run:
         console.print(f"would purge {len(chosen)} dead letters")
         return
@@ -550,18 +546,25 @@ def dlq_purge(
 
 
 def _chosen(
-    pipe: Any,
+    verb: str,
+    all_: bool,
     provider: str | None,
     action: str | None,
     reason: str | None,
     phone: str | None,
     older_than: float | None,
     ids: list[str] | None,
-) -> list[str]:
+) -> tuple[list[str], Any]:
+    """The dead-letter ids an operator chose (refusing to guess when nothing was said)."""
+    if not (ids or all_ or provider or action or reason or phone or older_than):
+        err.print(f"[red]say what to {verb}: --id, filters, or --all[/red]")
+        raise typer.Exit(2)
+    pipe = _pipeline()
     from worker.deadletters import select
 
     flt = _dead_letter_filter(provider, action, reason, phone, older_than, ids)
-    return [e["id"] for e in select(pipe.store.dead_letters(), flt, pipe.store.now_ms())]
+    entries = select(pipe.store.dead_letters(), flt, pipe.store.now_ms())
+    return [e["id"] for e in entries], pipe
 
 
 def _in_batches(items: list[str], run: Any, label: str, size: int = 500) -> int:
@@ -587,13 +590,9 @@ def dlq_replay(
     dry_run: Annotated[bool, typer.Option(help="Show what would be replayed.")] = False,
 ) -> None:
     """Put dead letters back into their batches; each leaves the store once delivered."""
-    if not (ids or all_ or provider or action or reason or phone or older_than):
-        err.print("[red]say what to replay: --id, filters, or --all[/red]")
-        raise typer.Exit(2)
-    pipe = _pipeline()
+    chosen, pipe = _chosen("replay", all_, provider, action, reason, phone, older_than, ids)
     from worker.pipeline import replay
 
-    chosen = _chosen(pipe, provider, action, reason, phone, older_than, ids)
     if dry_run:
         console.print(f"would replay {len(chosen)} dead letters")
         for entry_id in chosen[:50]:
