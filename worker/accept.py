@@ -146,11 +146,11 @@ def _write(
             return outcome
         results.extend(outcome.results)
         for batch in outcome.staged:
-            # The batch is opened by the first part that touched it; its size is the last.
+            # Size before: from the first part that touched the batch; size after: the last.
             first = staged.get((batch.target, batch.action))
-            opened = batch.opened or (first.opened if first else False)
+            before = first.before if first else batch.before
             staged[(batch.target, batch.action)] = Staged(
-                batch.target, batch.action, batch.count, opened
+                batch.target, batch.action, batch.count, before
             )
     return AcceptOutcome("ok", str(payload["id"]), results, list(staged.values()))
 

@@ -88,14 +88,15 @@ class Pipeline:
 
 
 def schedule(pipe: Pipeline, staged: Iterable[Staged]) -> None:
-    """Enqueue the flushes a change calls for: at once for a full batch, after the linger
-    for a batch that just opened."""
+    """Enqueue the flushes a change calls for: at once when it completed a chunk, after the
+    linger for a batch it opened. (A batch that stays full because no worker drains it
+    gets no further flushes from here; the sweep flushes it.)"""
     targets = pipe.targets()
     for batch in staged:
         provider = targets.get(batch.target)
         if provider is None:
             continue
-        if batch.count >= pipe.batch_size(provider):
+        if batch.filled(pipe.batch_size(provider)):
             pipe.dispatcher.flush(batch.target, batch.action, FULL)
         if batch.opened:
             pipe.dispatcher.flush(

@@ -85,16 +85,25 @@ def _as_list(value: Any) -> list[Any]:
 
 @dataclass(frozen=True, slots=True)
 class Staged:
-    """A batch an operation touched: its size now, and whether this operation opened it."""
+    """A batch an operation touched: its size now and before the operation."""
 
     target: str
     action: Action
     count: int
-    opened: bool
+    before: int
+
+    @property
+    def opened(self) -> bool:
+        """This operation started the batch (and so its linger)."""
+        return self.before == 0
+
+    def filled(self, size: int) -> bool:
+        """This operation completed a chunk: one full-flush per chunk, not one per event."""
+        return self.count // size > self.before // size
 
 
 def _staged(raw: Any) -> list[Staged]:
-    return [Staged(str(t), Action(str(a)), int(c), bool(o)) for t, a, c, o in _as_list(raw)]
+    return [Staged(str(t), Action(str(a)), int(c), int(b)) for t, a, c, b in _as_list(raw)]
 
 
 @dataclass(frozen=True, slots=True)

@@ -342,3 +342,13 @@ def test_interleaved_adds_and_removes_end_equal_to_the_ledger(
         if state is None:
             continue
         assert (n[1:] in fake_voicenter.blacklist) == (state == "blocked"), n
+
+
+def test_one_full_flush_per_completed_chunk_not_per_event(
+    pipe: Pipeline, dispatcher: QueueDispatcher
+) -> None:
+    for n in numbers(250):
+        accept(pipe, add(n))  # no worker drains the batch meanwhile
+    modes = [args[2] for kind, args in dispatcher.sent if kind == "flush"]
+    assert modes.count(work.FULL) == 2
+    assert modes.count(work.ALL) == 1  # the linger flush of the batch the first event opened

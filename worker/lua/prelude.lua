@@ -122,8 +122,8 @@ end
 -- Stage the number's current desired state for one target, unless that state is already
 -- confirmed there or a push for it is in flight (its completion re-stages if the ledger
 -- moved). `force` is false for events that changed nothing: they must not cut short a
--- backoff or resurrect a dead letter. `touched` collects, per target|action, whether the
--- batch was empty before (its linger starts now).
+-- backoff or resurrect a dead letter. `touched` collects, per target|action, the batch's
+-- size before this call (0: its linger starts now).
 local function restage(target, n, force, touched)
   local led = redis.call('HMGET', P .. 'num:' .. n, 's', 'v', 'c', 'xr')
   if not led[1] then return false end
@@ -164,22 +164,22 @@ local function restage(target, n, force, touched)
   end
   local tk = target .. '|' .. act
   if touched[tk] == nil then
-    touched[tk] = redis.call('ZCARD', key) == 0
+    touched[tk] = redis.call('ZCARD', key)
   end
   redis.call('ZADD', key, 'NX', NOW, n)
   return true
 end
 
--- What callers need to schedule flushes: per target|action, the batch size now and
--- whether this call opened it.
+-- What callers need to schedule flushes: per target|action, the batch size before this
+-- call touched it and after.
 local function staged_summary(touched)
   local out = {}
-  for tk, opened in pairs(touched) do
+  for tk, before in pairs(touched) do
     local sep = string.find(tk, '|', 1, true)
     local target = string.sub(tk, 1, sep - 1)
     local act = string.sub(tk, sep + 1)
     local count = redis.call('ZCARD', P .. 'stage:' .. target .. ':' .. act)
-    table.insert(out, {target, act, count, opened and 1 or 0})
+    table.insert(out, {target, act, count, before})
   end
   return out
 end
