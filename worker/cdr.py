@@ -15,11 +15,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import structlog
+
 from config import Settings
+from worker import metrics
 from worker.accept import Event, PhoneInput
 from worker.phones import Convention, Normalised, normalise
 from worker.providers.base import Action
+from worker.store import Store
 
+log = structlog.get_logger("optout.cdr")
 SOURCE = "voicenter"
 
 
@@ -134,6 +139,22 @@ def interpret(
         },
         body=cdr,
     )
+
+
+def book(store: Store, outcome: Event | Ignored | Review) -> Event | None:
+    """Count a CDR's outcome (Redis and Prometheus) and keep a review case for a person;
+    answer the event still to accept, if any. Every CDR ingress calls this."""
+    if isinstance(outcome, Event):
+        metrics.CDRS.labels("optout").inc()
+        return outcome
+    metrics.CDRS.labels(outcome.reason).inc()
+    store.count("voicenter_cdr", outcome.reason)
+    if isinstance(outcome, Review):
+        store.keep_for_review(
+            SOURCE, {"reason": outcome.reason, "detail": outcome.detail, "cdr": outcome.cdr}
+        )
+        log.warning("cdr_review", reason=outcome.reason, call_id=outcome.cdr.get("ivruniqueid"))
+    return None
 
 
 def _time(value: Any) -> datetime | None:

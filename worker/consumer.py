@@ -85,17 +85,7 @@ def interpret(
             return dnc_event(DncTrigger.model_validate(data))
         if kind == "cdr":
             outcome = cdrs.interpret(cdrs.decode(data), pipe.settings, pipe.own_numbers)
-            if isinstance(outcome, cdrs.Ignored):
-                pipe.store.count("voicenter_cdr", outcome.reason)
-                return None
-            if isinstance(outcome, cdrs.Review):
-                pipe.store.count("voicenter_cdr", outcome.reason)
-                pipe.store.keep_for_review(
-                    cdrs.SOURCE,
-                    {"reason": outcome.reason, "detail": outcome.detail, "cdr": outcome.cdr},
-                )
-                return None
-            return outcome
+            return cdrs.book(pipe.store, outcome)
     except ValidationError as exc:
         raise RejectedMessageError(f"invalid_{kind}: {_problems(exc)}") from None
     except cdrs.UnparseableCdrError as exc:

@@ -22,6 +22,8 @@ log = structlog.get_logger("optout.pipeline")
 
 #: Flush modes: see worker/lua/claim.lua.
 FULL, ALL, DUE = "full", "all", "due"
+#: Chunks one claim leases at most; a flush claims again while claims come back full.
+CLAIM_CHUNKS = 50
 
 
 class Dispatcher(Protocol):
@@ -121,12 +123,13 @@ def flush(pipe: Pipeline, target: str, action: Action, mode: str) -> int:
             lease_seconds=pipe.settings.lease_seconds,
             mode=mode,
             linger_ms=pipe.settings.batch_linger_ms,
+            max_chunks=CLAIM_CHUNKS,
         )
         for chunk_id in chunk_ids:
             pipe.dispatcher.push(chunk_id, provider)
         schedule(pipe, staged)
         total += len(chunk_ids)
-        if status != "ok" or len(chunk_ids) < 50:
+        if status != "ok" or len(chunk_ids) < CLAIM_CHUNKS:
             break
     if total:
         log.info("flushed", target=target, action=action.value, mode=mode, chunks=total)

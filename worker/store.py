@@ -222,7 +222,7 @@ class Store:
         lease_seconds: float,
         mode: str,
         linger_ms: int,
-        max_chunks: int = 50,
+        max_chunks: int,
     ) -> tuple[str, list[str], list[Staged]]:
         raw = _decode(
             self._run(

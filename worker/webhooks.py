@@ -112,16 +112,13 @@ def webhook_router(pipeline: Callable[[], Pipeline]) -> APIRouter:
             metrics.CDRS.labels("unparseable").inc()
             return _voicenter(400, 1, f"unparseable: {exc}"[:200])
         outcome = cdrs.interpret(cdr, pipe.settings, pipe.own_numbers)
-        kind = outcome.reason if isinstance(outcome, cdrs.Ignored | cdrs.Review) else "optout"
-        metrics.CDRS.labels(kind).inc()
         try:
-            if isinstance(outcome, cdrs.Ignored):
-                await run_in_threadpool(pipe.store.count, "voicenter_cdr", outcome.reason)
-                return _voicenter(200, 0, "OK", optout=False)
-            if isinstance(outcome, cdrs.Review):
-                await run_in_threadpool(_review, pipe, outcome)
-                return _voicenter(200, 0, "OK", optout=False, review=outcome.reason)
-            result = await run_in_threadpool(accept, pipe, outcome)
+            event = await run_in_threadpool(cdrs.book, pipe.store, outcome)
+            if event is None:
+                review = outcome.reason if isinstance(outcome, cdrs.Review) else None
+                extra = {"review": review} if review else {}
+                return _voicenter(200, 0, "OK", optout=False, **extra)
+            result = await run_in_threadpool(accept, pipe, event)
         except AcceptError as exc:
             if exc.status == 503:
                 return _voicenter(503, 2, exc.message)
@@ -153,11 +150,3 @@ def webhook_router(pipeline: Callable[[], Pipeline]) -> APIRouter:
         )
 
     return router
-
-
-def _review(pipe: Pipeline, review: cdrs.Review) -> None:
-    pipe.store.count("voicenter_cdr", review.reason)
-    pipe.store.keep_for_review(
-        cdrs.SOURCE, {"reason": review.reason, "detail": review.detail, "cdr": review.cdr}
-    )
-    log.warning("cdr_review", reason=review.reason, call_id=review.cdr.get("ivruniqueid"))

@@ -72,3 +72,11 @@ def test_removes_need_allow_remove(cpipe: Pipeline) -> None:
         interpret(cpipe, body, {}, False)
     assert caught.value.reason.startswith("remove_not_allowed")
     assert interpret(cpipe, body, {}, True) is not None
+
+
+def test_a_cdr_of_unknown_type_is_kept_for_review_like_the_webhook_does(cpipe: Pipeline) -> None:
+    cdr = {**fixture("cdr_outbound.json"), "type": "Conference"}
+    assert interpret(cpipe, raw(cdr), {}, False) is None
+    (kept,) = cpipe.store.reviews("voicenter")
+    assert kept["reason"] == "unknown_call_type"
+    assert cpipe.store.counts_of("voicenter_cdr") == {"unknown_call_type": 1}
