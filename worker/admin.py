@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
@@ -57,7 +57,9 @@ class ScrubRequest(BaseModel):
     phones: list[str | int] = Field(min_length=1, max_length=SCRUB_LIMIT)
 
 
-def admin_router(pipeline: Callable[[], Pipeline], admin: Callable[..., None]) -> APIRouter:
+def admin_router(
+    pipeline: Callable[[], Pipeline], admin: Callable[..., Awaitable[None]]
+) -> APIRouter:
     router = APIRouter(dependencies=[Depends(admin)], tags=["ops"])
 
     @router.get("/v1/dead-letters")

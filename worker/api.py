@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hmac
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import structlog
@@ -61,6 +61,39 @@ class _BodyLimit:
             await self.app(scope, limited, send)
         except _TooLargeError:
             await _too_large(send, self.max_bytes)
+
+
+class _AccessLog:
+    """One log line per request. Plain ASGI: Starlette's BaseHTTPMiddleware costs a task
+    and a stream per request, a third of the CPU of a one-number opt-out."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            # The path only: a webhook token may ride in the query string.
+            log.info(
+                "http",
+                method=scope["method"],
+                path=scope["path"],
+                status=status,
+                ms=round((time.perf_counter() - started) * 1000, 1),
+            )
 
 
 class _TooLargeError(Exception):
@@ -133,9 +166,11 @@ def create_api(pipeline: PipelineFactory) -> FastAPI:
     )
 
     api.add_middleware(_BodyLimit, max_bytes=pipeline().settings.max_body_bytes)
+    api.add_middleware(_AccessLog)
     api.include_router(webhook_router(pipeline))
 
-    def admin(authorization: Annotated[str | None, Header()] = None) -> None:
+    # async: a check without I/O must not cost a thread-pool hop on every request.
+    async def admin(authorization: Annotated[str | None, Header()] = None) -> None:
         token = pipeline().settings.admin_token
         if token is None:
             raise AcceptError(
@@ -162,20 +197,6 @@ def create_api(pipeline: PipelineFactory) -> FastAPI:
         return _error(
             422, "invalid_request", "the request does not match the schema", problems=problems
         )
-
-    @api.middleware("http")
-    async def _access_log(request: Request, call_next: Callable[[Request], Awaitable[Any]]) -> Any:
-        started = time.perf_counter()
-        response = await call_next(request)
-        # The path only: a webhook token may ride in the query string.
-        log.info(
-            "http",
-            method=request.method,
-            path=request.url.path,
-            status=response.status_code,
-            ms=round((time.perf_counter() - started) * 1000, 1),
-        )
-        return response
 
     @api.post(
         "/v1/optouts",

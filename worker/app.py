@@ -12,6 +12,7 @@ from celery.signals import after_setup_logger, task_postrun, task_prerun, worker
 from kombu.entity import Exchange, Queue
 
 from config import Settings
+from worker.broker import TRANSPORT
 from worker.providers.base import Action
 
 DEFAULT_QUEUE = "optout.default"  # prefixed with OPTOUT_QUEUE_NAMESPACE when set
@@ -50,6 +51,8 @@ def create_celery(settings: Settings) -> Celery:
         # Broker keys share the state's prefix, so one Redis can hold several deployments
         # (and tests can clean exactly what they wrote).
         transport["global_keyprefix"] = settings.key_prefix + "broker:"
+    # redis+socket:// names its transport in the URL, which wins over this setting.
+    plain_redis = settings.broker_url.startswith(("redis://", "rediss://"))
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],
@@ -59,9 +62,12 @@ def create_celery(settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         worker_hijack_root_logger=False,
+        # Our log lines are JSON already: not wrapped as WARNING "celery.redirected".
+        worker_redirect_stdouts=False,
         worker_send_task_events=False,
         broker_connection_retry_on_startup=True,
         broker_transport_options=transport,
+        broker_transport=TRANSPORT if plain_redis else None,
         task_default_queue=default_queue(settings.queue_namespace),
         task_queues=[_queue(name) for name in queue_names(settings)],
         task_create_missing_queues=True,

@@ -68,19 +68,27 @@ def _ms_to_text(ms: int | None) -> str:
 
 
 @app.command()
-def api(host: HostOpt = "127.0.0.1", port: PortOpt = 8000) -> None:
+def api(
+    host: HostOpt = "127.0.0.1",
+    port: PortOpt = 8000,
+    workers: Annotated[
+        int, typer.Option(min=1, help="Server processes (each its own event loop).")
+    ] = 1,
+) -> None:
     """Serve the HTTP API."""
     settings = _settings()
     import uvicorn
 
-    from worker import runtime
-    from worker.api import create_api
-
     if not settings.redis_url:
         err.print("[red]REDIS_URL is not set[/red] (optout up starts an embedded Redis)")
         raise typer.Exit(2)
+    if workers > 1:
+        # Each process counts its own requests; /metrics must add them up.
+        _multiprocess_metrics(settings.data_dir / "metrics" / f"api-{os.getpid()}")
     uvicorn.run(
-        create_api(runtime.pipeline),
+        "worker.asgi:create",
+        factory=True,
+        workers=workers,
         host=host,
         port=port,
         access_log=False,  # ours logs the path without the query string

@@ -8,6 +8,7 @@ import sys
 from collections.abc import MutableMapping
 from typing import Any
 
+import orjson
 import structlog
 
 _E164ISH = re.compile(r"\+?\d{8,15}")
@@ -35,6 +36,11 @@ def scrub(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[st
     return event
 
 
+def _dumps(value: Any, **_: Any) -> str:
+    # orjson: the stdlib encoder was a tenth of the CPU of a one-number webhook.
+    return orjson.dumps(value, default=str).decode()
+
+
 def _stderr_logger(*_: Any) -> structlog.PrintLogger:
     return structlog.PrintLogger(sys.stderr)
 
@@ -43,7 +49,7 @@ def configure(log_format: str = "auto", level: int = logging.INFO) -> None:
     """Configure structlog once per process."""
     json_out = log_format == "json" or (log_format == "auto" and not sys.stderr.isatty())
     renderer: Any = (
-        structlog.processors.JSONRenderer()
+        structlog.processors.JSONRenderer(serializer=_dumps)
         if json_out
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )

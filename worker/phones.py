@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 import re
 from dataclasses import dataclass, field
 
@@ -151,13 +152,23 @@ def normalise(
 ) -> Normalised | Rejected:
     """Normalise one number to E.164 or say why it cannot be one; never raises."""
     try:
-        result = _normalise(raw, region, convention)
+        if isinstance(raw, str):
+            result = _normalise_text(raw, region, convention)
+        else:
+            result = _normalise(raw, region, convention)
     except Exception as exc:  # noqa: BLE001
         # phonenumbers must never turn bad input into a 500.
         return Rejected("not_a_number", f"unparseable: {type(exc).__name__}")
     if isinstance(result, Normalised) and result.e164 in own_numbers:
         return Rejected("own_number", "the company's own numbers are never blocked")
     return result
+
+
+@functools.lru_cache(maxsize=8192)
+def _normalise_text(raw: str, region: str, convention: Convention) -> Normalised | Rejected:
+    # A CDR's customer is normalised to be chosen, then again when it is accepted; and the
+    # same numbers come back (re-imports, repeat callers). Results are immutable.
+    return _normalise(raw, region, convention)
 
 
 def _normalise(raw: object, region: str, convention: Convention) -> Normalised | Rejected:

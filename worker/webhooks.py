@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 
 from worker import cdr as cdrs
 from worker import metrics
-from worker.accept import AcceptError, accept
+from worker.accept import AcceptError, AcceptResult, Event, accept
 from worker.pipeline import Pipeline
 from worker.schemas import DncTrigger, dnc_event
 
@@ -113,12 +113,11 @@ def webhook_router(pipeline: Callable[[], Pipeline]) -> APIRouter:
             return _voicenter(400, 1, f"unparseable: {exc}"[:200])
         outcome = cdrs.interpret(cdr, pipe.settings, pipe.own_numbers)
         try:
-            event = await run_in_threadpool(cdrs.book, pipe.store, outcome)
-            if event is None:
+            result = await run_in_threadpool(_book_and_accept, pipe, outcome)
+            if result is None:
                 review = outcome.reason if isinstance(outcome, cdrs.Review) else None
                 extra = {"review": review} if review else {}
                 return _voicenter(200, 0, "OK", optout=False, **extra)
-            result = await run_in_threadpool(accept, pipe, event)
         except AcceptError as exc:
             if exc.status == 503:
                 return _voicenter(503, 2, exc.message)
@@ -130,7 +129,7 @@ def webhook_router(pipeline: Callable[[], Pipeline]) -> APIRouter:
         return _voicenter(200, 0, "OK", optout=True, event_id=result.event_id,
                           duplicate=result.duplicate)  # fmt: skip
 
-    def dnc_token(request: Request) -> None:
+    async def dnc_token(request: Request) -> None:
         # A dependency runs before the body is validated: no token, no schema errors either.
         if not token_ok(pipeline(), "dnc", request):
             raise AcceptError("unauthorized", "missing or wrong webhook token", status=401)
@@ -150,3 +149,11 @@ def webhook_router(pipeline: Callable[[], Pipeline]) -> APIRouter:
         )
 
     return router
+
+
+def _book_and_accept(
+    pipe: Pipeline, outcome: Event | cdrs.Ignored | cdrs.Review
+) -> AcceptResult | None:
+    # One thread-pool hop per CDR: the hop costs more than the Redis calls it wraps.
+    event = cdrs.book(pipe.store, outcome)
+    return None if event is None else accept(pipe, event)

@@ -18,3 +18,4 @@ def test_quick_drill_loses_nothing(drill: str) -> None:
     assert result.stale == 0, result.show()
     assert result.accepted > 0 and result.delivered > 0, result.show()
     assert result.dead_lettered == 0, result.show()
+    assert not result.problems, result.show()

@@ -30,6 +30,9 @@ class FakeProvider:
     after_request: Callable[[], None] | None = None
     chaos: Callable[[], Answer | None] | None = None  # may answer instead of the fake
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # When each number first reached the fake (CLOCK_MONOTONIC, which every process on the
+    # machine shares): what the benchmark times propagation by.
+    first_seen: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         """Subclasses set up their own state here."""
@@ -76,7 +79,10 @@ class FakeProvider:
         return self.lists.setdefault(target, set())
 
     def log(self, method: str, path: str, numbers: list[str]) -> None:
+        now = time.monotonic()
         self.requests.append((method, path, numbers))
+        for n in numbers:
+            self.first_seen.setdefault(n, now)
 
     def failure(self, digits: str) -> str | None:
         """'permanent', 'retry' or None for a number, consuming one flaky failure."""

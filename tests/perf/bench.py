@@ -1,149 +1,241 @@
-"""Benchmarks: the bulk and event paths against the obvious design, printed as figures and
-ratios (never asserted). One machine, one run:
+"""Benchmarks: every path against the obvious design, printed as figures and ratios (never
+asserted). One machine, one run, one command:
 
-    python -m tests.perf.bench [--numbers 100000] [--latency 0.1]
+    python -m tests.perf.bench                       # 100,000 numbers; fakes at 0 and 100 ms
+    python -m tests.perf.bench --numbers 20000 --latency 0
 
-Each path is measured from the first accept (or enqueue) to the last number confirmed at the
-fake Voicenter (HTTP on loopback, TCP_NODELAY, optional latency per request).
+Each path runs against its own API (`optout api --workers N`) and worker (`optout worker
+--beat`) processes, on an embedded Redis with AOF `always` (an accept is durable before it
+is answered), with fake providers on loopback HTTP. A path is timed from its first request
+(or enqueue) to the moment the fake holds every number. HTTP load comes from
+`tests/perf/load.py` in its own process, whose CPU is printed beside each figure.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import json
 import math
 import os
-import resource
 import signal
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
-import redis
 
+from tests.fakes.base import FakeProvider
+from tests.fakes.providers import env_for, listed, make_fake, targets_of
 from tests.fakes.server import LoopbackServer
-from tests.fakes.voicenter import FakeVoicenter
+from tests.fakes.weya import FakeWeya
+from tests.perf.baseline import make_app
+from tests.perf.load import BATCH_ID, number
 from worker.embedded import EmbeddedRedis, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
+PROVIDERS = ("voicenter", "phonely", "voodoosms", "weya", "daktela")
+LINGER_MS = 200
+TOKEN = "bench"
 
 
-def wait(condition: Callable[[], bool], timeout: float) -> bool:
+def wait(condition: Callable[[], bool], timeout: float, every: float = 0.02) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():
             return True
-        time.sleep(0.05)
+        time.sleep(every)
     return False
+
+
+def digits(i: int) -> str:
+    return number(i)[1:]
+
+
+# -- processes --------------------------------------------------------------------------
 
 
 class Procs:
     def __init__(self, env: dict[str, str], logs: Path) -> None:
-        self.env = {**os.environ, **env}
+        # Each run's processes keep their own metrics, not the caller's directory's.
+        inherited = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+        self.env = {**inherited, **env}
         self.logs = logs
-        self.running: list[subprocess.Popen[bytes]] = []
+        self.running: dict[str, subprocess.Popen[bytes]] = {}
+        self.log_offsets: dict[str, int] = {}
 
     def start(self, name: str, *argv: str) -> None:
-        self.running.append(
-            subprocess.Popen(
-                list(argv),
-                env=self.env,
-                cwd=ROOT,
-                stdout=(self.logs / f"{name}.log").open("ab"),
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        log = self.logs / f"{name}.log"
+        self.log_offsets[name] = log.stat().st_size if log.exists() else 0
+        self.running[name] = subprocess.Popen(
+            list(argv),
+            env=self.env,
+            cwd=ROOT,
+            stdout=(self.logs / f"{name}.log").open("ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
 
+    def wait_ready(self, name: str) -> None:
+        """Until the Celery worker says it is ready: start-up is not throughput."""
+        log = self.logs / f"{name}.log"
+
+        def ready() -> bool:
+            with log.open("rb") as f:
+                f.seek(self.log_offsets[name])
+                return b" ready." in f.read()
+
+        if not wait(ready, 60, every=0.1):
+            raise RuntimeError(f"{name} did not start (see {log})")
+
+    def peak_rss_mib(self, name: str) -> float:
+        """High-water RSS of a process and all its children (uvicorn and Celery fork)."""
+        root = self.running[name].pid
+        return sum(_hwm_kib(pid) for pid in _tree(root)) / 1024
+
     def stop(self) -> None:
-        for p in self.running:
+        for p in self.running.values():
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGTERM)
-        for p in self.running:
+        for p in self.running.values():
             try:
                 p.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
 
 
-def baseline(redis_url: str, numbers: list[str], latency: float, logs: Path) -> float:
-    fake = FakeVoicenter(delay=latency)
-    prefix = f"bl-{uuid.uuid4().hex[:6]}:"
-    with LoopbackServer(fake.handle) as server:
-        env = {"BASELINE_BROKER": redis_url, "BASELINE_URL": server.url, "BASELINE_PREFIX": prefix}
-        procs = Procs(env, logs)
-        procs.start("baseline", sys.executable, "-m", "celery", "-A", "tests.perf.baseline",
-                    "worker", "-c", "2", "-l", "WARNING")  # fmt: skip
+def _tree(root: int) -> list[int]:
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            os.environ.update(env)
-            from tests.perf.baseline import app
-
-            started = time.perf_counter()
-            for n in numbers:
-                app.send_task("baseline.push_one", args=[n[1:]])
-            wait(lambda: len(fake.blacklist) >= len(numbers), 3600)
-            return time.perf_counter() - started
-        finally:
-            procs.stop()
-
-
-def optout_path(
-    redis_url: str, numbers: list[str], latency: float, logs: Path, per_request: int
-) -> tuple[float, int, int]:
-    """Seconds, provider requests, and the peak RSS (KiB) of the worker processes."""
-    fake = FakeVoicenter(delay=latency)
-    with LoopbackServer(fake.handle) as server:
-        port = free_port()
-        env = {
-            "REDIS_URL": redis_url,
-            "OPTOUT_KEY_PREFIX": f"bench-{uuid.uuid4().hex[:6]}:",
-            "OPTOUT_DATA_DIR": str(logs / "data"),
-            "OPTOUT_ADMIN_TOKEN": "bench",
-            "OPTOUT_LOG_FORMAT": "json",
-            "OPTOUT_BATCH_LINGER_MS": "200",
-            "OPTOUT_SWEEP_INTERVAL_SECONDS": "0.2",
-            "OPTOUT_PROVIDER_LIMITS": "voicenter=0/16",
-            "VOICENTER_API_CODE": "good-code",
-            "VOICENTER_BASE_URL": server.url,
-        }
-        procs = Procs(env, logs)
-        me = [sys.executable, "-m", "worker.cli"]
-        procs.start("api", *me, "api", "--port", str(port))
-        procs.start("worker", *me, "worker", "--concurrency", "2", "--beat")
-        url = f"http://127.0.0.1:{port}/v1/optouts"
-        try:
-            wait(lambda: _up(f"http://127.0.0.1:{port}/healthz"), 60)
-            chunks = [numbers[i : i + per_request] for i in range(0, len(numbers), per_request)]
-            client = httpx.Client(headers={"Authorization": "Bearer bench"}, timeout=60)
-
-            def post(chunk: list[str]) -> None:
-                client.post(url, json={"action": "add", "phones": chunk}).raise_for_status()
-
-            started = time.perf_counter()
-            with ThreadPoolExecutor(max_workers=8) as pool:
-                list(pool.map(post, chunks))
-            wait(lambda: len(fake.blacklist) >= len(numbers), 3600)
-            elapsed = time.perf_counter() - started
-            return elapsed, len(fake.requests), _peak_rss(procs)
-        finally:
-            procs.stop()
-
-
-def _peak_rss(procs: Procs) -> int:
-    total = 0
-    for p in procs.running:
-        try:
-            for line in Path(f"/proc/{p.pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    total += int(line.split()[1])
+            fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
-            pass
-    return total
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(parents.get(pid, []))
+    return found
+
+
+def _hwm_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def load(url: str, kind: str, logs: Path, **options: Any) -> dict[str, Any]:
+    """Run the load generator in its own process; answer its figures."""
+    argv = [sys.executable, "-m", "tests.perf.load", url, "--kind", kind, "--token", TOKEN]
+    for key, value in options.items():
+        argv += [f"--{key.replace('_', '-')}", str(value)]
+    out = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"load generator failed: {out.stderr[-2000:]}")
+    figures: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    bad = {k: v for k, v in figures["statuses"].items() if k not in ("200", "202")}
+    if bad:
+        (logs / "load-errors.txt").write_text(json.dumps(figures))
+        raise RuntimeError(f"{kind}: unexpected answers {bad} (see the api log)")
+    return figures
+
+
+# -- one system under test ---------------------------------------------------------------
+
+
+@dataclass
+class Bench:
+    redis_url: str
+    logs: Path
+    latency: float
+    api_workers: int
+    worker_concurrency: int
+
+
+@dataclass
+class Stack:
+    """Fake providers, and our API and worker processes pointed at them."""
+
+    fakes: dict[str, FakeProvider]
+    procs: Procs
+    url: str
+    load_cpu: float | None = None  # the load generator's, when one fed this stack
+
+    def holds(self, first: int, count: int) -> bool:
+        for name, fake in self.fakes.items():
+            for target in targets_of(name):
+                with fake.lock:
+                    have = listed(fake, target)
+                    if len(have) < count or any(
+                        digits(i) not in have for i in range(first, first + count)
+                    ):
+                        return False
+        return True
+
+    def provider_requests(self) -> dict[str, int]:
+        return {name: len(fake.requests) for name, fake in self.fakes.items()}
+
+
+class BenchCalls:
+    """Every call of the load generator's batch exists, as far as the fake Weya knows."""
+
+    def __contains__(self, call: object) -> bool:
+        return isinstance(call, tuple) and call[0] == BATCH_ID
+
+
+@contextmanager
+def stack(bench: Bench, providers: tuple[str, ...], worker: bool = True) -> Iterator[Stack]:
+    with ExitStack() as exits:
+        env = {
+            "REDIS_URL": bench.redis_url,
+            "OPTOUT_KEY_PREFIX": f"bench-{uuid.uuid4().hex[:6]}:",
+            "OPTOUT_DATA_DIR": str(bench.logs / "data"),
+            "OPTOUT_ADMIN_TOKEN": TOKEN,
+            "OPTOUT_WEBHOOK_TOKENS": f"voicenter:{TOKEN},dnc:{TOKEN}",
+            "OPTOUT_VOICENTER_OPTOUT_DTMF": "9",
+            "OPTOUT_LOG_FORMAT": "json",
+            "OPTOUT_BATCH_LINGER_MS": str(LINGER_MS),
+            "OPTOUT_SWEEP_INTERVAL_SECONDS": "0.2",
+            # No request-rate cap: the fakes are ours; 16 requests in flight per provider.
+            "OPTOUT_PROVIDER_LIMITS": ",".join(f"{p}=0/16" for p in providers),
+        }
+        fakes: dict[str, FakeProvider] = {}
+        for name in providers:
+            fake = make_fake(name)
+            fake.delay = bench.latency
+            if isinstance(fake, FakeWeya):
+                fake.call_records = BenchCalls()  # type: ignore[assignment]
+            server = exits.enter_context(LoopbackServer(fake.handle))
+            env.update(env_for(name, server.url))
+            fakes[name] = fake
+        procs = Procs(env, bench.logs)
+        exits.callback(procs.stop)
+        port = free_port()
+        me = [sys.executable, "-m", "worker.cli"]
+        procs.start("api", *me, "api", "--port", str(port), "--workers", str(bench.api_workers))
+        if worker:
+            procs.start("worker", *me, "worker", "--beat",
+                        "--concurrency", str(bench.worker_concurrency))  # fmt: skip
+        url = f"http://127.0.0.1:{port}"
+        if not wait(lambda: _up(url + "/healthz"), 60, every=0.1):
+            raise RuntimeError(f"the API did not start (see {bench.logs / 'api.log'})")
+        if worker:
+            procs.wait_ready("worker")
+        yield Stack(fakes, procs, url)
 
 
 def _up(url: str) -> bool:
@@ -153,54 +245,245 @@ def _up(url: str) -> bool:
         return False
 
 
+# -- measured paths ----------------------------------------------------------------------
+
+
+@dataclass
+class Figure:
+    label: str
+    count: int
+    seconds: float
+    requests: dict[str, int]
+    api_mib: float = 0.0
+    worker_mib: float = 0.0
+    load_cpu: float | None = None
+
+    @property
+    def rate(self) -> float:
+        return self.count / self.seconds
+
+
+Feed = Callable[[Stack, int, int], float]  # (stack, first, count) -> start (monotonic)
+
+
+def measure(bench: Bench, label: str, providers: tuple[str, ...], first: int, count: int,
+            feed: Feed) -> Figure:  # fmt: skip
+    with stack(bench, providers) as s:
+        started = feed(s, first, count)
+        if not wait(lambda: s.holds(first, count), 3600, every=0.05):
+            raise RuntimeError(f"{label}: not every number arrived")
+        seconds = time.monotonic() - started
+        return Figure(label, count, seconds, s.provider_requests(),
+                      s.procs.peak_rss_mib("api"), s.procs.peak_rss_mib("worker"),
+                      s.load_cpu)  # fmt: skip
+
+
+def feed_http(kind: str, per_request: int = 1) -> Feed:
+    def feed(s: Stack, first: int, count: int) -> float:
+        per = min(per_request, count)
+        if count % per or first % per:
+            raise ValueError(f"{kind}: {count} numbers from {first} do not split into {per}s")
+        out = load(s.url, kind, s.procs.logs, first=first // per, count=count // per,
+                   per_request=per, connections=16 if per == 1 else 4)  # fmt: skip
+        s.load_cpu = out["cpu_seconds"]
+        # The generator's own start, not its process's start-up.
+        return float(out["started"])
+
+    return feed
+
+
+def feed_import(s: Stack, first: int, count: int) -> float:
+    path = s.procs.logs / f"import-{first}.csv"
+    with path.open("w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["phone"])
+        out.writerows([number(i)] for i in range(first, first + count))
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "worker.cli", "import", str(path), "--source", "bench"],
+        env=s.procs.env, cwd=ROOT, capture_output=True, check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"import failed: {done.stderr.decode()[-2000:]}")
+    return started
+
+
+def baseline(bench: Bench, count: int, concurrency: int) -> Figure:
+    fake = make_fake("voicenter")
+    fake.delay = bench.latency
+    prefix = f"bl-{uuid.uuid4().hex[:6]}:"
+    with LoopbackServer(fake.handle) as server:
+        env = {"BASELINE_BROKER": bench.redis_url, "BASELINE_URL": server.url,
+               "BASELINE_PREFIX": prefix}  # fmt: skip
+        procs = Procs(env, bench.logs)
+        procs.start("worker", sys.executable, "-m", "celery", "-A", "tests.perf.baseline",
+                    "worker", "-c", str(concurrency), "-l", "INFO")  # fmt: skip
+        try:
+            # This run's own queue: an app from an earlier run would publish to its prefix.
+            app = make_app(bench.redis_url, prefix)
+            procs.wait_ready("worker")
+            started = time.monotonic()
+            with app.producer_or_acquire() as producer:
+                for i in range(count):
+                    app.send_task("baseline.push_one", args=[digits(i)], producer=producer)
+            if not wait(lambda: len(fake.listed()) >= count, 3600, every=0.05):
+                raise RuntimeError("baseline: not every number arrived")
+            seconds = time.monotonic() - started
+            return Figure(f"baseline: task + request per number (-c {concurrency})", count,
+                          seconds, {"voicenter": len(fake.requests)}, 0.0,
+                          procs.peak_rss_mib("worker"))  # fmt: skip
+        finally:
+            procs.stop()
+
+
+def accept_ratio(bench: Bench, seconds: float) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The same server, the same generator: `GET /healthz` (no I/O) against opt-out CDRs
+    (each written to Redis with AOF always and its flush queued) for `seconds` each."""
+    with stack(bench, ("voicenter",), worker=False) as s:
+        load(s.url, "noop", s.procs.logs, seconds=2, connections=16)  # warm up
+        noop = load(s.url, "noop", s.procs.logs, seconds=seconds, connections=16)
+        cdr = load(s.url, "cdr", s.procs.logs, seconds=seconds, connections=16, first=8_000_000)
+    return noop, cdr
+
+
+def propagation(bench: Bench, rate: float, seconds: float) -> tuple[float, float, int]:
+    """p50 and p99 seconds from a CDR's send to its number reaching the fake, at a steady
+    rate; and how many were measured."""
+    with stack(bench, ("voicenter",)) as s:
+        times = s.procs.logs / "sent.json"
+        first = 9_000_000
+        load(s.url, "cdr", s.procs.logs, rate=rate, seconds=seconds, connections=32,
+             first=first, times=times)  # fmt: skip
+        sent = {int(i): t for i, t in json.loads(times.read_text()).items()}
+        fake = s.fakes["voicenter"]
+        wait(lambda: all(digits(i) in fake.first_seen for i in sent), 120)
+        delays = sorted(fake.first_seen[digits(i)] - t for i, t in sent.items()
+                        if digits(i) in fake.first_seen)  # fmt: skip
+    if not delays:
+        return 0.0, 0.0, 0
+    return (delays[len(delays) // 2], delays[min(len(delays) - 1, int(len(delays) * 0.99))],
+            len(delays))  # fmt: skip
+
+
+# -- report ------------------------------------------------------------------------------
+
+
+def show(figure: Figure, base: Figure) -> str:
+    line = (f"  {figure.label}: {figure.count:,} in {figure.seconds:.1f} s = "
+            f"{figure.rate:,.0f} numbers/s = {figure.rate / base.rate:.1f}x baseline")  # fmt: skip
+    parts = []
+    for name, requests in figure.requests.items():
+        ideal = len(targets_of(name)) * math.ceil(figure.count / IDEAL_BATCH[name])
+        parts.append(f"{name} {requests:,} requests ({requests / ideal:.2f} of ideal)")
+    line += "\n      " + "; ".join(parts)
+    memory = [f"{name} {mib:.0f} MiB" for name, mib in
+              (("API", figure.api_mib), ("worker", figure.worker_mib)) if mib]  # fmt: skip
+    line += "\n      peak RSS: " + ", ".join(memory)
+    if figure.load_cpu is not None:
+        line += f"; load generator CPU {figure.load_cpu:.1f} s"
+    return line
+
+
+#: Numbers per request each provider's API takes (ideal: ceil(N / this) per target).
+IDEAL_BATCH = {"voicenter": 100, "phonely": 100, "voodoosms": 1, "weya": 1, "daktela": 1}
+
+
+def run_latency(bench: Bench, args: argparse.Namespace) -> None:
+    n, ne, nb, np_ = args.numbers, args.event_numbers, args.baseline_numbers, args.provider_numbers
+    concurrency = args.baseline_concurrency or (2 if bench.latency == 0 else 16)
+    print(f"\n== fake providers answering after {bench.latency * 1000:.0f} ms", flush=True)
+    base = baseline(bench, nb, concurrency)
+    print(show(base, base), flush=True)
+    voicenter = ("voicenter",)
+    paths: list[tuple[str, tuple[str, ...], int, Feed]] = [
+        ("bulk: /v1/optouts, 1,000 per request", voicenter, n, feed_http("optouts", 1000)),
+        ("bulk: optout import (CSV)", voicenter, n, feed_import),
+        ("events: /v1/optouts, 1 per request", voicenter, ne, feed_http("optouts")),
+        ("events: Voicenter CDR webhook", voicenter, ne, feed_http("cdr")),
+    ]
+    for name in PROVIDERS:
+        feed = feed_http("dnc") if name == "weya" else feed_http("optouts", 1000)
+        how = "DNC trigger per call" if name == "weya" else "bulk"
+        paths.append((f"provider {name} alone ({how})", (name,), np_, feed))
+    first = 0
+    for label, providers, count, feed in paths:
+        if count <= 0:
+            continue
+        figure = measure(bench, label, providers, first, count, feed)
+        print(show(figure, base), flush=True)
+        first += count
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="optout-worker benchmarks")
-    parser.add_argument("--numbers", type=int, default=100_000)
-    parser.add_argument(
-        "--baseline-numbers", type=int, default=None, help="default: min(numbers, 20000)"
-    )
-    parser.add_argument("--latency", type=float, default=0.0, help="fake provider latency (s)")
+    parser.add_argument("--numbers", type=int, default=100_000, help="bulk paths")
+    parser.add_argument("--event-numbers", type=int, default=None, help="default: --numbers")
+    parser.add_argument("--baseline-numbers", type=int, default=None,
+                        help="default: min(numbers, 10000)")  # fmt: skip
+    parser.add_argument("--provider-numbers", type=int, default=None,
+                        help="each provider alone; default: min(numbers, 3000)")  # fmt: skip
+    parser.add_argument("--baseline-concurrency", type=int, default=None,
+                        help="baseline worker processes (default 2; 16 with latency)")  # fmt: skip
+    parser.add_argument("--latency", type=float, action="append", default=None,
+                        help="fake provider latency in s; repeat (default: 0 and 0.1)")  # fmt: skip
+    parser.add_argument("--api-workers", type=int, default=2)
+    parser.add_argument("--worker-concurrency", type=int, default=2)
+    parser.add_argument("--rate", type=float, default=500, help="propagation: events/s")
+    parser.add_argument("--seconds", type=float, default=20, help="propagation and ratio runs")
     args = parser.parse_args(argv)
-    n = args.numbers
-    nb = args.baseline_numbers or min(n, 20_000)
-    numbers = [f"+97259{i:07d}" for i in range(n)]
-    cpu0 = time.process_time()
+    args.event_numbers = args.numbers if args.event_numbers is None else args.event_numbers
+    args.baseline_numbers = args.baseline_numbers or min(args.numbers, 10_000)
+    args.provider_numbers = (min(args.numbers, 3_000) if args.provider_numbers is None
+                             else args.provider_numbers)  # fmt: skip
+    latencies = args.latency or [0.0, 0.1]
     with tempfile.TemporaryDirectory(prefix="optout-bench-") as tmp:
         logs = Path(tmp)
-        server = None
-        url = os.environ.get("REDIS_URL", "")
+        # Its own Redis, persisted as in production: never a database holding others' keys.
+        redis_server = EmbeddedRedis(logs / "redis").start()
         try:
-            if not url or not redis.Redis.from_url(url, socket_connect_timeout=0.5).ping():
-                raise redis.RedisError
-        except redis.RedisError:
-            server = EmbeddedRedis(logs / "redis").start()
-            url = server.url
-        try:
-            print(f"machine: {os.cpu_count()} cores; provider latency {args.latency * 1000:.0f} ms")
-            base_s = baseline(url, numbers[:nb], args.latency, logs)
-            base_rate = nb / base_s
-            print(f"baseline (task + request per number): {nb} in {base_s:.1f} s = "
-                  f"{base_rate:.0f} numbers/s")  # fmt: skip
-            for label, per_request in (
-                ("bulk (1,000 per request)", 1000),
-                ("events (1 per request)", 1),
-            ):
-                count = n if per_request > 1 else min(n, 20_000)
-                secs, requests, rss = optout_path(url, numbers[:count], args.latency, logs,
-                                                  per_request)  # fmt: skip
-                rate = count / secs
-                ideal = math.ceil(count / 100)
-                print(f"{label}: {count} in {secs:.1f} s = {rate:.0f} numbers/s "
-                      f"({rate / base_rate:.1f}x baseline); provider requests {requests} vs "
-                      f"ceil(N/100) {ideal} = {requests / ideal:.2f}; "
-                      f"worker+api peak RSS {rss / 1024:.0f} MiB")  # fmt: skip
+            bench = Bench(redis_server.url, logs, 0.0, args.api_workers, args.worker_concurrency)
+            print(_machine(args), flush=True)
+            print(_ratio(*accept_ratio(bench, args.seconds), args.seconds), flush=True)
+            p50, p99, measured = propagation(bench, args.rate, args.seconds)
+            print(f"\n== propagation at {args.rate:.0f} CDRs/s for {args.seconds:.0f} s "
+                  f"({measured:,} numbers): p50 {p50:.2f} s, p99 {p99:.2f} s; target "
+                  f"linger + 1 s = {LINGER_MS / 1000 + 1:.1f} s", flush=True)  # fmt: skip
+            for latency in latencies:
+                bench.latency = latency
+                run_latency(bench, args)
         finally:
-            if server is not None:
-                server.stop()
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    cpu = time.process_time() - cpu0
-    print(f"load generator CPU: {cpu:.1f} s (max RSS {usage.ru_maxrss / 1024:.0f} MiB)")
+            redis_server.stop()
     return 0
+
+
+def _machine(args: argparse.Namespace) -> str:
+    return (
+        f"machine: {os.cpu_count()} cores, {_mem_gib():.0f} GiB, {_cpu_model()}\n"
+        f"API {args.api_workers} processes, worker {args.worker_concurrency} processes; "
+        f"Redis embedded, AOF always; batch linger {LINGER_MS} ms"
+    )
+
+
+def _ratio(noop: dict[str, Any], cdr: dict[str, Any], seconds: float) -> str:
+    noop_rate = noop["requests"] / noop["seconds"]
+    cdr_rate = cdr["requests"] / cdr["seconds"]
+    return (
+        f"\n== webhook accept vs the same server's no-op endpoint ({seconds:.0f} s each, "
+        f"16 connections)\n  GET /healthz: {noop_rate:,.0f} requests/s (p99 {noop['p99_ms']} "
+        f"ms); CDR webhook: {cdr_rate:,.0f} accepts/s (p99 {cdr['p99_ms']} ms); "
+        f"ratio {cdr_rate / noop_rate:.2f} (target 0.5)"
+    )
+
+
+def _mem_gib() -> float:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+
+
+def _cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown CPU"
 
 
 if __name__ == "__main__":
