@@ -128,6 +128,14 @@ def _canonical(event: Event) -> str:
 #: Numbers per Lua call: a 10,000-number event is written in parts so no single script holds
 #: Redis for long; its idempotency key is recorded with the last part.
 WRITE_CHUNK = 1000
+#: Numbers per `audit` log line: a line per number was a fifth of a bulk accept's CPU, and
+#: a 100,000-row import wrote 100,000 lines.
+AUDIT_LINE_NUMBERS = 100
+
+
+def phone_hash(e164: str) -> str:
+    """A short hash of a number: logs correlate a masked number without holding it."""
+    return hashlib.sha256(e164.encode()).hexdigest()[:16]
 
 
 def _write(
@@ -265,16 +273,17 @@ def _accept(pipe: Pipeline, event: Event) -> AcceptResult:
             else r
             for r in results
         ]
-        for number, _ in numbers:
+        for start in range(0, len(numbers), AUDIT_LINE_NUMBERS):
             audit_log.info(
                 "audit",
                 event_id=outcome.event_id,
-                phone=mask(number),
-                phone_sha256=hashlib.sha256(number.encode()).hexdigest()[:16],
                 source=event.source,
                 action=event.action.value,
-                ledger=by_number[number],
                 occurred_ms=effective_ms,
+                numbers=[
+                    {"phone": mask(n), "phone_sha256": phone_hash(n), "ledger": by_number[n]}
+                    for n, _ in numbers[start : start + AUDIT_LINE_NUMBERS]
+                ],
             )
         try:
             schedule(pipe, outcome.staged)

@@ -221,9 +221,12 @@ def normalise_own_numbers(raw: list[str], region: str) -> frozenset[str]:
     return frozenset(out)
 
 
+_NOT_ASCII_DIGIT = re.compile(r"[^0-9]")
+
+
 def digits(value: str) -> str:
     """Only the digits of a number, for matching provider answers to what was sent."""
-    return "".join(ch for ch in value if ch.isdigit())
+    return _NOT_ASCII_DIGIT.sub("", value)
 
 
 def render(e164: str, fmt: NumberFormat) -> str | int:

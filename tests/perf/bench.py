@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import redis
 
 from tests.fakes.base import FakeProvider
 from tests.fakes.providers import env_for, listed, make_fake, targets_of
@@ -100,6 +101,9 @@ class Procs:
         root = self.running[name].pid
         return sum(_hwm_kib(pid) for pid in _tree(root)) / 1024
 
+    def cpu_seconds(self, name: str) -> float:
+        return sum(_cpu_seconds(pid) for pid in _tree(self.running[name].pid))
+
     def stop(self) -> None:
         for p in self.running.values():
             if p.poll() is None:
@@ -126,6 +130,16 @@ def _tree(root: int) -> list[int]:
         found.append(pid)
         todo.extend(parents.get(pid, []))
     return found
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of a live process and of its children it has waited for."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    # After the name: state is field 3, so utime..cstime (14..17) are indices 11..14 here.
+    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
 def _hwm_kib(pid: int) -> int:
@@ -164,6 +178,10 @@ class Bench:
     latency: float
     api_workers: int
     worker_concurrency: int
+
+    def redis_cpu(self) -> float:
+        info = redis.Redis.from_url(self.redis_url).info("cpu")
+        return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
 
 
 @dataclass
@@ -257,6 +275,7 @@ class Figure:
     api_mib: float = 0.0
     worker_mib: float = 0.0
     load_cpu: float | None = None
+    cpu: dict[str, float] | None = None  # seconds per part of the system during the run
 
     @property
     def rate(self) -> float:
@@ -269,13 +288,18 @@ Feed = Callable[[Stack, int, int], float]  # (stack, first, count) -> start (mon
 def measure(bench: Bench, label: str, providers: tuple[str, ...], first: int, count: int,
             feed: Feed) -> Figure:  # fmt: skip
     with stack(bench, providers) as s:
+        before = {"api": s.procs.cpu_seconds("api"), "worker": s.procs.cpu_seconds("worker"),
+                  "redis": bench.redis_cpu()}  # fmt: skip
         started = feed(s, first, count)
         if not wait(lambda: s.holds(first, count), 3600, every=0.05):
             raise RuntimeError(f"{label}: not every number arrived")
         seconds = time.monotonic() - started
+        cpu = {"API": s.procs.cpu_seconds("api") - before["api"],
+               "worker": s.procs.cpu_seconds("worker") - before["worker"],
+               "Redis": bench.redis_cpu() - before["redis"]}  # fmt: skip
         return Figure(label, count, seconds, s.provider_requests(),
                       s.procs.peak_rss_mib("api"), s.procs.peak_rss_mib("worker"),
-                      s.load_cpu)  # fmt: skip
+                      s.load_cpu, cpu)  # fmt: skip
 
 
 def feed_http(kind: str, per_request: int = 1) -> Feed:
@@ -322,6 +346,7 @@ def baseline(bench: Bench, count: int, concurrency: int) -> Figure:
             # This run's own queue: an app from an earlier run would publish to its prefix.
             app = make_app(bench.redis_url, prefix)
             procs.wait_ready("worker")
+            worker_cpu, redis_cpu = procs.cpu_seconds("worker"), bench.redis_cpu()
             started = time.monotonic()
             with app.producer_or_acquire() as producer:
                 for i in range(count):
@@ -329,9 +354,11 @@ def baseline(bench: Bench, count: int, concurrency: int) -> Figure:
             if not wait(lambda: len(fake.listed()) >= count, 3600, every=0.05):
                 raise RuntimeError("baseline: not every number arrived")
             seconds = time.monotonic() - started
+            cpu = {"worker": procs.cpu_seconds("worker") - worker_cpu,
+                   "Redis": bench.redis_cpu() - redis_cpu}  # fmt: skip
             return Figure(f"baseline: task + request per number (-c {concurrency})", count,
                           seconds, {"voicenter": len(fake.requests)}, 0.0,
-                          procs.peak_rss_mib("worker"))  # fmt: skip
+                          procs.peak_rss_mib("worker"), None, cpu)  # fmt: skip
         finally:
             procs.stop()
 
@@ -379,8 +406,11 @@ def show(figure: Figure, base: Figure) -> str:
     memory = [f"{name} {mib:.0f} MiB" for name, mib in
               (("API", figure.api_mib), ("worker", figure.worker_mib)) if mib]  # fmt: skip
     line += "\n      peak RSS: " + ", ".join(memory)
+    spent = [f"{name} {sec:.1f} s" for name, sec in (figure.cpu or {}).items()]
     if figure.load_cpu is not None:
-        line += f"; load generator CPU {figure.load_cpu:.1f} s"
+        spent.append(f"load generator {figure.load_cpu:.1f} s")
+    if spent:
+        line += "\n      CPU: " + ", ".join(spent)
     return line
 
 
@@ -390,8 +420,15 @@ IDEAL_BATCH = {"voicenter": 100, "phonely": 100, "voodoosms": 1, "weya": 1, "dak
 
 def run_latency(bench: Bench, args: argparse.Namespace) -> None:
     n, ne, nb, np_ = args.numbers, args.event_numbers, args.baseline_numbers, args.provider_numbers
-    concurrency = args.baseline_concurrency or (2 if bench.latency == 0 else 16)
-    print(f"\n== fake providers answering after {bench.latency * 1000:.0f} ms", flush=True)
+    # Both designs get the same worker processes: 2 (the cores) when the provider answers at
+    # once, 16 when every request waits 100 ms (waiting needs no core).
+    concurrency = args.concurrency or (2 if bench.latency == 0 else 16)
+    bench.worker_concurrency = concurrency
+    print(
+        f"\n== fake providers answering after {bench.latency * 1000:.0f} ms; "
+        f"{concurrency} worker processes each",
+        flush=True,
+    )
     base = baseline(bench, nb, concurrency)
     print(show(base, base), flush=True)
     voicenter = ("voicenter",)
@@ -422,12 +459,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="default: min(numbers, 10000)")  # fmt: skip
     parser.add_argument("--provider-numbers", type=int, default=None,
                         help="each provider alone; default: min(numbers, 3000)")  # fmt: skip
-    parser.add_argument("--baseline-concurrency", type=int, default=None,
-                        help="baseline worker processes (default 2; 16 with latency)")  # fmt: skip
+    parser.add_argument("--concurrency", type=int, default=None,
+                        help="worker processes, ours and the baseline's (default 2; 16 with "
+                             "provider latency)")  # fmt: skip
     parser.add_argument("--latency", type=float, action="append", default=None,
                         help="fake provider latency in s; repeat (default: 0 and 0.1)")  # fmt: skip
     parser.add_argument("--api-workers", type=int, default=2)
-    parser.add_argument("--worker-concurrency", type=int, default=2)
     parser.add_argument("--rate", type=float, default=500, help="propagation: events/s")
     parser.add_argument("--seconds", type=float, default=20, help="propagation and ratio runs")
     args = parser.parse_args(argv)
@@ -441,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
         # Its own Redis, persisted as in production: never a database holding others' keys.
         redis_server = EmbeddedRedis(logs / "redis").start()
         try:
-            bench = Bench(redis_server.url, logs, 0.0, args.api_workers, args.worker_concurrency)
+            bench = Bench(redis_server.url, logs, 0.0, args.api_workers, args.concurrency or 2)
             print(_machine(args), flush=True)
             print(_ratio(*accept_ratio(bench, args.seconds), args.seconds), flush=True)
             p50, p99, measured = propagation(bench, args.rate, args.seconds)
@@ -459,7 +496,8 @@ def main(argv: list[str] | None = None) -> int:
 def _machine(args: argparse.Namespace) -> str:
     return (
         f"machine: {os.cpu_count()} cores, {_mem_gib():.0f} GiB, {_cpu_model()}\n"
-        f"API {args.api_workers} processes, worker {args.worker_concurrency} processes; "
+        f"API {args.api_workers} processes; worker processes (ours and the baseline's): "
+        f"{args.concurrency or '2, or 16 with provider latency'}; "
         f"Redis embedded, AOF always; batch linger {LINGER_MS} ms"
     )
 

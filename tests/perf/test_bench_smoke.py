@@ -1,4 +1,4 @@
-"""The benchmark script still runs end to end (tiny sizes; figures printed, never asserted)."""
+"""The benchmark still runs end to end (tiny sizes; figures printed, never asserted)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,15 @@ pytestmark = pytest.mark.integration
 
 
 def test_bench_runs(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--numbers", "300", "--baseline-numbers", "100"]) == 0
+    argv = ["--numbers", "300", "--baseline-numbers", "100", "--provider-numbers", "20",
+            "--latency", "0", "--seconds", "1", "--rate", "100"]  # fmt: skip
+    assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "baseline (task + request per number): 100" in out
-    assert "bulk (1,000 per request): 300" in out
-    assert "events (1 per request): 300" in out
+    assert "baseline: task + request per number (-c 2): 100" in out
+    assert "bulk: /v1/optouts, 1,000 per request: 300" in out
+    assert "bulk: optout import (CSV): 300" in out
+    assert "events: /v1/optouts, 1 per request: 300" in out
+    assert "events: Voicenter CDR webhook: 300" in out
+    for provider in ("voicenter", "phonely", "voodoosms", "weya", "daktela"):
+        assert f"provider {provider} alone" in out
+    assert "ratio" in out and "propagation at 100 CDRs/s" in out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from tests.conftest import make_settings
 from worker.app import DEFAULT_QUEUE, create_celery, push_queue, queue_names
+from worker.broker import TRANSPORT, Transport
 
 
 def test_reliability_settings() -> None:
@@ -39,3 +40,23 @@ def test_a_queue_namespace_prefixes_every_queue() -> None:
 def test_rabbitmq_broker_has_no_key_prefix() -> None:
     app = create_celery(make_settings(celery_broker_url="amqp://guest:guest@127.0.0.1:5672//"))
     assert "global_keyprefix" not in app.conf.broker_transport_options
+
+
+def test_a_redis_broker_uses_the_transport_that_survives_a_restart() -> None:
+    app = create_celery(make_settings())
+    assert app.conf.broker_transport == TRANSPORT
+    connection = app.connection_for_write()
+    assert connection.transport_cls == TRANSPORT
+    assert isinstance(connection.transport, Transport)
+    # The restore that killed the worker on a dropped connection is off; the visibility
+    # timeout (and the pipeline's own recovery) brings those messages back.
+    assert connection.transport.Channel.QoS.restore_at_shutdown is False
+    # The URL's host, port and database still reach the connection.
+    assert connection.hostname == "unused.invalid" and connection.port == 1
+    assert connection.virtual_host == "0"
+
+
+def test_rabbitmq_keeps_its_own_transport() -> None:
+    app = create_celery(make_settings(celery_broker_url="amqp://guest:guest@127.0.0.1:5672//"))
+    assert app.conf.broker_transport is None
+    assert app.connection_for_write().transport_cls == "amqp"

@@ -85,3 +85,20 @@ def test_logs_never_hold_a_full_number_or_a_token(
 def test_the_last_line_of_defence_masks_and_drops() -> None:
     event = scrub(None, "info", {"event": "x", "detail": "failed for 972501234567", "token": "t"})
     assert event == {"event": "x", "detail": "failed for 972501***4567", "token": "***"}
+
+
+def test_audit_lines_hold_each_number_masked_a_hundred_per_line(make_pipe: Any) -> None:
+    from worker.accept import Event, PhoneInput, accept, phone_hash
+    from worker.providers.base import Action
+
+    pipe = make_pipe()
+    phones = [f"+97250{i:07d}" for i in range(250)]
+    with structlog.testing.capture_logs() as events:
+        result = accept(pipe, Event("crm", Action.ADD, [PhoneInput(p) for p in phones]))
+    lines = [e for e in events if e["event"] == "audit"]
+    assert [len(line["numbers"]) for line in lines] == [100, 100, 50]
+    assert {line["event_id"] for line in lines} == {result.event_id}
+    logged = [n for line in lines for n in line["numbers"]]
+    assert [n["phone_sha256"] for n in logged] == [phone_hash(p) for p in phones]
+    assert all(n["phone"].startswith("+97250***") and n["ledger"] == "applied" for n in logged)
+    assert not any(p[1:] in repr(lines) for p in phones)

@@ -98,3 +98,14 @@ def test_render_per_provider_format() -> None:
 
 def test_mask_hides_the_middle() -> None:
     assert mask("+972501234567") == "+97250***4567"
+
+
+def test_a_repeated_number_is_parsed_once() -> None:
+    # A CDR's customer is normalised when it is chosen and again when it is accepted.
+    first = normalise("050-123-4567 ", "IL")
+    assert normalise("050-123-4567 ", "IL") is first
+    assert normalise("050-123-4567 ", "GB") is not first  # the region is part of the key
+
+
+def test_a_non_string_input_is_still_normalised() -> None:
+    assert normalise(972501234567, "IL") == normalise("972501234567", "IL")

@@ -64,8 +64,9 @@ for _, item in ipairs(chunk.items) do
     redis.call('HSET', P .. 'confirmed:' .. target, n, want_state(action) .. ':' .. version)
     redis.call('HDEL', P .. 'attempts:' .. target, n)
     redis.call('HDEL', P .. 'firstfail:' .. target, n)
-    redis.call('HDEL', P .. 'dlq', member)
-    redis.call('ZREM', P .. 'dlq:age', member)
+    if redis.call('HDEL', P .. 'dlq', member) == 1 then
+      redis.call('ZREM', P .. 'dlq:age', member)  -- written and removed together
+    end
     counts.done = counts.done + 1
   elseif outcome == 'retry' then
     attempts = redis.call('HINCRBY', P .. 'attempts:' .. target, n, 1)
