@@ -2,24 +2,27 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import redis
 from kombu.transport import redis as kombu_redis
 
 #: What `broker_transport` names to use this module's transport.
 TRANSPORT = "worker.broker:Transport"
 
 
-class QoS(kombu_redis.QoS):  # type: ignore[misc]
-    # When the connection drops, kombu closes the channel and restores unacknowledged
-    # messages through the connection it has just released: AttributeError, "Unrecoverable
-    # error", and the worker exits (celery/kombu#582 and #970, seen here on every Redis
-    # restart with work in flight). Leave them to the visibility timeout instead: the
-    # pipeline's own sweep and lease recovery redo that work long before it expires, and
-    # a late copy finds its chunk done.
-    restore_at_shutdown = False
-
-
 class Channel(kombu_redis.Channel):  # type: ignore[misc]
-    QoS = QoS
+    def _connparams(self, asynchronous: bool = False) -> Any:
+        # When Redis drops the connection, kombu releases it and then still acks, rejects or
+        # restores unacknowledged messages through this closed channel: AttributeError on
+        # `None`, "Unrecoverable error", and the worker exits (celery/kombu#582 and #970;
+        # seen here on Redis restarts with work in flight). As a connection error it is what
+        # kombu and Celery already handle: logged, the message left unacknowledged (the
+        # visibility timeout returns it, and the pipeline's own sweep and lease recovery
+        # redo its work long before), and the worker reconnects.
+        if self.connection is None or self.connection.client is None:
+            raise redis.exceptions.ConnectionError("the broker channel is closed")
+        return super()._connparams(asynchronous=asynchronous)
 
 
 class Transport(kombu_redis.Transport):  # type: ignore[misc]

@@ -285,7 +285,9 @@ def drill_redis_kill(workdir: Path, numbers: int) -> Result:
             result.problems.append("did not settle in 120 s")
         if lab.workers[0].poll() is not None:
             # Supervisors restart it, but a Redis restart must not cost a worker.
-            result.problems.append(f"the worker exited ({lab.workers[0].returncode})")
+            log = (workdir / "workers.log").read_text(errors="replace").splitlines()
+            why = [line for line in log if "CRITICAL" in line or "Error" in line][-3:]
+            result.problems.append(f"the worker exited ({lab.workers[0].returncode}): {why}")
         return lab.compare(result, phones)
 
 

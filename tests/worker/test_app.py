@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+import redis
+
 from tests.conftest import make_settings
 from worker.app import DEFAULT_QUEUE, create_celery, push_queue, queue_names
-from worker.broker import TRANSPORT, Transport
+from worker.broker import TRANSPORT, Channel, Transport
 
 
 def test_reliability_settings() -> None:
@@ -46,14 +49,19 @@ def test_a_redis_broker_uses_the_transport_that_survives_a_restart() -> None:
     app = create_celery(make_settings())
     assert app.conf.broker_transport == TRANSPORT
     connection = app.connection_for_write()
-    assert connection.transport_cls == TRANSPORT
     assert isinstance(connection.transport, Transport)
-    # The restore that killed the worker on a dropped connection is off; the visibility
-    # timeout (and the pipeline's own recovery) brings those messages back.
-    assert connection.transport.Channel.QoS.restore_at_shutdown is False
     # The URL's host, port and database still reach the connection.
     assert connection.hostname == "unused.invalid" and connection.port == 1
     assert connection.virtual_host == "0"
+
+
+def test_a_closed_channel_raises_a_connection_error_kombu_handles() -> None:
+    connection = create_celery(make_settings()).connection_for_write()
+    channel = Channel.__new__(Channel)  # as kombu leaves it once the connection is dropped
+    channel.connection = None
+    with pytest.raises(redis.exceptions.ConnectionError):
+        channel._connparams()
+    assert redis.exceptions.ConnectionError in connection.transport.connection_errors
 
 
 def test_rabbitmq_keeps_its_own_transport() -> None:
