@@ -80,3 +80,17 @@ def test_a_cdr_of_unknown_type_is_kept_for_review_like_the_webhook_does(cpipe: P
     (kept,) = cpipe.store.reviews("voicenter")
     assert kept["reason"] == "unknown_call_type"
     assert cpipe.store.counts_of("voicenter_cdr") == {"unknown_call_type": 1}
+
+
+def test_a_redis_connection_survives_restarts_and_keeps_its_options() -> None:
+    from worker.broker import Transport
+    from worker.consumer import connect
+
+    conn = connect("redis://127.0.0.1:1/3", key_prefix="t9:", visibility_timeout=30)
+    assert isinstance(conn.transport, Transport)
+    assert conn.port == 1 and conn.virtual_host == "3"
+    assert conn.transport_options["visibility_timeout"] == 30
+    assert conn.transport_options["global_keyprefix"] == "t9:ingress:"
+    amqp = connect("amqp://guest:guest@127.0.0.1:5672//")
+    assert not isinstance(amqp.transport, Transport)
+    assert amqp.transport_options == {}
