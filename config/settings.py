@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,14 @@ def _split_csv(value: Any) -> Any:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
     return value
+
+
+def _pairs(value: str, sep: str) -> Iterator[tuple[str, str, str | None]]:
+    """Each comma-separated `key<sep>value` item as (item, key, value), stripped; the value
+    is None when the item has no separator."""
+    for item in _split_csv(value):
+        key, found, rest = item.partition(sep)
+        yield item, key.strip(), rest.strip() if found else None
 
 
 class Settings(BaseModel):
@@ -137,11 +145,10 @@ class Settings(BaseModel):
         if not isinstance(value, str):
             return value
         out: dict[str, str] = {}
-        for item in _split_csv(value):
-            source, sep, region = item.partition(":")
-            if not sep or not source or not region:
+        for item, source, region in _pairs(value, ":"):
+            if not source or not region:
                 raise ValueError(f"expected source:REGION pairs, got {item!r}")
-            out[source.strip()] = region.strip().upper()
+            out[source] = region.upper()
         return out
 
     @field_validator("webhook_tokens", mode="before")
@@ -150,11 +157,10 @@ class Settings(BaseModel):
         if not isinstance(value, str):
             return value
         out: dict[str, list[str]] = {}
-        for item in _split_csv(value):
-            source, sep, token = item.partition(":")
-            if not sep or not source or not token:
+        for _, source, token in _pairs(value, ":"):
+            if not source or not token:
                 raise ValueError("expected source:token pairs separated by commas")
-            out.setdefault(source.strip(), []).append(token.strip())
+            out.setdefault(source, []).append(token)
         return out
 
     @field_validator("default_region")
@@ -200,11 +206,10 @@ class Settings(BaseModel):
         if not isinstance(value, str):
             return value
         out = {}
-        for item in _split_csv(value):
-            key, sep, name = item.partition("=")
-            if not sep or key not in {"number", "description", "database", "expired"}:
+        for _, key, name in _pairs(value, "="):
+            if name is None or key not in {"number", "description", "database", "expired"}:
                 raise ValueError("expected number=..,description=..,database=..,expired=..")
-            out[key] = name.strip()
+            out[key] = name
         return out
 
     @field_validator("voicenter_optout_customdata", mode="before")
@@ -213,11 +218,10 @@ class Settings(BaseModel):
         if not isinstance(value, str):
             return value
         out = {}
-        for item in _split_csv(value):
-            key, sep, wanted = item.partition("=")
-            if not sep or not key.strip():
+        for _, key, wanted in _pairs(value, "="):
+            if wanted is None or not key:
                 raise ValueError("expected key=value pairs, e.g. var_optout=1")
-            out[key.strip()] = wanted.strip()
+            out[key] = wanted
         return out
 
     @field_validator("voicenter_call_types", mode="before")
@@ -226,15 +230,14 @@ class Settings(BaseModel):
         if not isinstance(value, str):
             return value
         out: dict[str, list[str]] = {}
-        for item in _split_csv(value):
-            call_type, sep, fields = item.partition("=")
-            names = [f.strip() for f in fields.split("|") if f.strip()]
-            if not sep or not call_type.strip() or not names:
+        for _, call_type, fields in _pairs(value, "="):
+            names = [f.strip() for f in (fields or "").split("|") if f.strip()]
+            if not call_type or not names:
                 raise ValueError(
                     "expected type=field|field pairs, e.g. Queue=callerPhone|caller,"
                     "Extension Outgoing=target"
                 )
-            out[call_type.strip()] = names
+            out[call_type] = names
         return out
 
     @field_validator("routes", mode="before")
@@ -243,16 +246,15 @@ class Settings(BaseModel):
         if not isinstance(value, str):
             return value
         out: dict[str, dict[str, list[str]]] = {}
-        for item in _split_csv(value):
-            source, sep, provider = item.partition("=")
-            name = provider.strip().lstrip("-")
-            if not sep or name not in PROVIDERS:
+        for item, source, provider in _pairs(value, "="):
+            name = (provider or "").lstrip("-")
+            if name not in PROVIDERS:
                 raise ValueError(
                     f"{item!r}: expected source=provider or source=-provider "
                     f"(providers: {', '.join(PROVIDERS)})"
                 )
-            kind = "exclude" if provider.strip().startswith("-") else "include"
-            out.setdefault(source.strip(), {"include": [], "exclude": []})[kind].append(name)
+            kind = "exclude" if (provider or "").startswith("-") else "include"
+            out.setdefault(source, {"include": [], "exclude": []})[kind].append(name)
         return out
 
     @field_validator("provider_limits", mode="before")
@@ -261,11 +263,10 @@ class Settings(BaseModel):
         if not isinstance(value, str):
             return value
         out: dict[str, tuple[float, int]] = {}
-        for item in _split_csv(value):
-            name, sep, spec = item.partition("=")
-            rps, slash, cap = spec.partition("/")
+        for item, name, spec in _pairs(value, "="):
+            rps, slash, cap = (spec or "").partition("/")
             try:
-                if not sep or not slash or name not in PROVIDERS:
+                if not slash or name not in PROVIDERS:
                     raise ValueError
                 out[name] = (float(rps), int(cap))
             except ValueError:

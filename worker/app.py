@@ -12,7 +12,7 @@ from celery.signals import after_setup_logger, task_postrun, task_prerun, worker
 from kombu.entity import Exchange, Queue
 
 from config import Settings
-from worker.broker import TRANSPORT
+from worker.broker import transport_for
 from worker.providers.base import Action
 
 DEFAULT_QUEUE = "optout.default"  # prefixed with OPTOUT_QUEUE_NAMESPACE when set
@@ -51,8 +51,6 @@ def create_celery(settings: Settings) -> Celery:
         # Broker keys share the state's prefix, so one Redis can hold several deployments
         # (and tests can clean exactly what they wrote).
         transport["global_keyprefix"] = settings.key_prefix + "broker:"
-    # redis+socket:// names its transport in the URL, which wins over this setting.
-    plain_redis = settings.broker_url.startswith(("redis://", "rediss://"))
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],
@@ -67,7 +65,7 @@ def create_celery(settings: Settings) -> Celery:
         worker_send_task_events=False,
         broker_connection_retry_on_startup=True,
         broker_transport_options=transport,
-        broker_transport=TRANSPORT if plain_redis else None,
+        broker_transport=transport_for(settings.broker_url),
         task_default_queue=default_queue(settings.queue_namespace),
         task_queues=[_queue(name) for name in queue_names(settings)],
         task_create_missing_queues=True,

@@ -11,6 +11,12 @@ from kombu.transport import redis as kombu_redis
 TRANSPORT = "worker.broker:Transport"
 
 
+def transport_for(url: str) -> str | None:
+    """The transport to name for a broker URL: ours for redis:// and rediss://, else None
+    (kombu's own; redis+socket:// names its transport in the URL, which would win anyway)."""
+    return TRANSPORT if url.startswith(("redis://", "rediss://")) else None
+
+
 class Channel(kombu_redis.Channel):  # type: ignore[misc]
     def _connparams(self, asynchronous: bool = False) -> Any:
         # When Redis drops the connection, kombu releases it and then still acks, rejects or

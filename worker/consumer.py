@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from config import kombu_url
 from worker import cdr as cdrs
 from worker.accept import AcceptError, Event, StoreUnavailableError, accept
-from worker.broker import TRANSPORT
+from worker.broker import transport_for
 from worker.pipeline import Pipeline
 from worker.providers.base import Action
 from worker.schemas import DncTrigger, OptoutRequest, dnc_event, optout_event
@@ -176,9 +176,5 @@ def connect(url: str, key_prefix: str = "", visibility_timeout: float = 60.0) ->
         options["unacked_restore_throttle"] = 1
         if key_prefix:
             options["global_keyprefix"] = key_prefix + "ingress:"
-    # Plain Redis URLs get the transport that survives a Redis restart (worker/broker.py);
-    # redis+socket:// names its own in the URL.
-    transport = TRANSPORT if url.startswith(("redis://", "rediss://")) else None
-    return Connection(
-        url, transport=transport, heartbeat=30, connect_timeout=5, transport_options=options
-    )
+    return Connection(url, transport=transport_for(url), heartbeat=30, connect_timeout=5,
+                      transport_options=options)  # fmt: skip

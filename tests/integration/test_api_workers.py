@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.integration.conftest import ROOT, wait_for
+from tests.integration.conftest import wait_for
+from tests.processes import CLI, Processes
 from worker.embedded import free_port
 
 pytestmark = pytest.mark.integration
@@ -22,16 +20,9 @@ def test_two_server_processes_count_together_and_log_json(
     env: dict[str, str], tmp_path: Path
 ) -> None:
     port = free_port()
-    log = tmp_path / "api.log"
-    inherited = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
-    api = subprocess.Popen(
-        [sys.executable, "-m", "worker.cli", "api", "--port", str(port), "--workers", "2"],
-        env={**inherited, **env},
-        cwd=ROOT,
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    procs = Processes(env, tmp_path)
+    api = procs.start("api", *CLI, "api", "--port", str(port), "--workers", "2")
+    log = procs.log("api")
     url = f"http://127.0.0.1:{port}"
     auth = {"Authorization": "Bearer admin-secret"}
     try:
@@ -61,8 +52,7 @@ def test_two_server_processes_count_together_and_log_json(
         )  # fmt: skip
         assert float(line.rsplit(" ", 1)[1]) == total, line
     finally:
-        os.killpg(api.pid, signal.SIGTERM)
-        api.wait(timeout=30)
+        procs.stop()
 
     lines = [json.loads(x) for x in log.read_text().splitlines() if x.startswith("{")]
     http = [x for x in lines if x.get("event") == "http" and x["path"] == "/v1/optouts"]

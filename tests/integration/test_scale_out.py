@@ -3,10 +3,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -22,8 +18,9 @@ from tests.fakes.base import FakeProvider
 from tests.fakes.dispatch import QueueDispatcher
 from tests.fakes.providers import env_for, make_fake
 from tests.fakes.server import LoopbackServer
-from tests.integration.conftest import ROOT, wait_for
+from tests.integration.conftest import wait_for
 from tests.integration.test_consumer_e2e import RABBIT, rabbit_up
+from tests.processes import CLI, Processes
 from worker.embedded import free_port
 from worker.runtime import build_pipeline
 
@@ -31,39 +28,6 @@ pytestmark = pytest.mark.integration
 NUMBERS = 10_000
 PER_REQUEST = 10
 PROVIDERS = ("voicenter", "phonely", "voodoosms")
-
-
-class Processes:
-    """Separate OS processes of the CLI, stopped (SIGTERM, then SIGKILL) at the end."""
-
-    def __init__(self, env: dict[str, str], logs: Path) -> None:
-        self.env = {**os.environ, **env}
-        self.logs = logs
-        self.started: list[subprocess.Popen[bytes]] = []
-
-    def start(self, name: str, *args: str) -> None:
-        log = (self.logs / f"{name}.log").open("ab")
-        self.started.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "worker.cli", *args],
-                env=self.env,
-                cwd=ROOT,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        )
-
-    def stop(self) -> None:
-        for p in self.started:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGTERM)
-        for p in self.started:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
 
 
 @pytest.fixture
@@ -115,10 +79,10 @@ def test_two_apis_three_workers_push_every_number_once_in_batches(
     ports = [free_port(), free_port()]
     try:
         for i, port in enumerate(ports):
-            procs.start(f"api{i}", "api", "--port", str(port))
+            procs.start(f"api{i}", *CLI, "api", "--port", str(port))
         for i in range(3):
-            procs.start(f"worker{i}", "worker", "--concurrency", "1")
-        procs.start("beat", "beat")
+            procs.start(f"worker{i}", *CLI, "worker", "--concurrency", "1")
+        procs.start("beat", *CLI, "beat")
         urls = [f"http://127.0.0.1:{p}" for p in ports]
         for url in urls:
             wait_for(lambda url=url: _ready(url), timeout=60, what=f"API {url}")

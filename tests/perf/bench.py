@@ -18,7 +18,6 @@ import csv
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -39,9 +38,9 @@ from tests.fakes.server import LoopbackServer
 from tests.fakes.weya import FakeWeya
 from tests.perf.baseline import make_app
 from tests.perf.load import BATCH_ID, number
+from tests.processes import CLI, ROOT, Processes
 from worker.embedded import EmbeddedRedis, free_port
 
-ROOT = Path(__file__).resolve().parents[2]
 PROVIDERS = ("voicenter", "phonely", "voodoosms", "weya", "daktela")
 LINGER_MS = 200
 TOKEN = "bench"
@@ -63,30 +62,12 @@ def digits(i: int) -> str:
 # -- processes --------------------------------------------------------------------------
 
 
-class Procs:
-    def __init__(self, env: dict[str, str], logs: Path) -> None:
-        # Each run's processes keep their own metrics, not the caller's directory's.
-        inherited = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
-        self.env = {**inherited, **env}
-        self.logs = logs
-        self.running: dict[str, subprocess.Popen[bytes]] = {}
-        self.log_offsets: dict[str, int] = {}
-
-    def start(self, name: str, *argv: str) -> None:
-        log = self.logs / f"{name}.log"
-        self.log_offsets[name] = log.stat().st_size if log.exists() else 0
-        self.running[name] = subprocess.Popen(
-            list(argv),
-            env=self.env,
-            cwd=ROOT,
-            stdout=(self.logs / f"{name}.log").open("ab"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+class Procs(Processes):
+    """Our processes, with what the bench measures of them."""
 
     def wait_ready(self, name: str) -> None:
         """Until the Celery worker says it is ready: start-up is not throughput."""
-        log = self.logs / f"{name}.log"
+        log = self.log(name)
 
         def ready() -> bool:
             with log.open("rb") as f:
@@ -103,17 +84,6 @@ class Procs:
 
     def cpu_seconds(self, name: str) -> float:
         return sum(_cpu_seconds(pid) for pid in _tree(self.running[name].pid))
-
-    def stop(self) -> None:
-        for p in self.running.values():
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGTERM)
-        for p in self.running.values():
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
 
 
 def _tree(root: int) -> list[int]:
@@ -251,10 +221,9 @@ def stack(bench: Bench, providers: tuple[str, ...], worker: bool = True) -> Iter
         procs = Procs(env, bench.logs)
         exits.callback(procs.stop)
         port = free_port()
-        me = [sys.executable, "-m", "worker.cli"]
-        procs.start("api", *me, "api", "--port", str(port), "--workers", str(bench.api_workers))
+        procs.start("api", *CLI, "api", "--port", str(port), "--workers", str(bench.api_workers))
         if worker:
-            procs.start("worker", *me, "worker", "--beat",
+            procs.start("worker", *CLI, "worker", "--beat",
                         "--concurrency", str(bench.worker_concurrency))  # fmt: skip
         url = f"http://127.0.0.1:{port}"
         if not wait(lambda: _up(url + "/healthz"), 60, every=0.1):
