@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import fakeredis
@@ -67,6 +67,12 @@ def dispatcher() -> QueueDispatcher:
     return QueueDispatcher()
 
 
+def async_twin(client: fakeredis.FakeRedis) -> Callable[[], fakeredis.FakeAsyncRedis]:
+    """Asyncio clients of the same fake Redis server as `client`."""
+    kw = client.connection_pool.connection_kwargs
+    return lambda: fakeredis.FakeAsyncRedis(host=kw["host"], port=kw["port"], db=kw["db"])
+
+
 @pytest.fixture
 def redis_fake() -> Iterator[fakeredis.FakeRedis]:
     client = fakeredis.FakeRedis()
@@ -81,7 +87,8 @@ def make_pipe(
     dispatcher: QueueDispatcher,
     clock: FakeClock,
 ) -> Any:
-    def make(**overrides: Any) -> Pipeline:
+    def make(*, aio: bool = False, **overrides: Any) -> Pipeline:
+        """aio: with an asyncio client on the same fake Redis (the API's event-loop path)."""
         http = httpx.Client(transport=mock_transport(fake_voicenter.handle))
         return build_pipeline(
             make_settings(**overrides),
@@ -90,6 +97,7 @@ def make_pipe(
             dispatcher=dispatcher,
             clock=clock,
             rng=random.Random(7),
+            async_client=async_twin(redis_fake) if aio else None,
         )
 
     return make

@@ -9,12 +9,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import anyio.to_thread
 import redis
 import structlog
 
 from worker import metrics
 from worker.phones import Convention, Normalised, Rejected, mask, normalise
-from worker.pipeline import Pipeline, schedule
+from worker.pipeline import Flush, Pipeline, dispatch, due_flushes
 from worker.providers.base import Action
 from worker.store import AcceptOutcome, Staged
 
@@ -167,17 +168,93 @@ def accept(pipe: Pipeline, event: Event) -> AcceptResult:
     """Validate, normalise, check idempotency, write the ledger and stage every number for
     every target in one Redis round trip; then enqueue the flushes that are due."""
     try:
-        return _accept(pipe, event)
+        plan = _plan(pipe, event)
+        try:
+            pipe.ensure_registered()
+            outcome = _write(pipe, plan.payload, plan.numbers, plan.targets)
+            replicas = pipe.settings.redis_wait_replicas
+            if replicas:
+                _enough_replicas(replicas, pipe.store.redis.wait(replicas, 1000))
+        except redis.RedisError as exc:
+            raise _unavailable(exc) from exc
+        result, flushes = _answer(pipe, event, plan, outcome)
     except AcceptError as exc:
-        if exc.reason != "idempotency_conflict":  # counted where it is found
-            metrics.EVENTS.labels(event.source[:64], exc.reason).inc()
+        _count_refusal(event, exc)
         raise
+    if flushes:
+        _dispatch(pipe, flushes, result.event_id)
+    return result
 
 
-def _accept(pipe: Pipeline, event: Event) -> AcceptResult:
+#: Phones an event may have to be accepted on the event loop; a larger one is normalised
+#: in a worker thread so it does not stall every other request of the process.
+INLINE_PHONES = 10
+
+
+async def accept_async(pipe: Pipeline, event: Event) -> AcceptResult:
+    """`accept` for an event loop: the same checks and writes, with the Redis round trip
+    awaited instead of holding a worker thread. Large events, the first event of a process
+    (it registers the targets) and pipelines without an asyncio client take `accept` in a
+    worker thread."""
+    aio = pipe.async_accept
+    if aio is None or not pipe.registered or len(event.phones) > INLINE_PHONES:
+        return await anyio.to_thread.run_sync(accept, pipe, event)
+    try:
+        plan = _plan(pipe, event)
+        ttl = pipe.settings.idempotency_ttl_days * 86400
+        try:
+            outcome = await aio.accept(plan.payload, plan.numbers, plan.targets, ttl)
+            replicas = pipe.settings.redis_wait_replicas
+            if replicas:
+                _enough_replicas(replicas, await aio.wait(replicas, 1000))
+        except redis.RedisError as exc:
+            raise _unavailable(exc) from exc
+        result, flushes = _answer(pipe, event, plan, outcome)
+    except AcceptError as exc:
+        _count_refusal(event, exc)
+        raise
+    if flushes:
+        # Enqueueing is broker I/O through a sync client; most events enqueue nothing.
+        await anyio.to_thread.run_sync(_dispatch, pipe, flushes, result.event_id)
+    return result
+
+
+def _count_refusal(event: Event, exc: AcceptError) -> None:
+    if exc.reason != "idempotency_conflict":  # counted where it is found
+        metrics.EVENTS.labels(event.source[:64], exc.reason).inc()
+
+
+def _unavailable(exc: redis.RedisError) -> StoreUnavailableError:
+    return StoreUnavailableError(f"Redis unavailable: {type(exc).__name__}")
+
+
+def _enough_replicas(wanted: int, acked: int) -> None:
+    if acked < wanted:
+        raise StoreUnavailableError("the event did not reach enough Redis replicas")
+
+
+def _dispatch(pipe: Pipeline, flushes: list[Flush], event_id: str) -> None:
+    try:
+        dispatch(pipe, flushes)
+    except Exception as exc:  # noqa: BLE001
+        # The numbers are durably staged; the beat sweep flushes them if this failed.
+        log.warning("schedule_failed", error=type(exc).__name__, event_id=event_id)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """An event checked and normalised: what to write, and the answer for each phone."""
+
+    results: list[PhoneResult]
+    numbers: list[tuple[str, str]]  # (e164, label), each number once
+    payload: dict[str, Any]
+    targets: list[str]
+    effective_ms: int
+
+
+def _plan(pipe: Pipeline, event: Event) -> _Plan:
     settings = pipe.settings
-    store = pipe.store
-    now_ms = store.now_ms()
+    now_ms = pipe.store.now_ms()
     if not event.source or len(event.source) > 64 or "|" in event.source or ":" in event.source:
         raise AcceptError("bad_source", "source must be 1-64 characters without ':' or '|'")
     if event.action is Action.REMOVE and event.occurred_at is None:
@@ -222,13 +299,12 @@ def _accept(pipe: Pipeline, event: Event) -> AcceptResult:
     key = event.idempotency_key or body_hash
     if len(key) > 200:
         raise AcceptError("bad_idempotency_key", "idempotency_key is at most 200 characters")
-    event_id = uuid.uuid4().hex
     call = call_context(event.context)
     targets, not_applicable = pipe.targets_for(
         event.source, call is not None or event.action is Action.REMOVE
     )
     payload = {
-        "id": event_id,
+        "id": uuid.uuid4().hex,
         "source": event.source,
         "key": key,
         "hash": body_hash,
@@ -242,16 +318,14 @@ def _accept(pipe: Pipeline, event: Event) -> AcceptResult:
     }
     # Lua reads JSON null as a truthy sentinel: absent is the only safe "none".
     payload = {k: v for k, v in payload.items() if v is not None}
-    try:
-        pipe.ensure_registered()
-        outcome = _write(pipe, payload, numbers, targets)
-        if settings.redis_wait_replicas:
-            acked = store.redis.wait(settings.redis_wait_replicas, 1000)
-            if acked < settings.redis_wait_replicas:
-                raise StoreUnavailableError("the event did not reach enough Redis replicas")
-    except redis.RedisError as exc:
-        raise StoreUnavailableError(f"Redis unavailable: {type(exc).__name__}") from exc
+    return _Plan(results, numbers, payload, targets, effective_ms)
 
+
+def _answer(
+    pipe: Pipeline, event: Event, plan: _Plan, outcome: AcceptOutcome
+) -> tuple[AcceptResult, list[Flush]]:
+    """Count, log and answer what the store did; and the flushes it calls for."""
+    results, numbers = plan.results, plan.numbers
     for r in results:
         if r.status == "rejected":
             metrics.REJECTED.labels(event.source, r.reason or "unknown").inc()
@@ -264,6 +338,7 @@ def _accept(pipe: Pipeline, event: Event) -> AcceptResult:
         )
     duplicate = outcome.status == "duplicate"
     metrics.EVENTS.labels(event.source, "duplicate" if duplicate else "accepted").inc()
+    flushes: list[Flush] = []
     if not duplicate:
         ledger_results = iter(outcome.results)
         by_number = {n: next(ledger_results) for n, _ in numbers}
@@ -279,17 +354,13 @@ def _accept(pipe: Pipeline, event: Event) -> AcceptResult:
                 event_id=outcome.event_id,
                 source=event.source,
                 action=event.action.value,
-                occurred_ms=effective_ms,
+                occurred_ms=plan.effective_ms,
                 numbers=[
                     {"phone": mask(n), "phone_sha256": phone_hash(n), "ledger": by_number[n]}
                     for n, _ in numbers[start : start + AUDIT_LINE_NUMBERS]
                 ],
             )
-        try:
-            schedule(pipe, outcome.staged)
-        except Exception as exc:  # noqa: BLE001
-            # The numbers are durably staged; the beat sweep flushes them if this failed.
-            log.warning("schedule_failed", error=type(exc).__name__, event_id=outcome.event_id)
+        flushes = due_flushes(pipe, outcome.staged)
     log.info(
         "accepted",
         event_id=outcome.event_id,
@@ -299,7 +370,7 @@ def _accept(pipe: Pipeline, event: Event) -> AcceptResult:
         rejected=sum(1 for r in results if r.status == "rejected"),
         duplicate=duplicate,
     )
-    return AcceptResult(outcome.event_id, duplicate, results)
+    return AcceptResult(outcome.event_id, duplicate, results), flushes
 
 
 #: The call-record fields a call-linked provider (Weya) needs to accept an opt-out.

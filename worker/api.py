@@ -10,14 +10,15 @@ from typing import Annotated, Any
 import structlog
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from kombu.connection import Connection
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from worker import metrics
-from worker.accept import AcceptError, accept
+from worker.accept import AcceptError, accept_async
 from worker.admin import admin_router
+from worker.fastjson import JSONResponse
 from worker.phones import Rejected, normalise
 from worker.pipeline import Pipeline
 from worker.schemas import OptoutRequest, optout_event
@@ -211,11 +212,11 @@ def create_api(pipeline: PipelineFactory) -> FastAPI:
             503: _example({"error": "store_unavailable", "message": "Redis unavailable"}),
         },
     )
-    def post_optouts(body: OptoutRequest) -> JSONResponse:
+    async def post_optouts(body: OptoutRequest) -> JSONResponse:
         """Accept an opt-out (`add`) or opt-in (`remove`). Answers 202 once every accepted
         number is durably staged in Redis; 503 (retry) when it cannot be; 409 when the
         idempotency key was used with another body; a remove needs `occurred_at`."""
-        result = accept(pipeline(), optout_event(body))
+        result = await accept_async(pipeline(), optout_event(body))
         return JSONResponse(
             {
                 "event_id": result.event_id,

@@ -16,7 +16,7 @@ from worker import metrics
 from worker.errors import AuthError, PermanentError, RetryableError
 from worker.phones import mask
 from worker.providers.base import Action, NumberResult, Outcome, Provider, PushItem
-from worker.store import Chunk, ChunkItem, Staged, Store
+from worker.store import AsyncAccept, Chunk, ChunkItem, Staged, Store
 
 log = structlog.get_logger("optout.pipeline")
 
@@ -45,6 +45,8 @@ class Pipeline:
     rng: random.Random = field(default_factory=random.Random)
     own_numbers: frozenset[str] = frozenset()
     registered: bool = False
+    #: The accept script from an event loop (the HTTP API); None: through a worker thread.
+    async_accept: AsyncAccept | None = None
 
     def targets(self) -> dict[str, str]:
         """Every target of every enabled provider -> its provider's name."""
@@ -89,21 +91,35 @@ class Pipeline:
         return min(self.settings.batch_size, self.providers[provider].capabilities.max_batch)
 
 
-def schedule(pipe: Pipeline, staged: Iterable[Staged]) -> None:
-    """Enqueue the flushes a change calls for: at once when it completed a chunk, after the
-    linger for a batch it opened. (A batch that stays full because no worker drains it
-    gets no further flushes from here; the sweep flushes it.)"""
+#: A flush to enqueue: target, action, mode, delay in seconds.
+Flush = tuple[str, Action, str, float]
+
+
+def due_flushes(pipe: Pipeline, staged: Iterable[Staged]) -> list[Flush]:
+    """The flushes a change calls for: at once when it completed a chunk, after the linger
+    for a batch it opened. (A batch that stays full because no worker drains it gets no
+    further flushes from here; the sweep flushes it.)"""
     targets = pipe.targets()
+    due: list[Flush] = []
     for batch in staged:
         provider = targets.get(batch.target)
         if provider is None:
             continue
         if batch.filled(pipe.batch_size(provider)):
-            pipe.dispatcher.flush(batch.target, batch.action, FULL)
+            due.append((batch.target, batch.action, FULL, 0.0))
         if batch.opened:
-            pipe.dispatcher.flush(
-                batch.target, batch.action, ALL, pipe.settings.batch_linger_ms / 1000.0
-            )
+            due.append((batch.target, batch.action, ALL, pipe.settings.batch_linger_ms / 1000.0))
+    return due
+
+
+def dispatch(pipe: Pipeline, flushes: Iterable[Flush]) -> None:
+    for target, action, mode, delay in flushes:
+        pipe.dispatcher.flush(target, action, mode, delay)
+
+
+def schedule(pipe: Pipeline, staged: Iterable[Staged]) -> None:
+    """Enqueue the flushes a change calls for (see `due_flushes`)."""
+    dispatch(pipe, due_flushes(pipe, staged))
 
 
 def flush(pipe: Pipeline, target: str, action: Action, mode: str) -> int:

@@ -8,7 +8,9 @@ import time
 
 import httpx
 import redis
+import redis.asyncio as aredis
 from celery import Celery
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
@@ -18,7 +20,7 @@ from worker.phones import normalise_own_numbers
 from worker.pipeline import Dispatcher, Pipeline
 from worker.providers import build_providers
 from worker.ratelimit import SharedLimitTransport
-from worker.store import Clock, Store
+from worker.store import AsyncAccept, AsyncClientFactory, Clock, Store
 
 _pipeline: Pipeline | None = None
 
@@ -57,6 +59,17 @@ def redis_client(settings: Settings) -> redis.Redis:
     )
 
 
+def async_redis_client(settings: Settings) -> aredis.Redis:
+    """The same client for an event loop (the API's accept path)."""
+    return aredis.Redis.from_url(
+        settings.state_redis_url,
+        socket_timeout=5,
+        socket_connect_timeout=1,
+        health_check_interval=30,
+        retry=AsyncRetry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
+    )
+
+
 def provider_client(settings: Settings, store: Store, provider: str) -> httpx.Client:
     """A provider's own HTTP client, its requests limited across all workers."""
     rps, concurrency = settings.limits_for(provider)
@@ -84,8 +97,10 @@ def build_pipeline(
     dispatcher: Dispatcher | None = None,
     clock: Clock = time.time,
     rng: random.Random | None = None,
+    async_client: AsyncClientFactory | None = None,
 ) -> Pipeline:
-    """Wire a pipeline from settings; tests pass their own Redis, HTTP client and dispatcher."""
+    """Wire a pipeline from settings; tests pass their own Redis, HTTP client and dispatcher
+    (and an asyncio client factory to use the API's event-loop accept path)."""
     store = Store(
         client if client is not None else redis_client(settings),
         prefix=settings.key_prefix,
@@ -96,6 +111,8 @@ def build_pipeline(
     def client_for(provider: str) -> httpx.Client:
         return http if http is not None else provider_client(settings, store, provider)
 
+    if async_client is None and client is None:
+        async_client = functools.partial(async_redis_client, settings)
     return Pipeline(
         settings=settings,
         store=store,
@@ -105,6 +122,7 @@ def build_pipeline(
         else CeleryDispatcher(celery_app(), settings.queue_namespace),
         rng=rng or random.Random(),
         own_numbers=normalise_own_numbers(settings.own_numbers, settings.default_region),
+        async_accept=AsyncAccept(store, async_client) if async_client is not None else None,
     )
 
 

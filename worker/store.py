@@ -44,6 +44,8 @@ key                            type    holds
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -52,7 +54,9 @@ from importlib import resources
 from typing import Any, cast
 
 import redis
+import redis.asyncio as aredis
 
+from worker import fastjson
 from worker.providers.base import Action
 
 Clock = Callable[[], float]
@@ -157,6 +161,34 @@ class Chunk:
         )
 
 
+def _accept_args(
+    event: dict[str, Any],
+    numbers: list[tuple[str, str]],
+    targets: list[str],
+    idempotency_ttl_seconds: int,
+    audit_cap: int,
+    idempotency_mode: str,
+) -> list[Any]:
+    return [
+        fastjson.dumps(event),
+        idempotency_ttl_seconds,
+        audit_cap,
+        fastjson.dumps(targets),
+        fastjson.dumps(numbers),
+        idempotency_mode,
+    ]
+
+
+def _accept_outcome(answer: Any) -> AcceptOutcome:
+    raw = _decode(answer)
+    return AcceptOutcome(
+        status=raw["status"],
+        event_id=raw["event_id"],
+        results=[str(r) for r in _as_list(raw.get("results"))],
+        staged=_staged(raw.get("staged")),
+    )
+
+
 class Store:
     """The Redis state of optout-worker. Every multi-key change is one Lua script."""
 
@@ -192,23 +224,10 @@ class Store:
         idempotency_ttl_seconds: int,
         idempotency_mode: str = "once",
     ) -> AcceptOutcome:
-        raw = _decode(
-            self._run(
-                "accept",
-                json.dumps(event),
-                idempotency_ttl_seconds,
-                self.audit_cap,
-                json.dumps(targets),
-                json.dumps([list(pair) for pair in numbers]),
-                idempotency_mode,
-            )
+        args = _accept_args(
+            event, numbers, targets, idempotency_ttl_seconds, self.audit_cap, idempotency_mode
         )
-        return AcceptOutcome(
-            status=raw["status"],
-            event_id=raw["event_id"],
-            results=[str(r) for r in _as_list(raw.get("results"))],
-            staged=_staged(raw.get("staged")),
-        )
+        return _accept_outcome(self._run("accept", *args))
 
     # -- batching and pushing ---------------------------------------------------------------
 
@@ -528,3 +547,115 @@ class Store:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+AsyncClientFactory = Callable[[], aredis.Redis]
+
+
+@dataclass
+class _Loop:
+    """AsyncAccept's state in one event loop: an asyncio client belongs to its loop."""
+
+    loop: asyncio.AbstractEventLoop
+    client: aredis.Redis
+    pending: list[tuple[list[Any], asyncio.Future[Any]]] = field(default_factory=list)
+    writer: asyncio.Task[None] | None = None
+
+
+class AsyncAccept:
+    """The accept script from an event loop, for the HTTP API, with group commit: events
+    that arrive while one write is in flight go to Redis together in the next pipeline.
+
+    Through a worker thread and the sync client a one-number event cost ~0.5 ms of API CPU
+    (GIL hand-offs); awaited one by one ~0.13 ms; grouped ~0.04 ms, on one connection, and
+    Redis fsyncs a group once. Each event is still its own script call, so its atomicity,
+    idempotency and answer are its own; each answer still waits for the AOF fsync."""
+
+    #: Events per pipeline at most: one slow group must not hold thousands of answers.
+    GROUP = 200
+
+    def __init__(self, store: Store, client: AsyncClientFactory) -> None:
+        self.store = store
+        self._factory = client
+        self._script = _load_script("accept")
+        self._sha = hashlib.sha1(self._script.encode()).hexdigest()  # noqa: S324 (Redis' name)
+        self._state: _Loop | None = None
+
+    def _here(self) -> _Loop:
+        loop = asyncio.get_running_loop()
+        if self._state is None or self._state.loop is not loop:
+            self._state = _Loop(loop, self._factory())
+        return self._state
+
+    async def accept(
+        self,
+        event: dict[str, Any],
+        numbers: list[tuple[str, str]],
+        targets: list[str],
+        idempotency_ttl_seconds: int,
+    ) -> AcceptOutcome:
+        store = self.store
+        args = _accept_args(
+            event, numbers, targets, idempotency_ttl_seconds, store.audit_cap, "once"
+        )
+        state = self._here()
+        answer = state.loop.create_future()
+        state.pending.append(([store.prefix, store.now_ms(), *args], answer))
+        if state.writer is None:
+            # Started on demand and gone when idle: nothing is left running on a loop that
+            # closes (tests start and stop loops).
+            state.writer = state.loop.create_task(self._write(state))
+        return _accept_outcome(await answer)
+
+    async def _write(self, state: _Loop) -> None:
+        try:
+            while state.pending:
+                group = state.pending[: self.GROUP]
+                del state.pending[: self.GROUP]
+                await self._send(state.client, group)
+        finally:
+            state.writer = None
+            for _, answer in state.pending:  # only when this task was cancelled
+                if not answer.done():
+                    answer.set_exception(redis.ConnectionError("the accept writer stopped"))
+            state.pending.clear()
+
+    async def _send(
+        self, client: aredis.Redis, group: list[tuple[list[Any], asyncio.Future[Any]]]
+    ) -> None:
+        try:
+            answers = await self._pipeline(client, [args for args, _ in group])
+            if any(isinstance(a, redis.exceptions.NoScriptError) for a in answers):
+                # Redis restarted (its script cache is empty): load once, redo those calls.
+                await client.script_load(self._script)
+                redo = [i for i, a in enumerate(answers)
+                        if isinstance(a, redis.exceptions.NoScriptError)]  # fmt: skip
+                again = await self._pipeline(client, [group[i][0] for i in redo])
+                for i, a in zip(redo, again, strict=True):
+                    answers[i] = a
+        except BaseException as exc:
+            # Every event of a failed group is answered with the error (the API says 503,
+            # retry); the next group gets its own try.
+            failure = exc if isinstance(exc, Exception) else redis.ConnectionError("cancelled")
+            for _, answer in group:
+                if not answer.done():
+                    answer.set_exception(failure)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (_, answer), result in zip(group, answers, strict=True):
+            if answer.done():  # its request went away; the event is written all the same
+                continue
+            if isinstance(result, Exception):
+                answer.set_exception(result)
+            else:
+                answer.set_result(result)
+
+    async def _pipeline(self, client: aredis.Redis, calls: list[list[Any]]) -> list[Any]:
+        async with client.pipeline(transaction=False) as pipe:
+            for args in calls:
+                pipe.evalsha(self._sha, 0, *args)
+            return list(await pipe.execute(raise_on_error=False))
+
+    async def wait(self, replicas: int, timeout_ms: int) -> int:
+        return int(await self._here().client.wait(replicas, timeout_ms))

@@ -15,12 +15,12 @@ from urllib.parse import parse_qsl
 
 import structlog
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from worker import cdr as cdrs
 from worker import metrics
-from worker.accept import AcceptError, AcceptResult, Event, accept
+from worker.accept import AcceptError, AcceptResult, Event, accept_async
+from worker.fastjson import JSONResponse
 from worker.pipeline import Pipeline
 from worker.schemas import DncTrigger, dnc_event
 
@@ -113,7 +113,7 @@ def webhook_router(pipeline: Callable[[], Pipeline]) -> APIRouter:
             return _voicenter(400, 1, f"unparseable: {exc}"[:200])
         outcome = cdrs.interpret(cdr, pipe.settings, pipe.own_numbers)
         try:
-            result = await run_in_threadpool(_book_and_accept, pipe, outcome)
+            result = await _book_and_accept(pipe, outcome)
             if result is None:
                 review = outcome.reason if isinstance(outcome, cdrs.Review) else None
                 extra = {"review": review} if review else {}
@@ -135,10 +135,10 @@ def webhook_router(pipeline: Callable[[], Pipeline]) -> APIRouter:
             raise AcceptError("unauthorized", "missing or wrong webhook token", status=401)
 
     @router.post("/webhooks/dnc", status_code=202, dependencies=[Depends(dnc_token)])
-    def dnc_trigger(body: DncTrigger) -> JSONResponse:
+    async def dnc_trigger(body: DncTrigger) -> JSONResponse:
         """A call-record DNC trigger. Idempotent on `requestUUID`; the call context travels
         with the opt-out so call-record providers (Weya) can use it."""
-        result = accept(pipeline(), dnc_event(body))
+        result = await accept_async(pipeline(), dnc_event(body))
         return JSONResponse(
             {
                 "event_id": result.event_id,
@@ -151,9 +151,12 @@ def webhook_router(pipeline: Callable[[], Pipeline]) -> APIRouter:
     return router
 
 
-def _book_and_accept(
+async def _book_and_accept(
     pipe: Pipeline, outcome: Event | cdrs.Ignored | cdrs.Review
 ) -> AcceptResult | None:
-    # One thread-pool hop per CDR: the hop costs more than the Redis calls it wraps.
-    event = cdrs.book(pipe.store, outcome)
-    return None if event is None else accept(pipe, event)
+    if isinstance(outcome, Event):
+        cdrs.book(pipe.store, outcome)  # an opt-out is only counted, in this process
+        return await accept_async(pipe, outcome)
+    # Counting an ignored CDR, or keeping one for review, writes to Redis: off the loop.
+    await run_in_threadpool(cdrs.book, pipe.store, outcome)
+    return None

@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import fakeredis
 import pytest
+import redis.asyncio as aredis
 
 from tests.conftest import FakeClock
 from tests.fakes.dispatch import QueueDispatcher
-from worker.accept import AcceptError, Event, PhoneInput, accept
+from worker.accept import (
+    INLINE_PHONES,
+    AcceptError,
+    Event,
+    PhoneInput,
+    StoreUnavailableError,
+    accept,
+    accept_async,
+)
+from worker.embedded import free_port
 from worker.pipeline import Pipeline
 from worker.providers.base import Action
+from worker.store import AsyncAccept
 
 N = "+972501234567"
 
@@ -203,3 +216,125 @@ def test_a_crash_between_parts_is_redone_whole_on_retry(pipe: Pipeline) -> None:
     retry = accept(pipe, add(*phones, idempotency_key="k"))
     assert not retry.duplicate  # the key was not recorded: the retry wrote everything
     assert all(pipe.store.ledger(p)["s"] == "blocked" for p in phones[::100])
+
+
+# -- from an event loop (the HTTP API): accept_async and its group commit -----------------
+
+
+class CountingAsyncRedis(fakeredis.FakeAsyncRedis):
+    """Counts the pipelines sent: each one is a Redis round trip (and fsync)."""
+
+    pipelines = 0
+
+    def pipeline(self, *args: Any, **kwargs: Any) -> Any:
+        CountingAsyncRedis.pipelines += 1
+        return super().pipeline(*args, **kwargs)
+
+
+@pytest.fixture
+def aio_pipe(make_pipe: Any) -> Pipeline:
+    pipe: Pipeline = make_pipe(aio=True)
+    pipe.ensure_registered()  # a process's first event registers targets through a thread
+    return pipe
+
+
+def test_accept_async_writes_stages_and_schedules_like_accept(
+    aio_pipe: Pipeline, dispatcher: QueueDispatcher
+) -> None:
+    result = asyncio.run(accept_async(aio_pipe, add(N, "nope", reason="pressed 9")))
+    assert (result.accepted, result.rejected) == (1, 1)
+    assert result.phones[0].ledger == "applied"
+    assert aio_pipe.store.ledger(N)["s"] == "blocked"
+    assert aio_pipe.store.audit(N)[0]["ev"] == result.event_id
+    assert aio_pipe.store.provider_view(N, ["voicenter"])["voicenter"]["staged"] == "add"
+    # It opened the batch, so its linger flush is enqueued.
+    assert [args[:3] for kind, args in dispatcher.sent if kind == "flush"] == [
+        ("voicenter", Action.ADD, "all")
+    ]
+
+
+def test_concurrent_events_share_round_trips_and_keep_their_own_answers(
+    make_pipe: Any, redis_fake: fakeredis.FakeRedis
+) -> None:
+    kw = redis_fake.connection_pool.connection_kwargs
+    pipe: Pipeline = make_pipe()
+    pipe.async_accept = AsyncAccept(
+        pipe.store, lambda: CountingAsyncRedis(host=kw["host"], port=kw["port"], db=kw["db"])
+    )
+    pipe.ensure_registered()
+    CountingAsyncRedis.pipelines = 0
+    numbers = [f"+97250{i:07d}" for i in range(1000, 1060)]
+
+    async def many() -> list[Any]:
+        events = [add(n) for n in numbers]
+        # The same event twice in the same group: the second is the duplicate of the first.
+        events += [add(N, idempotency_key="twice"), add(N, idempotency_key="twice")]
+        return await asyncio.gather(*(accept_async(pipe, e) for e in events))
+
+    results = asyncio.run(many())
+    assert CountingAsyncRedis.pipelines < len(results) / 10
+    assert [r.phones[0].phone for r in results[:60]] == numbers
+    assert all(not r.duplicate and r.phones[0].ledger == "applied" for r in results[:60])
+    assert len({r.event_id for r in results[:60]}) == 60
+    first, second = results[60:]
+    assert (first.duplicate, second.duplicate) == (False, True)
+    assert second.event_id == first.event_id
+    assert all(pipe.store.ledger(n)["s"] == "blocked" for n in [*numbers, N])
+    assert len(pipe.store.audit(N)) == 1
+
+
+def test_an_emptied_script_cache_is_reloaded(aio_pipe: Pipeline) -> None:
+    async def twice() -> None:
+        await accept_async(aio_pipe, add(N))
+        aio_pipe.store.redis.script_flush()  # as after a Redis restart
+        await accept_async(aio_pipe, add("+972501234568"))
+
+    asyncio.run(twice())
+    assert aio_pipe.store.ledger("+972501234568")["s"] == "blocked"
+
+
+def test_a_request_that_goes_away_does_not_lose_its_event_or_others(aio_pipe: Pipeline) -> None:
+    numbers = [f"+97250{i:07d}" for i in range(2000, 2010)]
+
+    async def cancel_one() -> list[Any]:
+        tasks = [asyncio.create_task(accept_async(aio_pipe, add(n))) for n in numbers]
+        await asyncio.sleep(0)  # all ten are queued for the writer
+        tasks[3].cancel()
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    results = asyncio.run(cancel_one())
+    assert isinstance(results[3], asyncio.CancelledError)
+    assert all(r.accepted == 1 for i, r in enumerate(results) if i != 3)
+    # Sent before its request went away: written all the same (a retry is a duplicate).
+    assert all(aio_pipe.store.ledger(n)["s"] == "blocked" for n in numbers)
+
+
+def test_redis_down_refuses_every_waiting_event_with_503(make_pipe: Any) -> None:
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    pipe: Pipeline = make_pipe()
+    pipe.async_accept = AsyncAccept(
+        pipe.store, lambda: aredis.Redis.from_url(dead, socket_connect_timeout=0.5)
+    )
+    pipe.ensure_registered()
+
+    async def five() -> list[Any]:
+        events = [add(f"+97250{i:07d}") for i in range(3000, 3005)]
+        return await asyncio.gather(*(accept_async(pipe, e) for e in events),
+                                    return_exceptions=True)  # fmt: skip
+
+    results = asyncio.run(five())
+    assert all(isinstance(r, StoreUnavailableError) and r.status == 503 for r in results)
+    assert not pipe.store.ledger("+972503000000")
+
+
+def test_large_events_are_accepted_in_a_thread_not_on_the_loop(make_pipe: Any) -> None:
+    # The event-loop client is dead: only an event that takes the thread path can succeed.
+    pipe: Pipeline = make_pipe()
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    pipe.async_accept = AsyncAccept(pipe.store, lambda: aredis.Redis.from_url(dead))
+    pipe.ensure_registered()
+    phones = [f"+97250{i:07d}" for i in range(4000, 4000 + INLINE_PHONES + 1)]
+    result = asyncio.run(accept_async(pipe, add(*phones)))
+    assert result.accepted == len(phones)
+    with pytest.raises(StoreUnavailableError):
+        asyncio.run(accept_async(pipe, add(N)))

@@ -18,9 +18,14 @@ TOKEN = "admin-secret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
-@pytest.fixture
-def api_pipe(make_pipe: Any) -> Pipeline:
-    return make_pipe(admin_token=TOKEN)  # type: ignore[no-any-return]
+@pytest.fixture(params=["thread", "event-loop"])
+def api_pipe(make_pipe: Any, request: pytest.FixtureRequest) -> Pipeline:
+    """Each API test runs both ways an accept can go: through a worker thread, and awaited
+    on the event loop (once a process has registered its targets)."""
+    pipe: Pipeline = make_pipe(aio=request.param == "event-loop", admin_token=TOKEN)
+    if pipe.async_accept:
+        pipe.ensure_registered()
+    return pipe
 
 
 @pytest.fixture
@@ -119,9 +124,11 @@ def test_too_many_phones_is_413(make_pipe: Any) -> None:
     assert client.post("/v1/optouts", json=body, headers=AUTH).status_code == 413
 
 
-def test_redis_down_is_503_and_nothing_claimed() -> None:
+@pytest.mark.parametrize("registered", [False, True], ids=["thread", "event-loop"])
+def test_redis_down_is_503_and_nothing_claimed(registered: bool) -> None:
     settings = make_settings(admin_token=TOKEN, redis_url=f"redis://127.0.0.1:{free_port()}/0")
     pipe = build_pipeline(settings, dispatcher=QueueDispatcher())
+    pipe.registered = registered  # registered: the accept is awaited on the event loop
     client = TestClient(create_api(lambda: pipe))
     response = client.post(
         "/v1/optouts", json={"action": "add", "phones": ["+972501234567"]}, headers=AUTH
@@ -153,3 +160,11 @@ def test_healthz(client: TestClient) -> None:
 def test_openapi_is_served(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
     assert "/v1/optouts" in spec["paths"]
+
+
+def test_an_input_beyond_64_bits_is_answered_not_a_500(client: TestClient) -> None:
+    body = {"action": "add", "phones": [10**30, "+972501234567"]}
+    response = client.post("/v1/optouts", json=body, headers=AUTH)
+    assert response.status_code == 202, response.text
+    assert response.json()["phones"][0] == {"input": 10**30, "status": "rejected",
+                                            "reason": "too_long"}  # fmt: skip

@@ -23,15 +23,21 @@ VC = {"Authorization": "Bearer vc-new"}
 DNC = {"X-Webhook-Token": "dnc-token"}
 
 
-@pytest.fixture
-def hook_pipe(make_pipe: Any) -> Pipeline:
-    return make_pipe(  # type: ignore[no-any-return]
+@pytest.fixture(params=["thread", "event-loop"])
+def hook_pipe(make_pipe: Any, request: pytest.FixtureRequest) -> Pipeline:
+    """Each webhook test runs both ways an accept can go: through a worker thread, and
+    awaited on the event loop (once a process has registered its targets)."""
+    pipe: Pipeline = make_pipe(
+        aio=request.param == "event-loop",
         webhook_tokens=TOKENS,
         voicenter_optout_dtmf="9",
         voicenter_optout_layers="optout",
         own_numbers="0722776772",
         admin_token="admin",
     )
+    if pipe.async_accept:
+        pipe.ensure_registered()
+    return pipe
 
 
 @pytest.fixture
@@ -173,13 +179,15 @@ def test_an_oversized_cdr_is_413(make_pipe: Any) -> None:
     assert client.post("/webhooks/voicenter/cdr", json=cdr, headers=VC).status_code == 413
 
 
-def test_redis_down_is_503_err_2() -> None:
+@pytest.mark.parametrize("registered", [False, True], ids=["thread", "event-loop"])
+def test_redis_down_is_503_err_2(registered: bool) -> None:
     settings = make_settings(
         redis_url=f"redis://127.0.0.1:{free_port()}/0",
         webhook_tokens=TOKENS,
         voicenter_optout_dtmf="9",
     )
     pipe = build_pipeline(settings, dispatcher=QueueDispatcher())
+    pipe.registered = registered  # registered: the accept is awaited on the event loop
     client = TestClient(create_api(lambda: pipe))
     response = client.post("/webhooks/voicenter/cdr", json=fixture("cdr_outbound.json"), headers=VC)
     assert response.status_code == 503
