@@ -63,7 +63,7 @@ Clock = Callable[[], float]
 
 _SCRIPTS = (
     "accept", "claim", "complete", "release", "sweep", "replay", "renew", "register",
-    "stage_many", "slot", "purge", "expire",
+    "stage_many", "slot", "purge", "expire", "states",
 )  # fmt: skip
 
 
@@ -399,13 +399,9 @@ class Store:
         return {_text(k): _text(v) for k, v in raw.items()}
 
     def ledger_states(self, numbers: list[str]) -> dict[str, tuple[str, str]]:
-        pipe = self.redis.pipeline(transaction=False)
-        for n in numbers:
-            pipe.hmget(self.key("num", n), "s", "v")
-        out = {}
-        for n, (state, version) in zip(numbers, pipe.execute(), strict=True):
-            out[n] = (_text(state or b""), _text(version or b""))
-        return out
+        """(state, version) of each number; ("", "") for one the ledger does not hold."""
+        flat = [_text(x) for x in self._run("states", *numbers)] if numbers else []
+        return {n: (flat[2 * i], flat[2 * i + 1]) for i, n in enumerate(numbers)}
 
     def audit(self, e164: str, limit: int | None = None) -> list[dict[str, Any]]:
         end = -1 if limit is None else limit - 1

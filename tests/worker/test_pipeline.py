@@ -352,3 +352,32 @@ def test_one_full_flush_per_completed_chunk_not_per_event(
     modes = [args[2] for kind, args in dispatcher.sent if kind == "flush"]
     assert modes.count(work.FULL) == 2
     assert modes.count(work.ALL) == 1  # the linger flush of the batch the first event opened
+
+
+def test_a_push_is_recorded_in_the_trail_and_as_the_last_answer(
+    pipe: Pipeline, dispatcher: QueueDispatcher
+) -> None:
+    n = numbers(1)[0]
+    accept(pipe, add(n))
+    dispatcher.drain(pipe)
+    newest, accepted = pipe.store.audit(n)
+    assert accepted["act"] == "add" and accepted["res"] == "applied"
+    assert {k: newest[k] for k in ("prov", "act", "out", "v", "n")} == {
+        "prov": "voicenter", "act": "add", "out": "done", "v": 1, "n": 0,
+    }  # fmt: skip
+    last = pipe.store.provider_view(n, ["voicenter"])["voicenter"]["last_answer"]
+    assert last == {k: v for k, v in newest.items() if k != "prov"}
+
+
+def test_the_trail_keeps_the_newest_entries_up_to_the_cap(
+    make_pipe: Any, dispatcher: QueueDispatcher
+) -> None:
+    pipe = make_pipe(audit_cap=3)
+    n = numbers(1)[0]
+    for i in range(4):
+        accept(pipe, Event("api", Action.ADD, [PhoneInput(n)], reason=f"r{i}"))
+    assert [e.get("rsn") for e in pipe.store.audit(n)] == ["r3", "r2", "r1"]
+    dispatcher.drain(pipe)
+    trail = pipe.store.audit(n)
+    assert len(trail) == 3
+    assert trail[0]["out"] == "done"

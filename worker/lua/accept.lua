@@ -36,7 +36,7 @@ for _, pair in ipairs(numbers) do
   local n = pair[1]
   local name = pair[2]
   local key = P .. 'num:' .. n
-  local cur = redis.call('HMGET', key, 's', 'v', 'x', 'rt', 'bl', 't')
+  local cur = redis.call('HMGET', key, 's', 'v', 'x', 'rt', 'bl', 't', 'xr')
   local state, v, cx = cur[1], tonumber(cur[2] or '0'), tonumber(cur[3] or '0')
   local rt, ct = tonumber(cur[4] or '-1'), tonumber(cur[6] or '0')
   local blocks = decode_blocks(cur[5])
@@ -63,18 +63,24 @@ for _, pair in ipairs(numbers) do
       result = 'unchanged'
     end
   end
-  if changed then
-    v = v + 1
-    set_state(key, n, ns, nx, v)
-    redis.call('HSET', key, 'e', ev.id, 'src', ev.source, 'r', ev.reason or '')
-    redis.call('HDEL', key, 'xr')
-    if name and name ~= '' then redis.call('HSET', key, 'n', name) end
-  end
   if t > ct then ct = t end
-  redis.call('HSET', key, 't', int(ct), 'rt', int(rt), 'bl', encode_blocks(blocks))
+  -- One HSET per number: the ledger fields an event always writes, and those it writes
+  -- when it changed the state.
+  local fields = {'t', int(ct), 'rt', int(rt), 'bl', encode_blocks(blocks)}
   if ev.cctx and ev.action == 'add' then
     -- The call this opt-out came from: call-record providers (Weya) need it to add.
-    redis.call('HSET', key, 'c', ev.cctx)
+    table.insert(fields, 'c'); table.insert(fields, ev.cctx)
+  end
+  if changed then
+    v = v + 1
+    for _, f in ipairs({'e', ev.id, 'src', ev.source, 'r', ev.reason or ''}) do
+      table.insert(fields, f)
+    end
+    if name and name ~= '' then table.insert(fields, 'n'); table.insert(fields, name) end
+    set_state(key, n, ns, nx, v, fields)
+    if cur[7] then redis.call('HDEL', key, 'xr') end
+  else
+    redis.call('HSET', key, unpack(fields))
   end
   audit(n, {at = NOW, ev = ev.id, src = ev.source, act = ev.action, res = result,
             rsn = ev.reason, t = t, x = x, ctx = ev.ctx, v = v, na = ev.na}, cap)

@@ -103,11 +103,11 @@ for _, item in ipairs(chunk.items) do
     counts.stale = counts.stale + 1
   end
   if outcome ~= 'stale' then
-    local answer = {at = NOW, act = action, out = outcome, rsn = reason, det = detail,
-                    v = tonumber(version), n = attempts}
-    redis.call('HSET', P .. 'answer:' .. target, n, cjson.encode(answer))
-    answer.prov = target
-    audit(n, answer, cap)
+    local answer = cjson.encode({at = NOW, act = action, out = outcome, rsn = reason,
+                                 det = detail, v = tonumber(version), n = attempts})
+    redis.call('HSET', P .. 'answer:' .. target, n, answer)
+    -- The audit entry is the answer plus the target: spliced, not encoded a second time.
+    audit_raw(n, '{"prov":' .. cjson.encode(target) .. ',' .. string.sub(answer, 2), cap)
   end
   -- The ledger moved while this push was in flight: the number's newest state goes out next,
   -- so an old action is never the last word at the provider.

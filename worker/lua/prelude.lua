@@ -24,10 +24,16 @@ local function opposite(action)
   return 'add'
 end
 
-local function audit(n, entry, cap)
+-- Push an audit entry (JSON text) onto a number's trail, keeping the newest `cap`.
+local function audit_raw(n, json, cap)
   local key = P .. 'audit:' .. n
-  redis.call('LPUSH', key, cjson.encode(entry))
-  redis.call('LTRIM', key, 0, cap - 1)
+  if redis.call('LPUSH', key, json) > cap then
+    redis.call('LTRIM', key, 0, cap - 1)
+  end
+end
+
+local function audit(n, entry, cap)
+  audit_raw(n, cjson.encode(entry), cap)
 end
 
 -- The ledger keeps, per number, the latest remove time `rt` and the blocks (event time t,
@@ -92,8 +98,13 @@ local function encode_blocks(blocks)
 end
 
 -- Write a number's new derived state: version, the blocked set, the expiry index.
-local function set_state(key, n, state, x, v)
-  redis.call('HSET', key, 's', state, 'x', int(x), 'v', int(v), 'u', int(NOW))
+-- `extra`: more field/value pairs for the same HSET.
+local function set_state(key, n, state, x, v, extra)
+  if extra then
+    redis.call('HSET', key, 's', state, 'x', int(x), 'v', int(v), 'u', int(NOW), unpack(extra))
+  else
+    redis.call('HSET', key, 's', state, 'x', int(x), 'v', int(v), 'u', int(NOW))
+  end
   if state == 'blocked' then
     redis.call('SADD', P .. 'blocked', n)
   else
