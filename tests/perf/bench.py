@@ -25,7 +25,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -341,13 +341,16 @@ def baseline(bench: Bench, count: int, concurrency: int) -> Figure:
             bench.fresh_redis()
 
 
-def accept_ratio(bench: Bench, seconds: float) -> tuple[dict[str, Any], dict[str, Any]]:
+def accept_ratio(
+    bench: Bench, seconds: float, connections: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """The same server, the same generator: `GET /healthz` (no I/O) against opt-out CDRs
     (each written to Redis with AOF always and its flush queued) for `seconds` each."""
     with stack(bench, ("voicenter",), worker=False) as s:
-        load(s.url, "noop", s.procs.logs, seconds=2, connections=16)  # warm up
-        noop = load(s.url, "noop", s.procs.logs, seconds=seconds, connections=16)
-        cdr = load(s.url, "cdr", s.procs.logs, seconds=seconds, connections=16, first=8_000_000)
+        load(s.url, "noop", s.procs.logs, seconds=2, connections=connections)  # warm up
+        noop = load(s.url, "noop", s.procs.logs, seconds=seconds, connections=connections)
+        cdr = load(s.url, "cdr", s.procs.logs, seconds=seconds, connections=connections,
+                   first=8_000_000)  # fmt: skip
     return noop, cdr
 
 
@@ -421,12 +424,22 @@ def run_latency(bench: Bench, args: argparse.Namespace) -> None:
         how = "DNC trigger per call" if name == "weya" else "bulk"
         paths.append((f"provider {name} alone ({how})", (name,), np_, feed))
     first = 0
+    figures = []
     for label, providers, count, feed in paths:
         if count <= 0:
             continue
         figure = measure(bench, label, providers, first, count, feed)
         print(show(figure, base), flush=True)
+        figures.append(figure)
         first += count
+    # This machine's speed drifts by tens of percent over minutes: the baseline again at the
+    # end, and every ratio against the mean of both runs.
+    again = baseline(bench, nb, concurrency)
+    mean = (base.rate + again.rate) / 2
+    print(f"  baseline again at the end: {again.rate:,.0f} numbers/s; against the mean of "
+          f"both ({mean:,.0f}/s):", flush=True)  # fmt: skip
+    for figure in figures:
+        print(f"    {figure.label}: {figure.rate / mean:.1f}x", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -458,7 +471,14 @@ def main(argv: list[str] | None = None) -> int:
         try:
             bench = Bench(redis_server.url, logs, 0.0, args.api_workers, args.concurrency or 2)
             print(_machine(args), flush=True)
-            print(_ratio(*accept_ratio(bench, args.seconds), args.seconds), flush=True)
+            # One server process first: its no-op and its accepts get the same core, so the
+            # ratio is the accept's own cost. Then all of them, with enough connections that
+            # each process gets its share (with 16, which process accepts which connection
+            # is luck, and the no-op figure swung between one and two processes' worth).
+            for workers, connections in ((1, 16), (args.api_workers, 64)):
+                ratio_bench = replace(bench, api_workers=workers)
+                noop, cdr = accept_ratio(ratio_bench, args.seconds, connections)
+                print(_ratio(noop, cdr, args.seconds, workers, connections), flush=True)
             p50, p99, measured = propagation(bench, args.rate, args.seconds)
             print(f"\n== propagation at {args.rate:.0f} CDRs/s for {args.seconds:.0f} s "
                   f"({measured:,} numbers): p50 {p50:.2f} s, p99 {p99:.2f} s; target "
@@ -480,14 +500,16 @@ def _machine(args: argparse.Namespace) -> str:
     )
 
 
-def _ratio(noop: dict[str, Any], cdr: dict[str, Any], seconds: float) -> str:
+def _ratio(noop: dict[str, Any], cdr: dict[str, Any], seconds: float, workers: int,
+           connections: int) -> str:  # fmt: skip
     noop_rate = noop["requests"] / noop["seconds"]
     cdr_rate = cdr["requests"] / cdr["seconds"]
     return (
-        f"\n== webhook accept vs the same server's no-op endpoint ({seconds:.0f} s each, "
-        f"16 connections)\n  GET /healthz: {noop_rate:,.0f} requests/s (p99 {noop['p99_ms']} "
-        f"ms); CDR webhook: {cdr_rate:,.0f} accepts/s (p99 {cdr['p99_ms']} ms); "
-        f"ratio {cdr_rate / noop_rate:.2f} (target 0.5)"
+        f"\n== webhook accept vs the same server's no-op endpoint ({workers} API process"
+        f"{'es' if workers > 1 else ''}, {connections} connections, {seconds:.0f} s each)\n"
+        f"  GET /healthz: {noop_rate:,.0f} requests/s (p99 {noop['p99_ms']} ms); CDR webhook: "
+        f"{cdr_rate:,.0f} accepts/s (p99 {cdr['p99_ms']} ms); ratio {cdr_rate / noop_rate:.2f} "
+        f"(target 0.5)"
     )
 
 

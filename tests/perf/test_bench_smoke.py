@@ -21,4 +21,8 @@ def test_bench_runs(capsys: pytest.CaptureFixture[str]) -> None:
     assert "events: Voicenter CDR webhook: 300" in out
     for provider in ("voicenter", "phonely", "voodoosms", "weya", "daktela"):
         assert f"provider {provider} alone" in out
-    assert "ratio" in out and "propagation at 100 CDRs/s" in out
+    assert "same server's no-op endpoint (1 API process, 16 connections" in out
+    assert "same server's no-op endpoint (2 API processes, 64 connections" in out
+    assert "propagation at 100 CDRs/s" in out
+    assert "baseline again at the end: " in out
+    assert "    events: Voicenter CDR webhook: " in out
