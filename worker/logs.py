@@ -42,8 +42,11 @@ def _dumps(value: Any, **_: Any) -> str:
     return fastjson.dumps(value).decode()
 
 
-def _stderr_logger(*_: Any) -> structlog.PrintLogger:
-    return structlog.PrintLogger(sys.stderr)
+def _stderr_logger(*_: Any) -> structlog.WriteLogger:
+    # A line and its newline in one write: PrintLogger's print() writes them apart, and on an
+    # unbuffered stderr (PYTHONUNBUFFERED, as in the image; Celery's prefork children) lines
+    # of processes sharing it merged into one.
+    return structlog.WriteLogger(sys.stderr)
 
 
 def configure(log_format: str = "auto", level: int = logging.INFO) -> None:

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -102,3 +107,31 @@ def test_audit_lines_hold_each_number_masked_a_hundred_per_line(make_pipe: Any) 
     assert [n["phone_sha256"] for n in logged] == [phone_hash(p) for p in phones]
     assert all(n["phone"].startswith("+97250***") and n["ledger"] == "applied" for n in logged)
     assert not any(p[1:] in repr(lines) for p in phones)
+
+
+_WRITER = """
+import sys
+from worker.logs import configure
+import structlog
+configure("json")
+log = structlog.get_logger("t")
+for i in range(3000):
+    log.info("line", writer=sys.argv[1], i=i, pad="x" * 200)
+"""
+
+
+def test_processes_sharing_an_unbuffered_stderr_never_merge_lines(tmp_path: Path) -> None:
+    # As in the container image (PYTHONUNBUFFERED=1) and under Celery's prefork children:
+    # several processes, one stderr. Every line must stay one JSON object.
+    out = tmp_path / "shared.log"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with out.open("ab") as sink:
+        writers = [
+            subprocess.Popen([sys.executable, "-c", _WRITER, name], stderr=sink, env=env)
+            for name in ("a", "b", "c")
+        ]
+        assert all(w.wait(timeout=120) == 0 for w in writers)
+    lines = out.read_text().splitlines()
+    assert len(lines) == 9000
+    records = [json.loads(line) for line in lines]
+    assert {(r["writer"], r["i"]) for r in records} == {(w, i) for w in "abc" for i in range(3000)}
