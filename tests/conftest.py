@@ -67,10 +67,12 @@ def dispatcher() -> QueueDispatcher:
     return QueueDispatcher()
 
 
-def async_twin(client: fakeredis.FakeRedis) -> Callable[[], fakeredis.FakeAsyncRedis]:
-    """Asyncio clients of the same fake Redis server as `client`."""
+def async_twin(
+    client: fakeredis.FakeRedis, kind: type[fakeredis.FakeAsyncRedis] = fakeredis.FakeAsyncRedis
+) -> Callable[[], fakeredis.FakeAsyncRedis]:
+    """Asyncio clients (of `kind`) of the same fake Redis server as `client`."""
     kw = client.connection_pool.connection_kwargs
-    return lambda: fakeredis.FakeAsyncRedis(host=kw["host"], port=kw["port"], db=kw["db"])
+    return lambda: kind(host=kw["host"], port=kw["port"], db=kw["db"])
 
 
 @pytest.fixture

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -141,10 +143,8 @@ def phone_hash(e164: str) -> str:
     return hashlib.sha256(e164.encode()).hexdigest()[:16]
 
 
-def _write(
-    pipe: Pipeline, payload: dict[str, Any], numbers: list[tuple[str, str]], targets: list[str]
-) -> AcceptOutcome:
-    ttl = pipe.settings.idempotency_ttl_days * 86400
+def _write(pipe: Pipeline, plan: _Plan) -> AcceptOutcome:
+    payload, numbers, targets, ttl = plan.payload, plan.numbers, plan.targets, plan.ttl
     parts = [numbers[i : i + WRITE_CHUNK] for i in range(0, len(numbers), WRITE_CHUNK)]
     if len(parts) == 1:
         return pipe.store.accept(payload, numbers, targets, ttl)
@@ -169,20 +169,14 @@ def _write(
 def accept(pipe: Pipeline, event: Event) -> AcceptResult:
     """Validate, normalise, check idempotency, write the ledger and stage every number for
     every target in one Redis round trip; then enqueue the flushes that are due."""
-    try:
+    with _refusals_counted(event):
         plan = _plan(pipe, event)
-        try:
+        with _store_errors():
             pipe.ensure_registered()
-            outcome = _write(pipe, plan.payload, plan.numbers, plan.targets)
-            replicas = pipe.settings.redis_wait_replicas
-            if replicas:
+            outcome = _write(pipe, plan)
+            if replicas := pipe.settings.redis_wait_replicas:
                 _enough_replicas(replicas, pipe.store.redis.wait(replicas, 1000))
-        except redis.RedisError as exc:
-            raise _unavailable(exc) from exc
         result, flushes = _answer(pipe, event, plan, outcome)
-    except AcceptError as exc:
-        _count_refusal(event, exc)
-        raise
     if flushes:
         _dispatch(pipe, flushes, result.event_id)
     return result
@@ -201,33 +195,36 @@ async def accept_async(pipe: Pipeline, event: Event) -> AcceptResult:
     aio = pipe.async_accept
     if aio is None or not pipe.registered or len(event.phones) > INLINE_PHONES:
         return await anyio.to_thread.run_sync(accept, pipe, event)
-    try:
+    with _refusals_counted(event):
         plan = _plan(pipe, event)
-        ttl = pipe.settings.idempotency_ttl_days * 86400
-        try:
-            outcome = await aio.accept(plan.payload, plan.numbers, plan.targets, ttl)
-            replicas = pipe.settings.redis_wait_replicas
-            if replicas:
+        with _store_errors():
+            outcome = await aio.accept(plan.payload, plan.numbers, plan.targets, plan.ttl)
+            if replicas := pipe.settings.redis_wait_replicas:
                 _enough_replicas(replicas, await aio.wait(replicas, 1000))
-        except redis.RedisError as exc:
-            raise _unavailable(exc) from exc
         result, flushes = _answer(pipe, event, plan, outcome)
-    except AcceptError as exc:
-        _count_refusal(event, exc)
-        raise
     if flushes:
         # Enqueueing is broker I/O through a sync client; most events enqueue nothing.
         await anyio.to_thread.run_sync(_dispatch, pipe, flushes, result.event_id)
     return result
 
 
-def _count_refusal(event: Event, exc: AcceptError) -> None:
-    if exc.reason != "idempotency_conflict":  # counted where it is found
-        metrics.EVENTS.labels(event.source[:64], exc.reason).inc()
+@contextmanager
+def _refusals_counted(event: Event) -> Iterator[None]:
+    try:
+        yield
+    except AcceptError as exc:
+        if exc.reason != "idempotency_conflict":  # counted where it is found
+            metrics.EVENTS.labels(event.source[:64], exc.reason).inc()
+        raise
 
 
-def _unavailable(exc: redis.RedisError) -> StoreUnavailableError:
-    return StoreUnavailableError(f"Redis unavailable: {type(exc).__name__}")
+@contextmanager
+def _store_errors() -> Iterator[None]:
+    """Redis could not take the event: the sender must retry (503)."""
+    try:
+        yield
+    except redis.RedisError as exc:
+        raise StoreUnavailableError(f"Redis unavailable: {type(exc).__name__}") from exc
 
 
 def _enough_replicas(wanted: int, acked: int) -> None:
@@ -252,6 +249,7 @@ class _Plan:
     payload: dict[str, Any]
     targets: list[str]
     effective_ms: int
+    ttl: int  # of the idempotency key, seconds
 
 
 def _plan(pipe: Pipeline, event: Event) -> _Plan:
@@ -320,7 +318,8 @@ def _plan(pipe: Pipeline, event: Event) -> _Plan:
     }
     # Lua reads JSON null as a truthy sentinel: absent is the only safe "none".
     payload = {k: v for k, v in payload.items() if v is not None}
-    return _Plan(results, numbers, payload, targets, effective_ms)
+    ttl = settings.idempotency_ttl_days * 86400
+    return _Plan(results, numbers, payload, targets, effective_ms, ttl)
 
 
 def _answer(

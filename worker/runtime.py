@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import random
 import time
+from typing import Any
 
 import httpx
 import redis
@@ -48,26 +49,23 @@ def celery_app() -> Celery:
 
 
 def redis_client(settings: Settings) -> redis.Redis:
-    # Fail within about a second when Redis is down: the API answers 503 so the sender
-    # retries, and Celery retries tasks, so long client-side retry loops only add latency.
-    return redis.Redis.from_url(
-        settings.state_redis_url,
-        socket_timeout=5,
-        socket_connect_timeout=1,
-        health_check_interval=30,
-        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
-    )
+    return redis.Redis.from_url(settings.state_redis_url, **_redis_options(Retry))
 
 
 def async_redis_client(settings: Settings) -> aredis.Redis:
     """The same client for an event loop (the API's accept path)."""
-    return aredis.Redis.from_url(
-        settings.state_redis_url,
-        socket_timeout=5,
-        socket_connect_timeout=1,
-        health_check_interval=30,
-        retry=AsyncRetry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
-    )
+    return aredis.Redis.from_url(settings.state_redis_url, **_redis_options(AsyncRetry))
+
+
+def _redis_options(retry: type[Retry] | type[AsyncRetry]) -> dict[str, Any]:
+    # Fail within about a second when Redis is down: the API answers 503 so the sender
+    # retries, and Celery retries tasks, so long client-side retry loops only add latency.
+    return {
+        "socket_timeout": 5,
+        "socket_connect_timeout": 1,
+        "health_check_interval": 30,
+        "retry": retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
+    }
 
 
 def provider_client(settings: Settings, store: Store, provider: str) -> httpx.Client:

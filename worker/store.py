@@ -45,7 +45,6 @@ key                            type    holds
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -55,6 +54,7 @@ from typing import Any, cast
 
 import redis
 import redis.asyncio as aredis
+from redis.commands.core import Script
 
 from worker import fastjson
 from worker.providers.base import Action
@@ -211,8 +211,15 @@ class Store:
     def now_ms(self) -> int:
         return _ms(self.clock())
 
+    def argv(self, *args: Any) -> list[Any]:
+        """A script's arguments: every script takes the prefix and the time first."""
+        return [self.prefix, self.now_ms(), *args]
+
+    def script(self, name: str) -> Script:
+        return self._scripts[name]
+
     def _run(self, name: str, *args: Any) -> Any:
-        return self._scripts[name](keys=[], args=[self.prefix, self.now_ms(), *args])
+        return self._scripts[name](keys=[], args=self.argv(*args))
 
     # -- accept ---------------------------------------------------------------------------
 
@@ -573,8 +580,7 @@ class AsyncAccept:
     def __init__(self, store: Store, client: AsyncClientFactory) -> None:
         self.store = store
         self._factory = client
-        self._script = _load_script("accept")
-        self._sha = hashlib.sha1(self._script.encode()).hexdigest()  # noqa: S324 (Redis' name)
+        self._script = store.script("accept")
         self._state: _Loop | None = None
 
     def _here(self) -> _Loop:
@@ -596,7 +602,7 @@ class AsyncAccept:
         )
         state = self._here()
         answer = state.loop.create_future()
-        state.pending.append(([store.prefix, store.now_ms(), *args], answer))
+        state.pending.append((store.argv(*args), answer))
         if state.writer is None:
             # Started on demand and gone when idle: nothing is left running on a loop that
             # closes (tests start and stop loops).
@@ -623,7 +629,7 @@ class AsyncAccept:
             answers = await self._pipeline(client, [args for args, _ in group])
             if any(isinstance(a, redis.exceptions.NoScriptError) for a in answers):
                 # Redis restarted (its script cache is empty): load once, redo those calls.
-                await client.script_load(self._script)
+                await client.script_load(self._script.script)
                 redo = [i for i, a in enumerate(answers)
                         if isinstance(a, redis.exceptions.NoScriptError)]  # fmt: skip
                 again = await self._pipeline(client, [group[i][0] for i in redo])
@@ -648,9 +654,11 @@ class AsyncAccept:
                 answer.set_result(result)
 
     async def _pipeline(self, client: aredis.Redis, calls: list[list[Any]]) -> list[Any]:
+        # EVALSHA by hand: a pipeline's registered scripts cost a SCRIPT EXISTS round trip on
+        # every execute; NOSCRIPT is handled in _send.
         async with client.pipeline(transaction=False) as pipe:
             for args in calls:
-                pipe.evalsha(self._sha, 0, *args)
+                pipe.evalsha(self._script.sha, 0, *args)
             return list(await pipe.execute(raise_on_error=False))
 
     async def wait(self, replicas: int, timeout_ms: int) -> int:

@@ -10,7 +10,7 @@ import fakeredis
 import pytest
 import redis.asyncio as aredis
 
-from tests.conftest import FakeClock
+from tests.conftest import FakeClock, async_twin
 from tests.fakes.dispatch import QueueDispatcher
 from worker.accept import (
     INLINE_PHONES,
@@ -256,11 +256,8 @@ def test_accept_async_writes_stages_and_schedules_like_accept(
 def test_concurrent_events_share_round_trips_and_keep_their_own_answers(
     make_pipe: Any, redis_fake: fakeredis.FakeRedis
 ) -> None:
-    kw = redis_fake.connection_pool.connection_kwargs
     pipe: Pipeline = make_pipe()
-    pipe.async_accept = AsyncAccept(
-        pipe.store, lambda: CountingAsyncRedis(host=kw["host"], port=kw["port"], db=kw["db"])
-    )
+    pipe.async_accept = AsyncAccept(pipe.store, async_twin(redis_fake, CountingAsyncRedis))
     pipe.ensure_registered()
     CountingAsyncRedis.pipelines = 0
     numbers = [f"+97250{i:07d}" for i in range(1000, 1060)]
