@@ -157,11 +157,12 @@ def _write(pipe: Pipeline, plan: _Plan) -> AcceptOutcome:
             return outcome
         results.extend(outcome.results)
         for batch in outcome.staged:
-            # Size before: from the first part that touched the batch; size after: the last.
+            # Size before: from the first part that touched the batch; size after and
+            # numbers in flight: the last.
             first = staged.get((batch.target, batch.action))
             before = first.before if first else batch.before
             staged[(batch.target, batch.action)] = Staged(
-                batch.target, batch.action, batch.count, before
+                batch.target, batch.action, batch.count, before, batch.in_flight
             )
     return AcceptOutcome("ok", str(payload["id"]), results, list(staged.values()))
 

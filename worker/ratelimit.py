@@ -36,14 +36,6 @@ class SharedLimitTransport(httpx.BaseTransport):
         self._max_wait = max_wait_seconds
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        held = self._store.held_for(self._provider)
-        if held > 0:
-            return httpx.Response(
-                429,
-                headers={"Retry-After": str(math.ceil(held))},
-                json={"error": "held by an earlier Retry-After"},
-                request=request,
-            )
         token = uuid.uuid4().hex
         deadline = time.monotonic() + self._max_wait
         while True:
@@ -56,6 +48,13 @@ class SharedLimitTransport(httpx.BaseTransport):
             )
             if wait_ms == 0:
                 break
+            if wait_ms < 0:
+                return httpx.Response(
+                    429,
+                    headers={"Retry-After": str(math.ceil(-wait_ms / 1000))},
+                    json={"error": "held by an earlier Retry-After"},
+                    request=request,
+                )
             if time.monotonic() > deadline:
                 raise httpx.PoolTimeout("no free provider slot", request=request)
             time.sleep(wait_ms / 1000)

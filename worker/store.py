@@ -63,7 +63,7 @@ Clock = Callable[[], float]
 
 _SCRIPTS = (
     "accept", "claim", "complete", "release", "sweep", "replay", "renew", "register",
-    "stage_many", "slot", "purge", "expire", "states",
+    "stage_many", "slot", "purge", "expire", "open",
 )  # fmt: skip
 
 
@@ -89,12 +89,14 @@ def _as_list(value: Any) -> list[Any]:
 
 @dataclass(frozen=True, slots=True)
 class Staged:
-    """A batch an operation touched: its size now and before the operation."""
+    """A batch an operation touched: its size now and before the operation, and the
+    numbers in flight to its target."""
 
     target: str
     action: Action
     count: int
     before: int
+    in_flight: int = 0
 
     @property
     def opened(self) -> bool:
@@ -107,7 +109,9 @@ class Staged:
 
 
 def _staged(raw: Any) -> list[Staged]:
-    return [Staged(str(t), Action(str(a)), int(c), int(b)) for t, a, c, b in _as_list(raw)]
+    return [
+        Staged(str(t), Action(str(a)), int(c), int(b), int(f)) for t, a, c, b, f in _as_list(raw)
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +163,16 @@ class Chunk:
             ],
             raw=raw,
         )
+
+
+@dataclass(frozen=True)
+class OpenChunk:
+    """A chunk as a push opens it: is its provider paused, and each number's (state,
+    version) in the ledger now ("", "" for one the ledger does not hold)."""
+
+    chunk: Chunk
+    paused: bool
+    states: dict[str, tuple[str, str]]
 
 
 def _accept_args(
@@ -249,7 +263,10 @@ class Store:
         mode: str,
         linger_ms: int,
         max_chunks: int,
+        max_in_flight: int = 0,
     ) -> tuple[str, list[str], list[Staged]]:
+        """Lease staged numbers as chunks (see lua/claim.lua); `max_in_flight`: claim none
+        while the target has that many chunks' worth of numbers in flight (0: no cap)."""
         raw = _decode(
             self._run(
                 "claim",
@@ -261,6 +278,7 @@ class Store:
                 mode,
                 linger_ms,
                 max_chunks,
+                max_in_flight,
             )
         )
         chunks = [str(c) for c in _as_list(raw.get("chunks"))]
@@ -271,6 +289,18 @@ class Store:
         if raw is None:
             return None
         return Chunk.parse(raw.decode() if isinstance(raw, bytes) else str(raw))
+
+    def open_chunk(self, chunk_id: str) -> OpenChunk | None:
+        """A chunk about to be pushed, its provider's pause, and its numbers' ledger states;
+        None when the chunk is gone (completed or recovered already)."""
+        flat = [_text(x) for x in _as_list(self._run("open", chunk_id))]
+        if not flat:
+            return None
+        chunk = Chunk.parse(flat[0])
+        states = {
+            item.e164: (flat[2 + 2 * i], flat[3 + 2 * i]) for i, item in enumerate(chunk.items)
+        }
+        return OpenChunk(chunk, flat[1] == "1", states)
 
     def renew(self, chunk_id: str, lease_seconds: float) -> bool:
         return bool(self._run("renew", chunk_id, _ms(lease_seconds)))
@@ -391,7 +421,8 @@ class Store:
     def acquire_slot(
         self, provider: str, token: str, *, rps: float, concurrency: int, lease_seconds: float
     ) -> int:
-        """Take a request slot shared by every worker; 0 when taken, else ms to wait."""
+        """Take a request slot shared by every worker: 0 when taken, ms to wait when none is
+        free, or minus the ms left while a Retry-After holds the provider."""
         return int(
             self._run("slot", "acquire", provider, token, rps, concurrency, _ms(lease_seconds))
         )
@@ -404,11 +435,6 @@ class Store:
     def ledger(self, e164: str) -> dict[str, str]:
         raw = cast(dict[Any, Any], self.redis.hgetall(self.key("num", e164)))
         return {_text(k): _text(v) for k, v in raw.items()}
-
-    def ledger_states(self, numbers: list[str]) -> dict[str, tuple[str, str]]:
-        """(state, version) of each number; ("", "") for one the ledger does not hold."""
-        flat = [_text(x) for x in self._run("states", *numbers)] if numbers else []
-        return {n: (flat[2 * i], flat[2 * i + 1]) for i, n in enumerate(numbers)}
 
     def audit(self, e164: str, limit: int | None = None) -> list[dict[str, Any]]:
         end = -1 if limit is None else limit - 1

@@ -381,3 +381,85 @@ def test_the_trail_keeps_the_newest_entries_up_to_the_cap(
     trail = pipe.store.audit(n)
     assert len(trail) == 3
     assert trail[0]["out"] == "done"
+
+
+def _claim_one(pipe: Pipeline) -> str:
+    status, ids, _ = pipe.store.claim(
+        "voicenter", "voicenter", Action.ADD, size=100, lease_seconds=60, mode=work.FULL,
+        linger_ms=0, max_chunks=1,
+    )  # fmt: skip
+    assert status == "ok" and len(ids) == 1
+    return ids[0]
+
+
+def test_a_push_goes_on_to_the_full_chunks_its_batch_still_holds(
+    pipe: Pipeline, dispatcher: QueueDispatcher, fake_voicenter: FakeVoicenter
+) -> None:
+    accept(pipe, add(*numbers(450)))
+    dispatcher.tasks.clear()  # no flush: the push alone drains the backlog
+    counts = work.push(pipe, _claim_one(pipe))
+    assert [len(r) for r in fake_voicenter.pushed()] == [100, 100, 100, 100]
+    assert counts == {"done": 400, "retry": 0, "dead": 0, "stale": 0, "orphan": 0}
+    assert not [t for t in dispatcher.tasks if t[0] == "push"]
+    # The last 50 are not a full chunk: they wait for their linger flush.
+    assert len(fake_voicenter.blacklist) == 400
+    assert work.flush(pipe, "voicenter", Action.ADD, work.ALL) == 1
+    dispatcher.drain(pipe)
+    assert len(fake_voicenter.blacklist) == 450
+
+
+def test_after_its_time_a_push_hands_the_next_chunk_to_a_new_task(
+    pipe: Pipeline,
+    dispatcher: QueueDispatcher,
+    fake_voicenter: FakeVoicenter,
+    monkeypatch: Any,
+) -> None:
+    monkeypatch.setattr(work, "CHAIN_SECONDS", 0.0)
+    accept(pipe, add(*numbers(300)))
+    dispatcher.tasks.clear()
+    work.push(pipe, _claim_one(pipe))
+    assert [len(r) for r in fake_voicenter.pushed()] == [100]
+    handed = [args for kind, args in dispatcher.tasks if kind == "push"]
+    assert len(handed) == 1  # the next chunk, leased, in a task of its own
+    assert pipe.store.load_chunk(handed[0][0]) is not None
+    dispatcher.drain(pipe)
+    assert len(fake_voicenter.blacklist) == 300
+
+
+def test_claims_stop_at_the_targets_in_flight_cap(
+    pipe: Pipeline, dispatcher: QueueDispatcher, fake_voicenter: FakeVoicenter
+) -> None:
+    cap = pipe.max_in_flight("voicenter")
+    accept(pipe, add(*numbers(100 * (cap + 3))))
+    dispatcher.tasks.clear()
+    assert work.flush(pipe, "voicenter", Action.ADD, work.ALL) == cap
+    assert work.flush(pipe, "voicenter", Action.ADD, work.ALL) == 0  # still at the cap
+    # The pushes in flight drain the rest themselves, without another flush.
+    dispatcher.drain(pipe)
+    assert len(fake_voicenter.blacklist) == 100 * (cap + 3)
+    assert [len(r) for r in fake_voicenter.pushed()] == [100] * (cap + 3)
+
+
+def test_a_push_does_not_go_on_while_the_provider_is_paused(
+    pipe: Pipeline, dispatcher: QueueDispatcher, fake_voicenter: FakeVoicenter
+) -> None:
+    accept(pipe, add(*numbers(300)))
+    dispatcher.tasks.clear()
+    fake_voicenter.key = "another-code"  # Voicenter answers ErrorCode 1: paused
+    assert work.push(pipe, _claim_one(pipe)) == {"paused": 100}
+    assert len(fake_voicenter.bodies) == 1  # one request, no second chunk
+    assert pipe.store.paused()
+
+
+def test_no_full_flush_while_the_target_is_at_its_in_flight_cap(
+    pipe: Pipeline, dispatcher: QueueDispatcher, fake_voicenter: FakeVoicenter, clock: FakeClock
+) -> None:
+    cap = pipe.max_in_flight("voicenter")
+    accept(pipe, add(*numbers(100 * cap)))
+    assert work.flush(pipe, "voicenter", Action.ADD, work.ALL) == cap  # now at the cap
+    mark = len(dispatcher.sent)
+    accept(pipe, add(*numbers(250, start=100 * cap)))  # fills two more chunks
+    assert [a for kind, a in dispatcher.sent[mark:] if kind == "flush" and a[2] == work.FULL] == []
+    # The pushes in flight take the filled chunks when they are done; the sweep the rest.
+    settle(pipe, dispatcher, clock)
+    assert len(fake_voicenter.blacklist) == 100 * cap + 250

@@ -43,7 +43,7 @@ def test_the_rate_cap_counts_the_last_second(store: Store, clock: FakeClock) -> 
     assert store.acquire_slot("p", "d", **take) == 0  # type: ignore[arg-type]
 
 
-def test_a_hold_answers_429_without_sending(store: Store) -> None:
+def test_a_hold_answers_429_without_sending(store: Store, clock: FakeClock) -> None:
     sent: list[httpx.Request] = []
     inner = httpx.MockTransport(lambda r: sent.append(r) or httpx.Response(200))
     client = httpx.Client(
@@ -54,6 +54,10 @@ def test_a_hold_answers_429_without_sending(store: Store) -> None:
     assert response.status_code == 429
     assert int(response.headers["Retry-After"]) == 30
     assert sent == []
+    assert store.redis.zcard(store.key("slots", "p")) == 0  # none taken while held
+    clock.advance(30.001)
+    assert client.get("http://p.test/x").status_code == 200
+    assert len(sent) == 1
 
 
 def test_requests_through_the_transport_never_exceed_the_cap() -> None:

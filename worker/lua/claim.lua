@@ -1,11 +1,16 @@
 -- Claim staged numbers of one target|action as leased chunks ready to push.
 -- ARGV: prefix, now_ms, target, provider, action, max per chunk, lease ms, mode, linger ms,
---       max chunks
+--       max chunks, max in flight (chunks' worth of numbers in flight to the target; 0: any)
 -- mode: 'full' takes only full chunks, 'all' takes everything, 'due' takes everything once
 -- the oldest staged number has waited the linger time.
+-- With the target at its in-flight cap nothing is claimed: the pushes in flight go on to
+-- the next chunks themselves (worker/pipeline.py: push), one broker message per chain
+-- instead of a push task per chunk, and a backlog waits staged, not leased.
 local target, provider, action = ARGV[3], ARGV[4], ARGV[5]
 local size, lease, mode = tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8]
 local linger, max_chunks = tonumber(ARGV[9]), tonumber(ARGV[10])
+local max_inflight = tonumber(ARGV[11] or '0')
+local inflight_key = P .. 'inflight:' .. target
 
 if redis.call('HEXISTS', P .. 'paused', provider) == 1 then
   return cjson.encode({status = 'paused', chunks = {}})
@@ -27,6 +32,7 @@ local want = want_state(action)
 local chunks = {}
 local touched = {}
 while #chunks < max_chunks do
+  if max_inflight > 0 and redis.call('HLEN', inflight_key) >= max_inflight * size then break end
   local count = redis.call('ZCARD', key)
   if count == 0 or (mode == 'full' and count < size) then break end
   local members = redis.call('ZRANGE', key, 0, size - 1)
@@ -36,7 +42,7 @@ while #chunks < max_chunks do
   for _, n in ipairs(members) do
     local led = redis.call('HMGET', P .. 'num:' .. n, 's', 'v', 'n', 'x', 'c', 'src', 'r', 'u')
     if led[1] == want then
-      redis.call('HSET', P .. 'inflight:' .. target, n, id)
+      redis.call('HSET', inflight_key, n, id)
       table.insert(items, {n, led[2], led[3] or '', led[4] or '0', led[5] or '',
                            led[6] or '', led[7] or '', led[8] or '0'})
     else

@@ -182,7 +182,8 @@ local function restage(target, n, force, touched)
 end
 
 -- What callers need to schedule flushes: per target|action, the batch size before this
--- call touched it and after.
+-- call touched it and after, and the numbers in flight to the target (at its cap, the
+-- pushes in flight take a filled chunk themselves: no flush is needed).
 local function staged_summary(touched)
   local out = {}
   for tk, before in pairs(touched) do
@@ -190,7 +191,8 @@ local function staged_summary(touched)
     local target = string.sub(tk, 1, sep - 1)
     local act = string.sub(tk, sep + 1)
     local count = redis.call('ZCARD', P .. 'stage:' .. target .. ':' .. act)
-    table.insert(out, {target, act, count, before})
+    local inflight = redis.call('HLEN', P .. 'inflight:' .. target)
+    table.insert(out, {target, act, count, before, inflight})
   end
   return out
 end
