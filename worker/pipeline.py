@@ -77,7 +77,7 @@ class Pipeline:
 
     def ensure_registered(self) -> None:
         """Record every target's capabilities in Redis once per process; a target seen for
-        the first time gets backfilled from the ledger by the sweep."""
+        the first time gets backfilled from the ledger by the sweep (if it blocks any)."""
         if self.registered:
             return
         metas = {}
@@ -90,8 +90,8 @@ class Pipeline:
                     "needs_ctx": caps.needs_call_context,
                     "native_expiry": caps.supports_expiry,
                 }
-        for target in self.store.register_targets(metas):
-            log.info("target_registered", target=target, backfill=True)
+        for target, backfill in self.store.register_targets(metas):
+            log.info("target_registered", target=target, backfill=backfill)
         self.registered = True
 
     def batch_size(self, provider: str) -> int:

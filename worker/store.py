@@ -388,9 +388,11 @@ class Store:
 
     # -- targets, backfill and rate limits ------------------------------------------------
 
-    def register_targets(self, metas: dict[str, dict[str, Any]]) -> list[str]:
-        """Record target capabilities; answer the targets seen for the first time."""
-        return [str(t) for t in _as_list(_decode(self._run("register", json.dumps(metas))))]
+    def register_targets(self, metas: dict[str, dict[str, Any]]) -> list[tuple[str, bool]]:
+        """Record target capabilities; answer the targets seen for the first time, each
+        with whether it is backfilled (not when the ledger blocks nothing yet)."""
+        raw = _as_list(_decode(self._run("register", json.dumps(metas))))
+        return [(str(t), bool(b)) for t, b in raw]
 
     def backfills(self) -> dict[str, str]:
         raw = cast(dict[Any, Any], self.redis.hgetall(self.key("backfill")))

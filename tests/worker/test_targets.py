@@ -130,3 +130,44 @@ def test_one_call_linked_event_reaches_all_five_in_their_formats() -> None:
     dispatcher.drain(pipe)
     for name, fake in router.fakes.items():
         assert fake.numbers_sent().count("972501234567") == (2 if name == "phonely" else 1), name
+
+
+def test_a_target_registered_on_an_empty_ledger_needs_no_backfill() -> None:
+    redis = fakeredis.FakeRedis()
+    fake = FakePhonely()
+    pipe = build(redis, Router({"phonely": fake}), env_for("phonely", "http://phonely.test"))
+    accept(pipe, Event("api", Action.ADD, [PhoneInput("+972501234567")]))
+    assert pipe.store.backfills() == {}  # nothing was blocked before: the accept staged it
+    dispatcher = pipe.dispatcher
+    assert isinstance(dispatcher, QueueDispatcher)
+    for _ in range(3):
+        work.sweep(pipe)
+        dispatcher.drain(pipe)
+    assert fake.listed("agent-a") == {"972501234567"}
+
+
+def test_a_new_number_is_staged_as_one_the_ledger_held_before() -> None:
+    # The accept script skips, for numbers the ledger never held, the checks that could only
+    # find nothing (staged, in flight, retrying, dead-lettered, confirmed): same staging.
+    router = Router({n: make_fake(n) for n in ("voicenter", "weya")})
+    env = {k: v for n in router.fakes for k, v in env_for(n, f"http://{n}.test").items()}
+    pipe = build(fakeredis.FakeRedis(), router, env)
+    clock = pipe.store.clock
+    assert isinstance(clock, FakeClock)
+    from datetime import UTC, datetime
+
+    when = datetime.fromtimestamp(clock.now, tz=UTC)
+    new_remove, new_add, call_add = "+972501111111", "+972502222222", "+972503333333"
+    accept(pipe, Event("api", Action.REMOVE, [PhoneInput(new_remove)], occurred_at=when))
+    accept(pipe, Event("api", Action.ADD, [PhoneInput(new_add)]))
+    accept(pipe, Event("dnc", Action.ADD, [PhoneInput(call_add)], context=CALL))
+    staged = {
+        n: {t: v["staged"] for t, v in pipe.store.provider_view(n, ["voicenter", "weya"]).items()}
+        for n in (new_remove, new_add, call_add)
+    }
+    assert staged == {
+        new_remove: {"voicenter": "remove", "weya": None},  # add-only: never a remove
+        new_add: {"voicenter": "add", "weya": None},  # no call record: Weya cannot take it
+        call_add: {"voicenter": "add", "weya": "add"},
+    }
+    assert pipe.store.redis.zcard(pipe.store.key("expiry")) == 0

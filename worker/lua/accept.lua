@@ -31,13 +31,18 @@ local t = tonumber(ev.t)
 local x = tonumber(ev.x)
 local touched = {}
 local results = {}
+-- Every number's audit entry is this event's, plus its result and version: encoded once.
+local audit_head = string.sub(cjson.encode({at = NOW, ev = ev.id, src = ev.source,
+  act = ev.action, rsn = ev.reason, t = t, x = x, ctx = ev.ctx, na = ev.na}), 1, -2)
 
 for _, pair in ipairs(numbers) do
   local n = pair[1]
   local name = pair[2]
   local key = P .. 'num:' .. n
-  local cur = redis.call('HMGET', key, 's', 'v', 'x', 'rt', 'bl', 't', 'xr')
+  local cur = redis.call('HMGET', key, 's', 'v', 'x', 'rt', 'bl', 't', 'xr', 'c')
   local state, v, cx = cur[1], tonumber(cur[2] or '0'), tonumber(cur[3] or '0')
+  -- Every number's first event writes its state (see below): no state, a new number.
+  local fresh = not state
   local rt, ct = tonumber(cur[4] or '-1'), tonumber(cur[6] or '0')
   local blocks = decode_blocks(cur[5])
   local result = nil
@@ -67,9 +72,11 @@ for _, pair in ipairs(numbers) do
   -- One HSET per number: the ledger fields an event always writes, and those it writes
   -- when it changed the state.
   local fields = {'t', int(ct), 'rt', int(rt), 'bl', encode_blocks(blocks)}
+  local c, xr = cur[8], cur[7]
   if ev.cctx and ev.action == 'add' then
     -- The call this opt-out came from: call-record providers (Weya) need it to add.
     table.insert(fields, 'c'); table.insert(fields, ev.cctx)
+    c = ev.cctx
   end
   if changed then
     v = v + 1
@@ -77,15 +84,16 @@ for _, pair in ipairs(numbers) do
       table.insert(fields, f)
     end
     if name and name ~= '' then table.insert(fields, 'n'); table.insert(fields, name) end
-    set_state(key, n, ns, nx, v, fields)
-    if cur[7] then redis.call('HDEL', key, 'xr') end
+    set_state(key, n, ns, nx, v, fields, fresh)
+    if xr then redis.call('HDEL', key, 'xr'); xr = false end
   else
     redis.call('HSET', key, unpack(fields))
   end
-  audit(n, {at = NOW, ev = ev.id, src = ev.source, act = ev.action, res = result,
-            rsn = ev.reason, t = t, x = x, ctx = ev.ctx, v = v, na = ev.na}, cap)
+  audit_raw(n, audit_head .. ',"res":"' .. result .. '","v":' .. int(v) .. '}', cap)
+  -- What the ledger now holds, as restage would read it back.
+  local led = {ns, int(v), c, xr}
   for _, target in ipairs(targets) do
-    restage(target, n, changed, touched)
+    restage(target, n, changed, touched, led, fresh)
   end
   table.insert(results, result)
 end
