@@ -463,3 +463,19 @@ def test_no_full_flush_while_the_target_is_at_its_in_flight_cap(
     # The pushes in flight take the filled chunks when they are done; the sweep the rest.
     settle(pipe, dispatcher, clock)
     assert len(fake_voicenter.blacklist) == 100 * cap + 250
+
+
+def test_the_in_flight_cap_is_the_providers_concurrency_or_two_per_worker_process() -> None:
+    import fakeredis
+
+    from tests.conftest import make_settings
+    from worker.runtime import build_pipeline
+
+    env = {"VOICENTER_API_CODE": "good-code", "VOICENTER_BASE_URL": "http://voicenter.test"}
+    capped = make_settings({**env, "OPTOUT_PROVIDER_LIMITS": "voicenter=10/3"})
+    uncapped = make_settings(
+        {**env, "OPTOUT_PROVIDER_LIMITS": "voicenter=0/0", "OPTOUT_WORKER_CONCURRENCY": "5"}
+    )
+    for settings, cap in ((capped, 3), (uncapped, 10)):
+        pipe = build_pipeline(settings, client=fakeredis.FakeRedis(), dispatcher=QueueDispatcher())
+        assert pipe.max_in_flight("voicenter") == cap
