@@ -284,12 +284,6 @@ class Store:
         chunks = [str(c) for c in _as_list(raw.get("chunks"))]
         return str(raw["status"]), chunks, _staged(raw.get("staged"))
 
-    def load_chunk(self, chunk_id: str) -> Chunk | None:
-        raw = self.redis.get(self.key("chunk", chunk_id))
-        if raw is None:
-            return None
-        return Chunk.parse(raw.decode() if isinstance(raw, bytes) else str(raw))
-
     def open_chunk(self, chunk_id: str) -> OpenChunk | None:
         """A chunk about to be pushed, its provider's pause, and its numbers' ledger states;
         None when the chunk is gone (completed or recovered already)."""

@@ -280,8 +280,9 @@ def test_a_late_push_after_recovery_forces_a_fresh_push(
     work.flush(pipe, "voicenter", Action.ADD, work.ALL)
     chunk_id = next(a[0] for k, a in dispatcher.tasks if k == "push")
     dispatcher.tasks.clear()
-    chunk = pipe.store.load_chunk(chunk_id)
-    assert chunk is not None
+    opened = pipe.store.open_chunk(chunk_id)
+    assert opened is not None
+    chunk = opened.chunk
     clock.advance(pipe.settings.lease_seconds + 1)
     work.recover(pipe)
     settle(pipe, dispatcher, clock)
@@ -421,7 +422,7 @@ def test_after_its_time_a_push_hands_the_next_chunk_to_a_new_task(
     assert [len(r) for r in fake_voicenter.pushed()] == [100]
     handed = [args for kind, args in dispatcher.tasks if kind == "push"]
     assert len(handed) == 1  # the next chunk, leased, in a task of its own
-    assert pipe.store.load_chunk(handed[0][0]) is not None
+    assert pipe.store.open_chunk(handed[0][0]) is not None
     dispatcher.drain(pipe)
     assert len(fake_voicenter.blacklist) == 300
 

@@ -101,11 +101,8 @@ end
 -- `extra`: more field/value pairs for the same HSET. `fresh`: the ledger did not hold the
 -- number before this script (see restage).
 local function set_state(key, n, state, x, v, extra, fresh)
-  if extra then
-    redis.call('HSET', key, 's', state, 'x', int(x), 'v', int(v), 'u', int(NOW), unpack(extra))
-  else
-    redis.call('HSET', key, 's', state, 'x', int(x), 'v', int(v), 'u', int(NOW))
-  end
+  redis.call('HSET', key, 's', state, 'x', int(x), 'v', int(v), 'u', int(NOW),
+             unpack(extra or {}))
   if state == 'blocked' then
     redis.call('SADD', P .. 'blocked', n)
   else
