@@ -72,6 +72,7 @@ class Settings(BaseModel):
     retry_base_seconds: float = Field(default=2.0, gt=0, alias="OPTOUT_RETRY_BASE_SECONDS")
     retry_max_seconds: float = Field(default=600.0, gt=0, alias="OPTOUT_RETRY_MAX_SECONDS")
     lease_seconds: float = Field(default=120.0, gt=0, alias="OPTOUT_LEASE_SECONDS")
+    outage_budget_hours: float = Field(default=24.0, gt=0, alias="OPTOUT_OUTAGE_BUDGET_HOURS")
     sweep_interval_seconds: float = Field(default=1.0, gt=0, alias="OPTOUT_SWEEP_INTERVAL_SECONDS")
     recover_interval_seconds: float = Field(
         default=10.0, gt=0, alias="OPTOUT_RECOVER_INTERVAL_SECONDS"
@@ -279,6 +280,12 @@ class Settings(BaseModel):
     def _consistent(self) -> Settings:
         if self.retry_max_seconds < self.retry_base_seconds:
             raise ValueError("OPTOUT_RETRY_MAX_SECONDS must be at least OPTOUT_RETRY_BASE_SECONDS")
+        if self.lease_seconds < 2 * self.http_timeout_seconds:
+            # A push renews its lease before each request; a request that could outlive it
+            # would let a recovered chunk's push land after a newer one.
+            raise ValueError(
+                "OPTOUT_LEASE_SECONDS must be at least twice OPTOUT_HTTP_TIMEOUT_SECONDS"
+            )
         if _set(self.phonely_api_key):
             if not self.phonely_uid:
                 raise ValueError("PHONELY_UID is required when PHONELY_API_KEY is set")

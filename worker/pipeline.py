@@ -6,18 +6,27 @@ import json
 import random
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import structlog
 
 from config import Settings
-from worker import metrics
-from worker.errors import AuthError, PermanentError, RetryableError
+from worker import lease, metrics
+from worker.errors import AuthError, PermanentError, PushInterrupted, RetryableError
+from worker.lease import LeaseLostError
 from worker.phones import mask
-from worker.providers.base import Action, NumberResult, Outcome, Provider, PushItem
-from worker.store import AsyncAccept, Chunk, ChunkItem, OpenChunk, Staged, Store
+from worker.providers.base import Action, NumberResult, Provider, PushItem
+from worker.store import (
+    AsyncAccept,
+    Chunk,
+    ChunkItem,
+    CompleteOptions,
+    OpenChunk,
+    Staged,
+    Store,
+)
 
 log = structlog.get_logger("optout.pipeline")
 
@@ -31,6 +40,10 @@ CLAIM_CHUNKS = 10
 #: broker messages per chunk (Celery's per-task cost was a third of the worker's CPU on the
 #: bulk path). Short, so that a warm shutdown still waits little for the task in hand.
 CHAIN_SECONDS = 2.0
+#: Chunks in a row whose requests all failed as a whole before a provider's circuit opens.
+BREAKER_THRESHOLD = 3
+#: The longest an open circuit holds a provider before the next probe.
+BREAKER_CAP_SECONDS = 60.0
 
 
 class Dispatcher(Protocol):
@@ -54,6 +67,8 @@ class Pipeline:
     registered: bool = False
     #: The accept script from an event loop (the HTTP API); None: through a worker thread.
     async_accept: AsyncAccept | None = None
+    #: Seconds for durations (the push chain); tests pass their fake clock.
+    monotonic: Callable[[], float] = time.monotonic
 
     def targets(self) -> dict[str, str]:
         """Every target of every enabled provider -> its provider's name."""
@@ -102,6 +117,19 @@ class Pipeline:
         would only wait for a request slot), or with no cap two per worker process."""
         _, concurrency = self.settings.limits_for(provider)
         return concurrency if concurrency > 0 else 2 * self.settings.worker_concurrency
+
+    def complete_options(self, hold_seconds: float = 0.0) -> CompleteOptions:
+        """How a chunk's failures are treated (settings, in the units the script reads)."""
+        settings = self.settings
+        return CompleteOptions(
+            max_attempts=settings.max_attempts,
+            backoff_base_ms=int(settings.retry_base_seconds * 1000),
+            backoff_cap_ms=int(settings.retry_max_seconds * 1000),
+            outage_budget_ms=int(settings.outage_budget_hours * 3_600_000),
+            breaker_threshold=BREAKER_THRESHOLD,
+            breaker_cap_ms=int(BREAKER_CAP_SECONDS * 1000),
+            hold_ms=int(hold_seconds * 1000),
+        )
 
     def claim(
         self, target: str, provider: str, action: Action, mode: str, max_chunks: int
@@ -183,37 +211,29 @@ class _Push:
     provider: Provider
     results: dict[str, NumberResult] = field(default_factory=dict)
     requests: int = 0
-    lost_lease: bool = False
 
     def run(self, items: list[PushItem]) -> None:
-        if self.lost_lease:
-            return
-        if self.requests and not self.pipe.store.renew(
-            self.chunk.id, self.pipe.settings.lease_seconds
-        ):
-            self.lost_lease = True
-            return
+        """Push items, halving a bulk request that one bad number sinks. Credentials refused
+        or the lease lost stop it, with what was answered so far kept in `results`."""
         sent = 1 if self.provider.capabilities.bulk else len(items)
         self.requests += sent
         started = time.perf_counter()
         try:
             answers = self.provider.push(self.chunk.target, self.chunk.action, items)
-        except AuthError:
+        except PushInterrupted as exc:
+            self._observe(started, sent)
+            self.results.update(exc.results)
+            raise exc.cause from None
+        except (AuthError, LeaseLostError):
             raise
         except RetryableError as exc:
             self._observe(started, sent)
-            for item in items:
-                self.results[item.e164] = NumberResult(
-                    Outcome.RETRY, exc.reason, exc.detail, exc.retry_after, exc.retry_window
-                )
+            self.results.update({item.e164: NumberResult.of(exc) for item in items})
             return
         except PermanentError as exc:
             self._observe(started, sent)
             if len(items) == 1 or not self.provider.capabilities.bulk:
-                for item in items:
-                    self.results[item.e164] = NumberResult(
-                        Outcome.PERMANENT, exc.reason, exc.detail
-                    )
+                self.results.update({item.e164: NumberResult.of(exc) for item in items})
                 return
             # One bad number can sink a whole request: halve until it stands alone, so the
             # good numbers beside it are not dead-lettered with it.
@@ -243,28 +263,34 @@ def push(pipe: Pipeline, chunk_id: str) -> dict[str, int]:
     """Push one leased chunk and record every number's outcome; then go on to the full
     chunks its batch holds (claimed one at a time, within the target's in-flight cap) for
     up to CHAIN_SECONDS, and hand the next one to a new push task."""
-    opened = pipe.store.open_chunk(chunk_id)
+    opened = pipe.store.open_chunk(chunk_id, pipe.settings.lease_seconds)
     if opened is None:
         # Completed or recovered already: a redelivered task has nothing left to do.
         return {}
     chunk = opened.chunk
-    started = time.monotonic()
+    started = pipe.monotonic()
     totals: Counter[str] = Counter(push_chunk(pipe, opened))
-    while chunk.provider in pipe.providers and "paused" not in totals:
+    while chunk.provider in pipe.providers and not totals.keys() & {"paused", "lease_lost"}:
         status, chunk_ids, staged = pipe.claim(
             chunk.target, chunk.provider, chunk.action, FULL, max_chunks=1
         )
         schedule(pipe, staged)
         if status != "ok" or not chunk_ids:
             break
-        if time.monotonic() - started >= CHAIN_SECONDS:
+        if pipe.monotonic() - started >= CHAIN_SECONDS:
             pipe.dispatcher.push(chunk_ids[0], chunk.provider)
             break
-        following = pipe.store.open_chunk(chunk_ids[0])
+        following = pipe.store.open_chunk(chunk_ids[0], pipe.settings.lease_seconds)
         if following is None:
             break  # recovered already (its lease cannot have run out yet, but be safe)
         totals.update(push_chunk(pipe, following))
     return dict(totals)
+
+
+#: What a number's result is sent to complete.lua as.
+Encoded = tuple[str, str, str, int, float, int]
+_STALE: Encoded = ("stale", "stale", "", 0, 0.0, 0)
+_UNSENT: Encoded = ("unsent", "unsent", "", 0, 0.0, 0)
 
 
 def push_chunk(pipe: Pipeline, opened: OpenChunk) -> dict[str, int]:
@@ -272,8 +298,9 @@ def push_chunk(pipe: Pipeline, opened: OpenChunk) -> dict[str, int]:
     started = time.perf_counter()
     chunk = opened.chunk
     provider = pipe.providers.get(chunk.provider)
-    if provider is None or opened.paused:
-        schedule(pipe, pipe.store.release(chunk.id, forget=False))
+    if provider is None or opened.stopped:
+        # Not for this worker, or its provider is paused or held: staged again, unsent.
+        schedule(pipe, pipe.store.release(chunk.id, recover=False)[1])
         return {}
 
     want = "blocked" if chunk.action is Action.ADD else "unblocked"
@@ -288,31 +315,34 @@ def push_chunk(pipe: Pipeline, opened: OpenChunk) -> dict[str, int]:
             live.append(_push_item(item))
 
     work = _Push(pipe, chunk, provider)
+    stopped: AuthError | LeaseLostError | None = None
     if live:
         try:
-            work.run(live)
-        except AuthError as exc:
-            pipe.store.pause(chunk.provider, exc.reason, exc.setting, exc.detail)
-            pipe.store.release(chunk.id, forget=False)
-            log.error(
-                "provider_paused",
-                provider=chunk.provider,
-                reason=exc.reason,
-                fix=exc.setting,
-                hint=f"fix {exc.setting}, then run: optout provider resume {chunk.provider}",
-            )
-            return {"paused": len(chunk.items)}
-    hold = max((r.retry_after or 0.0 for r in work.results.values()), default=0.0)
-    if hold:
-        # One worker's Retry-After pauses the provider for every worker.
-        pipe.store.hold(chunk.provider, hold)
+            with lease.holding(lambda: pipe.store.renew(chunk.id, pipe.settings.lease_seconds)):
+                work.run(live)
+        except (AuthError, LeaseLostError) as exc:
+            stopped = exc
+    if isinstance(stopped, AuthError):
+        pipe.store.pause(chunk.provider, stopped.reason, stopped.setting, stopped.detail)
+        log.error(
+            "provider_paused",
+            provider=chunk.provider,
+            reason=stopped.reason,
+            fix=stopped.setting,
+            hint=f"fix {stopped.setting}, then run: optout provider resume {chunk.provider}",
+        )
 
-    encoded: dict[str, tuple[str, str, str, int, float, int]] = {}
+    encoded: dict[str, Encoded] = {}
     for item in chunk.items:
         if item.e164 in stale:
-            encoded[item.e164] = ("stale", "stale", "", 0, 0.0, 0)
+            encoded[item.e164] = _STALE
             continue
-        result = work.results.get(item.e164) or NumberResult(Outcome.RETRY, "no_answer")
+        result = work.results.get(item.e164)
+        if result is None:
+            # Not sent: interrupted before its request (paused, lease lost), or the adapter
+            # did not mention it (never assumed done).
+            encoded[item.e164] = _UNSENT if stopped else ("retry", "no_answer", "", 0, 0.5, 0)
+            continue
         encoded[item.e164] = (
             result.outcome.value,
             result.reason,
@@ -321,15 +351,11 @@ def push_chunk(pipe: Pipeline, opened: OpenChunk) -> dict[str, int]:
             pipe.rng.random(),
             int((result.retry_window or 0.0) * 1000),
         )
-    status, counts, staged = pipe.store.complete(
-        chunk,
-        encoded,
-        max_attempts=pipe.settings.max_attempts,
-        backoff_base_seconds=pipe.settings.retry_base_seconds,
-        backoff_cap_seconds=pipe.settings.retry_max_seconds,
-    )
-    schedule(pipe, staged)
-    _count(chunk, encoded, status, pipe.store.now_ms())
+    # One worker's Retry-After holds the provider for every worker.
+    hold = max((r.retry_after or 0.0 for r in work.results.values()), default=0.0)
+    done = pipe.store.complete(chunk, encoded, pipe.complete_options(hold))
+    schedule(pipe, done.staged)
+    _count(chunk, encoded, done.status, pipe.store.now_ms())
     log.info(
         "chunk_pushed",
         chunk=chunk.id,
@@ -338,12 +364,14 @@ def push_chunk(pipe: Pipeline, opened: OpenChunk) -> dict[str, int]:
         action=chunk.action.value,
         size=len(chunk.items),
         requests=work.requests,
-        status=status,
+        status=done.status,
         duration_ms=round((time.perf_counter() - started) * 1000, 1),
-        **counts,
+        **done.counts,
     )
+    if done.circuit == "open":
+        log.warning("circuit_open", provider=chunk.provider, chunk=chunk.id)
     for n, r in encoded.items():
-        if r[0] in ("retry", "permanent"):
+        if r[0] in ("retry", "outage", "permanent"):
             log.info(
                 "number_failed",
                 phone=mask(n),
@@ -351,15 +379,15 @@ def push_chunk(pipe: Pipeline, opened: OpenChunk) -> dict[str, int]:
                 outcome=r[0],
                 reason=r[1],
             )
-    return counts
+    if isinstance(stopped, AuthError):
+        return {**done.counts, "paused": len(chunk.items)}
+    if stopped is not None:
+        log.warning("lease_lost", chunk=chunk.id, provider=chunk.provider)
+        return {**done.counts, "lease_lost": len(chunk.items)}
+    return done.counts
 
 
-def _count(
-    chunk: Chunk,
-    encoded: dict[str, tuple[str, str, str, int, float, int]],
-    status: str,
-    now_ms: int,
-) -> None:
+def _count(chunk: Chunk, encoded: dict[str, Encoded], status: str, now_ms: int) -> None:
     # Counted per outcome, not per number: in multiprocess mode every increment is a locked
     # write to a shared file, and a sixth of a chunk's push CPU went to them.
     metrics.BATCH.labels(chunk.provider).observe(len(chunk.items))
@@ -419,10 +447,13 @@ def backfill(pipe: Pipeline, page: int = 2000) -> int:
 
 
 def recover(pipe: Pipeline) -> int:
-    """Give back chunks whose lease ran out (their worker died) so they are pushed again."""
+    """Give back chunks whose lease ran out (their worker died or stalled) so they are
+    pushed again; what the provider holds for their numbers is unknown."""
     recovered = 0
     for chunk_id in pipe.store.expired_leases():
-        staged = pipe.store.release(chunk_id, forget=True)
+        status, staged = pipe.store.release(chunk_id, recover=True)
+        if status != "ok":
+            continue  # renewed since it was listed, or completed meanwhile
         schedule(pipe, staged)
         recovered += 1
         log.warning("chunk_recovered", chunk=chunk_id)

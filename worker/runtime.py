@@ -79,6 +79,9 @@ def provider_client(settings: Settings, store: Store, provider: str) -> httpx.Cl
         rps=rps,
         concurrency=concurrency,
         lease_seconds=timeout * 2 + 5,
+        # A request renews its chunk's lease before it waits for a slot: slot wait plus the
+        # request (at most half the lease, see config) must end well inside the lease.
+        max_wait_seconds=min(30.0, settings.lease_seconds / 4),
     )
     return httpx.Client(
         transport=transport,

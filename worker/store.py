@@ -23,7 +23,11 @@ key                            type    holds
                                        updated]``
 ``leases``                     zset    chunk id -> lease expiry (ms)
 ``chunkseq``                   string  chunk id counter
-``confirmed:{target}``         hash    number -> ``{state}:{version}`` the provider holds
+``confirmed:{target}``         hash    number -> ``{state}:{version}`` the provider holds, or
+                                       ``?`` (unknown: a push whose answer no longer
+                                       counts may have landed after a newer one)
+``unknown:{target}``           hash    number -> the chunk in flight whose answer will not
+                                       count (a recovered chunk's request may follow it)
 ``answer:{target}``            hash    number -> JSON of the provider's last answer
 ``attempts:{target}``          hash    number -> failed attempts since the last success
 ``firstfail:{target}``         hash    number -> first failure (ms), for retry windows
@@ -31,7 +35,10 @@ key                            type    holds
 ``dlq``                        hash    ``{target}|{e164}`` -> JSON dead letter
 ``dlq:age``                    zset    ``{target}|{e164}`` -> first failure time (ms)
 ``paused``                     hash    provider -> JSON (reason, setting to fix, time)
-``hold:{provider}``            string  end (ms) of a Retry-After hold for all workers
+``hold:{provider}``            string  end (ms) of a hold for all workers (Retry-After, or
+                                       an open circuit)
+``breaker:{provider}``         hash    circuit breaker: fails (chunks in a row whose
+                                       requests all failed), opens, since, until, reason
 ``targets``                    hash    target -> JSON capabilities (provider, add_only, ...)
 ``targets:known``              set     every target ever registered
 ``backfill``                   hash    target -> SSCAN cursor over ``blocked`` (new targets)
@@ -48,7 +55,7 @@ import asyncio
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from typing import Any, cast
 
@@ -63,7 +70,7 @@ Clock = Callable[[], float]
 
 _SCRIPTS = (
     "accept", "claim", "complete", "release", "sweep", "replay", "renew", "register",
-    "stage_many", "slot", "purge", "expire", "open",
+    "stage_many", "slot", "purge", "expire", "open", "hold",
 )  # fmt: skip
 
 
@@ -165,13 +172,38 @@ class Chunk:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class CompleteOptions:
+    """How complete.lua treats failures (names as the script reads them)."""
+
+    max_attempts: int
+    backoff_base_ms: int
+    backoff_cap_ms: int
+    outage_budget_ms: int  # a number failing by outages this long is dead-lettered
+    breaker_threshold: int  # chunks in a row whose requests all failed: the circuit opens
+    breaker_cap_ms: int  # the longest the open circuit holds the provider
+    hold_ms: int = 0  # a Retry-After the chunk's answers asked for
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """What complete.lua did: 'ok' or 'orphan' (the chunk was recovered meanwhile), counts
+    per outcome, the batches it touched, and the provider's circuit after it."""
+
+    status: str
+    counts: dict[str, int]
+    staged: list[Staged]
+    circuit: str = "closed"  # closed | failing | open
+
+
 @dataclass(frozen=True)
 class OpenChunk:
-    """A chunk as a push opens it: is its provider paused, and each number's (state,
-    version) in the ledger now ("", "" for one the ledger does not hold)."""
+    """A chunk as a push opens it: is its provider stopped (paused, or held by a Retry-After
+    or an open circuit), and each number's (state, version) in the ledger now ("", "" for
+    one the ledger does not hold)."""
 
     chunk: Chunk
-    paused: bool
+    stopped: bool
     states: dict[str, tuple[str, str]]
 
 
@@ -284,10 +316,11 @@ class Store:
         chunks = [str(c) for c in _as_list(raw.get("chunks"))]
         return str(raw["status"]), chunks, _staged(raw.get("staged"))
 
-    def open_chunk(self, chunk_id: str) -> OpenChunk | None:
-        """A chunk about to be pushed, its provider's pause, and its numbers' ledger states;
-        None when the chunk is gone (completed or recovered already)."""
-        flat = [_text(x) for x in _as_list(self._run("open", chunk_id))]
+    def open_chunk(self, chunk_id: str, lease_seconds: float) -> OpenChunk | None:
+        """A chunk about to be pushed, whether its provider is stopped, and its numbers'
+        ledger states; its lease starts again now. None when the chunk is gone (completed
+        or recovered)."""
+        flat = [_text(x) for x in _as_list(self._run("open", chunk_id, _ms(lease_seconds)))]
         if not flat:
             return None
         chunk = Chunk.parse(flat[0])
@@ -303,27 +336,23 @@ class Store:
         self,
         chunk: Chunk,
         results: dict[str, tuple[str, str, str, int, float, int]],
-        *,
-        max_attempts: int,
-        backoff_base_seconds: float,
-        backoff_cap_seconds: float,
-    ) -> tuple[str, dict[str, int], list[Staged]]:
-        raw = _decode(
-            self._run(
-                "complete",
-                chunk.raw,
-                json.dumps(results),
-                max_attempts,
-                self.audit_cap,
-                _ms(backoff_base_seconds),
-                _ms(backoff_cap_seconds),
-            )
+        options: CompleteOptions,
+    ) -> Completion:
+        """Record a chunk's per-number results (see lua/complete.lua)."""
+        opts = {**asdict(options), "audit_cap": self.audit_cap}
+        raw = _decode(self._run("complete", chunk.raw, json.dumps(results), json.dumps(opts)))
+        return Completion(
+            str(raw["status"]),
+            {str(k): int(v) for k, v in (raw.get("counts") or {}).items()},
+            _staged(raw.get("staged")),
+            str(raw.get("circuit") or "closed"),
         )
-        return str(raw["status"]), dict(raw.get("counts") or {}), _staged(raw.get("staged"))
 
-    def release(self, chunk_id: str, *, forget: bool) -> list[Staged]:
-        raw = _decode(self._run("release", chunk_id, "1" if forget else "0"))
-        return _staged(raw.get("staged"))
+    def release(self, chunk_id: str, *, recover: bool) -> tuple[str, list[Staged]]:
+        """Give a chunk's numbers back to staging: handed back unsent by its pusher, or
+        recovered once its lease has run out ('alive' if it was renewed meanwhile)."""
+        raw = _decode(self._run("release", chunk_id, "recover" if recover else "return"))
+        return str(raw["status"]), _staged(raw.get("staged"))
 
     def expired_leases(self, limit: int = 100) -> list[str]:
         ids = self.redis.zrangebyscore(self.key("leases"), "-inf", self.now_ms(), 0, limit)
@@ -368,17 +397,27 @@ class Store:
         return {_text(k): _decode(v) for k, v in raw.items()}
 
     def hold(self, provider: str, seconds: float) -> None:
-        """Stop every worker pushing to a provider until a Retry-After has passed. The key
-        holds the end time by this store's clock; its TTL only tidies up."""
-        until = self.now_ms() + _ms(seconds)
-        key = self.key("hold", provider)
-        current = self.redis.get(key)
-        if current is None or int(current) < until:
-            self.redis.set(key, str(until), px=_ms(seconds) + 60_000)
+        """Stop every worker pushing to a provider until a Retry-After has passed (the later
+        end wins, atomically). The key holds the end time by this store's clock."""
+        self._run("hold", provider, _ms(seconds))
 
     def held_for(self, provider: str) -> float:
         until = self.redis.get(self.key("hold", provider))
         return max(0.0, (int(until) - self.now_ms()) / 1000.0) if until else 0.0
+
+    def circuit(self, provider: str) -> dict[str, Any] | None:
+        """The provider's circuit breaker when it has opened and not yet closed: since and
+        until when (ms), how often it opened, and the last failure."""
+        raw = cast(dict[Any, Any], self.redis.hgetall(self.key("breaker", provider)))
+        info = {_text(k): _text(v) for k, v in raw.items()}
+        if "opens" not in info:
+            return None
+        return {
+            "opens": int(info["opens"]),
+            "since_ms": int(info.get("since", 0)),
+            "until_ms": int(info.get("until", 0)),
+            "reason": info.get("reason", ""),
+        }
 
     # -- targets, backfill and rate limits ------------------------------------------------
 

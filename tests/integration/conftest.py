@@ -101,7 +101,7 @@ def env(
         "OPTOUT_LEASE_SECONDS": "4",
         "OPTOUT_RETRY_BASE_SECONDS": "0.3",
         "OPTOUT_RETRY_MAX_SECONDS": "1.5",
-        "OPTOUT_HTTP_TIMEOUT_SECONDS": "5",
+        "OPTOUT_HTTP_TIMEOUT_SECONDS": "2",
         "OPTOUT_LOG_FORMAT": "json",
     }
 

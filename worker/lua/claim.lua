@@ -19,6 +19,14 @@ local hold = redis.call('GET', P .. 'hold:' .. provider)
 if hold and tonumber(hold) > NOW then
   return cjson.encode({status = 'held', chunks = {}})
 end
+-- A circuit that opened and has not closed since (complete.lua): its hold has passed, and
+-- one chunk at a time probes whether the provider answers again.
+if redis.call('HEXISTS', P .. 'breaker:' .. provider, 'opens') == 1 then
+  if redis.call('HLEN', inflight_key) > 0 then
+    return cjson.encode({status = 'probing', chunks = {}})
+  end
+  max_chunks = 1
+end
 
 local key = P .. 'stage:' .. target .. ':' .. action
 if mode == 'due' then

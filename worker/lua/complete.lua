@@ -1,25 +1,47 @@
--- Record a chunk's per-number results: confirm, schedule retries, dead-letter, re-stage.
+-- Record a chunk's per-number results: confirm, schedule retries, dead-letter, re-stage;
+-- and what the chunk says about its provider (a Retry-After hold, the circuit breaker).
 -- ARGV: prefix, now_ms, chunk JSON (the pusher's own copy), results JSON
 --       ({e164: [outcome, reason, detail, retry_after_ms, jitter 0..1, retry window ms]}),
---       max attempts,
---       audit cap, backoff base ms, backoff cap ms
+--       options JSON (see worker/store.py: CompleteOptions)
+-- Outcomes: done; retry (the number's own failure: an attempt is spent); outage (its
+-- request failed as a whole: no attempt is spent, but a number failing so for longer than
+-- the budget is dead-lettered); permanent; stale (not sent: the ledger moved); unsent (not
+-- sent: the provider was paused or the lease lost while the chunk was pushed).
 local chunk = cjson.decode(ARGV[3])
 local results = cjson.decode(ARGV[4])
-local max_attempts = tonumber(ARGV[5])
-local cap = tonumber(ARGV[6])
-local base_ms, cap_ms = tonumber(ARGV[7]), tonumber(ARGV[8])
+local opt = cjson.decode(ARGV[5])
 local target, action, id = chunk.target, chunk.action, chunk.id
 local touched = {}
-local counts = {done = 0, retry = 0, dead = 0, stale = 0, orphan = 0}
+local counts = {done = 0, retry = 0, dead = 0, stale = 0, orphan = 0, outage = 0, unsent = 0}
+local confirmed_key = P .. 'confirmed:' .. target
+local unknown_key = P .. 'unknown:' .. target
+local inflight_key = P .. 'inflight:' .. target
+local add_only = meta(target).add_only
+
+local function sent(r)
+  return r ~= nil and r[1] ~= 'stale' and r[1] ~= 'unsent'
+end
 
 if redis.call('EXISTS', P .. 'chunk:' .. id) == 0 then
-  -- The lease ran out and the chunk was recovered while we pushed: what the provider now
-  -- holds is unknown (our late request may have landed after a newer one), so forget the
-  -- confirmation and push the ledger's state again.
+  -- The lease ran out and the chunk was recovered while we pushed. Our requests may have
+  -- landed after a newer push for the same numbers, so what the provider holds for each
+  -- number we sent is unknown: it is pushed again with the ledger's state once nothing else
+  -- is in flight for it. The push in flight now, if any, may have been overtaken by ours:
+  -- its answer will not count as a confirmation either (see below).
   for _, item in ipairs(chunk.items) do
-    redis.call('HDEL', P .. 'confirmed:' .. target, item[1])
-    restage(target, item[1], true, touched)
-    counts.orphan = counts.orphan + 1
+    local n, r = item[1], results[item[1]]
+    if sent(r) then
+      if add_only and r[1] == 'done' then
+        -- Nothing is ever removed there: done is done (and each add may email someone).
+        redis.call('HSET', confirmed_key, n, 'blocked:' .. item[2])
+      else
+        redis.call('HSET', confirmed_key, n, UNKNOWN)
+        local owner = redis.call('HGET', inflight_key, n)
+        if owner and owner ~= id then redis.call('HSET', unknown_key, n, owner) end
+      end
+      restage(target, n, true, touched)
+      counts.orphan = counts.orphan + 1
+    end
   end
   return cjson.encode({status = 'orphan', counts = counts, staged = staged_summary(touched)})
 end
@@ -51,17 +73,32 @@ local function dead_letter(n, version, reason, detail, attempts)
   redis.call('HDEL', P .. 'firstfail:' .. target, n)
 end
 
+-- When this number first failed since its last success (for time-bounded retries).
+local function failing_since(n)
+  local first = tonumber(redis.call('HGET', P .. 'firstfail:' .. target, n) or '0')
+  if first == 0 then
+    first = NOW
+    redis.call('HSET', P .. 'firstfail:' .. target, n, int(NOW))
+  end
+  return first
+end
+
+local answered, outages, last_outage = 0, 0, ''
 for _, item in ipairs(chunk.items) do
   local n, version = item[1], item[2]
-  if redis.call('HGET', P .. 'inflight:' .. target, n) == id then
-    redis.call('HDEL', P .. 'inflight:' .. target, n)
+  if redis.call('HGET', inflight_key, n) == id then
+    redis.call('HDEL', inflight_key, n)
   end
+  -- A recovered chunk's late request may have reached the provider after ours: our answer
+  -- is no confirmation (see the orphan branch above).
+  local overtaken = redis.call('HGET', unknown_key, n) == id
+  if overtaken then redis.call('HDEL', unknown_key, n) end
   local r = results[n] or {'retry', 'no_result', 'the pusher reported nothing', 0, 0.5}
   local outcome, reason, detail = r[1], r[2], r[3]
   local attempts = 0
   local member = target .. '|' .. n
   if outcome == 'done' then
-    redis.call('HSET', P .. 'confirmed:' .. target, n, want_state(action) .. ':' .. version)
+    redis.call('HSET', confirmed_key, n, want_state(action) .. ':' .. version)
     redis.call('HDEL', P .. 'attempts:' .. target, n)
     redis.call('HDEL', P .. 'firstfail:' .. target, n)
     if redis.call('HDEL', P .. 'dlq', member) == 1 then
@@ -71,15 +108,10 @@ for _, item in ipairs(chunk.items) do
   elseif outcome == 'retry' then
     attempts = redis.call('HINCRBY', P .. 'attempts:' .. target, n, 1)
     local window = tonumber(r[6] or 0)
-    local give_up = attempts >= max_attempts
+    local give_up = attempts >= opt.max_attempts
     if window > 0 then
       -- Retried for a while rather than a number of times (a record not written yet).
-      local first = tonumber(redis.call('HGET', P .. 'firstfail:' .. target, n) or '0')
-      if first == 0 then
-        first = NOW
-        redis.call('HSET', P .. 'firstfail:' .. target, n, int(NOW))
-      end
-      give_up = NOW - first >= window
+      give_up = NOW - failing_since(n) >= window
     end
     if give_up then
       local why = 'max_attempts'
@@ -89,34 +121,88 @@ for _, item in ipairs(chunk.items) do
       counts.dead = counts.dead + 1
     else
       -- Exponential backoff with jitter, capped; a provider's Retry-After is a floor.
-      local delay = math.min(cap_ms, base_ms * (2 ^ (attempts - 1))) * (0.5 + r[5] / 2)
-      delay = math.max(delay, tonumber(r[4]))
+      local delay = math.min(opt.backoff_cap_ms, opt.backoff_base_ms * (2 ^ (attempts - 1)))
+      delay = math.max(delay * (0.5 + r[5] / 2), tonumber(r[4]))
       redis.call('ZADD', P .. 'retry', int(NOW + delay), member)
       counts.retry = counts.retry + 1
+    end
+  elseif outcome == 'outage' then
+    -- The request failed as a whole: nothing is known about this number, so no attempt is
+    -- spent; the circuit breaker keeps a provider that is down from being hammered.
+    attempts = tonumber(redis.call('HGET', P .. 'attempts:' .. target, n) or '0')
+    if NOW - failing_since(n) >= opt.outage_budget_ms then
+      dead_letter(n, version, 'outage_budget', reason .. ': ' .. detail, attempts)
+      outcome = 'dead'
+      counts.dead = counts.dead + 1
+    else
+      local delay = math.max(opt.backoff_base_ms * (0.5 + r[5] / 2), tonumber(r[4]))
+      redis.call('ZADD', P .. 'retry', int(NOW + delay), member)
+      counts.outage = counts.outage + 1
     end
   elseif outcome == 'permanent' then
     attempts = redis.call('HINCRBY', P .. 'attempts:' .. target, n, 1)
     dead_letter(n, version, reason, detail, attempts)
     outcome = 'dead'
     counts.dead = counts.dead + 1
+  elseif outcome == 'unsent' then
+    counts.unsent = counts.unsent + 1
   else
     counts.stale = counts.stale + 1
   end
-  if outcome ~= 'stale' then
+  if sent(r) then
+    if r[1] == 'outage' then
+      if reason ~= 'rate_limited' then
+        outages = outages + 1
+        last_outage = reason .. ': ' .. detail
+      end
+    else
+      answered = answered + 1
+    end
+    if overtaken then redis.call('HSET', confirmed_key, n, UNKNOWN) end
     local answer = cjson.encode({at = NOW, act = action, out = outcome, rsn = reason,
                                  det = detail, v = tonumber(version), n = attempts})
     redis.call('HSET', P .. 'answer:' .. target, n, answer)
     -- The audit entry is the answer plus the target: spliced, not encoded a second time.
-    audit_raw(n, '{"prov":' .. cjson.encode(target) .. ',' .. string.sub(answer, 2), cap)
+    audit_raw(n, '{"prov":' .. cjson.encode(target) .. ',' .. string.sub(answer, 2), opt.audit_cap)
   end
-  -- The ledger moved while this push was in flight: the number's newest state goes out next,
-  -- so an old action is never the last word at the provider.
+  -- The ledger moved while this push was in flight (or our answer does not count): the
+  -- number's newest state goes out next, so an old action is never the last word.
   local now_v = redis.call('HGET', P .. 'num:' .. n, 'v')
-  if outcome == 'stale' or now_v ~= version then
+  if not sent(r) or now_v ~= version or (overtaken and outcome == 'done') then
     restage(target, n, true, touched)
   end
 end
 
 redis.call('DEL', P .. 'chunk:' .. id)
 redis.call('ZREM', P .. 'leases', id)
-return cjson.encode({status = 'ok', counts = counts, staged = staged_summary(touched)})
+
+if opt.hold_ms > 0 then hold_until(chunk.provider, NOW + opt.hold_ms) end
+-- The circuit breaker: the provider answered something (closed), or every request of this
+-- chunk failed as a whole (a failure; enough of them in a row, or one while probing, open
+-- it: a hold for every worker with a backoff, then one chunk at a time probes).
+local breaker = P .. 'breaker:' .. chunk.provider
+local circuit = 'closed'
+if answered > 0 then
+  redis.call('DEL', breaker)
+elseif outages > 0 then
+  local opens = tonumber(redis.call('HGET', breaker, 'opens') or '0')
+  local open_until = tonumber(redis.call('HGET', breaker, 'until') or '0')
+  local fails = 0
+  circuit = 'failing'
+  if opens > 0 and open_until > NOW then
+    circuit = 'open'  -- a push that was under way when it opened: not another failure
+  else
+    fails = redis.call('HINCRBY', breaker, 'fails', 1)
+  end
+  if circuit ~= 'open' and (opens > 0 or fails >= opt.breaker_threshold) then
+    opens = redis.call('HINCRBY', breaker, 'opens', 1)
+    local wait = math.min(opt.breaker_cap_ms, opt.backoff_base_ms * (2 ^ (opens - 1)))
+    redis.call('HSET', breaker, 'fails', 0, 'until', int(NOW + wait),
+               'reason', string.sub(last_outage, 1, 200))
+    redis.call('HSETNX', breaker, 'since', int(NOW))
+    hold_until(chunk.provider, NOW + wait)
+    circuit = 'open'
+  end
+end
+return cjson.encode({status = 'ok', counts = counts, staged = staged_summary(touched),
+                     circuit = circuit})

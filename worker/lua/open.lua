@@ -1,15 +1,29 @@
--- A push's first look, in one round trip: its chunk, whether its provider is paused, and
--- each number's ledger state and version (a stale action is skipped, not sent).
--- ARGV: prefix, now_ms, chunk id
+-- A push's first look, in one round trip: its chunk, whether its provider is stopped
+-- (paused, or held by a Retry-After or an open circuit), and each number's ledger state and
+-- version (a stale action is skipped, not sent). The lease starts again here: the time the
+-- chunk waited in the queue is not the push's.
+-- ARGV: prefix, now_ms, chunk id, lease ms
 -- Answers {} when the chunk is gone (completed, or recovered), else
--- {chunk JSON, paused 0|1, state, version, state, version, ...} in the chunk's order.
-local raw = redis.call('GET', P .. 'chunk:' .. ARGV[3])
+-- {chunk JSON, stopped 0|1, state, version, state, version, ...} in the chunk's order; a
+-- number an add-only target holds already (its push answered while this chunk waited) has
+-- state 'held': it is not sent again.
+local id = ARGV[3]
+local raw = redis.call('GET', P .. 'chunk:' .. id)
 if not raw then return {} end
+redis.call('ZADD', P .. 'leases', 'GT', NOW + tonumber(ARGV[4]), id)
 local chunk = cjson.decode(raw)
-local out = {raw, redis.call('HEXISTS', P .. 'paused', chunk.provider)}
+local stopped = redis.call('HEXISTS', P .. 'paused', chunk.provider)
+if tonumber(redis.call('GET', P .. 'hold:' .. chunk.provider) or '0') > NOW then stopped = 1 end
+local out = {raw, stopped}
+local add_only = meta(chunk.target).add_only
 for _, item in ipairs(chunk.items) do
   local led = redis.call('HMGET', P .. 'num:' .. item[1], 's', 'v')
-  out[#out + 1] = led[1] or ''
+  local state = led[1] or ''
+  if add_only then
+    local conf = redis.call('HGET', P .. 'confirmed:' .. chunk.target, item[1])
+    if conf and string.sub(conf, 1, 8) == 'blocked:' then state = 'held' end
+  end
+  out[#out + 1] = state
   out[#out + 1] = led[2] or ''
 end
 return out

@@ -116,6 +116,23 @@ local function set_state(key, n, state, x, v, extra, fresh)
   end
 end
 
+-- Hold a provider for every worker until `until_ms` (a Retry-After, an open circuit): the
+-- later end wins, so a shorter hold never cuts a longer one short.
+local function hold_until(provider, until_ms)
+  local key = P .. 'hold:' .. provider
+  local current = tonumber(redis.call('GET', key) or '0')
+  if until_ms > current then
+    redis.call('SET', key, int(until_ms), 'PX', int(until_ms - NOW + 60000))
+    return until_ms
+  end
+  return current
+end
+
+-- What `confirmed:{target}` holds for a number whose state at the provider is unknown (a
+-- push whose answer no longer counts may have landed after a newer one): it matches no
+-- ledger state, so the number is pushed again.
+local UNKNOWN = '?'
+
 -- A target's capabilities, as registered by worker/store.py:register_targets.
 local META = {}
 local function meta(target)

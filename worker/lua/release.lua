@@ -1,19 +1,40 @@
--- Give a chunk's numbers back to staging without counting an attempt (provider paused or
--- disabled), or after its lease ran out (a worker died mid-push).
--- ARGV: prefix, now_ms, chunk id, forget ('1': what the provider holds is unknown)
-local id, forget = ARGV[3], ARGV[4] == '1'
+-- Give a chunk's numbers back to staging without counting an attempt: 'return' when its
+-- pusher hands it back unsent (provider paused or not enabled here), 'recover' when its
+-- lease ran out (a worker died or stalled mid-push). Recovery re-checks, in this script,
+-- that the lease has still run out: a push may have renewed it since it was listed. What
+-- the provider holds for a recovered chunk's numbers is unknown, so each is pushed again.
+-- ARGV: prefix, now_ms, chunk id, mode ('return' | 'recover')
+local id, recovering = ARGV[3], ARGV[4] == 'recover'
 local raw = redis.call('GET', P .. 'chunk:' .. id)
+if not raw then
+  redis.call('ZREM', P .. 'leases', id)
+  return cjson.encode({status = 'gone', staged = {}})
+end
+if recovering then
+  local lease = redis.call('ZSCORE', P .. 'leases', id)
+  if lease and tonumber(lease) > NOW then
+    return cjson.encode({status = 'alive', staged = {}})
+  end
+end
 redis.call('ZREM', P .. 'leases', id)
-if not raw then return cjson.encode({status = 'gone', staged = {}}) end
 local chunk = cjson.decode(raw)
+local target = chunk.target
+local add_only = meta(target).add_only
 local touched = {}
 for _, item in ipairs(chunk.items) do
   local n = item[1]
-  if redis.call('HGET', P .. 'inflight:' .. chunk.target, n) == id then
-    redis.call('HDEL', P .. 'inflight:' .. chunk.target, n)
+  if redis.call('HGET', P .. 'inflight:' .. target, n) == id then
+    redis.call('HDEL', P .. 'inflight:' .. target, n)
   end
-  if forget then redis.call('HDEL', P .. 'confirmed:' .. chunk.target, n) end
-  restage(chunk.target, n, true, touched)
+  local conf = redis.call('HGET', P .. 'confirmed:' .. target, n)
+  -- An add-only target's confirmation stands: it never loses a number.
+  if recovering and not (add_only and conf and string.sub(conf, 1, 8) == 'blocked:') then
+    redis.call('HSET', P .. 'confirmed:' .. target, n, UNKNOWN)
+    if redis.call('HGET', P .. 'unknown:' .. target, n) == id then
+      redis.call('HDEL', P .. 'unknown:' .. target, n)
+    end
+  end
+  restage(target, n, true, touched)
 end
 redis.call('DEL', P .. 'chunk:' .. id)
 return cjson.encode({status = 'ok', count = #chunk.items, staged = staged_summary(touched)})

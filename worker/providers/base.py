@@ -6,6 +6,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from worker.errors import PermanentError, RetryableError
 from worker.phones import NumberFormat
 
 
@@ -15,16 +16,13 @@ class Action(enum.StrEnum):
     ADD = "add"
     REMOVE = "remove"
 
-    @property
-    def opposite(self) -> Action:
-        return Action.REMOVE if self is Action.ADD else Action.ADD
-
 
 class Outcome(enum.StrEnum):
     """A provider's answer for one number."""
 
     DONE = "done"  # includes "already in that state"
-    RETRY = "retry"  # 5xx, timeout, per-number internal error, missing from the answer
+    RETRY = "retry"  # the number's own failure: internal error, missing from the answer
+    OUTAGE = "outage"  # its request failed as a whole (5xx, timeout, 429): no attempt spent
     PERMANENT = "permanent"  # bad format and the like: dead-letter it
 
 
@@ -62,6 +60,14 @@ class NumberResult:
     detail: str = ""
     retry_after: float | None = None  # the provider's own wait (seconds), for RETRY
     retry_window: float | None = None  # RETRY for this long, then dead-letter (not attempts)
+
+    @classmethod
+    def of(cls, error: RetryableError | PermanentError) -> NumberResult:
+        """What a failed request means for each number in it."""
+        if isinstance(error, RetryableError):
+            outcome = Outcome.OUTAGE if error.outage else Outcome.RETRY
+            return cls(outcome, error.reason, error.detail, error.retry_after, error.retry_window)
+        return cls(Outcome.PERMANENT, error.reason, error.detail)
 
 
 @runtime_checkable

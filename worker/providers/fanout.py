@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextvars
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from worker.errors import AuthError, PermanentError, RetryableError
-from worker.providers.base import NumberResult, Outcome, PushItem
+from worker.errors import AuthError, PermanentError, PushInterrupted, RetryableError
+from worker.lease import LeaseLostError
+from worker.providers.base import NumberResult, PushItem
 
 
 def per_number(
@@ -16,32 +18,37 @@ def per_number(
     concurrency: int,
 ) -> dict[str, NumberResult]:
     """Run `call` for each item, at most `concurrency` at once; a request-level error becomes
-    that number's result. An AuthError stops the rest and is raised: the provider pauses."""
-    refused: list[AuthError] = []
+    that number's result. Credentials refused (AuthError) or the chunk's lease lost stop the
+    rest: nothing more is sent, and PushInterrupted carries the answers already had, so the
+    numbers that succeeded are recorded rather than pushed again (each Weya add emails
+    someone)."""
+    stopped: list[Exception] = []
     lock = threading.Lock()
+    answered: dict[str, NumberResult] = {}
 
-    def one(item: PushItem) -> NumberResult:
-        if refused:
-            return NumberResult(Outcome.RETRY, "not_sent", "credentials refused")
+    def one(item: PushItem) -> None:
+        if stopped:
+            return
         try:
-            return call(item)
-        except AuthError as exc:
+            result = call(item)
+        except (AuthError, LeaseLostError) as exc:
             with lock:
-                refused.append(exc)
-            return NumberResult(Outcome.RETRY, "not_sent", "credentials refused")
-        except RetryableError as exc:
-            return NumberResult(
-                Outcome.RETRY, exc.reason, exc.detail, exc.retry_after, exc.retry_window
-            )
-        except PermanentError as exc:
-            return NumberResult(Outcome.PERMANENT, exc.reason, exc.detail)
+                stopped.append(exc)
+            return
+        except (RetryableError, PermanentError) as exc:
+            result = NumberResult.of(exc)
+        with lock:
+            answered[item.e164] = result
 
     if len(items) == 1 or concurrency <= 1:
-        results = {item.e164: one(item) for item in items}
+        for item in items:
+            one(item)
     else:
         with ThreadPoolExecutor(max_workers=min(concurrency, len(items))) as pool:
-            answers = list(pool.map(one, items))
-        results = {item.e164: answer for item, answer in zip(items, answers, strict=True)}
-    if refused:
-        raise refused[0]
-    return results
+            # Each request renews the chunk's lease, which lives in the caller's context.
+            runs = [pool.submit(contextvars.copy_context().run, one, item) for item in items]
+            for run in runs:
+                run.result()
+    if stopped:
+        raise PushInterrupted(stopped[0], answered)
+    return answered

@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 
+from worker import lease
 from worker.errors import AuthError, RetryableError
 
 
@@ -39,28 +40,27 @@ def send(
 ) -> httpx.Response:
     """Make one request; raise for what is not the adapter's to interpret.
 
-    Returns 2xx and non-auth 4xx responses (the adapter reads vendor codes from them).
+    Renews the pushed chunk's lease first (a request whose chunk was recovered is not
+    sent: `worker/lease.py`). Returns 2xx and non-auth 4xx responses (the adapter reads
+    vendor codes from them). Failures of the request as a whole (timeouts, connection
+    errors, 429, 5xx) are outages: they say nothing about the numbers in it.
     """
+    lease.renew()
     try:
         response = client.request(method, url, **kwargs)
     except httpx.TimeoutException as exc:
-        raise RetryableError("timeout", type(exc).__name__) from exc
+        raise RetryableError("timeout", type(exc).__name__, outage=True) from exc
     except httpx.TransportError as exc:
-        raise RetryableError("connection_error", type(exc).__name__) from exc
+        raise RetryableError("connection_error", type(exc).__name__, outage=True) from exc
     status = response.status_code
     if status in (401, 403):
         raise AuthError(f"http_{status}", _snippet(response), setting=auth_setting)
-    if status == 429:
+    if status == 429 or status >= 500:
         raise RetryableError(
-            "rate_limited",
+            "rate_limited" if status == 429 else f"http_{status}",
             _snippet(response),
             retry_after=parse_retry_after(response.headers.get("Retry-After")),
-        )
-    if status >= 500:
-        raise RetryableError(
-            f"http_{status}",
-            _snippet(response),
-            retry_after=parse_retry_after(response.headers.get("Retry-After")),
+            outage=True,
         )
     return response
 

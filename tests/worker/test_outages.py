@@ -1,0 +1,151 @@
+"""An outage is not a number failure: whole-request failures hold the provider (a circuit
+breaker probing with backoff) without spending per-number attempts; a push interrupted by
+refused credentials keeps what already succeeded."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import fakeredis
+
+from tests.conftest import FakeClock, make_settings
+from tests.fakes.base import Answer, FakeProvider
+from tests.fakes.dispatch import QueueDispatcher
+from tests.fakes.providers import Router, env_for, make_fake
+from tests.fakes.voicenter import FakeVoicenter
+from tests.worker.test_pipeline import add, numbers, settle
+from worker import pipeline as work
+from worker.accept import accept
+from worker.pipeline import Pipeline
+from worker.runtime import build_pipeline
+
+
+def _down(fake: FakeProvider, clock: FakeClock, until: float) -> list[float]:
+    """The fake answers 503 until the clock reaches `until`; returns the request times."""
+    hits: list[float] = []
+
+    def outage() -> Answer | None:
+        if clock.now < until:
+            hits.append(clock.now)
+            return 503, {"error": "down for maintenance"}, {}
+        return None
+
+    fake.chaos = outage
+    return hits
+
+
+def _run_for(
+    pipe: Pipeline, dispatcher: QueueDispatcher, clock: FakeClock, seconds: float, step: float
+) -> None:
+    """Beat and workers for `seconds` of fake time: a sweep and a drain every `step`."""
+    end = clock.now + seconds
+    while clock.now < end:
+        clock.advance(step)
+        work.sweep(pipe)
+        dispatcher.drain(pipe)
+
+
+def test_a_thirty_minute_outage_dead_letters_nothing_and_the_backlog_drains(
+    pipe: Pipeline, dispatcher: QueueDispatcher, fake_voicenter: FakeVoicenter, clock: FakeClock
+) -> None:
+    # The defaults: 8 attempts, 2 s base. Before, every number pushed during a 3-4 minute
+    # outage was dead-lettered.
+    hits = _down(fake_voicenter, clock, clock.now + 1800)
+    accept(pipe, add(*numbers(500)))
+    _run_for(pipe, dispatcher, clock, 1790, step=5)
+    assert pipe.store.dead_letters() == []
+    assert pipe.store.circuit("voicenter") is not None
+    view = pipe.store.provider_view(numbers(1)[0], ["voicenter"])["voicenter"]
+    assert view["attempts"] == 0
+    # Held, then probed with one chunk at a time: a few requests a minute, not one per
+    # number per backoff step.
+    assert len(hits) < 80, len(hits)
+    _run_for(pipe, dispatcher, clock, 120, step=5)
+    assert len(fake_voicenter.blacklist) == 500
+    assert pipe.store.circuit("voicenter") is None
+    assert pipe.store.counts(["voicenter"])["voicenter"] == {
+        "staged_add": 0, "staged_remove": 0, "in_flight": 0,
+    }  # fmt: skip
+
+
+def test_the_circuit_opens_after_three_failed_chunks_and_one_chunk_probes(
+    pipe: Pipeline, dispatcher: QueueDispatcher, fake_voicenter: FakeVoicenter, clock: FakeClock
+) -> None:
+    _down(fake_voicenter, clock, clock.now + 10)
+    accept(pipe, add(*numbers(600)))
+    dispatcher.drain(pipe)
+    circuit = pipe.store.circuit("voicenter")
+    assert circuit is not None and circuit["opens"] == 1
+    assert "503" in circuit["reason"]
+    assert pipe.store.held_for("voicenter") > 0
+    # While it holds, nothing is claimed.
+    assert work.flush(pipe, "voicenter", add(numbers(1)[0]).action, work.ALL) == 0
+    clock.advance(11)
+    work.sweep(pipe)  # the retries are due: staged again
+    dispatcher.tasks.clear()
+    # Half open: one chunk probes; the rest waits until it answers.
+    assert work.flush(pipe, "voicenter", add(numbers(1)[0]).action, work.ALL) == 1
+    assert work.flush(pipe, "voicenter", add(numbers(1)[0]).action, work.ALL) == 0
+    settle(pipe, dispatcher, clock)
+    assert len(fake_voicenter.blacklist) == 600
+    assert pipe.store.circuit("voicenter") is None
+
+
+def test_a_number_failing_only_by_outages_is_dead_lettered_after_the_budget(
+    make_pipe: Any, dispatcher: QueueDispatcher, fake_voicenter: FakeVoicenter, clock: FakeClock
+) -> None:
+    pipe = make_pipe(outage_budget_hours=1)
+    _down(fake_voicenter, clock, clock.now + 10 * 3600)
+    accept(pipe, add(*numbers(3)))
+    _run_for(pipe, dispatcher, clock, 3700, step=30)
+    dead = pipe.store.dead_letters()
+    assert sorted(d["phone"] for d in dead) == numbers(3)
+    assert {d["reason"] for d in dead} == {"outage_budget"}
+
+
+def test_a_shorter_retry_after_never_cuts_a_longer_hold_short(pipe: Pipeline) -> None:
+    pipe.store.hold("voicenter", 30)
+    pipe.store.hold("voicenter", 5)
+    assert pipe.store.held_for("voicenter") > 29
+
+
+def test_credentials_refused_mid_chunk_keep_the_numbers_that_succeeded(clock: FakeClock) -> None:
+    # Issue 13, item 12: after resume only the numbers not yet added are pushed again.
+    fake = make_fake("voodoosms")
+    dispatcher = QueueDispatcher()
+    pipe = build_pipeline(
+        make_settings(env_for("voodoosms", "http://voodoosms.test")),
+        client=fakeredis.FakeRedis(),
+        http=Router({"voodoosms": fake}).client(),
+        dispatcher=dispatcher,
+        clock=clock,
+        rng=random.Random(1),
+    )
+    original = fake.handle
+
+    def handle(*args: Any) -> Any:
+        answer = original(*args)
+        if len(fake.requests) == 4:
+            fake.key = "revoked"  # the account's key is rotated after four adds
+        return answer
+
+    fake.handle = handle  # type: ignore[method-assign]
+    phones = numbers(12)
+    accept(pipe, add(*phones))
+    dispatcher.drain(pipe)
+    assert "voodoosms" in pipe.store.paused()
+    added = set(fake.listed())
+    assert len(added) >= 4
+    for n in phones:
+        confirmed = pipe.store.provider_view(n, ["voodoosms"])["voodoosms"]["confirmed"]
+        assert (confirmed == "blocked:1") == (n[1:] in added), n
+    assert pipe.store.dead_letters() == []
+
+    fake.key = "good-key"
+    assert pipe.store.resume("voodoosms")
+    work.flush(pipe, "voodoosms", add(phones[0]).action, work.ALL)
+    settle(pipe, dispatcher, clock)
+    assert fake.listed() == {n[1:] for n in phones}
+    sent = fake.numbers_sent()
+    assert sorted(sent) == sorted(set(sent)), "a number that succeeded was pushed again"
