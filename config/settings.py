@@ -73,6 +73,7 @@ class Settings(BaseModel):
     retry_max_seconds: float = Field(default=600.0, gt=0, alias="OPTOUT_RETRY_MAX_SECONDS")
     lease_seconds: float = Field(default=120.0, gt=0, alias="OPTOUT_LEASE_SECONDS")
     outage_budget_hours: float = Field(default=24.0, gt=0, alias="OPTOUT_OUTAGE_BUDGET_HOURS")
+    target_ttl_seconds: float = Field(default=600.0, ge=10, alias="OPTOUT_TARGET_TTL_SECONDS")
     sweep_interval_seconds: float = Field(default=1.0, gt=0, alias="OPTOUT_SWEEP_INTERVAL_SECONDS")
     recover_interval_seconds: float = Field(
         default=10.0, gt=0, alias="OPTOUT_RECOVER_INTERVAL_SECONDS"

@@ -144,15 +144,15 @@ def phone_hash(e164: str) -> str:
 
 
 def _write(pipe: Pipeline, plan: _Plan) -> AcceptOutcome:
-    payload, numbers, targets, ttl = plan.payload, plan.numbers, plan.targets, plan.ttl
+    payload, numbers, route, ttl = plan.payload, plan.numbers, plan.route, plan.ttl
     parts = [numbers[i : i + WRITE_CHUNK] for i in range(0, len(numbers), WRITE_CHUNK)]
     if len(parts) == 1:
-        return pipe.store.accept(payload, numbers, targets, ttl)
+        return pipe.store.accept(payload, numbers, route, ttl)
     results: list[str] = []
     staged: dict[tuple[str, Action], Staged] = {}
     for i, part in enumerate(parts):
         mode = "check" if i == 0 else "record" if i == len(parts) - 1 else "none"
-        outcome = pipe.store.accept(payload, part, targets, ttl, mode)
+        outcome = pipe.store.accept(payload, part, route, ttl, mode)
         if outcome.status != "ok":
             return outcome
         results.extend(outcome.results)
@@ -190,16 +190,16 @@ INLINE_PHONES = 10
 
 async def accept_async(pipe: Pipeline, event: Event) -> AcceptResult:
     """`accept` for an event loop: the same checks and writes, with the Redis round trip
-    awaited instead of holding a worker thread. Large events, the first event of a process
-    (it registers the targets) and pipelines without an asyncio client take `accept` in a
-    worker thread."""
+    awaited instead of holding a worker thread. Large events, an event that finds the
+    process's targets due to be announced (the first, then one every few minutes) and
+    pipelines without an asyncio client take `accept` in a worker thread."""
     aio = pipe.async_accept
-    if aio is None or not pipe.registered or len(event.phones) > INLINE_PHONES:
+    if aio is None or pipe.announce_due() or len(event.phones) > INLINE_PHONES:
         return await anyio.to_thread.run_sync(accept, pipe, event)
     with _refusals_counted(event):
         plan = _plan(pipe, event)
         with _store_errors():
-            outcome = await aio.accept(plan.payload, plan.numbers, plan.targets, plan.ttl)
+            outcome = await aio.accept(plan.payload, plan.numbers, plan.route, plan.ttl)
             if replicas := pipe.settings.redis_wait_replicas:
                 _enough_replicas(replicas, await aio.wait(replicas, 1000))
         result, flushes = _answer(pipe, event, plan, outcome)
@@ -248,7 +248,7 @@ class _Plan:
     results: list[PhoneResult]
     numbers: list[tuple[str, str]]  # (e164, label), each number once
     payload: dict[str, Any]
-    targets: list[str]
+    route: dict[str, Any]  # which live targets it goes to (Pipeline.route)
     effective_ms: int
     ttl: int  # of the idempotency key, seconds
 
@@ -301,9 +301,7 @@ def _plan(pipe: Pipeline, event: Event) -> _Plan:
     if len(key) > 200:
         raise AcceptError("bad_idempotency_key", "idempotency_key is at most 200 characters")
     call = call_context(event.context)
-    targets, not_applicable = pipe.targets_for(
-        event.source, call is not None or event.action is Action.REMOVE
-    )
+    route = pipe.route(event.source, call is not None or event.action is Action.REMOVE)
     payload = {
         "id": uuid.uuid4().hex,
         "source": event.source,
@@ -315,12 +313,11 @@ def _plan(pipe: Pipeline, event: Event) -> _Plan:
         "reason": event.reason[:200],
         "ctx": event.context or None,
         "cctx": json.dumps(call, sort_keys=True) if call else None,
-        "na": not_applicable or None,
     }
     # Lua reads JSON null as a truthy sentinel: absent is the only safe "none".
     payload = {k: v for k, v in payload.items() if v is not None}
     ttl = settings.idempotency_ttl_days * 86400
-    return _Plan(results, numbers, payload, targets, effective_ms, ttl)
+    return _Plan(results, numbers, payload, route, effective_ms, ttl)
 
 
 def _answer(

@@ -288,7 +288,7 @@ def state_gauges(pipe: Pipeline) -> dict[str, float]:
     store = pipe.store
     oldest = store.oldest_dead_letter_ms()
     dead = sum(store.dead_letter_counts().values())
-    staged = sum(sum(c.values()) for c in store.counts(sorted(pipe.targets())).values())
+    staged = sum(sum(c.values()) for c in store.counts(pipe.known_targets()).values())
     return {
         "redis_up": 1.0,
         "dead_letters": float(dead),
@@ -311,7 +311,7 @@ def broker_check(url: str) -> str:
 def number_view(pipe: Pipeline, e164: str) -> dict[str, Any]:
     """Everything known about one number (API and `optout status`)."""
     ledger = pipe.store.ledger(e164)
-    targets = sorted(pipe.targets())
+    targets = pipe.known_targets()
     expires = int(ledger.get("x", "0") or 0)
     return {
         "phone": e164,

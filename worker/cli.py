@@ -700,15 +700,17 @@ def reconcile_cmd(
         raise typer.Exit(2)
     with console.status("listing provider blacklists ..."):
         try:
-            reports = reconcile(pipe, provider, remove_extras)
+            reports = reconcile(
+                pipe, provider, remove_extras, who=f"cli:{os.environ.get('USER', 'unknown')}"
+            )
         except ProviderError as exc:
             err.print(f"[red]reconcile stopped: {exc}[/red]")
             raise typer.Exit(1) from None
     table = Table("target", "provider holds", "ledger blocks", "missing (re-pushed)",
-                  "extra", "extra removed", title="reconciliation")  # fmt: skip
+                  "extra", "extra being removed", title="reconciliation")  # fmt: skip
     for r in reports:
         table.add_row(r.target, str(r.listed), str(r.blocked), str(len(r.missing)),
-                      str(len(r.extras)), str(r.removed))  # fmt: skip
+                      str(len(r.extras)), str(r.removing))  # fmt: skip
     for r in reports:
         for n in r.extras[:20]:
             console.print(f"extra at {r.target}: {n}")

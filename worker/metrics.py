@@ -44,6 +44,11 @@ BATCH = Histogram(
     ["provider"],
     buckets=(1, 5, 10, 25, 50, 75, 100),
 )
+RECONCILED = Counter(
+    "optout_reconcile_numbers_total",
+    "Numbers reconciliation found missing at a provider, or extra there",
+    ["target", "found"],
+)
 PROPAGATION = Histogram(
     "optout_propagation_seconds",
     "From the ledger taking a state to a provider confirming it",

@@ -44,6 +44,8 @@ CHAIN_SECONDS = 2.0
 BREAKER_THRESHOLD = 3
 #: The longest an open circuit holds a provider before the next probe.
 BREAKER_CAP_SECONDS = 60.0
+#: How long a process trusts its copy of the deployment's live targets.
+DIRECTORY_SECONDS = 5.0
 
 
 class Dispatcher(Protocol):
@@ -67,33 +69,44 @@ class Pipeline:
     registered: bool = False
     #: The accept script from an event loop (the HTTP API); None: through a worker thread.
     async_accept: AsyncAccept | None = None
-    #: Seconds for durations (the push chain); tests pass their fake clock.
+    #: Seconds for durations (the push chain, the directory's age); tests pass a fake.
     monotonic: Callable[[], float] = time.monotonic
+    _announced: float = 0.0
+    _directory: tuple[float, dict[str, dict[str, Any]]] | None = None
 
     def targets(self) -> dict[str, str]:
-        """Every target of every enabled provider -> its provider's name."""
+        """Every target of every provider this process has enabled -> its provider's name
+        (what it announces; the deployment's live targets are in `directory`)."""
         return {t: name for name, p in self.providers.items() for t in p.targets()}
 
-    def targets_for(self, source: str, has_call: bool) -> tuple[list[str], list[str]]:
-        """(targets an event goes to, targets it cannot go to for want of a call record),
-        after the source's routing. A remove passes has_call=True: every target hears it,
-        and staging drops it where it cannot apply."""
-        chosen: list[str] = []
-        not_applicable: list[str] = []
-        for name in self.settings.routed(source, list(self.providers)):
-            provider = self.providers[name]
-            into = (
-                chosen
-                if has_call or not provider.capabilities.needs_call_context
-                else (not_applicable)
-            )
-            into.extend(provider.targets())
-        return sorted(chosen), sorted(not_applicable)
+    def known_targets(self) -> list[str]:
+        """Every target of the deployment (announced by any process, live or not), and this
+        process's own: what status views and the SLA look at."""
+        return sorted(set(self.store.known_targets()) | set(self.targets()))
 
-    def ensure_registered(self) -> None:
-        """Record every target's capabilities in Redis once per process; a target seen for
-        the first time gets backfilled from the ledger by the sweep (if it blocks any)."""
-        if self.registered:
+    def route(self, source: str, has_call: bool) -> dict[str, Any]:
+        """Which providers an event from `source` goes to (accept.lua applies it to every
+        live target): OPTOUT_ROUTES' includes (none: all) and excludes; `call`: the event
+        carries a call record. A remove passes has_call=True: every target hears it, and
+        staging drops it where it cannot apply."""
+        rule = self.settings.routes.get(source) or {}
+        return {
+            "include": list(rule.get("include") or []),
+            "exclude": list(rule.get("exclude") or []),
+            "call": has_call,
+        }
+
+    def announce_due(self) -> bool:
+        """This process has not announced its targets yet, or not for a third of their TTL
+        (by the store's clock, which the TTL is kept in)."""
+        ttl = self.settings.target_ttl_seconds
+        return not self.registered or self.store.clock() - self._announced >= ttl / 3
+
+    def ensure_registered(self, force: bool = False) -> None:
+        """Announce this process's targets with their capabilities (register.lua): at first
+        use and again before their TTL runs out. A target that becomes live (new, or back
+        after no process had it for a TTL) is caught up from the ledger by the sweep."""
+        if not force and not self.announce_due():
             return
         metas = {}
         for name, provider in self.providers.items():
@@ -104,13 +117,34 @@ class Pipeline:
                     "add_only": not caps.supports_remove,
                     "needs_ctx": caps.needs_call_context,
                     "native_expiry": caps.supports_expiry,
+                    "max_batch": caps.max_batch,
                 }
-        for target, backfill in self.store.register_targets(metas):
-            log.info("target_registered", target=target, backfill=backfill)
+        for target, catch_up in self.store.register_targets(
+            metas, self.settings.target_ttl_seconds
+        ):
+            log.info("target_live", target=target, catch_up=catch_up)
         self.registered = True
+        self._announced = self.store.clock()
+        self._directory = None
 
-    def batch_size(self, provider: str) -> int:
-        return min(self.settings.batch_size, self.providers[provider].capabilities.max_batch)
+    def directory(self, refresh: bool = False) -> dict[str, dict[str, Any]]:
+        """The deployment's live targets -> their capabilities, as announced in Redis by
+        every process (read at most every few seconds)."""
+        now = self.monotonic()
+        if refresh or self._directory is None or now - self._directory[0] >= DIRECTORY_SECONDS:
+            self._directory = (now, self.store.directory())
+        return self._directory[1]
+
+    def target_meta(self, target: str) -> dict[str, Any] | None:
+        """A live target's capabilities (this process's own, if it has the target)."""
+        meta = self.directory().get(target)
+        if meta is None:
+            meta = self.directory(refresh=True).get(target)
+        return meta
+
+    def batch_size(self, target: str) -> int:
+        meta = self.target_meta(target) or {}
+        return min(self.settings.batch_size, int(meta.get("max_batch") or 100))
 
     def max_in_flight(self, provider: str) -> int:
         """Chunks one target may have leased at once: the provider's concurrency cap (more
@@ -139,7 +173,7 @@ class Pipeline:
             target,
             provider,
             action,
-            size=self.batch_size(provider),
+            size=self.batch_size(target),
             lease_seconds=self.settings.lease_seconds,
             mode=mode,
             linger_ms=self.settings.batch_linger_ms,
@@ -157,13 +191,13 @@ def due_flushes(pipe: Pipeline, staged: Iterable[Staged]) -> list[Flush]:
     is at its in-flight cap: a push in flight takes the chunk when it is done, see `push`),
     after the linger for a batch it opened. (A batch that stays full because no worker
     drains it gets no further flushes from here; the sweep flushes it.)"""
-    targets = pipe.targets()
     due: list[Flush] = []
     for batch in staged:
-        provider = targets.get(batch.target)
-        if provider is None:
-            continue
-        size = pipe.batch_size(provider)
+        meta = pipe.target_meta(batch.target)
+        if meta is None:
+            continue  # not live: it catches up when it comes back
+        provider = str(meta.get("provider"))
+        size = pipe.batch_size(batch.target)
         if batch.filled(size) and batch.in_flight < pipe.max_in_flight(provider) * size:
             due.append((batch.target, batch.action, FULL, 0.0))
         if batch.opened:
@@ -182,12 +216,14 @@ def schedule(pipe: Pipeline, staged: Iterable[Staged]) -> None:
 
 
 def flush(pipe: Pipeline, target: str, action: Action, mode: str) -> int:
-    """Lease staged numbers as chunks of at most the batch size and enqueue one push each."""
+    """Lease staged numbers as chunks of at most the batch size and enqueue one push each
+    (on the provider's queue: a worker that has the provider takes it)."""
     pipe.ensure_registered()
-    provider = pipe.targets().get(target)
-    if provider is None:
-        log.warning("flush_unknown_target", target=target)
+    meta = pipe.target_meta(target)
+    if meta is None:
+        log.info("flush_not_live", target=target)
         return 0
+    provider = str(meta.get("provider"))
     total = 0
     while True:
         status, chunk_ids, staged = pipe.claim(target, provider, action, mode, CLAIM_CHUNKS)
@@ -402,8 +438,8 @@ def _count(chunk: Chunk, encoded: dict[str, Encoded], status: str, now_ms: int) 
 
 
 def sweep(pipe: Pipeline) -> int:
-    """Lift expired blocks, move due retries back into batches, take a backfill step for new
-    targets, and flush batches whose linger has passed."""
+    """Lift expired blocks, move due retries back into batches, take a catch-up step for
+    targets that became live, and flush batches whose linger has passed."""
     pipe.ensure_registered()
     backfill(pipe)
     lifted, staged = pipe.store.expire_due()
@@ -414,35 +450,50 @@ def sweep(pipe: Pipeline) -> int:
     schedule(pipe, staged)
     now_ms = pipe.store.now_ms()
     linger = pipe.settings.batch_linger_ms
-    for target, action, _size, oldest in pipe.store.staged_batches(pipe.targets()):
+    for target, action, _size, oldest in pipe.store.staged_batches(sorted(pipe.directory())):
         if oldest + linger <= now_ms:
             pipe.dispatcher.flush(target, action, DUE)
     return moved
 
 
 def backfill(pipe: Pipeline, page: int = 2000) -> int:
-    """Stage the ledger's blocked numbers for targets seen for the first time, one page per
-    call (the sweep calls it every tick), so enabling a provider or adding an agent never
-    starts from an empty list. Routing rules are honoured by each number's last source."""
-    targets = pipe.targets()
+    """Catch up targets that became live (new, or back after no process had them for their
+    TTL) from the ledger, one page per call (the sweep calls it every tick): first every
+    blocked number (routes honoured by each number's last source), then every number the
+    target was confirmed to hold, or is unknown at, whose ledger state has moved since. So
+    enabling a provider, adding an agent or restoring credentials never leaves a gap."""
+    directory = pipe.directory()
     staged_total = 0
     for target, cursor in pipe.store.backfills().items():
-        provider = targets.get(target)
-        if provider is None:
-            continue  # not enabled in this process; a worker that has it will do it
-        next_cursor, numbers = pipe.store.blocked_page(cursor, page)
-        if numbers:
+        meta = directory.get(target)
+        if meta is None:
+            continue  # not live: it starts again from the top when it comes back
+        provider = str(meta.get("provider"))
+        phase, _, position = cursor.rpartition(":")
+        if phase == "c":
+            position, numbers = pipe.store.confirmed_page(target, position, page)
+            wanted = numbers
+            next_cursor = None if position == "0" else f"c:{position}"
+        else:
+            position, numbers = pipe.store.blocked_page(position, page)
             sources = pipe.store.ledger_sources(numbers)
             wanted = [
                 n for n, src in zip(numbers, sources, strict=True)
                 if provider in pipe.settings.routed(src, [provider])
             ]  # fmt: skip
+            next_cursor = "c:0" if position == "0" else f"b:{position}"
+        if wanted:
             count, staged = pipe.store.stage_many(target, wanted)
             schedule(pipe, staged)
             staged_total += count
-        done = next_cursor == "0"
-        pipe.store.set_backfill(target, None if done else next_cursor)
-        log.info("backfill", target=target, staged=staged_total, scanned=len(numbers), done=done)
+        pipe.store.set_backfill(target, next_cursor)
+        log.info(
+            "catch_up",
+            target=target,
+            staged=staged_total,
+            scanned=len(numbers),
+            done=next_cursor is None,
+        )
     return staged_total
 
 

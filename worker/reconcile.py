@@ -1,24 +1,34 @@
-"""Reconciliation: compare what each provider's list holds with what the ledger blocks."""
+"""Reconciliation: compare what each provider's list holds with what the ledger blocks, and
+repair the difference through the pipeline."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import structlog
+
+from worker import metrics
 from worker.phones import digits
 from worker.pipeline import Pipeline, schedule
-from worker.providers.base import Action, ListsNumbers, PushItem
+from worker.providers.base import ListsNumbers
+
+log = structlog.get_logger("optout.reconcile")
+
+#: Numbers per repair script call.
+REPAIR_BATCH = 500
 
 
 @dataclass
 class TargetReport:
-    """One target's comparison: what was missing (re-pushed) and what was extra."""
+    """One target's comparison: what was missing (pushed again) and what was extra."""
 
     target: str
     listed: int = 0
     blocked: int = 0
     missing: list[str] = field(default_factory=list)
     extras: list[str] = field(default_factory=list)
-    removed: int = 0
+    removing: int = 0  # extras staged for removal
+    kept: int = 0  # extras the ledger blocked by the time they were to be removed
 
 
 def _ledger_blocked(pipe: Pipeline, provider: str) -> set[str]:
@@ -33,10 +43,12 @@ def _ledger_blocked(pipe: Pipeline, provider: str) -> set[str]:
 
 
 def reconcile(
-    pipe: Pipeline, only: str | None = None, remove_extras: bool = False
+    pipe: Pipeline, only: str | None = None, remove_extras: bool = False, who: str = "reconcile"
 ) -> list[TargetReport]:
-    """Re-push numbers the ledger blocks but a provider lacks; report (and, when asked,
-    remove) numbers a provider holds that the ledger does not block."""
+    """Push again numbers the ledger blocks but a provider lacks; report (and, when asked,
+    remove) numbers a provider holds that the ledger does not block. Repairs go through the
+    pipeline: staged, versioned, pushed by the workers; an extra is checked against the
+    ledger again when it is staged for removal, so one blocked meanwhile stays."""
     reports = []
     for name, provider in pipe.providers.items():
         if only and name != only:
@@ -50,24 +62,34 @@ def reconcile(
             report = TargetReport(target, listed=len(listed), blocked=len(wanted))
             report.missing = sorted(by_digits[d] for d in by_digits.keys() - listed)
             report.extras = sorted("+" + d for d in listed - by_digits.keys())
-            for start in range(0, len(report.missing), 1000):
-                _, staged = pipe.store.stage_many(
-                    target, report.missing[start : start + 1000], force=True
-                )
-                schedule(pipe, staged)
-            if remove_extras and report.extras:
-                report.removed = _remove(pipe, target, report.extras)
+            _repair(pipe, target, report.missing, "missing", who)
+            if remove_extras:
+                report.removing, report.kept = _repair(pipe, target, report.extras, "extra", who)
+            metrics.RECONCILED.labels(target, "missing").inc(len(report.missing))
+            metrics.RECONCILED.labels(target, "extra").inc(len(report.extras))
+            log.info(
+                "reconciled",
+                target=target,
+                listed=report.listed,
+                blocked=report.blocked,
+                missing=len(report.missing),
+                extras=len(report.extras),
+                removing=report.removing,
+                kept=report.kept,
+            )
             reports.append(report)
     return reports
 
 
-def _remove(pipe: Pipeline, target: str, extras: list[str]) -> int:
-    """Take extras off a provider's list directly: the ledger has no block for them."""
-    removed = 0
-    adapter = pipe.providers[pipe.targets()[target]]
-    size = adapter.capabilities.max_batch
-    for start in range(0, len(extras), size):
-        items = [PushItem(n) for n in extras[start : start + size]]
-        results = adapter.push(target, Action.REMOVE, items)
-        removed += sum(1 for r in results.values() if r.outcome.value == "done")
-    return removed
+def _repair(
+    pipe: Pipeline, target: str, numbers: list[str], mode: str, who: str
+) -> tuple[int, int]:
+    staged_total = kept_total = 0
+    for start in range(0, len(numbers), REPAIR_BATCH):
+        staged, kept, batches = pipe.store.repair(
+            target, numbers[start : start + REPAIR_BATCH], mode, who
+        )
+        schedule(pipe, batches)
+        staged_total += staged
+        kept_total += kept
+    return staged_total, kept_total

@@ -24,7 +24,7 @@ def overdue(pipe: Pipeline, age_seconds: float, limit: int = 10_000) -> list[Ove
     now = store.now_ms()
     cutoff = now - int(age_seconds * 1000)
     pending: dict[str, set[str]] = {}
-    for target in pipe.targets():
+    for target in pipe.known_targets():
         for action in ("add", "remove"):
             key = store.key("stage", target, action)
             for n in cast(list[Any], store.redis.zrangebyscore(key, "-inf", cutoff)):

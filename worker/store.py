@@ -40,8 +40,10 @@ key                            type    holds
 ``breaker:{provider}``         hash    circuit breaker: fails (chunks in a row whose
                                        requests all failed), opens, since, until, reason
 ``targets``                    hash    target -> JSON capabilities (provider, add_only, ...)
-``targets:known``              set     every target ever registered
-``backfill``                   hash    target -> SSCAN cursor over ``blocked`` (new targets)
+``targets:live``               zset    target -> live until (ms): announced by a process
+                                       that has it enabled; accepts stage for these
+``backfill``                   hash    target -> catch-up cursor: ``b:{n}`` over
+                                       ``blocked``, then ``c:{n}`` over ``confirmed``
 ``slots:{provider}``           zset    request token -> lease expiry (concurrency cap)
 ``rate:{provider}``            zset    request token -> start (ms), last second (rate cap)
 ``review:{source}``            list    inputs kept for a person (e.g. CDRs of unknown type)
@@ -70,7 +72,7 @@ Clock = Callable[[], float]
 
 _SCRIPTS = (
     "accept", "claim", "complete", "release", "sweep", "replay", "renew", "register",
-    "stage_many", "slot", "purge", "expire", "open", "hold",
+    "stage_many", "slot", "purge", "expire", "open", "hold", "reconcile",
 )  # fmt: skip
 
 
@@ -210,7 +212,7 @@ class OpenChunk:
 def _accept_args(
     event: dict[str, Any],
     numbers: list[tuple[str, str]],
-    targets: list[str],
+    route: dict[str, Any],
     idempotency_ttl_seconds: int,
     audit_cap: int,
     idempotency_mode: str,
@@ -219,7 +221,7 @@ def _accept_args(
         fastjson.dumps(event),
         idempotency_ttl_seconds,
         audit_cap,
-        fastjson.dumps(targets),
+        fastjson.dumps(route),
         fastjson.dumps(numbers),
         idempotency_mode,
     ]
@@ -273,12 +275,13 @@ class Store:
         self,
         event: dict[str, Any],
         numbers: list[tuple[str, str]],
-        targets: list[str],
+        route: dict[str, Any],
         idempotency_ttl_seconds: int,
         idempotency_mode: str = "once",
     ) -> AcceptOutcome:
+        """Write one event (see lua/accept.lua); `route` picks the live targets it goes to."""
         args = _accept_args(
-            event, numbers, targets, idempotency_ttl_seconds, self.audit_cap, idempotency_mode
+            event, numbers, route, idempotency_ttl_seconds, self.audit_cap, idempotency_mode
         )
         return _accept_outcome(self._run("accept", *args))
 
@@ -421,11 +424,32 @@ class Store:
 
     # -- targets, backfill and rate limits ------------------------------------------------
 
-    def register_targets(self, metas: dict[str, dict[str, Any]]) -> list[tuple[str, bool]]:
-        """Record target capabilities; answer the targets seen for the first time, each
-        with whether it is backfilled (not when the ledger blocks nothing yet)."""
-        raw = _as_list(_decode(self._run("register", json.dumps(metas))))
+    def register_targets(
+        self, metas: dict[str, dict[str, Any]], ttl_seconds: float
+    ) -> list[tuple[str, bool]]:
+        """Announce targets with their capabilities, live for `ttl_seconds`; answer those
+        that became live, each with whether it is caught up from the ledger (not when the
+        ledger holds nothing it could need)."""
+        raw = _as_list(_decode(self._run("register", json.dumps(metas), _ms(ttl_seconds))))
         return [(str(t), bool(b)) for t, b in raw]
+
+    def known_targets(self) -> list[str]:
+        """Every target any process has announced, live or not."""
+        return sorted(_text(t) for t in cast(list[Any], self.redis.hkeys(self.key("targets"))))
+
+    def directory(self) -> dict[str, dict[str, Any]]:
+        """The live targets (announced within their TTL) -> their capabilities."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zrangebyscore(self.key("targets:live"), self.now_ms(), "+inf")
+        pipe.hgetall(self.key("targets"))
+        live, metas = pipe.execute()
+        known = {_text(k): v for k, v in cast(dict[Any, Any], metas).items()}
+        out: dict[str, dict[str, Any]] = {}
+        for raw in live:
+            target = _text(raw)
+            meta = known.get(target)
+            out[target] = dict(_decode(meta)) if meta else {"provider": target.split(":")[0]}
+        return out
 
     def backfills(self) -> dict[str, str]:
         raw = cast(dict[Any, Any], self.redis.hgetall(self.key("backfill")))
@@ -435,17 +459,34 @@ class Store:
         next_cursor, members = self.redis.sscan(self.key("blocked"), int(cursor), count=count)
         return str(next_cursor), [_text(m) for m in members]
 
+    def confirmed_page(self, target: str, cursor: str, count: int) -> tuple[str, list[str]]:
+        """A page of the numbers a target has a confirmation for (HSCAN)."""
+        next_cursor, entries = self.redis.hscan(
+            self.key("confirmed", target), int(cursor), count=count
+        )
+        return str(next_cursor), [_text(n) for n in entries]
+
     def set_backfill(self, target: str, cursor: str | None) -> None:
         if cursor is None:
             self.redis.hdel(self.key("backfill"), target)
         else:
             self.redis.hset(self.key("backfill"), target, cursor)
 
-    def stage_many(
-        self, target: str, numbers: list[str], *, force: bool = False
-    ) -> tuple[int, list[Staged]]:
-        raw = _decode(self._run("stage_many", target, json.dumps(numbers), "1" if force else "0"))
+    def stage_many(self, target: str, numbers: list[str]) -> tuple[int, list[Staged]]:
+        """A catch-up step: stage what the ledger says for numbers the target lacks."""
+        raw = _decode(self._run("stage_many", target, json.dumps(numbers)))
         return int(raw["staged"]), _staged(raw.get("summary"))
+
+    def repair(
+        self, target: str, numbers: list[str], mode: str, who: str
+    ) -> tuple[int, int, list[Staged]]:
+        """Stage what a reconciliation found (lua/reconcile.lua): 'missing' numbers pushed
+        again, 'extra' ones removed unless the ledger blocks them now. Answers (staged,
+        kept because blocked since, batches touched)."""
+        raw = _decode(
+            self._run("reconcile", target, json.dumps(numbers), mode, who, self.audit_cap)
+        )
+        return int(raw["staged"]), int(raw["kept"]), _staged(raw.get("summary"))
 
     def ledger_sources(self, numbers: list[str]) -> list[str]:
         pipe = self.redis.pipeline(transaction=False)
@@ -654,13 +695,11 @@ class AsyncAccept:
         self,
         event: dict[str, Any],
         numbers: list[tuple[str, str]],
-        targets: list[str],
+        route: dict[str, Any],
         idempotency_ttl_seconds: int,
     ) -> AcceptOutcome:
         store = self.store
-        args = _accept_args(
-            event, numbers, targets, idempotency_ttl_seconds, store.audit_cap, "once"
-        )
+        args = _accept_args(event, numbers, route, idempotency_ttl_seconds, store.audit_cap, "once")
         state = self._here()
         answer = state.loop.create_future()
         state.pending.append((store.argv(*args), answer))

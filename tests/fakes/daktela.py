@@ -33,10 +33,11 @@ class FakeDaktela(FakeProvider):
     def serve(self, method: str, path: str, query: dict[str, list[str]], body: Any) -> Answer:
         if method == "GET" and path == MODEL + ".json":
             rows = list(self.records.values())
-            field = (query.get("filter[0][field]") or [None])[0]
-            if field:
-                value = query["filter[0][value]"][0]
+            i = 0
+            while field := (query.get(f"filter[{i}][field]") or [None])[0]:
+                value = query[f"filter[{i}][value]"][0]
                 rows = [r for r in rows if str(r.get(field)) == value]
+                i += 1
             skip = int((query.get("skip") or ["0"])[0])
             take = int((query.get("take") or ["100"])[0])
             page = rows[skip : skip + take]

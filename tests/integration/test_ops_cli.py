@@ -172,7 +172,12 @@ def test_reconcile_repushes_missing_and_reports_extras(
         assert "972509999999" in fake.listed("agent-b")  # reported, not removed
         removed = run("reconcile", "phonely", "--remove-extras")
         assert removed.exit_code == 0, removed.output
+        # Staged for removal through the pipeline (versioned like any change): the workers
+        # take it off.
+        assert "972509999999" in fake.listed("agent-b")
+        drain(pipe)
         assert "972509999999" not in fake.listed("agent-b")
+        assert pipe.store.ledger("+972509999999")["e"] == "reconcile"
 
 
 def test_sla_lists_numbers_not_yet_confirmed(cli_env: dict[str, str]) -> None:

@@ -35,8 +35,11 @@ def test_missing_is_repushed_and_extra_reported_then_removed(name: str) -> None:
 
     (again, *_) = [r for r in reconcile(w.pipe, name, remove_extras=True) if r.target == target]
     assert again.missing == []
-    assert again.removed == 1
+    assert again.removing == 1  # staged, versioned, pushed by the workers
+    w.settle()
     assert extra not in w.listed()[target]
+    assert w.pipe.store.ledger("+" + extra)["s"] == "unblocked"
+    assert w.pipe.store.audit("+" + extra)[-1]["act"] == "reconcile"
 
 
 def test_an_expired_daktela_entry_is_not_an_extra() -> None:
@@ -46,3 +49,31 @@ def test_an_expired_daktela_entry_is_not_an_extra() -> None:
                              "description": "", "expired": "2001-01-01 00:00:00"}  # fmt: skip
     (report,) = reconcile(w.pipe, "daktela")
     assert report.extras == []
+
+
+def test_an_extra_blocked_while_reconcile_runs_is_never_removed() -> None:
+    # Issue 13, item 3: the ledger is read, then the provider listed; an opt-out lands in
+    # between. Its number is on the list by then: an extra by the stale reading.
+    w = World("phonely")
+    target = "phonely:agent-a"
+    n = "+972509999999"
+    fake_list = w.fake.listed("agent-a")
+    original = w.fake.serve
+
+    def serve(method: str, path: str, query: dict[str, list[str]], body: object) -> object:
+        answer = original(method, path, query, body)
+        if method == "GET":
+            fake_list.add(n[1:])  # pushed by another worker a moment ago
+            w.add(n)  # and the ledger takes the opt-out now, after the provider's list
+        return answer
+
+    w.fake.serve = serve  # type: ignore[assignment,method-assign]
+    fake_list.add(n[1:])
+    (report, *_) = [r for r in reconcile(w.pipe, "phonely", remove_extras=True)
+                    if r.target == target]  # fmt: skip
+    assert report.extras == [n]
+    assert report.kept == 1 and report.removing == 0
+    w.fake.serve = original  # type: ignore[method-assign]
+    w.settle()
+    assert n[1:] in w.fake.listed("agent-a")
+    assert w.pipe.store.ledger(n)["s"] == "blocked"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import fakeredis
@@ -36,16 +37,24 @@ def build(redis: Any, router: Router, env: dict[str, str], **overrides: Any) -> 
     )
 
 
+def _staged_at(pipe: Pipeline, n: str) -> dict[str, str | None]:
+    targets = pipe.known_targets()
+    return {t: v["staged"] for t, v in pipe.store.provider_view(n, targets).items()}
+
+
 def test_routes_send_a_source_only_where_it_is_allowed() -> None:
     router = Router({n: make_fake(n) for n in ("voicenter", "voodoosms", "weya")})
     env = {k: v for n in router.fakes for k, v in env_for(n, f"http://{n}.test").items()}
     pipe = build(fakeredis.FakeRedis(), router, env, routes="sms=voodoosms,crm=-weya")
-    sms = pipe.targets_for("sms", has_call=True)
-    crm = pipe.targets_for("crm", has_call=True)
-    anyone = pipe.targets_for("api", has_call=False)
-    assert sms == (["voodoosms"], [])
-    assert crm == (["voicenter", "voodoosms"], [])
-    assert anyone == (["voicenter", "voodoosms"], ["weya"])
+    sms, crm, anyone = "+972501111111", "+972502222222", "+972503333333"
+    accept(pipe, Event("sms", Action.ADD, [PhoneInput(sms)], context=CALL))
+    accept(pipe, Event("crm", Action.ADD, [PhoneInput(crm)], context=CALL))
+    accept(pipe, Event("api", Action.ADD, [PhoneInput(anyone)]))
+    assert _staged_at(pipe, sms) == {"voicenter": None, "voodoosms": "add", "weya": None}
+    assert _staged_at(pipe, crm) == {"voicenter": "add", "voodoosms": "add", "weya": None}
+    # No call record: Weya cannot take it, and the audit entry says so.
+    assert _staged_at(pipe, anyone) == {"voicenter": "add", "voodoosms": "add", "weya": None}
+    assert pipe.store.audit(anyone)[0]["na"] == ["weya"]
 
 
 def test_a_remove_is_never_staged_for_an_add_only_target() -> None:
@@ -171,3 +180,98 @@ def test_a_new_number_is_staged_as_one_the_ledger_held_before() -> None:
         call_add: {"voicenter": "add", "weya": "add"},
     }
     assert pipe.store.redis.zcard(pipe.store.key("expiry")) == 0
+
+
+def _announce(pipe: Pipeline) -> None:
+    pipe.ensure_registered(force=True)
+
+
+def test_an_api_with_old_settings_stages_for_a_target_only_the_new_workers_have() -> None:
+    # Issue 13, item 4(a): a rolling deploy adds a third Phonely agent. The new worker has
+    # announced it (and caught it up); an API process still on the old settings accepts.
+    redis = fakeredis.FakeRedis()
+    fake = FakePhonely()
+    router = Router({"phonely": fake})
+    old_env = env_for("phonely", "http://phonely.test")
+    new_env = {**old_env, "PHONELY_AGENT_IDS": "agent-a,agent-b,agent-c"}
+    worker = build(redis, router, new_env)
+    _announce(worker)
+    api = build(redis, router, old_env)
+    api.store.clock = worker.store.clock
+    n = "+972501234567"
+    accept(api, Event("api", Action.ADD, [PhoneInput(n)]))
+    assert _staged_at(api, n) == {
+        "phonely:agent-a": "add", "phonely:agent-b": "add", "phonely:agent-c": "add",
+    }  # fmt: skip
+    dispatcher = worker.dispatcher
+    clock = worker.store.clock
+    assert isinstance(dispatcher, QueueDispatcher) and isinstance(clock, FakeClock)
+    for _ in range(3):
+        clock.advance(2)
+        work.sweep(worker)
+        dispatcher.drain(worker)
+    assert fake.listed("agent-c") == {n[1:]}
+
+
+def test_a_provider_disabled_for_a_while_is_caught_up_when_it_comes_back() -> None:
+    # Issue 13, item 4(b): VoodooSMS' credentials are removed for longer than the targets'
+    # TTL; adds and removes accepted meanwhile reach it once they are restored.
+    redis = fakeredis.FakeRedis()
+    router = Router({n: make_fake(n) for n in ("voicenter", "voodoosms")})
+    both = {**env_for("voicenter", "http://voicenter.test"),
+            **env_for("voodoosms", "http://voodoosms.test")}  # fmt: skip
+    pipe = build(redis, router, both)
+    clock = pipe.store.clock
+    assert isinstance(clock, FakeClock)
+    kept, dropped, later = "+972501111111", "+972502222222", "+972503333333"
+    accept(pipe, Event("api", Action.ADD, [PhoneInput(kept), PhoneInput(dropped)]))
+    dispatcher = pipe.dispatcher
+    assert isinstance(dispatcher, QueueDispatcher)
+    dispatcher.drain(pipe)
+    voodoo = router.fakes["voodoosms"]
+    assert voodoo.listed() == {kept[1:], dropped[1:]}
+
+    # Redeployed without VoodooSMS: after the TTL no process announces it.
+    without = build(redis, router, env_for("voicenter", "http://voicenter.test"))
+    without.store.clock = clock
+    without.dispatcher = dispatcher
+    clock.advance(pipe.settings.target_ttl_seconds + 1)
+    work.sweep(without)
+    accept(without, Event("api", Action.ADD, [PhoneInput(later)]))
+    clock.advance(1)
+    when = datetime.fromtimestamp(clock.now, tz=UTC)
+    accept(without, Event("api", Action.REMOVE, [PhoneInput(dropped)], occurred_at=when))
+    assert _staged_at(without, later)["voodoosms"] is None  # not live: nothing piles up
+    dispatcher.drain(without)
+
+    # Restored: the target is live again and caught up from the ledger.
+    back = build(redis, router, both)
+    back.store.clock = clock
+    back.dispatcher = dispatcher
+    for _ in range(4):
+        clock.advance(2)
+        work.sweep(back)
+        dispatcher.drain(back)
+    assert voodoo.listed() == {kept[1:], later[1:]}
+    assert router.fakes["voicenter"].listed() == {kept[1:], later[1:]}
+
+
+def test_an_expiry_is_not_staged_for_a_target_that_is_not_live() -> None:
+    redis = fakeredis.FakeRedis()
+    router = Router({n: make_fake(n) for n in ("voicenter", "voodoosms")})
+    both = {**env_for("voicenter", "http://voicenter.test"),
+            **env_for("voodoosms", "http://voodoosms.test")}  # fmt: skip
+    pipe = build(redis, router, both)
+    clock = pipe.store.clock
+    assert isinstance(clock, FakeClock)
+    n = "+972501111111"
+    until = datetime.fromtimestamp(clock.now, tz=UTC) + timedelta(hours=1)
+    accept(pipe, Event("api", Action.ADD, [PhoneInput(n)], expires_at=until))
+    dispatcher = pipe.dispatcher
+    assert isinstance(dispatcher, QueueDispatcher)
+    dispatcher.drain(pipe)
+    without = build(redis, router, env_for("voicenter", "http://voicenter.test"))
+    without.store.clock = clock
+    clock.advance(3601)
+    work.sweep(without)
+    assert _staged_at(without, n) == {"voicenter": "remove", "voodoosms": None}

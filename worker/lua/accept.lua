@@ -1,13 +1,37 @@
 -- Accept one event in one round trip: idempotency, ledger (last-writer-wins), audit, staging.
--- ARGV: prefix, now_ms, event JSON, idempotency TTL seconds, audit cap, targets JSON,
---       numbers JSON ([[e164, name], ...]), idempotency mode: 'once' (check and record),
---       'check' (first part of a large event), 'none' (middle parts), 'record' (last part)
+-- ARGV: prefix, now_ms, event JSON, idempotency TTL seconds, audit cap, route JSON
+--       ({include = [provider, ...] (empty: all), exclude = [...], call = has a call
+--       record}), numbers JSON ([[e164, name], ...]), idempotency mode: 'once' (check and
+--       record), 'check' (first part of a large event), 'none' (middle parts), 'record'
+--       (last part)
 local ev = cjson.decode(ARGV[3])
 local idem_ttl = tonumber(ARGV[4])
 local cap = tonumber(ARGV[5])
-local targets = cjson.decode(ARGV[6])
+local route = cjson.decode(ARGV[6])
 local numbers = cjson.decode(ARGV[7])
 local mode = ARGV[8] or 'once'
+
+-- The event goes to every live target its source is routed to, whatever this process's own
+-- settings enable (design.md step 11); a target that needs a call record the event lacks is
+-- named in the audit entry as not applicable.
+local targets, na = {}, {}
+local include, exclude = {}, {}
+for _, p in ipairs(route.include or {}) do include[p] = true end
+for _, p in ipairs(route.exclude or {}) do exclude[p] = true end
+for _, t in ipairs(live_targets()) do
+  local m = meta(t)
+  local provider = m.provider or t
+  if (next(include) == nil or include[provider]) and not exclude[provider] then
+    if m.needs_ctx and not route.call then
+      table.insert(na, t)
+    else
+      table.insert(targets, t)
+    end
+  end
+end
+table.sort(targets)
+table.sort(na)
+if #na == 0 then na = nil end
 
 local idem_key = P .. 'idem:' .. ev.source .. ':' .. ev.key
 local seen = false
@@ -33,7 +57,7 @@ local touched = {}
 local results = {}
 -- Every number's audit entry is this event's, plus its result and version: encoded once.
 local audit_head = string.sub(cjson.encode({at = NOW, ev = ev.id, src = ev.source,
-  act = ev.action, rsn = ev.reason, t = t, x = x, ctx = ev.ctx, na = ev.na}), 1, -2)
+  act = ev.action, rsn = ev.reason, t = t, x = x, ctx = ev.ctx, na = na}), 1, -2)
 
 for _, pair in ipairs(numbers) do
   local n = pair[1]

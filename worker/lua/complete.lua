@@ -22,6 +22,12 @@ local function sent(r)
   return r ~= nil and r[1] ~= 'stale' and r[1] ~= 'unsent'
 end
 
+local function held_for_good(n)
+  if not add_only then return false end
+  local conf = redis.call('HGET', confirmed_key, n)
+  return conf ~= false and conf ~= nil and string.sub(conf, 1, 8) == 'blocked:'
+end
+
 if redis.call('EXISTS', P .. 'chunk:' .. id) == 0 then
   -- The lease ran out and the chunk was recovered while we pushed. Our requests may have
   -- landed after a newer push for the same numbers, so what the provider holds for each
@@ -30,6 +36,7 @@ if redis.call('EXISTS', P .. 'chunk:' .. id) == 0 then
   -- its answer will not count as a confirmation either (see below).
   for _, item in ipairs(chunk.items) do
     local n, r = item[1], results[item[1]]
+    if redis.call('HGET', unknown_key, n) == id then redis.call('HDEL', unknown_key, n) end
     if sent(r) then
       if add_only and r[1] == 'done' then
         -- Nothing is ever removed there: done is done (and each add may email someone).
@@ -158,7 +165,13 @@ for _, item in ipairs(chunk.items) do
     else
       answered = answered + 1
     end
-    if overtaken then redis.call('HSET', confirmed_key, n, UNKNOWN) end
+    -- A request that failed may still have been applied: what the provider holds is
+    -- unknown until the number's next push answers (an add-only target's confirmation
+    -- stands: nothing there is ever removed).
+    local ambiguous = r[1] == 'retry' or r[1] == 'outage'
+    if overtaken or (ambiguous and not held_for_good(n)) then
+      redis.call('HSET', confirmed_key, n, UNKNOWN)
+    end
     local answer = cjson.encode({at = NOW, act = action, out = outcome, rsn = reason,
                                  det = detail, v = tonumber(version), n = attempts})
     redis.call('HSET', P .. 'answer:' .. target, n, answer)

@@ -1,9 +1,10 @@
 -- Lift temporary blocks whose time has come: the ledger says unblocked (by expiry) and every
--- target is staged to remove, except those whose provider expires blocks natively.
+-- live target is staged to remove, except those whose provider expires blocks natively (a
+-- target that is not live catches up from the ledger when it comes back).
 -- ARGV: prefix, now_ms, max to lift, audit cap
 local due = redis.call('ZRANGEBYSCORE', P .. 'expiry', '-inf', NOW, 'LIMIT', 0, tonumber(ARGV[3]))
 local cap = tonumber(ARGV[4])
-local targets = redis.call('HKEYS', P .. 'targets')
+local targets = live_targets()
 local touched = {}
 local lifted = 0
 for _, n in ipairs(due) do

@@ -133,6 +133,12 @@ end
 -- ledger state, so the number is pushed again.
 local UNKNOWN = '?'
 
+-- The targets some process has announced within their TTL (register.lua): the ones that
+-- get new work.
+local function live_targets()
+  return redis.call('ZRANGEBYSCORE', P .. 'targets:live', NOW, '+inf')
+end
+
 -- A target's capabilities, as registered by worker/store.py:register_targets.
 local META = {}
 local function meta(target)
@@ -177,8 +183,12 @@ local function restage(target, n, force, touched, led, fresh)
     end
   end
   if m.needs_ctx and (not led[3] or led[3] == '') then return false end
-  if m.native_expiry and led[1] == 'unblocked' and led[4] == '1' then
-    -- The provider lifted this block itself when it expired: nothing to send.
+  if m.native_expiry and led[1] == 'unblocked' and led[4] == '1'
+      and redis.call('HGET', P .. 'confirmed:' .. target, n)
+        == 'blocked:' .. int(tonumber(led[2]) - 1) then
+    -- The provider holds the very block that just expired (expire.lua lifts it as the next
+    -- version), with its expiry: it lifted it itself, nothing to send. Anything else there
+    -- (an older, longer block; an unknown state) gets a remove.
     redis.call('HSET', P .. 'confirmed:' .. target, n, led[1] .. ':' .. led[2])
     redis.call('ZREM', P .. 'stage:' .. target .. ':add', n)
     redis.call('ZREM', P .. 'stage:' .. target .. ':remove', n)

@@ -1,16 +1,29 @@
--- Record each provider target's capabilities; a target seen for the first time gets a
--- backfill cursor so it is filled from the ledger's blocked numbers (design.md step 9),
--- unless the ledger blocks none yet (a new deployment): then accepts stage it as they come.
--- ARGV: prefix, now_ms, metas JSON ({target: {provider, add_only, needs_ctx}})
--- Answers [[target, backfill?], ...] for the targets seen for the first time.
+-- Announce the provider targets a process has enabled, with their capabilities: each stays
+-- live for a while (the TTL) and every process that has it announces it again before then.
+-- Accepts stage only for live targets (for every live target, whatever the accepting
+-- process's own settings), so a target whose provider no process has enabled any more stops
+-- collecting work. A target becoming live (seen for the first time, or back after its TTL
+-- ran out) is caught up from the ledger by the sweep (design.md steps 9 and 11), unless the
+-- ledger holds nothing it could need.
+-- ARGV: prefix, now_ms, metas JSON ({target: {provider, add_only, needs_ctx, ...}}), TTL ms
+-- Answers [[target, catch_up?], ...] for the targets that became live.
 local metas = cjson.decode(ARGV[3])
+local ttl = tonumber(ARGV[4])
+local live_key = P .. 'targets:live'
 local new = {}
 for target, m in pairs(metas) do
   redis.call('HSET', P .. 'targets', target, cjson.encode(m))
-  if redis.call('SADD', P .. 'targets:known', target) == 1 then
-    local backfill = redis.call('SCARD', P .. 'blocked') > 0
-    if backfill then redis.call('HSET', P .. 'backfill', target, '0') end
-    table.insert(new, {target, backfill})
+  local until_ms = tonumber(redis.call('ZSCORE', live_key, target) or '0')
+  if until_ms < NOW then
+    local catch_up = redis.call('SCARD', P .. 'blocked') > 0
+      or redis.call('HLEN', P .. 'confirmed:' .. target) > 0
+    if catch_up then
+      redis.call('HSET', P .. 'backfill', target, 'b:0')
+    else
+      redis.call('HDEL', P .. 'backfill', target)
+    end
+    table.insert(new, {target, catch_up})
   end
+  redis.call('ZADD', live_key, 'GT', NOW + ttl, target)
 end
 return cjson.encode(new)

@@ -30,9 +30,10 @@ for _, item in ipairs(chunk.items) do
   -- An add-only target's confirmation stands: it never loses a number.
   if recovering and not (add_only and conf and string.sub(conf, 1, 8) == 'blocked:') then
     redis.call('HSET', P .. 'confirmed:' .. target, n, UNKNOWN)
-    if redis.call('HGET', P .. 'unknown:' .. target, n) == id then
-      redis.call('HDEL', P .. 'unknown:' .. target, n)
-    end
+  end
+  -- Its answer was not going to count (complete.lua); there will be none now.
+  if redis.call('HGET', P .. 'unknown:' .. target, n) == id then
+    redis.call('HDEL', P .. 'unknown:' .. target, n)
   end
   restage(target, n, true, touched)
 end

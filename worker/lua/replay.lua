@@ -13,9 +13,17 @@ for _, member in ipairs(ids) do
     entry.replayed_at = NOW
     redis.call('HSET', P .. 'dlq', member, cjson.encode(entry))
     redis.call('HDEL', P .. 'attempts:' .. entry.target, entry.phone)
-    restage(entry.target, entry.phone, true, touched)
+    local res = 'staged'
+    if not restage(entry.target, entry.phone, true, touched)
+        and redis.call('HEXISTS', P .. 'inflight:' .. entry.target, entry.phone) == 0 then
+      -- Nothing is left to push there (the ledger moved to what the target holds, or to
+      -- what it cannot take): the dead letter is moot, and would never leave otherwise.
+      redis.call('HDEL', P .. 'dlq', member)
+      redis.call('ZREM', P .. 'dlq:age', member)
+      res = 'nothing_to_push'
+    end
     audit(entry.phone, {at = NOW, act = 'replay', prov = entry.target, by = who,
-                        rsn = entry.reason}, cap)
+                        rsn = entry.reason, res = res}, cap)
     replayed = replayed + 1
   end
 end

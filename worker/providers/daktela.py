@@ -3,8 +3,11 @@
 Facts: shared/providers.md, "Daktela blacklist". `X-AUTH-TOKEN` header; envelope
 `{"error": [...] | {"primary": [...], "form": {...}}, "result": {...}}` and a 2xx can still
 carry errors. A number is unique: a uniqueness error on create means an entry exists, which
-is done only if it is in the wanted database and does not expire earlier than wanted;
-otherwise it is fetched and corrected. Remove = look up by number, delete by its name.
+is done only if it is in the wanted database with exactly the wanted expiry (a permanent
+entry left over from an earlier block would outlive a temporary one: the block is lifted by
+Daktela at its expiry, and nothing else is sent then); otherwise it is fetched and
+corrected. Remove = look up the number in the target's database, delete that entry by its
+name (an entry in another database is not ours to lift).
 *Unconfirmed* by the vendor: the model path (`blacklistNumbers`) and the field names, so
 both are settings (DAKTELA_MODEL, DAKTELA_FIELDS). Expiry is written in UTC.
 """
@@ -104,15 +107,18 @@ class DaktelaProvider:
         return [f"{self.name}:{self._database}"]
 
     def push(self, target: str, action: Action, items: list[PushItem]) -> dict[str, NumberResult]:
+        # The target names its database: a worker whose settings name another database
+        # still pushes this one where it belongs.
+        database = target.split(":", 1)[1] if ":" in target else self._database
         call = self._add if action is Action.ADD else self._remove
-        return per_number(items, call, self.capabilities.concurrency)
+        return per_number(items, lambda item: call(item, database), self.capabilities.concurrency)
 
     def _request(self, method: str, url: str, **kwargs: Any) -> tuple[int, Any]:
         return request_json(
             self._client, method, url, auth_setting=AUTH_SETTING, headers=self._headers, **kwargs
         )
 
-    def _record(self, item: PushItem) -> dict[str, Any]:
+    def _record(self, item: PushItem, database: str) -> dict[str, Any]:
         f = self._fields
         description = f"opt-out via {item.source or 'optout-worker'}"
         if item.reason:
@@ -120,38 +126,38 @@ class DaktelaProvider:
         return {
             f["number"]: render(item.e164, self.capabilities.number_format),
             f["description"]: description[:250],
-            f["database"]: self._database,
+            f["database"]: database,
             f["expired"]: format_expiry(item.expires_ms),
         }
 
-    def _add(self, item: PushItem) -> NumberResult:
-        status, body = self._request("POST", f"{self._base}.json", json=self._record(item))
+    def _add(self, item: PushItem, database: str) -> NumberResult:
+        record = self._record(item, database)
+        status, body = self._request("POST", f"{self._base}.json", json=record)
         errors = _errors(body)
         if status < 400 and not errors:
             return NumberResult(Outcome.DONE)
         if any(word in e.lower() for e in errors for word in _UNIQUE):
-            return self._correct(item)
+            return self._correct(item, database)
         if status >= 400 or errors:
             raise PermanentError(f"http_{status}" if status >= 400 else "refused",
                                  "; ".join(errors)[:300])  # fmt: skip
         return NumberResult(Outcome.DONE)
 
-    def _correct(self, item: PushItem) -> NumberResult:
-        """The number exists: done if it blocks at least as long in the wanted database;
-        otherwise move it there and lengthen its expiry."""
+    def _correct(self, item: PushItem, database: str) -> NumberResult:
+        """The number exists: done if it is in the wanted database with the wanted expiry;
+        otherwise move it there and give it the ledger's expiry. The ledger's expiry is the
+        merge of every block (the longest wins there), so it is the one to hold: a longer
+        one left from an earlier block (a permanent block since lifted by a remove) would
+        outlive the ledger's, and Daktela lifting it at expiry is all that ever happens."""
         existing = self._find(item)
         if existing is None:
             raise RetryableError("unique_but_not_found", "create said it exists; lookup did not")
         f = self._fields
-        database = existing.get(f["database"])
-        if isinstance(database, dict):
-            database = database.get("name")
         have = parse_expiry(existing.get(f["expired"]))
         want = parse_expiry(format_expiry(item.expires_ms))
-        long_enough = have is None or (want is not None and have >= want)
-        if database == self._database and long_enough:
+        if _database_of(existing, f["database"]) == database and have == want:
             return NumberResult(Outcome.DONE, "already")
-        record = self._record(item)
+        record = self._record(item, database)
         status, body = self._request(
             "PUT",
             f"{self._base}/{existing['name']}.json",
@@ -162,25 +168,33 @@ class DaktelaProvider:
             raise PermanentError("correct_failed", "; ".join(errors)[:300] or f"HTTP {status}")
         return NumberResult(Outcome.DONE, "corrected")
 
-    def _find(self, item: PushItem) -> dict[str, Any] | None:
+    def _find(self, item: PushItem, database: str | None = None) -> dict[str, Any] | None:
+        """The number's entry (numbers are unique), or only its entry in `database`."""
+        f = self._fields
         number = str(render(item.e164, self.capabilities.number_format))
-        params = {
-            "filter[0][field]": self._fields["number"],
+        params: dict[str, Any] = {
+            "filter[0][field]": f["number"],
             "filter[0][operator]": "eq",
             "filter[0][value]": number,
             "take": 10,
         }
+        if database is not None:
+            params.update({"filter[1][field]": f["database"], "filter[1][operator]": "eq",
+                           "filter[1][value]": database})  # fmt: skip
         status, body = self._request("GET", f"{self._base}.json", params=params)
         if status >= 400 or _errors(body):
             raise RetryableError(f"lookup_http_{status}", "; ".join(_errors(body))[:300])
         for entry in _rows(body):
-            if digits(str(entry.get(self._fields["number"], ""))) == digits(item.e164):
+            if digits(str(entry.get(f["number"], ""))) != digits(item.e164):
+                continue
+            if database is None or _database_of(entry, f["database"]) == database:
                 return entry
         return None
 
-    def _remove(self, item: PushItem) -> NumberResult:
-        existing = self._find(item)
+    def _remove(self, item: PushItem, database: str) -> NumberResult:
+        existing = self._find(item, database)
         if existing is None:
+            # Not in this target's database (an entry elsewhere belongs to another list).
             return NumberResult(Outcome.DONE, "already")
         status, body = self._request("DELETE", f"{self._base}/{existing['name']}.json")
         if status == 404:
@@ -197,13 +211,14 @@ class DaktelaProvider:
 
     def list_numbers(self, target: str) -> list[str]:
         """Every number in the target database (for reconciliation), paged."""
+        database = target.split(":", 1)[1] if ":" in target else self._database
         out: list[str] = []
         skip = 0
         while True:
             params = {
                 "filter[0][field]": self._fields["database"],
                 "filter[0][operator]": "eq",
-                "filter[0][value]": self._database,
+                "filter[0][value]": database,
                 "skip": skip,
                 "take": 500,
             }
@@ -219,6 +234,11 @@ class DaktelaProvider:
             if len(rows) < 500:
                 return out
             skip += 500
+
+
+def _database_of(entry: dict[str, Any], field: str) -> Any:
+    database = entry.get(field)
+    return database.get("name") if isinstance(database, dict) else database
 
 
 def _rows(body: Any) -> list[dict[str, Any]]:

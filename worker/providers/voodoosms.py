@@ -80,7 +80,8 @@ class VoodooSmsProvider:
             return _plain(status, code, body)
         entry_id = _find_id(body, digits(item.e164))
         if entry_id is None:
-            return NumberResult(Outcome.DONE, "already", "lookup found no entry")
+            # A lookup answered about some other entry, or none: it says nothing of ours.
+            return NumberResult(Outcome.RETRY, "not_in_answer", "the lookup did not mention it")
         status, body = self._request("DELETE", f"{self._url}/{entry_id}")
         code = _error_code(body)
         if code == INVALID_ID:

@@ -82,3 +82,38 @@ def test_field_names_and_model_path_are_settings() -> None:
     w.add(*numbers(1))
     w.dispatcher.drain(w.pipe)
     assert isinstance(body[0], dict) and body[0]["blacklistDatabase"] == "Global"
+
+
+def test_a_temporary_add_over_our_earlier_permanent_entry_takes_the_ledgers_expiry() -> None:
+    # Issue 13, item 9: a permanent add is pushed; a remove and then a temporary add arrive
+    # before the remove is pushed. The entry must end with the temporary block's expiry, or
+    # it stays blocked for ever after Daktela's expiry "lifts" it.
+    w, fake = daktela()
+    n = numbers(1)[0]
+    w.add(n)
+    w.settle()
+    (name,) = fake.records
+    assert fake.records[name]["expired"] is None
+    w.remove(n)
+    w.clock.advance(1)
+    until = datetime.fromtimestamp(w.clock.now, tz=UTC) + timedelta(hours=2)
+    accept(w.pipe, Event("api", Action.ADD, [PhoneInput(n)], expires_at=until, reason="again"))
+    w.settle()
+    assert fake.records[name]["expired"] == until.strftime("%Y-%m-%d %H:%M:%S")
+    assert ("PUT", f"/api/v6/blacklistNumbers/{name}.json", [n[1:]]) in fake.requests
+
+
+def test_a_remove_leaves_an_entry_in_another_database_alone() -> None:
+    # Issue 13, item 11: a lookup by number alone found the Sales list's entry and deleted it.
+    w, fake = daktela()
+    n = numbers(1)[0]
+    w.add(n)
+    w.remove(n)
+    fake.records.clear()
+    fake.records["s1"] = {"name": "s1", "number": n, "description": "sales", "database": "Sales",
+                          "expired": None}  # fmt: skip
+    w.settle()
+    assert "s1" in fake.records
+    assert not any(method == "DELETE" for method, _, _ in fake.requests)
+    view = w.pipe.store.provider_view(n, ["daktela:Global"])["daktela:Global"]
+    assert view["confirmed"] == "unblocked:2"

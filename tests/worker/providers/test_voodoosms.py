@@ -56,3 +56,28 @@ def test_33_on_an_add_is_a_permanent_bad_number_not_done() -> None:
     assert (
         w.pipe.store.provider_view(numbers(1)[0], ["voodoosms"])["voodoosms"]["confirmed"] is None
     )
+
+
+def test_a_lookup_that_does_not_mention_the_number_is_retried_not_done() -> None:
+    # Issue 13, item 10: a 200 about some other entry says nothing about ours.
+    w = World("voodoosms")
+    n = numbers(1)[0]
+    w.add(n)
+    w.settle()
+    answers = {"wrong": 2}
+    original = w.fake.serve
+
+    def serve(method: str, path: str, query: dict[str, list[str]], body: object) -> object:
+        if method == "GET" and "number" in query and answers["wrong"] > 0:
+            answers["wrong"] -= 1
+            return 200, {"id": 1, "number": 447800000987, "status": "SUCCESS"}, {}
+        return original(method, path, query, body)
+
+    w.fake.serve = serve  # type: ignore[assignment,method-assign]
+    w.remove(n)
+    w.settle()
+    assert answers["wrong"] == 0  # asked twice, answered about another number both times
+    assert n[1:] not in w.fake.listed()  # the third lookup found it: deleted
+    view = w.pipe.store.provider_view(n, ["voodoosms"])["voodoosms"]
+    assert view["confirmed"] == "unblocked:2"
+    assert w.pipe.store.dead_letters() == []

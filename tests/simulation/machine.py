@@ -1,0 +1,759 @@
+"""The pipeline as a hypothesis state machine: real Lua on a real Redis, a fake clock, model
+providers (tests/simulation/models.py), and every operation a rule.
+
+Invariants, checked after every step:
+- a number in flight is in a chunk that exists, and every leased chunk exists;
+- a confirmation claims what the provider holds: for a (target, number) confirmed as
+  `{state}:{version}` with no request for it outstanding, the provider's list agrees
+  (blocks a native-expiry provider has let expire count as lifted).
+And at quiescence (`settle`: providers healed, every request answered, every task run, time
+past every retry, expiry and lease, dead letters replayed, paused providers resumed):
+- nothing is staged, in flight, retrying, dead-lettered, leased or unknown;
+- every target's list equals the ledger for every number (an add-only target holds every
+  number the ledger blocks with a call record), but for a dead letter purged since the
+  number last changed.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from typing import Any, ClassVar
+
+import redis
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
+
+from config import Settings, load_settings
+from tests.simulation.models import (
+    ANSWERS,
+    AUTH,
+    LOST,
+    OK,
+    OUTAGE,
+    PARTIAL,
+    PERMANENT,
+    Gate,
+    Model,
+    PushThread,
+    Request,
+    SimDispatcher,
+    capabilities,
+)
+from worker import pipeline as work
+from worker.accept import AcceptError, Event, PhoneInput, accept
+from worker.embedded import free_port, redis_server_binary
+from worker.pipeline import Pipeline
+from worker.providers.base import Action
+from worker.reconcile import reconcile
+from worker.store import Store
+
+NUMBERS = [f"+97250000000{i}" for i in range(3)]  # few: races need numbers to collide
+KINDS = ("bulk", "lookup", "addonly", "native")
+#: Steps beyond the core (accept, workers, leases running out, requests applied and
+#: answered) that an example may use. Swarm testing: each example draws a profile, and one
+#: that runs only a few kinds of step goes deeper into them.
+OPTIONAL = ("lose", "redeliver", "kill", "reconcile", "toggle", "dead_letter", "old_api",
+            "bad_answers", "expiry", "time", "beat", "one_task")  # fmt: skip
+STORM = ("accept", "workers", "leases", "apply", "answer", "overtake", "late", "fails")
+PROFILES = {
+    "core": set(),
+    "faults": {"lose", "redeliver", "kill", "bad_answers", "beat"},
+    "ops": {"reconcile", "toggle", "dead_letter", "old_api", "expiry", "bad_answers", "beat"},
+    "time": {"time", "expiry", "beat", "one_task", "bad_answers"},
+    "everything": set(OPTIONAL),
+}
+FOREIGN = ["+972509999990", "+972509999991"]  # never in the ledger: put there by someone else
+CALL = {"batchId": "b1", "requestUUID": "r1"}
+ALL = "all"  # the full deployment; "nonative": the native provider's credentials removed
+TTL = 60.0
+LISTABLE = ("bulk", "lookup", "native")
+
+
+#: What the runs reached, printed after the hypothesis test (how deep the search goes).
+STATS: Counter[str] = Counter()
+
+
+class SimClock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class SimRedis:
+    """A redis-server of the simulation's own (no persistence: speed), or REDIS_URL."""
+
+    _url: ClassVar[str | None] = None
+    _process: ClassVar[subprocess.Popen[bytes] | None] = None
+    _dir: ClassVar[str | None] = None
+
+    @classmethod
+    def url(cls) -> str:
+        if cls._url is None:
+            given = os.environ.get("REDIS_URL")
+            if given and _answers(given):
+                cls._url = given
+            else:
+                port = free_port()
+                cls._dir = tempfile.mkdtemp(prefix="optout-sim-redis-")
+                cls._process = subprocess.Popen(
+                    [redis_server_binary(), "--bind", "127.0.0.1", "--port", str(port),
+                     "--save", "", "--appendonly", "no", "--dir", cls._dir],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                )  # fmt: skip
+                url = f"redis://127.0.0.1:{port}/0"
+                deadline = time.monotonic() + 15
+                while not _answers(url):
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("the simulation's redis-server did not start")
+                    time.sleep(0.05)
+                cls._url = url
+        return cls._url
+
+    @classmethod
+    def stop(cls) -> None:
+        if cls._process is not None:
+            cls._process.terminate()
+            cls._process.wait(timeout=10)
+            cls._process = None
+            cls._url = None
+        if cls._dir:
+            shutil.rmtree(cls._dir, ignore_errors=True)
+            cls._dir = None
+
+
+def _answers(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=0.5).ping())
+    except redis.RedisError:
+        return False
+
+
+def sim_settings(prefix: str) -> Settings:
+    return load_settings(
+        {
+            "REDIS_URL": "redis://unused.invalid:1/0",
+            "OPTOUT_KEY_PREFIX": prefix,
+            "OPTOUT_BATCH_LINGER_MS": "1000",
+            "OPTOUT_LEASE_SECONDS": "120",
+            "OPTOUT_HTTP_TIMEOUT_SECONDS": "15",
+            "OPTOUT_RETRY_BASE_SECONDS": "1",
+            "OPTOUT_RETRY_MAX_SECONDS": "8",
+            "OPTOUT_MAX_ATTEMPTS": "3",
+            "OPTOUT_TARGET_TTL_SECONDS": str(TTL),
+            "OPTOUT_OUTAGE_BUDGET_HOURS": "1",
+            "OPTOUT_IDEMPOTENCY_TTL_DAYS": "1",
+        }
+    )
+
+
+class PipelineMachine(RuleBasedStateMachine):
+    """One deployment: worker and API processes (Pipelines on one store), model providers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.clock = SimClock()
+        self.prefix = f"optout-sim-{random.getrandbits(40):x}:"
+        self.redis = redis.Redis.from_url(SimRedis.url())
+        self.settings = sim_settings(self.prefix)
+        self.store = Store(self.redis, prefix=self.prefix, clock=self.clock, audit_cap=20)
+        self.gate = Gate()
+        self.dispatcher = SimDispatcher()
+        self.outstanding: list[Request] = []
+        self._ids = 0
+        self.models = {
+            "bulk": Model(self, "bulk", ["bulk:a", "bulk:b"], capabilities("bulk")),
+            "lookup": Model(self, "lookup", ["lookup"], capabilities("lookup"), lookup=True),
+            "addonly": Model(self, "addonly", ["addonly"], capabilities("addonly")),
+            "native": Model(self, "native", ["native"], capabilities("native")),
+        }
+        self.kinds: set[str] = set(KINDS)
+        self.numbers = list(NUMBERS)
+        self.options: set[str] = set(OPTIONAL)
+        self.mode = ALL
+        self.processes: dict[str, Pipeline] = {}
+        self.purged: dict[tuple[str, str], str] = {}  # (target, number) -> ledger version
+        self.log: list[str] = []
+        self.events = 0
+
+    # -- the deployment --------------------------------------------------------------------
+
+    def process(self, role: str) -> Pipeline:
+        """The pipeline of a process: 'worker', 'api', or 'api_old' (still on settings
+        that lack the second bulk target, as during a rolling deploy)."""
+        name = f"{role}:{self.mode}"
+        pipe = self.processes.get(name)
+        if pipe is None:
+            providers: dict[str, Any] = {
+                k: m
+                for k, m in self.models.items()
+                if k in self.kinds and (self.mode == ALL or k != "native")
+            }
+            if role == "api_old" and "bulk" in providers:
+                old = Model(self, "bulk", ["bulk:a"], capabilities("bulk"))
+                old.lists = self.models["bulk"].lists
+                providers["bulk"] = old
+            pipe = Pipeline(
+                settings=self.settings,
+                store=self.store,
+                providers=providers,
+                dispatcher=self.dispatcher,
+                rng=random.Random(len(self.processes)),
+                monotonic=self.clock,
+            )
+            self.processes[name] = pipe
+        return pipe
+
+    @property
+    def worker(self) -> Pipeline:
+        return self.process("worker")
+
+    def clock_ms(self) -> int:
+        return int(self.clock.now * 1000)
+
+    def register(
+        self, model: Model, target: str, kind: str, items: list[Any], **kw: Any
+    ) -> Request:
+        """A request a model was sent (from a push thread)."""
+        self._ids += 1
+        owner = self.gate.me()
+        chunk = self.redis.hget(self.store.key("inflight", target), items[0].e164) or b""
+        request = Request(self._ids, model, target, kind, items, owner, chunk=chunk.decode(), **kw)
+        owner.touched.update((target, item.e164) for item in items)
+        self.outstanding.append(request)
+        return request
+
+    def note(self, text: str) -> None:
+        self.log.append(text)
+
+    def teardown(self) -> None:
+        try:
+            if sys.exc_info()[0] is None:  # a step failed: that is the report, not this
+                self.check_quiescent()
+        finally:
+            self._clean_up()
+
+    def _clean_up(self) -> None:
+        try:
+            for push in self.gate.alive():
+                push.killed = True
+                with self.gate.cond:
+                    push.tokens += 1
+                    self.gate.running += 1
+                    self.gate.cond.notify_all()
+            self.gate.wait_idle()
+        finally:
+            keys = list(self.redis.scan_iter(match=self.prefix + "*", count=1000))
+            for start in range(0, len(keys), 500):
+                self.redis.delete(*keys[start : start + 500])
+
+    @initialize(
+        kinds=st.sets(st.sampled_from(KINDS), min_size=1),
+        count=st.integers(1, len(NUMBERS)),
+        profile=st.sampled_from(sorted(PROFILES)),
+    )
+    def choose(self, kinds: set[str], count: int, profile: str) -> None:
+        """Which providers, how many numbers and which steps beyond the core this example
+        uses."""
+        self.kinds, self.numbers = set(kinds), NUMBERS[:count]
+        self.options = set(PROFILES[profile])
+        self.note(f"kinds {sorted(kinds)}, {count} numbers, profile {profile}")
+
+    def on(self, option: str) -> bool:
+        return option in self.options
+
+    # -- rules: ingress ------------------------------------------------------------------------
+
+    @rule(
+        i=st.integers(0, len(NUMBERS) - 1),
+        action=st.sampled_from([Action.ADD, Action.REMOVE]),
+        offset=st.sampled_from([None, -30, -1, 0, 2]),
+        expires=st.sampled_from([None, None, 5, 90]),
+        call=st.booleans(),
+        via=st.sampled_from(["api", "api", "api_old", "worker"]),
+    )
+    def accept_rule(
+        self, i: int, action: Action, offset: int | None, expires: int | None, call: bool, via: str
+    ) -> None:
+        if not self.on("expiry"):
+            expires = None
+        if not self.on("old_api") and via == "api_old":
+            via = "api"
+        self.accept_event(self.numbers[i % len(self.numbers)], action, offset, expires, call, via)
+
+    def accept_event(
+        self, n: str, action: Action, offset: int | None, expires: int | None, call: bool, via: str
+    ) -> None:
+        now = datetime.fromtimestamp(self.clock.now, tz=UTC)
+        if not self.on("time"):
+            # Without time steps every event is newer than the last: each one counts.
+            self.events += 1
+            offset = -600 + self.events
+        occurred = None if offset is None else now + timedelta(seconds=offset)
+        if action is Action.REMOVE:
+            occurred = occurred or now
+            expires = None
+        event = Event(
+            source="sim",
+            action=action,
+            phones=[PhoneInput(n)],
+            reason=f"e{self._ids}-{len(self.log)}",
+            occurred_at=occurred,
+            expires_at=now + timedelta(seconds=expires) if expires else None,
+            context=dict(CALL) if call else {},
+        )
+        try:
+            accept(self.process(via), event)
+            self.note(f"accept {action.value} {n[-1]} t{offset} x{expires} via {via}")
+        except AcceptError as exc:
+            self.note(f"refused {exc.reason}")
+
+    # -- rules: Celery -------------------------------------------------------------------
+
+    def runnable(self) -> list[int]:
+        """Queued tasks a worker would take: a push for a provider no worker has enabled
+        waits in its queue."""
+        enabled = self.worker.providers
+        return [
+            i for i, task in enumerate(self.dispatcher.tasks)
+            if task.kind == "flush" or task.args[1] in enabled
+        ]  # fmt: skip
+
+    @precondition(lambda self: self.on("one_task") and self.runnable())
+    @rule(data=st.data())
+    def run_task(self, data: st.DataObject) -> None:
+        self.run_task_at(data.draw(st.sampled_from(self.runnable()), label="task"))
+
+    @precondition(lambda self: self.runnable())
+    @rule()
+    def workers_catch_up(self) -> None:
+        """Every queued task runs (the pushes they start park on their first request)."""
+        for _ in range(50):
+            ready = self.runnable()
+            if not ready:
+                return
+            self.run_task_at(ready[0])
+
+    @precondition(lambda self: self.redis.zcard(self.store.key("leases")) > 0)
+    @rule()
+    def leases_run_out(self) -> None:
+        """Time passes beyond every lease (slow requests, a stalled worker); beat recovers
+        the chunks and, a linger later, flushes what they gave back."""
+        self.clock.now += self.settings.lease_seconds + 1
+        work.sweep(self.worker)
+        work.recover(self.worker)
+        self.tick()
+        self.note("leases ran out; recovered")
+
+    @precondition(lambda self: self.on("beat"))
+    @rule()
+    def tick(self) -> None:
+        """A linger's worth of time with beat's sweep and lease recovery."""
+        self.clock.now += self.settings.batch_linger_ms / 1000 + 0.1
+        work.sweep(self.worker)
+        work.recover(self.worker)
+        self.note("tick")
+
+    def start_push(self, chunk_id: str) -> PushThread:
+        self.dispatcher.delivered.append(chunk_id)
+        pipe = self.worker
+        self.note(f"push chunk {chunk_id}")
+        return self.gate.start(chunk_id, lambda: work.push(pipe, chunk_id))
+
+    @precondition(lambda self: self.on("redeliver") and self.dispatcher.delivered)
+    @rule(data=st.data())
+    def redeliver_push(self, data: st.DataObject) -> None:
+        """At-least-once: a push task delivered again (its first run may still be going)."""
+        chunk_id = data.draw(st.sampled_from(self.dispatcher.delivered), label="chunk")
+        self.start_push(chunk_id)
+
+    @precondition(lambda self: self.on("lose") and self.dispatcher.tasks)
+    @rule(data=st.data())
+    def lose_task(self, data: st.DataObject) -> None:
+        i = data.draw(st.integers(0, len(self.dispatcher.tasks) - 1), label="task")
+        task = self.dispatcher.tasks.pop(i)
+        self.note(f"lost task {task.kind} {task.args}")
+
+    # -- rules: providers ------------------------------------------------------------------
+
+    @precondition(lambda self: any(not r.applied for r in self.outstanding))
+    @rule(data=st.data())
+    def apply_request(self, data: st.DataObject) -> None:
+        waiting = [r for r in self.outstanding if not r.applied]
+        request = data.draw(st.sampled_from(waiting), label="request")
+        request.model.apply(request)
+        self.note(f"applied #{request.id} {request.kind} {request.target}")
+
+    def overlapping(self) -> list[tuple[Request, Request]]:
+        """Pairs of outstanding requests about the same number at the same target, the
+        older first."""
+        pairs = []
+        for i, old in enumerate(self.outstanding):
+            for new in self.outstanding[i + 1 :]:
+                if old.target == new.target and set(old.numbers) & set(new.numbers):
+                    pairs.append((old, new))
+        return pairs
+
+    @precondition(lambda self: self.overlapping())
+    @rule(data=st.data())
+    def overtake(self, data: st.DataObject) -> None:
+        """Two pushes of the same number are out at once (a recovered chunk's, and the one
+        that replaced it): the provider applies the newer first, then the older."""
+        old, new = data.draw(st.sampled_from(self.overlapping()), label="requests")
+        new.model.apply(new)
+        old.model.apply(old)
+        self.note(f"#{old.id} applied after #{new.id}")
+
+    @rule(
+        steps=st.lists(
+            st.tuples(st.sampled_from(STORM), st.integers(0, 7), st.booleans()), max_size=40
+        )
+    )
+    def storm(self, steps: list[tuple[str, int, bool]]) -> None:
+        """A run of the core steps, each drawn uniformly (the rule-by-rule generation above
+        turns rules off per example, which makes long races rare): accepts that flip the
+        ledger, workers taking every task, leases running out, requests applied (the newer
+        of two first) and answered, in any order."""
+        for step, i, flag in steps:
+            if step == "accept":
+                n = self.numbers[i % len(self.numbers)]
+                action = Action.ADD if flag else Action.REMOVE
+                self.accept_event(n, action, None, None, i % 2 == 0, "api")
+            elif step == "workers" and self.runnable():
+                self.workers_catch_up()
+            elif step == "leases" and self.redis.zcard(self.store.key("leases")):
+                self.leases_run_out()
+            elif step == "apply" and (waiting := [r for r in self.outstanding if not r.applied]):
+                request = waiting[i % len(waiting)]
+                request.model.apply(request)
+                self.note(f"applied #{request.id}")
+            elif step == "answer" and self.outstanding:
+                request = self.outstanding[i % len(self.outstanding)]
+                request.model.apply(request)
+                self.resolve(request, OK)
+            elif step == "overtake" and (pairs := self.overlapping()):
+                old, new = pairs[i % len(pairs)]
+                new.model.apply(new)
+                old.model.apply(old)
+                self.note(f"#{old.id} applied after #{new.id}")
+            elif step == "late" and (pairs := self.overlapping()):
+                self.lands_late(*pairs[i % len(pairs)])
+            elif step == "fails" and self.outstanding:
+                # Applied, and then the answer is lost, or a 5xx (a proxy's, say).
+                request = self.outstanding[i % len(self.outstanding)]
+                request.model.apply(request)
+                self.resolve(request, LOST if flag else OUTAGE)
+            self.check_invariants_now()
+
+    def lands_late(self, old: Request, new: Request) -> None:
+        """The provider applies a newer push, then an older one still out for the same
+        number (a recovered chunk's slow request); the older's answer arrives first."""
+        new.model.apply(new)
+        old.model.apply(old)
+        self.note(f"#{old.id} landed after #{new.id}")
+        self.resolve(old, OK)
+        if new in self.outstanding:
+            self.resolve(new, OK)
+
+    @precondition(lambda self: self.overlapping())
+    @rule(data=st.data())
+    def late_landing(self, data: st.DataObject) -> None:
+        self.lands_late(*data.draw(st.sampled_from(self.overlapping()), label="requests"))
+
+    @precondition(lambda self: self.outstanding)
+    @rule(data=st.data(), answer=st.sampled_from([OK, OK, OK, *ANSWERS]))
+    def answer_request(self, data: st.DataObject, answer: str) -> None:
+        request = data.draw(st.sampled_from(self.outstanding), label="request")
+        if not self.on("bad_answers"):
+            # Every answer a success: outages hold the provider, and an example without
+            # them explores the orders in which pushes land instead.
+            answer = OK
+        bulk = request.model.capabilities.bulk
+        if request.applied and (answer in (AUTH, PERMANENT) or (answer == PARTIAL and not bulk)):
+            answer = OK  # a refused request changed nothing: this one was applied
+        if answer == PARTIAL and bulk and not request.applied:
+            # One number failed inside an answer that applied the others.
+            request.failed = data.draw(st.sampled_from(request.numbers), label="failed")
+        if answer == OK or (answer == PARTIAL and bulk):
+            request.model.apply(request)
+        if answer == LOST and data.draw(st.booleans(), label="applied before the timeout"):
+            request.model.apply(request)
+        self.resolve(request, answer)
+
+    def resolve(self, request: Request, answer: str) -> None:
+        self.outstanding.remove(request)
+        request.answer = answer
+        self.note(f"answered #{request.id} {answer}")
+        if not request.owner.done:
+            self.gate.wake(request.owner)
+
+    @precondition(lambda self: self.on("kill") and self.gate.alive())
+    @rule(data=st.data())
+    def kill_worker(self, data: st.DataObject) -> None:
+        """kill -9 a worker mid-push. What it had sent is applied or not, now; a worker that
+        was still waiting after its chunk was recovered has nothing applied (see models)."""
+        push = data.draw(st.sampled_from(self.gate.alive()), label="push")
+        for request in [r for r in self.outstanding if r.owner is push]:
+            recovered = not self.redis.exists(self.store.key("chunk", request.chunk))
+            if not recovered and data.draw(st.booleans(), label="applied"):
+                request.model.apply(request)
+            self.outstanding.remove(request)
+        push.killed = True
+        self.note(f"killed {push.name}")
+        self.gate.wake(push)
+
+    @precondition(lambda self: self.store.paused())
+    @rule()
+    def resume_providers(self) -> None:
+        for provider in list(self.store.paused()):
+            self.store.resume(provider)
+            for target in self.models[provider].targets():
+                for action in Action:
+                    self.dispatcher.flush(target, action, work.ALL)
+        self.note("resumed")
+
+    # -- rules: beat, time, ops ------------------------------------------------------------
+
+    @precondition(lambda self: self.on("time"))
+    @rule(seconds=st.sampled_from([0.5, 1.0, 3.0, 10.0, 30.0, 130.0]))
+    def advance(self, seconds: float) -> None:
+        self.clock.now += seconds
+        self.note(f"+{seconds}s")
+
+    @precondition(lambda self: self.on("beat"))
+    @rule()
+    def sweep(self) -> None:
+        work.sweep(self.worker)
+        self.note("sweep")
+
+    @precondition(lambda self: self.on("beat"))
+    @rule()
+    def recover(self) -> None:
+        recovered = work.recover(self.worker)
+        self.note(f"recover {recovered}")
+
+    @precondition(lambda self: self.on("dead_letter") and self.redis.hlen(self.store.key("dlq")))
+    @rule(data=st.data(), purge=st.booleans())
+    def dead_letter(self, data: st.DataObject, purge: bool) -> None:
+        ids = sorted(d["id"] for d in self.store.dead_letters())
+        chosen = data.draw(st.sampled_from(ids), label="dead letter")
+        if purge:
+            target, _, n = chosen.partition("|")
+            self.purged[(target, n)] = self.store.ledger(n).get("v", "")
+            self.store.purge([chosen], "sim")
+        else:
+            work.replay(self.worker, [chosen], "sim")
+        self.note(f"{'purge' if purge else 'replay'} {chosen}")
+
+    @precondition(lambda self: self.on("reconcile") and "bulk" in self.kinds)
+    @rule(
+        remove_extras=st.booleans(),
+        racing=st.one_of(st.none(), st.tuples(st.sampled_from(NUMBERS), st.booleans())),
+        foreign=st.sampled_from([None, *FOREIGN]),
+    )
+    def reconcile(
+        self, remove_extras: bool, racing: tuple[str, bool] | None, foreign: str | None
+    ) -> None:
+        """Reconcile the listable providers, maybe with someone else's number on one list
+        and an accept landing between the listing and the repair."""
+        if foreign is not None:
+            self.models["bulk"].lists["bulk:a"].setdefault(foreign, _foreign_entry())
+        if racing is not None:
+            n, add = racing
+
+            def race() -> None:
+                self.accept_event(n, Action.ADD if add else Action.REMOVE, 0, None, False, "api")
+
+            self.models["bulk"].listing_hook = race
+        reconcile(self.worker, remove_extras=remove_extras)
+        self.models["bulk"].listing_hook = None
+        self.note(f"reconcile extras={remove_extras} racing={racing} foreign={foreign}")
+
+    @precondition(lambda self: self.on("toggle") and "native" in self.kinds)
+    @rule()
+    def disable_native(self) -> None:
+        """The native provider's credentials are removed from every process."""
+        self.mode = "nonative"
+        self.note("native disabled")
+
+    @precondition(lambda self: self.mode != ALL)
+    @rule()
+    def enable_native(self) -> None:
+        self.mode = ALL
+        self.note("native enabled")
+
+    # -- invariants ----------------------------------------------------------------------------
+
+    @invariant()
+    def count_what_was_reached(self) -> None:
+        for target in self.all_targets():
+            if self.redis.hlen(self.store.key("unknown", target)):
+                STATS["a push overtaken by a recovered chunk's late answer"] += 1
+            if self.redis.exists(self.store.key("breaker", target.split(":")[0])):
+                STATS["a circuit failing or open"] += 1
+        if len(self.gate.alive()) >= 2:
+            STATS["two pushes in flight at once"] += 1
+        if self.overlapping():
+            STATS["two requests out for one number"] += 1
+        if self.store.backfills():
+            STATS["a target catching up"] += 1
+
+    @invariant()
+    def in_flight_numbers_have_their_chunk(self) -> None:
+        for target in self.all_targets():
+            owners = self.redis.hgetall(self.store.key("inflight", target))
+            for n, chunk_id in owners.items():
+                key = self.store.key("chunk", chunk_id.decode())
+                assert self.redis.exists(key), (target, n, chunk_id, self.log[-30:])
+        for chunk_id in self.redis.zrange(self.store.key("leases"), 0, -1):
+            assert self.redis.exists(self.store.key("chunk", chunk_id.decode())), chunk_id
+
+    @invariant()
+    def confirmations_claim_what_the_provider_holds(self) -> None:
+        # Not yet for numbers a push is still working on: in flight (its chunk, or a dead
+        # worker's until recovery), or sent by a push that has not completed.
+        now = self.clock_ms()
+        busy = {pair for push in self.gate.alive() for pair in push.touched}
+        for target in self.all_targets():
+            model = self.model_of(target)
+            in_flight = {n.decode() for n in self.redis.hkeys(self.store.key("inflight", target))}
+            for raw_n, raw in self.redis.hgetall(self.store.key("confirmed", target)).items():
+                n, claim = raw_n.decode(), raw.decode()
+                if claim == "?" or (target, n) in busy or n in in_flight or n in FOREIGN:
+                    continue  # (someone else puts foreign numbers there behind our back)
+                state = claim.partition(":")[0]
+                held = model.holds(target, n, now)
+                if model.capabilities.supports_remove:
+                    ok = held == (state == "blocked")
+                    if not ok and not held and model.capabilities.supports_expiry:
+                        entry = model.lists[target].get(n)
+                        ok = entry is not None  # expired by itself: lifted on time
+                else:
+                    ok = held or state != "blocked"
+                assert ok, (target, n, claim, held, self.log[-40:])
+
+    # -- for the named cases -----------------------------------------------------------------
+
+    def pending(self, target: str, kind: str | None = None) -> Request:
+        """The oldest outstanding request to a target (of a kind)."""
+        return next(r for r in self.outstanding if r.target == target and kind in (None, r.kind))
+
+    def answer_all(self, answer: str = OK) -> None:
+        while self.outstanding:
+            request = self.outstanding[0]
+            if answer == OK:
+                request.model.apply(request)
+            self.resolve(request, answer)
+
+    def check_invariants_now(self) -> None:
+        self.in_flight_numbers_have_their_chunk()
+        self.confirmations_claim_what_the_provider_holds()
+
+    # -- quiescence ----------------------------------------------------------------------------
+
+    def given_up(self, target: str, n: str) -> bool:
+        """An operator purged its dead letter, and the number has not changed since."""
+        return self.purged.get((target, n)) == self.store.ledger(n).get("v", "")
+
+    def all_targets(self) -> list[str]:
+        return [t for k, m in self.models.items() if k in self.kinds for t in m.targets()]
+
+    def model_of(self, target: str) -> Model:
+        return self.models[target.split(":", 1)[0]]
+
+    def settle(self) -> None:
+        """Heal everything and run the deployment until nothing is left to do."""
+        self.mode = ALL
+        for _ in range(100):
+            for _ in range(2000):
+                if self.outstanding:
+                    request = self.outstanding[0]
+                    request.model.apply(request)
+                    self.resolve(request, OK)
+                elif self.runnable():
+                    self.run_task_at(self.runnable()[0])
+                else:
+                    break
+            if self.store.paused():
+                self.resume_providers()
+                continue
+            dead = [d["id"] for d in self.store.dead_letters()]
+            replay = [i for i in dead if not self.given_up(*i.split("|", 1))]
+            if replay:
+                work.replay(self.worker, replay, "settle")
+            elif self.idle():
+                return
+            self.clock.now += 10
+            work.sweep(self.worker)
+            work.recover(self.worker)
+        raise AssertionError(f"did not settle: {self.busy()} {self.log[-60:]}")
+
+    def run_task_at(self, i: int) -> None:
+        task = self.dispatcher.tasks.pop(i)
+        if task.kind == "flush":
+            target, action, mode = task.args
+            work.flush(self.worker, target, action, mode)
+            self.note(f"flush {target} {action.value} {mode}")
+        else:
+            self.start_push(task.args[0])
+
+    def busy(self) -> dict[str, Any]:
+        counts = self.store.counts(self.all_targets())
+        return {
+            "counts": {t: c for t, c in counts.items() if any(c.values())},
+            "retry": self.redis.zcard(self.store.key("retry")),
+            "leases": self.redis.zcard(self.store.key("leases")),
+            "backfill": self.store.backfills(),
+            "threads": len(self.gate.alive()),
+            "expiry": self.redis.zcard(self.store.key("expiry")),
+        }
+
+    def idle(self) -> bool:
+        b = self.busy()
+        return not (b["counts"] or b["retry"] or b["leases"] or b["backfill"] or b["threads"])
+
+    def check_quiescent(self) -> None:
+        # Past every temporary block, so that expiries have been processed too.
+        self.clock.now += 200
+        for _ in range(3):
+            work.sweep(self.worker)
+            self.settle()
+        reconcile(self.worker, remove_extras=True)  # someone else's numbers come off
+        self.settle()
+        assert self.idle(), self.busy()
+        assert all(self.given_up(*d["id"].split("|", 1)) for d in self.store.dead_letters())
+        now = self.clock_ms()
+        for target in self.all_targets():
+            assert not self.redis.hlen(self.store.key("unknown", target)), target
+            model = self.model_of(target)
+            for n in NUMBERS + FOREIGN:
+                ledger = self.store.ledger(n)
+                blocked = ledger.get("s") == "blocked"
+                if self.given_up(target, n):
+                    continue
+                held = model.holds(target, n, now)
+                if model.capabilities.supports_remove:
+                    assert held == blocked, (target, n, ledger, held, self.log[-60:])
+                elif blocked and ledger.get("c"):
+                    assert held, (target, n, ledger, self.log[-60:])
+
+
+def _foreign_entry() -> Any:
+    from tests.simulation.models import Entry
+
+    return Entry(10_000 + len(FOREIGN))
