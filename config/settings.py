@@ -81,6 +81,9 @@ class Settings(BaseModel):
     http_timeout_seconds: float = Field(default=15.0, gt=0, alias="OPTOUT_HTTP_TIMEOUT_SECONDS")
     clock_skew_seconds: float = Field(default=300.0, ge=0, alias="OPTOUT_CLOCK_SKEW_SECONDS")
     idempotency_ttl_days: int = Field(default=30, ge=1, alias="OPTOUT_IDEMPOTENCY_TTL_DAYS")
+    derived_key_ttl_hours: float = Field(
+        default=1.0, gt=0, le=72, alias="OPTOUT_DERIVED_KEY_TTL_HOURS"
+    )
     audit_cap: int = Field(default=50, ge=1, le=10_000, alias="OPTOUT_AUDIT_CAP")
     max_phones_per_request: int = Field(
         default=10_000, ge=1, le=100_000, alias="OPTOUT_MAX_PHONES_PER_REQUEST"

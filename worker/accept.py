@@ -19,7 +19,7 @@ from worker import metrics
 from worker.phones import Convention, Normalised, Rejected, mask, normalise
 from worker.pipeline import Flush, Pipeline, dispatch, due_flushes
 from worker.providers.base import Action
-from worker.store import AcceptOutcome, Staged
+from worker.store import AcceptOutcome, ReplicationError, Staged
 
 log = structlog.get_logger("optout.accept")
 audit_log = structlog.get_logger("optout.audit")
@@ -128,6 +128,9 @@ def _canonical(event: Event) -> str:
     return json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
 
 
+#: Event times before this are an unset clock, not a time (see `_plan`).
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+
 #: Numbers per Lua call: a large event is written in parts so no single script holds Redis
 #: for long (~30 us a number): every worker's Redis call waits behind a running script, and
 #: 1,000-number parts cut bulk throughput by a tenth or more (tests/perf/bench.py). The
@@ -143,18 +146,30 @@ def phone_hash(e164: str) -> str:
     return hashlib.sha256(e164.encode()).hexdigest()[:16]
 
 
-def _write(pipe: Pipeline, plan: _Plan) -> AcceptOutcome:
-    payload, numbers, route, ttl = plan.payload, plan.numbers, plan.route, plan.ttl
+def _write(pipe: Pipeline, plan: _Plan, *, force: bool = False) -> AcceptOutcome:
+    """Write an event: one script call, or parts of WRITE_CHUNK numbers. The first part
+    reserves the idempotency key with the body's hash and the last records it complete, so
+    a different body under the same key is refused from the first part on, and a retry of
+    an event cut short finishes it under its first event id. `force`: a keyless repeat
+    taken as a new event (see `_swallowed`)."""
+    numbers, route, ttl = plan.numbers, plan.route, plan.ttl
+    payload = plan.payload
+    replication = pipe.replication()
     parts = [numbers[i : i + WRITE_CHUNK] for i in range(0, len(numbers), WRITE_CHUNK)]
     if len(parts) == 1:
-        return pipe.store.accept(payload, numbers, route, ttl)
+        return pipe.store.accept(
+            payload, numbers, route, ttl, "once", force=force, replication=replication
+        )
     results: list[str] = []
     staged: dict[tuple[str, Action], Staged] = {}
     for i, part in enumerate(parts):
-        mode = "check" if i == 0 else "record" if i == len(parts) - 1 else "none"
-        outcome = pipe.store.accept(payload, part, route, ttl, mode)
+        mode = "reserve" if i == 0 else "record" if i == len(parts) - 1 else "none"
+        outcome = pipe.store.accept(
+            payload, part, route, ttl, mode, force=force and i == 0, replication=replication
+        )
         if outcome.status != "ok":
             return outcome
+        payload = {**payload, "id": outcome.event_id}  # a resumed event keeps its first id
         results.extend(outcome.results)
         for batch in outcome.staged:
             # Size before: from the first part that touched the batch; size after and
@@ -167,6 +182,19 @@ def _write(pipe: Pipeline, plan: _Plan) -> AcceptOutcome:
     return AcceptOutcome("ok", str(payload["id"]), results, list(staged.values()))
 
 
+def _swallowed(pipe: Pipeline, plan: _Plan, outcome: AcceptOutcome) -> bool:
+    """A keyless add answered as a duplicate of an earlier one while some of its numbers
+    are unblocked now (removed since): its key only hashes the body, which repeats when the
+    customer opts out again. It is taken as a new event rather than swallowed."""
+    if outcome.status != "duplicate" or not plan.derived or plan.payload["action"] != "add":
+        return False
+    wanted = [n for n, _ in plan.numbers]
+    unblocked = len(wanted) - len(pipe.store.blocked_among(wanted))
+    if unblocked:
+        log.info("keyless_repeat_accepted", event_id=outcome.event_id, unblocked=unblocked)
+    return unblocked > 0
+
+
 def accept(pipe: Pipeline, event: Event) -> AcceptResult:
     """Validate, normalise, check idempotency, write the ledger and stage every number for
     every target in one Redis round trip; then enqueue the flushes that are due."""
@@ -175,8 +203,8 @@ def accept(pipe: Pipeline, event: Event) -> AcceptResult:
         with _store_errors():
             pipe.ensure_registered()
             outcome = _write(pipe, plan)
-            if replicas := pipe.settings.redis_wait_replicas:
-                _enough_replicas(replicas, pipe.store.redis.wait(replicas, 1000))
+            if _swallowed(pipe, plan, outcome):
+                outcome = _write(pipe, plan, force=True)
         result, flushes = _answer(pipe, event, plan, outcome)
     if flushes:
         _dispatch(pipe, flushes, result.event_id)
@@ -200,8 +228,9 @@ async def accept_async(pipe: Pipeline, event: Event) -> AcceptResult:
         plan = _plan(pipe, event)
         with _store_errors():
             outcome = await aio.accept(plan.payload, plan.numbers, plan.route, plan.ttl)
-            if replicas := pipe.settings.redis_wait_replicas:
-                _enough_replicas(replicas, await aio.wait(replicas, 1000))
+        if outcome.status == "duplicate" and plan.derived:
+            # Maybe a keyless repeat to take as new (`_swallowed`): rare, so in a thread.
+            return await anyio.to_thread.run_sync(accept, pipe, event)
         result, flushes = _answer(pipe, event, plan, outcome)
     if flushes:
         # Enqueueing is broker I/O through a sync client; most events enqueue nothing.
@@ -221,16 +250,13 @@ def _refusals_counted(event: Event) -> Iterator[None]:
 
 @contextmanager
 def _store_errors() -> Iterator[None]:
-    """Redis could not take the event: the sender must retry (503)."""
+    """Redis could not take the event (or not on enough replicas): the sender retries (503)."""
     try:
         yield
+    except ReplicationError as exc:
+        raise StoreUnavailableError(str(exc)) from exc
     except redis.RedisError as exc:
         raise StoreUnavailableError(f"Redis unavailable: {type(exc).__name__}") from exc
-
-
-def _enough_replicas(wanted: int, acked: int) -> None:
-    if acked < wanted:
-        raise StoreUnavailableError("the event did not reach enough Redis replicas")
 
 
 def _dispatch(pipe: Pipeline, flushes: list[Flush], event_id: str) -> None:
@@ -251,6 +277,7 @@ class _Plan:
     route: dict[str, Any]  # which live targets it goes to (Pipeline.route)
     effective_ms: int
     ttl: int  # of the idempotency key, seconds
+    derived: bool = False  # the key hashes the body (the sender gave none)
 
 
 def _plan(pipe: Pipeline, event: Event) -> _Plan:
@@ -288,6 +315,15 @@ def _plan(pipe: Pipeline, event: Event) -> _Plan:
     if not numbers:
         raise AcceptError("no_valid_phones", "no phone in the event is a phone number", 422)
 
+    if event.occurred_at is not None and _ms(event.occurred_at) < _ms(EARLIEST):
+        # .NET's DateTime.MinValue, Go's zero time, 0 seconds since 1970: an unset clock,
+        # not a time. Taken as given, an add would lose to any remove and stay unblocked.
+        raise AcceptError(
+            "occurred_at_out_of_range",
+            f"occurred_at {event.occurred_at.isoformat()} is before "
+            f"{EARLIEST.date().isoformat()}: send the time of the opt-out, or leave it out "
+            "for an add (the time of receipt is used)",
+        )
     skew_ms = int(settings.clock_skew_seconds * 1000)
     occurred_ms = _ms(event.occurred_at) if event.occurred_at else now_ms
     effective_ms = min(occurred_ms, now_ms + skew_ms)
@@ -297,6 +333,7 @@ def _plan(pipe: Pipeline, event: Event) -> _Plan:
 
     canonical = _canonical(event)
     body_hash = hashlib.sha256(canonical.encode()).hexdigest()
+    derived = event.idempotency_key is None
     key = event.idempotency_key or body_hash
     if len(key) > 200:
         raise AcceptError("bad_idempotency_key", "idempotency_key is at most 200 characters")
@@ -316,8 +353,13 @@ def _plan(pipe: Pipeline, event: Event) -> _Plan:
     }
     # Lua reads JSON null as a truthy sentinel: absent is the only safe "none".
     payload = {k: v for k, v in payload.items() if v is not None}
-    ttl = settings.idempotency_ttl_days * 86400
-    return _Plan(results, numbers, payload, route, effective_ms, ttl)
+    # A key the sender chose is theirs to repeat for as long as they like; one derived from
+    # the body only absorbs retries, and the same body days later is a new opt-out.
+    if derived:
+        ttl = max(1, int(settings.derived_key_ttl_hours * 3600))
+    else:
+        ttl = settings.idempotency_ttl_days * 86400
+    return _Plan(results, numbers, payload, route, effective_ms, ttl, derived)
 
 
 def _answer(

@@ -19,7 +19,7 @@ import structlog
 
 from config import Settings
 from worker import metrics
-from worker.accept import Event, PhoneInput
+from worker.accept import EARLIEST, Event, PhoneInput
 from worker.phones import Convention, Normalised, normalise
 from worker.providers.base import Action
 from worker.store import Store
@@ -158,7 +158,10 @@ def book(store: Store, outcome: Event | Ignored | Review) -> Event | None:
 
 
 def _time(value: Any) -> datetime | None:
+    """The CDR's call time; none (the time of receipt is used) when it is missing, not a
+    time, or an unset clock (before 2000: Voicenter cannot be asked to send it again)."""
     try:
-        return datetime.fromtimestamp(float(value), tz=UTC) if value not in (None, "") else None
+        when = datetime.fromtimestamp(float(value), tz=UTC) if value not in (None, "") else None
     except (TypeError, ValueError, OverflowError, OSError):
         return None
+    return when if when is not None and when >= EARLIEST else None

@@ -5,16 +5,23 @@ from __future__ import annotations
 import enum
 import functools
 import re
+import unicodedata
 from dataclasses import dataclass, field
 
 import phonenumbers
 from phonenumbers import NumberParseException, ValidationResult
 
-_SEPARATORS = re.compile(r"[\s\-.()/\u00a0\u200e\u200f]")
+_SEPARATORS = re.compile(r"[\s\-.()/]")
 _SPREADSHEET_INT = re.compile(r"^\+?\d+\.0+$")
-_DECIMAL = re.compile(r"^\+?\d+\.\d+$")
+#: One dot and one or two digits after it: a decimal (972501234567.25), not a separator.
+_DECIMAL = re.compile(r"^\+?\d+\.\d{1,2}$")
 _DIGITS = re.compile(r"^\d+$")
 _LETTER = re.compile(r"[^\W\d_]")
+#: Dashes that are not ASCII (hyphen, non-breaking hyphen, en and em dash, minus sign, ...).
+_DASHES = frozenset("\u2010\u2011\u2012\u2013\u2014\u2015\u2212\u2043\ufe58\ufe63\uff0d")
+#: Inputs no longer than this are cached; a longer one is no phone number anyway, and a
+#: few long ones must not fill memory (the cache holds its keys).
+CACHED_LENGTH = 40
 
 #: Why a number was refused; every rejection carries exactly one of these.
 REJECTION_REASONS = (
@@ -28,6 +35,7 @@ REJECTION_REASONS = (
     "invalid_length",
     "invalid_country_code",
     "invalid_for_region",
+    "trunk_prefix_with_country_code",
     "own_number",
 )
 
@@ -93,7 +101,7 @@ def _clean(raw: object) -> str | Rejected:
         return Rejected("decimal_number", "a decimal is not a phone number")
     if not isinstance(raw, str):
         return Rejected("not_a_number", "not a string or integer")
-    text = raw.strip()
+    text = _plain(raw).strip()
     if not text:
         return Rejected("empty")
     lowered = text.lower()
@@ -116,6 +124,27 @@ def _clean(raw: object) -> str | Rejected:
     if len(body) > 17:
         return Rejected("too_long")
     return compact
+
+
+def _plain(text: str) -> str:
+    """What a person sees: no invisible formatting characters (zero-width spaces, the byte
+    order mark, the bidi marks and isolates that copying from Hebrew or Arabic screens
+    brings along), every space a space, every dash a hyphen, every digit an ASCII one."""
+    out = []
+    for ch in text:
+        if ch.isascii():
+            out.append(ch)
+        elif unicodedata.category(ch) == "Cf":
+            continue
+        elif ch in _DASHES:
+            out.append("-")
+        elif ch.isspace():
+            out.append(" ")
+        elif ch.isdecimal():
+            out.append(str(unicodedata.decimal(ch)))
+        else:
+            out.append(ch)
+    return "".join(out)
 
 
 def _parse(text: str, region: str | None) -> phonenumbers.PhoneNumber | Rejected:
@@ -164,8 +193,14 @@ def normalise(
     return result
 
 
-@functools.lru_cache(maxsize=8192)
 def _normalise_text(raw: str, region: str, convention: Convention) -> Normalised | Rejected:
+    if len(raw) > CACHED_LENGTH:
+        return _normalise(raw, region, convention)
+    return _cached(raw, region, convention)
+
+
+@functools.lru_cache(maxsize=8192)
+def _cached(raw: str, region: str, convention: Convention) -> Normalised | Rejected:
     # A CDR's customer is normalised to be chosen, then again when it is accepted; and the
     # same numbers come back (re-imports, repeat callers). Results are immutable.
     return _normalise(raw, region, convention)
@@ -189,6 +224,9 @@ def _normalise(raw: object, region: str, convention: Convention) -> Normalised |
     ):
         return _accept(international)
 
+    trunk = _trunk_prefix_first(cleaned, region)
+    if trunk is not None:
+        return trunk
     national = _parse(cleaned, region)
     if isinstance(national, Rejected):
         if not isinstance(international, Rejected) and _possible(international) is None:
@@ -209,6 +247,44 @@ def _normalise(raw: object, region: str, convention: Convention) -> Normalised |
             return Rejected("invalid_for_region", problem.reason)
         return problem
     return _accept(national)
+
+
+def _trunk_prefix_first(cleaned: str, region: str) -> Normalised | Rejected | None:
+    """A national trunk prefix written before a full international number: `0` then
+    `972501234567` in region IL. Read as a national number it would be +972972501234567, a
+    number nobody has. Read as the international number when that is possible (or, for
+    another country's code, valid); refused with a reason when it is neither. None when the
+    input is no such thing (a valid national number always stays national: 097234567)."""
+    metadata = phonenumbers.PhoneMetadata.metadata_for_region(region.upper())
+    if metadata is None or not metadata.national_prefix:
+        return None
+    prefix = metadata.national_prefix
+    if not cleaned.startswith(prefix) or cleaned.startswith(prefix * 2):
+        return None
+    national = _parse(cleaned, region)
+    if not isinstance(national, Rejected) and phonenumbers.is_valid_number(national):
+        return None
+    rest = cleaned[len(prefix) :]
+    international = _parse("+" + rest, None)
+    code = str(metadata.country_code)
+    if rest.startswith(code) and len(rest) >= len(code) + 7:
+        if not isinstance(international, Rejected) and _possible(international) is None:
+            result = _accept(international)
+            return Normalised(result.e164, (*result.flags, "trunk_prefix_removed"))
+        return Rejected(
+            "trunk_prefix_with_country_code",
+            f"a trunk prefix ({prefix}) before the country code: write +{rest} or the "
+            "national number",
+        )
+    # Another country's full number after the prefix (0 then 447911123456): longer than any
+    # national number, and a real number read internationally.
+    if (
+        len(rest) >= 10
+        and not isinstance(international, Rejected)
+        and phonenumbers.is_valid_number(international)
+    ):
+        return Normalised(_e164(international), ("trunk_prefix_removed",))
+    return None
 
 
 def normalise_own_numbers(raw: list[str], region: str) -> frozenset[str]:

@@ -24,6 +24,7 @@ from worker.store import (
     ChunkItem,
     CompleteOptions,
     OpenChunk,
+    Replication,
     Staged,
     Store,
 )
@@ -151,6 +152,11 @@ class Pipeline:
         would only wait for a request slot), or with no cap two per worker process."""
         _, concurrency = self.settings.limits_for(provider)
         return concurrency if concurrency > 0 else 2 * self.settings.worker_concurrency
+
+    def replication(self) -> Replication | None:
+        """How many replicas an accepted write must reach before it is answered."""
+        replicas = self.settings.redis_wait_replicas
+        return Replication(replicas) if replicas else None
 
     def complete_options(self, hold_seconds: float = 0.0) -> CompleteOptions:
         """How a chunk's failures are treated (settings, in the units the script reads)."""

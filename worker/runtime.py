@@ -21,7 +21,7 @@ from worker.phones import normalise_own_numbers
 from worker.pipeline import Dispatcher, Pipeline
 from worker.providers import build_providers
 from worker.ratelimit import SharedLimitTransport
-from worker.store import AsyncAccept, AsyncClientFactory, Clock, Store
+from worker.store import AsyncAccept, AsyncClientFactory, Clock, Replication, Store
 
 _pipeline: Pipeline | None = None
 
@@ -114,6 +114,8 @@ def build_pipeline(
 
     if async_client is None and client is None:
         async_client = functools.partial(async_redis_client, settings)
+    replicas = settings.redis_wait_replicas
+    replication = Replication(replicas) if replicas else None
     return Pipeline(
         settings=settings,
         store=store,
@@ -123,7 +125,9 @@ def build_pipeline(
         else CeleryDispatcher(celery_app(), settings.queue_namespace),
         rng=rng or random.Random(),
         own_numbers=normalise_own_numbers(settings.own_numbers, settings.default_region),
-        async_accept=AsyncAccept(store, async_client) if async_client is not None else None,
+        async_accept=(
+            AsyncAccept(store, async_client, replication) if async_client is not None else None
+        ),
     )
 
 

@@ -216,6 +216,7 @@ def _accept_args(
     idempotency_ttl_seconds: int,
     audit_cap: int,
     idempotency_mode: str,
+    force: bool = False,
 ) -> list[Any]:
     return [
         fastjson.dumps(event),
@@ -224,7 +225,26 @@ def _accept_args(
         fastjson.dumps(route),
         fastjson.dumps(numbers),
         idempotency_mode,
+        "1" if force else "0",
     ]
+
+
+class ReplicationError(redis.RedisError):
+    """A write did not reach enough replicas in time (OPTOUT_REDIS_WAIT_REPLICAS)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Replication:
+    """Wait for this many replicas to have a write, on the connection that wrote it."""
+
+    replicas: int
+    timeout_ms: int = 1000
+
+    def check(self, acked: int) -> None:
+        if acked < self.replicas:
+            raise ReplicationError(
+                f"the write reached {acked} of {self.replicas} replicas within {self.timeout_ms} ms"
+            )
 
 
 def _accept_outcome(answer: Any) -> AcceptOutcome:
@@ -278,12 +298,28 @@ class Store:
         route: dict[str, Any],
         idempotency_ttl_seconds: int,
         idempotency_mode: str = "once",
+        *,
+        force: bool = False,
+        replication: Replication | None = None,
     ) -> AcceptOutcome:
-        """Write one event (see lua/accept.lua); `route` picks the live targets it goes to."""
-        args = _accept_args(
-            event, numbers, route, idempotency_ttl_seconds, self.audit_cap, idempotency_mode
-        )
-        return _accept_outcome(self._run("accept", *args))
+        """Write one event (see lua/accept.lua); `route` picks the live targets it goes to.
+        With `replication`, WAIT follows the script on the same connection (a pipeline): on
+        any other it would return at once, having written nothing to wait for."""
+        args = self.argv(
+            *_accept_args(
+                event, numbers, route, idempotency_ttl_seconds, self.audit_cap,
+                idempotency_mode, force,
+            )
+        )  # fmt: skip
+        script = self._scripts["accept"]
+        if replication is None:
+            return _accept_outcome(script(keys=[], args=args))
+        pipe = self.redis.pipeline(transaction=False)
+        script(keys=[], args=args, client=pipe)
+        pipe.wait(replication.replicas, replication.timeout_ms)
+        answer, acked = pipe.execute()
+        replication.check(int(acked))
+        return _accept_outcome(answer)
 
     # -- batching and pushing ---------------------------------------------------------------
 
@@ -679,11 +715,18 @@ class AsyncAccept:
     #: Events per pipeline at most: one slow group must not hold thousands of answers.
     GROUP = 200
 
-    def __init__(self, store: Store, client: AsyncClientFactory) -> None:
+    def __init__(
+        self,
+        store: Store,
+        client: AsyncClientFactory,
+        replication: Replication | None = None,
+    ) -> None:
         self.store = store
         self._factory = client
         self._script = store.script("accept")
         self._state: _Loop | None = None
+        #: A group's WAIT goes at the end of its pipeline, on the connection that wrote it.
+        self.replication = replication
 
     def _here(self) -> _Loop:
         loop = asyncio.get_running_loop()
@@ -726,15 +769,16 @@ class AsyncAccept:
         self, client: aredis.Redis, group: list[tuple[list[Any], asyncio.Future[Any]]]
     ) -> None:
         try:
-            answers = await self._pipeline(client, [args for args, _ in group])
+            answers, acked = await self._pipeline(client, [args for args, _ in group])
             if any(isinstance(a, redis.exceptions.NoScriptError) for a in answers):
                 # Redis restarted (its script cache is empty): load once, redo those calls.
                 await client.script_load(self._script.script)
                 redo = [i for i, a in enumerate(answers)
                         if isinstance(a, redis.exceptions.NoScriptError)]  # fmt: skip
-                again = await self._pipeline(client, [group[i][0] for i in redo])
+                again, acked_again = await self._pipeline(client, [group[i][0] for i in redo])
                 for i, a in zip(redo, again, strict=True):
                     answers[i] = a
+                acked = min(acked, acked_again)
         except BaseException as exc:
             # Every event of a failed group is answered with the error (the API says 503,
             # retry); the next group gets its own try.
@@ -745,21 +789,35 @@ class AsyncAccept:
             if not isinstance(exc, Exception):
                 raise
             return
+        short: ReplicationError | None = None
+        if self.replication is not None:
+            try:
+                self.replication.check(acked)
+            except ReplicationError as exc:
+                short = exc
         for (_, answer), result in zip(group, answers, strict=True):
             if answer.done():  # its request went away; the event is written all the same
                 continue
             if isinstance(result, Exception):
                 answer.set_exception(result)
+            elif short is not None:
+                answer.set_exception(short)
             else:
                 answer.set_result(result)
 
-    async def _pipeline(self, client: aredis.Redis, calls: list[list[Any]]) -> list[Any]:
+    async def _pipeline(
+        self, client: aredis.Redis, calls: list[list[Any]]
+    ) -> tuple[list[Any], int]:
+        """The calls' answers, and how many replicas have them (when asked to wait)."""
         # EVALSHA by hand: a pipeline's registered scripts cost a SCRIPT EXISTS round trip on
         # every execute; NOSCRIPT is handled in _send.
         async with client.pipeline(transaction=False) as pipe:
             for args in calls:
                 pipe.evalsha(self._script.sha, 0, *args)
-            return list(await pipe.execute(raise_on_error=False))
-
-    async def wait(self, replicas: int, timeout_ms: int) -> int:
-        return int(await self._here().client.wait(replicas, timeout_ms))
+            if self.replication is not None:
+                pipe.wait(self.replication.replicas, self.replication.timeout_ms)
+            answers = list(await pipe.execute(raise_on_error=False))
+        if self.replication is None:
+            return answers, 0
+        acked = answers.pop()
+        return answers, int(acked) if isinstance(acked, int) else 0

@@ -335,3 +335,103 @@ def test_large_events_are_accepted_in_a_thread_not_on_the_loop(make_pipe: Any) -
     assert result.accepted == len(phones)
     with pytest.raises(StoreUnavailableError):
         asyncio.run(accept_async(pipe, add(N)))
+
+
+# -- idempotency keys: reserved from a large event's first part; keyless repeats ----------
+
+
+def test_a_different_body_under_a_key_cut_short_is_409_and_the_retry_finishes(
+    pipe: Pipeline,
+) -> None:
+    # Issue 13, item 8: a crash after part 1; then another body under the same key; then the
+    # original's retry. Before, the other body was accepted and the retry got 409.
+    phones = [f"+97250{i:07d}" for i in range(1500)]
+    original = pipe.store.accept
+    calls = {"n": 0}
+
+    def crash_on_second(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise ConnectionError("redis went away")
+        return original(*args, **kwargs)
+
+    pipe.store.accept = crash_on_second  # type: ignore[method-assign]
+    with pytest.raises(ConnectionError):
+        accept(pipe, add(*phones, idempotency_key="k"))
+    pipe.store.accept = original  # type: ignore[method-assign]
+    with pytest.raises(AcceptError) as caught:
+        accept(pipe, add("+972599999999", idempotency_key="k"))
+    assert caught.value.status == 409
+    assert pipe.store.ledger("+972599999999") == {}
+    retry = accept(pipe, add(*phones, idempotency_key="k"))
+    assert not retry.duplicate
+    assert all(pipe.store.ledger(p)["s"] == "blocked" for p in phones)
+    audit_ids = {pipe.store.audit(p)[0]["ev"] for p in (phones[0], phones[-1])}
+    assert audit_ids == {retry.event_id}  # one event, under its first id
+    again = accept(pipe, add(*phones, idempotency_key="k"))
+    assert again.duplicate and again.event_id == retry.event_id
+
+
+def test_two_different_large_bodies_under_one_key_cannot_both_be_accepted(pipe: Pipeline) -> None:
+    # Issue 13, item 8: the second body's first part meets the first's reservation.
+    ours = [f"+97250{i:07d}" for i in range(1200)]
+    theirs = [f"+97251{i:07d}" for i in range(1200)]
+    original = pipe.store.accept
+    calls = {"n": 0}
+
+    def interleave(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 2:  # between our parts, the other body arrives
+            with pytest.raises(AcceptError) as caught:
+                accept(pipe, add(*theirs, idempotency_key="k"))
+            assert caught.value.status == 409
+        return original(*args, **kwargs)
+
+    pipe.store.accept = interleave  # type: ignore[method-assign]
+    result = accept(pipe, add(*ours, idempotency_key="k"))
+    pipe.store.accept = original  # type: ignore[method-assign]
+    assert result.accepted == 1200
+    assert pipe.store.ledger(theirs[0]) == {}
+
+
+def test_a_keyless_repeat_of_an_add_after_a_remove_blocks_again(
+    pipe: Pipeline, clock: FakeClock
+) -> None:
+    # Issue 13, item 6: add (no key, no time); an admin remove; the same add body again.
+    first = accept(pipe, add(N, reason="pressed 9"))
+    clock.advance(60)
+    accept(pipe, remove(N, occurred_at=at(clock)))
+    assert pipe.store.ledger(N)["s"] == "unblocked"
+    clock.advance(60)
+    again = accept(pipe, add(N, reason="pressed 9"))
+    assert not again.duplicate and again.event_id != first.event_id
+    assert pipe.store.ledger(N)["s"] == "blocked"
+
+
+def test_a_keyless_retry_of_a_standing_add_is_still_a_duplicate(pipe: Pipeline) -> None:
+    first = accept(pipe, add(N, reason="pressed 9"))
+    again = accept(pipe, add(N, reason="pressed 9"))
+    assert again.duplicate and again.event_id == first.event_id
+
+
+def test_a_derived_key_is_kept_for_hours_a_senders_key_for_days(pipe: Pipeline) -> None:
+    accept(pipe, add(N, reason="derived"))
+    accept(pipe, add("+972501234568", idempotency_key="theirs"))
+    ttls = {
+        key.decode().rsplit(":", 1)[1][:6]: pipe.store.redis.ttl(key)
+        for key in pipe.store.redis.scan_iter(match=pipe.store.key("idem", "api", "*"))
+    }
+    assert ttls.pop("theirs") > 29 * 86400
+    (derived,) = ttls.values()
+    assert 0 < derived <= pipe.settings.derived_key_ttl_hours * 3600
+
+
+@pytest.mark.parametrize("when", ["0001-01-01T00:00:00", "1969-12-31T23:59:59Z", "1970-01-01"])
+def test_an_add_dated_before_2000_is_refused_naming_the_field(pipe: Pipeline, when: str) -> None:
+    # Issue 13, item 5: it was answered 202 "stale" and the number stayed unblocked.
+    with pytest.raises(AcceptError) as caught:
+        accept(pipe, add(N, occurred_at=datetime.fromisoformat(when)))
+    assert caught.value.status == 422
+    assert caught.value.reason == "occurred_at_out_of_range"
+    assert "occurred_at" in caught.value.message
+    assert pipe.store.ledger(N) == {}

@@ -88,6 +88,7 @@ def test_same_key_other_body_is_409(client: TestClient) -> None:
         {"action": "add", "phones": []},
         {"action": "add"},
         {"action": "add", "phones": ["+972501234567"], "occurred_at": "yesterday"},
+        {"action": "add", "phones": ["+972501234567"], "occurred_at": "0001-01-01T00:00:00"},
         {"action": "add", "phones": ["+972501234567"], "surprise": 1},
         {"action": "add", "phones": [None]},
         {"action": "add", "phones": ["abc"]},
@@ -100,6 +101,14 @@ def test_bad_input_is_422_with_a_reason(client: TestClient, body: Any) -> None:
     response = client.post("/v1/optouts", json=body, headers=AUTH)
     assert response.status_code == 422, response.text
     assert response.json()["error"]
+
+
+def test_an_add_with_an_unset_clock_names_occurred_at(client: TestClient) -> None:
+    body = {"action": "add", "phones": ["+972501234567"], "occurred_at": "0001-01-01T00:00:00"}
+    response = client.post("/v1/optouts", json=body, headers=AUTH)
+    assert response.status_code == 422
+    assert response.json()["error"] == "occurred_at_out_of_range"
+    assert "occurred_at" in response.json()["message"]
 
 
 def test_malformed_json_is_4xx_never_500(client: TestClient) -> None:

@@ -38,6 +38,15 @@ def test_outbound_optout_blocks_the_target() -> None:
     assert event.occurred_at is not None and int(event.occurred_at.timestamp()) == 1595960350
 
 
+@pytest.mark.parametrize("time", [0, "0", -62135596800, "", None, "soon"])
+def test_a_cdr_time_that_is_no_time_takes_the_time_of_receipt(time: Any) -> None:
+    # Issue 13, item 5: a webhook cannot be asked to send again, so an unset clock (epoch 0,
+    # .NET's MinValue) or garbage means "now", not 1970 (which would lose to any remove).
+    event = interpret({**fixture("cdr_outbound.json"), "time": time})
+    assert isinstance(event, Event)
+    assert event.occurred_at is None
+
+
 def test_inbound_queue_optout_blocks_the_caller() -> None:
     event = interpret(fixture("cdr_inbound_queue.json"))
     assert isinstance(event, Event)

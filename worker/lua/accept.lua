@@ -1,15 +1,21 @@
 -- Accept one event in one round trip: idempotency, ledger (last-writer-wins), audit, staging.
 -- ARGV: prefix, now_ms, event JSON, idempotency TTL seconds, audit cap, route JSON
 --       ({include = [provider, ...] (empty: all), exclude = [...], call = has a call
---       record}), numbers JSON ([[e164, name], ...]), idempotency mode: 'once' (check and
---       record), 'check' (first part of a large event), 'none' (middle parts), 'record'
---       (last part)
+--       record}), numbers JSON ([[e164, name], ...]), idempotency mode, force ('1': taken
+--       as a new event whatever its key says; see worker/accept.py)
+-- Modes: 'once' (one part: check the key, record it), 'reserve' (the first part of a large
+-- event: check the key and reserve it with the body's hash, so a different body under the
+-- same key is refused while the parts are written), 'none' (middle parts), 'record' (the
+-- last part: the event is complete). A retry of an event whose parts were not all written
+-- finds its reservation and writes them again under the first event id (every part is
+-- idempotent by itself).
 local ev = cjson.decode(ARGV[3])
 local idem_ttl = tonumber(ARGV[4])
 local cap = tonumber(ARGV[5])
 local route = cjson.decode(ARGV[6])
 local numbers = cjson.decode(ARGV[7])
 local mode = ARGV[8] or 'once'
+local force = ARGV[9] == '1'
 
 -- The event goes to every live target its source is routed to, whatever this process's own
 -- settings enable (design.md step 11); a target that needs a call record the event lacks is
@@ -34,21 +40,28 @@ table.sort(na)
 if #na == 0 then na = nil end
 
 local idem_key = P .. 'idem:' .. ev.source .. ':' .. ev.key
-local seen = false
-if mode == 'once' or mode == 'check' then seen = redis.call('GET', idem_key) end
-if seen then
-  local sep = string.find(seen, '|', 1, true)
-  local hash = string.sub(seen, 1, sep - 1)
-  local first_id = string.sub(seen, sep + 1)
-  if hash == ev.hash then
-    return cjson.encode({status = 'duplicate', event_id = first_id})
+if not force and (mode == 'once' or mode == 'reserve') then
+  local seen = redis.call('GET', idem_key)
+  if seen then
+    -- {hash}|{event id}, and |p while a large event's parts are still being written
+    local sep = string.find(seen, '|', 1, true)
+    local hash, rest = string.sub(seen, 1, sep - 1), string.sub(seen, sep + 1)
+    local first_id, partial = rest, false
+    local sep2 = string.find(rest, '|', 1, true)
+    if sep2 then first_id, partial = string.sub(rest, 1, sep2 - 1), true end
+    if hash ~= ev.hash then
+      return cjson.encode({status = 'conflict', event_id = first_id})
+    end
+    if not partial then
+      return cjson.encode({status = 'duplicate', event_id = first_id})
+    end
+    ev.id = first_id  -- a retry of an event not fully written: finish it
   end
-  return cjson.encode({status = 'conflict', event_id = first_id})
 end
--- A large event is written in parts; its key is recorded with the last part only, so a
--- retry after a crash between parts redoes them all (each part is idempotent by itself).
 if mode == 'once' or mode == 'record' then
   redis.call('SET', idem_key, ev.hash .. '|' .. ev.id, 'EX', idem_ttl)
+elseif mode == 'reserve' then
+  redis.call('SET', idem_key, ev.hash .. '|' .. ev.id .. '|p', 'EX', idem_ttl)
 end
 
 local t = tonumber(ev.t)

@@ -1,0 +1,215 @@
+"""OPTOUT_REDIS_WAIT_REPLICAS against a real primary and replica: an accept is answered only
+once a replica has its write, from threads and from the API's group commit alike."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, ClassVar
+
+import pytest
+import redis
+import redis.asyncio as aredis
+
+from config import load_settings
+from tests.fakes.dispatch import QueueDispatcher
+from worker.accept import Event, PhoneInput, StoreUnavailableError, accept, accept_async
+from worker.embedded import free_port, redis_server_binary
+from worker.pipeline import Pipeline
+from worker.providers.base import Action
+from worker.runtime import build_pipeline
+
+pytestmark = pytest.mark.integration
+
+
+def _server(port: int, *extra: str) -> subprocess.Popen[bytes]:
+    data = tempfile.mkdtemp(prefix="optout-repl-")
+    args = [redis_server_binary(), "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+            "--appendonly", "no", "--dir", data, *extra]  # fmt: skip
+    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _wait(condition: Any, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail("timed out")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def primary_and_replica() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    primary_port, replica_port = free_port(), free_port()
+    primary = _server(primary_port)
+    replica = _server(replica_port, "--replicaof", "127.0.0.1", str(primary_port))
+    client = redis.Redis(port=primary_port)
+    try:
+        _wait(lambda: _answers(client) and client.info("replication")["connected_slaves"] == 1)
+        _wait(lambda: redis.Redis(port=replica_port).info("replication")["master_link_status"]
+              == "up")  # fmt: skip
+        yield f"redis://127.0.0.1:{primary_port}/0", replica
+    finally:
+        for process in (replica, primary):
+            if process.poll() is None:
+                os.kill(process.pid, signal.SIGCONT)
+                process.terminate()
+                process.wait(timeout=10)
+
+
+def _answers(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+
+
+def _pipeline(url: str) -> Pipeline:
+    settings = load_settings(
+        {"REDIS_URL": url, "OPTOUT_REDIS_WAIT_REPLICAS": "1", "OPTOUT_KEY_PREFIX": "repl:"}
+    )
+    return build_pipeline(settings, dispatcher=QueueDispatcher())
+
+
+def _event(i: int) -> Event:
+    return Event("api", Action.ADD, [PhoneInput(f"+9725010{i:05d}")])
+
+
+def _concurrently(pipe: Pipeline, start: int, count: int) -> list[bool]:
+    """`count` accepts from threads, while others read through the same client (number
+    lookups, readiness checks): their connections have written nothing."""
+    reading = threading.Event()
+
+    def reader() -> None:
+        while not reading.is_set():
+            pipe.store.ledger("+972500000000")
+
+    def one(i: int) -> bool:
+        try:
+            accept(pipe, _event(i))
+            return True
+        except StoreUnavailableError:
+            return False
+
+    readers = [threading.Thread(target=reader) for _ in range(4)]
+    for thread in readers:
+        thread.start()
+    try:
+        with ThreadPoolExecutor(max_workers=count) as pool:
+            return list(pool.map(one, range(start, start + count)))
+    finally:
+        reading.set()
+        for thread in readers:
+            thread.join()
+
+
+async def _on_the_loop(pipe: Pipeline, start: int, count: int) -> list[bool]:
+    async def one(i: int) -> bool:
+        await asyncio.sleep(0.01 * (i % 5))  # in several groups
+        try:
+            await accept_async(pipe, _event(i))
+            return True
+        except StoreUnavailableError:
+            return False
+
+    return list(await asyncio.gather(*(one(i) for i in range(start, start + count))))
+
+
+def test_no_accept_is_answered_before_a_replica_has_it(
+    primary_and_replica: tuple[str, subprocess.Popen[bytes]],
+) -> None:
+    # Issue 13, item 7: WAIT went out on whichever pooled connection was free; on one that
+    # had written nothing it returned at once, and the API answered 202 regardless.
+    url, replica = primary_and_replica
+    pipe = _pipeline(url)
+    pipe.ensure_registered()
+    assert all(_concurrently(pipe, 0, 20))
+    assert all(asyncio.run(_on_the_loop(pipe, 100, 20)))
+
+    os.kill(replica.pid, signal.SIGSTOP)  # the replica stops acknowledging
+    try:
+        assert not any(_concurrently(pipe, 200, 20))
+        assert not any(asyncio.run(_on_the_loop(pipe, 300, 20)))
+    finally:
+        os.kill(replica.pid, signal.SIGCONT)
+    assert all(_concurrently(pipe, 400, 10))
+
+
+class _Log:
+    """(connection, command) for every command sent, in order."""
+
+    entries: ClassVar[list[tuple[int, str]]] = []
+
+
+class _RecordingConnection(redis.Connection):
+    def pack_command(self, *args: Any) -> Any:
+        _Log.entries.append((id(self), str(args[0]).upper()))
+        return super().pack_command(*args)
+
+
+class _AsyncRecordingConnection(aredis.Connection):
+    def pack_command(self, *args: Any) -> Any:
+        _Log.entries.append((id(self), str(args[0]).upper()))
+        return super().pack_command(*args)
+
+
+class _Rotating(redis.ConnectionPool):
+    """Hands out the connection released longest ago, not the one just released: a busy
+    process's pool does that too, and it shows where a command really goes."""
+
+    def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            self._available_connections.reverse()
+        return super().get_connection(*args, **kwargs)
+
+
+class _AsyncRotating(aredis.ConnectionPool):
+    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        self._available_connections.reverse()
+        return await super().get_connection(*args, **kwargs)
+
+
+def _every_wait_follows_a_write_on_its_connection() -> None:
+    last: dict[int, str] = {}
+    for connection, command in _Log.entries:
+        if command == "WAIT":
+            assert last.get(connection) in {"EVALSHA", "EVAL"}, _Log.entries[-20:]
+        if command in {"EVALSHA", "EVAL", "WAIT"}:
+            last[connection] = command
+
+
+def test_the_wait_goes_out_on_the_connection_that_wrote(
+    primary_and_replica: tuple[str, subprocess.Popen[bytes]],
+) -> None:
+    url, _ = primary_and_replica
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    settings = load_settings(
+        {"REDIS_URL": url, "OPTOUT_REDIS_WAIT_REPLICAS": "1", "OPTOUT_KEY_PREFIX": "repl2:"}
+    )
+    client = redis.Redis(
+        connection_pool=_Rotating(connection_class=_RecordingConnection, port=port)
+    )
+
+    def async_client() -> aredis.Redis:
+        pool = _AsyncRotating(connection_class=_AsyncRecordingConnection, port=port)
+        return aredis.Redis(connection_pool=pool)
+
+    pipe = build_pipeline(
+        settings, client=client, dispatcher=QueueDispatcher(), async_client=async_client
+    )
+    pipe.ensure_registered()
+    for _ in range(3):
+        client.ping()  # a few connections in the pool
+    _Log.entries.clear()
+    assert all(_concurrently(pipe, 0, 8))
+    for i in range(5):
+        accept(pipe, _event(50 + i))
+    assert all(asyncio.run(_on_the_loop(pipe, 100, 12)))
+    assert sum(1 for _, command in _Log.entries if command == "WAIT") >= 3
+    _every_wait_follows_a_write_on_its_connection()
