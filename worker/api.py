@@ -15,6 +15,7 @@ from kombu.connection import Connection
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from config.settings import PROVIDERS
 from worker import metrics
 from worker.accept import AcceptError, accept_async
 from worker.admin import admin_router
@@ -250,18 +251,26 @@ def create_api(pipeline: PipelineFactory) -> FastAPI:
         "/readyz",
         responses={
             200: _example(
-                {"status": "ready", "redis": "ok", "broker": "ok", "paused_providers": {}}
+                {
+                    "status": "ready",
+                    "redis": "ok",
+                    "broker": "ok",
+                    "paused_providers": {},
+                    "open_circuits": {},
+                }
             ),
             503: _example({"status": "not_ready", "redis": "down: ConnectionError"}),
         },
     )
     def readyz() -> JSONResponse:
-        """Redis and the broker answer; paused providers are listed."""
+        """Redis and the broker answer; paused providers and open circuits (a provider
+        whose requests keep failing, held and probed with backoff) are listed."""
         pipe = pipeline()
         checks: dict[str, Any] = {}
         try:
             checks["redis"] = "ok" if pipe.store.ping() else "down"
             checks["paused_providers"] = pipe.store.paused()
+            checks["open_circuits"] = pipe.store.open_circuits(PROVIDERS)
         except Exception as exc:  # noqa: BLE001
             checks["redis"] = f"down: {type(exc).__name__}"  # readiness reports, never raises
         checks["broker"] = broker_check(pipe.settings.broker_url)
@@ -296,6 +305,7 @@ def state_gauges(pipe: Pipeline) -> dict[str, float]:
         "staged_or_in_flight_numbers": float(staged),
         "sla_overdue_numbers": float(len(overdue(pipe, pipe.settings.sla_seconds))),
         "paused_providers": float(len(store.paused())),
+        "open_circuits": float(len(store.open_circuits(PROVIDERS))),
     }
 
 

@@ -622,10 +622,14 @@ def provider_list() -> None:
     dead_by_target = pipe.store.dead_letter_counts()
     table = Table("target", "provider", "state", "staged add", "staged remove", "in flight",
                   "retrying", "dead letters")  # fmt: skip
+    circuits = pipe.store.open_circuits(set(targets.values()))
     for target in sorted(targets):
         provider = targets[target]
         state = "paused: " + paused[provider]["reason"] if provider in paused else "active"
-        if not paused.get(provider) and (held := pipe.store.held_for(provider)):
+        held = pipe.store.held_for(provider)
+        if not paused.get(provider) and provider in circuits:
+            state = f"circuit open, next probe in {held:.0f}s" if held else "circuit probing"
+        elif not paused.get(provider) and held:
             state = f"holding {held:.0f}s (Retry-After)"
         c = counts[target]
         table.add_row(target, provider, state, str(c["staged_add"]), str(c["staged_remove"]),

@@ -444,6 +444,10 @@ class Store:
         until = self.redis.get(self.key("hold", provider))
         return max(0.0, (int(until) - self.now_ms()) / 1000.0) if until else 0.0
 
+    def open_circuits(self, providers: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """The providers (of these) whose circuit has opened and not yet closed."""
+        return {p: c for p in providers if (c := self.circuit(p)) is not None}
+
     def circuit(self, provider: str) -> dict[str, Any] | None:
         """The provider's circuit breaker when it has opened and not yet closed: since and
         until when (ms), how often it opened, and the last failure."""

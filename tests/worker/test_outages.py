@@ -8,6 +8,7 @@ import random
 from typing import Any
 
 import fakeredis
+import pytest
 
 from tests.conftest import FakeClock, make_settings
 from tests.fakes.base import Answer, FakeProvider
@@ -149,3 +150,30 @@ def test_credentials_refused_mid_chunk_keep_the_numbers_that_succeeded(clock: Fa
     assert fake.listed() == {n[1:] for n in phones}
     sent = fake.numbers_sent()
     assert sorted(sent) == sorted(set(sent)), "a number that succeeded was pushed again"
+
+
+def test_an_open_circuit_shows_in_readyz_metrics_and_provider_list(
+    pipe: Pipeline,
+    dispatcher: QueueDispatcher,
+    fake_voicenter: FakeVoicenter,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from fastapi.testclient import TestClient
+    from typer.testing import CliRunner
+
+    from worker import cli, runtime
+    from worker.api import create_api, state_gauges
+
+    assert state_gauges(pipe)["open_circuits"] == 0.0
+    _down(fake_voicenter, clock, clock.now + 60)
+    accept(pipe, add(*numbers(300)))
+    dispatcher.drain(pipe)
+    ready = TestClient(create_api(lambda: pipe)).get("/readyz").json()
+    assert set(ready["open_circuits"]) == {"voicenter"}
+    assert ready["open_circuits"]["voicenter"]["opens"] >= 1
+    assert state_gauges(pipe)["open_circuits"] == 1.0
+    monkeypatch.setattr(runtime, "_pipeline", pipe)
+    monkeypatch.setattr(cli.console, "width", 200)  # one line a row
+    listed = CliRunner().invoke(cli.app, ["provider", "list"])
+    assert "circuit open, next probe in" in listed.output
