@@ -91,6 +91,13 @@ class Settings(BaseModel):
     max_body_bytes: int = Field(default=2_000_000, ge=1024, alias="OPTOUT_MAX_BODY_BYTES")
     redis_wait_replicas: int = Field(default=0, ge=0, alias="OPTOUT_REDIS_WAIT_REPLICAS")
     worker_concurrency: int = Field(default=2, ge=1, le=64, alias="OPTOUT_WORKER_CONCURRENCY")
+    per_number_concurrency: int = Field(
+        default=8, ge=1, le=256, alias="OPTOUT_PER_NUMBER_CONCURRENCY"
+    )
+    reconcile_interval_hours: float = Field(
+        default=24.0, ge=0, alias="OPTOUT_RECONCILE_INTERVAL_HOURS"
+    )
+    reconcile_remove_extras: bool = Field(default=False, alias="OPTOUT_RECONCILE_REMOVE_EXTRAS")
     log_format: str = Field(default="auto", alias="OPTOUT_LOG_FORMAT")
     sla_seconds: float = Field(default=86400.0, gt=0, alias="OPTOUT_SLA_SECONDS")
 

@@ -1,4 +1,5 @@
-"""The pipeline's Celery tasks: flush a batch, push a chunk, sweep, recover, replay."""
+"""The pipeline's Celery tasks: flush a batch, push a chunk, sweep, recover, replay,
+reconcile."""
 
 from __future__ import annotations
 
@@ -6,9 +7,17 @@ import redis
 
 from worker import pipeline as work
 from worker import runtime
-from worker.app import FLUSH_TASK, PUSH_TASK, RECOVER_TASK, REPLAY_TASK, SWEEP_TASK
+from worker.app import (
+    FLUSH_TASK,
+    PUSH_TASK,
+    RECONCILE_TASK,
+    RECOVER_TASK,
+    REPLAY_TASK,
+    SWEEP_TASK,
+)
 from worker.celery import app
 from worker.providers.base import Action
+from worker.reconcile import scheduled_reconcile
 
 # Redis hiccups are worth a few quick retries; state is durable, so a task that still
 # fails is repaired by the sweep (staged batches) or lease recovery (chunks).
@@ -44,3 +53,8 @@ def recover() -> int:
 @app.task(name=REPLAY_TASK, **_RETRY)  # type: ignore[untyped-decorator]
 def replay(ids: list[str], who: str) -> int:
     return work.replay(runtime.pipeline(), ids, who)
+
+
+@app.task(name=RECONCILE_TASK, **_RETRY)  # type: ignore[untyped-decorator]
+def reconcile() -> int:
+    return scheduled_reconcile(runtime.pipeline())

@@ -24,11 +24,15 @@ from worker.broker import transport_for
 from worker.providers.base import Action
 
 DEFAULT_QUEUE = "optout.default"  # prefixed with OPTOUT_QUEUE_NAMESPACE when set
+BACKGROUND_QUEUE = "optout.background"  # long work (scheduled reconciliation)
 FLUSH_TASK = "optout.flush"
 PUSH_TASK = "optout.push"
 SWEEP_TASK = "optout.sweep"
 RECOVER_TASK = "optout.recover"
 REPLAY_TASK = "optout.replay"
+RECONCILE_TASK = "optout.reconcile"
+#: Worker groups: `optout worker` runs each as its own Celery worker (see worker_groups).
+MAIN, PER_NUMBER = "main", "per-number"
 
 
 def default_queue(namespace: str = "") -> str:
@@ -42,7 +46,26 @@ def push_queue(provider: str, namespace: str = "") -> str:
 
 def queue_names(settings: Settings) -> list[str]:
     ns = settings.queue_namespace
-    return [default_queue(ns), *(push_queue(p, ns) for p in settings.enabled_providers())]
+    names = [default_queue(ns), *(push_queue(p, ns) for p in settings.enabled_providers())]
+    return [*names, ns + BACKGROUND_QUEUE]
+
+
+def worker_groups(settings: Settings) -> dict[str, list[str]]:
+    """The queues of each worker group. Providers without a bulk endpoint hold a worker for
+    seconds per chunk (a request per number, at their rate limit): they get a group of
+    their own, so that while one drains a backlog the flushes, sweeps and bulk pushes of
+    every other provider are never stuck behind it (design.md step 13). Long background
+    work (scheduled reconciliation) goes there too."""
+    from worker.providers import CAPABILITIES
+
+    ns = settings.queue_namespace
+    enabled = settings.enabled_providers()
+    slow = [p for p in enabled if not CAPABILITIES[p].bulk]
+    main = [default_queue(ns), *(push_queue(p, ns) for p in enabled if p not in slow)]
+    background = ns + BACKGROUND_QUEUE
+    if not slow:
+        return {MAIN: [*main, background]}
+    return {MAIN: main, PER_NUMBER: [*(push_queue(p, ns) for p in slow), background]}
 
 
 def _queue(name: str) -> Queue:
@@ -94,11 +117,29 @@ def create_celery(settings: Settings) -> Celery:
                 "schedule": timedelta(seconds=settings.recover_interval_seconds),
                 "options": {"queue": default_queue(settings.queue_namespace), "expires": 60},
             },
+            **_reconcile_schedule(settings),
         },
         beat_schedule_filename=str(settings.data_dir / "celerybeat-schedule"),
         timezone="UTC",
     )
     return app
+
+
+def _reconcile_schedule(settings: Settings) -> dict[str, Any]:
+    """Reconciliation as the safety net for what nobody has found yet (0: off)."""
+    hours = settings.reconcile_interval_hours
+    if hours <= 0:
+        return {}
+    return {
+        "reconcile": {
+            "task": RECONCILE_TASK,
+            "schedule": timedelta(hours=hours),
+            "options": {
+                "queue": settings.queue_namespace + BACKGROUND_QUEUE,
+                "expires": hours * 3600,
+            },
+        }
+    }
 
 
 class CeleryDispatcher:

@@ -98,34 +98,114 @@ def api(
 
 @app.command()
 def worker(
-    concurrency: Annotated[int | None, typer.Option(help="Worker processes.")] = None,
+    concurrency: Annotated[
+        int | None, typer.Option(help="Worker processes of the main group.")
+    ] = None,
     beat: Annotated[bool, typer.Option(help="Also run the beat scheduler in-process.")] = False,
     metrics_port: Annotated[
         int | None, typer.Option(help="Serve Prometheus metrics of this machine on this port.")
     ] = None,
+    group: Annotated[
+        str | None,
+        typer.Option(
+            help="Run one group only: main (flushes, sweeps, bulk providers) or per-number "
+            "(providers without a bulk endpoint, reconciliation). Default: each group that "
+            "has work, in a process of its own."
+        ),
+    ] = None,
 ) -> None:
-    """Run a Celery worker on the default queue and every enabled provider's queue."""
+    """Run the Celery workers: the main group (flushes, sweeps, bulk providers) and, when a
+    provider without a bulk endpoint is on, the per-number group beside it, so a slow
+    provider's backlog never holds up the others."""
     settings = _settings()
+    from worker.app import MAIN, PER_NUMBER, worker_groups
+
+    groups = worker_groups(settings)
+    if group is not None and group not in (MAIN, PER_NUMBER):
+        err.print(f"[red]--group must be {MAIN} or {PER_NUMBER}[/red]")
+        raise typer.Exit(2)
     if metrics_port:
         _multiprocess_metrics(settings.data_dir / "metrics" / f"worker-{os.getpid()}")
+    if group is None and len(groups) > 1:
+        _supervise_groups(list(groups), concurrency, beat, metrics_port)
+        return
+    chosen = group or MAIN
+    if metrics_port:
         from worker import metrics
 
         metrics.serve(metrics_port)
-    from worker.app import queue_names
     from worker.runtime import celery_app
 
     argv = [
         "worker",
         "--loglevel=INFO",
-        f"--concurrency={concurrency or settings.worker_concurrency}",
-        "--queues=" + ",".join(queue_names(settings)),
+        # Unique per process: RabbitMQ refuses a second worker of the same name its
+        # remote-control queue (exclusive), and the worker exits.
+        f"--hostname={chosen}-{os.getpid()}@%h",
+        "--queues=" + ",".join(groups.get(chosen, [])),
         "--without-gossip",
         "--without-mingle",
     ]
-    if beat:
+    if chosen == PER_NUMBER:
+        # Their pushes wait on the provider (one request per number, at its rate limit):
+        # threads, not processes, and more of them.
+        argv += ["--pool=threads", f"--concurrency={settings.per_number_concurrency}"]
+    else:
+        argv.append(f"--concurrency={concurrency or settings.worker_concurrency}")
+    if beat and chosen == MAIN:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         argv += ["--beat", f"--schedule={settings.data_dir / 'celerybeat-schedule'}"]
     celery_app().worker_main(argv)
+
+
+def _supervise_groups(
+    groups: list[str], concurrency: int | None, beat: bool, metrics_port: int | None
+) -> None:
+    """Run each worker group as a child process; SIGTERM or Ctrl-C stops them (warm
+    shutdown); when one exits, the other is stopped and its exit code is ours, for the
+    supervisor above (`optout up`, systemd, Kubernetes) to restart."""
+    children: dict[str, subprocess.Popen[bytes]] = {}
+    for name in groups:
+        argv = [sys.executable, "-m", "worker.cli", "worker", "--group", name]
+        if name == groups[0]:
+            argv += [*(["--concurrency", str(concurrency)] if concurrency else []),
+                     *(["--beat"] if beat else []),
+                     *(["--metrics-port", str(metrics_port)] if metrics_port else [])]  # fmt: skip
+        children[name] = subprocess.Popen(argv, preexec_fn=_die_with_parent)  # noqa: S603, PLW1509
+    stopping = False
+
+    def stop(*_: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    code = 0
+    while not stopping:
+        exited = [c for c in children.values() if c.poll() is not None]
+        if exited:
+            code = exited[0].returncode or 1
+            break
+        time.sleep(0.2)
+    for child in children.values():
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    for child in children.values():
+        try:
+            child.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+    raise typer.Exit(code)
+
+
+def _die_with_parent() -> None:
+    # Linux: a worker group never outlives its supervisor (kill -9 of `optout worker`).
+    import contextlib
+    import ctypes
+
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 @app.command("beat")

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 import structlog
 
 from worker import metrics
-from worker.phones import digits
+from worker.errors import ProviderError
+from worker.phones import digits, mask
 from worker.pipeline import Pipeline, schedule
 from worker.providers.base import ListsNumbers
 
@@ -79,6 +80,33 @@ def reconcile(
             )
             reports.append(report)
     return reports
+
+
+def scheduled_reconcile(pipe: Pipeline) -> int:
+    """Beat's reconciliation (OPTOUT_RECONCILE_INTERVAL_HOURS): missing numbers are pushed
+    again; extras are logged and counted, and removed only with
+    OPTOUT_RECONCILE_REMOVE_EXTRAS. A provider that cannot be listed now is skipped (the
+    next run tries again). Answers how many differences were found."""
+    found = 0
+    for name in pipe.providers:
+        try:
+            reports = reconcile(
+                pipe, name, remove_extras=pipe.settings.reconcile_remove_extras, who="schedule"
+            )
+        except ProviderError as exc:
+            log.warning("reconcile_skipped", provider=name, reason=exc.reason)
+            continue
+        for report in reports:
+            found += len(report.missing) + len(report.extras)
+            if report.extras:
+                log.warning(
+                    "reconcile_extras",
+                    target=report.target,
+                    count=len(report.extras),
+                    sample=[mask(n) for n in report.extras[:5]],
+                    removing=report.removing,
+                )
+    return found
 
 
 def _repair(

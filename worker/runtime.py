@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import random
+import threading
 import time
 from typing import Any
 
@@ -131,12 +132,17 @@ def build_pipeline(
     )
 
 
+_building = threading.Lock()
+
+
 def pipeline() -> Pipeline:
-    """This process's pipeline, built on first use (after any fork)."""
-    # One per process by design.
+    """This process's pipeline, built on first use (after any fork); one per process, also
+    when a threads pool (the per-number worker group) asks from several threads at once."""
     global _pipeline  # noqa: PLW0603
     if _pipeline is None:
-        _pipeline = build_pipeline(settings())
+        with _building:
+            if _pipeline is None:
+                _pipeline = build_pipeline(settings())
     return _pipeline
 
 

@@ -53,7 +53,8 @@ def broker_env(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
 
     with Connection(RABBIT) as conn:
         channel = conn.channel()
-        for queue in ("optout.default", *(f"optout.push.{p}" for p in PROVIDERS)):
+        for queue in ("optout.default", "optout.background",
+                      *(f"optout.push.{p}" for p in PROVIDERS)):  # fmt: skip
             try:
                 channel.queue_delete(namespace + queue)
                 channel.exchange_delete(namespace + queue)

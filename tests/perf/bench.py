@@ -194,7 +194,13 @@ class BenchCalls:
 
 
 @contextmanager
-def stack(bench: Bench, providers: tuple[str, ...], worker: bool = True) -> Iterator[Stack]:
+def stack(
+    bench: Bench,
+    providers: tuple[str, ...],
+    worker: bool = True,
+    env_extra: dict[str, str] | None = None,
+    worker_argv: tuple[str, ...] | None = None,
+) -> Iterator[Stack]:
     with ExitStack() as exits:
         exits.callback(bench.fresh_redis)
         env = {
@@ -218,13 +224,15 @@ def stack(bench: Bench, providers: tuple[str, ...], worker: bool = True) -> Iter
             server = exits.enter_context(LoopbackServer(fake.handle))
             env.update(env_for(name, server.url))
             fakes[name] = fake
+        env.update(env_extra or {})
         procs = Procs(env, bench.logs)
         exits.callback(procs.stop)
         port = free_port()
         procs.start("api", *CLI, "api", "--port", str(port), "--workers", str(bench.api_workers))
         if worker:
-            procs.start("worker", *CLI, "worker", "--beat",
-                        "--concurrency", str(bench.worker_concurrency))  # fmt: skip
+            argv = worker_argv or (*CLI, "worker", "--beat",
+                                   "--concurrency", str(bench.worker_concurrency))  # fmt: skip
+            procs.start("worker", *argv)
         url = f"http://127.0.0.1:{port}"
         if not wait(lambda: _up(url + "/healthz"), 60, every=0.1):
             raise RuntimeError(f"the API did not start (see {bench.logs / 'api.log'})")
@@ -375,6 +383,59 @@ def propagation(bench: Bench, rate: float, seconds: float) -> tuple[float, float
             len(delays))  # fmt: skip
 
 
+def fairness(
+    bench: Bench, backlog: int, rate: float, seconds: float, one_pool: bool
+) -> tuple[float, float, int, int]:
+    """While VoodooSMS (one request per number, at its default limits) drains a backlog of
+    `backlog` numbers, opt-outs to every provider arrive at `rate`/s for `seconds`: p50 and
+    p99 seconds from each one's send to its number reaching Voicenter and both Phonely
+    agents (design.md step 13: within linger + 1 s); how many were measured; and how many
+    of the backlog VoodooSMS held by then. `one_pool`: the design before worker groups,
+    every queue in one Celery pool."""
+    providers = ("voicenter", "phonely", "voodoosms")
+    env = {
+        # VoodooSMS at the defaults (20 requests/s, 8 at once); the bulk fakes unlimited.
+        "OPTOUT_PROVIDER_LIMITS": "voicenter=0/16,phonely=0/16",
+        "OPTOUT_ROUTES": "backlog=voodoosms",
+        "OPTOUT_BATCH_LINGER_MS": "1000",  # the default: the target is linger + 1 s
+    }
+    argv = None
+    if one_pool:
+        queues = "optout.default,optout.push.voicenter,optout.push.phonely,optout.push.voodoosms"
+        argv = (sys.executable, "-m", "celery", "-A", "worker", "worker", "--beat", "-c", "2",
+                "--loglevel=INFO",
+                "-Q", queues, "--without-gossip", "--without-mingle",
+                f"--schedule={bench.logs / 'one-pool-beat'}")  # fmt: skip
+    with stack(bench, providers, env_extra=env, worker_argv=argv) as s:
+        path = s.procs.logs / "backlog.csv"
+        with path.open("w", newline="") as f:
+            out = csv.writer(f)
+            out.writerow(["phone"])
+            out.writerows([number(i)] for i in range(20_000_000, 20_000_000 + backlog))
+        subprocess.run(
+            [*CLI, "import", str(path), "--source", "backlog"],
+            env=s.procs.env, cwd=ROOT, capture_output=True, check=True,
+        )  # fmt: skip
+        voodoo = s.fakes["voodoosms"]
+        wait(lambda: len(voodoo.requests) > 50, 60)  # the backlog is draining
+        times = s.procs.logs / "fair-sent.json"
+        first = 21_000_000
+        load(s.url, "optouts", s.procs.logs, rate=rate, seconds=seconds, connections=4,
+             first=first, times=times)  # fmt: skip
+        sent = {int(i): t for i, t in json.loads(times.read_text()).items()}
+        bulk = [s.fakes["voicenter"], s.fakes["phonely"]]
+        wait(lambda: all(digits(i) in f.first_seen for i in sent for f in bulk), 120)
+        delays = sorted(
+            max(f.first_seen.get(digits(i), math.inf) for f in bulk) - t
+            for i, t in sent.items()
+        )  # fmt: skip
+        drained = len(voodoo.listed())
+    if not delays:
+        return 0.0, 0.0, 0, drained
+    p99 = delays[min(len(delays) - 1, int(len(delays) * 0.99))]
+    return delays[len(delays) // 2], p99, len(delays), drained
+
+
 # -- report ------------------------------------------------------------------------------
 
 
@@ -444,6 +505,10 @@ def run_latency(bench: Bench, args: argparse.Namespace) -> None:
         print(f"    {figure.label}: {figure.rate / mean:.1f}x", flush=True)
 
 
+#: What `--only` can choose: the accept ratio, propagation, fairness, the throughput paths.
+PARTS = ("ratio", "propagation", "fairness", "paths")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="optout-worker benchmarks")
     parser.add_argument("--numbers", type=int, default=100_000, help="bulk paths")
@@ -460,7 +525,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--api-workers", type=int, default=2)
     parser.add_argument("--rate", type=float, default=500, help="propagation: events/s")
     parser.add_argument("--seconds", type=float, default=20, help="propagation and ratio runs")
+    parser.add_argument("--backlog", type=int, default=20_000,
+                        help="fairness: the per-number provider's backlog (0: skip)")  # fmt: skip
+    parser.add_argument("--only", choices=PARTS, action="append", default=None,
+                        help="run only these parts (repeatable; default: all)")  # fmt: skip
     args = parser.parse_args(argv)
+    parts = set(args.only or PARTS)
     args.event_numbers = args.numbers if args.event_numbers is None else args.event_numbers
     args.baseline_numbers = args.baseline_numbers or min(args.numbers, 10_000)
     args.provider_numbers = (min(args.numbers, 3_000) if args.provider_numbers is None
@@ -478,14 +548,30 @@ def main(argv: list[str] | None = None) -> int:
             # each process gets its share (with 16, which process accepts which connection
             # is luck, and the no-op figure swung between one and two processes' worth).
             for workers, connections in ((1, 16), (args.api_workers, 64)):
+                if "ratio" not in parts:
+                    break
                 ratio_bench = replace(bench, api_workers=workers)
                 noop, cdr = accept_ratio(ratio_bench, args.seconds, connections)
                 print(_ratio(noop, cdr, args.seconds, workers, connections), flush=True)
-            p50, p99, measured = propagation(bench, args.rate, args.seconds)
-            print(f"\n== propagation at {args.rate:.0f} CDRs/s for {args.seconds:.0f} s "
-                  f"({measured:,} numbers): p50 {p50:.2f} s, p99 {p99:.2f} s; target "
-                  f"linger + 1 s = {LINGER_MS / 1000 + 1:.1f} s", flush=True)  # fmt: skip
-            for latency in latencies:
+            if "propagation" in parts:
+                p50, p99, measured = propagation(bench, args.rate, args.seconds)
+                print(f"\n== propagation at {args.rate:.0f} CDRs/s for {args.seconds:.0f} s "
+                      f"({measured:,} numbers): p50 {p50:.2f} s, p99 {p99:.2f} s; target "
+                      f"linger + 1 s = {LINGER_MS / 1000 + 1:.1f} s", flush=True)  # fmt: skip
+            if args.backlog and "fairness" in parts:
+                print(f"\n== fairness: new opt-outs at 2/s for {args.seconds:.0f} s while "
+                      f"VoodooSMS drains {args.backlog:,} numbers at its default limits; "
+                      "from send to Voicenter and both Phonely agents (target linger + 1 s "
+                      "= 2.0 s)", flush=True)  # fmt: skip
+                for one_pool in (False, True):
+                    f50, f99, n_fair, drained = fairness(
+                        bench, args.backlog, 2.0, args.seconds, one_pool
+                    )
+                    label = ("one pool for every queue (before)" if one_pool
+                             else "optout worker (worker groups)")  # fmt: skip
+                    print(f"  {label}: p50 {f50:.2f} s, p99 {f99:.2f} s ({n_fair} opt-outs; "
+                          f"VoodooSMS held {drained:,} of the backlog)", flush=True)  # fmt: skip
+            for latency in latencies if "paths" in parts else []:
                 bench.latency = latency
                 run_latency(bench, args)
         finally:

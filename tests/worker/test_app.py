@@ -6,7 +6,17 @@ import pytest
 import redis
 
 from tests.conftest import make_settings
-from worker.app import DEFAULT_QUEUE, create_celery, push_queue, queue_names
+from tests.fakes.providers import env_for
+from worker.app import (
+    BACKGROUND_QUEUE,
+    DEFAULT_QUEUE,
+    MAIN,
+    PER_NUMBER,
+    create_celery,
+    push_queue,
+    queue_names,
+    worker_groups,
+)
 from worker.broker import TRANSPORT, Channel, Transport
 
 
@@ -22,7 +32,7 @@ def test_reliability_settings() -> None:
 def test_each_provider_queue_has_its_own_routing_key() -> None:
     app = create_celery(make_settings())
     names = queue_names(make_settings())
-    assert names == [DEFAULT_QUEUE, push_queue("voicenter")]
+    assert names == [DEFAULT_QUEUE, push_queue("voicenter"), BACKGROUND_QUEUE]
     keys = {app.amqp.queues[name].routing_key for name in names}
     assert keys == set(names)
 
@@ -35,7 +45,9 @@ def test_broker_keys_share_the_state_prefix_on_redis() -> None:
 def test_a_queue_namespace_prefixes_every_queue() -> None:
     settings = make_settings(queue_namespace="blue.")
     app = create_celery(settings)
-    assert queue_names(settings) == ["blue.optout.default", "blue.optout.push.voicenter"]
+    assert queue_names(settings) == [
+        "blue.optout.default", "blue.optout.push.voicenter", "blue.optout.background",
+    ]  # fmt: skip
     assert app.conf.task_default_queue == "blue.optout.default"
     assert app.conf.beat_schedule["sweep"]["options"]["queue"] == "blue.optout.default"
 
@@ -68,3 +80,24 @@ def test_rabbitmq_keeps_its_own_transport() -> None:
     app = create_celery(make_settings(celery_broker_url="amqp://guest:guest@127.0.0.1:5672//"))
     assert app.conf.broker_transport is None
     assert app.connection_for_write().transport_cls == "amqp"
+
+
+def test_providers_without_a_bulk_endpoint_get_a_worker_group_of_their_own() -> None:
+    # Issue 13, item 14: a per-number push holds its worker for seconds; flushes, sweeps and
+    # bulk pushes must never wait behind a backlog of them.
+    env = {**env_for("voicenter", "http://v.test"), **env_for("voodoosms", "http://s.test"),
+           **env_for("daktela", "http://d.test")}  # fmt: skip
+    groups = worker_groups(make_settings(env))
+    assert groups == {
+        MAIN: [DEFAULT_QUEUE, push_queue("voicenter")],
+        PER_NUMBER: [push_queue("voodoosms"), push_queue("daktela"), BACKGROUND_QUEUE],
+    }
+    assert set(worker_groups(make_settings())) == {MAIN}  # bulk providers only: one group
+
+
+def test_scheduled_reconciliation_is_daily_on_the_background_queue_or_off() -> None:
+    schedule = create_celery(make_settings()).conf.beat_schedule
+    assert schedule["reconcile"]["schedule"].total_seconds() == 86400
+    assert schedule["reconcile"]["options"]["queue"] == BACKGROUND_QUEUE
+    off = create_celery(make_settings(reconcile_interval_hours=0)).conf.beat_schedule
+    assert "reconcile" not in off

@@ -77,3 +77,29 @@ def test_an_extra_blocked_while_reconcile_runs_is_never_removed() -> None:
     w.settle()
     assert n[1:] in w.fake.listed("agent-a")
     assert w.pipe.store.ledger(n)["s"] == "blocked"
+
+
+def test_the_scheduled_run_repushes_missing_and_only_reports_extras_unless_told() -> None:
+    from structlog.testing import capture_logs
+
+    from worker.reconcile import scheduled_reconcile
+
+    w = World("phonely")
+    blocked = numbers(2)
+    w.add(*blocked)
+    w.settle()
+    w.fake.listed("agent-a").discard(blocked[0][1:])
+    w.fake.listed("agent-b").add("972509999999")
+    with capture_logs() as logs:
+        assert scheduled_reconcile(w.pipe) == 2
+    w.settle()
+    assert blocked[0][1:] in w.fake.listed("agent-a")
+    assert "972509999999" in w.fake.listed("agent-b")  # reported, not removed
+    (extras,) = [e for e in logs if e["event"] == "reconcile_extras"]
+    assert extras["target"] == "phonely:agent-b" and extras["count"] == 1
+    assert "972509999999" not in str(extras)  # masked
+
+    w.pipe = w.build(reconcile_remove_extras=True)
+    scheduled_reconcile(w.pipe)
+    w.settle()
+    assert "972509999999" not in w.fake.listed("agent-b")

@@ -12,7 +12,7 @@ import httpx
 
 from config import Settings
 from worker.providers import daktela, phonely, voicenter, voodoosms, weya
-from worker.providers.base import Provider
+from worker.providers.base import Capabilities, Provider
 
 Factory = Callable[[Settings, httpx.Client], Provider | None]
 
@@ -22,6 +22,16 @@ FACTORIES: dict[str, Factory] = {
     "voodoosms": voodoosms.from_settings,
     "weya": weya.from_settings,
     "daktela": daktela.from_settings,
+}
+
+
+#: Each provider's capabilities, known without building it (the worker groups need them).
+CAPABILITIES: dict[str, Capabilities] = {
+    "voicenter": voicenter.VoicenterProvider.capabilities,
+    "phonely": phonely.PhonelyProvider.capabilities,
+    "voodoosms": voodoosms.VoodooSmsProvider.capabilities,
+    "weya": weya.WeyaProvider.capabilities,
+    "daktela": daktela.DaktelaProvider.capabilities,
 }
 
 
