@@ -11,6 +11,7 @@ embedded Redis, since it kills it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import random
@@ -27,12 +28,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import psutil
 import redis
 
 from config import load_settings
 from tests.fakes.base import Answer, FakeProvider
-from tests.fakes.providers import env_for, make_fake
-from tests.fakes.server import LoopbackServer
+from tests.fakes.providers import env_for, make_fake, preload
+from tests.fakes.providers import listed as listed_at
+from tests.fakes.server import Handler, LoopbackServer, client_port, client_waiting
 from worker import logs
 from worker import pipeline as work
 from worker.accept import Event, PhoneInput, StoreUnavailableError, accept
@@ -40,6 +43,7 @@ from worker.app import celery_dispatcher
 from worker.embedded import EmbeddedRedis
 from worker.pipeline import Pipeline
 from worker.providers.base import Action
+from worker.reconcile import reconcile
 from worker.runtime import build_pipeline
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,7 +72,15 @@ class Result:
 class Lab:
     """Redis + fakes + worker processes for one drill; cleans up what it made."""
 
-    def __init__(self, stack: ExitStack, redis_url: str, workdir: Path, **env: str) -> None:
+    def __init__(
+        self,
+        stack: ExitStack,
+        redis_url: str,
+        workdir: Path,
+        providers: tuple[str, ...] = PROVIDERS,
+        wrap: Callable[[FakeProvider], Handler] | None = None,
+        **env: str,
+    ) -> None:
         self.prefix = f"optout-drill-{uuid.uuid4().hex[:8]}:"
         self.workdir = workdir
         self.fakes: dict[str, FakeProvider] = {}
@@ -84,11 +96,11 @@ class Lab:
             "OPTOUT_RETRY_MAX_SECONDS": "2",
             "OPTOUT_HTTP_TIMEOUT_SECONDS": "1",
             "OPTOUT_LOG_FORMAT": "json",
-            "OPTOUT_PROVIDER_LIMITS": "voicenter=0/8,phonely=0/8",
+            "OPTOUT_PROVIDER_LIMITS": ",".join(f"{p}=0/8" for p in providers),
         }
-        for name in PROVIDERS:
+        for name in providers:
             fake = make_fake(name)
-            server = stack.enter_context(LoopbackServer(fake.handle))
+            server = stack.enter_context(LoopbackServer(wrap(fake) if wrap else fake.handle))
             self.fakes[name] = fake
             self.env.update(env_for(name, server.url))
         self.env.update(env)
@@ -98,14 +110,18 @@ class Lab:
             load_settings(self.env), dispatcher=celery_dispatcher(load_settings(self.env))
         )
 
-    def start_worker(self, beat: bool = False) -> subprocess.Popen[bytes]:
+    def start_worker(
+        self, beat: bool = False, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """A worker (`optout worker`: its groups in one process group) with the lab's
+        settings, or with `env` instead (another target set)."""
         args = [sys.executable, "-m", "worker.cli", "worker", "--concurrency", "2"]
         if beat:
             args.append("--beat")
         (self.workdir / "data").mkdir(parents=True, exist_ok=True)
         process = subprocess.Popen(
             args,
-            env={**os.environ, **self.env},
+            env={**os.environ, **(self.env if env is None else env)},
             cwd=ROOT,
             stdout=(self.workdir / "workers.log").open("ab"),
             stderr=subprocess.STDOUT,
@@ -118,6 +134,21 @@ class Lab:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+    def stop(self, process: subprocess.Popen[bytes]) -> None:
+        """A warm shutdown (SIGTERM), as a deploy does."""
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill(process)
+
+    def env_without(self, *prefixes: str, **extra: str) -> dict[str, str]:
+        """The lab's settings with some variables left out (a provider's credentials, say)
+        and others set: what another process of the deployment runs with."""
+        kept = {k: v for k, v in self.env.items() if not k.startswith(prefixes)}
+        return {**kept, **extra}
 
     def close(self) -> None:
         for process in self.workers:
@@ -140,11 +171,10 @@ class Lab:
         return sorted(self.pipe.targets())
 
     def listed(self, target: str) -> set[str]:
-        fake = self.fakes[target.split(":", 1)[0]]
-        return fake.listed(target.split(":", 1)[1]) if ":" in target else fake.listed()
+        return listed_at(self.fakes[target.split(":", 1)[0]], target)
 
     def settled(self) -> bool:
-        counts = self.pipe.store.counts(self.targets())
+        counts = self.pipe.store.counts(self.pipe.known_targets())
         busy = any(any(c.values()) for c in counts.values())
         return not busy and not self.pipe.store.retry_counts()
 
@@ -158,12 +188,14 @@ class Lab:
             time.sleep(0.3)
         return False
 
-    def compare(self, result: Result, numbers: list[str]) -> Result:
+    def compare(
+        self, result: Result, numbers: list[str], targets: list[str] | None = None
+    ) -> Result:
         """Each number at each target: delivered (provider state = ledger), dead-lettered,
         lost (ledger blocks, provider lacks it) or stale (provider blocks, ledger does not)."""
         dead = {(d["target"], d["phone"]) for d in self.pipe.store.dead_letters()}
         result.dead_lettered = len(dead)
-        for target in self.targets():
+        for target in targets or self.targets():
             held = self.listed(target)
             for n in numbers:
                 blocked = self.pipe.store.ledger(n).get("s") == "blocked"
@@ -345,12 +377,16 @@ def drill_random_failures(workdir: Path, numbers: int) -> Result:
 
 
 def drill_provider_down(workdir: Path, numbers: int, down_seconds: float) -> Result:
-    """A provider down for a while: nothing lost, the backlog drains when it returns, and
-    the request rate while it is down stays bounded (backoff, not a hot loop)."""
+    """A provider down for a while: nothing lost, nothing dead-lettered although the
+    outage outlasts every number's attempts many times over (an outage holds the provider,
+    it spends no attempt), the backlog drains when it returns, and the request rate while
+    it is down stays bounded (the circuit's probes, not a hot loop). Timings are compressed
+    tenfold: a retry base of 0.2 s (2 s by default), so 180 s here is the issue's 30-minute
+    outage."""
     result = Result("provider down")
     with ExitStack() as stack:
         url, _ = stack.enter_context(redis_for_drill(workdir))
-        lab = Lab(stack, url, workdir, OPTOUT_MAX_ATTEMPTS="100", OPTOUT_RETRY_MAX_SECONDS="5")
+        lab = Lab(stack, url, workdir, OPTOUT_MAX_ATTEMPTS="3", OPTOUT_RETRY_MAX_SECONDS="5")
         down = {"until": time.monotonic() + down_seconds}
         hits = {"n": 0}
 
@@ -378,18 +414,322 @@ def drill_provider_down(workdir: Path, numbers: int, down_seconds: float) -> Res
         return lab.compare(result, phones)
 
 
+def flipping_events(numbers: list[str], flips: int, rng: random.Random) -> list[list[Event]]:
+    """Rounds of events: in round k every number flips (add, remove, add, ...; each number
+    starts at a random point), each event later than the number's one before, so every
+    round changes the ledger while the pushes of the round before may still be out."""
+    base = datetime.now(UTC) - timedelta(hours=1)
+    start = {n: rng.random() < 0.5 for n in numbers}
+    rounds = []
+    for k in range(flips):
+        events = []
+        for n in numbers:
+            add = start[n] == (k % 2 == 0)
+            events.append(Event("drill", Action.ADD if add else Action.REMOVE, [PhoneInput(n)],
+                                occurred_at=base + timedelta(seconds=k)))  # fmt: skip
+        rng.shuffle(events)
+        rounds.append(events)
+    return rounds
+
+
+class Staller:
+    """Stalls worker processes (SIGSTOP of the whole `optout worker` process group, as a
+    long GC or VM pause does) while they wait for a request, for longer than their lease."""
+
+    def __init__(self, victims: list[subprocess.Popen[bytes]]) -> None:
+        self.victims = victims
+        self.lock = threading.Lock()
+        self.frozen: set[int] = set()
+        self.stalls = 0
+
+    def sender(self, port: int) -> subprocess.Popen[bytes] | None:
+        """The victim whose process tree owns the client end at local port `port`."""
+        for victim in self.victims:
+            try:
+                root = psutil.Process(victim.pid)
+                for proc in [root, *root.children(recursive=True)]:
+                    if any(c.laddr and c.laddr.port == port
+                           for c in proc.net_connections(kind="tcp")):  # fmt: skip
+                        return victim
+            except psutil.Error:
+                continue
+        return None
+
+    def stall(self, port: int | None, seconds: float) -> bool:
+        """Stall the sender of the request at `port` for `seconds`, unless it is not a
+        victim or is stalled already; answers whether it now is."""
+        victim = self.sender(port) if port else None
+        if victim is None or victim.poll() is not None:
+            return False
+        with self.lock:
+            if victim.pid in self.frozen:
+                return False
+            self.frozen.add(victim.pid)
+            self.stalls += 1
+        os.killpg(victim.pid, signal.SIGSTOP)
+
+        def thaw() -> None:
+            time.sleep(seconds)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(victim.pid, signal.SIGCONT)
+            with self.lock:
+                self.frozen.discard(victim.pid)
+
+        threading.Thread(target=thaw, daemon=True).start()
+        return True
+
+    def thaw_all(self) -> None:
+        for victim in self.victims:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(victim.pid, signal.SIGCONT)
+
+
+class SlowProvider:
+    """A fake in front of which some requests are slow: the worker that sent one stalls
+    (see Staller) while the provider holds the request for seconds, past the chunk's lease,
+    then applies it and answers; meanwhile the chunk is recovered and another worker pushes
+    the number's newer state, which the provider may apply first (`overtaken` counts
+    those). Other requests are applied after a short wait, and some answered after the
+    client's timeout (applied, but a failure for the worker). A request whose client hung
+    up before it was applied is dropped, as by a provider that aborts on disconnect."""
+
+    def __init__(
+        self, fake: FakeProvider, rng: random.Random, lock: threading.Lock, staller: Staller
+    ) -> None:
+        self.fake = fake
+        self.rng = rng
+        self.lock = lock  # shared by the drill's fakes: their random draws and counters
+        self.staller = staller
+        self.arrivals = 0
+        self.applied: dict[str, int] = {}  # digits -> latest arrival applied
+        self.overtaken = 0
+        self.dropped = 0
+
+    def __call__(
+        self, method: str, path: str, query: dict[str, list[str]], headers: dict[str, str],
+        body: object,
+    ) -> Answer:  # fmt: skip
+        with self.lock:
+            self.arrivals += 1
+            arrival = self.arrivals
+            slow = self.rng.random() < 0.08
+            hold = self.rng.uniform(2.5, 5.0)
+            extra = self.rng.uniform(0.3, 2.0)
+            wait = self.rng.uniform(0.0, 0.2)
+            answer_after = self.rng.uniform(0.9, 1.5) if self.rng.random() < 0.05 else 0.0
+        if slow and self.staller.stall(client_port(), hold + extra):
+            wait = hold
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and client_waiting():
+            time.sleep(0.02)
+        if not client_waiting():
+            with self.lock:
+                self.dropped += 1
+            return 503, {"error": "client gone"}, {}
+        with self.lock:
+            before = len(self.fake.requests)
+            answer = self.fake.handle(method, path, query, headers, body)
+            for kind, _, numbers in self.fake.requests[before:]:
+                if kind == "LOOKUP":
+                    continue  # a read changes nothing
+                for n in numbers:
+                    if self.applied.get(n, 0) > arrival:
+                        self.overtaken += 1
+                    self.applied[n] = max(self.applied.get(n, 0), arrival)
+        time.sleep(answer_after)
+        return answer
+
+
+def drill_slow_provider(workdir: Path, numbers: int, flips: int) -> Result:
+    """Requests applied and answered seconds late, past their chunk's lease, while numbers
+    flip between add and remove: workers stall with requests out, their leases run out,
+    other workers push the newer state, and the stalled requests land after it. A bulk
+    provider and a per-number one (lookup, then delete by id)."""
+    result = Result("slow provider, pushes outliving their lease")
+    rng = random.Random(7)
+    lock = threading.Lock()
+    staller = Staller([])
+    slow: list[SlowProvider] = []
+
+    def wrap(fake: FakeProvider) -> Handler:
+        slow.append(SlowProvider(fake, rng, lock, staller))
+        return slow[-1]
+
+    with ExitStack() as stack:
+        url, _ = stack.enter_context(redis_for_drill(workdir))
+        lab = Lab(stack, url, workdir, providers=("voicenter", "voodoosms"), wrap=wrap,
+                  OPTOUT_LEASE_SECONDS="2", OPTOUT_HTTP_TIMEOUT_SECONDS="1",
+                  OPTOUT_RECOVER_INTERVAL_SECONDS="0.3", OPTOUT_BATCH_LINGER_MS="100",
+                  OPTOUT_PROVIDER_LIMITS="voicenter=0/8,voodoosms=0/16")  # fmt: skip
+        lab.start_worker(beat=True)  # never stalled: its beat recovers the others' leases
+        staller.victims += [lab.start_worker(), lab.start_worker()]
+        stack.callback(staller.thaw_all)
+        phones = [f"+97254{i:07d}" for i in range(numbers)]
+        for events in flipping_events(phones, flips, rng):
+            accept_all(lab.pipe, events, result)
+            time.sleep(rng.uniform(0.2, 1.5))  # some of this round's pushes get out
+        if not lab.wait_settled(240):
+            result.problems.append("did not settle in 240 s")
+        log = (workdir / "workers.log").read_text(errors="replace")
+        result.notes.append(
+            f"stalls: {staller.stalls}; chunks recovered: {log.count('chunk_recovered')}; "
+            f"requests applied after a newer one: {sum(s.overtaken for s in slow)}; dropped "
+            f"when their client had gone: {sum(s.dropped for s in slow)}"
+        )
+        return lab.compare(result, phones)
+
+
+def drill_reconcile_during_accepts(workdir: Path, numbers: int, flips: int) -> Result:
+    """`optout reconcile --remove-extras`, again and again, while opt-outs and removes of
+    the same numbers stream in; someone else's numbers are on the lists (extras to remove)
+    and some of ours were deleted behind our back (missing, to push again)."""
+    result = Result("reconcile --remove-extras during accepts")
+    rng = random.Random(11)
+
+    def slow_listing(fake: FakeProvider) -> Handler:
+        # A list read takes a while (a long list, a slow API): opt-outs accepted after
+        # reconcile read the ledger reach the provider before it reads the list, so they
+        # are on the list but not in the ledger it read: extras that must not be removed.
+        def handle(method: str, path: str, query: dict[str, list[str]],
+                   headers: dict[str, str], body: object) -> Answer:  # fmt: skip
+            if method == "GET":
+                time.sleep(0.6)
+            return fake.handle(method, path, query, headers, body)
+
+        return handle
+
+    with ExitStack() as stack:
+        url, _ = stack.enter_context(redis_for_drill(workdir))
+        lab = Lab(stack, url, workdir, providers=("voicenter", "phonely"), wrap=slow_listing,
+                  OPTOUT_BATCH_LINGER_MS="100")  # fmt: skip
+        for fake in lab.fakes.values():
+            fake.delay = 0.02
+        lab.start_worker(beat=True)
+        phones = [f"+97253{i:07d}" for i in range(numbers)]
+        foreign = [f"+97252{i:07d}" for i in range(numbers // 10 or 1)]
+        phonely = lab.fakes["phonely"]
+        for target in ("phonely:agent-a", "phonely:agent-b"):
+            for n in foreign:
+                preload(phonely, target, n[1:])
+        stop = threading.Event()
+        runs = {"n": 0, "kept": 0, "removing": 0}
+
+        def reconcile_again_and_again() -> None:
+            while not stop.is_set():
+                with phonely.lock:  # someone deletes some of ours behind our back
+                    held = sorted(phonely.listed("agent-a") & {p[1:] for p in phones})
+                    for d in rng.sample(held, min(3, len(held))):
+                        phonely.listed("agent-a").discard(d)
+                for report in reconcile(lab.pipe, "phonely", remove_extras=True, who="drill"):
+                    runs["kept"] += report.kept
+                    runs["removing"] += report.removing
+                runs["n"] += 1
+
+        reconciler = threading.Thread(target=reconcile_again_and_again)
+        reconciler.start()
+        try:
+            for k, events in enumerate(flipping_events(phones, flips, rng)):
+                if k:
+                    time.sleep(rng.uniform(0.3, 1.5))
+                accept_all(lab.pipe, events, result)
+        finally:
+            # At once: the run under way when the last round came in is the last one, so
+            # nothing after it could repair what it got wrong.
+            stop.set()
+            reconciler.join()
+        if not lab.wait_settled(180):
+            result.problems.append("did not settle in 180 s")
+        left = [n for n in foreign for t in ("agent-a", "agent-b") if n[1:] in phonely.listed(t)]
+        if left:
+            result.problems.append(f"extras never removed: {len(left)}")
+        result.notes.append(
+            f"reconcile runs: {runs['n']}; extras staged for removal: {runs['removing']}; "
+            f"extras kept because the ledger blocked them by then: {runs['kept']}"
+        )
+        return lab.compare(result, phones)
+
+
+def drill_two_target_sets(workdir: Path, numbers: int, ttl: float) -> Result:
+    """Processes with different provider settings: an API process on old settings (no
+    Phonely) accepts beside processes that have it (a rolling deploy), a third Phonely agent
+    is added while it accepts, then Phonely's credentials are removed from every process
+    for longer than the target TTL while opt-outs go on, and restored."""
+    result = Result("two target sets: a rolling deploy, a provider away and back")
+    rng = random.Random(13)
+    with ExitStack() as stack:
+        url, _ = stack.enter_context(redis_for_drill(workdir))
+        lab = Lab(stack, url, workdir, providers=("voicenter", "phonely"),
+                  OPTOUT_TARGET_TTL_SECONDS=str(ttl))  # fmt: skip
+
+        def process(env: dict[str, str]) -> Pipeline:
+            settings = load_settings(env)
+            return build_pipeline(settings, dispatcher=celery_dispatcher(settings))
+
+        old_api = process(lab.env_without("PHONELY_"))  # never has Phonely
+        phones = [f"+97251{i:07d}" for i in range(numbers)]
+        stream = iter(flipping_events(phones, 6, rng))
+
+        def accept_round(new_api: Pipeline) -> None:
+            # Every other event through the process on old settings.
+            for i, event in enumerate(next(stream)):
+                accept_all(old_api if i % 2 else new_api, [event], result)
+
+        worker = lab.start_worker(beat=True)
+        accept_round(lab.pipe)
+        # A rolling deploy adds agent-c: the new processes announce it, the old API goes on.
+        lab.env["PHONELY_AGENT_IDS"] = "agent-a,agent-b,agent-c"
+        lab.stop(worker)
+        worker = lab.start_worker(beat=True)
+        accept_round(process(lab.env))
+        # Phonely's credentials are removed everywhere for longer than the targets' TTL,
+        # while opt-outs and removes go on.
+        lab.stop(worker)
+        away = lab.env_without("PHONELY_")
+        worker = lab.start_worker(beat=True, env=away)
+        accept_round(process(away))
+        time.sleep(ttl + 2)
+        accept_round(process(away))
+        live = set(lab.pipe.store.directory())
+        result.notes.append(f"live while away: {', '.join(sorted(live))}")
+        if any(t.startswith("phonely") for t in live):
+            result.problems.append("Phonely's targets were still live while it was away")
+        accept_round(process(away))
+        lab.stop(worker)
+        # And restored: the agents come back and are caught up.
+        lab.start_worker(beat=True)
+        lab.pipe = process(lab.env)
+        accept_round(lab.pipe)
+        targets = ["voicenter", "phonely:agent-a", "phonely:agent-b", "phonely:agent-c"]
+        if not lab.wait_settled(120):
+            result.problems.append("did not settle in 120 s")
+        result.notes.append(f"targets compared: {', '.join(targets)}")
+        return lab.compare(result, phones, targets)
+
+
+DRILLS = ["worker_kills", "redis_kill", "random_failures", "provider_down", "slow_provider",
+          "reconcile_during_accepts", "two_target_sets"]  # fmt: skip
+
+
 def run(quick: bool, only: str | None = None) -> list[Result]:
     sizes = {
         "worker_kills": (300, 4) if quick else (10_000, 10),
         "redis_kill": 400 if quick else 5_000,
         "random_failures": 300 if quick else 5_000,
         "provider_down": (300, 8.0) if quick else (5_000, 180.0),
+        "slow_provider": (60, 12) if quick else (1_000, 30),
+        "reconcile_during_accepts": (100, 6) if quick else (2_000, 10),
+        "two_target_sets": (100, 10.0) if quick else (2_000, 30.0),
     }
     drills: dict[str, Callable[[Path], Result]] = {
         "worker_kills": lambda d: drill_worker_kills(d, *sizes["worker_kills"]),
         "redis_kill": lambda d: drill_redis_kill(d, sizes["redis_kill"]),
         "random_failures": lambda d: drill_random_failures(d, sizes["random_failures"]),
         "provider_down": lambda d: drill_provider_down(d, *sizes["provider_down"]),
+        "slow_provider": lambda d: drill_slow_provider(d, *sizes["slow_provider"]),
+        "reconcile_during_accepts": lambda d: drill_reconcile_during_accepts(
+            d, *sizes["reconcile_during_accepts"]
+        ),
+        "two_target_sets": lambda d: drill_two_target_sets(d, *sizes["two_target_sets"]),
     }
     results = []
     for name, drill in drills.items():
@@ -407,8 +747,7 @@ def run(quick: bool, only: str | None = None) -> list[Result]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="reduced sizes (CI)")
-    parser.add_argument("--drill", choices=["worker_kills", "redis_kill", "random_failures",
-                                            "provider_down"])  # fmt: skip
+    parser.add_argument("--drill", choices=DRILLS)
     args = parser.parse_args(argv)
     # The drill's own accepts log every number; the figures are what this prints.
     logs.configure("auto", level=logging.WARNING)

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from tests.chaos.drills import run
+from tests.chaos.drills import DRILLS, run
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.mark.parametrize(
-    "drill", ["worker_kills", "redis_kill", "random_failures", "provider_down"]
-)
+@pytest.mark.parametrize("drill", DRILLS)
 def test_quick_drill_loses_nothing(drill: str) -> None:
     (result,) = run(quick=True, only=drill)
     assert result.lost == 0, result.show()

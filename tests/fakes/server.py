@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import select
+import socket
 import sys
 import threading
 from collections.abc import Callable
@@ -16,6 +18,33 @@ import httpx
 Handler = Callable[
     [str, str, dict[str, list[str]], dict[str, str], Any], tuple[int, Any, dict[str, str]]
 ]
+
+
+_serving = threading.local()
+
+
+def client_port() -> int | None:
+    """In a handler served by LoopbackServer: the client's local port (which process sent
+    the request in hand can be found from it)."""
+    conn: socket.socket | None = getattr(_serving, "connection", None)
+    try:
+        return int(conn.getpeername()[1]) if conn is not None else None
+    except OSError:
+        return None
+
+
+def client_waiting() -> bool:
+    """In a handler served by LoopbackServer: the client of the request in hand is still
+    connected. A client that timed out has hung up (httpx closes the connection), so a fake
+    can drop such a request instead of applying it after its client gave up on it."""
+    conn: socket.socket | None = getattr(_serving, "connection", None)
+    if conn is None:
+        return True
+    try:
+        readable, _, _ = select.select([conn], [], [], 0)
+        return not readable or conn.recv(1, socket.MSG_PEEK) != b""
+    except OSError:
+        return False
 
 
 class _QuietServer(ThreadingHTTPServer):
@@ -47,6 +76,7 @@ class LoopbackServer:
                 except ValueError:
                     body = raw.decode(errors="replace")
                 url = urlsplit(self.path)
+                _serving.connection = self.connection
                 status, out, headers = outer(
                     self.command, url.path, parse_qs(url.query), dict(self.headers), body
                 )
