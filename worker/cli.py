@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -172,31 +173,43 @@ def _supervise_groups(
                      *(["--beat"] if beat else []),
                      *(["--metrics-port", str(metrics_port)] if metrics_port else [])]  # fmt: skip
         children[name] = subprocess.Popen(argv, preexec_fn=_die_with_parent)  # noqa: S603, PLW1509
-    stopping = False
-
-    def stop(*_: Any) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
+    stop = _StopSignal()
     code = 0
-    while not stopping:
+    while not stop.requested:
         exited = [c for c in children.values() if c.poll() is not None]
         if exited:
             code = exited[0].returncode or 1
             break
         time.sleep(0.2)
-    for child in children.values():
-        if child.poll() is None:
-            child.send_signal(signal.SIGTERM)
-    for child in children.values():
+    _stop_children(children.values(), timeout=60)
+    raise typer.Exit(code)
+
+
+class _StopSignal:
+    """Set by SIGINT (Ctrl-C) or SIGTERM: a supervisor runs its children until then."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        signal.signal(signal.SIGINT, self._request)
+        signal.signal(signal.SIGTERM, self._request)
+
+    def _request(self, *_: Any) -> None:
+        self.requested = True
+
+
+def _stop_children(children: Iterable[subprocess.Popen[bytes]], timeout: float) -> None:
+    """SIGTERM every child still running (a warm shutdown for Celery and uvicorn), wait up
+    to `timeout` seconds for all of them, then kill what is left."""
+    running = [c for c in children if c.poll() is None]
+    for child in running:
+        child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for child in running:
         try:
-            child.wait(timeout=60)
+            child.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             child.kill()
             child.wait()
-    raise typer.Exit(code)
 
 
 def _die_with_parent() -> None:
@@ -253,14 +266,7 @@ def up(host: HostOpt = "127.0.0.1", port: PortOpt = 8000) -> None:
         "beat": [*me, "beat"],
     }
     children: dict[str, subprocess.Popen[bytes]] = {}
-    stopping = False
-
-    def stop(*_: Any) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
+    stop = _StopSignal()
     code = 0
     restarts: dict[str, list[float]] = {role: [] for role in roles}
 
@@ -272,20 +278,20 @@ def up(host: HostOpt = "127.0.0.1", port: PortOpt = 8000) -> None:
         for role in roles:
             spawn(role)
         console.print(f"optout up: API on http://{host}:{port}  (Ctrl-C to stop)")
-        while not stopping:
+        while not stop.requested:
             if embedded is not None and not embedded.alive():
                 err.print(
                     "[yellow]embedded Redis exited; restarting it (AOF keeps its data)[/yellow]"
                 )
                 embedded.start()
             for role, child in list(children.items()):
-                if child.poll() is None or stopping:
+                if child.poll() is None or stop.requested:
                     continue
                 now = time.monotonic()
                 restarts[role] = [t for t in restarts[role] if now - t < 60] + [now]
                 if len(restarts[role]) > 5:
                     err.print(f"[red]{role} keeps exiting ({child.returncode}); stopping[/red]")
-                    stopping = True
+                    stop.requested = True
                     code = 1
                 else:
                     err.print(f"[yellow]{role} exited with {child.returncode}; restarting[/yellow]")
@@ -293,16 +299,7 @@ def up(host: HostOpt = "127.0.0.1", port: PortOpt = 8000) -> None:
             time.sleep(0.3)
     finally:
         console.print("stopping ...")
-        for child in children.values():
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 30
-        for child in children.values():
-            try:
-                child.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
+        _stop_children(children.values(), timeout=30)
         if embedded is not None:
             embedded.stop()
         console.print("stopped")

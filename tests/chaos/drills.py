@@ -345,19 +345,27 @@ def _random_failures(rng: random.Random, lock: threading.Lock) -> Callable[[], A
 
 
 def drill_random_failures(workdir: Path, numbers: int) -> Result:
-    """30% 5xx, 10% timeouts, bursts of 429: everything delivered or dead-lettered with a
-    reason; after the fakes heal and a replay, everything delivered."""
+    """30% 5xx, 10% timeouts, bursts of 429 (outages: they hold the provider, spend no
+    attempt), and numbers that fail on their own: a tenth a few times each, one in fifty
+    for good until the fakes heal. Everything delivered or dead-lettered with a reason;
+    after the fakes heal and a replay, everything delivered."""
     result = Result("providers failing at random")
     rng = random.Random(3)
     lock = threading.Lock()
     with ExitStack() as stack:
         url, _ = stack.enter_context(redis_for_drill(workdir))
         lab = Lab(stack, url, workdir, OPTOUT_MAX_ATTEMPTS="4")
+        phones = [f"+97257{i:07d}" for i in range(numbers)]
         for fake in lab.fakes.values():
             fake.chaos = _random_failures(rng, lock)
+            for n in phones:
+                roll = rng.random()
+                if roll < 0.02:
+                    fake.permanent.add(n[1:])
+                elif roll < 0.12:
+                    fake.flaky[n[1:]] = rng.randint(1, 5)
         lab.start_worker(beat=True)
         lab.start_worker()
-        phones = [f"+97257{i:07d}" for i in range(numbers)]
         for start in range(0, numbers, 50):
             batch = [PhoneInput(p) for p in phones[start : start + 50]]
             accept(lab.pipe, Event("drill", Action.ADD, batch))
@@ -370,6 +378,8 @@ def drill_random_failures(workdir: Path, numbers: int) -> Result:
         )
         for fake in lab.fakes.values():
             fake.chaos = None
+            fake.permanent.clear()
+            fake.flaky.clear()
         work.replay(lab.pipe, [d["id"] for d in dead], "drill")
         if not lab.wait_settled(120):
             result.problems.append("did not settle after replay")
