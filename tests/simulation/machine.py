@@ -78,6 +78,7 @@ PROFILES = {
 }
 FOREIGN = ["+972509999990", "+972509999991"]  # never in the ledger: put there by someone else
 CALL = {"batchId": "b1", "requestUUID": "r1"}
+UNKNOWN_MARK = b"?"  # confirmed:{target}: what the provider holds is unknown
 ALL = "all"  # the full deployment; "nonative": the native provider's credentials removed
 TTL = 60.0
 LISTABLE = ("bulk", "lookup", "native")
@@ -733,15 +734,25 @@ class PipelineMachine(RuleBasedStateMachine):
         for _ in range(3):
             work.sweep(self.worker)
             self.settle()
+        assert self.idle(), self.busy()
+        assert all(self.given_up(*d["id"].split("|", 1)) for d in self.store.dead_letters())
+        # Our numbers first, before anything could repair them: a reconcile here would push
+        # again what the pipeline lost and hide it.
+        self.lists_equal_the_ledger(NUMBERS)
         reconcile(self.worker, remove_extras=True)  # someone else's numbers come off
         self.settle()
         assert self.idle(), self.busy()
-        assert all(self.given_up(*d["id"].split("|", 1)) for d in self.store.dead_letters())
+        self.lists_equal_the_ledger(NUMBERS + FOREIGN)
+
+    def lists_equal_the_ledger(self, numbers: list[str]) -> None:
+        """Every target's list equals the ledger for these numbers, and nothing about them
+        is left unknown (a target that can remove)."""
         now = self.clock_ms()
         for target in self.all_targets():
             assert not self.redis.hlen(self.store.key("unknown", target)), target
             model = self.model_of(target)
-            for n in NUMBERS + FOREIGN:
+            confirmed = self.store.key("confirmed", target)
+            for n in numbers:
                 ledger = self.store.ledger(n)
                 blocked = ledger.get("s") == "blocked"
                 if self.given_up(target, n):
@@ -749,6 +760,7 @@ class PipelineMachine(RuleBasedStateMachine):
                 held = model.holds(target, n, now)
                 if model.capabilities.supports_remove:
                     assert held == blocked, (target, n, ledger, held, self.log[-60:])
+                    assert self.redis.hget(confirmed, n) != UNKNOWN_MARK, (target, n)
                 elif blocked and ledger.get("c"):
                     assert held, (target, n, ledger, self.log[-60:])
 

@@ -244,3 +244,58 @@ def _entry() -> object:
     from tests.simulation.models import Entry
 
     return Entry(99)
+
+
+def test_case_an_add_dated_before_2000_is_refused_never_accepted_and_left_unblocked() -> None:
+    # Issue 13, item 5: .NET's MinValue was answered 202 with the ledger "stale" against
+    # any remove, and the number stayed unblocked.
+    from datetime import UTC, datetime
+
+    from worker.accept import AcceptError, Event, PhoneInput, accept
+
+    m = _machine({"bulk"})
+    n = m.numbers[0]
+    m.accept_event(n, Action.REMOVE, -30, None, False, "api")
+    zero = Event("sim", Action.ADD, [PhoneInput(n)],
+                 occurred_at=datetime(1, 1, 1, tzinfo=UTC))  # fmt: skip
+    with pytest.raises(AcceptError) as refused:
+        accept(m.process("api"), zero)
+    assert refused.value.reason == "occurred_at_out_of_range"
+    assert m.store.ledger(n)["s"] == "unblocked"
+    _done(m)
+
+
+def test_case_a_keyless_repeat_after_a_remove_blocks_again() -> None:
+    # Issue 13, item 6: an add without idempotency_key, an admin remove, the same add body
+    # again: it was a "duplicate" and the number stayed unblocked.
+    from worker.accept import Event, PhoneInput, accept
+
+    m = _machine({"bulk"})
+    n = m.numbers[0]
+    body = Event("sim", Action.ADD, [PhoneInput(n)], reason="pressed 9")
+    first = accept(m.process("api"), body)
+    m.settle()
+    m.advance(60)
+    m.accept_event(n, Action.REMOVE, 0, None, False, "api")
+    m.settle()
+    m.advance(60)
+    again = accept(m.process("api"), body)
+    assert not again.duplicate and again.event_id != first.event_id
+    assert m.store.ledger(n)["s"] == "blocked"
+    _done(m)  # quiescence: the provider holds it again
+
+
+def test_case_an_outage_longer_than_every_attempt_dead_letters_nothing() -> None:
+    # Issue 13, smaller items: whole requests failing are an outage, not the numbers'
+    # failures. Three attempts (the simulation's setting) would be spent many times over.
+    m = _machine({"bulk"}, numbers=3)
+    for n in m.numbers:
+        m.accept_event(n, Action.ADD, None, None, False, "api")
+    for _ in range(20):
+        m.workers_catch_up()
+        m.answer_all("outage")
+        m.advance(30)
+        m.sweep()
+    assert m.store.dead_letters() == []
+    assert m.store.open_circuits(["bulk"])
+    _done(m)
