@@ -131,6 +131,10 @@ def worker(
         _supervise_groups(list(groups), concurrency, beat, metrics_port)
         return
     chosen = group or MAIN
+    if chosen not in groups:
+        err.print(f"[red]no {chosen} group here: no provider without a bulk endpoint is "
+                  "enabled (VOODOOSMS_*, WEYA_*, DAKTELA_*)[/red]")  # fmt: skip
+        raise typer.Exit(2)
     if metrics_port:
         from worker import metrics
 

@@ -141,3 +141,18 @@ def test_api_without_redis_url_refuses_to_start(monkeypatch: pytest.MonkeyPatch)
     result = runner.invoke(app, ["api"])
     assert result.exit_code == 2
     assert "REDIS_URL" in result.output
+
+
+def test_worker_refuses_an_unknown_group_or_one_with_nothing_to_do(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("REDIS_URL", "redis://unused.invalid:1/0")
+    monkeypatch.setenv("VOICENTER_API_CODE", "good-code")  # a bulk provider only
+    monkeypatch.setattr(runtime, "_settings", None)
+    wrong = runner.invoke(app, ["worker", "--group", "slow"])
+    assert wrong.exit_code == 2
+    assert "main or per-number" in wrong.output
+    idle = runner.invoke(app, ["worker", "--group", "per-number"])
+    assert idle.exit_code == 2
+    assert "no provider without a bulk endpoint" in idle.output
+    runtime.reset()
