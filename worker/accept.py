@@ -324,9 +324,12 @@ def _plan(pipe: Pipeline, event: Event) -> _Plan:
             f"{EARLIEST.date().isoformat()}: send the time of the opt-out, or leave it out "
             "for an add (the time of receipt is used)",
         )
-    skew_ms = int(settings.clock_skew_seconds * 1000)
     occurred_ms = _ms(event.occurred_at) if event.occurred_at else now_ms
-    effective_ms = min(occurred_ms, now_ms + skew_ms)
+    # An add may be a little ahead of our clock (the sender's runs fast). A remove never:
+    # dated ahead, it would beat every opt-out received until then (each is dated at its
+    # receipt), and a remove sent in local time without an offset is hours ahead.
+    ahead_ms = int(settings.clock_skew_seconds * 1000) if event.action is Action.ADD else 0
+    effective_ms = min(occurred_ms, now_ms + ahead_ms)
     expires_ms = _ms(event.expires_at) if event.expires_at else 0
     if expires_ms and expires_ms <= now_ms:
         raise AcceptError("expires_in_past", "expires_at is already past")

@@ -126,6 +126,23 @@ def test_a_future_occurred_at_is_clamped(pipe: Pipeline, clock: FakeClock) -> No
     assert pipe.store.ledger(N)["s"] == "unblocked"
 
 
+def test_a_remove_dated_ahead_never_beats_an_opt_out_received_after_it(
+    pipe: Pipeline, clock: FakeClock
+) -> None:
+    # Found by review: an admin tool sending local time without an offset (UTC+3 read as
+    # UTC) dated a remove up to the skew ahead, and the customer's opt-out two minutes
+    # later was "stale": lost, with nothing to repair it.
+    accept(pipe, add(N))
+    clock.advance(1)
+    naive_local = (at(clock) + timedelta(hours=3)).replace(tzinfo=None)
+    accept(pipe, remove(N, occurred_at=naive_local))
+    assert pipe.store.ledger(N)["s"] == "unblocked"
+    clock.advance(120)
+    again = accept(pipe, add(N))
+    assert again.phones[0].ledger == "applied"
+    assert pipe.store.ledger(N)["s"] == "blocked"
+
+
 def test_blocks_merge_to_the_longest_expiry(pipe: Pipeline, clock: FakeClock) -> None:
     accept(pipe, add(N))  # permanent
     result = accept(pipe, add(N, expires_at=at(clock, 3600), reason="temp"))
