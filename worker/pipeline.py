@@ -17,7 +17,7 @@ from worker import lease, metrics
 from worker.errors import AuthError, PermanentError, PushInterrupted, RetryableError
 from worker.lease import LeaseLostError
 from worker.phones import mask
-from worker.providers.base import Action, NumberResult, Provider, PushItem
+from worker.providers.base import Action, NumberResult, Provider, PushItem, unexpected
 from worker.store import (
     AsyncAccept,
     Chunk,
@@ -282,6 +282,10 @@ class _Push:
             middle = len(items) // 2
             self.run(items[:middle])
             self.run(items[middle:])
+            return
+        except Exception as exc:  # noqa: BLE001
+            self._observe(started, sent)
+            self.results.update({item.e164: unexpected(exc) for item in items})
             return
         self._observe(started, sent)
         self.results.update(answers)

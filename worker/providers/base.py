@@ -6,6 +6,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+import structlog
+
 from worker.errors import PermanentError, RetryableError
 from worker.phones import NumberFormat
 
@@ -68,6 +70,17 @@ class NumberResult:
             outcome = Outcome.OUTAGE if error.outage else Outcome.RETRY
             return cls(outcome, error.reason, error.detail, error.retry_after, error.retry_window)
         return cls(Outcome.PERMANENT, error.reason, error.detail)
+
+
+def unexpected(error: Exception) -> NumberResult:
+    """What an error outside the provider error family means for each number in the
+    request (an answer of a shape no adapter expected, say): a retry. Left to escape, it
+    would fail the push with nothing recorded, and the chunk would be recovered and pushed
+    again, whole, for ever, spending no attempt."""
+    structlog.get_logger("optout.providers").error(
+        "unexpected_provider_error", error=type(error).__name__, exc_info=error
+    )
+    return NumberResult(Outcome.RETRY, "unexpected_error", f"{type(error).__name__}: {error}"[:300])
 
 
 @runtime_checkable

@@ -135,13 +135,11 @@ class DaktelaProvider:
         status, body = self._request("POST", f"{self._base}.json", json=record)
         errors = _errors(body)
         if status < 400 and not errors:
-            return NumberResult(Outcome.DONE)
+            return _done_if_confirmed(body)
         if any(word in e.lower() for e in errors for word in _UNIQUE):
             return self._correct(item, database)
-        if status >= 400 or errors:
-            raise PermanentError(f"http_{status}" if status >= 400 else "refused",
-                                 "; ".join(errors)[:300])  # fmt: skip
-        return NumberResult(Outcome.DONE)
+        raise PermanentError(f"http_{status}" if status >= 400 else "refused",
+                             "; ".join(errors)[:300])  # fmt: skip
 
     def _correct(self, item: PushItem, database: str) -> NumberResult:
         """The number exists: done if it is in the wanted database with the wanted expiry;
@@ -166,7 +164,7 @@ class DaktelaProvider:
         errors = _errors(body)
         if status >= 400 or errors:
             raise PermanentError("correct_failed", "; ".join(errors)[:300] or f"HTTP {status}")
-        return NumberResult(Outcome.DONE, "corrected")
+        return _done_if_confirmed(body, "corrected")
 
     def _find(self, item: PushItem, database: str | None = None) -> dict[str, Any] | None:
         """The number's entry (numbers are unique), or only its entry in `database`."""
@@ -202,7 +200,7 @@ class DaktelaProvider:
         errors = _errors(body)
         if status >= 400 or errors:
             raise PermanentError(f"http_{status}", "; ".join(errors)[:300])
-        return NumberResult(Outcome.DONE)
+        return _done_if_confirmed(body)
 
     def probe(self) -> None:
         status, body = self._request("GET", f"{self._base}.json", params={"take": 1})
@@ -234,6 +232,15 @@ class DaktelaProvider:
             if len(rows) < 500:
                 return out
             skip += 500
+
+
+def _done_if_confirmed(body: Any, reason: str = "") -> NumberResult:
+    """Done when the answer is the documented envelope with a result; any other 2xx (a
+    proxy's page, another shape) confirms nothing."""
+    result = body.get("result") if isinstance(body, dict) else None
+    if isinstance(result, dict) or result is True:  # the record, or a delete's true
+        return NumberResult(Outcome.DONE, reason)
+    return NumberResult(Outcome.RETRY, "unconfirmed_answer", str(body)[:200])
 
 
 def _database_of(entry: dict[str, Any], field: str) -> Any:

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from worker.errors import AuthError, PermanentError, PushInterrupted, RetryableError
 from worker.lease import LeaseLostError
-from worker.providers.base import NumberResult, PushItem
+from worker.providers.base import NumberResult, PushItem, unexpected
 
 
 def per_number(
@@ -37,6 +37,8 @@ def per_number(
             return
         except (RetryableError, PermanentError) as exc:
             result = NumberResult.of(exc)
+        except Exception as exc:  # noqa: BLE001
+            result = unexpected(exc)
         with lock:
             answered[item.e164] = result
 

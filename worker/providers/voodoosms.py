@@ -126,7 +126,11 @@ def _error_msg(body: Any) -> str:
 
 def _plain(status: int, code: int | None, body: Any) -> NumberResult:
     if code is None and status < 400:
-        return NumberResult(Outcome.DONE)
+        if isinstance(body, dict) and str(body.get("status", "")).upper() == "SUCCESS":
+            return NumberResult(Outcome.DONE)
+        # A 2xx without the documented {"status": "SUCCESS"} (a proxy's page, another
+        # shape): it confirms nothing.
+        return NumberResult(Outcome.RETRY, "unconfirmed_answer", str(body)[:200])
     return NumberResult(Outcome.PERMANENT, f"error_{code}" if code else f"http_{status}",
                         _error_msg(body))  # fmt: skip
 

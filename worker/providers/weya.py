@@ -85,6 +85,9 @@ class WeyaProvider:
             if "already exist" in message.lower():
                 return NumberResult(Outcome.DONE, "already")
             raise PermanentError("refused", message)
+        if not isinstance(answer, dict) or answer.get("status") is not True:
+            # A 2xx without the documented {"status": true}: it confirms nothing.
+            return NumberResult(Outcome.RETRY, "unconfirmed_answer", str(answer)[:200])
         return NumberResult(Outcome.DONE)
 
     def probe(self) -> None:

@@ -71,3 +71,31 @@ def test_never_pushed_twice_and_never_removed() -> None:
     assert w.fake.emails == 1
     assert len(w.fake.requests) == 1
     assert w.pipe.store.dead_letters() == []
+
+
+def test_an_undecodable_answer_is_that_numbers_retry_and_the_others_go_once() -> None:
+    # Found by review: a 2xx whose body did not match its Content-Encoding (a proxy's page)
+    # raised httpx.DecodingError out of the push; the whole chunk was recovered and sent
+    # again, for ever, each add of the nine good numbers emailing the admin once more.
+    import httpx
+
+    from tests.fakes.server import mock_transport
+
+    w = World("weya")
+    inner = mock_transport(w.fake.handle)
+    poison = {"n": "972500000009", "left": 2}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if b'"972500000009"' in request.content and poison["left"] > 0:
+            poison["left"] -= 1
+            return httpx.Response(200, headers={"Content-Encoding": "gzip"}, content=b"{}")
+        return inner.handle_request(request)
+
+    w.pipe = w.build(http=httpx.Client(transport=httpx.MockTransport(handler)))
+    batch = numbers(10)
+    w.add(*batch)
+    w.settle()
+    assert w.fake.listed() == {n[1:] for n in batch}
+    assert w.fake.emails == 10  # one add each: the good ones were never sent again
+    answer = w.pipe.store.audit(batch[9])
+    assert any(a.get("rsn") == "unreadable_answer" for a in answer)
