@@ -184,12 +184,14 @@ def _write(pipe: Pipeline, plan: _Plan, *, force: bool = False) -> AcceptOutcome
 
 def _swallowed(pipe: Pipeline, plan: _Plan, outcome: AcceptOutcome) -> bool:
     """A keyless add answered as a duplicate of an earlier one while some of its numbers
-    are unblocked now (removed since): its key only hashes the body, which repeats when the
-    customer opts out again. It is taken as a new event rather than swallowed."""
+    are not blocked as it asks now (removed since, or blocked only for a shorter while):
+    its key only hashes the body, which repeats when the customer opts out again. It is
+    taken as a new event rather than swallowed."""
     if outcome.status != "duplicate" or not plan.derived or plan.payload["action"] != "add":
         return False
     wanted = [n for n, _ in plan.numbers]
-    unblocked = len(wanted) - len(pipe.store.blocked_among(wanted))
+    held = pipe.store.blocked_until(wanted, int(plan.payload.get("x") or 0))
+    unblocked = len(wanted) - len(held)
     if unblocked:
         log.info("keyless_repeat_accepted", event_id=outcome.event_id, unblocked=unblocked)
     return unblocked > 0

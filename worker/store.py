@@ -608,6 +608,19 @@ class Store:
         flags = self.redis.smismember(self.key("blocked"), numbers)
         return {n for n, flag in zip(numbers, flags, strict=True) if flag}
 
+    def blocked_until(self, numbers: list[str], until_ms: int) -> set[str]:
+        """Which of these numbers the ledger blocks at least until `until_ms` (0: for
+        good)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for n in numbers:
+            pipe.hmget(self.key("num", n), "s", "x")
+        out = set()
+        for n, (state, expiry) in zip(numbers, pipe.execute(), strict=True):
+            held = int(expiry or 0)
+            if state == b"blocked" and (held == 0 or (until_ms != 0 and held >= until_ms)):
+                out.add(n)
+        return out
+
     def blocked_pages(self, count: int) -> Iterator[list[tuple[str, str, str]]]:
         """(number, expiry ms, updated ms) of every blocked number, a page at a time."""
         cursor = "0"

@@ -425,10 +425,34 @@ def test_a_keyless_repeat_of_an_add_after_a_remove_blocks_again(
     assert pipe.store.ledger(N)["s"] == "blocked"
 
 
-def test_a_keyless_retry_of_a_standing_add_is_still_a_duplicate(pipe: Pipeline) -> None:
+def test_a_keyless_repeat_of_a_permanent_add_over_a_temporary_block_is_taken(
+    pipe: Pipeline, clock: FakeClock
+) -> None:
+    # Found by review: a permanent opt-out, an admin remove, a two-hour "snooze" block,
+    # then the permanent opt-out again: a duplicate (the number was blocked, if only for
+    # two hours), and at the snooze's end the number was unblocked.
+    form = add(N, reason="stop calling me")
+    accept(pipe, form)
+    clock.advance(60)
+    accept(pipe, remove(N, occurred_at=at(clock)))
+    clock.advance(60)
+    accept(pipe, add(N, reason="snooze", expires_at=at(clock, 7200)))
+    clock.advance(600)
+    again = accept(pipe, form)
+    assert not again.duplicate
+    assert pipe.store.ledger(N)["s"] == "blocked"
+    assert pipe.store.ledger(N)["x"] == "0"  # for good
+
+
+def test_a_keyless_retry_of_a_standing_add_is_still_a_duplicate(
+    pipe: Pipeline, clock: FakeClock
+) -> None:
     first = accept(pipe, add(N, reason="pressed 9"))
     again = accept(pipe, add(N, reason="pressed 9"))
     assert again.duplicate and again.event_id == first.event_id
+    snooze = add("+972501234568", expires_at=at(clock, 7200))
+    first = accept(pipe, snooze)
+    assert accept(pipe, snooze).event_id == first.event_id  # a temporary one too
 
 
 def test_a_derived_key_is_kept_for_hours_a_senders_key_for_days(pipe: Pipeline) -> None:
