@@ -299,3 +299,23 @@ def test_case_an_outage_longer_than_every_attempt_dead_letters_nothing() -> None
     assert m.store.dead_letters() == []
     assert m.store.open_circuits(["bulk"])
     _done(m)
+
+
+def test_case_a_late_failed_answer_leaves_an_add_only_block_confirmed() -> None:
+    # Found by review: a recovered chunk's late answer, a failure, made an add-only
+    # target's confirmed block unknown, and Weya got the add (and its admin an email) again.
+    m = _machine({"addonly"})
+    n = m.numbers[0]
+    m.accept_event(n, Action.ADD, -30, None, True, "api")
+    m.workers_catch_up()
+    slow = m.pending("addonly")
+    m.leases_run_out()
+    m.workers_catch_up()
+    fresh = next(r for r in m.outstanding if r is not slow)
+    fresh.model.apply(fresh)
+    m.resolve(fresh, "ok")
+    m.resolve(slow, "outage")  # the stalled push wakes: its request had failed
+    assert m.store.provider_view(n, ["addonly"])["addonly"]["confirmed"] == "blocked:1"
+    m.settle()
+    assert m.models["addonly"].sent[("addonly", n, "add")] == 2  # never a third
+    _done(m)

@@ -38,9 +38,10 @@ if redis.call('EXISTS', P .. 'chunk:' .. id) == 0 then
     local n, r = item[1], results[item[1]]
     if redis.call('HGET', unknown_key, n) == id then redis.call('HDEL', unknown_key, n) end
     if sent(r) then
-      if add_only and r[1] == 'done' then
-        -- Nothing is ever removed there: done is done (and each add may email someone).
-        redis.call('HSET', confirmed_key, n, 'blocked:' .. item[2])
+      if add_only and (r[1] == 'done' or held_for_good(n)) then
+        -- Nothing is ever removed there: done is done (and each add may email someone),
+        -- and a block confirmed meanwhile stands whatever this late answer says.
+        if r[1] == 'done' then redis.call('HSET', confirmed_key, n, 'blocked:' .. item[2]) end
       else
         redis.call('HSET', confirmed_key, n, UNKNOWN)
         local owner = redis.call('HGET', inflight_key, n)
