@@ -496,7 +496,9 @@ def backfill(pipe: Pipeline, page: int = 2000) -> int:
             count, staged = pipe.store.stage_many(target, wanted)
             schedule(pipe, staged)
             staged_total += count
-        pipe.store.set_backfill(target, next_cursor)
+        if not pipe.store.advance_backfill(target, cursor, next_cursor):
+            log.info("catch_up_restarted", target=target)  # it became live again meanwhile
+            continue
         log.info(
             "catch_up",
             target=target,

@@ -72,7 +72,7 @@ Clock = Callable[[], float]
 
 _SCRIPTS = (
     "accept", "claim", "complete", "release", "sweep", "replay", "renew", "register",
-    "stage_many", "slot", "purge", "expire", "open", "hold", "reconcile",
+    "stage_many", "slot", "purge", "expire", "open", "hold", "reconcile", "cursor",
 )  # fmt: skip
 
 
@@ -506,11 +506,10 @@ class Store:
         )
         return str(next_cursor), [_text(n) for n in entries]
 
-    def set_backfill(self, target: str, cursor: str | None) -> None:
-        if cursor is None:
-            self.redis.hdel(self.key("backfill"), target)
-        else:
-            self.redis.hset(self.key("backfill"), target, cursor)
+    def advance_backfill(self, target: str, read: str, cursor: str | None) -> bool:
+        """Move a catch-up on from the cursor `read` to `cursor` (None: done), unless a
+        fresh catch-up replaced it meanwhile (answers False then)."""
+        return bool(self._run("cursor", target, read, cursor or ""))
 
     def stage_many(self, target: str, numbers: list[str]) -> tuple[int, list[Staged]]:
         """A catch-up step: stage what the ledger says for numbers the target lacks."""

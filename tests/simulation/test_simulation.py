@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -319,3 +320,40 @@ def test_case_a_late_failed_answer_leaves_an_add_only_block_confirmed() -> None:
     m.settle()
     assert m.models["addonly"].sent[("addonly", n, "add")] == 2  # never a third
     _done(m)
+
+
+def test_case_a_catch_up_step_never_ends_a_newer_catch_up() -> None:
+    # Found by review: a catch-up step wrote its next cursor (or deleted it, done) without
+    # a check; when the target lapsed and came back while the step worked, the fresh
+    # catch-up was cut off and what was accepted meanwhile never reached the target.
+    from tests.simulation.machine import ALL
+
+    m = _machine({"bulk", "native"}, numbers=2)
+    a, b = m.numbers
+    m.accept_event(a, Action.ADD, None, None, False, "api")
+    m.workers_catch_up()
+    m.answer_all()
+    m.disable_native()
+    m.advance(130)
+    m.sweep()  # native lapses
+    m.enable_native()
+    m.sweep()  # and is live again: its catch-up is under way
+    original = m.store.stage_many
+
+    def meanwhile(target: str, numbers: list[str]) -> Any:
+        out = original(target, numbers)
+        m.store.stage_many = original  # type: ignore[method-assign]
+        m.mode = "nonative"  # native lapses again, an opt-out arrives, native comes back
+        m.advance(130)
+        m.accept_event(b, Action.ADD, None, None, False, "api")
+        m.mode = ALL
+        m.worker.ensure_registered(force=True)
+        assert m.store.backfills()["native"] == "b:0"
+        return out
+
+    m.store.stage_many = meanwhile  # type: ignore[method-assign]
+    from worker import pipeline as work
+
+    work.backfill(m.worker)  # the old catch-up's last step
+    assert m.store.backfills()["native"] == "b:0"  # the new one stands
+    _done(m)  # quiescence: native holds a and b
