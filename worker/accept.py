@@ -343,7 +343,7 @@ def _plan(pipe: Pipeline, event: Event) -> _Plan:
     if len(key) > 200:
         raise AcceptError("bad_idempotency_key", "idempotency_key is at most 200 characters")
     call = call_context(event.context)
-    route = pipe.route(event.source, call is not None or event.action is Action.REMOVE)
+    route = pipe.route(event.source, event.action, call is not None)
     payload = {
         "id": uuid.uuid4().hex,
         "source": event.source,

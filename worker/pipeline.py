@@ -85,17 +85,26 @@ class Pipeline:
         process's own: what status views and the SLA look at."""
         return sorted(set(self.store.known_targets()) | set(self.targets()))
 
-    def route(self, source: str, has_call: bool) -> dict[str, Any]:
+    def route(self, source: str, action: Action, has_call: bool) -> dict[str, Any]:
         """Which providers an event from `source` goes to (accept.lua applies it to every
         live target): OPTOUT_ROUTES' includes (none: all) and excludes; `call`: the event
-        carries a call record. A remove passes has_call=True: every target hears it, and
-        staging drops it where it cannot apply."""
+        carries a call record. A remove goes to every target, routes or not: the ledger
+        holds one state per number, so a remove meant for one provider would unblock the
+        number for all of them anyway (scrub, export), and any later push of it (a ledger
+        change while in flight, a catch-up, reconcile) would carry the remove everywhere;
+        staging drops it where it cannot apply (an add-only target)."""
+        if action is Action.REMOVE:
+            return {"include": [], "exclude": [], "call": True}
         rule = self.settings.routes.get(source) or {}
         return {
             "include": list(rule.get("include") or []),
             "exclude": list(rule.get("exclude") or []),
             "call": has_call,
         }
+
+    def routed_by_any(self, sources: list[str], provider: str) -> bool:
+        """Whether an add from one of these sources goes to `provider`."""
+        return any(provider in self.settings.routed(src, [provider]) for src in sources)
 
     def announce_due(self) -> bool:
         """This process has not announced its targets yet, or not for a third of their TTL
@@ -469,7 +478,7 @@ def sweep(pipe: Pipeline) -> int:
 def backfill(pipe: Pipeline, page: int = 2000) -> int:
     """Catch up targets that became live (new, or back after no process had them for their
     TTL) from the ledger, one page per call (the sweep calls it every tick): first every
-    blocked number (routes honoured by each number's last source), then every number the
+    blocked number (routed by the sources of the adds behind its block), then every number the
     target was confirmed to hold, or is unknown at, whose ledger state has moved since. So
     enabling a provider, adding an agent or restoring credentials never leaves a gap."""
     directory = pipe.directory()
@@ -488,8 +497,8 @@ def backfill(pipe: Pipeline, page: int = 2000) -> int:
             position, numbers = pipe.store.blocked_page(position, page)
             sources = pipe.store.ledger_sources(numbers)
             wanted = [
-                n for n, src in zip(numbers, sources, strict=True)
-                if provider in pipe.settings.routed(src, [provider])
+                n for n, srcs in zip(numbers, sources, strict=True)
+                if pipe.routed_by_any(srcs, provider)
             ]  # fmt: skip
             next_cursor = "c:0" if position == "0" else f"b:{position}"
         if wanted:

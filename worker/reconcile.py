@@ -37,8 +37,8 @@ def _ledger_blocked(pipe: Pipeline, provider: str) -> set[str]:
     out: set[str] = set()
     for page in pipe.store.blocked_pages(2000):
         numbers = [n for n, _, _ in page]
-        for n, src in zip(numbers, pipe.store.ledger_sources(numbers), strict=True):
-            if provider in pipe.settings.routed(src, [provider]):
+        for n, srcs in zip(numbers, pipe.store.ledger_sources(numbers), strict=True):
+            if pipe.routed_by_any(srcs, provider):
                 out.add(n)
     return out
 

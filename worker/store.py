@@ -12,7 +12,9 @@ key                            type    holds
                                        the blocks add up to, 0 = none), e (last
                                        event id), n (label), src, r (reason), c (call
                                        context JSON), u (updated ms), xr (1: unblocked
-                                       because its expiry passed)
+                                       because its expiry passed), rs (the sources of the
+                                       adds behind the block, one a line: routes for
+                                       catch-up and reconcile)
 ``audit:{e164}``               list    JSON audit entries, newest first, capped
 ``blocked``                    set     numbers the ledger blocks now
 ``expiry``                     zset    temporarily blocked numbers -> expiry (ms)
@@ -527,11 +529,19 @@ class Store:
         )
         return int(raw["staged"]), int(raw["kept"]), _staged(raw.get("summary"))
 
-    def ledger_sources(self, numbers: list[str]) -> list[str]:
+    def ledger_sources(self, numbers: list[str]) -> list[list[str]]:
+        """Per number, the sources of the adds behind its block (`rs`; a ledger written
+        before it was kept: the source of its last change)."""
         pipe = self.redis.pipeline(transaction=False)
         for n in numbers:
-            pipe.hget(self.key("num", n), "src")
-        return [_text(s) if s else "" for s in pipe.execute()]
+            pipe.hmget(self.key("num", n), "rs", "src")
+        out = []
+        for sources, last in pipe.execute():
+            if sources:
+                out.append(_text(sources).split("\n"))
+            else:
+                out.append([_text(last)] if last else [""])
+        return out
 
     def acquire_slot(
         self, provider: str, token: str, *, rps: float, concurrency: int, lease_seconds: float

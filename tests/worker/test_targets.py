@@ -16,6 +16,7 @@ from worker import pipeline as work
 from worker.accept import Event, PhoneInput, accept
 from worker.pipeline import Pipeline
 from worker.providers.base import Action
+from worker.reconcile import reconcile
 from worker.runtime import build_pipeline
 
 
@@ -26,15 +27,22 @@ def every_provider_env() -> dict[str, str]:
     return env
 
 
-def build(redis: Any, router: Router, env: dict[str, str], **overrides: Any) -> Pipeline:
+def build(
+    redis: Any, router: Router, env: dict[str, str], clock: FakeClock | None = None,
+    **overrides: Any,
+) -> Pipeline:  # fmt: skip
     return build_pipeline(
         make_settings(env, **overrides),
         client=redis,
         http=router.client(),
         dispatcher=QueueDispatcher(),
-        clock=FakeClock(),
+        clock=clock or FakeClock(),
         rng=random.Random(1),
     )
+
+
+def _env(*names: str) -> dict[str, str]:
+    return {k: v for n in names for k, v in env_for(n, f"http://{n}.test").items()}
 
 
 def _staged_at(pipe: Pipeline, n: str) -> dict[str, str | None]:
@@ -275,3 +283,58 @@ def test_an_expiry_is_not_staged_for_a_target_that_is_not_live() -> None:
     clock.advance(3601)
     work.sweep(without)
     assert _staged_at(without, n) == {"voicenter": "remove", "voodoosms": None}
+
+
+def _settle(pipe: Pipeline, rounds: int = 10) -> None:
+    clock, dispatcher = pipe.store.clock, pipe.dispatcher
+    assert isinstance(clock, FakeClock) and isinstance(dispatcher, QueueDispatcher)
+    for _ in range(rounds):
+        clock.advance(2)
+        work.sweep(pipe)
+        dispatcher.drain(pipe)
+
+
+def test_a_target_live_later_gets_an_opt_out_whose_source_found_the_number_blocked() -> None:
+    # Found by review: catch-up and reconcile routed a number by the source of the last
+    # event that changed the ledger. An SMS STOP (routed to VoodooSMS only), then a CRM
+    # opt-out (routed everywhere) that changed nothing: a Phonely enabled later never got it.
+    redis = fakeredis.FakeRedis()
+    router = Router({n: make_fake(n) for n in ("voodoosms", "phonely")})
+    sms_only = build(redis, router, _env("voodoosms"), routes="sms=voodoosms")
+    n = "+972501234567"
+    accept(sms_only, Event("sms", Action.ADD, [PhoneInput(n)]))
+    result = accept(sms_only, Event("crm", Action.ADD, [PhoneInput(n)]))
+    assert result.phones[0].ledger == "unchanged"
+    assert sms_only.store.ledger_sources([n]) == [["sms", "crm"]]
+    clock = sms_only.store.clock
+    assert isinstance(clock, FakeClock)
+    both = build(redis, router, _env("voodoosms", "phonely"), clock, routes="sms=voodoosms")
+    both.ensure_registered(force=True)  # Phonely's agents become live: caught up
+    _settle(both)
+    for agent in ("agent-a", "agent-b"):
+        assert n[1:] in router.fakes["phonely"].listed(agent)
+    assert all(r.missing == [] for r in reconcile(both))  # nothing missing anywhere
+
+
+def test_a_remove_lifts_the_number_everywhere_whatever_its_sources_route() -> None:
+    # Found by review: a remove from a source routed to one provider left the others
+    # blocked, until anything pushed the number again (a ledger change while its push was
+    # in flight, a catch-up, reconcile --remove-extras), which then carried the remove
+    # there too: the outcome depended on timing. The ledger holds one state per number, so
+    # a remove goes to every target, always.
+    redis = fakeredis.FakeRedis()
+    router = Router({n: make_fake(n) for n in ("voodoosms", "phonely")})
+    pipe = build(redis, router, _env("voodoosms", "phonely"), routes="sms=voodoosms")
+    n = "+972501234567"
+    accept(pipe, Event("crm", Action.ADD, [PhoneInput(n)]))
+    _settle(pipe)
+    clock = pipe.store.clock
+    assert isinstance(clock, FakeClock)
+    clock.advance(1)
+    when = datetime.fromtimestamp(clock.now, tz=UTC)
+    accept(pipe, Event("sms", Action.REMOVE, [PhoneInput(n)], occurred_at=when))
+    assert set(_staged_at(pipe, n).values()) == {"remove"}
+    _settle(pipe)
+    assert n[1:] not in router.fakes["voodoosms"].listed()
+    for agent in ("agent-a", "agent-b"):
+        assert n[1:] not in router.fakes["phonely"].listed(agent)

@@ -76,7 +76,7 @@ for _, pair in ipairs(numbers) do
   local n = pair[1]
   local name = pair[2]
   local key = P .. 'num:' .. n
-  local cur = redis.call('HMGET', key, 's', 'v', 'x', 'rt', 'bl', 't', 'xr', 'c')
+  local cur = redis.call('HMGET', key, 's', 'v', 'x', 'rt', 'bl', 't', 'xr', 'c', 'rs', 'src')
   local state, v, cx = cur[1], tonumber(cur[2] or '0'), tonumber(cur[3] or '0')
   -- Every number's first event writes its state (see below): no state, a new number.
   local fresh = not state
@@ -114,6 +114,20 @@ for _, pair in ipairs(numbers) do
     -- The call this opt-out came from: call-record providers (Weya) need it to add.
     table.insert(fields, 'c'); table.insert(fields, ev.cctx)
     c = ev.cctx
+  end
+  if ev.action == 'add' and result ~= 'stale' and ns == 'blocked' then
+    -- The sources of the adds behind this block: a catch-up or reconcile routes the number
+    -- by all of them (an opt-out routed everywhere that found the number already blocked
+    -- by one routed to a single provider changed nothing, but it is owed everywhere).
+    local rs = ev.source
+    if state == 'blocked' then
+      local known = cur[9] or cur[10] or ''
+      rs = known
+      if ('\n' .. known .. '\n'):find('\n' .. ev.source .. '\n', 1, true) == nil then
+        rs = known == '' and ev.source or (known .. '\n' .. ev.source)
+      end
+    end
+    table.insert(fields, 'rs'); table.insert(fields, rs)
   end
   if changed then
     v = v + 1
