@@ -29,6 +29,7 @@ class FakeProvider:
     delay: float = 0.0
     after_request: Callable[[], None] | None = None
     chaos: Callable[[], Answer | None] | None = None  # may answer instead of the fake
+    ignore_skip: bool = False  # list reads answer the first page whatever `skip` says
     lock: threading.Lock = field(default_factory=threading.Lock)
     # When each number first reached the fake (CLOCK_MONOTONIC, which every process on the
     # machine shares): what the benchmark times propagation by.

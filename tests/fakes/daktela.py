@@ -16,9 +16,11 @@ def envelope(result: Any = None, error: Any = None) -> dict[str, Any]:
 
 class FakeDaktela(FakeProvider):
     records: dict[str, dict[str, Any]]  # name -> record
+    ignore_filters: bool  # answer every record, as an API that knows no such field might
 
     def __post_init__(self) -> None:
         self.records = {}
+        self.ignore_filters = False
         self._next = itertools.count(1)
 
     def authorized(self, headers: dict[str, str], body: Any) -> bool:
@@ -34,11 +36,13 @@ class FakeDaktela(FakeProvider):
         if method == "GET" and path == MODEL + ".json":
             rows = list(self.records.values())
             i = 0
-            while field := (query.get(f"filter[{i}][field]") or [None])[0]:
+            while not self.ignore_filters and (
+                field := (query.get(f"filter[{i}][field]") or [None])[0]
+            ):
                 value = query[f"filter[{i}][value]"][0]
                 rows = [r for r in rows if str(r.get(field)) == value]
                 i += 1
-            skip = int((query.get("skip") or ["0"])[0])
+            skip = 0 if self.ignore_skip else int((query.get("skip") or ["0"])[0])
             take = int((query.get("take") or ["100"])[0])
             page = rows[skip : skip + take]
             return 200, envelope({"data": page, "total": len(rows)}), {}

@@ -53,7 +53,7 @@ class FakeVoodooSms(FakeProvider):
                 return 200, {"id": self.ids[digits], "number": int(digits), "status": "SUCCESS"}, {}
             if not listed:
                 return error(51, "Blacklist is empty")
-            skip = int((query.get("skip") or ["0"])[0])
+            skip = 0 if self.ignore_skip else int((query.get("skip") or ["0"])[0])
             limit = int((query.get("limit") or ["25"])[0])
             rows = sorted(listed)[skip : skip + limit]
             return 200, [{"id": self.ids[n], "number": int(n)} for n in rows], {}

@@ -107,6 +107,14 @@ for _, item in ipairs(chunk.items) do
   local member = target .. '|' .. n
   if outcome == 'done' then
     redis.call('HSET', confirmed_key, n, want_state(action) .. ':' .. version)
+    local from = reason == 'moved' and string.match(detail, '^from (.+)$')
+    if from and from ~= target and redis.call('HEXISTS', P .. 'targets', from) == 1 then
+      -- The provider keeps a number in one list only (Daktela) and ours took it from
+      -- another target of ours: that one's confirmation no longer holds. Unknown, and not
+      -- staged again from here (two live targets would take it from each other for ever):
+      -- its next push, a catch-up or reconcile settles it.
+      redis.call('HSET', P .. 'confirmed:' .. from, n, UNKNOWN)
+    end
     redis.call('HDEL', P .. 'attempts:' .. target, n)
     redis.call('HDEL', P .. 'firstfail:' .. target, n)
     if redis.call('HDEL', P .. 'dlq', member) == 1 then

@@ -6,8 +6,11 @@ carry errors. A number is unique: a uniqueness error on create means an entry ex
 is done only if it is in the wanted database with exactly the wanted expiry (a permanent
 entry left over from an earlier block would outlive a temporary one: the block is lifted by
 Daktela at its expiry, and nothing else is sent then); otherwise it is fetched and
-corrected. Remove = look up the number in the target's database, delete that entry by its
-name (an entry in another database is not ours to lift).
+corrected, moved into the wanted database if it was in another (answered as `moved`: the
+pipeline then no longer trusts what that database's target was confirmed to hold). Remove =
+look up the number in the target's database, delete that entry by its name (an entry in
+another database is not ours to lift). A lookup that answers other numbers' entries (its
+filter not applied) says nothing of ours, and a listing that repeats a page stops.
 *Unconfirmed* by the vendor: the model path (`blacklistNumbers`) and the field names, so
 both are settings (DAKTELA_MODEL, DAKTELA_FIELDS). Expiry is written in UTC.
 """
@@ -153,7 +156,8 @@ class DaktelaProvider:
         f = self._fields
         have = parse_expiry(existing.get(f["expired"]))
         want = parse_expiry(format_expiry(item.expires_ms))
-        if _database_of(existing, f["database"]) == database and have == want:
+        elsewhere = _database_of(existing, f["database"])
+        if elsewhere == database and have == want:
             return NumberResult(Outcome.DONE, "already")
         record = self._record(item, database)
         status, body = self._request(
@@ -164,7 +168,12 @@ class DaktelaProvider:
         errors = _errors(body)
         if status >= 400 or errors:
             raise PermanentError("correct_failed", "; ".join(errors)[:300] or f"HTTP {status}")
-        return _done_if_confirmed(body, "corrected")
+        result = _done_if_confirmed(body, "corrected")
+        if result.outcome is Outcome.DONE and elsewhere != database:
+            # Taken from another database: if that is a target of ours too (a rolling
+            # change of DAKTELA_BLACKLIST_DATABASE), it no longer holds the number.
+            return NumberResult(Outcome.DONE, "moved", f"from {self.name}:{elsewhere}")
+        return result
 
     def _find(self, item: PushItem, database: str | None = None) -> dict[str, Any] | None:
         """The number's entry (numbers are unique), or only its entry in `database`."""
@@ -182,9 +191,12 @@ class DaktelaProvider:
         status, body = self._request("GET", f"{self._base}.json", params=params)
         if status >= 400 or _errors(body):
             raise RetryableError(f"lookup_http_{status}", "; ".join(_errors(body))[:300])
-        for entry in _rows(body):
-            if digits(str(entry.get(f["number"], ""))) != digits(item.e164):
-                continue
+        rows = _rows(body)
+        if any(digits(str(e.get(f["number"], ""))) != digits(item.e164) for e in rows):
+            # Rows for other numbers: the filter was not applied (a field name Daktela does
+            # not know, say), so this answer says nothing about ours, present or not.
+            raise RetryableError("lookup_unfiltered", f"{len(rows)} rows, not all this number")
+        for entry in rows:
             if database is None or _database_of(entry, f["database"]) == database:
                 return entry
         return None
@@ -212,6 +224,7 @@ class DaktelaProvider:
         database = target.split(":", 1)[1] if ":" in target else self._database
         out: list[str] = []
         skip = 0
+        previous: list[dict[str, Any]] | None = None
         while True:
             params = {
                 "filter[0][field]": self._fields["database"],
@@ -224,6 +237,9 @@ class DaktelaProvider:
             if status >= 400:
                 raise RetryableError(f"http_{status}")
             rows = _rows(body)
+            if rows and rows == previous:
+                raise RetryableError("listing_not_paging", f"skip={skip} repeated a page")
+            previous = rows
             now = dt.datetime.now(dt.UTC)
             for r in rows:
                 expires = parse_expiry(r.get(self._fields["expired"]))

@@ -98,6 +98,7 @@ class VoodooSmsProvider:
         """Every listed number (for reconciliation), paged 1000 at a time."""
         out: list[str] = []
         skip = 0
+        previous: list[Any] | None = None
         while True:
             status, body = self._request("GET", self._url, params={"skip": skip, "limit": 1000})
             if _error_code(body) == LIST_EMPTY:
@@ -105,6 +106,11 @@ class VoodooSmsProvider:
             if status >= 400:
                 raise RetryableError(f"http_{status}", _error_msg(body))
             entries = _entries(body)
+            if entries and entries == previous:
+                # An API that ignores `skip` would have us list the first page for ever (on
+                # the per-number worker group's thread).
+                raise RetryableError("listing_not_paging", f"skip={skip} repeated a page")
+            previous = entries
             out.extend(str(e.get("number")) for e in entries if isinstance(e, dict))
             if len(entries) < 1000:
                 return out

@@ -229,3 +229,22 @@ def test_an_answer_of_a_shape_no_adapter_expects_is_a_retry_not_a_failed_push(
     for target, held in world.listed().items():
         assert held == {digits(n) for n in batch}, target
     assert world.pipe.store.dead_letters() == []
+
+
+@pytest.mark.parametrize("name", ["voodoosms", "daktela"])
+def test_a_listing_that_ignores_skip_stops_instead_of_spinning(name: str) -> None:
+    # Found by review: reconcile paged with `skip` and stopped on a short page only; an API
+    # that ignores `skip` had it read the first page for ever.
+    from worker.errors import RetryableError
+    from worker.providers.base import ListsNumbers
+
+    w = World(name)
+    for i in range(1200):
+        preload(w.fake, targets_of(name)[0], f"97250{i:07d}")
+    provider = w.pipe.providers[name]
+    assert isinstance(provider, ListsNumbers)
+    assert len(provider.list_numbers(targets_of(name)[0])) == 1200
+    w.fake.ignore_skip = True
+    with pytest.raises(RetryableError) as stopped:
+        provider.list_numbers(targets_of(name)[0])
+    assert stopped.value.reason == "listing_not_paging"

@@ -117,3 +117,42 @@ def test_a_remove_leaves_an_entry_in_another_database_alone() -> None:
     assert not any(method == "DELETE" for method, _, _ in fake.requests)
     view = w.pipe.store.provider_view(n, ["daktela:Global"])["daktela:Global"]
     assert view["confirmed"] == "unblocked:2"
+
+
+def test_a_number_taken_from_another_target_of_ours_is_unknown_there() -> None:
+    # Found by review: with two Daktela databases live at once (a rolling change of
+    # DAKTELA_BLACKLIST_DATABASE), the second push moved the entry away from the first,
+    # whose confirmation still said blocked: a number neither held nor ever pushed again.
+    w, fake = daktela()
+    sales = w.build(daktela_blacklist_database="Sales")  # another process, another database
+    sales.ensure_registered(force=True)
+    w.pipe.ensure_registered(force=True)
+    n = numbers(1)[0]
+    w.add(n)
+    w.settle()
+    (record,) = [r for r in fake.records.values() if r["number"] == n]
+    view = w.pipe.store.provider_view(n, ["daktela:Global", "daktela:Sales"])
+    held = f"daktela:{record['database']}"
+    lost = ({"daktela:Global", "daktela:Sales"} - {held}).pop()
+    assert view[held]["confirmed"] == "blocked:1"
+    assert view[lost]["confirmed"] == "?"  # never "blocked" for a list that lacks it
+
+
+def test_a_lookup_that_ignores_its_filter_confirms_no_remove() -> None:
+    # Found by review: field names are settings (unconfirmed by Daktela); when the API
+    # ignores an unknown filter field it answers other numbers' entries, and a remove took
+    # "not among them" for "not there": done, with the block still in place.
+    w, fake = daktela()
+    a, b = numbers(2)
+    w.add(a, b)
+    w.settle()
+    fake.ignore_filters = True
+    w.remove(a)
+    w.settle(rounds=2)
+    assert a[1:] in fake.listed()  # still blocked there, and not confirmed otherwise
+    assert w.pipe.store.provider_view(a, ["daktela:Global"])["daktela:Global"]["confirmed"] != (
+        "unblocked:2"
+    )
+    fake.ignore_filters = False
+    w.settle()
+    assert fake.listed() == {b[1:]}
