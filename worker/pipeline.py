@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import redis
 import structlog
 
 from config import Settings
@@ -275,8 +276,8 @@ class _Push:
             self._observe(started, sent)
             self.results.update(exc.results)
             raise exc.cause from None
-        except (AuthError, LeaseLostError):
-            raise
+        except (AuthError, LeaseLostError, redis.RedisError):
+            raise  # a Redis error is not the numbers': the task is retried
         except RetryableError as exc:
             self._observe(started, sent)
             self.results.update({item.e164: NumberResult.of(exc) for item in items})

@@ -177,3 +177,42 @@ def test_an_open_circuit_shows_in_readyz_metrics_and_provider_list(
     monkeypatch.setattr(cli.console, "width", 200)  # one line a row
     listed = CliRunner().invoke(cli.app, ["provider", "list"])
     assert "circuit open, next probe in" in listed.output
+
+
+@pytest.mark.parametrize("name", ["voicenter", "voodoosms"])
+def test_a_redis_error_mid_push_fails_the_task_and_spends_no_attempt(
+    name: str, clock: FakeClock
+) -> None:
+    # Review of the catch-all for unexpected provider errors: a Redis error while renewing
+    # the lease (or taking a rate-limit slot) is not the numbers' failure. The push stops
+    # and its task fails (Celery retries it; lease recovery is the net), as before.
+    import redis
+
+    router = Router({name: make_fake(name)})
+    dispatcher = QueueDispatcher()
+    pipe = build_pipeline(
+        make_settings(env_for(name, f"http://{name}.test")), client=fakeredis.FakeRedis(),
+        http=router.client(), dispatcher=dispatcher, clock=clock, rng=random.Random(1),
+    )  # fmt: skip
+    renew = pipe.store.renew
+    blips = {"left": 1}
+
+    def flaky_renew(*args: Any, **kwargs: Any) -> bool:
+        if blips["left"]:
+            blips["left"] -= 1
+            raise redis.ConnectionError("Redis went away")
+        return renew(*args, **kwargs)
+
+    pipe.store.renew = flaky_renew  # type: ignore[method-assign]
+    phones = numbers(3)
+    accept(pipe, add(*phones))
+    with pytest.raises(redis.ConnectionError):
+        dispatcher.drain(pipe)
+    assert not pipe.store.redis.hlen(pipe.store.key("attempts", name))
+    for _ in range(20):  # the task's retry is lost here: lease recovery takes it back
+        clock.advance(10)
+        work.sweep(pipe)
+        work.recover(pipe)
+        dispatcher.drain(pipe)
+    assert router.fakes[name].listed() == {n[1:] for n in phones}
+    assert pipe.store.dead_letters() == []

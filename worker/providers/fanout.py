@@ -7,6 +7,8 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+import redis
+
 from worker.errors import AuthError, PermanentError, PushInterrupted, RetryableError
 from worker.lease import LeaseLostError
 from worker.providers.base import NumberResult, PushItem, unexpected
@@ -18,10 +20,10 @@ def per_number(
     concurrency: int,
 ) -> dict[str, NumberResult]:
     """Run `call` for each item, at most `concurrency` at once; a request-level error becomes
-    that number's result. Credentials refused (AuthError) or the chunk's lease lost stop the
-    rest: nothing more is sent, and PushInterrupted carries the answers already had, so the
-    numbers that succeeded are recorded rather than pushed again (each Weya add emails
-    someone)."""
+    that number's result. Credentials refused (AuthError), the chunk's lease lost or Redis
+    failing stop the rest: nothing more is sent, and PushInterrupted carries the answers
+    already had, so the numbers that succeeded are recorded rather than pushed again (each
+    Weya add emails someone)."""
     stopped: list[Exception] = []
     lock = threading.Lock()
     answered: dict[str, NumberResult] = {}
@@ -31,7 +33,9 @@ def per_number(
             return
         try:
             result = call(item)
-        except (AuthError, LeaseLostError) as exc:
+        except (AuthError, LeaseLostError, redis.RedisError) as exc:
+            # A Redis error (renewing the lease, taking a rate-limit slot) is not the
+            # number's: the push stops and its task is retried, as for any Redis failure.
             with lock:
                 stopped.append(exc)
             return
