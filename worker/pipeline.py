@@ -489,7 +489,8 @@ def backfill(pipe: Pipeline, page: int = 2000) -> int:
         if meta is None:
             continue  # not live: it starts again from the top when it comes back
         provider = str(meta.get("provider"))
-        phase, _, position = cursor.rpartition(":")
+        where, at, generation = cursor.partition("@")
+        phase, _, position = where.rpartition(":")
         if phase == "c":
             position, numbers = pipe.store.confirmed_page(target, position, page)
             wanted = numbers
@@ -502,6 +503,8 @@ def backfill(pipe: Pipeline, page: int = 2000) -> int:
                 if pipe.routed_by_any(srcs, provider)
             ]  # fmt: skip
             next_cursor = "c:0" if position == "0" else f"b:{position}"
+        if next_cursor is not None:
+            next_cursor += at + generation  # this catch-up's own, to the end
         if wanted:
             count, staged = pipe.store.stage_many(target, wanted)
             schedule(pipe, staged)

@@ -45,7 +45,9 @@ key                            type    holds
 ``targets:live``               zset    target -> live until (ms): announced by a process
                                        that has it enabled; accepts stage for these
 ``backfill``                   hash    target -> catch-up cursor: ``b:{n}`` over
-                                       ``blocked``, then ``c:{n}`` over ``confirmed``
+                                       ``blocked``, then ``c:{n}`` over ``confirmed``,
+                                       each ``@{generation}`` (one per catch-up)
+``backfill:seq``               string  catch-up generation counter
 ``slots:{provider}``           zset    request token -> lease expiry (concurrency cap)
 ``rate:{provider}``            zset    request token -> start (ms), last second (rate cap)
 ``review:{source}``            list    inputs kept for a person (e.g. CDRs of unknown type)

@@ -339,6 +339,7 @@ def test_case_a_catch_up_step_never_ends_a_newer_catch_up() -> None:
     m.enable_native()
     m.sweep()  # and is live again: its catch-up is under way
     original = m.store.stage_many
+    fresh: list[str] = []
 
     def meanwhile(target: str, numbers: list[str]) -> Any:
         out = original(target, numbers)
@@ -348,12 +349,49 @@ def test_case_a_catch_up_step_never_ends_a_newer_catch_up() -> None:
         m.accept_event(b, Action.ADD, None, None, False, "api")
         m.mode = ALL
         m.worker.ensure_registered(force=True)
-        assert m.store.backfills()["native"] == "b:0"
+        fresh.append(m.store.backfills()["native"])
+        assert fresh[0].startswith("b:0@")
         return out
 
     m.store.stage_many = meanwhile  # type: ignore[method-assign]
     from worker import pipeline as work
 
     work.backfill(m.worker)  # the old catch-up's last step
-    assert m.store.backfills()["native"] == "b:0"  # the new one stands
+    assert m.store.backfills()["native"] == fresh[0]  # the new one stands
     _done(m)  # quiescence: native holds a and b
+
+
+def test_case_a_first_catch_up_step_never_moves_a_newer_one_on() -> None:
+    # Found by review of the fix above: both catch-ups started at 'b:0', so a first step
+    # straddling the lapse took the new one for its own and moved it to the confirmed
+    # phase, past the opt-out accepted while the target was away.
+    from tests.simulation.machine import ALL
+
+    m = _machine({"bulk", "native"}, numbers=2)
+    a, b = m.numbers
+    m.accept_event(a, Action.ADD, None, None, False, "api")
+    m.workers_catch_up()
+    m.answer_all()
+    m.disable_native()
+    m.advance(130)
+    m.sweep()  # native lapses
+    m.enable_native()
+    m.worker.ensure_registered(force=True)  # live again: its catch-up is at its first step
+    original = m.store.blocked_page
+
+    def meanwhile(position: str, count: int) -> Any:
+        out = original(position, count)
+        m.store.blocked_page = original  # type: ignore[method-assign]
+        m.mode = "nonative"
+        m.advance(130)
+        m.accept_event(b, Action.ADD, None, None, False, "api")
+        m.mode = ALL
+        m.worker.ensure_registered(force=True)
+        return out
+
+    m.store.blocked_page = meanwhile  # type: ignore[method-assign]
+    from worker import pipeline as work
+
+    work.backfill(m.worker)
+    assert m.store.backfills()["native"].startswith("b:0@")  # the new one, untouched
+    _done(m)

@@ -18,7 +18,10 @@ for target, m in pairs(metas) do
     local catch_up = redis.call('SCARD', P .. 'blocked') > 0
       or redis.call('HLEN', P .. 'confirmed:' .. target) > 0
     if catch_up then
-      redis.call('HSET', P .. 'backfill', target, 'b:0')
+      -- '@' and a number of its own: a step of an earlier catch-up, still at 'b:0' itself,
+      -- must not take this one for its own (cursor.lua compares whole cursors).
+      local generation = redis.call('INCR', P .. 'backfill:seq')
+      redis.call('HSET', P .. 'backfill', target, 'b:0@' .. generation)
     else
       redis.call('HDEL', P .. 'backfill', target)
     end
