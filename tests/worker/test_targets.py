@@ -338,3 +338,26 @@ def test_a_remove_lifts_the_number_everywhere_whatever_its_sources_route() -> No
     assert n[1:] not in router.fakes["voodoosms"].listed()
     for agent in ("agent-a", "agent-b"):
         assert n[1:] not in router.fakes["phonely"].listed(agent)
+
+
+def test_a_remove_that_leaves_the_number_blocked_stages_nothing_anywhere() -> None:
+    # Found by the second review: once removes went to every target, a stale remove (an
+    # SMS START arriving after the STOP it preceded) restaged the block it found at every
+    # target, carrying an SMS-only opt-out to Phonely.
+    redis = fakeredis.FakeRedis()
+    router = Router({n: make_fake(n) for n in ("voodoosms", "phonely")})
+    pipe = build(redis, router, _env("voodoosms", "phonely"), routes="sms=voodoosms")
+    clock = pipe.store.clock
+    assert isinstance(clock, FakeClock)
+    n = "+972501234567"
+    now = datetime.fromtimestamp(clock.now, tz=UTC)
+    accept(pipe, Event("sms", Action.ADD, [PhoneInput(n)], occurred_at=now))
+    _settle(pipe)
+    start = accept(pipe, Event("sms", Action.REMOVE, [PhoneInput(n)],
+                               occurred_at=now - timedelta(seconds=5)))  # fmt: skip
+    assert start.phones[0].ledger == "stale"
+    assert set(_staged_at(pipe, n).values()) == {None}
+    _settle(pipe)
+    assert n[1:] in router.fakes["voodoosms"].listed()
+    for agent in ("agent-a", "agent-b"):
+        assert n[1:] not in router.fakes["phonely"].listed(agent)

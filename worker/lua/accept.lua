@@ -141,10 +141,15 @@ for _, pair in ipairs(numbers) do
     redis.call('HSET', key, unpack(fields))
   end
   audit_raw(n, audit_head .. ',"res":"' .. result .. '","v":' .. int(v) .. '}', cap)
-  -- What the ledger now holds, as restage would read it back.
+  -- What the ledger now holds, as restage would read it back. A remove goes to every
+  -- target, routes or not; one that left the number blocked (stale, or older than a block)
+  -- stages nothing: the block it found is staged where it is routed already, and staging
+  -- it here would carry it to targets its routes never named.
   local led = {ns, int(v), c, xr}
-  for _, target in ipairs(targets) do
-    restage(target, n, changed, touched, led, fresh)
+  if ev.action == 'add' or ns ~= 'blocked' then
+    for _, target in ipairs(targets) do
+      restage(target, n, changed, touched, led, fresh)
+    end
   end
   table.insert(results, result)
 end
