@@ -178,6 +178,7 @@ class Pipeline:
             outage_budget_ms=int(settings.outage_budget_hours * 3_600_000),
             breaker_threshold=BREAKER_THRESHOLD,
             breaker_cap_ms=int(BREAKER_CAP_SECONDS * 1000),
+            moved_retry_ms=int(settings.target_ttl_seconds * 1000),
             hold_ms=int(hold_seconds * 1000),
         )
 

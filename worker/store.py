@@ -188,6 +188,7 @@ class CompleteOptions:
     outage_budget_ms: int  # a number failing by outages this long is dead-lettered
     breaker_threshold: int  # chunks in a row whose requests all failed: the circuit opens
     breaker_cap_ms: int  # the longest the open circuit holds the provider
+    moved_retry_ms: int  # a target a number was taken from is pushed again after this
     hold_ms: int = 0  # a Retry-After the chunk's answers asked for
 
 

@@ -110,10 +110,18 @@ for _, item in ipairs(chunk.items) do
     local from = reason == 'moved' and string.match(detail, '^from (.+)$')
     if from and from ~= target and redis.call('HEXISTS', P .. 'targets', from) == 1 then
       -- The provider keeps a number in one list only (Daktela) and ours took it from
-      -- another target of ours: that one's confirmation no longer holds. Unknown, and not
-      -- staged again from here (two live targets would take it from each other for ever):
-      -- its next push, a catch-up or reconcile settles it.
+      -- another target of ours (a rolling change of its database): that one's
+      -- confirmation no longer holds, and neither will the answer of a push of it in
+      -- flight now. It is pushed again, if it is still live, after a target TTL: not at
+      -- once, or two live targets would take the number from each other without end;
+      -- by then the old one of a rolling change has lapsed and the live one gets it back.
       redis.call('HSET', P .. 'confirmed:' .. from, n, UNKNOWN)
+      local owner = redis.call('HGET', P .. 'inflight:' .. from, n)
+      if owner then
+        redis.call('HSET', P .. 'unknown:' .. from, n, owner)
+      elseif tonumber(redis.call('ZSCORE', P .. 'targets:live', from) or '0') > NOW then
+        redis.call('ZADD', P .. 'retry', 'NX', int(NOW + opt.moved_retry_ms), from .. '|' .. n)
+      end
     end
     redis.call('HDEL', P .. 'attempts:' .. target, n)
     redis.call('HDEL', P .. 'firstfail:' .. target, n)

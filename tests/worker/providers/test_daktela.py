@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from tests.fakes.daktela import FakeDaktela
 from tests.worker.providers.test_all_providers import World, numbers
+from worker import pipeline as work
 from worker.accept import Event, PhoneInput, accept
 from worker.providers.base import Action
+from worker.store import OpenChunk
 
 
 def daktela() -> tuple[World, FakeDaktela]:
@@ -156,3 +159,67 @@ def test_a_lookup_that_ignores_its_filter_confirms_no_remove() -> None:
     fake.ignore_filters = False
     w.settle()
     assert fake.listed() == {b[1:]}
+
+
+def _lease_one_chunk_per_target(w: World) -> dict[str, OpenChunk]:
+    """Run the flushes only, and open the chunk each target's push would take."""
+    pushes = []
+    while w.dispatcher.tasks:
+        kind, args = w.dispatcher.tasks.popleft()
+        if kind == "flush":
+            work.flush(w.pipe, args[0], args[1], args[2])
+        else:
+            pushes.append(args[0])
+    opened = [w.pipe.store.open_chunk(c, 60) for c in pushes]
+    return {o.chunk.target: o for o in opened if o is not None}
+
+
+def test_a_push_answered_before_its_entry_was_moved_away_confirms_nothing() -> None:
+    # Found by the second review: Global's request created the entry; before its chunk
+    # completed, Sales' push moved the entry into Sales; Global's completion then wrote
+    # blocked over the unknown mark.
+    w, fake = daktela()
+    sales = w.build(daktela_blacklist_database="Sales")
+    sales.ensure_registered(force=True)
+    w.pipe.ensure_registered(force=True)
+    n = numbers(1)[0]
+    w.add(n)
+    chunks = _lease_one_chunk_per_target(w)
+    original = w.pipe.store.complete
+
+    def sales_pushes_meanwhile(*args: Any) -> Any:
+        w.pipe.store.complete = original  # type: ignore[method-assign]
+        work.push_chunk(sales, chunks["daktela:Sales"])
+        return original(*args)
+
+    w.pipe.store.complete = sales_pushes_meanwhile  # type: ignore[method-assign]
+    work.push_chunk(w.pipe, chunks["daktela:Global"])
+    assert fake.listed("Sales") == {n[1:]} and fake.listed("Global") == set()
+    view = w.pipe.store.provider_view(n, ["daktela:Global"])["daktela:Global"]
+    assert view["confirmed"] == "?"  # not blocked:1, and pushed again (it moves back)
+    assert view["staged"] == "add"
+
+
+def test_the_database_left_live_after_a_rolling_change_gets_its_numbers_back() -> None:
+    # Found by the second review: during a rolling change from Global (old) to Sales (new)
+    # the old process moved an entry back into Global; Sales was marked unknown and nothing
+    # pushed it again once the old process was gone.
+    w, fake = daktela()
+    sales = w.build(daktela_blacklist_database="Sales")
+    sales.ensure_registered(force=True)
+    w.pipe.ensure_registered(force=True)
+    n = numbers(1)[0]
+    w.add(n)
+    chunks = _lease_one_chunk_per_target(w)
+    work.push_chunk(sales, chunks["daktela:Sales"])  # the new process: created in Sales
+    work.push_chunk(w.pipe, chunks["daktela:Global"])  # the old one: moved into Global
+    assert fake.listed("Global") == {n[1:]}
+    for _ in range(30):  # the old process is gone; the new one runs on
+        w.clock.advance(60)
+        work.sweep(sales)
+        work.recover(sales)
+        w.dispatcher.drain(sales)
+    assert "daktela:Global" not in sales.directory(refresh=True)
+    assert fake.listed("Sales") == {n[1:]}
+    view = sales.store.provider_view(n, ["daktela:Sales"])["daktela:Sales"]
+    assert view["confirmed"] == "blocked:1"
