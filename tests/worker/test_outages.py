@@ -216,3 +216,67 @@ def test_a_redis_error_mid_push_fails_the_task_and_spends_no_attempt(
         dispatcher.drain(pipe)
     assert router.fakes[name].listed() == {n[1:] for n in phones}
     assert pipe.store.dead_letters() == []
+
+
+def _proxy_in_the_way(name: str, clock: FakeClock, poison: str | None = None) -> tuple[
+    Pipeline, QueueDispatcher, FakeProvider, dict[str, int]
+]:  # fmt: skip
+    """A pipeline at the production retry settings behind a proxy that answers 200 with a
+    body that does not match its Content-Encoding: to every request while `down` is set,
+    and always to the requests that carry `poison`."""
+    import httpx
+
+    from tests.fakes.server import mock_transport
+
+    fake = make_fake(name)
+    inner = mock_transport(fake.handle)
+    seen = {"down": 1, "poison": 0}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        hit = poison is not None and poison.encode() in request.content
+        seen["poison"] += hit
+        if seen["down"] or hit:
+            return httpx.Response(200, headers={"Content-Encoding": "gzip"}, content=b"<html>")
+        return inner.handle_request(request)
+
+    dispatcher = QueueDispatcher()
+    pipe = build_pipeline(
+        make_settings(env_for(name, f"http://{name}.test")), client=fakeredis.FakeRedis(),
+        http=httpx.Client(transport=httpx.MockTransport(handler)), dispatcher=dispatcher,
+        clock=clock, rng=random.Random(3),
+    )  # fmt: skip
+    return pipe, dispatcher, fake, seen
+
+
+@pytest.mark.parametrize("name", ["voicenter", "voodoosms"])
+def test_a_proxy_page_for_minutes_is_an_outage_and_dead_letters_nothing(
+    name: str, clock: FakeClock
+) -> None:
+    # Found by the second review: an undecodable answer was a retry of each number, so a
+    # proxy in the way for about three minutes dead-lettered every number pushed meanwhile
+    # (a 502 from the same proxy dead-letters nothing), and the circuit never opened.
+    pipe, dispatcher, fake, seen = _proxy_in_the_way(name, clock)
+    phones = numbers(5)
+    accept(pipe, add(*phones))
+    _run_for(pipe, dispatcher, clock, 360, step=5)
+    assert pipe.store.dead_letters() == []
+    assert pipe.store.open_circuits([name])
+    seen["down"] = 0
+    _run_for(pipe, dispatcher, clock, 180, step=5)
+    assert fake.listed() == {n[1:] for n in phones}
+
+
+def test_one_number_whose_request_keeps_failing_whole_is_tried_less_and_less_often(
+    clock: FakeClock,
+) -> None:
+    # Its request fails as a whole (an outage: no attempt spent) while the provider answers
+    # the others, so the circuit stays closed: the wait grows with how long it has failed
+    # (up to a minute), not a request every two seconds for a day.
+    phones = numbers(4)
+    pipe, dispatcher, fake, seen = _proxy_in_the_way("voodoosms", clock, poison=phones[0][1:])
+    seen["down"] = 0
+    accept(pipe, add(*phones))
+    _run_for(pipe, dispatcher, clock, 3600, step=5)
+    assert fake.listed() == {n[1:] for n in phones[1:]}
+    assert pipe.store.dead_letters() == []  # within the outage budget (24 h)
+    assert 20 <= seen["poison"] <= 120, seen  # every 2-4 s it would be ~1,200

@@ -154,12 +154,18 @@ for _, item in ipairs(chunk.items) do
     -- The request failed as a whole: nothing is known about this number, so no attempt is
     -- spent; the circuit breaker keeps a provider that is down from being hammered.
     attempts = tonumber(redis.call('HGET', P .. 'attempts:' .. target, n) or '0')
-    if NOW - failing_since(n) >= opt.outage_budget_ms then
+    local failing = NOW - failing_since(n)
+    if failing >= opt.outage_budget_ms then
       dead_letter(n, version, 'outage_budget', reason .. ': ' .. detail, attempts)
       outcome = 'dead'
       counts.dead = counts.dead + 1
     else
-      local delay = math.max(opt.backoff_base_ms * (0.5 + r[5] / 2), tonumber(r[4]))
+      -- The wait grows with how long the number has been failing (a quarter of that, from
+      -- the backoff base to the circuit's cap): a request that keeps failing as a whole
+      -- while the provider answers others (the circuit stays closed) is not sent every
+      -- few seconds for a day.
+      local wait = math.min(opt.breaker_cap_ms, math.max(opt.backoff_base_ms, failing / 4))
+      local delay = math.max(wait * (0.5 + r[5] / 2), tonumber(r[4]))
       redis.call('ZADD', P .. 'retry', int(NOW + delay), member)
       counts.outage = counts.outage + 1
     end

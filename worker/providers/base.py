@@ -74,13 +74,15 @@ class NumberResult:
 
 def unexpected(error: Exception) -> NumberResult:
     """What an error outside the provider error family means for each number in the
-    request (an answer of a shape no adapter expected, say): a retry. Left to escape, it
+    request (an answer of a shape no adapter expected, say): the request failed as a
+    whole, an outage (no attempt spent; the circuit breaker counts it). Left to escape, it
     would fail the push with nothing recorded, and the chunk would be recovered and pushed
-    again, whole, for ever, spending no attempt."""
+    again, whole, for ever."""
     structlog.get_logger("optout.providers").error(
         "unexpected_provider_error", error=type(error).__name__, exc_info=error
     )
-    return NumberResult(Outcome.RETRY, "unexpected_error", f"{type(error).__name__}: {error}"[:300])
+    detail = f"{type(error).__name__}: {error}"[:300]
+    return NumberResult(Outcome.OUTAGE, "unexpected_error", detail)
 
 
 @runtime_checkable

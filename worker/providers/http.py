@@ -53,9 +53,10 @@ def send(
     except httpx.TransportError as exc:
         raise RetryableError("connection_error", type(exc).__name__, outage=True) from exc
     except httpx.DecodingError as exc:
-        # A body that does not match its Content-Encoding (a proxy's error page, say):
-        # unreadable, so it confirms nothing.
-        raise RetryableError("unreadable_answer", type(exc).__name__) from exc
+        # A body that does not match its Content-Encoding: a proxy's page, which answers
+        # every request alike while it is in the way. It says nothing of the numbers: an
+        # outage, like a 502 from the same proxy.
+        raise RetryableError("unreadable_answer", type(exc).__name__, outage=True) from exc
     status = response.status_code
     if status in (401, 403):
         raise AuthError(f"http_{status}", _snippet(response), setting=auth_setting)
