@@ -92,7 +92,7 @@ class Settings(BaseModel):
     redis_wait_replicas: int = Field(default=0, ge=0, alias="OPTOUT_REDIS_WAIT_REPLICAS")
     worker_concurrency: int = Field(default=2, ge=1, le=64, alias="OPTOUT_WORKER_CONCURRENCY")
     per_number_concurrency: int = Field(
-        default=8, ge=1, le=256, alias="OPTOUT_PER_NUMBER_CONCURRENCY"
+        default=2, ge=1, le=64, alias="OPTOUT_PER_NUMBER_CONCURRENCY"
     )
     reconcile_interval_hours: float = Field(
         default=24.0, ge=0, alias="OPTOUT_RECONCILE_INTERVAL_HOURS"

@@ -151,12 +151,11 @@ def worker(
         "--without-gossip",
         "--without-mingle",
     ]
-    if chosen == PER_NUMBER:
-        # Their pushes wait on the provider (one request per number, at its rate limit):
-        # threads, not processes, and more of them.
-        argv += ["--pool=threads", f"--concurrency={settings.per_number_concurrency}"]
-    else:
-        argv.append(f"--concurrency={concurrency or settings.worker_concurrency}")
+    # Processes in both: a push fans its requests out to the provider's concurrency in
+    # threads of its own, so a few processes keep a provider's cap busy; a pool of threads
+    # instead ran every push under one GIL (per-number pushes at 0 ms: 896 -> 379/s).
+    count = settings.per_number_concurrency if chosen == PER_NUMBER else None
+    argv.append(f"--concurrency={count or concurrency or settings.worker_concurrency}")
     if beat and chosen == MAIN:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         argv += ["--beat", f"--schedule={settings.data_dir / 'celerybeat-schedule'}"]

@@ -137,7 +137,7 @@ _building = threading.Lock()
 
 def pipeline() -> Pipeline:
     """This process's pipeline, built on first use (after any fork); one per process, also
-    when a threads pool (the per-number worker group) asks from several threads at once."""
+    when a threads pool (`celery -A worker worker -P threads`) asks from several threads."""
     global _pipeline  # noqa: PLW0603
     if _pipeline is None:
         with _building:

@@ -214,6 +214,9 @@ def stack(
             "OPTOUT_BATCH_LINGER_MS": str(LINGER_MS),
             # No request-rate cap: the fakes are ours; 16 requests in flight per provider.
             "OPTOUT_PROVIDER_LIMITS": ",".join(f"{p}=0/16" for p in providers),
+            # As many processes in the per-number group as in the main one (the baseline
+            # gets as many too).
+            "OPTOUT_PER_NUMBER_CONCURRENCY": str(bench.worker_concurrency),
         }
         fakes: dict[str, FakeProvider] = {}
         for name in providers:
