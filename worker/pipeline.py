@@ -129,6 +129,7 @@ class Pipeline:
                     "needs_ctx": caps.needs_call_context,
                     "native_expiry": caps.supports_expiry,
                     "max_batch": caps.max_batch,
+                    "one_list": caps.one_list,
                 }
         for target, catch_up in self.store.register_targets(
             metas, self.settings.target_ttl_seconds

@@ -31,8 +31,11 @@ key                            type    holds
 ``unknown:{target}``           hash    number -> the chunk in flight whose answer will not
                                        count (a recovered chunk's request may follow it)
 ``answer:{target}``            hash    number -> JSON of the provider's last answer
-``attempts:{target}``          hash    number -> failed attempts since the last success
-``firstfail:{target}``         hash    number -> first failure (ms), for retry windows
+``attempts:{target}``          hash    number -> ``{version}:{count}``: failed attempts of
+                                       that ledger version since its last success
+``firstfail:{target}``         hash    number -> ``{version}:{first}:{last}`` (ms): its
+                                       current streak of outages, for the outage budget
+``window:{target}``            hash    number -> the same, for retries bounded by a window
 ``retry``                      zset    ``{target}|{e164}`` -> due time (ms)
 ``dlq``                        hash    ``{target}|{e164}`` -> JSON dead letter
 ``dlq:age``                    zset    ``{target}|{e164}`` -> first failure time (ms)
@@ -593,7 +596,7 @@ class Store:
                 "staged": staged,
                 "in_flight_chunk": _text(infl) if infl else None,
                 "retry_at_ms": int(retry) if retry is not None else None,
-                "attempts": int(att) if att else 0,
+                "attempts": _attempts(att),
                 "dead_letter": _decode(dead) if dead else None,
                 "last_answer": _decode(answer) if answer else None,
             }
@@ -717,6 +720,14 @@ class Store:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _attempts(raw: Any) -> int:
+    """The count of an ``attempts:{target}`` entry (``{version}:{count}``; a bare count
+    from before versions were kept)."""
+    if not raw:
+        return 0
+    return int(_text(raw).rsplit(":", 1)[-1])
 
 
 AsyncClientFactory = Callable[[], aredis.Redis]

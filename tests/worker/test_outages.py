@@ -13,12 +13,14 @@ import pytest
 from tests.conftest import FakeClock, make_settings
 from tests.fakes.base import Answer, FakeProvider
 from tests.fakes.dispatch import QueueDispatcher
-from tests.fakes.providers import Router, env_for, make_fake
+from tests.fakes.providers import CALL, Router, env_for, listed, make_fake, targets_of
 from tests.fakes.voicenter import FakeVoicenter
+from tests.worker.providers.test_all_providers import World
 from tests.worker.test_pipeline import add, numbers, settle
 from worker import pipeline as work
-from worker.accept import accept
+from worker.accept import Event, PhoneInput, accept
 from worker.pipeline import Pipeline
+from worker.providers.base import Action
 from worker.runtime import build_pipeline
 
 
@@ -218,12 +220,20 @@ def test_a_redis_error_mid_push_fails_the_task_and_spends_no_attempt(
     assert pipe.store.dead_letters() == []
 
 
-def _proxy_in_the_way(name: str, clock: FakeClock, poison: str | None = None) -> tuple[
-    Pipeline, QueueDispatcher, FakeProvider, dict[str, int]
-]:  # fmt: skip
+# What a proxy or captive portal in the way answers: a body that does not match its
+# Content-Encoding, or a plain HTML page with 200.
+PAGES = {
+    "undecodable": ({"Content-Encoding": "gzip"}, b"<html>"),
+    "html": ({"Content-Type": "text/html"}, b"<html><body>Upstream maintenance</body></html>"),
+}
+
+
+def _proxy_in_the_way(
+    name: str, clock: FakeClock, poison: str | None = None, page: str = "undecodable"
+) -> tuple[Pipeline, QueueDispatcher, FakeProvider, dict[str, int]]:
     """A pipeline at the production retry settings behind a proxy that answers 200 with a
-    body that does not match its Content-Encoding: to every request while `down` is set,
-    and always to the requests that carry `poison`."""
+    page (PAGES): to every request while `down` is set, and always to the requests that
+    carry `poison`."""
     import httpx
 
     from tests.fakes.server import mock_transport
@@ -236,7 +246,8 @@ def _proxy_in_the_way(name: str, clock: FakeClock, poison: str | None = None) ->
         hit = poison is not None and poison.encode() in request.content
         seen["poison"] += hit
         if seen["down"] or hit:
-            return httpx.Response(200, headers={"Content-Encoding": "gzip"}, content=b"<html>")
+            headers, content = PAGES[page]
+            return httpx.Response(200, headers=headers, content=content)
         return inner.handle_request(request)
 
     dispatcher = QueueDispatcher()
@@ -248,22 +259,25 @@ def _proxy_in_the_way(name: str, clock: FakeClock, poison: str | None = None) ->
     return pipe, dispatcher, fake, seen
 
 
-@pytest.mark.parametrize("name", ["voicenter", "voodoosms"])
+@pytest.mark.parametrize("page", sorted(PAGES))
+@pytest.mark.parametrize("name", ["voicenter", "phonely", "voodoosms", "weya", "daktela"])
 def test_a_proxy_page_for_minutes_is_an_outage_and_dead_letters_nothing(
-    name: str, clock: FakeClock
+    name: str, page: str, clock: FakeClock
 ) -> None:
-    # Found by the second review: an undecodable answer was a retry of each number, so a
-    # proxy in the way for about three minutes dead-lettered every number pushed meanwhile
-    # (a 502 from the same proxy dead-letters nothing), and the circuit never opened.
-    pipe, dispatcher, fake, seen = _proxy_in_the_way(name, clock)
+    # Found by the second review (an undecodable body) and the third (a readable HTML page):
+    # each was a retry of each number, so a proxy in the way for about three minutes
+    # dead-lettered every number pushed meanwhile (a 502 from the same proxy dead-letters
+    # nothing), and the circuit never opened.
+    pipe, dispatcher, fake, seen = _proxy_in_the_way(name, clock, page=page)
     phones = numbers(5)
-    accept(pipe, add(*phones))
+    accept(pipe, Event("api", Action.ADD, [PhoneInput(n) for n in phones], context=CALL))
     _run_for(pipe, dispatcher, clock, 360, step=5)
     assert pipe.store.dead_letters() == []
     assert pipe.store.open_circuits([name])
     seen["down"] = 0
     _run_for(pipe, dispatcher, clock, 180, step=5)
-    assert fake.listed() == {n[1:] for n in phones}
+    for target in targets_of(name):
+        assert listed(fake, target) == {n[1:] for n in phones}
 
 
 def test_one_number_whose_request_keeps_failing_whole_is_tried_less_and_less_often(
@@ -280,3 +294,47 @@ def test_one_number_whose_request_keeps_failing_whole_is_tried_less_and_less_oft
     assert fake.listed() == {n[1:] for n in phones[1:]}
     assert pipe.store.dead_letters() == []  # within the outage budget (24 h)
     assert 20 <= seen["poison"] <= 120, seen  # every 2-4 s it would be ~1,200
+
+
+def test_a_blip_after_days_paused_is_not_a_day_long_outage(clock: FakeClock) -> None:
+    # Found by the third review: the first failure's time was kept until a success or a
+    # dead letter, so after one outage, two days paused on refused credentials and a resume,
+    # the next 503 counted from before the pause: dead-lettered for the outage budget.
+    w = World("voicenter")
+    n = numbers(1)[0]
+    w.fake.http_status, w.fake.http_status_times = 503, 1
+    accept(w.pipe, add(n))
+    w.dispatcher.drain(w.pipe)
+    w.fake.http_status, w.fake.http_status_times = 401, 1
+    _run_for(w.pipe, w.dispatcher, w.clock, 30, step=5)
+    assert "voicenter" in w.pipe.store.paused()
+    w.clock.advance(2 * 86400)
+    assert w.pipe.store.resume("voicenter")
+    w.fake.http_status, w.fake.http_status_times = 503, 1
+    work.flush(w.pipe, "voicenter", Action.ADD, work.ALL)
+    w.dispatcher.drain(w.pipe)
+    assert w.pipe.store.dead_letters() == []
+    w.settle()
+    assert w.fake.listed() == {n[1:]}
+
+
+def test_a_remove_does_not_inherit_the_failed_attempts_of_the_add_it_supersedes() -> None:
+    # Found by the third review: attempts were counted per number, not per action, so a
+    # remove arriving after its add had failed seven times was dead-lettered on its own
+    # first failure, and Voicenter kept a block the ledger had lifted.
+    w = World("voicenter")
+    n = numbers(1)[0]
+    w.fake.flaky[n[1:]] = 7
+    w.add(n)
+    w.dispatcher.drain(w.pipe)
+    for _ in range(6):
+        w.clock.advance(w.pipe.settings.retry_max_seconds + 1)
+        work.sweep(w.pipe)
+        w.dispatcher.drain(w.pipe)
+    assert w.pipe.store.provider_view(n, ["voicenter"])["voicenter"]["attempts"] == 7
+    w.fake.flaky[n[1:]] = 1  # the remove fails once, then succeeds
+    w.remove(n)
+    w.settle()
+    assert w.pipe.store.dead_letters() == []
+    assert w.fake.listed() == set()
+    assert w.pipe.store.provider_view(n, ["voicenter"])["voicenter"]["attempts"] == 0

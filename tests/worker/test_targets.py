@@ -285,6 +285,36 @@ def test_an_expiry_is_not_staged_for_a_target_that_is_not_live() -> None:
     assert _staged_at(without, n) == {"voicenter": "remove", "voodoosms": None}
 
 
+def test_a_retry_for_a_target_that_is_not_live_waits_for_its_catch_up() -> None:
+    # Found by the third review: a retry falling due for a target no process has any more
+    # was staged there, where nothing would take it until the target came back.
+    redis = fakeredis.FakeRedis()
+    router = Router({n: make_fake(n) for n in ("voicenter", "voodoosms")})
+    both = {**env_for("voicenter", "http://voicenter.test"),
+            **env_for("voodoosms", "http://voodoosms.test")}  # fmt: skip
+    pipe = build(redis, router, both)
+    clock, dispatcher = pipe.store.clock, pipe.dispatcher
+    assert isinstance(clock, FakeClock) and isinstance(dispatcher, QueueDispatcher)
+    n = "+972501111111"
+    voodoo = router.fakes["voodoosms"]
+    voodoo.flaky[n[1:]] = 1
+    accept(pipe, Event("api", Action.ADD, [PhoneInput(n)]))
+    dispatcher.drain(pipe)
+    assert pipe.store.provider_view(n, ["voodoosms"])["voodoosms"]["retry_at_ms"] is not None
+    without = build(redis, router, env_for("voicenter", "http://voicenter.test"))
+    without.store.clock = clock
+    without.dispatcher = dispatcher
+    clock.advance(pipe.settings.target_ttl_seconds + 1)
+    work.sweep(without)
+    view = without.store.provider_view(n, ["voodoosms"])["voodoosms"]
+    assert view["staged"] is None and view["retry_at_ms"] is None
+    back = build(redis, router, both)
+    back.store.clock = clock
+    back.dispatcher = dispatcher
+    _settle(back, rounds=4)
+    assert voodoo.listed() == {n[1:]}
+
+
 def _settle(pipe: Pipeline, rounds: int = 10) -> None:
     clock, dispatcher = pipe.store.clock, pipe.dispatcher
     assert isinstance(clock, FakeClock) and isinstance(dispatcher, QueueDispatcher)

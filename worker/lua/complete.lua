@@ -47,11 +47,50 @@ if redis.call('EXISTS', P .. 'chunk:' .. id) == 0 then
         local owner = redis.call('HGET', inflight_key, n)
         if owner and owner ~= id then redis.call('HSET', unknown_key, n, owner) end
       end
+      if action == 'remove' then unsettle_siblings(target, n, touched) end
       restage(target, n, true, touched)
       counts.orphan = counts.orphan + 1
     end
   end
   return cjson.encode({status = 'orphan', counts = counts, staged = staged_summary(touched)})
+end
+
+-- A number's failures count for the version of its ledger state that failed: a newer state
+-- starts afresh, so neither an attempt count nor a failure clock of a superseded action
+-- carries over to the next one (a remove would be dead-lettered for its add's failures).
+local function forget_failures(n)
+  redis.call('HDEL', P .. 'attempts:' .. target, n)
+  redis.call('HDEL', P .. 'firstfail:' .. target, n)
+  redis.call('HDEL', P .. 'window:' .. target, n)
+end
+
+-- Failed attempts at this version, plus `add`: `attempts:{target}` holds "{version}:{count}".
+local function attempts_of(n, version, add)
+  local key = P .. 'attempts:' .. target
+  local count = 0
+  local v, c = string.match(redis.call('HGET', key, n) or '', '^([^:]+):(%d+)$')
+  if v == version then count = tonumber(c) end
+  if add > 0 then
+    count = count + add
+    redis.call('HSET', key, n, version .. ':' .. int(count))
+  end
+  return count
+end
+
+-- When this number first failed in its current streak (for time-bounded retries): `kind`
+-- is `firstfail` for outages and `window` for retries bounded by a window (a call record
+-- not written yet), kept apart so that an outage never uses up a window or the reverse.
+-- Each holds "{version}:{first}:{last}". A streak ends with a newer version, and after a
+-- quiet gap longer than any wait the pipeline schedules for a number that keeps failing
+-- (its provider was paused, its target away): a blip after that is not a day-long outage.
+local QUIET_MS = math.max(opt.outage_budget_ms / 4,
+                          4 * math.max(opt.backoff_cap_ms, opt.breaker_cap_ms))
+local function failing_since(kind, n, version)
+  local key = P .. kind .. ':' .. target
+  local v, first, last = string.match(redis.call('HGET', key, n) or '', '^([^:]+):(%d+):(%d+)$')
+  if v ~= version or NOW - tonumber(last) > QUIET_MS then first = NOW end
+  redis.call('HSET', key, n, version .. ':' .. int(first) .. ':' .. int(NOW))
+  return tonumber(first)
 end
 
 local function dead_letter(n, version, reason, detail, attempts)
@@ -77,18 +116,7 @@ local function dead_letter(n, version, reason, detail, attempts)
   end
   redis.call('HSET', P .. 'dlq', member, cjson.encode(entry))
   redis.call('ZADD', P .. 'dlq:age', 'NX', entry.first_at, member)
-  redis.call('HDEL', P .. 'attempts:' .. target, n)
-  redis.call('HDEL', P .. 'firstfail:' .. target, n)
-end
-
--- When this number first failed since its last success (for time-bounded retries).
-local function failing_since(n)
-  local first = tonumber(redis.call('HGET', P .. 'firstfail:' .. target, n) or '0')
-  if first == 0 then
-    first = NOW
-    redis.call('HSET', P .. 'firstfail:' .. target, n, int(NOW))
-  end
-  return first
+  forget_failures(n)
 end
 
 local answered, outages, last_outage = 0, 0, ''
@@ -123,19 +151,18 @@ for _, item in ipairs(chunk.items) do
         redis.call('ZADD', P .. 'retry', 'NX', int(NOW + opt.moved_retry_ms), from .. '|' .. n)
       end
     end
-    redis.call('HDEL', P .. 'attempts:' .. target, n)
-    redis.call('HDEL', P .. 'firstfail:' .. target, n)
+    forget_failures(n)
     if redis.call('HDEL', P .. 'dlq', member) == 1 then
       redis.call('ZREM', P .. 'dlq:age', member)  -- written and removed together
     end
     counts.done = counts.done + 1
   elseif outcome == 'retry' then
-    attempts = redis.call('HINCRBY', P .. 'attempts:' .. target, n, 1)
+    attempts = attempts_of(n, version, 1)
     local window = tonumber(r[6] or 0)
     local give_up = attempts >= opt.max_attempts
     if window > 0 then
       -- Retried for a while rather than a number of times (a record not written yet).
-      give_up = NOW - failing_since(n) >= window
+      give_up = NOW - failing_since('window', n, version) >= window
     end
     if give_up then
       local why = 'max_attempts'
@@ -153,8 +180,8 @@ for _, item in ipairs(chunk.items) do
   elseif outcome == 'outage' then
     -- The request failed as a whole: nothing is known about this number, so no attempt is
     -- spent; the circuit breaker keeps a provider that is down from being hammered.
-    attempts = tonumber(redis.call('HGET', P .. 'attempts:' .. target, n) or '0')
-    local failing = NOW - failing_since(n)
+    attempts = attempts_of(n, version, 0)
+    local failing = NOW - failing_since('firstfail', n, version)
     if failing >= opt.outage_budget_ms then
       dead_letter(n, version, 'outage_budget', reason .. ': ' .. detail, attempts)
       outcome = 'dead'
@@ -170,7 +197,7 @@ for _, item in ipairs(chunk.items) do
       counts.outage = counts.outage + 1
     end
   elseif outcome == 'permanent' then
-    attempts = redis.call('HINCRBY', P .. 'attempts:' .. target, n, 1)
+    attempts = attempts_of(n, version, 1)
     dead_letter(n, version, reason, detail, attempts)
     outcome = 'dead'
     counts.dead = counts.dead + 1
@@ -203,6 +230,7 @@ for _, item in ipairs(chunk.items) do
   end
   -- The ledger moved while this push was in flight (or our answer does not count): the
   -- number's newest state goes out next, so an old action is never the last word.
+  if overtaken and action == 'remove' and sent(r) then unsettle_siblings(target, n, touched) end
   local now_v = redis.call('HGET', P .. 'num:' .. n, 'v')
   if not sent(r) or now_v ~= version or (overtaken and outcome == 'done') then
     restage(target, n, true, touched)

@@ -217,6 +217,30 @@ local function restage(target, n, force, touched, led, fresh)
   return true
 end
 
+-- A remove at a provider that keeps a number in one list only (Daktela), whose outcome is
+-- uncertain (its answer no longer counts, or never came), may have deleted the entry that
+-- another target of ours had just taken from it (an add there moves the entry, and the
+-- remove deletes by the entry's name, looked up before): every other target of that
+-- provider that holds the number blocked is unknown now and pushed again (a push of it in
+-- flight does not confirm either).
+local function unsettle_siblings(target, n, touched)
+  local m = meta(target)
+  if not m.one_list then return end
+  for _, other in ipairs(redis.call('HKEYS', P .. 'targets')) do
+    if other ~= target and meta(other).provider == m.provider then
+      local owner = redis.call('HGET', P .. 'inflight:' .. other, n)
+      if owner then redis.call('HSET', P .. 'unknown:' .. other, n, owner) end
+      local conf = redis.call('HGET', P .. 'confirmed:' .. other, n)
+      if conf and string.sub(conf, 1, 8) == 'blocked:' then
+        redis.call('HSET', P .. 'confirmed:' .. other, n, UNKNOWN)
+        -- A target that is not live now is caught up when it comes back.
+        local live = tonumber(redis.call('ZSCORE', P .. 'targets:live', other) or '0') > NOW
+        if live and not owner then restage(other, n, true, touched) end
+      end
+    end
+  end
+end
+
 -- What callers need to schedule flushes: per target|action, the batch size before this
 -- call touched it and after, and the numbers in flight to the target (at its cap, the
 -- pushes in flight take a filled chunk themselves: no flush is needed).

@@ -35,6 +35,7 @@ for _, item in ipairs(chunk.items) do
   if redis.call('HGET', P .. 'unknown:' .. target, n) == id then
     redis.call('HDEL', P .. 'unknown:' .. target, n)
   end
+  if recovering and chunk.action == 'remove' then unsettle_siblings(target, n, touched) end
   restage(target, n, true, touched)
 end
 redis.call('DEL', P .. 'chunk:' .. id)

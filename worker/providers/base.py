@@ -39,6 +39,9 @@ class Capabilities:
     needs_call_context: bool = False  # only events tied to a call record go there
     bulk: bool = True  # one request per chunk; else one per number, `concurrency` at once
     concurrency: int = 1
+    # The provider keeps a number in one of its lists only (Daktela): an add to one target
+    # of ours takes the entry from another, and a remove may delete what another just took.
+    one_list: bool = False
 
 
 @dataclass(frozen=True, slots=True)

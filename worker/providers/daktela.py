@@ -89,6 +89,7 @@ class DaktelaProvider:
         supports_expiry=True,
         bulk=False,
         concurrency=4,
+        one_list=True,
     )
 
     def __init__(

@@ -79,11 +79,13 @@ def request_json(
 
 
 def json_body(response: httpx.Response) -> Any:
-    """The response's JSON, or a RetryableError: an unreadable answer confirms nothing."""
+    """The response's JSON, or an outage: an unreadable answer (a proxy's or a captive
+    portal's page, which answers every request alike while it is in the way) confirms
+    nothing and says nothing of the numbers in the request."""
     try:
         return response.json()
     except ValueError as exc:
-        raise RetryableError("unreadable_answer", _snippet(response)) from exc
+        raise RetryableError("unreadable_answer", _snippet(response), outage=True) from exc
 
 
 def _snippet(response: httpx.Response) -> str:

@@ -59,7 +59,7 @@ class PhonelyProvider:
             raise PermanentError(f"http_{response.status_code}", response.text[:200])
         body = json_body(response)
         if not isinstance(body, dict):
-            raise RetryableError("unreadable_answer", "answer is not a JSON object")
+            raise RetryableError("unreadable_answer", "answer is not a JSON object", outage=True)
         answered: dict[str, NumberResult] = {}
         for number in body.get("added" if action is Action.ADD else "removed") or []:
             answered[digits(str(number))] = NumberResult(Outcome.DONE)

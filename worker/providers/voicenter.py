@@ -76,7 +76,7 @@ class VoicenterProvider:
             raise PermanentError(f"http_{response.status_code}", response.text[:200])
         body = json_body(response)
         if not isinstance(body, dict):
-            raise RetryableError("unreadable_answer", "answer is not a JSON object")
+            raise RetryableError("unreadable_answer", "answer is not a JSON object", outage=True)
         code = body.get("ErrorCode")
         message = str(body.get("ErrorMessage", ""))
         if code == 1:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -223,3 +224,76 @@ def test_the_database_left_live_after_a_rolling_change_gets_its_numbers_back() -
     assert fake.listed("Sales") == {n[1:]}
     view = sales.store.provider_view(n, ["daktela:Sales"])["daktela:Sales"]
     assert view["confirmed"] == "blocked:1"
+
+
+def test_a_late_delete_of_an_entry_another_target_took_leaves_that_target_unknown() -> None:
+    # Found by the third review: during a rolling change Global -> Sales, Global's remove
+    # looked the entry up in Global; before its delete (by the entry's name) landed, Sales
+    # pushed a newer add, which moved that entry into Sales. The delete then took Sales'
+    # entry: Global's answer no longer counted, but Sales stayed "blocked:3" with nothing
+    # there, and once Global lapsed nothing pushed it again.
+    w, fake = daktela()
+    sales = w.build(daktela_blacklist_database="Sales")
+    w.pipe.ensure_registered(force=True)
+    n = numbers(1)[0]
+    w.add(n)
+    w.settle()
+    assert fake.listed("Global") == {n[1:]}
+    sales.ensure_registered(force=True)  # the new database goes live
+    w.remove(n)  # v2
+    chunks = _lease_one_chunk_per_target(w)
+    work.push_chunk(sales, chunks["daktela:Sales"])  # not there: done
+    original = fake.handle
+    looked_up: list[bool] = []
+
+    def sales_adds_after_globals_lookup(*args: Any) -> Any:
+        answer = copy.deepcopy(original(*args))  # as sent, before the move below
+        method, query = args[0], args[2]
+        if method == "GET" and query.get("filter[1][value]") == ["Global"] and not looked_up:
+            looked_up.append(True)
+            w.clock.advance(1)
+            w.add(n)  # v3: Sales' push moves Global's entry into Sales
+            work.push_chunk(sales, _lease_one_chunk_per_target(w)["daktela:Sales"])
+        return answer
+
+    fake.handle = sales_adds_after_globals_lookup  # type: ignore[method-assign]
+    work.push_chunk(w.pipe, chunks["daktela:Global"])  # ... then deletes it by name
+    assert looked_up and fake.listed("Sales") == set()
+    view = w.pipe.store.provider_view(n, ["daktela:Sales"])["daktela:Sales"]
+    assert view["confirmed"] == "?"  # not blocked:3
+    for _ in range(40):  # both run for a while, then only Sales: Global lapses
+        w.clock.advance(60)
+        for p in (sales, w.pipe) if w.clock.now < 1_800_001_200 else (sales,):
+            work.sweep(p)
+            work.recover(p)
+            w.dispatcher.drain(p)
+    assert "daktela:Global" not in sales.directory(refresh=True)
+    assert fake.listed("Sales") == {n[1:]}
+    assert sales.store.provider_view(n, ["daktela:Sales"])["daktela:Sales"]["confirmed"] == (
+        "blocked:3"
+    )
+
+
+def test_a_recovered_remove_leaves_the_target_that_took_its_entry_unknown() -> None:
+    # The same race when Global's worker stalls after its lookup: its chunk is recovered,
+    # and its delete may still land. Sales, which took the entry meanwhile, no longer
+    # counts as holding it.
+    w, fake = daktela()
+    sales = w.build(daktela_blacklist_database="Sales")
+    w.pipe.ensure_registered(force=True)
+    n = numbers(1)[0]
+    w.add(n)
+    w.settle()
+    sales.ensure_registered(force=True)
+    w.remove(n)
+    chunks = _lease_one_chunk_per_target(w)
+    work.push_chunk(sales, chunks["daktela:Sales"])
+    w.clock.advance(1)
+    w.add(n)
+    work.push_chunk(sales, _lease_one_chunk_per_target(w)["daktela:Sales"])  # moved to Sales
+    assert fake.listed("Sales") == {n[1:]}
+    w.clock.advance(w.pipe.settings.lease_seconds + 1)  # Global's push stalled
+    work.recover(w.pipe)
+    view = w.pipe.store.provider_view(n, ["daktela:Global", "daktela:Sales"])
+    assert view["daktela:Sales"]["confirmed"] == "?"
+    assert view["daktela:Sales"]["staged"] == "add"

@@ -99,3 +99,52 @@ def test_an_undecodable_answer_is_that_numbers_retry_and_the_others_go_once() ->
     assert w.fake.emails == 10  # one add each: the good ones were never sent again
     answer = w.pipe.store.audit(batch[9])
     assert any(a.get("rsn") == "unreadable_answer" for a in answer)
+
+
+def test_an_outage_before_the_record_is_found_does_not_use_up_the_404_window() -> None:
+    # Found by the third review: the 404 window and the outage budget shared one clock, so
+    # after Weya was down 15 minutes the first 404 (the call record three minutes from
+    # written) was past the 600 s window: dead-lettered without a single retry.
+    w = World("weya")
+    assert isinstance(w.fake, FakeWeya)
+    n = numbers(1)[0]
+    records = set(w.fake.call_records)
+    w.fake.call_records.clear()
+    w.fake.http_status, w.fake.http_status_times = 503, -1
+    w.add(n)
+    _run_for(w, 900)
+    assert w.pipe.store.dead_letters() == []
+    w.fake.http_status = None
+    _run_for(w, 180)  # 404s: the record is not written yet
+    w.fake.call_records |= records
+    _run_for(w, 300)
+    assert w.pipe.store.dead_letters() == []
+    assert w.fake.listed() == {n[1:]}
+
+
+def test_a_new_opt_out_weeks_after_a_dropped_retry_starts_a_new_clock() -> None:
+    # Found by the third review: an add met an outage, a remove dropped its retry (Weya
+    # cannot remove), and the failure's time stayed: a month later the next opt-out's
+    # first 503 was "failing for 30 days" and dead-lettered at once.
+    w = World("weya")
+    assert isinstance(w.fake, FakeWeya)
+    n = numbers(1)[0]
+    w.fake.http_status, w.fake.http_status_times = 503, 1
+    w.add(n)
+    w.dispatcher.drain(w.pipe)
+    w.remove(n)
+    _run_for(w, 60)
+    w.clock.advance(30 * 86400)
+    w.fake.http_status, w.fake.http_status_times = 503, 1
+    w.add(n)
+    _run_for(w, 60)
+    assert w.pipe.store.dead_letters() == []
+    assert w.fake.listed() == {n[1:]}
+
+
+def _run_for(w: World, seconds: float, step: float = 5) -> None:
+    end = w.clock.now + seconds
+    while w.clock.now < end:
+        w.clock.advance(step)
+        work.sweep(w.pipe)
+        w.dispatcher.drain(w.pipe)
