@@ -31,11 +31,12 @@ key                            type    holds
 ``unknown:{target}``           hash    number -> the chunk in flight whose answer will not
                                        count (a recovered chunk's request may follow it)
 ``answer:{target}``            hash    number -> JSON of the provider's last answer
-``attempts:{target}``          hash    number -> ``{version}:{count}``: failed attempts of
+``fails:{target}``             hash    number -> ``{version}:{count}``: failed attempts of
                                        that ledger version since its last success
-``firstfail:{target}``         hash    number -> ``{version}:{first}:{last}`` (ms): its
+``outage:{target}``            hash    number -> ``{version}:{first}:{last}`` (ms): its
                                        current streak of outages, for the outage budget
-``window:{target}``            hash    number -> the same, for retries bounded by a window
+``window:{target}``            hash    number -> ``{version}:{spent}:{last}`` (ms): time
+                                       spent on answers a window bounds (Weya's 404)
 ``retry``                      zset    ``{target}|{e164}`` -> due time (ms)
 ``dlq``                        hash    ``{target}|{e164}`` -> JSON dead letter
 ``dlq:age``                    zset    ``{target}|{e164}`` -> first failure time (ms)
@@ -583,7 +584,7 @@ class Store:
             pipe.zscore(self.key("stage", target, "remove"), e164)
             pipe.hget(self.key("inflight", target), e164)
             pipe.zscore(self.key("retry"), member)
-            pipe.hget(self.key("attempts", target), e164)
+            pipe.hget(self.key("fails", target), e164)
             pipe.hget(self.key("dlq"), member)
             pipe.hget(self.key("answer", target), e164)
         answers = pipe.execute()
@@ -723,11 +724,8 @@ def _text(value: Any) -> str:
 
 
 def _attempts(raw: Any) -> int:
-    """The count of an ``attempts:{target}`` entry (``{version}:{count}``; a bare count
-    from before versions were kept)."""
-    if not raw:
-        return 0
-    return int(_text(raw).rsplit(":", 1)[-1])
+    """The count of a ``fails:{target}`` entry (``{version}:{count}``)."""
+    return int(_text(raw).rsplit(":", 1)[-1]) if raw else 0
 
 
 AsyncClientFactory = Callable[[], aredis.Redis]

@@ -210,7 +210,7 @@ def test_a_redis_error_mid_push_fails_the_task_and_spends_no_attempt(
     accept(pipe, add(*phones))
     with pytest.raises(redis.ConnectionError):
         dispatcher.drain(pipe)
-    assert not pipe.store.redis.hlen(pipe.store.key("attempts", name))
+    assert not pipe.store.redis.hlen(pipe.store.key("fails", name))
     for _ in range(20):  # the task's retry is lost here: lease recovery takes it back
         clock.advance(10)
         work.sweep(pipe)

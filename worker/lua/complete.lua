@@ -36,7 +36,7 @@ if redis.call('EXISTS', P .. 'chunk:' .. id) == 0 then
   -- its answer will not count as a confirmation either (see below).
   for _, item in ipairs(chunk.items) do
     local n, r = item[1], results[item[1]]
-    if redis.call('HGET', unknown_key, n) == id then redis.call('HDEL', unknown_key, n) end
+    take_mark(target, n, id)
     if sent(r) then
       if add_only and (r[1] == 'done' or held_for_good(n)) then
         -- Nothing is ever removed there: done is done (and each add may email someone),
@@ -58,15 +58,17 @@ end
 -- A number's failures count for the version of its ledger state that failed: a newer state
 -- starts afresh, so neither an attempt count nor a failure clock of a superseded action
 -- carries over to the next one (a remove would be dead-lettered for its add's failures).
+-- (Keys of their own, not the `attempts:`/`firstfail:` of before: during a rolling upgrade
+-- the old scripts must never meet these values.)
 local function forget_failures(n)
-  redis.call('HDEL', P .. 'attempts:' .. target, n)
-  redis.call('HDEL', P .. 'firstfail:' .. target, n)
+  redis.call('HDEL', P .. 'fails:' .. target, n)
+  redis.call('HDEL', P .. 'outage:' .. target, n)
   redis.call('HDEL', P .. 'window:' .. target, n)
 end
 
--- Failed attempts at this version, plus `add`: `attempts:{target}` holds "{version}:{count}".
+-- Failed attempts at this version, plus `add`: `fails:{target}` holds "{version}:{count}".
 local function attempts_of(n, version, add)
-  local key = P .. 'attempts:' .. target
+  local key = P .. 'fails:' .. target
   local count = 0
   local v, c = string.match(redis.call('HGET', key, n) or '', '^([^:]+):(%d+)$')
   if v == version then count = tonumber(c) end
@@ -77,20 +79,49 @@ local function attempts_of(n, version, add)
   return count
 end
 
--- When this number first failed in its current streak (for time-bounded retries): `kind`
--- is `firstfail` for outages and `window` for retries bounded by a window (a call record
--- not written yet), kept apart so that an outage never uses up a window or the reverse.
--- Each holds "{version}:{first}:{last}". A streak ends with a newer version, and after a
--- quiet gap longer than any wait the pipeline schedules for a number that keeps failing
--- (its provider was paused, its target away): a blip after that is not a day-long outage.
+-- When this number's current streak of outages began (for the outage budget):
+-- `outage:{target}` holds "{version}:{first}:{last}". A streak ends with a newer version,
+-- and after a quiet gap longer than any wait the pipeline schedules for a number that keeps
+-- failing (its provider was paused, its target away): a blip after that is not a day-long
+-- outage.
 local QUIET_MS = math.max(opt.outage_budget_ms / 4,
                           4 * math.max(opt.backoff_cap_ms, opt.breaker_cap_ms))
-local function failing_since(kind, n, version)
-  local key = P .. kind .. ':' .. target
+local function outage_since(n, version)
+  local key = P .. 'outage:' .. target
   local v, first, last = string.match(redis.call('HGET', key, n) or '', '^([^:]+):(%d+):(%d+)$')
   if v ~= version or NOW - tonumber(last) > QUIET_MS then first = NOW end
   redis.call('HSET', key, n, version .. ':' .. int(first) .. ':' .. int(NOW))
   return tonumber(first)
+end
+
+-- How long this number has been getting an answer that a window bounds (Weya's 404 while
+-- a call record is being written): `window:{target}` holds "{version}:{spent}:{last}". Only
+-- the time between two such answers counts, and not a gap longer than twice the backoff
+-- cap (the provider was paused or away meanwhile); an outage restarts the count from its
+-- own time (`window_pause`): time the provider was down is no time spent waiting for it.
+local function window_key(n, version)
+  local v, spent, last = string.match(redis.call('HGET', P .. 'window:' .. target, n) or '',
+                                      '^([^:]+):(%d+):(%d+)$')
+  if v ~= version then return nil, nil end
+  return tonumber(spent), tonumber(last)
+end
+
+local function window_spent(n, version)
+  local spent, last = window_key(n, version)
+  if spent == nil then
+    spent = 0
+  elseif NOW - last <= 2 * opt.backoff_cap_ms then
+    spent = spent + (NOW - last)
+  end
+  redis.call('HSET', P .. 'window:' .. target, n, version .. ':' .. int(spent) .. ':' .. int(NOW))
+  return spent
+end
+
+local function window_pause(n, version)
+  local spent = window_key(n, version)
+  if spent ~= nil then
+    redis.call('HSET', P .. 'window:' .. target, n, version .. ':' .. int(spent) .. ':' .. int(NOW))
+  end
 end
 
 local function dead_letter(n, version, reason, detail, attempts)
@@ -127,8 +158,9 @@ for _, item in ipairs(chunk.items) do
   end
   -- A recovered chunk's late request may have reached the provider after ours: our answer
   -- is no confirmation (see the orphan branch above).
-  local overtaken = redis.call('HGET', unknown_key, n) == id
-  if overtaken then redis.call('HDEL', unknown_key, n) end
+  local mark = take_mark(target, n, id)
+  local overtaken = mark ~= false
+  local moved_here = false
   local r = results[n] or {'retry', 'no_result', 'the pusher reported nothing', 0, 0.5}
   local outcome, reason, detail = r[1], r[2], r[3]
   local attempts = 0
@@ -146,10 +178,14 @@ for _, item in ipairs(chunk.items) do
       redis.call('HSET', P .. 'confirmed:' .. from, n, UNKNOWN)
       local owner = redis.call('HGET', P .. 'inflight:' .. from, n)
       if owner then
-        redis.call('HSET', P .. 'unknown:' .. from, n, owner)
+        redis.call('HSETNX', P .. 'unknown:' .. from, n, 'm:' .. owner)
       elseif tonumber(redis.call('ZSCORE', P .. 'targets:live', from) or '0') > NOW then
         redis.call('ZADD', P .. 'retry', 'NX', int(NOW + opt.moved_retry_ms), from .. '|' .. n)
       end
+      -- A remove there may have looked the entry up before we took it and deleted it
+      -- after, whether it has answered already or not: ours is confirmed by the next
+      -- push, which finds the entry here or puts it back.
+      moved_here = true
     end
     forget_failures(n)
     if redis.call('HDEL', P .. 'dlq', member) == 1 then
@@ -162,7 +198,7 @@ for _, item in ipairs(chunk.items) do
     local give_up = attempts >= opt.max_attempts
     if window > 0 then
       -- Retried for a while rather than a number of times (a record not written yet).
-      give_up = NOW - failing_since('window', n, version) >= window
+      give_up = window_spent(n, version) >= window
     end
     if give_up then
       local why = 'max_attempts'
@@ -181,7 +217,8 @@ for _, item in ipairs(chunk.items) do
     -- The request failed as a whole: nothing is known about this number, so no attempt is
     -- spent; the circuit breaker keeps a provider that is down from being hammered.
     attempts = attempts_of(n, version, 0)
-    local failing = NOW - failing_since('firstfail', n, version)
+    window_pause(n, version)
+    local failing = NOW - outage_since(n, version)
     if failing >= opt.outage_budget_ms then
       dead_letter(n, version, 'outage_budget', reason .. ': ' .. detail, attempts)
       outcome = 'dead'
@@ -219,7 +256,7 @@ for _, item in ipairs(chunk.items) do
     -- unknown until the number's next push answers (an add-only target's confirmation
     -- stands: nothing there is ever removed).
     local ambiguous = r[1] == 'retry' or r[1] == 'outage'
-    if overtaken or (ambiguous and not held_for_good(n)) then
+    if overtaken or moved_here or (ambiguous and not held_for_good(n)) then
       redis.call('HSET', confirmed_key, n, UNKNOWN)
     end
     local answer = cjson.encode({at = NOW, act = action, out = outcome, rsn = reason,
@@ -232,7 +269,15 @@ for _, item in ipairs(chunk.items) do
   -- number's newest state goes out next, so an old action is never the last word.
   if overtaken and action == 'remove' and sent(r) then unsettle_siblings(target, n, touched) end
   local now_v = redis.call('HGET', P .. 'num:' .. n, 'v')
-  if not sent(r) or now_v ~= version or (overtaken and outcome == 'done') then
+  local again = moved_here or (overtaken and outcome == 'done')
+  if now_v == version and mark == 'moved' and outcome == 'done' and not moved_here then
+    -- Taken by another live target of ours: this one gets it back after a target TTL.
+    again = false
+    if tonumber(redis.call('ZSCORE', P .. 'targets:live', target) or '0') > NOW then
+      redis.call('ZADD', P .. 'retry', 'NX', int(NOW + opt.moved_retry_ms), member)
+    end
+  end
+  if not sent(r) or now_v ~= version or again then
     restage(target, n, true, touched)
   end
 end

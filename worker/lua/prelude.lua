@@ -133,6 +133,24 @@ end
 -- ledger state, so the number is pushed again.
 local UNKNOWN = '?'
 
+-- `unknown:{target}` marks the push in flight for a number whose answer will not count: its
+-- chunk id when a recovered chunk's late request may have landed after it (pushed again at
+-- once), or 'm:' and its id when another target of ours took the number from this one
+-- meanwhile (a move at a provider that keeps a number in one list: pushed again only after
+-- a target TTL, see complete.lua). Takes this chunk's mark: false, 'overtaken' or 'moved'.
+local function take_mark(target, n, id)
+  local key = P .. 'unknown:' .. target
+  local mark = redis.call('HGET', key, n)
+  if mark == id then
+    redis.call('HDEL', key, n)
+    return 'overtaken'
+  elseif mark == 'm:' .. id then
+    redis.call('HDEL', key, n)
+    return 'moved'
+  end
+  return false
+end
+
 -- The targets some process has announced within their TTL (register.lua): the ones that
 -- get new work.
 local function live_targets()
@@ -221,15 +239,20 @@ end
 -- uncertain (its answer no longer counts, or never came), may have deleted the entry that
 -- another target of ours had just taken from it (an add there moves the entry, and the
 -- remove deletes by the entry's name, looked up before): every other target of that
--- provider that holds the number blocked is unknown now and pushed again (a push of it in
+-- provider that holds the number blocked is unknown now and pushed again (an add of it in
 -- flight does not confirm either).
 local function unsettle_siblings(target, n, touched)
   local m = meta(target)
   if not m.one_list then return end
   for _, other in ipairs(redis.call('HKEYS', P .. 'targets')) do
     if other ~= target and meta(other).provider == m.provider then
+      -- Its push in flight confirms nothing if it adds (our delete may land after it); a
+      -- remove wants the entry gone anyway.
       local owner = redis.call('HGET', P .. 'inflight:' .. other, n)
-      if owner then redis.call('HSET', P .. 'unknown:' .. other, n, owner) end
+      local raw = owner and redis.call('GET', P .. 'chunk:' .. owner)
+      if raw and cjson.decode(raw).action == 'add' then
+        redis.call('HSET', P .. 'unknown:' .. other, n, owner)
+      end
       local conf = redis.call('HGET', P .. 'confirmed:' .. other, n)
       if conf and string.sub(conf, 1, 8) == 'blocked:' then
         redis.call('HSET', P .. 'confirmed:' .. other, n, UNKNOWN)

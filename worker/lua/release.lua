@@ -32,9 +32,7 @@ for _, item in ipairs(chunk.items) do
     redis.call('HSET', P .. 'confirmed:' .. target, n, UNKNOWN)
   end
   -- Its answer was not going to count (complete.lua); there will be none now.
-  if redis.call('HGET', P .. 'unknown:' .. target, n) == id then
-    redis.call('HDEL', P .. 'unknown:' .. target, n)
-  end
+  take_mark(target, n, id)
   if recovering and chunk.action == 'remove' then unsettle_siblings(target, n, touched) end
   restage(target, n, true, touched)
 end

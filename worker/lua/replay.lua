@@ -12,7 +12,7 @@ for _, member in ipairs(ids) do
     entry.replays = (entry.replays or 0) + 1
     entry.replayed_at = NOW
     redis.call('HSET', P .. 'dlq', member, cjson.encode(entry))
-    redis.call('HDEL', P .. 'attempts:' .. entry.target, entry.phone)
+    redis.call('HDEL', P .. 'fails:' .. entry.target, entry.phone)
     local res = 'staged'
     if not restage(entry.target, entry.phone, true, touched)
         and redis.call('HEXISTS', P .. 'inflight:' .. entry.target, entry.phone) == 0 then

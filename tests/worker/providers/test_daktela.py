@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -196,9 +197,15 @@ def test_a_push_answered_before_its_entry_was_moved_away_confirms_nothing() -> N
     w.pipe.store.complete = sales_pushes_meanwhile  # type: ignore[method-assign]
     work.push_chunk(w.pipe, chunks["daktela:Global"])
     assert fake.listed("Sales") == {n[1:]} and fake.listed("Global") == set()
-    view = w.pipe.store.provider_view(n, ["daktela:Global"])["daktela:Global"]
-    assert view["confirmed"] == "?"  # not blocked:1, and pushed again (it moves back)
-    assert view["staged"] == "add"
+    view = w.pipe.store.provider_view(n, ["daktela:Global", "daktela:Sales"])
+    glob = view["daktela:Global"]
+    assert glob["confirmed"] == "?"  # not blocked:1
+    # Pushed again after a target TTL (by then the old database of a rolling change has
+    # lapsed), not at once: two live databases would take the number from each other.
+    ttl_ms = w.pipe.settings.target_ttl_seconds * 1000
+    assert glob["staged"] is None and glob["retry_at_ms"] == w.clock.now * 1000 + ttl_ms
+    # Sales took it, but a remove at Global could still have deleted it: one more push.
+    assert view["daktela:Sales"]["confirmed"] == "?" and view["daktela:Sales"]["staged"] == "add"
 
 
 def test_the_database_left_live_after_a_rolling_change_gets_its_numbers_back() -> None:
@@ -297,3 +304,85 @@ def test_a_recovered_remove_leaves_the_target_that_took_its_entry_unknown() -> N
     view = w.pipe.store.provider_view(n, ["daktela:Global", "daktela:Sales"])
     assert view["daktela:Sales"]["confirmed"] == "?"
     assert view["daktela:Sales"]["staged"] == "add"
+
+
+def test_a_late_delete_is_caught_when_the_taking_push_answers_last() -> None:
+    # Found by the fourth review: the same race, but Sales' push (whose request moved the
+    # entry before Global's delete landed) answers after Global's: nothing marked Global's
+    # answer as not counting yet, and Sales' "moved" answer confirmed blocked:3 for an entry
+    # the delete had taken.
+    w, fake = daktela()
+    sales = w.build(daktela_blacklist_database="Sales")
+    w.pipe.ensure_registered(force=True)
+    n = numbers(1)[0]
+    w.add(n)
+    w.settle()
+    sales.ensure_registered(force=True)
+    w.remove(n)  # v2
+    chunks = _lease_one_chunk_per_target(w)
+    work.push_chunk(sales, chunks["daktela:Sales"])  # not there: done
+    original, complete = fake.handle, sales.store.complete
+    moved, answer_now = threading.Event(), threading.Event()
+    pushes: list[threading.Thread] = []
+
+    def complete_later(*args: Any) -> Any:
+        moved.set()
+        answer_now.wait(10)
+        return complete(*args)
+
+    def sales_moves_it_after_globals_lookup(*args: Any) -> Any:
+        answer = copy.deepcopy(original(*args))  # as sent, before the move below
+        method, query = args[0], args[2]
+        if method == "GET" and query.get("filter[1][value]") == ["Global"] and not pushes:
+            w.clock.advance(1)
+            w.add(n)  # v3
+            chunk = _lease_one_chunk_per_target(w)["daktela:Sales"]
+            sales.store.complete = complete_later  # type: ignore[method-assign]
+            pushes.append(threading.Thread(target=work.push_chunk, args=(sales, chunk)))
+            pushes[0].start()
+            assert moved.wait(10)  # Sales' request has moved the entry; it answers later
+        return answer
+
+    fake.handle = sales_moves_it_after_globals_lookup  # type: ignore[method-assign]
+    work.push_chunk(w.pipe, chunks["daktela:Global"])  # deletes it by name, answers first
+    fake.handle = original  # type: ignore[method-assign]
+    answer_now.set()
+    pushes[0].join()
+    sales.store.complete = complete  # type: ignore[method-assign]
+    assert fake.listed("Sales") == set()
+    assert sales.store.provider_view(n, ["daktela:Sales"])["daktela:Sales"]["confirmed"] == "?"
+    for _ in range(40):  # both run for a while, then only Sales: Global lapses
+        w.clock.advance(60)
+        for p in (sales, w.pipe) if w.clock.now < 1_800_001_200 else (sales,):
+            work.sweep(p)
+            work.recover(p)
+            w.dispatcher.drain(p)
+    assert fake.listed("Sales") == {n[1:]}
+
+
+def test_removes_at_two_live_databases_do_not_unsettle_each_other() -> None:
+    # Found by the fourth review: after one recovered remove, each remove that answered
+    # marked the other database's remove in flight as not counting, which staged itself
+    # again and marked the first one's next push: removes went back and forth without end.
+    # A remove cannot be harmed by another's delete: it wants the entry gone.
+    w, fake = daktela()
+    sales = w.build(daktela_blacklist_database="Sales")
+    w.pipe.ensure_registered(force=True)
+    sales.ensure_registered(force=True)
+    n = numbers(1)[0]
+    w.add(n)
+    w.settle()
+    w.remove(n)
+    chunks = _lease_one_chunk_per_target(w)
+    w.clock.advance(w.pipe.settings.lease_seconds + 1)  # Global's worker stalls
+    w.pipe.store.renew(chunks["daktela:Sales"].chunk.id, w.pipe.settings.lease_seconds)
+    assert work.recover(w.pipe) == 1
+    work.push_chunk(sales, chunks["daktela:Sales"])
+    view = w.pipe.store.provider_view(n, ["daktela:Global", "daktela:Sales"])
+    assert view["daktela:Sales"]["confirmed"] == "unblocked:2"
+    w.settle()
+    view = w.pipe.store.provider_view(n, ["daktela:Global", "daktela:Sales"])
+    assert {t: v["confirmed"] for t, v in view.items()} == {
+        "daktela:Global": "unblocked:2", "daktela:Sales": "unblocked:2",
+    }  # fmt: skip
+    assert fake.listed("Global") == fake.listed("Sales") == set()

@@ -142,6 +142,26 @@ def test_a_new_opt_out_weeks_after_a_dropped_retry_starts_a_new_clock() -> None:
     assert w.fake.listed() == {n[1:]}
 
 
+def test_an_outage_between_two_404s_does_not_use_up_the_window() -> None:
+    # Found by the fourth review: the window was wall-clock time since the first 404, so a
+    # 404, then Weya down for 20 minutes, then a 404 again dead-lettered the number.
+    w = World("weya")
+    assert isinstance(w.fake, FakeWeya)
+    n = numbers(1)[0]
+    records = set(w.fake.call_records)
+    w.fake.call_records.clear()
+    w.add(n)
+    _run_for(w, 10)  # a 404: the record is not written yet
+    w.fake.http_status, w.fake.http_status_times = 503, -1
+    _run_for(w, 1200)
+    w.fake.http_status = None
+    _run_for(w, 60)  # 404 again
+    w.fake.call_records |= records
+    _run_for(w, 300)
+    assert w.pipe.store.dead_letters() == []
+    assert w.fake.listed() == {n[1:]}
+
+
 def _run_for(w: World, seconds: float, step: float = 5) -> None:
     end = w.clock.now + seconds
     while w.clock.now < end:
