@@ -322,12 +322,9 @@ def test_case_a_late_failed_answer_leaves_an_add_only_block_confirmed() -> None:
     _done(m)
 
 
-def test_case_a_catch_up_step_never_ends_a_newer_catch_up() -> None:
-    # Found by review: a catch-up step wrote its next cursor (or deleted it, done) without
-    # a check; when the target lapsed and came back while the step worked, the fresh
-    # catch-up was cut off and what was accepted meanwhile never reached the target.
-    from tests.simulation.machine import ALL
-
+def _native_lapses_and_comes_back() -> tuple[PipelineMachine, str]:
+    """Two numbers, one blocked and pushed; the native target lapses and is enabled again
+    (not yet announced). Answers the machine and the number not yet accepted."""
     m = _machine({"bulk", "native"}, numbers=2)
     a, b = m.numbers
     m.accept_event(a, Action.ADD, None, None, False, "api")
@@ -337,6 +334,16 @@ def test_case_a_catch_up_step_never_ends_a_newer_catch_up() -> None:
     m.advance(130)
     m.sweep()  # native lapses
     m.enable_native()
+    return m, b
+
+
+def test_case_a_catch_up_step_never_ends_a_newer_catch_up() -> None:
+    # Found by review: a catch-up step wrote its next cursor (or deleted it, done) without
+    # a check; when the target lapsed and came back while the step worked, the fresh
+    # catch-up was cut off and what was accepted meanwhile never reached the target.
+    from tests.simulation.machine import ALL
+
+    m, b = _native_lapses_and_comes_back()
     m.sweep()  # and is live again: its catch-up is under way
     original = m.store.stage_many
     fresh: list[str] = []
@@ -367,15 +374,7 @@ def test_case_a_first_catch_up_step_never_moves_a_newer_one_on() -> None:
     # phase, past the opt-out accepted while the target was away.
     from tests.simulation.machine import ALL
 
-    m = _machine({"bulk", "native"}, numbers=2)
-    a, b = m.numbers
-    m.accept_event(a, Action.ADD, None, None, False, "api")
-    m.workers_catch_up()
-    m.answer_all()
-    m.disable_native()
-    m.advance(130)
-    m.sweep()  # native lapses
-    m.enable_native()
+    m, b = _native_lapses_and_comes_back()
     m.worker.ensure_registered(force=True)  # live again: its catch-up is at its first step
     original = m.store.blocked_page
 

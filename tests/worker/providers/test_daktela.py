@@ -11,6 +11,7 @@ from tests.fakes.daktela import FakeDaktela
 from tests.worker.providers.test_all_providers import World, numbers
 from worker import pipeline as work
 from worker.accept import Event, PhoneInput, accept
+from worker.pipeline import Pipeline
 from worker.providers.base import Action
 from worker.store import OpenChunk
 
@@ -176,17 +177,24 @@ def _lease_one_chunk_per_target(w: World) -> dict[str, OpenChunk]:
     return {o.chunk.target: o for o in opened if o is not None}
 
 
-def test_a_push_answered_before_its_entry_was_moved_away_confirms_nothing() -> None:
-    # Found by the second review: Global's request created the entry; before its chunk
-    # completed, Sales' push moved the entry into Sales; Global's completion then wrote
-    # blocked over the unknown mark.
+def _an_add_leased_for_both_databases() -> tuple[
+    World, FakeDaktela, Pipeline, str, dict[str, OpenChunk]
+]:  # fmt: skip
+    """Global (the old process) and Sales (the new) both live; an add leased for each."""
     w, fake = daktela()
     sales = w.build(daktela_blacklist_database="Sales")
     sales.ensure_registered(force=True)
     w.pipe.ensure_registered(force=True)
     n = numbers(1)[0]
     w.add(n)
-    chunks = _lease_one_chunk_per_target(w)
+    return w, fake, sales, n, _lease_one_chunk_per_target(w)
+
+
+def test_a_push_answered_before_its_entry_was_moved_away_confirms_nothing() -> None:
+    # Found by the second review: Global's request created the entry; before its chunk
+    # completed, Sales' push moved the entry into Sales; Global's completion then wrote
+    # blocked over the unknown mark.
+    w, fake, sales, n, chunks = _an_add_leased_for_both_databases()
     original = w.pipe.store.complete
 
     def sales_pushes_meanwhile(*args: Any) -> Any:
@@ -212,13 +220,7 @@ def test_the_database_left_live_after_a_rolling_change_gets_its_numbers_back() -
     # Found by the second review: during a rolling change from Global (old) to Sales (new)
     # the old process moved an entry back into Global; Sales was marked unknown and nothing
     # pushed it again once the old process was gone.
-    w, fake = daktela()
-    sales = w.build(daktela_blacklist_database="Sales")
-    sales.ensure_registered(force=True)
-    w.pipe.ensure_registered(force=True)
-    n = numbers(1)[0]
-    w.add(n)
-    chunks = _lease_one_chunk_per_target(w)
+    w, fake, sales, n, chunks = _an_add_leased_for_both_databases()
     work.push_chunk(sales, chunks["daktela:Sales"])  # the new process: created in Sales
     work.push_chunk(w.pipe, chunks["daktela:Global"])  # the old one: moved into Global
     assert fake.listed("Global") == {n[1:]}
@@ -233,12 +235,9 @@ def test_the_database_left_live_after_a_rolling_change_gets_its_numbers_back() -
     assert view["confirmed"] == "blocked:1"
 
 
-def test_a_late_delete_of_an_entry_another_target_took_leaves_that_target_unknown() -> None:
-    # Found by the third review: during a rolling change Global -> Sales, Global's remove
-    # looked the entry up in Global; before its delete (by the entry's name) landed, Sales
-    # pushed a newer add, which moved that entry into Sales. The delete then took Sales'
-    # entry: Global's answer no longer counted, but Sales stayed "blocked:3" with nothing
-    # there, and once Global lapsed nothing pushed it again.
+def _globals_remove_in_flight() -> tuple[World, FakeDaktela, Pipeline, str, OpenChunk]:
+    """A rolling change Global -> Sales: a number blocked in Global, then removed (v2);
+    Sales has pushed its remove (nothing there), Global's is leased, not yet sent."""
     w, fake = daktela()
     sales = w.build(daktela_blacklist_database="Sales")
     w.pipe.ensure_registered(force=True)
@@ -250,6 +249,27 @@ def test_a_late_delete_of_an_entry_another_target_took_leaves_that_target_unknow
     w.remove(n)  # v2
     chunks = _lease_one_chunk_per_target(w)
     work.push_chunk(sales, chunks["daktela:Sales"])  # not there: done
+    return w, fake, sales, n, chunks["daktela:Global"]
+
+
+def _global_lapses(w: World, sales: Pipeline) -> None:
+    """Both processes run for a while, then only Sales' (Global's target lapses)."""
+    for _ in range(40):
+        w.clock.advance(60)
+        for p in (sales, w.pipe) if w.clock.now < 1_800_001_200 else (sales,):
+            work.sweep(p)
+            work.recover(p)
+            w.dispatcher.drain(p)
+    assert "daktela:Global" not in sales.directory(refresh=True)
+
+
+def test_a_late_delete_of_an_entry_another_target_took_leaves_that_target_unknown() -> None:
+    # Found by the third review: during a rolling change Global -> Sales, Global's remove
+    # looked the entry up in Global; before its delete (by the entry's name) landed, Sales
+    # pushed a newer add, which moved that entry into Sales. The delete then took Sales'
+    # entry: Global's answer no longer counted, but Sales stayed "blocked:3" with nothing
+    # there, and once Global lapsed nothing pushed it again.
+    w, fake, sales, n, globals_remove = _globals_remove_in_flight()
     original = fake.handle
     looked_up: list[bool] = []
 
@@ -264,17 +284,11 @@ def test_a_late_delete_of_an_entry_another_target_took_leaves_that_target_unknow
         return answer
 
     fake.handle = sales_adds_after_globals_lookup  # type: ignore[method-assign]
-    work.push_chunk(w.pipe, chunks["daktela:Global"])  # ... then deletes it by name
+    work.push_chunk(w.pipe, globals_remove)  # ... then deletes it by name
     assert looked_up and fake.listed("Sales") == set()
     view = w.pipe.store.provider_view(n, ["daktela:Sales"])["daktela:Sales"]
     assert view["confirmed"] == "?"  # not blocked:3
-    for _ in range(40):  # both run for a while, then only Sales: Global lapses
-        w.clock.advance(60)
-        for p in (sales, w.pipe) if w.clock.now < 1_800_001_200 else (sales,):
-            work.sweep(p)
-            work.recover(p)
-            w.dispatcher.drain(p)
-    assert "daktela:Global" not in sales.directory(refresh=True)
+    _global_lapses(w, sales)
     assert fake.listed("Sales") == {n[1:]}
     assert sales.store.provider_view(n, ["daktela:Sales"])["daktela:Sales"]["confirmed"] == (
         "blocked:3"
@@ -285,16 +299,7 @@ def test_a_recovered_remove_leaves_the_target_that_took_its_entry_unknown() -> N
     # The same race when Global's worker stalls after its lookup: its chunk is recovered,
     # and its delete may still land. Sales, which took the entry meanwhile, no longer
     # counts as holding it.
-    w, fake = daktela()
-    sales = w.build(daktela_blacklist_database="Sales")
-    w.pipe.ensure_registered(force=True)
-    n = numbers(1)[0]
-    w.add(n)
-    w.settle()
-    sales.ensure_registered(force=True)
-    w.remove(n)
-    chunks = _lease_one_chunk_per_target(w)
-    work.push_chunk(sales, chunks["daktela:Sales"])
+    w, fake, sales, n, _ = _globals_remove_in_flight()
     w.clock.advance(1)
     w.add(n)
     work.push_chunk(sales, _lease_one_chunk_per_target(w)["daktela:Sales"])  # moved to Sales
@@ -311,16 +316,7 @@ def test_a_late_delete_is_caught_when_the_taking_push_answers_last() -> None:
     # entry before Global's delete landed) answers after Global's: nothing marked Global's
     # answer as not counting yet, and Sales' "moved" answer confirmed blocked:3 for an entry
     # the delete had taken.
-    w, fake = daktela()
-    sales = w.build(daktela_blacklist_database="Sales")
-    w.pipe.ensure_registered(force=True)
-    n = numbers(1)[0]
-    w.add(n)
-    w.settle()
-    sales.ensure_registered(force=True)
-    w.remove(n)  # v2
-    chunks = _lease_one_chunk_per_target(w)
-    work.push_chunk(sales, chunks["daktela:Sales"])  # not there: done
+    w, fake, sales, n, globals_remove = _globals_remove_in_flight()
     original, complete = fake.handle, sales.store.complete
     moved, answer_now = threading.Event(), threading.Event()
     pushes: list[threading.Thread] = []
@@ -344,19 +340,14 @@ def test_a_late_delete_is_caught_when_the_taking_push_answers_last() -> None:
         return answer
 
     fake.handle = sales_moves_it_after_globals_lookup  # type: ignore[method-assign]
-    work.push_chunk(w.pipe, chunks["daktela:Global"])  # deletes it by name, answers first
+    work.push_chunk(w.pipe, globals_remove)  # deletes it by name, answers first
     fake.handle = original  # type: ignore[method-assign]
     answer_now.set()
     pushes[0].join()
     sales.store.complete = complete  # type: ignore[method-assign]
     assert fake.listed("Sales") == set()
     assert sales.store.provider_view(n, ["daktela:Sales"])["daktela:Sales"]["confirmed"] == "?"
-    for _ in range(40):  # both run for a while, then only Sales: Global lapses
-        w.clock.advance(60)
-        for p in (sales, w.pipe) if w.clock.now < 1_800_001_200 else (sales,):
-            work.sweep(p)
-            work.recover(p)
-            w.dispatcher.drain(p)
+    _global_lapses(w, sales)
     assert fake.listed("Sales") == {n[1:]}
 
 
