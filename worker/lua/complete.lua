@@ -47,7 +47,12 @@ if redis.call('EXISTS', P .. 'chunk:' .. id) == 0 then
         local owner = redis.call('HGET', inflight_key, n)
         if owner and owner ~= id then redis.call('HSET', unknown_key, n, owner) end
       end
-      if action == 'remove' then unsettle_siblings(target, n, touched) end
+      local from = r[1] == 'done' and r[2] == 'moved' and string.match(r[3], '^from (.+)$')
+      if from then
+        took_from(target, n, from, opt.moved_retry_ms, touched)
+      elseif action == 'remove' or r[1] ~= 'done' then
+        unsettle_siblings(target, n, touched)
+      end
       restage(target, n, true, touched)
       counts.orphan = counts.orphan + 1
     end
@@ -158,9 +163,9 @@ for _, item in ipairs(chunk.items) do
   end
   -- A recovered chunk's late request may have reached the provider after ours: our answer
   -- is no confirmation (see the orphan branch above).
-  local mark = take_mark(target, n, id)
+  local mark, mover = take_mark(target, n, id)
   local overtaken = mark ~= false
-  local moved_here = false
+  local unsure = false  -- confirmed by one more push
   local r = results[n] or {'retry', 'no_result', 'the pusher reported nothing', 0, 0.5}
   local outcome, reason, detail = r[1], r[2], r[3]
   local attempts = 0
@@ -168,24 +173,12 @@ for _, item in ipairs(chunk.items) do
   if outcome == 'done' then
     redis.call('HSET', confirmed_key, n, want_state(action) .. ':' .. version)
     local from = reason == 'moved' and string.match(detail, '^from (.+)$')
-    if from and from ~= target and redis.call('HEXISTS', P .. 'targets', from) == 1 then
-      -- The provider keeps a number in one list only (Daktela) and ours took it from
-      -- another target of ours (a rolling change of its database): that one's
-      -- confirmation no longer holds, and neither will the answer of a push of it in
-      -- flight now. It is pushed again, if it is still live, after a target TTL: not at
-      -- once, or two live targets would take the number from each other without end;
-      -- by then the old one of a rolling change has lapsed and the live one gets it back.
-      redis.call('HSET', P .. 'confirmed:' .. from, n, UNKNOWN)
-      local owner = redis.call('HGET', P .. 'inflight:' .. from, n)
-      if owner then
-        redis.call('HSETNX', P .. 'unknown:' .. from, n, 'm:' .. owner)
-      elseif tonumber(redis.call('ZSCORE', P .. 'targets:live', from) or '0') > NOW then
-        redis.call('ZADD', P .. 'retry', 'NX', int(NOW + opt.moved_retry_ms), from .. '|' .. n)
-      end
+    if from and took_from(target, n, from, opt.moved_retry_ms, touched) then
       -- A remove there may have looked the entry up before we took it and deleted it
-      -- after, whether it has answered already or not: ours is confirmed by the next
-      -- push, which finds the entry here or puts it back.
-      moved_here = true
+      -- after: if one answered since this chunk was leased, ours is confirmed by one more
+      -- push, which finds the entry here or puts it back. (One still in flight is marked
+      -- by took_from: its answer unsettles ours.)
+      unsure = tonumber(redis.call('HGET', P .. 'num:' .. n, 'ol') or '0') >= chunk.created
     end
     forget_failures(n)
     if redis.call('HDEL', P .. 'dlq', member) == 1 then
@@ -256,7 +249,7 @@ for _, item in ipairs(chunk.items) do
     -- unknown until the number's next push answers (an add-only target's confirmation
     -- stands: nothing there is ever removed).
     local ambiguous = r[1] == 'retry' or r[1] == 'outage'
-    if overtaken or moved_here or (ambiguous and not held_for_good(n)) then
+    if overtaken or unsure or (ambiguous and not held_for_good(n)) then
       redis.call('HSET', confirmed_key, n, UNKNOWN)
     end
     local answer = cjson.encode({at = NOW, act = action, out = outcome, rsn = reason,
@@ -267,13 +260,22 @@ for _, item in ipairs(chunk.items) do
   end
   -- The ledger moved while this push was in flight (or our answer does not count): the
   -- number's newest state goes out next, so an old action is never the last word.
-  if overtaken and action == 'remove' and sent(r) then unsettle_siblings(target, n, touched) end
+  if sent(r) and meta(target).one_list then
+    if action == 'remove' then
+      -- When the last remove at this provider answered (for the moves above).
+      redis.call('HSET', P .. 'num:' .. n, 'ol', int(NOW))
+      if overtaken then unsettle_siblings(target, n, touched) end
+    elseif r[1] == 'retry' or r[1] == 'outage' then
+      unsettle_siblings(target, n, touched)  -- a failed add may still have moved the entry
+    end
+  end
   local now_v = redis.call('HGET', P .. 'num:' .. n, 'v')
-  local again = moved_here or (overtaken and outcome == 'done')
-  if now_v == version and mark == 'moved' and outcome == 'done' and not moved_here then
+  local again = unsure or (overtaken and outcome == 'done')
+  if mark == 'moved' and outcome == 'done' and now_v == version and not unsure
+      and is_live(mover) then
     -- Taken by another live target of ours: this one gets it back after a target TTL.
     again = false
-    if tonumber(redis.call('ZSCORE', P .. 'targets:live', target) or '0') > NOW then
+    if is_live(target) then
       redis.call('ZADD', P .. 'retry', 'NX', int(NOW + opt.moved_retry_ms), member)
     end
   end

@@ -135,18 +135,21 @@ local UNKNOWN = '?'
 
 -- `unknown:{target}` marks the push in flight for a number whose answer will not count: its
 -- chunk id when a recovered chunk's late request may have landed after it (pushed again at
--- once), or 'm:' and its id when another target of ours took the number from this one
--- meanwhile (a move at a provider that keeps a number in one list: pushed again only after
--- a target TTL, see complete.lua). Takes this chunk's mark: false, 'overtaken' or 'moved'.
+-- once), or 'm:{id}>{mover}' when `mover`, another target of ours, took the number from
+-- this one meanwhile (a move at a provider that keeps a number in one list: see took_from).
+-- Takes this chunk's mark: false, 'overtaken', or 'moved' and the mover.
 local function take_mark(target, n, id)
   local key = P .. 'unknown:' .. target
   local mark = redis.call('HGET', key, n)
   if mark == id then
     redis.call('HDEL', key, n)
     return 'overtaken'
-  elseif mark == 'm:' .. id then
+  end
+  local mover = mark and string.sub(mark, 1, #id + 3) == 'm:' .. id .. '>'
+    and string.sub(mark, #id + 4)
+  if mover then
     redis.call('HDEL', key, n)
-    return 'moved'
+    return 'moved', mover
   end
   return false
 end
@@ -155,6 +158,10 @@ end
 -- get new work.
 local function live_targets()
   return redis.call('ZRANGEBYSCORE', P .. 'targets:live', NOW, '+inf')
+end
+
+local function is_live(target)
+  return tonumber(redis.call('ZSCORE', P .. 'targets:live', target) or '0') >= NOW
 end
 
 -- A target's capabilities, as registered by worker/store.py:register_targets.
@@ -235,19 +242,18 @@ local function restage(target, n, force, touched, led, fresh)
   return true
 end
 
--- A remove at a provider that keeps a number in one list only (Daktela), whose outcome is
--- uncertain (its answer no longer counts, or never came), may have deleted the entry that
--- another target of ours had just taken from it (an add there moves the entry, and the
--- remove deletes by the entry's name, looked up before): every other target of that
--- provider that holds the number blocked is unknown now and pushed again (an add of it in
--- flight does not confirm either).
+-- A push to a provider that keeps a number in one list only (Daktela), whose outcome is
+-- uncertain (a failed request, an answer that no longer counts, or none), may have taken
+-- the number from another target of ours: an add moves the entry into its list, and a
+-- remove deletes by the entry's name, looked up before, what another target may have taken
+-- meanwhile. Every other target of that provider that holds the number blocked is unknown
+-- now and pushed again; an add of it in flight confirms nothing (a remove in flight wants
+-- the entry gone anyway).
 local function unsettle_siblings(target, n, touched)
   local m = meta(target)
   if not m.one_list then return end
   for _, other in ipairs(redis.call('HKEYS', P .. 'targets')) do
     if other ~= target and meta(other).provider == m.provider then
-      -- Its push in flight confirms nothing if it adds (our delete may land after it); a
-      -- remove wants the entry gone anyway.
       local owner = redis.call('HGET', P .. 'inflight:' .. other, n)
       local raw = owner and redis.call('GET', P .. 'chunk:' .. owner)
       if raw and cjson.decode(raw).action == 'add' then
@@ -257,11 +263,33 @@ local function unsettle_siblings(target, n, touched)
       if conf and string.sub(conf, 1, 8) == 'blocked:' then
         redis.call('HSET', P .. 'confirmed:' .. other, n, UNKNOWN)
         -- A target that is not live now is caught up when it comes back.
-        local live = tonumber(redis.call('ZSCORE', P .. 'targets:live', other) or '0') > NOW
-        if live and not owner then restage(other, n, true, touched) end
+        if is_live(other) and not owner then restage(other, n, true, touched) end
       end
     end
   end
+end
+
+-- Our push took the number's entry from `from`, another target of ours at a provider that
+-- keeps a number in one list (a rolling change of Daktela's database): its confirmation no
+-- longer holds, and neither will the answer of its push in flight now. While `target` is
+-- live, `from` is pushed again only after `delay_ms` (a target TTL: by then the old
+-- database of a rolling change has lapsed and the live one keeps the number; at once, two
+-- live targets would take it from each other without end); when `target` is not live (a
+-- late push of a target that is gone), at once.
+local function took_from(target, n, from, delay_ms, touched)
+  if from == target or redis.call('HEXISTS', P .. 'targets', from) == 0 then return false end
+  redis.call('HSET', P .. 'confirmed:' .. from, n, UNKNOWN)
+  local owner = redis.call('HGET', P .. 'inflight:' .. from, n)
+  if owner then
+    redis.call('HSETNX', P .. 'unknown:' .. from, n, 'm:' .. owner .. '>' .. target)
+  elseif is_live(from) then
+    if is_live(target) then
+      redis.call('ZADD', P .. 'retry', 'NX', int(NOW + delay_ms), from .. '|' .. n)
+    else
+      restage(from, n, true, touched)
+    end
+  end
+  return true
 end
 
 -- What callers need to schedule flushes: per target|action, the batch size before this

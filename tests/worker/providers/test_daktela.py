@@ -7,6 +7,8 @@ import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
+
 from tests.fakes.daktela import FakeDaktela
 from tests.worker.providers.test_all_providers import World, numbers
 from worker import pipeline as work
@@ -212,8 +214,8 @@ def test_a_push_answered_before_its_entry_was_moved_away_confirms_nothing() -> N
     # lapsed), not at once: two live databases would take the number from each other.
     ttl_ms = w.pipe.settings.target_ttl_seconds * 1000
     assert glob["staged"] is None and glob["retry_at_ms"] == w.clock.now * 1000 + ttl_ms
-    # Sales took it, but a remove at Global could still have deleted it: one more push.
-    assert view["daktela:Sales"]["confirmed"] == "?" and view["daktela:Sales"]["staged"] == "add"
+    # Sales took it, and no remove at Global could have deleted it since: confirmed.
+    assert view["daktela:Sales"]["confirmed"] == "blocked:1"
 
 
 def test_the_database_left_live_after_a_rolling_change_gets_its_numbers_back() -> None:
@@ -377,3 +379,113 @@ def test_removes_at_two_live_databases_do_not_unsettle_each_other() -> None:
         "daktela:Global": "unblocked:2", "daktela:Sales": "unblocked:2",
     }  # fmt: skip
     assert fake.listed("Global") == fake.listed("Sales") == set()
+
+
+def test_a_recovered_add_whose_late_request_took_the_entry_unsettles_the_other_database() -> None:
+    # Found by the fifth review: Global's worker stalled with its request on the wire and
+    # its chunk was recovered; the request then moved the entry from Sales into Global, and
+    # the late answer ("moved from Sales") went through the recovered-chunk path, which
+    # ignored it: Sales stayed blocked:1 with nothing there once Global had lapsed.
+    w, fake, sales, n, chunks = _an_add_leased_for_both_databases()
+    work.push_chunk(sales, chunks["daktela:Sales"])  # created in Sales
+    original = fake.handle
+    stalled: list[bool] = []
+
+    def stall_before_the_move(*args: Any) -> Any:
+        if args[0] == "PUT" and not stalled:
+            stalled.append(True)
+            w.clock.advance(w.pipe.settings.lease_seconds + 1)
+            assert work.recover(w.pipe) == 1
+        return original(*args)
+
+    fake.handle = stall_before_the_move  # type: ignore[method-assign]
+    work.push_chunk(w.pipe, chunks["daktela:Global"])  # the late request moves it
+    fake.handle = original  # type: ignore[method-assign]
+    assert stalled and fake.listed("Global") == {n[1:]}
+    assert sales.store.provider_view(n, ["daktela:Sales"])["daktela:Sales"]["confirmed"] == "?"
+    _global_lapses(w, sales)
+    assert fake.listed("Sales") == {n[1:]}
+
+
+class _Killed(BaseException):
+    """The worker dies between its request and the chunk's completion."""
+
+
+def test_a_worker_killed_after_its_request_took_the_entry_unsettles_the_other_database() -> None:
+    # Found by the fifth review: recovery unsettled the other databases for a remove
+    # only, but an add's request may have moved the entry out of one of them.
+    w, fake, sales, n, chunks = _an_add_leased_for_both_databases()
+    work.push_chunk(sales, chunks["daktela:Sales"])  # created in Sales
+    complete = w.pipe.store.complete
+
+    def killed(*args: Any) -> Any:
+        raise _Killed
+
+    w.pipe.store.complete = killed  # type: ignore[method-assign]
+    with pytest.raises(_Killed):
+        work.push_chunk(w.pipe, chunks["daktela:Global"])  # moved Sales -> Global
+    w.pipe.store.complete = complete  # type: ignore[method-assign]
+    assert fake.listed("Global") == {n[1:]}
+    w.clock.advance(w.pipe.settings.lease_seconds + 1)
+    assert work.recover(sales) == 1
+    assert sales.store.provider_view(n, ["daktela:Sales"])["daktela:Sales"]["confirmed"] == "?"
+    _global_lapses(w, sales)
+    assert fake.listed("Sales") == {n[1:]}
+
+
+def test_a_late_add_of_a_database_that_has_gone_is_undone_at_once() -> None:
+    # Found by the fifth review: the database a number was taken from got it back only
+    # after a target TTL, even when the taker is no longer live (nothing would take it
+    # again): ten minutes without the opt-out in the only live database.
+    w, fake, sales, n, chunks = _an_add_leased_for_both_databases()
+    work.push_chunk(sales, chunks["daktela:Sales"])  # created in Sales
+    w.clock.advance(w.pipe.settings.target_ttl_seconds + 1)
+    sales.ensure_registered(force=True)  # only Sales announces now
+    assert "daktela:Global" not in sales.directory(refresh=True)
+    work.push_chunk(w.pipe, chunks["daktela:Global"])  # the late add moves it to Global
+    assert fake.listed("Sales") == set()
+    w.clock.advance(2)
+    work.sweep(sales)
+    w.dispatcher.drain(sales)
+    assert fake.listed("Sales") == {n[1:]}
+
+
+def test_two_live_databases_do_not_take_a_number_from_each_other_at_push_speed() -> None:
+    # Found by the fifth review: when both databases' requests landed before either
+    # answered, each "moved" answer pushed its own target again at once, and that push
+    # moved the entry back: moves without end while both were live.
+    w, fake, sales, n, chunks = _an_add_leased_for_both_databases()
+    fake.records["x1"] = {"name": "x1", "number": n, "description": "", "database": "Sales",
+                          "expired": None}  # fmt: skip
+    original, complete = fake.handle, sales.store.complete
+    sales_landed, answer_now = threading.Event(), threading.Event()
+    pushes: list[threading.Thread] = []
+
+    def complete_later(*args: Any) -> Any:
+        sales_landed.set()
+        answer_now.wait(10)
+        return complete(*args)
+
+    def sales_lands_after_global(*args: Any) -> Any:
+        answer = original(*args)
+        if args[0] == "PUT" and not pushes:  # Global's request has moved it from Sales
+            sales.store.complete = complete_later  # type: ignore[method-assign]
+            chunk = chunks["daktela:Sales"]
+            pushes.append(threading.Thread(target=work.push_chunk, args=(sales, chunk)))
+            pushes[0].start()
+            assert sales_landed.wait(10)  # Sales' request has moved it; it answers later
+        return answer
+
+    fake.handle = sales_lands_after_global  # type: ignore[method-assign]
+    work.push_chunk(w.pipe, chunks["daktela:Global"])  # Global answers first
+    fake.handle = original  # type: ignore[method-assign]
+    answer_now.set()
+    pushes[0].join()
+    sales.store.complete = complete  # type: ignore[method-assign]
+    moves = sum(1 for method, _, _ in fake.requests if method == "PUT")
+    for _ in range(5):  # a few minutes with both live: nothing more moves
+        w.clock.advance(30)
+        for p in (sales, w.pipe):
+            work.sweep(p)
+            w.dispatcher.drain(p)
+    assert sum(1 for method, _, _ in fake.requests if method == "PUT") == moves
