@@ -180,6 +180,9 @@ class Pipeline:
             breaker_threshold=BREAKER_THRESHOLD,
             breaker_cap_ms=int(BREAKER_CAP_SECONDS * 1000),
             moved_retry_ms=int(settings.target_ttl_seconds * 1000),
+            # A delete may land up to a lease after its chunk was leased; other hosts'
+            # clocks may be a little off.
+            recheck_ms=int((settings.lease_seconds + settings.http_timeout_seconds) * 1000),
             hold_ms=int(hold_seconds * 1000),
         )
 

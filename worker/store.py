@@ -193,6 +193,7 @@ class CompleteOptions:
     breaker_threshold: int  # chunks in a row whose requests all failed: the circuit opens
     breaker_cap_ms: int  # the longest the open circuit holds the provider
     moved_retry_ms: int  # a target a number was taken from is pushed again after this
+    recheck_ms: int  # a move this soon after a remove there answered is pushed once more
     hold_ms: int = 0  # a Retry-After the chunk's answers asked for
 
 

@@ -53,6 +53,7 @@ if redis.call('EXISTS', P .. 'chunk:' .. id) == 0 then
       elseif action == 'remove' or r[1] ~= 'done' then
         unsettle_siblings(target, n, touched)
       end
+      if action == 'remove' then note_remove(target, n) end
       restage(target, n, true, touched)
       counts.orphan = counts.orphan + 1
     end
@@ -175,10 +176,12 @@ for _, item in ipairs(chunk.items) do
     local from = reason == 'moved' and string.match(detail, '^from (.+)$')
     if from and took_from(target, n, from, opt.moved_retry_ms, touched) then
       -- A remove there may have looked the entry up before we took it and deleted it
-      -- after: if one answered since this chunk was leased, ours is confirmed by one more
-      -- push, which finds the entry here or puts it back. (One still in flight is marked
-      -- by took_from: its answer unsettles ours.)
-      unsure = tonumber(redis.call('HGET', P .. 'num:' .. n, 'ol') or '0') >= chunk.created
+      -- after: if one answered (or was given up on) about the time this chunk was leased
+      -- or since (a margin for a late delete and for the clocks of other hosts), ours is
+      -- confirmed by one more push, which finds the entry here or puts it back. (One still
+      -- in flight is marked by took_from: its answer unsettles ours.)
+      local ol = tonumber(redis.call('HGET', P .. 'num:' .. n, 'ol') or '0')
+      unsure = ol > 0 and ol + opt.recheck_ms >= chunk.created
     end
     forget_failures(n)
     if redis.call('HDEL', P .. 'dlq', member) == 1 then
@@ -262,8 +265,7 @@ for _, item in ipairs(chunk.items) do
   -- number's newest state goes out next, so an old action is never the last word.
   if sent(r) and meta(target).one_list then
     if action == 'remove' then
-      -- When the last remove at this provider answered (for the moves above).
-      redis.call('HSET', P .. 'num:' .. n, 'ol', int(NOW))
+      note_remove(target, n)
       if overtaken then unsettle_siblings(target, n, touched) end
     elseif r[1] == 'retry' or r[1] == 'outage' then
       unsettle_siblings(target, n, touched)  -- a failed add may still have moved the entry
@@ -272,7 +274,7 @@ for _, item in ipairs(chunk.items) do
   local now_v = redis.call('HGET', P .. 'num:' .. n, 'v')
   local again = unsure or (overtaken and outcome == 'done')
   if mark == 'moved' and outcome == 'done' and now_v == version and not unsure
-      and is_live(mover) then
+      and mover and is_live(mover) then
     -- Taken by another live target of ours: this one gets it back after a target TTL.
     again = false
     if is_live(target) then

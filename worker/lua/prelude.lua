@@ -147,9 +147,9 @@ local function take_mark(target, n, id)
   end
   local mover = mark and string.sub(mark, 1, #id + 3) == 'm:' .. id .. '>'
     and string.sub(mark, #id + 4)
-  if mover then
+  if mover or mark == 'm:' .. id then  -- (no mover named: treated as one that is gone)
     redis.call('HDEL', key, n)
-    return 'moved', mover
+    return 'moved', mover or nil
   end
   return false
 end
@@ -267,6 +267,13 @@ local function unsettle_siblings(target, n, touched)
       end
     end
   end
+end
+
+-- When a remove at a provider that keeps a number in one list last answered, or was given
+-- up on (a recovered chunk), for a number: a move into another of our targets soon after
+-- may have been undone by that remove's delete (see complete.lua).
+local function note_remove(target, n)
+  if meta(target).one_list then redis.call('HSET', P .. 'num:' .. n, 'ol', int(NOW)) end
 end
 
 -- Our push took the number's entry from `from`, another target of ours at a provider that

@@ -33,7 +33,10 @@ for _, item in ipairs(chunk.items) do
   end
   -- Its answer was not going to count (complete.lua); there will be none now.
   take_mark(target, n, id)
-  if recovering then unsettle_siblings(target, n, touched) end
+  if recovering then
+    if chunk.action == 'remove' then note_remove(target, n) end
+    unsettle_siblings(target, n, touched)
+  end
   restage(target, n, true, touched)
 end
 redis.call('DEL', P .. 'chunk:' .. id)

@@ -489,3 +489,134 @@ def test_two_live_databases_do_not_take_a_number_from_each_other_at_push_speed()
             work.sweep(p)
             w.dispatcher.drain(p)
     assert sum(1 for method, _, _ in fake.requests if method == "PUT") == moves
+
+
+def test_a_delete_that_failed_and_lands_after_a_move_is_caught() -> None:
+    # Found by the sixth review: a delete answered 503 but carried out later by Daktela,
+    # after Sales' push moved the entry: Sales confirmed blocked:3 for nothing.
+    w, fake, sales, n, globals_remove = _globals_remove_in_flight()
+    original = fake.handle
+    deferred: list[str] = []
+
+    def delete_times_out_but_lands_later(*args: Any) -> Any:
+        method, path = args[0], args[1]
+        if method == "DELETE" and not deferred:
+            name = path.rsplit("/", 1)[1].removesuffix(".json")
+            deferred.append(name)
+            return 503, {"error": ["gateway timeout"]}, {}  # not applied yet
+        answer = original(*args)
+        if method == "PUT" and deferred and deferred[0] in fake.records:
+            del fake.records[deferred[0]]  # the queued DELETE executes now, by name
+        return answer
+
+    fake.handle = delete_times_out_but_lands_later  # type: ignore[method-assign]
+    work.push_chunk(w.pipe, globals_remove)  # remove v2 answers 'retry'; ol written now
+    w.clock.advance(1)
+    w.add(n)  # v3
+    chunks = _lease_one_chunk_per_target(w)
+    work.push_chunk(sales, chunks["daktela:Sales"])  # moves Global's entry; DELETE lands
+    fake.handle = original  # type: ignore[method-assign]
+    if "daktela:Global" in chunks:
+        work.push_chunk(w.pipe, chunks["daktela:Global"])
+    view = sales.store.provider_view(n, ["daktela:Sales"])["daktela:Sales"]
+    _global_lapses(w, sales)
+    view = sales.store.provider_view(n, ["daktela:Sales"])["daktela:Sales"]
+    assert fake.listed("Sales") == {n[1:]}, view
+
+
+def test_a_late_delete_is_caught_when_the_deleting_host_lags() -> None:
+    # Found by the sixth review: as test_a_late_delete_is_caught_when_the_taking_push_
+    # answers_last, with Global's host clock a second behind Sales'.
+    w, fake, sales, n, globals_remove = _globals_remove_in_flight()
+    original, complete = fake.handle, sales.store.complete
+    moved, answer_now = threading.Event(), threading.Event()
+    pushes: list[threading.Thread] = []
+
+    def complete_later(*args: Any) -> Any:
+        moved.set()
+        answer_now.wait(10)
+        return complete(*args)
+
+    def sales_moves_it_after_globals_lookup(*args: Any) -> Any:
+        answer = copy.deepcopy(original(*args))
+        method, query = args[0], args[2]
+        if method == "GET" and query.get("filter[1][value]") == ["Global"] and not pushes:
+            w.clock.advance(1)
+            w.add(n)  # v3
+            chunk = _lease_one_chunk_per_target(w)["daktela:Sales"]
+            sales.store.complete = complete_later  # type: ignore[method-assign]
+            pushes.append(threading.Thread(target=work.push_chunk, args=(sales, chunk)))
+            pushes[0].start()
+            assert moved.wait(10)
+        return answer
+
+    fake.handle = sales_moves_it_after_globals_lookup  # type: ignore[method-assign]
+    global_complete = w.pipe.store.complete
+
+    def complete_on_a_lagging_host(*args: Any) -> Any:
+        w.pipe.store.clock = lambda: w.clock.now - 1.0  # Global's host lags by 1 s
+        try:
+            return global_complete(*args)
+        finally:
+            w.pipe.store.clock = w.clock  # type: ignore[assignment]
+
+    w.pipe.store.complete = complete_on_a_lagging_host  # type: ignore[method-assign]
+    work.push_chunk(w.pipe, globals_remove)  # deletes it by name, answers first
+    w.pipe.store.complete = global_complete  # type: ignore[method-assign]
+    fake.handle = original  # type: ignore[method-assign]
+    answer_now.set()
+    pushes[0].join()
+    sales.store.complete = complete  # type: ignore[method-assign]
+    assert fake.listed("Sales") == set()
+    assert sales.store.provider_view(n, ["daktela:Sales"])["daktela:Sales"]["confirmed"] == "?"
+    _global_lapses(w, sales)
+    assert fake.listed("Sales") == {n[1:]}, sales.store.provider_view(n, ["daktela:Sales"])
+
+
+def test_a_recovered_remove_whose_delete_lands_after_a_move_is_caught() -> None:
+    # Found by the sixth review: Global's worker stalled with its delete on the wire and
+    # its chunk was recovered (Sales held nothing yet); Sales then took the entry, the
+    # delete landed, and the worker died without an answer.
+    w, fake, sales, n, globals_remove = _globals_remove_in_flight()
+    original, sales_complete = fake.handle, sales.store.complete
+    moved, answer_now = threading.Event(), threading.Event()
+    pushes: list[threading.Thread] = []
+    leased: dict[str, Any] = {}
+
+    def complete_later(*args: Any) -> Any:
+        moved.set()
+        answer_now.wait(10)
+        return sales_complete(*args)
+
+    def stall_after_lookup(*args: Any) -> Any:
+        method = args[0]
+        if method == "DELETE" and not pushes:  # on the wire: it stalls, lands later
+            w.clock.advance(w.pipe.settings.lease_seconds + 1)
+            assert work.recover(sales) == 1  # Global's remove recovered
+            w.clock.advance(1)
+            w.add(n)  # v3
+            leased.update(_lease_one_chunk_per_target(w))
+            chunk = leased["daktela:Sales"]
+            sales.store.complete = complete_later  # type: ignore[method-assign]
+            pushes.append(threading.Thread(target=work.push_chunk, args=(sales, chunk)))
+            pushes[0].start()
+            assert moved.wait(10)  # Sales moved the entry; answers later
+        return original(*args)
+
+    def killed(*args: Any) -> Any:
+        raise _Killed
+
+    fake.handle = stall_after_lookup  # type: ignore[method-assign]
+    w.pipe.store.complete = killed  # type: ignore[method-assign]
+    with pytest.raises(_Killed):
+        work.push_chunk(w.pipe, globals_remove)  # its DELETE lands, then the worker dies
+    fake.handle = original  # type: ignore[method-assign]
+    del w.pipe.store.complete
+    answer_now.set()
+    pushes[0].join()
+    sales.store.complete = sales_complete  # type: ignore[method-assign]
+    assert fake.listed("Sales") == set()
+    if "daktela:Global" in leased:
+        work.push_chunk(w.pipe, leased["daktela:Global"])  # its add v3: created in Global
+    _global_lapses(w, sales)
+    assert fake.listed("Sales") == {n[1:]}, sales.store.provider_view(n, ["daktela:Sales"])
