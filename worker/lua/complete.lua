@@ -180,8 +180,13 @@ for _, item in ipairs(chunk.items) do
       -- or since (a margin for a late delete and for the clocks of other hosts), ours is
       -- confirmed by one more push, which finds the entry here or puts it back. (One still
       -- in flight is marked by took_from: its answer unsettles ours.)
-      local ol = tonumber(redis.call('HGET', P .. 'num:' .. n, 'ol') or '0')
-      unsure = ol > 0 and ol + opt.recheck_ms >= chunk.created
+      -- Once per remove noted: two live targets taking the entry from each other would
+      -- otherwise push at once, again and again, until the margin ran out.
+      local key = P .. 'num:' .. n
+      local ol = redis.call('HGET', key, 'ol')
+      unsure = ol ~= false and tonumber(ol) + opt.recheck_ms >= chunk.created
+        and redis.call('HGET', key, 'rc:' .. target) ~= ol
+      if unsure then redis.call('HSET', key, 'rc:' .. target, ol) end
     end
     forget_failures(n)
     if redis.call('HDEL', P .. 'dlq', member) == 1 then

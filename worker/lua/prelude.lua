@@ -273,7 +273,12 @@ end
 -- up on (a recovered chunk), for a number: a move into another of our targets soon after
 -- may have been undone by that remove's delete (see complete.lua).
 local function note_remove(target, n)
-  if meta(target).one_list then redis.call('HSET', P .. 'num:' .. n, 'ol', int(NOW)) end
+  if not meta(target).one_list then return end
+  local key = P .. 'num:' .. n
+  -- Never earlier than it was: another host's clock may lag a little.
+  if tonumber(redis.call('HGET', key, 'ol') or '0') < NOW then
+    redis.call('HSET', key, 'ol', int(NOW))
+  end
 end
 
 -- Our push took the number's entry from `from`, another target of ours at a provider that
