@@ -90,6 +90,9 @@ class Settings(BaseModel):
     )
     max_body_bytes: int = Field(default=2_000_000, ge=1024, alias="OPTOUT_MAX_BODY_BYTES")
     redis_wait_replicas: int = Field(default=0, ge=0, alias="OPTOUT_REDIS_WAIT_REPLICAS")
+    redis_wait_timeout_ms: int = Field(
+        default=1000, ge=1, le=60_000, alias="OPTOUT_REDIS_WAIT_TIMEOUT_MS"
+    )
     worker_concurrency: int = Field(default=2, ge=1, le=64, alias="OPTOUT_WORKER_CONCURRENCY")
     per_number_concurrency: int = Field(
         default=2, ge=1, le=64, alias="OPTOUT_PER_NUMBER_CONCURRENCY"

@@ -167,7 +167,7 @@ class Pipeline:
     def replication(self) -> Replication | None:
         """How many replicas an accepted write must reach before it is answered."""
         replicas = self.settings.redis_wait_replicas
-        return Replication(replicas) if replicas else None
+        return Replication(replicas, self.settings.redis_wait_timeout_ms) if replicas else None
 
     def complete_options(self, hold_seconds: float = 0.0) -> CompleteOptions:
         """How a chunk's failures are treated (settings, in the units the script reads)."""

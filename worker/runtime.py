@@ -116,7 +116,7 @@ def build_pipeline(
     if async_client is None and client is None:
         async_client = functools.partial(async_redis_client, settings)
     replicas = settings.redis_wait_replicas
-    replication = Replication(replicas) if replicas else None
+    replication = Replication(replicas, settings.redis_wait_timeout_ms) if replicas else None
     return Pipeline(
         settings=settings,
         store=store,
