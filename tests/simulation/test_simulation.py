@@ -9,7 +9,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, reproduce_failure, settings
+from hypothesis.stateful import run_state_machine_as_test
 
 from tests.simulation.machine import STATS, PipelineMachine, SimRedis
 from worker import logs
@@ -38,6 +39,9 @@ def test_the_pipeline_never_loses_or_stales_an_opt_out() -> None:
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
         print_blob=True,  # a failure prints the @reproduce_failure line to replay it
         database=None,
+        # CI replays the same examples every run, so that a failure there is a change's,
+        # not the luck of the draw; OPTOUT_SIM_EXAMPLES draws new ones.
+        derandomize="OPTOUT_SIM_EXAMPLES" not in os.environ,
     )
     case("runTest").runTest()
     print("simulation reached:", dict(STATS))
@@ -394,3 +398,40 @@ def test_case_a_first_catch_up_step_never_moves_a_newer_one_on() -> None:
     work.backfill(m.worker)
     assert m.store.backfills()["native"].startswith("b:0@")  # the new one, untouched
     _done(m)
+
+
+#: Races the simulation found on 2026-12-02 that are not fixed yet (two bulk targets, an API
+#: and a worker with the same targets, workers killed and leases recovered while numbers
+#: flip): a target left holding a block the ledger lifted, and a confirmation of a block
+#: the provider lacks. Present before this session's changes too. Replayed from hypothesis'
+#: blobs (tied to this hypothesis version and the machine's rules): strict, so the fix
+#: turns them into named cases.
+OPEN_RACES = {
+    "stale_block_after_recoveries": (
+        b"AXicXVNtloJADGuZQRAR18UL9Uh7/z+bpAyOPh4C/UjSdDQPsxhwWbjFHx4r7sHd8OnxCkNFXhY7rt8o"
+        b"SJorPRm+mVwZYNSJdmWxwnH7TOAHqYvSm8fqiSa4V+uy7oWJC9+y5wXWTtBTEBb1BJEmYSM3duS1zeLZ"
+        b"Sh2Lhm6Y3og50qhOtqr7ENFadtLuXdFBfHfpHPMBEVtMnQVNRnLJeuAVt9ZFURPumU4VIQDyjldBxIJJ"
+        b"cw1z/LxhESvIFVRk3yzA4nEj0WRvfio7JubWK6tBsWLouddJPKcVQFjSrQpwgRYCHEMMIbksOcYAGsQ1"
+        b"84/FC6wqrxoWnAuSv4PR0xmMbKFo1jxY9ejWKP0TDLieu2NwgKhiJ36GrYVH2Vhj64wQo8mCk3DzPGKa"
+        b"jQ0DRWsZlbZPVLN924RqyXyiXEhXctZgx+VjScc/o+TZoamWkUWc6ckO6Tr1/g9elU/3"
+    ),
+    "confirmed_block_the_provider_lacks": (
+        b"AXicVVFJEoMwDLMJZQnL0JYP6Un9/6WSDZROJiRYsiw75jBDw2Vww4fHzN24G38dO4yMXIY31wuFoHnA"
+        b"vfFf4KyAoi61UeQIY/oH+CHUBbw6Zk+1kNvPLLtdBHS6PRwip9bJLoqhGIZk9D+8QRVjwOb087y7qIZW"
+        b"7IkWjmC0UlXYlFCciYudzi7jhFrsMSpFiypUk1wvN54ETTTa29UAedoZWemEp4RDuc0J5wNkARIWNnJR"
+        b"ov9VHI2AYVndTvEck+dM6+FMg+9z8Ed/XdZJfglm6yFbw6yyPZ4r3etdx1D8AqJqMB4="
+    ),
+}
+
+
+@pytest.mark.xfail(strict=True, reason="open race found by the simulation (issue 13)")
+@pytest.mark.parametrize("race", sorted(OPEN_RACES))
+def test_open_race(race: str) -> None:
+    machine = reproduce_failure("6.170.17", OPEN_RACES[race])(PipelineMachine)
+    run_state_machine_as_test(
+        machine,
+        settings=settings(
+            max_examples=1, stateful_step_count=STEPS, deadline=None, database=None,
+            suppress_health_check=list(HealthCheck),
+        ),
+    )  # fmt: skip
