@@ -102,32 +102,23 @@ end
 
 -- How long this number has been getting an answer that a window bounds (Weya's 404 while
 -- a call record is being written): `window:{target}` holds "{version}:{spent}:{last}". Only
--- the time between two such answers counts, and not a gap longer than twice the backoff
--- cap (the provider was paused or away meanwhile); an outage restarts the count from its
--- own time (`window_pause`): time the provider was down is no time spent waiting for it.
-local function window_key(n, version)
-  local v, spent, last = string.match(redis.call('HGET', P .. 'window:' .. target, n) or '',
-                                      '^([^:]+):(%d+):(%d+)$')
-  if v ~= version then return nil, nil end
-  return tonumber(spent), tonumber(last)
-end
-
-local function window_spent(n, version)
-  local spent, last = window_key(n, version)
-  if spent == nil then
+-- the time between two such answers counts (`counting`), and not a gap longer than twice
+-- the backoff cap (the provider was paused or away meanwhile); an outage only moves `last`
+-- to its own time: time the provider was down is no time spent waiting for it.
+local function window_spent(n, version, counting)
+  local key = P .. 'window:' .. target
+  local v, spent, last = string.match(redis.call('HGET', key, n) or '', '^([^:]+):(%d+):(%d+)$')
+  if v ~= version then
+    if not counting then return 0 end
     spent = 0
-  elseif NOW - last <= 2 * opt.backoff_cap_ms then
-    spent = spent + (NOW - last)
+  else
+    spent = tonumber(spent)
+    if counting and NOW - tonumber(last) <= 2 * opt.backoff_cap_ms then
+      spent = spent + (NOW - tonumber(last))
+    end
   end
-  redis.call('HSET', P .. 'window:' .. target, n, version .. ':' .. int(spent) .. ':' .. int(NOW))
+  redis.call('HSET', key, n, version .. ':' .. int(spent) .. ':' .. int(NOW))
   return spent
-end
-
-local function window_pause(n, version)
-  local spent = window_key(n, version)
-  if spent ~= nil then
-    redis.call('HSET', P .. 'window:' .. target, n, version .. ':' .. int(spent) .. ':' .. int(NOW))
-  end
 end
 
 local function dead_letter(n, version, reason, detail, attempts)
@@ -199,7 +190,7 @@ for _, item in ipairs(chunk.items) do
     local give_up = attempts >= opt.max_attempts
     if window > 0 then
       -- Retried for a while rather than a number of times (a record not written yet).
-      give_up = window_spent(n, version) >= window
+      give_up = window_spent(n, version, true) >= window
     end
     if give_up then
       local why = 'max_attempts'
@@ -218,7 +209,7 @@ for _, item in ipairs(chunk.items) do
     -- The request failed as a whole: nothing is known about this number, so no attempt is
     -- spent; the circuit breaker keeps a provider that is down from being hammered.
     attempts = attempts_of(n, version, 0)
-    window_pause(n, version)
+    window_spent(n, version, false)
     local failing = NOW - outage_since(n, version)
     if failing >= opt.outage_budget_ms then
       dead_letter(n, version, 'outage_budget', reason .. ': ' .. detail, attempts)
