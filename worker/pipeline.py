@@ -169,6 +169,15 @@ class Pipeline:
         replicas = self.settings.redis_wait_replicas
         return Replication(replicas, self.settings.redis_wait_timeout_ms) if replicas else None
 
+    @property
+    def late_ms(self) -> int:
+        """How long after its push lost the chunk (recovered, or completed by another
+        delivery of its task) a request may still land at the provider: every request
+        renews the lease first, so one sent in time has a lease ahead of it; the margin is
+        for a worker that stalls mid-request and for other hosts' clocks."""
+        settings = self.settings
+        return int((settings.lease_seconds + settings.http_timeout_seconds) * 1000)
+
     def complete_options(self, hold_seconds: float = 0.0) -> CompleteOptions:
         """How a chunk's failures are treated (settings, in the units the script reads)."""
         settings = self.settings
@@ -180,9 +189,7 @@ class Pipeline:
             breaker_threshold=BREAKER_THRESHOLD,
             breaker_cap_ms=int(BREAKER_CAP_SECONDS * 1000),
             moved_retry_ms=int(settings.target_ttl_seconds * 1000),
-            # A delete may land up to a lease after its chunk was leased; other hosts'
-            # clocks may be a little off.
-            recheck_ms=int((settings.lease_seconds + settings.http_timeout_seconds) * 1000),
+            late_ms=self.late_ms,
             hold_ms=int(hold_seconds * 1000),
         )
 
@@ -361,7 +368,7 @@ def push_chunk(pipe: Pipeline, opened: OpenChunk) -> dict[str, int]:
     provider = pipe.providers.get(chunk.provider)
     if provider is None or opened.stopped:
         # Not for this worker, or its provider is paused or held: staged again, unsent.
-        schedule(pipe, pipe.store.release(chunk.id, recover=False)[1])
+        schedule(pipe, pipe.store.release(chunk.id, recover=False, late_ms=pipe.late_ms)[1])
         return {}
 
     want = "blocked" if chunk.action is Action.ADD else "unblocked"
@@ -532,7 +539,7 @@ def recover(pipe: Pipeline) -> int:
     pushed again; what the provider holds for their numbers is unknown."""
     recovered = 0
     for chunk_id in pipe.store.expired_leases():
-        status, staged = pipe.store.release(chunk_id, recover=True)
+        status, staged = pipe.store.release(chunk_id, recover=True, late_ms=pipe.late_ms)
         if status != "ok":
             continue  # renewed since it was listed, or completed meanwhile
         schedule(pipe, staged)

@@ -24,12 +24,17 @@ key                            type    holds
                                        ``[e164, version, label, expiry, ctx, source, reason,
                                        updated]``
 ``leases``                     zset    chunk id -> lease expiry (ms)
+``opened``                     hash    chunk id -> pushes that opened it (a task delivered
+                                       twice pushes it twice)
 ``chunkseq``                   string  chunk id counter
 ``confirmed:{target}``         hash    number -> ``{state}:{version}`` the provider holds, or
                                        ``?`` (unknown: a push whose answer no longer
                                        counts may have landed after a newer one)
 ``unknown:{target}``           hash    number -> the chunk in flight whose answer will not
                                        count (a recovered chunk's request may follow it)
+``late:{target}``              hash    number -> until when (ms) a request of a push that
+                                       lost its chunk may still land: a push leased before
+                                       then is confirmed by one more after it
 ``answer:{target}``            hash    number -> JSON of the provider's last answer
 ``fails:{target}``             hash    number -> ``{version}:{count}``: failed attempts of
                                        that ledger version since its last success
@@ -193,7 +198,7 @@ class CompleteOptions:
     breaker_threshold: int  # chunks in a row whose requests all failed: the circuit opens
     breaker_cap_ms: int  # the longest the open circuit holds the provider
     moved_retry_ms: int  # a target a number was taken from is pushed again after this
-    recheck_ms: int  # a move this soon after a remove there answered is pushed once more
+    late_ms: int  # how long a request may land after its push lost the chunk (release)
     hold_ms: int = 0  # a Retry-After the chunk's answers asked for
 
 
@@ -397,10 +402,12 @@ class Store:
             str(raw.get("circuit") or "closed"),
         )
 
-    def release(self, chunk_id: str, *, recover: bool) -> tuple[str, list[Staged]]:
+    def release(self, chunk_id: str, *, recover: bool, late_ms: int) -> tuple[str, list[Staged]]:
         """Give a chunk's numbers back to staging: handed back unsent by its pusher, or
-        recovered once its lease has run out ('alive' if it was renewed meanwhile)."""
-        raw = _decode(self._run("release", chunk_id, "recover" if recover else "return"))
+        recovered once its lease has run out ('alive' if it was renewed meanwhile); a late
+        request of its pusher may land for `late_ms` (see lua/release.lua)."""
+        mode = "recover" if recover else "return"
+        raw = _decode(self._run("release", chunk_id, mode, late_ms))
         return str(raw["status"]), _staged(raw.get("staged"))
 
     def expired_leases(self, limit: int = 100) -> list[str]:

@@ -227,6 +227,26 @@ class PipelineMachine(RuleBasedStateMachine):
     def clock_ms(self) -> int:
         return int(self.clock.now * 1000)
 
+    def pass_time(self, seconds: float) -> None:
+        self.note_lost_chunks()
+        self.clock.now += seconds
+
+    def recover_leases(self) -> int:
+        recovered = work.recover(self.worker)
+        self.note_lost_chunks()
+        return recovered
+
+    def note_lost_chunks(self) -> None:
+        """A request whose push lost its chunk (recovered, or completed by another delivery
+        of its task) is applied, if ever, within the pipeline's late window of that moment
+        (see models). Called whenever a chunk may have gone and before time passes."""
+        now = self.clock_ms()
+        for request in self.outstanding:
+            if request.deadline_ms is None and not self.redis.exists(
+                self.store.key("chunk", request.chunk)
+            ):
+                request.deadline_ms = now + self.worker.late_ms
+
     def register(
         self, model: Model, target: str, kind: str, items: list[Any], **kw: Any
     ) -> Request:
@@ -355,9 +375,9 @@ class PipelineMachine(RuleBasedStateMachine):
     def leases_run_out(self) -> None:
         """Time passes beyond every lease (slow requests, a stalled worker); beat recovers
         the chunks and, a linger later, flushes what they gave back."""
-        self.clock.now += self.settings.lease_seconds + 1
+        self.pass_time(self.settings.lease_seconds + 1)
         work.sweep(self.worker)
-        work.recover(self.worker)
+        self.recover_leases()
         self.tick()
         self.note("leases ran out; recovered")
 
@@ -365,9 +385,9 @@ class PipelineMachine(RuleBasedStateMachine):
     @rule()
     def tick(self) -> None:
         """A linger's worth of time with beat's sweep and lease recovery."""
-        self.clock.now += self.settings.batch_linger_ms / 1000 + 0.1
+        self.pass_time(self.settings.batch_linger_ms / 1000 + 0.1)
         work.sweep(self.worker)
-        work.recover(self.worker)
+        self.recover_leases()
         self.note("tick")
 
     def start_push(self, chunk_id: str) -> PushThread:
@@ -497,6 +517,12 @@ class PipelineMachine(RuleBasedStateMachine):
         self.resolve(request, answer)
 
     def resolve(self, request: Request, answer: str) -> None:
+        if (
+            answer in (OK, PARTIAL)
+            and not request.applied
+            and not request.can_land(self.clock_ms())
+        ):
+            answer = LOST  # too late to be applied: its sender times out
         self.outstanding.remove(request)
         request.answer = answer
         self.note(f"answered #{request.id} {answer}")
@@ -506,13 +532,18 @@ class PipelineMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.on("kill") and self.gate.alive())
     @rule(data=st.data())
     def kill_worker(self, data: st.DataObject) -> None:
-        """kill -9 a worker mid-push. What it had sent is applied or not, now; a worker that
-        was still waiting after its chunk was recovered has nothing applied (see models)."""
+        """kill -9 a worker mid-push. What it had sent is applied or not, now, if it still
+        can be (see models)."""
         push = data.draw(st.sampled_from(self.gate.alive()), label="push")
+        self.note_lost_chunks()
         for request in [r for r in self.outstanding if r.owner is push]:
-            recovered = not self.redis.exists(self.store.key("chunk", request.chunk))
-            if not recovered and data.draw(st.booleans(), label="applied"):
+            if request.can_land(self.clock_ms()) and data.draw(st.booleans(), label="applied"):
                 request.model.apply(request)
+        self.kill(push)
+
+    def kill(self, push: PushThread) -> None:
+        """The push's worker dies: what it had sent and was not applied never will be."""
+        for request in [r for r in self.outstanding if r.owner is push]:
             self.outstanding.remove(request)
         push.killed = True
         self.note(f"killed {push.name}")
@@ -533,7 +564,7 @@ class PipelineMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.on("time"))
     @rule(seconds=st.sampled_from([0.5, 1.0, 3.0, 10.0, 30.0, 130.0]))
     def advance(self, seconds: float) -> None:
-        self.clock.now += seconds
+        self.pass_time(seconds)
         self.note(f"+{seconds}s")
 
     @precondition(lambda self: self.on("beat"))
@@ -545,7 +576,7 @@ class PipelineMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.on("beat"))
     @rule()
     def recover(self) -> None:
-        recovered = work.recover(self.worker)
+        recovered = self.recover_leases()
         self.note(f"recover {recovered}")
 
     @precondition(lambda self: self.on("dead_letter") and self.redis.hlen(self.store.key("dlq")))
@@ -699,9 +730,9 @@ class PipelineMachine(RuleBasedStateMachine):
                 work.replay(self.worker, replay, "settle")
             elif self.idle():
                 return
-            self.clock.now += 10
+            self.pass_time(10)
             work.sweep(self.worker)
-            work.recover(self.worker)
+            self.recover_leases()
         raise AssertionError(f"did not settle: {self.busy()} {self.log[-60:]}")
 
     def run_task_at(self, i: int) -> None:
@@ -730,7 +761,7 @@ class PipelineMachine(RuleBasedStateMachine):
 
     def check_quiescent(self) -> None:
         # Past every temporary block, so that expiries have been processed too.
-        self.clock.now += 200
+        self.pass_time(200)
         for _ in range(3):
             work.sweep(self.worker)
             self.settle()

@@ -7,9 +7,10 @@ parks the thread until the simulation resolves one; the simulation waits until e
 thread has parked again or finished before its next step, so runs are deterministic.
 
 The timing the pipeline relies on, and which the models keep: a provider applies a request,
-if ever, while its sender still waits for it (before the answer, the timeout, or the
-sender's death); a sender killed after its chunk was recovered never has its requests
-applied (that case is scheduled reconciliation's, not the pipeline's).
+if ever, before its answer reaches the sender, and no later than the pipeline's late window
+(`Pipeline.late_ms`: a lease and an HTTP timeout) after the sender's push lost its chunk (it
+was recovered, or another delivery of the task completed it). Until then it may land at
+any moment, after newer pushes, and its sender may die without an answer.
 """
 
 from __future__ import annotations
@@ -59,6 +60,10 @@ class Request:
     found: int | None = None  # lookup: the id it saw when applied
     answer: str | None = None
     failed: str = ""  # partial: the number answered as failed
+    deadline_ms: int | None = None  # applied no later than this (its push lost the chunk)
+
+    def can_land(self, now_ms: int) -> bool:
+        return self.deadline_ms is None or now_ms <= self.deadline_ms
 
     @property
     def numbers(self) -> list[str]:
@@ -195,7 +200,7 @@ class Model:
     # -- what a request does at the provider ------------------------------------------------
 
     def apply(self, request: Request) -> None:
-        if request.applied:
+        if request.applied or not request.can_land(self.sim.clock_ms()):
             return
         request.applied = True
         held = self.lists[request.target]

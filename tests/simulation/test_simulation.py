@@ -9,8 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, reproduce_failure, settings
-from hypothesis.stateful import run_state_machine_as_test
+from hypothesis import HealthCheck, settings
 
 from tests.simulation.machine import STATS, PipelineMachine, SimRedis
 from worker import logs
@@ -77,6 +76,62 @@ def test_case_a_late_remove_from_a_recovered_chunk_never_gets_the_last_word() ->
     m.resolve(slow, "ok")  # A's answer arrives first
     m.check_invariants_now()
     m.resolve(fresh, "ok")
+    _done(m)
+
+
+@pytest.mark.parametrize("late", [Action.REMOVE, Action.ADD])
+@pytest.mark.parametrize("lands", ["before the answer", "after the answer"])
+def test_case_a_late_request_whose_sender_dies_never_gets_the_last_word(
+    late: Action, lands: str
+) -> None:
+    # Found by the simulation: as above, but A's request lands after B's was applied (before
+    # or after B's answer), and A's worker dies before its own answer: nothing ever reports
+    # it. B's confirmation waits for one more push, once A's request can no longer land.
+    m = _machine({"bulk"})
+    n = m.numbers[0]
+    final = Action.ADD if late is Action.REMOVE else Action.REMOVE
+    if late is Action.REMOVE:
+        m.accept_event(n, Action.ADD, -30, None, False, "api")
+        m.workers_catch_up()
+        m.answer_all()
+    m.accept_event(n, late, -20, None, False, "api")
+    m.workers_catch_up()  # worker A, slow
+    slow = m.pending("bulk:a")
+    m.accept_event(n, final, -10, None, False, "api")
+    m.leases_run_out()
+    m.workers_catch_up()  # worker B
+    fresh = next(r for r in m.outstanding if r.target == "bulk:a" and r is not slow)
+    fresh.model.apply(fresh)
+    if lands == "after the answer":
+        m.resolve(fresh, "ok")
+        m.check_invariants_now()
+    slow.model.apply(slow)
+    m.kill(slow.owner)
+    if fresh in m.outstanding:
+        m.resolve(fresh, "ok")
+    _done(m)
+
+
+def test_case_a_task_delivered_twice_whose_second_push_lands_late() -> None:
+    # Two deliveries of one push task push the same chunk at once. The first completes; the
+    # second's add lands after a newer remove was answered, and its worker dies.
+    m = _machine({"bulk"})
+    n = m.numbers[0]
+    m.accept_event(n, Action.ADD, -30, None, False, "api")
+    m.workers_catch_up()
+    first = m.pending("bulk:a")
+    m.start_push(first.chunk)  # delivered again
+    second = next(r for r in m.outstanding if r.target == "bulk:a" and r is not first)
+    first.model.apply(first)
+    m.resolve(first, "ok")
+    m.accept_event(n, Action.REMOVE, -20, None, False, "api")
+    m.workers_catch_up()
+    remove = next(r for r in m.outstanding if r.target == "bulk:a" and r.kind == "remove")
+    remove.model.apply(remove)
+    m.resolve(remove, "ok")
+    m.check_invariants_now()
+    second.model.apply(second)
+    m.kill(second.owner)
     _done(m)
 
 
@@ -398,40 +453,3 @@ def test_case_a_first_catch_up_step_never_moves_a_newer_one_on() -> None:
     work.backfill(m.worker)
     assert m.store.backfills()["native"].startswith("b:0@")  # the new one, untouched
     _done(m)
-
-
-#: Races the simulation found on 2026-12-02 that are not fixed yet (two bulk targets, an API
-#: and a worker with the same targets, workers killed and leases recovered while numbers
-#: flip): a target left holding a block the ledger lifted, and a confirmation of a block
-#: the provider lacks. Present before this session's changes too. Replayed from hypothesis'
-#: blobs (tied to this hypothesis version and the machine's rules): strict, so the fix
-#: turns them into named cases.
-OPEN_RACES = {
-    "stale_block_after_recoveries": (
-        b"AXicXVNtloJADGuZQRAR18UL9Uh7/z+bpAyOPh4C/UjSdDQPsxhwWbjFHx4r7sHd8OnxCkNFXhY7rt8o"
-        b"SJorPRm+mVwZYNSJdmWxwnH7TOAHqYvSm8fqiSa4V+uy7oWJC9+y5wXWTtBTEBb1BJEmYSM3duS1zeLZ"
-        b"Sh2Lhm6Y3og50qhOtqr7ENFadtLuXdFBfHfpHPMBEVtMnQVNRnLJeuAVt9ZFURPumU4VIQDyjldBxIJJ"
-        b"cw1z/LxhESvIFVRk3yzA4nEj0WRvfio7JubWK6tBsWLouddJPKcVQFjSrQpwgRYCHEMMIbksOcYAGsQ1"
-        b"84/FC6wqrxoWnAuSv4PR0xmMbKFo1jxY9ejWKP0TDLieu2NwgKhiJ36GrYVH2Vhj64wQo8mCk3DzPGKa"
-        b"jQ0DRWsZlbZPVLN924RqyXyiXEhXctZgx+VjScc/o+TZoamWkUWc6ckO6Tr1/g9elU/3"
-    ),
-    "confirmed_block_the_provider_lacks": (
-        b"AXicVVFJEoMwDLMJZQnL0JYP6Un9/6WSDZROJiRYsiw75jBDw2Vww4fHzN24G38dO4yMXIY31wuFoHnA"
-        b"vfFf4KyAoi61UeQIY/oH+CHUBbw6Zk+1kNvPLLtdBHS6PRwip9bJLoqhGIZk9D+8QRVjwOb087y7qIZW"
-        b"7IkWjmC0UlXYlFCciYudzi7jhFrsMSpFiypUk1wvN54ETTTa29UAedoZWemEp4RDuc0J5wNkARIWNnJR"
-        b"ov9VHI2AYVndTvEck+dM6+FMg+9z8Ed/XdZJfglm6yFbw6yyPZ4r3etdx1D8AqJqMB4="
-    ),
-}
-
-
-@pytest.mark.xfail(strict=True, reason="open race found by the simulation (issue 13)")
-@pytest.mark.parametrize("race", sorted(OPEN_RACES))
-def test_open_race(race: str) -> None:
-    machine = reproduce_failure("6.170.17", OPEN_RACES[race])(PipelineMachine)
-    run_state_machine_as_test(
-        machine,
-        settings=settings(
-            max_examples=1, stateful_step_count=STEPS, deadline=None, database=None,
-            suppress_health_check=list(HealthCheck),
-        ),
-    )  # fmt: skip

@@ -97,6 +97,78 @@ def test_a_late_answer_with_nothing_else_in_flight_pushes_the_ledger_again(
     assert _confirmed(pipe, n) == "unblocked:2"
 
 
+def _retry_at(pipe: Pipeline, n: str, target: str = "voicenter") -> float | None:
+    score = pipe.store.redis.zscore(pipe.store.key("retry"), f"{target}|{n}")
+    return None if score is None else float(score)
+
+
+def test_a_push_leased_while_a_late_request_may_land_is_confirmed_once_it_cannot(
+    pipe: Pipeline, dispatcher: QueueDispatcher, fake_voicenter: FakeVoicenter, clock: FakeClock
+) -> None:
+    # Found by the simulation: A's late remove lands after B's add was answered, and A's
+    # worker dies before its own answer, so nothing ever reports it. B is confirmed by one
+    # more push, not at once (it could be overtaken just the same), but once A's request can
+    # no longer land: a lease and an HTTP timeout after recovery.
+    n = numbers(1)[0]
+    accept(pipe, add(n))
+    dispatcher.drain(pipe)
+    clock.advance(1)
+    accept(pipe, remove(clock, n))
+    dispatcher.tasks.clear()
+    _claim(pipe, Action.REMOVE)  # worker A, never heard from again
+    clock.advance(1)
+    accept(pipe, Event("api", Action.ADD, [PhoneInput(n)], reason="pressed 9 again"))
+    clock.advance(pipe.settings.lease_seconds + 1)
+    recovered_at = pipe.store.now_ms()
+    assert work.recover(pipe) == 1
+    dispatcher.tasks.clear()
+    b = _claim(pipe, Action.ADD)
+    assert _done(pipe, b) == "ok"
+    assert _confirmed(pipe, n) == "?"
+    assert _retry_at(pipe, n) == recovered_at + pipe.late_ms + 1
+    work.sweep(pipe)
+    dispatcher.drain(pipe)
+    assert _confirmed(pipe, n) == "?"  # nothing pushed before its time
+    before = len(fake_voicenter.pushed())
+    clock.advance(pipe.late_ms / 1000 + 1)
+    fake_voicenter.blacklist.discard(n[1:])  # A's remove landed meanwhile
+    work.sweep(pipe)
+    dispatcher.drain(pipe)
+    assert len(fake_voicenter.pushed()) == before + 1
+    assert n[1:] in fake_voicenter.blacklist
+    assert _confirmed(pipe, n) == "blocked:3"
+    assert not pipe.store.redis.hexists(pipe.store.key("late", "voicenter"), n)
+
+
+def test_a_chunk_pushed_by_two_deliveries_is_confirmed_once_the_other_cannot_land(
+    pipe: Pipeline, dispatcher: QueueDispatcher, clock: FakeClock
+) -> None:
+    n = numbers(1)[0]
+    accept(pipe, add(n))
+    dispatcher.tasks.clear()
+    chunk = _claim(pipe, Action.ADD)
+    assert pipe.store.open_chunk(chunk.id, pipe.settings.lease_seconds) is not None  # again
+    assert _done(pipe, chunk) == "ok"
+    assert _confirmed(pipe, n) == "?"
+    assert _retry_at(pipe, n) == pipe.store.now_ms() + pipe.late_ms + 1
+    assert not pipe.store.redis.hexists(pipe.store.key("opened"), chunk.id)
+    settle(pipe, dispatcher, clock)
+    assert _confirmed(pipe, n) == "blocked:1"
+
+
+def test_a_chunk_pushed_once_is_confirmed_at_once(
+    pipe: Pipeline, dispatcher: QueueDispatcher, clock: FakeClock
+) -> None:
+    n = numbers(1)[0]
+    accept(pipe, add(n))
+    dispatcher.tasks.clear()
+    chunk = _claim(pipe, Action.ADD)
+    assert _done(pipe, chunk) == "ok"
+    assert _confirmed(pipe, n) == "blocked:1"
+    assert _retry_at(pipe, n) is None
+    assert not pipe.store.redis.hexists(pipe.store.key("opened"), chunk.id)
+
+
 def test_recovery_rechecks_the_lease_in_the_same_script(
     pipe: Pipeline, dispatcher: QueueDispatcher, clock: FakeClock
 ) -> None:
@@ -107,7 +179,7 @@ def test_recovery_rechecks_the_lease_in_the_same_script(
     assert pipe.store.expired_leases() == [chunk.id]
     # The push renews between the listing and the release: the chunk is alive.
     assert pipe.store.renew(chunk.id, pipe.settings.lease_seconds)
-    status, _ = pipe.store.release(chunk.id, recover=True)
+    status, _ = pipe.store.release(chunk.id, recover=True, late_ms=pipe.late_ms)
     assert status == "alive"
     assert pipe.store.counts(["voicenter"])["voicenter"]["in_flight"] == 2
     assert work.recover(pipe) == 0

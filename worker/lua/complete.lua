@@ -147,9 +147,27 @@ local function dead_letter(n, version, reason, detail, attempts)
   forget_failures(n)
 end
 
+-- Until when a late request for the number may still land (see may_land_until): false
+-- when none can land after this chunk's own requests, which were sent after it was leased.
+local late_key = P .. 'late:' .. target
+local function late_until(n)
+  local raw = redis.call('HGET', late_key, n)
+  if not raw then return false end
+  if tonumber(raw) < chunk.created then
+    redis.call('HDEL', late_key, n)
+    return false
+  end
+  return tonumber(raw)
+end
+
+-- Another delivery of this push's task pushed the chunk too, and may still be sending: its
+-- requests are late ones from now on.
+local twice = opened_twice(id) and not add_only
+
 local answered, outages, last_outage = 0, 0, ''
 for _, item in ipairs(chunk.items) do
   local n, version = item[1], item[2]
+  if twice then may_land_until(target, n, NOW + opt.late_ms) end
   if redis.call('HGET', inflight_key, n) == id then
     redis.call('HDEL', inflight_key, n)
   end
@@ -158,6 +176,7 @@ for _, item in ipairs(chunk.items) do
   local mark, mover = take_mark(target, n, id)
   local overtaken = mark ~= false
   local unsure = false  -- confirmed by one more push
+  local late = false  -- confirmed by one more push once no late request can land
   local r = results[n] or {'retry', 'no_result', 'the pusher reported nothing', 0, 0.5}
   local outcome, reason, detail = r[1], r[2], r[3]
   local attempts = 0
@@ -175,10 +194,11 @@ for _, item in ipairs(chunk.items) do
       -- otherwise push at once, again and again, until the margin ran out.
       local key = P .. 'num:' .. n
       local ol = redis.call('HGET', key, 'ol')
-      unsure = ol ~= false and tonumber(ol) + opt.recheck_ms >= chunk.created
+      unsure = ol ~= false and tonumber(ol) + opt.late_ms >= chunk.created
         and redis.call('HGET', key, 'rc:' .. target) ~= ol
       if unsure then redis.call('HSET', key, 'rc:' .. target, ol) end
     end
+    late = late_until(n)
     forget_failures(n)
     if redis.call('HDEL', P .. 'dlq', member) == 1 then
       redis.call('ZREM', P .. 'dlq:age', member)  -- written and removed together
@@ -248,7 +268,7 @@ for _, item in ipairs(chunk.items) do
     -- unknown until the number's next push answers (an add-only target's confirmation
     -- stands: nothing there is ever removed).
     local ambiguous = r[1] == 'retry' or r[1] == 'outage'
-    if overtaken or unsure or (ambiguous and not held_for_good(n)) then
+    if overtaken or unsure or late or (ambiguous and not held_for_good(n)) then
       redis.call('HSET', confirmed_key, n, UNKNOWN)
     end
     local answer = cjson.encode({at = NOW, act = action, out = outcome, rsn = reason,
@@ -279,11 +299,15 @@ for _, item in ipairs(chunk.items) do
   end
   if not sent(r) or now_v ~= version or again then
     restage(target, n, true, touched)
+  elseif late then
+    -- Not at once: a push now could be overtaken just the same.
+    redis.call('ZADD', P .. 'retry', 'GT', int(late + 1), member)
   end
 end
 
 redis.call('DEL', P .. 'chunk:' .. id)
 redis.call('ZREM', P .. 'leases', id)
+redis.call('HDEL', P .. 'opened', id)
 
 if opt.hold_ms > 0 then hold_until(chunk.provider, NOW + opt.hold_ms) end
 -- The circuit breaker: the provider answered something (closed), or every request of this

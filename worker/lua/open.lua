@@ -1,7 +1,9 @@
 -- A push's first look, in one round trip: its chunk, whether its provider is stopped
 -- (paused, or held by a Retry-After or an open circuit), and each number's ledger state and
 -- version (a stale action is skipped, not sent). The lease starts again here: the time the
--- chunk waited in the queue is not the push's.
+-- chunk waited in the queue is not the push's. Each opening is counted: a task delivered
+-- twice pushes the chunk twice at once, and the one that completes second is like a
+-- recovered chunk's late pusher (release.lua, complete.lua).
 -- ARGV: prefix, now_ms, chunk id, lease ms
 -- Answers {} when the chunk is gone (completed, or recovered), else
 -- {chunk JSON, stopped 0|1, state, version, state, version, ...} in the chunk's order; a
@@ -11,6 +13,7 @@ local id = ARGV[3]
 local raw = redis.call('GET', P .. 'chunk:' .. id)
 if not raw then return {} end
 redis.call('ZADD', P .. 'leases', 'GT', NOW + tonumber(ARGV[4]), id)
+redis.call('HINCRBY', P .. 'opened', id, 1)
 local chunk = cjson.decode(raw)
 local stopped = redis.call('HEXISTS', P .. 'paused', chunk.provider)
 if tonumber(redis.call('GET', P .. 'hold:' .. chunk.provider) or '0') > NOW then stopped = 1 end

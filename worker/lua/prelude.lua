@@ -154,6 +154,22 @@ local function take_mark(target, n, id)
   return false
 end
 
+-- A request of a push that lost its chunk (recovered, or completed by another delivery of
+-- its task) may land at the provider until `late:{target}` says for the number, after a
+-- newer push's, and its pusher may die before any answer tells us. The latest such time
+-- is kept: a push leased before it is confirmed by one more push after it (complete.lua).
+local function may_land_until(target, n, until_ms)
+  local key = P .. 'late:' .. target
+  if tonumber(redis.call('HGET', key, n) or '0') < until_ms then
+    redis.call('HSET', key, n, int(until_ms))
+  end
+end
+
+-- Whether more than one push has opened the chunk (a task delivered twice: open.lua).
+local function opened_twice(id)
+  return tonumber(redis.call('HGET', P .. 'opened', id) or '0') > 1
+end
+
 -- The targets some process has announced within their TTL (register.lua): the ones that
 -- get new work.
 local function live_targets()

@@ -2,9 +2,15 @@
 -- pusher hands it back unsent (provider paused or not enabled here), 'recover' when its
 -- lease ran out (a worker died or stalled mid-push). Recovery re-checks, in this script,
 -- that the lease has still run out: a push may have renewed it since it was listed. What
--- the provider holds for a recovered chunk's numbers is unknown, so each is pushed again.
--- ARGV: prefix, now_ms, chunk id, mode ('return' | 'recover')
+-- the provider holds for a recovered chunk's numbers is unknown, so each is pushed again;
+-- and a request of its pusher, if that one still lives, may land for a while yet, after
+-- newer pushes, with no answer that ever tells (its pusher may die first): until then
+-- (`late:{target}`), a newer push's confirmation waits for one more push (complete.lua).
+-- A chunk handed back by one push while another delivery of its task pushes it too is
+-- treated as recovered.
+-- ARGV: prefix, now_ms, chunk id, mode ('return' | 'recover'), late ms
 local id, recovering = ARGV[3], ARGV[4] == 'recover'
+local late_ms = tonumber(ARGV[5])
 local raw = redis.call('GET', P .. 'chunk:' .. id)
 if not raw then
   redis.call('ZREM', P .. 'leases', id)
@@ -17,6 +23,7 @@ if recovering then
   end
 end
 redis.call('ZREM', P .. 'leases', id)
+if opened_twice(id) then recovering = true end
 local chunk = cjson.decode(raw)
 local target = chunk.target
 local add_only = meta(target).add_only
@@ -36,8 +43,10 @@ for _, item in ipairs(chunk.items) do
   if recovering then
     if chunk.action == 'remove' then note_remove(target, n) end
     unsettle_siblings(target, n, touched)
+    if not add_only then may_land_until(target, n, NOW + late_ms) end
   end
   restage(target, n, true, touched)
 end
 redis.call('DEL', P .. 'chunk:' .. id)
+redis.call('HDEL', P .. 'opened', id)
 return cjson.encode({status = 'ok', count = #chunk.items, staged = staged_summary(touched)})

@@ -60,9 +60,12 @@ class World:
         accept(self.pipe, event)
 
     def settle(self, rounds: int = 12) -> None:
-        for _ in range(rounds):
+        """Run queued work and let retries come due; past the late window too (a push that a
+        lost chunk's late request may have overtaken is confirmed by one more)."""
+        for i in range(rounds + 2):
             self.dispatcher.drain(self.pipe)
-            self.clock.advance(self.pipe.settings.retry_max_seconds + 1)
+            wait = self.pipe.late_ms / 1000 if i == rounds else self.pipe.settings.retry_max_seconds
+            self.clock.advance(wait + 1)
             work.sweep(self.pipe)
             self.dispatcher.drain(self.pipe)
 
