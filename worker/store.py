@@ -35,6 +35,8 @@ key                            type    holds
 ``late:{target}``              hash    number -> until when (ms) a request of a push that
                                        lost its chunk may still land: a push leased before
                                        then is confirmed by one more after it
+``latesib:{target}``           hash    the same for a late request at another Daktela
+                                       target (it may take this one's entry): adds only
 ``answer:{target}``            hash    number -> JSON of the provider's last answer
 ``fails:{target}``             hash    number -> ``{version}:{count}``: failed attempts of
                                        that ledger version since its last success

@@ -281,3 +281,49 @@ def test_an_orphan_add_only_success_is_kept_and_never_pushed_again(clock: FakeCl
     assert _confirmed(pipe, n, "weya") == "blocked:1"
     settle(pipe, dispatcher, clock)
     assert fake.requests == []  # not pushed a second time
+
+
+def test_a_purge_keeps_a_late_mark_whose_time_is_still_running(
+    pipe: Pipeline, dispatcher: QueueDispatcher, clock: FakeClock
+) -> None:
+    # Nothing pushes a purged number there again until it changes: a mark left would stay.
+    n = numbers(1)[0]
+    late = pipe.store.key("late", "voicenter")
+    accept(pipe, add(n))
+    dispatcher.tasks.clear()
+    _claim(pipe, Action.ADD)
+    clock.advance(pipe.settings.lease_seconds + 1)
+    assert work.recover(pipe) == 1
+    dispatcher.tasks.clear()
+    chunk = _claim(pipe, Action.ADD)
+    refused = {n: ("permanent", "rejected", "", 0, 0.5, 0)}
+    pipe.store.complete(chunk, refused, pipe.complete_options())
+    member = f"voicenter|{n}"
+    assert pipe.store.redis.hexists(late, n)
+    pipe.store.purge([member], "ops")  # within the window: kept for the next push
+    assert pipe.store.redis.hexists(late, n)
+    clock.advance(pipe.late_ms / 1000 + 1)
+    accept(pipe, remove(clock, n))
+    accept(pipe, add(n))
+    settle(pipe, dispatcher, clock)
+    assert _confirmed(pipe, n) == "blocked:3"
+    assert not pipe.store.redis.hexists(late, n)  # the push after it cleared it
+
+
+def test_a_purge_after_the_late_window_drops_the_mark(
+    pipe: Pipeline, dispatcher: QueueDispatcher, clock: FakeClock
+) -> None:
+    n = numbers(1)[0]
+    late = pipe.store.key("late", "voicenter")
+    accept(pipe, add(n))
+    dispatcher.tasks.clear()
+    _claim(pipe, Action.ADD)
+    clock.advance(pipe.settings.lease_seconds + 1)
+    assert work.recover(pipe) == 1
+    dispatcher.tasks.clear()
+    chunk = _claim(pipe, Action.ADD)
+    refused = {n: ("permanent", "rejected", "", 0, 0.5, 0)}
+    pipe.store.complete(chunk, refused, pipe.complete_options())
+    clock.advance(pipe.late_ms / 1000 + 1)
+    pipe.store.purge([f"voicenter|{n}"], "ops")
+    assert not pipe.store.redis.hexists(late, n)

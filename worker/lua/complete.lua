@@ -149,15 +149,24 @@ end
 
 -- Until when a late request for the number may still land (see may_land_until): false
 -- when none can land after this chunk's own requests, which were sent after it was leased.
-local late_key = P .. 'late:' .. target
-local function late_until(n)
-  local raw = redis.call('HGET', late_key, n)
+local function late_in(kind, n)
+  local key = P .. kind .. ':' .. target
+  local raw = redis.call('HGET', key, n)
   if not raw then return false end
   if tonumber(raw) < chunk.created then
-    redis.call('HDEL', late_key, n)
+    redis.call('HDEL', key, n)
     return false
   end
   return tonumber(raw)
+end
+
+-- Our own target's late requests can undo either action; another Daktela target's only an
+-- add (a remove wants the entry gone, whoever takes or deletes it).
+local function late_until(n)
+  local own = late_in('late', n)
+  local sibling = action == 'add' and late_in('latesib', n)
+  if own and sibling then return math.max(own, sibling) end
+  return own or sibling
 end
 
 -- Another delivery of this push's task pushed the chunk too, and may still be sending: its
@@ -167,7 +176,10 @@ local twice = opened_twice(id) and not add_only
 local answered, outages, last_outage = 0, 0, ''
 for _, item in ipairs(chunk.items) do
   local n, version = item[1], item[2]
-  if twice then may_land_until(target, n, NOW + opt.late_ms) end
+  if twice then
+    may_land_until(target, n, NOW + opt.late_ms)
+    unsettle_siblings(target, n, touched, NOW + opt.late_ms)
+  end
   if redis.call('HGET', inflight_key, n) == id then
     redis.call('HDEL', inflight_key, n)
   end

@@ -158,8 +158,10 @@ end
 -- its task) may land at the provider until `late:{target}` says for the number, after a
 -- newer push's, and its pusher may die before any answer tells us. The latest such time
 -- is kept: a push leased before it is confirmed by one more push after it (complete.lua).
-local function may_land_until(target, n, until_ms)
-  local key = P .. 'late:' .. target
+-- `kind` 'latesib': a late request at another target of a provider that keeps a number in
+-- one list (Daktela), which may take this target's entry (see unsettle_siblings).
+local function may_land_until(target, n, until_ms, kind)
+  local key = P .. (kind or 'late') .. ':' .. target
   if tonumber(redis.call('HGET', key, n) or '0') < until_ms then
     redis.call('HSET', key, n, int(until_ms))
   end
@@ -264,12 +266,14 @@ end
 -- remove deletes by the entry's name, looked up before, what another target may have taken
 -- meanwhile. Every other target of that provider that holds the number blocked is unknown
 -- now and pushed again; an add of it in flight confirms nothing (a remove in flight wants
--- the entry gone anyway).
-local function unsettle_siblings(target, n, touched)
+-- the entry gone anyway). `late_until_ms`: the push lost its chunk and a request of it may
+-- still land until then, after the other targets' next adds (recorded for them).
+local function unsettle_siblings(target, n, touched, late_until_ms)
   local m = meta(target)
   if not m.one_list then return end
   for _, other in ipairs(redis.call('HKEYS', P .. 'targets')) do
     if other ~= target and meta(other).provider == m.provider then
+      if late_until_ms then may_land_until(other, n, late_until_ms, 'latesib') end
       local owner = redis.call('HGET', P .. 'inflight:' .. other, n)
       local raw = owner and redis.call('GET', P .. 'chunk:' .. owner)
       if raw and cjson.decode(raw).action == 'add' then

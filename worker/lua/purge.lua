@@ -9,6 +9,14 @@ for _, member in ipairs(ids) do
     local entry = cjson.decode(raw)
     redis.call('HDEL', P .. 'dlq', member)
     redis.call('ZREM', P .. 'dlq:age', member)
+    -- Nothing pushes the number there again until it changes: a late mark whose time has
+    -- passed would stay for good (one still running is kept for that next push).
+    for _, kind in ipairs({'late', 'latesib'}) do
+      local key = P .. kind .. ':' .. entry.target
+      if tonumber(redis.call('HGET', key, entry.phone) or '0') < NOW then
+        redis.call('HDEL', key, entry.phone)
+      end
+    end
     audit(entry.phone, {at = NOW, act = 'purge', prov = entry.target, by = who,
                         rsn = entry.reason}, cap)
     purged = purged + 1

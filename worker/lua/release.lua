@@ -42,7 +42,7 @@ for _, item in ipairs(chunk.items) do
   take_mark(target, n, id)
   if recovering then
     if chunk.action == 'remove' then note_remove(target, n) end
-    unsettle_siblings(target, n, touched)
+    unsettle_siblings(target, n, touched, NOW + late_ms)
     if not add_only then may_land_until(target, n, NOW + late_ms) end
   end
   restage(target, n, true, touched)

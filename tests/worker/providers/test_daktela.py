@@ -601,3 +601,97 @@ def test_a_recovered_remove_whose_delete_lands_after_a_move_is_caught() -> None:
         work.push_chunk(w.pipe, leased["daktela:Global"])  # its add v3: created in Global
     _global_lapses(w, sales)
     assert fake.listed("Sales") == {n[1:]}, sales.store.provider_view(n, ["daktela:Sales"])
+
+
+def _open_only(w: World, pipe: Pipeline, target: str) -> OpenChunk:
+    """Run the target's flushes and open its push; every other task stays queued."""
+    keep, found = [], None
+    while w.dispatcher.tasks and found is None:
+        kind, args = w.dispatcher.tasks.popleft()
+        if kind == "flush" and args[0] == target:
+            work.flush(pipe, args[0], args[1], args[2])
+            continue
+        opened = pipe.store.open_chunk(args[0], 60) if kind == "push" else None
+        if opened is not None and opened.chunk.target == target:
+            found = opened
+        else:
+            keep.append((kind, args))
+    w.dispatcher.tasks.extend(keep)
+    assert found is not None
+    return found
+
+
+def test_a_late_move_after_the_other_database_pushed_again_is_undone() -> None:
+    # Found by the eighth review: Global's add found the entry in Sales and stalled before
+    # its move; recovery unsettled Sales, whose push at once answered "already" and was
+    # trusted; the move then landed and Global's worker died. Sales was confirmed blocked
+    # with nothing there, and Global lapsed. A late request at another Daktela target counts
+    # for Sales' adds as its own would (`latesib:`).
+    w, fake, sales, n, chunks = _an_add_leased_for_both_databases()
+    work.push_chunk(sales, chunks["daktela:Sales"])  # created in Sales
+    original = fake.handle
+
+    def stall_before_the_move(*args: Any) -> Any:
+        if args[0] == "PUT":
+            fake.handle = original  # type: ignore[method-assign]
+            w.clock.advance(w.pipe.settings.lease_seconds + 1)
+            assert work.recover(sales) == 1  # Sales unsettled and staged at once
+            work.push_chunk(sales, _open_only(w, sales, "daktela:Sales"))  # "already"
+            view = sales.store.provider_view(n, ["daktela:Sales"])["daktela:Sales"]
+            assert view["confirmed"] == "?"  # not trusted while the move may land
+        return original(*args)
+
+    def killed(*args: Any) -> Any:
+        raise _Killed
+
+    fake.handle = stall_before_the_move  # type: ignore[method-assign]
+    w.pipe.store.complete = killed  # type: ignore[method-assign]
+    with pytest.raises(_Killed):
+        work.push_chunk(w.pipe, chunks["daktela:Global"])  # the move lands; the worker dies
+    fake.handle = original  # type: ignore[method-assign]
+    del w.pipe.store.complete
+    assert fake.listed("Global") == {n[1:]} and fake.listed("Sales") == set()
+    _global_lapses(w, sales)
+    assert fake.listed("Sales") == {n[1:]}
+
+
+def test_a_late_delete_after_the_recheck_of_a_move_is_undone() -> None:
+    # Found by the eighth review: Global's remove looked the entry up and stalled before
+    # its delete; after recovery a newer add moved the entry into Sales, and the one more
+    # push that a move soon after a remove gets went out at once, answered "already" and was
+    # trusted. The delete then landed and Global's worker died: Sales stayed blocked:3 with
+    # nothing there.
+    w, fake, sales, n, globals_remove = _globals_remove_in_flight()
+    original = fake.handle
+    pending: list[OpenChunk] = []
+
+    def stall_before_the_delete(*args: Any) -> Any:
+        if args[0] == "DELETE":
+            fake.handle = original  # type: ignore[method-assign]
+            w.clock.advance(w.pipe.settings.lease_seconds + 1)
+            assert work.recover(sales) == 1
+            w.clock.advance(1)
+            w.add(n)  # v3
+            leased = _lease_one_chunk_per_target(w)
+            pending.extend(o for t, o in leased.items() if t == "daktela:Global")
+            work.push_chunk(sales, leased["daktela:Sales"])  # moved into Sales
+            again = _lease_one_chunk_per_target(w)  # the recheck, at once
+            work.push_chunk(sales, again["daktela:Sales"])  # "already"
+            view = sales.store.provider_view(n, ["daktela:Sales"])["daktela:Sales"]
+            assert view["confirmed"] == "?"  # not trusted while the delete may land
+        return original(*args)
+
+    def killed(*args: Any) -> Any:
+        raise _Killed
+
+    fake.handle = stall_before_the_delete  # type: ignore[method-assign]
+    w.pipe.store.complete = killed  # type: ignore[method-assign]
+    with pytest.raises(_Killed):
+        work.push_chunk(w.pipe, globals_remove)  # the delete lands; the worker dies
+    fake.handle = original  # type: ignore[method-assign]
+    del w.pipe.store.complete
+    assert fake.listed("Sales") == set()
+    for opened in pending:
+        work.push_chunk(w.pipe, opened)
+    _global_lapses(w, sales)
+    assert fake.listed("Sales") == {n[1:]}
