@@ -32,11 +32,13 @@ key                            type    holds
                                        counts may have landed after a newer one)
 ``unknown:{target}``           hash    number -> the chunk in flight whose answer will not
                                        count (a recovered chunk's request may follow it)
-``late:{target}``              hash    number -> until when (ms) a request of a push that
-                                       lost its chunk may still land: a push leased before
-                                       then is confirmed by one more after it
-``latesib:{target}``           hash    the same for a late request at another Daktela
-                                       target (it may take this one's entry): adds only
+``late:{target}``              hash    number -> until when (ms) a request its push lost
+                                       (chunk recovered or pushed twice; a timeout or 5xx)
+                                       may still land: a push leased before then is
+                                       confirmed by one more after it
+``latesib:{provider}``         hash    the same for a late request at a provider that keeps
+                                       a number in one list (Daktela: it may take another
+                                       target's entry): for adds there
 ``answer:{target}``            hash    number -> JSON of the provider's last answer
 ``fails:{target}``             hash    number -> ``{version}:{count}``: failed attempts of
                                        that ledger version since its last success

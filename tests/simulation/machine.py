@@ -176,6 +176,9 @@ class PipelineMachine(RuleBasedStateMachine):
         self.gate = Gate()
         self.dispatcher = SimDispatcher()
         self.outstanding: list[Request] = []
+        # Answered as failed (a timeout, a 5xx) but not applied: the provider may still be
+        # working on them, and applies them, if ever, within the late window.
+        self.limbo: list[Request] = []
         self._ids = 0
         self.models = {
             "bulk": Model(self, "bulk", ["bulk:a", "bulk:b"], capabilities("bulk")),
@@ -230,6 +233,15 @@ class PipelineMachine(RuleBasedStateMachine):
     def pass_time(self, seconds: float) -> None:
         self.note_lost_chunks()
         self.clock.now += seconds
+        now = self.clock_ms()
+        self.limbo = [r for r in self.limbo if r.can_land(now)]
+
+    def unapplied(self) -> list[Request]:
+        """Requests the provider may still apply: sent and not answered, or answered as
+        failed while it may still be working on them."""
+        return [r for r in self.outstanding if not r.applied] + [
+            r for r in self.limbo if not r.applied and r.can_land(self.clock_ms())
+        ]
 
     def recover_leases(self) -> int:
         recovered = work.recover(self.worker)
@@ -412,10 +424,10 @@ class PipelineMachine(RuleBasedStateMachine):
 
     # -- rules: providers ------------------------------------------------------------------
 
-    @precondition(lambda self: any(not r.applied for r in self.outstanding))
+    @precondition(lambda self: self.unapplied())
     @rule(data=st.data())
     def apply_request(self, data: st.DataObject) -> None:
-        waiting = [r for r in self.outstanding if not r.applied]
+        waiting = self.unapplied()
         request = data.draw(st.sampled_from(waiting), label="request")
         request.model.apply(request)
         self.note(f"applied #{request.id} {request.kind} {request.target}")
@@ -459,7 +471,7 @@ class PipelineMachine(RuleBasedStateMachine):
                 self.workers_catch_up()
             elif step == "leases" and self.redis.zcard(self.store.key("leases")):
                 self.leases_run_out()
-            elif step == "apply" and (waiting := [r for r in self.outstanding if not r.applied]):
+            elif step == "apply" and (waiting := self.unapplied()):
                 request = waiting[i % len(waiting)]
                 request.model.apply(request)
                 self.note(f"applied #{request.id}")
@@ -525,6 +537,10 @@ class PipelineMachine(RuleBasedStateMachine):
             answer = LOST  # too late to be applied: its sender times out
         self.outstanding.remove(request)
         request.answer = answer
+        if answer in (OUTAGE, LOST) and not request.applied:
+            until = self.clock_ms() + self.worker.late_ms
+            request.deadline_ms = min(request.deadline_ms or until, until)
+            self.limbo.append(request)
         self.note(f"answered #{request.id} {answer}")
         if not request.owner.done:
             self.gate.wake(request.owner)

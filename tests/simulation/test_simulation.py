@@ -112,6 +112,32 @@ def test_case_a_late_request_whose_sender_dies_never_gets_the_last_word(
     _done(m)
 
 
+@pytest.mark.parametrize("answer", ["outage", "lost"])
+def test_case_a_failed_request_that_lands_after_the_next_push_never_gets_the_last_word(
+    answer: str,
+) -> None:
+    # Found by the ninth review: a remove answered with a 5xx or a timeout, while the
+    # provider still carried it out after the newer add had been answered.
+    m = _machine({"bulk"})
+    n = m.numbers[0]
+    m.accept_event(n, Action.ADD, -30, None, False, "api")
+    m.workers_catch_up()
+    m.answer_all()
+    m.accept_event(n, Action.REMOVE, -20, None, False, "api")
+    m.workers_catch_up()
+    failed = m.pending("bulk:a")
+    m.resolve(failed, answer)  # not applied yet
+    m.accept_event(n, Action.ADD, -10, None, False, "api")
+    m.workers_catch_up()
+    fresh = m.pending("bulk:a", "add")
+    fresh.model.apply(fresh)
+    m.resolve(fresh, "ok")
+    m.check_invariants_now()
+    failed.model.apply(failed)  # the remove lands now
+    m.check_invariants_now()
+    _done(m)
+
+
 def test_case_a_task_delivered_twice_whose_second_push_lands_late() -> None:
     # Two deliveries of one push task push the same chunk at once. The first completes; the
     # second's add lands after a newer remove was answered, and its worker dies.

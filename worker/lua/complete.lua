@@ -149,8 +149,8 @@ end
 
 -- Until when a late request for the number may still land (see may_land_until): false
 -- when none can land after this chunk's own requests, which were sent after it was leased.
-local function late_in(kind, n)
-  local key = P .. kind .. ':' .. target
+local function late_in(key, n)
+  key = P .. key
   local raw = redis.call('HGET', key, n)
   if not raw then return false end
   if tonumber(raw) < chunk.created then
@@ -163,8 +163,9 @@ end
 -- Our own target's late requests can undo either action; another Daktela target's only an
 -- add (a remove wants the entry gone, whoever takes or deletes it).
 local function late_until(n)
-  local own = late_in('late', n)
-  local sibling = action == 'add' and late_in('latesib', n)
+  local own = late_in('late:' .. target, n)
+  local sibling = meta(target).one_list and late_in('latesib:' .. chunk.provider, n)
+  if action ~= 'add' then sibling = false end
   if own and sibling then return math.max(own, sibling) end
   return own or sibling
 end
@@ -177,7 +178,7 @@ local answered, outages, last_outage = 0, 0, ''
 for _, item in ipairs(chunk.items) do
   local n, version = item[1], item[2]
   if twice then
-    may_land_until(target, n, NOW + opt.late_ms)
+    may_land_until('late:' .. target, n, NOW + opt.late_ms)
     unsettle_siblings(target, n, touched, NOW + opt.late_ms)
   end
   if redis.call('HGET', inflight_key, n) == id then
@@ -191,6 +192,8 @@ for _, item in ipairs(chunk.items) do
   local late = false  -- confirmed by one more push once no late request can land
   local r = results[n] or {'retry', 'no_result', 'the pusher reported nothing', 0, 0.5}
   local outcome, reason, detail = r[1], r[2], r[3]
+  -- A request that failed as a whole and may still be applied (see the outage below).
+  local lost = outcome == 'outage' and reason ~= 'rate_limited' and not add_only
   local attempts = 0
   local member = target .. '|' .. n
   if outcome == 'done' then
@@ -239,7 +242,10 @@ for _, item in ipairs(chunk.items) do
     end
   elseif outcome == 'outage' then
     -- The request failed as a whole: nothing is known about this number, so no attempt is
-    -- spent; the circuit breaker keeps a provider that is down from being hammered.
+    -- spent; the circuit breaker keeps a provider that is down from being hammered. The
+    -- provider may still be working on it (a timeout, a gateway's 5xx): it may land late,
+    -- after the next push (a 429 was refused, not started).
+    if lost then may_land_until('late:' .. target, n, NOW + opt.late_ms) end
     attempts = attempts_of(n, version, 0)
     window_spent(n, version, false)
     local failing = NOW - outage_since(n, version)
@@ -292,11 +298,13 @@ for _, item in ipairs(chunk.items) do
   -- The ledger moved while this push was in flight (or our answer does not count): the
   -- number's newest state goes out next, so an old action is never the last word.
   if sent(r) and meta(target).one_list then
+    local lost_until = lost and NOW + opt.late_ms or nil
     if action == 'remove' then
       note_remove(target, n)
-      if overtaken then unsettle_siblings(target, n, touched) end
+      if overtaken or lost then unsettle_siblings(target, n, touched, lost_until) end
     elseif r[1] == 'retry' or r[1] == 'outage' then
-      unsettle_siblings(target, n, touched)  -- a failed add may still have moved the entry
+      -- A failed add may have moved the entry, or still may.
+      unsettle_siblings(target, n, touched, lost_until)
     end
   end
   local now_v = redis.call('HGET', P .. 'num:' .. n, 'v')

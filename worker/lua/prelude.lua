@@ -154,14 +154,16 @@ local function take_mark(target, n, id)
   return false
 end
 
--- A request of a push that lost its chunk (recovered, or completed by another delivery of
--- its task) may land at the provider until `late:{target}` says for the number, after a
--- newer push's, and its pusher may die before any answer tells us. The latest such time
--- is kept: a push leased before it is confirmed by one more push after it (complete.lua).
--- `kind` 'latesib': a late request at another target of a provider that keeps a number in
--- one list (Daktela), which may take this target's entry (see unsettle_siblings).
-local function may_land_until(target, n, until_ms, kind)
-  local key = P .. (kind or 'late') .. ':' .. target
+-- A request its push has lost (the chunk was recovered or completed by another delivery
+-- of its task; the request failed as a whole, a timeout or a 5xx, and the provider may
+-- still be working on it) may land until a lease and an HTTP timeout later, after a newer
+-- push's, and no answer may ever tell us. `late:{target}` keeps, per number, the latest
+-- such time: a push leased before it is confirmed by one more push after it (complete.lua).
+-- `latesib:{provider}`: the same at a provider that keeps a number in one list (Daktela),
+-- where a late request at one target of ours may take another's entry (unsettle_siblings);
+-- by provider, so that a target registered meanwhile sees it too.
+local function may_land_until(key, n, until_ms)
+  key = P .. key
   if tonumber(redis.call('HGET', key, n) or '0') < until_ms then
     redis.call('HSET', key, n, int(until_ms))
   end
@@ -266,14 +268,14 @@ end
 -- remove deletes by the entry's name, looked up before, what another target may have taken
 -- meanwhile. Every other target of that provider that holds the number blocked is unknown
 -- now and pushed again; an add of it in flight confirms nothing (a remove in flight wants
--- the entry gone anyway). `late_until_ms`: the push lost its chunk and a request of it may
--- still land until then, after the other targets' next adds (recorded for them).
+-- the entry gone anyway). `late_until_ms`: a request of that push may still land until
+-- then (see may_land_until), after the other targets' next adds.
 local function unsettle_siblings(target, n, touched, late_until_ms)
   local m = meta(target)
   if not m.one_list then return end
+  if late_until_ms then may_land_until('latesib:' .. m.provider, n, late_until_ms) end
   for _, other in ipairs(redis.call('HKEYS', P .. 'targets')) do
     if other ~= target and meta(other).provider == m.provider then
-      if late_until_ms then may_land_until(other, n, late_until_ms, 'latesib') end
       local owner = redis.call('HGET', P .. 'inflight:' .. other, n)
       local raw = owner and redis.call('GET', P .. 'chunk:' .. owner)
       if raw and cjson.decode(raw).action == 'add' then

@@ -11,8 +11,7 @@ for _, member in ipairs(ids) do
     redis.call('ZREM', P .. 'dlq:age', member)
     -- Nothing pushes the number there again until it changes: a late mark whose time has
     -- passed would stay for good (one still running is kept for that next push).
-    for _, kind in ipairs({'late', 'latesib'}) do
-      local key = P .. kind .. ':' .. entry.target
+    for _, key in ipairs({P .. 'late:' .. entry.target, P .. 'latesib:' .. entry.provider}) do
       if tonumber(redis.call('HGET', key, entry.phone) or '0') < NOW then
         redis.call('HDEL', key, entry.phone)
       end

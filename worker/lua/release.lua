@@ -43,7 +43,7 @@ for _, item in ipairs(chunk.items) do
   if recovering then
     if chunk.action == 'remove' then note_remove(target, n) end
     unsettle_siblings(target, n, touched, NOW + late_ms)
-    if not add_only then may_land_until(target, n, NOW + late_ms) end
+    if not add_only then may_land_until('late:' .. target, n, NOW + late_ms) end
   end
   restage(target, n, true, touched)
 end

@@ -135,7 +135,10 @@ def test_a_permanent_failure_is_dead_lettered_and_the_rest_done_once(world: Worl
     for n in batch:
         if digits(n) not in (bad, flaky):
             assert sent.count(digits(n)) == len(targets_of(world.name)), n
-    assert sent.count(flaky) == 2 * len(targets_of(world.name))
+    # Failed once, then done; where that failure is a 5xx (per-number providers), the
+    # provider may still apply it late: one more push once it no longer can.
+    pushes = 3 if world.name in ("voodoosms", "daktela") else 2
+    assert sent.count(flaky) == pushes * len(targets_of(world.name))
     for held in world.listed().values():
         assert held == {digits(n) for n in batch} - {bad}
 

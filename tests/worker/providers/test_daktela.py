@@ -695,3 +695,118 @@ def test_a_late_delete_after_the_recheck_of_a_move_is_undone() -> None:
         work.push_chunk(w.pipe, opened)
     _global_lapses(w, sales)
     assert fake.listed("Sales") == {n[1:]}
+
+
+def _fails_then_lands_later(fake: FakeDaktela, method: str) -> list[tuple[Any, ...]]:
+    """The first `method` request answers 503 (a gateway that gave up) while Daktela still
+    carries it out later: the caller replays the returned request when it lands."""
+    original = fake.handle
+    deferred: list[tuple[Any, ...]] = []
+
+    def handle(*args: Any) -> Any:
+        if args[0] == method and not deferred:
+            deferred.append(args)
+            fake.handle = original  # type: ignore[method-assign]
+            return 503, {"error": ["gateway timeout"]}, {}
+        return original(*args)
+
+    fake.handle = handle  # type: ignore[method-assign]
+    return deferred
+
+
+def test_a_failed_move_that_lands_after_the_other_database_pushed_again_is_undone() -> None:
+    # Found by the ninth review: Global's move answered 503 but was carried out later; Sales,
+    # unsettled by the failure, was pushed at once, answered "already" and was trusted.
+    w, fake, sales, n, chunks = _an_add_leased_for_both_databases()
+    work.push_chunk(sales, chunks["daktela:Sales"])  # created in Sales
+    deferred = _fails_then_lands_later(fake, "PUT")
+    work.push_chunk(w.pipe, chunks["daktela:Global"])  # the 503
+    w.dispatcher.drain(sales)  # Sales pushed again at once: "already"
+    view = sales.store.provider_view(n, ["daktela:Sales"])["daktela:Sales"]
+    assert view["confirmed"] == "?"  # not trusted while the move may land
+    fake.handle(*deferred[0])  # the move lands
+    _global_lapses(w, sales)
+    assert fake.listed("Sales") == {n[1:]}
+
+
+def test_a_failed_delete_that_lands_after_the_recheck_of_a_move_is_undone() -> None:
+    # Found by the ninth review: the sixth review's case, but the failed delete lands after
+    # the one more push that Sales' move got.
+    w, fake, sales, n, globals_remove = _globals_remove_in_flight()
+    deferred = _fails_then_lands_later(fake, "DELETE")
+    work.push_chunk(w.pipe, globals_remove)  # the 503
+    w.clock.advance(1)
+    w.add(n)  # v3
+    chunks = _lease_one_chunk_per_target(w)
+    work.push_chunk(sales, chunks["daktela:Sales"])  # moves Global's entry into Sales
+    again = _lease_one_chunk_per_target(w)  # one more push, at once
+    work.push_chunk(sales, again["daktela:Sales"])  # "already"
+    fake.handle(*deferred[0])  # the delete lands, by name: Sales' entry
+    for target, opened in {**chunks, **again}.items():
+        if target == "daktela:Global":
+            work.push_chunk(w.pipe, opened)
+    _global_lapses(w, sales)
+    assert fake.listed("Sales") == {n[1:]}
+
+
+def test_a_failed_delete_that_lands_after_a_newer_add_is_undone() -> None:
+    # Found by the ninth review, any provider: remove v2 answered 503 but landed after add
+    # v3 had answered "already" (the entry was still there).
+    w, fake = daktela()
+    n = numbers(1)[0]
+    w.add(n)
+    w.settle()
+    w.remove(n)  # v2
+    deferred = _fails_then_lands_later(fake, "DELETE")
+    w.dispatcher.drain(w.pipe)
+    w.clock.advance(1)
+    w.add(n)  # v3
+    w.dispatcher.drain(w.pipe)  # "already"
+    view = w.pipe.store.provider_view(n, ["daktela:Global"])["daktela:Global"]
+    assert view["confirmed"] == "?"
+    fake.handle(*deferred[0])  # the delete lands
+    w.settle()
+    assert fake.listed("Global") == {n[1:]}
+
+
+def test_a_database_registered_after_a_recovery_is_warned_of_its_late_move() -> None:
+    # Found by the ninth review: Global's move stalled and its chunk was recovered while
+    # Global was our only Daktela target; Sales registered (a rolling change's new
+    # process), caught up and took the entry, and the stalled move then took it back.
+    w, fake = daktela()
+    w.pipe.ensure_registered(force=True)
+    n = numbers(1)[0]
+    fake.records["x1"] = {"name": "x1", "number": n, "description": "", "database": "Other",
+                          "expired": None}  # fmt: skip
+    w.add(n)
+    globals_add = _lease_one_chunk_per_target(w)["daktela:Global"]
+    original = fake.handle
+    started: list[Pipeline] = []
+
+    def stall_before_the_move(*args: Any) -> Any:
+        if args[0] == "PUT":
+            fake.handle = original  # type: ignore[method-assign]
+            w.clock.advance(w.pipe.settings.lease_seconds + 1)
+            assert work.recover(w.pipe) == 1
+            w.clock.advance(5)
+            sales = w.build(daktela_blacklist_database="Sales")
+            started.append(sales)
+            sales.ensure_registered(force=True)
+            work.sweep(sales)  # its catch-up stages the number
+            work.push_chunk(sales, _open_only(w, sales, "daktela:Sales"))  # takes it
+            view = sales.store.provider_view(n, ["daktela:Sales"])["daktela:Sales"]
+            assert view["confirmed"] == "?"
+        return original(*args)
+
+    def killed(*args: Any) -> Any:
+        raise _Killed
+
+    fake.handle = stall_before_the_move  # type: ignore[method-assign]
+    w.pipe.store.complete = killed  # type: ignore[method-assign]
+    with pytest.raises(_Killed):
+        work.push_chunk(w.pipe, globals_add)  # the move lands; the worker dies
+    fake.handle = original  # type: ignore[method-assign]
+    del w.pipe.store.complete
+    assert fake.listed("Global") == {n[1:]} and fake.listed("Sales") == set()
+    _global_lapses(w, started[0])
+    assert fake.listed("Sales") == {n[1:]}
