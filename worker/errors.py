@@ -30,7 +30,10 @@ class ProviderError(Exception):
 
 
 class RetryableError(ProviderError):
-    """Trying again later may succeed; `retry_after` is the provider's own wait, in seconds."""
+    """Trying again later may succeed; `retry_after` is the provider's own wait, in seconds.
+    `may_land`: the provider may still carry the request out later (a timeout, a 5xx, an
+    answer nobody expected), after the next push; by default, a request that failed as a
+    whole (`outage`) may."""
 
     def __init__(
         self,
@@ -40,11 +43,13 @@ class RetryableError(ProviderError):
         retry_window: float | None = None,
         *,
         outage: bool = False,
+        may_land: bool | None = None,
     ) -> None:
         super().__init__(reason, detail)
         self.retry_after = retry_after
         self.retry_window = retry_window
         self.outage = outage
+        self.may_land = outage if may_land is None else may_land
 
 
 class PermanentError(ProviderError):

@@ -356,9 +356,9 @@ def push(pipe: Pipeline, chunk_id: str) -> dict[str, int]:
 
 
 #: What a number's result is sent to complete.lua as.
-Encoded = tuple[str, str, str, int, float, int]
-_STALE: Encoded = ("stale", "stale", "", 0, 0.0, 0)
-_UNSENT: Encoded = ("unsent", "unsent", "", 0, 0.0, 0)
+Encoded = tuple[str, str, str, int, float, int, int]
+_STALE: Encoded = ("stale", "stale", "", 0, 0.0, 0, 0)
+_UNSENT: Encoded = ("unsent", "unsent", "", 0, 0.0, 0, 0)
 
 
 def push_chunk(pipe: Pipeline, opened: OpenChunk) -> dict[str, int]:
@@ -409,7 +409,7 @@ def push_chunk(pipe: Pipeline, opened: OpenChunk) -> dict[str, int]:
         if result is None:
             # Not sent: interrupted before its request (paused, lease lost), or the adapter
             # did not mention it (never assumed done).
-            encoded[item.e164] = _UNSENT if stopped else ("retry", "no_answer", "", 0, 0.5, 0)
+            encoded[item.e164] = _UNSENT if stopped else ("retry", "no_answer", "", 0, 0.5, 0, 0)
             continue
         encoded[item.e164] = (
             result.outcome.value,
@@ -418,6 +418,7 @@ def push_chunk(pipe: Pipeline, opened: OpenChunk) -> dict[str, int]:
             int((result.retry_after or 0.0) * 1000),
             pipe.rng.random(),
             int((result.retry_window or 0.0) * 1000),
+            int(result.may_land),
         )
     # One worker's Retry-After holds the provider for every worker.
     hold = max((r.retry_after or 0.0 for r in work.results.values()), default=0.0)

@@ -393,7 +393,7 @@ class Store:
     def complete(
         self,
         chunk: Chunk,
-        results: dict[str, tuple[str, str, str, int, float, int]],
+        results: dict[str, tuple[str, str, str, int, float, int, int]],
         options: CompleteOptions,
     ) -> Completion:
         """Record a chunk's per-number results (see lua/complete.lua)."""

@@ -303,7 +303,8 @@ class Model:
         if answer == AUTH:
             return AuthError("http_401", "model refused", setting="MODEL_KEY")
         if answer in (OUTAGE, LOST):
-            return NumberResult(Outcome.OUTAGE, "http_503" if answer == OUTAGE else "timeout")
+            reason = "http_503" if answer == OUTAGE else "timeout"
+            return NumberResult(Outcome.OUTAGE, reason, may_land=True)
         if answer in (PERMANENT, PARTIAL):
             return NumberResult(Outcome.PERMANENT, "rejected")
         if request.kind == "lookup":

@@ -31,7 +31,7 @@ def _claim(pipe: Pipeline, action: Action, target: str = "voicenter") -> Chunk:
 
 
 def _done(pipe: Pipeline, chunk: Chunk) -> str:
-    results = {item.e164: ("done", "", "", 0, 0.5, 0) for item in chunk.items}
+    results = {item.e164: ("done", "", "", 0, 0.5, 0, 0) for item in chunk.items}
     completion = pipe.store.complete(chunk, results, pipe.complete_options())
     work.schedule(pipe, completion.staged)
     return completion.status
@@ -296,7 +296,7 @@ def test_a_purge_keeps_a_late_mark_whose_time_is_still_running(
     assert work.recover(pipe) == 1
     dispatcher.tasks.clear()
     chunk = _claim(pipe, Action.ADD)
-    refused = {n: ("permanent", "rejected", "", 0, 0.5, 0)}
+    refused = {n: ("permanent", "rejected", "", 0, 0.5, 0, 0)}
     pipe.store.complete(chunk, refused, pipe.complete_options())
     member = f"voicenter|{n}"
     assert pipe.store.redis.hexists(late, n)
@@ -322,7 +322,7 @@ def test_a_purge_after_the_late_window_drops_the_mark(
     assert work.recover(pipe) == 1
     dispatcher.tasks.clear()
     chunk = _claim(pipe, Action.ADD)
-    refused = {n: ("permanent", "rejected", "", 0, 0.5, 0)}
+    refused = {n: ("permanent", "rejected", "", 0, 0.5, 0, 0)}
     pipe.store.complete(chunk, refused, pipe.complete_options())
     clock.advance(pipe.late_ms / 1000 + 1)
     pipe.store.purge([f"voicenter|{n}"], "ops")

@@ -294,7 +294,7 @@ def test_a_late_push_after_recovery_forces_a_fresh_push(
     assert len(fake_voicenter.pushed()) == 2
     assert pipe.store.provider_view(n, ["voicenter"])["voicenter"]["confirmed"] == "blocked:1"
     # The presumed-dead worker finishes afterwards: its answer must not be trusted.
-    done = pipe.store.complete(chunk, {n: ("done", "", "", 0, 0.5, 0)}, pipe.complete_options())
+    done = pipe.store.complete(chunk, {n: ("done", "", "", 0, 0.5, 0, 0)}, pipe.complete_options())
     assert done.status == "orphan"
     work.schedule(pipe, done.staged)
     settle(pipe, dispatcher, clock)

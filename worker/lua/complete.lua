@@ -1,7 +1,8 @@
 -- Record a chunk's per-number results: confirm, schedule retries, dead-letter, re-stage;
 -- and what the chunk says about its provider (a Retry-After hold, the circuit breaker).
 -- ARGV: prefix, now_ms, chunk JSON (the pusher's own copy), results JSON
---       ({e164: [outcome, reason, detail, retry_after_ms, jitter 0..1, retry window ms]}),
+--       ({e164: [outcome, reason, detail, retry_after_ms, jitter 0..1, retry window ms,
+--       may land 0|1 (not done, and the provider may still carry it out later)]}),
 --       options JSON (see worker/store.py: CompleteOptions)
 -- Outcomes: done; retry (the number's own failure: an attempt is spent); outage (its
 -- request failed as a whole: no attempt is spent, but a number failing so for longer than
@@ -150,11 +151,10 @@ end
 -- Until when a late request for the number may still land (see may_land_until): false
 -- when none can land after this chunk's own requests, which were sent after it was leased.
 local function late_in(key, n)
-  key = P .. key
-  local raw = redis.call('HGET', key, n)
+  local raw = redis.call('HGET', P .. key, n)
   if not raw then return false end
   if tonumber(raw) < chunk.created then
-    redis.call('HDEL', key, n)
+    if late_mark_spent(key, n, tonumber(raw)) then redis.call('HDEL', P .. key, n) end
     return false
   end
   return tonumber(raw)
@@ -192,8 +192,11 @@ for _, item in ipairs(chunk.items) do
   local late = false  -- confirmed by one more push once no late request can land
   local r = results[n] or {'retry', 'no_result', 'the pusher reported nothing', 0, 0.5}
   local outcome, reason, detail = r[1], r[2], r[3]
-  -- A request that failed as a whole and may still be applied (see the outage below).
-  local lost = outcome == 'outage' and reason ~= 'rate_limited' and not add_only
+  -- A request the provider may still carry out later, after the next push (a timeout, a
+  -- gateway's 5xx, an answer nobody expected): the number's next push is confirmed by one
+  -- more once it no longer can (an add-only target has nothing to undo).
+  local lost = sent(r) and tonumber(r[7] or 0) == 1 and not add_only
+  if lost then may_land_until('late:' .. target, n, NOW + opt.late_ms) end
   local attempts = 0
   local member = target .. '|' .. n
   if outcome == 'done' then
@@ -242,10 +245,7 @@ for _, item in ipairs(chunk.items) do
     end
   elseif outcome == 'outage' then
     -- The request failed as a whole: nothing is known about this number, so no attempt is
-    -- spent; the circuit breaker keeps a provider that is down from being hammered. The
-    -- provider may still be working on it (a timeout, a gateway's 5xx): it may land late,
-    -- after the next push (a 429 was refused, not started).
-    if lost then may_land_until('late:' .. target, n, NOW + opt.late_ms) end
+    -- spent; the circuit breaker keeps a provider that is down from being hammered.
     attempts = attempts_of(n, version, 0)
     window_spent(n, version, false)
     local failing = NOW - outage_since(n, version)

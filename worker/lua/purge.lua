@@ -10,10 +10,12 @@ for _, member in ipairs(ids) do
     redis.call('HDEL', P .. 'dlq', member)
     redis.call('ZREM', P .. 'dlq:age', member)
     -- Nothing pushes the number there again until it changes: a late mark whose time has
-    -- passed would stay for good (one still running is kept for that next push).
-    for _, key in ipairs({P .. 'late:' .. entry.target, P .. 'latesib:' .. entry.provider}) do
-      if tonumber(redis.call('HGET', key, entry.phone) or '0') < NOW then
-        redis.call('HDEL', key, entry.phone)
+    -- passed would stay for good (one still running is kept for that next push, and one a
+    -- push in flight still needs).
+    for _, key in ipairs({'late:' .. entry.target, 'latesib:' .. entry.provider}) do
+      local until_ms = tonumber(redis.call('HGET', P .. key, entry.phone) or '0')
+      if until_ms < NOW and late_mark_spent(key, entry.phone, until_ms) then
+        redis.call('HDEL', P .. key, entry.phone)
       end
     end
     audit(entry.phone, {at = NOW, act = 'purge', prov = entry.target, by = who,

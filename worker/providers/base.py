@@ -65,13 +65,18 @@ class NumberResult:
     detail: str = ""
     retry_after: float | None = None  # the provider's own wait (seconds), for RETRY
     retry_window: float | None = None  # RETRY for this long, then dead-letter (not attempts)
+    # Not done, but the provider may still carry it out later (see RetryableError).
+    may_land: bool = False
 
     @classmethod
     def of(cls, error: RetryableError | PermanentError) -> NumberResult:
         """What a failed request means for each number in it."""
         if isinstance(error, RetryableError):
             outcome = Outcome.OUTAGE if error.outage else Outcome.RETRY
-            return cls(outcome, error.reason, error.detail, error.retry_after, error.retry_window)
+            return cls(
+                outcome, error.reason, error.detail, error.retry_after, error.retry_window,
+                may_land=error.may_land,
+            )  # fmt: skip
         return cls(Outcome.PERMANENT, error.reason, error.detail)
 
 
@@ -85,7 +90,7 @@ def unexpected(error: Exception) -> NumberResult:
         "unexpected_provider_error", error=type(error).__name__, exc_info=error
     )
     detail = f"{type(error).__name__}: {error}"[:300]
-    return NumberResult(Outcome.OUTAGE, "unexpected_error", detail)
+    return NumberResult(Outcome.OUTAGE, "unexpected_error", detail, may_land=True)
 
 
 @runtime_checkable

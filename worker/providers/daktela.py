@@ -257,7 +257,7 @@ def _done_if_confirmed(body: Any, reason: str = "") -> NumberResult:
     result = body.get("result") if isinstance(body, dict) else None
     if isinstance(result, dict) or result is True:  # the record, or a delete's true
         return NumberResult(Outcome.DONE, reason)
-    return NumberResult(Outcome.RETRY, "unconfirmed_answer", str(body)[:200])
+    return NumberResult(Outcome.RETRY, "unconfirmed_answer", str(body)[:200], may_land=True)
 
 
 def _database_of(entry: dict[str, Any], field: str) -> Any:

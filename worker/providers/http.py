@@ -48,6 +48,11 @@ def send(
     lease.renew()
     try:
         response = client.request(method, url, **kwargs)
+    except (httpx.ConnectTimeout, httpx.PoolTimeout, httpx.ConnectError) as exc:
+        # It never reached the provider (no connection, or no free slot): nothing of it
+        # can land later.
+        reason = "connection_error" if isinstance(exc, httpx.ConnectError) else "timeout"
+        raise RetryableError(reason, type(exc).__name__, outage=True, may_land=False) from exc
     except httpx.TimeoutException as exc:
         raise RetryableError("timeout", type(exc).__name__, outage=True) from exc
     except httpx.TransportError as exc:
@@ -66,6 +71,7 @@ def send(
             _snippet(response),
             retry_after=parse_retry_after(response.headers.get("Retry-After")),
             outage=True,
+            may_land=status != 429,  # a 429 was refused, not started
         )
     return response
 

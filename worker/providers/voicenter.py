@@ -84,7 +84,9 @@ class VoicenterProvider:
         if code == 2:
             raise PermanentError("phones_rejected", message)
         if code != 0:
-            raise RetryableError("unexpected_error_code", f"ErrorCode={code!r} {message}")
+            raise RetryableError(
+                "unexpected_error_code", f"ErrorCode={code!r} {message}", may_land=True
+            )
         return body
 
     def _per_phone(self, items: list[PushItem], body: dict[str, Any]) -> dict[str, NumberResult]:
@@ -97,7 +99,9 @@ class VoicenterProvider:
             known = _PHONE_CODES.get(code) if isinstance(code, int) else None
             message = str(entry.get("ErrorMessage", ""))
             if known is None:
-                answered[key] = NumberResult(Outcome.RETRY, "unexpected_phone_code", f"{code!r}")
+                answered[key] = NumberResult(
+                    Outcome.RETRY, "unexpected_phone_code", f"{code!r}", may_land=True
+                )
             else:
                 answered[key] = NumberResult(known.outcome, known.reason, message)
         missing = NumberResult(Outcome.RETRY, "not_in_answer", "the answer did not mention it")

@@ -136,7 +136,7 @@ def _plain(status: int, code: int | None, body: Any) -> NumberResult:
             return NumberResult(Outcome.DONE)
         # A 2xx without the documented {"status": "SUCCESS"} (a proxy's page, another
         # shape): it confirms nothing.
-        return NumberResult(Outcome.RETRY, "unconfirmed_answer", str(body)[:200])
+        return NumberResult(Outcome.RETRY, "unconfirmed_answer", str(body)[:200], may_land=True)
     return NumberResult(Outcome.PERMANENT, f"error_{code}" if code else f"http_{status}",
                         _error_msg(body))  # fmt: skip
 

@@ -87,7 +87,9 @@ class WeyaProvider:
             raise PermanentError("refused", message)
         if not isinstance(answer, dict) or answer.get("status") is not True:
             # A 2xx without the documented {"status": true}: it confirms nothing.
-            return NumberResult(Outcome.RETRY, "unconfirmed_answer", str(answer)[:200])
+            return NumberResult(
+                Outcome.RETRY, "unconfirmed_answer", str(answer)[:200], may_land=True
+            )
         return NumberResult(Outcome.DONE)
 
     def probe(self) -> None:

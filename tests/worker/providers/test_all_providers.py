@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 from datetime import UTC, datetime
+from typing import Any
 
 import fakeredis
 import httpx
@@ -254,3 +255,32 @@ def test_a_listing_that_ignores_skip_stops_instead_of_spinning(name: str) -> Non
     with pytest.raises(RetryableError) as stopped:
         provider.list_numbers(targets_of(name)[0])
     assert stopped.value.reason == "listing_not_paging"
+
+
+def test_an_unexpected_2xx_that_is_carried_out_later_never_gets_the_last_word() -> None:
+    # Found by the tenth review: a delete answered with a gateway's {"message": "accepted"}
+    # confirms nothing, and the provider may still carry it out after the newer add.
+    w = World("voodoosms")
+    n = numbers(1)[0]
+    w.add(n)
+    w.settle()
+    w.remove(n)  # v2
+    original = w.fake.handle
+    deferred: list[tuple[Any, ...]] = []
+
+    def accepted(*args: Any) -> Any:
+        if args[0] == "DELETE" and not deferred:
+            deferred.append(args)
+            w.fake.handle = original  # type: ignore[method-assign]
+            return 200, {"message": "accepted"}, {}
+        return original(*args)
+
+    w.fake.handle = accepted  # type: ignore[method-assign]
+    w.dispatcher.drain(w.pipe)
+    w.clock.advance(1)
+    w.add(n)  # v3: "already listed"
+    w.dispatcher.drain(w.pipe)
+    assert w.pipe.store.provider_view(n, ["voodoosms"])["voodoosms"]["confirmed"] == "?"
+    w.fake.handle(*deferred[0])  # carried out now
+    w.settle()
+    assert w.listed() == {"voodoosms": {n[1:]}}

@@ -810,3 +810,74 @@ def test_a_database_registered_after_a_recovery_is_warned_of_its_late_move() -> 
     assert fake.listed("Global") == {n[1:]} and fake.listed("Sales") == set()
     _global_lapses(w, started[0])
     assert fake.listed("Sales") == {n[1:]}
+
+
+def test_a_sibling_mark_stays_while_an_older_push_of_another_database_is_out() -> None:
+    # Found by the tenth review: Global's push after the late window dropped the sibling
+    # mark while Sales' push, leased before the mark's time, was still out (a long chunk):
+    # Sales' "already", given before the lost move landed, was then trusted.
+    w, fake, sales, n, chunks = _an_add_leased_for_both_databases()
+    work.push_chunk(sales, chunks["daktela:Sales"])  # created in Sales
+    deferred = _fails_then_lands_later(fake, "PUT")
+    work.push_chunk(w.pipe, chunks["daktela:Global"])  # the move answers 503
+    w.clock.advance(1)
+    sales_push = _lease_one_chunk_per_target(w)["daktela:Sales"]
+    complete = sales.store.complete
+
+    def the_rest_of_a_long_chunk(*args: Any) -> Any:
+        sales.store.complete = complete  # type: ignore[method-assign]
+        fake.handle(*deferred[0])  # the move lands: the entry is in Global
+        for _ in range(4):  # Global's own push after the window: "already"
+            w.clock.advance(60)
+            work.sweep(w.pipe)
+            w.dispatcher.drain(w.pipe)
+        return complete(*args)
+
+    sales.store.complete = the_rest_of_a_long_chunk  # type: ignore[method-assign]
+    work.push_chunk(sales, sales_push)  # "already", completed last
+    assert sales.store.provider_view(n, ["daktela:Sales"])["daktela:Sales"]["confirmed"] == "?"
+    _global_lapses(w, sales)
+    assert fake.listed("Sales") == {n[1:]}
+
+
+def test_a_purge_keeps_a_late_mark_a_push_in_flight_still_needs() -> None:
+    # Found by the tenth review: the purge of a dead letter dropped a late mark whose time
+    # had passed while a push leased before it was still out: its answer was trusted.
+    w, fake = daktela()
+    n = numbers(1)[0]
+    w.add(n)
+    w.settle()
+    w.remove(n)  # v2
+    deferred = _fails_then_lands_later(fake, "DELETE")
+    w.dispatcher.drain(w.pipe)  # the 503
+    original = fake.handle
+
+    def refuse_the_delete(*args: Any) -> Any:
+        if args[0] == "DELETE":
+            fake.handle = original  # type: ignore[method-assign]
+            return 400, {"error": ["locked"], "result": None}, {}
+        return original(*args)
+
+    fake.handle = refuse_the_delete  # type: ignore[method-assign]
+    w.clock.advance(5)
+    work.sweep(w.pipe)
+    w.dispatcher.drain(w.pipe)
+    store = w.pipe.store
+    assert [d["id"] for d in store.dead_letters()] == [f"daktela:Global|{n}"]
+    w.clock.advance(1)
+    w.add(n)  # v3
+    add = _lease_one_chunk_per_target(w)["daktela:Global"]
+    complete = store.complete
+
+    def purged_meanwhile(*args: Any) -> Any:
+        store.complete = complete  # type: ignore[method-assign]
+        fake.handle(*deferred[0])  # the lost delete lands after our add's "already"
+        w.clock.advance(w.pipe.late_ms / 1000 + 60)  # a long chunk: the mark's time passes
+        store.purge([f"daktela:Global|{n}"], "ops")
+        return complete(*args)
+
+    store.complete = purged_meanwhile  # type: ignore[method-assign]
+    work.push_chunk(w.pipe, add)
+    assert store.provider_view(n, ["daktela:Global"])["daktela:Global"]["confirmed"] == "?"
+    w.settle()
+    assert fake.listed("Global") == {n[1:]}

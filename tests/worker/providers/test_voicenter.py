@@ -118,3 +118,26 @@ def test_probe_passes_with_a_good_code_and_fails_with_a_bad_one() -> None:
     adapter(FakeVoicenter()).probe()
     with pytest.raises(AuthError):
         adapter(FakeVoicenter(), code="wrong").probe()
+
+
+def test_codes_nobody_expected_confirm_nothing_and_may_still_be_carried_out() -> None:
+    def handler(*_: object) -> tuple[int, object, dict[str, str]]:
+        phones = [{"Phone": "972501111111", "ErrorCode": 7}]
+        return 200, {"ErrorCode": 0, "Phones": phones}, {}
+
+    client = httpx.Client(transport=mock_transport(handler))
+    provider = VoicenterProvider("c", "http://v.test", client)
+    result = provider.push("voicenter", Action.ADD, items("+972501111111", "+972501111112"))
+    odd = result["+972501111111"]
+    assert (odd.outcome, odd.reason, odd.may_land) == (Outcome.RETRY, "unexpected_phone_code", True)
+    assert not result["+972501111112"].may_land  # left out of the answer: not being done
+
+    def whole(*_: object) -> tuple[int, object, dict[str, str]]:
+        return 200, {"ErrorCode": 9, "ErrorMessage": "?"}, {}
+
+    client = httpx.Client(transport=mock_transport(whole))
+    with pytest.raises(RetryableError) as raised:
+        VoicenterProvider("c", "http://v.test", client).push(
+            "voicenter", Action.ADD, items("+972501111111")
+        )
+    assert raised.value.reason == "unexpected_error_code" and raised.value.may_land
