@@ -283,12 +283,11 @@ def test_an_orphan_add_only_success_is_kept_and_never_pushed_again(clock: FakeCl
     assert fake.requests == []  # not pushed a second time
 
 
-def test_a_purge_keeps_a_late_mark_whose_time_is_still_running(
+def _dead_lettered_after_a_recovery(
     pipe: Pipeline, dispatcher: QueueDispatcher, clock: FakeClock
-) -> None:
-    # Nothing pushes a purged number there again until it changes: a mark left would stay.
+) -> str:
+    """A number whose chunk was recovered (a late mark), then refused: dead-lettered."""
     n = numbers(1)[0]
-    late = pipe.store.key("late", "voicenter")
     accept(pipe, add(n))
     dispatcher.tasks.clear()
     _claim(pipe, Action.ADD)
@@ -298,9 +297,17 @@ def test_a_purge_keeps_a_late_mark_whose_time_is_still_running(
     chunk = _claim(pipe, Action.ADD)
     refused = {n: ("permanent", "rejected", "", 0, 0.5, 0, 0)}
     pipe.store.complete(chunk, refused, pipe.complete_options())
-    member = f"voicenter|{n}"
-    assert pipe.store.redis.hexists(late, n)
-    pipe.store.purge([member], "ops")  # within the window: kept for the next push
+    assert pipe.store.redis.hexists(pipe.store.key("late", "voicenter"), n)
+    return n
+
+
+def test_a_purge_keeps_a_late_mark_whose_time_is_still_running(
+    pipe: Pipeline, dispatcher: QueueDispatcher, clock: FakeClock
+) -> None:
+    # Nothing pushes a purged number there again until it changes: a mark left would stay.
+    n = _dead_lettered_after_a_recovery(pipe, dispatcher, clock)
+    late = pipe.store.key("late", "voicenter")
+    pipe.store.purge([f"voicenter|{n}"], "ops")  # within the window: kept for the next push
     assert pipe.store.redis.hexists(late, n)
     clock.advance(pipe.late_ms / 1000 + 1)
     accept(pipe, remove(clock, n))
@@ -313,17 +320,7 @@ def test_a_purge_keeps_a_late_mark_whose_time_is_still_running(
 def test_a_purge_after_the_late_window_drops_the_mark(
     pipe: Pipeline, dispatcher: QueueDispatcher, clock: FakeClock
 ) -> None:
-    n = numbers(1)[0]
-    late = pipe.store.key("late", "voicenter")
-    accept(pipe, add(n))
-    dispatcher.tasks.clear()
-    _claim(pipe, Action.ADD)
-    clock.advance(pipe.settings.lease_seconds + 1)
-    assert work.recover(pipe) == 1
-    dispatcher.tasks.clear()
-    chunk = _claim(pipe, Action.ADD)
-    refused = {n: ("permanent", "rejected", "", 0, 0.5, 0, 0)}
-    pipe.store.complete(chunk, refused, pipe.complete_options())
+    n = _dead_lettered_after_a_recovery(pipe, dispatcher, clock)
     clock.advance(pipe.late_ms / 1000 + 1)
     pipe.store.purge([f"voicenter|{n}"], "ops")
-    assert not pipe.store.redis.hexists(late, n)
+    assert not pipe.store.redis.hexists(pipe.store.key("late", "voicenter"), n)

@@ -429,20 +429,31 @@ class _Killed(BaseException):
     """The worker dies between its request and the chunk's completion."""
 
 
+def _push_then_die(
+    w: World, fake: FakeDaktela, chunk: OpenChunk, handle: Any | None = None
+) -> None:
+    """Global's worker pushes the chunk (its requests answered by `handle`, if given) and
+    dies before completing it."""
+    original = fake.handle
+
+    def killed(*args: Any) -> Any:
+        raise _Killed
+
+    if handle is not None:
+        fake.handle = handle  # type: ignore[method-assign]
+    w.pipe.store.complete = killed  # type: ignore[method-assign]
+    with pytest.raises(_Killed):
+        work.push_chunk(w.pipe, chunk)
+    fake.handle = original  # type: ignore[method-assign]
+    del w.pipe.store.complete
+
+
 def test_a_worker_killed_after_its_request_took_the_entry_unsettles_the_other_database() -> None:
     # Found by the fifth review: recovery unsettled the other databases for a remove
     # only, but an add's request may have moved the entry out of one of them.
     w, fake, sales, n, chunks = _an_add_leased_for_both_databases()
     work.push_chunk(sales, chunks["daktela:Sales"])  # created in Sales
-    complete = w.pipe.store.complete
-
-    def killed(*args: Any) -> Any:
-        raise _Killed
-
-    w.pipe.store.complete = killed  # type: ignore[method-assign]
-    with pytest.raises(_Killed):
-        work.push_chunk(w.pipe, chunks["daktela:Global"])  # moved Sales -> Global
-    w.pipe.store.complete = complete  # type: ignore[method-assign]
+    _push_then_die(w, fake, chunks["daktela:Global"])  # moved Sales -> Global
     assert fake.listed("Global") == {n[1:]}
     w.clock.advance(w.pipe.settings.lease_seconds + 1)
     assert work.recover(sales) == 1
@@ -584,15 +595,9 @@ def test_a_recovered_remove_whose_delete_lands_after_a_move_is_caught() -> None:
             assert moved.wait(10)  # Sales moved the entry; answers later
         return original(*args)
 
-    def killed(*args: Any) -> Any:
-        raise _Killed
-
-    fake.handle = stall_after_lookup  # type: ignore[method-assign]
-    w.pipe.store.complete = killed  # type: ignore[method-assign]
-    with pytest.raises(_Killed):
-        work.push_chunk(w.pipe, globals_remove)  # its DELETE lands, then the worker dies
-    fake.handle = original  # type: ignore[method-assign]
-    del w.pipe.store.complete
+    _push_then_die(
+        w, fake, globals_remove, stall_after_lookup
+    )  # its DELETE lands, then the worker dies
     answer_now.set()
     pushes[0].join()
     sales.store.complete = sales_complete  # type: ignore[method-assign]
@@ -641,15 +646,9 @@ def test_a_late_move_after_the_other_database_pushed_again_is_undone() -> None:
             assert view["confirmed"] == "?"  # not trusted while the move may land
         return original(*args)
 
-    def killed(*args: Any) -> Any:
-        raise _Killed
-
-    fake.handle = stall_before_the_move  # type: ignore[method-assign]
-    w.pipe.store.complete = killed  # type: ignore[method-assign]
-    with pytest.raises(_Killed):
-        work.push_chunk(w.pipe, chunks["daktela:Global"])  # the move lands; the worker dies
-    fake.handle = original  # type: ignore[method-assign]
-    del w.pipe.store.complete
+    _push_then_die(
+        w, fake, chunks["daktela:Global"], stall_before_the_move
+    )  # the move lands; the worker dies
     assert fake.listed("Global") == {n[1:]} and fake.listed("Sales") == set()
     _global_lapses(w, sales)
     assert fake.listed("Sales") == {n[1:]}
@@ -681,15 +680,9 @@ def test_a_late_delete_after_the_recheck_of_a_move_is_undone() -> None:
             assert view["confirmed"] == "?"  # not trusted while the delete may land
         return original(*args)
 
-    def killed(*args: Any) -> Any:
-        raise _Killed
-
-    fake.handle = stall_before_the_delete  # type: ignore[method-assign]
-    w.pipe.store.complete = killed  # type: ignore[method-assign]
-    with pytest.raises(_Killed):
-        work.push_chunk(w.pipe, globals_remove)  # the delete lands; the worker dies
-    fake.handle = original  # type: ignore[method-assign]
-    del w.pipe.store.complete
+    _push_then_die(
+        w, fake, globals_remove, stall_before_the_delete
+    )  # the delete lands; the worker dies
     assert fake.listed("Sales") == set()
     for opened in pending:
         work.push_chunk(w.pipe, opened)
@@ -749,9 +742,10 @@ def test_a_failed_delete_that_lands_after_the_recheck_of_a_move_is_undone() -> N
     assert fake.listed("Sales") == {n[1:]}
 
 
-def test_a_failed_delete_that_lands_after_a_newer_add_is_undone() -> None:
-    # Found by the ninth review, any provider: remove v2 answered 503 but landed after add
-    # v3 had answered "already" (the entry was still there).
+def _a_remove_whose_delete_fails_and_lands_later() -> tuple[
+    World, FakeDaktela, str, list[tuple[Any, ...]]
+]:  # fmt: skip
+    """A blocked number removed (v2): its delete answers 503, to be carried out later."""
     w, fake = daktela()
     n = numbers(1)[0]
     w.add(n)
@@ -759,6 +753,13 @@ def test_a_failed_delete_that_lands_after_a_newer_add_is_undone() -> None:
     w.remove(n)  # v2
     deferred = _fails_then_lands_later(fake, "DELETE")
     w.dispatcher.drain(w.pipe)
+    return w, fake, n, deferred
+
+
+def test_a_failed_delete_that_lands_after_a_newer_add_is_undone() -> None:
+    # Found by the ninth review, any provider: remove v2 answered 503 but landed after add
+    # v3 had answered "already" (the entry was still there).
+    w, fake, n, deferred = _a_remove_whose_delete_fails_and_lands_later()
     w.clock.advance(1)
     w.add(n)  # v3
     w.dispatcher.drain(w.pipe)  # "already"
@@ -798,15 +799,7 @@ def test_a_database_registered_after_a_recovery_is_warned_of_its_late_move() -> 
             assert view["confirmed"] == "?"
         return original(*args)
 
-    def killed(*args: Any) -> Any:
-        raise _Killed
-
-    fake.handle = stall_before_the_move  # type: ignore[method-assign]
-    w.pipe.store.complete = killed  # type: ignore[method-assign]
-    with pytest.raises(_Killed):
-        work.push_chunk(w.pipe, globals_add)  # the move lands; the worker dies
-    fake.handle = original  # type: ignore[method-assign]
-    del w.pipe.store.complete
+    _push_then_die(w, fake, globals_add, stall_before_the_move)  # the move lands; the worker dies
     assert fake.listed("Global") == {n[1:]} and fake.listed("Sales") == set()
     _global_lapses(w, started[0])
     assert fake.listed("Sales") == {n[1:]}
@@ -843,13 +836,7 @@ def test_a_sibling_mark_stays_while_an_older_push_of_another_database_is_out() -
 def test_a_purge_keeps_a_late_mark_a_push_in_flight_still_needs() -> None:
     # Found by the tenth review: the purge of a dead letter dropped a late mark whose time
     # had passed while a push leased before it was still out: its answer was trusted.
-    w, fake = daktela()
-    n = numbers(1)[0]
-    w.add(n)
-    w.settle()
-    w.remove(n)  # v2
-    deferred = _fails_then_lands_later(fake, "DELETE")
-    w.dispatcher.drain(w.pipe)  # the 503
+    w, fake, n, deferred = _a_remove_whose_delete_fails_and_lands_later()
     original = fake.handle
 
     def refuse_the_delete(*args: Any) -> Any:
