@@ -408,8 +408,8 @@ def push_chunk(pipe: Pipeline, opened: OpenChunk) -> dict[str, int]:
         result = work.results.get(item.e164)
         if result is None:
             # Not sent: interrupted before its request (paused, lease lost), or the adapter
-            # did not mention it (never assumed done).
-            encoded[item.e164] = _UNSENT if stopped else ("retry", "no_answer", "", 0, 0.5, 0, 0)
+            # did not mention it (never assumed done; it may have been sent).
+            encoded[item.e164] = _UNSENT if stopped else ("retry", "no_answer", "", 0, 0.5, 0, 1)
             continue
         encoded[item.e164] = (
             result.outcome.value,

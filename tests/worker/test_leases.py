@@ -324,3 +324,23 @@ def test_a_purge_after_the_late_window_drops_the_mark(
     clock.advance(pipe.late_ms / 1000 + 1)
     pipe.store.purge([f"voicenter|{n}"], "ops")
     assert not pipe.store.redis.hexists(pipe.store.key("late", "voicenter"), n)
+
+
+def test_a_request_that_may_still_land_makes_the_next_push_wait_for_it(
+    pipe: Pipeline, dispatcher: QueueDispatcher, clock: FakeClock
+) -> None:
+    # Found by the eleventh review: an add answered without a word about the number
+    # (`may_land`), then a remove answered done: the add may still be carried out after it.
+    n = numbers(1)[0]
+    accept(pipe, add(n))
+    dispatcher.tasks.clear()
+    a = _claim(pipe, Action.ADD)
+    odd = {n: ("retry", "not_in_answer", "", 0, 0.5, 0, 1)}
+    pipe.store.complete(a, odd, pipe.complete_options())
+    clock.advance(1)
+    accept(pipe, remove(clock, n))
+    dispatcher.tasks.clear()
+    b = _claim(pipe, Action.REMOVE)
+    assert _done(pipe, b) == "ok"
+    assert _confirmed(pipe, n) == "?"
+    assert _retry_at(pipe, n) == pipe.store.now_ms() - 1000 + pipe.late_ms + 1

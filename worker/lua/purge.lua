@@ -13,8 +13,9 @@ for _, member in ipairs(ids) do
     -- passed would stay for good (one still running is kept for that next push, and one a
     -- push in flight still needs).
     for _, key in ipairs({'late:' .. entry.target, 'latesib:' .. entry.provider}) do
-      local until_ms = tonumber(redis.call('HGET', P .. key, entry.phone) or '0')
-      if until_ms < NOW and late_mark_spent(key, entry.phone, until_ms) then
+      local raw_until = redis.call('HGET', P .. key, entry.phone)
+      local until_ms = tonumber(raw_until or '0')
+      if raw_until and until_ms < NOW and late_mark_spent(key, entry.phone, until_ms) then
         redis.call('HDEL', P .. key, entry.phone)
       end
     end

@@ -46,22 +46,28 @@ def send(
     errors, 429, 5xx) are outages: they say nothing about the numbers in it.
     """
     lease.renew()
+    # Whether a request that failed may still be carried out later (RetryableError): one
+    # that changes something, and reached the provider.
+    changes = method.upper() != "GET"
     try:
         response = client.request(method, url, **kwargs)
     except (httpx.ConnectTimeout, httpx.PoolTimeout, httpx.ConnectError) as exc:
-        # It never reached the provider (no connection, or no free slot): nothing of it
-        # can land later.
+        # It never reached the provider (no connection, or no free slot).
         reason = "connection_error" if isinstance(exc, httpx.ConnectError) else "timeout"
         raise RetryableError(reason, type(exc).__name__, outage=True, may_land=False) from exc
     except httpx.TimeoutException as exc:
-        raise RetryableError("timeout", type(exc).__name__, outage=True) from exc
+        raise RetryableError("timeout", type(exc).__name__, outage=True, may_land=changes) from exc
     except httpx.TransportError as exc:
-        raise RetryableError("connection_error", type(exc).__name__, outage=True) from exc
+        raise RetryableError(
+            "connection_error", type(exc).__name__, outage=True, may_land=changes
+        ) from exc
     except httpx.DecodingError as exc:
         # A body that does not match its Content-Encoding: a proxy's page, which answers
         # every request alike while it is in the way. It says nothing of the numbers: an
         # outage, like a 502 from the same proxy.
-        raise RetryableError("unreadable_answer", type(exc).__name__, outage=True) from exc
+        raise RetryableError(
+            "unreadable_answer", type(exc).__name__, outage=True, may_land=changes
+        ) from exc
     status = response.status_code
     if status in (401, 403):
         raise AuthError(f"http_{status}", _snippet(response), setting=auth_setting)
@@ -71,7 +77,7 @@ def send(
             _snippet(response),
             retry_after=parse_retry_after(response.headers.get("Retry-After")),
             outage=True,
-            may_land=status != 429,  # a 429 was refused, not started
+            may_land=changes and status != 429,  # a 429 was refused, not started
         )
     return response
 

@@ -68,7 +68,10 @@ class PhonelyProvider:
                 continue
             reason = str(failure.get("reason", ""))
             answered[digits(str(failure.get("number", "")))] = _failure(reason)
-        missing = NumberResult(Outcome.RETRY, "not_in_answer", "the answer did not mention it")
+        # Sent, and not reported on: it may be carried out yet.
+        missing = NumberResult(
+            Outcome.RETRY, "not_in_answer", "the answer did not mention it", may_land=True
+        )
         return {i.e164: answered.get(digits(i.e164), missing) for i in items}
 
     def probe(self) -> None:

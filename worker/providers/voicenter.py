@@ -104,7 +104,10 @@ class VoicenterProvider:
                 )
             else:
                 answered[key] = NumberResult(known.outcome, known.reason, message)
-        missing = NumberResult(Outcome.RETRY, "not_in_answer", "the answer did not mention it")
+        # Sent, and not reported on: it may be carried out yet.
+        missing = NumberResult(
+            Outcome.RETRY, "not_in_answer", "the answer did not mention it", may_land=True
+        )
         return {item.e164: answered.get(digits(item.e164), missing) for item in items}
 
 

@@ -51,3 +51,7 @@ def test_a_failed_request_may_land_later_only_if_it_reached_the_provider(
     with pytest.raises(RetryableError) as raised:
         send(_failing(error, status), "POST", "http://p.test/x", auth_setting="KEY")
     assert raised.value.outage and raised.value.may_land is may_land
+    # A lookup changes nothing: whatever became of it, nothing of it lands later.
+    with pytest.raises(RetryableError) as raised:
+        send(_failing(error, status), "GET", "http://p.test/x", auth_setting="KEY")
+    assert not raised.value.may_land
