@@ -10,7 +10,8 @@ corrected, moved into the wanted database if it was in another (answered as `mov
 pipeline then no longer trusts what that database's target was confirmed to hold). Remove =
 look up the number in the target's database, delete that entry by its name (an entry in
 another database is not ours to lift). A lookup that answers other numbers' entries (its
-filter not applied) says nothing of ours, and a listing that repeats a page stops.
+filter not applied), or not in the envelope (a proxy's page), says nothing of ours, a 404
+without Daktela's error is no "already deleted", and a listing that repeats a page stops.
 *Unconfirmed* by the vendor: the model path (`blacklistNumbers`) and the field names, so
 both are settings (DAKTELA_MODEL, DAKTELA_FIELDS). Expiry is written in UTC.
 """
@@ -193,6 +194,9 @@ class DaktelaProvider:
         if status >= 400 or _errors(body):
             raise RetryableError(f"lookup_http_{status}", "; ".join(_errors(body))[:300])
         rows = _rows(body)
+        if rows is None:
+            # Not Daktela's answer (a proxy's `{}`, an empty 200): absent is not "not there".
+            raise RetryableError("unconfirmed_lookup", str(body)[:200])
         if any(digits(str(e.get(f["number"], ""))) != digits(item.e164) for e in rows):
             # Rows for other numbers: the filter was not applied (a field name Daktela does
             # not know, say), so this answer says nothing about ours, present or not.
@@ -208,8 +212,11 @@ class DaktelaProvider:
             # Not in this target's database (an entry elsewhere belongs to another list).
             return NumberResult(Outcome.DONE, "already")
         status, body = self._request("DELETE", f"{self._base}/{existing['name']}.json")
-        if status == 404:
+        if status == 404 and _errors(body):  # Daktela's own "not found", not a gateway's
             return NumberResult(Outcome.DONE, "already")
+        if status == 404:
+            return NumberResult(Outcome.RETRY, "unconfirmed_answer", str(body)[:200],
+                                may_land=True)  # fmt: skip
         errors = _errors(body)
         if status >= 400 or errors:
             raise PermanentError(f"http_{status}", "; ".join(errors)[:300])
@@ -238,6 +245,8 @@ class DaktelaProvider:
             if status >= 400:
                 raise RetryableError(f"http_{status}")
             rows = _rows(body)
+            if rows is None:
+                raise RetryableError("unconfirmed_listing", str(body)[:200])
             if rows and rows == previous:
                 raise RetryableError("listing_not_paging", f"skip={skip} repeated a page")
             previous = rows
@@ -265,10 +274,12 @@ def _database_of(entry: dict[str, Any], field: str) -> Any:
     return database.get("name") if isinstance(database, dict) else database
 
 
-def _rows(body: Any) -> list[dict[str, Any]]:
+def _rows(body: Any) -> list[dict[str, Any]] | None:
+    """The entries of a lookup or listing; None when the answer is not the documented
+    envelope with a list of them (it then says nothing about which numbers are there)."""
     result = body.get("result") if isinstance(body, dict) else None
     data = result.get("data") if isinstance(result, dict) else result
-    return [r for r in data if isinstance(r, dict)] if isinstance(data, list) else []
+    return [r for r in data if isinstance(r, dict)] if isinstance(data, list) else None
 
 
 def from_settings(settings: Settings, client: httpx.Client) -> DaktelaProvider | None:

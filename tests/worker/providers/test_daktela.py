@@ -166,6 +166,39 @@ def test_a_lookup_that_ignores_its_filter_confirms_no_remove() -> None:
     assert fake.listed() == {b[1:]}
 
 
+@pytest.mark.parametrize(
+    ("method", "answer"),
+    [("GET", (200, {}, {})), ("GET", (204, None, {})), ("DELETE", (404, "<html>", {}))],
+    ids=["lookup-200-empty-object", "lookup-204-no-body", "delete-404-of-a-gateway"],
+)
+def test_an_answer_that_is_not_daktelas_confirms_no_remove(
+    method: str, answer: tuple[int, Any, dict[str, str]]
+) -> None:
+    # Found by the twelfth review: a proxy's `{}` to the lookup read as "no entry in this
+    # database", and a gateway's 404 to the delete as "deleted already": the remove was
+    # confirmed, the block left in place for good.
+    w, fake = daktela()
+    n = numbers(1)[0]
+    w.add(n)
+    w.settle()
+    original = fake.handle
+    hits: list[str] = []
+
+    def gateway_once(verb: str, path: str, *rest: Any) -> Any:
+        if verb == method and not hits:
+            hits.append(path)
+            return answer
+        return original(verb, path, *rest)
+
+    fake.handle = gateway_once  # type: ignore[method-assign]
+    w.remove(n)
+    w.settle()
+    assert hits  # the gateway did answer once
+    assert fake.listed() == set()  # pushed again, and removed
+    view = w.pipe.store.provider_view(n, ["daktela:Global"])["daktela:Global"]
+    assert view["confirmed"] == "unblocked:2"
+
+
 def _lease_one_chunk_per_target(w: World) -> dict[str, OpenChunk]:
     """Run the flushes only, and open the chunk each target's push would take."""
     pushes = []
