@@ -689,6 +689,12 @@ def dlq_replay(
     who = f"cli:{os.environ.get('USER', 'unknown')}"
     done = _in_batches(chosen, lambda batch: replay(pipe, batch, who), "replaying")
     console.print(f"replayed {done} dead letters")
+    if done < len(chosen):
+        console.print(
+            f"{len(chosen) - done} not replayed: gone meanwhile, or their target is not live "
+            "(no process has it; they are pushed when it is back: purge them if it is gone "
+            "for good)"
+        )
 
 
 @provider_app.command("list")

@@ -45,6 +45,15 @@ def _env(*names: str) -> dict[str, str]:
     return {k: v for n in names for k, v in env_for(n, f"http://{n}.test").items()}
 
 
+def _two_providers() -> tuple[Any, Router, dict[str, str], Pipeline]:
+    """Voicenter and VoodooSMS on one store: the store, the fakes, the settings naming both,
+    and a process with them."""
+    redis = fakeredis.FakeRedis()
+    router = Router({n: make_fake(n) for n in ("voicenter", "voodoosms")})
+    both = _env("voicenter", "voodoosms")
+    return redis, router, both, build(redis, router, both)
+
+
 def _staged_at(pipe: Pipeline, n: str) -> dict[str, str | None]:
     targets = pipe.known_targets()
     return {t: v["staged"] for t, v in pipe.store.provider_view(n, targets).items()}
@@ -224,11 +233,7 @@ def test_an_api_with_old_settings_stages_for_a_target_only_the_new_workers_have(
 def test_a_provider_disabled_for_a_while_is_caught_up_when_it_comes_back() -> None:
     # Issue 13, item 4(b): VoodooSMS' credentials are removed for longer than the targets'
     # TTL; adds and removes accepted meanwhile reach it once they are restored.
-    redis = fakeredis.FakeRedis()
-    router = Router({n: make_fake(n) for n in ("voicenter", "voodoosms")})
-    both = {**env_for("voicenter", "http://voicenter.test"),
-            **env_for("voodoosms", "http://voodoosms.test")}  # fmt: skip
-    pipe = build(redis, router, both)
+    redis, router, both, pipe = _two_providers()
     clock = pipe.store.clock
     assert isinstance(clock, FakeClock)
     kept, dropped, later = "+972501111111", "+972502222222", "+972503333333"
@@ -265,11 +270,7 @@ def test_a_provider_disabled_for_a_while_is_caught_up_when_it_comes_back() -> No
 
 
 def test_an_expiry_is_not_staged_for_a_target_that_is_not_live() -> None:
-    redis = fakeredis.FakeRedis()
-    router = Router({n: make_fake(n) for n in ("voicenter", "voodoosms")})
-    both = {**env_for("voicenter", "http://voicenter.test"),
-            **env_for("voodoosms", "http://voodoosms.test")}  # fmt: skip
-    pipe = build(redis, router, both)
+    redis, router, _, pipe = _two_providers()
     clock = pipe.store.clock
     assert isinstance(clock, FakeClock)
     n = "+972501111111"
@@ -285,14 +286,62 @@ def test_an_expiry_is_not_staged_for_a_target_that_is_not_live() -> None:
     assert _staged_at(without, n) == {"voicenter": "remove", "voodoosms": None}
 
 
+def test_a_target_that_lapsed_keeps_no_backlog_and_its_dead_letters_wait_for_it() -> None:
+    # Found by the simulation's one-list model: a remove staged for a Daktela database just
+    # before a rolling change left it stayed staged for good (`optout status` showed a
+    # backlog no process would ever push).
+    redis, router, both, pipe = _two_providers()
+    clock, dispatcher = pipe.store.clock, pipe.dispatcher
+    assert isinstance(clock, FakeClock) and isinstance(dispatcher, QueueDispatcher)
+    n, failed = "+972501111111", "+972502222222"
+    voodoo = router.fakes["voodoosms"]
+    voodoo.permanent.add(failed[1:])
+    accept(pipe, Event("api", Action.ADD, [PhoneInput(n), PhoneInput(failed)]))
+    dispatcher.drain(pipe)
+    dead = f"voodoosms|{failed}"
+    assert [d["id"] for d in pipe.store.dead_letters()] == [dead]
+    clock.advance(1)
+    when = datetime.fromtimestamp(clock.now, tz=UTC)
+    accept(pipe, Event("api", Action.REMOVE, [PhoneInput(n)], occurred_at=when))
+    assert _staged_at(pipe, n)["voodoosms"] == "remove"
+    dispatcher.tasks.clear()  # the flushes never ran: the processes were replaced first
+
+    without = build(redis, router, env_for("voicenter", "http://voicenter.test"))
+    without.store.clock, without.dispatcher = clock, dispatcher
+    clock.advance(pipe.settings.target_ttl_seconds + 1)
+    work.sweep(without)
+    assert _staged_at(without, n)["voodoosms"] is None
+    assert without.store.counts(["voodoosms"])["voodoosms"]["staged_remove"] == 0
+
+    # A catch-up it had not finished (it starts afresh when the target is back): none left.
+    redis.hset(without.store.key("backfill"), "voodoosms", "b:0@9")
+    clock.advance(1)
+    work.sweep(without)
+    assert without.store.backfills() == {}
+
+    # A dead letter of it is not replayed (nothing would push it), and stays.
+    assert work.replay(without, [dead], "test") == 0
+    assert _staged_at(without, failed)["voodoosms"] is None
+    assert [d["id"] for d in without.store.dead_letters()] == [dead]
+
+    back = build(redis, router, both)  # restored: the catch-up pushes the remove
+    back.store.clock, back.dispatcher = clock, dispatcher
+    voodoo.permanent.clear()
+    for _ in range(4):
+        clock.advance(2)
+        work.sweep(back)
+        dispatcher.drain(back)
+    assert voodoo.listed() == set()
+    assert work.replay(back, [dead], "test") == 1  # and now it can be
+    dispatcher.drain(back)
+    assert voodoo.listed() == {failed[1:]}
+    assert back.store.dead_letters() == []
+
+
 def test_a_retry_for_a_target_that_is_not_live_waits_for_its_catch_up() -> None:
     # Found by the third review: a retry falling due for a target no process has any more
     # was staged there, where nothing would take it until the target came back.
-    redis = fakeredis.FakeRedis()
-    router = Router({n: make_fake(n) for n in ("voicenter", "voodoosms")})
-    both = {**env_for("voicenter", "http://voicenter.test"),
-            **env_for("voodoosms", "http://voodoosms.test")}  # fmt: skip
-    pipe = build(redis, router, both)
+    redis, router, both, pipe = _two_providers()
     clock, dispatcher = pipe.store.clock, pipe.dispatcher
     assert isinstance(clock, FakeClock) and isinstance(dispatcher, QueueDispatcher)
     n = "+972501111111"

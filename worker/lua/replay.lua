@@ -1,5 +1,7 @@
 -- Put dead letters back into their batches; an entry leaves the store only when a push
--- succeeds, so replaying twice stages once and pushes once.
+-- succeeds, so replaying twice stages once and pushes once. One for a target that is not
+-- live stays as it is (no process would push it; the catch-up when the target is back
+-- does, and a success there clears it) and does not count as replayed.
 -- ARGV: prefix, now_ms, ids JSON, who, audit cap
 local ids = cjson.decode(ARGV[3])
 local who, cap = ARGV[4], tonumber(ARGV[5])
@@ -7,8 +9,11 @@ local touched = {}
 local replayed = 0
 for _, member in ipairs(ids) do
   local raw = redis.call('HGET', P .. 'dlq', member)
-  if raw then
-    local entry = cjson.decode(raw)
+  local entry = raw and cjson.decode(raw)
+  if entry and not is_live(entry.target) then
+    audit(entry.phone, {at = NOW, act = 'replay', prov = entry.target, by = who,
+                        rsn = entry.reason, res = 'target_not_live'}, cap)
+  elseif entry then
     entry.replays = (entry.replays or 0) + 1
     entry.replayed_at = NOW
     redis.call('HSET', P .. 'dlq', member, cjson.encode(entry))
