@@ -48,6 +48,7 @@ from tests.simulation.models import (
     PERMANENT,
     Gate,
     Model,
+    OneList,
     PushThread,
     Request,
     SimDispatcher,
@@ -62,7 +63,7 @@ from worker.reconcile import reconcile
 from worker.store import Store
 
 NUMBERS = [f"+97250000000{i}" for i in range(3)]  # few: races need numbers to collide
-KINDS = ("bulk", "lookup", "addonly", "native")
+KINDS = ("bulk", "lookup", "addonly", "native", "onelist")
 #: Steps beyond the core (accept, workers, leases running out, requests applied and
 #: answered) that an example may use. Swarm testing: each example draws a profile, and one
 #: that runs only a few kinds of step goes deeper into them.
@@ -81,7 +82,7 @@ CALL = {"batchId": "b1", "requestUUID": "r1"}
 UNKNOWN_MARK = b"?"  # confirmed:{target}: what the provider holds is unknown
 ALL = "all"  # the full deployment; "nonative": the native provider's credentials removed
 TTL = 60.0
-LISTABLE = ("bulk", "lookup", "native")
+LISTABLE = ("bulk", "lookup", "native", "onelist")
 
 
 #: What the runs reached, printed after the hypothesis test (how deep the search goes).
@@ -185,7 +186,14 @@ class PipelineMachine(RuleBasedStateMachine):
             "lookup": Model(self, "lookup", ["lookup"], capabilities("lookup"), lookup=True),
             "addonly": Model(self, "addonly", ["addonly"], capabilities("addonly")),
             "native": Model(self, "native", ["native"], capabilities("native")),
+            "onelist": OneList(
+                self, "onelist", ["onelist:a", "onelist:b"], capabilities("onelist")
+            ),
         }
+        # The one-list provider's database (its target) in the processes' settings; during
+        # a rolling change of it, the old processes' database too (they announce it).
+        self.db = "onelist:a"
+        self.old_db: str | None = None
         self.kinds: set[str] = set(KINDS)
         self.numbers = list(NUMBERS)
         self.options: set[str] = set(OPTIONAL)
@@ -198,9 +206,11 @@ class PipelineMachine(RuleBasedStateMachine):
     # -- the deployment --------------------------------------------------------------------
 
     def process(self, role: str) -> Pipeline:
-        """The pipeline of a process: 'worker', 'api', or 'api_old' (still on settings
-        that lack the second bulk target, as during a rolling deploy)."""
-        name = f"{role}:{self.mode}"
+        """The pipeline of a process: 'worker', 'api', or 'api_old' or 'worker_old' (still
+        on settings that lack the second bulk target, or name the one-list provider's old
+        database, as during a rolling deploy)."""
+        db = self.old_db if role.endswith("_old") and self.old_db else self.db
+        name = f"{role}:{self.mode}:{db}"
         pipe = self.processes.get(name)
         if pipe is None:
             providers: dict[str, Any] = {
@@ -212,6 +222,10 @@ class PipelineMachine(RuleBasedStateMachine):
                 old = Model(self, "bulk", ["bulk:a"], capabilities("bulk"))
                 old.lists = self.models["bulk"].lists
                 providers["bulk"] = old
+            if "onelist" in providers:
+                one = self.models["onelist"]
+                assert isinstance(one, OneList)
+                providers["onelist"] = one.view(db)
             pipe = Pipeline(
                 settings=self.settings,
                 store=self.store,
@@ -398,6 +412,8 @@ class PipelineMachine(RuleBasedStateMachine):
     def tick(self) -> None:
         """A linger's worth of time with beat's sweep and lease recovery."""
         self.pass_time(self.settings.batch_linger_ms / 1000 + 0.1)
+        if self.old_db is not None:
+            self.process("worker_old").ensure_registered()  # still running somewhere
         work.sweep(self.worker)
         self.recover_leases()
         self.note("tick")
@@ -645,6 +661,23 @@ class PipelineMachine(RuleBasedStateMachine):
         self.mode = ALL
         self.note("native enabled")
 
+    @precondition(lambda self: self.on("toggle") and "onelist" in self.kinds and not self.old_db)
+    @rule()
+    def change_database(self) -> None:
+        """A rolling change of the one-list provider's database: new processes announce
+        the other one while the old ones still run."""
+        self.old_db = self.db
+        self.db = "onelist:b" if self.db == "onelist:a" else "onelist:a"
+        self.worker.ensure_registered(force=True)
+        self.note(f"database {self.old_db} -> {self.db}")
+
+    @precondition(lambda self: self.old_db is not None)
+    @rule()
+    def old_processes_stop(self) -> None:
+        """The rolling change ends: the old database's target lapses a TTL later."""
+        self.note(f"{self.old_db} no longer announced")
+        self.old_db = None
+
     # -- invariants ----------------------------------------------------------------------------
 
     @invariant()
@@ -660,6 +693,11 @@ class PipelineMachine(RuleBasedStateMachine):
             STATS["two requests out for one number"] += 1
         if self.store.backfills():
             STATS["a target catching up"] += 1
+        if self.old_db is not None:
+            STATS["a rolling change of the one-list database"] += 1
+        one = self.models["onelist"]
+        if isinstance(one, OneList) and one.moves[0]:
+            STATS["an entry moved between databases"] += 1
 
     @invariant()
     def in_flight_numbers_have_their_chunk(self) -> None:
@@ -676,21 +714,29 @@ class PipelineMachine(RuleBasedStateMachine):
         # Not yet for numbers a push is still working on: in flight (its chunk, or a dead
         # worker's until recovery), or sent by a push that has not completed.
         now = self.clock_ms()
+        # At a one-list provider, also for numbers a push to another of its targets is
+        # working on: its add may move the entry, its delete remove it, before it knows.
         busy = {pair for push in self.gate.alive() for pair in push.touched}
+        in_flight = {
+            (t, n.decode())
+            for t in self.all_targets()
+            for n in self.redis.hkeys(self.store.key("inflight", t))
+        }
         for target in self.all_targets():
             model = self.model_of(target)
-            in_flight = {n.decode() for n in self.redis.hkeys(self.store.key("inflight", target))}
+            others = [t for t in model.targets() if t != target and model.capabilities.one_list]
             for raw_n, raw in self.redis.hgetall(self.store.key("confirmed", target)).items():
                 n, claim = raw_n.decode(), raw.decode()
-                if claim == "?" or (target, n) in busy or n in in_flight or n in FOREIGN:
+                if claim == "?" or n in FOREIGN:
                     continue  # (someone else puts foreign numbers there behind our back)
+                if any((t, n) in busy or (t, n) in in_flight for t in [target, *others]):
+                    continue
                 state = claim.partition(":")[0]
                 held = model.holds(target, n, now)
                 if model.capabilities.supports_remove:
                     ok = held == (state == "blocked")
                     if not ok and not held and model.capabilities.supports_expiry:
-                        entry = model.lists[target].get(n)
-                        ok = entry is not None  # expired by itself: lifted on time
+                        ok = model.entry(target, n) is not None  # expired by itself: lifted on time
                 else:
                     ok = held or state != "blocked"
                 assert ok, (target, n, claim, held, self.log[-40:])
@@ -727,6 +773,7 @@ class PipelineMachine(RuleBasedStateMachine):
     def settle(self) -> None:
         """Heal everything and run the deployment until nothing is left to do."""
         self.mode = ALL
+        self.old_db = None  # a rolling change completes
         for _ in range(100):
             for _ in range(2000):
                 if self.outstanding:
@@ -740,7 +787,8 @@ class PipelineMachine(RuleBasedStateMachine):
             if self.store.paused():
                 self.resume_providers()
                 continue
-            dead = [d["id"] for d in self.store.dead_letters()]
+            live = self.store.directory()
+            dead = [d["id"] for d in self.store.dead_letters() if d["target"] in live]
             replay = [i for i in dead if not self.given_up(*i.split("|", 1))]
             if replay:
                 work.replay(self.worker, replay, "settle")
@@ -782,7 +830,10 @@ class PipelineMachine(RuleBasedStateMachine):
             work.sweep(self.worker)
             self.settle()
         assert self.idle(), self.busy()
-        assert all(self.given_up(*d["id"].split("|", 1)) for d in self.store.dead_letters())
+        # (A dead letter of a database a rolling change left waits for it, or an operator.)
+        live = self.store.directory()
+        for d in self.store.dead_letters():
+            assert d["target"] not in live or self.given_up(d["target"], d["phone"]), d
         # Our numbers first, before anything could repair them: a reconcile here would push
         # again what the pipeline lost and hide it.
         self.lists_equal_the_ledger(NUMBERS)
@@ -795,9 +846,12 @@ class PipelineMachine(RuleBasedStateMachine):
         """Every target's list equals the ledger for these numbers, and nothing about them
         is left unknown (a target that can remove)."""
         now = self.clock_ms()
+        live = self.store.directory()
         for target in self.all_targets():
-            assert not self.redis.hlen(self.store.key("unknown", target)), target
             model = self.model_of(target)
+            if model.capabilities.one_list and target not in live:
+                continue  # a database no process names any more: nobody's list
+            assert not self.redis.hlen(self.store.key("unknown", target)), target
             confirmed = self.store.key("confirmed", target)
             for n in numbers:
                 ledger = self.store.ledger(n)

@@ -42,6 +42,7 @@ class Entry:
 
     id: int
     expires_ms: int = 0  # 0: permanent (native-expiry models only)
+    target: str = ""  # one-list models: the database (target) that holds it
 
 
 @dataclass
@@ -55,9 +56,11 @@ class Request:
     items: list[PushItem]
     owner: PushThread
     chunk: str = ""  # the chunk it was sent for
-    entry_id: int | None = None  # delete: the id the lookup found
+    entry_id: int | None = None  # delete, put: the id the lookup found
     applied: bool = False
     found: int | None = None  # lookup: the id it saw when applied
+    found_in: str = ""  # one-list find: the target the entry was in; put: where it was
+    found_expires: int = 0  # one-list find: the entry's expiry
     answer: str | None = None
     failed: str = ""  # partial: the number answered as failed
     deadline_ms: int | None = None  # applied no later than this (its push lost the chunk)
@@ -190,8 +193,11 @@ class Model:
     def probe(self) -> None:
         return None
 
+    def entry(self, target: str, n: str) -> Entry | None:
+        return self.lists[target].get(n)
+
     def holds(self, target: str, n: str, now_ms: int) -> bool:
-        entry = self.lists[target].get(n)
+        entry = self.entry(target, n)
         if entry is None:
             return False
         return not (self.capabilities.supports_expiry and entry.expires_ms
@@ -269,7 +275,7 @@ class Model:
         results: dict[str, NumberResult] = {}
         pending: list[Request] = []
         stopped: Exception | None = None
-        kind = "lookup" if action is Action.REMOVE and self.lookup else action.value
+        kind = self.first_kind(action)
         waiting = list(items)  # `concurrency` requests out at once, like the fan-out
         while pending or (waiting and stopped is None):
             while waiting and stopped is None and len(pending) < self.capabilities.concurrency:
@@ -295,6 +301,9 @@ class Model:
         if stopped is not None:
             raise PushInterrupted(stopped, results)
         return results
+
+    def first_kind(self, action: Action) -> str:
+        return "lookup" if action is Action.REMOVE and self.lookup else action.value
 
     def _one(self, request: Request, stopping: bool) -> NumberResult | Request | Exception | None:
         """One per-number request's answer: a result, the next request (a lookup's delete;
@@ -330,6 +339,123 @@ class Model:
         return [n for n in self.lists[target] if self.holds(target, n, now)]
 
 
+class OneList(Model):
+    """A provider that keeps a number in one list across its databases, like Daktela: each
+    target is a database. An add creates the entry, or (it exists) finds it and, unless it
+    is in this database with this expiry, moves it here by its id (answered as moved from
+    the database it was in); a remove finds the entry in its own database and deletes it by
+    id, wherever it has been moved meanwhile. Expired entries stay (they no longer block)."""
+
+    def __init__(
+        self,
+        sim: Any,
+        name: str,
+        targets: list[str],
+        capabilities: Capabilities,
+        entries: dict[str, Entry] | None = None,
+    ) -> None:
+        super().__init__(sim, name, targets, capabilities)
+        self.entries: dict[str, Entry] = {} if entries is None else entries
+        self.moves = [0]  # entries moved between databases (shared with the views)
+
+    def view(self, target: str) -> OneList:
+        """The adapter of a process configured for one database: the same list."""
+        model = OneList(self.sim, self.name, [target], self.capabilities, self.entries)
+        model.adds, model.sent, model._ids = self.adds, self.sent, self._ids
+        model.moves = self.moves
+        return model
+
+    def entry(self, target: str, n: str) -> Entry | None:
+        entry = self.entries.get(n)
+        return entry if entry is not None and entry.target == target else None
+
+    def apply(self, request: Request) -> None:
+        if request.applied or not request.can_land(self.sim.clock_ms()):
+            return
+        request.applied = True
+        item = request.items[0]  # one number a request
+        n, entry = item.e164, self.entries.get(item.e164)
+        if request.kind == "create":
+            if entry is None:
+                self.entries[n] = Entry(next(self._ids), item.expires_ms, request.target)
+                key = (request.target, n)
+                self.adds[key] = self.adds.get(key, 0) + 1
+            else:
+                request.found = entry.id  # a uniqueness error
+        elif request.kind == "find":
+            if entry is not None:
+                request.found, request.found_in = entry.id, entry.target
+                request.found_expires = entry.expires_ms
+        elif request.kind == "put":
+            if entry is not None and entry.id == request.entry_id:
+                self.moves[0] += entry.target != request.target
+                entry.target, entry.expires_ms = request.target, item.expires_ms
+                request.found = entry.id
+        elif request.kind == "lookup":
+            if entry is not None and entry.target == request.target:
+                request.found = entry.id
+        elif request.kind == "delete" and entry is not None and entry.id == request.entry_id:
+            del self.entries[n]  # whichever database holds it now
+            request.found = entry.id
+
+    def push(self, target: str, action: Action, items: list[PushItem]) -> dict[str, NumberResult]:
+        return self._per_number(target, action, items)
+
+    def first_kind(self, action: Action) -> str:
+        return "create" if action is Action.ADD else "lookup"
+
+    def _one(self, request: Request, stopping: bool) -> NumberResult | Request | Exception | None:
+        """As the Daktela adapter reads each answer (worker/providers/daktela.py)."""
+        answer = request.answer
+        if answer == AUTH:
+            return AuthError("http_401", "model refused", setting="MODEL_KEY")
+        if answer in (OUTAGE, LOST):
+            reason = "http_503" if answer == OUTAGE else "timeout"
+            # A lookup changes nothing: it cannot land later (worker/providers/http.py).
+            changes = request.kind not in ("find", "lookup")
+            return NumberResult(Outcome.OUTAGE, reason, may_land=changes)
+        if answer in (PERMANENT, PARTIAL):
+            return NumberResult(Outcome.PERMANENT, "rejected")
+        target, item = request.target, request.items[0]
+        follow: tuple[str, int, str] | None = None
+        if request.kind == "create":
+            if request.found is None:
+                return NumberResult(Outcome.DONE)
+            follow = ("find", 0, "")
+        elif request.kind == "find":
+            if request.found is None:
+                return NumberResult(Outcome.RETRY, "unique_but_not_found")
+            if request.found_in == target and request.found_expires == item.expires_ms:
+                return NumberResult(Outcome.DONE, "already")
+            follow = ("put", request.found, request.found_in)
+        elif request.kind == "put":
+            if request.found is None:
+                return NumberResult(Outcome.PERMANENT, "correct_failed")
+            if request.found_in != target:
+                return NumberResult(Outcome.DONE, "moved", f"from {request.found_in}")
+            return NumberResult(Outcome.DONE, "corrected")
+        elif request.kind == "lookup":
+            if request.found is None:
+                return NumberResult(Outcome.DONE, "already")
+            follow = ("delete", request.found, "")
+        else:  # delete: a 404 (the id is gone) is done too
+            return NumberResult(Outcome.DONE, "" if request.found else "already")
+        if stopping:
+            return None
+        kind, entry_id, found_in = follow
+        try:
+            return self._send(target, kind, request.items, entry_id=entry_id, found_in=found_in)
+        except LeaseLostError as exc:
+            return exc
+
+    def list_numbers(self, target: str) -> list[str]:
+        hook, self.listing_hook = self.listing_hook, None
+        if hook is not None:
+            hook()
+        now = self.sim.clock_ms()
+        return [n for n in self.entries if self.holds(target, n, now)]
+
+
 def capabilities(kind: str) -> Capabilities:
     """Small chunks, so that a handful of numbers makes several of them."""
     return {
@@ -342,6 +468,9 @@ def capabilities(kind: str) -> Capabilities:
         "native": Capabilities(max_batch=2, supports_remove=True,
                                number_format=NumberFormat.PLUS, supports_expiry=True,
                                bulk=False, concurrency=2),
+        "onelist": Capabilities(max_batch=2, supports_remove=True,
+                                number_format=NumberFormat.PLUS, supports_expiry=True,
+                                bulk=False, concurrency=2, one_list=True),
     }[kind]  # fmt: skip
 
 

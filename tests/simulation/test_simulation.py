@@ -52,6 +52,13 @@ def _machine(kinds: set[str], numbers: int = 1, profile: str = "everything") -> 
     return machine
 
 
+def _blocked(m: PipelineMachine, n: str) -> None:
+    """An add accepted, pushed and answered: the number is blocked everywhere."""
+    m.accept_event(n, Action.ADD, -30, None, False, "api")
+    m.workers_catch_up()
+    m.answer_all()
+
+
 def _done(machine: PipelineMachine) -> None:
     machine.check_invariants_now()
     machine.teardown()
@@ -61,9 +68,7 @@ def test_case_a_late_remove_from_a_recovered_chunk_never_gets_the_last_word() ->
     # Issue 13, item 1.
     m = _machine({"bulk"})
     n = m.numbers[0]
-    m.accept_event(n, Action.ADD, -30, None, False, "api")
-    m.workers_catch_up()
-    m.answer_all()
+    _blocked(m, n)
     m.accept_event(n, Action.REMOVE, -20, None, False, "api")
     m.workers_catch_up()  # worker A: the remove, slow
     slow = m.pending("bulk:a")
@@ -91,9 +96,7 @@ def test_case_a_late_request_whose_sender_dies_never_gets_the_last_word(
     n = m.numbers[0]
     final = Action.ADD if late is Action.REMOVE else Action.REMOVE
     if late is Action.REMOVE:
-        m.accept_event(n, Action.ADD, -30, None, False, "api")
-        m.workers_catch_up()
-        m.answer_all()
+        _blocked(m, n)
     m.accept_event(n, late, -20, None, False, "api")
     m.workers_catch_up()  # worker A, slow
     slow = m.pending("bulk:a")
@@ -120,9 +123,7 @@ def test_case_a_failed_request_that_lands_after_the_next_push_never_gets_the_las
     # provider still carried it out after the newer add had been answered.
     m = _machine({"bulk"})
     n = m.numbers[0]
-    m.accept_event(n, Action.ADD, -30, None, False, "api")
-    m.workers_catch_up()
-    m.answer_all()
+    _blocked(m, n)
     m.accept_event(n, Action.REMOVE, -20, None, False, "api")
     m.workers_catch_up()
     failed = m.pending("bulk:a")
@@ -232,6 +233,51 @@ def test_case_a_provider_away_for_longer_than_its_ttl_is_caught_up() -> None:
     assert m.store.provider_view(b, ["native"])["native"]["staged"] is None
     m.enable_native()
     _done(m)  # quiescence: native holds b, not a
+
+
+def test_case_a_database_left_by_a_rolling_change_keeps_nothing_staged() -> None:
+    # Found by the simulation's one-list model: a remove staged for the database a rolling
+    # change had just left stayed staged there for good, a backlog nobody would push.
+    m = _machine({"onelist"})
+    n = m.numbers[0]
+    _blocked(m, n)
+    m.change_database()
+    m.old_processes_stop()
+    m.change_database()  # and back, before the first change's old database lapsed
+    m.accept_event(n, Action.REMOVE, -20, None, False, "api")  # staged for both
+    _done(m)  # onelist:b lapses with its remove unpushed: nothing of it is left
+
+
+def test_case_a_remove_at_the_old_database_deletes_the_entry_the_new_one_took() -> None:
+    # The one-list model's own race: during a rolling change, the old database's remove
+    # looks the entry up, the new database's add moves it over, then the remove's delete
+    # (by id) takes it away from the new database, which was confirmed to hold it.
+    m = _machine({"onelist"})
+    n = m.numbers[0]
+    _blocked(m, n)
+    m.change_database()  # onelist:a -> onelist:b, both live
+    m.accept_event(n, Action.REMOVE, -20, None, False, "api")
+    m.workers_catch_up()
+    lookup = m.pending("onelist:a", "lookup")
+    lookup.model.apply(lookup)
+    m.resolve(lookup, "ok")  # the old database's remove now sends its delete, by id
+    other = m.pending("onelist:b", "lookup")
+    other.model.apply(other)
+    m.resolve(other, "ok")  # the new database's finds nothing there: done
+    delete = m.pending("onelist:a", "delete")
+    m.accept_event(n, Action.ADD, -10, None, False, "api")
+    m.workers_catch_up()
+    while not any(r.kind == "put" for r in m.outstanding):
+        request = next(r for r in m.outstanding if r is not delete)
+        request.model.apply(request)
+        m.resolve(request, "ok")
+    put = m.pending("onelist:b", "put")
+    put.model.apply(put)
+    m.resolve(put, "ok")  # moved from onelist:a: onelist:b confirmed blocked
+    m.check_invariants_now()
+    delete.model.apply(delete)  # and gone again
+    m.resolve(delete, "ok")
+    _done(m)
 
 
 def test_case_credentials_refused_mid_chunk_keep_what_succeeded() -> None:

@@ -41,20 +41,37 @@ def _confirmed(pipe: Pipeline, n: str, target: str = "voicenter") -> Any:
     return pipe.store.provider_view(n, [target])[target]["confirmed"]
 
 
+def _leased_add(pipe: Pipeline, dispatcher: QueueDispatcher) -> tuple[str, Chunk]:
+    """A number accepted, and its add leased by a worker (not pushed yet)."""
+    n = numbers(1)[0]
+    accept(pipe, add(n))
+    dispatcher.tasks.clear()
+    return n, _claim(pipe, Action.ADD)
+
+
+def _remove_leased_then_blocked_again(
+    pipe: Pipeline, dispatcher: QueueDispatcher, clock: FakeClock, n: str
+) -> Chunk:
+    """The number is blocked (v1); worker A leases its remove (v2); the customer opts out
+    again (v3) while A is in flight. Answers A's chunk."""
+    accept(pipe, add(n))
+    dispatcher.drain(pipe)
+    clock.advance(1)
+    accept(pipe, remove(clock, n))
+    dispatcher.tasks.clear()
+    chunk = _claim(pipe, Action.REMOVE)
+    clock.advance(1)
+    accept(pipe, Event("api", Action.ADD, [PhoneInput(n)], reason="pressed 9 again"))
+    return chunk
+
+
 def test_a_late_remove_from_a_recovered_chunk_never_gets_the_last_word(
     pipe: Pipeline, dispatcher: QueueDispatcher, fake_voicenter: FakeVoicenter, clock: FakeClock
 ) -> None:
     # Issue 13, item 1. The customer's add is confirmed; a remove (v2) is leased by worker
     # A, whose request is slow; the customer opts out again (v3) while A is in flight.
     n = numbers(1)[0]
-    accept(pipe, add(n))
-    dispatcher.drain(pipe)
-    clock.advance(1)
-    accept(pipe, remove(clock, n))
-    dispatcher.tasks.clear()
-    a = _claim(pipe, Action.REMOVE)
-    clock.advance(1)
-    accept(pipe, Event("api", Action.ADD, [PhoneInput(n)], reason="pressed 9 again"))
+    a = _remove_leased_then_blocked_again(pipe, dispatcher, clock, n)
     assert pipe.store.ledger(n)["v"] == "3"
     # A's lease runs out; recovery stages the add; worker B leases it.
     clock.advance(pipe.settings.lease_seconds + 1)
@@ -77,10 +94,7 @@ def test_a_late_remove_from_a_recovered_chunk_never_gets_the_last_word(
 def test_a_late_answer_with_nothing_else_in_flight_pushes_the_ledger_again(
     pipe: Pipeline, dispatcher: QueueDispatcher, fake_voicenter: FakeVoicenter, clock: FakeClock
 ) -> None:
-    n = numbers(1)[0]
-    accept(pipe, add(n))
-    dispatcher.tasks.clear()
-    a = _claim(pipe, Action.ADD)
+    n, a = _leased_add(pipe, dispatcher)
     clock.advance(pipe.settings.lease_seconds + 1)
     work.recover(pipe)
     settle(pipe, dispatcher, clock)  # B pushes the add and confirms it
@@ -110,14 +124,7 @@ def test_a_push_leased_while_a_late_request_may_land_is_confirmed_once_it_cannot
     # more push, not at once (it could be overtaken just the same), but once A's request can
     # no longer land: a lease and an HTTP timeout after recovery.
     n = numbers(1)[0]
-    accept(pipe, add(n))
-    dispatcher.drain(pipe)
-    clock.advance(1)
-    accept(pipe, remove(clock, n))
-    dispatcher.tasks.clear()
-    _claim(pipe, Action.REMOVE)  # worker A, never heard from again
-    clock.advance(1)
-    accept(pipe, Event("api", Action.ADD, [PhoneInput(n)], reason="pressed 9 again"))
+    _remove_leased_then_blocked_again(pipe, dispatcher, clock, n)  # A: never heard of again
     clock.advance(pipe.settings.lease_seconds + 1)
     recovered_at = pipe.store.now_ms()
     assert work.recover(pipe) == 1
@@ -143,10 +150,7 @@ def test_a_push_leased_while_a_late_request_may_land_is_confirmed_once_it_cannot
 def test_a_chunk_pushed_by_two_deliveries_is_confirmed_once_the_other_cannot_land(
     pipe: Pipeline, dispatcher: QueueDispatcher, clock: FakeClock
 ) -> None:
-    n = numbers(1)[0]
-    accept(pipe, add(n))
-    dispatcher.tasks.clear()
-    chunk = _claim(pipe, Action.ADD)
+    n, chunk = _leased_add(pipe, dispatcher)
     assert pipe.store.open_chunk(chunk.id, pipe.settings.lease_seconds) is not None  # again
     assert _done(pipe, chunk) == "ok"
     assert _confirmed(pipe, n) == "?"
@@ -159,10 +163,7 @@ def test_a_chunk_pushed_by_two_deliveries_is_confirmed_once_the_other_cannot_lan
 def test_a_chunk_pushed_once_is_confirmed_at_once(
     pipe: Pipeline, dispatcher: QueueDispatcher, clock: FakeClock
 ) -> None:
-    n = numbers(1)[0]
-    accept(pipe, add(n))
-    dispatcher.tasks.clear()
-    chunk = _claim(pipe, Action.ADD)
+    n, chunk = _leased_add(pipe, dispatcher)
     assert _done(pipe, chunk) == "ok"
     assert _confirmed(pipe, n) == "blocked:1"
     assert _retry_at(pipe, n) is None
@@ -331,10 +332,7 @@ def test_a_request_that_may_still_land_makes_the_next_push_wait_for_it(
 ) -> None:
     # Found by the eleventh review: an add answered without a word about the number
     # (`may_land`), then a remove answered done: the add may still be carried out after it.
-    n = numbers(1)[0]
-    accept(pipe, add(n))
-    dispatcher.tasks.clear()
-    a = _claim(pipe, Action.ADD)
+    n, a = _leased_add(pipe, dispatcher)
     odd = {n: ("retry", "not_in_answer", "", 0, 0.5, 0, 1)}
     pipe.store.complete(a, odd, pipe.complete_options())
     clock.advance(1)
