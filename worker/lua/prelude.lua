@@ -169,24 +169,6 @@ local function may_land_until(key, n, until_ms)
   end
 end
 
--- Whether a late mark (`key`: late:{target} or latesib:{provider}) that `until_ms` has
--- passed may go: no push in flight for the number at one of the targets it covers was
--- leased at or before it (that push's answer still needs it: complete.lua).
-local function late_mark_spent(key, n, until_ms)
-  local kind, owner_of = string.match(key, '^([^:]+):(.+)$')
-  for _, t in ipairs(redis.call('HKEYS', P .. 'targets')) do
-    local covered = t == owner_of
-    if kind == 'latesib' then
-      local raw = redis.call('HGET', P .. 'targets', t)
-      covered = raw ~= false and cjson.decode(raw).provider == owner_of
-    end
-    local chunk_id = covered and redis.call('HGET', P .. 'inflight:' .. t, n)
-    local raw = chunk_id and redis.call('GET', P .. 'chunk:' .. chunk_id)
-    if raw and tonumber(cjson.decode(raw).created) <= until_ms then return false end
-  end
-  return true
-end
-
 -- Whether more than one push has opened the chunk (a task delivered twice: open.lua).
 local function opened_twice(id)
   return tonumber(redis.call('HGET', P .. 'opened', id) or '0') > 1
@@ -212,6 +194,26 @@ local function meta(target)
     META[target] = m
   end
   return m
+end
+
+-- Whether a late mark (`key`: late:{target} or latesib:{provider}) that `until_ms` has
+-- passed may go: no push in flight for the number at one of the targets it covers was
+-- leased at or before it (that push's answer still needs it: complete.lua).
+local function late_mark_spent(key, n, until_ms)
+  local kind, owner_of = string.match(key, '^([^:]+):(.+)$')
+  local covered = {owner_of}
+  if kind == 'latesib' then
+    covered = {}
+    for _, t in ipairs(redis.call('HKEYS', P .. 'targets')) do
+      if meta(t).provider == owner_of then table.insert(covered, t) end
+    end
+  end
+  for _, t in ipairs(covered) do
+    local chunk_id = redis.call('HGET', P .. 'inflight:' .. t, n)
+    local raw = chunk_id and redis.call('GET', P .. 'chunk:' .. chunk_id)
+    if raw and tonumber(cjson.decode(raw).created) <= until_ms then return false end
+  end
+  return true
 end
 
 -- Stage the number's current desired state for one target, unless that state is already
