@@ -692,8 +692,8 @@ def dlq_replay(
     if done < len(chosen):
         console.print(
             f"{len(chosen) - done} not replayed: gone meanwhile, or their target is not live "
-            "(no process has it; they are pushed when it is back: purge them if it is gone "
-            "for good)"
+            "(no process has it): replay them again once it is back, or purge them if it is "
+            "gone for good"
         )
 
 

@@ -479,7 +479,8 @@ def sweep(pipe: Pipeline) -> int:
     if lifted:
         log.info("blocks_expired", count=lifted)
     schedule(pipe, staged)
-    moved, staged = pipe.store.sweep_retries()
+    # A target's TTL as the grace: host clocks agree far better than that.
+    moved, staged = pipe.store.sweep_retries(pipe.settings.target_ttl_seconds)
     schedule(pipe, staged)
     now_ms = pipe.store.now_ms()
     linger = pipe.settings.batch_linger_ms

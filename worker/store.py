@@ -423,8 +423,12 @@ class Store:
         raw = _decode(self._run("expire", limit, self.audit_cap))
         return int(raw["lifted"]), _staged(raw.get("staged"))
 
-    def sweep_retries(self, limit: int = 1000) -> tuple[int, list[Staged]]:
-        raw = _decode(self._run("sweep", limit))
+    def sweep_retries(
+        self, grace_seconds: float = 0.0, limit: int = 1000
+    ) -> tuple[int, list[Staged]]:
+        """Move due retries into their batches; drop the work of targets not announced for
+        their TTL and `grace_seconds` more (see sweep.lua)."""
+        raw = _decode(self._run("sweep", limit, _ms(grace_seconds)))
         return int(raw["moved"]), _staged(raw.get("staged"))
 
     def staged_batches(self, targets: Iterable[str]) -> list[tuple[str, Action, int, int]]:

@@ -308,8 +308,12 @@ def test_a_target_that_lapsed_keeps_no_backlog_and_its_dead_letters_wait_for_it(
 
     without = build(redis, router, env_for("voicenter", "http://voicenter.test"))
     without.store.clock, without.dispatcher = clock, dispatcher
-    clock.advance(pipe.settings.target_ttl_seconds + 1)
-    work.sweep(without)
+    ttl = pipe.settings.target_ttl_seconds
+    clock.advance(ttl + 1)
+    work.sweep(without)  # lapsed, but within a TTL's grace (another host's clock may lag)
+    assert _staged_at(without, n)["voodoosms"] == "remove"
+    clock.advance(ttl)
+    work.sweep(without)  # gone
     assert _staged_at(without, n)["voodoosms"] is None
     assert without.store.counts(["voodoosms"])["voodoosms"]["staged_remove"] == 0
 
@@ -338,6 +342,54 @@ def test_a_target_that_lapsed_keeps_no_backlog_and_its_dead_letters_wait_for_it(
     assert back.store.dead_letters() == []
 
 
+def _skewed(ahead_by: float) -> tuple[Pipeline, Pipeline, FakeClock, FakeClock, str]:
+    """A process with Voicenter (paused: its batch waits) and a 30 s target TTL, so that it
+    announces every 10 s; a beat process without it, its clock `ahead_by` seconds ahead. An
+    add for a number is staged for Voicenter."""
+    redis = fakeredis.FakeRedis()
+    router = Router({n: make_fake(n) for n in ("voicenter", "voodoosms")})
+    clock = FakeClock()
+    ahead = FakeClock(clock.now + ahead_by)
+    pipe = build(redis, router, _env("voicenter"), clock, target_ttl_seconds=30)
+    beat = build(redis, router, _env("voodoosms"), ahead, target_ttl_seconds=30)
+    pipe.store.pause("voicenter", "auth", "VOICENTER_API_CODE", "code 1")
+    n = "+972501234567"
+    accept(pipe, Event("api", Action.ADD, [PhoneInput(n)]))
+    return pipe, beat, clock, ahead, n
+
+
+def test_a_sweeper_whose_clock_runs_ahead_drops_nothing_a_target_still_announced() -> None:
+    # Found by the fourteenth review: the sweep judged a target gone by its own clock and
+    # dropped its batch, while the process announcing it, its clock behind, never saw a
+    # lapse and started no catch-up: the opt-out was never pushed.
+    pipe, beat, clock, ahead, n = _skewed(21)  # more than 2/3 of the TTL
+    for _ in range(120):
+        clock.advance(0.5)
+        ahead.advance(0.5)
+        pipe.ensure_registered()  # on time, by its own clock
+        work.sweep(beat)
+        assert _staged_at(pipe, n)["voicenter"] == "add"
+
+
+def test_a_target_the_sweep_found_gone_is_caught_up_by_whoever_announces_it_next() -> None:
+    # The other half of the fix: when a sweep does drop a target's work, the target leaves
+    # `targets:live`, so an announcement from a clock far behind still starts a catch-up.
+    pipe, beat, clock, _, n = _skewed(1000)
+    work.sweep(beat)
+    assert _staged_at(pipe, n)["voicenter"] is None  # dropped by a clock 1000 s ahead
+    clock.advance(11)
+    pipe.ensure_registered()
+    assert "voicenter" in pipe.store.backfills()
+    pipe.store.resume("voicenter")
+    dispatcher = pipe.dispatcher
+    assert isinstance(dispatcher, QueueDispatcher)
+    for _ in range(3):
+        clock.advance(2)
+        work.sweep(pipe)
+        dispatcher.drain(pipe)
+    assert pipe.store.provider_view(n, ["voicenter"])["voicenter"]["confirmed"] == "blocked:1"
+
+
 def test_a_retry_for_a_target_that_is_not_live_waits_for_its_catch_up() -> None:
     # Found by the third review: a retry falling due for a target no process has any more
     # was staged there, where nothing would take it until the target came back.
@@ -353,10 +405,16 @@ def test_a_retry_for_a_target_that_is_not_live_waits_for_its_catch_up() -> None:
     without = build(redis, router, env_for("voicenter", "http://voicenter.test"))
     without.store.clock = clock
     without.dispatcher = dispatcher
-    clock.advance(pipe.settings.target_ttl_seconds + 1)
+    ttl = pipe.settings.target_ttl_seconds
+    clock.advance(ttl + 1)
     work.sweep(without)
     view = without.store.provider_view(n, ["voodoosms"])["voodoosms"]
-    assert view["staged"] is None and view["retry_at_ms"] is None
+    assert view["staged"] is None  # within the grace: put off, not staged
+    assert view["retry_at_ms"] == without.store.now_ms() + ttl * 1000
+    clock.advance(ttl)
+    work.sweep(without)
+    view = without.store.provider_view(n, ["voodoosms"])["voodoosms"]
+    assert view["staged"] is None and view["retry_at_ms"] is None  # gone: dropped
     back = build(redis, router, both)
     back.store.clock = clock
     back.dispatcher = dispatcher

@@ -212,7 +212,7 @@ class DaktelaProvider:
             # Not in this target's database (an entry elsewhere belongs to another list).
             return NumberResult(Outcome.DONE, "already")
         status, body = self._request("DELETE", f"{self._base}/{existing['name']}.json")
-        if status == 404 and _errors(body):  # Daktela's own "not found", not a gateway's
+        if status == 404 and _is_envelope(body) and _errors(body):  # not a gateway's 404
             return NumberResult(Outcome.DONE, "already")
         if status == 404:
             return NumberResult(Outcome.RETRY, "unconfirmed_answer", str(body)[:200],
@@ -267,6 +267,14 @@ def _done_if_confirmed(body: Any, reason: str = "") -> NumberResult:
     if isinstance(result, dict) or result is True:  # the record, or a delete's true
         return NumberResult(Outcome.DONE, reason)
     return NumberResult(Outcome.RETRY, "unconfirmed_answer", str(body)[:200], may_land=True)
+
+
+def _is_envelope(body: Any) -> bool:
+    """Daktela's own answer: `error` a list or an object, and a `result` beside it (a web
+    framework's error page has a string `error` and no `result`)."""
+    return (
+        isinstance(body, dict) and isinstance(body.get("error"), list | dict) and "result" in body
+    )
 
 
 def _database_of(entry: dict[str, Any], field: str) -> Any:

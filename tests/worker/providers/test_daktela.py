@@ -168,8 +168,18 @@ def test_a_lookup_that_ignores_its_filter_confirms_no_remove() -> None:
 
 @pytest.mark.parametrize(
     ("method", "answer"),
-    [("GET", (200, {}, {})), ("GET", (204, None, {})), ("DELETE", (404, "<html>", {}))],
-    ids=["lookup-200-empty-object", "lookup-204-no-body", "delete-404-of-a-gateway"],
+    [
+        ("GET", (200, {}, {})),
+        ("GET", (204, None, {})),
+        ("DELETE", (404, "<html>", {})),
+        ("DELETE", (404, {"status": 404, "error": "Not Found", "path": "/api"}, {})),
+    ],
+    ids=[
+        "lookup-200-empty-object",
+        "lookup-204-no-body",
+        "delete-404-of-a-gateway",
+        "delete-404-of-a-web-framework",
+    ],
 )
 def test_an_answer_that_is_not_daktelas_confirms_no_remove(
     method: str, answer: tuple[int, Any, dict[str, str]]
