@@ -346,23 +346,16 @@ class OneList(Model):
     the database it was in); a remove finds the entry in its own database and deletes it by
     id, wherever it has been moved meanwhile. Expired entries stay (they no longer block)."""
 
-    def __init__(
-        self,
-        sim: Any,
-        name: str,
-        targets: list[str],
-        capabilities: Capabilities,
-        entries: dict[str, Entry] | None = None,
-    ) -> None:
-        super().__init__(sim, name, targets, capabilities)
-        self.entries: dict[str, Entry] = {} if entries is None else entries
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.entries: dict[str, Entry] = {}  # number -> its one entry (shared with the views)
         self.moves = [0]  # entries moved between databases (shared with the views)
 
     def view(self, target: str) -> OneList:
         """The adapter of a process configured for one database: the same list."""
-        model = OneList(self.sim, self.name, [target], self.capabilities, self.entries)
+        model = OneList(self.sim, self.name, [target], self.capabilities)
+        model.entries, model.moves = self.entries, self.moves
         model.adds, model.sent, model._ids = self.adds, self.sent, self._ids
-        model.moves = self.moves
         return model
 
     def entry(self, target: str, n: str) -> Entry | None:
