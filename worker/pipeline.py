@@ -479,7 +479,7 @@ def sweep(pipe: Pipeline) -> int:
     if lifted:
         log.info("blocks_expired", count=lifted)
     schedule(pipe, staged)
-    # A target's TTL as the grace: host clocks agree far better than that.
+    # A target's TTL as the grace before its work is dropped (lua/sweep.lua).
     moved, staged = pipe.store.sweep_retries(pipe.settings.target_ttl_seconds)
     schedule(pipe, staged)
     now_ms = pipe.store.now_ms()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import random
 import threading
-import time
 from typing import Any
 
 import httpx
@@ -97,12 +96,13 @@ def build_pipeline(
     client: redis.Redis | None = None,
     http: httpx.Client | None = None,
     dispatcher: Dispatcher | None = None,
-    clock: Clock = time.time,
+    clock: Clock | None = None,
     rng: random.Random | None = None,
     async_client: AsyncClientFactory | None = None,
 ) -> Pipeline:
-    """Wire a pipeline from settings; tests pass their own Redis, HTTP client and dispatcher
-    (and an asyncio client factory to use the API's event-loop accept path)."""
+    """Wire a pipeline from settings; tests pass their own Redis, HTTP client, dispatcher and
+    clock (and an asyncio client factory to use the API's event-loop accept path). Without a
+    clock, the Redis server's is every process's (worker/clock.py)."""
     store = Store(
         client if client is not None else redis_client(settings),
         prefix=settings.key_prefix,

@@ -72,7 +72,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from importlib import resources
@@ -83,6 +82,7 @@ import redis.asyncio as aredis
 from redis.commands.core import Script
 
 from worker import fastjson
+from worker.clock import ServerClock
 from worker.providers.base import Action
 
 Clock = Callable[[], float]
@@ -283,12 +283,15 @@ class Store:
         self,
         client: redis.Redis,
         prefix: str = "optout:",
-        clock: Clock = time.time,
+        clock: Clock | None = None,
         audit_cap: int = 50,
     ) -> None:
         self.redis = client
         self.prefix = prefix
-        self.clock = clock
+        # Without a clock of the caller's (tests pass fake ones) every process reads the
+        # server's: the scripts TIME at the moment they run, Python through ServerClock.
+        self.clock: Clock = clock if clock is not None else ServerClock(client)
+        self._caller_time = clock is not None
         self.audit_cap = audit_cap
         self._scripts = {name: client.register_script(_load_script(name)) for name in _SCRIPTS}
 
@@ -299,8 +302,9 @@ class Store:
         return _ms(self.clock())
 
     def argv(self, *args: Any) -> list[Any]:
-        """A script's arguments: every script takes the prefix and the time first."""
-        return [self.prefix, self.now_ms(), *args]
+        """A script's arguments: every script takes the prefix and the time first (empty: the
+        script reads the server's own, lua/prelude.lua)."""
+        return [self.prefix, self.now_ms() if self._caller_time else "", *args]
 
     def script(self, name: str) -> Script:
         return self._scripts[name]

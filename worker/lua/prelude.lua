@@ -2,7 +2,14 @@
 -- Keys are built here from a prefix passed in ARGV[1]: multi-key scripts like these are why
 -- optout-worker runs on a single Redis (or Sentinel), never Redis Cluster.
 local P = ARGV[1]
+-- The time: the caller's when it passes one (tests' fake clocks), else the server's as the
+-- script runs, one clock for every process on every host (worker/clock.py): a time read
+-- before the call would be late by however long the call took to arrive.
 local NOW = tonumber(ARGV[2])
+if NOW == nil then
+  local t = redis.call('TIME')
+  NOW = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
 local unpack = unpack or table.unpack -- Redis runs Lua 5.1; fakeredis may run 5.4
 
 local function int(x)

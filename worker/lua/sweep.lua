@@ -2,10 +2,11 @@
 -- announced for longer than its TTL and a grace (another TTL) is gone: its retries, its
 -- batches (staged while it was live, or by a push that completed since) and an unfinished
 -- catch-up are dropped (no process would push them), and it leaves `targets:live`, so
--- that the next process to announce it, whatever its clock says, starts a catch-up
+-- that the next process to announce it, whatever time it has, starts a catch-up
 -- (register.lua) that pushes every number whose confirmation there does not match the
--- ledger. The grace keeps a sweeper whose clock runs ahead of the announcers' from
--- dropping the work of a target they still announce; a retry of a target within it waits.
+-- ledger. Every script reads the server's clock (prelude.lua); the grace is for a caller
+-- that passes a time of its own, running ahead of the announcers' (it would drop the work
+-- of a target they still announce). A retry of a target within the grace waits.
 -- ARGV: prefix, now_ms, max to move, grace ms
 local grace = tonumber(ARGV[4] or '0')
 local due = redis.call('ZRANGEBYSCORE', P .. 'retry', '-inf', NOW, 'LIMIT', 0, tonumber(ARGV[3]))
