@@ -42,12 +42,14 @@ def push(chunk_id: str) -> dict[str, int]:
 
 @app.task(name=SWEEP_TASK, **_RETRY)  # type: ignore[untyped-decorator]
 def sweep() -> int:
-    return work.sweep(runtime.pipeline())
+    pipe = runtime.pipeline()
+    return work.on_schedule(pipe, "sweep", pipe.settings.sweep_interval_seconds, work.sweep)
 
 
 @app.task(name=RECOVER_TASK, **_RETRY)  # type: ignore[untyped-decorator]
 def recover() -> int:
-    return work.recover(runtime.pipeline())
+    pipe = runtime.pipeline()
+    return work.on_schedule(pipe, "recover", pipe.settings.recover_interval_seconds, work.recover)
 
 
 @app.task(name=REPLAY_TASK, **_RETRY)  # type: ignore[untyped-decorator]

@@ -201,8 +201,8 @@ def accept(pipe: Pipeline, event: Event) -> AcceptResult:
     """Validate, normalise, check idempotency, write the ledger and stage every number for
     every target in one Redis round trip; then enqueue the flushes that are due."""
     with _refusals_counted(event):
-        plan = _plan(pipe, event)
-        with _store_errors():
+        with _store_errors():  # the plan reads the server's clock and live targets
+            plan = _plan(pipe, event)
             pipe.ensure_registered()
             outcome = _write(pipe, plan)
             if _swallowed(pipe, plan, outcome):
@@ -224,11 +224,15 @@ async def accept_async(pipe: Pipeline, event: Event) -> AcceptResult:
     process's targets due to be announced (the first, then one every few minutes) and
     pipelines without an asyncio client take `accept` in a worker thread."""
     aio = pipe.async_accept
-    if aio is None or pipe.announce_due() or len(event.phones) > INLINE_PHONES:
+    if aio is None or len(event.phones) > INLINE_PHONES:
+        return await anyio.to_thread.run_sync(accept, pipe, event)
+    with _refusals_counted(event), _store_errors():
+        due = pipe.announce_due()  # reads the server's clock
+    if due:
         return await anyio.to_thread.run_sync(accept, pipe, event)
     with _refusals_counted(event):
-        plan = _plan(pipe, event)
         with _store_errors():
+            plan = _plan(pipe, event)
             outcome = await aio.accept(plan.payload, plan.numbers, plan.route, plan.ttl)
         if outcome.status == "duplicate" and plan.derived:
             # Maybe a keyless repeat to take as new (`_swallowed`): rare, so in a thread.

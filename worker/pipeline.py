@@ -470,6 +470,18 @@ def _count(chunk: Chunk, encoded: dict[str, Encoded], status: str, now_ms: int) 
             propagation.observe((now_ms - item.updated_ms) / 1000)
 
 
+def on_schedule(
+    pipe: Pipeline, name: str, every_seconds: float, run: Callable[[Pipeline], int]
+) -> int:
+    """A beat task's run, unless the same task ran less than half its interval ago by the
+    server's clock: the runs beat queued while no worker took them collapse into one. (A
+    Celery expiry would do it by each host's own clock: a worker host ahead of beat's would
+    drop every sweep.)"""
+    if not pipe.store.take_turn(name, every_seconds / 2):
+        return 0
+    return run(pipe)
+
+
 def sweep(pipe: Pipeline) -> int:
     """Lift expired blocks, move due retries back into batches, take a catch-up step for
     targets that became live, and flush batches whose linger has passed."""
@@ -479,8 +491,7 @@ def sweep(pipe: Pipeline) -> int:
     if lifted:
         log.info("blocks_expired", count=lifted)
     schedule(pipe, staged)
-    # A target's TTL as the grace before its work is dropped (lua/sweep.lua).
-    moved, staged = pipe.store.sweep_retries(pipe.settings.target_ttl_seconds)
+    moved, staged = pipe.store.sweep_retries()
     schedule(pipe, staged)
     now_ms = pipe.store.now_ms()
     linger = pipe.settings.batch_linger_ms

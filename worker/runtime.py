@@ -12,11 +12,12 @@ import redis
 import redis.asyncio as aredis
 from celery import Celery
 from redis.asyncio.retry import Retry as AsyncRetry
-from redis.backoff import ExponentialBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 
 from config import Settings, load_settings
 from worker.app import CeleryDispatcher, create_celery
+from worker.clock import ServerClock
 from worker.phones import normalise_own_numbers
 from worker.pipeline import Dispatcher, Pipeline
 from worker.providers import build_providers
@@ -103,8 +104,19 @@ def build_pipeline(
     """Wire a pipeline from settings; tests pass their own Redis, HTTP client, dispatcher and
     clock (and an asyncio client factory to use the API's event-loop accept path). Without a
     clock, the Redis server's is every process's (worker/clock.py)."""
+    state = client
+    if state is None:
+        state = redis_client(settings)
+        # Its own client, quick to give up: the first reading is taken on the caller's
+        # thread (the API's event loop too), later ones in the background.
+        clock = clock or ServerClock(
+            redis.Redis.from_url(
+                settings.state_redis_url, socket_timeout=1, socket_connect_timeout=1,
+                retry=Retry(NoBackoff(), 0),
+            )
+        )  # fmt: skip
     store = Store(
-        client if client is not None else redis_client(settings),
+        state,
         prefix=settings.key_prefix,
         clock=clock,
         audit_cap=settings.audit_cap,

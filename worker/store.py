@@ -288,10 +288,10 @@ class Store:
     ) -> None:
         self.redis = client
         self.prefix = prefix
-        # Without a clock of the caller's (tests pass fake ones) every process reads the
-        # server's: the scripts TIME at the moment they run, Python through ServerClock.
+        # With the server's clock (the default; tests pass fake ones) the scripts read TIME
+        # as they run, and Python reads it through ServerClock.
         self.clock: Clock = clock if clock is not None else ServerClock(client)
-        self._caller_time = clock is not None
+        self._caller_time = not isinstance(self.clock, ServerClock)
         self.audit_cap = audit_cap
         self._scripts = {name: client.register_script(_load_script(name)) for name in _SCRIPTS}
 
@@ -427,12 +427,16 @@ class Store:
         raw = _decode(self._run("expire", limit, self.audit_cap))
         return int(raw["lifted"]), _staged(raw.get("staged"))
 
-    def sweep_retries(
-        self, grace_seconds: float = 0.0, limit: int = 1000
-    ) -> tuple[int, list[Staged]]:
-        """Move due retries into their batches; drop the work of targets not announced for
-        their TTL and `grace_seconds` more (see sweep.lua)."""
-        raw = _decode(self._run("sweep", limit, _ms(grace_seconds)))
+    def take_turn(self, name: str, seconds: float) -> bool:
+        """Whether no other run of `name` took a turn in the last `seconds` (the server's
+        clock keeps the time: SET NX PX)."""
+        key = self.key("turn", name)
+        return bool(self.redis.set(key, 1, nx=True, px=max(1, int(seconds * 1000))))
+
+    def sweep_retries(self, limit: int = 1000) -> tuple[int, list[Staged]]:
+        """Move due retries into their batches; drop the work of targets that are not live
+        (see sweep.lua)."""
+        raw = _decode(self._run("sweep", limit))
         return int(raw["moved"]), _staged(raw.get("staged"))
 
     def staged_batches(self, targets: Iterable[str]) -> list[tuple[str, Action, int, int]]:

@@ -101,3 +101,9 @@ def test_scheduled_reconciliation_is_daily_on_the_background_queue_or_off() -> N
     assert schedule["reconcile"]["options"]["queue"] == BACKGROUND_QUEUE
     off = create_celery(make_settings(reconcile_interval_hours=0)).conf.beat_schedule
     assert "reconcile" not in off
+
+
+def test_beats_sweep_and_recover_carry_no_expiry_a_hosts_clock_would_judge() -> None:
+    schedule = create_celery(make_settings()).conf.beat_schedule
+    assert "expires" not in schedule["sweep"]["options"]
+    assert "expires" not in schedule["recover"]["options"]

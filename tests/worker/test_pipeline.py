@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -481,3 +482,26 @@ def test_the_in_flight_cap_is_the_providers_concurrency_or_two_per_worker_proces
     for settings, cap in ((capped, 3), (uncapped, 10)):
         pipe = build_pipeline(settings, client=fakeredis.FakeRedis(), dispatcher=QueueDispatcher())
         assert pipe.max_in_flight("voicenter") == cap
+
+
+def test_scheduled_runs_queued_back_to_back_collapse_into_one_by_the_servers_clock(
+    pipe: Pipeline,
+) -> None:
+    # Found by the sixteenth review: beat's sweeps carried a Celery expiry, which each
+    # worker judged by its host's clock: a worker host 30 s ahead of beat's dropped every
+    # sweep (no retries, catch-ups, expiries or linger flushes, and nothing said so). Now
+    # runs that beat queued while no worker took them give way to one that ran within half
+    # an interval, timed by the server.
+    ran: list[int] = []
+
+    def run(p: Pipeline) -> int:
+        ran.append(1)
+        return 1
+
+    assert [work.on_schedule(pipe, "sweep", 10, run) for _ in range(5)] == [1, 0, 0, 0, 0]
+    assert 0 < pipe.store.redis.pttl(pipe.store.key("turn", "sweep")) <= 5000
+    assert work.on_schedule(pipe, "recover", 10, run) == 1  # each task its own turn
+    assert work.on_schedule(pipe, "flush", 0.02, run) == 1
+    time.sleep(0.05)
+    assert work.on_schedule(pipe, "flush", 0.02, run) == 1  # half an interval on
+    assert len(ran) == 4

@@ -7,6 +7,8 @@ local P = ARGV[1]
 -- before the call would be late by however long the call took to arrive.
 local NOW = tonumber(ARGV[2])
 if NOW == nil then
+  -- Writes after TIME need effects replication: the default from Redis 5, the only kind in 7.
+  if redis.replicate_commands then redis.replicate_commands() end
   local t = redis.call('TIME')
   NOW = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
@@ -182,13 +184,20 @@ local function opened_twice(id)
 end
 
 -- The targets some process has announced within their TTL (register.lua): the ones that
--- get new work.
+-- get new work. A target seen lapsed here leaves `targets:live`, so that the work a script
+-- leaves to its catch-up is done whatever the clock does next: register.lua starts one for
+-- a target it does not find there, where a score alone, after a step back of the clock (a
+-- failover to a replica whose clock lags, a caller's own time), could look live still.
 local function live_targets()
+  redis.call('ZREMRANGEBYSCORE', P .. 'targets:live', '-inf', '(' .. int(NOW))
   return redis.call('ZRANGEBYSCORE', P .. 'targets:live', NOW, '+inf')
 end
 
 local function is_live(target)
-  return tonumber(redis.call('ZSCORE', P .. 'targets:live', target) or '0') >= NOW
+  local until_ms = redis.call('ZSCORE', P .. 'targets:live', target)
+  if until_ms and tonumber(until_ms) >= NOW then return true end
+  if until_ms then redis.call('ZREM', P .. 'targets:live', target) end
+  return false
 end
 
 -- A target's capabilities, as registered by worker/store.py:register_targets.
