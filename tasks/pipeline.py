@@ -41,15 +41,17 @@ def push(chunk_id: str) -> dict[str, int]:
 
 
 @app.task(name=SWEEP_TASK, **_RETRY)  # type: ignore[untyped-decorator]
-def sweep() -> int:
+def sweep(every_seconds: float | None = None) -> int:
     pipe = runtime.pipeline()
-    return work.on_schedule(pipe, "sweep", pipe.settings.sweep_interval_seconds, work.sweep)
+    every = every_seconds or pipe.settings.sweep_interval_seconds
+    return work.on_schedule(pipe, "sweep", every, work.sweep)
 
 
 @app.task(name=RECOVER_TASK, **_RETRY)  # type: ignore[untyped-decorator]
-def recover() -> int:
+def recover(every_seconds: float | None = None) -> int:
     pipe = runtime.pipeline()
-    return work.on_schedule(pipe, "recover", pipe.settings.recover_interval_seconds, work.recover)
+    every = every_seconds or pipe.settings.recover_interval_seconds
+    return work.on_schedule(pipe, "recover", every, work.recover)
 
 
 @app.task(name=REPLAY_TASK, **_RETRY)  # type: ignore[untyped-decorator]

@@ -433,6 +433,9 @@ class Store:
         key = self.key("turn", name)
         return bool(self.redis.set(key, 1, nx=True, px=max(1, int(seconds * 1000))))
 
+    def give_turn_back(self, name: str) -> None:
+        self.redis.delete(self.key("turn", name))
+
     def sweep_retries(self, limit: int = 1000) -> tuple[int, list[Staged]]:
         """Move due retries into their batches; drop the work of targets that are not live
         (see sweep.lua)."""

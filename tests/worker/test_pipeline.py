@@ -6,6 +6,9 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
+import redis
+
 from tests.conftest import FakeClock
 from tests.fakes.dispatch import QueueDispatcher
 from tests.fakes.voicenter import ADD, REMOVE, FakeVoicenter
@@ -505,3 +508,10 @@ def test_scheduled_runs_queued_back_to_back_collapse_into_one_by_the_servers_clo
     time.sleep(0.05)
     assert work.on_schedule(pipe, "flush", 0.02, run) == 1  # half an interval on
     assert len(ran) == 4
+
+    def fail(p: Pipeline) -> int:
+        raise redis.ConnectionError("a hiccup")
+
+    with pytest.raises(redis.ConnectionError):
+        work.on_schedule(pipe, "reconcile", 10, fail)
+    assert work.on_schedule(pipe, "reconcile", 10, run) == 1  # Celery's retry is not skipped

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import fakeredis
+import httpx
 
 from tests.conftest import FakeClock, make_settings
 from tests.fakes.dispatch import QueueDispatcher
@@ -496,3 +497,41 @@ def test_a_remove_that_leaves_the_number_blocked_stages_nothing_anywhere() -> No
     assert n[1:] in router.fakes["voodoosms"].listed()
     for agent in ("agent-a", "agent-b"):
         assert n[1:] not in router.fakes["phonely"].listed(agent)
+
+
+def test_a_dead_letter_of_an_older_state_keeps_no_catch_up_from_a_newer_opt_out() -> None:
+    # Found by the seventeenth review: a catch-up skipped every number with a dead letter,
+    # also one of an older state. A remove that landed unconfirmed was dead-lettered, the
+    # number was blocked again, the target lapsed before the add went out (its batch was
+    # dropped), and the catch-up on its return skipped the number: blocked in the ledger,
+    # not at Voicenter, with only a dead letter of a remove to show for it.
+    redis = fakeredis.FakeRedis()
+    router = Router({n: make_fake(n) for n in ("voicenter", "voodoosms")})
+    clock = FakeClock()
+    budget = {"outage_budget_hours": 0.0001}
+    pipe = build(redis, router, _env("voicenter"), clock, **budget)
+    beat = build(redis, router, _env("voodoosms"), clock, **budget)  # a sweeper without it
+    voicenter = router.fakes["voicenter"]
+    n = "+972501234567"
+    accept(pipe, Event("api", Action.ADD, [PhoneInput(n)]))
+    _settle(pipe, rounds=2)
+
+    def lost_answer() -> None:
+        raise httpx.ReadTimeout("the answer was lost; the remove landed")
+
+    when = datetime.fromtimestamp(clock.now, tz=UTC)
+    accept(pipe, Event("api", Action.REMOVE, [PhoneInput(n)], occurred_at=when))
+    for _ in range(2):  # each answer lost: the outage budget dead-letters it
+        voicenter.after_request = lost_answer
+        _settle(pipe, rounds=1)
+    assert [d["action"] for d in pipe.store.dead_letters()] == ["remove"]
+    assert voicenter.listed() == set()
+    clock.advance(1)
+    accept(pipe, Event("api", Action.ADD, [PhoneInput(n)]))
+    clock.advance(pipe.settings.target_ttl_seconds + 1)  # before the add went out
+    work.sweep(beat)
+    assert _staged_at(pipe, n)["voicenter"] is None
+    back = build(redis, router, _env("voicenter", "voodoosms"), clock, **budget)
+    _settle(back, rounds=3)
+    assert voicenter.listed() == {n[1:]}
+    assert back.store.dead_letters() == []  # the newer push answered for it

@@ -278,7 +278,10 @@ local function restage(target, n, force, touched, led, fresh)
   end
   if not force then
     if redis.call('ZSCORE', P .. 'retry', member) then return false end
-    if redis.call('HEXISTS', P .. 'dlq', member) == 1 then return false end
+    -- A dead letter waits for a person, but only for the state it failed to push: one of
+    -- an older version says nothing about the ledger's (an accept would have staged it).
+    local dead = redis.call('HGET', P .. 'dlq', member)
+    if dead and tonumber(cjson.decode(dead).version) == tonumber(led[2]) then return false end
   end
   local act = action_for(led[1])
   local key = P .. 'stage:' .. target .. ':' .. act
