@@ -170,6 +170,7 @@ class PipelineMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.clock = SimClock()
+        self.stepped_back = 0.0
         self.prefix = f"optout-sim-{random.getrandbits(40):x}:"
         self.redis = redis.Redis.from_url(SimRedis.url())
         self.settings = sim_settings(self.prefix)
@@ -599,6 +600,15 @@ class PipelineMachine(RuleBasedStateMachine):
         self.pass_time(seconds)
         self.note(f"+{seconds}s")
 
+    @precondition(lambda self: self.on("time"))
+    @rule(seconds=st.sampled_from([1.0, 30.0, 700.0]))
+    def clock_steps_back(self, seconds: float) -> None:
+        """The server's clock steps back (a failover to a replica whose clock lags): a
+        target seen lapsed must still be caught up when it is announced again."""
+        self.pass_time(-seconds)
+        self.stepped_back += seconds
+        self.note(f"-{seconds}s")
+
     @precondition(lambda self: self.on("beat"))
     @rule()
     def sweep(self) -> None:
@@ -824,8 +834,10 @@ class PipelineMachine(RuleBasedStateMachine):
         return not (b["counts"] or b["retry"] or b["leases"] or b["backfill"] or b["threads"])
 
     def check_quiescent(self) -> None:
-        # Past every temporary block, so that expiries have been processed too.
-        self.pass_time(200)
+        # Past every temporary block, so that expiries have been processed too, and past
+        # where the clock was before it stepped back (leases and retries wait for that).
+        self.pass_time(200 + self.stepped_back)
+        self.stepped_back = 0.0
         for _ in range(3):
             work.sweep(self.worker)
             self.settle()
