@@ -41,17 +41,15 @@ def push(chunk_id: str) -> dict[str, int]:
 
 
 @app.task(name=SWEEP_TASK, **_RETRY)  # type: ignore[untyped-decorator]
-def sweep(every_seconds: float | None = None) -> int:
+def sweep() -> int:
     pipe = runtime.pipeline()
-    every = every_seconds or pipe.settings.sweep_interval_seconds
-    return work.on_schedule(pipe, "sweep", every, work.sweep)
+    return work.on_schedule(pipe, "sweep", pipe.settings.sweep_interval_seconds, work.sweep)
 
 
 @app.task(name=RECOVER_TASK, **_RETRY)  # type: ignore[untyped-decorator]
-def recover(every_seconds: float | None = None) -> int:
+def recover() -> int:
     pipe = runtime.pipeline()
-    every = every_seconds or pipe.settings.recover_interval_seconds
-    return work.on_schedule(pipe, "recover", every, work.recover)
+    return work.on_schedule(pipe, "recover", pipe.settings.recover_interval_seconds, work.recover)
 
 
 @app.task(name=REPLAY_TASK, **_RETRY)  # type: ignore[untyped-decorator]

@@ -110,7 +110,6 @@ def create_celery(settings: Settings) -> Celery:
             "sweep": {
                 "task": SWEEP_TASK,
                 "schedule": timedelta(seconds=settings.sweep_interval_seconds),
-                "args": [settings.sweep_interval_seconds],
                 # No `expires`: Celery would judge it by each host's own clock (a worker
                 # ahead of beat's would drop every run); see pipeline.on_schedule.
                 "options": {"queue": default_queue(settings.queue_namespace)},
@@ -118,7 +117,6 @@ def create_celery(settings: Settings) -> Celery:
             "recover": {
                 "task": RECOVER_TASK,
                 "schedule": timedelta(seconds=settings.recover_interval_seconds),
-                "args": [settings.recover_interval_seconds],
                 "options": {"queue": default_queue(settings.queue_namespace)},
             },
             **_reconcile_schedule(settings),

@@ -473,16 +473,17 @@ def _count(chunk: Chunk, encoded: dict[str, Encoded], status: str, now_ms: int) 
 def on_schedule(
     pipe: Pipeline, name: str, every_seconds: float, run: Callable[[Pipeline], int]
 ) -> int:
-    """A beat task's run, unless the same task ran less than half its interval (as beat
-    sends it) ago by the server's clock: the runs beat queued while no worker took them
+    """A beat task's run, unless the same task ran less than half its interval ago by the
+    server's clock: the runs beat queued while no worker took them
     collapse into one. (A Celery expiry would do it by each host's own clock: a worker host
     ahead of beat's would drop every sweep.)"""
-    if not pipe.store.take_turn(name, every_seconds / 2):
+    token = pipe.store.take_turn(name, every_seconds / 2)
+    if token is None:
         return 0
     try:
         return run(pipe)
     except Exception:
-        pipe.store.give_turn_back(name)  # so that Celery's retry of it is not skipped
+        pipe.store.give_turn_back(name, token)  # so that Celery's retry of it is not skipped
         raise
 
 

@@ -72,6 +72,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from importlib import resources
@@ -89,7 +90,7 @@ Clock = Callable[[], float]
 
 _SCRIPTS = (
     "accept", "claim", "complete", "release", "sweep", "replay", "renew", "register",
-    "stage_many", "slot", "purge", "expire", "open", "hold", "reconcile", "cursor",
+    "stage_many", "slot", "purge", "expire", "open", "hold", "reconcile", "cursor", "turn",
 )  # fmt: skip
 
 
@@ -427,14 +428,17 @@ class Store:
         raw = _decode(self._run("expire", limit, self.audit_cap))
         return int(raw["lifted"]), _staged(raw.get("staged"))
 
-    def take_turn(self, name: str, seconds: float) -> bool:
-        """Whether no other run of `name` took a turn in the last `seconds` (the server's
-        clock keeps the time: SET NX PX)."""
+    def take_turn(self, name: str, seconds: float) -> str | None:
+        """A token if no other run of `name` took a turn in the last `seconds` (the server's
+        clock keeps the time: SET NX PX), else None."""
+        token = uuid.uuid4().hex
         key = self.key("turn", name)
-        return bool(self.redis.set(key, 1, nx=True, px=max(1, int(seconds * 1000))))
+        taken = self.redis.set(key, token, nx=True, px=max(1, int(seconds * 1000)))
+        return token if taken else None
 
-    def give_turn_back(self, name: str) -> None:
-        self.redis.delete(self.key("turn", name))
+    def give_turn_back(self, name: str, token: str) -> None:
+        """End this run's turn early, unless it ran out and another run took one since."""
+        self._run("turn", name, token)
 
     def sweep_retries(self, limit: int = 1000) -> tuple[int, list[Staged]]:
         """Move due retries into their batches; drop the work of targets that are not live

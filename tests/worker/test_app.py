@@ -107,5 +107,5 @@ def test_beats_sweep_and_recover_carry_no_expiry_a_hosts_clock_would_judge() -> 
     schedule = create_celery(make_settings()).conf.beat_schedule
     assert "expires" not in schedule["sweep"]["options"]
     assert "expires" not in schedule["recover"]["options"]
-    # The interval goes with the task: a worker's turn is beat's, not its own setting.
-    assert schedule["sweep"]["args"] == [1.0]
+    # And no arguments: a worker not upgraded yet takes none.
+    assert "args" not in schedule["sweep"] and "args" not in schedule["recover"]

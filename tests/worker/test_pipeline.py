@@ -515,3 +515,13 @@ def test_scheduled_runs_queued_back_to_back_collapse_into_one_by_the_servers_clo
     with pytest.raises(redis.ConnectionError):
         work.on_schedule(pipe, "reconcile", 10, fail)
     assert work.on_schedule(pipe, "reconcile", 10, run) == 1  # Celery's retry is not skipped
+
+    # A run that outlived its turn gives back none that another run took since.
+    def slow_then_fail(p: Pipeline) -> int:
+        p.store.redis.delete(p.store.key("turn", "slow"))  # its turn ran out
+        assert work.on_schedule(p, "slow", 10, run) == 1  # another run took one
+        raise redis.ConnectionError("a hiccup")
+
+    with pytest.raises(redis.ConnectionError):
+        work.on_schedule(pipe, "slow", 10, slow_then_fail)
+    assert work.on_schedule(pipe, "slow", 10, run) == 0

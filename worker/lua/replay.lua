@@ -1,8 +1,8 @@
 -- Put dead letters back into their batches; an entry leaves the store only when a push
 -- succeeds, so replaying twice stages once and pushes once. One for a target that is not
 -- live stays as it is and does not count as replayed: no process would push it (nor does
--- the catch-up when the target is back: a dead letter waits for a person), so it is
--- replayed again then, or purged if the target is gone for good.
+-- the catch-up when the target is back: a dead letter of the ledger's current state waits
+-- for a person), so it is replayed again then, or purged if the target is gone for good.
 -- ARGV: prefix, now_ms, ids JSON, who, audit cap
 local ids = cjson.decode(ARGV[3])
 local who, cap = ARGV[4], tonumber(ARGV[5])
