@@ -151,6 +151,13 @@ for _, pair in ipairs(numbers) do
       restage(target, n, changed, touched, led, fresh)
     end
   end
+  -- A target that needs a call record this event lacks still gets a block the ledger has
+  -- one for (an earlier add's), as a catch-up, a retry or a completion would stage it.
+  if na and ev.action == 'add' and ns == 'blocked' and c and c ~= '' then
+    for _, target in ipairs(na) do
+      restage(target, n, changed, touched, led, fresh)
+    end
+  end
   table.insert(results, result)
 end
 
