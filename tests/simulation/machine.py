@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
@@ -171,7 +172,9 @@ class PipelineMachine(RuleBasedStateMachine):
         super().__init__()
         self.clock = SimClock()
         self.stepped_back = 0.0
-        self.prefix = f"optout-sim-{random.getrandbits(40):x}:"
+        # Not `random`: hypothesis seeds it alike in every run, and two runs on one Redis
+        # (CI beside a long run) would share a prefix.
+        self.prefix = f"optout-sim-{uuid.uuid4().hex[:12]}:"
         self.redis = redis.Redis.from_url(SimRedis.url())
         self.settings = sim_settings(self.prefix)
         self.store = Store(self.redis, prefix=self.prefix, clock=self.clock, audit_cap=20)
