@@ -535,3 +535,33 @@ def test_a_dead_letter_of_an_older_state_keeps_no_catch_up_from_a_newer_opt_out(
     _settle(back, rounds=3)
     assert voicenter.listed() == {n[1:]}
     assert back.store.dead_letters() == []  # the newer push answered for it
+
+
+def test_a_stale_add_stages_nothing_and_leaves_the_ledgers_call_record() -> None:
+    # Found by the nineteenth review: an add older than the remove before it (stale: the
+    # ledger keeps the newer block) staged the number for its own source's routes and wrote
+    # its call record over the ledger's: Weya, routed only from another source, got the
+    # number (an add it can never take back) with the stale event's call.
+    router = Router({n: make_fake(n) for n in ("voicenter", "weya", "voodoosms")})
+    env = {k: v for n in router.fakes for k, v in env_for(n, f"http://{n}.test").items()}
+    pipe = build(fakeredis.FakeRedis(), router, env, routes="crm=voicenter")
+    clock = pipe.store.clock
+    assert isinstance(clock, FakeClock)
+    start, n = clock.now, "+972501111111"
+
+    def at(seconds: float) -> datetime:
+        return datetime.fromtimestamp(start + seconds, tz=UTC)
+
+    clock.advance(20)
+    accept(pipe, Event("api", Action.REMOVE, [PhoneInput(n)], occurred_at=at(5)))
+    accept(pipe, Event("crm", Action.ADD, [PhoneInput(n)], context=CALL, occurred_at=at(10)))
+    staged, call = _staged_at(pipe, n), pipe.store.ledger(n)["c"]
+    other_call = {**CALL, "requestUUID": "a-call-revoked-since"}
+    stale = Event("api", Action.ADD, [PhoneInput(n)], context=other_call, occurred_at=at(3))
+    assert accept(pipe, stale).phones[0].ledger == "stale"
+    assert _staged_at(pipe, n) == staged
+    assert pipe.store.ledger(n)["c"] == call
+    dispatcher = pipe.dispatcher
+    assert isinstance(dispatcher, QueueDispatcher)
+    dispatcher.drain(pipe)
+    assert router.fakes["weya"].requests == []

@@ -110,7 +110,7 @@ for _, pair in ipairs(numbers) do
   -- when it changed the state.
   local fields = {'t', int(ct), 'rt', int(rt), 'bl', encode_blocks(blocks)}
   local c, xr = cur[8], cur[7]
-  if ev.cctx and ev.action == 'add' then
+  if ev.cctx and ev.action == 'add' and result ~= 'stale' then
     -- The call this opt-out came from: call-record providers (Weya) need it to add.
     table.insert(fields, 'c'); table.insert(fields, ev.cctx)
     c = ev.cctx
@@ -142,18 +142,18 @@ for _, pair in ipairs(numbers) do
   end
   audit_raw(n, audit_head .. ',"res":"' .. result .. '","v":' .. int(v) .. '}', cap)
   -- What the ledger now holds, as restage would read it back. A remove goes to every
-  -- target, routes or not; one that left the number blocked (stale, or older than a block)
-  -- stages nothing: the block it found is staged where it is routed already, and staging
-  -- it here would carry it to targets its routes never named.
+  -- target, routes or not; a remove that left the number blocked (stale, or older than a
+  -- block) and a stale add stage nothing: the block they found is staged where it is
+  -- routed already, and staging it here would carry it to targets its routes never named.
   local led = {ns, int(v), c, xr}
-  if ev.action == 'add' or ns ~= 'blocked' then
+  if (ev.action == 'add' and result ~= 'stale') or ns ~= 'blocked' then
     for _, target in ipairs(targets) do
       restage(target, n, changed, touched, led, fresh)
     end
   end
   -- A target that needs a call record this event lacks still gets a block the ledger has
   -- one for (an earlier add's), as a catch-up, a retry or a completion would stage it.
-  if na and ev.action == 'add' and ns == 'blocked' and c and c ~= '' then
+  if na and ev.action == 'add' and result ~= 'stale' and ns == 'blocked' and c and c ~= '' then
     for _, target in ipairs(na) do
       restage(target, n, changed, touched, led, fresh)
     end
