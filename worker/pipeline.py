@@ -474,9 +474,9 @@ def on_schedule(
     pipe: Pipeline, name: str, every_seconds: float, run: Callable[[Pipeline], int]
 ) -> int:
     """A beat task's run, unless the same task ran less than half its interval ago by the
-    server's clock: the runs beat queued while no worker took them
-    collapse into one. (A Celery expiry would do it by each host's own clock: a worker host
-    ahead of beat's would drop every sweep.)"""
+    server's clock: the runs beat queued while no worker took them collapse into one. (A
+    Celery expiry would do it by each host's own clock: a worker host ahead of beat's would
+    drop every sweep.)"""
     token = pipe.store.take_turn(name, every_seconds / 2)
     if token is None:
         return 0

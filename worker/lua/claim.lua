@@ -12,9 +12,9 @@ local linger, max_chunks = tonumber(ARGV[9]), tonumber(ARGV[10])
 local max_inflight = tonumber(ARGV[11] or '0')
 local inflight_key = P .. 'inflight:' .. target
 
--- A target no process has announced within its TTL gets no pushes: its numbers wait staged
--- and it catches up from the ledger when it comes back (register.lua).
-if tonumber(redis.call('ZSCORE', P .. 'targets:live', target) or '0') < NOW then
+-- A target no process has announced within its TTL gets no pushes: the sweep drops what it
+-- had staged and it catches up from the ledger when it comes back (register.lua).
+if not is_live(target) then
   return cjson.encode({status = 'inactive', chunks = {}})
 end
 if redis.call('HEXISTS', P .. 'paused', provider) == 1 then
