@@ -132,7 +132,7 @@ class Pipeline:
                     "one_list": caps.one_list,
                 }
         for target, catch_up in self.store.register_targets(
-            metas, self.settings.target_ttl_seconds
+            metas, self.settings.target_ttl_seconds, self.settings.routes
         ):
             log.info("target_live", target=target, catch_up=catch_up)
         self.registered = True

@@ -505,12 +505,17 @@ class Store:
     # -- targets, backfill and rate limits ------------------------------------------------
 
     def register_targets(
-        self, metas: dict[str, dict[str, Any]], ttl_seconds: float
+        self,
+        metas: dict[str, dict[str, Any]],
+        ttl_seconds: float,
+        routes: dict[str, dict[str, list[str]]] | None = None,
     ) -> list[tuple[str, bool]]:
-        """Announce targets with their capabilities, live for `ttl_seconds`; answer those
-        that became live, each with whether it is caught up from the ledger (not when the
-        ledger holds nothing it could need)."""
-        raw = _as_list(_decode(self._run("register", json.dumps(metas), _ms(ttl_seconds))))
+        """Announce targets with their capabilities, live for `ttl_seconds`, and the routes
+        (OPTOUT_ROUTES; None: left as they are); answer the targets that became live, each
+        with whether it is caught up from the ledger (not when the ledger holds nothing it
+        could need)."""
+        given = "" if routes is None else json.dumps(routes)
+        raw = _as_list(_decode(self._run("register", json.dumps(metas), _ms(ttl_seconds), given)))
         return [(str(t), bool(b)) for t, b in raw]
 
     def known_targets(self) -> list[str]:

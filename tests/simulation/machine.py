@@ -69,13 +69,22 @@ KINDS = ("bulk", "lookup", "addonly", "native", "onelist")
 #: answered) that an example may use. Swarm testing: each example draws a profile, and one
 #: that runs only a few kinds of step goes deeper into them.
 OPTIONAL = ("lose", "redeliver", "kill", "reconcile", "toggle", "dead_letter", "old_api",
-            "bad_answers", "expiry", "time", "beat", "one_task")  # fmt: skip
+            "bad_answers", "expiry", "time", "beat", "one_task", "routes")  # fmt: skip
 STORM = ("accept", "workers", "leases", "apply", "answer", "overtake", "late", "fails")
 PROFILES = {
     "core": set(),
     "faults": {"lose", "redeliver", "kill", "bad_answers", "beat"},
-    "ops": {"reconcile", "toggle", "dead_letter", "old_api", "expiry", "bad_answers", "beat"},
-    "time": {"time", "expiry", "beat", "one_task", "bad_answers"},
+    "ops": {
+        "reconcile",
+        "toggle",
+        "dead_letter",
+        "old_api",
+        "expiry",
+        "bad_answers",
+        "beat",
+        "routes",
+    },
+    "time": {"time", "expiry", "beat", "one_task", "bad_answers", "routes"},
     "everything": set(OPTIONAL),
 }
 FOREIGN = ["+972509999990", "+972509999991"]  # never in the ledger: put there by someone else
@@ -84,6 +93,13 @@ UNKNOWN_MARK = b"?"  # confirmed:{target}: what the provider holds is unknown
 ALL = "all"  # the full deployment; "nonative": the native provider's credentials removed
 TTL = 60.0
 LISTABLE = ("bulk", "lookup", "native", "onelist")
+#: Where each source's adds go (OPTOUT_ROUTES); "sim" is routed everywhere. A remove goes to
+#: every target whatever its source.
+ROUTES = {
+    "sms": {"include": ["bulk"], "exclude": []},
+    "crm": {"include": [], "exclude": ["addonly", "lookup"]},
+}
+SOURCES = ["sim", "sim", "sms", "crm"]
 
 
 #: What the runs reached, printed after the hypothesis test (how deep the search goes).
@@ -148,7 +164,7 @@ def _answers(url: str) -> bool:
 
 
 def sim_settings(prefix: str) -> Settings:
-    return load_settings(
+    settings = load_settings(
         {
             "REDIS_URL": "redis://unused.invalid:1/0",
             "OPTOUT_KEY_PREFIX": prefix,
@@ -163,6 +179,8 @@ def sim_settings(prefix: str) -> Settings:
             "OPTOUT_IDEMPOTENCY_TTL_DAYS": "1",
         }
     )
+    # The model providers' names are not real providers', which OPTOUT_ROUTES would refuse.
+    return settings.model_copy(update={"routes": ROUTES})
 
 
 class PipelineMachine(RuleBasedStateMachine):
@@ -337,18 +355,36 @@ class PipelineMachine(RuleBasedStateMachine):
         expires=st.sampled_from([None, None, 5, 90]),
         call=st.booleans(),
         via=st.sampled_from(["api", "api", "api_old", "worker"]),
+        source=st.sampled_from(SOURCES),
     )
     def accept_rule(
-        self, i: int, action: Action, offset: int | None, expires: int | None, call: bool, via: str
+        self,
+        i: int,
+        action: Action,
+        offset: int | None,
+        expires: int | None,
+        call: bool,
+        via: str,
+        source: str,
     ) -> None:
         if not self.on("expiry"):
             expires = None
         if not self.on("old_api") and via == "api_old":
             via = "api"
-        self.accept_event(self.numbers[i % len(self.numbers)], action, offset, expires, call, via)
+        if not self.on("routes"):
+            source = "sim"
+        n = self.numbers[i % len(self.numbers)]
+        self.accept_event(n, action, offset, expires, call, via, source)
 
     def accept_event(
-        self, n: str, action: Action, offset: int | None, expires: int | None, call: bool, via: str
+        self,
+        n: str,
+        action: Action,
+        offset: int | None,
+        expires: int | None,
+        call: bool,
+        via: str,
+        source: str = "sim",
     ) -> None:
         now = datetime.fromtimestamp(self.clock.now, tz=UTC)
         if not self.on("time"):
@@ -360,7 +396,7 @@ class PipelineMachine(RuleBasedStateMachine):
             occurred = occurred or now
             expires = None
         event = Event(
-            source="sim",
+            source=source,
             action=action,
             phones=[PhoneInput(n)],
             reason=f"e{self._ids}-{len(self.log)}",
@@ -370,7 +406,7 @@ class PipelineMachine(RuleBasedStateMachine):
         )
         try:
             accept(self.process(via), event)
-            self.note(f"accept {action.value} {n[-1]} t{offset} x{expires} via {via}")
+            self.note(f"accept {action.value} {n[-1]} t{offset} x{expires} via {via} from {source}")
         except AcceptError as exc:
             self.note(f"refused {exc.reason}")
 
@@ -486,7 +522,8 @@ class PipelineMachine(RuleBasedStateMachine):
             if step == "accept":
                 n = self.numbers[i % len(self.numbers)]
                 action = Action.ADD if flag else Action.REMOVE
-                self.accept_event(n, action, None, None, i % 2 == 0, "api")
+                source = SOURCES[i % len(SOURCES)] if self.on("routes") else "sim"
+                self.accept_event(n, action, None, None, i % 2 == 0, "api", source)
             elif step == "workers" and self.runnable():
                 self.workers_catch_up()
             elif step == "leases" and self.redis.zcard(self.store.key("leases")):
@@ -872,9 +909,12 @@ class PipelineMachine(RuleBasedStateMachine):
                 continue  # a database no process names any more: nobody's list
             assert not self.redis.hlen(self.store.key("unknown", target)), target
             confirmed = self.store.key("confirmed", target)
-            for n in numbers:
+            for n, sources in zip(numbers, self.store.ledger_sources(numbers), strict=True):
                 ledger = self.store.ledger(n)
-                blocked = ledger.get("s") == "blocked"
+                # Blocked here: by an add from a source routed to this provider.
+                blocked = ledger.get("s") == "blocked" and any(
+                    model.name in self.settings.routed(src, [model.name]) for src in sources
+                )
                 if self.given_up(target, n):
                     continue
                 held = model.holds(target, n, now)

@@ -549,3 +549,42 @@ def test_case_a_block_whose_call_record_came_from_an_earlier_add_reaches_the_add
     m.settle()
     m.accept_event(n, Action.ADD, 0, None, False, "api")
     _done(m)
+
+
+@pytest.mark.parametrize("remove_was", ["staged", "in_flight"])
+def test_case_a_lift_overtaken_by_an_add_routed_elsewhere_still_lifts_the_number(
+    remove_was: str,
+) -> None:
+    # Found by the simulation once it had sources and routes: a number blocked everywhere,
+    # then removed; before the remove reached `lookup`, an add from a source routed away
+    # from it blocked the number again. The remove's push found the ledger blocked and
+    # pushed the block instead (or its completion, finding the version moved, staged it):
+    # `lookup` held a block no add routed there asked for, for good.
+    m = _machine({"bulk", "lookup"})
+    n = m.numbers[0]
+    _blocked(m, n)
+    m.accept_event(n, Action.REMOVE, -20, None, False, "api")
+    if remove_was == "in_flight":
+        m.workers_catch_up()
+    m.accept_event(n, Action.ADD, -10, None, False, "api", "crm")  # routed: not to lookup
+    m.settle()
+    assert not m.models["lookup"].holds("lookup", n, m.clock_ms())
+    assert m.models["bulk"].holds("bulk:a", n, m.clock_ms())
+    _done(m)
+
+
+def test_case_an_add_routed_here_that_finds_the_number_blocked_elsewhere_reaches_it() -> None:
+    # Found by review of the fix above: a lift in flight to `lookup` for a block routed
+    # elsewhere only, then an add routed there finds the number blocked (no new version):
+    # the lift's completion must still push the block to `lookup`.
+    m = _machine({"bulk", "lookup"})
+    n = m.numbers[0]
+    _blocked(m, n)
+    m.accept_event(n, Action.REMOVE, -20, None, False, "api")
+    m.accept_event(n, Action.ADD, -10, None, False, "api", "crm")
+    m.workers_catch_up()  # lookup: the lift, in flight (the block is not routed there)
+    assert m.pending("lookup").kind in ("lookup", "remove")  # it looks the entry up first
+    m.accept_event(n, Action.ADD, -5, None, False, "api", "sim")  # owed to lookup now
+    m.settle()
+    assert m.models["lookup"].holds("lookup", n, m.clock_ms())
+    _done(m)

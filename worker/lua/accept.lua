@@ -109,7 +109,7 @@ for _, pair in ipairs(numbers) do
   -- One HSET per number: the ledger fields an event always writes, and those it writes
   -- when it changed the state.
   local fields = {'t', int(ct), 'rt', int(rt), 'bl', encode_blocks(blocks)}
-  local c, xr = cur[8], cur[7]
+  local c, xr, sources = cur[8], cur[7], cur[9] or cur[10]
   if ev.cctx and ev.action == 'add' and result ~= 'stale' then
     -- The call this opt-out came from: call-record providers (Weya) need it to add.
     table.insert(fields, 'c'); table.insert(fields, ev.cctx)
@@ -128,6 +128,7 @@ for _, pair in ipairs(numbers) do
       end
     end
     table.insert(fields, 'rs'); table.insert(fields, rs)
+    sources = rs
   end
   if changed then
     v = v + 1
@@ -145,7 +146,7 @@ for _, pair in ipairs(numbers) do
   -- target, routes or not; a remove that left the number blocked (stale, or older than a
   -- block) and a stale add stage nothing: the block they found is staged where it is
   -- routed already, and staging it here would carry it to targets its routes never named.
-  local led = {ns, int(v), c, xr}
+  local led = {ns, int(v), c, xr, sources}
   if (ev.action == 'add' and result ~= 'stale') or ns ~= 'blocked' then
     for _, target in ipairs(targets) do
       restage(target, n, changed, touched, led, fresh)

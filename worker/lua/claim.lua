@@ -53,13 +53,15 @@ while #chunks < max_chunks do
   local id = int(redis.call('INCR', P .. 'chunkseq'))
   local items = {}
   for _, n in ipairs(members) do
-    local led = redis.call('HMGET', P .. 'num:' .. n, 's', 'v', 'n', 'x', 'c', 'src', 'r', 'u')
-    if led[1] == want then
+    local led = redis.call('HMGET', P .. 'num:' .. n, 's', 'v', 'n', 'x', 'c', 'src', 'r', 'u',
+                           'rs')
+    if target_state(target, led[1], led[9] or led[6]) == want then
       redis.call('HSET', inflight_key, n, id)
       table.insert(items, {n, led[2], led[3] or '', led[4] or '0', led[5] or '',
                            led[6] or '', led[7] or '', led[8] or '0'})
     else
-      -- The ledger moved after staging and nothing re-staged it: stage what it says now.
+      -- The ledger moved after staging (or its block is routed elsewhere only) and nothing
+      -- re-staged it: stage what it says now.
       restage(target, n, true, touched)
     end
   end

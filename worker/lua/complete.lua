@@ -307,9 +307,13 @@ for _, item in ipairs(chunk.items) do
       unsettle_siblings(target, n, touched, lost_until)
     end
   end
-  local now_v = redis.call('HGET', P .. 'num:' .. n, 'v')
+  local led = redis.call('HMGET', P .. 'num:' .. n, 'v', 's', 'rs', 'src')
+  -- Also when only the sources behind the block changed (an add routed here found the
+  -- number blocked by one routed elsewhere): the version stays, the target's state moves.
+  local moved = led[1] ~= version
+    or target_state(target, led[2] or '', led[3] or led[4]) ~= want_state(action)
   local again = unsure or (overtaken and outcome == 'done')
-  if mark == 'moved' and outcome == 'done' and now_v == version and not unsure
+  if mark == 'moved' and outcome == 'done' and not moved and not unsure
       and mover and is_live(mover) then
     -- Taken by another live target of ours: this one gets it back after a target TTL.
     again = false
@@ -317,7 +321,7 @@ for _, item in ipairs(chunk.items) do
       redis.call('ZADD', P .. 'retry', 'NX', int(NOW + opt.moved_retry_ms), member)
     end
   end
-  if not sent(r) or now_v ~= version or again then
+  if not sent(r) or moved or again then
     restage(target, n, true, touched)
   elseif late then
     -- Not at once: a push now could be overtaken just the same.

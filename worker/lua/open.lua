@@ -1,6 +1,7 @@
 -- A push's first look, in one round trip: its chunk, whether its provider is stopped
--- (paused, or held by a Retry-After or an open circuit), and each number's ledger state and
--- version (a stale action is skipped, not sent). The lease starts again here: the time the
+-- (paused, or held by a Retry-After or an open circuit), and each number's state for the
+-- chunk's target (the ledger's, a block routed elsewhere only unblocked: see
+-- target_state) and version (a stale action is skipped, not sent). The lease starts again here: the time the
 -- chunk waited in the queue is not the push's. Each opening is counted: a task delivered
 -- twice pushes the chunk twice at once, and the one that completes second is like a
 -- recovered chunk's late pusher (release.lua, complete.lua).
@@ -20,8 +21,8 @@ if tonumber(redis.call('GET', P .. 'hold:' .. chunk.provider) or '0') > NOW then
 local out = {raw, stopped}
 local add_only = meta(chunk.target).add_only
 for _, item in ipairs(chunk.items) do
-  local led = redis.call('HMGET', P .. 'num:' .. item[1], 's', 'v')
-  local state = led[1] or ''
+  local led = redis.call('HMGET', P .. 'num:' .. item[1], 's', 'v', 'rs', 'src')
+  local state = target_state(chunk.target, led[1] or '', led[3] or led[4])
   if add_only then
     local conf = redis.call('HGET', P .. 'confirmed:' .. chunk.target, item[1])
     if conf and string.sub(conf, 1, 8) == 'blocked:' then state = 'held' end

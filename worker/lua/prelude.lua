@@ -212,6 +212,46 @@ local function meta(target)
   return m
 end
 
+-- The deployment's routes (OPTOUT_ROUTES, as the last process to announce its targets has
+-- them: register.lua): source -> {include = [provider, ...] (empty: all), exclude = [...]}.
+-- None announced: every source goes everywhere.
+local ROUTES = nil
+local function routes()
+  if ROUTES == nil then
+    local raw = redis.call('GET', P .. 'routes')
+    ROUTES = raw and cjson.decode(raw) or {}
+  end
+  return ROUTES
+end
+
+local function listed(list, x)
+  for _, y in ipairs(list or {}) do
+    if y == x then return true end
+  end
+  return false
+end
+
+-- The state a target should hold for a number: the ledger's, but a block only where one of
+-- the adds behind it (`rs`, the sources of those adds; a ledger written before it was kept:
+-- `src`, the last change's) was routed. A block owed nowhere here is a remove for a target
+-- that may hold the number from before (a block routed there, since lifted), so that a
+-- push of the lift that finds the number blocked again by a source routed elsewhere still
+-- lifts it there. `led`: at least {s}; `rs`: the raw `rs` field or false.
+local function target_state(target, state, rs)
+  if state ~= 'blocked' or not rs or rs == '' then return state end
+  local provider = meta(target).provider or target
+  local table_ = routes()
+  for src in string.gmatch(rs, '[^\n]+') do
+    local r = table_[src]
+    if r == nil then return state end
+    local include = r.include or {}
+    if (#include == 0 or listed(include, provider)) and not listed(r.exclude, provider) then
+      return state
+    end
+  end
+  return 'unblocked'
+end
+
 -- Whether a late mark (`key`: late:{target} or latesib:{provider}) that `until_ms` has
 -- passed may go: no push in flight for the number at one of the targets it covers was
 -- leased at or before it (that push's answer still needs it: complete.lua).
@@ -236,27 +276,40 @@ end
 -- confirmed there or a push for it is in flight (its completion re-stages if the ledger
 -- moved). `force` is false for events that changed nothing: they must not cut short a
 -- backoff or resurrect a dead letter. `touched` collects, per target|action, the batch's
--- size before this call (0: its linger starts now). `led`: the ledger's {s, v, c, xr} when
--- the caller has just written them (else read here). `fresh`: the ledger did not hold the
+-- size before this call (0: its linger starts now). `led`: the ledger's {s, v, c, xr, rs}
+-- when the caller has just written them (else read here). `fresh`: the ledger did not hold the
 -- number before this script; nothing but the ledger writes a number in, so nothing is
 -- staged, in flight, retrying, dead-lettered or confirmed for it, and the calls that would
 -- only find that out are skipped (a bulk accept of new numbers: half its calls).
 local function restage(target, n, force, touched, led, fresh)
-  led = led or redis.call('HMGET', P .. 'num:' .. n, 's', 'v', 'c', 'xr')
+  led = led or redis.call('HMGET', P .. 'num:' .. n, 's', 'v', 'c', 'xr', 'rs', 'src')
   if not led[1] then return false end
   if not fresh and redis.call('HEXISTS', P .. 'inflight:' .. target, n) == 1 then
     return false
   end
   local member = target .. '|' .. n
   local m = meta(target)
+  local state = target_state(target, led[1], led[5] or led[6])
+  if state ~= led[1] then
+    -- A block routed elsewhere only: a remove, but only where a block may be held.
+    local conf = not fresh and redis.call('HGET', P .. 'confirmed:' .. target, n)
+    if m.add_only or not conf or string.sub(conf, 1, 10) == 'unblocked:' then
+      redis.call('ZREM', P .. 'stage:' .. target .. ':add', n)
+      if not fresh then
+        redis.call('ZREM', P .. 'stage:' .. target .. ':remove', n)
+        redis.call('ZREM', P .. 'retry', member)
+      end
+      return false
+    end
+  end
   if m.add_only then
     -- No remove endpoint, and each add may notify someone: an add-only target gets a
     -- number once, ever.
     if fresh then
-      if led[1] ~= 'blocked' then return false end
+      if state ~= 'blocked' then return false end
     else
       local conf = redis.call('HGET', P .. 'confirmed:' .. target, n)
-      if led[1] ~= 'blocked' or (conf and string.sub(conf, 1, 8) == 'blocked:') then
+      if state ~= 'blocked' or (conf and string.sub(conf, 1, 8) == 'blocked:') then
         redis.call('ZREM', P .. 'stage:' .. target .. ':add', n)
         redis.call('ZREM', P .. 'retry', member)
         return false
@@ -281,14 +334,20 @@ local function restage(target, n, force, touched, led, fresh)
     -- A dead letter waits for a person, but only for the state it failed to push: one of
     -- an older version says nothing about the ledger's (an accept would have staged it).
     local dead = redis.call('HGET', P .. 'dlq', member)
-    if dead and tonumber(cjson.decode(dead).version) == tonumber(led[2]) then return false end
+    if dead then
+      local entry = cjson.decode(dead)
+      if tonumber(entry.version) == tonumber(led[2])
+          and (entry.action or action_for(state)) == action_for(state) then
+        return false
+      end
+    end
   end
-  local act = action_for(led[1])
+  local act = action_for(state)
   local key = P .. 'stage:' .. target .. ':' .. act
   if not fresh then
     redis.call('ZREM', P .. 'stage:' .. target .. ':' .. opposite(act), n)
     redis.call('ZREM', P .. 'retry', member)
-    if redis.call('HGET', P .. 'confirmed:' .. target, n) == led[1] .. ':' .. led[2] then
+    if redis.call('HGET', P .. 'confirmed:' .. target, n) == state .. ':' .. led[2] then
       redis.call('ZREM', key, n)
       return false
     end

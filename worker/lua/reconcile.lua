@@ -11,8 +11,9 @@ local touched = {}
 local staged, kept = 0, 0
 for _, n in ipairs(cjson.decode(ARGV[4])) do
   local key = P .. 'num:' .. n
-  local state = redis.call('HGET', key, 's')
-  if mode == 'extra' and state == 'blocked' then
+  local led = redis.call('HMGET', key, 's', 'rs', 'src')
+  local state = led[1]
+  if mode == 'extra' and target_state(target, state, led[2] or led[3]) == 'blocked' then
     kept = kept + 1  -- blocked since the ledger was read: it stays
   else
     if mode == 'extra' then

@@ -5,10 +5,14 @@
 -- collecting work. A target becoming live (seen for the first time, or back after its TTL
 -- ran out) is caught up from the ledger by the sweep (design.md steps 9 and 11), unless the
 -- ledger holds nothing it could need.
--- ARGV: prefix, now_ms, metas JSON ({target: {provider, add_only, needs_ctx, ...}}), TTL ms
+-- The routes go with them (OPTOUT_ROUTES: the last announcement's hold for the deployment):
+-- which targets a block is owed to (prelude.lua: target_state).
+-- ARGV: prefix, now_ms, metas JSON ({target: {provider, add_only, needs_ctx, ...}}), TTL ms,
+--       routes JSON ({source: {include = [...], exclude = [...]}}; absent: left as they are)
 -- Answers [[target, catch_up?], ...] for the targets that became live.
 local metas = cjson.decode(ARGV[3])
 local ttl = tonumber(ARGV[4])
+if ARGV[5] and ARGV[5] ~= '' then redis.call('SET', P .. 'routes', ARGV[5]) end
 local live_key = P .. 'targets:live'
 local new = {}
 for target, m in pairs(metas) do
