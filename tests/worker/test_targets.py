@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -565,3 +566,95 @@ def test_a_stale_add_stages_nothing_and_leaves_the_ledgers_call_record() -> None
     assert isinstance(dispatcher, QueueDispatcher)
     dispatcher.drain(pipe)
     assert router.fakes["weya"].requests == []
+
+
+def _routed_sms_only(env_names: tuple[str, ...] = ("voicenter", "voodoosms")) -> Any:
+    """A store whose processes route `sms` adds to VoodooSMS only; every number blocked
+    by an `api` add and pushed everywhere, then lifted (the lift staged, not pushed)."""
+    redis = fakeredis.FakeRedis()
+    router = Router({n: make_fake(n) for n in env_names})
+    pipe = build(redis, router, _env(*env_names), routes="sms=voodoosms")
+    clock, dispatcher = pipe.store.clock, pipe.dispatcher
+    assert isinstance(clock, FakeClock) and isinstance(dispatcher, QueueDispatcher)
+    return router, pipe, clock, dispatcher
+
+
+def _at(clock: FakeClock) -> datetime:
+    clock.advance(1)
+    return datetime.fromtimestamp(clock.now, tz=UTC)
+
+
+def test_the_routes_are_announced_with_the_targets() -> None:
+    _, pipe, _, _ = _routed_sms_only()
+    pipe.ensure_registered(force=True)
+    raw = pipe.store.redis.get(pipe.store.key("routes"))
+    assert raw is not None
+    assert json.loads(raw) == {"sms": {"include": ["voodoosms"], "exclude": []}}
+
+
+def test_a_lift_overtaken_by_an_add_routed_elsewhere_still_lifts_the_number() -> None:
+    # Found by the simulation once it had routes: the lift's push found the number blocked
+    # again by an SMS STOP and pushed that block to Voicenter instead, where no add behind
+    # it was routed (and did not lift it at a target that had confirmed the lift's block).
+    router, pipe, clock, dispatcher = _routed_sms_only()
+    n = "+972501111111"
+    accept(pipe, Event("api", Action.ADD, [PhoneInput(n)], occurred_at=_at(clock)))
+    dispatcher.drain(pipe)
+    accept(pipe, Event("api", Action.REMOVE, [PhoneInput(n)], occurred_at=_at(clock)))
+    accept(pipe, Event("sms", Action.ADD, [PhoneInput(n)], occurred_at=_at(clock)))
+    for _ in range(3):
+        clock.advance(2)
+        work.sweep(pipe)
+        dispatcher.drain(pipe)
+    assert router.fakes["voicenter"].listed() == set()
+    assert router.fakes["voodoosms"].listed() == {n[1:]}
+    assert pipe.store.provider_view(n, ["voicenter"])["voicenter"]["staged"] is None
+
+
+def test_a_dead_letter_of_a_lift_keeps_no_block_routed_there_since() -> None:
+    # Found by review of the fix above: the lift of a block routed elsewhere only (same
+    # version) was dead-lettered; an add routed to Voicenter then found the number blocked
+    # (no new version) and its staging took the dead letter, of that version, for its own.
+    router, pipe, clock, dispatcher = _routed_sms_only()
+    voicenter = router.fakes["voicenter"]
+    n = "+972501111111"
+    accept(pipe, Event("api", Action.ADD, [PhoneInput(n)], occurred_at=_at(clock)))
+    dispatcher.drain(pipe)
+    accept(pipe, Event("api", Action.REMOVE, [PhoneInput(n)], occurred_at=_at(clock)))
+    accept(pipe, Event("sms", Action.ADD, [PhoneInput(n)], occurred_at=_at(clock)))
+    voicenter.permanent.add(n[1:])
+    for _ in range(3):
+        clock.advance(2)
+        work.sweep(pipe)
+        dispatcher.drain(pipe)
+    (dead,) = pipe.store.dead_letters()
+    assert (dead["target"], dead["action"]) == ("voicenter", "remove")
+    voicenter.permanent.discard(n[1:])
+    version = pipe.store.ledger(n)["v"]
+    accept(pipe, Event("api", Action.ADD, [PhoneInput(n)], occurred_at=_at(clock)))
+    assert pipe.store.ledger(n)["v"] == version  # blocked already: no new version
+    assert pipe.store.provider_view(n, ["voicenter"])["voicenter"]["staged"] == "add"
+    for _ in range(3):
+        clock.advance(2)
+        work.sweep(pipe)
+        dispatcher.drain(pipe)
+    view = pipe.store.provider_view(n, ["voicenter"])["voicenter"]
+    assert (view["confirmed"], view["dead_letter"]) == (f"blocked:{version}", None)
+    assert voicenter.listed() == {n[1:]}
+
+
+def test_reconcile_removes_a_block_held_where_no_add_behind_it_was_routed() -> None:
+    # The provider's list is to equal what the ledger routes there: a number blocked by an
+    # SMS STOP only is an extra at Phonely (the report said so; the removal kept it).
+    router, pipe, clock, dispatcher = _routed_sms_only(("phonely", "voodoosms"))
+    n = "+972501111111"
+    accept(pipe, Event("sms", Action.ADD, [PhoneInput(n)], occurred_at=_at(clock)))
+    dispatcher.drain(pipe)
+    phonely = router.fakes["phonely"]
+    phonely.listed("agent-a").add(n[1:])  # put there by hand
+    (report,) = [r for r in reconcile(pipe, "phonely", remove_extras=True)
+                 if r.target == "phonely:agent-a"]  # fmt: skip
+    assert (report.extras, report.removing, report.kept) == ([n], 1, 0)
+    dispatcher.drain(pipe)
+    assert phonely.listed("agent-a") == set()
+    assert router.fakes["voodoosms"].listed() == {n[1:]}
