@@ -289,8 +289,13 @@ class _Plan:
 def _plan(pipe: Pipeline, event: Event) -> _Plan:
     settings = pipe.settings
     now_ms = pipe.store.now_ms()
-    if not event.source or len(event.source) > 64 or "|" in event.source or ":" in event.source:
-        raise AcceptError("bad_source", "source must be 1-64 characters without ':' or '|'")
+    # `rs` keeps the sources behind a block one a line: a line break (or any control
+    # character) in a source would read back as other sources than the one accept routed by.
+    source = event.source
+    if not source or len(source) > 64 or "|" in source or ":" in source or not source.isprintable():
+        raise AcceptError(
+            "bad_source", "source must be 1-64 printable characters without ':' or '|'"
+        )
     if event.action is Action.REMOVE and event.occurred_at is None:
         # An old CRM list re-imported must never undo opt-outs made since it was exported.
         raise AcceptError(

@@ -40,7 +40,9 @@ class OptoutRequest(BaseModel):
     )
     action: Literal["add", "remove"]
     phones: list[str | int | PhoneObject] = Field(min_length=1)
-    source: str = Field(default="api", min_length=1, max_length=64, pattern=r"^[^:|]+$")
+    source: str = Field(
+        default="api", min_length=1, max_length=64, pattern=r"^[^:|\x00-\x1f\x7f]+$"
+    )
     reason: str = Field(default="", max_length=200)
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
     occurred_at: datetime | None = None

@@ -514,7 +514,16 @@ class Store:
         (OPTOUT_ROUTES; None: left as they are); answer the targets that became live, each
         with whether it is caught up from the ledger (not when the ledger holds nothing it
         could need)."""
-        given = "" if routes is None else json.dumps(routes)
+        # Canonical: processes with the same routes announce the same text (register.lua
+        # starts a catch-up of every live target when the text changes).
+        given = (
+            ""
+            if routes is None
+            else json.dumps(
+                {src: {k: sorted(v) for k, v in sorted(r.items())} for src, r in routes.items()},
+                sort_keys=True,
+            )
+        )
         raw = _as_list(_decode(self._run("register", json.dumps(metas), _ms(ttl_seconds), given)))
         return [(str(t), bool(b)) for t, b in raw]
 

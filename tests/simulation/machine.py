@@ -195,7 +195,9 @@ class PipelineMachine(RuleBasedStateMachine):
         self.prefix = f"optout-sim-{uuid.uuid4().hex[:12]}:"
         self.redis = redis.Redis.from_url(SimRedis.url())
         self.settings = sim_settings(self.prefix)
-        self.store = Store(self.redis, prefix=self.prefix, clock=self.clock, audit_cap=20)
+        # Every number's whole audit trail: the quiescence check derives from it, not from
+        # the ledger, which numbers each target should hold.
+        self.store = Store(self.redis, prefix=self.prefix, clock=self.clock, audit_cap=100_000)
         self.gate = Gate()
         self.dispatcher = SimDispatcher()
         self.outstanding: list[Request] = []
@@ -898,10 +900,32 @@ class PipelineMachine(RuleBasedStateMachine):
         assert self.idle(), self.busy()
         self.lists_equal_the_ledger(NUMBERS + FOREIGN)
 
+    def owed(self, n: str, provider: str | None) -> bool:
+        """Whether `provider` (None: any) should hold the number now, by the events
+        accepted for it (their audit entries, with the times accept took): an add from a
+        source routed there, not lifted by a newer remove (on a tie the add wins), not run
+        out. Independent of the ledger's own bookkeeping of blocks and their sources."""
+        now = self.clock_ms()
+        events = [
+            e for e in self.store.audit(n)
+            if e.get("act") in ("add", "remove") and "prov" not in e  # not a push's answer
+        ]  # fmt: skip
+        lifted = max((int(e["t"]) for e in events if e["act"] == "remove"), default=-1)
+        return any(
+            e["act"] == "add"
+            and int(e["t"]) >= lifted
+            and (not e.get("x") or int(e["x"]) > now)
+            and (provider is None or provider in self.settings.routed(e["src"], [provider]))
+            for e in events
+        )
+
     def lists_equal_the_ledger(self, numbers: list[str]) -> None:
         """Every target's list equals the ledger for these numbers, and nothing about them
         is left unknown (a target that can remove)."""
         now = self.clock_ms()
+        for n in numbers:
+            blocked = self.store.ledger(n).get("s") == "blocked"
+            assert blocked == self.owed(n, None), (n, self.store.ledger(n), self.log[-60:])
         live = self.store.directory()
         for target in self.all_targets():
             model = self.model_of(target)
@@ -909,12 +933,9 @@ class PipelineMachine(RuleBasedStateMachine):
                 continue  # a database no process names any more: nobody's list
             assert not self.redis.hlen(self.store.key("unknown", target)), target
             confirmed = self.store.key("confirmed", target)
-            for n, sources in zip(numbers, self.store.ledger_sources(numbers), strict=True):
+            for n in numbers:
                 ledger = self.store.ledger(n)
-                # Blocked here: by an add from a source routed to this provider.
-                blocked = ledger.get("s") == "blocked" and any(
-                    model.name in self.settings.routed(src, [model.name]) for src in sources
-                )
+                blocked = self.owed(n, model.name)
                 if self.given_up(target, n):
                     continue
                 held = model.holds(target, n, now)

@@ -15,7 +15,7 @@ from tests.fakes.dispatch import QueueDispatcher
 from tests.fakes.phonely import FakePhonely
 from tests.fakes.providers import CALL, Router, env_for, make_fake
 from worker import pipeline as work
-from worker.accept import Event, PhoneInput, accept
+from worker.accept import AcceptError, Event, PhoneInput, accept
 from worker.pipeline import Pipeline
 from worker.providers.base import Action
 from worker.reconcile import reconcile
@@ -658,3 +658,123 @@ def test_reconcile_removes_a_block_held_where_no_add_behind_it_was_routed() -> N
     dispatcher.drain(pipe)
     assert phonely.listed("agent-a") == set()
     assert router.fakes["voodoosms"].listed() == {n[1:]}
+
+
+def test_an_add_accepted_during_a_rollout_that_widens_a_route_reaches_the_new_provider() -> None:
+    # Twentieth review (of target_state), 1. A rolling change of OPTOUT_ROUTES widens sms from
+    # VoodooSMS to VoodooSMS and Phonely. An API process on the new settings accepts an SMS
+    # STOP and stages it for Phonely; a worker still on the old settings announces its targets
+    # (and with them its routes) before the batch is claimed: claim.lua finds the block
+    # "routed elsewhere only" at Phonely and drops it (restage: nothing confirmed there, so
+    # nothing to lift). Once the rollout ends, every process and the announced table say
+    # Phonely is owed the number, but nothing is staged, in flight or retrying, and no catch-
+    # up runs (Phonely stayed live): Phonely never gets it. (Before ad8746c the claim pushed
+    # the ledger's state.)
+    redis = fakeredis.FakeRedis()
+    router = Router({n: make_fake(n) for n in ("voodoosms", "phonely")})
+    clock = FakeClock()
+    env = _env("voodoosms", "phonely")
+    old_worker = build(redis, router, env, clock, routes="sms=voodoosms")
+    new_api = build(redis, router, env, clock, routes="sms=voodoosms,sms=phonely")
+    old_worker.ensure_registered(force=True)
+    n = "+972501234567"
+    accept(new_api, Event("sms", Action.ADD, [PhoneInput(n)]))  # announces the new routes
+    assert _staged_at(new_api, n)["phonely:agent-a"] == "add"
+    old_worker.ensure_registered(force=True)  # its periodic announcement: the old routes
+    _settle(old_worker, rounds=2)  # the old worker flushes and claims
+    # The rollout ends: the worker restarts on the new settings.
+    new_worker = build(redis, router, env, clock, routes="sms=voodoosms,sms=phonely")
+    new_worker.ensure_registered(force=True)
+    _settle(new_worker)
+    assert n[1:] in router.fakes["voodoosms"].listed()
+    for agent in ("agent-a", "agent-b"):
+        assert n[1:] in router.fakes["phonely"].listed(agent), agent
+
+
+def test_a_source_with_a_line_break_is_refused() -> None:
+    # Twentieth review, 2: accept routes by the whole source ("sms\n" is no OPTOUT_ROUTES key:
+    # every provider), while `rs` keeps sources one a line, so target_state (and
+    # ledger_sources) read it as "sms" (VoodooSMS only): claim drops the add staged for
+    # Phonely, and neither catch-up nor reconcile ever finds it missing. A source of "\n"
+    # alone reads as no source at all in target_state: the block is owed nowhere and every
+    # claim drops it.
+    redis = fakeredis.FakeRedis()
+    router = Router({n: make_fake(n) for n in ("voodoosms", "phonely")})
+    pipe = build(redis, router, _env("voodoosms", "phonely"), routes="sms=voodoosms")
+    for n, source in (("+972501234567", "sms\n"), ("+972507654321", "\n")):
+        try:
+            accept(pipe, Event(source, Action.ADD, [PhoneInput(n)]))
+        except AcceptError as exc:
+            assert exc.reason == "bad_source"
+            continue
+        _settle(pipe)
+        for agent in ("agent-a", "agent-b"):
+            assert n[1:] in router.fakes["phonely"].listed(agent), (source, agent)
+
+
+def _rs_case(order: str) -> tuple[Router, str]:
+    """An opt-out from `api` (routed everywhere) at t=10, a remove at t=20, an SMS STOP
+    (routed to VoodooSMS only) at t=30, arriving in `order`; settled after each."""
+    redis = fakeredis.FakeRedis()
+    router = Router({n: make_fake(n) for n in ("voodoosms", "phonely")})
+    pipe = build(redis, router, _env("voodoosms", "phonely"), routes="sms=voodoosms")
+    clock = pipe.store.clock
+    assert isinstance(clock, FakeClock)
+    start, n = clock.now, "+972501234567"
+    clock.advance(40)
+    events = {
+        "add": Event("api", Action.ADD, [PhoneInput(n)],
+                     occurred_at=datetime.fromtimestamp(start + 10, tz=UTC)),
+        "remove": Event("api", Action.REMOVE, [PhoneInput(n)],
+                        occurred_at=datetime.fromtimestamp(start + 20, tz=UTC)),
+        "stop": Event("sms", Action.ADD, [PhoneInput(n)],
+                      occurred_at=datetime.fromtimestamp(start + 30, tz=UTC)),
+    }  # fmt: skip
+    for name in order.split(","):
+        accept(pipe, events[name])
+        _settle(pipe, rounds=4)
+    _settle(pipe)
+    reconcile(pipe)  # what a scheduled reconcile would push again
+    _settle(pipe)
+    return router, n
+
+
+def test_a_remove_lifting_one_sources_block_lifts_it_where_only_that_source_went() -> None:
+    # Twentieth review, 3: the remove at t=20 revokes the opt-out of t=10; only the SMS STOP
+    # of t=30 stands, owed to VoodooSMS only. In that order, Phonely ends without the number.
+    # When the remove arrives last, it lifts the t=10 block in the ledger (`bl`) but leaves
+    # the number blocked by the STOP: 'stale', nothing staged, and `rs` still names `api`, so
+    # target_state (and reconcile, and any catch-up) owes Phonely the revoked block for good.
+    for order in ("add,remove,stop", "add,stop,remove"):
+        router, n = _rs_case(order)
+        assert n[1:] in router.fakes["voodoosms"].listed(), order
+        for agent in ("agent-a", "agent-b"):
+            assert n[1:] not in router.fakes["phonely"].listed(agent), (order, agent)
+
+
+def test_a_temporary_opt_out_running_out_under_another_sources_block_lifts_it_there() -> None:
+    # Twentieth review, 4: an SMS STOP (VoodooSMS only, permanent), then a temporary opt-out
+    # from `api` (routed everywhere): Phonely gets it. When it runs out, the number stays
+    # blocked by the STOP: expire.lua changes nothing (same state, same expiry) and `rs` still
+    # names `api`, so Phonely keeps, and reconcile pushes again, a block nobody owes it any
+    # more.
+    redis = fakeredis.FakeRedis()
+    router = Router({n: make_fake(n) for n in ("voodoosms", "phonely")})
+    pipe = build(redis, router, _env("voodoosms", "phonely"), routes="sms=voodoosms")
+    clock = pipe.store.clock
+    assert isinstance(clock, FakeClock)
+    n = "+972501234567"
+    accept(pipe, Event("sms", Action.ADD, [PhoneInput(n)]))
+    _settle(pipe)
+    clock.advance(1)
+    until = datetime.fromtimestamp(clock.now + 30, tz=UTC)
+    accept(pipe, Event("api", Action.ADD, [PhoneInput(n)], expires_at=until))
+    _settle(pipe)
+    assert n[1:] in router.fakes["phonely"].listed("agent-a")
+    clock.advance(60)
+    _settle(pipe)
+    reconcile(pipe)
+    _settle(pipe)
+    assert n[1:] in router.fakes["voodoosms"].listed()
+    for agent in ("agent-a", "agent-b"):
+        assert n[1:] not in router.fakes["phonely"].listed(agent), agent

@@ -87,7 +87,7 @@ for _, pair in ipairs(numbers) do
     if t < rt then
       result = 'stale'  -- a remove newer than this add has already lifted it
     else
-      table.insert(blocks, {t, x})
+      table.insert(blocks, {t, x, ev.source})
       blocks = staircase(blocks)
     end
   elseif t > rt then
@@ -115,7 +115,18 @@ for _, pair in ipairs(numbers) do
     table.insert(fields, 'c'); table.insert(fields, ev.cctx)
     c = ev.cctx
   end
-  if ev.action == 'add' and result ~= 'stale' and ns == 'blocked' then
+  -- A remove that lifted the blocks of some sources but left the number blocked by others':
+  -- the targets only those sources were routed to lose the block (target_state).
+  local lifted_some = false
+  local from_blocks = ns == 'blocked' and block_sources(blocks, state == 'blocked' and cur[9] or nil)
+  if from_blocks then
+    lifted_some = ev.action == 'remove' and state == 'blocked'
+      and sources_shrank(cur[9], from_blocks)
+    if from_blocks ~= cur[9] then
+      table.insert(fields, 'rs'); table.insert(fields, from_blocks)
+    end
+    sources = from_blocks
+  elseif ev.action == 'add' and result ~= 'stale' and ns == 'blocked' then
     -- The sources of the adds behind this block: a catch-up or reconcile routes the number
     -- by all of them (an opt-out routed everywhere that found the number already blocked
     -- by one routed to a single provider changed nothing, but it is owed everywhere).
@@ -141,15 +152,19 @@ for _, pair in ipairs(numbers) do
   else
     redis.call('HSET', key, unpack(fields))
   end
+  if ns == 'blocked' and block_sources(blocks) then
+    local soonest = next_expiry(blocks)
+    if soonest then redis.call('ZADD', P .. 'expiry', soonest, n) end
+  end
   audit_raw(n, audit_head .. ',"res":"' .. result .. '","v":' .. int(v) .. '}', cap)
   -- What the ledger now holds, as restage would read it back. A remove goes to every
   -- target, routes or not; a remove that left the number blocked (stale, or older than a
   -- block) and a stale add stage nothing: the block they found is staged where it is
   -- routed already, and staging it here would carry it to targets its routes never named.
   local led = {ns, int(v), c, xr, sources}
-  if (ev.action == 'add' and result ~= 'stale') or ns ~= 'blocked' then
+  if (ev.action == 'add' and result ~= 'stale') or ns ~= 'blocked' or lifted_some then
     for _, target in ipairs(targets) do
-      restage(target, n, changed, touched, led, fresh)
+      restage(target, n, changed or lifted_some, touched, led, fresh)
     end
   end
   -- A target that needs a call record this event lacks still gets a block the ledger has

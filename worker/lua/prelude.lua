@@ -58,19 +58,68 @@ local function span(x)
   return x
 end
 
+-- Per source (b[3]; a block written before sources were kept has none): a block that
+-- another source's newer, longer one covers still decides where that source's opt-out is
+-- owed (target_state), and until when; dropping it changes nothing of the number's state.
 local function staircase(blocks)
   table.sort(blocks, function(a, b)
     if a[1] ~= b[1] then return a[1] > b[1] end
     return span(a[2]) > span(b[2])
   end)
-  local kept, longest = {}, -1
+  local kept, longest = {}, {}
   for _, b in ipairs(blocks) do
-    if span(b[2]) > longest then
+    local src = b[3] or ''
+    if span(b[2]) > (longest[src] or -1) then
       table.insert(kept, 1, b)
-      longest = span(b[2])
+      longest[src] = span(b[2])
     end
   end
   return kept
+end
+
+-- The sources of the blocks that remain (`rs`), in the order `known` (the raw `rs` before)
+-- has them, new ones last; nil when one of the blocks predates sources.
+local function block_sources(blocks, known)
+  local present = {}
+  for _, b in ipairs(blocks) do
+    if not b[3] then return nil end
+    present[b[3]] = true
+  end
+  local out = {}
+  for src in string.gmatch(known or '', '[^\n]+') do
+    if present[src] then
+      table.insert(out, src)
+      present[src] = nil
+    end
+  end
+  for _, b in ipairs(blocks) do
+    if present[b[3]] then
+      table.insert(out, b[3])
+      present[b[3]] = nil
+    end
+  end
+  return table.concat(out, '\n')
+end
+
+-- The earliest end of a temporary block (a source's, when another keeps the number blocked
+-- for longer: expire.lua lifts it where only that source is routed), or nil.
+local function next_expiry(blocks)
+  local soonest = nil
+  for _, b in ipairs(blocks) do
+    if b[2] > 0 and (soonest == nil or b[2] < soonest) then soonest = b[2] end
+  end
+  return soonest
+end
+
+-- Whether `after` lacks a source `before` named (both raw `rs` values).
+local function sources_shrank(before, after)
+  if not before or not after then return false end
+  local kept = {}
+  for src in string.gmatch(after, '[^\n]+') do kept[src] = true end
+  for src in string.gmatch(before, '[^\n]+') do
+    if not kept[src] then return true end
+  end
+  return false
 end
 
 local function keep_blocks(blocks, keep)
@@ -95,14 +144,19 @@ end
 local function decode_blocks(raw)
   if not raw or raw == '' then return {} end
   local out = {}
-  for _, b in ipairs(cjson.decode(raw)) do table.insert(out, {tonumber(b[1]), tonumber(b[2])}) end
+  for _, b in ipairs(cjson.decode(raw)) do
+    table.insert(out, {tonumber(b[1]), tonumber(b[2]), type(b[3]) == 'string' and b[3] or nil})
+  end
   return out
 end
 
 local function encode_blocks(blocks)
   if #blocks == 0 then return '[]' end
   local parts = {}
-  for _, b in ipairs(blocks) do table.insert(parts, '[' .. int(b[1]) .. ',' .. int(b[2]) .. ']') end
+  for _, b in ipairs(blocks) do
+    local src = b[3] and (',' .. cjson.encode(b[3])) or ''
+    table.insert(parts, '[' .. int(b[1]) .. ',' .. int(b[2]) .. src .. ']')
+  end
   return '[' .. table.concat(parts, ',') .. ']'
 end
 
@@ -241,7 +295,9 @@ local function target_state(target, state, rs)
   if state ~= 'blocked' or not rs or rs == '' then return state end
   local provider = meta(target).provider or target
   local table_ = routes()
-  for src in string.gmatch(rs, '[^\n]+') do
+  -- Split as worker/store.py's ledger_sources does: an empty source (a line break at an
+  -- end, or alone) is no OPTOUT_ROUTES key, so routed everywhere.
+  for src in string.gmatch(rs .. '\n', '([^\n]*)\n') do
     local r = table_[src]
     if r == nil then return state end
     local include = r.include or {}

@@ -12,24 +12,35 @@
 -- Answers [[target, catch_up?], ...] for the targets that became live.
 local metas = cjson.decode(ARGV[3])
 local ttl = tonumber(ARGV[4])
-if ARGV[5] and ARGV[5] ~= '' then redis.call('SET', P .. 'routes', ARGV[5]) end
 local live_key = P .. 'targets:live'
 local new = {}
+local function start_catch_up(target)
+  local catch_up = redis.call('SCARD', P .. 'blocked') > 0
+    or redis.call('HLEN', P .. 'confirmed:' .. target) > 0
+  if catch_up then
+    -- '@' and a number of its own: a step of an earlier catch-up, still at 'b:0' itself,
+    -- must not take this one for its own (cursor.lua compares whole cursors).
+    local generation = redis.call('INCR', P .. 'backfill:seq')
+    redis.call('HSET', P .. 'backfill', target, 'b:0@' .. generation)
+  else
+    redis.call('HDEL', P .. 'backfill', target)
+  end
+  return catch_up
+end
+-- Routes that change (a rolling change of OPTOUT_ROUTES, or processes that disagree) change
+-- the state target_state owes every target for numbers nothing pushes again: a claim under
+-- the other routes may have dropped an add staged for a target, or a target may hold a
+-- block no longer owed there. Every live target catches up from the ledger under the new
+-- ones (the last change's catch-up runs to its end).
+if ARGV[5] and ARGV[5] ~= '' and redis.call('GET', P .. 'routes') ~= ARGV[5] then
+  redis.call('SET', P .. 'routes', ARGV[5])
+  for _, target in ipairs(live_targets()) do start_catch_up(target) end
+end
 for target, m in pairs(metas) do
   redis.call('HSET', P .. 'targets', target, cjson.encode(m))
   local until_ms = tonumber(redis.call('ZSCORE', live_key, target) or '0')
   if until_ms < NOW then
-    local catch_up = redis.call('SCARD', P .. 'blocked') > 0
-      or redis.call('HLEN', P .. 'confirmed:' .. target) > 0
-    if catch_up then
-      -- '@' and a number of its own: a step of an earlier catch-up, still at 'b:0' itself,
-      -- must not take this one for its own (cursor.lua compares whole cursors).
-      local generation = redis.call('INCR', P .. 'backfill:seq')
-      redis.call('HSET', P .. 'backfill', target, 'b:0@' .. generation)
-    else
-      redis.call('HDEL', P .. 'backfill', target)
-    end
-    table.insert(new, {target, catch_up})
+    table.insert(new, {target, start_catch_up(target)})
   end
   redis.call('ZADD', live_key, 'GT', NOW + ttl, target)
 end
