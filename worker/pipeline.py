@@ -131,9 +131,14 @@ class Pipeline:
                     "max_batch": caps.max_batch,
                     "one_list": caps.one_list,
                 }
-        for target, catch_up in self.store.register_targets(
+        live, routes_changed = self.store.register_targets(
             metas, self.settings.target_ttl_seconds, self.settings.routes
-        ):
+        )
+        if routes_changed:
+            # Every live target catches up again: routes that keep changing (processes
+            # whose OPTOUT_ROUTES differ) restart those catch-ups at every announcement.
+            log.warning("routes_changed", routes=self.settings.routes)
+        for target, catch_up in live:
             log.info("target_live", target=target, catch_up=catch_up)
         self.registered = True
         self._announced = self.store.clock()

@@ -509,11 +509,12 @@ class Store:
         metas: dict[str, dict[str, Any]],
         ttl_seconds: float,
         routes: dict[str, dict[str, list[str]]] | None = None,
-    ) -> list[tuple[str, bool]]:
+    ) -> tuple[list[tuple[str, bool]], bool]:
         """Announce targets with their capabilities, live for `ttl_seconds`, and the routes
         (OPTOUT_ROUTES; None: left as they are); answer the targets that became live, each
         with whether it is caught up from the ledger (not when the ledger holds nothing it
-        could need)."""
+        could need), and whether the announced routes changed (every live target is caught
+        up then)."""
         # Canonical: processes with the same routes announce the same text (register.lua
         # starts a catch-up of every live target when the text changes).
         given = (
@@ -524,8 +525,9 @@ class Store:
                 sort_keys=True,
             )
         )
-        raw = _as_list(_decode(self._run("register", json.dumps(metas), _ms(ttl_seconds), given)))
-        return [(str(t), bool(b)) for t, b in raw]
+        raw = _decode(self._run("register", json.dumps(metas), _ms(ttl_seconds), given))
+        live = [(str(t), bool(b)) for t, b in _as_list(raw["live"])]
+        return live, bool(raw["routes"])
 
     def known_targets(self) -> list[str]:
         """Every target any process has announced, live or not."""

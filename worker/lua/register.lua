@@ -9,7 +9,8 @@
 -- which targets a block is owed to (prelude.lua: target_state).
 -- ARGV: prefix, now_ms, metas JSON ({target: {provider, add_only, needs_ctx, ...}}), TTL ms,
 --       routes JSON ({source: {include = [...], exclude = [...]}}; absent: left as they are)
--- Answers [[target, catch_up?], ...] for the targets that became live.
+-- Answers {live = [[target, catch_up?], ...] for the targets that became live, routes =
+-- whether the announced routes changed}.
 local metas = cjson.decode(ARGV[3])
 local ttl = tonumber(ARGV[4])
 local live_key = P .. 'targets:live'
@@ -32,7 +33,9 @@ end
 -- the other routes may have dropped an add staged for a target, or a target may hold a
 -- block no longer owed there. Every live target catches up from the ledger under the new
 -- ones (the last change's catch-up runs to its end).
+local routes_changed = false
 if ARGV[5] and ARGV[5] ~= '' and redis.call('GET', P .. 'routes') ~= ARGV[5] then
+  routes_changed = true
   redis.call('SET', P .. 'routes', ARGV[5])
   for _, target in ipairs(live_targets()) do start_catch_up(target) end
 end
@@ -44,4 +47,4 @@ for target, m in pairs(metas) do
   end
   redis.call('ZADD', live_key, 'GT', NOW + ttl, target)
 end
-return cjson.encode(new)
+return cjson.encode({live = new, routes = routes_changed})
