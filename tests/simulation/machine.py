@@ -100,6 +100,11 @@ ROUTES = {
     "crm": {"include": [], "exclude": ["addonly", "lookup"]},
 }
 SOURCES = ["sim", "sim", "sms", "crm"]
+#: The routes processes still on old settings have during a rolling change of OPTOUT_ROUTES.
+OLD_ROUTES = {
+    "sms": {"include": ["bulk", "lookup"], "exclude": []},
+    "crm": {"include": [], "exclude": ["addonly"]},
+}
 
 
 #: What the runs reached, printed after the hypothesis test (how deep the search goes).
@@ -218,6 +223,8 @@ class PipelineMachine(RuleBasedStateMachine):
         # a rolling change of it, the old processes' database too (they announce it).
         self.db = "onelist:a"
         self.old_db: str | None = None
+        # A rolling change of OPTOUT_ROUTES: the old processes route by OLD_ROUTES.
+        self.old_routes = False
         self.kinds: set[str] = set(KINDS)
         self.numbers = list(NUMBERS)
         self.options: set[str] = set(OPTIONAL)
@@ -234,7 +241,8 @@ class PipelineMachine(RuleBasedStateMachine):
         on settings that lack the second bulk target, or name the one-list provider's old
         database, as during a rolling deploy)."""
         db = self.old_db if role.endswith("_old") and self.old_db else self.db
-        name = f"{role}:{self.mode}:{db}"
+        old_routes = role.endswith("_old") and self.old_routes
+        name = f"{role}:{self.mode}:{db}:{old_routes}"
         pipe = self.processes.get(name)
         if pipe is None:
             providers: dict[str, Any] = {
@@ -250,8 +258,11 @@ class PipelineMachine(RuleBasedStateMachine):
                 one = self.models["onelist"]
                 assert isinstance(one, OneList)
                 providers["onelist"] = one.view(db)
+            settings = self.settings
+            if old_routes:
+                settings = settings.model_copy(update={"routes": OLD_ROUTES})
             pipe = Pipeline(
-                settings=self.settings,
+                settings=settings,
                 store=self.store,
                 providers=providers,
                 dispatcher=self.dispatcher,
@@ -454,7 +465,7 @@ class PipelineMachine(RuleBasedStateMachine):
     def tick(self) -> None:
         """A linger's worth of time with beat's sweep and lease recovery."""
         self.pass_time(self.settings.batch_linger_ms / 1000 + 0.1)
-        if self.old_db is not None:
+        if self.old_db is not None or self.old_routes:
             self.process("worker_old").ensure_registered()  # still running somewhere
         work.sweep(self.worker)
         self.recover_leases()
@@ -723,6 +734,29 @@ class PipelineMachine(RuleBasedStateMachine):
         self.worker.ensure_registered(force=True)
         self.note(f"database {self.old_db} -> {self.db}")
 
+    @precondition(lambda self: self.on("toggle") and self.on("routes") and not self.old_routes)
+    @rule()
+    def change_routes(self) -> None:
+        """A rolling change of OPTOUT_ROUTES: the old processes (an API, a worker) still
+        route by the old ones, and each announcement of theirs or of a new process's puts
+        its own routes in force."""
+        self.old_routes = True
+        self.note("routes: old and new")
+
+    @precondition(lambda self: self.old_routes)
+    @rule(new=st.booleans())
+    def announce_routes(self, new: bool) -> None:
+        self.process("worker" if new else "worker_old").ensure_registered(force=True)
+        self.note(f"announced {'new' if new else 'old'} routes")
+
+    @precondition(lambda self: self.old_routes)
+    @rule()
+    def routes_changed(self) -> None:
+        """The rolling change of OPTOUT_ROUTES ends."""
+        self.old_routes = False
+        self.worker.ensure_registered(force=True)
+        self.note("routes: new only")
+
     @precondition(lambda self: self.old_db is not None)
     @rule()
     def old_processes_stop(self) -> None:
@@ -747,6 +781,8 @@ class PipelineMachine(RuleBasedStateMachine):
             STATS["a target catching up"] += 1
         if self.old_db is not None:
             STATS["a rolling change of the one-list database"] += 1
+        if self.old_routes:
+            STATS["a rolling change of the routes"] += 1
         one = self.models["onelist"]
         if isinstance(one, OneList) and one.moves[0]:
             STATS["an entry moved between databases"] += 1
@@ -826,6 +862,8 @@ class PipelineMachine(RuleBasedStateMachine):
         """Heal everything and run the deployment until nothing is left to do."""
         self.mode = ALL
         self.old_db = None  # a rolling change completes
+        if self.old_routes:
+            self.routes_changed()
         for _ in range(100):
             for _ in range(2000):
                 if self.outstanding:
