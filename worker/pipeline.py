@@ -103,9 +103,25 @@ class Pipeline:
             "call": has_call,
         }
 
-    def routed_by_any(self, sources: list[str], provider: str) -> bool:
-        """Whether an add from one of these sources goes to `provider`."""
-        return any(provider in self.settings.routed(src, [provider]) for src in sources)
+    def routed_by_any(
+        self,
+        sources: list[str],
+        provider: str,
+        table: dict[str, dict[str, list[str]]] | None = None,
+    ) -> bool:
+        """Whether an add from one of these sources is owed to `provider`: by `table`, the
+        announced routes (Store.announced_routes, what target_state decides by: during a
+        rolling change of OPTOUT_ROUTES this process's own may be the old ones), else by
+        this process's own."""
+        routes = self.settings.routes if table is None else table
+        for src in sources:
+            rule = routes.get(src)
+            if not rule:
+                return True
+            include, exclude = rule.get("include") or [], rule.get("exclude") or []
+            if (not include or provider in include) and provider not in exclude:
+                return True
+        return False
 
     def announce_due(self) -> bool:
         """This process has not announced its targets yet, or not for a third of their TTL
@@ -533,9 +549,10 @@ def backfill(pipe: Pipeline, page: int = 2000) -> int:
         else:
             position, numbers = pipe.store.blocked_page(position, page)
             sources = pipe.store.ledger_sources(numbers)
+            table = pipe.store.announced_routes()
             wanted = [
                 n for n, srcs in zip(numbers, sources, strict=True)
-                if pipe.routed_by_any(srcs, provider)
+                if pipe.routed_by_any(srcs, provider, table)
             ]  # fmt: skip
             next_cursor = "c:0" if position == "0" else f"b:{position}"
         if next_cursor is not None:

@@ -35,10 +35,11 @@ class TargetReport:
 def _ledger_blocked(pipe: Pipeline, provider: str) -> set[str]:
     """E.164 numbers the ledger blocks that this provider should hold (routes honoured)."""
     out: set[str] = set()
+    table = pipe.store.announced_routes()
     for page in pipe.store.blocked_pages(2000):
         numbers = [n for n, _, _ in page]
         for n, srcs in zip(numbers, pipe.store.ledger_sources(numbers), strict=True):
-            if pipe.routed_by_any(srcs, provider):
+            if pipe.routed_by_any(srcs, provider, table):
                 out.add(n)
     return out
 

@@ -529,6 +529,12 @@ class Store:
         live = [(str(t), bool(b)) for t, b in _as_list(raw["live"])]
         return live, bool(raw["routes"])
 
+    def announced_routes(self) -> dict[str, dict[str, list[str]]] | None:
+        """The deployment's routes as the last announcement left them (register.lua), what
+        target_state decides by; None when no process has announced any."""
+        raw = self.redis.get(self.key("routes"))
+        return None if raw is None else cast(dict[str, dict[str, list[str]]], _decode(raw))
+
     def known_targets(self) -> list[str]:
         """Every target any process has announced, live or not."""
         return sorted(_text(t) for t in cast(list[Any], self.redis.hkeys(self.key("targets"))))

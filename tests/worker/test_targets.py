@@ -783,3 +783,92 @@ def test_a_temporary_opt_out_running_out_under_another_sources_block_lifts_it_th
     assert n[1:] in router.fakes["voodoosms"].listed()
     for agent in ("agent-a", "agent-b"):
         assert n[1:] not in router.fakes["phonely"].listed(agent), agent
+
+
+# appended to test_targets.py copy
+def test_a_catch_up_stepped_by_a_process_on_the_old_routes_skips_what_the_new_ones_owe() -> None:
+    # Review 21, 1: a rolling change widens sms to VoodooSMS and Phonely. The new API process
+    # announces the new routes: every live target is caught up. The old worker (announcement
+    # not due yet) runs the sweep, takes the catch-up's steps and filters the blocked numbers
+    # by ITS OWN routes (pipe.routed_by_any): Phonely's sms numbers are skipped and the
+    # catch-up ends. Nothing changes the routes' text again: Phonely never gets them.
+    redis = fakeredis.FakeRedis()
+    router = Router({n: make_fake(n) for n in ("voodoosms", "phonely")})
+    clock = FakeClock()
+    env = _env("voodoosms", "phonely")
+    old_worker = build(redis, router, env, clock, routes="sms=voodoosms")
+    old_worker.ensure_registered(force=True)
+    n = "+972501234567"
+    accept(old_worker, Event("sms", Action.ADD, [PhoneInput(n)]))
+    _settle(old_worker, rounds=3)
+    assert n[1:] not in router.fakes["phonely"].listed("agent-a")
+    new_api = build(redis, router, env, clock, routes="sms=voodoosms,sms=phonely")
+    new_api.ensure_registered(force=True)  # the new routes: every live target caught up
+    assert new_api.store.backfills()
+    _settle(old_worker, rounds=2)  # the old worker's sweep steps the catch-up
+    assert not new_api.store.backfills()  # ended
+    # The rollout ends: the worker restarts on the new settings.
+    new_worker = build(redis, router, env, clock, routes="sms=voodoosms,sms=phonely")
+    new_worker.ensure_registered(force=True)
+    _settle(new_worker)
+    for agent in ("agent-a", "agent-b"):
+        assert n[1:] in router.fakes["phonely"].listed(agent), agent
+
+
+def test_an_add_accepted_on_the_old_routes_after_the_change_reaches_the_new_provider() -> None:
+    # Review 21, 2: accept.lua picks the targets by the accepting process's own routes
+    # (ARGV[6]), restage by the announced ones (target_state). The new routes are announced
+    # and caught up; an old API process (announcement not due) accepts an sms STOP: staged
+    # for VoodooSMS only. It stops before announcing again: nothing changes the routes'
+    # text, no catch-up runs, Phonely (owed it by every process left and the table) never
+    # gets it.
+    redis = fakeredis.FakeRedis()
+    router = Router({n: make_fake(n) for n in ("voodoosms", "phonely")})
+    clock = FakeClock()
+    env = _env("voodoosms", "phonely")
+    old_api = build(redis, router, env, clock, routes="sms=voodoosms")
+    old_api.ensure_registered(force=True)
+    new_worker = build(redis, router, env, clock, routes="sms=voodoosms,sms=phonely")
+    new_worker.ensure_registered(force=True)
+    _settle(new_worker)
+    n = "+972501234567"
+    accept(old_api, Event("sms", Action.ADD, [PhoneInput(n)]))  # then the old API stops
+    _settle(new_worker)
+    new_worker.ensure_registered(force=True)
+    _settle(new_worker)
+    assert n[1:] in router.fakes["voodoosms"].listed()
+    for agent in ("agent-a", "agent-b"):
+        assert n[1:] in router.fakes["phonely"].listed(agent), agent
+
+
+def test_a_temporary_opt_out_over_a_block_kept_before_sources_runs_out_there() -> None:
+    # Review 21, 3: a number blocked before blocks kept their source (`bl` entries [t, x],
+    # rs = "sms"): an SMS STOP, VoodooSMS only, permanent. After the upgrade a temporary
+    # opt-out from `api` (routed everywhere) reaches Phonely. block_sources() answers nil for
+    # any ledger holding a legacy block, so accept neither indexes the api block's end in
+    # `expiry` (the number's x is 0: set_state removes it) nor ever recomputes `rs`: the
+    # block never runs out anywhere, and Phonely (and reconcile, and every catch-up) keeps
+    # a revoked opt-out for good.
+    redis = fakeredis.FakeRedis()
+    router = Router({n: make_fake(n) for n in ("voodoosms", "phonely")})
+    pipe = build(redis, router, _env("voodoosms", "phonely"), routes="sms=voodoosms")
+    clock = pipe.store.clock
+    assert isinstance(clock, FakeClock)
+    n = "+972501234567"
+    accept(pipe, Event("sms", Action.ADD, [PhoneInput(n)]))
+    _settle(pipe)
+    key = pipe.store.key("num", n)
+    legacy = [b[:2] for b in json.loads(redis.hget(key, "bl"))]
+    redis.hset(key, "bl", json.dumps(legacy))  # as written before 080494b
+    clock.advance(1)
+    until = datetime.fromtimestamp(clock.now + 30, tz=UTC)
+    accept(pipe, Event("api", Action.ADD, [PhoneInput(n)], expires_at=until))
+    _settle(pipe)
+    assert n[1:] in router.fakes["phonely"].listed("agent-a")
+    clock.advance(60)
+    _settle(pipe)
+    reconcile(pipe)
+    _settle(pipe)
+    assert n[1:] in router.fakes["voodoosms"].listed()
+    for agent in ("agent-a", "agent-b"):
+        assert n[1:] not in router.fakes["phonely"].listed(agent), agent

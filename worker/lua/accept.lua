@@ -22,6 +22,14 @@ local force = ARGV[9] == '1'
 -- named in the audit entry as not applicable.
 local targets, na = {}, {}
 local include, exclude = {}, {}
+-- An add goes where the announced routes (what target_state decides by) send its source:
+-- during a rolling change of OPTOUT_ROUTES this process's own may be the old ones, and an add
+-- they keep from a target the announced ones owe it would reach it never (the catch-up of
+-- the change may have passed the number, or ended). None announced: this process's own.
+if ev.action == 'add' and redis.call('EXISTS', P .. 'routes') == 1 then
+  local r = routes()[ev.source] or {}
+  route.include, route.exclude = r.include or {}, r.exclude or {}
+end
 for _, p in ipairs(route.include or {}) do include[p] = true end
 for _, p in ipairs(route.exclude or {}) do exclude[p] = true end
 for _, t in ipairs(live_targets()) do
@@ -81,7 +89,7 @@ for _, pair in ipairs(numbers) do
   -- Every number's first event writes its state (see below): no state, a new number.
   local fresh = not state
   local rt, ct = tonumber(cur[4] or '-1'), tonumber(cur[6] or '0')
-  local blocks = decode_blocks(cur[5])
+  local blocks = adopt_legacy(decode_blocks(cur[5]), cur[9] or cur[10])
   local result = nil
   if ev.action == 'add' then
     if t < rt then

@@ -14,8 +14,9 @@ local lifted = 0
 for _, n in ipairs(due) do
   redis.call('ZREM', P .. 'expiry', n)
   local key = P .. 'num:' .. n
-  local led = redis.call('HMGET', key, 's', 'v', 'x', 'bl', 'rs')
-  local blocks = keep_blocks(decode_blocks(led[4]), function(b) return b[2] == 0 or b[2] > NOW end)
+  local led = redis.call('HMGET', key, 's', 'v', 'x', 'bl', 'rs', 'src')
+  local blocks = keep_blocks(adopt_legacy(decode_blocks(led[4]), led[5] or led[6]),
+                             function(b) return b[2] == 0 or b[2] > NOW end)
   local ns, nx = derive(blocks)
   redis.call('HSET', key, 'bl', encode_blocks(blocks))
   -- A source's temporary block ran out while another's keeps the number blocked: where

@@ -150,6 +150,28 @@ local function decode_blocks(raw)
   return out
 end
 
+-- A block written before blocks kept their source: taken for a block of each source the
+-- ledger named behind it (`known`: the raw `rs`, or `src` before that was kept), split as
+-- target_state splits them. Never narrower than what the ledger owed: without it, any
+-- ledger holding one kept no source for the blocks added since either (block_sources: nil),
+-- and a source's block ran out, or was lifted, nowhere while another stood.
+local function adopt_legacy(blocks, known)
+  if not known then return blocks end
+  local out, adopted = {}, false
+  for _, b in ipairs(blocks) do
+    if b[3] then
+      table.insert(out, b)
+    else
+      adopted = true
+      for src in string.gmatch(known .. '\n', '([^\n]*)\n') do
+        table.insert(out, {b[1], b[2], src})
+      end
+    end
+  end
+  if not adopted then return blocks end
+  return staircase(out)
+end
+
 local function encode_blocks(blocks)
   if #blocks == 0 then return '[]' end
   local parts = {}
