@@ -9,6 +9,7 @@ from typing import Any
 
 import fakeredis
 import httpx
+import pytest
 
 from tests.conftest import FakeClock, make_settings
 from tests.fakes.dispatch import QueueDispatcher
@@ -422,6 +423,28 @@ def test_a_retry_for_a_target_that_is_not_live_waits_for_its_catch_up() -> None:
     assert voodoo.listed() == {n[1:]}
 
 
+def _voodoo_and_phonely() -> tuple[Any, Router, FakeClock, dict[str, str]]:
+    """A store, VoodooSMS and Phonely fakes (two agents), a clock, settings naming both."""
+    router = Router({n: make_fake(n) for n in ("voodoosms", "phonely")})
+    return fakeredis.FakeRedis(), router, FakeClock(), _env("voodoosms", "phonely")
+
+
+def _phonely_holds(router: Router, n: str) -> list[bool]:
+    """Whether each Phonely agent holds the number."""
+    return [n[1:] in router.fakes["phonely"].listed(agent) for agent in ("agent-a", "agent-b")]
+
+
+def _new_routes_worker(
+    redis: Any, router: Router, env: dict[str, str], clock: FakeClock
+) -> Pipeline:
+    """A worker on the widened routes (`sms` to VoodooSMS and Phonely), announced and
+    settled."""
+    worker = build(redis, router, env, clock, routes="sms=voodoosms,sms=phonely")
+    worker.ensure_registered(force=True)
+    _settle(worker)
+    return worker
+
+
 def _settle(pipe: Pipeline, rounds: int = 10) -> None:
     clock, dispatcher = pipe.store.clock, pipe.dispatcher
     assert isinstance(clock, FakeClock) and isinstance(dispatcher, QueueDispatcher)
@@ -448,8 +471,7 @@ def test_a_target_live_later_gets_an_opt_out_whose_source_found_the_number_block
     both = build(redis, router, _env("voodoosms", "phonely"), clock, routes="sms=voodoosms")
     both.ensure_registered(force=True)  # Phonely's agents become live: caught up
     _settle(both)
-    for agent in ("agent-a", "agent-b"):
-        assert n[1:] in router.fakes["phonely"].listed(agent)
+    assert _phonely_holds(router, n) == [True, True]
     assert all(r.missing == [] for r in reconcile(both))  # nothing missing anywhere
 
 
@@ -459,9 +481,8 @@ def test_a_remove_lifts_the_number_everywhere_whatever_its_sources_route() -> No
     # in flight, a catch-up, reconcile --remove-extras), which then carried the remove
     # there too: the outcome depended on timing. The ledger holds one state per number, so
     # a remove goes to every target, always.
-    redis = fakeredis.FakeRedis()
-    router = Router({n: make_fake(n) for n in ("voodoosms", "phonely")})
-    pipe = build(redis, router, _env("voodoosms", "phonely"), routes="sms=voodoosms")
+    redis, router, clock, env = _voodoo_and_phonely()
+    pipe = build(redis, router, env, clock, routes="sms=voodoosms")
     n = "+972501234567"
     accept(pipe, Event("crm", Action.ADD, [PhoneInput(n)]))
     _settle(pipe)
@@ -473,19 +494,15 @@ def test_a_remove_lifts_the_number_everywhere_whatever_its_sources_route() -> No
     assert set(_staged_at(pipe, n).values()) == {"remove"}
     _settle(pipe)
     assert n[1:] not in router.fakes["voodoosms"].listed()
-    for agent in ("agent-a", "agent-b"):
-        assert n[1:] not in router.fakes["phonely"].listed(agent)
+    assert _phonely_holds(router, n) == [False, False]
 
 
 def test_a_remove_that_leaves_the_number_blocked_stages_nothing_anywhere() -> None:
     # Found by the second review: once removes went to every target, a stale remove (an
     # SMS START arriving after the STOP it preceded) restaged the block it found at every
     # target, carrying an SMS-only opt-out to Phonely.
-    redis = fakeredis.FakeRedis()
-    router = Router({n: make_fake(n) for n in ("voodoosms", "phonely")})
-    pipe = build(redis, router, _env("voodoosms", "phonely"), routes="sms=voodoosms")
-    clock = pipe.store.clock
-    assert isinstance(clock, FakeClock)
+    redis, router, clock, env = _voodoo_and_phonely()
+    pipe = build(redis, router, env, clock, routes="sms=voodoosms")
     n = "+972501234567"
     now = datetime.fromtimestamp(clock.now, tz=UTC)
     accept(pipe, Event("sms", Action.ADD, [PhoneInput(n)], occurred_at=now))
@@ -496,8 +513,7 @@ def test_a_remove_that_leaves_the_number_blocked_stages_nothing_anywhere() -> No
     assert set(_staged_at(pipe, n).values()) == {None}
     _settle(pipe)
     assert n[1:] in router.fakes["voodoosms"].listed()
-    for agent in ("agent-a", "agent-b"):
-        assert n[1:] not in router.fakes["phonely"].listed(agent)
+    assert _phonely_holds(router, n) == [False, False]
 
 
 def test_a_dead_letter_of_an_older_state_keeps_no_catch_up_from_a_newer_opt_out() -> None:
@@ -675,10 +691,7 @@ def test_an_add_accepted_during_a_rollout_that_widens_a_route_reaches_the_new_pr
     # Phonely is owed the number, but nothing is staged, in flight or retrying, and no catch-
     # up runs (Phonely stayed live): Phonely never gets it. (Before ad8746c the claim pushed
     # the ledger's state.)
-    redis = fakeredis.FakeRedis()
-    router = Router({n: make_fake(n) for n in ("voodoosms", "phonely")})
-    clock = FakeClock()
-    env = _env("voodoosms", "phonely")
+    redis, router, clock, env = _voodoo_and_phonely()
     old_worker = build(redis, router, env, clock, routes="sms=voodoosms")
     new_api = build(redis, router, env, clock, routes="sms=voodoosms,sms=phonely")
     old_worker.ensure_registered(force=True)
@@ -687,13 +700,9 @@ def test_an_add_accepted_during_a_rollout_that_widens_a_route_reaches_the_new_pr
     assert _staged_at(new_api, n)["phonely:agent-a"] == "add"
     old_worker.ensure_registered(force=True)  # its periodic announcement: the old routes
     _settle(old_worker, rounds=2)  # the old worker flushes and claims
-    # The rollout ends: the worker restarts on the new settings.
-    new_worker = build(redis, router, env, clock, routes="sms=voodoosms,sms=phonely")
-    new_worker.ensure_registered(force=True)
-    _settle(new_worker)
+    _new_routes_worker(redis, router, env, clock)  # the rollout ends
     assert n[1:] in router.fakes["voodoosms"].listed()
-    for agent in ("agent-a", "agent-b"):
-        assert n[1:] in router.fakes["phonely"].listed(agent), agent
+    assert _phonely_holds(router, n) == [True, True]
 
 
 def test_a_source_with_a_line_break_is_refused() -> None:
@@ -703,9 +712,8 @@ def test_a_source_with_a_line_break_is_refused() -> None:
     # Phonely, and neither catch-up nor reconcile ever finds it missing. A source of "\n"
     # alone reads as no source at all in target_state: the block is owed nowhere and every
     # claim drops it.
-    redis = fakeredis.FakeRedis()
-    router = Router({n: make_fake(n) for n in ("voodoosms", "phonely")})
-    pipe = build(redis, router, _env("voodoosms", "phonely"), routes="sms=voodoosms")
+    redis, router, clock, env = _voodoo_and_phonely()
+    pipe = build(redis, router, env, clock, routes="sms=voodoosms")
     for n, source in (("+972501234567", "sms\n"), ("+972507654321", "\n")):
         try:
             accept(pipe, Event(source, Action.ADD, [PhoneInput(n)]))
@@ -713,18 +721,14 @@ def test_a_source_with_a_line_break_is_refused() -> None:
             assert exc.reason == "bad_source"
             continue
         _settle(pipe)
-        for agent in ("agent-a", "agent-b"):
-            assert n[1:] in router.fakes["phonely"].listed(agent), (source, agent)
+        assert _phonely_holds(router, n) == [True, True], source
 
 
 def _rs_case(order: str) -> tuple[Router, str]:
     """An opt-out from `api` (routed everywhere) at t=10, a remove at t=20, an SMS STOP
     (routed to VoodooSMS only) at t=30, arriving in `order`; settled after each."""
-    redis = fakeredis.FakeRedis()
-    router = Router({n: make_fake(n) for n in ("voodoosms", "phonely")})
-    pipe = build(redis, router, _env("voodoosms", "phonely"), routes="sms=voodoosms")
-    clock = pipe.store.clock
-    assert isinstance(clock, FakeClock)
+    redis, router, clock, env = _voodoo_and_phonely()
+    pipe = build(redis, router, env, clock, routes="sms=voodoosms")
     start, n = clock.now, "+972501234567"
     clock.advance(40)
     events = {
@@ -753,24 +757,28 @@ def test_a_remove_lifting_one_sources_block_lifts_it_where_only_that_source_went
     for order in ("add,remove,stop", "add,stop,remove"):
         router, n = _rs_case(order)
         assert n[1:] in router.fakes["voodoosms"].listed(), order
-        for agent in ("agent-a", "agent-b"):
-            assert n[1:] not in router.fakes["phonely"].listed(agent), (order, agent)
+        assert _phonely_holds(router, n) == [False, False], order
 
 
-def test_a_temporary_opt_out_running_out_under_another_sources_block_lifts_it_there() -> None:
+@pytest.mark.parametrize("stop_kept", ["with its source", "before sources were kept"])
+def test_a_temporary_opt_out_running_out_under_another_sources_block_lifts_it_there(
+    stop_kept: str,
+) -> None:
     # Twentieth review, 4: an SMS STOP (VoodooSMS only, permanent), then a temporary opt-out
     # from `api` (routed everywhere): Phonely gets it. When it runs out, the number stays
-    # blocked by the STOP: expire.lua changes nothing (same state, same expiry) and `rs` still
-    # names `api`, so Phonely keeps, and reconcile pushes again, a block nobody owes it any
-    # more.
-    redis = fakeredis.FakeRedis()
-    router = Router({n: make_fake(n) for n in ("voodoosms", "phonely")})
-    pipe = build(redis, router, _env("voodoosms", "phonely"), routes="sms=voodoosms")
-    clock = pipe.store.clock
-    assert isinstance(clock, FakeClock)
+    # blocked by the STOP: expire.lua changed nothing (same state, same expiry) and `rs`
+    # still named `api`, so Phonely kept, and reconcile pushed again, a block nobody owed it
+    # any more. Review 21, 3: the same over a STOP written before blocks kept their source
+    # (`bl` entries [t, x]): such a ledger skipped the per-source bookkeeping altogether.
+    redis, router, clock, env = _voodoo_and_phonely()
+    pipe = build(redis, router, env, clock, routes="sms=voodoosms")
     n = "+972501234567"
     accept(pipe, Event("sms", Action.ADD, [PhoneInput(n)]))
     _settle(pipe)
+    if stop_kept == "before sources were kept":
+        key = pipe.store.key("num", n)
+        legacy = [b[:2] for b in json.loads(redis.hget(key, "bl"))]
+        redis.hset(key, "bl", json.dumps(legacy))
     clock.advance(1)
     until = datetime.fromtimestamp(clock.now + 30, tz=UTC)
     accept(pipe, Event("api", Action.ADD, [PhoneInput(n)], expires_at=until))
@@ -781,21 +789,16 @@ def test_a_temporary_opt_out_running_out_under_another_sources_block_lifts_it_th
     reconcile(pipe)
     _settle(pipe)
     assert n[1:] in router.fakes["voodoosms"].listed()
-    for agent in ("agent-a", "agent-b"):
-        assert n[1:] not in router.fakes["phonely"].listed(agent), agent
+    assert _phonely_holds(router, n) == [False, False]
 
 
-# appended to test_targets.py copy
 def test_a_catch_up_stepped_by_a_process_on_the_old_routes_skips_what_the_new_ones_owe() -> None:
     # Review 21, 1: a rolling change widens sms to VoodooSMS and Phonely. The new API process
     # announces the new routes: every live target is caught up. The old worker (announcement
     # not due yet) runs the sweep, takes the catch-up's steps and filters the blocked numbers
     # by ITS OWN routes (pipe.routed_by_any): Phonely's sms numbers are skipped and the
     # catch-up ends. Nothing changes the routes' text again: Phonely never gets them.
-    redis = fakeredis.FakeRedis()
-    router = Router({n: make_fake(n) for n in ("voodoosms", "phonely")})
-    clock = FakeClock()
-    env = _env("voodoosms", "phonely")
+    redis, router, clock, env = _voodoo_and_phonely()
     old_worker = build(redis, router, env, clock, routes="sms=voodoosms")
     old_worker.ensure_registered(force=True)
     n = "+972501234567"
@@ -807,12 +810,8 @@ def test_a_catch_up_stepped_by_a_process_on_the_old_routes_skips_what_the_new_on
     assert new_api.store.backfills()
     _settle(old_worker, rounds=2)  # the old worker's sweep steps the catch-up
     assert not new_api.store.backfills()  # ended
-    # The rollout ends: the worker restarts on the new settings.
-    new_worker = build(redis, router, env, clock, routes="sms=voodoosms,sms=phonely")
-    new_worker.ensure_registered(force=True)
-    _settle(new_worker)
-    for agent in ("agent-a", "agent-b"):
-        assert n[1:] in router.fakes["phonely"].listed(agent), agent
+    _new_routes_worker(redis, router, env, clock)  # the rollout ends
+    assert _phonely_holds(router, n) == [True, True]
 
 
 def test_an_add_accepted_on_the_old_routes_after_the_change_reaches_the_new_provider() -> None:
@@ -822,53 +821,14 @@ def test_an_add_accepted_on_the_old_routes_after_the_change_reaches_the_new_prov
     # for VoodooSMS only. It stops before announcing again: nothing changes the routes'
     # text, no catch-up runs, Phonely (owed it by every process left and the table) never
     # gets it.
-    redis = fakeredis.FakeRedis()
-    router = Router({n: make_fake(n) for n in ("voodoosms", "phonely")})
-    clock = FakeClock()
-    env = _env("voodoosms", "phonely")
+    redis, router, clock, env = _voodoo_and_phonely()
     old_api = build(redis, router, env, clock, routes="sms=voodoosms")
     old_api.ensure_registered(force=True)
-    new_worker = build(redis, router, env, clock, routes="sms=voodoosms,sms=phonely")
-    new_worker.ensure_registered(force=True)
-    _settle(new_worker)
+    new_worker = _new_routes_worker(redis, router, env, clock)
     n = "+972501234567"
     accept(old_api, Event("sms", Action.ADD, [PhoneInput(n)]))  # then the old API stops
     _settle(new_worker)
     new_worker.ensure_registered(force=True)
     _settle(new_worker)
     assert n[1:] in router.fakes["voodoosms"].listed()
-    for agent in ("agent-a", "agent-b"):
-        assert n[1:] in router.fakes["phonely"].listed(agent), agent
-
-
-def test_a_temporary_opt_out_over_a_block_kept_before_sources_runs_out_there() -> None:
-    # Review 21, 3: a number blocked before blocks kept their source (`bl` entries [t, x],
-    # rs = "sms"): an SMS STOP, VoodooSMS only, permanent. After the upgrade a temporary
-    # opt-out from `api` (routed everywhere) reaches Phonely. block_sources() answers nil for
-    # any ledger holding a legacy block, so accept neither indexes the api block's end in
-    # `expiry` (the number's x is 0: set_state removes it) nor ever recomputes `rs`: the
-    # block never runs out anywhere, and Phonely (and reconcile, and every catch-up) keeps
-    # a revoked opt-out for good.
-    redis = fakeredis.FakeRedis()
-    router = Router({n: make_fake(n) for n in ("voodoosms", "phonely")})
-    pipe = build(redis, router, _env("voodoosms", "phonely"), routes="sms=voodoosms")
-    clock = pipe.store.clock
-    assert isinstance(clock, FakeClock)
-    n = "+972501234567"
-    accept(pipe, Event("sms", Action.ADD, [PhoneInput(n)]))
-    _settle(pipe)
-    key = pipe.store.key("num", n)
-    legacy = [b[:2] for b in json.loads(redis.hget(key, "bl"))]
-    redis.hset(key, "bl", json.dumps(legacy))  # as written before 080494b
-    clock.advance(1)
-    until = datetime.fromtimestamp(clock.now + 30, tz=UTC)
-    accept(pipe, Event("api", Action.ADD, [PhoneInput(n)], expires_at=until))
-    _settle(pipe)
-    assert n[1:] in router.fakes["phonely"].listed("agent-a")
-    clock.advance(60)
-    _settle(pipe)
-    reconcile(pipe)
-    _settle(pipe)
-    assert n[1:] in router.fakes["voodoosms"].listed()
-    for agent in ("agent-a", "agent-b"):
-        assert n[1:] not in router.fakes["phonely"].listed(agent), agent
+    assert _phonely_holds(router, n) == [True, True]
