@@ -588,3 +588,20 @@ def test_case_an_add_routed_here_that_finds_the_number_blocked_elsewhere_reaches
     m.settle()
     assert m.models["lookup"].holds("lookup", n, m.clock_ms())
     _done(m)
+
+
+def test_case_an_add_accepted_on_old_routes_reaches_a_target_the_new_ones_owe_it() -> None:
+    # Reviews 20 and 21: during a rolling change of OPTOUT_ROUTES a process on the old ones
+    # (here: `sim` not to the native provider) accepted an add, announced its routes, and
+    # a claim by them dropped what the new ones staged; once the change ended nothing was
+    # staged, in flight or retrying for the native target, and it never got the number.
+    m = _machine({"bulk", "native"})
+    n = m.numbers[0]
+    m.change_routes()
+    m.process("worker").ensure_registered(force=True)
+    m.accept_event(n, Action.ADD, -10, None, False, "api_old")
+    m.announce_routes(new=False)
+    m.workers_catch_up()
+    m.answer_all()
+    m.routes_changed()
+    _done(m)
