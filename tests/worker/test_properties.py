@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import random
 from datetime import UTC, datetime, timedelta
 
@@ -43,13 +44,14 @@ EVENT = st.tuples(
     st.sampled_from([Action.ADD, Action.REMOVE]),
     st.integers(min_value=0, max_value=20),  # seconds ago: ties are likely
     st.sampled_from([0, 3600, 7200]),  # expiry from now, 0 = permanent
+    st.sampled_from(["api", "sms", "crm"]),  # the sources behind a block decide its routes
 )
 
 
 @given(events=st.lists(EVENT, min_size=1, max_size=5), seed=st.integers(0, 1000))
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_last_writer_wins_is_the_same_in_any_arrival_order(
-    events: list[tuple[Action, int, int]], seed: int
+    events: list[tuple[Action, int, int, str]], seed: int
 ) -> None:
     orders = list(itertools.permutations(range(len(events))))
     random.Random(seed).shuffle(orders)
@@ -64,9 +66,9 @@ def test_last_writer_wins_is_the_same_in_any_arrival_order(
         )
         now = datetime.fromtimestamp(clock.now, tz=UTC)
         for i in order:
-            action, ago, expiry = events[i]
+            action, ago, expiry, source = events[i]
             event = Event(
-                "api",
+                source,
                 action,
                 [PhoneInput("+972501234567")],
                 idempotency_key=f"e{i}",
@@ -78,5 +80,8 @@ def test_last_writer_wins_is_the_same_in_any_arrival_order(
             with contextlib.suppress(AcceptError):  # e.g. a remove with no valid time
                 accept(pipe, event)
         ledger = pipe.store.ledger("+972501234567")
-        finals.add((ledger.get("s"), ledger.get("x"), ledger.get("t")))
+        # The blocks (each with its source) and, while blocked, the sources behind it.
+        blocks = sorted(map(tuple, json.loads(ledger.get("bl") or "[]")))
+        behind = frozenset(ledger.get("rs", "").split("\n")) if ledger["s"] == "blocked" else None
+        finals.add((ledger.get("s"), ledger.get("x"), ledger.get("t"), tuple(blocks), behind))
     assert len(finals) == 1, finals
