@@ -150,10 +150,12 @@ class Pipeline:
         live, routes_changed = self.store.register_targets(
             metas, self.settings.target_ttl_seconds, self.settings.routes
         )
-        if routes_changed:
+        if routes_changed == "changed":
             # Every live target catches up again: routes that keep changing (processes
             # whose OPTOUT_ROUTES differ) restart those catch-ups at every announcement.
             log.warning("routes_changed", routes=self.settings.routes)
+        elif routes_changed == "new":
+            log.info("routes_announced", routes=self.settings.routes)
         for target, catch_up in live:
             log.info("target_live", target=target, catch_up=catch_up)
         self.registered = True

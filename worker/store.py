@@ -509,12 +509,12 @@ class Store:
         metas: dict[str, dict[str, Any]],
         ttl_seconds: float,
         routes: dict[str, dict[str, list[str]]] | None = None,
-    ) -> tuple[list[tuple[str, bool]], bool]:
+    ) -> tuple[list[tuple[str, bool]], str | None]:
         """Announce targets with their capabilities, live for `ttl_seconds`, and the routes
         (OPTOUT_ROUTES; None: left as they are); answer the targets that became live, each
         with whether it is caught up from the ledger (not when the ledger holds nothing it
         could need), and whether the announced routes changed (every live target is caught
-        up then)."""
+        up then): 'changed', 'new' (none were announced before) or None."""
         # Canonical: processes with the same routes announce the same text (register.lua
         # starts a catch-up of every live target when the text changes).
         given = (
@@ -527,7 +527,7 @@ class Store:
         )
         raw = _decode(self._run("register", json.dumps(metas), _ms(ttl_seconds), given))
         live = [(str(t), bool(b)) for t, b in _as_list(raw["live"])]
-        return live, bool(raw["routes"])
+        return live, str(raw["routes"]) if raw["routes"] else None
 
     def announced_routes(self) -> dict[str, dict[str, list[str]]] | None:
         """The deployment's routes as the last announcement left them (register.lua), what

@@ -608,9 +608,11 @@ def test_the_routes_are_announced_with_the_targets() -> None:
     assert json.loads(raw) == {"sms": {"include": ["voodoosms"], "exclude": []}}
     # The same routes, however they are spelled, are no change; other routes are.
     same = {"sms": {"exclude": [], "include": ["voodoosms"]}}
-    assert pipe.store.register_targets({}, 60, same) == ([], False)
-    assert pipe.store.register_targets({}, 60, {}) == ([], True)
-    assert pipe.store.register_targets({}, 60, None) == ([], False)  # left as they are
+    assert pipe.store.register_targets({}, 60, same) == ([], None)
+    assert pipe.store.register_targets({}, 60, {}) == ([], "changed")
+    assert pipe.store.register_targets({}, 60, None) == ([], None)  # left as they are
+    pipe.store.redis.delete(pipe.store.key("routes"))  # as before routes were announced
+    assert pipe.store.register_targets({}, 60, {}) == ([], "new")
 
 
 def test_a_lift_overtaken_by_an_add_routed_elsewhere_still_lifts_the_number() -> None:

@@ -10,7 +10,7 @@
 -- ARGV: prefix, now_ms, metas JSON ({target: {provider, add_only, needs_ctx, ...}}), TTL ms,
 --       routes JSON ({source: {include = [...], exclude = [...]}}; absent: left as they are)
 -- Answers {live = [[target, catch_up?], ...] for the targets that became live, routes =
--- whether the announced routes changed}.
+-- 'changed' (other routes were announced before), 'new' (none were) or false}.
 local metas = cjson.decode(ARGV[3])
 local ttl = tonumber(ARGV[4])
 local live_key = P .. 'targets:live'
@@ -34,8 +34,10 @@ end
 -- block no longer owed there. Every live target catches up from the ledger under the new
 -- ones (the last change's catch-up runs to its end).
 local routes_changed = false
-if ARGV[5] and ARGV[5] ~= '' and redis.call('GET', P .. 'routes') ~= ARGV[5] then
-  routes_changed = true
+local before = redis.call('GET', P .. 'routes')
+if ARGV[5] and ARGV[5] ~= '' and before ~= ARGV[5] then
+  -- 'new': none were announced before (a new deployment, or one from before routes were).
+  routes_changed = before and 'changed' or 'new'
   redis.call('SET', P .. 'routes', ARGV[5])
   for _, target in ipairs(live_targets()) do start_catch_up(target) end
 end
