@@ -190,7 +190,9 @@ def _swallowed(pipe: Pipeline, plan: _Plan, outcome: AcceptOutcome) -> bool:
     if outcome.status != "duplicate" or not plan.derived or plan.payload["action"] != "add":
         return False
     wanted = [n for n, _ in plan.numbers]
-    held = pipe.store.blocked_until(wanted, int(plan.payload.get("x") or 0))
+    held = pipe.store.blocked_until(
+        wanted, int(plan.payload.get("x") or 0), str(plan.payload["source"])
+    )
     unblocked = len(wanted) - len(held)
     if unblocked:
         log.info("keyless_repeat_accepted", event_id=outcome.event_id, unblocked=unblocked)

@@ -515,6 +515,7 @@ def sweep(pipe: Pipeline) -> int:
     targets that became live, and flush batches whose linger has passed."""
     pipe.ensure_registered()
     backfill(pipe)
+    pipe.store.adopt_step()
     lifted, staged = pipe.store.expire_due()
     if lifted:
         log.info("blocks_expired", count=lifted)

@@ -90,7 +90,8 @@ Clock = Callable[[], float]
 
 _SCRIPTS = (
     "accept", "claim", "complete", "release", "sweep", "replay", "renew", "register",
-    "stage_many", "slot", "purge", "expire", "open", "hold", "reconcile", "cursor", "turn",
+    "stage_many", "adopt", "slot", "purge", "expire", "open", "hold", "reconcile", "cursor",
+    "turn",
 )  # fmt: skip
 
 
@@ -423,6 +424,18 @@ class Store:
         ids = self.redis.zrangebyscore(self.key("leases"), "-inf", self.now_ms(), 0, limit)
         return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
 
+    def adopt_step(self, count: int = 2000) -> bool:
+        """One page of the pass that adopts blocks written before blocks kept their source
+        (lua/adopt.lua), from where the last step left it; False once it has ended."""
+        cursor = self.redis.get(self.key("adopted"))
+        if cursor == b"done":
+            return False
+        position, numbers = self.blocked_page(_text(cursor or b"0"), count)
+        if numbers:
+            self._run("adopt", json.dumps(numbers))
+        self.redis.set(self.key("adopted"), "done" if position == "0" else position)
+        return True
+
     def expire_due(self, limit: int = 1000) -> tuple[int, list[Staged]]:
         """Lift temporary blocks whose expiry has passed."""
         raw = _decode(self._run("expire", limit, self.audit_cap))
@@ -677,16 +690,30 @@ class Store:
         flags = self.redis.smismember(self.key("blocked"), numbers)
         return {n for n, flag in zip(numbers, flags, strict=True) if flag}
 
-    def blocked_until(self, numbers: list[str], until_ms: int) -> set[str]:
+    def blocked_until(
+        self, numbers: list[str], until_ms: int, source: str | None = None
+    ) -> set[str]:
         """Which of these numbers the ledger blocks at least until `until_ms` (0: for
-        good)."""
+        good); with `source`, by a block of that source's own (another source's block may
+        be routed to other providers: prelude.lua, target_state)."""
         pipe = self.redis.pipeline(transaction=False)
         for n in numbers:
-            pipe.hmget(self.key("num", n), "s", "x")
+            pipe.hmget(self.key("num", n), "s", "x", "bl", "rs", "src")
         out = set()
-        for n, (state, expiry) in zip(numbers, pipe.execute(), strict=True):
-            held = int(expiry or 0)
-            if state == b"blocked" and (held == 0 or (until_ms != 0 and held >= until_ms)):
+        for n, (state, expiry, bl, rs, src) in zip(numbers, pipe.execute(), strict=True):
+            if state != b"blocked":
+                continue
+            if source is None:
+                ends = [int(expiry or 0)]
+            else:
+                # A block written before blocks kept their source stands for each source
+                # the ledger named behind it (prelude.lua: adopt_legacy).
+                known = _text(rs or src or b"").split("\n")
+                ends = [
+                    int(b[1]) for b in (_decode(bl) if bl else [])
+                    if (b[2] == source if len(b) > 2 else source in known)
+                ]  # fmt: skip
+            if any(held == 0 or (until_ms != 0 and held >= until_ms) for held in ends):
                 out.add(n)
         return out
 

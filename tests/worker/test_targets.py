@@ -834,3 +834,61 @@ def test_an_add_accepted_on_the_old_routes_after_the_change_reaches_the_new_prov
     _settle(new_worker)
     assert n[1:] in router.fakes["voodoosms"].listed()
     assert _phonely_holds(router, n) == [True, True]
+
+
+def test_a_keyless_repeat_of_a_stop_over_a_block_routed_elsewhere_reaches_its_provider() -> None:
+    # Review 22, 1: a keyless SMS STOP (VoodooSMS only), revoked by a remove, then a CRM
+    # opt-out (Phonely only); the customer texts STOP again, the same body: `_swallowed`
+    # saw the number blocked (by the CRM's block, routed elsewhere) and answered it as a
+    # duplicate of the first, lifted STOP. VoodooSMS never got it again, and no audit
+    # entry says it came (the simulation's oracle cannot see it either).
+    redis, router, clock, env = _voodoo_and_phonely()
+    pipe = build(redis, router, env, clock, routes="sms=voodoosms,crm=phonely")
+    n = "+972501234567"
+    stop = Event("sms", Action.ADD, [PhoneInput(n)], reason="STOP")
+    first = accept(pipe, stop)
+    _settle(pipe)
+    assert n[1:] in router.fakes["voodoosms"].listed()
+    accept(pipe, Event("api", Action.REMOVE, [PhoneInput(n)], occurred_at=_at(clock)))
+    _settle(pipe)
+    clock.advance(1)
+    accept(pipe, Event("crm", Action.ADD, [PhoneInput(n)]))
+    _settle(pipe)
+    assert n[1:] not in router.fakes["voodoosms"].listed()
+    clock.advance(1)
+    again = accept(pipe, stop)
+    assert not again.duplicate and again.event_id != first.event_id
+    _settle(pipe)
+    assert n[1:] in router.fakes["voodoosms"].listed()
+    assert _phonely_holds(router, n) == [True, True]
+
+
+def test_a_temporary_stop_kept_without_its_source_runs_out_after_the_adoption_pass() -> None:
+    # Review 22, 2: a ledger mixing a block kept without its source (a temporary SMS STOP,
+    # VoodooSMS only, as [t, x]) with one kept with it (a CRM opt-out, Phonely only, as the
+    # code between the twentieth and twenty-first reviews wrote). That code indexed no
+    # per-source end in `expiry` (and the permanent CRM block dropped the number from it);
+    # adopt_legacy ran only when something touched the number, so the STOP's end was never
+    # seen and VoodooSMS kept it for good. The sweep's one-time adoption pass indexes it.
+    redis, router, clock, env = _voodoo_and_phonely()
+    pipe = build(redis, router, env, clock, routes="sms=voodoosms,crm=phonely")
+    n = "+972501234567"
+    until = datetime.fromtimestamp(clock.now + 300, tz=UTC)
+    accept(pipe, Event("sms", Action.ADD, [PhoneInput(n)], expires_at=until))
+    _settle(pipe)
+    clock.advance(1)
+    accept(pipe, Event("crm", Action.ADD, [PhoneInput(n)]))
+    _settle(pipe)
+    key = pipe.store.key("num", n)
+    blocks = json.loads(redis.hget(key, "bl"))
+    written = [b[:2] if b[2] == "sms" else b for b in blocks]
+    redis.hset(key, mapping={"bl": json.dumps(written), "rs": "sms\ncrm"})
+    assert n[1:] in router.fakes["voodoosms"].listed()
+    redis.zrem(pipe.store.key("expiry"), n)
+    redis.delete(pipe.store.key("adopted"))  # as the first sweep after the upgrade finds it
+    clock.advance(400)
+    _settle(pipe)
+    reconcile(pipe)
+    _settle(pipe)
+    assert _phonely_holds(router, n) == [True, True]
+    assert n[1:] not in router.fakes["voodoosms"].listed()
