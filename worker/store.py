@@ -424,9 +424,10 @@ class Store:
         ids = self.redis.zrangebyscore(self.key("leases"), "-inf", self.now_ms(), 0, limit)
         return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
 
-    def adopt_step(self, count: int = 2000) -> bool:
+    def adopt_step(self, count: int = 200) -> bool:
         """One page of the pass that adopts blocks written before blocks kept their source
-        (lua/adopt.lua), from where the last step left it; False once it has ended."""
+        (lua/adopt.lua), from where the last step left it; False once it has ended. Pages
+        as small as accept's writes (WRITE_CHUNK): a long script stalls every other call."""
         cursor = self.redis.get(self.key("adopted"))
         if cursor == b"done":
             return False
