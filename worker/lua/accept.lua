@@ -160,7 +160,7 @@ for _, pair in ipairs(numbers) do
   else
     redis.call('HSET', key, unpack(fields))
   end
-  if ns == 'blocked' and block_sources(blocks) then
+  if ns == 'blocked' and from_blocks then
     local soonest = next_expiry(blocks)
     if soonest then redis.call('ZADD', P .. 'expiry', soonest, n) end
   end

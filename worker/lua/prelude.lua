@@ -315,8 +315,10 @@ end
 -- lifts it there. `led`: at least {s}; `rs`: the raw `rs` field or false.
 local function target_state(target, state, rs)
   if state ~= 'blocked' or not rs or rs == '' then return state end
-  local provider = meta(target).provider or target
   local table_ = routes()
+  -- No routes (most deployments): every source goes everywhere, at no cost per number.
+  if next(table_) == nil then return state end
+  local provider = meta(target).provider or target
   -- Split as worker/store.py's ledger_sources does: an empty source (a line break at an
   -- end, or alone) is no OPTOUT_ROUTES key, so routed everywhere.
   for src in string.gmatch(rs .. '\n', '([^\n]*)\n') do
