@@ -53,6 +53,17 @@ def _pairs(value: str, sep: str) -> Iterator[tuple[str, str, str | None]]:
         yield item, key.strip(), rest.strip() if found else None
 
 
+def routes_allow(routes: dict[str, dict[str, list[str]]], source: str, provider: str) -> bool:
+    """Whether routes (OPTOUT_ROUTES' shape: source -> include/exclude lists) send an add
+    from `source` to `provider`: a source without a rule goes everywhere (prelude.lua's
+    target_state reads the announced routes the same way)."""
+    rule = routes.get(source)
+    if not rule:
+        return True
+    include = rule.get("include") or []
+    return (not include or provider in include) and provider not in (rule.get("exclude") or [])
+
+
 class Settings(BaseModel):
     """Everything optout-worker reads from the environment, validated once at start."""
 
@@ -343,11 +354,7 @@ class Settings(BaseModel):
     def routed(self, source: str, providers: list[str]) -> list[str]:
         """The providers an event from `source` goes to: all by default, narrowed by
         OPTOUT_ROUTES includes, minus its excludes."""
-        route = self.routes.get(source)
-        if not route:
-            return providers
-        chosen = [p for p in providers if not route["include"] or p in route["include"]]
-        return [p for p in chosen if p not in route["exclude"]]
+        return [p for p in providers if routes_allow(self.routes, source, p)]
 
     def limits_for(self, provider: str) -> tuple[float, int]:
         """(requests per second, concurrent requests) shared by every worker; 0 = no limit."""

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 import redis
 import structlog
 
-from config import Settings
+from config import Settings, routes_allow
 from worker import lease, metrics
 from worker.errors import AuthError, PermanentError, PushInterrupted, RetryableError
 from worker.lease import LeaseLostError
@@ -114,14 +114,7 @@ class Pipeline:
         rolling change of OPTOUT_ROUTES this process's own may be the old ones), else by
         this process's own."""
         routes = self.settings.routes if table is None else table
-        for src in sources:
-            rule = routes.get(src)
-            if not rule:
-                return True
-            include, exclude = rule.get("include") or [], rule.get("exclude") or []
-            if (not include or provider in include) and provider not in exclude:
-                return True
-        return False
+        return any(routes_allow(routes, src, provider) for src in sources)
 
     def announce_due(self) -> bool:
         """This process has not announced its targets yet, or not for a third of their TTL
@@ -536,9 +529,13 @@ def backfill(pipe: Pipeline, page: int = 2000) -> int:
     blocked number (routed by the sources of the adds behind its block), then every number the
     target was confirmed to hold, or is unknown at, whose ledger state has moved since. So
     enabling a provider, adding an agent or restoring credentials never leaves a gap."""
+    backfills = pipe.store.backfills()
+    if not backfills:
+        return 0
     directory = pipe.directory()
+    table = pipe.store.announced_routes()  # what target_state decides by, as routes
     staged_total = 0
-    for target, cursor in pipe.store.backfills().items():
+    for target, cursor in backfills.items():
         meta = directory.get(target)
         if meta is None:
             continue  # not live: it starts again from the top when it comes back
@@ -552,7 +549,6 @@ def backfill(pipe: Pipeline, page: int = 2000) -> int:
         else:
             position, numbers = pipe.store.blocked_page(position, page)
             sources = pipe.store.ledger_sources(numbers)
-            table = pipe.store.announced_routes()
             wanted = [
                 n for n, srcs in zip(numbers, sources, strict=True)
                 if pipe.routed_by_any(srcs, provider, table)

@@ -691,29 +691,24 @@ class Store:
         flags = self.redis.smismember(self.key("blocked"), numbers)
         return {n for n, flag in zip(numbers, flags, strict=True) if flag}
 
-    def blocked_until(
-        self, numbers: list[str], until_ms: int, source: str | None = None
-    ) -> set[str]:
-        """Which of these numbers the ledger blocks at least until `until_ms` (0: for
-        good); with `source`, by a block of that source's own (another source's block may
-        be routed to other providers: prelude.lua, target_state)."""
+    def blocked_until(self, numbers: list[str], until_ms: int, source: str) -> set[str]:
+        """Which of these numbers a block of `source`'s own holds at least until `until_ms`
+        (0: for good); another source's block may be routed to other providers
+        (prelude.lua, target_state)."""
         pipe = self.redis.pipeline(transaction=False)
         for n in numbers:
-            pipe.hmget(self.key("num", n), "s", "x", "bl", "rs", "src")
+            pipe.hmget(self.key("num", n), "s", "bl", "rs", "src")
         out = set()
-        for n, (state, expiry, bl, rs, src) in zip(numbers, pipe.execute(), strict=True):
+        for n, (state, bl, rs, src) in zip(numbers, pipe.execute(), strict=True):
             if state != b"blocked":
                 continue
-            if source is None:
-                ends = [int(expiry or 0)]
-            else:
-                # A block written before blocks kept their source stands for each source
-                # the ledger named behind it (prelude.lua: adopt_legacy).
-                known = _text(rs or src or b"").split("\n")
-                ends = [
-                    int(b[1]) for b in (_decode(bl) if bl else [])
-                    if (b[2] == source if len(b) > 2 else source in known)
-                ]  # fmt: skip
+            # A block written before blocks kept their source stands for each source the
+            # ledger named behind it (prelude.lua: adopt_legacy).
+            known = _text(rs or src or b"").split("\n")
+            ends = [
+                int(b[1]) for b in (_decode(bl) if bl else [])
+                if (b[2] == source if len(b) > 2 else source in known)
+            ]  # fmt: skip
             if any(held == 0 or (until_ms != 0 and held >= until_ms) for held in ends):
                 out.add(n)
         return out

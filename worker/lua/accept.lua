@@ -26,8 +26,9 @@ local include, exclude = {}, {}
 -- during a rolling change of OPTOUT_ROUTES this process's own may be the old ones, and an add
 -- they keep from a target the announced ones owe it would reach it never (the catch-up of
 -- the change may have passed the number, or ended). None announced: this process's own.
-if ev.action == 'add' and redis.call('EXISTS', P .. 'routes') == 1 then
-  local r = routes()[ev.source] or {}
+local announced = ev.action == 'add' and announced_routes()
+if announced then
+  local r = announced[ev.source] or {}
   route.include, route.exclude = r.include or {}, r.exclude or {}
 end
 for _, p in ipairs(route.include or {}) do include[p] = true end
@@ -123,10 +124,13 @@ for _, pair in ipairs(numbers) do
     table.insert(fields, 'c'); table.insert(fields, ev.cctx)
     c = ev.cctx
   end
-  -- A remove that lifted the blocks of some sources but left the number blocked by others':
-  -- the targets only those sources were routed to lose the block (target_state).
+  -- The sources of the blocks behind the number's block (`rs`, what routes are judged by:
+  -- target_state); a remove that lifted some sources' blocks but left others' takes the
+  -- block from the targets only those sources were routed to. (Every block has its source
+  -- here: adopt_legacy gave older ones theirs; only a ledger without rs or src has none.)
   local lifted_some = false
-  local from_blocks = ns == 'blocked' and block_sources(blocks, state == 'blocked' and cur[9] or nil)
+  local known = state == 'blocked' and cur[9] or nil
+  local from_blocks = ns == 'blocked' and block_sources(blocks, known)
   if from_blocks then
     lifted_some = ev.action == 'remove' and state == 'blocked'
       and sources_shrank(cur[9], from_blocks)
@@ -134,20 +138,6 @@ for _, pair in ipairs(numbers) do
       table.insert(fields, 'rs'); table.insert(fields, from_blocks)
     end
     sources = from_blocks
-  elseif ev.action == 'add' and result ~= 'stale' and ns == 'blocked' then
-    -- The sources of the adds behind this block: a catch-up or reconcile routes the number
-    -- by all of them (an opt-out routed everywhere that found the number already blocked
-    -- by one routed to a single provider changed nothing, but it is owed everywhere).
-    local rs = ev.source
-    if state == 'blocked' then
-      local known = cur[9] or cur[10] or ''
-      rs = known
-      if ('\n' .. known .. '\n'):find('\n' .. ev.source .. '\n', 1, true) == nil then
-        rs = known == '' and ev.source or (known .. '\n' .. ev.source)
-      end
-    end
-    table.insert(fields, 'rs'); table.insert(fields, rs)
-    sources = rs
   end
   if changed then
     v = v + 1
@@ -160,7 +150,7 @@ for _, pair in ipairs(numbers) do
   else
     redis.call('HSET', key, unpack(fields))
   end
-  if ns == 'blocked' and from_blocks then
+  if from_blocks then
     local soonest = next_expiry(blocks)
     if soonest then redis.call('ZADD', P .. 'expiry', soonest, n) end
   end

@@ -10,14 +10,9 @@ for _, n in ipairs(cjson.decode(ARGV[3])) do
   local key = P .. 'num:' .. n
   local led = redis.call('HMGET', key, 's', 'bl', 'rs', 'src')
   local raw = led[1] == 'blocked' and decode_blocks(led[2]) or {}
-  local legacy = false
-  for _, b in ipairs(raw) do
-    if not b[3] then legacy = true end
-  end
-  local blocks = legacy and adopt_legacy(raw, led[3] or led[4]) or raw
-  local rs = legacy and block_sources(blocks, led[3])
-  if rs then
-    redis.call('HSET', key, 'bl', encode_blocks(blocks), 'rs', rs)
+  local blocks = adopt_legacy(raw, led[3] or led[4])
+  if blocks ~= raw then  -- (the same table back: nothing to adopt)
+    redis.call('HSET', key, 'bl', encode_blocks(blocks), 'rs', block_sources(blocks, led[3]))
     local soonest = next_expiry(blocks)
     if soonest then redis.call('ZADD', P .. 'expiry', soonest, n) end
     adopted = adopted + 1

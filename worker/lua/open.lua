@@ -1,8 +1,8 @@
 -- A push's first look, in one round trip: its chunk, whether its provider is stopped
 -- (paused, or held by a Retry-After or an open circuit), and each number's state for the
--- chunk's target (the ledger's, a block routed elsewhere only unblocked: see
--- target_state) and version (a stale action is skipped, not sent). The lease starts again here: the time the
--- chunk waited in the queue is not the push's. Each opening is counted: a task delivered
+-- chunk's target (the ledger's, a block routed elsewhere only unblocked: see target_state)
+-- and version (a stale action is skipped, not sent). The lease starts again here: the time
+-- the chunk waited in the queue is not the push's. Each opening is counted: a task delivered
 -- twice pushes the chunk twice at once, and the one that completes second is like a
 -- recovered chunk's late pusher (release.lua, complete.lua).
 -- ARGV: prefix, now_ms, chunk id, lease ms

@@ -289,15 +289,15 @@ local function meta(target)
 end
 
 -- The deployment's routes (OPTOUT_ROUTES, as the last process to announce its targets has
--- them: register.lua): source -> {include = [provider, ...] (empty: all), exclude = [...]}.
--- None announced: every source goes everywhere.
+-- them: register.lua): source -> {include = [provider, ...] (empty: all), exclude = [...]};
+-- nil when none were announced (every source goes everywhere). Read once per script.
 local ROUTES = nil
-local function routes()
+local function announced_routes()
   if ROUTES == nil then
     local raw = redis.call('GET', P .. 'routes')
-    ROUTES = raw and cjson.decode(raw) or {}
+    ROUTES = raw and cjson.decode(raw) or false
   end
-  return ROUTES
+  return ROUTES or nil
 end
 
 local function listed(list, x)
@@ -315,9 +315,9 @@ end
 -- lifts it there. `led`: at least {s}; `rs`: the raw `rs` field or false.
 local function target_state(target, state, rs)
   if state ~= 'blocked' or not rs or rs == '' then return state end
-  local table_ = routes()
+  local table_ = announced_routes()
   -- No routes (most deployments): every source goes everywhere, at no cost per number.
-  if next(table_) == nil then return state end
+  if not table_ or next(table_) == nil then return state end
   local provider = meta(target).provider or target
   -- Split as worker/store.py's ledger_sources does: an empty source (a line break at an
   -- end, or alone) is no OPTOUT_ROUTES key, so routed everywhere.
@@ -357,8 +357,8 @@ end
 -- moved). `force` is false for events that changed nothing: they must not cut short a
 -- backoff or resurrect a dead letter. `touched` collects, per target|action, the batch's
 -- size before this call (0: its linger starts now). `led`: the ledger's {s, v, c, xr, rs}
--- when the caller has just written them (else read here). `fresh`: the ledger did not hold the
--- number before this script; nothing but the ledger writes a number in, so nothing is
+-- when the caller has just written them (else read here). `fresh`: the ledger did not hold
+-- the number before this script; nothing but the ledger writes a number in, so nothing is
 -- staged, in flight, retrying, dead-lettered or confirmed for it, and the calls that would
 -- only find that out are skipped (a bulk accept of new numbers: half its calls).
 local function restage(target, n, force, touched, led, fresh)
