@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import redis
 
-from worker import pipeline as work
-from worker import runtime
-from worker.app import (
+from worker.celery import app
+from worker.ops.reconcile import scheduled_reconcile
+from worker.pipeline import batching as work
+from worker.providers.base import Action
+from worker.runtime import wiring
+from worker.runtime.celery_app import (
     FLUSH_TASK,
     PUSH_TASK,
     RECONCILE_TASK,
@@ -15,9 +18,6 @@ from worker.app import (
     REPLAY_TASK,
     SWEEP_TASK,
 )
-from worker.celery import app
-from worker.providers.base import Action
-from worker.reconcile import scheduled_reconcile
 
 # Redis hiccups are worth a few quick retries; state is durable, so a task that still
 # fails is repaired by the sweep (staged batches) or lease recovery (chunks).
@@ -32,31 +32,31 @@ _RETRY = {
 
 @app.task(name=FLUSH_TASK, **_RETRY)  # type: ignore[untyped-decorator]
 def flush(target: str, action: str, mode: str) -> int:
-    return work.flush(runtime.pipeline(), target, Action(action), mode)
+    return work.flush(wiring.pipeline(), target, Action(action), mode)
 
 
 @app.task(name=PUSH_TASK, **_RETRY)  # type: ignore[untyped-decorator]
 def push(chunk_id: str) -> dict[str, int]:
-    return work.push(runtime.pipeline(), chunk_id)
+    return work.push(wiring.pipeline(), chunk_id)
 
 
 @app.task(name=SWEEP_TASK, **_RETRY)  # type: ignore[untyped-decorator]
 def sweep() -> int:
-    pipe = runtime.pipeline()
+    pipe = wiring.pipeline()
     return work.on_schedule(pipe, "sweep", pipe.settings.sweep_interval_seconds, work.sweep)
 
 
 @app.task(name=RECOVER_TASK, **_RETRY)  # type: ignore[untyped-decorator]
 def recover() -> int:
-    pipe = runtime.pipeline()
+    pipe = wiring.pipeline()
     return work.on_schedule(pipe, "recover", pipe.settings.recover_interval_seconds, work.recover)
 
 
 @app.task(name=REPLAY_TASK, **_RETRY)  # type: ignore[untyped-decorator]
 def replay(ids: list[str], who: str) -> int:
-    return work.replay(runtime.pipeline(), ids, who)
+    return work.replay(wiring.pipeline(), ids, who)
 
 
 @app.task(name=RECONCILE_TASK, **_RETRY)  # type: ignore[untyped-decorator]
 def reconcile() -> int:
-    return scheduled_reconcile(runtime.pipeline())
+    return scheduled_reconcile(wiring.pipeline())

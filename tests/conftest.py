@@ -15,8 +15,8 @@ from config import Settings, load_settings
 from tests.fakes.dispatch import QueueDispatcher
 from tests.fakes.server import mock_transport
 from tests.fakes.voicenter import FakeVoicenter
-from worker.pipeline import Pipeline
-from worker.runtime import build_pipeline
+from worker.pipeline.batching import Pipeline
+from worker.runtime.wiring import build_pipeline
 
 
 class FakeClock:

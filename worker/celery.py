@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from worker.runtime import celery_app
+from worker.runtime.wiring import celery_app
 
 app = celery_app()

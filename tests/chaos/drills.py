@@ -36,15 +36,15 @@ from tests.fakes.base import Answer, FakeProvider
 from tests.fakes.providers import env_for, make_fake, preload
 from tests.fakes.providers import listed as listed_at
 from tests.fakes.server import Handler, LoopbackServer, client_port, client_waiting
-from worker import logs
-from worker import pipeline as work
-from worker.accept import Event, PhoneInput, StoreUnavailableError, accept
-from worker.app import celery_dispatcher
-from worker.embedded import EmbeddedRedis
-from worker.pipeline import Pipeline
+from worker.ops.reconcile import reconcile
+from worker.pipeline import batching as work
+from worker.pipeline.accept import Event, PhoneInput, StoreUnavailableError, accept
+from worker.pipeline.batching import Pipeline
 from worker.providers.base import Action
-from worker.reconcile import reconcile
-from worker.runtime import build_pipeline
+from worker.runtime import logs
+from worker.runtime.celery_app import celery_dispatcher
+from worker.runtime.embedded import EmbeddedRedis
+from worker.runtime.wiring import build_pipeline
 
 ROOT = Path(__file__).resolve().parents[2]
 PROVIDERS = ("voicenter", "phonely")
@@ -115,7 +115,7 @@ class Lab:
     ) -> subprocess.Popen[bytes]:
         """A worker (`optout worker`: its groups in one process group) with the lab's
         settings, or with `env` instead (another target set)."""
-        args = [sys.executable, "-m", "worker.cli", "worker", "--concurrency", "2"]
+        args = [sys.executable, "-m", "worker.cli.main", "worker", "--concurrency", "2"]
         if beat:
             args.append("--beat")
         (self.workdir / "data").mkdir(parents=True, exist_ok=True)

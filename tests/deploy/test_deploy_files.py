@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from config.settings import Settings
-from worker.cli import app
+from worker.cli.main import app
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 IMAGE = "optout-worker"

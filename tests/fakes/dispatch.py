@@ -6,7 +6,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from worker import pipeline as work
+from worker.pipeline import batching as work
 from worker.providers.base import Action
 
 

@@ -10,8 +10,8 @@ from schemathesis.checks import not_a_server_error
 
 from tests.conftest import FakeClock, make_settings
 from tests.fakes.dispatch import QueueDispatcher
-from worker.api import create_api
-from worker.runtime import build_pipeline
+from worker.ingress.api import create_api
+from worker.runtime.wiring import build_pipeline
 
 TOKEN = "fuzz-admin"
 PIPE = build_pipeline(

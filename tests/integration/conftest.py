@@ -22,10 +22,10 @@ import redis
 from config import Settings, load_settings
 from tests.fakes.server import LoopbackServer
 from tests.fakes.voicenter import FakeVoicenter
-from worker.app import celery_dispatcher
-from worker.embedded import EmbeddedRedis
-from worker.pipeline import Pipeline
-from worker.runtime import build_pipeline
+from worker.pipeline.batching import Pipeline
+from worker.runtime.celery_app import celery_dispatcher
+from worker.runtime.embedded import EmbeddedRedis
+from worker.runtime.wiring import build_pipeline
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -131,7 +131,7 @@ class WorkerProcess:
         Path(self.env["OPTOUT_DATA_DIR"]).mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "worker.cli", "worker", "--beat", "--concurrency", "2"],
+            [sys.executable, "-m", "worker.cli.main", "worker", "--beat", "--concurrency", "2"],
             env=self.env,
             cwd=ROOT,
             stdout=log,

@@ -11,7 +11,7 @@ import pytest
 
 from tests.integration.conftest import wait_for
 from tests.processes import CLI, Processes
-from worker.embedded import free_port
+from worker.runtime.embedded import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -18,7 +18,7 @@ import redis as redis_lib
 
 from tests.fakes.voicenter import FakeVoicenter
 from tests.integration.conftest import ROOT, wait_for
-from worker.consumer import REASON_HEADER, connect
+from worker.ingress.consumer import REASON_HEADER, connect
 
 pytestmark = pytest.mark.integration
 RABBIT = "amqp://guest:guest@127.0.0.1:5672//"
@@ -44,7 +44,7 @@ def broker(request: pytest.FixtureRequest, redis_url: str, prefix: str) -> Itera
 
 class Consumer:
     def __init__(self, env: dict[str, str], url: str, queue: str, log: Path) -> None:
-        self.argv = [sys.executable, "-m", "worker.cli", "consume", "--url", url,
+        self.argv = [sys.executable, "-m", "worker.cli.main", "consume", "--url", url,
                      "--queue", queue, "--prefetch", "20", "--visibility-timeout", "5"]  # fmt: skip
         self.env = {**os.environ, **env}
         self.log = log

@@ -11,9 +11,9 @@ from fastapi.testclient import TestClient
 
 from tests.conftest import make_settings
 from tests.fakes.dispatch import QueueDispatcher
-from worker.api import create_api
-from worker.embedded import EmbeddedRedis
-from worker.runtime import build_pipeline
+from worker.ingress.api import create_api
+from worker.runtime.embedded import EmbeddedRedis
+from worker.runtime.wiring import build_pipeline
 
 pytestmark = pytest.mark.integration
 AUTH = {"Authorization": "Bearer admin-secret"}

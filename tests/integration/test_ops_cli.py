@@ -18,12 +18,12 @@ from tests.fakes.phonely import FakePhonely
 from tests.fakes.providers import env_for
 from tests.fakes.server import LoopbackServer
 from tests.fakes.voicenter import FakeVoicenter
-from worker import pipeline as work
-from worker import runtime
-from worker.accept import Event, PhoneInput, accept
-from worker.cli import app
-from worker.pipeline import Pipeline
+from worker.cli.main import app
+from worker.pipeline import batching as work
+from worker.pipeline.accept import Event, PhoneInput, accept
+from worker.pipeline.batching import Pipeline
 from worker.providers.base import Action
+from worker.runtime import wiring
 
 pytestmark = pytest.mark.integration
 runner = CliRunner(env={"COLUMNS": "200"})
@@ -33,20 +33,20 @@ runner = CliRunner(env={"COLUMNS": "200"})
 def cli_env(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
     for key, val in env.items():
         monkeypatch.setenv(key, val)
-    monkeypatch.setattr(runtime, "_pipeline", None)
-    monkeypatch.setattr(runtime, "_settings", None)
+    monkeypatch.setattr(wiring, "_pipeline", None)
+    monkeypatch.setattr(wiring, "_settings", None)
     yield env
 
 
 def run(*args: str) -> Any:
-    runtime.reset()
+    wiring.reset()
     result = runner.invoke(app, list(args))
     return result
 
 
 def local(env: dict[str, str]) -> Pipeline:
     """An in-process pipeline on the same Redis, pushing synchronously (no worker needed)."""
-    return runtime.build_pipeline(load_settings(env), dispatcher=QueueDispatcher())
+    return wiring.build_pipeline(load_settings(env), dispatcher=QueueDispatcher())
 
 
 def drain(pipe: Pipeline) -> None:

@@ -12,8 +12,8 @@ from fastapi.testclient import TestClient
 
 from tests.fakes.voicenter import ADD, REMOVE, FakeVoicenter
 from tests.integration.conftest import wait_for
-from worker.api import create_api
-from worker.pipeline import Pipeline
+from worker.ingress.api import create_api
+from worker.pipeline.batching import Pipeline
 
 pytestmark = pytest.mark.integration
 AUTH = {"Authorization": "Bearer admin-secret"}
@@ -74,7 +74,7 @@ def test_retry_dead_letter_and_replay(
     fake.permanent.clear()
     response = api.get(f"/v1/numbers/+{bad}", headers=AUTH)
     assert response.json()["providers"]["voicenter"]["dead_letter"]["reason"] == "bad_format"
-    from worker.pipeline import replay
+    from worker.pipeline.batching import replay
 
     replay(producer, [d["id"] for d in dead], "test")
     wait_for(lambda: bad in fake.blacklist, what="replayed number delivered")

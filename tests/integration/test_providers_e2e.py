@@ -17,11 +17,11 @@ from tests.fakes.phonely import FakePhonely
 from tests.fakes.providers import CALL, env_for, make_fake
 from tests.fakes.server import LoopbackServer
 from tests.integration.conftest import ROOT, wait_for
-from worker.accept import Event, PhoneInput, accept
-from worker.app import celery_dispatcher
-from worker.pipeline import Pipeline
+from worker.pipeline.accept import Event, PhoneInput, accept
+from worker.pipeline.batching import Pipeline
 from worker.providers.base import Action
-from worker.runtime import build_pipeline
+from worker.runtime.celery_app import celery_dispatcher
+from worker.runtime.wiring import build_pipeline
 
 pytestmark = pytest.mark.integration
 NAMES = ("voicenter", "phonely", "voodoosms", "weya", "daktela")
@@ -111,7 +111,7 @@ def test_a_wrong_key_pauses_and_resume_delivers_everything_staged(
     fixed = {**old, "VOODOOSMS_API_KEY": "new-key"}
     start_worker(**fixed)
     result = subprocess.run(
-        [sys.executable, "-m", "worker.cli", "provider", "resume", "voodoosms"],
+        [sys.executable, "-m", "worker.cli.main", "provider", "resume", "voodoosms"],
         env={**os.environ, **fixed},
         cwd=ROOT,
         capture_output=True,

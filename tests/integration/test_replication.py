@@ -20,11 +20,11 @@ import redis.asyncio as aredis
 
 from config import load_settings
 from tests.fakes.dispatch import QueueDispatcher
-from worker.accept import Event, PhoneInput, StoreUnavailableError, accept, accept_async
-from worker.embedded import free_port, redis_server_binary
-from worker.pipeline import Pipeline
+from worker.pipeline.accept import Event, PhoneInput, StoreUnavailableError, accept, accept_async
+from worker.pipeline.batching import Pipeline
 from worker.providers.base import Action
-from worker.runtime import build_pipeline
+from worker.runtime.embedded import free_port, redis_server_binary
+from worker.runtime.wiring import build_pipeline
 
 pytestmark = pytest.mark.integration
 

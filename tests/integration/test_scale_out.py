@@ -21,8 +21,8 @@ from tests.fakes.server import LoopbackServer
 from tests.integration.conftest import wait_for
 from tests.integration.test_consumer_e2e import RABBIT, rabbit_up
 from tests.processes import CLI, Processes
-from worker.embedded import free_port
-from worker.runtime import build_pipeline
+from worker.runtime.embedded import free_port
+from worker.runtime.wiring import build_pipeline
 
 pytestmark = pytest.mark.integration
 NUMBERS = 10_000

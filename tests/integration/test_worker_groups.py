@@ -16,8 +16,8 @@ from tests.fakes.base import Answer, FakeProvider
 from tests.fakes.providers import env_for, make_fake
 from tests.fakes.server import LoopbackServer
 from tests.integration.conftest import wait_for
-from worker.accept import Event, PhoneInput, accept
-from worker.pipeline import Pipeline
+from worker.pipeline.accept import Event, PhoneInput, accept
+from worker.pipeline.batching import Pipeline
 from worker.providers.base import Action
 
 pytestmark = pytest.mark.integration
@@ -51,8 +51,8 @@ def test_a_stuck_per_number_provider_never_holds_up_a_bulk_one(
     full = {**env, **env_for("voodoosms", url), "OPTOUT_HTTP_TIMEOUT_SECONDS": "45",
             "OPTOUT_LEASE_SECONDS": "120", "OPTOUT_PROVIDER_LIMITS": "voodoosms=0/64"}  # fmt: skip
     from config import load_settings
-    from worker.app import celery_dispatcher
-    from worker.runtime import build_pipeline
+    from worker.runtime.celery_app import celery_dispatcher
+    from worker.runtime.wiring import build_pipeline
 
     settings = load_settings(full)
     producer: Pipeline = build_pipeline(settings, dispatcher=celery_dispatcher(settings))

@@ -55,13 +55,13 @@ from tests.simulation.models import (
     SimDispatcher,
     capabilities,
 )
-from worker import pipeline as work
-from worker.accept import AcceptError, Event, PhoneInput, accept
-from worker.embedded import free_port, redis_server_binary
-from worker.pipeline import Pipeline
+from worker.ops.reconcile import reconcile
+from worker.pipeline import batching as work
+from worker.pipeline.accept import AcceptError, Event, PhoneInput, accept
+from worker.pipeline.batching import Pipeline
 from worker.providers.base import Action
-from worker.reconcile import reconcile
-from worker.store import Store
+from worker.runtime.embedded import free_port, redis_server_binary
+from worker.state.store import Store
 
 NUMBERS = [f"+97250000000{i}" for i in range(3)]  # few: races need numbers to collide
 KINDS = ("bulk", "lookup", "addonly", "native", "onelist")

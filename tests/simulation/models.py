@@ -2,7 +2,7 @@
 answered at moments the simulation chooses, one step at a time.
 
 A push runs in a thread of its own (`Gate.start`), exactly the production code
-(`worker.pipeline.push`) down to `Provider.push`. There a model registers its requests and
+(`worker.pipeline.batching.push`) down to `Provider.push`. There a model registers its requests and
 parks the thread until the simulation resolves one; the simulation waits until every push
 thread has parked again or finished before its next step, so runs are deterministic.
 
@@ -21,11 +21,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from worker import lease
-from worker.errors import AuthError, PermanentError, PushInterrupted, RetryableError
-from worker.lease import LeaseLostError
-from worker.phones import NumberFormat
+from worker.domain.phones import NumberFormat
+from worker.pipeline import lease
+from worker.pipeline.lease import LeaseLostError
 from worker.providers.base import Action, Capabilities, NumberResult, Outcome, PushItem
+from worker.providers.errors import AuthError, PermanentError, PushInterrupted, RetryableError
 
 #: How the simulation answers a request.
 OK, OUTAGE, LOST, AUTH, PARTIAL, PERMANENT = "ok", "outage", "lost", "auth", "partial", "permanent"

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from tests.simulation.machine import STATS, PipelineMachine, SimRedis
-from worker import logs
-from worker import pipeline as work
+from worker.pipeline import batching as work
 from worker.providers.base import Action
+from worker.runtime import logs
 
 #: About two minutes on this project's machine; OPTOUT_SIM_EXAMPLES=20000 runs it long.
 EXAMPLES = int(os.environ.get("OPTOUT_SIM_EXAMPLES", "400"))
@@ -199,7 +199,7 @@ def test_case_reconcile_never_removes_a_number_blocked_while_it_runs() -> None:
         m.answer_all()
 
     m.models["bulk"].listing_hook = meanwhile
-    from worker.reconcile import reconcile
+    from worker.ops.reconcile import reconcile
 
     (report, *_) = reconcile(m.worker, remove_extras=True)
     assert report.extras == [n] and report.kept == 1
@@ -349,7 +349,7 @@ def test_case_a_dead_letter_with_nothing_left_to_push_leaves_on_replay() -> None
     assert m.store.dead_letters()
     m.accept_event(n, Action.REMOVE, -20, None, True, "api")
     dead = [d["id"] for d in m.store.dead_letters()]
-    from worker import pipeline as work
+    from worker.pipeline import batching as work
 
     work.replay(m.worker, dead, "case")
     assert m.store.dead_letters() == []
@@ -384,7 +384,7 @@ def test_case_an_add_dated_before_2000_is_refused_never_accepted_and_left_unbloc
     # any remove, and the number stayed unblocked.
     from datetime import UTC, datetime
 
-    from worker.accept import AcceptError, Event, PhoneInput, accept
+    from worker.pipeline.accept import AcceptError, Event, PhoneInput, accept
 
     m = _machine({"bulk"})
     n = m.numbers[0]
@@ -401,7 +401,7 @@ def test_case_an_add_dated_before_2000_is_refused_never_accepted_and_left_unbloc
 def test_case_a_keyless_repeat_after_a_remove_blocks_again() -> None:
     # Issue 13, item 6: an add without idempotency_key, an admin remove, the same add body
     # again: it was a "duplicate" and the number stayed unblocked.
-    from worker.accept import Event, PhoneInput, accept
+    from worker.pipeline.accept import Event, PhoneInput, accept
 
     m = _machine({"bulk"})
     n = m.numbers[0]
@@ -493,7 +493,7 @@ def test_case_a_catch_up_step_never_ends_a_newer_catch_up() -> None:
         return out
 
     m.store.stage_many = meanwhile  # type: ignore[method-assign]
-    from worker import pipeline as work
+    from worker.pipeline import batching as work
 
     work.backfill(m.worker)  # the old catch-up's last step
     assert m.store.backfills()["native"] == fresh[0]  # the new one stands
@@ -521,7 +521,7 @@ def test_case_a_first_catch_up_step_never_moves_a_newer_one_on() -> None:
         return out
 
     m.store.blocked_page = meanwhile  # type: ignore[method-assign]
-    from worker import pipeline as work
+    from worker.pipeline import batching as work
 
     work.backfill(m.worker)
     assert m.store.backfills()["native"].startswith("b:0@")  # the new one, untouched

@@ -8,8 +8,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import structlog
 
-from worker.errors import PermanentError, RetryableError
-from worker.phones import NumberFormat
+from worker.domain.phones import NumberFormat
+from worker.providers.errors import PermanentError, RetryableError
 
 
 class Action(enum.StrEnum):

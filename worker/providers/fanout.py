@@ -9,9 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import redis
 
-from worker.errors import AuthError, PermanentError, PushInterrupted, RetryableError
-from worker.lease import LeaseLostError
+from worker.pipeline.lease import LeaseLostError
 from worker.providers.base import NumberResult, PushItem, unexpected
+from worker.providers.errors import AuthError, PermanentError, PushInterrupted, RetryableError
 
 
 def per_number(

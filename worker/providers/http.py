@@ -8,8 +8,8 @@ from typing import Any
 
 import httpx
 
-from worker import lease
-from worker.errors import AuthError, RetryableError
+from worker.pipeline import lease
+from worker.providers.errors import AuthError, RetryableError
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -41,7 +41,7 @@ def send(
     """Make one request; raise for what is not the adapter's to interpret.
 
     Renews the pushed chunk's lease first (a request whose chunk was recovered is not
-    sent: `worker/lease.py`). Returns 2xx and non-auth 4xx responses (the adapter reads
+    sent: `worker/pipeline/lease.py`). Returns 2xx and non-auth 4xx responses (the adapter reads
     vendor codes from them). Failures of the request as a whole (timeouts, connection
     errors, 429, 5xx) are outages: they say nothing about the numbers in it.
     """

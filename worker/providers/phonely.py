@@ -13,9 +13,9 @@ from typing import Any
 import httpx
 
 from config import Settings
-from worker.errors import PermanentError, RetryableError
-from worker.phones import NumberFormat, digits, render
+from worker.domain.phones import NumberFormat, digits, render
 from worker.providers.base import Action, Capabilities, NumberResult, Outcome, PushItem
+from worker.providers.errors import PermanentError, RetryableError
 from worker.providers.http import json_body, send
 
 PATH = "/api/agent-block-list"

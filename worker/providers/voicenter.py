@@ -12,9 +12,9 @@ from typing import Any
 import httpx
 
 from config import Settings
-from worker.errors import AuthError, PermanentError, RetryableError
-from worker.phones import NumberFormat, digits, render
+from worker.domain.phones import NumberFormat, digits, render
 from worker.providers.base import Action, Capabilities, NumberResult, Outcome, PushItem
+from worker.providers.errors import AuthError, PermanentError, RetryableError
 from worker.providers.http import json_body, send
 
 ADD_PATH = "/Blacklist/AddBlackList"

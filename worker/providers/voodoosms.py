@@ -15,9 +15,9 @@ from typing import Any
 import httpx
 
 from config import Settings
-from worker.errors import PermanentError, RetryableError
-from worker.phones import NumberFormat, digits, render
+from worker.domain.phones import NumberFormat, digits, render
 from worker.providers.base import Action, Capabilities, NumberResult, Outcome, PushItem
+from worker.providers.errors import PermanentError, RetryableError
 from worker.providers.fanout import per_number
 from worker.providers.http import request_json
 

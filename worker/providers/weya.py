@@ -14,9 +14,9 @@ from __future__ import annotations
 import httpx
 
 from config import Settings
-from worker.errors import PermanentError, RetryableError
-from worker.phones import NumberFormat, render
+from worker.domain.phones import NumberFormat, render
 from worker.providers.base import Action, Capabilities, NumberResult, Outcome, PushItem
+from worker.providers.errors import PermanentError, RetryableError
 from worker.providers.fanout import per_number
 from worker.providers.http import json_body, send
 

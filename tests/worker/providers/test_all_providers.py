@@ -16,11 +16,11 @@ from tests.conftest import FakeClock, make_settings
 from tests.fakes.base import FakeProvider
 from tests.fakes.dispatch import QueueDispatcher
 from tests.fakes.providers import CALL, Router, env_for, listed, make_fake, preload, targets_of
-from worker import pipeline as work
-from worker.accept import Event, PhoneInput, accept
-from worker.pipeline import Pipeline
+from worker.pipeline import batching as work
+from worker.pipeline.accept import Event, PhoneInput, accept
+from worker.pipeline.batching import Pipeline
 from worker.providers.base import Action
-from worker.runtime import build_pipeline
+from worker.runtime.wiring import build_pipeline
 
 PROVIDERS = ["voicenter", "phonely", "voodoosms", "weya", "daktela"]
 REMOVABLE = [p for p in PROVIDERS if p != "weya"]
@@ -242,8 +242,8 @@ def test_an_answer_of_a_shape_no_adapter_expects_is_a_retry_not_a_failed_push(
 def test_a_listing_that_ignores_skip_stops_instead_of_spinning(name: str) -> None:
     # Found by review: reconcile paged with `skip` and stopped on a short page only; an API
     # that ignores `skip` had it read the first page for ever.
-    from worker.errors import RetryableError
     from worker.providers.base import ListsNumbers
+    from worker.providers.errors import RetryableError
 
     w = World(name)
     for i in range(1200):

@@ -11,11 +11,11 @@ import pytest
 
 from tests.fakes.daktela import FakeDaktela
 from tests.worker.providers.test_all_providers import World, numbers
-from worker import pipeline as work
-from worker.accept import Event, PhoneInput, accept
-from worker.pipeline import Pipeline
+from worker.pipeline import batching as work
+from worker.pipeline.accept import Event, PhoneInput, accept
+from worker.pipeline.batching import Pipeline
 from worker.providers.base import Action
-from worker.store import OpenChunk
+from worker.state.store import OpenChunk
 
 
 def daktela() -> tuple[World, FakeDaktela]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from worker.errors import RetryableError
+from worker.providers.errors import RetryableError
 from worker.providers.http import parse_retry_after, send
 
 

@@ -7,8 +7,8 @@ import pytest
 
 from tests.fakes.server import mock_transport
 from tests.fakes.voicenter import FakeVoicenter
-from worker.errors import AuthError, PermanentError, RetryableError
 from worker.providers.base import Action, Outcome, PushItem
+from worker.providers.errors import AuthError, PermanentError, RetryableError
 from worker.providers.voicenter import VoicenterProvider
 
 

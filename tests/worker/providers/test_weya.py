@@ -5,8 +5,8 @@ from __future__ import annotations
 from tests.fakes.providers import CALL
 from tests.fakes.weya import FakeWeya
 from tests.worker.providers.test_all_providers import World, numbers
-from worker import pipeline as work
-from worker.accept import Event, PhoneInput, accept
+from worker.pipeline import batching as work
+from worker.pipeline.accept import Event, PhoneInput, accept
 from worker.providers.base import Action
 
 

@@ -1,0 +1,158 @@
+"""The `optout` CLI against a fakeredis pipeline: status, dlq, provider, check-config."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+from typer.testing import CliRunner
+
+from tests.conftest import FakeClock
+from tests.fakes.dispatch import QueueDispatcher
+from tests.fakes.voicenter import FakeVoicenter
+from worker.cli.main import app
+from worker.pipeline.accept import Event, PhoneInput, accept
+from worker.pipeline.batching import Pipeline
+from worker.providers.base import Action
+from worker.runtime import wiring
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def cli_pipe(pipe: Pipeline, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pipeline]:
+    monkeypatch.setenv("REDIS_URL", "redis://unused.invalid:1/0")
+    monkeypatch.setenv("VOICENTER_API_CODE", "good-code")
+    monkeypatch.setattr(wiring, "_pipeline", pipe)
+    monkeypatch.setattr(wiring, "_settings", None)
+    yield pipe
+    wiring.reset()
+
+
+def test_status_shows_state_providers_and_audit(
+    cli_pipe: Pipeline, dispatcher: QueueDispatcher
+) -> None:
+    accept(cli_pipe, Event("crm", Action.ADD, [PhoneInput("0501234567")], reason="asked"))
+    dispatcher.drain(cli_pipe)
+    result = runner.invoke(app, ["status", "0501234567"])
+    assert result.exit_code == 0, result.output
+    view = json.loads(runner.invoke(app, ["status", "0501234567", "--json"]).output)
+    assert view["state"] == "blocked"
+    assert view["providers"]["voicenter"]["confirmed"] == "blocked:1"
+    assert view["audit"][0]["prov"] == "voicenter"
+    assert "+972501234567" in result.output
+    assert "blocked" in result.output
+    assert "voicenter" in result.output
+    assert "crm" in result.output
+
+
+def test_status_of_an_unknown_number_exits_1(cli_pipe: Pipeline) -> None:
+    result = runner.invoke(app, ["status", "+972501234999"])
+    assert result.exit_code == 1
+    assert "no opt-out" in result.output
+
+
+def test_status_refuses_a_non_number(cli_pipe: Pipeline) -> None:
+    result = runner.invoke(app, ["status", "hello"])
+    assert result.exit_code == 2
+
+
+def test_dlq_list_and_replay(
+    cli_pipe: Pipeline,
+    dispatcher: QueueDispatcher,
+    fake_voicenter: FakeVoicenter,
+    clock: FakeClock,
+) -> None:
+    fake_voicenter.permanent.add("972501234567")
+    accept(cli_pipe, Event("api", Action.ADD, [PhoneInput("+972501234567")]))
+    dispatcher.drain(cli_pipe)
+    listed = runner.invoke(app, ["dlq", "list"])
+    assert listed.exit_code == 0, listed.output
+    assert "dead letters: 1" in listed.output
+    as_json = runner.invoke(app, ["dlq", "list", "--json", "--reason", "bad_format"])
+    entries = [json.loads(line) for line in as_json.output.splitlines()]
+    assert [(e["id"], e["action"], e["attempts"]) for e in entries] == [
+        ("voicenter|+972501234567", "add", 1)
+    ]
+    none = runner.invoke(app, ["dlq", "list", "--json", "--provider", "other"])
+    assert none.output == ""
+
+    assert runner.invoke(app, ["dlq", "replay"]).exit_code == 2  # says what to replay
+    dry = runner.invoke(app, ["dlq", "replay", "--all", "--dry-run"])
+    assert "would replay 1" in dry.output
+    assert (
+        cli_pipe.store.provider_view("+972501234567", ["voicenter"])["voicenter"]["staged"] is None
+    )
+
+    fake_voicenter.permanent.clear()
+    replayed = runner.invoke(app, ["dlq", "replay", "--provider", "voicenter"])
+    assert replayed.exit_code == 0, replayed.output
+    assert "replayed 1" in replayed.output
+    dispatcher.drain(cli_pipe)
+    assert cli_pipe.store.dead_letters() == []
+    assert "972501234567" in fake_voicenter.blacklist
+
+
+def test_provider_list_test_and_resume(
+    cli_pipe: Pipeline, dispatcher: QueueDispatcher, fake_voicenter: FakeVoicenter
+) -> None:
+    fake_voicenter.key = "rotated"
+    accept(cli_pipe, Event("api", Action.ADD, [PhoneInput("+972501234567")]))
+    dispatcher.drain(cli_pipe)
+    listed = runner.invoke(app, ["provider", "list"])
+    assert "paused" in listed.output
+    assert "VOICENTER_API_CODE" in listed.output
+
+    failed = runner.invoke(app, ["provider", "test", "voicenter"])
+    assert failed.exit_code == 1
+    assert runner.invoke(app, ["provider", "resume", "voicenter"]).exit_code == 1
+    assert "voicenter" in cli_pipe.store.paused()
+
+    fake_voicenter.key = "good-code"
+    assert runner.invoke(app, ["provider", "test", "voicenter"]).exit_code == 0
+    resumed = runner.invoke(app, ["provider", "resume", "voicenter"])
+    assert resumed.exit_code == 0, resumed.output
+    dispatcher.drain(cli_pipe)
+    assert "972501234567" in fake_voicenter.blacklist
+    assert runner.invoke(app, ["provider", "test", "nope"]).exit_code == 2
+
+
+def test_check_config_masks_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VOICENTER_API_CODE", "s3cret-code")
+    monkeypatch.setenv("OPTOUT_ADMIN_TOKEN", "s3cret-admin")
+    monkeypatch.setenv("REDIS_URL", "redis://:pw@redis.internal:6379/0")
+    result = runner.invoke(app, ["check-config"])
+    assert result.exit_code == 0, result.output
+    assert "s3cret" not in result.output
+    assert ":pw@" not in result.output
+    assert "providers enabled: voicenter" in result.output
+
+
+def test_check_config_names_a_bad_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPTOUT_BATCH_SIZE", "500")
+    result = runner.invoke(app, ["check-config"])
+    assert result.exit_code == 2
+    assert "OPTOUT_BATCH_SIZE" in result.output
+
+
+def test_api_without_redis_url_refuses_to_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    result = runner.invoke(app, ["api"])
+    assert result.exit_code == 2
+    assert "REDIS_URL" in result.output
+
+
+def test_worker_refuses_an_unknown_group_or_one_with_nothing_to_do(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("REDIS_URL", "redis://unused.invalid:1/0")
+    monkeypatch.setenv("VOICENTER_API_CODE", "good-code")  # a bulk provider only
+    monkeypatch.setattr(wiring, "_settings", None)
+    wrong = runner.invoke(app, ["worker", "--group", "slow"])
+    assert wrong.exit_code == 2
+    assert "main or per-number" in wrong.output
+    idle = runner.invoke(app, ["worker", "--group", "per-number"])
+    assert idle.exit_code == 2
+    assert "no provider without a bulk endpoint" in idle.output
+    wiring.reset()

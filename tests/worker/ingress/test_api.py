@@ -1,0 +1,179 @@
+"""The HTTP API in-process: auth, 202/409/422/413/503, lookups, health."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.conftest import make_settings
+from tests.fakes.dispatch import QueueDispatcher
+from worker.ingress.api import create_api
+from worker.pipeline.batching import Pipeline
+from worker.runtime.embedded import free_port
+from worker.runtime.wiring import build_pipeline
+
+TOKEN = "admin-secret"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture(params=["thread", "event-loop"])
+def api_pipe(make_pipe: Any, request: pytest.FixtureRequest) -> Pipeline:
+    """Each API test runs both ways an accept can go: through a worker thread, and awaited
+    on the event loop (once a process has registered its targets)."""
+    pipe: Pipeline = make_pipe(aio=request.param == "event-loop", admin_token=TOKEN)
+    if pipe.async_accept:
+        pipe.ensure_registered()
+    return pipe
+
+
+@pytest.fixture
+def client(api_pipe: Pipeline) -> TestClient:
+    return TestClient(create_api(lambda: api_pipe))
+
+
+def test_post_optouts_answers_202_with_per_phone_results(
+    client: TestClient, api_pipe: Pipeline
+) -> None:
+    body = {
+        "action": "add",
+        "phones": ["+972501234567", {"phone": "0521234567", "name": "D"}, "x1"],
+    }
+    response = client.post("/v1/optouts", json=body, headers=AUTH)
+    assert response.status_code == 202, response.text
+    data = response.json()
+    assert data["accepted"] == 2
+    assert data["rejected"] == 1
+    assert data["phones"][2] == {"input": "x1", "status": "rejected", "reason": "contains_letters"}
+    assert api_pipe.store.ledger("+972521234567")["n"] == "D"
+
+
+def test_missing_or_wrong_token_is_401_and_nothing_is_stored(
+    client: TestClient, api_pipe: Pipeline
+) -> None:
+    body = {"action": "add", "phones": ["+972501234567"]}
+    assert client.post("/v1/optouts", json=body).status_code == 401
+    assert (
+        client.post("/v1/optouts", json=body, headers={"Authorization": "Bearer no"}).status_code
+        == 401
+    )
+    assert api_pipe.store.ledger("+972501234567") == {}
+
+
+def test_admin_api_is_off_without_a_token(make_pipe: Any) -> None:
+    pipe = make_pipe()
+    client = TestClient(create_api(lambda: pipe))
+    response = client.post("/v1/optouts", json={"action": "add", "phones": ["1"]}, headers=AUTH)
+    assert response.status_code == 503
+    assert "OPTOUT_ADMIN_TOKEN" in response.json()["message"]
+
+
+def test_same_key_other_body_is_409(client: TestClient) -> None:
+    body = {"action": "add", "phones": ["+972501234567"], "idempotency_key": "k"}
+    first = client.post("/v1/optouts", json=body, headers=AUTH)
+    again = client.post("/v1/optouts", json=body, headers=AUTH)
+    assert again.status_code == 202
+    assert again.json()["duplicate"] is True
+    assert again.json()["event_id"] == first.json()["event_id"]
+    body["phones"] = ["+972501234568"]
+    assert client.post("/v1/optouts", json=body, headers=AUTH).status_code == 409
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"action": "remove", "phones": ["+972501234567"]},  # no occurred_at
+        {"action": "block", "phones": ["+972501234567"]},
+        {"action": "add", "phones": []},
+        {"action": "add"},
+        {"action": "add", "phones": ["+972501234567"], "occurred_at": "yesterday"},
+        {"action": "add", "phones": ["+972501234567"], "occurred_at": "0001-01-01T00:00:00"},
+        {"action": "add", "phones": ["+972501234567"], "surprise": 1},
+        {"action": "add", "phones": [None]},
+        {"action": "add", "phones": ["abc"]},
+        {"action": "add", "phones": ["+972501234567"], "source": "a:b"},
+        [1, 2, 3],
+        "just a string",
+    ],
+)
+def test_bad_input_is_422_with_a_reason(client: TestClient, body: Any) -> None:
+    response = client.post("/v1/optouts", json=body, headers=AUTH)
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]
+
+
+def test_an_add_with_an_unset_clock_names_occurred_at(client: TestClient) -> None:
+    body = {"action": "add", "phones": ["+972501234567"], "occurred_at": "0001-01-01T00:00:00"}
+    response = client.post("/v1/optouts", json=body, headers=AUTH)
+    assert response.status_code == 422
+    assert response.json()["error"] == "occurred_at_out_of_range"
+    assert "occurred_at" in response.json()["message"]
+
+
+def test_malformed_json_is_4xx_never_500(client: TestClient) -> None:
+    response = client.post(
+        "/v1/optouts", content=b"{not json", headers={**AUTH, "Content-Type": "application/json"}
+    )
+    assert 400 <= response.status_code < 500
+
+
+def test_oversized_body_is_413(make_pipe: Any) -> None:
+    pipe = make_pipe(admin_token=TOKEN, max_body_bytes=2048)
+    client = TestClient(create_api(lambda: pipe))
+    body = {"action": "add", "phones": ["+972501234567"] * 500}
+    response = client.post("/v1/optouts", json=body, headers=AUTH)
+    assert response.status_code == 413
+
+
+def test_too_many_phones_is_413(make_pipe: Any) -> None:
+    pipe = make_pipe(admin_token=TOKEN, max_phones_per_request=3)
+    client = TestClient(create_api(lambda: pipe))
+    body = {"action": "add", "phones": ["+972501234567"] * 4}
+    assert client.post("/v1/optouts", json=body, headers=AUTH).status_code == 413
+
+
+@pytest.mark.parametrize("registered", [False, True], ids=["thread", "event-loop"])
+def test_redis_down_is_503_and_nothing_claimed(registered: bool) -> None:
+    settings = make_settings(admin_token=TOKEN, redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    pipe = build_pipeline(settings, dispatcher=QueueDispatcher())
+    pipe.registered = registered  # registered: the accept is awaited on the event loop
+    client = TestClient(create_api(lambda: pipe))
+    response = client.post(
+        "/v1/optouts", json={"action": "add", "phones": ["+972501234567"]}, headers=AUTH
+    )
+    assert response.status_code == 503
+    assert response.headers["Retry-After"]
+    assert "event_id" not in response.json()
+    assert client.get("/readyz").status_code == 503
+
+
+def test_number_lookup_shows_state_audit_and_providers(
+    client: TestClient, api_pipe: Pipeline
+) -> None:
+    client.post("/v1/optouts", json={"action": "add", "phones": ["0501234567"]}, headers=AUTH)
+    response = client.get("/v1/numbers/+972501234567", headers=AUTH)
+    assert response.status_code == 200
+    view = response.json()
+    assert view["state"] == "blocked"
+    assert view["providers"]["voicenter"]["staged"] == "add"
+    assert view["audit"][0]["act"] == "add"
+    assert client.get("/v1/numbers/abc", headers=AUTH).status_code == 422
+    assert client.get("/v1/numbers/+972501234567").status_code == 401
+
+
+def test_healthz(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+
+
+def test_openapi_is_served(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    assert "/v1/optouts" in spec["paths"]
+
+
+def test_an_input_beyond_64_bits_is_answered_not_a_500(client: TestClient) -> None:
+    body = {"action": "add", "phones": [10**30, "+972501234567"]}
+    response = client.post("/v1/optouts", json=body, headers=AUTH)
+    assert response.status_code == 202, response.text
+    assert response.json()["phones"][0] == {"input": 10**30, "status": "rejected",
+                                            "reason": "too_long"}  # fmt: skip

@@ -1,0 +1,71 @@
+"""CSV import in-process: every row accounted for, the report in file order."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from tests.fakes.dispatch import QueueDispatcher
+from worker.ingress import importer
+from worker.ingress.importer import import_csv
+from worker.pipeline.accept import StoreUnavailableError
+from worker.pipeline.batching import Pipeline
+from worker.providers.base import Action
+
+
+def _write(path: Path, phones: list[str]) -> None:
+    with path.open("w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["phone"])
+        out.writerows([p] for p in phones)
+
+
+def test_every_row_is_accepted_or_reported_in_file_order(
+    pipe: Pipeline, dispatcher: QueueDispatcher, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(importer, "BATCH", 100)
+    phones = [f"+97250{i:07d}" for i in range(450)]
+    phones[10] = "not a phone"
+    phones[250] = "12"
+    phones[300:400] = ["x"] * 100  # a whole batch with no valid phone
+    source, report_path = tmp_path / "in.csv", tmp_path / "report.csv"
+    _write(source, phones)
+    seen: list[int] = []
+    report = import_csv(
+        pipe, source, action=Action.ADD, source="crm", as_of=None,
+        report_path=report_path, progress=seen.append,
+    )  # fmt: skip
+    assert (report.rows, report.accepted, report.rejected) == (450, 348, 102)
+    with report_path.open() as f:
+        lines = [int(row["line"]) for row in csv.DictReader(f)]
+    assert lines == [12, 252, *range(302, 402)]  # file lines, header first
+    assert seen == sorted(seen) and len(seen) == 5
+    assert pipe.store.ledger("+972500000449")["s"] == "blocked"
+    assert "s" not in pipe.store.ledger("+972500000350")
+
+
+def test_a_redis_failure_stops_the_import(
+    pipe: Pipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import redis
+
+    monkeypatch.setattr(importer, "BATCH", 100)
+    source = tmp_path / "in.csv"
+    _write(source, [f"+97250{i:07d}" for i in range(500)])
+    calls = 0
+    real = pipe.store.accept
+
+    def failing(*args: object, **kwargs: object) -> object:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise redis.ConnectionError("gone")
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pipe.store, "accept", failing)
+    with pytest.raises(StoreUnavailableError):
+        import_csv(pipe, source, action=Action.ADD, source="crm", as_of=None,
+                   report_path=tmp_path / "r.csv")  # fmt: skip
+    assert calls == 3  # nothing after the failed batch

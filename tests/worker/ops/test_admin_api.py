@@ -1,0 +1,115 @@
+"""Ops endpoints: dead letters (list, replay, purge), scrub, export."""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.conftest import FakeClock
+from tests.fakes.dispatch import QueueDispatcher
+from tests.fakes.voicenter import FakeVoicenter
+from worker.ingress.api import create_api
+from worker.pipeline.accept import Event, PhoneInput, accept
+from worker.pipeline.batching import Pipeline
+from worker.providers.base import Action
+
+AUTH = {"Authorization": "Bearer admin"}
+
+
+@pytest.fixture
+def ops(make_pipe: Any) -> Pipeline:
+    return make_pipe(admin_token="admin")  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def client(ops: Pipeline) -> TestClient:
+    return TestClient(create_api(lambda: ops))
+
+
+def dead_letter(
+    ops: Pipeline, dispatcher: QueueDispatcher, fake: FakeVoicenter, *phones: str
+) -> None:
+    for p in phones:
+        fake.permanent.add(p[1:])
+    accept(ops, Event("api", Action.ADD, [PhoneInput(p) for p in phones]))
+    dispatcher.drain(ops)
+
+
+def test_list_filter_and_paginate(
+    client: TestClient, ops: Pipeline, dispatcher: QueueDispatcher, fake_voicenter: FakeVoicenter
+) -> None:
+    dead_letter(ops, dispatcher, fake_voicenter, "+972501111111", "+972501111112", "+972501111113")
+    page = client.get("/v1/dead-letters?limit=2", headers=AUTH).json()
+    assert page["total"] == 3
+    assert len(page["items"]) == 2
+    rest = client.get("/v1/dead-letters?limit=2&offset=2", headers=AUTH).json()
+    assert len(rest["items"]) == 1
+    one = client.get("/v1/dead-letters?phone=%2B972501111112", headers=AUTH).json()
+    assert [i["phone"] for i in one["items"]] == ["+972501111112"]
+    assert client.get("/v1/dead-letters?provider=nope", headers=AUTH).json()["total"] == 0
+    assert client.get("/v1/dead-letters?reason=bad_format", headers=AUTH).json()["total"] == 3
+    assert client.get("/v1/dead-letters").status_code == 401
+
+
+def test_replay_by_id_with_dry_run_then_for_real(
+    client: TestClient, ops: Pipeline, dispatcher: QueueDispatcher, fake_voicenter: FakeVoicenter
+) -> None:
+    dead_letter(ops, dispatcher, fake_voicenter, "+972501111111", "+972501111112")
+    fake_voicenter.permanent.clear()
+    entry = "voicenter|+972501111111"
+    dry = client.post(
+        "/v1/dead-letters/replay", json={"ids": [entry], "dry_run": True}, headers=AUTH
+    )
+    assert dry.json() == {"dry_run": True, "matched": 1, "replayed": 0, "ids": [entry]}
+    assert client.post("/v1/dead-letters/replay", json={}, headers=AUTH).status_code == 422
+    for _ in range(2):  # twice: pushed once
+        assert client.post("/v1/dead-letters/replay", json={"ids": [entry], "who": "dana"},
+                           headers=AUTH).json()["replayed"] == 1  # fmt: skip
+    dispatcher.drain(ops)
+    assert fake_voicenter.numbers_sent().count("972501111111") == 2  # the failure, the replay
+    remaining = client.get("/v1/dead-letters", headers=AUTH).json()
+    assert [i["id"] for i in remaining["items"]] == ["voicenter|+972501111112"]
+    audit = ops.store.audit("+972501111111")
+    assert any(a.get("act") == "replay" and a.get("by") == "api:dana" for a in audit)
+
+
+def test_purge_is_audited(
+    client: TestClient, ops: Pipeline, dispatcher: QueueDispatcher, fake_voicenter: FakeVoicenter
+) -> None:
+    dead_letter(ops, dispatcher, fake_voicenter, "+972501111111", "+972501111112")
+    purged = client.post("/v1/dead-letters/purge", json={"all": True}, headers=AUTH).json()
+    assert purged["purged"] == 2
+    assert ops.store.dead_letters() == []
+    assert ops.store.audit("+972501111111")[0]["act"] == "purge"
+    gone = client.delete("/v1/dead-letters/voicenter|+972501111111", headers=AUTH)
+    assert gone.status_code == 404
+
+
+def test_scrub_answers_which_are_blocked(
+    client: TestClient, ops: Pipeline, clock: FakeClock
+) -> None:
+    accept(ops, Event("api", Action.ADD, [PhoneInput("+972501111111")]))
+    body = {"phones": ["0501111111", "+972501111112", "nope", 972501111111]}
+    result = client.post("/v1/scrub", json=body, headers=AUTH).json()
+    assert result["blocked"] == [
+        {"input": "0501111111", "phone": "+972501111111"},
+        {"input": "972501111111", "phone": "+972501111111"},
+    ]
+    assert result["dialable"] == 1
+    assert result["rejected"] == [{"input": "nope", "reason": "contains_letters"}]
+    too_many = {"phones": ["1"] * 10_001}
+    assert client.post("/v1/scrub", json=too_many, headers=AUTH).status_code == 422
+
+
+def test_export_streams_the_blocked_list(client: TestClient, ops: Pipeline) -> None:
+    phones = [f"+97250{i:07d}" for i in range(2500)]
+    accept(ops, Event("api", Action.ADD, [PhoneInput(p) for p in phones]))
+    response = client.get("/v1/export", headers=AUTH)
+    assert response.headers["content-type"].startswith("text/csv")
+    rows = list(csv.reader(io.StringIO(response.text)))
+    assert rows[0] == ["phone", "expires_at_ms", "updated_ms"]
+    assert sorted(r[0] for r in rows[1:]) == phones

@@ -1,0 +1,1 @@
+"""The `optout` command line, one module per command group."""

@@ -1,0 +1,1 @@
+"""The vocabulary every part shares: phone numbers, their normalisation and rendering."""

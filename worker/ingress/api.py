@@ -1,0 +1,336 @@
+"""The HTTP API: opt-out intake, number lookup, health and readiness."""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import structlog
+from fastapi import Depends, FastAPI, Header, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from kombu.connection import Connection
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from config.settings import PROVIDERS
+from worker.domain.phones import Rejected, normalise
+from worker.ingress.schemas import OptoutRequest, optout_event
+from worker.ingress.webhooks import webhook_router
+from worker.ops import metrics
+from worker.ops.admin_api import admin_router
+from worker.ops.sla import overdue
+from worker.pipeline.accept import AcceptError, accept_async
+from worker.pipeline.batching import Pipeline
+from worker.runtime.fastjson import JSONResponse
+
+log = structlog.get_logger("optout.api")
+
+PipelineFactory = Callable[[], Pipeline]
+
+
+class _BodyLimit:
+    """Refuse bodies over the limit with 413 before they are read into memory."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                await _too_large(send, self.max_bytes)
+                return
+        seen = 0
+        too_large = False
+
+        async def limited() -> Message:
+            nonlocal seen, too_large
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    too_large = True
+                    raise _TooLargeError
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLargeError:
+            await _too_large(send, self.max_bytes)
+
+
+class _AccessLog:
+    """One log line per request. Plain ASGI: Starlette's BaseHTTPMiddleware costs a task
+    and a stream per request, a third of the CPU of a one-number opt-out."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            # The path only: a webhook token may ride in the query string.
+            log.info(
+                "http",
+                method=scope["method"],
+                path=scope["path"],
+                status=status,
+                ms=round((time.perf_counter() - started) * 1000, 1),
+            )
+
+
+class _TooLargeError(Exception):
+    pass
+
+
+async def _too_large(send: Send, limit: int) -> None:
+    body = (
+        b'{"error":"body_too_large","message":"request body over '
+        + str(limit).encode()
+        + b' bytes"}'
+    )
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [(b"content-type", b"application/json")],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+ACCEPTED_EXAMPLE = {
+    "event_id": "8a818628875441e3a3959d8ec65f71cd",
+    "duplicate": False,
+    "accepted": 1,
+    "rejected": 1,
+    "phones": [
+        {"input": "0501234567", "status": "accepted", "phone": "+972501234567",
+         "flags": ["unknown_range"], "ledger": "applied"},
+        {"input": "050abc", "status": "rejected", "reason": "contains_letters"},
+    ],
+}  # fmt: skip
+NUMBER_EXAMPLE = {
+    "phone": "+972501234567",
+    "known": True,
+    "state": "blocked",
+    "version": 1,
+    "expires_at_ms": None,
+    "event_time_ms": 1795000000000,
+    "last_event_id": "8a818628875441e3a3959d8ec65f71cd",
+    "providers": {
+        "voicenter": {"confirmed": "blocked:1", "staged": None, "in_flight_chunk": None,
+                      "retry_at_ms": None, "attempts": 0, "dead_letter": None,
+                      "last_answer": {"act": "add", "out": "done", "v": 1}},
+    },
+    "audit": [{"act": "add", "out": "done", "prov": "voicenter", "v": 1},
+              {"act": "add", "res": "applied", "src": "api", "ev": "8a81..."}],
+}  # fmt: skip
+
+
+def _example(value: Any) -> dict[str, Any]:
+    return {"content": {"application/json": {"example": value}}}
+
+
+def _error(status: int, reason: str, message: str, **extra: Any) -> JSONResponse:
+    headers = {"Retry-After": "5"} if status == 503 else None
+    return JSONResponse(
+        {"error": reason, "message": message, **extra}, status_code=status, headers=headers
+    )
+
+
+def create_api(pipeline: PipelineFactory) -> FastAPI:
+    """The ASGI app; `pipeline` builds (or returns) this process's pipeline."""
+    api = FastAPI(
+        title="optout-worker",
+        version="0.1.0",
+        description="Durable opt-out (Do-Not-Call) intake and propagation to provider "
+        "blacklists. `/v1/*` needs the admin token as `Authorization: Bearer`.",
+    )
+
+    api.add_middleware(_BodyLimit, max_bytes=pipeline().settings.max_body_bytes)
+    api.add_middleware(_AccessLog)
+    api.include_router(webhook_router(pipeline))
+
+    # async: a check without I/O must not cost a thread-pool hop on every request.
+    async def admin(authorization: Annotated[str | None, Header()] = None) -> None:
+        token = pipeline().settings.admin_token
+        if token is None:
+            raise AcceptError(
+                "admin_disabled", "the admin API is off: set OPTOUT_ADMIN_TOKEN", status=503
+            )
+        scheme, _, given = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.encode(), token.get_secret_value().encode()
+        ):
+            raise AcceptError("unauthorized", "missing or wrong admin token", status=401)
+
+    api.include_router(admin_router(pipeline, admin))
+
+    @api.exception_handler(AcceptError)
+    async def _accept_error(_: Request, exc: AcceptError) -> JSONResponse:
+        return _error(exc.status, exc.reason, exc.message)
+
+    @api.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [
+            {"field": ".".join(str(p) for p in e.get("loc", ())), "message": e.get("msg", "")}
+            for e in exc.errors()
+        ]
+        return _error(
+            422, "invalid_request", "the request does not match the schema", problems=problems
+        )
+
+    @api.post(
+        "/v1/optouts",
+        status_code=202,
+        dependencies=[Depends(admin)],
+        responses={
+            202: _example(ACCEPTED_EXAMPLE),
+            401: _example({"error": "unauthorized", "message": "missing or wrong admin token"}),
+            409: _example({"error": "idempotency_conflict", "message": "..."}),
+            413: _example({"error": "body_too_large", "message": "..."}),
+            422: _example({"error": "remove_needs_occurred_at", "message": "..."}),
+            503: _example({"error": "store_unavailable", "message": "Redis unavailable"}),
+        },
+    )
+    async def post_optouts(body: OptoutRequest) -> JSONResponse:
+        """Accept an opt-out (`add`) or opt-in (`remove`). Answers 202 once every accepted
+        number is durably staged in Redis; 503 (retry) when it cannot be; 409 when the
+        idempotency key was used with another body; a remove needs `occurred_at`."""
+        result = await accept_async(pipeline(), optout_event(body))
+        return JSONResponse(
+            {
+                "event_id": result.event_id,
+                "duplicate": result.duplicate,
+                "accepted": result.accepted,
+                "rejected": result.rejected,
+                "phones": [p.as_dict() for p in result.phones],
+            },
+            status_code=202,
+        )
+
+    @api.get(
+        "/v1/numbers/{phone}",
+        dependencies=[Depends(admin)],
+        responses={200: _example(NUMBER_EXAMPLE), 422: _example({"error": "too_short"})},
+    )
+    def get_number(phone: str) -> JSONResponse:
+        """A number's desired state, expiry, audit trail and each provider's status."""
+        pipe = pipeline()
+        normal = normalise(phone, pipe.settings.default_region)
+        if isinstance(normal, Rejected):
+            return _error(422, normal.reason, f"not a phone number: {normal.reason}")
+        return JSONResponse(number_view(pipe, normal.e164))
+
+    @api.get("/healthz", responses={200: _example({"status": "ok"})})
+    def healthz() -> dict[str, str]:
+        """The process is up."""
+        return {"status": "ok"}
+
+    @api.get(
+        "/readyz",
+        responses={
+            200: _example(
+                {
+                    "status": "ready",
+                    "redis": "ok",
+                    "broker": "ok",
+                    "paused_providers": {},
+                    "open_circuits": {},
+                }
+            ),
+            503: _example({"status": "not_ready", "redis": "down: ConnectionError"}),
+        },
+    )
+    def readyz() -> JSONResponse:
+        """Redis and the broker answer; paused providers and open circuits (a provider
+        whose requests keep failing, held and probed with backoff) are listed."""
+        pipe = pipeline()
+        checks: dict[str, Any] = {}
+        try:
+            checks["redis"] = "ok" if pipe.store.ping() else "down"
+            checks["paused_providers"] = pipe.store.paused()
+            checks["open_circuits"] = pipe.store.open_circuits(PROVIDERS)
+        except Exception as exc:  # noqa: BLE001
+            checks["redis"] = f"down: {type(exc).__name__}"  # readiness reports, never raises
+        checks["broker"] = broker_check(pipe.settings.broker_url)
+        ready = checks["redis"] == "ok" and checks["broker"] == "ok"
+        return JSONResponse(
+            {"status": "ready" if ready else "not_ready", **checks},
+            status_code=200 if ready else 503,
+        )
+
+    @api.get("/metrics", include_in_schema=False)
+    def prometheus() -> Response:
+        """Prometheus exposition: this machine's processes, plus gauges read from Redis."""
+        pipe = pipeline()
+        return Response(
+            metrics.render(metrics.StateCollector(lambda: state_gauges(pipe))),
+            media_type=CONTENT_TYPE_LATEST,
+        )
+
+    return api
+
+
+def state_gauges(pipe: Pipeline) -> dict[str, float]:
+    """What Redis says right now, as numbers for Prometheus."""
+    store = pipe.store
+    oldest = store.oldest_dead_letter_ms()
+    dead = sum(store.dead_letter_counts().values())
+    staged = sum(sum(c.values()) for c in store.counts(pipe.known_targets()).values())
+    return {
+        "redis_up": 1.0,
+        "dead_letters": float(dead),
+        "dead_letter_oldest_age_seconds": (store.now_ms() - oldest) / 1000 if oldest else 0.0,
+        "staged_or_in_flight_numbers": float(staged),
+        "sla_overdue_numbers": float(len(overdue(pipe, pipe.settings.sla_seconds))),
+        "paused_providers": float(len(store.paused())),
+        "open_circuits": float(len(store.open_circuits(PROVIDERS))),
+    }
+
+
+def broker_check(url: str) -> str:
+    try:
+        with Connection(url, connect_timeout=1) as conn:
+            conn.ensure_connection(max_retries=1, timeout=1)
+        return "ok"
+    except Exception as exc:  # noqa: BLE001
+        return f"down: {type(exc).__name__}"  # any broker failure means "not ready"
+
+
+def number_view(pipe: Pipeline, e164: str) -> dict[str, Any]:
+    """Everything known about one number (API and `optout status`)."""
+    ledger = pipe.store.ledger(e164)
+    targets = pipe.known_targets()
+    expires = int(ledger.get("x", "0") or 0)
+    return {
+        "phone": e164,
+        "known": bool(ledger),
+        "state": ledger.get("s", "unknown"),
+        "version": int(ledger.get("v", "0") or 0),
+        "expires_at_ms": expires or None,
+        "event_time_ms": int(ledger.get("t", "0") or 0) or None,
+        "last_event_id": ledger.get("e"),
+        "providers": pipe.store.provider_view(e164, targets),
+        "audit": pipe.store.audit(e164),
+    }

@@ -1,0 +1,180 @@
+"""Broker ingress: a kombu consumer (AMQP or Redis) that acks a message only once accepted.
+
+A message is JSON: the `/v1/optouts` shape, a Voicenter CDR, or a DNC trigger. The header
+`x-optout-kind` (`optout`, `cdr`, `dnc`) says which; without it the fields do (`ivruniqueid`:
+a CDR; `phoneNumber` + `requestUUID`: a DNC trigger; `action` or `phones`: an opt-out). An
+invalid message is parked on `<queue>.rejected` with the reason in the header
+`x-rejected-reason`; it is never dropped silently. While Redis cannot take a message it is
+requeued, not acked.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import structlog
+from kombu.connection import Connection
+from kombu.entity import Exchange, Queue
+from kombu.message import Message
+from kombu.mixins import ConsumerMixin
+from pydantic import ValidationError
+
+from config import kombu_url
+from worker.ingress import cdr as cdrs
+from worker.ingress.schemas import DncTrigger, OptoutRequest, dnc_event, optout_event
+from worker.pipeline.accept import AcceptError, Event, StoreUnavailableError, accept
+from worker.pipeline.batching import Pipeline
+from worker.providers.base import Action
+from worker.runtime.broker import transport_for
+
+log = structlog.get_logger("optout.consumer")
+
+KIND_HEADER = "x-optout-kind"
+REASON_HEADER = "x-rejected-reason"
+DEFAULT_SOURCE = "broker"
+
+
+class RejectedMessageError(Exception):
+    """The message can never be accepted as it is; `reason` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _queue(name: str) -> Queue:
+    return Queue(name, Exchange(name, type="direct"), routing_key=name, durable=True)
+
+
+def _problems(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}" for e in exc.errors()
+    )[:300]
+
+
+def interpret(
+    pipe: Pipeline, body: bytes, headers: dict[str, Any], allow_remove: bool
+) -> Event | None:
+    """The accept Event a message carries; None for a CDR that needs no queueing."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise RejectedMessageError("not_json") from None
+    if not isinstance(data, dict):
+        raise RejectedMessageError("not_a_json_object")
+    kind = str(headers.get(KIND_HEADER) or "")
+    if not kind:
+        if "ivruniqueid" in data:
+            kind = "cdr"
+        elif "phoneNumber" in data and "requestUUID" in data:
+            kind = "dnc"
+        elif "action" in data or "phones" in data:
+            kind = "optout"
+        else:
+            raise RejectedMessageError("unknown_message: no kind header and no known fields")
+    try:
+        if kind == "optout":
+            request = OptoutRequest.model_validate(data)
+            if request.action == Action.REMOVE.value and not allow_remove:
+                raise RejectedMessageError(
+                    "remove_not_allowed: start the consumer with --allow-remove"
+                )
+            return optout_event(request, default_source=DEFAULT_SOURCE)
+        if kind == "dnc":
+            return dnc_event(DncTrigger.model_validate(data))
+        if kind == "cdr":
+            outcome = cdrs.interpret(cdrs.decode(data), pipe.settings, pipe.own_numbers)
+            return cdrs.book(pipe.store, outcome)
+    except ValidationError as exc:
+        raise RejectedMessageError(f"invalid_{kind}: {_problems(exc)}") from None
+    except cdrs.UnparseableCdrError as exc:
+        raise RejectedMessageError(f"unparseable_cdr: {exc}") from None
+    raise RejectedMessageError(f"unknown_kind: {kind!r}")
+
+
+class OptoutConsumer(ConsumerMixin):  # type: ignore[misc]
+    """Consumes one queue; SIGTERM (should_stop) finishes the message in hand and stops."""
+
+    def __init__(
+        self,
+        pipe: Pipeline,
+        connection: Connection,
+        queue: str,
+        prefetch: int = 10,
+        allow_remove: bool = False,
+    ) -> None:
+        self.pipe = pipe
+        self.connection = connection
+        self.queue = _queue(queue)
+        self.parking = _queue(queue + ".rejected")
+        self.prefetch = prefetch
+        self.allow_remove = allow_remove
+        self.handled = 0
+
+    def get_consumers(self, consumer_cls: Any, channel: Any) -> list[Any]:
+        self.parking.bind(channel).declare()
+        return [
+            consumer_cls(
+                queues=[self.queue],
+                on_message=self.on_message,
+                prefetch_count=self.prefetch,
+                accept=None,
+            )
+        ]
+
+    def on_message(self, message: Message) -> None:
+        headers = dict(message.headers or {})
+        try:
+            event = interpret(self.pipe, message.body, headers, self.allow_remove)
+            if event is not None:
+                accept(self.pipe, event)
+        except RejectedMessageError as exc:
+            self._park(message, exc.reason)
+        except StoreUnavailableError as exc:
+            # Not our message's fault: leave it on the queue and slow down.
+            log.warning("consumer_store_unavailable", error=exc.message)
+            message.requeue()
+            time.sleep(1.0)
+            return
+        except AcceptError as exc:
+            self._park(message, f"{exc.reason}: {exc.message}")
+        else:
+            message.ack()
+        self.handled += 1
+
+    def _park(self, message: Message, reason: str) -> None:
+        headers = {**dict(message.headers or {}), REASON_HEADER: reason[:500]}
+        with self.connection.Producer() as producer:
+            producer.publish(
+                message.body,
+                exchange=self.parking.exchange,
+                routing_key=self.parking.routing_key,
+                declare=[self.parking],
+                headers=headers,
+                content_type=message.content_type or "application/json",
+                content_encoding=message.content_encoding or "utf-8",
+                serializer=None,
+                delivery_mode=2,
+            )
+        message.ack()  # parked durably first, then dropped from the input queue
+        log.warning("message_parked", queue=self.queue.name, reason=reason[:200])
+
+
+def connect(url: str, key_prefix: str = "", visibility_timeout: float = 60.0) -> Connection:
+    """A broker connection. On Redis its keys carry our prefix, like Celery's do, and a
+    message taken by a consumer that died is given back after `visibility_timeout` (RabbitMQ
+    gives it back as soon as the connection drops)."""
+    url = kombu_url(url)
+    options: dict[str, Any] = {}
+    if url.startswith(("redis://", "rediss://", "redis+socket://")):
+        options["visibility_timeout"] = visibility_timeout
+        # kombu's default sweep for expired unacked messages runs only every ~100 s
+        # (10 s x a throttle of 10), whatever the visibility timeout: make it follow it.
+        options["unacked_restore_interval"] = max(1, min(10, int(visibility_timeout / 2)))
+        options["unacked_restore_throttle"] = 1
+        if key_prefix:
+            options["global_keyprefix"] = key_prefix + "ingress:"
+    return Connection(url, transport=transport_for(url), heartbeat=30, connect_timeout=5,
+                      transport_options=options)  # fmt: skip

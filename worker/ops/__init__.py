@@ -1,0 +1,1 @@
+"""Operations: dead letters, reconciliation, the compliance SLA, the admin HTTP API, metrics."""

@@ -1,0 +1,165 @@
+"""Admin HTTP endpoints for ops: dead letters, scrubbing a dial list, exporting the blocked list."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from worker.domain.phones import Normalised, normalise
+from worker.ops.deadletters import DeadLetterFilter, select
+from worker.pipeline import batching as work
+from worker.pipeline.batching import Pipeline
+
+SCRUB_LIMIT = 10_000
+
+
+class DeadLetterSelection(BaseModel):
+    """Which dead letters: by id, or every one the filters match."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"provider": "voicenter", "reason": "bad_format"}]},
+    )
+    ids: list[str] = Field(default_factory=list, max_length=100_000)
+    provider: str | None = None
+    action: str | None = None
+    reason: str | None = None
+    phone: str | None = None
+    older_than_seconds: float | None = Field(default=None, ge=0)
+    all: bool = False
+    dry_run: bool = False
+    who: str = Field(default="api", max_length=100)
+
+    def filter(self) -> DeadLetterFilter:
+        return DeadLetterFilter(
+            self.provider, self.action, self.reason, self.phone, self.older_than_seconds,
+            tuple(self.ids),
+        )  # fmt: skip
+
+    def says_which(self) -> bool:
+        return bool(self.ids or self.all or self.provider or self.action or self.reason
+                    or self.phone or self.older_than_seconds is not None)  # fmt: skip
+
+
+class ScrubRequest(BaseModel):
+    """A campaign list to check before dialing."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"phones": ["0501234567", "+12125551234"]}]},
+    )
+    phones: list[str | int] = Field(min_length=1, max_length=SCRUB_LIMIT)
+
+
+def admin_router(
+    pipeline: Callable[[], Pipeline], admin: Callable[..., Awaitable[None]]
+) -> APIRouter:
+    router = APIRouter(dependencies=[Depends(admin)], tags=["ops"])
+
+    @router.get("/v1/dead-letters")
+    def list_dead_letters(
+        provider: str | None = None,
+        action: str | None = None,
+        reason: str | None = None,
+        phone: str | None = None,
+        older_than_seconds: Annotated[float | None, Query(ge=0)] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> dict[str, Any]:
+        """Dead letters, oldest first, filtered and paginated."""
+        pipe = pipeline()
+        flt = DeadLetterFilter(provider, action, reason, phone, older_than_seconds)
+        chosen = select(pipe.store.dead_letters(), flt, pipe.store.now_ms())
+        return {"total": len(chosen), "offset": offset, "items": chosen[offset : offset + limit]}
+
+    def chosen_ids(pipe: Pipeline, body: DeadLetterSelection) -> list[str]:
+        entries = select(pipe.store.dead_letters(), body.filter(), pipe.store.now_ms())
+        return [str(e["id"]) for e in entries]
+
+    @router.post("/v1/dead-letters/replay")
+    def replay_dead_letters(body: DeadLetterSelection) -> JSONResponse:
+        """Stage the chosen dead letters again; each leaves the store once delivered.
+        Replaying twice pushes once."""
+        if not body.says_which():
+            return JSONResponse({"error": "no_selection", "message": "give ids, filters or "
+                                 "all=true"}, status_code=422)  # fmt: skip
+        pipe = pipeline()
+        ids = chosen_ids(pipe, body)
+        replayed = 0 if body.dry_run else work.replay(pipe, ids, f"api:{body.who}")
+        return JSONResponse({"dry_run": body.dry_run, "matched": len(ids), "replayed": replayed,
+                             "ids": ids[:1000]})  # fmt: skip
+
+    @router.post("/v1/dead-letters/purge")
+    def purge_dead_letters(body: DeadLetterSelection) -> JSONResponse:
+        """Drop the chosen dead letters (giving up on them); each purge is audited."""
+        if not body.says_which():
+            return JSONResponse({"error": "no_selection", "message": "give ids, filters or "
+                                 "all=true"}, status_code=422)  # fmt: skip
+        pipe = pipeline()
+        ids = chosen_ids(pipe, body)
+        purged = 0 if body.dry_run else pipe.store.purge(ids, f"api:{body.who}")
+        return JSONResponse({"dry_run": body.dry_run, "matched": len(ids), "purged": purged})
+
+    @router.delete("/v1/dead-letters/{entry_id:path}")
+    def delete_dead_letter(entry_id: str) -> JSONResponse:
+        """Drop one dead letter by id (`target|+E164`)."""
+        purged = pipeline().store.purge([entry_id], "api")
+        if not purged:
+            return JSONResponse({"error": "not_found", "message": entry_id}, status_code=404)
+        return JSONResponse({"purged": purged})
+
+    @router.post("/v1/scrub")
+    def scrub(body: ScrubRequest) -> dict[str, Any]:
+        """Which of these numbers are blocked (dialers scrub a campaign list before dialing).
+        Up to 10,000 per request; numbers that are not phone numbers come back as rejected."""
+        pipe = pipeline()
+        region = pipe.settings.default_region
+        by_input: dict[str, str] = {}
+        rejected = []
+        for raw in body.phones:
+            result = normalise(raw, region)
+            if isinstance(result, Normalised):
+                by_input[str(raw)] = result.e164
+            else:
+                rejected.append({"input": raw, "reason": result.reason})
+        blocked_set = pipe.store.blocked_among(sorted(set(by_input.values())))
+        blocked = [
+            {"input": raw, "phone": e164} for raw, e164 in by_input.items() if e164 in blocked_set
+        ]
+        return {
+            "checked": len(body.phones),
+            "blocked": blocked,
+            "dialable": len(by_input) - len(blocked),
+            "rejected": rejected,
+        }
+
+    @router.get("/v1/export", response_class=StreamingResponse)
+    def export() -> StreamingResponse:
+        """Every blocked number as CSV (`phone,expires_at_ms,updated_ms`), streamed."""
+        pipe = pipeline()
+
+        def rows() -> Iterator[str]:
+            out = io.StringIO()
+            writer = csv.writer(out)
+            writer.writerow(["phone", "expires_at_ms", "updated_ms"])
+            for page in pipe.store.blocked_pages(1000):
+                for phone, expires, updated in page:
+                    writer.writerow([phone, expires or "", updated or ""])
+                yield out.getvalue()
+                out.seek(0)
+                out.truncate()
+            yield out.getvalue()
+
+        return StreamingResponse(
+            rows(),
+            media_type="text/csv",
+            headers={"Content-Disposition": 'attachment; filename="blocked.csv"'},
+        )
+
+    return router

@@ -1,0 +1,1 @@
+"""The pipeline: accept an event, batch staged numbers into chunks, push chunks to providers."""

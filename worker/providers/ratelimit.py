@@ -1,0 +1,69 @@
+"""Provider rate limits shared by every worker, applied at the HTTP transport."""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+
+import httpx
+
+from worker.state.store import Store
+
+
+class SharedLimitTransport(httpx.BaseTransport):
+    """Wraps a provider's transport: every request first takes a slot in Redis (leased, so a
+    killed worker leaks none), and none is sent while a Retry-After holds the provider for
+    all workers: those answer a local 429 with the time left."""
+
+    def __init__(
+        self,
+        inner: httpx.BaseTransport,
+        store: Store,
+        provider: str,
+        *,
+        rps: float,
+        concurrency: int,
+        lease_seconds: float,
+        max_wait_seconds: float = 30.0,
+    ) -> None:
+        self._inner = inner
+        self._store = store
+        self._provider = provider
+        self._rps = rps
+        self._concurrency = concurrency
+        self._lease = lease_seconds
+        self._max_wait = max_wait_seconds
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        token = uuid.uuid4().hex
+        deadline = time.monotonic() + self._max_wait
+        while True:
+            wait_ms = self._store.acquire_slot(
+                self._provider,
+                token,
+                rps=self._rps,
+                concurrency=self._concurrency,
+                lease_seconds=self._lease,
+            )
+            if wait_ms == 0:
+                break
+            if wait_ms < 0:
+                return httpx.Response(
+                    429,
+                    headers={"Retry-After": str(math.ceil(-wait_ms / 1000))},
+                    json={"error": "held by an earlier Retry-After"},
+                    request=request,
+                )
+            if time.monotonic() > deadline:
+                raise httpx.PoolTimeout("no free provider slot", request=request)
+            time.sleep(wait_ms / 1000)
+        try:
+            response = self._inner.handle_request(request)
+            response.read()  # the slot covers the whole exchange
+            return response
+        finally:
+            self._store.release_slot(self._provider, token)
+
+    def close(self) -> None:
+        self._inner.close()

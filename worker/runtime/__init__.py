@@ -1,0 +1,2 @@
+"""Process plumbing: the Celery app, the broker transport, per-process wiring, logs, embedded
+Redis."""

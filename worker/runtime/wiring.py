@@ -1,0 +1,163 @@
+"""Per-process singletons: settings read once, the Redis client, HTTP client and pipeline."""
+
+from __future__ import annotations
+
+import functools
+import random
+import threading
+from typing import Any
+
+import httpx
+import redis
+import redis.asyncio as aredis
+from celery import Celery
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.retry import Retry
+
+from config import Settings, load_settings
+from worker.domain.phones import normalise_own_numbers
+from worker.pipeline.batching import Dispatcher, Pipeline
+from worker.providers import build_providers
+from worker.providers.ratelimit import SharedLimitTransport
+from worker.runtime.celery_app import CeleryDispatcher, create_celery
+from worker.state.clock import ServerClock
+from worker.state.store import AsyncAccept, AsyncClientFactory, Clock, Replication, Store
+
+_pipeline: Pipeline | None = None
+
+
+_settings: Settings | None = None
+
+
+def configure(value: Settings) -> None:
+    """Use these settings in this process instead of reading the environment."""
+    global _settings  # noqa: PLW0603
+    _settings = value
+    celery_app.cache_clear()
+
+
+def settings() -> Settings:
+    global _settings  # noqa: PLW0603
+    if _settings is None:
+        _settings = load_settings()
+    return _settings
+
+
+@functools.cache
+def celery_app() -> Celery:
+    return create_celery(settings())
+
+
+def redis_client(settings: Settings) -> redis.Redis:
+    return redis.Redis.from_url(settings.state_redis_url, **_redis_options(Retry))
+
+
+def async_redis_client(settings: Settings) -> aredis.Redis:
+    """The same client for an event loop (the API's accept path)."""
+    return aredis.Redis.from_url(settings.state_redis_url, **_redis_options(AsyncRetry))
+
+
+def _redis_options(retry: type[Retry] | type[AsyncRetry]) -> dict[str, Any]:
+    # Fail within about a second when Redis is down: the API answers 503 so the sender
+    # retries, and Celery retries tasks, so long client-side retry loops only add latency.
+    return {
+        "socket_timeout": 5,
+        "socket_connect_timeout": 1,
+        "health_check_interval": 30,
+        "retry": retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
+    }
+
+
+def provider_client(settings: Settings, store: Store, provider: str) -> httpx.Client:
+    """A provider's own HTTP client, its requests limited across all workers."""
+    rps, concurrency = settings.limits_for(provider)
+    timeout = settings.http_timeout_seconds
+    transport = SharedLimitTransport(
+        httpx.HTTPTransport(limits=httpx.Limits(max_connections=20, max_keepalive_connections=10)),
+        store,
+        provider,
+        rps=rps,
+        concurrency=concurrency,
+        lease_seconds=timeout * 2 + 5,
+        # A request renews its chunk's lease before it waits for a slot: slot wait plus the
+        # request (at most half the lease, see config) must end well inside the lease.
+        max_wait_seconds=min(30.0, settings.lease_seconds / 4),
+    )
+    return httpx.Client(
+        transport=transport,
+        timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
+        headers={"User-Agent": "optout-worker/0.1"},
+    )
+
+
+def build_pipeline(
+    settings: Settings,
+    *,
+    client: redis.Redis | None = None,
+    http: httpx.Client | None = None,
+    dispatcher: Dispatcher | None = None,
+    clock: Clock | None = None,
+    rng: random.Random | None = None,
+    async_client: AsyncClientFactory | None = None,
+) -> Pipeline:
+    """Wire a pipeline from settings; tests pass their own Redis, HTTP client, dispatcher and
+    clock (and an asyncio client factory to use the API's event-loop accept path). Without a
+    clock, the Redis server's is every process's (worker/state/clock.py)."""
+    state = client
+    if state is None:
+        state = redis_client(settings)
+        # Its own client, quick to give up: the first reading is taken on the caller's
+        # thread (the API's event loop too), later ones in the background.
+        clock = clock or ServerClock(
+            redis.Redis.from_url(
+                settings.state_redis_url, socket_timeout=1, socket_connect_timeout=1,
+                retry=Retry(NoBackoff(), 0),
+            )
+        )  # fmt: skip
+    store = Store(
+        state,
+        prefix=settings.key_prefix,
+        clock=clock,
+        audit_cap=settings.audit_cap,
+    )
+
+    def client_for(provider: str) -> httpx.Client:
+        return http if http is not None else provider_client(settings, store, provider)
+
+    if async_client is None and client is None:
+        async_client = functools.partial(async_redis_client, settings)
+    replicas = settings.redis_wait_replicas
+    replication = Replication(replicas, settings.redis_wait_timeout_ms) if replicas else None
+    return Pipeline(
+        settings=settings,
+        store=store,
+        providers=build_providers(settings, client_for),
+        dispatcher=dispatcher
+        if dispatcher is not None
+        else CeleryDispatcher(celery_app(), settings.queue_namespace),
+        rng=rng or random.Random(),
+        own_numbers=normalise_own_numbers(settings.own_numbers, settings.default_region),
+        async_accept=(
+            AsyncAccept(store, async_client, replication) if async_client is not None else None
+        ),
+    )
+
+
+_building = threading.Lock()
+
+
+def pipeline() -> Pipeline:
+    """This process's pipeline, built on first use (after any fork); one per process, also
+    when a threads pool (`celery -A worker worker -P threads`) asks from several threads."""
+    global _pipeline  # noqa: PLW0603
+    if _pipeline is None:
+        with _building:
+            if _pipeline is None:
+                _pipeline = build_pipeline(settings())
+    return _pipeline
+
+
+def reset() -> None:
+    global _pipeline  # noqa: PLW0603
+    _pipeline = None
