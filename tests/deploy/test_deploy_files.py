@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import typer
 import yaml
 
 from config.settings import Settings
@@ -27,9 +28,7 @@ def settings_env() -> set[str]:
 
 
 def cli_commands() -> set[str]:
-    names = {c.name or (c.callback.__name__ if c.callback else "") for c in app.registered_commands}
-    names |= {g.name for g in app.registered_groups if g.name}
-    return names
+    return set(typer.main.get_group(app).commands)
 
 
 def load_all(path: Path) -> list[dict[str, Any]]:

@@ -17,6 +17,10 @@ class DeadLetterFilter:
     older_than_seconds: float | None = None
     ids: tuple[str, ...] = ()
 
+    def empty(self) -> bool:
+        """Nothing chosen: every dead letter matches."""
+        return self == DeadLetterFilter()
+
     def matches(self, entry: dict[str, Any], now_ms: int) -> bool:
         if self.ids and entry.get("id") not in self.ids:
             return False

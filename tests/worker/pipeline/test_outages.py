@@ -164,7 +164,8 @@ def test_an_open_circuit_shows_in_readyz_metrics_and_provider_list(
     from fastapi.testclient import TestClient
     from typer.testing import CliRunner
 
-    from worker.cli import main as cli
+    from worker.cli.common import console
+    from worker.cli.main import app
     from worker.ingress.api import create_api, state_gauges
     from worker.runtime import wiring
 
@@ -177,8 +178,8 @@ def test_an_open_circuit_shows_in_readyz_metrics_and_provider_list(
     assert ready["open_circuits"]["voicenter"]["opens"] >= 1
     assert state_gauges(pipe)["open_circuits"] == 1.0
     monkeypatch.setattr(wiring, "_pipeline", pipe)
-    monkeypatch.setattr(cli.console, "width", 200)  # one line a row
-    listed = CliRunner().invoke(cli.app, ["provider", "list"])
+    monkeypatch.setattr(console, "width", 200)  # one line a row
+    listed = CliRunner().invoke(app, ["provider", "list"])
     assert "circuit open, next probe in" in listed.output
 
 

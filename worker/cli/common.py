@@ -1,0 +1,112 @@
+"""What every command shares: the consoles, reading settings, opening the pipeline, formats."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import Progress
+
+from config import ConfigError, Settings, load_settings
+from worker.runtime import logs
+
+console = Console()
+err = Console(stderr=True)
+
+HostOpt = Annotated[str, typer.Option(help="Address to listen on.")]
+PortOpt = Annotated[int, typer.Option(help="Port to listen on.")]
+
+
+def read_settings() -> Settings:
+    """The settings, or exit 2 with the reason; logs configured to match."""
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    logs.configure(settings.log_format)
+    return settings
+
+
+def open_pipeline() -> Any:
+    """This process's pipeline (on the embedded Redis of a running `optout up` when REDIS_URL
+    is unset), or exit 2 with the reason."""
+    settings = read_settings()
+    from worker.runtime import wiring
+    from worker.runtime.embedded import running_url
+
+    if not settings.redis_url and (url := running_url(settings.data_dir)):
+        # `optout up` is running here with its embedded Redis.
+        settings = settings.model_copy(update={"redis_url": url})
+    wiring.configure(settings)
+
+    try:
+        return wiring.pipeline()
+    except ConfigError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+
+
+def ms_to_text(ms: int | None) -> str:
+    """A time in ms since the epoch as UTC text; "-" when unknown."""
+    if not ms:
+        return "-"
+    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def duration(text: str) -> float:
+    """Seconds from 24h, 90m, 3600; exit 2 on anything else."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        if text[-1] in units:
+            return float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except (ValueError, IndexError):
+        err.print(f"[red]{text!r} is not a duration (e.g. 24h, 90m, 3600)[/red]")
+        raise typer.Exit(2) from None
+
+
+def progress_over(path: Path, label: str) -> Any:
+    """A rich progress bar over a file's bytes, and the callback that advances it."""
+    progress = Progress(console=console, transient=False)
+    task = progress.add_task(label, total=path.stat().st_size)
+    return progress, lambda done: progress.update(task, completed=done)
+
+
+def in_batches(
+    items: list[str], run: Callable[[list[str]], int], label: str, size: int = 500
+) -> int:
+    """Run `run` over `items` in batches under a progress bar; the sum of what it returned."""
+    done = 0
+    with Progress(console=console, transient=False) as progress:
+        task = progress.add_task(label, total=len(items))
+        for start in range(0, len(items), size):
+            batch = items[start : start + size]
+            done += run(batch)
+            progress.advance(task, len(batch))
+    return done
+
+
+def who() -> str:
+    """The operator, as the audit trail records a CLI action."""
+    return f"cli:{os.environ.get('USER', 'unknown')}"
+
+
+def fresh_dir(path: Path) -> Path:
+    """`path`, created, without the metric files a previous run left."""
+    path.mkdir(parents=True, exist_ok=True)
+    for stale in path.glob("*.db"):
+        stale.unlink()
+    return path
+
+
+def multiprocess_metrics(default: Path) -> None:
+    """Celery's prefork children count in their own processes: prometheus_client must be in
+    multiprocess mode before it is first imported."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(fresh_dir(default))

@@ -1,0 +1,98 @@
+"""Commands over CSV files: import opt-outs, scrub a dial list."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from worker.cli.common import (
+    console,
+    err,
+    open_pipeline,
+    progress_over,
+)
+
+app = typer.Typer()
+
+
+@app.command("import")
+def import_cmd(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],
+    action: Annotated[str, typer.Option(help="add (opt-out) or remove (opt-in).")] = "add",
+    source: Annotated[str, typer.Option(help="Source recorded on every row.")] = "import",
+    as_of: Annotated[
+        str | None,
+        typer.Option(help="When the list was true (ISO 8601). Required for remove."),
+    ] = None,
+    column: Annotated[str | None, typer.Option(help="Phone column (default: phone).")] = None,
+    report: Annotated[
+        Path | None, typer.Option(help="Rejected rows go here (default FILE.rejected.csv).")
+    ] = None,
+) -> None:
+    """Import a CSV of numbers, streamed; rejected rows and reasons go to a report file.
+    Safe to run twice: each batch is idempotent."""
+    from worker.ingress.importer import import_csv
+    from worker.pipeline.accept import AcceptError
+    from worker.providers.base import Action
+
+    if action not in ("add", "remove"):
+        err.print("[red]--action is add or remove[/red]")
+        raise typer.Exit(2)
+    when = None
+    if as_of:
+        try:
+            when = dt.datetime.fromisoformat(as_of.replace("Z", "+00:00"))
+        except ValueError:
+            err.print(f"[red]--as-of {as_of!r} is not an ISO 8601 time[/red]")
+            raise typer.Exit(2) from None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=dt.UTC)
+    if action == "remove" and when is None:
+        err.print("[red]a remove import needs --as-of TIME[/red] (when the list was exported:"
+                  " opt-outs made after it must not be undone)")  # fmt: skip
+        raise typer.Exit(2)
+    pipe = open_pipeline()
+    report_path = report or file.with_name(file.name + ".rejected.csv")
+    progress, advance = progress_over(file, "importing")
+    try:
+        with progress:
+            result = import_csv(
+                pipe,
+                file,
+                action=Action(action),
+                source=source,
+                as_of=when,
+                report_path=report_path,
+                column=column,
+                progress=advance,
+            )
+    except (AcceptError, ValueError) as exc:
+        err.print(f"[red]import stopped: {getattr(exc, 'message', exc)}[/red] (re-run to resume)")
+        raise typer.Exit(1) from None
+    console.print(
+        f"rows {result.rows}: accepted {result.accepted}, rejected {result.rejected} "
+        f"(see {report_path}), already imported batches {result.repeated_batches}"
+    )
+
+
+@app.command()
+def scrub(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],
+    out: Annotated[Path | None, typer.Option(help="Default FILE.dialable.csv.")] = None,
+    column: Annotated[str | None, typer.Option(help="Phone column (default: phone).")] = None,
+) -> None:
+    """Write the dialable rows of a campaign list: numbers the ledger does not block."""
+    from worker.ingress.importer import scrub_csv
+
+    pipe = open_pipeline()
+    out_path = out or file.with_name(file.stem + ".dialable.csv")
+    progress, advance = progress_over(file, "scrubbing")
+    with progress:
+        result = scrub_csv(pipe, file, out_path, column=column, progress=advance)
+    console.print(
+        f"rows {result.rows}: dialable {result.dialable} (written to {out_path}), "
+        f"blocked {result.blocked}, not a phone number {result.rejected}"
+    )

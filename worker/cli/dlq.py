@@ -1,0 +1,164 @@
+"""`optout dlq`: list, show, purge and replay dead letters."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from worker.cli.common import (
+    console,
+    err,
+    in_batches,
+    ms_to_text,
+    open_pipeline,
+    who,
+)
+from worker.ops.deadletters import DeadLetterFilter
+
+app = typer.Typer(help="Inspect and replay dead letters.", no_args_is_help=True)
+
+
+def _dead_letter_filter(
+    provider: str | None,
+    action: str | None,
+    reason: str | None,
+    phone: str | None,
+    older_than: float | None,
+    ids: list[str] | None,
+) -> DeadLetterFilter:
+    return DeadLetterFilter(provider, action, reason, phone, older_than, tuple(ids or ()))
+
+
+ProviderOpt = Annotated[str | None, typer.Option(help="Only this provider (or target).")]
+ActionOpt = Annotated[str | None, typer.Option(help="Only add or remove.")]
+ReasonOpt = Annotated[str | None, typer.Option(help="Only reasons containing this.")]
+PhoneOpt = Annotated[str | None, typer.Option(help="Only this E.164 number.")]
+OlderOpt = Annotated[float | None, typer.Option(help="Only entries older than N seconds.")]
+
+
+@app.command("list")
+def dlq_list(
+    provider: ProviderOpt = None,
+    action: ActionOpt = None,
+    reason: ReasonOpt = None,
+    phone: PhoneOpt = None,
+    older_than: OlderOpt = None,
+    limit: Annotated[int, typer.Option(help="Show at most N.")] = 100,
+    offset: Annotated[int, typer.Option(help="Skip the first N (paging).")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """List dead letters, oldest first."""
+    pipe = open_pipeline()
+    from worker.ops.deadletters import select
+
+    flt = _dead_letter_filter(provider, action, reason, phone, older_than, None)
+    entries = select(pipe.store.dead_letters(), flt, pipe.store.now_ms())
+    total = len(entries)
+    entries = entries[offset:]
+    if as_json:
+        for e in entries[:limit]:
+            typer.echo(json.dumps(e, sort_keys=True))
+        return
+    table = Table("id", "action", "reason", "last error", "attempts", "first", "last",
+                  title=f"dead letters: {total}")  # fmt: skip
+    for e in entries[:limit]:
+        table.add_row(
+            e["id"],
+            e.get("action", ""),
+            e.get("reason", ""),
+            str(e.get("last_error", ""))[:60],
+            str(e.get("attempts", "")),
+            ms_to_text(e.get("first_at")),
+            ms_to_text(e.get("last_at")),
+        )
+    console.print(table)
+
+
+@app.command("show")
+def dlq_show(entry_id: str) -> None:
+    """One dead letter in full, with the number's audit trail."""
+    pipe = open_pipeline()
+    entry = next((e for e in pipe.store.dead_letters() if e["id"] == entry_id), None)
+    if entry is None:
+        err.print(f"[red]no dead letter {entry_id}[/red] (ids look like voicenter|+972501234567)")
+        raise typer.Exit(1)
+    typer.echo(json.dumps(entry, indent=2, sort_keys=True))
+    typer.echo(json.dumps(pipe.store.audit(entry["phone"], limit=20), indent=2))
+
+
+IdsOpt = Annotated[list[str] | None, typer.Option("--id", help="Entry id (repeatable).")]
+AllOpt = Annotated[bool, typer.Option("--all", help="Every entry the filters match.")]
+DryRunOpt = Annotated[bool, typer.Option(help="Show what would be done, and do nothing.")]
+
+
+@app.command("purge")
+def dlq_purge(
+    ids: IdsOpt = None,
+    all_: AllOpt = False,
+    provider: ProviderOpt = None,
+    action: ActionOpt = None,
+    reason: ReasonOpt = None,
+    phone: PhoneOpt = None,
+    older_than: OlderOpt = None,
+    dry_run: DryRunOpt = False,
+) -> None:
+    """Drop dead letters (giving up on them at that provider); each purge is audited."""
+    flt = _dead_letter_filter(provider, action, reason, phone, older_than, ids)
+    chosen = _chosen("purge", all_, flt, dry_run)
+    if chosen is None:
+        return
+    ids_, pipe = chosen
+    done = in_batches(ids_, lambda batch: int(pipe.store.purge(batch, who())), "purging")
+    console.print(f"purged {done} dead letters")
+
+
+@app.command("replay")
+def dlq_replay(
+    ids: IdsOpt = None,
+    all_: AllOpt = False,
+    provider: ProviderOpt = None,
+    action: ActionOpt = None,
+    reason: ReasonOpt = None,
+    phone: PhoneOpt = None,
+    older_than: OlderOpt = None,
+    dry_run: DryRunOpt = False,
+) -> None:
+    """Put dead letters back into their batches; each leaves the store once delivered."""
+    from worker.pipeline.batching import replay
+
+    flt = _dead_letter_filter(provider, action, reason, phone, older_than, ids)
+    chosen = _chosen("replay", all_, flt, dry_run)
+    if chosen is None:
+        return
+    ids_, pipe = chosen
+    done = in_batches(ids_, lambda batch: replay(pipe, batch, who()), "replaying")
+    console.print(f"replayed {done} dead letters")
+    if done < len(ids_):
+        console.print(
+            f"{len(ids_) - done} not replayed: gone meanwhile, or their target is not live "
+            "(no process has it): replay them again once it is back, or purge them if it is "
+            "gone for good"
+        )
+
+
+def _chosen(
+    verb: str, all_: bool, flt: DeadLetterFilter, dry_run: bool
+) -> tuple[list[str], Any] | None:
+    """The dead-letter ids an operator chose and the pipeline, refusing to guess when nothing
+    was said; None after a dry run has shown them."""
+    if flt.empty() and not all_:
+        err.print(f"[red]say what to {verb}: --id, filters, or --all[/red]")
+        raise typer.Exit(2)
+    pipe = open_pipeline()
+    from worker.ops.deadletters import select
+
+    ids = [e["id"] for e in select(pipe.store.dead_letters(), flt, pipe.store.now_ms())]
+    if not dry_run:
+        return ids, pipe
+    console.print(f"would {verb} {len(ids)} dead letters")
+    for entry_id in ids[:50]:
+        console.print(f"  {entry_id}")
+    return None

@@ -1,0 +1,131 @@
+"""`optout provider` (list, test, resume) and `optout reconcile`."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from worker.cli.common import (
+    console,
+    err,
+    open_pipeline,
+    who,
+)
+
+app = typer.Typer(help="Provider status, probes and resume.", no_args_is_help=True)
+#: Top-level commands of this group (`optout reconcile`).
+commands = typer.Typer()
+
+
+@app.command("list")
+def provider_list() -> None:
+    """Each provider target: paused or not, staged, in flight; retry and dead-letter totals."""
+    pipe = open_pipeline()
+    paused = pipe.store.paused()
+    targets = pipe.targets()
+    counts = pipe.store.counts(sorted(targets))
+    retrying = pipe.store.retry_counts()
+    dead_by_target = pipe.store.dead_letter_counts()
+    table = Table("target", "provider", "state", "staged add", "staged remove", "in flight",
+                  "retrying", "dead letters")  # fmt: skip
+    circuits = pipe.store.open_circuits(set(targets.values()))
+    for target in sorted(targets):
+        provider = targets[target]
+        state = "paused: " + paused[provider]["reason"] if provider in paused else "active"
+        held = pipe.store.held_for(provider)
+        if not paused.get(provider) and provider in circuits:
+            state = f"circuit open, next probe in {held:.0f}s" if held else "circuit probing"
+        elif not paused.get(provider) and held:
+            state = f"holding {held:.0f}s (Retry-After)"
+        c = counts[target]
+        table.add_row(target, provider, state, str(c["staged_add"]), str(c["staged_remove"]),
+                      str(c["in_flight"]), str(retrying.get(target, 0)),
+                      str(dead_by_target.get(target, 0)))  # fmt: skip
+    console.print(table)
+    console.print(f"dead letters: {sum(dead_by_target.values())}")
+    for provider, info in paused.items():
+        console.print(f"[red]{provider} paused[/red]: {info['reason']}; fix {info['setting']}, "
+                      f"then: optout provider resume {provider}")  # fmt: skip
+
+
+def _provider(pipe: Any, name: str) -> Any:
+    provider = pipe.providers.get(name)
+    if provider is None:
+        err.print(
+            f"[red]{name} is not enabled[/red] (enabled: {', '.join(pipe.providers) or 'none'})"
+        )
+        raise typer.Exit(2)
+    return provider
+
+
+@app.command("test")
+def provider_test(name: str) -> None:
+    """Probe a provider's credentials with a call that changes nothing."""
+    pipe = open_pipeline()
+    from worker.providers.errors import AuthError, ProviderError
+
+    try:
+        _provider(pipe, name).probe()
+    except AuthError as exc:
+        err.print(f"[red]{name}: credentials refused ({exc.reason}); fix {exc.setting}[/red]")
+        raise typer.Exit(1) from None
+    except ProviderError as exc:
+        err.print(f"[red]{name}: probe failed: {exc}[/red]")
+        raise typer.Exit(1) from None
+    console.print(f"{name}: ok")
+
+
+@app.command("resume")
+def provider_resume(name: str) -> None:
+    """Probe a paused provider and, if it answers, resume it and push what is staged."""
+    provider_test(name)
+    pipe = open_pipeline()
+    from worker.pipeline.batching import ALL
+    from worker.providers.base import Action
+
+    was_paused = pipe.store.resume(name)
+    for target in _provider(pipe, name).targets():
+        for action in Action:
+            pipe.dispatcher.flush(target, action, ALL)
+    console.print(
+        f"{name}: {'resumed' if was_paused else 'was not paused'}; staged numbers flushing"
+    )
+
+
+@commands.command("reconcile")
+def reconcile_cmd(
+    provider: Annotated[str | None, typer.Argument(help="One provider (default: all).")] = None,
+    remove_extras: Annotated[
+        bool, typer.Option(help="Remove numbers a provider holds that the ledger does not block.")
+    ] = False,
+) -> None:
+    """Compare each provider's list with the ledger (Phonely, VoodooSMS, Daktela): re-push
+    what is missing, report what is extra."""
+    pipe = open_pipeline()
+    from worker.ops.reconcile import reconcile
+    from worker.providers.errors import ProviderError
+
+    if provider and provider not in pipe.providers:
+        err.print(f"[red]{provider} is not enabled[/red]")
+        raise typer.Exit(2)
+    with console.status("listing provider blacklists ..."):
+        try:
+            reports = reconcile(pipe, provider, remove_extras, who=who())
+        except ProviderError as exc:
+            err.print(f"[red]reconcile stopped: {exc}[/red]")
+            raise typer.Exit(1) from None
+    table = Table("target", "provider holds", "ledger blocks", "missing (re-pushed)",
+                  "extra", "extra being removed", title="reconciliation")  # fmt: skip
+    for r in reports:
+        table.add_row(r.target, str(r.listed), str(r.blocked), str(len(r.missing)),
+                      str(len(r.extras)), str(r.removing))  # fmt: skip
+    for r in reports:
+        for n in r.extras[:20]:
+            console.print(f"extra at {r.target}: {n}")
+    if not reports:
+        console.print(
+            "no enabled provider can list its blacklist (Phonely, VoodooSMS, Daktela can)"
+        )
+    console.print(table)
