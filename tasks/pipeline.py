@@ -32,31 +32,31 @@ _RETRY = {
 
 @app.task(name=FLUSH_TASK, **_RETRY)  # type: ignore[untyped-decorator]
 def flush(target: str, action: str, mode: str) -> int:
-    return work.flush(wiring.pipeline(), target, Action(action), mode)
+    return work.flush(wiring.context(), target, Action(action), mode)
 
 
 @app.task(name=PUSH_TASK, **_RETRY)  # type: ignore[untyped-decorator]
 def push(chunk_id: str) -> dict[str, int]:
-    return work.push(wiring.pipeline(), chunk_id)
+    return work.push(wiring.context(), chunk_id)
 
 
 @app.task(name=SWEEP_TASK, **_RETRY)  # type: ignore[untyped-decorator]
 def sweep() -> int:
-    pipe = wiring.pipeline()
-    return work.on_schedule(pipe, "sweep", pipe.settings.sweep_interval_seconds, work.sweep)
+    ctx = wiring.context()
+    return work.on_schedule(ctx, "sweep", ctx.settings.sweep_interval_seconds, work.sweep)
 
 
 @app.task(name=RECOVER_TASK, **_RETRY)  # type: ignore[untyped-decorator]
 def recover() -> int:
-    pipe = wiring.pipeline()
-    return work.on_schedule(pipe, "recover", pipe.settings.recover_interval_seconds, work.recover)
+    ctx = wiring.context()
+    return work.on_schedule(ctx, "recover", ctx.settings.recover_interval_seconds, work.recover)
 
 
 @app.task(name=REPLAY_TASK, **_RETRY)  # type: ignore[untyped-decorator]
 def replay(ids: list[str], who: str) -> int:
-    return work.replay(wiring.pipeline(), ids, who)
+    return work.replay(wiring.context(), ids, who)
 
 
 @app.task(name=RECONCILE_TASK, **_RETRY)  # type: ignore[untyped-decorator]
 def reconcile() -> int:
-    return scheduled_reconcile(wiring.pipeline())
+    return scheduled_reconcile(wiring.context())

@@ -15,8 +15,8 @@ from config import Settings, load_settings
 from tests.fakes.dispatch import QueueDispatcher
 from tests.fakes.server import mock_transport
 from tests.fakes.voicenter import FakeVoicenter
-from worker.pipeline.batching import Pipeline
-from worker.runtime.wiring import build_pipeline
+from worker.pipeline.batching import Context
+from worker.runtime.wiring import build_context
 
 
 class FakeClock:
@@ -83,16 +83,16 @@ def redis_fake() -> Iterator[fakeredis.FakeRedis]:
 
 
 @pytest.fixture
-def make_pipe(
+def make_ctx(
     redis_fake: fakeredis.FakeRedis,
     fake_voicenter: FakeVoicenter,
     dispatcher: QueueDispatcher,
     clock: FakeClock,
 ) -> Any:
-    def make(*, aio: bool = False, **overrides: Any) -> Pipeline:
+    def make(*, aio: bool = False, **overrides: Any) -> Context:
         """aio: with an asyncio client on the same fake Redis (the API's event-loop path)."""
         http = httpx.Client(transport=mock_transport(fake_voicenter.handle))
-        return build_pipeline(
+        return build_context(
             make_settings(**overrides),
             client=redis_fake,
             http=http,
@@ -106,5 +106,5 @@ def make_pipe(
 
 
 @pytest.fixture
-def pipe(make_pipe: Any) -> Pipeline:
-    return make_pipe()  # type: ignore[no-any-return]
+def ctx(make_ctx: Any) -> Context:
+    return make_ctx()  # type: ignore[no-any-return]

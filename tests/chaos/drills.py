@@ -39,12 +39,12 @@ from tests.fakes.server import Handler, LoopbackServer, client_port, client_wait
 from worker.ops.reconcile import reconcile
 from worker.pipeline import batching as work
 from worker.pipeline.accept import Event, PhoneInput, StoreUnavailableError, accept
-from worker.pipeline.batching import Pipeline
+from worker.pipeline.batching import Context
 from worker.providers.base import Action
 from worker.runtime import logs
 from worker.runtime.celery_app import celery_dispatcher
 from worker.runtime.embedded import EmbeddedRedis
-from worker.runtime.wiring import build_pipeline
+from worker.runtime.wiring import build_context
 
 ROOT = Path(__file__).resolve().parents[2]
 PROVIDERS = ("voicenter", "phonely")
@@ -106,7 +106,7 @@ class Lab:
         self.env.update(env)
         self.workers: list[subprocess.Popen[bytes]] = []
         stack.callback(self.close)
-        self.pipe = build_pipeline(
+        self.ctx = build_context(
             load_settings(self.env), dispatcher=celery_dispatcher(load_settings(self.env))
         )
 
@@ -168,15 +168,15 @@ class Lab:
             pass
 
     def targets(self) -> list[str]:
-        return sorted(self.pipe.targets())
+        return sorted(self.ctx.targets())
 
     def listed(self, target: str) -> set[str]:
         return listed_at(self.fakes[target.split(":", 1)[0]], target)
 
     def settled(self) -> bool:
-        counts = self.pipe.store.counts(self.pipe.known_targets())
+        counts = self.ctx.store.counts(self.ctx.known_targets())
         busy = any(any(c.values()) for c in counts.values())
-        return not busy and not self.pipe.store.retry_counts()
+        return not busy and not self.ctx.store.retry_counts()
 
     def wait_settled(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -193,12 +193,12 @@ class Lab:
     ) -> Result:
         """Each number at each target: delivered (provider state = ledger), dead-lettered,
         lost (ledger blocks, provider lacks it) or stale (provider blocks, ledger does not)."""
-        dead = {(d["target"], d["phone"]) for d in self.pipe.store.dead_letters()}
+        dead = {(d["target"], d["phone"]) for d in self.ctx.store.dead_letters()}
         result.dead_lettered = len(dead)
         for target in targets or self.targets():
             held = self.listed(target)
             for n in numbers:
-                blocked = self.pipe.store.ledger(n).get("s") == "blocked"
+                blocked = self.ctx.store.ledger(n).get("s") == "blocked"
                 if (target, n) in dead:
                     continue
                 if blocked == (n[1:] in held):
@@ -241,11 +241,11 @@ def interleaved_events(numbers: list[str], per_number: int, rng: random.Random) 
     return events
 
 
-def accept_all(pipe: Pipeline, events: list[Event], result: Result) -> None:
+def accept_all(ctx: Context, events: list[Event], result: Result) -> None:
     for event in events:
         while True:
             try:
-                accept(pipe, event)
+                accept(ctx, event)
                 result.accepted += 1
                 break
             except StoreUnavailableError:
@@ -265,7 +265,7 @@ def drill_worker_kills(workdir: Path, numbers: int, kills: int) -> Result:
         victims = [lab.start_worker(), lab.start_worker()]
         phones = [f"+97255{i:07d}" for i in range(numbers)]
         events = interleaved_events(phones, 3, rng)
-        feeder = threading.Thread(target=accept_all, args=(lab.pipe, events, result))
+        feeder = threading.Thread(target=accept_all, args=(lab.ctx, events, result))
         feeder.start()
         for _ in range(kills):
             time.sleep(1.0)
@@ -295,7 +295,7 @@ def drill_redis_kill(workdir: Path, numbers: int) -> Result:
                 event = Event("drill", Action.ADD, [PhoneInput(n)])
                 while True:
                     try:
-                        accept(lab.pipe, event)
+                        accept(lab.ctx, event)
                         acknowledged.append(n)
                         result.accepted += 1
                         break
@@ -310,7 +310,7 @@ def drill_redis_kill(workdir: Path, numbers: int) -> Result:
         time.sleep(1.0)
         server.start()
         feeder.join()
-        missing = [n for n in acknowledged if lab.pipe.store.ledger(n).get("s") != "blocked"]
+        missing = [n for n in acknowledged if lab.ctx.store.ledger(n).get("s") != "blocked"]
         result.notes.append(f"acknowledged then missing from the ledger: {len(missing)}")
         result.lost += len(missing)
         if not lab.wait_settled(120):
@@ -368,10 +368,10 @@ def drill_random_failures(workdir: Path, numbers: int) -> Result:
         lab.start_worker()
         for start in range(0, numbers, 50):
             batch = [PhoneInput(p) for p in phones[start : start + 50]]
-            accept(lab.pipe, Event("drill", Action.ADD, batch))
+            accept(lab.ctx, Event("drill", Action.ADD, batch))
             result.accepted += 1
         lab.wait_settled(240)
-        dead = lab.pipe.store.dead_letters()
+        dead = lab.ctx.store.dead_letters()
         result.notes.append(
             f"injected failures: {sum(f.injected for f in lab.fakes.values())}; dead letters "
             f"before replay: {len(dead)} (all with a reason: {all(d.get('reason') for d in dead)})"
@@ -380,7 +380,7 @@ def drill_random_failures(workdir: Path, numbers: int) -> Result:
             fake.chaos = None
             fake.permanent.clear()
             fake.flaky.clear()
-        work.replay(lab.pipe, [d["id"] for d in dead], "drill")
+        work.replay(lab.ctx, [d["id"] for d in dead], "drill")
         if not lab.wait_settled(120):
             result.problems.append("did not settle after replay")
         return lab.compare(result, phones)
@@ -411,7 +411,7 @@ def drill_provider_down(workdir: Path, numbers: int, down_seconds: float) -> Res
         phones = [f"+97258{i:07d}" for i in range(numbers)]
         for start in range(0, numbers, 100):
             batch = [PhoneInput(p) for p in phones[start : start + 100]]
-            accept(lab.pipe, Event("drill", Action.ADD, batch))
+            accept(lab.ctx, Event("drill", Action.ADD, batch))
             result.accepted += 1
         time.sleep(max(0.0, down["until"] - time.monotonic()))
         rate = hits["n"] / down_seconds
@@ -576,7 +576,7 @@ def drill_slow_provider(workdir: Path, numbers: int, flips: int) -> Result:
         stack.callback(staller.thaw_all)
         phones = [f"+97254{i:07d}" for i in range(numbers)]
         for events in flipping_events(phones, flips, rng):
-            accept_all(lab.pipe, events, result)
+            accept_all(lab.ctx, events, result)
             time.sleep(rng.uniform(0.2, 1.5))  # some of this round's pushes get out
         if not lab.wait_settled(240):
             result.problems.append("did not settle in 240 s")
@@ -630,7 +630,7 @@ def drill_reconcile_during_accepts(workdir: Path, numbers: int, flips: int) -> R
                     held = sorted(phonely.listed("agent-a") & {p[1:] for p in phones})
                     for d in rng.sample(held, min(3, len(held))):
                         phonely.listed("agent-a").discard(d)
-                for report in reconcile(lab.pipe, "phonely", remove_extras=True, who="drill"):
+                for report in reconcile(lab.ctx, "phonely", remove_extras=True, who="drill"):
                     runs["kept"] += report.kept
                     runs["removing"] += report.removing
                 runs["n"] += 1
@@ -641,7 +641,7 @@ def drill_reconcile_during_accepts(workdir: Path, numbers: int, flips: int) -> R
             for k, events in enumerate(flipping_events(phones, flips, rng)):
                 if k:
                     time.sleep(rng.uniform(0.3, 1.5))
-                accept_all(lab.pipe, events, result)
+                accept_all(lab.ctx, events, result)
         finally:
             # At once: the run under way when the last round came in is the last one, so
             # nothing after it could repair what it got wrong.
@@ -671,21 +671,21 @@ def drill_two_target_sets(workdir: Path, numbers: int, ttl: float) -> Result:
         lab = Lab(stack, url, workdir, providers=("voicenter", "phonely"),
                   OPTOUT_TARGET_TTL_SECONDS=str(ttl))  # fmt: skip
 
-        def process(env: dict[str, str]) -> Pipeline:
+        def process(env: dict[str, str]) -> Context:
             settings = load_settings(env)
-            return build_pipeline(settings, dispatcher=celery_dispatcher(settings))
+            return build_context(settings, dispatcher=celery_dispatcher(settings))
 
         old_api = process(lab.env_without("PHONELY_"))  # never has Phonely
         phones = [f"+97251{i:07d}" for i in range(numbers)]
         stream = iter(flipping_events(phones, 6, rng))
 
-        def accept_round(new_api: Pipeline) -> None:
+        def accept_round(new_api: Context) -> None:
             # Every other event through the process on old settings.
             for i, event in enumerate(next(stream)):
                 accept_all(old_api if i % 2 else new_api, [event], result)
 
         worker = lab.start_worker(beat=True)
-        accept_round(lab.pipe)
+        accept_round(lab.ctx)
         # A rolling deploy adds agent-c: the new processes announce it, the old API goes on.
         lab.env["PHONELY_AGENT_IDS"] = "agent-a,agent-b,agent-c"
         lab.stop(worker)
@@ -699,7 +699,7 @@ def drill_two_target_sets(workdir: Path, numbers: int, ttl: float) -> Result:
         accept_round(process(away))
         time.sleep(ttl + 2)
         accept_round(process(away))
-        live = set(lab.pipe.store.directory())
+        live = set(lab.ctx.store.directory())
         result.notes.append(f"live while away: {', '.join(sorted(live))}")
         if any(t.startswith("phonely") for t in live):
             result.problems.append("Phonely's targets were still live while it was away")
@@ -707,8 +707,8 @@ def drill_two_target_sets(workdir: Path, numbers: int, ttl: float) -> Result:
         lab.stop(worker)
         # And restored: the agents come back and are caught up.
         lab.start_worker(beat=True)
-        lab.pipe = process(lab.env)
-        accept_round(lab.pipe)
+        lab.ctx = process(lab.env)
+        accept_round(lab.ctx)
         targets = ["voicenter", "phonely:agent-a", "phonely:agent-b", "phonely:agent-c"]
         if not lab.wait_settled(120):
             result.problems.append("did not settle in 120 s")

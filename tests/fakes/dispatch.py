@@ -25,14 +25,14 @@ class QueueDispatcher:
         self.tasks.append((kind, args))
         self.sent.append((kind, args))
 
-    def drain(self, pipe: work.Pipeline, limit: int = 10_000) -> int:
+    def drain(self, ctx: work.Context, limit: int = 10_000) -> int:
         """Run queued work (and what it queues) until none is left; delays are ignored."""
         ran = 0
         while self.tasks and ran < limit:
             kind, args = self.tasks.popleft()
             if kind == "flush":
-                work.flush(pipe, args[0], args[1], args[2])
+                work.flush(ctx, args[0], args[1], args[2])
             else:
-                work.push(pipe, args[0])
+                work.push(ctx, args[0])
             ran += 1
         return ran

@@ -11,10 +11,10 @@ from schemathesis.checks import not_a_server_error
 from tests.conftest import FakeClock, make_settings
 from tests.fakes.dispatch import QueueDispatcher
 from worker.ingress.api import create_api
-from worker.runtime.wiring import build_pipeline
+from worker.runtime.wiring import build_context
 
 TOKEN = "fuzz-admin"
-PIPE = build_pipeline(
+PIPE = build_context(
     make_settings(
         admin_token=TOKEN,
         webhook_tokens="voicenter:fuzz-hook,dnc:fuzz-hook",

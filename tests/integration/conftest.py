@@ -22,10 +22,10 @@ import redis
 from config import Settings, load_settings
 from tests.fakes.server import LoopbackServer
 from tests.fakes.voicenter import FakeVoicenter
-from worker.pipeline.batching import Pipeline
+from worker.pipeline.batching import Context
 from worker.runtime.celery_app import celery_dispatcher
 from worker.runtime.embedded import EmbeddedRedis
-from worker.runtime.wiring import build_pipeline
+from worker.runtime.wiring import build_context
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -112,9 +112,9 @@ def settings(env: dict[str, str]) -> Settings:
 
 
 @pytest.fixture
-def producer(settings: Settings) -> Pipeline:
+def producer(settings: Settings) -> Context:
     """The API side's pipeline: accepts into real Redis and sends real Celery tasks."""
-    return build_pipeline(settings, dispatcher=celery_dispatcher(settings))
+    return build_context(settings, dispatcher=celery_dispatcher(settings))
 
 
 class WorkerProcess:

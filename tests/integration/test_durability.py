@@ -13,7 +13,7 @@ from tests.conftest import make_settings
 from tests.fakes.dispatch import QueueDispatcher
 from worker.ingress.api import create_api
 from worker.runtime.embedded import EmbeddedRedis
-from worker.runtime.wiring import build_pipeline
+from worker.runtime.wiring import build_context
 
 pytestmark = pytest.mark.integration
 AUTH = {"Authorization": "Bearer admin-secret"}
@@ -23,8 +23,8 @@ def test_accepted_survives_kill_9_and_redis_down_is_503(tmp_path: Path) -> None:
     server = EmbeddedRedis(tmp_path / "redis").start()
     try:
         settings = make_settings(redis_url=server.url, admin_token="admin-secret")
-        pipe = build_pipeline(settings, dispatcher=QueueDispatcher())
-        api = TestClient(create_api(lambda: pipe))
+        ctx = build_context(settings, dispatcher=QueueDispatcher())
+        api = TestClient(create_api(lambda: ctx))
         body = {"action": "add", "phones": ["+972501234567"]}
         assert api.post("/v1/optouts", json=body, headers=AUTH).status_code == 202
 
@@ -37,8 +37,8 @@ def test_accepted_survives_kill_9_and_redis_down_is_503(tmp_path: Path) -> None:
         assert api.get("/readyz").status_code == 503
 
         server.start()
-        assert pipe.store.ledger("+972501234567")["s"] == "blocked"
-        assert pipe.store.ledger("+972501234568") == {}
+        assert ctx.store.ledger("+972501234567")["s"] == "blocked"
+        assert ctx.store.ledger("+972501234568") == {}
         assert api.post("/v1/optouts", json=body, headers=AUTH).json()["duplicate"] is True
     finally:
         server.stop()
@@ -51,9 +51,9 @@ def test_event_loop_accepts_grouped_through_a_redis_kill_and_restart(tmp_path: P
     server = EmbeddedRedis(tmp_path / "redis").start()
     try:
         settings = make_settings(redis_url=server.url, admin_token="admin-secret")
-        pipe = build_pipeline(settings, dispatcher=QueueDispatcher())
-        pipe.ensure_registered()  # from here on every one-number accept is on the loop
-        app = create_api(lambda: pipe)
+        ctx = build_context(settings, dispatcher=QueueDispatcher())
+        ctx.ensure_registered()  # from here on every one-number accept is on the loop
+        app = create_api(lambda: ctx)
 
         async def run() -> tuple[list[tuple[int, int]], ...]:
             transport = httpx.ASGITransport(app=app)
@@ -81,7 +81,7 @@ def test_event_loop_accepts_grouped_through_a_redis_kill_and_restart(tmp_path: P
         assert {code for _, code in down} == {503}
         assert {code for _, code in after} == {202}
         for i, _ in before + after:
-            assert pipe.store.ledger(f"+97250{i:07d}")["s"] == "blocked"
-        assert all(pipe.store.ledger(f"+97250{i:07d}") == {} for i, _ in down)
+            assert ctx.store.ledger(f"+97250{i:07d}")["s"] == "blocked"
+        assert all(ctx.store.ledger(f"+97250{i:07d}") == {} for i, _ in down)
     finally:
         server.stop()

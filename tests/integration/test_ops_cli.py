@@ -21,7 +21,7 @@ from tests.fakes.voicenter import FakeVoicenter
 from worker.cli.main import app
 from worker.pipeline import batching as work
 from worker.pipeline.accept import Event, PhoneInput, accept
-from worker.pipeline.batching import Pipeline
+from worker.pipeline.batching import Context
 from worker.providers.base import Action
 from worker.runtime import wiring
 
@@ -33,7 +33,7 @@ runner = CliRunner(env={"COLUMNS": "200"})
 def cli_env(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
     for key, val in env.items():
         monkeypatch.setenv(key, val)
-    monkeypatch.setattr(wiring, "_pipeline", None)
+    monkeypatch.setattr(wiring, "_context", None)
     monkeypatch.setattr(wiring, "_settings", None)
     yield env
 
@@ -44,18 +44,18 @@ def run(*args: str) -> Any:
     return result
 
 
-def local(env: dict[str, str]) -> Pipeline:
+def local(env: dict[str, str]) -> Context:
     """An in-process pipeline on the same Redis, pushing synchronously (no worker needed)."""
-    return wiring.build_pipeline(load_settings(env), dispatcher=QueueDispatcher())
+    return wiring.build_context(load_settings(env), dispatcher=QueueDispatcher())
 
 
-def drain(pipe: Pipeline) -> None:
-    assert isinstance(pipe.dispatcher, QueueDispatcher)
+def drain(ctx: Context) -> None:
+    assert isinstance(ctx.dispatcher, QueueDispatcher)
     for _ in range(3):
-        for target in pipe.targets():
+        for target in ctx.targets():
             for action in Action:
-                work.flush(pipe, target, action, work.ALL)
-        pipe.dispatcher.drain(pipe)
+                work.flush(ctx, target, action, work.ALL)
+        ctx.dispatcher.drain(ctx)
 
 
 def test_import_100k_rows_with_bad_ones_twice(cli_env: dict[str, str], tmp_path: Path) -> None:
@@ -93,9 +93,9 @@ def test_import_100k_rows_with_bad_ones_twice(cli_env: dict[str, str], tmp_path:
 
 
 def test_scrub_writes_the_dialable_rows(cli_env: dict[str, str], tmp_path: Path) -> None:
-    pipe = local(cli_env)
+    ctx = local(cli_env)
     accept(
-        pipe, Event("api", Action.ADD, [PhoneInput("+972501111111"), PhoneInput("+972501111113")])
+        ctx, Event("api", Action.ADD, [PhoneInput("+972501111111"), PhoneInput("+972501111113")])
     )
     path = tmp_path / "campaign.csv"
     path.write_text("phone,first\n0501111111,a\n0501111112,b\n0501111113,c\nnope,d\n")
@@ -111,11 +111,11 @@ def test_dlq_list_show_replay_purge_and_provider_list(
     cli_env: dict[str, str], fake_voicenter_server: tuple[FakeVoicenter, str]
 ) -> None:
     fake = fake_voicenter_server[0]
-    pipe = local(cli_env)
+    ctx = local(cli_env)
     fake.permanent |= {"972501111111", "972501111112"}
     phones = ("+972501111111", "+972501111112", "+972501111113")
-    accept(pipe, Event("api", Action.ADD, [PhoneInput(p) for p in phones]))
-    drain(pipe)
+    accept(ctx, Event("api", Action.ADD, [PhoneInput(p) for p in phones]))
+    drain(ctx)
     listed = run("dlq", "list", "--json")
     ids = [json.loads(line)["id"] for line in listed.output.splitlines()]
     assert ids == ["voicenter|+972501111111", "voicenter|+972501111112"]
@@ -131,7 +131,7 @@ def test_dlq_list_show_replay_purge_and_provider_list(
     replayed = run("dlq", "replay", "--id", "voicenter|+972501111111")
     assert "replayed 1" in replayed.output
     assert "replayed 1" in run("dlq", "replay", "--id", "voicenter|+972501111111").output
-    drain(pipe)
+    drain(ctx)
     assert fake.numbers_sent().count("972501111111") == 2  # the failure, then one replay
     assert [json.loads(x)["id"] for x in run("dlq", "list", "--json").output.splitlines()] == [
         "voicenter|+972501111112"
@@ -153,21 +153,21 @@ def test_reconcile_repushes_missing_and_reports_extras(
         monkeypatch.delenv("VOICENTER_API_CODE")
         for key, val in env.items():
             monkeypatch.setenv(key, val)
-        pipe = local(env)
+        ctx = local(env)
         accept(
-            pipe,
+            ctx,
             Event("api", Action.ADD, [PhoneInput("+972501111111"), PhoneInput("+972501111112")]),
         )
-        drain(pipe)
+        drain(ctx)
         fake.listed("agent-a").discard("972501111112")  # lost at Phonely: missing
         fake.listed("agent-b").add("972509999999")  # put there by hand: extra
         result = run("reconcile", "phonely")
         assert result.exit_code == 0, result.output
         assert "extra at phonely:agent-b: +972509999999" in result.output
-        view = pipe.store.provider_view("+972501111112", ["phonely:agent-a", "phonely:agent-b"])
+        view = ctx.store.provider_view("+972501111112", ["phonely:agent-a", "phonely:agent-b"])
         assert view["phonely:agent-a"]["staged"] == "add"
         assert view["phonely:agent-b"]["staged"] is None
-        drain(pipe)
+        drain(ctx)
         assert "972501111112" in fake.listed("agent-a")
         assert "972509999999" in fake.listed("agent-b")  # reported, not removed
         removed = run("reconcile", "phonely", "--remove-extras")
@@ -175,14 +175,14 @@ def test_reconcile_repushes_missing_and_reports_extras(
         # Staged for removal through the pipeline (versioned like any change): the workers
         # take it off.
         assert "972509999999" in fake.listed("agent-b")
-        drain(pipe)
+        drain(ctx)
         assert "972509999999" not in fake.listed("agent-b")
-        assert pipe.store.ledger("+972509999999")["e"] == "reconcile"
+        assert ctx.store.ledger("+972509999999")["e"] == "reconcile"
 
 
 def test_sla_lists_numbers_not_yet_confirmed(cli_env: dict[str, str]) -> None:
-    pipe = local(cli_env)
-    accept(pipe, Event("api", Action.ADD, [PhoneInput("+972501111111")]))  # staged, never pushed
+    ctx = local(cli_env)
+    accept(ctx, Event("api", Action.ADD, [PhoneInput("+972501111111")]))  # staged, never pushed
     late = run("sla", "--age", "0s")
     assert late.exit_code == 1
     assert "+972501111111" in late.output and "voicenter" in late.output

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from tests.fakes.voicenter import ADD, REMOVE, FakeVoicenter
 from tests.integration.conftest import wait_for
 from worker.ingress.api import create_api
-from worker.pipeline.batching import Pipeline
+from worker.pipeline.batching import Context
 
 pytestmark = pytest.mark.integration
 AUTH = {"Authorization": "Bearer admin-secret"}
@@ -28,7 +28,7 @@ def iso(when: datetime) -> str:
 
 
 @pytest.fixture
-def api(producer: Pipeline) -> TestClient:
+def api(producer: Context) -> TestClient:
     return TestClient(create_api(lambda: producer))
 
 
@@ -58,7 +58,7 @@ def test_250_numbers_reach_voicenter_in_exactly_three_requests(
 
 
 def test_retry_dead_letter_and_replay(
-    api: TestClient, fake: FakeVoicenter, producer: Pipeline, start_worker: Any
+    api: TestClient, fake: FakeVoicenter, producer: Context, start_worker: Any
 ) -> None:
     flaky, bad = "972500000001", "972500000002"
     fake.permanent.add(bad)
@@ -105,7 +105,7 @@ def test_idempotent_keys_and_stale_removes(
 
 
 def test_interleaved_adds_and_removes_with_a_slow_provider_and_a_killed_worker(
-    api: TestClient, fake: FakeVoicenter, producer: Pipeline, start_worker: Any
+    api: TestClient, fake: FakeVoicenter, producer: Context, start_worker: Any
 ) -> None:
     fake.delay = 0.2
     batch = numbers(200, start=1000)
@@ -140,7 +140,7 @@ def test_interleaved_adds_and_removes_with_a_slow_provider_and_a_killed_worker(
 
 
 def test_a_chunk_in_flight_when_its_worker_is_killed_is_recovered(
-    api: TestClient, fake: FakeVoicenter, producer: Pipeline, start_worker: Any
+    api: TestClient, fake: FakeVoicenter, producer: Context, start_worker: Any
 ) -> None:
     fake.delay = 2.0
     worker = start_worker()

@@ -18,10 +18,10 @@ from tests.fakes.providers import CALL, env_for, make_fake
 from tests.fakes.server import LoopbackServer
 from tests.integration.conftest import ROOT, wait_for
 from worker.pipeline.accept import Event, PhoneInput, accept
-from worker.pipeline.batching import Pipeline
+from worker.pipeline.batching import Context
 from worker.providers.base import Action
 from worker.runtime.celery_app import celery_dispatcher
-from worker.runtime.wiring import build_pipeline
+from worker.runtime.wiring import build_context
 
 pytestmark = pytest.mark.integration
 NAMES = ("voicenter", "phonely", "voodoosms", "weya", "daktela")
@@ -45,9 +45,9 @@ def provider_env(fakes: dict[str, tuple[FakeProvider, str]], *names: str) -> dic
     return env
 
 
-def producer_for(env: dict[str, str]) -> Pipeline:
+def producer_for(env: dict[str, str]) -> Context:
     settings = load_settings(env)
-    return build_pipeline(settings, dispatcher=celery_dispatcher(settings))
+    return build_context(settings, dispatcher=celery_dispatcher(settings))
 
 
 def test_one_call_linked_opt_out_reaches_all_five_in_their_formats(
@@ -55,8 +55,8 @@ def test_one_call_linked_opt_out_reaches_all_five_in_their_formats(
 ) -> None:
     full = {**env, **provider_env(fakes, *NAMES)}
     start_worker(**full)
-    pipe = producer_for(full)
-    accept(pipe, Event("dnc", Action.ADD, [PhoneInput("0501234567")], context=CALL))
+    ctx = producer_for(full)
+    accept(ctx, Event("dnc", Action.ADD, [PhoneInput("0501234567")], context=CALL))
     expected = {"voicenter": 1, "phonely": 2, "voodoosms": 1, "weya": 1, "daktela": 1}
 
     def everywhere() -> bool:
@@ -73,7 +73,7 @@ def test_one_call_linked_opt_out_reaches_all_five_in_their_formats(
     assert phonely.listed("agent-a") == phonely.listed("agent-b") == {"972501234567"}
     assert fakes["voodoosms"][0].listed() == {"972501234567"}
     assert fakes["weya"][0].listed() == {"972501234567"}
-    assert pipe.store.dead_letters() == []
+    assert ctx.store.dead_letters() == []
 
 
 def test_a_new_phonely_agent_is_backfilled_after_a_restart(
@@ -81,9 +81,9 @@ def test_a_new_phonely_agent_is_backfilled_after_a_restart(
 ) -> None:
     phonely_env = {**env, **provider_env(fakes, "phonely")}
     worker = start_worker(**phonely_env)
-    pipe = producer_for(phonely_env)
+    ctx = producer_for(phonely_env)
     blocked = [f"+97250{i:07d}" for i in range(500)]
-    accept(pipe, Event("crm", Action.ADD, [PhoneInput(n) for n in blocked]))
+    accept(ctx, Event("crm", Action.ADD, [PhoneInput(n) for n in blocked]))
     fake: FakePhonely = fakes["phonely"][0]
     wait_for(lambda: len(fake.listed("agent-b")) == 500, timeout=60, what="first two agents")
     worker.stop()
@@ -100,11 +100,11 @@ def test_a_wrong_key_pauses_and_resume_delivers_everything_staged(
     fake.key = "new-key"  # the key was rotated at VoodooSMS; ours is the old one
     old = {**env, **provider_env(fakes, "voodoosms")}
     worker = start_worker(**old)
-    pipe = producer_for(old)
+    ctx = producer_for(old)
     batch = [f"+97250{i:07d}" for i in range(20)]
-    accept(pipe, Event("sms", Action.ADD, [PhoneInput(n) for n in batch]))
-    wait_for(lambda: "voodoosms" in pipe.store.paused(), timeout=30, what="provider paused")
-    assert pipe.store.dead_letters() == []
+    accept(ctx, Event("sms", Action.ADD, [PhoneInput(n) for n in batch]))
+    wait_for(lambda: "voodoosms" in ctx.store.paused(), timeout=30, what="provider paused")
+    assert ctx.store.dead_letters() == []
     assert fake.listed() == set()
     worker.stop()
 
@@ -122,4 +122,4 @@ def test_a_wrong_key_pauses_and_resume_delivers_everything_staged(
     assert result.returncode == 0, result.stdout + result.stderr
     assert "resumed" in result.stdout
     wait_for(lambda: fake.listed() == {n[1:] for n in batch}, timeout=60, what="delivered")
-    assert pipe.store.dead_letters() == []
+    assert ctx.store.dead_letters() == []

@@ -21,10 +21,10 @@ import redis.asyncio as aredis
 from config import load_settings
 from tests.fakes.dispatch import QueueDispatcher
 from worker.pipeline.accept import Event, PhoneInput, StoreUnavailableError, accept, accept_async
-from worker.pipeline.batching import Pipeline
+from worker.pipeline.batching import Context
 from worker.providers.base import Action
 from worker.runtime.embedded import free_port, redis_server_binary
-from worker.runtime.wiring import build_pipeline
+from worker.runtime.wiring import build_context
 
 pytestmark = pytest.mark.integration
 
@@ -75,30 +75,30 @@ def _answers(client: redis.Redis) -> bool:
 PATIENT_MS = 15_000
 
 
-def _pipeline(url: str, wait_ms: int = PATIENT_MS) -> Pipeline:
+def _pipeline(url: str, wait_ms: int = PATIENT_MS) -> Context:
     settings = load_settings({
         "REDIS_URL": url, "OPTOUT_REDIS_WAIT_REPLICAS": "1", "OPTOUT_KEY_PREFIX": "repl:",
         "OPTOUT_REDIS_WAIT_TIMEOUT_MS": str(wait_ms),
     })  # fmt: skip
-    return build_pipeline(settings, dispatcher=QueueDispatcher())
+    return build_context(settings, dispatcher=QueueDispatcher())
 
 
 def _event(i: int) -> Event:
     return Event("api", Action.ADD, [PhoneInput(f"+9725010{i:05d}")])
 
 
-def _concurrently(pipe: Pipeline, start: int, count: int) -> list[bool]:
+def _concurrently(ctx: Context, start: int, count: int) -> list[bool]:
     """`count` accepts from threads, while others read through the same client (number
     lookups, readiness checks): their connections have written nothing."""
     reading = threading.Event()
 
     def reader() -> None:
         while not reading.is_set():
-            pipe.store.ledger("+972500000000")
+            ctx.store.ledger("+972500000000")
 
     def one(i: int) -> bool:
         try:
-            accept(pipe, _event(i))
+            accept(ctx, _event(i))
             return True
         except StoreUnavailableError:
             return False
@@ -115,11 +115,11 @@ def _concurrently(pipe: Pipeline, start: int, count: int) -> list[bool]:
             thread.join()
 
 
-async def _on_the_loop(pipe: Pipeline, start: int, count: int) -> list[bool]:
+async def _on_the_loop(ctx: Context, start: int, count: int) -> list[bool]:
     async def one(i: int) -> bool:
         await asyncio.sleep(0.01 * (i % 5))  # in several groups
         try:
-            await accept_async(pipe, _event(i))
+            await accept_async(ctx, _event(i))
             return True
         except StoreUnavailableError:
             return False
@@ -133,10 +133,10 @@ def test_no_accept_is_answered_before_a_replica_has_it(
     # Issue 13, item 7: WAIT went out on whichever pooled connection was free; on one that
     # had written nothing it returned at once, and the API answered 202 regardless.
     url, replica = primary_and_replica
-    pipe = _pipeline(url)
-    pipe.ensure_registered()
-    assert all(_concurrently(pipe, 0, 20))
-    assert all(asyncio.run(_on_the_loop(pipe, 100, 20)))
+    ctx = _pipeline(url)
+    ctx.ensure_registered()
+    assert all(_concurrently(ctx, 0, 20))
+    assert all(asyncio.run(_on_the_loop(ctx, 100, 20)))
 
     impatient = _pipeline(url, wait_ms=500)
     impatient.ensure_registered()
@@ -146,7 +146,7 @@ def test_no_accept_is_answered_before_a_replica_has_it(
         assert not any(asyncio.run(_on_the_loop(impatient, 300, 20)))
     finally:
         os.kill(replica.pid, signal.SIGCONT)
-    assert all(_concurrently(pipe, 400, 10))
+    assert all(_concurrently(ctx, 400, 10))
 
 
 class _Log:
@@ -216,21 +216,21 @@ def test_the_wait_goes_out_on_the_connection_that_wrote(
         pool = _AsyncRotating(connection_class=_AsyncRecordingConnection, port=port)
         return aredis.Redis(connection_pool=pool)
 
-    pipe = build_pipeline(
+    ctx = build_context(
         settings, client=client, dispatcher=QueueDispatcher(), async_client=async_client
     )
-    pipe.ensure_registered()
+    ctx.ensure_registered()
     for _ in range(3):
         client.ping()  # a few connections in the pool
     # Each path on its own, so that neither passes for want of a WAIT (how many groups the
     # loop's accepts make depends on the machine's load).
     _Log.entries.clear()
-    assert all(_concurrently(pipe, 0, 8))
+    assert all(_concurrently(ctx, 0, 8))
     for i in range(5):
-        accept(pipe, _event(50 + i))
+        accept(ctx, _event(50 + i))
     assert sum(1 for _, command in _Log.entries if command == "WAIT") >= 5
     _every_wait_follows_a_write_on_its_connection()
     _Log.entries.clear()
-    assert all(asyncio.run(_on_the_loop(pipe, 100, 12)))
+    assert all(asyncio.run(_on_the_loop(ctx, 100, 12)))
     assert sum(1 for _, command in _Log.entries if command == "WAIT") >= 1
     _every_wait_follows_a_write_on_its_connection()

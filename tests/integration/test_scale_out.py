@@ -22,7 +22,7 @@ from tests.integration.conftest import wait_for
 from tests.integration.test_consumer_e2e import RABBIT, rabbit_up
 from tests.processes import CLI, Processes
 from worker.runtime.embedded import free_port
-from worker.runtime.wiring import build_pipeline
+from worker.runtime.wiring import build_context
 
 pytestmark = pytest.mark.integration
 NUMBERS = 10_000
@@ -113,7 +113,7 @@ def test_two_apis_three_workers_push_every_number_once_in_batches(
                 and len(voodoo.listed()) == NUMBERS
             )
 
-        store = build_pipeline(load_settings(full), dispatcher=QueueDispatcher()).store
+        store = build_context(load_settings(full), dispatcher=QueueDispatcher()).store
 
         targets = ["voicenter", "phonely:agent-a", "phonely:agent-b", "voodoosms"]
 

@@ -17,7 +17,7 @@ from tests.fakes.providers import env_for, make_fake
 from tests.fakes.server import LoopbackServer
 from tests.integration.conftest import wait_for
 from worker.pipeline.accept import Event, PhoneInput, accept
-from worker.pipeline.batching import Pipeline
+from worker.pipeline.batching import Context
 from worker.providers.base import Action
 
 pytestmark = pytest.mark.integration
@@ -52,10 +52,10 @@ def test_a_stuck_per_number_provider_never_holds_up_a_bulk_one(
             "OPTOUT_LEASE_SECONDS": "120", "OPTOUT_PROVIDER_LIMITS": "voodoosms=0/64"}  # fmt: skip
     from config import load_settings
     from worker.runtime.celery_app import celery_dispatcher
-    from worker.runtime.wiring import build_pipeline
+    from worker.runtime.wiring import build_context
 
     settings = load_settings(full)
-    producer: Pipeline = build_pipeline(settings, dispatcher=celery_dispatcher(settings))
+    producer: Context = build_context(settings, dispatcher=celery_dispatcher(settings))
     worker = start_worker(**full)
     log = tmp_path / "worker.log"
     wait_for(lambda: log.exists() and log.read_text().count(" ready.") >= 2, 60,

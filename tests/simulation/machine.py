@@ -58,7 +58,7 @@ from tests.simulation.models import (
 from worker.ops.reconcile import reconcile
 from worker.pipeline import batching as work
 from worker.pipeline.accept import AcceptError, Event, PhoneInput, accept
-from worker.pipeline.batching import Pipeline
+from worker.pipeline.batching import Context
 from worker.providers.base import Action
 from worker.runtime.embedded import free_port, redis_server_binary
 from worker.state.store import Store
@@ -230,22 +230,22 @@ class PipelineMachine(RuleBasedStateMachine):
         self.numbers = list(NUMBERS)
         self.options: set[str] = set(OPTIONAL)
         self.mode = ALL
-        self.processes: dict[str, Pipeline] = {}
+        self.processes: dict[str, Context] = {}
         self.purged: dict[tuple[str, str], str] = {}  # (target, number) -> ledger version
         self.log: list[str] = []
         self.events = 0
 
     # -- the deployment --------------------------------------------------------------------
 
-    def process(self, role: str) -> Pipeline:
+    def process(self, role: str) -> Context:
         """The pipeline of a process: 'worker', 'api', or 'api_old' or 'worker_old' (still
         on settings that lack the second bulk target, or name the one-list provider's old
         database, as during a rolling deploy)."""
         db = self.old_db if role.endswith("_old") and self.old_db else self.db
         old_routes = role.endswith("_old") and self.old_routes
         name = f"{role}:{self.mode}:{db}:{old_routes}"
-        pipe = self.processes.get(name)
-        if pipe is None:
+        ctx = self.processes.get(name)
+        if ctx is None:
             providers: dict[str, Any] = {
                 k: m
                 for k, m in self.models.items()
@@ -262,7 +262,7 @@ class PipelineMachine(RuleBasedStateMachine):
             settings = self.settings
             if old_routes:
                 settings = settings.model_copy(update={"routes": OLD_ROUTES})
-            pipe = Pipeline(
+            ctx = Context(
                 settings=settings,
                 store=self.store,
                 providers=providers,
@@ -270,11 +270,11 @@ class PipelineMachine(RuleBasedStateMachine):
                 rng=random.Random(len(self.processes)),
                 monotonic=self.clock,
             )
-            self.processes[name] = pipe
-        return pipe
+            self.processes[name] = ctx
+        return ctx
 
     @property
-    def worker(self) -> Pipeline:
+    def worker(self) -> Context:
         return self.process("worker")
 
     def clock_ms(self) -> int:
@@ -474,9 +474,9 @@ class PipelineMachine(RuleBasedStateMachine):
 
     def start_push(self, chunk_id: str) -> PushThread:
         self.dispatcher.delivered.append(chunk_id)
-        pipe = self.worker
+        ctx = self.worker
         self.note(f"push chunk {chunk_id}")
-        return self.gate.start(chunk_id, lambda: work.push(pipe, chunk_id))
+        return self.gate.start(chunk_id, lambda: work.push(ctx, chunk_id))
 
     @precondition(lambda self: self.on("redeliver") and self.dispatcher.delivered)
     @rule(data=st.data())

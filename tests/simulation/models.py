@@ -8,7 +8,7 @@ thread has parked again or finished before its next step, so runs are determinis
 
 The timing the pipeline relies on, and which the models keep: a provider applies a request,
 if ever, before its answer reaches the sender, and no later than the pipeline's late window
-(`Pipeline.late_ms`: a lease and an HTTP timeout) after the sender's push lost its chunk (it
+(`Context.late_ms`: a lease and an HTTP timeout) after the sender's push lost its chunk (it
 was recovered, or another delivery of the task completed it). Until then it may land at
 any moment, after newer pushes, and its sender may die without an answer.
 """

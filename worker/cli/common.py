@@ -33,7 +33,7 @@ def read_settings() -> Settings:
     return settings
 
 
-def open_pipeline() -> Any:
+def open_context() -> Any:
     """This process's pipeline (on the embedded Redis of a running `optout up` when REDIS_URL
     is unset), or exit 2 with the reason."""
     settings = read_settings()
@@ -46,7 +46,7 @@ def open_pipeline() -> Any:
     wiring.configure(settings)
 
     try:
-        return wiring.pipeline()
+        return wiring.context()
     except ConfigError as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None

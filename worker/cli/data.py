@@ -11,7 +11,7 @@ import typer
 from worker.cli.common import (
     console,
     err,
-    open_pipeline,
+    open_context,
     progress_over,
 )
 
@@ -54,13 +54,13 @@ def import_cmd(
         err.print("[red]a remove import needs --as-of TIME[/red] (when the list was exported:"
                   " opt-outs made after it must not be undone)")  # fmt: skip
         raise typer.Exit(2)
-    pipe = open_pipeline()
+    ctx = open_context()
     report_path = report or file.with_name(file.name + ".rejected.csv")
     progress, advance = progress_over(file, "importing")
     try:
         with progress:
             result = import_csv(
-                pipe,
+                ctx,
                 file,
                 action=Action(action),
                 source=source,
@@ -87,11 +87,11 @@ def scrub(
     """Write the dialable rows of a campaign list: numbers the ledger does not block."""
     from worker.ingress.importer import scrub_csv
 
-    pipe = open_pipeline()
+    ctx = open_context()
     out_path = out or file.with_name(file.stem + ".dialable.csv")
     progress, advance = progress_over(file, "scrubbing")
     with progress:
-        result = scrub_csv(pipe, file, out_path, column=column, progress=advance)
+        result = scrub_csv(ctx, file, out_path, column=column, progress=advance)
     console.print(
         f"rows {result.rows}: dialable {result.dialable} (written to {out_path}), "
         f"blocked {result.blocked}, not a phone number {result.rejected}"

@@ -13,7 +13,7 @@ from worker.cli.common import (
     err,
     in_batches,
     ms_to_text,
-    open_pipeline,
+    open_context,
     who,
 )
 from worker.ops.deadletters import DeadLetterFilter
@@ -51,11 +51,11 @@ def dlq_list(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
     """List dead letters, oldest first."""
-    pipe = open_pipeline()
+    ctx = open_context()
     from worker.ops.deadletters import select
 
     flt = _dead_letter_filter(provider, action, reason, phone, older_than, None)
-    entries = select(pipe.store.dead_letters(), flt, pipe.store.now_ms())
+    entries = select(ctx.store.dead_letters(), flt, ctx.store.now_ms())
     total = len(entries)
     entries = entries[offset:]
     if as_json:
@@ -80,13 +80,13 @@ def dlq_list(
 @app.command("show")
 def dlq_show(entry_id: str) -> None:
     """One dead letter in full, with the number's audit trail."""
-    pipe = open_pipeline()
-    entry = next((e for e in pipe.store.dead_letters() if e["id"] == entry_id), None)
+    ctx = open_context()
+    entry = next((e for e in ctx.store.dead_letters() if e["id"] == entry_id), None)
     if entry is None:
         err.print(f"[red]no dead letter {entry_id}[/red] (ids look like voicenter|+972501234567)")
         raise typer.Exit(1)
     typer.echo(json.dumps(entry, indent=2, sort_keys=True))
-    typer.echo(json.dumps(pipe.store.audit(entry["phone"], limit=20), indent=2))
+    typer.echo(json.dumps(ctx.store.audit(entry["phone"], limit=20), indent=2))
 
 
 IdsOpt = Annotated[list[str] | None, typer.Option("--id", help="Entry id (repeatable).")]
@@ -110,8 +110,8 @@ def dlq_purge(
     chosen = _chosen("purge", all_, flt, dry_run)
     if chosen is None:
         return
-    ids_, pipe = chosen
-    done = in_batches(ids_, lambda batch: int(pipe.store.purge(batch, who())), "purging")
+    ids_, ctx = chosen
+    done = in_batches(ids_, lambda batch: int(ctx.store.purge(batch, who())), "purging")
     console.print(f"purged {done} dead letters")
 
 
@@ -133,8 +133,8 @@ def dlq_replay(
     chosen = _chosen("replay", all_, flt, dry_run)
     if chosen is None:
         return
-    ids_, pipe = chosen
-    done = in_batches(ids_, lambda batch: replay(pipe, batch, who()), "replaying")
+    ids_, ctx = chosen
+    done = in_batches(ids_, lambda batch: replay(ctx, batch, who()), "replaying")
     console.print(f"replayed {done} dead letters")
     if done < len(ids_):
         console.print(
@@ -152,12 +152,12 @@ def _chosen(
     if flt.empty() and not all_:
         err.print(f"[red]say what to {verb}: --id, filters, or --all[/red]")
         raise typer.Exit(2)
-    pipe = open_pipeline()
+    ctx = open_context()
     from worker.ops.deadletters import select
 
-    ids = [e["id"] for e in select(pipe.store.dead_letters(), flt, pipe.store.now_ms())]
+    ids = [e["id"] for e in select(ctx.store.dead_letters(), flt, ctx.store.now_ms())]
     if not dry_run:
-        return ids, pipe
+        return ids, ctx
     console.print(f"would {verb} {len(ids)} dead letters")
     for entry_id in ids[:50]:
         console.print(f"  {entry_id}")

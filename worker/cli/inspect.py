@@ -14,7 +14,7 @@ from worker.cli.common import (
     duration,
     err,
     ms_to_text,
-    open_pipeline,
+    open_context,
     read_settings,
 )
 
@@ -27,15 +27,15 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print the record as JSON.")] = False,
 ) -> None:
     """Show one number: desired state, expiry, each provider's status, the audit trail."""
-    pipe = open_pipeline()
+    ctx = open_context()
     from worker.domain.phones import Rejected, normalise
     from worker.ingress.api import number_view
 
-    normal = normalise(phone, pipe.settings.default_region)
+    normal = normalise(phone, ctx.settings.default_region)
     if isinstance(normal, Rejected):
         err.print(f"[red]not a phone number: {normal.reason}[/red]")
         raise typer.Exit(2)
-    view = number_view(pipe, normal.e164)
+    view = number_view(ctx, normal.e164)
     if as_json:
         typer.echo(json.dumps(view, sort_keys=True))
     if not view["known"]:
@@ -86,11 +86,11 @@ def sla(
     limit: Annotated[int, typer.Option(help="Show at most N.")] = 200,
 ) -> None:
     """Numbers whose latest state is not yet confirmed on every provider after AGE."""
-    pipe = open_pipeline()
+    ctx = open_context()
     from worker.ops.sla import overdue
 
-    seconds = pipe.settings.sla_seconds if age is None else duration(age)
-    late = overdue(pipe, seconds, limit=limit)
+    seconds = ctx.settings.sla_seconds if age is None else duration(age)
+    late = overdue(ctx, seconds, limit=limit)
     table = Table("phone", "state", "age", "still pending at", title=f"not confirmed after "
                   f"{seconds / 3600:g} h: {len(late)}")  # fmt: skip
     for row in late:

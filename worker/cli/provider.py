@@ -10,7 +10,7 @@ from rich.table import Table
 from worker.cli.common import (
     console,
     err,
-    open_pipeline,
+    open_context,
     who,
 )
 
@@ -22,19 +22,19 @@ commands = typer.Typer()
 @app.command("list")
 def provider_list() -> None:
     """Each provider target: paused or not, staged, in flight; retry and dead-letter totals."""
-    pipe = open_pipeline()
-    paused = pipe.store.paused()
-    targets = pipe.targets()
-    counts = pipe.store.counts(sorted(targets))
-    retrying = pipe.store.retry_counts()
-    dead_by_target = pipe.store.dead_letter_counts()
+    ctx = open_context()
+    paused = ctx.store.paused()
+    targets = ctx.targets()
+    counts = ctx.store.counts(sorted(targets))
+    retrying = ctx.store.retry_counts()
+    dead_by_target = ctx.store.dead_letter_counts()
     table = Table("target", "provider", "state", "staged add", "staged remove", "in flight",
                   "retrying", "dead letters")  # fmt: skip
-    circuits = pipe.store.open_circuits(set(targets.values()))
+    circuits = ctx.store.open_circuits(set(targets.values()))
     for target in sorted(targets):
         provider = targets[target]
         state = "paused: " + paused[provider]["reason"] if provider in paused else "active"
-        held = pipe.store.held_for(provider)
+        held = ctx.store.held_for(provider)
         if not paused.get(provider) and provider in circuits:
             state = f"circuit open, next probe in {held:.0f}s" if held else "circuit probing"
         elif not paused.get(provider) and held:
@@ -50,11 +50,11 @@ def provider_list() -> None:
                       f"then: optout provider resume {provider}")  # fmt: skip
 
 
-def _provider(pipe: Any, name: str) -> Any:
-    provider = pipe.providers.get(name)
+def _provider(ctx: Any, name: str) -> Any:
+    provider = ctx.providers.get(name)
     if provider is None:
         err.print(
-            f"[red]{name} is not enabled[/red] (enabled: {', '.join(pipe.providers) or 'none'})"
+            f"[red]{name} is not enabled[/red] (enabled: {', '.join(ctx.providers) or 'none'})"
         )
         raise typer.Exit(2)
     return provider
@@ -63,11 +63,11 @@ def _provider(pipe: Any, name: str) -> Any:
 @app.command("test")
 def provider_test(name: str) -> None:
     """Probe a provider's credentials with a call that changes nothing."""
-    pipe = open_pipeline()
+    ctx = open_context()
     from worker.providers.errors import AuthError, ProviderError
 
     try:
-        _provider(pipe, name).probe()
+        _provider(ctx, name).probe()
     except AuthError as exc:
         err.print(f"[red]{name}: credentials refused ({exc.reason}); fix {exc.setting}[/red]")
         raise typer.Exit(1) from None
@@ -81,14 +81,14 @@ def provider_test(name: str) -> None:
 def provider_resume(name: str) -> None:
     """Probe a paused provider and, if it answers, resume it and push what is staged."""
     provider_test(name)
-    pipe = open_pipeline()
+    ctx = open_context()
     from worker.pipeline.batching import ALL
     from worker.providers.base import Action
 
-    was_paused = pipe.store.resume(name)
-    for target in _provider(pipe, name).targets():
+    was_paused = ctx.store.resume(name)
+    for target in _provider(ctx, name).targets():
         for action in Action:
-            pipe.dispatcher.flush(target, action, ALL)
+            ctx.dispatcher.flush(target, action, ALL)
     console.print(
         f"{name}: {'resumed' if was_paused else 'was not paused'}; staged numbers flushing"
     )
@@ -103,16 +103,16 @@ def reconcile_cmd(
 ) -> None:
     """Compare each provider's list with the ledger (Phonely, VoodooSMS, Daktela): re-push
     what is missing, report what is extra."""
-    pipe = open_pipeline()
+    ctx = open_context()
     from worker.ops.reconcile import reconcile
     from worker.providers.errors import ProviderError
 
-    if provider and provider not in pipe.providers:
+    if provider and provider not in ctx.providers:
         err.print(f"[red]{provider} is not enabled[/red]")
         raise typer.Exit(2)
     with console.status("listing provider blacklists ..."):
         try:
-            reports = reconcile(pipe, provider, remove_extras, who=who())
+            reports = reconcile(ctx, provider, remove_extras, who=who())
         except ProviderError as exc:
             err.print(f"[red]reconcile stopped: {exc}[/red]")
             raise typer.Exit(1) from None

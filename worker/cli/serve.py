@@ -18,7 +18,7 @@ from worker.cli.common import (
     err,
     fresh_dir,
     multiprocess_metrics,
-    open_pipeline,
+    open_context,
     read_settings,
 )
 from worker.cli.supervisor import StopSignal, local_admin_token, stop_children, supervise_groups
@@ -221,11 +221,11 @@ def consume(
     """Consume opt-out messages from a broker queue; ack each only once it is staged.
     Invalid messages go to QUEUE.rejected with the reason. SIGTERM finishes the message in
     hand and stops."""
-    pipe = open_pipeline()
+    ctx = open_context()
     from worker.ingress.consumer import OptoutConsumer, connect
 
-    with connect(url, pipe.settings.key_prefix, visibility_timeout) as connection:
-        consumer = OptoutConsumer(pipe, connection, queue, prefetch, allow_remove)
+    with connect(url, ctx.settings.key_prefix, visibility_timeout) as connection:
+        consumer = OptoutConsumer(ctx, connection, queue, prefetch, allow_remove)
 
         def stop(*_: Any) -> None:
             consumer.should_stop = True

@@ -23,12 +23,12 @@ from worker.ops import metrics
 from worker.ops.admin_api import admin_router
 from worker.ops.sla import overdue
 from worker.pipeline.accept import AcceptError, accept_async
-from worker.pipeline.batching import Pipeline
+from worker.pipeline.batching import Context
 from worker.runtime.fastjson import JSONResponse
 
 log = structlog.get_logger("optout.api")
 
-PipelineFactory = Callable[[], Pipeline]
+ContextFactory = Callable[[], Context]
 
 
 class _BodyLimit:
@@ -158,8 +158,8 @@ def _error(status: int, reason: str, message: str, **extra: Any) -> JSONResponse
     )
 
 
-def create_api(pipeline: PipelineFactory) -> FastAPI:
-    """The ASGI app; `pipeline` builds (or returns) this process's pipeline."""
+def create_api(context: ContextFactory) -> FastAPI:
+    """The ASGI app; `context` builds (or returns) this process's pipeline context."""
     api = FastAPI(
         title="optout-worker",
         version="0.1.0",
@@ -167,13 +167,13 @@ def create_api(pipeline: PipelineFactory) -> FastAPI:
         "blacklists. `/v1/*` needs the admin token as `Authorization: Bearer`.",
     )
 
-    api.add_middleware(_BodyLimit, max_bytes=pipeline().settings.max_body_bytes)
+    api.add_middleware(_BodyLimit, max_bytes=context().settings.max_body_bytes)
     api.add_middleware(_AccessLog)
-    api.include_router(webhook_router(pipeline))
+    api.include_router(webhook_router(context))
 
     # async: a check without I/O must not cost a thread-pool hop on every request.
     async def admin(authorization: Annotated[str | None, Header()] = None) -> None:
-        token = pipeline().settings.admin_token
+        token = context().settings.admin_token
         if token is None:
             raise AcceptError(
                 "admin_disabled", "the admin API is off: set OPTOUT_ADMIN_TOKEN", status=503
@@ -184,7 +184,7 @@ def create_api(pipeline: PipelineFactory) -> FastAPI:
         ):
             raise AcceptError("unauthorized", "missing or wrong admin token", status=401)
 
-    api.include_router(admin_router(pipeline, admin))
+    api.include_router(admin_router(context, admin))
 
     @api.exception_handler(AcceptError)
     async def _accept_error(_: Request, exc: AcceptError) -> JSONResponse:
@@ -217,7 +217,7 @@ def create_api(pipeline: PipelineFactory) -> FastAPI:
         """Accept an opt-out (`add`) or opt-in (`remove`). Answers 202 once every accepted
         number is durably staged in Redis; 503 (retry) when it cannot be; 409 when the
         idempotency key was used with another body; a remove needs `occurred_at`."""
-        result = await accept_async(pipeline(), optout_event(body))
+        result = await accept_async(context(), optout_event(body))
         return JSONResponse(
             {
                 "event_id": result.event_id,
@@ -236,11 +236,11 @@ def create_api(pipeline: PipelineFactory) -> FastAPI:
     )
     def get_number(phone: str) -> JSONResponse:
         """A number's desired state, expiry, audit trail and each provider's status."""
-        pipe = pipeline()
-        normal = normalise(phone, pipe.settings.default_region)
+        ctx = context()
+        normal = normalise(phone, ctx.settings.default_region)
         if isinstance(normal, Rejected):
             return _error(422, normal.reason, f"not a phone number: {normal.reason}")
-        return JSONResponse(number_view(pipe, normal.e164))
+        return JSONResponse(number_view(ctx, normal.e164))
 
     @api.get("/healthz", responses={200: _example({"status": "ok"})})
     def healthz() -> dict[str, str]:
@@ -265,15 +265,15 @@ def create_api(pipeline: PipelineFactory) -> FastAPI:
     def readyz() -> JSONResponse:
         """Redis and the broker answer; paused providers and open circuits (a provider
         whose requests keep failing, held and probed with backoff) are listed."""
-        pipe = pipeline()
+        ctx = context()
         checks: dict[str, Any] = {}
         try:
-            checks["redis"] = "ok" if pipe.store.ping() else "down"
-            checks["paused_providers"] = pipe.store.paused()
-            checks["open_circuits"] = pipe.store.open_circuits(PROVIDERS)
+            checks["redis"] = "ok" if ctx.store.ping() else "down"
+            checks["paused_providers"] = ctx.store.paused()
+            checks["open_circuits"] = ctx.store.open_circuits(PROVIDERS)
         except Exception as exc:  # noqa: BLE001
             checks["redis"] = f"down: {type(exc).__name__}"  # readiness reports, never raises
-        checks["broker"] = broker_check(pipe.settings.broker_url)
+        checks["broker"] = broker_check(ctx.settings.broker_url)
         ready = checks["redis"] == "ok" and checks["broker"] == "ok"
         return JSONResponse(
             {"status": "ready" if ready else "not_ready", **checks},
@@ -283,27 +283,27 @@ def create_api(pipeline: PipelineFactory) -> FastAPI:
     @api.get("/metrics", include_in_schema=False)
     def prometheus() -> Response:
         """Prometheus exposition: this machine's processes, plus gauges read from Redis."""
-        pipe = pipeline()
+        ctx = context()
         return Response(
-            metrics.render(metrics.StateCollector(lambda: state_gauges(pipe))),
+            metrics.render(metrics.StateCollector(lambda: state_gauges(ctx))),
             media_type=CONTENT_TYPE_LATEST,
         )
 
     return api
 
 
-def state_gauges(pipe: Pipeline) -> dict[str, float]:
+def state_gauges(ctx: Context) -> dict[str, float]:
     """What Redis says right now, as numbers for Prometheus."""
-    store = pipe.store
+    store = ctx.store
     oldest = store.oldest_dead_letter_ms()
     dead = sum(store.dead_letter_counts().values())
-    staged = sum(sum(c.values()) for c in store.counts(pipe.known_targets()).values())
+    staged = sum(sum(c.values()) for c in store.counts(ctx.known_targets()).values())
     return {
         "redis_up": 1.0,
         "dead_letters": float(dead),
         "dead_letter_oldest_age_seconds": (store.now_ms() - oldest) / 1000 if oldest else 0.0,
         "staged_or_in_flight_numbers": float(staged),
-        "sla_overdue_numbers": float(len(overdue(pipe, pipe.settings.sla_seconds))),
+        "sla_overdue_numbers": float(len(overdue(ctx, ctx.settings.sla_seconds))),
         "paused_providers": float(len(store.paused())),
         "open_circuits": float(len(store.open_circuits(PROVIDERS))),
     }
@@ -318,10 +318,10 @@ def broker_check(url: str) -> str:
         return f"down: {type(exc).__name__}"  # any broker failure means "not ready"
 
 
-def number_view(pipe: Pipeline, e164: str) -> dict[str, Any]:
+def number_view(ctx: Context, e164: str) -> dict[str, Any]:
     """Everything known about one number (API and `optout status`)."""
-    ledger = pipe.store.ledger(e164)
-    targets = pipe.known_targets()
+    ledger = ctx.store.ledger(e164)
+    targets = ctx.known_targets()
     expires = int(ledger.get("x", "0") or 0)
     return {
         "phone": e164,
@@ -331,6 +331,6 @@ def number_view(pipe: Pipeline, e164: str) -> dict[str, Any]:
         "expires_at_ms": expires or None,
         "event_time_ms": int(ledger.get("t", "0") or 0) or None,
         "last_event_id": ledger.get("e"),
-        "providers": pipe.store.provider_view(e164, targets),
-        "audit": pipe.store.audit(e164),
+        "providers": ctx.store.provider_view(e164, targets),
+        "audit": ctx.store.audit(e164),
     }

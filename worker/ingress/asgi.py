@@ -12,4 +12,4 @@ def create() -> FastAPI:
     """This process's API over this process's pipeline (settings read from the environment).
     Server processes start afresh: logging (with its masking) is set up here, not inherited."""
     logs.configure(wiring.settings().log_format)
-    return create_api(wiring.pipeline)
+    return create_api(wiring.context)

@@ -25,7 +25,7 @@ from config import kombu_url
 from worker.ingress import cdr as cdrs
 from worker.ingress.schemas import DncTrigger, OptoutRequest, dnc_event, optout_event
 from worker.pipeline.accept import AcceptError, Event, StoreUnavailableError, accept
-from worker.pipeline.batching import Pipeline
+from worker.pipeline.batching import Context
 from worker.providers.base import Action
 from worker.runtime.broker import transport_for
 
@@ -55,7 +55,7 @@ def _problems(exc: ValidationError) -> str:
 
 
 def interpret(
-    pipe: Pipeline, body: bytes, headers: dict[str, Any], allow_remove: bool
+    ctx: Context, body: bytes, headers: dict[str, Any], allow_remove: bool
 ) -> Event | None:
     """The accept Event a message carries; None for a CDR that needs no queueing."""
     try:
@@ -85,8 +85,8 @@ def interpret(
         if kind == "dnc":
             return dnc_event(DncTrigger.model_validate(data))
         if kind == "cdr":
-            outcome = cdrs.interpret(cdrs.decode(data), pipe.settings, pipe.own_numbers)
-            return cdrs.book(pipe.store, outcome)
+            outcome = cdrs.interpret(cdrs.decode(data), ctx.settings, ctx.own_numbers)
+            return cdrs.book(ctx.store, outcome)
     except ValidationError as exc:
         raise RejectedMessageError(f"invalid_{kind}: {_problems(exc)}") from None
     except cdrs.UnparseableCdrError as exc:
@@ -99,13 +99,13 @@ class OptoutConsumer(ConsumerMixin):  # type: ignore[misc]
 
     def __init__(
         self,
-        pipe: Pipeline,
+        ctx: Context,
         connection: Connection,
         queue: str,
         prefetch: int = 10,
         allow_remove: bool = False,
     ) -> None:
-        self.pipe = pipe
+        self.ctx = ctx
         self.connection = connection
         self.queue = _queue(queue)
         self.parking = _queue(queue + ".rejected")
@@ -127,9 +127,9 @@ class OptoutConsumer(ConsumerMixin):  # type: ignore[misc]
     def on_message(self, message: Message) -> None:
         headers = dict(message.headers or {})
         try:
-            event = interpret(self.pipe, message.body, headers, self.allow_remove)
+            event = interpret(self.ctx, message.body, headers, self.allow_remove)
             if event is not None:
-                accept(self.pipe, event)
+                accept(self.ctx, event)
         except RejectedMessageError as exc:
             self._park(message, exc.reason)
         except StoreUnavailableError as exc:

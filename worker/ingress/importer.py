@@ -16,7 +16,7 @@ from typing import IO
 
 from worker.domain.phones import Normalised, normalise
 from worker.pipeline.accept import AcceptError, Event, PhoneInput, accept
-from worker.pipeline.batching import Pipeline
+from worker.pipeline.batching import Context
 from worker.providers.base import Action
 
 BATCH = 1000
@@ -89,7 +89,7 @@ def _batches(
 
 
 def import_csv(
-    pipe: Pipeline,
+    ctx: Context,
     path: Path,
     *,
     action: Action,
@@ -129,12 +129,12 @@ def import_csv(
                 occurred_at=as_of,
             )
             try:
-                result = accept(pipe, event)
+                result = accept(ctx, event)
             except AcceptError as exc:
                 if exc.reason != "no_valid_phones":
                     raise
                 for line, phone, _ in batch:
-                    reason = normalise(phone, pipe.settings.region_for(source))
+                    reason = normalise(phone, ctx.settings.region_for(source))
                     why = reason.reason if not isinstance(reason, Normalised) else exc.reason
                     writer.writerow([line, phone, why])
                 report.rejected += len(batch)
@@ -160,7 +160,7 @@ class ScrubReport:
 
 
 def scrub_csv(
-    pipe: Pipeline,
+    ctx: Context,
     path: Path,
     out_path: Path,
     *,
@@ -169,7 +169,7 @@ def scrub_csv(
 ) -> ScrubReport:
     """Copy the rows whose number is dialable (a phone number the ledger does not block)."""
     report = ScrubReport()
-    region = pipe.settings.default_region
+    region = ctx.settings.default_region
     with (
         path.open(newline="", encoding="utf-8-sig") as handle,
         out_path.open("w", newline="", encoding="utf-8") as out,
@@ -192,7 +192,7 @@ def scrub_csv(
 
         def flush() -> None:
             numbers = sorted({e for _, e in batch if e})
-            blocked = pipe.store.blocked_among(numbers)
+            blocked = ctx.store.blocked_among(numbers)
             for row, e164 in batch:
                 if e164 is None:
                     report.rejected += 1

@@ -21,13 +21,13 @@ from worker.ingress import cdr as cdrs
 from worker.ingress.schemas import DncTrigger, dnc_event
 from worker.ops import metrics
 from worker.pipeline.accept import AcceptError, AcceptResult, Event, accept_async
-from worker.pipeline.batching import Pipeline
+from worker.pipeline.batching import Context
 from worker.runtime.fastjson import JSONResponse
 
 log = structlog.get_logger("optout.webhooks")
 
 
-def token_ok(pipe: Pipeline, source: str, request: Request) -> bool:
+def token_ok(ctx: Context, source: str, request: Request) -> bool:
     """Whether the request carries one of the source's tokens (constant-time compare)."""
     scheme, _, bearer = request.headers.get("authorization", "").partition(" ")
     given = (
@@ -36,7 +36,7 @@ def token_ok(pipe: Pipeline, source: str, request: Request) -> bool:
         or request.query_params.get("token", "")
     )
     ok = False
-    for token in pipe.settings.webhook_tokens.get(source, []):
+    for token in ctx.settings.webhook_tokens.get(source, []):
         # Compare against every token so timing says nothing about which one matched.
         ok |= hmac.compare_digest(given.encode(), token.get_secret_value().encode())
     return bool(given) and ok
@@ -74,7 +74,7 @@ CDR_EXAMPLE = {
 }
 
 
-def webhook_router(pipeline: Callable[[], Pipeline]) -> APIRouter:
+def webhook_router(context: Callable[[], Context]) -> APIRouter:
     router = APIRouter(tags=["webhooks"])
 
     @router.post(
@@ -103,17 +103,17 @@ def webhook_router(pipeline: Callable[[], Pipeline]) -> APIRouter:
         configured IVR layer(s) or a configured CustomData value; `ivruniqueid` makes it
         idempotent. A CDR that is not an opt-out is acknowledged and counted; one whose
         customer cannot be told safely is acknowledged and kept for review."""
-        pipe = pipeline()
-        if not token_ok(pipe, cdrs.SOURCE, request):
+        ctx = context()
+        if not token_ok(ctx, cdrs.SOURCE, request):
             return _voicenter(401, 2, "unauthorized")
         try:
             cdr = cdrs.decode(await _cdr_body(request))
         except (ValueError, UnicodeDecodeError) as exc:
             metrics.CDRS.labels("unparseable").inc()
             return _voicenter(400, 1, f"unparseable: {exc}"[:200])
-        outcome = cdrs.interpret(cdr, pipe.settings, pipe.own_numbers)
+        outcome = cdrs.interpret(cdr, ctx.settings, ctx.own_numbers)
         try:
-            result = await _book_and_accept(pipe, outcome)
+            result = await _book_and_accept(ctx, outcome)
             if result is None:
                 review = outcome.reason if isinstance(outcome, cdrs.Review) else None
                 extra = {"review": review} if review else {}
@@ -131,14 +131,14 @@ def webhook_router(pipeline: Callable[[], Pipeline]) -> APIRouter:
 
     async def dnc_token(request: Request) -> None:
         # A dependency runs before the body is validated: no token, no schema errors either.
-        if not token_ok(pipeline(), "dnc", request):
+        if not token_ok(context(), "dnc", request):
             raise AcceptError("unauthorized", "missing or wrong webhook token", status=401)
 
     @router.post("/webhooks/dnc", status_code=202, dependencies=[Depends(dnc_token)])
     async def dnc_trigger(body: DncTrigger) -> JSONResponse:
         """A call-record DNC trigger. Idempotent on `requestUUID`; the call context travels
         with the opt-out so call-record providers (Weya) can use it."""
-        result = await accept_async(pipeline(), dnc_event(body))
+        result = await accept_async(context(), dnc_event(body))
         return JSONResponse(
             {
                 "event_id": result.event_id,
@@ -152,11 +152,11 @@ def webhook_router(pipeline: Callable[[], Pipeline]) -> APIRouter:
 
 
 async def _book_and_accept(
-    pipe: Pipeline, outcome: Event | cdrs.Ignored | cdrs.Review
+    ctx: Context, outcome: Event | cdrs.Ignored | cdrs.Review
 ) -> AcceptResult | None:
     if isinstance(outcome, Event):
-        cdrs.book(pipe.store, outcome)  # an opt-out is only counted, in this process
-        return await accept_async(pipe, outcome)
+        cdrs.book(ctx.store, outcome)  # an opt-out is only counted, in this process
+        return await accept_async(ctx, outcome)
     # Counting an ignored CDR, or keeping one for review, writes to Redis: off the loop.
-    await run_in_threadpool(cdrs.book, pipe.store, outcome)
+    await run_in_threadpool(cdrs.book, ctx.store, outcome)
     return None

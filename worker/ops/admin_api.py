@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from worker.domain.phones import Normalised, normalise
 from worker.ops.deadletters import DeadLetterFilter, select
 from worker.pipeline import batching as work
-from worker.pipeline.batching import Pipeline
+from worker.pipeline.batching import Context
 
 SCRUB_LIMIT = 10_000
 
@@ -58,7 +58,7 @@ class ScrubRequest(BaseModel):
 
 
 def admin_router(
-    pipeline: Callable[[], Pipeline], admin: Callable[..., Awaitable[None]]
+    context: Callable[[], Context], admin: Callable[..., Awaitable[None]]
 ) -> APIRouter:
     router = APIRouter(dependencies=[Depends(admin)], tags=["ops"])
 
@@ -73,13 +73,13 @@ def admin_router(
         offset: Annotated[int, Query(ge=0)] = 0,
     ) -> dict[str, Any]:
         """Dead letters, oldest first, filtered and paginated."""
-        pipe = pipeline()
+        ctx = context()
         flt = DeadLetterFilter(provider, action, reason, phone, older_than_seconds)
-        chosen = select(pipe.store.dead_letters(), flt, pipe.store.now_ms())
+        chosen = select(ctx.store.dead_letters(), flt, ctx.store.now_ms())
         return {"total": len(chosen), "offset": offset, "items": chosen[offset : offset + limit]}
 
-    def chosen_ids(pipe: Pipeline, body: DeadLetterSelection) -> list[str]:
-        entries = select(pipe.store.dead_letters(), body.filter(), pipe.store.now_ms())
+    def chosen_ids(ctx: Context, body: DeadLetterSelection) -> list[str]:
+        entries = select(ctx.store.dead_letters(), body.filter(), ctx.store.now_ms())
         return [str(e["id"]) for e in entries]
 
     @router.post("/v1/dead-letters/replay")
@@ -89,9 +89,9 @@ def admin_router(
         if not body.says_which():
             return JSONResponse({"error": "no_selection", "message": "give ids, filters or "
                                  "all=true"}, status_code=422)  # fmt: skip
-        pipe = pipeline()
-        ids = chosen_ids(pipe, body)
-        replayed = 0 if body.dry_run else work.replay(pipe, ids, f"api:{body.who}")
+        ctx = context()
+        ids = chosen_ids(ctx, body)
+        replayed = 0 if body.dry_run else work.replay(ctx, ids, f"api:{body.who}")
         return JSONResponse({"dry_run": body.dry_run, "matched": len(ids), "replayed": replayed,
                              "ids": ids[:1000]})  # fmt: skip
 
@@ -101,15 +101,15 @@ def admin_router(
         if not body.says_which():
             return JSONResponse({"error": "no_selection", "message": "give ids, filters or "
                                  "all=true"}, status_code=422)  # fmt: skip
-        pipe = pipeline()
-        ids = chosen_ids(pipe, body)
-        purged = 0 if body.dry_run else pipe.store.purge(ids, f"api:{body.who}")
+        ctx = context()
+        ids = chosen_ids(ctx, body)
+        purged = 0 if body.dry_run else ctx.store.purge(ids, f"api:{body.who}")
         return JSONResponse({"dry_run": body.dry_run, "matched": len(ids), "purged": purged})
 
     @router.delete("/v1/dead-letters/{entry_id:path}")
     def delete_dead_letter(entry_id: str) -> JSONResponse:
         """Drop one dead letter by id (`target|+E164`)."""
-        purged = pipeline().store.purge([entry_id], "api")
+        purged = context().store.purge([entry_id], "api")
         if not purged:
             return JSONResponse({"error": "not_found", "message": entry_id}, status_code=404)
         return JSONResponse({"purged": purged})
@@ -118,8 +118,8 @@ def admin_router(
     def scrub(body: ScrubRequest) -> dict[str, Any]:
         """Which of these numbers are blocked (dialers scrub a campaign list before dialing).
         Up to 10,000 per request; numbers that are not phone numbers come back as rejected."""
-        pipe = pipeline()
-        region = pipe.settings.default_region
+        ctx = context()
+        region = ctx.settings.default_region
         by_input: dict[str, str] = {}
         rejected = []
         for raw in body.phones:
@@ -128,7 +128,7 @@ def admin_router(
                 by_input[str(raw)] = result.e164
             else:
                 rejected.append({"input": raw, "reason": result.reason})
-        blocked_set = pipe.store.blocked_among(sorted(set(by_input.values())))
+        blocked_set = ctx.store.blocked_among(sorted(set(by_input.values())))
         blocked = [
             {"input": raw, "phone": e164} for raw, e164 in by_input.items() if e164 in blocked_set
         ]
@@ -142,13 +142,13 @@ def admin_router(
     @router.get("/v1/export", response_class=StreamingResponse)
     def export() -> StreamingResponse:
         """Every blocked number as CSV (`phone,expires_at_ms,updated_ms`), streamed."""
-        pipe = pipeline()
+        ctx = context()
 
         def rows() -> Iterator[str]:
             out = io.StringIO()
             writer = csv.writer(out)
             writer.writerow(["phone", "expires_at_ms", "updated_ms"])
-            for page in pipe.store.blocked_pages(1000):
+            for page in ctx.store.blocked_pages(1000):
                 for phone, expires, updated in page:
                     writer.writerow([phone, expires or "", updated or ""])
                 yield out.getvalue()

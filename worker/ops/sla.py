@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from worker.pipeline.batching import Pipeline
+from worker.pipeline.batching import Context
 
 
 @dataclass
@@ -16,15 +16,15 @@ class Overdue:
     pending: list[str] = field(default_factory=list)  # targets still without it
 
 
-def overdue(pipe: Pipeline, age_seconds: float, limit: int = 10_000) -> list[Overdue]:
+def overdue(ctx: Context, age_seconds: float, limit: int = 10_000) -> list[Overdue]:
     """Numbers staged, in flight, retrying or dead-lettered somewhere whose ledger state is
     older than `age_seconds` (a key-press opt-out must be honoured within 10 business days;
     the default alarm is 24 hours)."""
-    store = pipe.store
+    store = ctx.store
     now = store.now_ms()
     cutoff = now - int(age_seconds * 1000)
     pending: dict[str, set[str]] = {}
-    for target in pipe.known_targets():
+    for target in ctx.known_targets():
         for action in ("add", "remove"):
             key = store.key("stage", target, action)
             for n in cast(list[Any], store.redis.zrangebyscore(key, "-inf", cutoff)):

@@ -17,7 +17,7 @@ import structlog
 
 from worker.domain.phones import Convention, Normalised, Rejected, mask, normalise
 from worker.ops import metrics
-from worker.pipeline.batching import Flush, Pipeline, dispatch, due_flushes
+from worker.pipeline.batching import Context, Flush, dispatch, due_flushes
 from worker.providers.base import Action
 from worker.state.store import AcceptOutcome, ReplicationError, Staged
 
@@ -146,7 +146,7 @@ def phone_hash(e164: str) -> str:
     return hashlib.sha256(e164.encode()).hexdigest()[:16]
 
 
-def _write(pipe: Pipeline, plan: _Plan, *, force: bool = False) -> AcceptOutcome:
+def _write(ctx: Context, plan: _Plan, *, force: bool = False) -> AcceptOutcome:
     """Write an event: one script call, or parts of WRITE_CHUNK numbers. The first part
     reserves the idempotency key with the body's hash and the last records it complete, so
     a different body under the same key is refused from the first part on, and a retry of
@@ -154,17 +154,17 @@ def _write(pipe: Pipeline, plan: _Plan, *, force: bool = False) -> AcceptOutcome
     taken as a new event (see `_swallowed`)."""
     numbers, route, ttl = plan.numbers, plan.route, plan.ttl
     payload = plan.payload
-    replication = pipe.replication()
+    replication = ctx.replication()
     parts = [numbers[i : i + WRITE_CHUNK] for i in range(0, len(numbers), WRITE_CHUNK)]
     if len(parts) == 1:
-        return pipe.store.accept(
+        return ctx.store.accept(
             payload, numbers, route, ttl, "once", force=force, replication=replication
         )
     results: list[str] = []
     staged: dict[tuple[str, Action], Staged] = {}
     for i, part in enumerate(parts):
         mode = "reserve" if i == 0 else "record" if i == len(parts) - 1 else "none"
-        outcome = pipe.store.accept(
+        outcome = ctx.store.accept(
             payload, part, route, ttl, mode, force=force and i == 0, replication=replication
         )
         if outcome.status != "ok":
@@ -182,7 +182,7 @@ def _write(pipe: Pipeline, plan: _Plan, *, force: bool = False) -> AcceptOutcome
     return AcceptOutcome("ok", str(payload["id"]), results, list(staged.values()))
 
 
-def _swallowed(pipe: Pipeline, plan: _Plan, outcome: AcceptOutcome) -> bool:
+def _swallowed(ctx: Context, plan: _Plan, outcome: AcceptOutcome) -> bool:
     """A keyless add answered as a duplicate of an earlier one while some of its numbers
     are not blocked as it asks now (removed since, or blocked only for a shorter while):
     its key only hashes the body, which repeats when the customer opts out again. It is
@@ -190,7 +190,7 @@ def _swallowed(pipe: Pipeline, plan: _Plan, outcome: AcceptOutcome) -> bool:
     if outcome.status != "duplicate" or not plan.derived or plan.payload["action"] != "add":
         return False
     wanted = [n for n, _ in plan.numbers]
-    held = pipe.store.blocked_until(
+    held = ctx.store.blocked_until(
         wanted, int(plan.payload.get("x") or 0), str(plan.payload["source"])
     )
     unblocked = len(wanted) - len(held)
@@ -199,19 +199,19 @@ def _swallowed(pipe: Pipeline, plan: _Plan, outcome: AcceptOutcome) -> bool:
     return unblocked > 0
 
 
-def accept(pipe: Pipeline, event: Event) -> AcceptResult:
+def accept(ctx: Context, event: Event) -> AcceptResult:
     """Validate, normalise, check idempotency, write the ledger and stage every number for
     every target in one Redis round trip; then enqueue the flushes that are due."""
     with _refusals_counted(event):
         with _store_errors():  # the plan reads the server's clock and live targets
-            plan = _plan(pipe, event)
-            pipe.ensure_registered()
-            outcome = _write(pipe, plan)
-            if _swallowed(pipe, plan, outcome):
-                outcome = _write(pipe, plan, force=True)
-        result, flushes = _answer(pipe, event, plan, outcome)
+            plan = _plan(ctx, event)
+            ctx.ensure_registered()
+            outcome = _write(ctx, plan)
+            if _swallowed(ctx, plan, outcome):
+                outcome = _write(ctx, plan, force=True)
+        result, flushes = _answer(ctx, event, plan, outcome)
     if flushes:
-        _dispatch(pipe, flushes, result.event_id)
+        _dispatch(ctx, flushes, result.event_id)
     return result
 
 
@@ -220,29 +220,29 @@ def accept(pipe: Pipeline, event: Event) -> AcceptResult:
 INLINE_PHONES = 10
 
 
-async def accept_async(pipe: Pipeline, event: Event) -> AcceptResult:
+async def accept_async(ctx: Context, event: Event) -> AcceptResult:
     """`accept` for an event loop: the same checks and writes, with the Redis round trip
     awaited instead of holding a worker thread. Large events, an event that finds the
     process's targets due to be announced (the first, then one every few minutes) and
     pipelines without an asyncio client take `accept` in a worker thread."""
-    aio = pipe.async_accept
+    aio = ctx.async_accept
     if aio is None or len(event.phones) > INLINE_PHONES:
-        return await anyio.to_thread.run_sync(accept, pipe, event)
+        return await anyio.to_thread.run_sync(accept, ctx, event)
     with _refusals_counted(event), _store_errors():
-        due = pipe.announce_due()  # reads the server's clock
+        due = ctx.announce_due()  # reads the server's clock
     if due:
-        return await anyio.to_thread.run_sync(accept, pipe, event)
+        return await anyio.to_thread.run_sync(accept, ctx, event)
     with _refusals_counted(event):
         with _store_errors():
-            plan = _plan(pipe, event)
+            plan = _plan(ctx, event)
             outcome = await aio.accept(plan.payload, plan.numbers, plan.route, plan.ttl)
         if outcome.status == "duplicate" and plan.derived:
             # Maybe a keyless repeat to take as new (`_swallowed`): rare, so in a thread.
-            return await anyio.to_thread.run_sync(accept, pipe, event)
-        result, flushes = _answer(pipe, event, plan, outcome)
+            return await anyio.to_thread.run_sync(accept, ctx, event)
+        result, flushes = _answer(ctx, event, plan, outcome)
     if flushes:
         # Enqueueing is broker I/O through a sync client; most events enqueue nothing.
-        await anyio.to_thread.run_sync(_dispatch, pipe, flushes, result.event_id)
+        await anyio.to_thread.run_sync(_dispatch, ctx, flushes, result.event_id)
     return result
 
 
@@ -267,9 +267,9 @@ def _store_errors() -> Iterator[None]:
         raise StoreUnavailableError(f"Redis unavailable: {type(exc).__name__}") from exc
 
 
-def _dispatch(pipe: Pipeline, flushes: list[Flush], event_id: str) -> None:
+def _dispatch(ctx: Context, flushes: list[Flush], event_id: str) -> None:
     try:
-        dispatch(pipe, flushes)
+        dispatch(ctx, flushes)
     except Exception as exc:  # noqa: BLE001
         # The numbers are durably staged; the beat sweep flushes them if this failed.
         log.warning("schedule_failed", error=type(exc).__name__, event_id=event_id)
@@ -282,15 +282,15 @@ class _Plan:
     results: list[PhoneResult]
     numbers: list[tuple[str, str]]  # (e164, label), each number once
     payload: dict[str, Any]
-    route: dict[str, Any]  # which live targets it goes to (Pipeline.route)
+    route: dict[str, Any]  # which live targets it goes to (Context.route)
     effective_ms: int
     ttl: int  # of the idempotency key, seconds
     derived: bool = False  # the key hashes the body (the sender gave none)
 
 
-def _plan(pipe: Pipeline, event: Event) -> _Plan:
-    settings = pipe.settings
-    now_ms = pipe.store.now_ms()
+def _plan(ctx: Context, event: Event) -> _Plan:
+    settings = ctx.settings
+    now_ms = ctx.store.now_ms()
     # `rs` keeps the sources behind a block one a line: a line break (or any control
     # character) in a source would read back as other sources than the one accept routed by.
     source = event.source
@@ -311,7 +311,7 @@ def _plan(pipe: Pipeline, event: Event) -> _Plan:
         )
 
     region = event.region or settings.region_for(event.source)
-    own = pipe.own_numbers
+    own = ctx.own_numbers
     results: list[PhoneResult] = []
     numbers: list[tuple[str, str]] = []
     seen: set[str] = set()
@@ -354,7 +354,7 @@ def _plan(pipe: Pipeline, event: Event) -> _Plan:
     if len(key) > 200:
         raise AcceptError("bad_idempotency_key", "idempotency_key is at most 200 characters")
     call = call_context(event.context)
-    route = pipe.route(event.source, event.action, call is not None)
+    route = ctx.route(event.source, event.action, call is not None)
     payload = {
         "id": uuid.uuid4().hex,
         "source": event.source,
@@ -379,7 +379,7 @@ def _plan(pipe: Pipeline, event: Event) -> _Plan:
 
 
 def _answer(
-    pipe: Pipeline, event: Event, plan: _Plan, outcome: AcceptOutcome
+    ctx: Context, event: Event, plan: _Plan, outcome: AcceptOutcome
 ) -> tuple[AcceptResult, list[Flush]]:
     """Count, log and answer what the store did; and the flushes it calls for."""
     results, numbers = plan.results, plan.numbers
@@ -417,7 +417,7 @@ def _answer(
                     for n, _ in numbers[start : start + AUDIT_LINE_NUMBERS]
                 ],
             )
-        flushes = due_flushes(pipe, outcome.staged)
+        flushes = due_flushes(ctx, outcome.staged)
     log.info(
         "accepted",
         event_id=outcome.event_id,

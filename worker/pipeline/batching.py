@@ -60,7 +60,7 @@ class Dispatcher(Protocol):
 
 
 @dataclass
-class Pipeline:
+class Context:
     """What the pipeline functions need, built once per process and passed down."""
 
     settings: Settings
@@ -231,50 +231,50 @@ class Pipeline:
 Flush = tuple[str, Action, str, float]
 
 
-def due_flushes(pipe: Pipeline, staged: Iterable[Staged]) -> list[Flush]:
+def due_flushes(ctx: Context, staged: Iterable[Staged]) -> list[Flush]:
     """The flushes a change calls for: at once when it completed a chunk (unless the target
     is at its in-flight cap: a push in flight takes the chunk when it is done, see `push`),
     after the linger for a batch it opened. (A batch that stays full because no worker
     drains it gets no further flushes from here; the sweep flushes it.)"""
     due: list[Flush] = []
     for batch in staged:
-        meta = pipe.target_meta(batch.target)
+        meta = ctx.target_meta(batch.target)
         if meta is None:
             continue  # not live: it catches up when it comes back
         provider = str(meta.get("provider"))
-        size = pipe.batch_size(batch.target)
-        if batch.filled(size) and batch.in_flight < pipe.max_in_flight(provider) * size:
+        size = ctx.batch_size(batch.target)
+        if batch.filled(size) and batch.in_flight < ctx.max_in_flight(provider) * size:
             due.append((batch.target, batch.action, FULL, 0.0))
         if batch.opened:
-            due.append((batch.target, batch.action, ALL, pipe.settings.batch_linger_ms / 1000.0))
+            due.append((batch.target, batch.action, ALL, ctx.settings.batch_linger_ms / 1000.0))
     return due
 
 
-def dispatch(pipe: Pipeline, flushes: Iterable[Flush]) -> None:
+def dispatch(ctx: Context, flushes: Iterable[Flush]) -> None:
     for target, action, mode, delay in flushes:
-        pipe.dispatcher.flush(target, action, mode, delay)
+        ctx.dispatcher.flush(target, action, mode, delay)
 
 
-def schedule(pipe: Pipeline, staged: Iterable[Staged]) -> None:
+def schedule(ctx: Context, staged: Iterable[Staged]) -> None:
     """Enqueue the flushes a change calls for (see `due_flushes`)."""
-    dispatch(pipe, due_flushes(pipe, staged))
+    dispatch(ctx, due_flushes(ctx, staged))
 
 
-def flush(pipe: Pipeline, target: str, action: Action, mode: str) -> int:
+def flush(ctx: Context, target: str, action: Action, mode: str) -> int:
     """Lease staged numbers as chunks of at most the batch size and enqueue one push each
     (on the provider's queue: a worker that has the provider takes it)."""
-    pipe.ensure_registered()
-    meta = pipe.target_meta(target)
+    ctx.ensure_registered()
+    meta = ctx.target_meta(target)
     if meta is None:
         log.info("flush_not_live", target=target)
         return 0
     provider = str(meta.get("provider"))
     total = 0
     while True:
-        status, chunk_ids, staged = pipe.claim(target, provider, action, mode, CLAIM_CHUNKS)
+        status, chunk_ids, staged = ctx.claim(target, provider, action, mode, CLAIM_CHUNKS)
         for chunk_id in chunk_ids:
-            pipe.dispatcher.push(chunk_id, provider)
-        schedule(pipe, staged)
+            ctx.dispatcher.push(chunk_id, provider)
+        schedule(ctx, staged)
         total += len(chunk_ids)
         if status != "ok" or len(chunk_ids) < CLAIM_CHUNKS:
             break
@@ -287,7 +287,7 @@ def flush(pipe: Pipeline, target: str, action: Action, mode: str) -> int:
 class _Push:
     """One chunk's push in progress: per-number results so far."""
 
-    pipe: Pipeline
+    ctx: Context
     chunk: Chunk
     provider: Provider
     results: dict[str, NumberResult] = field(default_factory=dict)
@@ -344,31 +344,31 @@ def _push_item(item: ChunkItem) -> PushItem:
     return PushItem(item.e164, item.name, item.expires_ms, item.source, item.reason, context)
 
 
-def push(pipe: Pipeline, chunk_id: str) -> dict[str, int]:
+def push(ctx: Context, chunk_id: str) -> dict[str, int]:
     """Push one leased chunk and record every number's outcome; then go on to the full
     chunks its batch holds (claimed one at a time, within the target's in-flight cap) for
     up to CHAIN_SECONDS, and hand the next one to a new push task."""
-    opened = pipe.store.open_chunk(chunk_id, pipe.settings.lease_seconds)
+    opened = ctx.store.open_chunk(chunk_id, ctx.settings.lease_seconds)
     if opened is None:
         # Completed or recovered already: a redelivered task has nothing left to do.
         return {}
     chunk = opened.chunk
-    started = pipe.monotonic()
-    totals: Counter[str] = Counter(push_chunk(pipe, opened))
-    while chunk.provider in pipe.providers and not totals.keys() & {"paused", "lease_lost"}:
-        status, chunk_ids, staged = pipe.claim(
+    started = ctx.monotonic()
+    totals: Counter[str] = Counter(push_chunk(ctx, opened))
+    while chunk.provider in ctx.providers and not totals.keys() & {"paused", "lease_lost"}:
+        status, chunk_ids, staged = ctx.claim(
             chunk.target, chunk.provider, chunk.action, FULL, max_chunks=1
         )
-        schedule(pipe, staged)
+        schedule(ctx, staged)
         if status != "ok" or not chunk_ids:
             break
-        if pipe.monotonic() - started >= CHAIN_SECONDS:
-            pipe.dispatcher.push(chunk_ids[0], chunk.provider)
+        if ctx.monotonic() - started >= CHAIN_SECONDS:
+            ctx.dispatcher.push(chunk_ids[0], chunk.provider)
             break
-        following = pipe.store.open_chunk(chunk_ids[0], pipe.settings.lease_seconds)
+        following = ctx.store.open_chunk(chunk_ids[0], ctx.settings.lease_seconds)
         if following is None:
             break  # recovered already (its lease cannot have run out yet, but be safe)
-        totals.update(push_chunk(pipe, following))
+        totals.update(push_chunk(ctx, following))
     return dict(totals)
 
 
@@ -378,14 +378,14 @@ _STALE: Encoded = ("stale", "stale", "", 0, 0.0, 0, 0)
 _UNSENT: Encoded = ("unsent", "unsent", "", 0, 0.0, 0, 0)
 
 
-def push_chunk(pipe: Pipeline, opened: OpenChunk) -> dict[str, int]:
+def push_chunk(ctx: Context, opened: OpenChunk) -> dict[str, int]:
     """Push one leased chunk and record every number's outcome."""
     started = time.perf_counter()
     chunk = opened.chunk
-    provider = pipe.providers.get(chunk.provider)
+    provider = ctx.providers.get(chunk.provider)
     if provider is None or opened.stopped:
         # Not for this worker, or its provider is paused or held: staged again, unsent.
-        schedule(pipe, pipe.store.release(chunk.id, recover=False, late_ms=pipe.late_ms)[1])
+        schedule(ctx, ctx.store.release(chunk.id, recover=False, late_ms=ctx.late_ms)[1])
         return {}
 
     want = "blocked" if chunk.action is Action.ADD else "unblocked"
@@ -399,16 +399,16 @@ def push_chunk(pipe: Pipeline, opened: OpenChunk) -> dict[str, int]:
         else:
             live.append(_push_item(item))
 
-    work = _Push(pipe, chunk, provider)
+    work = _Push(ctx, chunk, provider)
     stopped: AuthError | LeaseLostError | None = None
     if live:
         try:
-            with lease.holding(lambda: pipe.store.renew(chunk.id, pipe.settings.lease_seconds)):
+            with lease.holding(lambda: ctx.store.renew(chunk.id, ctx.settings.lease_seconds)):
                 work.run(live)
         except (AuthError, LeaseLostError) as exc:
             stopped = exc
     if isinstance(stopped, AuthError):
-        pipe.store.pause(chunk.provider, stopped.reason, stopped.setting, stopped.detail)
+        ctx.store.pause(chunk.provider, stopped.reason, stopped.setting, stopped.detail)
         log.error(
             "provider_paused",
             provider=chunk.provider,
@@ -433,15 +433,15 @@ def push_chunk(pipe: Pipeline, opened: OpenChunk) -> dict[str, int]:
             result.reason,
             result.detail[:300],
             int((result.retry_after or 0.0) * 1000),
-            pipe.rng.random(),
+            ctx.rng.random(),
             int((result.retry_window or 0.0) * 1000),
             int(result.may_land),
         )
     # One worker's Retry-After holds the provider for every worker.
     hold = max((r.retry_after or 0.0 for r in work.results.values()), default=0.0)
-    done = pipe.store.complete(chunk, encoded, pipe.complete_options(hold))
-    schedule(pipe, done.staged)
-    _count(chunk, encoded, done.status, pipe.store.now_ms())
+    done = ctx.store.complete(chunk, encoded, ctx.complete_options(hold))
+    schedule(ctx, done.staged)
+    _count(chunk, encoded, done.status, ctx.store.now_ms())
     log.info(
         "chunk_pushed",
         chunk=chunk.id,
@@ -488,53 +488,53 @@ def _count(chunk: Chunk, encoded: dict[str, Encoded], status: str, now_ms: int) 
 
 
 def on_schedule(
-    pipe: Pipeline, name: str, every_seconds: float, run: Callable[[Pipeline], int]
+    ctx: Context, name: str, every_seconds: float, run: Callable[[Context], int]
 ) -> int:
     """A beat task's run, unless the same task ran less than half its interval ago by the
     server's clock: the runs beat queued while no worker took them collapse into one. (A
     Celery expiry would do it by each host's own clock: a worker host ahead of beat's would
     drop every sweep.)"""
-    token = pipe.store.take_turn(name, every_seconds / 2)
+    token = ctx.store.take_turn(name, every_seconds / 2)
     if token is None:
         return 0
     try:
-        return run(pipe)
+        return run(ctx)
     except Exception:
-        pipe.store.give_turn_back(name, token)  # so that Celery's retry of it is not skipped
+        ctx.store.give_turn_back(name, token)  # so that Celery's retry of it is not skipped
         raise
 
 
-def sweep(pipe: Pipeline) -> int:
+def sweep(ctx: Context) -> int:
     """Lift expired blocks, move due retries back into batches, take a catch-up step for
     targets that became live, and flush batches whose linger has passed."""
-    pipe.ensure_registered()
-    backfill(pipe)
-    pipe.store.adopt_step()
-    lifted, staged = pipe.store.expire_due()
+    ctx.ensure_registered()
+    backfill(ctx)
+    ctx.store.adopt_step()
+    lifted, staged = ctx.store.expire_due()
     if lifted:
         log.info("blocks_expired", count=lifted)
-    schedule(pipe, staged)
-    moved, staged = pipe.store.sweep_retries()
-    schedule(pipe, staged)
-    now_ms = pipe.store.now_ms()
-    linger = pipe.settings.batch_linger_ms
-    for target, action, _size, oldest in pipe.store.staged_batches(sorted(pipe.directory())):
+    schedule(ctx, staged)
+    moved, staged = ctx.store.sweep_retries()
+    schedule(ctx, staged)
+    now_ms = ctx.store.now_ms()
+    linger = ctx.settings.batch_linger_ms
+    for target, action, _size, oldest in ctx.store.staged_batches(sorted(ctx.directory())):
         if oldest + linger <= now_ms:
-            pipe.dispatcher.flush(target, action, DUE)
+            ctx.dispatcher.flush(target, action, DUE)
     return moved
 
 
-def backfill(pipe: Pipeline, page: int = 2000) -> int:
+def backfill(ctx: Context, page: int = 2000) -> int:
     """Catch up targets that became live (new, or back after no process had them for their
     TTL) from the ledger, one page per call (the sweep calls it every tick): first every
     blocked number (routed by the sources of the adds behind its block), then every number the
     target was confirmed to hold, or is unknown at, whose ledger state has moved since. So
     enabling a provider, adding an agent or restoring credentials never leaves a gap."""
-    backfills = pipe.store.backfills()
+    backfills = ctx.store.backfills()
     if not backfills:
         return 0
-    directory = pipe.directory()
-    table = pipe.store.announced_routes()  # what target_state decides by, as routes
+    directory = ctx.directory()
+    table = ctx.store.announced_routes()  # what target_state decides by, as routes
     staged_total = 0
     for target, cursor in backfills.items():
         meta = directory.get(target)
@@ -544,24 +544,24 @@ def backfill(pipe: Pipeline, page: int = 2000) -> int:
         where, at, generation = cursor.partition("@")
         phase, _, position = where.rpartition(":")
         if phase == "c":
-            position, numbers = pipe.store.confirmed_page(target, position, page)
+            position, numbers = ctx.store.confirmed_page(target, position, page)
             wanted = numbers
             next_cursor = None if position == "0" else f"c:{position}"
         else:
-            position, numbers = pipe.store.blocked_page(position, page)
-            sources = pipe.store.ledger_sources(numbers)
+            position, numbers = ctx.store.blocked_page(position, page)
+            sources = ctx.store.ledger_sources(numbers)
             wanted = [
                 n for n, srcs in zip(numbers, sources, strict=True)
-                if pipe.routed_by_any(srcs, provider, table)
+                if ctx.routed_by_any(srcs, provider, table)
             ]  # fmt: skip
             next_cursor = "c:0" if position == "0" else f"b:{position}"
         if next_cursor is not None:
             next_cursor += at + generation  # this catch-up's own, to the end
         if wanted:
-            count, staged = pipe.store.stage_many(target, wanted)
-            schedule(pipe, staged)
+            count, staged = ctx.store.stage_many(target, wanted)
+            schedule(ctx, staged)
             staged_total += count
-        if not pipe.store.advance_backfill(target, cursor, next_cursor):
+        if not ctx.store.advance_backfill(target, cursor, next_cursor):
             log.info("catch_up_restarted", target=target)  # it became live again meanwhile
             continue
         log.info(
@@ -574,22 +574,22 @@ def backfill(pipe: Pipeline, page: int = 2000) -> int:
     return staged_total
 
 
-def recover(pipe: Pipeline) -> int:
+def recover(ctx: Context) -> int:
     """Give back chunks whose lease ran out (their worker died or stalled) so they are
     pushed again; what the provider holds for their numbers is unknown."""
     recovered = 0
-    for chunk_id in pipe.store.expired_leases():
-        status, staged = pipe.store.release(chunk_id, recover=True, late_ms=pipe.late_ms)
+    for chunk_id in ctx.store.expired_leases():
+        status, staged = ctx.store.release(chunk_id, recover=True, late_ms=ctx.late_ms)
         if status != "ok":
             continue  # renewed since it was listed, or completed meanwhile
-        schedule(pipe, staged)
+        schedule(ctx, staged)
         recovered += 1
         log.warning("chunk_recovered", chunk=chunk_id)
     return recovered
 
 
-def replay(pipe: Pipeline, ids: list[str], who: str) -> int:
+def replay(ctx: Context, ids: list[str], who: str) -> int:
     """Stage dead letters again; each leaves the store when its push succeeds."""
-    replayed, staged = pipe.store.replay(ids, who)
-    schedule(pipe, staged)
+    replayed, staged = ctx.store.replay(ids, who)
+    schedule(ctx, staged)
     return replayed

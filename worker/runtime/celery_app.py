@@ -213,7 +213,7 @@ def _announce_targets(**_: Any) -> None:
     def announce() -> None:
         while not _announcing.is_set():
             try:
-                wiring.pipeline().ensure_registered(force=True)
+                wiring.context().ensure_registered(force=True)
             except Exception as exc:  # noqa: BLE001
                 # Redis down: the next round tries again; the TTL outlasts a few misses.
                 log.warning("announce_failed", error=type(exc).__name__)

@@ -17,14 +17,14 @@ from redis.retry import Retry
 
 from config import Settings, load_settings
 from worker.domain.phones import normalise_own_numbers
-from worker.pipeline.batching import Dispatcher, Pipeline
+from worker.pipeline.batching import Context, Dispatcher
 from worker.providers import build_providers
 from worker.providers.ratelimit import SharedLimitTransport
 from worker.runtime.celery_app import CeleryDispatcher, create_celery
 from worker.state.clock import ServerClock
 from worker.state.store import AsyncAccept, AsyncClientFactory, Clock, Replication, Store
 
-_pipeline: Pipeline | None = None
+_context: Context | None = None
 
 
 _settings: Settings | None = None
@@ -91,7 +91,7 @@ def provider_client(settings: Settings, store: Store, provider: str) -> httpx.Cl
     )
 
 
-def build_pipeline(
+def build_context(
     settings: Settings,
     *,
     client: redis.Redis | None = None,
@@ -100,7 +100,7 @@ def build_pipeline(
     clock: Clock | None = None,
     rng: random.Random | None = None,
     async_client: AsyncClientFactory | None = None,
-) -> Pipeline:
+) -> Context:
     """Wire a pipeline from settings; tests pass their own Redis, HTTP client, dispatcher and
     clock (and an asyncio client factory to use the API's event-loop accept path). Without a
     clock, the Redis server's is every process's (worker/state/clock.py)."""
@@ -129,7 +129,7 @@ def build_pipeline(
         async_client = functools.partial(async_redis_client, settings)
     replicas = settings.redis_wait_replicas
     replication = Replication(replicas, settings.redis_wait_timeout_ms) if replicas else None
-    return Pipeline(
+    return Context(
         settings=settings,
         store=store,
         providers=build_providers(settings, client_for),
@@ -147,17 +147,17 @@ def build_pipeline(
 _building = threading.Lock()
 
 
-def pipeline() -> Pipeline:
+def context() -> Context:
     """This process's pipeline, built on first use (after any fork); one per process, also
     when a threads pool (`celery -A worker worker -P threads`) asks from several threads."""
-    global _pipeline  # noqa: PLW0603
-    if _pipeline is None:
+    global _context  # noqa: PLW0603
+    if _context is None:
         with _building:
-            if _pipeline is None:
-                _pipeline = build_pipeline(settings())
-    return _pipeline
+            if _context is None:
+                _context = build_context(settings())
+    return _context
 
 
 def reset() -> None:
-    global _pipeline  # noqa: PLW0603
-    _pipeline = None
+    global _context  # noqa: PLW0603
+    _context = None

@@ -13,7 +13,7 @@ from tests.fakes.dispatch import QueueDispatcher
 from tests.fakes.voicenter import FakeVoicenter
 from worker.cli.main import app
 from worker.pipeline.accept import Event, PhoneInput, accept
-from worker.pipeline.batching import Pipeline
+from worker.pipeline.batching import Context
 from worker.providers.base import Action
 from worker.runtime import wiring
 
@@ -21,20 +21,20 @@ runner = CliRunner()
 
 
 @pytest.fixture
-def cli_pipe(pipe: Pipeline, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pipeline]:
+def cli_ctx(ctx: Context, monkeypatch: pytest.MonkeyPatch) -> Iterator[Context]:
     monkeypatch.setenv("REDIS_URL", "redis://unused.invalid:1/0")
     monkeypatch.setenv("VOICENTER_API_CODE", "good-code")
-    monkeypatch.setattr(wiring, "_pipeline", pipe)
+    monkeypatch.setattr(wiring, "_context", ctx)
     monkeypatch.setattr(wiring, "_settings", None)
-    yield pipe
+    yield ctx
     wiring.reset()
 
 
 def test_status_shows_state_providers_and_audit(
-    cli_pipe: Pipeline, dispatcher: QueueDispatcher
+    cli_ctx: Context, dispatcher: QueueDispatcher
 ) -> None:
-    accept(cli_pipe, Event("crm", Action.ADD, [PhoneInput("0501234567")], reason="asked"))
-    dispatcher.drain(cli_pipe)
+    accept(cli_ctx, Event("crm", Action.ADD, [PhoneInput("0501234567")], reason="asked"))
+    dispatcher.drain(cli_ctx)
     result = runner.invoke(app, ["status", "0501234567"])
     assert result.exit_code == 0, result.output
     view = json.loads(runner.invoke(app, ["status", "0501234567", "--json"]).output)
@@ -47,26 +47,26 @@ def test_status_shows_state_providers_and_audit(
     assert "crm" in result.output
 
 
-def test_status_of_an_unknown_number_exits_1(cli_pipe: Pipeline) -> None:
+def test_status_of_an_unknown_number_exits_1(cli_ctx: Context) -> None:
     result = runner.invoke(app, ["status", "+972501234999"])
     assert result.exit_code == 1
     assert "no opt-out" in result.output
 
 
-def test_status_refuses_a_non_number(cli_pipe: Pipeline) -> None:
+def test_status_refuses_a_non_number(cli_ctx: Context) -> None:
     result = runner.invoke(app, ["status", "hello"])
     assert result.exit_code == 2
 
 
 def test_dlq_list_and_replay(
-    cli_pipe: Pipeline,
+    cli_ctx: Context,
     dispatcher: QueueDispatcher,
     fake_voicenter: FakeVoicenter,
     clock: FakeClock,
 ) -> None:
     fake_voicenter.permanent.add("972501234567")
-    accept(cli_pipe, Event("api", Action.ADD, [PhoneInput("+972501234567")]))
-    dispatcher.drain(cli_pipe)
+    accept(cli_ctx, Event("api", Action.ADD, [PhoneInput("+972501234567")]))
+    dispatcher.drain(cli_ctx)
     listed = runner.invoke(app, ["dlq", "list"])
     assert listed.exit_code == 0, listed.output
     assert "dead letters: 1" in listed.output
@@ -82,24 +82,24 @@ def test_dlq_list_and_replay(
     dry = runner.invoke(app, ["dlq", "replay", "--all", "--dry-run"])
     assert "would replay 1" in dry.output
     assert (
-        cli_pipe.store.provider_view("+972501234567", ["voicenter"])["voicenter"]["staged"] is None
+        cli_ctx.store.provider_view("+972501234567", ["voicenter"])["voicenter"]["staged"] is None
     )
 
     fake_voicenter.permanent.clear()
     replayed = runner.invoke(app, ["dlq", "replay", "--provider", "voicenter"])
     assert replayed.exit_code == 0, replayed.output
     assert "replayed 1" in replayed.output
-    dispatcher.drain(cli_pipe)
-    assert cli_pipe.store.dead_letters() == []
+    dispatcher.drain(cli_ctx)
+    assert cli_ctx.store.dead_letters() == []
     assert "972501234567" in fake_voicenter.blacklist
 
 
 def test_provider_list_test_and_resume(
-    cli_pipe: Pipeline, dispatcher: QueueDispatcher, fake_voicenter: FakeVoicenter
+    cli_ctx: Context, dispatcher: QueueDispatcher, fake_voicenter: FakeVoicenter
 ) -> None:
     fake_voicenter.key = "rotated"
-    accept(cli_pipe, Event("api", Action.ADD, [PhoneInput("+972501234567")]))
-    dispatcher.drain(cli_pipe)
+    accept(cli_ctx, Event("api", Action.ADD, [PhoneInput("+972501234567")]))
+    dispatcher.drain(cli_ctx)
     listed = runner.invoke(app, ["provider", "list"])
     assert "paused" in listed.output
     assert "VOICENTER_API_CODE" in listed.output
@@ -107,13 +107,13 @@ def test_provider_list_test_and_resume(
     failed = runner.invoke(app, ["provider", "test", "voicenter"])
     assert failed.exit_code == 1
     assert runner.invoke(app, ["provider", "resume", "voicenter"]).exit_code == 1
-    assert "voicenter" in cli_pipe.store.paused()
+    assert "voicenter" in cli_ctx.store.paused()
 
     fake_voicenter.key = "good-code"
     assert runner.invoke(app, ["provider", "test", "voicenter"]).exit_code == 0
     resumed = runner.invoke(app, ["provider", "resume", "voicenter"])
     assert resumed.exit_code == 0, resumed.output
-    dispatcher.drain(cli_pipe)
+    dispatcher.drain(cli_ctx)
     assert "972501234567" in fake_voicenter.blacklist
     assert runner.invoke(app, ["provider", "test", "nope"]).exit_code == 2
 

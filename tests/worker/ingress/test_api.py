@@ -10,31 +10,31 @@ from fastapi.testclient import TestClient
 from tests.conftest import make_settings
 from tests.fakes.dispatch import QueueDispatcher
 from worker.ingress.api import create_api
-from worker.pipeline.batching import Pipeline
+from worker.pipeline.batching import Context
 from worker.runtime.embedded import free_port
-from worker.runtime.wiring import build_pipeline
+from worker.runtime.wiring import build_context
 
 TOKEN = "admin-secret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 @pytest.fixture(params=["thread", "event-loop"])
-def api_pipe(make_pipe: Any, request: pytest.FixtureRequest) -> Pipeline:
+def api_ctx(make_ctx: Any, request: pytest.FixtureRequest) -> Context:
     """Each API test runs both ways an accept can go: through a worker thread, and awaited
     on the event loop (once a process has registered its targets)."""
-    pipe: Pipeline = make_pipe(aio=request.param == "event-loop", admin_token=TOKEN)
-    if pipe.async_accept:
-        pipe.ensure_registered()
-    return pipe
+    ctx: Context = make_ctx(aio=request.param == "event-loop", admin_token=TOKEN)
+    if ctx.async_accept:
+        ctx.ensure_registered()
+    return ctx
 
 
 @pytest.fixture
-def client(api_pipe: Pipeline) -> TestClient:
-    return TestClient(create_api(lambda: api_pipe))
+def client(api_ctx: Context) -> TestClient:
+    return TestClient(create_api(lambda: api_ctx))
 
 
 def test_post_optouts_answers_202_with_per_phone_results(
-    client: TestClient, api_pipe: Pipeline
+    client: TestClient, api_ctx: Context
 ) -> None:
     body = {
         "action": "add",
@@ -46,11 +46,11 @@ def test_post_optouts_answers_202_with_per_phone_results(
     assert data["accepted"] == 2
     assert data["rejected"] == 1
     assert data["phones"][2] == {"input": "x1", "status": "rejected", "reason": "contains_letters"}
-    assert api_pipe.store.ledger("+972521234567")["n"] == "D"
+    assert api_ctx.store.ledger("+972521234567")["n"] == "D"
 
 
 def test_missing_or_wrong_token_is_401_and_nothing_is_stored(
-    client: TestClient, api_pipe: Pipeline
+    client: TestClient, api_ctx: Context
 ) -> None:
     body = {"action": "add", "phones": ["+972501234567"]}
     assert client.post("/v1/optouts", json=body).status_code == 401
@@ -58,12 +58,12 @@ def test_missing_or_wrong_token_is_401_and_nothing_is_stored(
         client.post("/v1/optouts", json=body, headers={"Authorization": "Bearer no"}).status_code
         == 401
     )
-    assert api_pipe.store.ledger("+972501234567") == {}
+    assert api_ctx.store.ledger("+972501234567") == {}
 
 
-def test_admin_api_is_off_without_a_token(make_pipe: Any) -> None:
-    pipe = make_pipe()
-    client = TestClient(create_api(lambda: pipe))
+def test_admin_api_is_off_without_a_token(make_ctx: Any) -> None:
+    ctx = make_ctx()
+    client = TestClient(create_api(lambda: ctx))
     response = client.post("/v1/optouts", json={"action": "add", "phones": ["1"]}, headers=AUTH)
     assert response.status_code == 503
     assert "OPTOUT_ADMIN_TOKEN" in response.json()["message"]
@@ -118,17 +118,17 @@ def test_malformed_json_is_4xx_never_500(client: TestClient) -> None:
     assert 400 <= response.status_code < 500
 
 
-def test_oversized_body_is_413(make_pipe: Any) -> None:
-    pipe = make_pipe(admin_token=TOKEN, max_body_bytes=2048)
-    client = TestClient(create_api(lambda: pipe))
+def test_oversized_body_is_413(make_ctx: Any) -> None:
+    ctx = make_ctx(admin_token=TOKEN, max_body_bytes=2048)
+    client = TestClient(create_api(lambda: ctx))
     body = {"action": "add", "phones": ["+972501234567"] * 500}
     response = client.post("/v1/optouts", json=body, headers=AUTH)
     assert response.status_code == 413
 
 
-def test_too_many_phones_is_413(make_pipe: Any) -> None:
-    pipe = make_pipe(admin_token=TOKEN, max_phones_per_request=3)
-    client = TestClient(create_api(lambda: pipe))
+def test_too_many_phones_is_413(make_ctx: Any) -> None:
+    ctx = make_ctx(admin_token=TOKEN, max_phones_per_request=3)
+    client = TestClient(create_api(lambda: ctx))
     body = {"action": "add", "phones": ["+972501234567"] * 4}
     assert client.post("/v1/optouts", json=body, headers=AUTH).status_code == 413
 
@@ -136,9 +136,9 @@ def test_too_many_phones_is_413(make_pipe: Any) -> None:
 @pytest.mark.parametrize("registered", [False, True], ids=["thread", "event-loop"])
 def test_redis_down_is_503_and_nothing_claimed(registered: bool) -> None:
     settings = make_settings(admin_token=TOKEN, redis_url=f"redis://127.0.0.1:{free_port()}/0")
-    pipe = build_pipeline(settings, dispatcher=QueueDispatcher())
-    pipe.registered = registered  # registered: the accept is awaited on the event loop
-    client = TestClient(create_api(lambda: pipe))
+    ctx = build_context(settings, dispatcher=QueueDispatcher())
+    ctx.registered = registered  # registered: the accept is awaited on the event loop
+    client = TestClient(create_api(lambda: ctx))
     response = client.post(
         "/v1/optouts", json={"action": "add", "phones": ["+972501234567"]}, headers=AUTH
     )
@@ -149,7 +149,7 @@ def test_redis_down_is_503_and_nothing_claimed(registered: bool) -> None:
 
 
 def test_number_lookup_shows_state_audit_and_providers(
-    client: TestClient, api_pipe: Pipeline
+    client: TestClient, api_ctx: Context
 ) -> None:
     client.post("/v1/optouts", json={"action": "add", "phones": ["0501234567"]}, headers=AUTH)
     response = client.get("/v1/numbers/+972501234567", headers=AUTH)

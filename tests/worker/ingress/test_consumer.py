@@ -9,40 +9,40 @@ import pytest
 
 from tests.worker.ingress.test_cdr import fixture
 from worker.ingress.consumer import RejectedMessageError, interpret
-from worker.pipeline.batching import Pipeline
+from worker.pipeline.batching import Context
 
 
 @pytest.fixture
-def cpipe(make_pipe: Any) -> Pipeline:
-    return make_pipe(voicenter_optout_dtmf="9")  # type: ignore[no-any-return]
+def cctx(make_ctx: Any) -> Context:
+    return make_ctx(voicenter_optout_dtmf="9")  # type: ignore[no-any-return]
 
 
 def raw(data: Any) -> bytes:
     return json.dumps(data).encode()
 
 
-def test_an_optout_message(cpipe: Pipeline) -> None:
-    event = interpret(cpipe, raw({"action": "add", "phones": ["0501234567"]}), {}, False)
+def test_an_optout_message(cctx: Context) -> None:
+    event = interpret(cctx, raw({"action": "add", "phones": ["0501234567"]}), {}, False)
     assert event is not None
     assert event.source == "broker"
     assert [p.raw for p in event.phones] == ["0501234567"]
 
 
-def test_a_cdr_message_by_field_and_by_header(cpipe: Pipeline) -> None:
+def test_a_cdr_message_by_field_and_by_header(cctx: Context) -> None:
     cdr = fixture("cdr_outbound.json")
-    assert interpret(cpipe, raw(cdr), {}, False) is not None
-    event = interpret(cpipe, raw(cdr), {"x-optout-kind": "cdr"}, False)
+    assert interpret(cctx, raw(cdr), {}, False) is not None
+    event = interpret(cctx, raw(cdr), {"x-optout-kind": "cdr"}, False)
     assert event is not None and event.source == "voicenter"
 
 
-def test_a_cdr_that_is_not_an_optout_needs_nothing(cpipe: Pipeline) -> None:
+def test_a_cdr_that_is_not_an_optout_needs_nothing(cctx: Context) -> None:
     cdr = {**fixture("cdr_outbound.json"), "IVR": []}
-    assert interpret(cpipe, raw(cdr), {}, False) is None
+    assert interpret(cctx, raw(cdr), {}, False) is None
 
 
-def test_a_dnc_trigger_message(cpipe: Pipeline) -> None:
+def test_a_dnc_trigger_message(cctx: Context) -> None:
     body = {"phoneNumber": "12125551234", "batchId": "b", "requestUUID": "r"}
-    event = interpret(cpipe, raw(body), {}, False)
+    event = interpret(cctx, raw(body), {}, False)
     assert event is not None and event.context["batchId"] == "b"
 
 
@@ -58,28 +58,28 @@ def test_a_dnc_trigger_message(cpipe: Pipeline) -> None:
     ],
 )
 def test_bad_messages_are_rejected_with_a_reason(
-    cpipe: Pipeline, body: bytes, headers: dict[str, str], reason: str
+    cctx: Context, body: bytes, headers: dict[str, str], reason: str
 ) -> None:
     with pytest.raises(RejectedMessageError) as caught:
-        interpret(cpipe, body, headers, False)
+        interpret(cctx, body, headers, False)
     assert caught.value.reason.startswith(reason)
 
 
-def test_removes_need_allow_remove(cpipe: Pipeline) -> None:
+def test_removes_need_allow_remove(cctx: Context) -> None:
     remove = {"action": "remove", "phones": ["+972501234567"], "occurred_at": "2026-01-01T00:00Z"}
     body = raw(remove)
     with pytest.raises(RejectedMessageError) as caught:
-        interpret(cpipe, body, {}, False)
+        interpret(cctx, body, {}, False)
     assert caught.value.reason.startswith("remove_not_allowed")
-    assert interpret(cpipe, body, {}, True) is not None
+    assert interpret(cctx, body, {}, True) is not None
 
 
-def test_a_cdr_of_unknown_type_is_kept_for_review_like_the_webhook_does(cpipe: Pipeline) -> None:
+def test_a_cdr_of_unknown_type_is_kept_for_review_like_the_webhook_does(cctx: Context) -> None:
     cdr = {**fixture("cdr_outbound.json"), "type": "Conference"}
-    assert interpret(cpipe, raw(cdr), {}, False) is None
-    (kept,) = cpipe.store.reviews("voicenter")
+    assert interpret(cctx, raw(cdr), {}, False) is None
+    (kept,) = cctx.store.reviews("voicenter")
     assert kept["reason"] == "unknown_call_type"
-    assert cpipe.store.counts_of("voicenter_cdr") == {"unknown_call_type": 1}
+    assert cctx.store.counts_of("voicenter_cdr") == {"unknown_call_type": 1}
 
 
 def test_a_redis_connection_survives_restarts_and_keeps_its_options() -> None:

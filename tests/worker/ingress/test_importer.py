@@ -11,7 +11,7 @@ from tests.fakes.dispatch import QueueDispatcher
 from worker.ingress import importer
 from worker.ingress.importer import import_csv
 from worker.pipeline.accept import StoreUnavailableError
-from worker.pipeline.batching import Pipeline
+from worker.pipeline.batching import Context
 from worker.providers.base import Action
 
 
@@ -23,7 +23,7 @@ def _write(path: Path, phones: list[str]) -> None:
 
 
 def test_every_row_is_accepted_or_reported_in_file_order(
-    pipe: Pipeline, dispatcher: QueueDispatcher, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ctx: Context, dispatcher: QueueDispatcher, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(importer, "BATCH", 100)
     phones = [f"+97250{i:07d}" for i in range(450)]
@@ -34,7 +34,7 @@ def test_every_row_is_accepted_or_reported_in_file_order(
     _write(source, phones)
     seen: list[int] = []
     report = import_csv(
-        pipe, source, action=Action.ADD, source="crm", as_of=None,
+        ctx, source, action=Action.ADD, source="crm", as_of=None,
         report_path=report_path, progress=seen.append,
     )  # fmt: skip
     assert (report.rows, report.accepted, report.rejected) == (450, 348, 102)
@@ -42,12 +42,12 @@ def test_every_row_is_accepted_or_reported_in_file_order(
         lines = [int(row["line"]) for row in csv.DictReader(f)]
     assert lines == [12, 252, *range(302, 402)]  # file lines, header first
     assert seen == sorted(seen) and len(seen) == 5
-    assert pipe.store.ledger("+972500000449")["s"] == "blocked"
-    assert "s" not in pipe.store.ledger("+972500000350")
+    assert ctx.store.ledger("+972500000449")["s"] == "blocked"
+    assert "s" not in ctx.store.ledger("+972500000350")
 
 
 def test_a_redis_failure_stops_the_import(
-    pipe: Pipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ctx: Context, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import redis
 
@@ -55,7 +55,7 @@ def test_a_redis_failure_stops_the_import(
     source = tmp_path / "in.csv"
     _write(source, [f"+97250{i:07d}" for i in range(500)])
     calls = 0
-    real = pipe.store.accept
+    real = ctx.store.accept
 
     def failing(*args: object, **kwargs: object) -> object:
         nonlocal calls
@@ -64,8 +64,8 @@ def test_a_redis_failure_stops_the_import(
             raise redis.ConnectionError("gone")
         return real(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(pipe.store, "accept", failing)
+    monkeypatch.setattr(ctx.store, "accept", failing)
     with pytest.raises(StoreUnavailableError):
-        import_csv(pipe, source, action=Action.ADD, source="crm", as_of=None,
+        import_csv(ctx, source, action=Action.ADD, source="crm", as_of=None,
                    report_path=tmp_path / "r.csv")  # fmt: skip
     assert calls == 3  # nothing after the failed batch

@@ -14,9 +14,9 @@ from tests.fakes.dispatch import QueueDispatcher
 from tests.fakes.voicenter import FakeVoicenter
 from tests.worker.ingress.test_cdr import fixture
 from worker.ingress.api import create_api
-from worker.pipeline.batching import Pipeline
+from worker.pipeline.batching import Context
 from worker.runtime.embedded import free_port
-from worker.runtime.wiring import build_pipeline
+from worker.runtime.wiring import build_context
 
 TOKENS = "voicenter:vc-old,voicenter:vc-new,dnc:dnc-token"
 VC = {"Authorization": "Bearer vc-new"}
@@ -24,10 +24,10 @@ DNC = {"X-Webhook-Token": "dnc-token"}
 
 
 @pytest.fixture(params=["thread", "event-loop"])
-def hook_pipe(make_pipe: Any, request: pytest.FixtureRequest) -> Pipeline:
+def hook_ctx(make_ctx: Any, request: pytest.FixtureRequest) -> Context:
     """Each webhook test runs both ways an accept can go: through a worker thread, and
     awaited on the event loop (once a process has registered its targets)."""
-    pipe: Pipeline = make_pipe(
+    ctx: Context = make_ctx(
         aio=request.param == "event-loop",
         webhook_tokens=TOKENS,
         voicenter_optout_dtmf="9",
@@ -35,23 +35,23 @@ def hook_pipe(make_pipe: Any, request: pytest.FixtureRequest) -> Pipeline:
         own_numbers="0722776772",
         admin_token="admin",
     )
-    if pipe.async_accept:
-        pipe.ensure_registered()
-    return pipe
+    if ctx.async_accept:
+        ctx.ensure_registered()
+    return ctx
 
 
 @pytest.fixture
-def client(hook_pipe: Pipeline) -> TestClient:
-    return TestClient(create_api(lambda: hook_pipe))
+def client(hook_ctx: Context) -> TestClient:
+    return TestClient(create_api(lambda: hook_ctx))
 
 
-def ledger_size(pipe: Pipeline) -> int:
-    return len(list(pipe.store.redis.scan_iter(match=pipe.store.key("num", "*"))))
+def ledger_size(ctx: Context) -> int:
+    return len(list(ctx.store.redis.scan_iter(match=ctx.store.key("num", "*"))))
 
 
 def test_outbound_cdr_optout_is_pushed_as_digits(
     client: TestClient,
-    hook_pipe: Pipeline,
+    hook_ctx: Context,
     dispatcher: QueueDispatcher,
     fake_voicenter: FakeVoicenter,
 ) -> None:
@@ -59,21 +59,21 @@ def test_outbound_cdr_optout_is_pushed_as_digits(
     assert response.status_code == 200
     assert response.json()["Err"] == 0
     assert response.json()["Errdesc"] == "OK"
-    dispatcher.drain(hook_pipe)
+    dispatcher.drain(hook_ctx)
     assert fake_voicenter.pushed() == [["972501234567"]]
-    audit = hook_pipe.store.audit("+972501234567")[-1]
+    audit = hook_ctx.store.audit("+972501234567")[-1]
     assert audit["ctx"]["callId"] == "2020072818dcDHFJcc804"
     assert audit["ctx"]["layer"] == "optout"
     assert audit["src"] == "voicenter"
 
 
-def test_the_callers_own_number_is_never_blocked(client: TestClient, hook_pipe: Pipeline) -> None:
+def test_the_callers_own_number_is_never_blocked(client: TestClient, hook_ctx: Context) -> None:
     client.post("/webhooks/voicenter/cdr", json=fixture("cdr_outbound.json"), headers=VC)
-    assert hook_pipe.store.ledger("+972722776772") == {}
-    assert hook_pipe.store.ledger("+972501234567")["s"] == "blocked"
+    assert hook_ctx.store.ledger("+972722776772") == {}
+    assert hook_ctx.store.ledger("+972501234567")["s"] == "blocked"
 
 
-def test_form_encoded_inbound_queue_cdr(client: TestClient, hook_pipe: Pipeline) -> None:
+def test_form_encoded_inbound_queue_cdr(client: TestClient, hook_ctx: Context) -> None:
     cdr = fixture("cdr_inbound_queue.json")
     form = {k: json.dumps(v) if isinstance(v, list | dict) else str(v) for k, v in cdr.items()}
     response = client.post(
@@ -82,25 +82,25 @@ def test_form_encoded_inbound_queue_cdr(client: TestClient, hook_pipe: Pipeline)
         headers={**VC, "Content-Type": "application/x-www-form-urlencoded"},
     )
     assert response.json()["Err"] == 0, response.text
-    assert hook_pipe.store.ledger("+972527654321")["s"] == "blocked"
+    assert hook_ctx.store.ledger("+972527654321")["s"] == "blocked"
 
 
 def test_a_cdr_that_is_not_an_optout_is_acknowledged_and_not_queued(
-    client: TestClient, hook_pipe: Pipeline, dispatcher: QueueDispatcher
+    client: TestClient, hook_ctx: Context, dispatcher: QueueDispatcher
 ) -> None:
     cdr = fixture("cdr_outbound.json")
     cdr["IVR"] = []
     response = client.post("/webhooks/voicenter/cdr", json=cdr, headers=VC)
     assert response.status_code == 200
     assert response.json()["Err"] == 0
-    assert ledger_size(hook_pipe) == 0
+    assert ledger_size(hook_ctx) == 0
     assert dispatcher.sent == []
-    assert hook_pipe.store.counts_of("voicenter_cdr") == {"not_an_optout": 1}
+    assert hook_ctx.store.counts_of("voicenter_cdr") == {"not_an_optout": 1}
 
 
 def test_the_same_call_twice_is_pushed_once(
     client: TestClient,
-    hook_pipe: Pipeline,
+    hook_ctx: Context,
     dispatcher: QueueDispatcher,
     fake_voicenter: FakeVoicenter,
 ) -> None:
@@ -111,31 +111,31 @@ def test_the_same_call_twice_is_pushed_once(
             ).json()["Err"]
             == 0
         )
-    dispatcher.drain(hook_pipe)
+    dispatcher.drain(hook_ctx)
     assert fake_voicenter.pushed() == [["972501234567"]]
 
 
-def test_an_unknown_call_type_is_kept_for_review(client: TestClient, hook_pipe: Pipeline) -> None:
+def test_an_unknown_call_type_is_kept_for_review(client: TestClient, hook_ctx: Context) -> None:
     cdr = fixture("cdr_outbound.json")
     cdr["type"] = "Conference"
     response = client.post("/webhooks/voicenter/cdr", json=cdr, headers=VC)
     assert response.json()["Err"] == 0
     assert response.json()["review"] == "unknown_call_type"
-    assert ledger_size(hook_pipe) == 0
-    (kept,) = hook_pipe.store.reviews("voicenter")
+    assert ledger_size(hook_ctx) == 0
+    (kept,) = hook_ctx.store.reviews("voicenter")
     assert kept["cdr"]["ivruniqueid"] == cdr["ivruniqueid"]
 
 
 @pytest.mark.parametrize("body", [b"{not json", b"[1,2]", b'{"caller": "1"}', b"\xff\xfe"])
 def test_an_unparseable_cdr_is_err_1_and_nothing_queued(
-    client: TestClient, hook_pipe: Pipeline, body: bytes
+    client: TestClient, hook_ctx: Context, body: bytes
 ) -> None:
     response = client.post(
         "/webhooks/voicenter/cdr", content=body, headers={**VC, "Content-Type": "application/json"}
     )
     assert response.status_code == 400
     assert response.json()["Err"] == 1
-    assert ledger_size(hook_pipe) == 0
+    assert ledger_size(hook_ctx) == 0
 
 
 @pytest.mark.parametrize(
@@ -148,13 +148,13 @@ def test_an_unparseable_cdr_is_err_1_and_nothing_queued(
     ],
 )
 def test_a_missing_or_wrong_token_is_401_and_nothing_queued(
-    client: TestClient, hook_pipe: Pipeline, headers: dict[str, str], query: str
+    client: TestClient, hook_ctx: Context, headers: dict[str, str], query: str
 ) -> None:
     response = client.post(
         "/webhooks/voicenter/cdr" + query, json=fixture("cdr_outbound.json"), headers=headers
     )
     assert response.status_code == 401
-    assert ledger_size(hook_pipe) == 0
+    assert ledger_size(hook_ctx) == 0
 
 
 @pytest.mark.parametrize(
@@ -172,9 +172,9 @@ def test_every_token_carrier_works(client: TestClient, headers: dict[str, str], 
     assert response.json()["Err"] == 0
 
 
-def test_an_oversized_cdr_is_413(make_pipe: Any) -> None:
-    pipe = make_pipe(webhook_tokens=TOKENS, max_body_bytes=4096)
-    client = TestClient(create_api(lambda: pipe))
+def test_an_oversized_cdr_is_413(make_ctx: Any) -> None:
+    ctx = make_ctx(webhook_tokens=TOKENS, max_body_bytes=4096)
+    client = TestClient(create_api(lambda: ctx))
     cdr = {**fixture("cdr_outbound.json"), "padding": "x" * 10_000}
     assert client.post("/webhooks/voicenter/cdr", json=cdr, headers=VC).status_code == 413
 
@@ -186,9 +186,9 @@ def test_redis_down_is_503_err_2(registered: bool) -> None:
         webhook_tokens=TOKENS,
         voicenter_optout_dtmf="9",
     )
-    pipe = build_pipeline(settings, dispatcher=QueueDispatcher())
-    pipe.registered = registered  # registered: the accept is awaited on the event loop
-    client = TestClient(create_api(lambda: pipe))
+    ctx = build_context(settings, dispatcher=QueueDispatcher())
+    ctx.registered = registered  # registered: the accept is awaited on the event loop
+    client = TestClient(create_api(lambda: ctx))
     response = client.post("/webhooks/voicenter/cdr", json=fixture("cdr_outbound.json"), headers=VC)
     assert response.status_code == 503
     assert response.json()["Err"] == 2
@@ -196,7 +196,7 @@ def test_redis_down_is_503_err_2(registered: bool) -> None:
 
 def test_dnc_trigger_end_to_end(
     client: TestClient,
-    hook_pipe: Pipeline,
+    hook_ctx: Context,
     dispatcher: QueueDispatcher,
     fake_voicenter: FakeVoicenter,
 ) -> None:
@@ -207,9 +207,9 @@ def test_dnc_trigger_end_to_end(
     assert response.json()["phone"]["phone"] == "+12125551234"
     again = client.post("/webhooks/dnc", json=body, headers=DNC)
     assert again.json()["duplicate"] is True
-    dispatcher.drain(hook_pipe)
+    dispatcher.drain(hook_ctx)
     assert fake_voicenter.pushed() == [["12125551234"]]
-    ledger = hook_pipe.store.ledger("+12125551234")
+    ledger = hook_ctx.store.ledger("+12125551234")
     assert json.loads(ledger["c"]) == {"batchId": "b-1", "requestUUID": "r-1", "type": "complaint"}
 
 
@@ -220,11 +220,11 @@ def test_dnc_trigger_missing_fields_are_named(client: TestClient) -> None:
     assert {"body.batchId", "body.requestUUID"} <= fields
 
 
-def test_dnc_trigger_needs_its_own_token(client: TestClient, hook_pipe: Pipeline) -> None:
+def test_dnc_trigger_needs_its_own_token(client: TestClient, hook_ctx: Context) -> None:
     body = {"phoneNumber": "12125551234", "batchId": "b", "requestUUID": "r"}
     assert client.post("/webhooks/dnc", json=body, headers=VC).status_code == 401
     assert client.post("/webhooks/dnc", json={}, headers={}).status_code == 401
-    assert ledger_size(hook_pipe) == 0
+    assert ledger_size(hook_ctx) == 0
 
 
 def test_openapi_documents_every_endpoint_with_examples(client: TestClient) -> None:

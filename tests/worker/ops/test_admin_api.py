@@ -14,24 +14,24 @@ from tests.fakes.dispatch import QueueDispatcher
 from tests.fakes.voicenter import FakeVoicenter
 from worker.ingress.api import create_api
 from worker.pipeline.accept import Event, PhoneInput, accept
-from worker.pipeline.batching import Pipeline
+from worker.pipeline.batching import Context
 from worker.providers.base import Action
 
 AUTH = {"Authorization": "Bearer admin"}
 
 
 @pytest.fixture
-def ops(make_pipe: Any) -> Pipeline:
-    return make_pipe(admin_token="admin")  # type: ignore[no-any-return]
+def ops(make_ctx: Any) -> Context:
+    return make_ctx(admin_token="admin")  # type: ignore[no-any-return]
 
 
 @pytest.fixture
-def client(ops: Pipeline) -> TestClient:
+def client(ops: Context) -> TestClient:
     return TestClient(create_api(lambda: ops))
 
 
 def dead_letter(
-    ops: Pipeline, dispatcher: QueueDispatcher, fake: FakeVoicenter, *phones: str
+    ops: Context, dispatcher: QueueDispatcher, fake: FakeVoicenter, *phones: str
 ) -> None:
     for p in phones:
         fake.permanent.add(p[1:])
@@ -40,7 +40,7 @@ def dead_letter(
 
 
 def test_list_filter_and_paginate(
-    client: TestClient, ops: Pipeline, dispatcher: QueueDispatcher, fake_voicenter: FakeVoicenter
+    client: TestClient, ops: Context, dispatcher: QueueDispatcher, fake_voicenter: FakeVoicenter
 ) -> None:
     dead_letter(ops, dispatcher, fake_voicenter, "+972501111111", "+972501111112", "+972501111113")
     page = client.get("/v1/dead-letters?limit=2", headers=AUTH).json()
@@ -56,7 +56,7 @@ def test_list_filter_and_paginate(
 
 
 def test_replay_by_id_with_dry_run_then_for_real(
-    client: TestClient, ops: Pipeline, dispatcher: QueueDispatcher, fake_voicenter: FakeVoicenter
+    client: TestClient, ops: Context, dispatcher: QueueDispatcher, fake_voicenter: FakeVoicenter
 ) -> None:
     dead_letter(ops, dispatcher, fake_voicenter, "+972501111111", "+972501111112")
     fake_voicenter.permanent.clear()
@@ -78,7 +78,7 @@ def test_replay_by_id_with_dry_run_then_for_real(
 
 
 def test_purge_is_audited(
-    client: TestClient, ops: Pipeline, dispatcher: QueueDispatcher, fake_voicenter: FakeVoicenter
+    client: TestClient, ops: Context, dispatcher: QueueDispatcher, fake_voicenter: FakeVoicenter
 ) -> None:
     dead_letter(ops, dispatcher, fake_voicenter, "+972501111111", "+972501111112")
     purged = client.post("/v1/dead-letters/purge", json={"all": True}, headers=AUTH).json()
@@ -90,7 +90,7 @@ def test_purge_is_audited(
 
 
 def test_scrub_answers_which_are_blocked(
-    client: TestClient, ops: Pipeline, clock: FakeClock
+    client: TestClient, ops: Context, clock: FakeClock
 ) -> None:
     accept(ops, Event("api", Action.ADD, [PhoneInput("+972501111111")]))
     body = {"phones": ["0501111111", "+972501111112", "nope", 972501111111]}
@@ -105,7 +105,7 @@ def test_scrub_answers_which_are_blocked(
     assert client.post("/v1/scrub", json=too_many, headers=AUTH).status_code == 422
 
 
-def test_export_streams_the_blocked_list(client: TestClient, ops: Pipeline) -> None:
+def test_export_streams_the_blocked_list(client: TestClient, ops: Context) -> None:
     phones = [f"+97250{i:07d}" for i in range(2500)]
     accept(ops, Event("api", Action.ADD, [PhoneInput(p) for p in phones]))
     response = client.get("/v1/export", headers=AUTH)

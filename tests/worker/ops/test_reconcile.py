@@ -16,7 +16,7 @@ def test_missing_is_repushed_and_extra_reported_then_removed(name: str) -> None:
     blocked = numbers(3)
     w.add(*blocked)
     w.settle()
-    target = w.pipe.providers[name].targets()[0]
+    target = w.ctx.providers[name].targets()[0]
     lost, extra = blocked[1][1:], "972509999999"
     if isinstance(w.fake, FakeDaktela):
         w.fake.records = {k: r for k, r in w.fake.records.items() if r["number"] != "+" + lost}
@@ -26,20 +26,20 @@ def test_missing_is_repushed_and_extra_reported_then_removed(name: str) -> None:
         w.fake.listed(target.split(":", 1)[1]).discard(lost)
     preload(w.fake, target, extra)
 
-    (report, *_) = [r for r in reconcile(w.pipe, name) if r.target == target]
+    (report, *_) = [r for r in reconcile(w.ctx, name) if r.target == target]
     assert report.missing == ["+" + lost]
     assert report.extras == ["+" + extra]
     w.settle()
     assert lost in w.listed()[target]
     assert extra in w.listed()[target]  # reported only
 
-    (again, *_) = [r for r in reconcile(w.pipe, name, remove_extras=True) if r.target == target]
+    (again, *_) = [r for r in reconcile(w.ctx, name, remove_extras=True) if r.target == target]
     assert again.missing == []
     assert again.removing == 1  # staged, versioned, pushed by the workers
     w.settle()
     assert extra not in w.listed()[target]
-    assert w.pipe.store.ledger("+" + extra)["s"] == "unblocked"
-    assert w.pipe.store.audit("+" + extra)[-1]["act"] == "reconcile"
+    assert w.ctx.store.ledger("+" + extra)["s"] == "unblocked"
+    assert w.ctx.store.audit("+" + extra)[-1]["act"] == "reconcile"
 
 
 def test_an_expired_daktela_entry_is_not_an_extra() -> None:
@@ -47,7 +47,7 @@ def test_an_expired_daktela_entry_is_not_an_extra() -> None:
     assert isinstance(w.fake, FakeDaktela)
     w.fake.records["old"] = {"name": "old", "number": "+972509999999", "database": "Global",
                              "description": "", "expired": "2001-01-01 00:00:00"}  # fmt: skip
-    (report,) = reconcile(w.pipe, "daktela")
+    (report,) = reconcile(w.ctx, "daktela")
     assert report.extras == []
 
 
@@ -69,14 +69,14 @@ def test_an_extra_blocked_while_reconcile_runs_is_never_removed() -> None:
 
     w.fake.serve = serve  # type: ignore[assignment,method-assign]
     fake_list.add(n[1:])
-    (report, *_) = [r for r in reconcile(w.pipe, "phonely", remove_extras=True)
+    (report, *_) = [r for r in reconcile(w.ctx, "phonely", remove_extras=True)
                     if r.target == target]  # fmt: skip
     assert report.extras == [n]
     assert report.kept == 1 and report.removing == 0
     w.fake.serve = original  # type: ignore[method-assign]
     w.settle()
     assert n[1:] in w.fake.listed("agent-a")
-    assert w.pipe.store.ledger(n)["s"] == "blocked"
+    assert w.ctx.store.ledger(n)["s"] == "blocked"
 
 
 def test_the_scheduled_run_repushes_missing_and_only_reports_extras_unless_told() -> None:
@@ -91,7 +91,7 @@ def test_the_scheduled_run_repushes_missing_and_only_reports_extras_unless_told(
     w.fake.listed("agent-a").discard(blocked[0][1:])
     w.fake.listed("agent-b").add("972509999999")
     with capture_logs() as logs:
-        assert scheduled_reconcile(w.pipe) == 2
+        assert scheduled_reconcile(w.ctx) == 2
     w.settle()
     assert blocked[0][1:] in w.fake.listed("agent-a")
     assert "972509999999" in w.fake.listed("agent-b")  # reported, not removed
@@ -99,7 +99,7 @@ def test_the_scheduled_run_repushes_missing_and_only_reports_extras_unless_told(
     assert extras["target"] == "phonely:agent-b" and extras["count"] == 1
     assert "972509999999" not in str(extras)  # masked
 
-    w.pipe = w.build(reconcile_remove_extras=True)
-    scheduled_reconcile(w.pipe)
+    w.ctx = w.build(reconcile_remove_extras=True)
+    scheduled_reconcile(w.ctx)
     w.settle()
     assert "972509999999" not in w.fake.listed("agent-b")

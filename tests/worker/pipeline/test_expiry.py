@@ -22,15 +22,15 @@ def test_an_expired_block_is_lifted_and_pushed_as_a_remove_except_where_native()
         **env_for("voicenter", "http://voicenter.test"),
         **env_for("daktela", "http://daktela.test"),
     }
-    pipe = build(fakeredis.FakeRedis(), router, env)
-    clock = pipe.store.clock
-    dispatcher = pipe.dispatcher
+    ctx = build(fakeredis.FakeRedis(), router, env)
+    clock = ctx.store.clock
+    dispatcher = ctx.dispatcher
     assert isinstance(clock, FakeClock) and isinstance(dispatcher, QueueDispatcher)
     temp, perm = "+972501111111", "+972501111112"
     until = datetime.fromtimestamp(clock.now, tz=UTC) + timedelta(hours=1)
-    accept(pipe, Event("api", Action.ADD, [PhoneInput(temp)], expires_at=until))
-    accept(pipe, Event("api", Action.ADD, [PhoneInput(perm)]))
-    dispatcher.drain(pipe)
+    accept(ctx, Event("api", Action.ADD, [PhoneInput(temp)], expires_at=until))
+    accept(ctx, Event("api", Action.ADD, [PhoneInput(perm)]))
+    dispatcher.drain(ctx)
     daktela = router.fakes["daktela"]
     assert isinstance(daktela, FakeDaktela)
     assert {r["number"]: r["expired"] for r in daktela.records.values()}[temp] == until.strftime(
@@ -38,35 +38,35 @@ def test_an_expired_block_is_lifted_and_pushed_as_a_remove_except_where_native()
     )
 
     clock.advance(1800)
-    work.sweep(pipe)
-    dispatcher.drain(pipe)
-    assert pipe.store.ledger(temp)["s"] == "blocked"  # not yet
+    work.sweep(ctx)
+    dispatcher.drain(ctx)
+    assert ctx.store.ledger(temp)["s"] == "blocked"  # not yet
 
     clock.advance(1801)
-    work.sweep(pipe)
+    work.sweep(ctx)
     clock.advance(2)
-    work.sweep(pipe)
-    dispatcher.drain(pipe)
-    assert pipe.store.ledger(temp)["s"] == "unblocked"
-    assert pipe.store.ledger(perm)["s"] == "blocked"
-    assert any(a.get("act") == "expire" for a in pipe.store.audit(temp))
+    work.sweep(ctx)
+    dispatcher.drain(ctx)
+    assert ctx.store.ledger(temp)["s"] == "unblocked"
+    assert ctx.store.ledger(perm)["s"] == "blocked"
+    assert any(a.get("act") == "expire" for a in ctx.store.audit(temp))
     assert router.fakes["voicenter"].listed() == {perm[1:]}
     # Daktela lifts the block itself: no remove is sent, the record stays with its expiry.
     assert not any(method == "DELETE" for method, _, _ in daktela.requests)
-    view = pipe.store.provider_view(temp, ["voicenter", "daktela:Global"])
+    view = ctx.store.provider_view(temp, ["voicenter", "daktela:Global"])
     assert view["voicenter"]["confirmed"] == "unblocked:2"
     assert view["daktela:Global"]["confirmed"] == "unblocked:2"
 
 
 def test_a_permanent_add_cancels_a_pending_expiry() -> None:
     router = Router({"voicenter": make_fake("voicenter")})
-    pipe = build(fakeredis.FakeRedis(), router, env_for("voicenter", "http://voicenter.test"))
-    clock = pipe.store.clock
+    ctx = build(fakeredis.FakeRedis(), router, env_for("voicenter", "http://voicenter.test"))
+    clock = ctx.store.clock
     assert isinstance(clock, FakeClock)
     n = "+972501111111"
     until = datetime.fromtimestamp(clock.now, tz=UTC) + timedelta(minutes=5)
-    accept(pipe, Event("api", Action.ADD, [PhoneInput(n)], expires_at=until))
-    accept(pipe, Event("api", Action.ADD, [PhoneInput(n)], reason="forever"))
+    accept(ctx, Event("api", Action.ADD, [PhoneInput(n)], expires_at=until))
+    accept(ctx, Event("api", Action.ADD, [PhoneInput(n)], reason="forever"))
     clock.advance(3600)
-    work.sweep(pipe)
-    assert pipe.store.ledger(n)["s"] == "blocked"
+    work.sweep(ctx)
+    assert ctx.store.ledger(n)["s"] == "blocked"

@@ -19,9 +19,9 @@ from tests.worker.pipeline.test_batching import add, numbers, settle
 from tests.worker.providers.test_all_providers import World
 from worker.pipeline import batching as work
 from worker.pipeline.accept import Event, PhoneInput, accept
-from worker.pipeline.batching import Pipeline
+from worker.pipeline.batching import Context
 from worker.providers.base import Action
-from worker.runtime.wiring import build_pipeline
+from worker.runtime.wiring import build_context
 
 
 def _down(fake: FakeProvider, clock: FakeClock, until: float) -> list[float]:
@@ -39,85 +39,85 @@ def _down(fake: FakeProvider, clock: FakeClock, until: float) -> list[float]:
 
 
 def _run_for(
-    pipe: Pipeline, dispatcher: QueueDispatcher, clock: FakeClock, seconds: float, step: float
+    ctx: Context, dispatcher: QueueDispatcher, clock: FakeClock, seconds: float, step: float
 ) -> None:
     """Beat and workers for `seconds` of fake time: a sweep and a drain every `step`."""
     end = clock.now + seconds
     while clock.now < end:
         clock.advance(step)
-        work.sweep(pipe)
-        dispatcher.drain(pipe)
+        work.sweep(ctx)
+        dispatcher.drain(ctx)
 
 
 def test_a_thirty_minute_outage_dead_letters_nothing_and_the_backlog_drains(
-    pipe: Pipeline, dispatcher: QueueDispatcher, fake_voicenter: FakeVoicenter, clock: FakeClock
+    ctx: Context, dispatcher: QueueDispatcher, fake_voicenter: FakeVoicenter, clock: FakeClock
 ) -> None:
     # The defaults: 8 attempts, 2 s base. Before, every number pushed during a 3-4 minute
     # outage was dead-lettered.
     hits = _down(fake_voicenter, clock, clock.now + 1800)
-    accept(pipe, add(*numbers(500)))
-    _run_for(pipe, dispatcher, clock, 1790, step=5)
-    assert pipe.store.dead_letters() == []
-    assert pipe.store.circuit("voicenter") is not None
-    view = pipe.store.provider_view(numbers(1)[0], ["voicenter"])["voicenter"]
+    accept(ctx, add(*numbers(500)))
+    _run_for(ctx, dispatcher, clock, 1790, step=5)
+    assert ctx.store.dead_letters() == []
+    assert ctx.store.circuit("voicenter") is not None
+    view = ctx.store.provider_view(numbers(1)[0], ["voicenter"])["voicenter"]
     assert view["attempts"] == 0
     # Held, then probed with one chunk at a time: a few requests a minute, not one per
     # number per backoff step.
     assert len(hits) < 80, len(hits)
-    _run_for(pipe, dispatcher, clock, 120, step=5)
+    _run_for(ctx, dispatcher, clock, 120, step=5)
     assert len(fake_voicenter.blacklist) == 500
-    assert pipe.store.circuit("voicenter") is None
-    assert pipe.store.counts(["voicenter"])["voicenter"] == {
+    assert ctx.store.circuit("voicenter") is None
+    assert ctx.store.counts(["voicenter"])["voicenter"] == {
         "staged_add": 0, "staged_remove": 0, "in_flight": 0,
     }  # fmt: skip
 
 
 def test_the_circuit_opens_after_three_failed_chunks_and_one_chunk_probes(
-    pipe: Pipeline, dispatcher: QueueDispatcher, fake_voicenter: FakeVoicenter, clock: FakeClock
+    ctx: Context, dispatcher: QueueDispatcher, fake_voicenter: FakeVoicenter, clock: FakeClock
 ) -> None:
     _down(fake_voicenter, clock, clock.now + 10)
-    accept(pipe, add(*numbers(600)))
-    dispatcher.drain(pipe)
-    circuit = pipe.store.circuit("voicenter")
+    accept(ctx, add(*numbers(600)))
+    dispatcher.drain(ctx)
+    circuit = ctx.store.circuit("voicenter")
     assert circuit is not None and circuit["opens"] == 1
     assert "503" in circuit["reason"]
-    assert pipe.store.held_for("voicenter") > 0
+    assert ctx.store.held_for("voicenter") > 0
     # While it holds, nothing is claimed.
-    assert work.flush(pipe, "voicenter", add(numbers(1)[0]).action, work.ALL) == 0
+    assert work.flush(ctx, "voicenter", add(numbers(1)[0]).action, work.ALL) == 0
     clock.advance(11)
-    work.sweep(pipe)  # the retries are due: staged again
+    work.sweep(ctx)  # the retries are due: staged again
     dispatcher.tasks.clear()
     # Half open: one chunk probes; the rest waits until it answers.
-    assert work.flush(pipe, "voicenter", add(numbers(1)[0]).action, work.ALL) == 1
-    assert work.flush(pipe, "voicenter", add(numbers(1)[0]).action, work.ALL) == 0
-    settle(pipe, dispatcher, clock)
+    assert work.flush(ctx, "voicenter", add(numbers(1)[0]).action, work.ALL) == 1
+    assert work.flush(ctx, "voicenter", add(numbers(1)[0]).action, work.ALL) == 0
+    settle(ctx, dispatcher, clock)
     assert len(fake_voicenter.blacklist) == 600
-    assert pipe.store.circuit("voicenter") is None
+    assert ctx.store.circuit("voicenter") is None
 
 
 def test_a_number_failing_only_by_outages_is_dead_lettered_after_the_budget(
-    make_pipe: Any, dispatcher: QueueDispatcher, fake_voicenter: FakeVoicenter, clock: FakeClock
+    make_ctx: Any, dispatcher: QueueDispatcher, fake_voicenter: FakeVoicenter, clock: FakeClock
 ) -> None:
-    pipe = make_pipe(outage_budget_hours=1)
+    ctx = make_ctx(outage_budget_hours=1)
     _down(fake_voicenter, clock, clock.now + 10 * 3600)
-    accept(pipe, add(*numbers(3)))
-    _run_for(pipe, dispatcher, clock, 3700, step=30)
-    dead = pipe.store.dead_letters()
+    accept(ctx, add(*numbers(3)))
+    _run_for(ctx, dispatcher, clock, 3700, step=30)
+    dead = ctx.store.dead_letters()
     assert sorted(d["phone"] for d in dead) == numbers(3)
     assert {d["reason"] for d in dead} == {"outage_budget"}
 
 
-def test_a_shorter_retry_after_never_cuts_a_longer_hold_short(pipe: Pipeline) -> None:
-    pipe.store.hold("voicenter", 30)
-    pipe.store.hold("voicenter", 5)
-    assert pipe.store.held_for("voicenter") > 29
+def test_a_shorter_retry_after_never_cuts_a_longer_hold_short(ctx: Context) -> None:
+    ctx.store.hold("voicenter", 30)
+    ctx.store.hold("voicenter", 5)
+    assert ctx.store.held_for("voicenter") > 29
 
 
 def test_credentials_refused_mid_chunk_keep_the_numbers_that_succeeded(clock: FakeClock) -> None:
     # Issue 13, item 12: after resume only the numbers not yet added are pushed again.
     fake = make_fake("voodoosms")
     dispatcher = QueueDispatcher()
-    pipe = build_pipeline(
+    ctx = build_context(
         make_settings(env_for("voodoosms", "http://voodoosms.test")),
         client=fakeredis.FakeRedis(),
         http=Router({"voodoosms": fake}).client(),
@@ -135,27 +135,27 @@ def test_credentials_refused_mid_chunk_keep_the_numbers_that_succeeded(clock: Fa
 
     fake.handle = handle  # type: ignore[method-assign]
     phones = numbers(12)
-    accept(pipe, add(*phones))
-    dispatcher.drain(pipe)
-    assert "voodoosms" in pipe.store.paused()
+    accept(ctx, add(*phones))
+    dispatcher.drain(ctx)
+    assert "voodoosms" in ctx.store.paused()
     added = set(fake.listed())
     assert len(added) >= 4
     for n in phones:
-        confirmed = pipe.store.provider_view(n, ["voodoosms"])["voodoosms"]["confirmed"]
+        confirmed = ctx.store.provider_view(n, ["voodoosms"])["voodoosms"]["confirmed"]
         assert (confirmed == "blocked:1") == (n[1:] in added), n
-    assert pipe.store.dead_letters() == []
+    assert ctx.store.dead_letters() == []
 
     fake.key = "good-key"
-    assert pipe.store.resume("voodoosms")
-    work.flush(pipe, "voodoosms", add(phones[0]).action, work.ALL)
-    settle(pipe, dispatcher, clock)
+    assert ctx.store.resume("voodoosms")
+    work.flush(ctx, "voodoosms", add(phones[0]).action, work.ALL)
+    settle(ctx, dispatcher, clock)
     assert fake.listed() == {n[1:] for n in phones}
     sent = fake.numbers_sent()
     assert sorted(sent) == sorted(set(sent)), "a number that succeeded was pushed again"
 
 
 def test_an_open_circuit_shows_in_readyz_metrics_and_provider_list(
-    pipe: Pipeline,
+    ctx: Context,
     dispatcher: QueueDispatcher,
     fake_voicenter: FakeVoicenter,
     clock: FakeClock,
@@ -169,15 +169,15 @@ def test_an_open_circuit_shows_in_readyz_metrics_and_provider_list(
     from worker.ingress.api import create_api, state_gauges
     from worker.runtime import wiring
 
-    assert state_gauges(pipe)["open_circuits"] == 0.0
+    assert state_gauges(ctx)["open_circuits"] == 0.0
     _down(fake_voicenter, clock, clock.now + 60)
-    accept(pipe, add(*numbers(300)))
-    dispatcher.drain(pipe)
-    ready = TestClient(create_api(lambda: pipe)).get("/readyz").json()
+    accept(ctx, add(*numbers(300)))
+    dispatcher.drain(ctx)
+    ready = TestClient(create_api(lambda: ctx)).get("/readyz").json()
     assert set(ready["open_circuits"]) == {"voicenter"}
     assert ready["open_circuits"]["voicenter"]["opens"] >= 1
-    assert state_gauges(pipe)["open_circuits"] == 1.0
-    monkeypatch.setattr(wiring, "_pipeline", pipe)
+    assert state_gauges(ctx)["open_circuits"] == 1.0
+    monkeypatch.setattr(wiring, "_context", ctx)
     monkeypatch.setattr(console, "width", 200)  # one line a row
     listed = CliRunner().invoke(app, ["provider", "list"])
     assert "circuit open, next probe in" in listed.output
@@ -194,11 +194,11 @@ def test_a_redis_error_mid_push_fails_the_task_and_spends_no_attempt(
 
     router = Router({name: make_fake(name)})
     dispatcher = QueueDispatcher()
-    pipe = build_pipeline(
+    ctx = build_context(
         make_settings(env_for(name, f"http://{name}.test")), client=fakeredis.FakeRedis(),
         http=router.client(), dispatcher=dispatcher, clock=clock, rng=random.Random(1),
     )  # fmt: skip
-    renew = pipe.store.renew
+    renew = ctx.store.renew
     blips = {"left": 1}
 
     def flaky_renew(*args: Any, **kwargs: Any) -> bool:
@@ -207,19 +207,19 @@ def test_a_redis_error_mid_push_fails_the_task_and_spends_no_attempt(
             raise redis.ConnectionError("Redis went away")
         return renew(*args, **kwargs)
 
-    pipe.store.renew = flaky_renew  # type: ignore[method-assign]
+    ctx.store.renew = flaky_renew  # type: ignore[method-assign]
     phones = numbers(3)
-    accept(pipe, add(*phones))
+    accept(ctx, add(*phones))
     with pytest.raises(redis.ConnectionError):
-        dispatcher.drain(pipe)
-    assert not pipe.store.redis.hlen(pipe.store.key("fails", name))
+        dispatcher.drain(ctx)
+    assert not ctx.store.redis.hlen(ctx.store.key("fails", name))
     for _ in range(20):  # the task's retry is lost here: lease recovery takes it back
         clock.advance(10)
-        work.sweep(pipe)
-        work.recover(pipe)
-        dispatcher.drain(pipe)
+        work.sweep(ctx)
+        work.recover(ctx)
+        dispatcher.drain(ctx)
     assert router.fakes[name].listed() == {n[1:] for n in phones}
-    assert pipe.store.dead_letters() == []
+    assert ctx.store.dead_letters() == []
 
 
 # What a proxy or captive portal in the way answers: a body that does not match its
@@ -232,7 +232,7 @@ PAGES = {
 
 def _proxy_in_the_way(
     name: str, clock: FakeClock, poison: str | None = None, page: str = "undecodable"
-) -> tuple[Pipeline, QueueDispatcher, FakeProvider, dict[str, int]]:
+) -> tuple[Context, QueueDispatcher, FakeProvider, dict[str, int]]:
     """A pipeline at the production retry settings behind a proxy that answers 200 with a
     page (PAGES): to every request while `down` is set, and always to the requests that
     carry `poison`."""
@@ -253,12 +253,12 @@ def _proxy_in_the_way(
         return inner.handle_request(request)
 
     dispatcher = QueueDispatcher()
-    pipe = build_pipeline(
+    ctx = build_context(
         make_settings(env_for(name, f"http://{name}.test")), client=fakeredis.FakeRedis(),
         http=httpx.Client(transport=httpx.MockTransport(handler)), dispatcher=dispatcher,
         clock=clock, rng=random.Random(3),
     )  # fmt: skip
-    return pipe, dispatcher, fake, seen
+    return ctx, dispatcher, fake, seen
 
 
 @pytest.mark.parametrize("page", sorted(PAGES))
@@ -270,14 +270,14 @@ def test_a_proxy_page_for_minutes_is_an_outage_and_dead_letters_nothing(
     # each was a retry of each number, so a proxy in the way for about three minutes
     # dead-lettered every number pushed meanwhile (a 502 from the same proxy dead-letters
     # nothing), and the circuit never opened.
-    pipe, dispatcher, fake, seen = _proxy_in_the_way(name, clock, page=page)
+    ctx, dispatcher, fake, seen = _proxy_in_the_way(name, clock, page=page)
     phones = numbers(5)
-    accept(pipe, Event("api", Action.ADD, [PhoneInput(n) for n in phones], context=CALL))
-    _run_for(pipe, dispatcher, clock, 360, step=5)
-    assert pipe.store.dead_letters() == []
-    assert pipe.store.open_circuits([name])
+    accept(ctx, Event("api", Action.ADD, [PhoneInput(n) for n in phones], context=CALL))
+    _run_for(ctx, dispatcher, clock, 360, step=5)
+    assert ctx.store.dead_letters() == []
+    assert ctx.store.open_circuits([name])
     seen["down"] = 0
-    _run_for(pipe, dispatcher, clock, 180, step=5)
+    _run_for(ctx, dispatcher, clock, 180, step=5)
     for target in targets_of(name):
         assert listed(fake, target) == {n[1:] for n in phones}
 
@@ -289,12 +289,12 @@ def test_one_number_whose_request_keeps_failing_whole_is_tried_less_and_less_oft
     # the others, so the circuit stays closed: the wait grows with how long it has failed
     # (up to a minute), not a request every two seconds for a day.
     phones = numbers(4)
-    pipe, dispatcher, fake, seen = _proxy_in_the_way("voodoosms", clock, poison=phones[0][1:])
+    ctx, dispatcher, fake, seen = _proxy_in_the_way("voodoosms", clock, poison=phones[0][1:])
     seen["down"] = 0
-    accept(pipe, add(*phones))
-    _run_for(pipe, dispatcher, clock, 3600, step=5)
+    accept(ctx, add(*phones))
+    _run_for(ctx, dispatcher, clock, 3600, step=5)
     assert fake.listed() == {n[1:] for n in phones[1:]}
-    assert pipe.store.dead_letters() == []  # within the outage budget (24 h)
+    assert ctx.store.dead_letters() == []  # within the outage budget (24 h)
     assert 20 <= seen["poison"] <= 120, seen  # every 2-4 s it would be ~1,200
 
 
@@ -305,17 +305,17 @@ def test_a_blip_after_days_paused_is_not_a_day_long_outage(clock: FakeClock) -> 
     w = World("voicenter")
     n = numbers(1)[0]
     w.fake.http_status, w.fake.http_status_times = 503, 1
-    accept(w.pipe, add(n))
-    w.dispatcher.drain(w.pipe)
+    accept(w.ctx, add(n))
+    w.dispatcher.drain(w.ctx)
     w.fake.http_status, w.fake.http_status_times = 401, 1
-    _run_for(w.pipe, w.dispatcher, w.clock, 30, step=5)
-    assert "voicenter" in w.pipe.store.paused()
+    _run_for(w.ctx, w.dispatcher, w.clock, 30, step=5)
+    assert "voicenter" in w.ctx.store.paused()
     w.clock.advance(2 * 86400)
-    assert w.pipe.store.resume("voicenter")
+    assert w.ctx.store.resume("voicenter")
     w.fake.http_status, w.fake.http_status_times = 503, 1
-    work.flush(w.pipe, "voicenter", Action.ADD, work.ALL)
-    w.dispatcher.drain(w.pipe)
-    assert w.pipe.store.dead_letters() == []
+    work.flush(w.ctx, "voicenter", Action.ADD, work.ALL)
+    w.dispatcher.drain(w.ctx)
+    assert w.ctx.store.dead_letters() == []
     w.settle()
     assert w.fake.listed() == {n[1:]}
 
@@ -328,15 +328,15 @@ def test_a_remove_does_not_inherit_the_failed_attempts_of_the_add_it_supersedes(
     n = numbers(1)[0]
     w.fake.flaky[n[1:]] = 7
     w.add(n)
-    w.dispatcher.drain(w.pipe)
+    w.dispatcher.drain(w.ctx)
     for _ in range(6):
-        w.clock.advance(w.pipe.settings.retry_max_seconds + 1)
-        work.sweep(w.pipe)
-        w.dispatcher.drain(w.pipe)
-    assert w.pipe.store.provider_view(n, ["voicenter"])["voicenter"]["attempts"] == 7
+        w.clock.advance(w.ctx.settings.retry_max_seconds + 1)
+        work.sweep(w.ctx)
+        w.dispatcher.drain(w.ctx)
+    assert w.ctx.store.provider_view(n, ["voicenter"])["voicenter"]["attempts"] == 7
     w.fake.flaky[n[1:]] = 1  # the remove fails once, then succeeds
     w.remove(n)
     w.settle()
-    assert w.pipe.store.dead_letters() == []
+    assert w.ctx.store.dead_letters() == []
     assert w.fake.listed() == set()
-    assert w.pipe.store.provider_view(n, ["voicenter"])["voicenter"]["attempts"] == 0
+    assert w.ctx.store.provider_view(n, ["voicenter"])["voicenter"]["attempts"] == 0

@@ -18,9 +18,9 @@ from tests.fakes.providers import CALL, Router, env_for, make_fake
 from worker.ops.reconcile import reconcile
 from worker.pipeline import batching as work
 from worker.pipeline.accept import AcceptError, Event, PhoneInput, accept
-from worker.pipeline.batching import Pipeline
+from worker.pipeline.batching import Context
 from worker.providers.base import Action
-from worker.runtime.wiring import build_pipeline
+from worker.runtime.wiring import build_context
 
 
 def every_provider_env() -> dict[str, str]:
@@ -33,8 +33,8 @@ def every_provider_env() -> dict[str, str]:
 def build(
     redis: Any, router: Router, env: dict[str, str], clock: FakeClock | None = None,
     **overrides: Any,
-) -> Pipeline:  # fmt: skip
-    return build_pipeline(
+) -> Context:  # fmt: skip
+    return build_context(
         make_settings(env, **overrides),
         client=redis,
         http=router.client(),
@@ -48,7 +48,7 @@ def _env(*names: str) -> dict[str, str]:
     return {k: v for n in names for k, v in env_for(n, f"http://{n}.test").items()}
 
 
-def _two_providers() -> tuple[Any, Router, dict[str, str], Pipeline]:
+def _two_providers() -> tuple[Any, Router, dict[str, str], Context]:
     """Voicenter and VoodooSMS on one store: the store, the fakes, the settings naming both,
     and a process with them."""
     redis = fakeredis.FakeRedis()
@@ -57,40 +57,40 @@ def _two_providers() -> tuple[Any, Router, dict[str, str], Pipeline]:
     return redis, router, both, build(redis, router, both)
 
 
-def _staged_at(pipe: Pipeline, n: str) -> dict[str, str | None]:
-    targets = pipe.known_targets()
-    return {t: v["staged"] for t, v in pipe.store.provider_view(n, targets).items()}
+def _staged_at(ctx: Context, n: str) -> dict[str, str | None]:
+    targets = ctx.known_targets()
+    return {t: v["staged"] for t, v in ctx.store.provider_view(n, targets).items()}
 
 
 def test_routes_send_a_source_only_where_it_is_allowed() -> None:
     router = Router({n: make_fake(n) for n in ("voicenter", "voodoosms", "weya")})
     env = {k: v for n in router.fakes for k, v in env_for(n, f"http://{n}.test").items()}
-    pipe = build(fakeredis.FakeRedis(), router, env, routes="sms=voodoosms,crm=-weya")
+    ctx = build(fakeredis.FakeRedis(), router, env, routes="sms=voodoosms,crm=-weya")
     sms, crm, anyone = "+972501111111", "+972502222222", "+972503333333"
-    accept(pipe, Event("sms", Action.ADD, [PhoneInput(sms)], context=CALL))
-    accept(pipe, Event("crm", Action.ADD, [PhoneInput(crm)], context=CALL))
-    accept(pipe, Event("api", Action.ADD, [PhoneInput(anyone)]))
-    assert _staged_at(pipe, sms) == {"voicenter": None, "voodoosms": "add", "weya": None}
-    assert _staged_at(pipe, crm) == {"voicenter": "add", "voodoosms": "add", "weya": None}
+    accept(ctx, Event("sms", Action.ADD, [PhoneInput(sms)], context=CALL))
+    accept(ctx, Event("crm", Action.ADD, [PhoneInput(crm)], context=CALL))
+    accept(ctx, Event("api", Action.ADD, [PhoneInput(anyone)]))
+    assert _staged_at(ctx, sms) == {"voicenter": None, "voodoosms": "add", "weya": None}
+    assert _staged_at(ctx, crm) == {"voicenter": "add", "voodoosms": "add", "weya": None}
     # No call record: Weya cannot take it, and the audit entry says so.
-    assert _staged_at(pipe, anyone) == {"voicenter": "add", "voodoosms": "add", "weya": None}
-    assert pipe.store.audit(anyone)[0]["na"] == ["weya"]
+    assert _staged_at(ctx, anyone) == {"voicenter": "add", "voodoosms": "add", "weya": None}
+    assert ctx.store.audit(anyone)[0]["na"] == ["weya"]
 
 
 def test_a_remove_is_never_staged_for_an_add_only_target() -> None:
     router = Router({n: make_fake(n) for n in ("voicenter", "weya")})
     env = {k: v for n in router.fakes for k, v in env_for(n, f"http://{n}.test").items()}
-    pipe = build(fakeredis.FakeRedis(), router, env)
+    ctx = build(fakeredis.FakeRedis(), router, env)
     n = "+972501234567"
-    accept(pipe, Event("dnc", Action.ADD, [PhoneInput(n)], context=CALL))
-    clock = pipe.store.clock
+    accept(ctx, Event("dnc", Action.ADD, [PhoneInput(n)], context=CALL))
+    clock = ctx.store.clock
     assert isinstance(clock, FakeClock)
     clock.advance(5)
     from datetime import UTC, datetime
 
     when = datetime.fromtimestamp(clock.now, tz=UTC)
-    accept(pipe, Event("api", Action.REMOVE, [PhoneInput(n)], occurred_at=when))
-    view = pipe.store.provider_view(n, ["voicenter", "weya"])
+    accept(ctx, Event("api", Action.REMOVE, [PhoneInput(n)], occurred_at=when))
+    view = ctx.store.provider_view(n, ["voicenter", "weya"])
     assert view["voicenter"]["staged"] == "remove"
     assert view["weya"]["staged"] is None
 
@@ -100,51 +100,51 @@ def test_a_new_phonely_agent_is_backfilled_with_every_blocked_number() -> None:
     fake = FakePhonely()
     router = Router({"phonely": fake})
     env = env_for("phonely", "http://phonely.test")
-    pipe = build(redis, router, env)
+    ctx = build(redis, router, env)
     blocked = [f"+97250{i:07d}" for i in range(500)]
-    accept(pipe, Event("api", Action.ADD, [PhoneInput(n) for n in blocked]))
+    accept(ctx, Event("api", Action.ADD, [PhoneInput(n) for n in blocked]))
     removed = "+972509999999"
-    accept(pipe, Event("api", Action.ADD, [PhoneInput(removed)]))
-    clock = pipe.store.clock
+    accept(ctx, Event("api", Action.ADD, [PhoneInput(removed)]))
+    clock = ctx.store.clock
     assert isinstance(clock, FakeClock)
     clock.advance(1)
     from datetime import UTC, datetime
 
     when = datetime.fromtimestamp(clock.now, tz=UTC)
-    accept(pipe, Event("api", Action.REMOVE, [PhoneInput(removed)], occurred_at=when))
-    dispatcher = pipe.dispatcher
+    accept(ctx, Event("api", Action.REMOVE, [PhoneInput(removed)], occurred_at=when))
+    dispatcher = ctx.dispatcher
     assert isinstance(dispatcher, QueueDispatcher)
-    dispatcher.drain(pipe)
+    dispatcher.drain(ctx)
     requests_before = len(fake.requests)
 
     # A third agent is configured and the worker restarts.
     env = {**env, "PHONELY_AGENT_IDS": "agent-a,agent-b,agent-c"}
-    pipe = build(redis, router, env)
-    dispatcher = pipe.dispatcher
+    ctx = build(redis, router, env)
+    dispatcher = ctx.dispatcher
     assert isinstance(dispatcher, QueueDispatcher)
     for _ in range(5):
-        work.sweep(pipe)
-        dispatcher.drain(pipe)
+        work.sweep(ctx)
+        dispatcher.drain(ctx)
     assert fake.listed("agent-c") == {n[1:] for n in blocked}
     new_requests = fake.requests[requests_before:]
     assert all(path.endswith("#agent-c") for _, path, _ in new_requests)
     assert len(new_requests) == 5  # 500 numbers, 100 per request
-    assert pipe.store.backfills() == {}
+    assert ctx.store.backfills() == {}
 
 
 def test_backfill_honours_routes() -> None:
     redis = fakeredis.FakeRedis()
     router = Router({n: make_fake(n) for n in ("voicenter", "voodoosms")})
     env = env_for("voicenter", "http://voicenter.test")
-    pipe = build(redis, router, env, routes="sms=voodoosms")
-    accept(pipe, Event("sms", Action.ADD, [PhoneInput("+972501234567")]))
-    accept(pipe, Event("api", Action.ADD, [PhoneInput("+972501234568")]))
+    ctx = build(redis, router, env, routes="sms=voodoosms")
+    accept(ctx, Event("sms", Action.ADD, [PhoneInput("+972501234567")]))
+    accept(ctx, Event("api", Action.ADD, [PhoneInput("+972501234568")]))
     env = {**env, **env_for("voodoosms", "http://voodoosms.test")}
-    pipe = build(redis, router, env, routes="sms=voodoosms,api=-voodoosms")
-    work.sweep(pipe)
-    staged = pipe.store.provider_view("+972501234567", ["voodoosms"])["voodoosms"]["staged"]
+    ctx = build(redis, router, env, routes="sms=voodoosms,api=-voodoosms")
+    work.sweep(ctx)
+    staged = ctx.store.provider_view("+972501234567", ["voodoosms"])["voodoosms"]["staged"]
     assert staged == "add"
-    other = pipe.store.provider_view("+972501234568", ["voodoosms"])["voodoosms"]["staged"]
+    other = ctx.store.provider_view("+972501234568", ["voodoosms"])["voodoosms"]["staged"]
     assert other is None
 
 
@@ -152,11 +152,11 @@ def test_one_call_linked_event_reaches_all_five_in_their_formats() -> None:
     router = Router(
         {n: make_fake(n) for n in ("voicenter", "phonely", "voodoosms", "weya", "daktela")}
     )
-    pipe = build(fakeredis.FakeRedis(), router, every_provider_env())
-    accept(pipe, Event("dnc", Action.ADD, [PhoneInput("0501234567")], context=CALL))
-    dispatcher = pipe.dispatcher
+    ctx = build(fakeredis.FakeRedis(), router, every_provider_env())
+    accept(ctx, Event("dnc", Action.ADD, [PhoneInput("0501234567")], context=CALL))
+    dispatcher = ctx.dispatcher
     assert isinstance(dispatcher, QueueDispatcher)
-    dispatcher.drain(pipe)
+    dispatcher.drain(ctx)
     for name, fake in router.fakes.items():
         assert fake.numbers_sent().count("972501234567") == (2 if name == "phonely" else 1), name
 
@@ -164,14 +164,14 @@ def test_one_call_linked_event_reaches_all_five_in_their_formats() -> None:
 def test_a_target_registered_on_an_empty_ledger_needs_no_backfill() -> None:
     redis = fakeredis.FakeRedis()
     fake = FakePhonely()
-    pipe = build(redis, Router({"phonely": fake}), env_for("phonely", "http://phonely.test"))
-    accept(pipe, Event("api", Action.ADD, [PhoneInput("+972501234567")]))
-    assert pipe.store.backfills() == {}  # nothing was blocked before: the accept staged it
-    dispatcher = pipe.dispatcher
+    ctx = build(redis, Router({"phonely": fake}), env_for("phonely", "http://phonely.test"))
+    accept(ctx, Event("api", Action.ADD, [PhoneInput("+972501234567")]))
+    assert ctx.store.backfills() == {}  # nothing was blocked before: the accept staged it
+    dispatcher = ctx.dispatcher
     assert isinstance(dispatcher, QueueDispatcher)
     for _ in range(3):
-        work.sweep(pipe)
-        dispatcher.drain(pipe)
+        work.sweep(ctx)
+        dispatcher.drain(ctx)
     assert fake.listed("agent-a") == {"972501234567"}
 
 
@@ -180,18 +180,18 @@ def test_a_new_number_is_staged_as_one_the_ledger_held_before() -> None:
     # find nothing (staged, in flight, retrying, dead-lettered, confirmed): same staging.
     router = Router({n: make_fake(n) for n in ("voicenter", "weya")})
     env = {k: v for n in router.fakes for k, v in env_for(n, f"http://{n}.test").items()}
-    pipe = build(fakeredis.FakeRedis(), router, env)
-    clock = pipe.store.clock
+    ctx = build(fakeredis.FakeRedis(), router, env)
+    clock = ctx.store.clock
     assert isinstance(clock, FakeClock)
     from datetime import UTC, datetime
 
     when = datetime.fromtimestamp(clock.now, tz=UTC)
     new_remove, new_add, call_add = "+972501111111", "+972502222222", "+972503333333"
-    accept(pipe, Event("api", Action.REMOVE, [PhoneInput(new_remove)], occurred_at=when))
-    accept(pipe, Event("api", Action.ADD, [PhoneInput(new_add)]))
-    accept(pipe, Event("dnc", Action.ADD, [PhoneInput(call_add)], context=CALL))
+    accept(ctx, Event("api", Action.REMOVE, [PhoneInput(new_remove)], occurred_at=when))
+    accept(ctx, Event("api", Action.ADD, [PhoneInput(new_add)]))
+    accept(ctx, Event("dnc", Action.ADD, [PhoneInput(call_add)], context=CALL))
     staged = {
-        n: {t: v["staged"] for t, v in pipe.store.provider_view(n, ["voicenter", "weya"]).items()}
+        n: {t: v["staged"] for t, v in ctx.store.provider_view(n, ["voicenter", "weya"]).items()}
         for n in (new_remove, new_add, call_add)
     }
     assert staged == {
@@ -199,11 +199,11 @@ def test_a_new_number_is_staged_as_one_the_ledger_held_before() -> None:
         new_add: {"voicenter": "add", "weya": None},  # no call record: Weya cannot take it
         call_add: {"voicenter": "add", "weya": "add"},
     }
-    assert pipe.store.redis.zcard(pipe.store.key("expiry")) == 0
+    assert ctx.store.redis.zcard(ctx.store.key("expiry")) == 0
 
 
-def _announce(pipe: Pipeline) -> None:
-    pipe.ensure_registered(force=True)
+def _announce(ctx: Context) -> None:
+    ctx.ensure_registered(force=True)
 
 
 def test_an_api_with_old_settings_stages_for_a_target_only_the_new_workers_have() -> None:
@@ -236,14 +236,14 @@ def test_an_api_with_old_settings_stages_for_a_target_only_the_new_workers_have(
 def test_a_provider_disabled_for_a_while_is_caught_up_when_it_comes_back() -> None:
     # Issue 13, item 4(b): VoodooSMS' credentials are removed for longer than the targets'
     # TTL; adds and removes accepted meanwhile reach it once they are restored.
-    redis, router, both, pipe = _two_providers()
-    clock = pipe.store.clock
+    redis, router, both, ctx = _two_providers()
+    clock = ctx.store.clock
     assert isinstance(clock, FakeClock)
     kept, dropped, later = "+972501111111", "+972502222222", "+972503333333"
-    accept(pipe, Event("api", Action.ADD, [PhoneInput(kept), PhoneInput(dropped)]))
-    dispatcher = pipe.dispatcher
+    accept(ctx, Event("api", Action.ADD, [PhoneInput(kept), PhoneInput(dropped)]))
+    dispatcher = ctx.dispatcher
     assert isinstance(dispatcher, QueueDispatcher)
-    dispatcher.drain(pipe)
+    dispatcher.drain(ctx)
     voodoo = router.fakes["voodoosms"]
     assert voodoo.listed() == {kept[1:], dropped[1:]}
 
@@ -251,7 +251,7 @@ def test_a_provider_disabled_for_a_while_is_caught_up_when_it_comes_back() -> No
     without = build(redis, router, env_for("voicenter", "http://voicenter.test"))
     without.store.clock = clock
     without.dispatcher = dispatcher
-    clock.advance(pipe.settings.target_ttl_seconds + 1)
+    clock.advance(ctx.settings.target_ttl_seconds + 1)
     work.sweep(without)
     accept(without, Event("api", Action.ADD, [PhoneInput(later)]))
     clock.advance(1)
@@ -273,15 +273,15 @@ def test_a_provider_disabled_for_a_while_is_caught_up_when_it_comes_back() -> No
 
 
 def test_an_expiry_is_not_staged_for_a_target_that_is_not_live() -> None:
-    redis, router, _, pipe = _two_providers()
-    clock = pipe.store.clock
+    redis, router, _, ctx = _two_providers()
+    clock = ctx.store.clock
     assert isinstance(clock, FakeClock)
     n = "+972501111111"
     until = datetime.fromtimestamp(clock.now, tz=UTC) + timedelta(hours=1)
-    accept(pipe, Event("api", Action.ADD, [PhoneInput(n)], expires_at=until))
-    dispatcher = pipe.dispatcher
+    accept(ctx, Event("api", Action.ADD, [PhoneInput(n)], expires_at=until))
+    dispatcher = ctx.dispatcher
     assert isinstance(dispatcher, QueueDispatcher)
-    dispatcher.drain(pipe)
+    dispatcher.drain(ctx)
     without = build(redis, router, env_for("voicenter", "http://voicenter.test"))
     without.store.clock = clock
     clock.advance(3601)
@@ -293,25 +293,25 @@ def test_a_target_that_lapsed_keeps_no_backlog_and_its_dead_letters_wait_for_it(
     # Found by the simulation's one-list model: a remove staged for a Daktela database just
     # before a rolling change left it stayed staged for good (`optout status` showed a
     # backlog no process would ever push).
-    redis, router, both, pipe = _two_providers()
-    clock, dispatcher = pipe.store.clock, pipe.dispatcher
+    redis, router, both, ctx = _two_providers()
+    clock, dispatcher = ctx.store.clock, ctx.dispatcher
     assert isinstance(clock, FakeClock) and isinstance(dispatcher, QueueDispatcher)
     n, failed = "+972501111111", "+972502222222"
     voodoo = router.fakes["voodoosms"]
     voodoo.permanent.add(failed[1:])
-    accept(pipe, Event("api", Action.ADD, [PhoneInput(n), PhoneInput(failed)]))
-    dispatcher.drain(pipe)
+    accept(ctx, Event("api", Action.ADD, [PhoneInput(n), PhoneInput(failed)]))
+    dispatcher.drain(ctx)
     dead = f"voodoosms|{failed}"
-    assert [d["id"] for d in pipe.store.dead_letters()] == [dead]
+    assert [d["id"] for d in ctx.store.dead_letters()] == [dead]
     clock.advance(1)
     when = datetime.fromtimestamp(clock.now, tz=UTC)
-    accept(pipe, Event("api", Action.REMOVE, [PhoneInput(n)], occurred_at=when))
-    assert _staged_at(pipe, n)["voodoosms"] == "remove"
+    accept(ctx, Event("api", Action.REMOVE, [PhoneInput(n)], occurred_at=when))
+    assert _staged_at(ctx, n)["voodoosms"] == "remove"
     dispatcher.tasks.clear()  # the flushes never ran: the processes were replaced first
 
     without = build(redis, router, env_for("voicenter", "http://voicenter.test"))
     without.store.clock, without.dispatcher = clock, dispatcher
-    clock.advance(pipe.settings.target_ttl_seconds - 1)
+    clock.advance(ctx.settings.target_ttl_seconds - 1)
     work.sweep(without)  # live still
     assert _staged_at(without, n)["voodoosms"] == "remove"
     clock.advance(2)
@@ -344,7 +344,7 @@ def test_a_target_that_lapsed_keeps_no_backlog_and_its_dead_letters_wait_for_it(
     assert back.store.dead_letters() == []
 
 
-def _skewed(ahead_by: float) -> tuple[Pipeline, Pipeline, FakeClock, str]:
+def _skewed(ahead_by: float) -> tuple[Context, Context, FakeClock, str]:
     """A process with Voicenter (paused: its batch waits) and a 30 s target TTL, so that it
     announces every 10 s; a beat process without it, its time `ahead_by` seconds ahead. An
     add for a number is staged for Voicenter."""
@@ -352,12 +352,12 @@ def _skewed(ahead_by: float) -> tuple[Pipeline, Pipeline, FakeClock, str]:
     router = Router({n: make_fake(n) for n in ("voicenter", "voodoosms")})
     clock = FakeClock()
     ahead = FakeClock(clock.now + ahead_by)
-    pipe = build(redis, router, _env("voicenter"), clock, target_ttl_seconds=30)
+    ctx = build(redis, router, _env("voicenter"), clock, target_ttl_seconds=30)
     beat = build(redis, router, _env("voodoosms"), ahead, target_ttl_seconds=30)
-    pipe.store.pause("voicenter", "auth", "VOICENTER_API_CODE", "code 1")
+    ctx.store.pause("voicenter", "auth", "VOICENTER_API_CODE", "code 1")
     n = "+972501234567"
-    accept(pipe, Event("api", Action.ADD, [PhoneInput(n)]))
-    return pipe, beat, clock, n
+    accept(ctx, Event("api", Action.ADD, [PhoneInput(n)]))
+    return ctx, beat, clock, n
 
 
 def test_a_target_a_sweep_found_lapsed_is_caught_up_by_whoever_announces_it_next() -> None:
@@ -366,15 +366,15 @@ def test_a_target_a_sweep_found_lapsed_is_caught_up_by_whoever_announces_it_next
     # and started no catch-up: the opt-out was never pushed. Every process now reads the
     # server's clock, and a target seen lapsed leaves `targets:live`, so that an
     # announcement, whatever its time, starts a catch-up.
-    pipe, beat, clock, n = _skewed(40)
+    ctx, beat, clock, n = _skewed(40)
     work.sweep(beat)
-    assert _staged_at(pipe, n)["voicenter"] is None  # dropped by a time 40 s ahead
+    assert _staged_at(ctx, n)["voicenter"] is None  # dropped by a time 40 s ahead
     clock.advance(11)
-    pipe.ensure_registered()
-    assert "voicenter" in pipe.store.backfills()
-    pipe.store.resume("voicenter")
-    _settle(pipe, rounds=3)
-    assert pipe.store.provider_view(n, ["voicenter"])["voicenter"]["confirmed"] == "blocked:1"
+    ctx.ensure_registered()
+    assert "voicenter" in ctx.store.backfills()
+    ctx.store.resume("voicenter")
+    _settle(ctx, rounds=3)
+    assert ctx.store.provider_view(n, ["voicenter"])["voicenter"]["confirmed"] == "blocked:1"
 
 
 def test_a_target_an_accept_found_lapsed_is_caught_up_though_the_clock_then_steps_back() -> None:
@@ -382,37 +382,37 @@ def test_a_target_an_accept_found_lapsed_is_caught_up_though_the_clock_then_step
     # register.lua started one only when the target's announced time was behind its own:
     # after the server's clock stepped back (a failover to a replica whose clock lags), the
     # target looked live still, no catch-up came, and the opt-out never reached it.
-    redis, router, _, pipe = _two_providers()  # the only process with VoodooSMS
-    clock = pipe.store.clock
+    redis, router, _, ctx = _two_providers()  # the only process with VoodooSMS
+    clock = ctx.store.clock
     assert isinstance(clock, FakeClock)
-    pipe.ensure_registered()
+    ctx.ensure_registered()
     api = build(redis, router, _env("voicenter"), clock)
-    clock.advance(pipe.settings.target_ttl_seconds + 60)  # it is down
+    clock.advance(ctx.settings.target_ttl_seconds + 60)  # it is down
     n = "+972501234567"
     accept(api, Event("api", Action.ADD, [PhoneInput(n)]))
-    assert _staged_at(pipe, n)["voodoosms"] is None
+    assert _staged_at(ctx, n)["voodoosms"] is None
     clock.advance(-120)
-    pipe.ensure_registered(force=True)  # back, by a clock that says it never lapsed
-    _settle(pipe, rounds=3)
+    ctx.ensure_registered(force=True)  # back, by a clock that says it never lapsed
+    _settle(ctx, rounds=3)
     assert router.fakes["voodoosms"].listed() == {n[1:]}
 
 
 def test_a_retry_for_a_target_that_is_not_live_waits_for_its_catch_up() -> None:
     # Found by the third review: a retry falling due for a target no process has any more
     # was staged there, where nothing would take it until the target came back.
-    redis, router, both, pipe = _two_providers()
-    clock, dispatcher = pipe.store.clock, pipe.dispatcher
+    redis, router, both, ctx = _two_providers()
+    clock, dispatcher = ctx.store.clock, ctx.dispatcher
     assert isinstance(clock, FakeClock) and isinstance(dispatcher, QueueDispatcher)
     n = "+972501111111"
     voodoo = router.fakes["voodoosms"]
     voodoo.flaky[n[1:]] = 1
-    accept(pipe, Event("api", Action.ADD, [PhoneInput(n)]))
-    dispatcher.drain(pipe)
-    assert pipe.store.provider_view(n, ["voodoosms"])["voodoosms"]["retry_at_ms"] is not None
+    accept(ctx, Event("api", Action.ADD, [PhoneInput(n)]))
+    dispatcher.drain(ctx)
+    assert ctx.store.provider_view(n, ["voodoosms"])["voodoosms"]["retry_at_ms"] is not None
     without = build(redis, router, env_for("voicenter", "http://voicenter.test"))
     without.store.clock = clock
     without.dispatcher = dispatcher
-    clock.advance(pipe.settings.target_ttl_seconds + 1)
+    clock.advance(ctx.settings.target_ttl_seconds + 1)
     work.sweep(without)
     view = without.store.provider_view(n, ["voodoosms"])["voodoosms"]
     assert view["staged"] is None and view["retry_at_ms"] is None  # lapsed: dropped
@@ -436,7 +436,7 @@ def _phonely_holds(router: Router, n: str) -> list[bool]:
 
 def _new_routes_worker(
     redis: Any, router: Router, env: dict[str, str], clock: FakeClock
-) -> Pipeline:
+) -> Context:
     """A worker on the widened routes (`sms` to VoodooSMS and Phonely), announced and
     settled."""
     worker = build(redis, router, env, clock, routes="sms=voodoosms,sms=phonely")
@@ -445,13 +445,13 @@ def _new_routes_worker(
     return worker
 
 
-def _settle(pipe: Pipeline, rounds: int = 10) -> None:
-    clock, dispatcher = pipe.store.clock, pipe.dispatcher
+def _settle(ctx: Context, rounds: int = 10) -> None:
+    clock, dispatcher = ctx.store.clock, ctx.dispatcher
     assert isinstance(clock, FakeClock) and isinstance(dispatcher, QueueDispatcher)
     for _ in range(rounds):
         clock.advance(2)
-        work.sweep(pipe)
-        dispatcher.drain(pipe)
+        work.sweep(ctx)
+        dispatcher.drain(ctx)
 
 
 def test_a_target_live_later_gets_an_opt_out_whose_source_found_the_number_blocked() -> None:
@@ -482,17 +482,17 @@ def test_a_remove_lifts_the_number_everywhere_whatever_its_sources_route() -> No
     # there too: the outcome depended on timing. The ledger holds one state per number, so
     # a remove goes to every target, always.
     redis, router, clock, env = _voodoo_and_phonely()
-    pipe = build(redis, router, env, clock, routes="sms=voodoosms")
+    ctx = build(redis, router, env, clock, routes="sms=voodoosms")
     n = "+972501234567"
-    accept(pipe, Event("crm", Action.ADD, [PhoneInput(n)]))
-    _settle(pipe)
-    clock = pipe.store.clock
+    accept(ctx, Event("crm", Action.ADD, [PhoneInput(n)]))
+    _settle(ctx)
+    clock = ctx.store.clock
     assert isinstance(clock, FakeClock)
     clock.advance(1)
     when = datetime.fromtimestamp(clock.now, tz=UTC)
-    accept(pipe, Event("sms", Action.REMOVE, [PhoneInput(n)], occurred_at=when))
-    assert set(_staged_at(pipe, n).values()) == {"remove"}
-    _settle(pipe)
+    accept(ctx, Event("sms", Action.REMOVE, [PhoneInput(n)], occurred_at=when))
+    assert set(_staged_at(ctx, n).values()) == {"remove"}
+    _settle(ctx)
     assert n[1:] not in router.fakes["voodoosms"].listed()
     assert _phonely_holds(router, n) == [False, False]
 
@@ -502,16 +502,16 @@ def test_a_remove_that_leaves_the_number_blocked_stages_nothing_anywhere() -> No
     # SMS START arriving after the STOP it preceded) restaged the block it found at every
     # target, carrying an SMS-only opt-out to Phonely.
     redis, router, clock, env = _voodoo_and_phonely()
-    pipe = build(redis, router, env, clock, routes="sms=voodoosms")
+    ctx = build(redis, router, env, clock, routes="sms=voodoosms")
     n = "+972501234567"
     now = datetime.fromtimestamp(clock.now, tz=UTC)
-    accept(pipe, Event("sms", Action.ADD, [PhoneInput(n)], occurred_at=now))
-    _settle(pipe)
-    start = accept(pipe, Event("sms", Action.REMOVE, [PhoneInput(n)],
+    accept(ctx, Event("sms", Action.ADD, [PhoneInput(n)], occurred_at=now))
+    _settle(ctx)
+    start = accept(ctx, Event("sms", Action.REMOVE, [PhoneInput(n)],
                                occurred_at=now - timedelta(seconds=5)))  # fmt: skip
     assert start.phones[0].ledger == "stale"
-    assert set(_staged_at(pipe, n).values()) == {None}
-    _settle(pipe)
+    assert set(_staged_at(ctx, n).values()) == {None}
+    _settle(ctx)
     assert n[1:] in router.fakes["voodoosms"].listed()
     assert _phonely_holds(router, n) == [False, False]
 
@@ -526,28 +526,28 @@ def test_a_dead_letter_of_an_older_state_keeps_no_catch_up_from_a_newer_opt_out(
     router = Router({n: make_fake(n) for n in ("voicenter", "voodoosms")})
     clock = FakeClock()
     budget = {"outage_budget_hours": 0.0001}
-    pipe = build(redis, router, _env("voicenter"), clock, **budget)
+    ctx = build(redis, router, _env("voicenter"), clock, **budget)
     beat = build(redis, router, _env("voodoosms"), clock, **budget)  # a sweeper without it
     voicenter = router.fakes["voicenter"]
     n = "+972501234567"
-    accept(pipe, Event("api", Action.ADD, [PhoneInput(n)]))
-    _settle(pipe, rounds=2)
+    accept(ctx, Event("api", Action.ADD, [PhoneInput(n)]))
+    _settle(ctx, rounds=2)
 
     def lost_answer() -> None:
         raise httpx.ReadTimeout("the answer was lost; the remove landed")
 
     when = datetime.fromtimestamp(clock.now, tz=UTC)
-    accept(pipe, Event("api", Action.REMOVE, [PhoneInput(n)], occurred_at=when))
+    accept(ctx, Event("api", Action.REMOVE, [PhoneInput(n)], occurred_at=when))
     for _ in range(2):  # each answer lost: the outage budget dead-letters it
         voicenter.after_request = lost_answer
-        _settle(pipe, rounds=1)
-    assert [d["action"] for d in pipe.store.dead_letters()] == ["remove"]
+        _settle(ctx, rounds=1)
+    assert [d["action"] for d in ctx.store.dead_letters()] == ["remove"]
     assert voicenter.listed() == set()
     clock.advance(1)
-    accept(pipe, Event("api", Action.ADD, [PhoneInput(n)]))
-    clock.advance(pipe.settings.target_ttl_seconds + 1)  # before the add went out
+    accept(ctx, Event("api", Action.ADD, [PhoneInput(n)]))
+    clock.advance(ctx.settings.target_ttl_seconds + 1)  # before the add went out
     work.sweep(beat)
-    assert _staged_at(pipe, n)["voicenter"] is None
+    assert _staged_at(ctx, n)["voicenter"] is None
     back = build(redis, router, _env("voicenter", "voodoosms"), clock, **budget)
     _settle(back, rounds=3)
     assert voicenter.listed() == {n[1:]}
@@ -561,8 +561,8 @@ def test_a_stale_add_stages_nothing_and_leaves_the_ledgers_call_record() -> None
     # number (an add it can never take back) with the stale event's call.
     router = Router({n: make_fake(n) for n in ("voicenter", "weya", "voodoosms")})
     env = {k: v for n in router.fakes for k, v in env_for(n, f"http://{n}.test").items()}
-    pipe = build(fakeredis.FakeRedis(), router, env, routes="crm=voicenter")
-    clock = pipe.store.clock
+    ctx = build(fakeredis.FakeRedis(), router, env, routes="crm=voicenter")
+    clock = ctx.store.clock
     assert isinstance(clock, FakeClock)
     start, n = clock.now, "+972501111111"
 
@@ -570,17 +570,17 @@ def test_a_stale_add_stages_nothing_and_leaves_the_ledgers_call_record() -> None
         return datetime.fromtimestamp(start + seconds, tz=UTC)
 
     clock.advance(20)
-    accept(pipe, Event("api", Action.REMOVE, [PhoneInput(n)], occurred_at=at(5)))
-    accept(pipe, Event("crm", Action.ADD, [PhoneInput(n)], context=CALL, occurred_at=at(10)))
-    staged, call = _staged_at(pipe, n), pipe.store.ledger(n)["c"]
+    accept(ctx, Event("api", Action.REMOVE, [PhoneInput(n)], occurred_at=at(5)))
+    accept(ctx, Event("crm", Action.ADD, [PhoneInput(n)], context=CALL, occurred_at=at(10)))
+    staged, call = _staged_at(ctx, n), ctx.store.ledger(n)["c"]
     other_call = {**CALL, "requestUUID": "a-call-revoked-since"}
     stale = Event("api", Action.ADD, [PhoneInput(n)], context=other_call, occurred_at=at(3))
-    assert accept(pipe, stale).phones[0].ledger == "stale"
-    assert _staged_at(pipe, n) == staged
-    assert pipe.store.ledger(n)["c"] == call
-    dispatcher = pipe.dispatcher
+    assert accept(ctx, stale).phones[0].ledger == "stale"
+    assert _staged_at(ctx, n) == staged
+    assert ctx.store.ledger(n)["c"] == call
+    dispatcher = ctx.dispatcher
     assert isinstance(dispatcher, QueueDispatcher)
-    dispatcher.drain(pipe)
+    dispatcher.drain(ctx)
     assert router.fakes["weya"].requests == []
 
 
@@ -589,10 +589,10 @@ def _routed_sms_only(env_names: tuple[str, ...] = ("voicenter", "voodoosms")) ->
     by an `api` add and pushed everywhere, then lifted (the lift staged, not pushed)."""
     redis = fakeredis.FakeRedis()
     router = Router({n: make_fake(n) for n in env_names})
-    pipe = build(redis, router, _env(*env_names), routes="sms=voodoosms")
-    clock, dispatcher = pipe.store.clock, pipe.dispatcher
+    ctx = build(redis, router, _env(*env_names), routes="sms=voodoosms")
+    clock, dispatcher = ctx.store.clock, ctx.dispatcher
     assert isinstance(clock, FakeClock) and isinstance(dispatcher, QueueDispatcher)
-    return router, pipe, clock, dispatcher
+    return router, ctx, clock, dispatcher
 
 
 def _at(clock: FakeClock) -> datetime:
@@ -601,67 +601,67 @@ def _at(clock: FakeClock) -> datetime:
 
 
 def test_the_routes_are_announced_with_the_targets() -> None:
-    _, pipe, _, _ = _routed_sms_only()
-    pipe.ensure_registered(force=True)
-    raw = pipe.store.redis.get(pipe.store.key("routes"))
+    _, ctx, _, _ = _routed_sms_only()
+    ctx.ensure_registered(force=True)
+    raw = ctx.store.redis.get(ctx.store.key("routes"))
     assert raw is not None
     assert json.loads(raw) == {"sms": {"include": ["voodoosms"], "exclude": []}}
     # The same routes, however they are spelled, are no change; other routes are.
     same = {"sms": {"exclude": [], "include": ["voodoosms"]}}
-    assert pipe.store.register_targets({}, 60, same) == ([], None)
-    assert pipe.store.register_targets({}, 60, {}) == ([], "changed")
-    assert pipe.store.register_targets({}, 60, None) == ([], None)  # left as they are
-    pipe.store.redis.delete(pipe.store.key("routes"))  # as before routes were announced
-    assert pipe.store.register_targets({}, 60, {}) == ([], "new")
+    assert ctx.store.register_targets({}, 60, same) == ([], None)
+    assert ctx.store.register_targets({}, 60, {}) == ([], "changed")
+    assert ctx.store.register_targets({}, 60, None) == ([], None)  # left as they are
+    ctx.store.redis.delete(ctx.store.key("routes"))  # as before routes were announced
+    assert ctx.store.register_targets({}, 60, {}) == ([], "new")
 
 
 def test_a_lift_overtaken_by_an_add_routed_elsewhere_still_lifts_the_number() -> None:
     # Found by the simulation once it had routes: the lift's push found the number blocked
     # again by an SMS STOP and pushed that block to Voicenter instead, where no add behind
     # it was routed (and did not lift it at a target that had confirmed the lift's block).
-    router, pipe, clock, dispatcher = _routed_sms_only()
+    router, ctx, clock, dispatcher = _routed_sms_only()
     n = "+972501111111"
-    accept(pipe, Event("api", Action.ADD, [PhoneInput(n)], occurred_at=_at(clock)))
-    dispatcher.drain(pipe)
-    accept(pipe, Event("api", Action.REMOVE, [PhoneInput(n)], occurred_at=_at(clock)))
-    accept(pipe, Event("sms", Action.ADD, [PhoneInput(n)], occurred_at=_at(clock)))
+    accept(ctx, Event("api", Action.ADD, [PhoneInput(n)], occurred_at=_at(clock)))
+    dispatcher.drain(ctx)
+    accept(ctx, Event("api", Action.REMOVE, [PhoneInput(n)], occurred_at=_at(clock)))
+    accept(ctx, Event("sms", Action.ADD, [PhoneInput(n)], occurred_at=_at(clock)))
     for _ in range(3):
         clock.advance(2)
-        work.sweep(pipe)
-        dispatcher.drain(pipe)
+        work.sweep(ctx)
+        dispatcher.drain(ctx)
     assert router.fakes["voicenter"].listed() == set()
     assert router.fakes["voodoosms"].listed() == {n[1:]}
-    assert pipe.store.provider_view(n, ["voicenter"])["voicenter"]["staged"] is None
+    assert ctx.store.provider_view(n, ["voicenter"])["voicenter"]["staged"] is None
 
 
 def test_a_dead_letter_of_a_lift_keeps_no_block_routed_there_since() -> None:
     # Found by review of the fix above: the lift of a block routed elsewhere only (same
     # version) was dead-lettered; an add routed to Voicenter then found the number blocked
     # (no new version) and its staging took the dead letter, of that version, for its own.
-    router, pipe, clock, dispatcher = _routed_sms_only()
+    router, ctx, clock, dispatcher = _routed_sms_only()
     voicenter = router.fakes["voicenter"]
     n = "+972501111111"
-    accept(pipe, Event("api", Action.ADD, [PhoneInput(n)], occurred_at=_at(clock)))
-    dispatcher.drain(pipe)
-    accept(pipe, Event("api", Action.REMOVE, [PhoneInput(n)], occurred_at=_at(clock)))
-    accept(pipe, Event("sms", Action.ADD, [PhoneInput(n)], occurred_at=_at(clock)))
+    accept(ctx, Event("api", Action.ADD, [PhoneInput(n)], occurred_at=_at(clock)))
+    dispatcher.drain(ctx)
+    accept(ctx, Event("api", Action.REMOVE, [PhoneInput(n)], occurred_at=_at(clock)))
+    accept(ctx, Event("sms", Action.ADD, [PhoneInput(n)], occurred_at=_at(clock)))
     voicenter.permanent.add(n[1:])
     for _ in range(3):
         clock.advance(2)
-        work.sweep(pipe)
-        dispatcher.drain(pipe)
-    (dead,) = pipe.store.dead_letters()
+        work.sweep(ctx)
+        dispatcher.drain(ctx)
+    (dead,) = ctx.store.dead_letters()
     assert (dead["target"], dead["action"]) == ("voicenter", "remove")
     voicenter.permanent.discard(n[1:])
-    version = pipe.store.ledger(n)["v"]
-    accept(pipe, Event("api", Action.ADD, [PhoneInput(n)], occurred_at=_at(clock)))
-    assert pipe.store.ledger(n)["v"] == version  # blocked already: no new version
-    assert pipe.store.provider_view(n, ["voicenter"])["voicenter"]["staged"] == "add"
+    version = ctx.store.ledger(n)["v"]
+    accept(ctx, Event("api", Action.ADD, [PhoneInput(n)], occurred_at=_at(clock)))
+    assert ctx.store.ledger(n)["v"] == version  # blocked already: no new version
+    assert ctx.store.provider_view(n, ["voicenter"])["voicenter"]["staged"] == "add"
     for _ in range(3):
         clock.advance(2)
-        work.sweep(pipe)
-        dispatcher.drain(pipe)
-    view = pipe.store.provider_view(n, ["voicenter"])["voicenter"]
+        work.sweep(ctx)
+        dispatcher.drain(ctx)
+    view = ctx.store.provider_view(n, ["voicenter"])["voicenter"]
     assert (view["confirmed"], view["dead_letter"]) == (f"blocked:{version}", None)
     assert voicenter.listed() == {n[1:]}
 
@@ -669,16 +669,16 @@ def test_a_dead_letter_of_a_lift_keeps_no_block_routed_there_since() -> None:
 def test_reconcile_removes_a_block_held_where_no_add_behind_it_was_routed() -> None:
     # The provider's list is to equal what the ledger routes there: a number blocked by an
     # SMS STOP only is an extra at Phonely (the report said so; the removal kept it).
-    router, pipe, clock, dispatcher = _routed_sms_only(("phonely", "voodoosms"))
+    router, ctx, clock, dispatcher = _routed_sms_only(("phonely", "voodoosms"))
     n = "+972501111111"
-    accept(pipe, Event("sms", Action.ADD, [PhoneInput(n)], occurred_at=_at(clock)))
-    dispatcher.drain(pipe)
+    accept(ctx, Event("sms", Action.ADD, [PhoneInput(n)], occurred_at=_at(clock)))
+    dispatcher.drain(ctx)
     phonely = router.fakes["phonely"]
     phonely.listed("agent-a").add(n[1:])  # put there by hand
-    (report,) = [r for r in reconcile(pipe, "phonely", remove_extras=True)
+    (report,) = [r for r in reconcile(ctx, "phonely", remove_extras=True)
                  if r.target == "phonely:agent-a"]  # fmt: skip
     assert (report.extras, report.removing, report.kept) == ([n], 1, 0)
-    dispatcher.drain(pipe)
+    dispatcher.drain(ctx)
     assert phonely.listed("agent-a") == set()
     assert router.fakes["voodoosms"].listed() == {n[1:]}
 
@@ -715,14 +715,14 @@ def test_a_source_with_a_line_break_is_refused() -> None:
     # alone reads as no source at all in target_state: the block is owed nowhere and every
     # claim drops it.
     redis, router, clock, env = _voodoo_and_phonely()
-    pipe = build(redis, router, env, clock, routes="sms=voodoosms")
+    ctx = build(redis, router, env, clock, routes="sms=voodoosms")
     for n, source in (("+972501234567", "sms\n"), ("+972507654321", "\n")):
         try:
-            accept(pipe, Event(source, Action.ADD, [PhoneInput(n)]))
+            accept(ctx, Event(source, Action.ADD, [PhoneInput(n)]))
         except AcceptError as exc:
             assert exc.reason == "bad_source"
             continue
-        _settle(pipe)
+        _settle(ctx)
         assert _phonely_holds(router, n) == [True, True], source
 
 
@@ -730,7 +730,7 @@ def _rs_case(order: str) -> tuple[Router, str]:
     """An opt-out from `api` (routed everywhere) at t=10, a remove at t=20, an SMS STOP
     (routed to VoodooSMS only) at t=30, arriving in `order`; settled after each."""
     redis, router, clock, env = _voodoo_and_phonely()
-    pipe = build(redis, router, env, clock, routes="sms=voodoosms")
+    ctx = build(redis, router, env, clock, routes="sms=voodoosms")
     start, n = clock.now, "+972501234567"
     clock.advance(40)
     events = {
@@ -742,11 +742,11 @@ def _rs_case(order: str) -> tuple[Router, str]:
                       occurred_at=datetime.fromtimestamp(start + 30, tz=UTC)),
     }  # fmt: skip
     for name in order.split(","):
-        accept(pipe, events[name])
-        _settle(pipe, rounds=4)
-    _settle(pipe)
-    reconcile(pipe)  # what a scheduled reconcile would push again
-    _settle(pipe)
+        accept(ctx, events[name])
+        _settle(ctx, rounds=4)
+    _settle(ctx)
+    reconcile(ctx)  # what a scheduled reconcile would push again
+    _settle(ctx)
     return router, n
 
 
@@ -773,23 +773,23 @@ def test_a_temporary_opt_out_running_out_under_another_sources_block_lifts_it_th
     # any more. Review 21, 3: the same over a STOP written before blocks kept their source
     # (`bl` entries [t, x]): such a ledger skipped the per-source bookkeeping altogether.
     redis, router, clock, env = _voodoo_and_phonely()
-    pipe = build(redis, router, env, clock, routes="sms=voodoosms")
+    ctx = build(redis, router, env, clock, routes="sms=voodoosms")
     n = "+972501234567"
-    accept(pipe, Event("sms", Action.ADD, [PhoneInput(n)]))
-    _settle(pipe)
+    accept(ctx, Event("sms", Action.ADD, [PhoneInput(n)]))
+    _settle(ctx)
     if stop_kept == "before sources were kept":
-        key = pipe.store.key("num", n)
+        key = ctx.store.key("num", n)
         legacy = [b[:2] for b in json.loads(redis.hget(key, "bl"))]
         redis.hset(key, "bl", json.dumps(legacy))
     clock.advance(1)
     until = datetime.fromtimestamp(clock.now + 30, tz=UTC)
-    accept(pipe, Event("api", Action.ADD, [PhoneInput(n)], expires_at=until))
-    _settle(pipe)
+    accept(ctx, Event("api", Action.ADD, [PhoneInput(n)], expires_at=until))
+    _settle(ctx)
     assert n[1:] in router.fakes["phonely"].listed("agent-a")
     clock.advance(60)
-    _settle(pipe)
-    reconcile(pipe)
-    _settle(pipe)
+    _settle(ctx)
+    reconcile(ctx)
+    _settle(ctx)
     assert n[1:] in router.fakes["voodoosms"].listed()
     assert _phonely_holds(router, n) == [False, False]
 
@@ -798,7 +798,7 @@ def test_a_catch_up_stepped_by_a_process_on_the_old_routes_skips_what_the_new_on
     # Review 21, 1: a rolling change widens sms to VoodooSMS and Phonely. The new API process
     # announces the new routes: every live target is caught up. The old worker (announcement
     # not due yet) runs the sweep, takes the catch-up's steps and filters the blocked numbers
-    # by ITS OWN routes (pipe.routed_by_any): Phonely's sms numbers are skipped and the
+    # by ITS OWN routes (ctx.routed_by_any): Phonely's sms numbers are skipped and the
     # catch-up ends. Nothing changes the routes' text again: Phonely never gets them.
     redis, router, clock, env = _voodoo_and_phonely()
     old_worker = build(redis, router, env, clock, routes="sms=voodoosms")
@@ -843,22 +843,22 @@ def test_a_keyless_repeat_of_a_stop_over_a_block_routed_elsewhere_reaches_its_pr
     # duplicate of the first, lifted STOP. VoodooSMS never got it again, and no audit
     # entry says it came (the simulation's oracle cannot see it either).
     redis, router, clock, env = _voodoo_and_phonely()
-    pipe = build(redis, router, env, clock, routes="sms=voodoosms,crm=phonely")
+    ctx = build(redis, router, env, clock, routes="sms=voodoosms,crm=phonely")
     n = "+972501234567"
     stop = Event("sms", Action.ADD, [PhoneInput(n)], reason="STOP")
-    first = accept(pipe, stop)
-    _settle(pipe)
+    first = accept(ctx, stop)
+    _settle(ctx)
     assert n[1:] in router.fakes["voodoosms"].listed()
-    accept(pipe, Event("api", Action.REMOVE, [PhoneInput(n)], occurred_at=_at(clock)))
-    _settle(pipe)
+    accept(ctx, Event("api", Action.REMOVE, [PhoneInput(n)], occurred_at=_at(clock)))
+    _settle(ctx)
     clock.advance(1)
-    accept(pipe, Event("crm", Action.ADD, [PhoneInput(n)]))
-    _settle(pipe)
+    accept(ctx, Event("crm", Action.ADD, [PhoneInput(n)]))
+    _settle(ctx)
     assert n[1:] not in router.fakes["voodoosms"].listed()
     clock.advance(1)
-    again = accept(pipe, stop)
+    again = accept(ctx, stop)
     assert not again.duplicate and again.event_id != first.event_id
-    _settle(pipe)
+    _settle(ctx)
     assert n[1:] in router.fakes["voodoosms"].listed()
     assert _phonely_holds(router, n) == [True, True]
 
@@ -871,24 +871,24 @@ def test_a_temporary_stop_kept_without_its_source_runs_out_after_the_adoption_pa
     # adopt_legacy ran only when something touched the number, so the STOP's end was never
     # seen and VoodooSMS kept it for good. The sweep's one-time adoption pass indexes it.
     redis, router, clock, env = _voodoo_and_phonely()
-    pipe = build(redis, router, env, clock, routes="sms=voodoosms,crm=phonely")
+    ctx = build(redis, router, env, clock, routes="sms=voodoosms,crm=phonely")
     n = "+972501234567"
     until = datetime.fromtimestamp(clock.now + 300, tz=UTC)
-    accept(pipe, Event("sms", Action.ADD, [PhoneInput(n)], expires_at=until))
-    _settle(pipe)
+    accept(ctx, Event("sms", Action.ADD, [PhoneInput(n)], expires_at=until))
+    _settle(ctx)
     clock.advance(1)
-    accept(pipe, Event("crm", Action.ADD, [PhoneInput(n)]))
-    _settle(pipe)
-    key = pipe.store.key("num", n)
+    accept(ctx, Event("crm", Action.ADD, [PhoneInput(n)]))
+    _settle(ctx)
+    key = ctx.store.key("num", n)
     blocks = json.loads(redis.hget(key, "bl"))
     written = [b[:2] if b[2] == "sms" else b for b in blocks]
     redis.hset(key, mapping={"bl": json.dumps(written), "rs": "sms\ncrm"})
     assert n[1:] in router.fakes["voodoosms"].listed()
-    redis.zrem(pipe.store.key("expiry"), n)
-    redis.delete(pipe.store.key("adopted"))  # as the first sweep after the upgrade finds it
+    redis.zrem(ctx.store.key("expiry"), n)
+    redis.delete(ctx.store.key("adopted"))  # as the first sweep after the upgrade finds it
     clock.advance(400)
-    _settle(pipe)
-    reconcile(pipe)
-    _settle(pipe)
+    _settle(ctx)
+    reconcile(ctx)
+    _settle(ctx)
     assert _phonely_holds(router, n) == [True, True]
     assert n[1:] not in router.fakes["voodoosms"].listed()

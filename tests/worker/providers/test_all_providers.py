@@ -18,9 +18,9 @@ from tests.fakes.dispatch import QueueDispatcher
 from tests.fakes.providers import CALL, Router, env_for, listed, make_fake, preload, targets_of
 from worker.pipeline import batching as work
 from worker.pipeline.accept import Event, PhoneInput, accept
-from worker.pipeline.batching import Pipeline
+from worker.pipeline.batching import Context
 from worker.providers.base import Action
-from worker.runtime.wiring import build_pipeline
+from worker.runtime.wiring import build_context
 
 PROVIDERS = ["voicenter", "phonely", "voodoosms", "weya", "daktela"]
 REMOVABLE = [p for p in PROVIDERS if p != "weya"]
@@ -37,10 +37,10 @@ class World:
         self.dispatcher = QueueDispatcher()
         self.redis = fakeredis.FakeRedis()
         self.key = key
-        self.pipe = self.build(**overrides)
+        self.ctx = self.build(**overrides)
 
-    def build(self, http: httpx.Client | None = None, **overrides: object) -> Pipeline:
-        return build_pipeline(
+    def build(self, http: httpx.Client | None = None, **overrides: object) -> Context:
+        return build_context(
             make_settings(env_for(self.name, f"http://{self.name}.test", self.key), **overrides),
             client=self.redis,
             http=http or self.router.client(),
@@ -53,22 +53,22 @@ class World:
         return datetime.fromtimestamp(self.clock.now, tz=UTC)
 
     def add(self, *phones: str) -> None:
-        accept(self.pipe, Event("api", Action.ADD, [PhoneInput(p) for p in phones], context=CALL))
+        accept(self.ctx, Event("api", Action.ADD, [PhoneInput(p) for p in phones], context=CALL))
 
     def remove(self, *phones: str) -> None:
         self.clock.advance(1)
         event = Event("api", Action.REMOVE, [PhoneInput(p) for p in phones], occurred_at=self.at())
-        accept(self.pipe, event)
+        accept(self.ctx, event)
 
     def settle(self, rounds: int = 12) -> None:
         """Run queued work and let retries come due; past the late window too (a push that a
         lost chunk's late request may have overtaken is confirmed by one more)."""
         for i in range(rounds + 2):
-            self.dispatcher.drain(self.pipe)
-            wait = self.pipe.late_ms / 1000 if i == rounds else self.pipe.settings.retry_max_seconds
+            self.dispatcher.drain(self.ctx)
+            wait = self.ctx.late_ms / 1000 if i == rounds else self.ctx.settings.retry_max_seconds
             self.clock.advance(wait + 1)
-            work.sweep(self.pipe)
-            self.dispatcher.drain(self.pipe)
+            work.sweep(self.ctx)
+            self.dispatcher.drain(self.ctx)
 
     def listed(self) -> dict[str, set[str]]:
         return {t: listed(self.fake, t) for t in targets_of(self.name)}
@@ -93,8 +93,8 @@ def test_add_reaches_every_target_in_its_format(world: World) -> None:
     world.settle()
     for target, held in world.listed().items():
         assert held == {digits(n) for n in batch}, target
-    assert world.pipe.store.dead_letters() == []
-    view = world.pipe.store.provider_view(batch[0], targets_of(world.name))
+    assert world.ctx.store.dead_letters() == []
+    view = world.ctx.store.provider_view(batch[0], targets_of(world.name))
     assert all(v["confirmed"] == "blocked:1" for v in view.values())
 
 
@@ -107,7 +107,7 @@ def test_remove_takes_it_off(name: str) -> None:
     w.settle()
     for held in w.listed().values():
         assert held == {digits(numbers(2)[1])}
-    assert w.pipe.store.dead_letters() == []
+    assert w.ctx.store.dead_letters() == []
 
 
 def test_already_in_that_state_is_done(world: World) -> None:
@@ -116,8 +116,8 @@ def test_already_in_that_state_is_done(world: World) -> None:
         preload(world.fake, target, digits(n))
     world.add(n)
     world.settle()
-    assert world.pipe.store.dead_letters() == []
-    view = world.pipe.store.provider_view(n, targets_of(world.name))
+    assert world.ctx.store.dead_letters() == []
+    view = world.ctx.store.provider_view(n, targets_of(world.name))
     assert all(v["confirmed"] == "blocked:1" for v in view.values())
 
 
@@ -128,7 +128,7 @@ def test_a_permanent_failure_is_dead_lettered_and_the_rest_done_once(world: Worl
     world.fake.flaky[flaky] = 1 if world.name != "phonely" else 2  # once per agent
     world.add(*batch)
     world.settle()
-    dead = world.pipe.store.dead_letters()
+    dead = world.ctx.store.dead_letters()
     assert {d["phone"] for d in dead} == {"+" + bad}
     assert len(dead) == len(targets_of(world.name))
     assert all(d["reason"] not in ("", "max_attempts") for d in dead)
@@ -151,7 +151,7 @@ def test_5xx_is_retried_until_delivered(world: World) -> None:
     world.settle()
     for held in world.listed().values():
         assert held == {digits(n) for n in numbers(2)}
-    assert world.pipe.store.dead_letters() == []
+    assert world.ctx.store.dead_letters() == []
 
 
 def test_a_timeout_is_retried_until_delivered(world: World) -> None:
@@ -167,14 +167,14 @@ def test_429_holds_the_provider_until_retry_after(world: World) -> None:
     world.fake.http_status_times = 1
     world.fake.retry_after = "30"
     world.add(*numbers(1))
-    world.dispatcher.drain(world.pipe)
+    world.dispatcher.drain(world.ctx)
     sent = len(world.fake.requests)
-    assert world.pipe.store.held_for(world.name) > 29
+    assert world.ctx.store.held_for(world.name) > 29
     world.add(*numbers(1, start=10))  # staged meanwhile: must wait too
     for _ in range(5):
         world.clock.advance(5)
-        work.sweep(world.pipe)
-        world.dispatcher.drain(world.pipe)
+        work.sweep(world.ctx)
+        world.dispatcher.drain(world.ctx)
     assert len(world.fake.requests) == sent  # nothing before the 30 s are up
     world.clock.advance(6)
     world.settle()
@@ -187,15 +187,15 @@ def test_a_wrong_key_pauses_without_dead_letters_and_resume_delivers(world: Worl
     world.fake.key = "rotated"
     world.add(*numbers(3))
     world.settle()
-    assert world.name in world.pipe.store.paused()
-    assert world.pipe.store.dead_letters() == []
+    assert world.name in world.ctx.store.paused()
+    assert world.ctx.store.dead_letters() == []
     assert all(not held for held in world.listed().values())
 
     world.fake.key = good
-    world.pipe.providers[world.name].probe()
-    assert world.pipe.store.resume(world.name)
+    world.ctx.providers[world.name].probe()
+    assert world.ctx.store.resume(world.name)
     for target in targets_of(world.name):
-        work.flush(world.pipe, target, Action.ADD, work.ALL)
+        work.flush(world.ctx, target, Action.ADD, work.ALL)
     world.settle()
     for held in world.listed().values():
         assert held == {digits(n) for n in numbers(3)}
@@ -204,7 +204,7 @@ def test_a_wrong_key_pauses_without_dead_letters_and_resume_delivers(world: Worl
 def test_chunks_respect_each_providers_batch_size(world: World) -> None:
     world.add(*numbers(120))
     world.settle()
-    size = world.pipe.batch_size(world.name)
+    size = world.ctx.batch_size(world.name)
     chunks = [s for k, s in world.dispatcher.sent if k == "push"]
     assert chunks
     for held in world.listed().values():
@@ -235,7 +235,7 @@ def test_an_answer_of_a_shape_no_adapter_expects_is_a_retry_not_a_failed_push(
     world.settle()  # a push that raised would fail here
     for target, held in world.listed().items():
         assert held == {digits(n) for n in batch}, target
-    assert world.pipe.store.dead_letters() == []
+    assert world.ctx.store.dead_letters() == []
 
 
 @pytest.mark.parametrize("name", ["voodoosms", "daktela"])
@@ -248,7 +248,7 @@ def test_a_listing_that_ignores_skip_stops_instead_of_spinning(name: str) -> Non
     w = World(name)
     for i in range(1200):
         preload(w.fake, targets_of(name)[0], f"97250{i:07d}")
-    provider = w.pipe.providers[name]
+    provider = w.ctx.providers[name]
     assert isinstance(provider, ListsNumbers)
     assert len(provider.list_numbers(targets_of(name)[0])) == 1200
     w.fake.ignore_skip = True
@@ -276,11 +276,11 @@ def test_an_unexpected_2xx_that_is_carried_out_later_never_gets_the_last_word() 
         return original(*args)
 
     w.fake.handle = accepted  # type: ignore[method-assign]
-    w.dispatcher.drain(w.pipe)
+    w.dispatcher.drain(w.ctx)
     w.clock.advance(1)
     w.add(n)  # v3: "already listed"
-    w.dispatcher.drain(w.pipe)
-    assert w.pipe.store.provider_view(n, ["voodoosms"])["voodoosms"]["confirmed"] == "?"
+    w.dispatcher.drain(w.ctx)
+    assert w.ctx.store.provider_view(n, ["voodoosms"])["voodoosms"]["confirmed"] == "?"
     w.fake.handle(*deferred[0])  # carried out now
     w.settle()
     assert w.listed() == {"voodoosms": {n[1:]}}

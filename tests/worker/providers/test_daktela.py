@@ -13,7 +13,7 @@ from tests.fakes.daktela import FakeDaktela
 from tests.worker.providers.test_all_providers import World, numbers
 from worker.pipeline import batching as work
 from worker.pipeline.accept import Event, PhoneInput, accept
-from worker.pipeline.batching import Pipeline
+from worker.pipeline.batching import Context
 from worker.providers.base import Action
 from worker.state.store import OpenChunk
 
@@ -29,7 +29,7 @@ def test_a_created_record_carries_number_description_database_and_expiry() -> No
     until = datetime.fromtimestamp(w.clock.now, tz=UTC) + timedelta(days=30)
     event = Event("crm", Action.ADD, [PhoneInput(numbers(1)[0])], reason="asked by email",
                   expires_at=until)  # fmt: skip
-    accept(w.pipe, event)
+    accept(w.ctx, event)
     w.settle()
     (record,) = fake.records.values()
     assert record["number"] == numbers(1)[0]
@@ -47,7 +47,7 @@ def test_an_existing_entry_in_another_database_is_moved() -> None:
     w.add(n)
     w.settle()
     assert fake.records["x1"]["database"] == "Global"
-    assert w.pipe.store.dead_letters() == []
+    assert w.ctx.store.dead_letters() == []
     assert ("PUT", "/api/v6/blacklistNumbers/x1.json", [n[1:]]) in fake.requests
 
 
@@ -76,7 +76,7 @@ def test_an_error_inside_a_2xx_is_a_failure() -> None:
     fake.permanent.add(numbers(1)[0][1:])
     w.add(*numbers(1))
     w.settle()
-    dead = w.pipe.store.dead_letters()
+    dead = w.ctx.store.dead_letters()
     assert dead and "Invalid number" in dead[0]["last_error"]
 
 
@@ -88,7 +88,7 @@ def test_field_names_and_model_path_are_settings() -> None:
     )
     body = w.fake.bodies
     w.add(*numbers(1))
-    w.dispatcher.drain(w.pipe)
+    w.dispatcher.drain(w.ctx)
     assert isinstance(body[0], dict) and body[0]["blacklistDatabase"] == "Global"
 
 
@@ -105,7 +105,7 @@ def test_a_temporary_add_over_our_earlier_permanent_entry_takes_the_ledgers_expi
     w.remove(n)
     w.clock.advance(1)
     until = datetime.fromtimestamp(w.clock.now, tz=UTC) + timedelta(hours=2)
-    accept(w.pipe, Event("api", Action.ADD, [PhoneInput(n)], expires_at=until, reason="again"))
+    accept(w.ctx, Event("api", Action.ADD, [PhoneInput(n)], expires_at=until, reason="again"))
     w.settle()
     assert fake.records[name]["expired"] == until.strftime("%Y-%m-%d %H:%M:%S")
     assert ("PUT", f"/api/v6/blacklistNumbers/{name}.json", [n[1:]]) in fake.requests
@@ -123,7 +123,7 @@ def test_a_remove_leaves_an_entry_in_another_database_alone() -> None:
     w.settle()
     assert "s1" in fake.records
     assert not any(method == "DELETE" for method, _, _ in fake.requests)
-    view = w.pipe.store.provider_view(n, ["daktela:Global"])["daktela:Global"]
+    view = w.ctx.store.provider_view(n, ["daktela:Global"])["daktela:Global"]
     assert view["confirmed"] == "unblocked:2"
 
 
@@ -134,12 +134,12 @@ def test_a_number_taken_from_another_target_of_ours_is_unknown_there() -> None:
     w, fake = daktela()
     sales = w.build(daktela_blacklist_database="Sales")  # another process, another database
     sales.ensure_registered(force=True)
-    w.pipe.ensure_registered(force=True)
+    w.ctx.ensure_registered(force=True)
     n = numbers(1)[0]
     w.add(n)
     w.settle()
     (record,) = [r for r in fake.records.values() if r["number"] == n]
-    view = w.pipe.store.provider_view(n, ["daktela:Global", "daktela:Sales"])
+    view = w.ctx.store.provider_view(n, ["daktela:Global", "daktela:Sales"])
     held = f"daktela:{record['database']}"
     lost = ({"daktela:Global", "daktela:Sales"} - {held}).pop()
     assert view[held]["confirmed"] == "blocked:1"
@@ -158,7 +158,7 @@ def test_a_lookup_that_ignores_its_filter_confirms_no_remove() -> None:
     w.remove(a)
     w.settle(rounds=2)
     assert a[1:] in fake.listed()  # still blocked there, and not confirmed otherwise
-    assert w.pipe.store.provider_view(a, ["daktela:Global"])["daktela:Global"]["confirmed"] != (
+    assert w.ctx.store.provider_view(a, ["daktela:Global"])["daktela:Global"]["confirmed"] != (
         "unblocked:2"
     )
     fake.ignore_filters = False
@@ -205,7 +205,7 @@ def test_an_answer_that_is_not_daktelas_confirms_no_remove(
     w.settle()
     assert hits  # the gateway did answer once
     assert fake.listed() == set()  # pushed again, and removed
-    view = w.pipe.store.provider_view(n, ["daktela:Global"])["daktela:Global"]
+    view = w.ctx.store.provider_view(n, ["daktela:Global"])["daktela:Global"]
     assert view["confirmed"] == "unblocked:2"
 
 
@@ -215,22 +215,22 @@ def _lease_one_chunk_per_target(w: World) -> dict[str, OpenChunk]:
     while w.dispatcher.tasks:
         kind, args = w.dispatcher.tasks.popleft()
         if kind == "flush":
-            work.flush(w.pipe, args[0], args[1], args[2])
+            work.flush(w.ctx, args[0], args[1], args[2])
         else:
             pushes.append(args[0])
-    opened = [w.pipe.store.open_chunk(c, 60) for c in pushes]
+    opened = [w.ctx.store.open_chunk(c, 60) for c in pushes]
     return {o.chunk.target: o for o in opened if o is not None}
 
 
 def _an_add_leased_for_both_databases(removed_first: bool = False) -> tuple[
-    World, FakeDaktela, Pipeline, str, dict[str, OpenChunk]
+    World, FakeDaktela, Context, str, dict[str, OpenChunk]
 ]:  # fmt: skip
     """Global (the old process) and Sales (the new) both live; an add leased for each
     (`removed_first`: after the number was blocked and removed at both)."""
     w, fake = daktela()
     sales = w.build(daktela_blacklist_database="Sales")
     sales.ensure_registered(force=True)
-    w.pipe.ensure_registered(force=True)
+    w.ctx.ensure_registered(force=True)
     n = numbers(1)[0]
     if removed_first:
         w.add(n)
@@ -247,22 +247,22 @@ def test_a_push_answered_before_its_entry_was_moved_away_confirms_nothing() -> N
     # completed, Sales' push moved the entry into Sales; Global's completion then wrote
     # blocked over the unknown mark.
     w, fake, sales, n, chunks = _an_add_leased_for_both_databases()
-    original = w.pipe.store.complete
+    original = w.ctx.store.complete
 
     def sales_pushes_meanwhile(*args: Any) -> Any:
-        w.pipe.store.complete = original  # type: ignore[method-assign]
+        w.ctx.store.complete = original  # type: ignore[method-assign]
         work.push_chunk(sales, chunks["daktela:Sales"])
         return original(*args)
 
-    w.pipe.store.complete = sales_pushes_meanwhile  # type: ignore[method-assign]
-    work.push_chunk(w.pipe, chunks["daktela:Global"])
+    w.ctx.store.complete = sales_pushes_meanwhile  # type: ignore[method-assign]
+    work.push_chunk(w.ctx, chunks["daktela:Global"])
     assert fake.listed("Sales") == {n[1:]} and fake.listed("Global") == set()
-    view = w.pipe.store.provider_view(n, ["daktela:Global", "daktela:Sales"])
+    view = w.ctx.store.provider_view(n, ["daktela:Global", "daktela:Sales"])
     glob = view["daktela:Global"]
     assert glob["confirmed"] == "?"  # not blocked:1
     # Pushed again after a target TTL (by then the old database of a rolling change has
     # lapsed), not at once: two live databases would take the number from each other.
-    ttl_ms = w.pipe.settings.target_ttl_seconds * 1000
+    ttl_ms = w.ctx.settings.target_ttl_seconds * 1000
     assert glob["staged"] is None and glob["retry_at_ms"] == w.clock.now * 1000 + ttl_ms
     # Sales took it, and no remove at Global could have deleted it since: confirmed.
     assert view["daktela:Sales"]["confirmed"] == "blocked:1"
@@ -274,7 +274,7 @@ def test_the_database_left_live_after_a_rolling_change_gets_its_numbers_back() -
     # pushed it again once the old process was gone.
     w, fake, sales, n, chunks = _an_add_leased_for_both_databases()
     work.push_chunk(sales, chunks["daktela:Sales"])  # the new process: created in Sales
-    work.push_chunk(w.pipe, chunks["daktela:Global"])  # the old one: moved into Global
+    work.push_chunk(w.ctx, chunks["daktela:Global"])  # the old one: moved into Global
     assert fake.listed("Global") == {n[1:]}
     for _ in range(30):  # the old process is gone; the new one runs on
         w.clock.advance(60)
@@ -287,12 +287,12 @@ def test_the_database_left_live_after_a_rolling_change_gets_its_numbers_back() -
     assert view["confirmed"] == "blocked:1"
 
 
-def _globals_remove_in_flight() -> tuple[World, FakeDaktela, Pipeline, str, OpenChunk]:
+def _globals_remove_in_flight() -> tuple[World, FakeDaktela, Context, str, OpenChunk]:
     """A rolling change Global -> Sales: a number blocked in Global, then removed (v2);
     Sales has pushed its remove (nothing there), Global's is leased, not yet sent."""
     w, fake = daktela()
     sales = w.build(daktela_blacklist_database="Sales")
-    w.pipe.ensure_registered(force=True)
+    w.ctx.ensure_registered(force=True)
     n = numbers(1)[0]
     w.add(n)
     w.settle()
@@ -304,11 +304,11 @@ def _globals_remove_in_flight() -> tuple[World, FakeDaktela, Pipeline, str, Open
     return w, fake, sales, n, chunks["daktela:Global"]
 
 
-def _global_lapses(w: World, sales: Pipeline) -> None:
+def _global_lapses(w: World, sales: Context) -> None:
     """Both processes run for a while, then only Sales' (Global's target lapses)."""
     for _ in range(40):
         w.clock.advance(60)
-        for p in (sales, w.pipe) if w.clock.now < 1_800_001_200 else (sales,):
+        for p in (sales, w.ctx) if w.clock.now < 1_800_001_200 else (sales,):
             work.sweep(p)
             work.recover(p)
             w.dispatcher.drain(p)
@@ -336,9 +336,9 @@ def test_a_late_delete_of_an_entry_another_target_took_leaves_that_target_unknow
         return answer
 
     fake.handle = sales_adds_after_globals_lookup  # type: ignore[method-assign]
-    work.push_chunk(w.pipe, globals_remove)  # ... then deletes it by name
+    work.push_chunk(w.ctx, globals_remove)  # ... then deletes it by name
     assert looked_up and fake.listed("Sales") == set()
-    view = w.pipe.store.provider_view(n, ["daktela:Sales"])["daktela:Sales"]
+    view = w.ctx.store.provider_view(n, ["daktela:Sales"])["daktela:Sales"]
     assert view["confirmed"] == "?"  # not blocked:3
     _global_lapses(w, sales)
     assert fake.listed("Sales") == {n[1:]}
@@ -356,9 +356,9 @@ def test_a_recovered_remove_leaves_the_target_that_took_its_entry_unknown() -> N
     w.add(n)
     work.push_chunk(sales, _lease_one_chunk_per_target(w)["daktela:Sales"])  # moved to Sales
     assert fake.listed("Sales") == {n[1:]}
-    w.clock.advance(w.pipe.settings.lease_seconds + 1)  # Global's push stalled
-    work.recover(w.pipe)
-    view = w.pipe.store.provider_view(n, ["daktela:Global", "daktela:Sales"])
+    w.clock.advance(w.ctx.settings.lease_seconds + 1)  # Global's push stalled
+    work.recover(w.ctx)
+    view = w.ctx.store.provider_view(n, ["daktela:Global", "daktela:Sales"])
     assert view["daktela:Sales"]["confirmed"] == "?"
     assert view["daktela:Sales"]["staged"] == "add"
 
@@ -370,16 +370,16 @@ def test_a_late_delete_is_caught_when_the_taking_push_answers_last(global_lags_s
     # answer as not counting yet, and Sales' "moved" answer confirmed blocked:3 for an entry
     # the delete had taken. And by the sixth: the same with Global's host clock behind.
     w, fake, sales, n, globals_remove = _globals_remove_in_flight()
-    global_complete = w.pipe.store.complete
+    global_complete = w.ctx.store.complete
 
     def complete_on_globals_host(*args: Any) -> Any:
-        w.pipe.store.clock = lambda: w.clock.now - global_lags_s
+        w.ctx.store.clock = lambda: w.clock.now - global_lags_s
         try:
             return global_complete(*args)
         finally:
-            w.pipe.store.clock = w.clock  # type: ignore[assignment]
+            w.ctx.store.clock = w.clock  # type: ignore[assignment]
 
-    w.pipe.store.complete = complete_on_globals_host  # type: ignore[method-assign]
+    w.ctx.store.complete = complete_on_globals_host  # type: ignore[method-assign]
     original, complete = fake.handle, sales.store.complete
     moved, answer_now = threading.Event(), threading.Event()
     pushes: list[threading.Thread] = []
@@ -403,7 +403,7 @@ def test_a_late_delete_is_caught_when_the_taking_push_answers_last(global_lags_s
         return answer
 
     fake.handle = sales_moves_it_after_globals_lookup  # type: ignore[method-assign]
-    work.push_chunk(w.pipe, globals_remove)  # deletes it by name, answers first
+    work.push_chunk(w.ctx, globals_remove)  # deletes it by name, answers first
     fake.handle = original  # type: ignore[method-assign]
     answer_now.set()
     pushes[0].join()
@@ -421,21 +421,21 @@ def test_removes_at_two_live_databases_do_not_unsettle_each_other() -> None:
     # A remove cannot be harmed by another's delete: it wants the entry gone.
     w, fake = daktela()
     sales = w.build(daktela_blacklist_database="Sales")
-    w.pipe.ensure_registered(force=True)
+    w.ctx.ensure_registered(force=True)
     sales.ensure_registered(force=True)
     n = numbers(1)[0]
     w.add(n)
     w.settle()
     w.remove(n)
     chunks = _lease_one_chunk_per_target(w)
-    w.clock.advance(w.pipe.settings.lease_seconds + 1)  # Global's worker stalls
-    w.pipe.store.renew(chunks["daktela:Sales"].chunk.id, w.pipe.settings.lease_seconds)
-    assert work.recover(w.pipe) == 1
+    w.clock.advance(w.ctx.settings.lease_seconds + 1)  # Global's worker stalls
+    w.ctx.store.renew(chunks["daktela:Sales"].chunk.id, w.ctx.settings.lease_seconds)
+    assert work.recover(w.ctx) == 1
     work.push_chunk(sales, chunks["daktela:Sales"])
-    view = w.pipe.store.provider_view(n, ["daktela:Global", "daktela:Sales"])
+    view = w.ctx.store.provider_view(n, ["daktela:Global", "daktela:Sales"])
     assert view["daktela:Sales"]["confirmed"] == "unblocked:2"
     w.settle()
-    view = w.pipe.store.provider_view(n, ["daktela:Global", "daktela:Sales"])
+    view = w.ctx.store.provider_view(n, ["daktela:Global", "daktela:Sales"])
     assert {t: v["confirmed"] for t, v in view.items()} == {
         "daktela:Global": "unblocked:2", "daktela:Sales": "unblocked:2",
     }  # fmt: skip
@@ -455,12 +455,12 @@ def test_a_recovered_add_whose_late_request_took_the_entry_unsettles_the_other_d
     def stall_before_the_move(*args: Any) -> Any:
         if args[0] == "PUT" and not stalled:
             stalled.append(True)
-            w.clock.advance(w.pipe.settings.lease_seconds + 1)
-            assert work.recover(w.pipe) == 1
+            w.clock.advance(w.ctx.settings.lease_seconds + 1)
+            assert work.recover(w.ctx) == 1
         return original(*args)
 
     fake.handle = stall_before_the_move  # type: ignore[method-assign]
-    work.push_chunk(w.pipe, chunks["daktela:Global"])  # the late request moves it
+    work.push_chunk(w.ctx, chunks["daktela:Global"])  # the late request moves it
     fake.handle = original  # type: ignore[method-assign]
     assert stalled and fake.listed("Global") == {n[1:]}
     assert sales.store.provider_view(n, ["daktela:Sales"])["daktela:Sales"]["confirmed"] == "?"
@@ -484,11 +484,11 @@ def _push_then_die(
 
     if handle is not None:
         fake.handle = handle  # type: ignore[method-assign]
-    w.pipe.store.complete = killed  # type: ignore[method-assign]
+    w.ctx.store.complete = killed  # type: ignore[method-assign]
     with pytest.raises(_Killed):
-        work.push_chunk(w.pipe, chunk)
+        work.push_chunk(w.ctx, chunk)
     fake.handle = original  # type: ignore[method-assign]
-    del w.pipe.store.complete
+    del w.ctx.store.complete
 
 
 def test_a_worker_killed_after_its_request_took_the_entry_unsettles_the_other_database() -> None:
@@ -498,7 +498,7 @@ def test_a_worker_killed_after_its_request_took_the_entry_unsettles_the_other_da
     work.push_chunk(sales, chunks["daktela:Sales"])  # created in Sales
     _push_then_die(w, fake, chunks["daktela:Global"])  # moved Sales -> Global
     assert fake.listed("Global") == {n[1:]}
-    w.clock.advance(w.pipe.settings.lease_seconds + 1)
+    w.clock.advance(w.ctx.settings.lease_seconds + 1)
     assert work.recover(sales) == 1
     assert sales.store.provider_view(n, ["daktela:Sales"])["daktela:Sales"]["confirmed"] == "?"
     _global_lapses(w, sales)
@@ -511,10 +511,10 @@ def test_a_late_add_of_a_database_that_has_gone_is_undone_at_once() -> None:
     # again): ten minutes without the opt-out in the only live database.
     w, fake, sales, n, chunks = _an_add_leased_for_both_databases()
     work.push_chunk(sales, chunks["daktela:Sales"])  # created in Sales
-    w.clock.advance(w.pipe.settings.target_ttl_seconds + 1)
+    w.clock.advance(w.ctx.settings.target_ttl_seconds + 1)
     sales.ensure_registered(force=True)  # only Sales announces now
     assert "daktela:Global" not in sales.directory(refresh=True)
-    work.push_chunk(w.pipe, chunks["daktela:Global"])  # the late add moves it to Global
+    work.push_chunk(w.ctx, chunks["daktela:Global"])  # the late add moves it to Global
     assert fake.listed("Sales") == set()
     w.clock.advance(2)
     work.sweep(sales)
@@ -553,7 +553,7 @@ def test_two_live_databases_do_not_take_a_number_from_each_other_at_push_speed(
         return answer
 
     fake.handle = sales_lands_after_global  # type: ignore[method-assign]
-    work.push_chunk(w.pipe, chunks["daktela:Global"])  # Global answers first
+    work.push_chunk(w.ctx, chunks["daktela:Global"])  # Global answers first
     fake.handle = original  # type: ignore[method-assign]
     answer_now.set()
     pushes[0].join()
@@ -569,7 +569,7 @@ def test_two_live_databases_do_not_take_a_number_from_each_other_at_push_speed(
     fake.handle = a_second_per_move  # type: ignore[method-assign]
     for _ in range(60):  # two minutes with both live
         w.clock.advance(2)
-        for p in (sales, w.pipe):
+        for p in (sales, w.ctx):
             work.sweep(p)
             w.dispatcher.drain(p)
     assert len(moves) <= 2, moves  # at most the one check each, not back and forth
@@ -594,14 +594,14 @@ def test_a_delete_that_failed_and_lands_after_a_move_is_caught() -> None:
         return answer
 
     fake.handle = delete_times_out_but_lands_later  # type: ignore[method-assign]
-    work.push_chunk(w.pipe, globals_remove)  # remove v2 answers 'retry'; ol written now
+    work.push_chunk(w.ctx, globals_remove)  # remove v2 answers 'retry'; ol written now
     w.clock.advance(1)
     w.add(n)  # v3
     chunks = _lease_one_chunk_per_target(w)
     work.push_chunk(sales, chunks["daktela:Sales"])  # moves Global's entry; DELETE lands
     fake.handle = original  # type: ignore[method-assign]
     if "daktela:Global" in chunks:
-        work.push_chunk(w.pipe, chunks["daktela:Global"])
+        work.push_chunk(w.ctx, chunks["daktela:Global"])
     view = sales.store.provider_view(n, ["daktela:Sales"])["daktela:Sales"]
     _global_lapses(w, sales)
     view = sales.store.provider_view(n, ["daktela:Sales"])["daktela:Sales"]
@@ -626,7 +626,7 @@ def test_a_recovered_remove_whose_delete_lands_after_a_move_is_caught() -> None:
     def stall_after_lookup(*args: Any) -> Any:
         method = args[0]
         if method == "DELETE" and not pushes:  # on the wire: it stalls, lands later
-            w.clock.advance(w.pipe.settings.lease_seconds + 1)
+            w.clock.advance(w.ctx.settings.lease_seconds + 1)
             assert work.recover(sales) == 1  # Global's remove recovered
             w.clock.advance(1)
             w.add(n)  # v3
@@ -646,20 +646,20 @@ def test_a_recovered_remove_whose_delete_lands_after_a_move_is_caught() -> None:
     sales.store.complete = sales_complete  # type: ignore[method-assign]
     assert fake.listed("Sales") == set()
     if "daktela:Global" in leased:
-        work.push_chunk(w.pipe, leased["daktela:Global"])  # its add v3: created in Global
+        work.push_chunk(w.ctx, leased["daktela:Global"])  # its add v3: created in Global
     _global_lapses(w, sales)
     assert fake.listed("Sales") == {n[1:]}, sales.store.provider_view(n, ["daktela:Sales"])
 
 
-def _open_only(w: World, pipe: Pipeline, target: str) -> OpenChunk:
+def _open_only(w: World, ctx: Context, target: str) -> OpenChunk:
     """Run the target's flushes and open its push; every other task stays queued."""
     keep, found = [], None
     while w.dispatcher.tasks and found is None:
         kind, args = w.dispatcher.tasks.popleft()
         if kind == "flush" and args[0] == target:
-            work.flush(pipe, args[0], args[1], args[2])
+            work.flush(ctx, args[0], args[1], args[2])
             continue
-        opened = pipe.store.open_chunk(args[0], 60) if kind == "push" else None
+        opened = ctx.store.open_chunk(args[0], 60) if kind == "push" else None
         if opened is not None and opened.chunk.target == target:
             found = opened
         else:
@@ -682,7 +682,7 @@ def test_a_late_move_after_the_other_database_pushed_again_is_undone() -> None:
     def stall_before_the_move(*args: Any) -> Any:
         if args[0] == "PUT":
             fake.handle = original  # type: ignore[method-assign]
-            w.clock.advance(w.pipe.settings.lease_seconds + 1)
+            w.clock.advance(w.ctx.settings.lease_seconds + 1)
             assert work.recover(sales) == 1  # Sales unsettled and staged at once
             work.push_chunk(sales, _open_only(w, sales, "daktela:Sales"))  # "already"
             view = sales.store.provider_view(n, ["daktela:Sales"])["daktela:Sales"]
@@ -710,7 +710,7 @@ def test_a_late_delete_after_the_recheck_of_a_move_is_undone() -> None:
     def stall_before_the_delete(*args: Any) -> Any:
         if args[0] == "DELETE":
             fake.handle = original  # type: ignore[method-assign]
-            w.clock.advance(w.pipe.settings.lease_seconds + 1)
+            w.clock.advance(w.ctx.settings.lease_seconds + 1)
             assert work.recover(sales) == 1
             w.clock.advance(1)
             w.add(n)  # v3
@@ -728,7 +728,7 @@ def test_a_late_delete_after_the_recheck_of_a_move_is_undone() -> None:
     )  # the delete lands; the worker dies
     assert fake.listed("Sales") == set()
     for opened in pending:
-        work.push_chunk(w.pipe, opened)
+        work.push_chunk(w.ctx, opened)
     _global_lapses(w, sales)
     assert fake.listed("Sales") == {n[1:]}
 
@@ -756,7 +756,7 @@ def test_a_failed_move_that_lands_after_the_other_database_pushed_again_is_undon
     w, fake, sales, n, chunks = _an_add_leased_for_both_databases()
     work.push_chunk(sales, chunks["daktela:Sales"])  # created in Sales
     deferred = _fails_then_lands_later(fake, "PUT")
-    work.push_chunk(w.pipe, chunks["daktela:Global"])  # the 503
+    work.push_chunk(w.ctx, chunks["daktela:Global"])  # the 503
     w.dispatcher.drain(sales)  # Sales pushed again at once: "already"
     view = sales.store.provider_view(n, ["daktela:Sales"])["daktela:Sales"]
     assert view["confirmed"] == "?"  # not trusted while the move may land
@@ -770,7 +770,7 @@ def test_a_failed_delete_that_lands_after_the_recheck_of_a_move_is_undone() -> N
     # the one more push that Sales' move got.
     w, fake, sales, n, globals_remove = _globals_remove_in_flight()
     deferred = _fails_then_lands_later(fake, "DELETE")
-    work.push_chunk(w.pipe, globals_remove)  # the 503
+    work.push_chunk(w.ctx, globals_remove)  # the 503
     w.clock.advance(1)
     w.add(n)  # v3
     chunks = _lease_one_chunk_per_target(w)
@@ -780,7 +780,7 @@ def test_a_failed_delete_that_lands_after_the_recheck_of_a_move_is_undone() -> N
     fake.handle(*deferred[0])  # the delete lands, by name: Sales' entry
     for target, opened in {**chunks, **again}.items():
         if target == "daktela:Global":
-            work.push_chunk(w.pipe, opened)
+            work.push_chunk(w.ctx, opened)
     _global_lapses(w, sales)
     assert fake.listed("Sales") == {n[1:]}
 
@@ -795,7 +795,7 @@ def _a_remove_whose_delete_fails_and_lands_later() -> tuple[
     w.settle()
     w.remove(n)  # v2
     deferred = _fails_then_lands_later(fake, "DELETE")
-    w.dispatcher.drain(w.pipe)
+    w.dispatcher.drain(w.ctx)
     return w, fake, n, deferred
 
 
@@ -805,8 +805,8 @@ def test_a_failed_delete_that_lands_after_a_newer_add_is_undone() -> None:
     w, fake, n, deferred = _a_remove_whose_delete_fails_and_lands_later()
     w.clock.advance(1)
     w.add(n)  # v3
-    w.dispatcher.drain(w.pipe)  # "already"
-    view = w.pipe.store.provider_view(n, ["daktela:Global"])["daktela:Global"]
+    w.dispatcher.drain(w.ctx)  # "already"
+    view = w.ctx.store.provider_view(n, ["daktela:Global"])["daktela:Global"]
     assert view["confirmed"] == "?"
     fake.handle(*deferred[0])  # the delete lands
     w.settle()
@@ -818,20 +818,20 @@ def test_a_database_registered_after_a_recovery_is_warned_of_its_late_move() -> 
     # Global was our only Daktela target; Sales registered (a rolling change's new
     # process), caught up and took the entry, and the stalled move then took it back.
     w, fake = daktela()
-    w.pipe.ensure_registered(force=True)
+    w.ctx.ensure_registered(force=True)
     n = numbers(1)[0]
     fake.records["x1"] = {"name": "x1", "number": n, "description": "", "database": "Other",
                           "expired": None}  # fmt: skip
     w.add(n)
     globals_add = _lease_one_chunk_per_target(w)["daktela:Global"]
     original = fake.handle
-    started: list[Pipeline] = []
+    started: list[Context] = []
 
     def stall_before_the_move(*args: Any) -> Any:
         if args[0] == "PUT":
             fake.handle = original  # type: ignore[method-assign]
-            w.clock.advance(w.pipe.settings.lease_seconds + 1)
-            assert work.recover(w.pipe) == 1
+            w.clock.advance(w.ctx.settings.lease_seconds + 1)
+            assert work.recover(w.ctx) == 1
             w.clock.advance(5)
             sales = w.build(daktela_blacklist_database="Sales")
             started.append(sales)
@@ -855,7 +855,7 @@ def test_a_sibling_mark_stays_while_an_older_push_of_another_database_is_out() -
     w, fake, sales, n, chunks = _an_add_leased_for_both_databases()
     work.push_chunk(sales, chunks["daktela:Sales"])  # created in Sales
     deferred = _fails_then_lands_later(fake, "PUT")
-    work.push_chunk(w.pipe, chunks["daktela:Global"])  # the move answers 503
+    work.push_chunk(w.ctx, chunks["daktela:Global"])  # the move answers 503
     w.clock.advance(1)
     sales_push = _lease_one_chunk_per_target(w)["daktela:Sales"]
     complete = sales.store.complete
@@ -865,8 +865,8 @@ def test_a_sibling_mark_stays_while_an_older_push_of_another_database_is_out() -
         fake.handle(*deferred[0])  # the move lands: the entry is in Global
         for _ in range(4):  # Global's own push after the window: "already"
             w.clock.advance(60)
-            work.sweep(w.pipe)
-            w.dispatcher.drain(w.pipe)
+            work.sweep(w.ctx)
+            w.dispatcher.drain(w.ctx)
         return complete(*args)
 
     sales.store.complete = the_rest_of_a_long_chunk  # type: ignore[method-assign]
@@ -890,9 +890,9 @@ def test_a_purge_keeps_a_late_mark_a_push_in_flight_still_needs() -> None:
 
     fake.handle = refuse_the_delete  # type: ignore[method-assign]
     w.clock.advance(5)
-    work.sweep(w.pipe)
-    w.dispatcher.drain(w.pipe)
-    store = w.pipe.store
+    work.sweep(w.ctx)
+    w.dispatcher.drain(w.ctx)
+    store = w.ctx.store
     assert [d["id"] for d in store.dead_letters()] == [f"daktela:Global|{n}"]
     w.clock.advance(1)
     w.add(n)  # v3
@@ -902,12 +902,12 @@ def test_a_purge_keeps_a_late_mark_a_push_in_flight_still_needs() -> None:
     def purged_meanwhile(*args: Any) -> Any:
         store.complete = complete  # type: ignore[method-assign]
         fake.handle(*deferred[0])  # the lost delete lands after our add's "already"
-        w.clock.advance(w.pipe.late_ms / 1000 + 60)  # a long chunk: the mark's time passes
+        w.clock.advance(w.ctx.late_ms / 1000 + 60)  # a long chunk: the mark's time passes
         store.purge([f"daktela:Global|{n}"], "ops")
         return complete(*args)
 
     store.complete = purged_meanwhile  # type: ignore[method-assign]
-    work.push_chunk(w.pipe, add)
+    work.push_chunk(w.ctx, add)
     assert store.provider_view(n, ["daktela:Global"])["daktela:Global"]["confirmed"] == "?"
     w.settle()
     assert fake.listed("Global") == {n[1:]}

@@ -35,7 +35,7 @@ def test_a_failure_for_one_agent_does_not_repush_the_other() -> None:
     # after them, once a 500'd request can no longer land late.
     assert sent_to == {"agent-a": 1, "agent-b": 2}
     assert fake.listed("agent-a") == fake.listed("agent-b") == {n[1:] for n in numbers(3)}
-    assert w.pipe.store.dead_letters() == []
+    assert w.ctx.store.dead_letters() == []
 
 
 def test_numbers_are_sent_with_plus_and_uid_and_agent() -> None:
@@ -53,6 +53,6 @@ def test_not_found_on_remove_is_done() -> None:
     w.fake.lists.clear()  # removed by hand at Phonely meanwhile
     w.remove(*numbers(1))
     w.settle()
-    assert w.pipe.store.dead_letters() == []
-    view = w.pipe.store.provider_view(numbers(1)[0], ["phonely:agent-a"])["phonely:agent-a"]
+    assert w.ctx.store.dead_letters() == []
+    view = w.ctx.store.provider_view(numbers(1)[0], ["phonely:agent-a"])["phonely:agent-a"]
     assert view["confirmed"] == "unblocked:2"

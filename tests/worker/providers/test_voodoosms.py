@@ -33,7 +33,7 @@ def test_remove_of_a_number_not_listed_is_done_without_a_delete() -> None:
     w.remove(numbers(1)[0])
     w.settle()
     assert not any(m == "DELETE" for m, _, _ in w.fake.requests)
-    assert w.pipe.store.dead_letters() == []
+    assert w.ctx.store.dead_letters() == []
 
 
 def test_remove_when_the_list_is_empty_is_done() -> None:
@@ -43,7 +43,7 @@ def test_remove_when_the_list_is_empty_is_done() -> None:
     w.fake.lists.clear()  # 51 on the lookup
     w.remove(numbers(1)[0])
     w.settle()
-    assert w.pipe.store.dead_letters() == []
+    assert w.ctx.store.dead_letters() == []
 
 
 def test_33_on_an_add_is_a_permanent_bad_number_not_done() -> None:
@@ -51,11 +51,9 @@ def test_33_on_an_add_is_a_permanent_bad_number_not_done() -> None:
     w.fake.permanent.add(numbers(1)[0][1:])
     w.add(*numbers(1))
     w.settle()
-    dead = w.pipe.store.dead_letters()
+    dead = w.ctx.store.dead_letters()
     assert dead[0]["reason"] == "bad_format"
-    assert (
-        w.pipe.store.provider_view(numbers(1)[0], ["voodoosms"])["voodoosms"]["confirmed"] is None
-    )
+    assert w.ctx.store.provider_view(numbers(1)[0], ["voodoosms"])["voodoosms"]["confirmed"] is None
 
 
 def test_a_lookup_that_does_not_mention_the_number_is_retried_not_done() -> None:
@@ -78,6 +76,6 @@ def test_a_lookup_that_does_not_mention_the_number_is_retried_not_done() -> None
     w.settle()
     assert answers["wrong"] == 0  # asked twice, answered about another number both times
     assert n[1:] not in w.fake.listed()  # the third lookup found it: deleted
-    view = w.pipe.store.provider_view(n, ["voodoosms"])["voodoosms"]
+    view = w.ctx.store.provider_view(n, ["voodoosms"])["voodoosms"]
     assert view["confirmed"] == "unblocked:2"
-    assert w.pipe.store.dead_letters() == []
+    assert w.ctx.store.dead_letters() == []

@@ -12,18 +12,18 @@ from worker.providers.base import Action
 
 def test_an_event_without_a_call_record_is_not_applicable_not_a_failure() -> None:
     w = World("weya")
-    accept(w.pipe, Event("api", Action.ADD, [PhoneInput(numbers(1)[0])]))
+    accept(w.ctx, Event("api", Action.ADD, [PhoneInput(numbers(1)[0])]))
     w.settle()
     assert w.fake.requests == []
-    assert w.pipe.store.dead_letters() == []
-    assert w.pipe.store.audit(numbers(1)[0])[0]["na"] == ["weya"]
+    assert w.ctx.store.dead_letters() == []
+    assert w.ctx.store.audit(numbers(1)[0])[0]["na"] == ["weya"]
 
 
 def test_the_call_context_is_sent() -> None:
     w = World("weya")
     bodies = w.fake.bodies
     context = {**CALL, "type": "customer_request"}
-    accept(w.pipe, Event("dnc", Action.ADD, [PhoneInput("12125551234")], context=context))
+    accept(w.ctx, Event("dnc", Action.ADD, [PhoneInput("12125551234")], context=context))
     w.settle()
     assert bodies == [{"phoneNumber": "12125551234", "type": "customer_request", **CALL}]
 
@@ -33,15 +33,15 @@ def test_404_is_retried_for_the_window_then_dead_lettered() -> None:
     assert isinstance(w.fake, FakeWeya)
     w.fake.call_records.clear()  # the call record is not written (yet)
     w.add(*numbers(1))
-    w.dispatcher.drain(w.pipe)
+    w.dispatcher.drain(w.ctx)
     for _ in range(3):  # within the window: retried, not dead-lettered
         w.clock.advance(8)
-        work.sweep(w.pipe)
-        w.dispatcher.drain(w.pipe)
-    assert w.pipe.store.dead_letters() == []
+        work.sweep(w.ctx)
+        w.dispatcher.drain(w.ctx)
+    assert w.ctx.store.dead_letters() == []
     assert len(w.fake.requests) >= 2
     w.settle()  # the window passes
-    dead = w.pipe.store.dead_letters()
+    dead = w.ctx.store.dead_letters()
     assert dead[0]["reason"] == "call_record_not_found"
 
 
@@ -51,7 +51,7 @@ def test_404_then_record_written_is_delivered() -> None:
     records = set(w.fake.call_records)
     w.fake.call_records.clear()
     w.add(*numbers(1))
-    w.dispatcher.drain(w.pipe)
+    w.dispatcher.drain(w.ctx)
     w.fake.call_records |= records
     w.settle()
     assert w.fake.listed() == {numbers(1)[0][1:]}
@@ -70,7 +70,7 @@ def test_never_pushed_twice_and_never_removed() -> None:
     w.settle()
     assert w.fake.emails == 1
     assert len(w.fake.requests) == 1
-    assert w.pipe.store.dead_letters() == []
+    assert w.ctx.store.dead_letters() == []
 
 
 def test_an_undecodable_answer_is_that_numbers_retry_and_the_others_go_once() -> None:
@@ -91,13 +91,13 @@ def test_an_undecodable_answer_is_that_numbers_retry_and_the_others_go_once() ->
             return httpx.Response(200, headers={"Content-Encoding": "gzip"}, content=b"{}")
         return inner.handle_request(request)
 
-    w.pipe = w.build(http=httpx.Client(transport=httpx.MockTransport(handler)))
+    w.ctx = w.build(http=httpx.Client(transport=httpx.MockTransport(handler)))
     batch = numbers(10)
     w.add(*batch)
     w.settle()
     assert w.fake.listed() == {n[1:] for n in batch}
     assert w.fake.emails == 10  # one add each: the good ones were never sent again
-    answer = w.pipe.store.audit(batch[9])
+    answer = w.ctx.store.audit(batch[9])
     assert any(a.get("rsn") == "unreadable_answer" for a in answer)
 
 
@@ -113,12 +113,12 @@ def test_an_outage_before_the_record_is_found_does_not_use_up_the_404_window() -
     w.fake.http_status, w.fake.http_status_times = 503, -1
     w.add(n)
     _run_for(w, 900)
-    assert w.pipe.store.dead_letters() == []
+    assert w.ctx.store.dead_letters() == []
     w.fake.http_status = None
     _run_for(w, 180)  # 404s: the record is not written yet
     w.fake.call_records |= records
     _run_for(w, 300)
-    assert w.pipe.store.dead_letters() == []
+    assert w.ctx.store.dead_letters() == []
     assert w.fake.listed() == {n[1:]}
 
 
@@ -131,14 +131,14 @@ def test_a_new_opt_out_weeks_after_a_dropped_retry_starts_a_new_clock() -> None:
     n = numbers(1)[0]
     w.fake.http_status, w.fake.http_status_times = 503, 1
     w.add(n)
-    w.dispatcher.drain(w.pipe)
+    w.dispatcher.drain(w.ctx)
     w.remove(n)
     _run_for(w, 60)
     w.clock.advance(30 * 86400)
     w.fake.http_status, w.fake.http_status_times = 503, 1
     w.add(n)
     _run_for(w, 60)
-    assert w.pipe.store.dead_letters() == []
+    assert w.ctx.store.dead_letters() == []
     assert w.fake.listed() == {n[1:]}
 
 
@@ -158,7 +158,7 @@ def test_an_outage_between_two_404s_does_not_use_up_the_window() -> None:
     _run_for(w, 60)  # 404 again
     w.fake.call_records |= records
     _run_for(w, 300)
-    assert w.pipe.store.dead_letters() == []
+    assert w.ctx.store.dead_letters() == []
     assert w.fake.listed() == {n[1:]}
 
 
@@ -166,5 +166,5 @@ def _run_for(w: World, seconds: float, step: float = 5) -> None:
     end = w.clock.now + seconds
     while w.clock.now < end:
         w.clock.advance(step)
-        work.sweep(w.pipe)
-        w.dispatcher.drain(w.pipe)
+        work.sweep(w.ctx)
+        w.dispatcher.drain(w.ctx)

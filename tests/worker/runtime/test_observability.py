@@ -35,16 +35,16 @@ def value(scraped: dict[Any, float], name: str, **labels: str) -> float:
 
 
 def test_metrics_count_a_run(
-    make_pipe: Any, dispatcher: QueueDispatcher, fake_voicenter: FakeVoicenter
+    make_ctx: Any, dispatcher: QueueDispatcher, fake_voicenter: FakeVoicenter
 ) -> None:
-    pipe = make_pipe(admin_token="admin")
-    client = TestClient(create_api(lambda: pipe))
+    ctx = make_ctx(admin_token="admin")
+    client = TestClient(create_api(lambda: ctx))
     before = samples(client.get("/metrics").text)
     fake_voicenter.permanent.add("972501111113")
     body = {"action": "add", "phones": ["+972501111111", "+972501111112", "+972501111113", "x"]}
     assert client.post("/v1/optouts", json=body, headers=AUTH).status_code == 202
     client.post("/v1/optouts", json={"action": "remove", "phones": ["1"]}, headers=AUTH)
-    dispatcher.drain(pipe)
+    dispatcher.drain(ctx)
     after = samples(client.get("/metrics").text)
 
     def delta(name: str, **labels: str) -> float:
@@ -63,14 +63,14 @@ def test_metrics_count_a_run(
 
 
 def test_logs_never_hold_a_full_number_or_a_token(
-    make_pipe: Any, dispatcher: QueueDispatcher, fake_voicenter: FakeVoicenter
+    make_ctx: Any, dispatcher: QueueDispatcher, fake_voicenter: FakeVoicenter
 ) -> None:
-    pipe = make_pipe(
+    ctx = make_ctx(
         admin_token="admin-secret-token",
         webhook_tokens="voicenter:hook-secret-token",
         voicenter_optout_dtmf="9",
     )
-    client = TestClient(create_api(lambda: pipe))
+    client = TestClient(create_api(lambda: ctx))
     fake_voicenter.flaky["972501111112"] = 1
     with structlog.testing.capture_logs() as events:
         client.post("/v1/optouts", json={"action": "add", "phones": ["+972501111112"]},
@@ -78,7 +78,7 @@ def test_logs_never_hold_a_full_number_or_a_token(
         client.post(
             "/webhooks/voicenter/cdr?token=hook-secret-token", json=fixture("cdr_outbound.json")
         )
-        dispatcher.drain(pipe)
+        dispatcher.drain(ctx)
     text = repr(events)
     assert events
     for secret in ("972501111112", "972501234567", "0501234567", "secret-token", "good-code"):
@@ -92,14 +92,14 @@ def test_the_last_line_of_defence_masks_and_drops() -> None:
     assert event == {"event": "x", "detail": "failed for 972501***4567", "token": "***"}
 
 
-def test_audit_lines_hold_each_number_masked_a_hundred_per_line(make_pipe: Any) -> None:
+def test_audit_lines_hold_each_number_masked_a_hundred_per_line(make_ctx: Any) -> None:
     from worker.pipeline.accept import Event, PhoneInput, accept, phone_hash
     from worker.providers.base import Action
 
-    pipe = make_pipe()
+    ctx = make_ctx()
     phones = [f"+97250{i:07d}" for i in range(250)]
     with structlog.testing.capture_logs() as events:
-        result = accept(pipe, Event("crm", Action.ADD, [PhoneInput(p) for p in phones]))
+        result = accept(ctx, Event("crm", Action.ADD, [PhoneInput(p) for p in phones]))
     lines = [e for e in events if e["event"] == "audit"]
     assert [len(line["numbers"]) for line in lines] == [100, 100, 50]
     assert {line["event_id"] for line in lines} == {result.event_id}

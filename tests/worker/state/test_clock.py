@@ -18,7 +18,7 @@ from tests.fakes.dispatch import QueueDispatcher
 from tests.fakes.providers import Router, env_for, make_fake
 from worker.pipeline.accept import Event, PhoneInput, accept
 from worker.providers.base import Action
-from worker.runtime.wiring import build_pipeline
+from worker.runtime.wiring import build_context
 from worker.state.clock import ServerClock
 
 
@@ -204,19 +204,19 @@ def test_a_process_without_a_clock_of_its_own_lives_by_the_servers(
     client: Any = fakeredis.FakeRedis()
     router = Router({"voicenter": make_fake("voicenter")})
     settings = make_settings(env_for("voicenter", "http://voicenter.test"), target_ttl_seconds=30)
-    pipe = build_pipeline(
+    ctx = build_context(
         settings, client=client, http=router.client(), dispatcher=QueueDispatcher(),
         rng=random.Random(1),
     )  # fmt: skip
-    assert pipe.store.argv()[1] == ""  # the scripts read the time themselves
-    pipe.ensure_registered()
+    assert ctx.store.argv()[1] == ""  # the scripts read the time themselves
+    ctx.ensure_registered()
     announced = client.zscore("optout:targets:live", "voicenter")
     server_ms = (time.time() + server_an_hour_ahead) * 1000
     assert announced == pytest.approx(server_ms + 30_000, abs=2000)
-    assert pipe.store.now_ms() == pytest.approx(server_ms, abs=2000)
+    assert ctx.store.now_ms() == pytest.approx(server_ms, abs=2000)
 
     n = "+972501234567"
-    accept(pipe, Event("api", Action.ADD, [PhoneInput(n)]))
-    assert pipe.store.audit(n)[-1]["at"] == pytest.approx(server_ms, abs=2000)
+    accept(ctx, Event("api", Action.ADD, [PhoneInput(n)]))
+    assert ctx.store.audit(n)[-1]["at"] == pytest.approx(server_ms, abs=2000)
     # Staged for the target announced, at the server's time.
     assert client.zscore("optout:stage:voicenter:add", n) == pytest.approx(server_ms, abs=2000)

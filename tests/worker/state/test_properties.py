@@ -17,7 +17,7 @@ from tests.fakes.dispatch import QueueDispatcher
 from worker.domain.phones import Convention, Normalised, Rejected, normalise
 from worker.pipeline.accept import AcceptError, Event, PhoneInput, accept
 from worker.providers.base import Action
-from worker.runtime.wiring import build_pipeline
+from worker.runtime.wiring import build_context
 
 
 @given(
@@ -58,7 +58,7 @@ def test_last_writer_wins_is_the_same_in_any_arrival_order(
     finals = set()
     for order in orders[:6]:
         clock = FakeClock()
-        pipe = build_pipeline(
+        ctx = build_context(
             make_settings(voicenter_api_code=None),
             client=fakeredis.FakeRedis(),
             dispatcher=QueueDispatcher(),
@@ -78,8 +78,8 @@ def test_last_writer_wins_is_the_same_in_any_arrival_order(
                 else None,
             )
             with contextlib.suppress(AcceptError):  # e.g. a remove with no valid time
-                accept(pipe, event)
-        ledger = pipe.store.ledger("+972501234567")
+                accept(ctx, event)
+        ledger = ctx.store.ledger("+972501234567")
         # The blocks (each with its source) and, while blocked, the sources behind it.
         blocks = sorted(map(tuple, json.loads(ledger.get("bl") or "[]")))
         behind = frozenset(ledger.get("rs", "").split("\n")) if ledger["s"] == "blocked" else None
