@@ -8,6 +8,7 @@ import redis
 from worker.celery import app
 from worker.ops.reconcile import scheduled_reconcile
 from worker.pipeline import batching as work
+from worker.pipeline import push as pushing
 from worker.providers.base import Action
 from worker.runtime import wiring
 from worker.runtime.celery_app import (
@@ -37,7 +38,7 @@ def flush(target: str, action: str, mode: str) -> int:
 
 @app.task(name=PUSH_TASK, **_RETRY)  # type: ignore[untyped-decorator]
 def push(chunk_id: str) -> dict[str, int]:
-    return work.push(wiring.context(), chunk_id)
+    return pushing.push(wiring.context(), chunk_id)
 
 
 @app.task(name=SWEEP_TASK, **_RETRY)  # type: ignore[untyped-decorator]

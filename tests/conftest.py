@@ -15,7 +15,7 @@ from config import Settings, load_settings
 from tests.fakes.dispatch import QueueDispatcher
 from tests.fakes.server import mock_transport
 from tests.fakes.voicenter import FakeVoicenter
-from worker.pipeline.batching import Context
+from worker.pipeline.context import Context
 from worker.runtime.wiring import build_context
 
 

@@ -39,7 +39,7 @@ from tests.fakes.server import Handler, LoopbackServer, client_port, client_wait
 from worker.ops.reconcile import reconcile
 from worker.pipeline import batching as work
 from worker.pipeline.accept import Event, PhoneInput, StoreUnavailableError, accept
-from worker.pipeline.batching import Context
+from worker.pipeline.context import Context
 from worker.providers.base import Action
 from worker.runtime import logs
 from worker.runtime.celery_app import celery_dispatcher

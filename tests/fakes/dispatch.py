@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from worker.pipeline import batching as work
+from worker.pipeline import push as pushing
+from worker.pipeline.context import Context
 from worker.providers.base import Action
 
 
@@ -25,7 +27,7 @@ class QueueDispatcher:
         self.tasks.append((kind, args))
         self.sent.append((kind, args))
 
-    def drain(self, ctx: work.Context, limit: int = 10_000) -> int:
+    def drain(self, ctx: Context, limit: int = 10_000) -> int:
         """Run queued work (and what it queues) until none is left; delays are ignored."""
         ran = 0
         while self.tasks and ran < limit:
@@ -33,6 +35,6 @@ class QueueDispatcher:
             if kind == "flush":
                 work.flush(ctx, args[0], args[1], args[2])
             else:
-                work.push(ctx, args[0])
+                pushing.push(ctx, args[0])
             ran += 1
         return ran

@@ -22,7 +22,7 @@ import redis
 from config import Settings, load_settings
 from tests.fakes.server import LoopbackServer
 from tests.fakes.voicenter import FakeVoicenter
-from worker.pipeline.batching import Context
+from worker.pipeline.context import Context
 from worker.runtime.celery_app import celery_dispatcher
 from worker.runtime.embedded import EmbeddedRedis
 from worker.runtime.wiring import build_context

@@ -21,7 +21,7 @@ from tests.fakes.voicenter import FakeVoicenter
 from worker.cli.main import app
 from worker.pipeline import batching as work
 from worker.pipeline.accept import Event, PhoneInput, accept
-from worker.pipeline.batching import Context
+from worker.pipeline.context import Context
 from worker.providers.base import Action
 from worker.runtime import wiring
 

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from tests.fakes.voicenter import ADD, REMOVE, FakeVoicenter
 from tests.integration.conftest import wait_for
 from worker.ingress.api import create_api
-from worker.pipeline.batching import Context
+from worker.pipeline.context import Context
 
 pytestmark = pytest.mark.integration
 AUTH = {"Authorization": "Bearer admin-secret"}

@@ -18,7 +18,7 @@ from tests.fakes.providers import CALL, env_for, make_fake
 from tests.fakes.server import LoopbackServer
 from tests.integration.conftest import ROOT, wait_for
 from worker.pipeline.accept import Event, PhoneInput, accept
-from worker.pipeline.batching import Context
+from worker.pipeline.context import Context
 from worker.providers.base import Action
 from worker.runtime.celery_app import celery_dispatcher
 from worker.runtime.wiring import build_context

@@ -21,7 +21,7 @@ import redis.asyncio as aredis
 from config import load_settings
 from tests.fakes.dispatch import QueueDispatcher
 from worker.pipeline.accept import Event, PhoneInput, StoreUnavailableError, accept, accept_async
-from worker.pipeline.batching import Context
+from worker.pipeline.context import Context
 from worker.providers.base import Action
 from worker.runtime.embedded import free_port, redis_server_binary
 from worker.runtime.wiring import build_context

@@ -17,7 +17,7 @@ from tests.fakes.providers import env_for, make_fake
 from tests.fakes.server import LoopbackServer
 from tests.integration.conftest import wait_for
 from worker.pipeline.accept import Event, PhoneInput, accept
-from worker.pipeline.batching import Context
+from worker.pipeline.context import Context
 from worker.providers.base import Action
 
 pytestmark = pytest.mark.integration

@@ -57,8 +57,9 @@ from tests.simulation.models import (
 )
 from worker.ops.reconcile import reconcile
 from worker.pipeline import batching as work
+from worker.pipeline import push as pushing
 from worker.pipeline.accept import AcceptError, Event, PhoneInput, accept
-from worker.pipeline.batching import Context
+from worker.pipeline.context import Context
 from worker.providers.base import Action
 from worker.runtime.embedded import free_port, redis_server_binary
 from worker.state.store import Store
@@ -476,7 +477,7 @@ class PipelineMachine(RuleBasedStateMachine):
         self.dispatcher.delivered.append(chunk_id)
         ctx = self.worker
         self.note(f"push chunk {chunk_id}")
-        return self.gate.start(chunk_id, lambda: work.push(ctx, chunk_id))
+        return self.gate.start(chunk_id, lambda: pushing.push(ctx, chunk_id))
 
     @precondition(lambda self: self.on("redeliver") and self.dispatcher.delivered)
     @rule(data=st.data())

@@ -2,7 +2,7 @@
 answered at moments the simulation chooses, one step at a time.
 
 A push runs in a thread of its own (`Gate.start`), exactly the production code
-(`worker.pipeline.batching.push`) down to `Provider.push`. There a model registers its requests and
+(`worker.pipeline.push.push`) down to `Provider.push`. There a model registers its requests and
 parks the thread until the simulation resolves one; the simulation waits until every push
 thread has parked again or finished before its next step, so runs are deterministic.
 

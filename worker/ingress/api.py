@@ -23,7 +23,7 @@ from worker.ops import metrics
 from worker.ops.admin_api import admin_router
 from worker.ops.sla import overdue
 from worker.pipeline.accept import AcceptError, accept_async
-from worker.pipeline.batching import Context
+from worker.pipeline.context import Context
 from worker.runtime.fastjson import JSONResponse
 
 log = structlog.get_logger("optout.api")

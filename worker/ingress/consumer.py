@@ -25,7 +25,7 @@ from config import kombu_url
 from worker.ingress import cdr as cdrs
 from worker.ingress.schemas import DncTrigger, OptoutRequest, dnc_event, optout_event
 from worker.pipeline.accept import AcceptError, Event, StoreUnavailableError, accept
-from worker.pipeline.batching import Context
+from worker.pipeline.context import Context
 from worker.providers.base import Action
 from worker.runtime.broker import transport_for
 

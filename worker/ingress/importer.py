@@ -16,7 +16,7 @@ from typing import IO
 
 from worker.domain.phones import Normalised, normalise
 from worker.pipeline.accept import AcceptError, Event, PhoneInput, accept
-from worker.pipeline.batching import Context
+from worker.pipeline.context import Context
 from worker.providers.base import Action
 
 BATCH = 1000

@@ -21,7 +21,7 @@ from worker.ingress import cdr as cdrs
 from worker.ingress.schemas import DncTrigger, dnc_event
 from worker.ops import metrics
 from worker.pipeline.accept import AcceptError, AcceptResult, Event, accept_async
-from worker.pipeline.batching import Context
+from worker.pipeline.context import Context
 from worker.runtime.fastjson import JSONResponse
 
 log = structlog.get_logger("optout.webhooks")

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from worker.domain.phones import Normalised, normalise
 from worker.ops.deadletters import DeadLetterFilter, select
 from worker.pipeline import batching as work
-from worker.pipeline.batching import Context
+from worker.pipeline.context import Context
 
 SCRUB_LIMIT = 10_000
 

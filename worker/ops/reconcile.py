@@ -9,7 +9,8 @@ import structlog
 
 from worker.domain.phones import digits, mask
 from worker.ops import metrics
-from worker.pipeline.batching import Context, schedule
+from worker.pipeline.batching import schedule
+from worker.pipeline.context import Context
 from worker.providers.base import ListsNumbers
 from worker.providers.errors import ProviderError
 

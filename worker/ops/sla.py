@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from worker.pipeline.batching import Context
+from worker.pipeline.context import Context
 
 
 @dataclass

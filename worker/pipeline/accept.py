@@ -17,7 +17,8 @@ import structlog
 
 from worker.domain.phones import Convention, Normalised, Rejected, mask, normalise
 from worker.ops import metrics
-from worker.pipeline.batching import Context, Flush, dispatch, due_flushes
+from worker.pipeline.batching import Flush, dispatch, due_flushes
+from worker.pipeline.context import Context
 from worker.providers.base import Action
 from worker.state.store import AcceptOutcome, ReplicationError, Staged
 

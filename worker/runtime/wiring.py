@@ -17,7 +17,7 @@ from redis.retry import Retry
 
 from config import Settings, load_settings
 from worker.domain.phones import normalise_own_numbers
-from worker.pipeline.batching import Context, Dispatcher
+from worker.pipeline.context import Context, Dispatcher
 from worker.providers import build_providers
 from worker.providers.ratelimit import SharedLimitTransport
 from worker.runtime.celery_app import CeleryDispatcher, create_celery

@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from tests.conftest import make_settings
 from tests.fakes.dispatch import QueueDispatcher
 from worker.ingress.api import create_api
-from worker.pipeline.batching import Context
+from worker.pipeline.context import Context
 from worker.runtime.embedded import free_port
 from worker.runtime.wiring import build_context
 

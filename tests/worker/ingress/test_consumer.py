@@ -9,7 +9,7 @@ import pytest
 
 from tests.worker.ingress.test_cdr import fixture
 from worker.ingress.consumer import RejectedMessageError, interpret
-from worker.pipeline.batching import Context
+from worker.pipeline.context import Context
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from tests.fakes.dispatch import QueueDispatcher
 from worker.ingress import importer
 from worker.ingress.importer import import_csv
 from worker.pipeline.accept import StoreUnavailableError
-from worker.pipeline.batching import Context
+from worker.pipeline.context import Context
 from worker.providers.base import Action
 
 

@@ -14,7 +14,7 @@ from tests.fakes.dispatch import QueueDispatcher
 from tests.fakes.voicenter import FakeVoicenter
 from tests.worker.ingress.test_cdr import fixture
 from worker.ingress.api import create_api
-from worker.pipeline.batching import Context
+from worker.pipeline.context import Context
 from worker.runtime.embedded import free_port
 from worker.runtime.wiring import build_context
 

@@ -14,7 +14,7 @@ from tests.fakes.dispatch import QueueDispatcher
 from tests.fakes.voicenter import FakeVoicenter
 from worker.ingress.api import create_api
 from worker.pipeline.accept import Event, PhoneInput, accept
-from worker.pipeline.batching import Context
+from worker.pipeline.context import Context
 from worker.providers.base import Action
 
 AUTH = {"Authorization": "Bearer admin"}

@@ -21,7 +21,7 @@ from worker.pipeline.accept import (
     accept,
     accept_async,
 )
-from worker.pipeline.batching import Context
+from worker.pipeline.context import Context
 from worker.providers.base import Action
 from worker.runtime.embedded import free_port
 from worker.state.store import AsyncAccept

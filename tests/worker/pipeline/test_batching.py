@@ -13,8 +13,9 @@ from tests.conftest import FakeClock
 from tests.fakes.dispatch import QueueDispatcher
 from tests.fakes.voicenter import ADD, REMOVE, FakeVoicenter
 from worker.pipeline import batching as work
+from worker.pipeline import push as pushing
 from worker.pipeline.accept import Event, PhoneInput, accept
-from worker.pipeline.batching import Context
+from worker.pipeline.context import Context
 from worker.providers.base import Action
 
 
@@ -242,7 +243,7 @@ def test_ledger_moving_while_in_flight_restages_the_newest_state(
     accept(ctx, remove(clock, n))
     assert ctx.store.provider_view(n, ["voicenter"])["voicenter"]["staged"] is None
     # The push re-reads the ledger: the add is stale and is not sent.
-    work.push(ctx, chunk_id)
+    pushing.push(ctx, chunk_id)
     assert fake_voicenter.requests == []
     settle(ctx, dispatcher, clock)
     assert [p for _, p, _ in fake_voicenter.requests] == [REMOVE]
@@ -312,7 +313,7 @@ def test_a_redelivered_push_of_a_completed_chunk_does_nothing(
     work.flush(ctx, "voicenter", Action.ADD, work.ALL)
     chunk_id = next(a[0] for k, a in dispatcher.tasks if k == "push")
     dispatcher.drain(ctx)
-    assert work.push(ctx, chunk_id) == {}
+    assert pushing.push(ctx, chunk_id) == {}
     assert len(fake_voicenter.requests) == 1
 
 
@@ -340,7 +341,7 @@ def test_interleaved_adds_and_removes_end_equal_to_the_ledger(
                     if kind == "flush":
                         work.flush(ctx, args[0], args[1], args[2])
                     else:
-                        work.push(ctx, args[0])
+                        pushing.push(ctx, args[0])
     settle(ctx, dispatcher, clock)
     for n in batch:
         state = ctx.store.ledger(n).get("s")
@@ -403,7 +404,7 @@ def test_a_push_goes_on_to_the_full_chunks_its_batch_still_holds(
     accept(ctx, add(*numbers(450)))
     dispatcher.tasks.clear()  # no flush: the push alone drains the backlog
     ctx.monotonic = lambda: 0.0  # within its time however slow the machine is
-    counts = work.push(ctx, _claim_one(ctx))
+    counts = pushing.push(ctx, _claim_one(ctx))
     assert [len(r) for r in fake_voicenter.pushed()] == [100, 100, 100, 100]
     assert {k: v for k, v in counts.items() if v} == {"done": 400}
     assert not [t for t in dispatcher.tasks if t[0] == "push"]
@@ -420,10 +421,10 @@ def test_after_its_time_a_push_hands_the_next_chunk_to_a_new_task(
     fake_voicenter: FakeVoicenter,
     monkeypatch: Any,
 ) -> None:
-    monkeypatch.setattr(work, "CHAIN_SECONDS", 0.0)
+    monkeypatch.setattr(pushing, "CHAIN_SECONDS", 0.0)
     accept(ctx, add(*numbers(300)))
     dispatcher.tasks.clear()
-    work.push(ctx, _claim_one(ctx))
+    pushing.push(ctx, _claim_one(ctx))
     assert [len(r) for r in fake_voicenter.pushed()] == [100]
     handed = [args for kind, args in dispatcher.tasks if kind == "push"]
     assert len(handed) == 1  # the next chunk, leased, in a task of its own
@@ -452,7 +453,7 @@ def test_a_push_does_not_go_on_while_the_provider_is_paused(
     accept(ctx, add(*numbers(300)))
     dispatcher.tasks.clear()
     fake_voicenter.key = "another-code"  # Voicenter answers ErrorCode 1: paused
-    assert work.push(ctx, _claim_one(ctx))["paused"] == 100
+    assert pushing.push(ctx, _claim_one(ctx))["paused"] == 100
     assert len(fake_voicenter.bodies) == 1  # one request, no second chunk
     assert ctx.store.paused()
 

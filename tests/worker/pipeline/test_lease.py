@@ -12,8 +12,9 @@ from tests.fakes.providers import Router, env_for, make_fake
 from tests.fakes.voicenter import FakeVoicenter
 from tests.worker.pipeline.test_batching import add, numbers, remove, settle
 from worker.pipeline import batching as work
+from worker.pipeline import push as pushing
 from worker.pipeline.accept import Event, PhoneInput, accept
-from worker.pipeline.batching import Context
+from worker.pipeline.context import Context
 from worker.providers.base import Action
 from worker.state.store import Chunk
 
@@ -200,7 +201,7 @@ def test_the_lease_starts_when_the_push_starts_not_when_the_chunk_was_queued(
         assert work.recover(ctx) == 0  # the push's own lease has only just started
 
     fake_voicenter.after_request = slow_request
-    counts = work.push(ctx, push[0])
+    counts = pushing.push(ctx, push[0])
     assert counts["done"] == 3 and counts["orphan"] == 0
 
 

@@ -19,7 +19,7 @@ from tests.worker.pipeline.test_batching import add, numbers, settle
 from tests.worker.providers.test_all_providers import World
 from worker.pipeline import batching as work
 from worker.pipeline.accept import Event, PhoneInput, accept
-from worker.pipeline.batching import Context
+from worker.pipeline.context import Context
 from worker.providers.base import Action
 from worker.runtime.wiring import build_context
 

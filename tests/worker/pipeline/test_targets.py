@@ -18,7 +18,7 @@ from tests.fakes.providers import CALL, Router, env_for, make_fake
 from worker.ops.reconcile import reconcile
 from worker.pipeline import batching as work
 from worker.pipeline.accept import AcceptError, Event, PhoneInput, accept
-from worker.pipeline.batching import Context
+from worker.pipeline.context import Context
 from worker.providers.base import Action
 from worker.runtime.wiring import build_context
 

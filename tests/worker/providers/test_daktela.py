@@ -12,8 +12,9 @@ import pytest
 from tests.fakes.daktela import FakeDaktela
 from tests.worker.providers.test_all_providers import World, numbers
 from worker.pipeline import batching as work
+from worker.pipeline import push as pushing
 from worker.pipeline.accept import Event, PhoneInput, accept
-from worker.pipeline.batching import Context
+from worker.pipeline.context import Context
 from worker.providers.base import Action
 from worker.state.store import OpenChunk
 
@@ -251,11 +252,11 @@ def test_a_push_answered_before_its_entry_was_moved_away_confirms_nothing() -> N
 
     def sales_pushes_meanwhile(*args: Any) -> Any:
         w.ctx.store.complete = original  # type: ignore[method-assign]
-        work.push_chunk(sales, chunks["daktela:Sales"])
+        pushing.push_chunk(sales, chunks["daktela:Sales"])
         return original(*args)
 
     w.ctx.store.complete = sales_pushes_meanwhile  # type: ignore[method-assign]
-    work.push_chunk(w.ctx, chunks["daktela:Global"])
+    pushing.push_chunk(w.ctx, chunks["daktela:Global"])
     assert fake.listed("Sales") == {n[1:]} and fake.listed("Global") == set()
     view = w.ctx.store.provider_view(n, ["daktela:Global", "daktela:Sales"])
     glob = view["daktela:Global"]
@@ -273,8 +274,8 @@ def test_the_database_left_live_after_a_rolling_change_gets_its_numbers_back() -
     # the old process moved an entry back into Global; Sales was marked unknown and nothing
     # pushed it again once the old process was gone.
     w, fake, sales, n, chunks = _an_add_leased_for_both_databases()
-    work.push_chunk(sales, chunks["daktela:Sales"])  # the new process: created in Sales
-    work.push_chunk(w.ctx, chunks["daktela:Global"])  # the old one: moved into Global
+    pushing.push_chunk(sales, chunks["daktela:Sales"])  # the new process: created in Sales
+    pushing.push_chunk(w.ctx, chunks["daktela:Global"])  # the old one: moved into Global
     assert fake.listed("Global") == {n[1:]}
     for _ in range(30):  # the old process is gone; the new one runs on
         w.clock.advance(60)
@@ -300,7 +301,7 @@ def _globals_remove_in_flight() -> tuple[World, FakeDaktela, Context, str, OpenC
     sales.ensure_registered(force=True)  # the new database goes live
     w.remove(n)  # v2
     chunks = _lease_one_chunk_per_target(w)
-    work.push_chunk(sales, chunks["daktela:Sales"])  # not there: done
+    pushing.push_chunk(sales, chunks["daktela:Sales"])  # not there: done
     return w, fake, sales, n, chunks["daktela:Global"]
 
 
@@ -332,11 +333,11 @@ def test_a_late_delete_of_an_entry_another_target_took_leaves_that_target_unknow
             looked_up.append(True)
             w.clock.advance(1)
             w.add(n)  # v3: Sales' push moves Global's entry into Sales
-            work.push_chunk(sales, _lease_one_chunk_per_target(w)["daktela:Sales"])
+            pushing.push_chunk(sales, _lease_one_chunk_per_target(w)["daktela:Sales"])
         return answer
 
     fake.handle = sales_adds_after_globals_lookup  # type: ignore[method-assign]
-    work.push_chunk(w.ctx, globals_remove)  # ... then deletes it by name
+    pushing.push_chunk(w.ctx, globals_remove)  # ... then deletes it by name
     assert looked_up and fake.listed("Sales") == set()
     view = w.ctx.store.provider_view(n, ["daktela:Sales"])["daktela:Sales"]
     assert view["confirmed"] == "?"  # not blocked:3
@@ -354,7 +355,7 @@ def test_a_recovered_remove_leaves_the_target_that_took_its_entry_unknown() -> N
     w, fake, sales, n, _ = _globals_remove_in_flight()
     w.clock.advance(1)
     w.add(n)
-    work.push_chunk(sales, _lease_one_chunk_per_target(w)["daktela:Sales"])  # moved to Sales
+    pushing.push_chunk(sales, _lease_one_chunk_per_target(w)["daktela:Sales"])  # moved to Sales
     assert fake.listed("Sales") == {n[1:]}
     w.clock.advance(w.ctx.settings.lease_seconds + 1)  # Global's push stalled
     work.recover(w.ctx)
@@ -397,13 +398,13 @@ def test_a_late_delete_is_caught_when_the_taking_push_answers_last(global_lags_s
             w.add(n)  # v3
             chunk = _lease_one_chunk_per_target(w)["daktela:Sales"]
             sales.store.complete = complete_later  # type: ignore[method-assign]
-            pushes.append(threading.Thread(target=work.push_chunk, args=(sales, chunk)))
+            pushes.append(threading.Thread(target=pushing.push_chunk, args=(sales, chunk)))
             pushes[0].start()
             assert moved.wait(10)  # Sales' request has moved the entry; it answers later
         return answer
 
     fake.handle = sales_moves_it_after_globals_lookup  # type: ignore[method-assign]
-    work.push_chunk(w.ctx, globals_remove)  # deletes it by name, answers first
+    pushing.push_chunk(w.ctx, globals_remove)  # deletes it by name, answers first
     fake.handle = original  # type: ignore[method-assign]
     answer_now.set()
     pushes[0].join()
@@ -431,7 +432,7 @@ def test_removes_at_two_live_databases_do_not_unsettle_each_other() -> None:
     w.clock.advance(w.ctx.settings.lease_seconds + 1)  # Global's worker stalls
     w.ctx.store.renew(chunks["daktela:Sales"].chunk.id, w.ctx.settings.lease_seconds)
     assert work.recover(w.ctx) == 1
-    work.push_chunk(sales, chunks["daktela:Sales"])
+    pushing.push_chunk(sales, chunks["daktela:Sales"])
     view = w.ctx.store.provider_view(n, ["daktela:Global", "daktela:Sales"])
     assert view["daktela:Sales"]["confirmed"] == "unblocked:2"
     w.settle()
@@ -448,7 +449,7 @@ def test_a_recovered_add_whose_late_request_took_the_entry_unsettles_the_other_d
     # the late answer ("moved from Sales") went through the recovered-chunk path, which
     # ignored it: Sales stayed blocked:1 with nothing there once Global had lapsed.
     w, fake, sales, n, chunks = _an_add_leased_for_both_databases()
-    work.push_chunk(sales, chunks["daktela:Sales"])  # created in Sales
+    pushing.push_chunk(sales, chunks["daktela:Sales"])  # created in Sales
     original = fake.handle
     stalled: list[bool] = []
 
@@ -460,7 +461,7 @@ def test_a_recovered_add_whose_late_request_took_the_entry_unsettles_the_other_d
         return original(*args)
 
     fake.handle = stall_before_the_move  # type: ignore[method-assign]
-    work.push_chunk(w.ctx, chunks["daktela:Global"])  # the late request moves it
+    pushing.push_chunk(w.ctx, chunks["daktela:Global"])  # the late request moves it
     fake.handle = original  # type: ignore[method-assign]
     assert stalled and fake.listed("Global") == {n[1:]}
     assert sales.store.provider_view(n, ["daktela:Sales"])["daktela:Sales"]["confirmed"] == "?"
@@ -486,7 +487,7 @@ def _push_then_die(
         fake.handle = handle  # type: ignore[method-assign]
     w.ctx.store.complete = killed  # type: ignore[method-assign]
     with pytest.raises(_Killed):
-        work.push_chunk(w.ctx, chunk)
+        pushing.push_chunk(w.ctx, chunk)
     fake.handle = original  # type: ignore[method-assign]
     del w.ctx.store.complete
 
@@ -495,7 +496,7 @@ def test_a_worker_killed_after_its_request_took_the_entry_unsettles_the_other_da
     # Found by the fifth review: recovery unsettled the other databases for a remove
     # only, but an add's request may have moved the entry out of one of them.
     w, fake, sales, n, chunks = _an_add_leased_for_both_databases()
-    work.push_chunk(sales, chunks["daktela:Sales"])  # created in Sales
+    pushing.push_chunk(sales, chunks["daktela:Sales"])  # created in Sales
     _push_then_die(w, fake, chunks["daktela:Global"])  # moved Sales -> Global
     assert fake.listed("Global") == {n[1:]}
     w.clock.advance(w.ctx.settings.lease_seconds + 1)
@@ -510,11 +511,11 @@ def test_a_late_add_of_a_database_that_has_gone_is_undone_at_once() -> None:
     # after a target TTL, even when the taker is no longer live (nothing would take it
     # again): ten minutes without the opt-out in the only live database.
     w, fake, sales, n, chunks = _an_add_leased_for_both_databases()
-    work.push_chunk(sales, chunks["daktela:Sales"])  # created in Sales
+    pushing.push_chunk(sales, chunks["daktela:Sales"])  # created in Sales
     w.clock.advance(w.ctx.settings.target_ttl_seconds + 1)
     sales.ensure_registered(force=True)  # only Sales announces now
     assert "daktela:Global" not in sales.directory(refresh=True)
-    work.push_chunk(w.ctx, chunks["daktela:Global"])  # the late add moves it to Global
+    pushing.push_chunk(w.ctx, chunks["daktela:Global"])  # the late add moves it to Global
     assert fake.listed("Sales") == set()
     w.clock.advance(2)
     work.sweep(sales)
@@ -547,13 +548,13 @@ def test_two_live_databases_do_not_take_a_number_from_each_other_at_push_speed(
         if args[0] == "PUT" and not pushes:  # Global's request has moved it from Sales
             sales.store.complete = complete_later  # type: ignore[method-assign]
             chunk = chunks["daktela:Sales"]
-            pushes.append(threading.Thread(target=work.push_chunk, args=(sales, chunk)))
+            pushes.append(threading.Thread(target=pushing.push_chunk, args=(sales, chunk)))
             pushes[0].start()
             assert sales_landed.wait(10)  # Sales' request has moved it; it answers later
         return answer
 
     fake.handle = sales_lands_after_global  # type: ignore[method-assign]
-    work.push_chunk(w.ctx, chunks["daktela:Global"])  # Global answers first
+    pushing.push_chunk(w.ctx, chunks["daktela:Global"])  # Global answers first
     fake.handle = original  # type: ignore[method-assign]
     answer_now.set()
     pushes[0].join()
@@ -594,14 +595,14 @@ def test_a_delete_that_failed_and_lands_after_a_move_is_caught() -> None:
         return answer
 
     fake.handle = delete_times_out_but_lands_later  # type: ignore[method-assign]
-    work.push_chunk(w.ctx, globals_remove)  # remove v2 answers 'retry'; ol written now
+    pushing.push_chunk(w.ctx, globals_remove)  # remove v2 answers 'retry'; ol written now
     w.clock.advance(1)
     w.add(n)  # v3
     chunks = _lease_one_chunk_per_target(w)
-    work.push_chunk(sales, chunks["daktela:Sales"])  # moves Global's entry; DELETE lands
+    pushing.push_chunk(sales, chunks["daktela:Sales"])  # moves Global's entry; DELETE lands
     fake.handle = original  # type: ignore[method-assign]
     if "daktela:Global" in chunks:
-        work.push_chunk(w.ctx, chunks["daktela:Global"])
+        pushing.push_chunk(w.ctx, chunks["daktela:Global"])
     view = sales.store.provider_view(n, ["daktela:Sales"])["daktela:Sales"]
     _global_lapses(w, sales)
     view = sales.store.provider_view(n, ["daktela:Sales"])["daktela:Sales"]
@@ -633,7 +634,7 @@ def test_a_recovered_remove_whose_delete_lands_after_a_move_is_caught() -> None:
             leased.update(_lease_one_chunk_per_target(w))
             chunk = leased["daktela:Sales"]
             sales.store.complete = complete_later  # type: ignore[method-assign]
-            pushes.append(threading.Thread(target=work.push_chunk, args=(sales, chunk)))
+            pushes.append(threading.Thread(target=pushing.push_chunk, args=(sales, chunk)))
             pushes[0].start()
             assert moved.wait(10)  # Sales moved the entry; answers later
         return original(*args)
@@ -646,7 +647,7 @@ def test_a_recovered_remove_whose_delete_lands_after_a_move_is_caught() -> None:
     sales.store.complete = sales_complete  # type: ignore[method-assign]
     assert fake.listed("Sales") == set()
     if "daktela:Global" in leased:
-        work.push_chunk(w.ctx, leased["daktela:Global"])  # its add v3: created in Global
+        pushing.push_chunk(w.ctx, leased["daktela:Global"])  # its add v3: created in Global
     _global_lapses(w, sales)
     assert fake.listed("Sales") == {n[1:]}, sales.store.provider_view(n, ["daktela:Sales"])
 
@@ -676,7 +677,7 @@ def test_a_late_move_after_the_other_database_pushed_again_is_undone() -> None:
     # with nothing there, and Global lapsed. A late request at another Daktela target counts
     # for Sales' adds as its own would (`latesib:`).
     w, fake, sales, n, chunks = _an_add_leased_for_both_databases()
-    work.push_chunk(sales, chunks["daktela:Sales"])  # created in Sales
+    pushing.push_chunk(sales, chunks["daktela:Sales"])  # created in Sales
     original = fake.handle
 
     def stall_before_the_move(*args: Any) -> Any:
@@ -684,7 +685,7 @@ def test_a_late_move_after_the_other_database_pushed_again_is_undone() -> None:
             fake.handle = original  # type: ignore[method-assign]
             w.clock.advance(w.ctx.settings.lease_seconds + 1)
             assert work.recover(sales) == 1  # Sales unsettled and staged at once
-            work.push_chunk(sales, _open_only(w, sales, "daktela:Sales"))  # "already"
+            pushing.push_chunk(sales, _open_only(w, sales, "daktela:Sales"))  # "already"
             view = sales.store.provider_view(n, ["daktela:Sales"])["daktela:Sales"]
             assert view["confirmed"] == "?"  # not trusted while the move may land
         return original(*args)
@@ -716,9 +717,9 @@ def test_a_late_delete_after_the_recheck_of_a_move_is_undone() -> None:
             w.add(n)  # v3
             leased = _lease_one_chunk_per_target(w)
             pending.extend(o for t, o in leased.items() if t == "daktela:Global")
-            work.push_chunk(sales, leased["daktela:Sales"])  # moved into Sales
+            pushing.push_chunk(sales, leased["daktela:Sales"])  # moved into Sales
             again = _lease_one_chunk_per_target(w)  # the recheck, at once
-            work.push_chunk(sales, again["daktela:Sales"])  # "already"
+            pushing.push_chunk(sales, again["daktela:Sales"])  # "already"
             view = sales.store.provider_view(n, ["daktela:Sales"])["daktela:Sales"]
             assert view["confirmed"] == "?"  # not trusted while the delete may land
         return original(*args)
@@ -728,7 +729,7 @@ def test_a_late_delete_after_the_recheck_of_a_move_is_undone() -> None:
     )  # the delete lands; the worker dies
     assert fake.listed("Sales") == set()
     for opened in pending:
-        work.push_chunk(w.ctx, opened)
+        pushing.push_chunk(w.ctx, opened)
     _global_lapses(w, sales)
     assert fake.listed("Sales") == {n[1:]}
 
@@ -754,9 +755,9 @@ def test_a_failed_move_that_lands_after_the_other_database_pushed_again_is_undon
     # Found by the ninth review: Global's move answered 503 but was carried out later; Sales,
     # unsettled by the failure, was pushed at once, answered "already" and was trusted.
     w, fake, sales, n, chunks = _an_add_leased_for_both_databases()
-    work.push_chunk(sales, chunks["daktela:Sales"])  # created in Sales
+    pushing.push_chunk(sales, chunks["daktela:Sales"])  # created in Sales
     deferred = _fails_then_lands_later(fake, "PUT")
-    work.push_chunk(w.ctx, chunks["daktela:Global"])  # the 503
+    pushing.push_chunk(w.ctx, chunks["daktela:Global"])  # the 503
     w.dispatcher.drain(sales)  # Sales pushed again at once: "already"
     view = sales.store.provider_view(n, ["daktela:Sales"])["daktela:Sales"]
     assert view["confirmed"] == "?"  # not trusted while the move may land
@@ -770,17 +771,17 @@ def test_a_failed_delete_that_lands_after_the_recheck_of_a_move_is_undone() -> N
     # the one more push that Sales' move got.
     w, fake, sales, n, globals_remove = _globals_remove_in_flight()
     deferred = _fails_then_lands_later(fake, "DELETE")
-    work.push_chunk(w.ctx, globals_remove)  # the 503
+    pushing.push_chunk(w.ctx, globals_remove)  # the 503
     w.clock.advance(1)
     w.add(n)  # v3
     chunks = _lease_one_chunk_per_target(w)
-    work.push_chunk(sales, chunks["daktela:Sales"])  # moves Global's entry into Sales
+    pushing.push_chunk(sales, chunks["daktela:Sales"])  # moves Global's entry into Sales
     again = _lease_one_chunk_per_target(w)  # one more push, at once
-    work.push_chunk(sales, again["daktela:Sales"])  # "already"
+    pushing.push_chunk(sales, again["daktela:Sales"])  # "already"
     fake.handle(*deferred[0])  # the delete lands, by name: Sales' entry
     for target, opened in {**chunks, **again}.items():
         if target == "daktela:Global":
-            work.push_chunk(w.ctx, opened)
+            pushing.push_chunk(w.ctx, opened)
     _global_lapses(w, sales)
     assert fake.listed("Sales") == {n[1:]}
 
@@ -837,7 +838,7 @@ def test_a_database_registered_after_a_recovery_is_warned_of_its_late_move() -> 
             started.append(sales)
             sales.ensure_registered(force=True)
             work.sweep(sales)  # its catch-up stages the number
-            work.push_chunk(sales, _open_only(w, sales, "daktela:Sales"))  # takes it
+            pushing.push_chunk(sales, _open_only(w, sales, "daktela:Sales"))  # takes it
             view = sales.store.provider_view(n, ["daktela:Sales"])["daktela:Sales"]
             assert view["confirmed"] == "?"
         return original(*args)
@@ -853,9 +854,9 @@ def test_a_sibling_mark_stays_while_an_older_push_of_another_database_is_out() -
     # mark while Sales' push, leased before the mark's time, was still out (a long chunk):
     # Sales' "already", given before the lost move landed, was then trusted.
     w, fake, sales, n, chunks = _an_add_leased_for_both_databases()
-    work.push_chunk(sales, chunks["daktela:Sales"])  # created in Sales
+    pushing.push_chunk(sales, chunks["daktela:Sales"])  # created in Sales
     deferred = _fails_then_lands_later(fake, "PUT")
-    work.push_chunk(w.ctx, chunks["daktela:Global"])  # the move answers 503
+    pushing.push_chunk(w.ctx, chunks["daktela:Global"])  # the move answers 503
     w.clock.advance(1)
     sales_push = _lease_one_chunk_per_target(w)["daktela:Sales"]
     complete = sales.store.complete
@@ -870,7 +871,7 @@ def test_a_sibling_mark_stays_while_an_older_push_of_another_database_is_out() -
         return complete(*args)
 
     sales.store.complete = the_rest_of_a_long_chunk  # type: ignore[method-assign]
-    work.push_chunk(sales, sales_push)  # "already", completed last
+    pushing.push_chunk(sales, sales_push)  # "already", completed last
     assert sales.store.provider_view(n, ["daktela:Sales"])["daktela:Sales"]["confirmed"] == "?"
     _global_lapses(w, sales)
     assert fake.listed("Sales") == {n[1:]}
@@ -907,7 +908,7 @@ def test_a_purge_keeps_a_late_mark_a_push_in_flight_still_needs() -> None:
         return complete(*args)
 
     store.complete = purged_meanwhile  # type: ignore[method-assign]
-    work.push_chunk(w.ctx, add)
+    pushing.push_chunk(w.ctx, add)
     assert store.provider_view(n, ["daktela:Global"])["daktela:Global"]["confirmed"] == "?"
     w.settle()
     assert fake.listed("Global") == {n[1:]}

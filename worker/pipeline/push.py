@@ -1,0 +1,234 @@
+"""Pushing a leased chunk to its provider and recording every number's outcome."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+import structlog
+
+from worker.domain.phones import mask
+from worker.ops import metrics
+from worker.pipeline import lease
+from worker.pipeline.batching import FULL, schedule
+from worker.pipeline.context import Context
+from worker.pipeline.lease import LeaseLostError
+from worker.providers.base import Action, NumberResult, Provider, PushItem, unexpected
+from worker.providers.errors import AuthError, PermanentError, PushInterrupted, RetryableError
+from worker.state.store import Chunk, ChunkItem, OpenChunk
+
+log = structlog.get_logger("optout.pipeline")
+
+#: After its chunk, a push claims the next full chunk of the same batch and pushes it too,
+#: for up to this long: a backlog drains without a flush task, a push task and their two
+#: broker messages per chunk (Celery's per-task cost was a third of the worker's CPU on the
+#: bulk path). Short, so that a warm shutdown still waits little for the task in hand.
+CHAIN_SECONDS = 2.0
+
+
+@dataclass
+class _Push:
+    """One chunk's push in progress: per-number results so far."""
+
+    ctx: Context
+    chunk: Chunk
+    provider: Provider
+    results: dict[str, NumberResult] = field(default_factory=dict)
+    requests: int = 0
+
+    def run(self, items: list[PushItem]) -> None:
+        """Push items, halving a bulk request that one bad number sinks. Credentials refused
+        or the lease lost stop it, with what was answered so far kept in `results`."""
+        sent = 1 if self.provider.capabilities.bulk else len(items)
+        self.requests += sent
+        started = time.perf_counter()
+        try:
+            answers = self.provider.push(self.chunk.target, self.chunk.action, items)
+        except PushInterrupted as exc:
+            self._observe(started, sent)
+            self.results.update(exc.results)
+            raise exc.cause from None
+        except (AuthError, LeaseLostError, redis.RedisError):
+            raise  # a Redis error is not the numbers': the task is retried
+        except RetryableError as exc:
+            self._observe(started, sent)
+            self.results.update({item.e164: NumberResult.of(exc) for item in items})
+            return
+        except PermanentError as exc:
+            self._observe(started, sent)
+            if len(items) == 1 or not self.provider.capabilities.bulk:
+                self.results.update({item.e164: NumberResult.of(exc) for item in items})
+                return
+            # One bad number can sink a whole request: halve until it stands alone, so the
+            # good numbers beside it are not dead-lettered with it.
+            middle = len(items) // 2
+            self.run(items[:middle])
+            self.run(items[middle:])
+            return
+        except Exception as exc:  # noqa: BLE001
+            self._observe(started, sent)
+            self.results.update({item.e164: unexpected(exc) for item in items})
+            return
+        self._observe(started, sent)
+        self.results.update(answers)
+
+    def _observe(self, started: float, requests: int) -> None:
+        per_request = (time.perf_counter() - started) / max(1, requests)
+        metrics.LATENCY.labels(self.chunk.provider).observe(per_request)
+
+
+def _push_item(item: ChunkItem) -> PushItem:
+    context: dict[str, Any] = {}
+    if item.context:
+        try:
+            context = dict(json.loads(item.context))
+        except (ValueError, TypeError):
+            context = {}
+    return PushItem(item.e164, item.name, item.expires_ms, item.source, item.reason, context)
+
+
+def push(ctx: Context, chunk_id: str) -> dict[str, int]:
+    """Push one leased chunk and record every number's outcome; then go on to the full
+    chunks its batch holds (claimed one at a time, within the target's in-flight cap) for
+    up to CHAIN_SECONDS, and hand the next one to a new push task."""
+    opened = ctx.store.open_chunk(chunk_id, ctx.settings.lease_seconds)
+    if opened is None:
+        # Completed or recovered already: a redelivered task has nothing left to do.
+        return {}
+    chunk = opened.chunk
+    started = ctx.monotonic()
+    totals: Counter[str] = Counter(push_chunk(ctx, opened))
+    while chunk.provider in ctx.providers and not totals.keys() & {"paused", "lease_lost"}:
+        status, chunk_ids, staged = ctx.claim(
+            chunk.target, chunk.provider, chunk.action, FULL, max_chunks=1
+        )
+        schedule(ctx, staged)
+        if status != "ok" or not chunk_ids:
+            break
+        if ctx.monotonic() - started >= CHAIN_SECONDS:
+            ctx.dispatcher.push(chunk_ids[0], chunk.provider)
+            break
+        following = ctx.store.open_chunk(chunk_ids[0], ctx.settings.lease_seconds)
+        if following is None:
+            break  # recovered already (its lease cannot have run out yet, but be safe)
+        totals.update(push_chunk(ctx, following))
+    return dict(totals)
+
+
+#: What a number's result is sent to complete.lua as.
+Encoded = tuple[str, str, str, int, float, int, int]
+_STALE: Encoded = ("stale", "stale", "", 0, 0.0, 0, 0)
+_UNSENT: Encoded = ("unsent", "unsent", "", 0, 0.0, 0, 0)
+
+
+def push_chunk(ctx: Context, opened: OpenChunk) -> dict[str, int]:
+    """Push one leased chunk and record every number's outcome."""
+    started = time.perf_counter()
+    chunk = opened.chunk
+    provider = ctx.providers.get(chunk.provider)
+    if provider is None or opened.stopped:
+        # Not for this worker, or its provider is paused or held: staged again, unsent.
+        schedule(ctx, ctx.store.release(chunk.id, recover=False, late_ms=ctx.late_ms)[1])
+        return {}
+
+    want = "blocked" if chunk.action is Action.ADD else "unblocked"
+    stale: set[str] = set()
+    live: list[PushItem] = []
+    for item in chunk.items:
+        state, version = opened.states[item.e164]
+        if state != want or version != item.version:
+            # Re-read before pushing: the ledger moved, so the newest state goes out next.
+            stale.add(item.e164)
+        else:
+            live.append(_push_item(item))
+
+    work = _Push(ctx, chunk, provider)
+    stopped: AuthError | LeaseLostError | None = None
+    if live:
+        try:
+            with lease.holding(lambda: ctx.store.renew(chunk.id, ctx.settings.lease_seconds)):
+                work.run(live)
+        except (AuthError, LeaseLostError) as exc:
+            stopped = exc
+    if isinstance(stopped, AuthError):
+        ctx.store.pause(chunk.provider, stopped.reason, stopped.setting, stopped.detail)
+        log.error(
+            "provider_paused",
+            provider=chunk.provider,
+            reason=stopped.reason,
+            fix=stopped.setting,
+            hint=f"fix {stopped.setting}, then run: optout provider resume {chunk.provider}",
+        )
+
+    encoded: dict[str, Encoded] = {}
+    for item in chunk.items:
+        if item.e164 in stale:
+            encoded[item.e164] = _STALE
+            continue
+        result = work.results.get(item.e164)
+        if result is None:
+            # Not sent: interrupted before its request (paused, lease lost), or the adapter
+            # did not mention it (never assumed done; it may have been sent).
+            encoded[item.e164] = _UNSENT if stopped else ("retry", "no_answer", "", 0, 0.5, 0, 1)
+            continue
+        encoded[item.e164] = (
+            result.outcome.value,
+            result.reason,
+            result.detail[:300],
+            int((result.retry_after or 0.0) * 1000),
+            ctx.rng.random(),
+            int((result.retry_window or 0.0) * 1000),
+            int(result.may_land),
+        )
+    # One worker's Retry-After holds the provider for every worker.
+    hold = max((r.retry_after or 0.0 for r in work.results.values()), default=0.0)
+    done = ctx.store.complete(chunk, encoded, ctx.complete_options(hold))
+    schedule(ctx, done.staged)
+    _count(chunk, encoded, done.status, ctx.store.now_ms())
+    log.info(
+        "chunk_pushed",
+        chunk=chunk.id,
+        provider=chunk.provider,
+        target=chunk.target,
+        action=chunk.action.value,
+        size=len(chunk.items),
+        requests=work.requests,
+        status=done.status,
+        duration_ms=round((time.perf_counter() - started) * 1000, 1),
+        **done.counts,
+    )
+    if done.circuit == "open":
+        log.warning("circuit_open", provider=chunk.provider, chunk=chunk.id)
+    for n, r in encoded.items():
+        if r[0] in ("retry", "outage", "permanent"):
+            log.info(
+                "number_failed",
+                phone=mask(n),
+                provider=chunk.provider,
+                outcome=r[0],
+                reason=r[1],
+            )
+    if isinstance(stopped, AuthError):
+        return {**done.counts, "paused": len(chunk.items)}
+    if stopped is not None:
+        log.warning("lease_lost", chunk=chunk.id, provider=chunk.provider)
+        return {**done.counts, "lease_lost": len(chunk.items)}
+    return done.counts
+
+
+def _count(chunk: Chunk, encoded: dict[str, Encoded], status: str, now_ms: int) -> None:
+    # Counted per outcome, not per number: in multiprocess mode every increment is a locked
+    # write to a shared file, and a sixth of a chunk's push CPU went to them.
+    metrics.BATCH.labels(chunk.provider).observe(len(chunk.items))
+    for outcome, count in Counter(r[0] for r in encoded.values()).items():
+        metrics.PUSHED.labels(chunk.provider, outcome).inc(count)
+    if status != "ok":
+        return
+    propagation = metrics.PROPAGATION.labels(chunk.provider)
+    for item in chunk.items:
+        if encoded[item.e164][0] == "done" and item.updated_ms:
+            propagation.observe((now_ms - item.updated_ms) / 1000)
