@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 from datetime import timedelta
 from typing import Any
 
@@ -13,9 +12,6 @@ from celery.signals import (
     after_setup_logger,
     task_postrun,
     task_prerun,
-    worker_process_init,
-    worker_ready,
-    worker_shutdown,
 )
 from kombu.entity import Exchange, Queue
 
@@ -187,42 +183,3 @@ def _quiet_per_task_lines(**_: Any) -> None:
     # one structured line per task that we write.
     for name in ("celery.app.trace", "celery.worker.strategy", "celery.beat"):
         logging.getLogger(name).setLevel(logging.WARNING)
-
-
-@worker_process_init.connect  # type: ignore[untyped-decorator]
-def _fresh_process_state(**_: Any) -> None:
-    # Connections and HTTP clients must never be shared across a fork.
-    from worker.runtime import wiring
-
-    wiring.reset()
-
-
-_announcing = threading.Event()
-
-
-@worker_ready.connect  # type: ignore[untyped-decorator]
-def _announce_targets(**_: Any) -> None:
-    # A worker keeps its targets live (worker/state/lua/register.lua) for as long as it runs, even
-    # while no task reaches it: accepts anywhere stage for them, and a target whose worker
-    # has gone for longer than the TTL is caught up when one comes back.
-    from worker.runtime import wiring
-
-    log = structlog.get_logger("optout.worker")
-    interval = wiring.settings().target_ttl_seconds / 3
-
-    def announce() -> None:
-        while not _announcing.is_set():
-            try:
-                wiring.context().ensure_registered(force=True)
-            except Exception as exc:  # noqa: BLE001
-                # Redis down: the next round tries again; the TTL outlasts a few misses.
-                log.warning("announce_failed", error=type(exc).__name__)
-            _announcing.wait(interval)
-
-    _announcing.clear()
-    threading.Thread(target=announce, name="optout-announce", daemon=True).start()
-
-
-@worker_shutdown.connect  # type: ignore[untyped-decorator]
-def _stop_announcing(**_: Any) -> None:
-    _announcing.set()

@@ -1,4 +1,5 @@
-"""Per-process singletons: settings read once, the Redis client, HTTP client and pipeline."""
+"""Per-process wiring: settings read once, the Redis and HTTP clients, the pipeline context; and
+the worker signals that reset it after a fork and keep this process's targets announced."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from typing import Any
 import httpx
 import redis
 import redis.asyncio as aredis
+import structlog
 from celery import Celery
+from celery.signals import worker_process_init, worker_ready, worker_shutdown
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
@@ -35,6 +38,7 @@ def configure(value: Settings) -> None:
     global _settings  # noqa: PLW0603
     _settings = value
     celery_app.cache_clear()
+    reset()
 
 
 def settings() -> Settings:
@@ -159,5 +163,42 @@ def context() -> Context:
 
 
 def reset() -> None:
+    """Forget this process's context: the next use builds a new one (after a fork, or new
+    settings)."""
     global _context  # noqa: PLW0603
     _context = None
+
+
+@worker_process_init.connect  # type: ignore[untyped-decorator]
+def _fresh_process_state(**_: Any) -> None:
+    # Connections and HTTP clients must never be shared across a fork.
+    reset()
+
+
+_announcing = threading.Event()
+
+
+@worker_ready.connect  # type: ignore[untyped-decorator]
+def _announce_targets(**_: Any) -> None:
+    # A worker keeps its targets live (register.lua) for as long as it runs, even while no
+    # task reaches it: accepts anywhere stage for them, and a target whose worker
+    # has gone for longer than the TTL is caught up when one comes back.
+    log = structlog.get_logger("optout.worker")
+    interval = settings().target_ttl_seconds / 3
+
+    def announce() -> None:
+        while not _announcing.is_set():
+            try:
+                context().ensure_registered(force=True)
+            except Exception as exc:  # noqa: BLE001
+                # Redis down: the next round tries again; the TTL outlasts a few misses.
+                log.warning("announce_failed", error=type(exc).__name__)
+            _announcing.wait(interval)
+
+    _announcing.clear()
+    threading.Thread(target=announce, name="optout-announce", daemon=True).start()
+
+
+@worker_shutdown.connect  # type: ignore[untyped-decorator]
+def _stop_announcing(**_: Any) -> None:
+    _announcing.set()
