@@ -2,25 +2,22 @@
 
 from __future__ import annotations
 
-import os
-import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, TypeVar
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
+    InstanceOf,
     SecretStr,
     ValidationError,
     field_validator,
     model_validator,
 )
+from pydantic_settings import NoDecode, SettingsConfigDict
 
-DEFAULT_VOICENTER_BASE_URL = "https://api.voicenter.com"
-DEFAULT_PHONELY_BASE_URL = "https://app.phonely.ai"
-DEFAULT_VOODOOSMS_BASE_URL = "https://api.voodoosms.com"
+from config.types import ENVIRON, Csv, EnvSettings, ProviderSettings, pairs
+
 #: Which CDR field holds the customer for each Voicenter call type (shared/providers.md):
 #: the target on outbound legs, the caller on inbound ones. Other types go to review.
 DEFAULT_VOICENTER_CALL_TYPES = {
@@ -31,26 +28,13 @@ DEFAULT_VOICENTER_CALL_TYPES = {
     "Incoming Call": ["callerPhone", "caller"],
     "Queue": ["callerPhone", "caller"],
 }
-PROVIDERS = ("voicenter", "phonely", "voodoosms", "weya", "daktela")
-_SAFE_ID = re.compile(r"^[A-Za-z0-9_.\-]+$")
+
+
+_S = TypeVar("_S", bound=EnvSettings)
 
 
 class ConfigError(Exception):
     """A setting is missing or malformed; the message names the environment variable."""
-
-
-def _split_csv(value: Any) -> Any:
-    if isinstance(value, str):
-        return [part.strip() for part in value.split(",") if part.strip()]
-    return value
-
-
-def _pairs(value: str, sep: str) -> Iterator[tuple[str, str, str | None]]:
-    """Each comma-separated `key<sep>value` item as (item, key, value), stripped; the value
-    is None when the item has no separator."""
-    for item in _split_csv(value):
-        key, found, rest = item.partition(sep)
-        yield item, key.strip(), rest.strip() if found else None
 
 
 def routes_allow(routes: dict[str, dict[str, list[str]]], source: str, provider: str) -> bool:
@@ -64,130 +48,135 @@ def routes_allow(routes: dict[str, dict[str, list[str]]], source: str, provider:
     return (not include or provider in include) and provider not in (rule.get("exclude") or [])
 
 
-class Settings(BaseModel):
-    """Everything optout-worker reads from the environment, validated once at start."""
+def _upper(_: str, raw: str) -> str:
+    return raw.upper()
 
-    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
 
-    redis_url: str | None = Field(default=None, alias="REDIS_URL")
-    celery_broker_url: str | None = Field(default=None, alias="CELERY_BROKER_URL")
-    key_prefix: str = Field(default="optout:", alias="OPTOUT_KEY_PREFIX")
-    queue_namespace: str = Field(default="", alias="OPTOUT_QUEUE_NAMESPACE")
-    data_dir: Path = Field(default=Path("var"), alias="OPTOUT_DATA_DIR")
-    default_region: str = Field(default="IL", alias="OPTOUT_DEFAULT_REGION")
-    source_regions: dict[str, str] = Field(default_factory=dict, alias="OPTOUT_SOURCE_REGIONS")
+def _providers() -> dict[str, type[ProviderSettings]]:
+    """Each provider's settings model, declared in its module (imported here, when settings
+    are read, because a provider module imports config.types)."""
+    from worker.providers import SETTINGS
 
-    batch_size: int = Field(default=100, ge=1, le=100, alias="OPTOUT_BATCH_SIZE")
-    batch_linger_ms: int = Field(default=1000, ge=0, le=600_000, alias="OPTOUT_BATCH_LINGER_MS")
-    max_attempts: int = Field(default=8, ge=1, le=100, alias="OPTOUT_MAX_ATTEMPTS")
-    retry_base_seconds: float = Field(default=2.0, gt=0, alias="OPTOUT_RETRY_BASE_SECONDS")
-    retry_max_seconds: float = Field(default=600.0, gt=0, alias="OPTOUT_RETRY_MAX_SECONDS")
-    lease_seconds: float = Field(default=120.0, gt=0, alias="OPTOUT_LEASE_SECONDS")
-    outage_budget_hours: float = Field(default=24.0, gt=0, alias="OPTOUT_OUTAGE_BUDGET_HOURS")
-    target_ttl_seconds: float = Field(default=600.0, ge=10, alias="OPTOUT_TARGET_TTL_SECONDS")
-    sweep_interval_seconds: float = Field(default=1.0, gt=0, alias="OPTOUT_SWEEP_INTERVAL_SECONDS")
-    recover_interval_seconds: float = Field(
-        default=10.0, gt=0, alias="OPTOUT_RECOVER_INTERVAL_SECONDS"
-    )
-    http_timeout_seconds: float = Field(default=15.0, gt=0, alias="OPTOUT_HTTP_TIMEOUT_SECONDS")
-    clock_skew_seconds: float = Field(default=300.0, ge=0, alias="OPTOUT_CLOCK_SKEW_SECONDS")
-    idempotency_ttl_days: int = Field(default=30, ge=1, alias="OPTOUT_IDEMPOTENCY_TTL_DAYS")
-    derived_key_ttl_hours: float = Field(
-        default=1.0, gt=0, le=72, alias="OPTOUT_DERIVED_KEY_TTL_HOURS"
-    )
-    audit_cap: int = Field(default=50, ge=1, le=10_000, alias="OPTOUT_AUDIT_CAP")
-    max_phones_per_request: int = Field(
-        default=10_000, ge=1, le=100_000, alias="OPTOUT_MAX_PHONES_PER_REQUEST"
-    )
-    max_body_bytes: int = Field(default=2_000_000, ge=1024, alias="OPTOUT_MAX_BODY_BYTES")
-    redis_wait_replicas: int = Field(default=0, ge=0, alias="OPTOUT_REDIS_WAIT_REPLICAS")
-    redis_wait_timeout_ms: int = Field(
-        default=1000, ge=1, le=60_000, alias="OPTOUT_REDIS_WAIT_TIMEOUT_MS"
-    )
-    worker_concurrency: int = Field(default=2, ge=1, le=64, alias="OPTOUT_WORKER_CONCURRENCY")
-    per_number_concurrency: int = Field(
-        default=2, ge=1, le=64, alias="OPTOUT_PER_NUMBER_CONCURRENCY"
-    )
-    reconcile_interval_hours: float = Field(
-        default=24.0, ge=0, alias="OPTOUT_RECONCILE_INTERVAL_HOURS"
-    )
-    reconcile_remove_extras: bool = Field(default=False, alias="OPTOUT_RECONCILE_REMOVE_EXTRAS")
-    log_format: str = Field(default="auto", alias="OPTOUT_LOG_FORMAT")
-    sla_seconds: float = Field(default=86400.0, gt=0, alias="OPTOUT_SLA_SECONDS")
+    return SETTINGS
 
-    webhook_tokens: dict[str, list[SecretStr]] = Field(
-        default_factory=dict, alias="OPTOUT_WEBHOOK_TOKENS"
-    )
-    admin_token: SecretStr | None = Field(default=None, alias="OPTOUT_ADMIN_TOKEN")
-    own_numbers: list[str] = Field(default_factory=list, alias="OPTOUT_OWN_NUMBERS")
-    voicenter_optout_dtmf: str | None = Field(default=None, alias="OPTOUT_VOICENTER_OPTOUT_DTMF")
-    voicenter_optout_layers: list[str] = Field(
-        default_factory=list, alias="OPTOUT_VOICENTER_OPTOUT_LAYERS"
-    )
 
-    voicenter_optout_customdata: dict[str, str] = Field(
-        default_factory=dict, alias="OPTOUT_VOICENTER_OPTOUT_CUSTOMDATA"
-    )
-    voicenter_call_types: dict[str, list[str]] = Field(
-        default_factory=lambda: dict(DEFAULT_VOICENTER_CALL_TYPES),
-        alias="OPTOUT_VOICENTER_CALL_TYPES",
-    )
-    routes: dict[str, dict[str, list[str]]] = Field(default_factory=dict, alias="OPTOUT_ROUTES")
-    provider_limits: dict[str, tuple[float, int]] = Field(
-        default_factory=dict, alias="OPTOUT_PROVIDER_LIMITS"
-    )
+def _route(_: str, raw: str) -> tuple[str, str]:
+    name = raw.lstrip("-")
+    if name not in _providers():
+        raise ValueError(
+            f"expected source=provider or source=-provider (providers: {', '.join(_providers())})"
+        )
+    return ("exclude" if raw.startswith("-") else "include", name)
 
-    voicenter_api_code: SecretStr | None = Field(default=None, alias="VOICENTER_API_CODE")
-    voicenter_base_url: str = Field(default=DEFAULT_VOICENTER_BASE_URL, alias="VOICENTER_BASE_URL")
 
-    phonely_api_key: SecretStr | None = Field(default=None, alias="PHONELY_API_KEY")
-    phonely_uid: str | None = Field(default=None, alias="PHONELY_UID")
-    phonely_agent_ids: list[str] = Field(default_factory=list, alias="PHONELY_AGENT_IDS")
-    phonely_base_url: str = Field(default=DEFAULT_PHONELY_BASE_URL, alias="PHONELY_BASE_URL")
+def _limit(name: str, raw: str) -> tuple[float, int]:
+    rps, slash, cap = raw.partition("/")
+    try:
+        if slash and name in _providers():
+            return float(rps), int(cap)
+    except ValueError:
+        pass
+    raise ValueError
 
-    voodoosms_api_key: SecretStr | None = Field(default=None, alias="VOODOOSMS_API_KEY")
-    voodoosms_base_url: str = Field(default=DEFAULT_VOODOOSMS_BASE_URL, alias="VOODOOSMS_BASE_URL")
 
-    weya_api_token: SecretStr | None = Field(default=None, alias="WEYA_API_TOKEN")
-    weya_base_url: str | None = Field(default=None, alias="WEYA_BASE_URL")
-    weya_not_found_retry_seconds: float = Field(
-        default=600.0, gt=0, alias="WEYA_NOT_FOUND_RETRY_SECONDS"
-    )
+def _rules(routes: dict[str, list[tuple[str, str]]]) -> dict[str, dict[str, list[str]]]:
+    out: dict[str, dict[str, list[str]]] = {}
+    for source, picks in routes.items():
+        rule = out.setdefault(source, {"include": [], "exclude": []})
+        for kind, name in picks:
+            rule[kind].append(name)
+    return out
 
-    daktela_access_token: SecretStr | None = Field(default=None, alias="DAKTELA_ACCESS_TOKEN")
-    daktela_base_url: str | None = Field(default=None, alias="DAKTELA_BASE_URL")
-    daktela_blacklist_database: str = Field(default="Global", alias="DAKTELA_BLACKLIST_DATABASE")
-    daktela_model: str = Field(default="blacklistNumbers", alias="DAKTELA_MODEL")
-    daktela_fields: dict[str, str] = Field(default_factory=dict, alias="DAKTELA_FIELDS")
 
-    @field_validator("own_numbers", "voicenter_optout_layers", "phonely_agent_ids", mode="before")
-    @classmethod
-    def _csv(cls, value: Any) -> Any:
-        return _split_csv(value)
+def _call_type_fields(_: str, raw: str) -> list[str]:
+    names = [f.strip() for f in raw.split("|") if f.strip()]
+    if not names:
+        raise ValueError
+    return names
 
-    @field_validator("source_regions", mode="before")
-    @classmethod
-    def _pairs(cls, value: Any) -> Any:
-        if not isinstance(value, str):
-            return value
-        out: dict[str, str] = {}
-        for item, source, region in _pairs(value, ":"):
-            if not source or not region:
-                raise ValueError(f"expected source:REGION pairs, got {item!r}")
-            out[source] = region.upper()
-        return out
 
-    @field_validator("webhook_tokens", mode="before")
-    @classmethod
-    def _tokens(cls, value: Any) -> Any:
-        if not isinstance(value, str):
-            return value
-        out: dict[str, list[str]] = {}
-        for _, source, token in _pairs(value, ":"):
-            if not source or not token:
-                raise ValueError("expected source:token pairs separated by commas")
-            out.setdefault(source, []).append(token)
-        return out
+class Settings(EnvSettings):
+    """Everything optout-worker reads from the environment (OPTOUT_*, REDIS_URL,
+    CELERY_BROKER_URL; each provider's own in `providers`), validated once at start."""
+
+    model_config = SettingsConfigDict(env_prefix="OPTOUT_")
+
+    redis_url: str | None = Field(default=None, validation_alias="REDIS_URL")
+    celery_broker_url: str | None = Field(default=None, validation_alias="CELERY_BROKER_URL")
+    key_prefix: str = "optout:"
+    queue_namespace: str = ""
+    data_dir: Path = Field(default=Path("var"))
+    default_region: str = "IL"
+    source_regions: Annotated[
+        dict[str, str], NoDecode, pairs(":", "source:REGION pairs", _upper)
+    ] = Field(default_factory=dict)
+
+    batch_size: int = Field(default=100, ge=1, le=100)
+    batch_linger_ms: int = Field(default=1000, ge=0, le=600_000)
+    max_attempts: int = Field(default=8, ge=1, le=100)
+    retry_base_seconds: float = Field(default=2.0, gt=0)
+    retry_max_seconds: float = Field(default=600.0, gt=0)
+    lease_seconds: float = Field(default=120.0, gt=0)
+    outage_budget_hours: float = Field(default=24.0, gt=0)
+    target_ttl_seconds: float = Field(default=600.0, ge=10)
+    sweep_interval_seconds: float = Field(default=1.0, gt=0)
+    recover_interval_seconds: float = Field(default=10.0, gt=0)
+    http_timeout_seconds: float = Field(default=15.0, gt=0)
+    clock_skew_seconds: float = Field(default=300.0, ge=0)
+    idempotency_ttl_days: int = Field(default=30, ge=1)
+    derived_key_ttl_hours: float = Field(default=1.0, gt=0, le=72)
+    audit_cap: int = Field(default=50, ge=1, le=10_000)
+    max_phones_per_request: int = Field(default=10_000, ge=1, le=100_000)
+    max_body_bytes: int = Field(default=2_000_000, ge=1024)
+    redis_wait_replicas: int = Field(default=0, ge=0)
+    redis_wait_timeout_ms: int = Field(default=1000, ge=1, le=60_000)
+    worker_concurrency: int = Field(default=2, ge=1, le=64)
+    per_number_concurrency: int = Field(default=2, ge=1, le=64)
+    reconcile_interval_hours: float = Field(default=24.0, ge=0)
+    reconcile_remove_extras: bool = False
+    log_format: str = "auto"
+    sla_seconds: float = Field(default=86400.0, gt=0)
+
+    webhook_tokens: Annotated[
+        dict[str, list[SecretStr]],
+        NoDecode,
+        pairs(":", "source:token pairs separated by commas", many=True, echo=False),
+    ] = Field(default_factory=dict)
+    admin_token: SecretStr | None = None
+    own_numbers: Csv = Field(default_factory=list)
+    voicenter_optout_dtmf: str | None = None
+    voicenter_optout_layers: Csv = Field(default_factory=list)
+    voicenter_optout_customdata: Annotated[
+        dict[str, str], NoDecode, pairs("=", "key=value pairs, e.g. var_optout=1")
+    ] = Field(default_factory=dict)
+    voicenter_call_types: Annotated[
+        dict[str, list[str]],
+        NoDecode,
+        pairs(
+            "=",
+            "type=field|field pairs, e.g. Queue=callerPhone|caller,Extension Outgoing=target",
+            _call_type_fields,
+        ),
+    ] = Field(default_factory=lambda: dict(DEFAULT_VOICENTER_CALL_TYPES))
+    routes: Annotated[
+        dict[str, dict[str, list[str]]],
+        NoDecode,
+        pairs(
+            "=",
+            "source=provider or source=-provider",
+            _route,
+            many=True,
+            finish=_rules,
+        ),
+    ] = Field(default_factory=dict)
+    provider_limits: Annotated[
+        dict[str, tuple[float, int]],
+        NoDecode,
+        pairs("=", "provider=RPS/CONCURRENCY, e.g. voicenter=10/4", _limit),
+    ] = Field(default_factory=dict)
+
+    #: Each provider's settings (its module declares them), enabled or not.
+    providers: dict[str, InstanceOf[ProviderSettings]] = Field(default_factory=dict)
 
     @field_validator("default_region")
     @classmethod
@@ -206,101 +195,6 @@ class Settings(BaseModel):
             raise ValueError("must be auto, json or console")
         return value
 
-    @field_validator(
-        "voicenter_base_url", "phonely_base_url", "voodoosms_base_url", "weya_base_url",
-        "daktela_base_url",
-    )  # fmt: skip
-    @classmethod
-    def _url(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
-        return value.rstrip("/")
-
-    @field_validator("phonely_agent_ids", "daktela_blacklist_database", "daktela_model")
-    @classmethod
-    def _ids(cls, value: Any) -> Any:
-        for item in value if isinstance(value, list) else [value]:
-            if not _SAFE_ID.match(item):
-                raise ValueError(f"{item!r}: use letters, digits, '.', '_' or '-'")
-        return value
-
-    @field_validator("daktela_fields", mode="before")
-    @classmethod
-    def _fields(cls, value: Any) -> Any:
-        if not isinstance(value, str):
-            return value
-        out = {}
-        for _, key, name in _pairs(value, "="):
-            if name is None or key not in {"number", "description", "database", "expired"}:
-                raise ValueError("expected number=..,description=..,database=..,expired=..")
-            out[key] = name
-        return out
-
-    @field_validator("voicenter_optout_customdata", mode="before")
-    @classmethod
-    def _customdata(cls, value: Any) -> Any:
-        if not isinstance(value, str):
-            return value
-        out = {}
-        for _, key, wanted in _pairs(value, "="):
-            if wanted is None or not key:
-                raise ValueError("expected key=value pairs, e.g. var_optout=1")
-            out[key] = wanted
-        return out
-
-    @field_validator("voicenter_call_types", mode="before")
-    @classmethod
-    def _call_types(cls, value: Any) -> Any:
-        if not isinstance(value, str):
-            return value
-        out: dict[str, list[str]] = {}
-        for _, call_type, fields in _pairs(value, "="):
-            names = [f.strip() for f in (fields or "").split("|") if f.strip()]
-            if not call_type or not names:
-                raise ValueError(
-                    "expected type=field|field pairs, e.g. Queue=callerPhone|caller,"
-                    "Extension Outgoing=target"
-                )
-            out[call_type] = names
-        return out
-
-    @field_validator("routes", mode="before")
-    @classmethod
-    def _routes(cls, value: Any) -> Any:
-        if not isinstance(value, str):
-            return value
-        out: dict[str, dict[str, list[str]]] = {}
-        for item, source, provider in _pairs(value, "="):
-            name = (provider or "").lstrip("-")
-            if name not in PROVIDERS:
-                raise ValueError(
-                    f"{item!r}: expected source=provider or source=-provider "
-                    f"(providers: {', '.join(PROVIDERS)})"
-                )
-            kind = "exclude" if (provider or "").startswith("-") else "include"
-            out.setdefault(source, {"include": [], "exclude": []})[kind].append(name)
-        return out
-
-    @field_validator("provider_limits", mode="before")
-    @classmethod
-    def _limits(cls, value: Any) -> Any:
-        if not isinstance(value, str):
-            return value
-        out: dict[str, tuple[float, int]] = {}
-        for item, name, spec in _pairs(value, "="):
-            rps, slash, cap = (spec or "").partition("/")
-            try:
-                if not slash or name not in PROVIDERS:
-                    raise ValueError
-                out[name] = (float(rps), int(cap))
-            except ValueError:
-                raise ValueError(
-                    f"{item!r}: expected provider=RPS/CONCURRENCY, e.g. voicenter=10/4"
-                ) from None
-        return out
-
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
         if self.retry_max_seconds < self.retry_base_seconds:
@@ -310,18 +204,6 @@ class Settings(BaseModel):
             # would let a recovered chunk's push land after a newer one.
             raise ValueError(
                 "OPTOUT_LEASE_SECONDS must be at least twice OPTOUT_HTTP_TIMEOUT_SECONDS"
-            )
-        if _set(self.phonely_api_key):
-            if not self.phonely_uid:
-                raise ValueError("PHONELY_UID is required when PHONELY_API_KEY is set")
-            if not self.phonely_agent_ids:
-                raise ValueError("PHONELY_AGENT_IDS is required when PHONELY_API_KEY is set")
-        if _set(self.weya_api_token) and not self.weya_base_url:
-            raise ValueError("WEYA_BASE_URL is required when WEYA_API_TOKEN is set")
-        if _set(self.daktela_access_token) and not self.daktela_base_url:
-            raise ValueError(
-                "DAKTELA_BASE_URL (https://<instance>.daktela.com) is required when "
-                "DAKTELA_ACCESS_TOKEN is set"
             )
         return self
 
@@ -342,14 +224,7 @@ class Settings(BaseModel):
 
     def enabled_providers(self) -> list[str]:
         """Provider names whose credentials are set, in a stable order."""
-        credentials = {
-            "voicenter": self.voicenter_api_code,
-            "phonely": self.phonely_api_key,
-            "voodoosms": self.voodoosms_api_key,
-            "weya": self.weya_api_token,
-            "daktela": self.daktela_access_token,
-        }
-        return [name for name in PROVIDERS if _set(credentials[name])]
+        return [name for name, provider in self.providers.items() if provider.enabled]
 
     def routed(self, source: str, providers: list[str]) -> list[str]:
         """The providers an event from `source` goes to: all by default, narrowed by
@@ -360,6 +235,14 @@ class Settings(BaseModel):
         """(requests per second, concurrent requests) shared by every worker; 0 = no limit."""
         return self.provider_limits.get(provider, (20.0, 8))
 
+    def variables(self) -> list[tuple[str, Any]]:
+        """Every setting as (environment variable, value), each provider's after the rest."""
+        out = [(env, getattr(self, name)) for name, env in self.env_names().items()
+               if name != "providers"]  # fmt: skip
+        for provider in self.providers.values():
+            out += [(env, getattr(provider, name)) for name, env in provider.env_names().items()]
+        return out
+
 
 def kombu_url(url: str) -> str:
     """redis-py says unix://, kombu says redis+socket:// for the same socket."""
@@ -368,30 +251,46 @@ def kombu_url(url: str) -> str:
     return url
 
 
-def _set(secret: SecretStr | None) -> bool:
-    return secret is not None and bool(secret.get_secret_value())
-
-
-def _field_to_env() -> dict[str, str]:
-    return {name: (field.alias or name.upper()) for name, field in Settings.model_fields.items()}
+def variables() -> set[str]:
+    """Every environment variable the settings read."""
+    names = {env for name, env in Settings.env_names().items() if name != "providers"}
+    for cls in _providers().values():
+        names |= set(cls.env_names().values())
+    return names
 
 
 def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-    """Read and validate the settings once; a bad value raises ConfigError naming its variable."""
-    env = dict(os.environ if environ is None else environ)
-    known = {alias.upper() for alias in _field_to_env().values()}
-    values: dict[str, Any] = {
-        k.upper(): v for k, v in env.items() if k.upper() in known and v != ""
-    }
-    names = _field_to_env()
-    values.update({names.get(k, k): v for k, v in overrides.items()})
+    """Read and validate the settings once, from `environ` (default: the process's); bad
+    values raise one ConfigError naming each variable. `overrides` take field names; a
+    provider's are `<provider>_<field>` (e.g. daktela_model)."""
+    core = {k: v for k, v in overrides.items() if k in Settings.model_fields}
+    problems: list[str] = []
+    token = ENVIRON.set(environ)
     try:
-        return Settings.model_validate(values)
+        providers: dict[str, ProviderSettings] = {}
+        for name, cls in _providers().items():
+            own = {k.removeprefix(f"{name}_"): v for k, v in overrides.items()
+                   if k not in core and k.startswith(f"{name}_")}  # fmt: skip
+            if (read := _validated(cls, own, problems)) is not None:
+                providers[name] = read
+        settings = _validated(Settings, {**core, "providers": providers}, problems)
+    finally:
+        ENVIRON.reset(token)
+    if settings is None or problems:
+        raise ConfigError("invalid configuration: " + "; ".join(problems))
+    return settings
+
+
+def _validated(cls: type[_S], values: dict[str, Any], problems: list[str]) -> _S | None:
+    """`cls` read from the environment and `values`; None, with the problems named by their
+    variables, when it does not validate."""
+    names = cls.env_names()
+    try:
+        return cls(**values)
     except ValidationError as exc:
-        problems = []
         for error in exc.errors():
             loc = error.get("loc") or ()
             field = str(loc[0]) if loc else ""
             var = names.get(field, field) or "settings"
             problems.append(f"{var}: {error.get('msg', 'invalid')}")
-        raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
+        return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from config import ConfigError, load_settings
+from config.settings import variables
 
 
 def test_defaults_leave_every_provider_off() -> None:
@@ -58,3 +59,103 @@ def test_broker_defaults_to_the_state_redis() -> None:
     assert settings.broker_url == "redis://h:1/2"
     rabbit = load_settings({"REDIS_URL": "redis://h:1/2", "CELERY_BROKER_URL": "amqp://r//"})
     assert rabbit.broker_url == "amqp://r//"
+
+
+def test_lists_and_pairs_are_read_as_text_not_json() -> None:
+    settings = load_settings(
+        {
+            "OPTOUT_OWN_NUMBERS": "0501234567, 0521234567",
+            "OPTOUT_ROUTES": "sms=voodoosms,crm=-weya,crm=-phonely",
+            "OPTOUT_PROVIDER_LIMITS": "voicenter=10/4",
+            "OPTOUT_VOICENTER_CALL_TYPES": "Queue=callerPhone|caller,Extension Outgoing=target",
+            "OPTOUT_VOICENTER_OPTOUT_CUSTOMDATA": "var_optout=1",
+        }
+    )
+    assert settings.own_numbers == ["0501234567", "0521234567"]
+    assert settings.routes == {
+        "sms": {"include": ["voodoosms"], "exclude": []},
+        "crm": {"include": [], "exclude": ["weya", "phonely"]},
+    }
+    assert settings.limits_for("voicenter") == (10.0, 4)
+    assert settings.voicenter_call_types == {
+        "Queue": ["callerPhone", "caller"],
+        "Extension Outgoing": ["target"],
+    }
+    assert settings.voicenter_optout_customdata == {"var_optout": "1"}
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"OPTOUT_ROUTES": "sms=twilio"}, "OPTOUT_ROUTES: Value error, 'sms=twilio': expected "
+         "source=provider or source=-provider (providers: voicenter, phonely"),
+        ({"OPTOUT_PROVIDER_LIMITS": "voicenter=10"}, "OPTOUT_PROVIDER_LIMITS: Value error, "
+         "'voicenter=10': expected provider=RPS/CONCURRENCY"),
+        ({"OPTOUT_PROVIDER_LIMITS": "voicenter=x/4"}, "'voicenter=x/4': expected provider="),
+        ({"OPTOUT_VOICENTER_CALL_TYPES": "Queue=|"}, "OPTOUT_VOICENTER_CALL_TYPES"),
+        ({"DAKTELA_FIELDS": "colour=red"}, "DAKTELA_FIELDS: Value error, 'colour=red'"),
+        ({"DAKTELA_MODEL": "a/b"}, "DAKTELA_MODEL"),
+        ({"PHONELY_AGENT_IDS": "a b"}, "PHONELY_AGENT_IDS"),
+        ({"WEYA_BASE_URL": "weya.example"}, "WEYA_BASE_URL: Value error, must start with http"),
+        ({"WEYA_API_TOKEN": "t"}, "WEYA_BASE_URL is required when WEYA_API_TOKEN is set"),
+        ({"PHONELY_API_KEY": "k", "PHONELY_AGENT_IDS": "a"}, "PHONELY_UID is required"),
+        ({"WEYA_NOT_FOUND_RETRY_SECONDS": "0"}, "WEYA_NOT_FOUND_RETRY_SECONDS"),
+    ],
+)  # fmt: skip
+def test_a_bad_list_or_pair_fails_naming_its_variable_and_item(
+    env: dict[str, str], named: str
+) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_settings(env)
+    assert named in str(raised.value)
+
+
+def test_a_refused_token_is_not_echoed() -> None:
+    with pytest.raises(ConfigError, match="OPTOUT_WEBHOOK_TOKENS") as raised:
+        load_settings({"OPTOUT_WEBHOOK_TOKENS": "dnc:ok,s3cret-without-source"})
+    assert "s3cret" not in str(raised.value)
+
+
+def test_every_bad_variable_is_named_at_once() -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_settings({"OPTOUT_BATCH_SIZE": "0", "DAKTELA_MODEL": "a/b", "VOICENTER_BASE_URL": "x"})
+    for name in ("OPTOUT_BATCH_SIZE", "DAKTELA_MODEL", "VOICENTER_BASE_URL"):
+        assert name in str(raised.value)
+
+
+def test_each_provider_reads_its_own_settings_model() -> None:
+    from worker.providers.daktela import DaktelaSettings
+
+    settings = load_settings(
+        {
+            "DAKTELA_ACCESS_TOKEN": "tok3n",
+            "DAKTELA_BASE_URL": "https://acme.daktela.com/",
+            "DAKTELA_FIELDS": "database=db",
+        },
+        daktela_blacklist_database="Sales",
+    )
+    daktela = settings.providers["daktela"]
+    assert isinstance(daktela, DaktelaSettings)
+    assert daktela.base_url == "https://acme.daktela.com"
+    assert daktela.blacklist_database == "Sales"
+    assert daktela.fields == {"database": "db"}
+    assert settings.enabled_providers() == ["daktela"]
+    assert "tok3n" not in repr(settings)
+
+
+def test_the_given_environment_is_the_only_one_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VOICENTER_API_CODE", "from-the-process")
+    monkeypatch.setenv("OPTOUT_BATCH_SIZE", "7")
+    assert load_settings({}).enabled_providers() == []
+    assert load_settings({}).batch_size == 100
+    assert load_settings().enabled_providers() == ["voicenter"]
+    assert load_settings().batch_size == 7
+
+
+def test_variables_name_every_setting_once() -> None:
+    names = variables()
+    assert {"REDIS_URL", "CELERY_BROKER_URL", "OPTOUT_BATCH_SIZE", "OPTOUT_ROUTES"} <= names
+    assert {"VOICENTER_API_CODE", "DAKTELA_FIELDS", "WEYA_NOT_FOUND_RETRY_SECONDS"} <= names
+    shown = dict(load_settings({"PHONELY_UID": "u"}).variables())
+    assert shown["PHONELY_UID"] == "u"
+    assert shown["OPTOUT_BATCH_SIZE"] == 100

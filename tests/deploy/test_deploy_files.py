@@ -14,7 +14,7 @@ import pytest
 import typer
 import yaml
 
-from config.settings import Settings
+from config.settings import variables
 from worker.cli.main import app
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -24,7 +24,7 @@ EXTRA_ENV = {"OPTOUT_HEALTH_URL", "PROMETHEUS_MULTIPROC_DIR"}
 
 
 def settings_env() -> set[str]:
-    return {f.alias or name.upper() for name, f in Settings.model_fields.items()}
+    return variables()
 
 
 def cli_commands() -> set[str]:

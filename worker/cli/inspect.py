@@ -8,7 +8,6 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from config import Settings
 from worker.cli.common import (
     console,
     duration,
@@ -105,10 +104,8 @@ def check_config() -> None:
     """Validate the configuration and print it, secrets masked."""
     settings = read_settings()
     table = Table("variable", "value", title="effective configuration")
-    for name, field in Settings.model_fields.items():
-        value = getattr(settings, name)
-        shown = _show(value)
-        table.add_row(field.alias or name, shown)
+    for variable, value in settings.variables():
+        table.add_row(variable, _show(value))
     console.print(table)
     enabled = settings.enabled_providers()
     console.print(f"providers enabled: {', '.join(enabled) if enabled else 'none'}")

@@ -15,7 +15,6 @@ from kombu.connection import Connection
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from config.settings import PROVIDERS
 from worker.domain.phones import Rejected, normalise
 from worker.ingress.schemas import OptoutRequest, optout_event
 from worker.ingress.webhooks import webhook_router
@@ -24,6 +23,7 @@ from worker.ops.admin_api import admin_router
 from worker.ops.sla import overdue
 from worker.pipeline.accept import AcceptError, accept_async
 from worker.pipeline.context import Context
+from worker.providers import PROVIDERS
 from worker.runtime.fastjson import JSONResponse
 
 log = structlog.get_logger("optout.api")

@@ -1,49 +1,70 @@
-"""Provider registry: a provider name maps to the factory that builds its adapter.
+"""Provider registry: a provider's name -> its settings model, adapter factory and capabilities.
 
-Adding a provider is one new module with a `from_settings(settings, client)` factory and
-one line here.
+Adding a provider is one new module (its settings model, adapter and `from_settings`
+factory) and one line here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
-from config import Settings
+from config.types import ProviderSettings
 from worker.providers import daktela, phonely, voicenter, voodoosms, weya
 from worker.providers.base import Capabilities, Provider
 
-Factory = Callable[[Settings, httpx.Client], Provider | None]
 
-FACTORIES: dict[str, Factory] = {
-    "voicenter": voicenter.from_settings,
-    "phonely": phonely.from_settings,
-    "voodoosms": voodoosms.from_settings,
-    "weya": weya.from_settings,
-    "daktela": daktela.from_settings,
+@dataclass(frozen=True)
+class Registration:
+    """What the rest of the worker knows of a provider without building it."""
+
+    settings: type[ProviderSettings]
+    #: Builds the adapter from the provider's own settings (None when it is off).
+    factory: Callable[[Any, httpx.Client], Provider | None]
+    capabilities: Capabilities
+
+
+REGISTRY: dict[str, Registration] = {
+    "voicenter": Registration(
+        voicenter.VoicenterSettings,
+        voicenter.from_settings,
+        voicenter.VoicenterProvider.capabilities,
+    ),
+    "phonely": Registration(
+        phonely.PhonelySettings, phonely.from_settings, phonely.PhonelyProvider.capabilities
+    ),
+    "voodoosms": Registration(
+        voodoosms.VoodooSmsSettings,
+        voodoosms.from_settings,
+        voodoosms.VoodooSmsProvider.capabilities,
+    ),
+    "weya": Registration(weya.WeyaSettings, weya.from_settings, weya.WeyaProvider.capabilities),
+    "daktela": Registration(
+        daktela.DaktelaSettings, daktela.from_settings, daktela.DaktelaProvider.capabilities
+    ),
 }
 
-
+#: Every provider's name, in a stable order.
+PROVIDERS: tuple[str, ...] = tuple(REGISTRY)
+#: Each provider's settings model (config reads them all at start).
+SETTINGS: dict[str, type[ProviderSettings]] = {n: r.settings for n, r in REGISTRY.items()}
 #: Each provider's capabilities, known without building it (the worker groups need them).
-CAPABILITIES: dict[str, Capabilities] = {
-    "voicenter": voicenter.VoicenterProvider.capabilities,
-    "phonely": phonely.PhonelyProvider.capabilities,
-    "voodoosms": voodoosms.VoodooSmsProvider.capabilities,
-    "weya": weya.WeyaProvider.capabilities,
-    "daktela": daktela.DaktelaProvider.capabilities,
-}
+CAPABILITIES: dict[str, Capabilities] = {n: r.capabilities for n, r in REGISTRY.items()}
 
 
 def build_providers(
-    settings: Settings, client_for: Callable[[str], httpx.Client]
+    settings: Mapping[str, ProviderSettings], client_for: Callable[[str], httpx.Client]
 ) -> dict[str, Provider]:
     """Adapters for every provider whose credentials are set, each with its own client."""
     out: dict[str, Provider] = {}
-    for name, factory in FACTORIES.items():
-        if name not in settings.enabled_providers():
+    for name, registration in REGISTRY.items():
+        own = settings.get(name)
+        if own is None or not own.enabled:
             continue
-        provider = factory(settings, client_for(name))
+        provider = registration.factory(own, client_for(name))
         if provider is not None:
             out[name] = provider
     return out

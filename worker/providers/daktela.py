@@ -19,11 +19,13 @@ both are settings (DAKTELA_MODEL, DAKTELA_FIELDS). Expiry is written in UTC.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Annotated, Any, ClassVar
 
 import httpx
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
 
-from config import Settings
+from config.types import BaseUrl, ProviderSettings, SafeId, pairs
 from worker.domain.phones import NumberFormat, digits, render
 from worker.providers.base import Action, Capabilities, NumberResult, Outcome, PushItem
 from worker.providers.errors import PermanentError, RetryableError
@@ -77,6 +79,39 @@ def _errors(body: Any) -> list[str]:
 
     walk(error)
     return out
+
+
+def _field(key: str, name: str) -> str:
+    if key not in {"number", "description", "database", "expired"}:
+        raise ValueError
+    return name
+
+
+class DaktelaSettings(ProviderSettings):
+    """DAKTELA_*: the access token turns Daktela on; each instance has its own base URL."""
+
+    model_config = SettingsConfigDict(env_prefix="DAKTELA_")
+    credential: ClassVar[str] = "access_token"
+
+    access_token: SecretStr | None = None
+    base_url: BaseUrl | None = None
+    blacklist_database: SafeId = "Global"
+    model: SafeId = "blacklistNumbers"
+    #: Field names of the model, where an instance renamed them.
+    fields: Annotated[
+        dict[str, str],
+        NoDecode,
+        pairs("=", "number=..,description=..,database=..,expired=..", _field),
+    ] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _complete(self) -> DaktelaSettings:
+        if self.enabled and not self.base_url:
+            raise ValueError(
+                "DAKTELA_BASE_URL (https://<instance>.daktela.com) is required when "
+                "DAKTELA_ACCESS_TOKEN is set"
+            )
+        return self
 
 
 class DaktelaProvider:
@@ -290,15 +325,15 @@ def _rows(body: Any) -> list[dict[str, Any]] | None:
     return [r for r in data if isinstance(r, dict)] if isinstance(data, list) else None
 
 
-def from_settings(settings: Settings, client: httpx.Client) -> DaktelaProvider | None:
-    """The adapter when DAKTELA_ACCESS_TOKEN is set (settings insist on DAKTELA_BASE_URL)."""
-    if settings.daktela_access_token is None or not settings.daktela_base_url:
+def from_settings(settings: DaktelaSettings, client: httpx.Client) -> DaktelaProvider | None:
+    """The adapter, or None when no access token is set."""
+    if not settings.enabled or settings.access_token is None or not settings.base_url:
         return None
     return DaktelaProvider(
-        settings.daktela_access_token.get_secret_value(),
-        settings.daktela_base_url,
-        settings.daktela_blacklist_database,
+        settings.access_token.get_secret_value(),
+        settings.base_url,
+        settings.blacklist_database,
         client,
-        model=settings.daktela_model,
-        fields=settings.daktela_fields,
+        model=settings.model,
+        fields=settings.fields,
     )

@@ -8,11 +8,13 @@ Numbers are E.164 with `+`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import SettingsConfigDict
 
-from config import Settings
+from config.types import BaseUrl, ProviderSettings, SafeIds
 from worker.domain.phones import NumberFormat, digits, render
 from worker.providers.base import Action, Capabilities, NumberResult, Outcome, PushItem
 from worker.providers.errors import PermanentError, RetryableError
@@ -22,6 +24,26 @@ PATH = "/api/agent-block-list"
 AUTH_SETTING = "PHONELY_API_KEY"
 _ALREADY = ("already in block list", "not found in block list")
 _BAD_NUMBER = ("invalid", "format")
+
+
+class PhonelySettings(ProviderSettings):
+    """PHONELY_*: the API key turns Phonely on; the account's UID and agent ids come with it."""
+
+    model_config = SettingsConfigDict(env_prefix="PHONELY_")
+    credential: ClassVar[str] = "api_key"
+
+    api_key: SecretStr | None = None
+    uid: str | None = None
+    agent_ids: SafeIds = Field(default_factory=list)
+    base_url: BaseUrl = "https://app.phonely.ai"
+
+    @model_validator(mode="after")
+    def _complete(self) -> PhonelySettings:
+        if self.enabled and not self.uid:
+            raise ValueError("PHONELY_UID is required when PHONELY_API_KEY is set")
+        if self.enabled and not self.agent_ids:
+            raise ValueError("PHONELY_AGENT_IDS is required when PHONELY_API_KEY is set")
+        return self
 
 
 class PhonelyProvider:
@@ -108,14 +130,14 @@ def _failure(reason: str) -> NumberResult:
     return NumberResult(Outcome.RETRY, "provider_failed", reason)
 
 
-def from_settings(settings: Settings, client: httpx.Client) -> PhonelyProvider | None:
-    """The adapter when PHONELY_API_KEY is set (settings insist on UID and agent ids then)."""
-    if settings.phonely_api_key is None or not settings.phonely_uid:
+def from_settings(settings: PhonelySettings, client: httpx.Client) -> PhonelyProvider | None:
+    """The adapter, or None when no API key is set."""
+    if not settings.enabled or settings.api_key is None or not settings.uid:
         return None
     return PhonelyProvider(
-        settings.phonely_api_key.get_secret_value(),
-        settings.phonely_uid,
-        settings.phonely_agent_ids,
-        settings.phonely_base_url,
+        settings.api_key.get_secret_value(),
+        settings.uid,
+        settings.agent_ids,
+        settings.base_url,
         client,
     )

@@ -7,11 +7,13 @@ per phone 0 ok, 1 bad format (permanent), 2 internal error (retryable).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
+from pydantic import SecretStr
+from pydantic_settings import SettingsConfigDict
 
-from config import Settings
+from config.types import BaseUrl, ProviderSettings
 from worker.domain.phones import NumberFormat, digits, render
 from worker.providers.base import Action, Capabilities, NumberResult, Outcome, PushItem
 from worker.providers.errors import AuthError, PermanentError, RetryableError
@@ -26,6 +28,16 @@ _PHONE_CODES = {
     1: NumberResult(Outcome.PERMANENT, "bad_format"),
     2: NumberResult(Outcome.RETRY, "provider_internal_error"),
 }
+
+
+class VoicenterSettings(ProviderSettings):
+    """VOICENTER_*: the API code turns Voicenter on."""
+
+    model_config = SettingsConfigDict(env_prefix="VOICENTER_")
+    credential: ClassVar[str] = "api_code"
+
+    api_code: SecretStr | None = None
+    base_url: BaseUrl = "https://api.voicenter.com"
 
 
 class VoicenterProvider:
@@ -111,9 +123,8 @@ class VoicenterProvider:
         return {item.e164: answered.get(digits(item.e164), missing) for item in items}
 
 
-def from_settings(settings: Settings, client: httpx.Client) -> VoicenterProvider | None:
-    """The adapter when VOICENTER_API_CODE is set, else None (the provider is off)."""
-    if settings.voicenter_api_code is None:
+def from_settings(settings: VoicenterSettings, client: httpx.Client) -> VoicenterProvider | None:
+    """The adapter, or None when no API code is set."""
+    if not settings.enabled or settings.api_code is None:
         return None
-    code = settings.voicenter_api_code.get_secret_value()
-    return VoicenterProvider(code, settings.voicenter_base_url, client) if code else None
+    return VoicenterProvider(settings.api_code.get_secret_value(), settings.base_url, client)

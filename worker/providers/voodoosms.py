@@ -10,11 +10,13 @@ Never use the GDPR "forget" endpoint: it purges the number from the blacklist to
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
+from pydantic import SecretStr
+from pydantic_settings import SettingsConfigDict
 
-from config import Settings
+from config.types import BaseUrl, ProviderSettings
 from worker.domain.phones import NumberFormat, digits, render
 from worker.providers.base import Action, Capabilities, NumberResult, Outcome, PushItem
 from worker.providers.errors import PermanentError, RetryableError
@@ -27,6 +29,16 @@ ALREADY_LISTED = 53
 NOT_LISTED_OR_NOT_A_NUMBER = 33
 LIST_EMPTY = 51
 INVALID_ID = 23
+
+
+class VoodooSmsSettings(ProviderSettings):
+    """VOODOOSMS_*: the API key turns VoodooSMS on."""
+
+    model_config = SettingsConfigDict(env_prefix="VOODOOSMS_")
+    credential: ClassVar[str] = "api_key"
+
+    api_key: SecretStr | None = None
+    base_url: BaseUrl = "https://api.voodoosms.com"
 
 
 class VoodooSmsProvider:
@@ -160,10 +172,8 @@ def _find_id(body: Any, wanted_digits: str) -> str | None:
     return None
 
 
-def from_settings(settings: Settings, client: httpx.Client) -> VoodooSmsProvider | None:
-    """The adapter when VOODOOSMS_API_KEY is set."""
-    if settings.voodoosms_api_key is None:
+def from_settings(settings: VoodooSmsSettings, client: httpx.Client) -> VoodooSmsProvider | None:
+    """The adapter, or None when no API key is set."""
+    if not settings.enabled or settings.api_key is None:
         return None
-    return VoodooSmsProvider(
-        settings.voodoosms_api_key.get_secret_value(), settings.voodoosms_base_url, client
-    )
+    return VoodooSmsProvider(settings.api_key.get_secret_value(), settings.base_url, client)

@@ -11,9 +11,13 @@ sticky).
 
 from __future__ import annotations
 
-import httpx
+from typing import ClassVar
 
-from config import Settings
+import httpx
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from config.types import BaseUrl, ProviderSettings
 from worker.domain.phones import NumberFormat, render
 from worker.providers.base import Action, Capabilities, NumberResult, Outcome, PushItem
 from worker.providers.errors import PermanentError, RetryableError
@@ -22,6 +26,23 @@ from worker.providers.http import json_body, send
 
 PATH = "/api/dnc/add"
 AUTH_SETTING = "WEYA_API_TOKEN"
+
+
+class WeyaSettings(ProviderSettings):
+    """WEYA_*: the API token turns Weya on; each deployment has its own base URL."""
+
+    model_config = SettingsConfigDict(env_prefix="WEYA_")
+    credential: ClassVar[str] = "api_token"
+
+    api_token: SecretStr | None = None
+    base_url: BaseUrl | None = None
+    not_found_retry_seconds: float = Field(default=600.0, gt=0)
+
+    @model_validator(mode="after")
+    def _complete(self) -> WeyaSettings:
+        if self.enabled and not self.base_url:
+            raise ValueError("WEYA_BASE_URL is required when WEYA_API_TOKEN is set")
+        return self
 
 
 class WeyaProvider:
@@ -99,13 +120,13 @@ class WeyaProvider:
              json={})  # fmt: skip
 
 
-def from_settings(settings: Settings, client: httpx.Client) -> WeyaProvider | None:
-    """The adapter when WEYA_API_TOKEN is set (settings insist on WEYA_BASE_URL then)."""
-    if settings.weya_api_token is None or not settings.weya_base_url:
+def from_settings(settings: WeyaSettings, client: httpx.Client) -> WeyaProvider | None:
+    """The adapter, or None when no API token is set."""
+    if not settings.enabled or settings.api_token is None or not settings.base_url:
         return None
     return WeyaProvider(
-        settings.weya_api_token.get_secret_value(),
-        settings.weya_base_url,
-        settings.weya_not_found_retry_seconds,
+        settings.api_token.get_secret_value(),
+        settings.base_url,
+        settings.not_found_retry_seconds,
         client,
     )

@@ -136,7 +136,7 @@ def build_context(
     return Context(
         settings=settings,
         store=store,
-        providers=build_providers(settings, client_for),
+        providers=build_providers(settings.providers, client_for),
         dispatcher=dispatcher
         if dispatcher is not None
         else CeleryDispatcher(celery_app(), settings.queue_namespace),

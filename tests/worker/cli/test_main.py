@@ -24,7 +24,8 @@ runner = CliRunner()
 def cli_ctx(ctx: Context, monkeypatch: pytest.MonkeyPatch) -> Iterator[Context]:
     monkeypatch.setenv("REDIS_URL", "redis://unused.invalid:1/0")
     monkeypatch.setenv("VOICENTER_API_CODE", "good-code")
-    monkeypatch.setattr(wiring, "_context", ctx)
+    # The CLI configures the wiring from the environment; it then builds this test's context.
+    monkeypatch.setattr(wiring, "build_context", lambda *_, **__: ctx)
     monkeypatch.setattr(wiring, "_settings", None)
     yield ctx
     wiring.reset()

@@ -177,7 +177,8 @@ def test_an_open_circuit_shows_in_readyz_metrics_and_provider_list(
     assert set(ready["open_circuits"]) == {"voicenter"}
     assert ready["open_circuits"]["voicenter"]["opens"] >= 1
     assert state_gauges(ctx)["open_circuits"] == 1.0
-    monkeypatch.setattr(wiring, "_context", ctx)
+    # The CLI configures the wiring from the environment; it then builds this test's context.
+    monkeypatch.setattr(wiring, "build_context", lambda *_, **__: ctx)
     monkeypatch.setattr(console, "width", 200)  # one line a row
     listed = CliRunner().invoke(app, ["provider", "list"])
     assert "circuit open, next probe in" in listed.output
