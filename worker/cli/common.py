@@ -6,7 +6,7 @@ import datetime as dt
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -14,6 +14,9 @@ from rich.progress import Progress
 
 from config import ConfigError, Settings, load_settings
 from worker.runtime import logs
+
+if TYPE_CHECKING:
+    from worker.pipeline.context import Context
 
 console = Console()
 err = Console(stderr=True)
@@ -33,7 +36,7 @@ def read_settings() -> Settings:
     return settings
 
 
-def open_context() -> Any:
+def open_context() -> Context:
     """This process's pipeline (on the embedded Redis of a running `optout up` when REDIS_URL
     is unset), or exit 2 with the reason."""
     settings = read_settings()

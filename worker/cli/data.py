@@ -90,8 +90,12 @@ def scrub(
     ctx = open_context()
     out_path = out or file.with_name(file.stem + ".dialable.csv")
     progress, advance = progress_over(file, "scrubbing")
-    with progress:
-        result = scrub_csv(ctx, file, out_path, column=column, progress=advance)
+    try:
+        with progress:
+            result = scrub_csv(ctx, file, out_path, column=column, progress=advance)
+    except ValueError as exc:
+        err.print(f"[red]scrub stopped: {exc}[/red]")
+        raise typer.Exit(2) from None
     console.print(
         f"rows {result.rows}: dialable {result.dialable} (written to {out_path}), "
         f"blocked {result.blocked}, not a phone number {result.rejected}"

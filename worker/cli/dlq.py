@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -17,6 +18,9 @@ from worker.cli.common import (
     who,
 )
 from worker.ops.deadletters import DeadLetterFilter
+
+if TYPE_CHECKING:
+    from worker.pipeline.context import Context
 
 app = typer.Typer(help="Inspect and replay dead letters.", no_args_is_help=True)
 
@@ -94,59 +98,55 @@ AllOpt = Annotated[bool, typer.Option("--all", help="Every entry the filters mat
 DryRunOpt = Annotated[bool, typer.Option(help="Show what would be done, and do nothing.")]
 
 
-@app.command("purge")
-def dlq_purge(
-    ids: IdsOpt = None,
-    all_: AllOpt = False,
-    provider: ProviderOpt = None,
-    action: ActionOpt = None,
-    reason: ReasonOpt = None,
-    phone: PhoneOpt = None,
-    older_than: OlderOpt = None,
-    dry_run: DryRunOpt = False,
-) -> None:
+def _bulk(verb: str, run: Callable[[Context, list[str]], None]) -> Callable[..., None]:
+    """A command that applies `run` to the dead letters an operator chose by id, filters or
+    --all (refusing to guess when nothing was said), or with --dry-run shows them."""
+
+    def command(
+        ids: IdsOpt = None,
+        all_: AllOpt = False,
+        provider: ProviderOpt = None,
+        action: ActionOpt = None,
+        reason: ReasonOpt = None,
+        phone: PhoneOpt = None,
+        older_than: OlderOpt = None,
+        dry_run: DryRunOpt = False,
+    ) -> None:
+        flt = _dead_letter_filter(provider, action, reason, phone, older_than, ids)
+        chosen = _chosen(verb, all_, flt, dry_run)
+        if chosen is not None:
+            run(chosen[1], chosen[0])
+
+    return command
+
+
+def _purge(ctx: Context, ids: list[str]) -> None:
     """Drop dead letters (giving up on them at that provider); each purge is audited."""
-    flt = _dead_letter_filter(provider, action, reason, phone, older_than, ids)
-    chosen = _chosen("purge", all_, flt, dry_run)
-    if chosen is None:
-        return
-    ids_, ctx = chosen
-    done = in_batches(ids_, lambda batch: int(ctx.store.purge(batch, who())), "purging")
+    done = in_batches(ids, lambda batch: int(ctx.store.purge(batch, who())), "purging")
     console.print(f"purged {done} dead letters")
 
 
-@app.command("replay")
-def dlq_replay(
-    ids: IdsOpt = None,
-    all_: AllOpt = False,
-    provider: ProviderOpt = None,
-    action: ActionOpt = None,
-    reason: ReasonOpt = None,
-    phone: PhoneOpt = None,
-    older_than: OlderOpt = None,
-    dry_run: DryRunOpt = False,
-) -> None:
+def _replay(ctx: Context, ids: list[str]) -> None:
     """Put dead letters back into their batches; each leaves the store once delivered."""
     from worker.pipeline.batching import replay
 
-    flt = _dead_letter_filter(provider, action, reason, phone, older_than, ids)
-    chosen = _chosen("replay", all_, flt, dry_run)
-    if chosen is None:
-        return
-    ids_, ctx = chosen
-    done = in_batches(ids_, lambda batch: replay(ctx, batch, who()), "replaying")
+    done = in_batches(ids, lambda batch: replay(ctx, batch, who()), "replaying")
     console.print(f"replayed {done} dead letters")
-    if done < len(ids_):
+    if done < len(ids):
         console.print(
-            f"{len(ids_) - done} not replayed: gone meanwhile, or their target is not live "
+            f"{len(ids) - done} not replayed: gone meanwhile, or their target is not live "
             "(no process has it): replay them again once it is back, or purge them if it is "
             "gone for good"
         )
 
 
+app.command("purge", help=_purge.__doc__)(_bulk("purge", _purge))
+app.command("replay", help=_replay.__doc__)(_bulk("replay", _replay))
+
+
 def _chosen(
     verb: str, all_: bool, flt: DeadLetterFilter, dry_run: bool
-) -> tuple[list[str], Any] | None:
+) -> tuple[list[str], Context] | None:
     """The dead-letter ids an operator chose and the pipeline, refusing to guess when nothing
     was said; None after a dry run has shown them."""
     if flt.empty() and not all_:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -13,6 +13,10 @@ from worker.cli.common import (
     open_context,
     who,
 )
+
+if TYPE_CHECKING:
+    from worker.pipeline.context import Context
+    from worker.providers.base import Provider
 
 app = typer.Typer(help="Provider status, probes and resume.", no_args_is_help=True)
 #: Top-level commands of this group (`optout reconcile`).
@@ -50,7 +54,7 @@ def provider_list() -> None:
                       f"then: optout provider resume {provider}")  # fmt: skip
 
 
-def _provider(ctx: Any, name: str) -> Any:
+def _provider(ctx: Context, name: str) -> Provider:
     provider = ctx.providers.get(name)
     if provider is None:
         err.print(

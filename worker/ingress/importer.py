@@ -44,30 +44,50 @@ class _CountingReader:
             yield line
 
 
-def _rows(reader: _CountingReader, column: str | None) -> Iterator[tuple[int, str, str]]:
-    """(line number, phone cell, name cell) for every data row."""
-    rows: Iterator[list[str]] = csv.reader(reader)
+@dataclass
+class _Table:
+    """A CSV's data rows and where the phone (and the optional name) sit in them."""
+
+    header: list[str] | None  # None: the file has none, its first row is data
+    phone_at: int
+    name_at: int | None
+    rows: Iterator[list[str]]
+
+
+def _table(rows: Iterator[list[str]], column: str | None) -> _Table | None:
+    """The table of a CSV (None when it is empty): the phone is the column named `column`
+    (default `phone`) in a header row, else the first column of a file without a header;
+    naming a column the header lacks is an error, not a guess."""
     first = next(rows, None)
     if first is None:
-        return
+        return None
     lowered = [c.strip().lower() for c in first]
     wanted = (column or "phone").lower()
     if wanted in lowered:
-        phone_at = lowered.index(wanted)
         name_at = lowered.index("name") if "name" in lowered else None
-        line = 1
-    else:
-        if column:
-            raise ValueError(f"no column named {column!r} in the header {first!r}")
-        phone_at, name_at, line = 0, None, 0
-        rows = _chain(first, rows)
-    for row in rows:
+        return _Table(first, lowered.index(wanted), name_at, rows)
+    if column:
+        raise ValueError(f"no column named {column!r} in the header {first!r}")
+    return _Table(None, 0, None, _chain(first, rows))
+
+
+def _rows(reader: _CountingReader, column: str | None) -> Iterator[tuple[int, str, str]]:
+    """(line number, phone cell, name cell) for every data row."""
+    table = _table(csv.reader(reader), column)
+    if table is None:
+        return
+    line = 0 if table.header is None else 1
+    for row in table.rows:
         line += 1
         if not row or not any(cell.strip() for cell in row):
             continue
-        phone = row[phone_at] if phone_at < len(row) else ""
-        name = row[name_at] if name_at is not None and name_at < len(row) else ""
+        phone = _cell(row, table.phone_at)
+        name = _cell(row, table.name_at)
         yield line, phone, name
+
+
+def _cell(row: list[str], at: int | None) -> str:
+    return row[at] if at is not None and at < len(row) else ""
 
 
 def _chain(first: list[str], rest: Iterator[list[str]]) -> Iterator[list[str]]:
@@ -175,19 +195,12 @@ def scrub_csv(
         out_path.open("w", newline="", encoding="utf-8") as out,
     ):
         counting = _CountingReader(handle)
-        reader = csv.reader(counting)
         writer = csv.writer(out)
-        header = next(reader, None)
-        if header is None:
+        table = _table(csv.reader(counting), column)
+        if table is None:
             return report
-        lowered = [c.strip().lower() for c in header]
-        wanted = (column or "phone").lower()
-        at = lowered.index(wanted) if wanted in lowered else 0
-        rows: Iterator[list[str]] = reader
-        if wanted in lowered:
-            writer.writerow(header)
-        else:
-            rows = _chain(header, reader)
+        if table.header is not None:
+            writer.writerow(table.header)
         batch: list[tuple[list[str], str | None]] = []
 
         def flush() -> None:
@@ -205,11 +218,11 @@ def scrub_csv(
             if progress is not None:
                 progress(counting.read)
 
-        for row in rows:
+        for row in table.rows:
             if not row:
                 continue
             report.rows += 1
-            result = normalise(row[at] if at < len(row) else "", region)
+            result = normalise(_cell(row, table.phone_at), region)
             batch.append((row, result.e164 if isinstance(result, Normalised) else None))
             if len(batch) == BATCH:
                 flush()

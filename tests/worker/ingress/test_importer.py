@@ -9,7 +9,7 @@ import pytest
 
 from tests.fakes.dispatch import QueueDispatcher
 from worker.ingress import importer
-from worker.ingress.importer import import_csv
+from worker.ingress.importer import import_csv, scrub_csv
 from worker.pipeline.accept import StoreUnavailableError
 from worker.pipeline.context import Context
 from worker.providers.base import Action
@@ -69,3 +69,40 @@ def test_a_redis_failure_stops_the_import(
         import_csv(ctx, source, action=Action.ADD, source="crm", as_of=None,
                    report_path=tmp_path / "r.csv")  # fmt: skip
     assert calls == 3  # nothing after the failed batch
+
+
+def _rows(path: Path, rows: list[list[str]]) -> Path:
+    with path.open("w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    return path
+
+
+def test_import_and_scrub_read_the_same_column_and_refuse_a_missing_one(
+    ctx: Context, dispatcher: QueueDispatcher, tmp_path: Path
+) -> None:
+    listed = _rows(tmp_path / "crm.csv", [["name", "mobile"], ["Dana", "0501234567"]])
+    import_csv(ctx, listed, action=Action.ADD, source="crm", as_of=None,
+               report_path=tmp_path / "r.csv", column="mobile")  # fmt: skip
+    assert ctx.store.ledger("+972501234567")["s"] == "blocked"
+    dial = _rows(
+        tmp_path / "dial.csv", [["id", "Mobile"], ["1", "0501234567"], ["2", "0521234567"]]
+    )
+    report = scrub_csv(ctx, dial, tmp_path / "out.csv", column="mobile")
+    assert (report.rows, report.dialable, report.blocked) == (2, 1, 1)
+    assert (tmp_path / "out.csv").read_text().splitlines() == ["id,Mobile", "2,0521234567"]
+    with pytest.raises(ValueError, match="no column named 'phone_number'"):
+        scrub_csv(ctx, dial, tmp_path / "out.csv", column="phone_number")
+    with pytest.raises(ValueError, match="no column named 'phone_number'"):
+        import_csv(ctx, dial, action=Action.ADD, source="crm", as_of=None,
+                   report_path=tmp_path / "r.csv", column="phone_number")  # fmt: skip
+
+
+def test_a_file_without_a_header_is_read_from_its_first_column(
+    ctx: Context, dispatcher: QueueDispatcher, tmp_path: Path
+) -> None:
+    bare = _rows(tmp_path / "bare.csv", [["0501234567", "x"], ["0521234567", "y"]])
+    report = import_csv(ctx, bare, action=Action.ADD, source="crm", as_of=None,
+                        report_path=tmp_path / "r.csv")  # fmt: skip
+    assert (report.rows, report.accepted) == (2, 2)
+    scrubbed = scrub_csv(ctx, bare, tmp_path / "out.csv")
+    assert (scrubbed.rows, scrubbed.blocked, scrubbed.dialable) == (2, 2, 0)
