@@ -18,7 +18,7 @@ from pydantic_settings import NoDecode, SettingsConfigDict
 
 from config.types import ENVIRON, Csv, EnvSettings, ProviderSettings, pairs
 
-#: Which CDR field holds the customer for each Voicenter call type (shared/providers.md):
+#: Which CDR field holds the customer for each Voicenter call type :
 #: the target on outbound legs, the caller on inbound ones. Other types go to review.
 DEFAULT_VOICENTER_CALL_TYPES = {
     "Extension Outgoing": ["target"],

@@ -1,4 +1,4 @@
-"""A fake Daktela v6 blacklist model (shared/providers.md, seeds/daktela-blacklist.txt)."""
+"""A fake Daktela v6 blacklist model."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A fake Phonely agent block list (shared/providers.md, seeds/phonely-agent-block-list.txt)."""
+"""A fake Phonely agent block list."""
 
 from __future__ import annotations
 

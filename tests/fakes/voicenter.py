@@ -1,4 +1,4 @@
-"""A fake Voicenter blacklist implementing the documented codes (shared/providers.md)."""
+"""A fake Voicenter blacklist implementing the documented codes."""
 
 from __future__ import annotations
 

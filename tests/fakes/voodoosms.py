@@ -1,4 +1,4 @@
-"""A fake VoodooSMS blacklist (shared/providers.md, seeds/voodoosms-blacklist.txt)."""
+"""A fake VoodooSMS blacklist."""
 
 from __future__ import annotations
 

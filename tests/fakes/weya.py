@@ -1,4 +1,4 @@
-"""A fake Weya AI call-record DNC endpoint (shared/providers.md, seeds/weya-dnc-add.txt)."""
+"""A fake Weya AI call-record DNC endpoint."""
 
 from __future__ import annotations
 

@@ -392,7 +392,7 @@ def fairness(
     """While VoodooSMS (one request per number, at its default limits) drains a backlog of
     `backlog` numbers, opt-outs to every provider arrive at `rate`/s for `seconds`: p50 and
     p99 seconds from each one's send to its number reaching Voicenter and both Phonely
-    agents (design.md step 13: within linger + 1 s); how many were measured; and how many
+    agents (the aim: within linger + 1 s); how many were measured; and how many
     of the backlog VoodooSMS held by then. `one_pool`: the design before worker groups,
     every queue in one Celery pool."""
     providers = ("voicenter", "phonely", "voodoosms")

@@ -111,7 +111,7 @@ def worker(
     ]
     # Processes in both: a push fans its requests out to the provider's concurrency in
     # threads of its own, so a few processes keep a provider's cap busy; a pool of threads
-    # instead ran every push under one GIL (per-number pushes at 0 ms: 896 -> 379/s).
+    # would run every push under one GIL.
     count = settings.per_number_concurrency if chosen == PER_NUMBER else None
     argv.append(f"--concurrency={count or concurrency or settings.worker_concurrency}")
     if beat and chosen == MAIN:

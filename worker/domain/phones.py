@@ -41,7 +41,7 @@ REJECTION_REASONS = (
 
 
 class Convention(enum.StrEnum):
-    """How a source writes its numbers (design.md, pipeline step 1)."""
+    """How a source writes its numbers."""
 
     #: E.164 with `+`, or a national number of the region (`/v1/optouts`, Voicenter CDRs).
     NATIONAL = "national"

@@ -1,6 +1,6 @@
 """Voicenter CDRs: decode one, decide whether it is an opt-out, and whose number it is.
 
-Facts: shared/providers.md, "Voicenter CDR notification". There is no OPT_OUT status: an
+The API (its documentation, "Voicenter CDR notification"): There is no OPT_OUT status: an
 opt-out is an `IVR` entry on a configured layer whose `Dtmf` is the configured key, or a
 configured `CustomData` value. The customer is chosen by call type from a configurable table
 (`target` on outbound legs, `callerPhone`/`caller` on inbound ones); a type the table does not

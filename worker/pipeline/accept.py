@@ -133,12 +133,11 @@ def _canonical(event: Event) -> str:
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 
 #: Numbers per Lua call: a large event is written in parts so no single script holds Redis
-#: for long (~30 us a number): every worker's Redis call waits behind a running script, and
-#: 1,000-number parts cut bulk throughput by a tenth or more (tests/perf/bench.py). The
-#: event's idempotency key is recorded with the last part.
+#: for long: every worker's Redis call waits behind a running script. The event's
+#: idempotency key is recorded with the last part.
 WRITE_CHUNK = 200
-#: Numbers per `audit` log line: a line per number was a fifth of a bulk accept's CPU, and
-#: a 100,000-row import wrote 100,000 lines.
+#: Numbers per `audit` log line: a line per number costs a bulk accept much of its CPU, and
+#: a 100,000-row import would write 100,000 lines.
 AUDIT_LINE_NUMBERS = 100
 
 

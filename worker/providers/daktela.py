@@ -1,6 +1,6 @@
 """Daktela blacklist adapter (REST API v6): one record per number, native expiry.
 
-Facts: shared/providers.md, "Daktela blacklist". `X-AUTH-TOKEN` header; envelope
+The API (its documentation, "Daktela blacklist"): `X-AUTH-TOKEN` header; envelope
 `{"error": [...] | {"primary": [...], "form": {...}}, "result": {...}}` and a 2xx can still
 carry errors. A number is unique: a uniqueness error on create means an entry exists, which
 is done only if it is in the wanted database with exactly the wanted expiry (a permanent

@@ -1,6 +1,6 @@
 """Phonely agent block list adapter: one list per agent, bulk add and remove.
 
-Facts: shared/providers.md, "Phonely agent block list". Header `X-Authorization`; POST and
+The API (its documentation, "Phonely agent block list"): Header `X-Authorization`; POST and
 DELETE take `{uid, agentId, numbers[]}` and answer `{added[] | removed[], failed[{number,
 reason}]}`; "already in block list" / "not found in block list" mean the state already holds.
 Numbers are E.164 with `+`.

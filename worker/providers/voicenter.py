@@ -1,6 +1,6 @@
 """Voicenter blacklist adapter (AddBlackList / RemoveBulkFromBlacklist).
 
-Facts: shared/providers.md, "Voicenter Blacklist". Numbers are E.164 digits without `+`;
+The API (its documentation, "Voicenter Blacklist"): Numbers are E.164 digits without `+`;
 top-level ErrorCode 1 = bad Code (auth), 2 = Phones missing/invalid (whole chunk);
 per phone 0 ok, 1 bad format (permanent), 2 internal error (retryable).
 """

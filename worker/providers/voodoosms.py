@@ -1,6 +1,6 @@
 """VoodooSMS blacklist adapter: one number per request, bounded concurrency.
 
-Facts: shared/providers.md, "VoodooSMS blacklist". Bearer key; numbers are integers without
+The API (its documentation, "VoodooSMS blacklist"): Bearer key; numbers are integers without
 `+`. Add: POST /blacklist `{"number": n}`; error 53 (already listed) = done; 33 on an add
 means "must be a number" (permanent). Remove: GET /blacklist?number=n for the id, then
 DELETE /blacklist/{id}; 33 ("not in your blacklist") and 51 ("blacklist is empty") on that

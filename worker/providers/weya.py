@@ -1,6 +1,6 @@
 """Weya AI call-record DNC adapter: add only, one number per request, never twice.
 
-Facts: shared/providers.md, "Weya AI call-record DNC". POST {base}/api/dnc/add with
+The API (its documentation, "Weya AI call-record DNC"): POST {base}/api/dnc/add with
 `{phoneNumber, batchId, requestUUID, type?}`; a number must be tied to a call record, so an
 event without batchId + requestUUID is not sent here. 400 "already exists" = done; other 400
 permanent; 404 may only mean the call record is not written yet: retried for a configurable

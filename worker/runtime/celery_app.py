@@ -50,7 +50,7 @@ def worker_groups(settings: Settings) -> dict[str, list[str]]:
     """The queues of each worker group. Providers without a bulk endpoint hold a worker for
     seconds per chunk (a request per number, at their rate limit): they get a group of
     their own, so that while one drains a backlog the flushes, sweeps and bulk pushes of
-    every other provider are never stuck behind it (design.md step 13). Long background
+    every other provider are never stuck behind it. Long background
     work (scheduled reconciliation) goes there too."""
     from worker.providers import CAPABILITIES
 

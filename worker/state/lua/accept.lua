@@ -18,7 +18,7 @@ local mode = ARGV[8] or 'once'
 local force = ARGV[9] == '1'
 
 -- The event goes to every live target its source is routed to, whatever this process's own
--- settings enable (design.md step 11); a target that needs a call record the event lacks is
+-- settings enable; a target that needs a call record the event lacks is
 -- named in the audit entry as not applicable.
 local targets, na = {}, {}
 local include, exclude = {}, {}

@@ -3,7 +3,7 @@
 -- Accepts stage only for live targets (for every live target, whatever the accepting
 -- process's own settings), so a target whose provider no process has enabled any more stops
 -- collecting work. A target becoming live (seen for the first time, or back after its TTL
--- ran out) is caught up from the ledger by the sweep (design.md steps 9 and 11), unless the
+-- ran out) is caught up from the ledger by the sweep, unless the
 -- ledger holds nothing it could need.
 -- The routes go with them (OPTOUT_ROUTES: the last announcement's hold for the deployment):
 -- which targets a block is owed to (prelude.lua: target_state).
