@@ -1,17 +1,17 @@
-"""The batch pipeline end to end in-process: fakeredis, the fake Voicenter, a queue dispatcher."""
+"""Batching end to end in-process (fakeredis, the fake Voicenter, a queue dispatcher):
+flushes, linger, in-flight caps, recovery, scheduled runs."""
 
 from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
-from typing import Any
 
 import pytest
 import redis
 
 from tests.conftest import FakeClock
 from tests.fakes.dispatch import QueueDispatcher
-from tests.fakes.voicenter import ADD, REMOVE, FakeVoicenter
+from tests.fakes.voicenter import FakeVoicenter
 from worker.pipeline import batching as work
 from worker.pipeline import push as pushing
 from worker.pipeline.accept import Event, PhoneInput, accept
@@ -71,202 +71,6 @@ def test_a_linger_flush_with_nothing_staged_sends_nothing(
     assert fake_voicenter.requests == []
 
 
-def test_code_2_retries_that_number_alone_then_succeeds(
-    ctx: Context,
-    dispatcher: QueueDispatcher,
-    fake_voicenter: FakeVoicenter,
-    clock: FakeClock,
-) -> None:
-    batch = numbers(5)
-    flaky = "972500000002"
-    fake_voicenter.flaky[flaky] = 2
-    accept(ctx, add(*batch))
-    settle(ctx, dispatcher, clock)
-    pushed = fake_voicenter.pushed()
-    assert len(pushed[0]) == 5
-    assert pushed[1:] == [[flaky], [flaky]]
-    assert flaky in fake_voicenter.blacklist
-    view = ctx.store.provider_view("+" + flaky, ["voicenter"])["voicenter"]
-    assert view["confirmed"] == "blocked:1"
-    assert view["attempts"] == 0
-
-
-def test_code_1_dead_letters_with_reason_and_replay_delivers(
-    ctx: Context,
-    dispatcher: QueueDispatcher,
-    fake_voicenter: FakeVoicenter,
-    clock: FakeClock,
-) -> None:
-    bad = "972500000001"
-    fake_voicenter.permanent.add(bad)
-    accept(ctx, add(*numbers(3)))
-    settle(ctx, dispatcher, clock)
-    dead = ctx.store.dead_letters()
-    assert [d["phone"] for d in dead] == ["+" + bad]
-    assert dead[0]["reason"] == "bad_format"
-    assert dead[0]["action"] == "add"
-    assert dead[0]["attempts"] == 1
-    assert dead[0]["events"]
-    assert len(fake_voicenter.pushed()) == 1  # permanent: never retried on its own
-
-    fake_voicenter.permanent.clear()
-    assert work.replay(ctx, [d["id"] for d in dead], "test") == 1
-    assert work.replay(ctx, [d["id"] for d in dead], "test") == 1  # twice: staged once
-    settle(ctx, dispatcher, clock)
-    assert ctx.store.dead_letters() == []
-    assert fake_voicenter.pushed()[1:] == [[bad]]
-    audit = ctx.store.audit("+" + bad)
-    assert any(e.get("act") == "replay" and e.get("by") == "test" for e in audit)
-
-
-def test_retries_are_capped_then_dead_lettered(
-    make_ctx: Any, dispatcher: QueueDispatcher, fake_voicenter: FakeVoicenter, clock: FakeClock
-) -> None:
-    ctx = make_ctx(max_attempts=3)
-    fake_voicenter.flaky["972500000000"] = 100
-    accept(ctx, add(*numbers(1)))
-    settle(ctx, dispatcher, clock)
-    assert len(fake_voicenter.pushed()) == 3
-    dead = ctx.store.dead_letters()
-    assert dead[0]["reason"] == "max_attempts"
-    assert "provider_internal_error" in dead[0]["last_error"]
-
-
-def test_backoff_grows_and_waits(
-    ctx: Context, dispatcher: QueueDispatcher, fake_voicenter: FakeVoicenter, clock: FakeClock
-) -> None:
-    fake_voicenter.flaky["972500000000"] = 100
-    accept(ctx, add(*numbers(1)))
-    dispatcher.drain(ctx)
-    first = ctx.store.provider_view("+972500000000", ["voicenter"])["voicenter"]["retry_at_ms"]
-    base_ms = ctx.settings.retry_base_seconds * 1000
-    assert 0.5 * base_ms <= first - ctx.store.now_ms() <= base_ms
-    work.sweep(ctx)  # not due yet: nothing moves
-    dispatcher.drain(ctx)
-    assert len(fake_voicenter.pushed()) == 1
-    clock.advance(ctx.settings.retry_base_seconds)
-    work.sweep(ctx)
-    dispatcher.drain(ctx)
-    assert len(fake_voicenter.pushed()) == 2
-    second = ctx.store.provider_view("+972500000000", ["voicenter"])["voicenter"]["retry_at_ms"]
-    assert second - ctx.store.now_ms() >= base_ms  # 2 * base * [0.5, 1]
-
-
-def test_a_whole_chunk_rejection_is_split_to_isolate_the_bad_number(
-    ctx: Context, dispatcher: QueueDispatcher, clock: FakeClock
-) -> None:
-    fake = FakeVoicenter()
-    poison = "972500000037"
-
-    def handler(method: str, path: str, q: Any, h: Any, body: Any) -> Any:
-        phones = [p["Phone"] for p in body["Phones"]]
-        if poison in phones:
-            return 200, {"ErrorCode": 2, "ErrorMessage": "Phones invalid"}, {}
-        return fake.handle(method, path, q, h, body)
-
-    import httpx
-
-    from tests.fakes.server import mock_transport
-    from worker.providers.voicenter import VoicenterProvider
-
-    ctx.providers["voicenter"] = VoicenterProvider(
-        "good-code", "http://v.test", httpx.Client(transport=mock_transport(handler))
-    )
-    accept(ctx, add(*numbers(100)))
-    settle(ctx, dispatcher, clock)
-    assert len(fake.blacklist) == 99
-    dead = ctx.store.dead_letters()
-    assert [d["phone"] for d in dead] == ["+" + poison]
-    assert dead[0]["reason"] == "phones_rejected"
-
-
-def test_auth_failure_pauses_keeps_numbers_staged_and_resume_delivers(
-    ctx: Context, dispatcher: QueueDispatcher, fake_voicenter: FakeVoicenter, clock: FakeClock
-) -> None:
-    fake_voicenter.key = "rotated"
-    accept(ctx, add(*numbers(10)))
-    settle(ctx, dispatcher, clock)
-    assert "voicenter" in ctx.store.paused()
-    assert ctx.store.dead_letters() == []
-    assert ctx.store.counts(["voicenter"])["voicenter"]["staged_add"] == 10
-    assert fake_voicenter.blacklist == set()
-    # While paused, flushes claim nothing.
-    accept(ctx, add(*numbers(5, start=10)))
-    settle(ctx, dispatcher, clock)
-    assert ctx.store.counts(["voicenter"])["voicenter"]["staged_add"] == 15
-
-    fake_voicenter.key = "good-code"
-    assert ctx.store.resume("voicenter")
-    work.flush(ctx, "voicenter", Action.ADD, work.ALL)
-    settle(ctx, dispatcher, clock)
-    assert len(fake_voicenter.blacklist) == 15
-    assert ctx.store.counts(["voicenter"])["voicenter"]["staged_add"] == 0
-
-
-def test_429_holds_the_provider_until_retry_after(
-    ctx: Context, dispatcher: QueueDispatcher, fake_voicenter: FakeVoicenter, clock: FakeClock
-) -> None:
-    fake_voicenter.http_status = 429
-    fake_voicenter.http_status_times = 1
-    fake_voicenter.retry_after = "30"
-    accept(ctx, add(*numbers(3)))
-    dispatcher.drain(ctx)
-    assert ctx.store.held_for("voicenter") > 29
-    retry_at = ctx.store.provider_view("+972500000000", ["voicenter"])["voicenter"]["retry_at_ms"]
-    assert retry_at >= ctx.store.now_ms() + 30_000
-    # A new number staged meanwhile is not pushed while the hold lasts.
-    accept(ctx, add(*numbers(1, start=50)))
-    dispatcher.drain(ctx)
-    assert fake_voicenter.requests == []
-
-
-def test_5xx_retries_the_whole_chunk(
-    ctx: Context, dispatcher: QueueDispatcher, fake_voicenter: FakeVoicenter, clock: FakeClock
-) -> None:
-    fake_voicenter.http_status = 500
-    fake_voicenter.http_status_times = 2
-    accept(ctx, add(*numbers(4)))
-    settle(ctx, dispatcher, clock)
-    assert len(fake_voicenter.blacklist) == 4
-    assert ctx.store.dead_letters() == []
-
-
-def test_ledger_moving_while_in_flight_restages_the_newest_state(
-    ctx: Context, dispatcher: QueueDispatcher, fake_voicenter: FakeVoicenter, clock: FakeClock
-) -> None:
-    n = numbers(1)[0]
-    accept(ctx, add(n))
-    # Claim the add, then a remove lands while the chunk is in flight.
-    work.flush(ctx, "voicenter", Action.ADD, work.ALL)
-    chunk_id = next(a[0] for k, a in dispatcher.tasks if k == "push")
-    clock.advance(1)
-    accept(ctx, remove(clock, n))
-    assert ctx.store.provider_view(n, ["voicenter"])["voicenter"]["staged"] is None
-    # The push re-reads the ledger: the add is stale and is not sent.
-    pushing.push(ctx, chunk_id)
-    assert fake_voicenter.requests == []
-    settle(ctx, dispatcher, clock)
-    assert [p for _, p, _ in fake_voicenter.requests] == [REMOVE]
-    assert ctx.store.provider_view(n, ["voicenter"])["voicenter"]["confirmed"] == "unblocked:2"
-
-
-def test_a_change_after_the_request_went_out_is_pushed_after_it(
-    ctx: Context, dispatcher: QueueDispatcher, fake_voicenter: FakeVoicenter, clock: FakeClock
-) -> None:
-    n = numbers(1)[0]
-    accept(ctx, add(n))
-    work.flush(ctx, "voicenter", Action.ADD, work.ALL)
-
-    def remove_lands_mid_request() -> None:
-        clock.advance(1)
-        accept(ctx, remove(clock, n))
-
-    fake_voicenter.after_request = remove_lands_mid_request
-    settle(ctx, dispatcher, clock)
-    assert [p for _, p, _ in fake_voicenter.requests] == [ADD, REMOVE]
-    assert fake_voicenter.blacklist == set()
-
-
 def test_an_expired_lease_is_recovered_and_delivered(
     ctx: Context, dispatcher: QueueDispatcher, fake_voicenter: FakeVoicenter, clock: FakeClock
 ) -> None:
@@ -278,43 +82,6 @@ def test_an_expired_lease_is_recovered_and_delivered(
     settle(ctx, dispatcher, clock)
     assert len(fake_voicenter.blacklist) == 3
     assert ctx.store.counts(["voicenter"])["voicenter"]["in_flight"] == 0
-
-
-def test_a_late_push_after_recovery_forces_a_fresh_push(
-    ctx: Context, dispatcher: QueueDispatcher, fake_voicenter: FakeVoicenter, clock: FakeClock
-) -> None:
-    n = numbers(1)[0]
-    accept(ctx, add(n))
-    work.flush(ctx, "voicenter", Action.ADD, work.ALL)
-    chunk_id = next(a[0] for k, a in dispatcher.tasks if k == "push")
-    dispatcher.tasks.clear()
-    opened = ctx.store.open_chunk(chunk_id, ctx.settings.lease_seconds)
-    assert opened is not None
-    chunk = opened.chunk
-    clock.advance(ctx.settings.lease_seconds + 1)
-    work.recover(ctx)
-    settle(ctx, dispatcher, clock)
-    # The push that replaced it, and once the recovered chunk's requests can no longer
-    # land, one more to confirm it.
-    assert len(fake_voicenter.pushed()) == 2
-    assert ctx.store.provider_view(n, ["voicenter"])["voicenter"]["confirmed"] == "blocked:1"
-    # The presumed-dead worker finishes afterwards: its answer must not be trusted.
-    done = ctx.store.complete(chunk, {n: ("done", "", "", 0, 0.5, 0, 0)}, ctx.complete_options())
-    assert done.status == "orphan"
-    work.schedule(ctx, done.staged)
-    settle(ctx, dispatcher, clock)
-    assert len(fake_voicenter.pushed()) == 3
-
-
-def test_a_redelivered_push_of_a_completed_chunk_does_nothing(
-    ctx: Context, dispatcher: QueueDispatcher, fake_voicenter: FakeVoicenter
-) -> None:
-    accept(ctx, add(*numbers(2)))
-    work.flush(ctx, "voicenter", Action.ADD, work.ALL)
-    chunk_id = next(a[0] for k, a in dispatcher.tasks if k == "push")
-    dispatcher.drain(ctx)
-    assert pushing.push(ctx, chunk_id) == {}
-    assert len(fake_voicenter.requests) == 1
 
 
 def test_interleaved_adds_and_removes_end_equal_to_the_ledger(
@@ -360,79 +127,6 @@ def test_one_full_flush_per_completed_chunk_not_per_event(
     assert modes.count(work.ALL) == 1  # the linger flush of the batch the first event opened
 
 
-def test_a_push_is_recorded_in_the_trail_and_as_the_last_answer(
-    ctx: Context, dispatcher: QueueDispatcher
-) -> None:
-    n = numbers(1)[0]
-    accept(ctx, add(n))
-    dispatcher.drain(ctx)
-    newest, accepted = ctx.store.audit(n)
-    assert accepted["act"] == "add" and accepted["res"] == "applied"
-    assert {k: newest[k] for k in ("prov", "act", "out", "v", "n")} == {
-        "prov": "voicenter", "act": "add", "out": "done", "v": 1, "n": 0,
-    }  # fmt: skip
-    last = ctx.store.provider_view(n, ["voicenter"])["voicenter"]["last_answer"]
-    assert last == {k: v for k, v in newest.items() if k != "prov"}
-
-
-def test_the_trail_keeps_the_newest_entries_up_to_the_cap(
-    make_ctx: Any, dispatcher: QueueDispatcher
-) -> None:
-    ctx = make_ctx(audit_cap=3)
-    n = numbers(1)[0]
-    for i in range(4):
-        accept(ctx, Event("api", Action.ADD, [PhoneInput(n)], reason=f"r{i}"))
-    assert [e.get("rsn") for e in ctx.store.audit(n)] == ["r3", "r2", "r1"]
-    dispatcher.drain(ctx)
-    trail = ctx.store.audit(n)
-    assert len(trail) == 3
-    assert trail[0]["out"] == "done"
-
-
-def _claim_one(ctx: Context) -> str:
-    status, ids, _ = ctx.store.claim(
-        "voicenter", "voicenter", Action.ADD, size=100, lease_seconds=60, mode=work.FULL,
-        linger_ms=0, max_chunks=1,
-    )  # fmt: skip
-    assert status == "ok" and len(ids) == 1
-    return ids[0]
-
-
-def test_a_push_goes_on_to_the_full_chunks_its_batch_still_holds(
-    ctx: Context, dispatcher: QueueDispatcher, fake_voicenter: FakeVoicenter
-) -> None:
-    accept(ctx, add(*numbers(450)))
-    dispatcher.tasks.clear()  # no flush: the push alone drains the backlog
-    ctx.monotonic = lambda: 0.0  # within its time however slow the machine is
-    counts = pushing.push(ctx, _claim_one(ctx))
-    assert [len(r) for r in fake_voicenter.pushed()] == [100, 100, 100, 100]
-    assert {k: v for k, v in counts.items() if v} == {"done": 400}
-    assert not [t for t in dispatcher.tasks if t[0] == "push"]
-    # The last 50 are not a full chunk: they wait for their linger flush.
-    assert len(fake_voicenter.blacklist) == 400
-    assert work.flush(ctx, "voicenter", Action.ADD, work.ALL) == 1
-    dispatcher.drain(ctx)
-    assert len(fake_voicenter.blacklist) == 450
-
-
-def test_after_its_time_a_push_hands_the_next_chunk_to_a_new_task(
-    ctx: Context,
-    dispatcher: QueueDispatcher,
-    fake_voicenter: FakeVoicenter,
-    monkeypatch: Any,
-) -> None:
-    monkeypatch.setattr(pushing, "CHAIN_SECONDS", 0.0)
-    accept(ctx, add(*numbers(300)))
-    dispatcher.tasks.clear()
-    pushing.push(ctx, _claim_one(ctx))
-    assert [len(r) for r in fake_voicenter.pushed()] == [100]
-    handed = [args for kind, args in dispatcher.tasks if kind == "push"]
-    assert len(handed) == 1  # the next chunk, leased, in a task of its own
-    assert ctx.store.open_chunk(handed[0][0], 60) is not None
-    dispatcher.drain(ctx)
-    assert len(fake_voicenter.blacklist) == 300
-
-
 def test_claims_stop_at_the_targets_in_flight_cap(
     ctx: Context, dispatcher: QueueDispatcher, fake_voicenter: FakeVoicenter
 ) -> None:
@@ -447,17 +141,6 @@ def test_claims_stop_at_the_targets_in_flight_cap(
     assert [len(r) for r in fake_voicenter.pushed()] == [100] * (cap + 3)
 
 
-def test_a_push_does_not_go_on_while_the_provider_is_paused(
-    ctx: Context, dispatcher: QueueDispatcher, fake_voicenter: FakeVoicenter
-) -> None:
-    accept(ctx, add(*numbers(300)))
-    dispatcher.tasks.clear()
-    fake_voicenter.key = "another-code"  # Voicenter answers ErrorCode 1: paused
-    assert pushing.push(ctx, _claim_one(ctx))["paused"] == 100
-    assert len(fake_voicenter.bodies) == 1  # one request, no second chunk
-    assert ctx.store.paused()
-
-
 def test_no_full_flush_while_the_target_is_at_its_in_flight_cap(
     ctx: Context, dispatcher: QueueDispatcher, fake_voicenter: FakeVoicenter, clock: FakeClock
 ) -> None:
@@ -470,22 +153,6 @@ def test_no_full_flush_while_the_target_is_at_its_in_flight_cap(
     # The pushes in flight take the filled chunks when they are done; the sweep the rest.
     settle(ctx, dispatcher, clock)
     assert len(fake_voicenter.blacklist) == 100 * cap + 250
-
-
-def test_the_in_flight_cap_is_the_providers_concurrency_or_two_per_worker_process() -> None:
-    import fakeredis
-
-    from tests.conftest import make_settings
-    from worker.runtime.wiring import build_context
-
-    env = {"VOICENTER_API_CODE": "good-code", "VOICENTER_BASE_URL": "http://voicenter.test"}
-    capped = make_settings({**env, "OPTOUT_PROVIDER_LIMITS": "voicenter=10/3"})
-    uncapped = make_settings(
-        {**env, "OPTOUT_PROVIDER_LIMITS": "voicenter=0/0", "OPTOUT_WORKER_CONCURRENCY": "5"}
-    )
-    for settings, cap in ((capped, 3), (uncapped, 10)):
-        ctx = build_context(settings, client=fakeredis.FakeRedis(), dispatcher=QueueDispatcher())
-        assert ctx.max_in_flight("voicenter") == cap
 
 
 def test_scheduled_runs_queued_back_to_back_collapse_into_one_by_the_servers_clock(
