@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
-import time
 from typing import Annotated, Any
 
 import typer
@@ -21,7 +19,7 @@ from worker.cli.common import (
     open_context,
     read_settings,
 )
-from worker.cli.supervisor import StopSignal, local_admin_token, stop_children, supervise_groups
+from worker.cli.supervisor import keep_running, local_admin_token, supervise_groups
 
 app = typer.Typer()
 
@@ -86,8 +84,7 @@ def worker(
     if metrics_port:
         multiprocess_metrics(settings.data_dir / "metrics" / f"worker-{os.getpid()}")
     if group is None and len(groups) > 1:
-        supervise_groups(list(groups), concurrency, beat, metrics_port)
-        return
+        raise typer.Exit(supervise_groups(list(groups), concurrency, beat, metrics_port))
     chosen = group or MAIN
     if chosen not in groups:
         err.print(f"[red]no {chosen} group here: no provider without a bulk endpoint is "
@@ -164,44 +161,9 @@ def up(host: HostOpt = "127.0.0.1", port: PortOpt = 8000) -> None:
         "worker": [*me, "worker"],
         "beat": [*me, "beat"],
     }
-    children: dict[str, subprocess.Popen[bytes]] = {}
-    stop = StopSignal()
-    code = 0
-    restarts: dict[str, list[float]] = {role: [] for role in roles}
-
-    def spawn(role: str) -> None:
-        # Own session: Ctrl-C reaches only us, and we stop each child exactly once.
-        children[role] = subprocess.Popen(roles[role], env=env, start_new_session=True)  # noqa: S603
-
-    try:
-        for role in roles:
-            spawn(role)
-        console.print(f"optout up: API on http://{host}:{port}  (Ctrl-C to stop)")
-        while not stop.requested:
-            if embedded is not None and not embedded.alive():
-                err.print(
-                    "[yellow]embedded Redis exited; restarting it (AOF keeps its data)[/yellow]"
-                )
-                embedded.start()
-            for role, child in list(children.items()):
-                if child.poll() is None or stop.requested:
-                    continue
-                now = time.monotonic()
-                restarts[role] = [t for t in restarts[role] if now - t < 60] + [now]
-                if len(restarts[role]) > 5:
-                    err.print(f"[red]{role} keeps exiting ({child.returncode}); stopping[/red]")
-                    stop.requested = True
-                    code = 1
-                else:
-                    err.print(f"[yellow]{role} exited with {child.returncode}; restarting[/yellow]")
-                    spawn(role)
-            time.sleep(0.3)
-    finally:
-        console.print("stopping ...")
-        stop_children(children.values(), timeout=30)
-        if embedded is not None:
-            embedded.stop()
-        console.print("stopped")
+    code = keep_running(
+        roles, env, embedded, started=f"optout up: API on http://{host}:{port}  (Ctrl-C to stop)"
+    )
     raise typer.Exit(code)
 
 

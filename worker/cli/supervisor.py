@@ -1,4 +1,5 @@
-"""Process supervision for `optout up` and `optout worker`: children, signals, stopping."""
+"""Process supervision for `optout up` and `optout worker`: children, restarts, signals,
+stopping."""
 
 from __future__ import annotations
 
@@ -9,16 +10,19 @@ import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import typer
+from worker.cli.common import console, err
+
+if TYPE_CHECKING:
+    from worker.runtime.embedded import EmbeddedRedis
 
 
 def supervise_groups(
     groups: list[str], concurrency: int | None, beat: bool, metrics_port: int | None
-) -> None:
+) -> int:
     """Run each worker group as a child process; SIGTERM or Ctrl-C stops them (warm
-    shutdown); when one exits, the other is stopped and its exit code is ours, for the
+    shutdown); when one exits, the other is stopped and its exit code is returned, for the
     supervisor above (`optout up`, systemd, Kubernetes) to restart."""
     children: dict[str, subprocess.Popen[bytes]] = {}
     for name in groups:
@@ -37,7 +41,57 @@ def supervise_groups(
             break
         time.sleep(0.2)
     stop_children(children.values(), timeout=60)
-    raise typer.Exit(code)
+    return code
+
+
+def keep_running(
+    roles: dict[str, list[str]],
+    env: dict[str, str],
+    embedded: EmbeddedRedis | None,
+    started: str,
+) -> int:
+    """Run each role's command as a child (and the embedded Redis, if any) until SIGTERM or
+    Ctrl-C, restarting what exits, unless a role exits more than five times in a minute;
+    then stop them all. The exit code: 0, or 1 when a role kept exiting."""
+    children: dict[str, subprocess.Popen[bytes]] = {}
+    stop = StopSignal()
+    code = 0
+    restarts: dict[str, list[float]] = {role: [] for role in roles}
+
+    def spawn(role: str) -> None:
+        # Own session: Ctrl-C reaches only us, and we stop each child exactly once.
+        children[role] = subprocess.Popen(roles[role], env=env, start_new_session=True)  # noqa: S603
+
+    try:
+        for role in roles:
+            spawn(role)
+        console.print(started)
+        while not stop.requested:
+            if embedded is not None and not embedded.alive():
+                err.print(
+                    "[yellow]embedded Redis exited; restarting it (AOF keeps its data)[/yellow]"
+                )
+                embedded.start()
+            for role, child in list(children.items()):
+                if child.poll() is None or stop.requested:
+                    continue
+                now = time.monotonic()
+                restarts[role] = [t for t in restarts[role] if now - t < 60] + [now]
+                if len(restarts[role]) > 5:
+                    err.print(f"[red]{role} keeps exiting ({child.returncode}); stopping[/red]")
+                    stop.requested = True
+                    code = 1
+                else:
+                    err.print(f"[yellow]{role} exited with {child.returncode}; restarting[/yellow]")
+                    spawn(role)
+            time.sleep(0.3)
+    finally:
+        console.print("stopping ...")
+        stop_children(children.values(), timeout=30)
+        if embedded is not None:
+            embedded.stop()
+        console.print("stopped")
+    return code
 
 
 class StopSignal:
