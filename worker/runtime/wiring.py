@@ -25,7 +25,7 @@ from worker.providers import build_providers
 from worker.providers.ratelimit import SharedLimitTransport
 from worker.runtime.celery_app import CeleryDispatcher, create_celery
 from worker.state.clock import ServerClock
-from worker.state.store import AsyncAccept, AsyncClientFactory, Clock, Replication, Store
+from worker.state.store import AsyncAccept, AsyncClientFactory, Clock, Store
 
 _context: Context | None = None
 
@@ -60,6 +60,15 @@ def redis_client(settings: Settings) -> redis.Redis:
 def async_redis_client(settings: Settings) -> aredis.Redis:
     """The same client for an event loop (the API's accept path)."""
     return aredis.Redis.from_url(settings.state_redis_url, **_redis_options(AsyncRetry))
+
+
+def clock_client(settings: Settings) -> redis.Redis:
+    """A client for the server clock's readings, quick to give up: the first reading is taken
+    on the caller's thread (the API's event loop too), later ones in the background."""
+    return redis.Redis.from_url(
+        settings.state_redis_url, socket_timeout=1, socket_connect_timeout=1,
+        retry=Retry(NoBackoff(), 0),
+    )  # fmt: skip
 
 
 def _redis_options(retry: type[Retry] | type[AsyncRetry]) -> dict[str, Any]:
@@ -107,18 +116,11 @@ def build_context(
 ) -> Context:
     """Wire a pipeline from settings; tests pass their own Redis, HTTP client, dispatcher and
     clock (and an asyncio client factory to use the API's event-loop accept path). Without a
-    clock, the Redis server's is every process's (worker/state/clock.py)."""
+    clock, the Redis server's is every process's."""
     state = client
     if state is None:
         state = redis_client(settings)
-        # Its own client, quick to give up: the first reading is taken on the caller's
-        # thread (the API's event loop too), later ones in the background.
-        clock = clock or ServerClock(
-            redis.Redis.from_url(
-                settings.state_redis_url, socket_timeout=1, socket_connect_timeout=1,
-                retry=Retry(NoBackoff(), 0),
-            )
-        )  # fmt: skip
+        clock = clock or ServerClock(clock_client(settings))
     store = Store(
         state,
         prefix=settings.key_prefix,
@@ -131,9 +133,7 @@ def build_context(
 
     if async_client is None and client is None:
         async_client = functools.partial(async_redis_client, settings)
-    replicas = settings.redis_wait_replicas
-    replication = Replication(replicas, settings.redis_wait_timeout_ms) if replicas else None
-    return Context(
+    ctx = Context(
         settings=settings,
         store=store,
         providers=build_providers(settings.providers, client_for),
@@ -142,10 +142,10 @@ def build_context(
         else CeleryDispatcher(celery_app(), settings.queue_namespace),
         rng=rng or random.Random(),
         own_numbers=normalise_own_numbers(settings.own_numbers, settings.default_region),
-        async_accept=(
-            AsyncAccept(store, async_client, replication) if async_client is not None else None
-        ),
     )
+    if async_client is not None:
+        ctx.async_accept = AsyncAccept(store, async_client, ctx.replication())
+    return ctx
 
 
 _building = threading.Lock()
