@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -48,8 +49,13 @@ def make_settings(env: dict[str, str] | None = None, **overrides: Any) -> Settin
 
 @pytest.fixture(autouse=True)
 def _default_logging() -> Iterator[None]:
+    # A command under test sets up logging for the whole process (logs.configure).
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
     yield
     structlog.reset_defaults()
+    root.handlers, root.level = handlers, level
+    logging.captureWarnings(False)
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 from pathlib import Path
 
@@ -44,6 +45,10 @@ def test_two_server_processes_count_together_and_log_json(
             ["pgrep", "-P", str(api.pid)], capture_output=True, text=True, check=False
         ).stdout.split()
         assert len(children) >= 2, "uvicorn did not start two server processes"
+        # uvicorn's own warning from a server process: a line of ours, not its plain text.
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as bad:
+            bad.sendall(b"NOT HTTP +972581234567\r\n\r\n")
+            assert bad.recv(100).startswith(b"HTTP/1.1 400")
 
         metrics = httpx.get(url + "/metrics", timeout=10).text
         line = next(
@@ -54,7 +59,8 @@ def test_two_server_processes_count_together_and_log_json(
     finally:
         procs.stop()
 
-    lines = [json.loads(x) for x in log.read_text().splitlines() if x.startswith("{")]
+    lines = [json.loads(x) for x in log.read_text().splitlines()]  # every line JSON
+    assert any(x["logger"] == "uvicorn.error" for x in lines)
     http = [x for x in lines if x.get("event") == "http" and x["path"] == "/v1/optouts"]
     assert len(http) == total
     audit = [n for x in lines if x.get("event") == "audit" for n in x["numbers"]]

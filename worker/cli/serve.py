@@ -50,6 +50,9 @@ def api(
         port=port,
         access_log=False,  # ours logs the path without the query string
         log_level="warning",
+        # uvicorn's own handlers would write plain text past the masking: its records go to
+        # the root logger, set up by logs.configure (in each server process: asgi.create).
+        log_config=None,
     )
 
 

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 from datetime import timedelta
 from typing import Any
 
 import structlog
 from celery import Celery
-from celery.signals import (
-    after_setup_logger,
-    task_postrun,
-    task_prerun,
-)
+from celery.signals import task_postrun, task_prerun
 from kombu.entity import Exchange, Queue
 
 from config import Settings
@@ -175,11 +170,3 @@ def _bind_task_context(task_id: str | None = None, task: Any = None, **_: Any) -
 @task_postrun.connect  # type: ignore[untyped-decorator]
 def _clear_task_context(**_: Any) -> None:
     structlog.contextvars.clear_contextvars()
-
-
-@after_setup_logger.connect  # type: ignore[untyped-decorator]
-def _quiet_per_task_lines(**_: Any) -> None:
-    # The sweep runs every second: Celery's own received/succeeded lines would drown the
-    # one structured line per task that we write.
-    for name in ("celery.app.trace", "celery.worker.strategy", "celery.beat"):
-        logging.getLogger(name).setLevel(logging.WARNING)

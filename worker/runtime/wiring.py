@@ -1,9 +1,11 @@
 """Per-process wiring: settings read once, the Redis and HTTP clients, the pipeline context; and
-the worker signals that reset it after a fork and keep this process's targets announced."""
+the Celery signals that set up our logging, reset the context after a fork and keep this
+process's targets announced."""
 
 from __future__ import annotations
 
 import functools
+import logging
 import random
 import threading
 from typing import Any
@@ -13,7 +15,8 @@ import redis
 import redis.asyncio as aredis
 import structlog
 from celery import Celery
-from celery.signals import worker_process_init, worker_ready, worker_shutdown
+from celery.signals import setup_logging, worker_process_init, worker_ready, worker_shutdown
+from celery.utils.log import get_multiprocessing_logger
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
@@ -23,6 +26,7 @@ from worker.domain.phones import normalise_own_numbers
 from worker.pipeline.context import Context, Dispatcher
 from worker.providers import build_providers
 from worker.providers.ratelimit import SharedLimitTransport
+from worker.runtime import logs
 from worker.runtime.celery_app import CeleryDispatcher, create_celery
 from worker.state.clock import ServerClock
 from worker.state.store import AsyncAccept, AsyncClientFactory, Clock, Store
@@ -167,6 +171,18 @@ def reset() -> None:
     settings)."""
     global _context  # noqa: PLW0603
     _context = None
+
+
+@setup_logging.connect  # type: ignore[untyped-decorator]
+def _our_logging(**_: Any) -> None:
+    # Once anything answers this signal, Celery installs none of its plain-text handlers
+    # (nor sends after_setup_logger): worker and beat log through ours, masked, as JSON.
+    logs.configure(settings().log_format)
+    # billiard's pool logger does not propagate; Celery would give it a handler of its own
+    # at ERROR (a pool process that died, say).
+    pool = get_multiprocessing_logger()
+    pool.propagate = True
+    pool.setLevel(logging.ERROR)
 
 
 @worker_process_init.connect  # type: ignore[untyped-decorator]

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import structlog
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fakes.dispatch import QueueDispatcher
 from tests.fakes.voicenter import FakeVoicenter
+from tests.processes import CLI, ROOT
 from tests.worker.ingress.test_cdr import fixture
 from worker.ingress.api import create_api
 from worker.runtime.logs import scrub
@@ -135,3 +139,86 @@ def test_processes_sharing_an_unbuffered_stderr_never_merge_lines(tmp_path: Path
     assert len(lines) == 9000
     records = [json.loads(line) for line in lines]
     assert {(r["writer"], r["i"]) for r in records} == {(w, i) for w in "abc" for i in range(3000)}
+
+
+_STDLIB = """
+import logging
+import structlog
+from worker.runtime.logs import configure
+configure("auto")  # stderr is a pipe here: JSON
+structlog.get_logger("optout.t").warning("ours")
+logging.getLogger("celery.x").warning("call %s failed", "+972501234567",
+                                      extra={"token": "hook-secret-token"})
+try:
+    raise RuntimeError("no answer for 972501234567")
+except RuntimeError:
+    logging.getLogger("kombu.y").exception("lost")
+# Below the WARNING these two are held at:
+logging.getLogger("httpx").info("GET /lookup?phone=972501234567")
+logging.getLogger("celery.app.trace").info("Task optout.sweep succeeded")
+"""
+
+
+def test_stdlib_records_come_out_as_our_lines_masked() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _STDLIB], capture_output=True, text=True, check=True, timeout=60
+    )
+    ours, celery, kombu = (json.loads(line) for line in done.stderr.splitlines())
+    assert celery == {
+        "event": "call +97250***4567 failed",
+        "level": "warning",
+        "logger": "celery.x",
+        "timestamp": celery["timestamp"],
+    }
+    assert set(celery) == set(ours) == {"event", "level", "logger", "timestamp"}
+    assert ours["logger"] == "optout.t"
+    assert kombu["level"] == "error" and kombu["logger"] == "kombu.y"
+    assert "RuntimeError: no answer for 972501***4567" in kombu["exception"]
+    for secret in ("972501234567", "hook-secret-token"):
+        assert secret not in done.stderr, secret
+
+
+def test_a_worker_writes_only_json_lines_to_stderr(tmp_path: Path) -> None:
+    # Celery installs its own plain-text handlers unless told otherwise (the root logger,
+    # the task logger, billiard's pool logger): every one of those lines must be ours too.
+    env = {
+        **os.environ,
+        "CELERY_BROKER_URL": "memory://",
+        "REDIS_URL": "redis://127.0.0.1:1/0",  # refused at once: the announce line warns
+        "OPTOUT_DATA_DIR": str(tmp_path / "data"),
+        "OPTOUT_LOG_FORMAT": "auto",
+    }
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    err = tmp_path / "worker.err"
+
+    def records() -> list[dict[str, Any]]:
+        return [json.loads(line) for line in err.read_text().splitlines()]
+
+    def wait_for_logger(name: str) -> None:
+        deadline = time.monotonic() + 60
+        while not any(r["logger"] == name for r in records()):
+            assert worker.poll() is None, err.read_text()
+            assert time.monotonic() < deadline, err.read_text()
+            time.sleep(0.1)
+
+    with err.open("wb") as sink:
+        worker = subprocess.Popen(
+            [*CLI, "worker", "--concurrency", "1"],
+            cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=sink, start_new_session=True,
+        )  # fmt: skip
+    try:
+        wait_for_logger("celery.apps.worker")  # "... ready."
+        wait_for_logger("optout.worker")  # announce_failed
+        # A pool process killed outright: billiard's own logger reports it.
+        for child in psutil.Process(worker.pid).children():
+            child.kill()
+        wait_for_logger("multiprocessing")
+    finally:
+        # Not SIGTERM: on the memory transport a worker that lost a pool process never
+        # finishes its warm shutdown (it does on Redis), and the lines are all written.
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait(timeout=60)
+    assert {tuple(sorted(r)) for r in records() if "error" not in r} == {
+        ("event", "level", "logger", "timestamp")
+    }
