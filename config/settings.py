@@ -17,6 +17,7 @@ from pydantic import (
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from config.types import ENVIRON, Csv, EnvSettings, ProviderSettings, pairs
+from worker.domain.errors import OptoutError
 
 #: Which CDR field holds the customer for each Voicenter call type :
 #: the target on outbound legs, the caller on inbound ones. Other types go to review.
@@ -33,7 +34,7 @@ DEFAULT_VOICENTER_CALL_TYPES = {
 _S = TypeVar("_S", bound=EnvSettings)
 
 
-class ConfigError(Exception):
+class ConfigError(OptoutError, reason="bad_config"):
     """A setting is missing or malformed; the message names the environment variable."""
 
 

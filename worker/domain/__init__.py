@@ -1,1 +1,1 @@
-"""The vocabulary every part shares: phone numbers, their normalisation and rendering."""
+"""The vocabulary every part shares: phone numbers and the root of the domain errors."""

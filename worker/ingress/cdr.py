@@ -18,6 +18,7 @@ from typing import Any
 import structlog
 
 from config import Settings
+from worker.domain.errors import OptoutError
 from worker.domain.phones import Convention, Normalised, normalise
 from worker.ops import metrics
 from worker.pipeline.accept import EARLIEST, Event, PhoneInput
@@ -28,7 +29,7 @@ log = structlog.get_logger("optout.cdr")
 SOURCE = "voicenter"
 
 
-class UnparseableCdrError(ValueError):
+class UnparseableCdrError(OptoutError, reason="unparseable_cdr"):
     """Not a CDR we can read (Voicenter's `Err: 1`)."""
 
 

@@ -22,6 +22,7 @@ from kombu.mixins import ConsumerMixin
 from pydantic import ValidationError
 
 from config import kombu_url
+from worker.domain.errors import OptoutError
 from worker.ingress import cdr as cdrs
 from worker.ingress.schemas import DncTrigger, OptoutRequest, dnc_event, optout_event
 from worker.pipeline.accept import AcceptError, Event, StoreUnavailableError, accept
@@ -36,12 +37,12 @@ REASON_HEADER = "x-rejected-reason"
 DEFAULT_SOURCE = "broker"
 
 
-class RejectedMessageError(Exception):
-    """The message can never be accepted as it is; `reason` says why."""
+class RejectedMessageError(OptoutError):
+    """The message can never be accepted as it is; `reason` says why, and `message` (the
+    parked message's header) adds what was wrong."""
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason, reason)
 
 
 def _queue(name: str) -> Queue:
@@ -73,13 +74,13 @@ def interpret(
         elif "action" in data or "phones" in data:
             kind = "optout"
         else:
-            raise RejectedMessageError("unknown_message: no kind header and no known fields")
+            raise RejectedMessageError("unknown_message", "no kind header and no known fields")
     try:
         if kind == "optout":
             request = OptoutRequest.model_validate(data)
             if request.action == Action.REMOVE.value and not allow_remove:
                 raise RejectedMessageError(
-                    "remove_not_allowed: start the consumer with --allow-remove"
+                    "remove_not_allowed", "start the consumer with --allow-remove"
                 )
             return optout_event(request, default_source=DEFAULT_SOURCE)
         if kind == "dnc":
@@ -88,10 +89,10 @@ def interpret(
             outcome = cdrs.interpret(cdrs.decode(data), ctx.settings, ctx.own_numbers)
             return cdrs.book(ctx.store, outcome)
     except ValidationError as exc:
-        raise RejectedMessageError(f"invalid_{kind}: {_problems(exc)}") from None
+        raise RejectedMessageError(f"invalid_{kind}", _problems(exc)) from None
     except cdrs.UnparseableCdrError as exc:
-        raise RejectedMessageError(f"unparseable_cdr: {exc}") from None
-    raise RejectedMessageError(f"unknown_kind: {kind!r}")
+        raise RejectedMessageError(exc.reason, exc.message) from None
+    raise RejectedMessageError("unknown_kind", repr(kind))
 
 
 class OptoutConsumer(ConsumerMixin):  # type: ignore[misc]
@@ -131,7 +132,7 @@ class OptoutConsumer(ConsumerMixin):  # type: ignore[misc]
             if event is not None:
                 accept(self.ctx, event)
         except RejectedMessageError as exc:
-            self._park(message, exc.reason)
+            self._park(message, exc.message)
         except StoreUnavailableError as exc:
             # Not our message's fault: leave it on the queue and slow down.
             log.warning("consumer_store_unavailable", error=exc.message)

@@ -108,7 +108,7 @@ def webhook_router(context: Callable[[], Context]) -> APIRouter:
             return _voicenter(401, 2, "unauthorized")
         try:
             cdr = cdrs.decode(await _cdr_body(request))
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (cdrs.UnparseableCdrError, ValueError, UnicodeDecodeError) as exc:
             metrics.CDRS.labels("unparseable").inc()
             return _voicenter(400, 1, f"unparseable: {exc}"[:200])
         outcome = cdrs.interpret(cdr, ctx.settings, ctx.own_numbers)

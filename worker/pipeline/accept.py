@@ -15,6 +15,7 @@ import anyio.to_thread
 import redis
 import structlog
 
+from worker.domain.errors import OptoutError
 from worker.domain.phones import Convention, Normalised, Rejected, mask, normalise
 from worker.ops import metrics
 from worker.pipeline.batching import Flush, dispatch, due_flushes
@@ -26,13 +27,12 @@ log = structlog.get_logger("optout.accept")
 audit_log = structlog.get_logger("optout.audit")
 
 
-class AcceptError(Exception):
-    """The event as a whole is refused; `reason` is a short word, `status` an HTTP status."""
+class AcceptError(OptoutError):
+    """The event as a whole is refused; `reason` says why (bad_source, too_many_phones, ...),
+    `status` is an HTTP status."""
 
     def __init__(self, reason: str, message: str, status: int = 422) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
+        super().__init__(message, reason)
         self.status = status
 
 
