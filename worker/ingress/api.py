@@ -15,7 +15,9 @@ from kombu.connection import Connection
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from worker.domain.errors import OptoutError
 from worker.domain.phones import Rejected, normalise
+from worker.ingress.http_errors import RefusedError, answer, error_response
 from worker.ingress.schemas import OptoutRequest, optout_event
 from worker.ingress.webhooks import webhook_router
 from worker.ops import metrics
@@ -151,13 +153,6 @@ def _example(value: Any) -> dict[str, Any]:
     return {"content": {"application/json": {"example": value}}}
 
 
-def _error(status: int, reason: str, message: str, **extra: Any) -> JSONResponse:
-    headers = {"Retry-After": "5"} if status == 503 else None
-    return JSONResponse(
-        {"error": reason, "message": message, **extra}, status_code=status, headers=headers
-    )
-
-
 def create_api(context: ContextFactory) -> FastAPI:
     """The ASGI app; `context` builds (or returns) this process's pipeline context."""
     api = FastAPI(
@@ -175,20 +170,20 @@ def create_api(context: ContextFactory) -> FastAPI:
     async def admin(authorization: Annotated[str | None, Header()] = None) -> None:
         token = context().settings.admin_token
         if token is None:
-            raise AcceptError(
-                "admin_disabled", "the admin API is off: set OPTOUT_ADMIN_TOKEN", status=503
-            )
+            raise RefusedError("admin_disabled", "the admin API is off: set OPTOUT_ADMIN_TOKEN")
         scheme, _, given = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(
             given.encode(), token.get_secret_value().encode()
         ):
-            raise AcceptError("unauthorized", "missing or wrong admin token", status=401)
+            raise RefusedError("unauthorized", "missing or wrong admin token")
 
     api.include_router(admin_router(context, admin))
 
+    # These two only: any other error (a ConfigError, say) stays a server error.
     @api.exception_handler(AcceptError)
-    async def _accept_error(_: Request, exc: AcceptError) -> JSONResponse:
-        return _error(exc.status, exc.reason, exc.message)
+    @api.exception_handler(RefusedError)
+    async def _answer(_: Request, exc: OptoutError) -> JSONResponse:
+        return answer(exc)
 
     @api.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -196,7 +191,7 @@ def create_api(context: ContextFactory) -> FastAPI:
             {"field": ".".join(str(p) for p in e.get("loc", ())), "message": e.get("msg", "")}
             for e in exc.errors()
         ]
-        return _error(
+        return error_response(
             422, "invalid_request", "the request does not match the schema", problems=problems
         )
 
@@ -239,7 +234,7 @@ def create_api(context: ContextFactory) -> FastAPI:
         ctx = context()
         normal = normalise(phone, ctx.settings.default_region)
         if isinstance(normal, Rejected):
-            return _error(422, normal.reason, f"not a phone number: {normal.reason}")
+            return error_response(422, normal.reason, f"not a phone number: {normal.reason}")
         return JSONResponse(number_view(ctx, normal.e164))
 
     @api.get("/healthz", responses={200: _example({"status": "ok"})})

@@ -18,6 +18,7 @@ from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 
 from worker.ingress import cdr as cdrs
+from worker.ingress.http_errors import RefusedError, status_of
 from worker.ingress.schemas import DncTrigger, dnc_event
 from worker.ops import metrics
 from worker.pipeline.accept import AcceptError, AcceptResult, Event, accept_async
@@ -119,9 +120,7 @@ def webhook_router(context: Callable[[], Context]) -> APIRouter:
                 extra = {"review": review} if review else {}
                 return _voicenter(200, 0, "OK", optout=False, **extra)
         except AcceptError as exc:
-            if exc.status == 503:
-                return _voicenter(503, 2, exc.message)
-            return _voicenter(exc.status, 2, exc.message)
+            return _voicenter(status_of(exc), 2, exc.message)
         except Exception as exc:  # noqa: BLE001
             # Redis down while counting or keeping for review: Voicenter must retry.
             log.warning("cdr_store_failed", error=type(exc).__name__)
@@ -132,7 +131,7 @@ def webhook_router(context: Callable[[], Context]) -> APIRouter:
     async def dnc_token(request: Request) -> None:
         # A dependency runs before the body is validated: no token, no schema errors either.
         if not token_ok(context(), "dnc", request):
-            raise AcceptError("unauthorized", "missing or wrong webhook token", status=401)
+            raise RefusedError("unauthorized", "missing or wrong webhook token")
 
     @router.post("/webhooks/dnc", status_code=202, dependencies=[Depends(dnc_token)])
     async def dnc_trigger(body: DncTrigger) -> JSONResponse:

@@ -28,19 +28,17 @@ audit_log = structlog.get_logger("optout.audit")
 
 
 class AcceptError(OptoutError):
-    """The event as a whole is refused; `reason` says why (bad_source, too_many_phones, ...),
-    `status` is an HTTP status."""
+    """The event as a whole is refused; `reason` says why (bad_source, too_many_phones, ...)."""
 
-    def __init__(self, reason: str, message: str, status: int = 422) -> None:
+    def __init__(self, reason: str, message: str) -> None:
         super().__init__(message, reason)
-        self.status = status
 
 
 class StoreUnavailableError(AcceptError):
-    """Redis could not durably take the event: the sender must retry (HTTP 503)."""
+    """Redis could not durably take the event: the sender must retry."""
 
     def __init__(self, message: str) -> None:
-        super().__init__("store_unavailable", message, status=503)
+        super().__init__("store_unavailable", message)
 
 
 @dataclass(frozen=True)
@@ -307,7 +305,6 @@ def _plan(ctx: Context, event: Event) -> _Plan:
         raise AcceptError(
             "too_many_phones",
             f"at most {settings.max_phones_per_request} phones per event",
-            status=413,
         )
 
     region = event.region or settings.region_for(event.source)
@@ -326,7 +323,7 @@ def _plan(ctx: Context, event: Event) -> _Plan:
             seen.add(normal.e164)
             numbers.append((normal.e164, phone.name[:100]))
     if not numbers:
-        raise AcceptError("no_valid_phones", "no phone in the event is a phone number", 422)
+        raise AcceptError("no_valid_phones", "no phone in the event is a phone number")
 
     if event.occurred_at is not None and _ms(event.occurred_at) < _ms(EARLIEST):
         # .NET's DateTime.MinValue, Go's zero time, 0 seconds since 1970: an unset clock,
@@ -391,7 +388,6 @@ def _answer(
         raise AcceptError(
             "idempotency_conflict",
             f"idempotency key already used with a different body (event {outcome.event_id})",
-            status=409,
         )
     duplicate = outcome.status == "duplicate"
     metrics.EVENTS.labels(event.source, "duplicate" if duplicate else "accepted").inc()

@@ -1,4 +1,4 @@
-"""Every domain error has the one root: a machine reason and a human message."""
+"""Every domain error has the one root: a machine reason and a human message, no HTTP status."""
 
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ def test_a_domain_error_has_a_reason_and_a_message(
 ) -> None:
     assert isinstance(error, OptoutError)
     assert (error.reason, error.message, str(error)) == (reason, message, message)
+    assert not hasattr(error, "status")
 
 
 def test_a_class_reason_is_its_own() -> None:
