@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hmac
-import time
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -13,11 +12,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from kombu.connection import Connection
 from prometheus_client import CONTENT_TYPE_LATEST
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from worker.domain.errors import OptoutError
 from worker.domain.phones import Rejected, normalise
 from worker.ingress.http_errors import RefusedError, answer, error_response
+from worker.ingress.middleware import AccessLog, BodyLimit
 from worker.ingress.schemas import OptoutRequest, optout_event
 from worker.ingress.webhooks import webhook_router
 from worker.ops import metrics
@@ -31,93 +30,6 @@ from worker.runtime.fastjson import JSONResponse
 log = structlog.get_logger("optout.api")
 
 ContextFactory = Callable[[], Context]
-
-
-class _BodyLimit:
-    """Refuse bodies over the limit with 413 before they are read into memory."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        for name, value in scope.get("headers", []):
-            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                await _too_large(send, self.max_bytes)
-                return
-        seen = 0
-        too_large = False
-
-        async def limited() -> Message:
-            nonlocal seen, too_large
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    too_large = True
-                    raise _TooLargeError
-            return message
-
-        try:
-            await self.app(scope, limited, send)
-        except _TooLargeError:
-            await _too_large(send, self.max_bytes)
-
-
-class _AccessLog:
-    """One log line per request. Plain ASGI: Starlette's BaseHTTPMiddleware costs a task
-    and a stream per request, a third of the CPU of a one-number opt-out."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def sending(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, sending)
-        finally:
-            # The path only: a webhook token may ride in the query string.
-            log.info(
-                "http",
-                method=scope["method"],
-                path=scope["path"],
-                status=status,
-                ms=round((time.perf_counter() - started) * 1000, 1),
-            )
-
-
-class _TooLargeError(Exception):
-    pass
-
-
-async def _too_large(send: Send, limit: int) -> None:
-    body = (
-        b'{"error":"body_too_large","message":"request body over '
-        + str(limit).encode()
-        + b' bytes"}'
-    )
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 413,
-            "headers": [(b"content-type", b"application/json")],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
 
 
 ACCEPTED_EXAMPLE = {
@@ -162,8 +74,8 @@ def create_api(context: ContextFactory) -> FastAPI:
         "blacklists. `/v1/*` needs the admin token as `Authorization: Bearer`.",
     )
 
-    api.add_middleware(_BodyLimit, max_bytes=context().settings.max_body_bytes)
-    api.add_middleware(_AccessLog)
+    api.add_middleware(BodyLimit, max_bytes=context().settings.max_body_bytes)
+    api.add_middleware(AccessLog)
     api.include_router(webhook_router(context))
 
     # async: a check without I/O must not cost a thread-pool hop on every request.
