@@ -21,7 +21,8 @@ from worker.ops import metrics
 from worker.pipeline.batching import Flush, dispatch, due_flushes
 from worker.pipeline.context import Context
 from worker.providers.base import Action
-from worker.state.store import AcceptOutcome, ReplicationError, Staged
+from worker.state.records import AcceptOutcome, Staged
+from worker.state.replication import ReplicationError
 
 log = structlog.get_logger("optout.accept")
 audit_log = structlog.get_logger("optout.audit")

@@ -9,7 +9,7 @@ import structlog
 
 from worker.pipeline.context import Context
 from worker.providers.base import Action
-from worker.state.store import Staged
+from worker.state.records import Staged
 
 log = structlog.get_logger("optout.pipeline")
 

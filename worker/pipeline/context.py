@@ -13,7 +13,10 @@ import structlog
 
 from config import Settings, routes_allow
 from worker.providers.base import Action, Provider
-from worker.state.store import AsyncAccept, CompleteOptions, Replication, Staged, Store
+from worker.state.async_accept import AsyncAccept
+from worker.state.records import CompleteOptions, Staged
+from worker.state.replication import Replication
+from worker.state.store import Store
 
 log = structlog.get_logger("optout.pipeline")
 

@@ -19,7 +19,7 @@ from worker.pipeline.context import Context
 from worker.pipeline.lease import LeaseLostError
 from worker.providers.base import Action, NumberResult, Provider, PushItem, unexpected
 from worker.providers.errors import AuthError, PermanentError, PushInterrupted, RetryableError
-from worker.state.store import Chunk, ChunkItem, OpenChunk
+from worker.state.records import Chunk, ChunkItem, OpenChunk
 
 log = structlog.get_logger("optout.pipeline")
 

@@ -28,8 +28,10 @@ from worker.providers import build_providers
 from worker.providers.ratelimit import SharedLimitTransport
 from worker.runtime import logs
 from worker.runtime.celery_app import CeleryDispatcher, create_celery
+from worker.state.async_accept import AsyncAccept, AsyncClientFactory
 from worker.state.clock import ServerClock
-from worker.state.store import AsyncAccept, AsyncClientFactory, Clock, Store
+from worker.state.keyspace import Clock
+from worker.state.store import Store
 
 _context: Context | None = None
 

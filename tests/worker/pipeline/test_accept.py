@@ -24,7 +24,7 @@ from worker.pipeline.accept import (
 from worker.pipeline.context import Context
 from worker.providers.base import Action
 from worker.runtime.embedded import free_port
-from worker.state.store import AsyncAccept
+from worker.state.async_accept import AsyncAccept
 
 N = "+972501234567"
 

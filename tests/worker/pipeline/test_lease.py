@@ -16,7 +16,7 @@ from worker.pipeline import push as pushing
 from worker.pipeline.accept import Event, PhoneInput, accept
 from worker.pipeline.context import Context
 from worker.providers.base import Action
-from worker.state.store import Chunk
+from worker.state.records import Chunk
 
 
 def _claim(ctx: Context, action: Action, target: str = "voicenter") -> Chunk:

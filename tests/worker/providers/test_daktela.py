@@ -16,7 +16,7 @@ from worker.pipeline import push as pushing
 from worker.pipeline.accept import Event, PhoneInput, accept
 from worker.pipeline.context import Context
 from worker.providers.base import Action
-from worker.state.store import OpenChunk
+from worker.state.records import OpenChunk
 
 
 def daktela() -> tuple[World, FakeDaktela]:

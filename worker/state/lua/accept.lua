@@ -2,7 +2,7 @@
 -- ARGV: prefix, now_ms, event JSON, idempotency TTL seconds, audit cap, route JSON
 --       ({include = [provider, ...] (empty: all), exclude = [...], call = has a call
 --       record}), numbers JSON ([[e164, name], ...]), idempotency mode, force ('1': taken
---       as a new event whatever its key says; see worker/accept.py)
+--       as a new event whatever its key says; see worker/pipeline/accept.py)
 -- Modes: 'once' (one part: check the key, record it), 'reserve' (the first part of a large
 -- event: check the key and reserve it with the body's hash, so a different body under the
 -- same key is refused while the parts are written), 'none' (middle parts), 'record' (the

@@ -4,7 +4,7 @@
 -- mode: 'full' takes only full chunks, 'all' takes everything, 'due' takes everything once
 -- the oldest staged number has waited the linger time.
 -- With the target at its in-flight cap nothing is claimed: the pushes in flight go on to
--- the next chunks themselves (worker/pipeline.py: push), one broker message per chain
+-- the next chunks themselves (worker/pipeline/push.py), one broker message per chain
 -- instead of a push task per chunk, and a backlog waits staged, not leased.
 local target, provider, action = ARGV[3], ARGV[4], ARGV[5]
 local size, lease, mode = tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8]

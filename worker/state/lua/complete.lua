@@ -3,7 +3,7 @@
 -- ARGV: prefix, now_ms, chunk JSON (the pusher's own copy), results JSON
 --       ({e164: [outcome, reason, detail, retry_after_ms, jitter 0..1, retry window ms,
 --       may land 0|1 (not done, and the provider may still carry it out later)]}),
---       options JSON (see worker/store.py: CompleteOptions)
+--       options JSON (see worker/state/records.py: CompleteOptions)
 -- Outcomes: done; retry (the number's own failure: an attempt is spent); outage (its
 -- request failed as a whole: no attempt is spent, but a number failing so for longer than
 -- the budget is dead-lettered); permanent; stale (not sent: the ledger moved); unsent (not

@@ -1,9 +1,9 @@
--- Helpers shared by every optout script (prepended by worker/store.py).
+-- Helpers shared by every optout script (prepended by worker/state/keyspace.py).
 -- Keys are built here from a prefix passed in ARGV[1]: multi-key scripts like these are why
 -- optout-worker runs on a single Redis (or Sentinel), never Redis Cluster.
 local P = ARGV[1]
 -- The time: the caller's when it passes one (tests' fake clocks), else the server's as the
--- script runs, one clock for every process on every host (worker/clock.py): a time read
+-- script runs, one clock for every process on every host (worker/state/clock.py): a time read
 -- before the call would be late by however long the call took to arrive.
 local NOW = tonumber(ARGV[2])
 if NOW == nil then
@@ -276,7 +276,7 @@ local function is_live(target)
   return false
 end
 
--- A target's capabilities, as registered by worker/store.py:register_targets.
+-- A target's capabilities, as registered by worker/state/targets.py: register_targets.
 local META = {}
 local function meta(target)
   local m = META[target]
@@ -319,7 +319,7 @@ local function target_state(target, state, rs)
   -- No routes (most deployments): every source goes everywhere, at no cost per number.
   if not table_ or next(table_) == nil then return state end
   local provider = meta(target).provider or target
-  -- Split as worker/store.py's ledger_sources does: an empty source (a line break at an
+  -- Split as worker/state/ledger.py's ledger_sources does: an empty source (a line break at an
   -- end, or alone) is no OPTOUT_ROUTES key, so routed everywhere.
   for src in string.gmatch(rs .. '\n', '([^\n]*)\n') do
     local r = table_[src]

@@ -1,0 +1,148 @@
+"""The accept script from an event loop (the HTTP API), with group commit."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+import redis.asyncio as aredis
+
+from worker.state.ledger import accept_args
+from worker.state.records import AcceptOutcome, decode_accept
+from worker.state.replication import Replication, ReplicationError
+from worker.state.store import Store
+
+AsyncClientFactory = Callable[[], aredis.Redis]
+
+
+@dataclass
+class _Loop:
+    """AsyncAccept's state in one event loop: an asyncio client belongs to its loop."""
+
+    loop: asyncio.AbstractEventLoop
+    client: aredis.Redis
+    pending: list[tuple[list[Any], asyncio.Future[Any]]] = field(default_factory=list)
+    writer: asyncio.Task[None] | None = None
+
+
+class AsyncAccept:
+    """The accept script from an event loop, for the HTTP API, with group commit: events
+    that arrive while one write is in flight go to Redis together in the next pipeline.
+
+    Through a worker thread and the sync client a one-number event cost ~0.5 ms of API CPU
+    (GIL hand-offs); awaited one by one ~0.13 ms; grouped ~0.04 ms, on one connection, and
+    Redis fsyncs a group once. Each event is still its own script call, so its atomicity,
+    idempotency and answer are its own; each answer still waits for the AOF fsync."""
+
+    #: Events per pipeline at most: one slow group must not hold thousands of answers.
+    GROUP = 200
+
+    def __init__(
+        self,
+        store: Store,
+        client: AsyncClientFactory,
+        replication: Replication | None = None,
+    ) -> None:
+        self.store = store
+        self._factory = client
+        self._script = store.script("accept")
+        self._state: _Loop | None = None
+        #: A group's WAIT goes at the end of its pipeline, on the connection that wrote it.
+        self.replication = replication
+
+    def _here(self) -> _Loop:
+        loop = asyncio.get_running_loop()
+        if self._state is None or self._state.loop is not loop:
+            self._state = _Loop(loop, self._factory())
+        return self._state
+
+    async def accept(
+        self,
+        event: dict[str, Any],
+        numbers: list[tuple[str, str]],
+        route: dict[str, Any],
+        idempotency_ttl_seconds: int,
+    ) -> AcceptOutcome:
+        store = self.store
+        args = accept_args(event, numbers, route, idempotency_ttl_seconds, store.audit_cap, "once")
+        state = self._here()
+        answer = state.loop.create_future()
+        state.pending.append((store.argv(*args), answer))
+        if state.writer is None:
+            # Started on demand and gone when idle: nothing is left running on a loop that
+            # closes (tests start and stop loops).
+            state.writer = state.loop.create_task(self._write(state))
+        return decode_accept(await answer)
+
+    async def _write(self, state: _Loop) -> None:
+        try:
+            while state.pending:
+                group = state.pending[: self.GROUP]
+                del state.pending[: self.GROUP]
+                await self._send(state.client, group)
+        finally:
+            state.writer = None
+            for _, answer in state.pending:  # only when this task was cancelled
+                if not answer.done():
+                    answer.set_exception(redis.ConnectionError("the accept writer stopped"))
+            state.pending.clear()
+
+    async def _send(
+        self, client: aredis.Redis, group: list[tuple[list[Any], asyncio.Future[Any]]]
+    ) -> None:
+        try:
+            answers, acked = await self._pipeline(client, [args for args, _ in group])
+            if any(isinstance(a, redis.exceptions.NoScriptError) for a in answers):
+                # Redis restarted (its script cache is empty): load once, redo those calls.
+                await client.script_load(self._script.script)
+                redo = [i for i, a in enumerate(answers)
+                        if isinstance(a, redis.exceptions.NoScriptError)]  # fmt: skip
+                again, acked_again = await self._pipeline(client, [group[i][0] for i in redo])
+                for i, a in zip(redo, again, strict=True):
+                    answers[i] = a
+                acked = min(acked, acked_again)
+        except BaseException as exc:
+            # Every event of a failed group is answered with the error (the API says 503,
+            # retry); the next group gets its own try.
+            failure = exc if isinstance(exc, Exception) else redis.ConnectionError("cancelled")
+            for _, answer in group:
+                if not answer.done():
+                    answer.set_exception(failure)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        short: ReplicationError | None = None
+        if self.replication is not None:
+            try:
+                self.replication.check(acked)
+            except ReplicationError as exc:
+                short = exc
+        for (_, answer), result in zip(group, answers, strict=True):
+            if answer.done():  # its request went away; the event is written all the same
+                continue
+            if isinstance(result, Exception):
+                answer.set_exception(result)
+            elif short is not None:
+                answer.set_exception(short)
+            else:
+                answer.set_result(result)
+
+    async def _pipeline(
+        self, client: aredis.Redis, calls: list[list[Any]]
+    ) -> tuple[list[Any], int]:
+        """The calls' answers, and how many replicas have them (when asked to wait)."""
+        # EVALSHA by hand: a pipeline's registered scripts cost a SCRIPT EXISTS round trip on
+        # every execute; NOSCRIPT is handled in _send.
+        async with client.pipeline(transaction=False) as pipe:
+            for args in calls:
+                pipe.evalsha(self._script.sha, 0, *args)
+            if self.replication is not None:
+                pipe.wait(self.replication.replicas, self.replication.timeout_ms)
+            answers = list(await pipe.execute(raise_on_error=False))
+        if self.replication is None:
+            return answers, 0
+        acked = answers.pop()
+        return answers, int(acked) if isinstance(acked, int) else 0

@@ -1,0 +1,148 @@
+"""Batches and chunks: staging, claiming leased chunks, opening, renewing, completing and
+releasing them, retries due again, and what is staged or in flight per target."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import asdict
+
+from worker.providers.base import Action
+from worker.state.codec import as_list, decode, ms, text
+from worker.state.keyspace import Keyspace
+from worker.state.records import (
+    Chunk,
+    CompleteOptions,
+    Completion,
+    OpenChunk,
+    Staged,
+    decode_staged,
+)
+
+
+class Chunks(Keyspace):
+    """`stage:*`, `inflight:*`, `chunk:*`, `leases`, `opened` and `retry`, and what a
+    completion records per target (`confirmed:*`, `fails:*`, ...: lua/complete.lua)."""
+
+    def claim(
+        self,
+        target: str,
+        provider: str,
+        action: Action,
+        *,
+        size: int,
+        lease_seconds: float,
+        mode: str,
+        linger_ms: int,
+        max_chunks: int,
+        max_in_flight: int = 0,
+    ) -> tuple[str, list[str], list[Staged]]:
+        """Lease staged numbers as chunks (see lua/claim.lua); `max_in_flight`: claim none
+        while the target has that many chunks' worth of numbers in flight (0: no cap)."""
+        raw = decode(
+            self._run(
+                "claim",
+                target,
+                provider,
+                action.value,
+                size,
+                ms(lease_seconds),
+                mode,
+                linger_ms,
+                max_chunks,
+                max_in_flight,
+            )
+        )
+        chunks = [str(c) for c in as_list(raw.get("chunks"))]
+        return str(raw["status"]), chunks, decode_staged(raw.get("staged"))
+
+    def open_chunk(self, chunk_id: str, lease_seconds: float) -> OpenChunk | None:
+        """A chunk about to be pushed, whether its provider is stopped, and its numbers'
+        ledger states; its lease starts again now. None when the chunk is gone (completed
+        or recovered)."""
+        flat = [text(x) for x in as_list(self._run("open", chunk_id, ms(lease_seconds)))]
+        if not flat:
+            return None
+        chunk = Chunk.parse(flat[0])
+        states = {
+            item.e164: (flat[2 + 2 * i], flat[3 + 2 * i]) for i, item in enumerate(chunk.items)
+        }
+        return OpenChunk(chunk, flat[1] == "1", states)
+
+    def renew(self, chunk_id: str, lease_seconds: float) -> bool:
+        return bool(self._run("renew", chunk_id, ms(lease_seconds)))
+
+    def complete(
+        self,
+        chunk: Chunk,
+        results: dict[str, tuple[str, str, str, int, float, int, int]],
+        options: CompleteOptions,
+    ) -> Completion:
+        """Record a chunk's per-number results (see lua/complete.lua)."""
+        opts = {**asdict(options), "audit_cap": self.audit_cap}
+        raw = decode(self._run("complete", chunk.raw, json.dumps(results), json.dumps(opts)))
+        return Completion(
+            str(raw["status"]),
+            {str(k): int(v) for k, v in (raw.get("counts") or {}).items()},
+            decode_staged(raw.get("staged")),
+            str(raw.get("circuit") or "closed"),
+        )
+
+    def release(self, chunk_id: str, *, recover: bool, late_ms: int) -> tuple[str, list[Staged]]:
+        """Give a chunk's numbers back to staging: handed back unsent by its pusher, or
+        recovered once its lease has run out ('alive' if it was renewed meanwhile); a late
+        request of its pusher may land for `late_ms` (see lua/release.lua)."""
+        mode = "recover" if recover else "return"
+        raw = decode(self._run("release", chunk_id, mode, late_ms))
+        return str(raw["status"]), decode_staged(raw.get("staged"))
+
+    def expired_leases(self, limit: int = 100) -> list[str]:
+        ids = self.redis.zrangebyscore(self.key("leases"), "-inf", self.now_ms(), 0, limit)
+        return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
+
+    def sweep_retries(self, limit: int = 1000) -> tuple[int, list[Staged]]:
+        """Move due retries into their batches; drop the work of targets that are not live
+        (see sweep.lua)."""
+        raw = decode(self._run("sweep", limit))
+        return int(raw["moved"]), decode_staged(raw.get("staged"))
+
+    def staged_batches(self, targets: Iterable[str]) -> list[tuple[str, Action, int, int]]:
+        """(target, action, size, oldest staged ms) of every non-empty batch."""
+        pairs = [(t, a) for t in targets for a in Action]
+        pipe = self.redis.pipeline(transaction=False)
+        for target, action in pairs:
+            key = self.key("stage", target, action.value)
+            pipe.zcard(key)
+            pipe.zrange(key, 0, 0, withscores=True)
+        answers = pipe.execute()
+        out = []
+        for i, (target, action) in enumerate(pairs):
+            size, oldest = answers[2 * i], answers[2 * i + 1]
+            if size:
+                out.append((target, action, int(size), int(oldest[0][1]) if oldest else 0))
+        return out
+
+    def counts(self, targets: list[str]) -> dict[str, dict[str, int]]:
+        """Per target: staged adds/removes, in flight; plus retrying and dead-lettered totals."""
+        pipe = self.redis.pipeline(transaction=False)
+        for target in targets:
+            pipe.zcard(self.key("stage", target, "add"))
+            pipe.zcard(self.key("stage", target, "remove"))
+            pipe.hlen(self.key("inflight", target))
+        answers = pipe.execute()
+        out = {}
+        for i, target in enumerate(targets):
+            out[target] = {
+                "staged_add": int(answers[3 * i]),
+                "staged_remove": int(answers[3 * i + 1]),
+                "in_flight": int(answers[3 * i + 2]),
+            }
+        return out
+
+    def retry_counts(self) -> dict[str, int]:
+        """Numbers waiting for a retry, per target."""
+        out: dict[str, int] = {}
+        for member in self.redis.zscan_iter(self.key("retry"), count=1000):
+            target = text(member[0]).split("|", 1)[0]
+            out[target] = out.get(target, 0) + 1
+        return out

@@ -1,0 +1,25 @@
+"""Decoding what Redis and the scripts answer: bytes to text, JSON, empty tables, ms."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+def ms(seconds: float) -> int:
+    return int(seconds * 1000)
+
+
+def decode(raw: Any) -> Any:
+    if isinstance(raw, bytes):
+        raw = raw.decode()
+    return json.loads(raw)
+
+
+def as_list(value: Any) -> list[Any]:
+    # cjson writes an empty Lua table as {} (Redis) or [] (fakeredis): both mean "none".
+    return value if isinstance(value, list) else []
+
+
+def text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

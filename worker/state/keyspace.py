@@ -1,0 +1,68 @@
+"""The store's foundation: one Redis client, the key prefix, the clock the scripts run by,
+and the Lua scripts (lua/) loaded into Redis; every part of the store builds on it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from importlib import resources
+from typing import Any
+
+import redis
+from redis.commands.core import Script
+
+from worker.state.clock import ServerClock
+from worker.state.codec import ms
+
+Clock = Callable[[], float]
+
+_SCRIPTS = (
+    "accept", "claim", "complete", "release", "sweep", "replay", "renew", "register",
+    "stage_many", "adopt", "slot", "purge", "expire", "open", "hold", "reconcile", "cursor",
+    "turn",
+)  # fmt: skip
+
+
+def _load_script(name: str) -> str:
+    lua = resources.files("worker.state") / "lua"
+    return (lua / "prelude.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
+
+
+class Keyspace:
+    """One prefix's keys in Redis (the scheme: worker/state/store.py) and the scripts that
+    change them. Every multi-key change is one Lua script."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        prefix: str = "optout:",
+        clock: Clock | None = None,
+        audit_cap: int = 50,
+    ) -> None:
+        self.redis = client
+        self.prefix = prefix
+        # With the server's clock (the default; tests pass fake ones) the scripts read TIME
+        # as they run, and Python reads it through ServerClock.
+        self.clock: Clock = clock if clock is not None else ServerClock(client)
+        self._caller_time = not isinstance(self.clock, ServerClock)
+        self.audit_cap = audit_cap
+        self._scripts = {name: client.register_script(_load_script(name)) for name in _SCRIPTS}
+
+    def key(self, *parts: str) -> str:
+        return self.prefix + ":".join(parts)
+
+    def now_ms(self) -> int:
+        return ms(self.clock())
+
+    def argv(self, *args: Any) -> list[Any]:
+        """A script's arguments: every script takes the prefix and the time first (empty: the
+        script reads the server's own, lua/prelude.lua)."""
+        return [self.prefix, self.now_ms() if self._caller_time else "", *args]
+
+    def script(self, name: str) -> Script:
+        return self._scripts[name]
+
+    def _run(self, name: str, *args: Any) -> Any:
+        return self._scripts[name](keys=[], args=self.argv(*args))
+
+    def ping(self) -> bool:
+        return bool(self.redis.ping())

@@ -1,0 +1,195 @@
+"""Per-number state: accepting events into the ledger, lifting expired blocks, and reading a
+number's ledger, audit trail, blocks and where it stands at each target."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any, cast
+
+from worker.runtime import fastjson
+from worker.state.codec import decode, text
+from worker.state.keyspace import Keyspace
+from worker.state.records import AcceptOutcome, Staged, decode_accept, decode_staged
+from worker.state.replication import Replication
+
+
+def accept_args(
+    event: dict[str, Any],
+    numbers: list[tuple[str, str]],
+    route: dict[str, Any],
+    idempotency_ttl_seconds: int,
+    audit_cap: int,
+    idempotency_mode: str,
+    force: bool = False,
+) -> list[Any]:
+    """accept.lua's arguments after the prefix and the time."""
+    return [
+        fastjson.dumps(event),
+        idempotency_ttl_seconds,
+        audit_cap,
+        fastjson.dumps(route),
+        fastjson.dumps(numbers),
+        idempotency_mode,
+        "1" if force else "0",
+    ]
+
+
+class Ledger(Keyspace):
+    """The ledger (`num:{e164}`), its audit trail, the `blocked` set and the `expiry` index."""
+
+    def accept(
+        self,
+        event: dict[str, Any],
+        numbers: list[tuple[str, str]],
+        route: dict[str, Any],
+        idempotency_ttl_seconds: int,
+        idempotency_mode: str = "once",
+        *,
+        force: bool = False,
+        replication: Replication | None = None,
+    ) -> AcceptOutcome:
+        """Write one event (see lua/accept.lua); `route` picks the live targets it goes to.
+        With `replication`, WAIT follows the script on the same connection (a pipeline): on
+        any other it would return at once, having written nothing to wait for."""
+        args = self.argv(
+            *accept_args(
+                event, numbers, route, idempotency_ttl_seconds, self.audit_cap,
+                idempotency_mode, force,
+            )
+        )  # fmt: skip
+        script = self._scripts["accept"]
+        if replication is None:
+            return decode_accept(script(keys=[], args=args))
+        pipe = self.redis.pipeline(transaction=False)
+        script(keys=[], args=args, client=pipe)
+        pipe.wait(replication.replicas, replication.timeout_ms)
+        answer, acked = pipe.execute()
+        replication.check(int(acked))
+        return decode_accept(answer)
+
+    def expire_due(self, limit: int = 1000) -> tuple[int, list[Staged]]:
+        """Lift temporary blocks whose expiry has passed."""
+        raw = decode(self._run("expire", limit, self.audit_cap))
+        return int(raw["lifted"]), decode_staged(raw.get("staged"))
+
+    def adopt_step(self, count: int = 200) -> bool:
+        """One page of the pass that adopts blocks written before blocks kept their source
+        (lua/adopt.lua), from where the last step left it; False once it has ended. Pages
+        as small as accept's writes (WRITE_CHUNK): a long script stalls every other call."""
+        cursor = self.redis.get(self.key("adopted"))
+        if cursor == b"done":
+            return False
+        position, numbers = self.blocked_page(text(cursor or b"0"), count)
+        if numbers:
+            self._run("adopt", json.dumps(numbers))
+        self.redis.set(self.key("adopted"), "done" if position == "0" else position)
+        return True
+
+    def ledger(self, e164: str) -> dict[str, str]:
+        raw = cast(dict[Any, Any], self.redis.hgetall(self.key("num", e164)))
+        return {text(k): text(v) for k, v in raw.items()}
+
+    def audit(self, e164: str, limit: int | None = None) -> list[dict[str, Any]]:
+        end = -1 if limit is None else limit - 1
+        raw = cast(list[Any], self.redis.lrange(self.key("audit", e164), 0, end))
+        return [decode(entry) for entry in raw]
+
+    def blocked_among(self, numbers: list[str]) -> set[str]:
+        """Which of these numbers the ledger blocks now."""
+        if not numbers:
+            return set()
+        flags = self.redis.smismember(self.key("blocked"), numbers)
+        return {n for n, flag in zip(numbers, flags, strict=True) if flag}
+
+    def blocked_until(self, numbers: list[str], until_ms: int, source: str) -> set[str]:
+        """Which of these numbers a block of `source`'s own holds at least until `until_ms`
+        (0: for good); another source's block may be routed to other providers
+        (prelude.lua, target_state)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for n in numbers:
+            pipe.hmget(self.key("num", n), "s", "bl", "rs", "src")
+        out = set()
+        for n, (state, bl, rs, src) in zip(numbers, pipe.execute(), strict=True):
+            if state != b"blocked":
+                continue
+            # A block written before blocks kept their source stands for each source the
+            # ledger named behind it (prelude.lua: adopt_legacy).
+            known = text(rs or src or b"").split("\n")
+            ends = [
+                int(b[1]) for b in (decode(bl) if bl else [])
+                if (b[2] == source if len(b) > 2 else source in known)
+            ]  # fmt: skip
+            if any(held == 0 or (until_ms != 0 and held >= until_ms) for held in ends):
+                out.add(n)
+        return out
+
+    def blocked_page(self, cursor: str, count: int) -> tuple[str, list[str]]:
+        next_cursor, members = self.redis.sscan(self.key("blocked"), int(cursor), count=count)
+        return str(next_cursor), [text(m) for m in members]
+
+    def blocked_pages(self, count: int) -> Iterator[list[tuple[str, str, str]]]:
+        """(number, expiry ms, updated ms) of every blocked number, a page at a time."""
+        cursor = "0"
+        while True:
+            cursor, numbers = self.blocked_page(cursor, count)
+            if numbers:
+                pipe = self.redis.pipeline(transaction=False)
+                for n in numbers:
+                    pipe.hmget(self.key("num", n), "x", "u")
+                rows = []
+                for n, (x, u) in zip(numbers, pipe.execute(), strict=True):
+                    expires = text(x) if x and text(x) != "0" else ""
+                    rows.append((n, expires, text(u) if u else ""))
+                yield rows
+            if cursor == "0":
+                return
+
+    def ledger_sources(self, numbers: list[str]) -> list[list[str]]:
+        """Per number, the sources of the adds behind its block (`rs`; a ledger written
+        before it was kept: the source of its last change)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for n in numbers:
+            pipe.hmget(self.key("num", n), "rs", "src")
+        out = []
+        for sources, last in pipe.execute():
+            if sources:
+                out.append(text(sources).split("\n"))
+            else:
+                out.append([text(last)] if last else [""])
+        return out
+
+    def provider_view(self, e164: str, targets: list[str]) -> dict[str, dict[str, Any]]:
+        """Where one number stands at each target: confirmed, staged, in flight, retrying,
+        dead-lettered, and the provider's last answer."""
+        pipe = self.redis.pipeline(transaction=False)
+        for target in targets:
+            member = f"{target}|{e164}"
+            pipe.hget(self.key("confirmed", target), e164)
+            pipe.zscore(self.key("stage", target, "add"), e164)
+            pipe.zscore(self.key("stage", target, "remove"), e164)
+            pipe.hget(self.key("inflight", target), e164)
+            pipe.zscore(self.key("retry"), member)
+            pipe.hget(self.key("fails", target), e164)
+            pipe.hget(self.key("dlq"), member)
+            pipe.hget(self.key("answer", target), e164)
+        answers = pipe.execute()
+        view: dict[str, dict[str, Any]] = {}
+        for i, target in enumerate(targets):
+            conf, s_add, s_rem, infl, retry, att, dead, answer = answers[8 * i : 8 * i + 8]
+            staged = "add" if s_add is not None else "remove" if s_rem is not None else None
+            view[target] = {
+                "confirmed": text(conf) if conf else None,
+                "staged": staged,
+                "in_flight_chunk": text(infl) if infl else None,
+                "retry_at_ms": int(retry) if retry is not None else None,
+                "attempts": _attempts(att),
+                "dead_letter": decode(dead) if dead else None,
+                "last_answer": decode(answer) if answer else None,
+            }
+        return view
+
+
+def _attempts(raw: Any) -> int:
+    """The count of a ``fails:{target}`` entry (``{version}:{count}``)."""
+    return int(text(raw).rsplit(":", 1)[-1]) if raw else 0

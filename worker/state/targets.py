@@ -1,0 +1,94 @@
+"""Targets: announcing them with their capabilities and the routes, the live directory, and
+catching a target up from the ledger (backfill) or repairing what a reconciliation found."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, cast
+
+from worker.state.codec import as_list, decode, ms, text
+from worker.state.keyspace import Keyspace
+from worker.state.records import Staged, decode_staged
+
+
+class Targets(Keyspace):
+    """`targets`, `targets:live`, `routes`, `backfill` and `backfill:seq`."""
+
+    def register_targets(
+        self,
+        metas: dict[str, dict[str, Any]],
+        ttl_seconds: float,
+        routes: dict[str, dict[str, list[str]]] | None = None,
+    ) -> tuple[list[tuple[str, bool]], str | None]:
+        """Announce targets with their capabilities, live for `ttl_seconds`, and the routes
+        (OPTOUT_ROUTES; None: left as they are); answer the targets that became live, each
+        with whether it is caught up from the ledger (not when the ledger holds nothing it
+        could need), and whether the announced routes changed (every live target is caught
+        up then): 'changed', 'new' (none were announced before) or None."""
+        # Canonical: processes with the same routes announce the same text (register.lua
+        # starts a catch-up of every live target when the text changes).
+        given = (
+            ""
+            if routes is None
+            else json.dumps(
+                {src: {k: sorted(v) for k, v in sorted(r.items())} for src, r in routes.items()},
+                sort_keys=True,
+            )
+        )
+        raw = decode(self._run("register", json.dumps(metas), ms(ttl_seconds), given))
+        live = [(str(t), bool(b)) for t, b in as_list(raw["live"])]
+        return live, str(raw["routes"]) if raw["routes"] else None
+
+    def announced_routes(self) -> dict[str, dict[str, list[str]]] | None:
+        """The deployment's routes as the last announcement left them (register.lua), what
+        target_state decides by; None when no process has announced any."""
+        raw = self.redis.get(self.key("routes"))
+        return None if raw is None else cast(dict[str, dict[str, list[str]]], decode(raw))
+
+    def known_targets(self) -> list[str]:
+        """Every target any process has announced, live or not."""
+        return sorted(text(t) for t in cast(list[Any], self.redis.hkeys(self.key("targets"))))
+
+    def directory(self) -> dict[str, dict[str, Any]]:
+        """The live targets (announced within their TTL) -> their capabilities."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zrangebyscore(self.key("targets:live"), self.now_ms(), "+inf")
+        pipe.hgetall(self.key("targets"))
+        live, metas = pipe.execute()
+        known = {text(k): v for k, v in cast(dict[Any, Any], metas).items()}
+        out: dict[str, dict[str, Any]] = {}
+        for raw in live:
+            target = text(raw)
+            meta = known.get(target)
+            out[target] = dict(decode(meta)) if meta else {"provider": target.split(":")[0]}
+        return out
+
+    def backfills(self) -> dict[str, str]:
+        raw = cast(dict[Any, Any], self.redis.hgetall(self.key("backfill")))
+        return {text(k): text(v) for k, v in raw.items()}
+
+    def confirmed_page(self, target: str, cursor: str, count: int) -> tuple[str, list[str]]:
+        """A page of the numbers a target has a confirmation for (HSCAN)."""
+        next_cursor, entries = self.redis.hscan(
+            self.key("confirmed", target), int(cursor), count=count
+        )
+        return str(next_cursor), [text(n) for n in entries]
+
+    def advance_backfill(self, target: str, read: str, cursor: str | None) -> bool:
+        """Move a catch-up on from the cursor `read` to `cursor` (None: done), unless a
+        fresh catch-up replaced it meanwhile (answers False then)."""
+        return bool(self._run("cursor", target, read, cursor or ""))
+
+    def stage_many(self, target: str, numbers: list[str]) -> tuple[int, list[Staged]]:
+        """A catch-up step: stage what the ledger says for numbers the target lacks."""
+        raw = decode(self._run("stage_many", target, json.dumps(numbers)))
+        return int(raw["staged"]), decode_staged(raw.get("summary"))
+
+    def repair(
+        self, target: str, numbers: list[str], mode: str, who: str
+    ) -> tuple[int, int, list[Staged]]:
+        """Stage what a reconciliation found (lua/reconcile.lua): 'missing' numbers pushed
+        again, 'extra' ones removed unless the ledger blocks them now. Answers (staged,
+        kept because blocked since, batches touched)."""
+        raw = decode(self._run("reconcile", target, json.dumps(numbers), mode, who, self.audit_cap))
+        return int(raw["staged"]), int(raw["kept"]), decode_staged(raw.get("summary"))
