@@ -114,10 +114,8 @@ def scheduled_reconcile(ctx: Context) -> int:
 def _repair(ctx: Context, target: str, numbers: list[str], mode: str, who: str) -> tuple[int, int]:
     staged_total = kept_total = 0
     for start in range(0, len(numbers), REPAIR_BATCH):
-        staged, kept, batches = ctx.store.repair(
-            target, numbers[start : start + REPAIR_BATCH], mode, who
-        )
-        schedule(ctx, batches)
-        staged_total += staged
-        kept_total += kept
+        repaired = ctx.store.repair(target, numbers[start : start + REPAIR_BATCH], mode, who)
+        schedule(ctx, repaired.staged)
+        staged_total += repaired.numbers
+        kept_total += repaired.kept
     return staged_total, kept_total

@@ -62,12 +62,12 @@ def flush(ctx: Context, target: str, action: Action, mode: str) -> int:
     provider = str(meta.get("provider"))
     total = 0
     while True:
-        status, chunk_ids, staged = ctx.claim(target, provider, action, mode, CLAIM_CHUNKS)
-        for chunk_id in chunk_ids:
+        claimed = ctx.claim(target, provider, action, mode, CLAIM_CHUNKS)
+        for chunk_id in claimed.chunks:
             ctx.dispatcher.push(chunk_id, provider)
-        schedule(ctx, staged)
-        total += len(chunk_ids)
-        if status != "ok" or len(chunk_ids) < CLAIM_CHUNKS:
+        schedule(ctx, claimed.staged)
+        total += len(claimed.chunks)
+        if claimed.status != "ok" or len(claimed.chunks) < CLAIM_CHUNKS:
             break
     if total:
         log.info("flushed", target=target, action=action.value, mode=mode, chunks=total)
@@ -97,18 +97,18 @@ def sweep(ctx: Context) -> int:
     ctx.ensure_registered()
     backfill(ctx)
     ctx.store.adopt_step()
-    lifted, staged = ctx.store.expire_due()
-    if lifted:
-        log.info("blocks_expired", count=lifted)
-    schedule(ctx, staged)
-    moved, staged = ctx.store.sweep_retries()
-    schedule(ctx, staged)
+    expired = ctx.store.expire_due()
+    if expired.lifted:
+        log.info("blocks_expired", count=expired.lifted)
+    schedule(ctx, expired.staged)
+    swept = ctx.store.sweep_retries()
+    schedule(ctx, swept.staged)
     now_ms = ctx.store.now_ms()
     linger = ctx.settings.batch_linger_ms
     for target, action, _size, oldest in ctx.store.staged_batches(sorted(ctx.directory())):
         if oldest + linger <= now_ms:
             ctx.dispatcher.flush(target, action, DUE)
-    return moved
+    return swept.moved
 
 
 def backfill(ctx: Context, page: int = 2000) -> int:
@@ -145,9 +145,9 @@ def backfill(ctx: Context, page: int = 2000) -> int:
         if next_cursor is not None:
             next_cursor += at + generation  # this catch-up's own, to the end
         if wanted:
-            count, staged = ctx.store.stage_many(target, wanted)
-            schedule(ctx, staged)
-            staged_total += count
+            caught_up = ctx.store.stage_many(target, wanted)
+            schedule(ctx, caught_up.staged)
+            staged_total += caught_up.numbers
         if not ctx.store.advance_backfill(target, cursor, next_cursor):
             log.info("catch_up_restarted", target=target)  # it became live again meanwhile
             continue
@@ -166,10 +166,10 @@ def recover(ctx: Context) -> int:
     pushed again; what the provider holds for their numbers is unknown."""
     recovered = 0
     for chunk_id in ctx.store.expired_leases():
-        status, staged = ctx.store.release(chunk_id, recover=True, late_ms=ctx.late_ms)
-        if status != "ok":
+        released = ctx.store.release(chunk_id, recover=True, late_ms=ctx.late_ms)
+        if released.status != "ok":
             continue  # renewed since it was listed, or completed meanwhile
-        schedule(ctx, staged)
+        schedule(ctx, released.staged)
         recovered += 1
         log.warning("chunk_recovered", chunk=chunk_id)
     return recovered
@@ -177,6 +177,6 @@ def recover(ctx: Context) -> int:
 
 def replay(ctx: Context, ids: list[str], who: str) -> int:
     """Stage dead letters again; each leaves the store when its push succeeds."""
-    replayed, staged = ctx.store.replay(ids, who)
-    schedule(ctx, staged)
-    return replayed
+    replayed = ctx.store.replay(ids, who)
+    schedule(ctx, replayed.staged)
+    return replayed.replayed

@@ -14,7 +14,7 @@ import structlog
 from config import Settings, routes_allow
 from worker.providers.base import Action, Provider
 from worker.state.async_accept import AsyncAccept
-from worker.state.records import CompleteOptions, Staged
+from worker.state.records import Claimed, CompleteOptions
 from worker.state.replication import Replication
 from worker.state.store import Store
 
@@ -118,17 +118,17 @@ class Context:
                     "max_batch": caps.max_batch,
                     "one_list": caps.one_list,
                 }
-        live, routes_changed = self.store.register_targets(
+        registered = self.store.register_targets(
             metas, self.settings.target_ttl_seconds, self.settings.routes
         )
-        if routes_changed == "changed":
+        if registered.routes == "changed":
             # Every live target catches up again: routes that keep changing (processes
             # whose OPTOUT_ROUTES differ) restart those catch-ups at every announcement.
             log.warning("routes_changed", routes=self.settings.routes)
-        elif routes_changed == "new":
+        elif registered.routes == "new":
             log.info("routes_announced", routes=self.settings.routes)
-        for target, catch_up in live:
-            log.info("target_live", target=target, catch_up=catch_up)
+        for live in registered.live:
+            log.info("target_live", target=live.target, catch_up=live.catch_up)
         self.registered = True
         self._announced = self.store.clock()
         self._directory = None
@@ -189,7 +189,7 @@ class Context:
 
     def claim(
         self, target: str, provider: str, action: Action, mode: str, max_chunks: int
-    ) -> tuple[str, list[str], list[Staged]]:
+    ) -> Claimed:
         """Lease staged numbers of one batch as chunks, within the target's in-flight cap."""
         return self.store.claim(
             target,

@@ -19,7 +19,7 @@ from worker.pipeline.context import Context
 from worker.pipeline.lease import LeaseLostError
 from worker.providers.base import Action, NumberResult, Provider, PushItem, unexpected
 from worker.providers.errors import AuthError, PermanentError, PushInterrupted, RetryableError
-from worker.state.records import Chunk, ChunkItem, OpenChunk
+from worker.state.records import Chunk, ChunkItem, ItemResult, OpenChunk
 
 log = structlog.get_logger("optout.pipeline")
 
@@ -103,26 +103,22 @@ def push(ctx: Context, chunk_id: str) -> dict[str, int]:
     started = ctx.monotonic()
     totals: Counter[str] = Counter(push_chunk(ctx, opened))
     while chunk.provider in ctx.providers and not totals.keys() & {"paused", "lease_lost"}:
-        status, chunk_ids, staged = ctx.claim(
-            chunk.target, chunk.provider, chunk.action, FULL, max_chunks=1
-        )
-        schedule(ctx, staged)
-        if status != "ok" or not chunk_ids:
+        claimed = ctx.claim(chunk.target, chunk.provider, chunk.action, FULL, max_chunks=1)
+        schedule(ctx, claimed.staged)
+        if claimed.status != "ok" or not claimed.chunks:
             break
         if ctx.monotonic() - started >= CHAIN_SECONDS:
-            ctx.dispatcher.push(chunk_ids[0], chunk.provider)
+            ctx.dispatcher.push(claimed.chunks[0], chunk.provider)
             break
-        following = ctx.store.open_chunk(chunk_ids[0], ctx.settings.lease_seconds)
+        following = ctx.store.open_chunk(claimed.chunks[0], ctx.settings.lease_seconds)
         if following is None:
             break  # recovered already (its lease cannot have run out yet, but be safe)
         totals.update(push_chunk(ctx, following))
     return dict(totals)
 
 
-#: What a number's result is sent to complete.lua as.
-Encoded = tuple[str, str, str, int, float, int, int]
-_STALE: Encoded = ("stale", "stale", "", 0, 0.0, 0, 0)
-_UNSENT: Encoded = ("unsent", "unsent", "", 0, 0.0, 0, 0)
+_STALE = ItemResult("stale", "stale")
+_UNSENT = ItemResult("unsent", "unsent")
 
 
 def push_chunk(ctx: Context, opened: OpenChunk) -> dict[str, int]:
@@ -132,15 +128,14 @@ def push_chunk(ctx: Context, opened: OpenChunk) -> dict[str, int]:
     provider = ctx.providers.get(chunk.provider)
     if provider is None or opened.stopped:
         # Not for this worker, or its provider is paused or held: staged again, unsent.
-        schedule(ctx, ctx.store.release(chunk.id, recover=False, late_ms=ctx.late_ms)[1])
+        schedule(ctx, ctx.store.release(chunk.id, recover=False, late_ms=ctx.late_ms).staged)
         return {}
 
     want = "blocked" if chunk.action is Action.ADD else "unblocked"
     stale: set[str] = set()
     live: list[PushItem] = []
     for item in chunk.items:
-        state, version = opened.states[item.e164]
-        if state != want or version != item.version:
+        if opened.states[item.e164] != want or opened.versions[item.e164] != item.version:
             # Re-read before pushing: the ledger moved, so the newest state goes out next.
             stale.add(item.e164)
         else:
@@ -164,7 +159,7 @@ def push_chunk(ctx: Context, opened: OpenChunk) -> dict[str, int]:
             hint=f"fix {stopped.setting}, then run: optout provider resume {chunk.provider}",
         )
 
-    encoded: dict[str, Encoded] = {}
+    encoded: dict[str, ItemResult] = {}
     for item in chunk.items:
         if item.e164 in stale:
             encoded[item.e164] = _STALE
@@ -173,16 +168,18 @@ def push_chunk(ctx: Context, opened: OpenChunk) -> dict[str, int]:
         if result is None:
             # Not sent: interrupted before its request (paused, lease lost), or the adapter
             # did not mention it (never assumed done; it may have been sent).
-            encoded[item.e164] = _UNSENT if stopped else ("retry", "no_answer", "", 0, 0.5, 0, 1)
+            encoded[item.e164] = (
+                _UNSENT if stopped else ItemResult("retry", "no_answer", jitter=0.5, may_land=True)
+            )
             continue
-        encoded[item.e164] = (
-            result.outcome.value,
-            result.reason,
-            result.detail[:300],
-            int((result.retry_after or 0.0) * 1000),
-            ctx.rng.random(),
-            int((result.retry_window or 0.0) * 1000),
-            int(result.may_land),
+        encoded[item.e164] = ItemResult(
+            outcome=result.outcome.value,
+            reason=result.reason,
+            detail=result.detail[:300],
+            retry_after_ms=int((result.retry_after or 0.0) * 1000),
+            jitter=ctx.rng.random(),
+            window_ms=int((result.retry_window or 0.0) * 1000),
+            may_land=result.may_land,
         )
     # One worker's Retry-After holds the provider for every worker.
     hold = max((r.retry_after or 0.0 for r in work.results.values()), default=0.0)
@@ -204,13 +201,13 @@ def push_chunk(ctx: Context, opened: OpenChunk) -> dict[str, int]:
     if done.circuit == "open":
         log.warning("circuit_open", provider=chunk.provider, chunk=chunk.id)
     for n, r in encoded.items():
-        if r[0] in ("retry", "outage", "permanent"):
+        if r.outcome in ("retry", "outage", "permanent"):
             log.info(
                 "number_failed",
                 phone=mask(n),
                 provider=chunk.provider,
-                outcome=r[0],
-                reason=r[1],
+                outcome=r.outcome,
+                reason=r.reason,
             )
     if isinstance(stopped, AuthError):
         return {**done.counts, "paused": len(chunk.items)}
@@ -220,15 +217,15 @@ def push_chunk(ctx: Context, opened: OpenChunk) -> dict[str, int]:
     return done.counts
 
 
-def _count(chunk: Chunk, encoded: dict[str, Encoded], status: str, now_ms: int) -> None:
+def _count(chunk: Chunk, encoded: dict[str, ItemResult], status: str, now_ms: int) -> None:
     # Counted per outcome, not per number: in multiprocess mode every increment is a locked
     # write to a shared file, and a sixth of a chunk's push CPU went to them.
     metrics.BATCH.labels(chunk.provider).observe(len(chunk.items))
-    for outcome, count in Counter(r[0] for r in encoded.values()).items():
+    for outcome, count in Counter(r.outcome for r in encoded.values()).items():
         metrics.PUSHED.labels(chunk.provider, outcome).inc(count)
     if status != "ok":
         return
     propagation = metrics.PROPAGATION.labels(chunk.provider)
     for item in chunk.items:
-        if encoded[item.e164][0] == "done" and item.updated_ms:
+        if encoded[item.e164].outcome == "done" and item.updated_ms:
             propagation.observe((now_ms - item.updated_ms) / 1000)

@@ -11,7 +11,7 @@ import redis
 import redis.asyncio as aredis
 
 from worker.state.ledger import accept_args
-from worker.state.records import AcceptOutcome, decode_accept
+from worker.state.records import AcceptOutcome
 from worker.state.replication import Replication, ReplicationError
 from worker.state.store import Store
 
@@ -75,7 +75,7 @@ class AsyncAccept:
             # Started on demand and gone when idle: nothing is left running on a loop that
             # closes (tests start and stop loops).
             state.writer = state.loop.create_task(self._write(state))
-        return decode_accept(await answer)
+        return AcceptOutcome.decode(await answer)
 
     async def _write(self, state: _Loop) -> None:
         try:

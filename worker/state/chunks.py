@@ -8,15 +8,18 @@ from collections.abc import Iterable
 from dataclasses import asdict
 
 from worker.providers.base import Action
-from worker.state.codec import as_list, decode, ms, text
+from worker.runtime import fastjson
+from worker.state.codec import ms, text
 from worker.state.keyspace import Keyspace
 from worker.state.records import (
     Chunk,
+    Claimed,
     CompleteOptions,
     Completion,
+    ItemResult,
     OpenChunk,
-    Staged,
-    decode_staged,
+    Released,
+    Swept,
 )
 
 
@@ -36,10 +39,10 @@ class Chunks(Keyspace):
         linger_ms: int,
         max_chunks: int,
         max_in_flight: int = 0,
-    ) -> tuple[str, list[str], list[Staged]]:
+    ) -> Claimed:
         """Lease staged numbers as chunks (see lua/claim.lua); `max_in_flight`: claim none
         while the target has that many chunks' worth of numbers in flight (0: no cap)."""
-        raw = decode(
+        return Claimed.decode(
             self._run(
                 "claim",
                 target,
@@ -53,21 +56,12 @@ class Chunks(Keyspace):
                 max_in_flight,
             )
         )
-        chunks = [str(c) for c in as_list(raw.get("chunks"))]
-        return str(raw["status"]), chunks, decode_staged(raw.get("staged"))
 
     def open_chunk(self, chunk_id: str, lease_seconds: float) -> OpenChunk | None:
         """A chunk about to be pushed, whether its provider is stopped, and its numbers'
         ledger states; its lease starts again now. None when the chunk is gone (completed
         or recovered)."""
-        flat = [text(x) for x in as_list(self._run("open", chunk_id, ms(lease_seconds)))]
-        if not flat:
-            return None
-        chunk = Chunk.parse(flat[0])
-        states = {
-            item.e164: (flat[2 + 2 * i], flat[3 + 2 * i]) for i, item in enumerate(chunk.items)
-        }
-        return OpenChunk(chunk, flat[1] == "1", states)
+        return OpenChunk.decode(self._run("open", chunk_id, ms(lease_seconds)))
 
     def renew(self, chunk_id: str, lease_seconds: float) -> bool:
         return bool(self._run("renew", chunk_id, ms(lease_seconds)))
@@ -75,36 +69,29 @@ class Chunks(Keyspace):
     def complete(
         self,
         chunk: Chunk,
-        results: dict[str, tuple[str, str, str, int, float, int, int]],
+        results: dict[str, ItemResult],
         options: CompleteOptions,
     ) -> Completion:
         """Record a chunk's per-number results (see lua/complete.lua)."""
         opts = {**asdict(options), "audit_cap": self.audit_cap}
-        raw = decode(self._run("complete", chunk.raw, json.dumps(results), json.dumps(opts)))
-        return Completion(
-            str(raw["status"]),
-            {str(k): int(v) for k, v in (raw.get("counts") or {}).items()},
-            decode_staged(raw.get("staged")),
-            str(raw.get("circuit") or "closed"),
-        )
+        encoded = fastjson.dumps({n: r.encode() for n, r in results.items()})
+        return Completion.decode(self._run("complete", chunk.raw, encoded, json.dumps(opts)))
 
-    def release(self, chunk_id: str, *, recover: bool, late_ms: int) -> tuple[str, list[Staged]]:
+    def release(self, chunk_id: str, *, recover: bool, late_ms: int) -> Released:
         """Give a chunk's numbers back to staging: handed back unsent by its pusher, or
         recovered once its lease has run out ('alive' if it was renewed meanwhile); a late
         request of its pusher may land for `late_ms` (see lua/release.lua)."""
         mode = "recover" if recover else "return"
-        raw = decode(self._run("release", chunk_id, mode, late_ms))
-        return str(raw["status"]), decode_staged(raw.get("staged"))
+        return Released.decode(self._run("release", chunk_id, mode, late_ms))
 
     def expired_leases(self, limit: int = 100) -> list[str]:
         ids = self.redis.zrangebyscore(self.key("leases"), "-inf", self.now_ms(), 0, limit)
         return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
 
-    def sweep_retries(self, limit: int = 1000) -> tuple[int, list[Staged]]:
+    def sweep_retries(self, limit: int = 1000) -> Swept:
         """Move due retries into their batches; drop the work of targets that are not live
         (see sweep.lua)."""
-        raw = decode(self._run("sweep", limit))
-        return int(raw["moved"]), decode_staged(raw.get("staged"))
+        return Swept.decode(self._run("sweep", limit))
 
     def staged_batches(self, targets: Iterable[str]) -> list[tuple[str, Action, int, int]]:
         """(target, action, size, oldest staged ms) of every non-empty batch."""

@@ -10,7 +10,7 @@ from typing import Any, cast
 from worker.runtime import fastjson
 from worker.state.codec import decode, text
 from worker.state.keyspace import Keyspace
-from worker.state.records import AcceptOutcome, Staged, decode_accept, decode_staged
+from worker.state.records import AcceptOutcome, Expired
 from worker.state.replication import Replication
 
 
@@ -60,18 +60,17 @@ class Ledger(Keyspace):
         )  # fmt: skip
         script = self._scripts["accept"]
         if replication is None:
-            return decode_accept(script(keys=[], args=args))
+            return AcceptOutcome.decode(script(keys=[], args=args))
         pipe = self.redis.pipeline(transaction=False)
         script(keys=[], args=args, client=pipe)
         pipe.wait(replication.replicas, replication.timeout_ms)
         answer, acked = pipe.execute()
         replication.check(int(acked))
-        return decode_accept(answer)
+        return AcceptOutcome.decode(answer)
 
-    def expire_due(self, limit: int = 1000) -> tuple[int, list[Staged]]:
+    def expire_due(self, limit: int = 1000) -> Expired:
         """Lift temporary blocks whose expiry has passed."""
-        raw = decode(self._run("expire", limit, self.audit_cap))
-        return int(raw["lifted"]), decode_staged(raw.get("staged"))
+        return Expired.decode(self._run("expire", limit, self.audit_cap))
 
     def adopt_step(self, count: int = 200) -> bool:
         """One page of the pass that adopts blocks written before blocks kept their source

@@ -1,20 +1,24 @@
-"""The typed records the store's scripts answer with and are given: batches touched, chunks,
-completions, accept outcomes."""
+"""The typed records the store's scripts answer with and are given, each field named as the
+script names it (a script answers a JSON object whose keys are the record's fields)."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from worker.providers.base import Action
-from worker.state.codec import as_list, decode
+from worker.state.codec import as_list, lua_json
+
+
+def _object(raw: Any) -> dict[str, Any]:
+    # cjson writes an empty Lua table as {} (Redis) or [] (fakeredis): both mean "none".
+    return raw if isinstance(raw, dict) else {}
 
 
 @dataclass(frozen=True, slots=True)
 class Staged:
     """A batch an operation touched: its size now and before the operation, and the
-    numbers in flight to its target."""
+    numbers in flight to its target (prelude.lua: staged_summary)."""
 
     target: str
     action: Action
@@ -31,11 +35,19 @@ class Staged:
         """This operation completed a chunk: one full-flush per chunk, not one per event."""
         return self.count // size > self.before // size
 
-
-def decode_staged(raw: Any) -> list[Staged]:
-    return [
-        Staged(str(t), Action(str(a)), int(c), int(b), int(f)) for t, a, c, b, f in as_list(raw)
-    ]
+    @classmethod
+    def batches(cls, raw: Any) -> list[Staged]:
+        """The `staged` list of a script's answer."""
+        return [
+            cls(
+                str(b["target"]),
+                Action(str(b["action"])),
+                int(b["count"]),
+                int(b["before"]),
+                int(b["in_flight"]),
+            )
+            for b in as_list(raw)
+        ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,20 +59,43 @@ class AcceptOutcome:
     results: list[str] = field(default_factory=list)  # per number: applied, stale, ...
     staged: list[Staged] = field(default_factory=list)
 
+    @classmethod
+    def decode(cls, raw_answer: Any) -> AcceptOutcome:
+        raw = lua_json(raw_answer)
+        return cls(
+            status=str(raw["status"]),
+            event_id=str(raw["event_id"]),
+            results=[str(r) for r in as_list(raw.get("results"))],
+            staged=Staged.batches(raw.get("staged")),
+        )
 
-def decode_accept(answer: Any) -> AcceptOutcome:
-    raw = decode(answer)
-    return AcceptOutcome(
-        status=raw["status"],
-        event_id=raw["event_id"],
-        results=[str(r) for r in as_list(raw.get("results"))],
-        staged=decode_staged(raw.get("staged")),
-    )
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """What claim.lua leased: 'ok', or why nothing ('inactive', 'paused', 'held',
+    'probing'); the chunks' ids; the batches it re-staged numbers into."""
+
+    status: str
+    chunks: list[str]
+    staged: list[Staged] = field(default_factory=list)
+
+    @classmethod
+    def decode(cls, raw_answer: Any) -> Claimed:
+        raw = lua_json(raw_answer)
+        return cls(
+            str(raw["status"]),
+            [str(c) for c in as_list(raw.get("chunks"))],
+            Staged.batches(raw.get("staged")),
+        )
 
 
 @dataclass(frozen=True, slots=True)
 class ChunkItem:
-    """One number of a leased chunk, with the ledger version it pushes."""
+    """One number of a leased chunk, with the ledger version it pushes.
+
+    `chunk:{id}` keeps each item as a list of these fields in this order (a chunk written by
+    one version is read by the next during an upgrade); prelude.lua's ITEM names the same
+    positions."""
 
     e164: str
     version: str
@@ -85,7 +120,7 @@ class Chunk:
 
     @classmethod
     def parse(cls, raw: str) -> Chunk:
-        data = json.loads(raw)
+        data = lua_json(raw)
         return cls(
             id=str(data["id"]),
             target=str(data["target"]),
@@ -97,6 +132,59 @@ class Chunk:
             ],
             raw=raw,
         )
+
+
+@dataclass(frozen=True)
+class OpenChunk:
+    """A chunk as a push opens it: is its provider stopped (paused, or held by a Retry-After
+    or an open circuit), and per number the state its target should hold now (the ledger's;
+    'unblocked' for a block routed elsewhere only; 'held' when an add-only target holds it
+    already; '' when the ledger does not hold it) and the ledger's version ('' likewise)."""
+
+    chunk: Chunk
+    stopped: bool
+    states: dict[str, str]
+    versions: dict[str, str]
+
+    @classmethod
+    def decode(cls, raw_answer: Any) -> OpenChunk | None:
+        """None when open.lua found no chunk (completed or recovered)."""
+        raw = _object(lua_json(raw_answer))
+        if not raw.get("chunk"):
+            return None
+        return cls(
+            Chunk.parse(str(raw["chunk"])),
+            bool(raw["stopped"]),
+            _object(raw.get("states")),  # (strings as cjson wrote them: no copies)
+            _object(raw.get("versions")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ItemResult:
+    """What complete.lua is told of one number of the chunk: its outcome (done, retry,
+    outage, permanent; stale or unsent: not sent), why, the provider's Retry-After and
+    retry window, a jitter in [0, 1) for its backoff, and whether a request that failed may
+    still be carried out later."""
+
+    outcome: str
+    reason: str
+    detail: str = ""
+    retry_after_ms: int = 0
+    jitter: float = 0.0
+    window_ms: int = 0
+    may_land: bool = False
+
+    def encode(self) -> dict[str, Any]:
+        return {
+            "outcome": self.outcome,
+            "reason": self.reason,
+            "detail": self.detail,
+            "retry_after_ms": self.retry_after_ms,
+            "jitter": self.jitter,
+            "window_ms": self.window_ms,
+            "may_land": self.may_land,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,13 +212,116 @@ class Completion:
     staged: list[Staged]
     circuit: str = "closed"  # closed | failing | open
 
+    @classmethod
+    def decode(cls, raw_answer: Any) -> Completion:
+        raw = lua_json(raw_answer)
+        return cls(
+            str(raw["status"]),
+            {str(k): int(v) for k, v in _object(raw.get("counts")).items()},
+            Staged.batches(raw.get("staged")),
+            str(raw.get("circuit") or "closed"),
+        )
 
-@dataclass(frozen=True)
-class OpenChunk:
-    """A chunk as a push opens it: is its provider stopped (paused, or held by a Retry-After
-    or an open circuit), and each number's (state, version) in the ledger now ("", "" for
-    one the ledger does not hold)."""
 
-    chunk: Chunk
-    stopped: bool
-    states: dict[str, tuple[str, str]]
+@dataclass(frozen=True, slots=True)
+class Released:
+    """What release.lua did with a chunk: 'ok' (its numbers staged again), 'gone' (completed
+    or released already) or 'alive' (renewed since its lease was seen to run out)."""
+
+    status: str
+    staged: list[Staged]
+
+    @classmethod
+    def decode(cls, raw_answer: Any) -> Released:
+        raw = lua_json(raw_answer)
+        return cls(str(raw["status"]), Staged.batches(raw.get("staged")))
+
+
+@dataclass(frozen=True, slots=True)
+class Swept:
+    """sweep.lua: how many due retries it took, and the batches it staged them into."""
+
+    moved: int
+    staged: list[Staged]
+
+    @classmethod
+    def decode(cls, raw_answer: Any) -> Swept:
+        raw = lua_json(raw_answer)
+        return cls(int(raw["moved"]), Staged.batches(raw.get("staged")))
+
+
+@dataclass(frozen=True, slots=True)
+class Expired:
+    """expire.lua: how many numbers it unblocked, and the batches it staged."""
+
+    lifted: int
+    staged: list[Staged]
+
+    @classmethod
+    def decode(cls, raw_answer: Any) -> Expired:
+        raw = lua_json(raw_answer)
+        return cls(int(raw["lifted"]), Staged.batches(raw.get("staged")))
+
+
+@dataclass(frozen=True, slots=True)
+class Replayed:
+    """replay.lua: how many dead letters it replayed, and the batches it staged."""
+
+    replayed: int
+    staged: list[Staged]
+
+    @classmethod
+    def decode(cls, raw_answer: Any) -> Replayed:
+        raw = lua_json(raw_answer)
+        return cls(int(raw["replayed"]), Staged.batches(raw.get("staged")))
+
+
+@dataclass(frozen=True, slots=True)
+class CaughtUp:
+    """stage_many.lua: how many of the numbers a catch-up step staged, and the batches."""
+
+    numbers: int
+    staged: list[Staged]
+
+    @classmethod
+    def decode(cls, raw_answer: Any) -> CaughtUp:
+        raw = lua_json(raw_answer)
+        return cls(int(raw["numbers"]), Staged.batches(raw.get("staged")))
+
+
+@dataclass(frozen=True, slots=True)
+class Repaired:
+    """reconcile.lua: how many numbers it staged, how many it kept because the ledger
+    blocks them now, and the batches."""
+
+    numbers: int
+    kept: int
+    staged: list[Staged]
+
+    @classmethod
+    def decode(cls, raw_answer: Any) -> Repaired:
+        raw = lua_json(raw_answer)
+        return cls(int(raw["numbers"]), int(raw["kept"]), Staged.batches(raw.get("staged")))
+
+
+@dataclass(frozen=True, slots=True)
+class LiveTarget:
+    """A target an announcement made live, and whether it is caught up from the ledger."""
+
+    target: str
+    catch_up: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Registered:
+    """register.lua: the targets that became live, and whether the announced routes changed
+    ('changed'), were announced for the first time ('new'), or neither (None)."""
+
+    live: list[LiveTarget]
+    routes: str | None
+
+    @classmethod
+    def decode(cls, raw_answer: Any) -> Registered:
+        raw = lua_json(raw_answer)
+        live = [LiveTarget(str(t["target"]), bool(t["catch_up"])) for t in as_list(raw["live"])]
+        return cls(live, str(raw["routes"]) if raw["routes"] else None)

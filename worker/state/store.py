@@ -38,9 +38,10 @@ key                            type    holds
 ``expiry``                     zset    temporarily blocked numbers -> expiry (ms)
 ``stage:{target}:{action}``    zset    staged numbers -> time staged (ms): the batch
 ``inflight:{target}``          hash    number -> chunk id pushing it (at most one)
-``chunk:{id}``                 string  JSON chunk: target, provider, action, items
-                                       ``[e164, version, label, expiry, ctx, source, reason,
-                                       updated]``
+``chunk:{id}``                 string  JSON chunk: id, target, provider, action, created,
+                                       items ``[e164, version, name, expires_ms, context,
+                                       source, reason, updated_ms]`` (records.py: ChunkItem;
+                                       prelude.lua: ITEM)
 ``leases``                     zset    chunk id -> lease expiry (ms)
 ``opened``                     hash    chunk id -> pushes that opened it (a task delivered
                                        twice pushes it twice)

@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 from typing import Any, cast
 
-from worker.state.codec import as_list, decode, ms, text
+from worker.state.codec import decode, ms, text
 from worker.state.keyspace import Keyspace
-from worker.state.records import Staged, decode_staged
+from worker.state.records import CaughtUp, Registered, Repaired
 
 
 class Targets(Keyspace):
@@ -19,7 +19,7 @@ class Targets(Keyspace):
         metas: dict[str, dict[str, Any]],
         ttl_seconds: float,
         routes: dict[str, dict[str, list[str]]] | None = None,
-    ) -> tuple[list[tuple[str, bool]], str | None]:
+    ) -> Registered:
         """Announce targets with their capabilities, live for `ttl_seconds`, and the routes
         (OPTOUT_ROUTES; None: left as they are); answer the targets that became live, each
         with whether it is caught up from the ledger (not when the ledger holds nothing it
@@ -35,9 +35,7 @@ class Targets(Keyspace):
                 sort_keys=True,
             )
         )
-        raw = decode(self._run("register", json.dumps(metas), ms(ttl_seconds), given))
-        live = [(str(t), bool(b)) for t, b in as_list(raw["live"])]
-        return live, str(raw["routes"]) if raw["routes"] else None
+        return Registered.decode(self._run("register", json.dumps(metas), ms(ttl_seconds), given))
 
     def announced_routes(self) -> dict[str, dict[str, list[str]]] | None:
         """The deployment's routes as the last announcement left them (register.lua), what
@@ -79,16 +77,13 @@ class Targets(Keyspace):
         fresh catch-up replaced it meanwhile (answers False then)."""
         return bool(self._run("cursor", target, read, cursor or ""))
 
-    def stage_many(self, target: str, numbers: list[str]) -> tuple[int, list[Staged]]:
+    def stage_many(self, target: str, numbers: list[str]) -> CaughtUp:
         """A catch-up step: stage what the ledger says for numbers the target lacks."""
-        raw = decode(self._run("stage_many", target, json.dumps(numbers)))
-        return int(raw["staged"]), decode_staged(raw.get("summary"))
+        return CaughtUp.decode(self._run("stage_many", target, json.dumps(numbers)))
 
-    def repair(
-        self, target: str, numbers: list[str], mode: str, who: str
-    ) -> tuple[int, int, list[Staged]]:
+    def repair(self, target: str, numbers: list[str], mode: str, who: str) -> Repaired:
         """Stage what a reconciliation found (lua/reconcile.lua): 'missing' numbers pushed
-        again, 'extra' ones removed unless the ledger blocks them now. Answers (staged,
-        kept because blocked since, batches touched)."""
-        raw = decode(self._run("reconcile", target, json.dumps(numbers), mode, who, self.audit_cap))
-        return int(raw["staged"]), int(raw["kept"]), decode_staged(raw.get("summary"))
+        again, 'extra' ones removed unless the ledger blocks them now (those are kept)."""
+        return Repaired.decode(
+            self._run("reconcile", target, json.dumps(numbers), mode, who, self.audit_cap)
+        )

@@ -16,23 +16,23 @@ from worker.pipeline import push as pushing
 from worker.pipeline.accept import Event, PhoneInput, accept
 from worker.pipeline.context import Context
 from worker.providers.base import Action
-from worker.state.records import Chunk
+from worker.state.records import Chunk, ItemResult
 
 
 def _claim(ctx: Context, action: Action, target: str = "voicenter") -> Chunk:
     provider = target.split(":", 1)[0]
-    status, ids, _ = ctx.store.claim(
+    claimed = ctx.store.claim(
         target, provider, action, size=100, lease_seconds=ctx.settings.lease_seconds,
         mode=work.ALL, linger_ms=0, max_chunks=1,
     )  # fmt: skip
-    assert status == "ok" and len(ids) == 1, (status, ids)
-    opened = ctx.store.open_chunk(ids[0], ctx.settings.lease_seconds)
+    assert claimed.status == "ok" and len(claimed.chunks) == 1, claimed
+    opened = ctx.store.open_chunk(claimed.chunks[0], ctx.settings.lease_seconds)
     assert opened is not None
     return opened.chunk
 
 
 def _done(ctx: Context, chunk: Chunk) -> str:
-    results = {item.e164: ("done", "", "", 0, 0.5, 0, 0) for item in chunk.items}
+    results = {item.e164: ItemResult("done", "", jitter=0.5) for item in chunk.items}
     completion = ctx.store.complete(chunk, results, ctx.complete_options())
     work.schedule(ctx, completion.staged)
     return completion.status
@@ -181,8 +181,8 @@ def test_recovery_rechecks_the_lease_in_the_same_script(
     assert ctx.store.expired_leases() == [chunk.id]
     # The push renews between the listing and the release: the chunk is alive.
     assert ctx.store.renew(chunk.id, ctx.settings.lease_seconds)
-    status, _ = ctx.store.release(chunk.id, recover=True, late_ms=ctx.late_ms)
-    assert status == "alive"
+    released = ctx.store.release(chunk.id, recover=True, late_ms=ctx.late_ms)
+    assert released.status == "alive"
     assert ctx.store.counts(["voicenter"])["voicenter"]["in_flight"] == 2
     assert work.recover(ctx) == 0
 
@@ -297,7 +297,7 @@ def _dead_lettered_after_a_recovery(
     assert work.recover(ctx) == 1
     dispatcher.tasks.clear()
     chunk = _claim(ctx, Action.ADD)
-    refused = {n: ("permanent", "rejected", "", 0, 0.5, 0, 0)}
+    refused = {n: ItemResult("permanent", "rejected", jitter=0.5)}
     ctx.store.complete(chunk, refused, ctx.complete_options())
     assert ctx.store.redis.hexists(ctx.store.key("late", "voicenter"), n)
     return n
@@ -334,7 +334,7 @@ def test_a_request_that_may_still_land_makes_the_next_push_wait_for_it(
     # Found by the eleventh review: an add answered without a word about the number
     # (`may_land`), then a remove answered done: the add may still be carried out after it.
     n, a = _leased_add(ctx, dispatcher)
-    odd = {n: ("retry", "not_in_answer", "", 0, 0.5, 0, 1)}
+    odd = {n: ItemResult("retry", "not_in_answer", jitter=0.5, may_land=True)}
     ctx.store.complete(a, odd, ctx.complete_options())
     clock.advance(1)
     accept(ctx, remove(clock, n))

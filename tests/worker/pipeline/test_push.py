@@ -14,6 +14,7 @@ from worker.pipeline import push as pushing
 from worker.pipeline.accept import Event, PhoneInput, accept
 from worker.pipeline.context import Context
 from worker.providers.base import Action
+from worker.state.records import ItemResult
 
 
 def test_code_2_retries_that_number_alone_then_succeeds(
@@ -231,7 +232,9 @@ def test_a_late_push_after_recovery_forces_a_fresh_push(
     assert len(fake_voicenter.pushed()) == 2
     assert ctx.store.provider_view(n, ["voicenter"])["voicenter"]["confirmed"] == "blocked:1"
     # The presumed-dead worker finishes afterwards: its answer must not be trusted.
-    done = ctx.store.complete(chunk, {n: ("done", "", "", 0, 0.5, 0, 0)}, ctx.complete_options())
+    done = ctx.store.complete(
+        chunk, {n: ItemResult("done", "", jitter=0.5)}, ctx.complete_options()
+    )
     assert done.status == "orphan"
     work.schedule(ctx, done.staged)
     settle(ctx, dispatcher, clock)
@@ -279,12 +282,12 @@ def test_the_trail_keeps_the_newest_entries_up_to_the_cap(
 
 
 def _claim_one(ctx: Context) -> str:
-    status, ids, _ = ctx.store.claim(
+    claimed = ctx.store.claim(
         "voicenter", "voicenter", Action.ADD, size=100, lease_seconds=60, mode=work.FULL,
         linger_ms=0, max_chunks=1,
     )  # fmt: skip
-    assert status == "ok" and len(ids) == 1
-    return ids[0]
+    assert claimed.status == "ok" and len(claimed.chunks) == 1
+    return claimed.chunks[0]
 
 
 def test_a_push_goes_on_to_the_full_chunks_its_batch_still_holds(

@@ -21,6 +21,7 @@ from worker.pipeline.accept import AcceptError, Event, PhoneInput, accept
 from worker.pipeline.context import Context
 from worker.providers.base import Action
 from worker.runtime.wiring import build_context
+from worker.state.records import Registered
 
 
 def every_provider_env() -> dict[str, str]:
@@ -608,11 +609,11 @@ def test_the_routes_are_announced_with_the_targets() -> None:
     assert json.loads(raw) == {"sms": {"include": ["voodoosms"], "exclude": []}}
     # The same routes, however they are spelled, are no change; other routes are.
     same = {"sms": {"exclude": [], "include": ["voodoosms"]}}
-    assert ctx.store.register_targets({}, 60, same) == ([], None)
-    assert ctx.store.register_targets({}, 60, {}) == ([], "changed")
-    assert ctx.store.register_targets({}, 60, None) == ([], None)  # left as they are
+    assert ctx.store.register_targets({}, 60, same) == Registered([], None)
+    assert ctx.store.register_targets({}, 60, {}) == Registered([], "changed")
+    assert ctx.store.register_targets({}, 60, None) == Registered([], None)  # left as they are
     ctx.store.redis.delete(ctx.store.key("routes"))  # as before routes were announced
-    assert ctx.store.register_targets({}, 60, {}) == ([], "new")
+    assert ctx.store.register_targets({}, 60, {}) == Registered([], "new")
 
 
 def test_a_lift_overtaken_by_an_add_routed_elsewhere_still_lifts_the_number() -> None:

@@ -1,6 +1,7 @@
 -- Claim staged numbers of one target|action as leased chunks ready to push.
 -- ARGV: prefix, now_ms, target, provider, action, max per chunk, lease ms, mode, linger ms,
 --       max chunks, max in flight (chunks' worth of numbers in flight to the target; 0: any)
+-- Answers {status, chunks = [id, ...], staged} (records.py: Claimed).
 -- mode: 'full' takes only full chunks, 'all' takes everything, 'due' takes everything once
 -- the oldest staged number has waited the linger time.
 -- With the target at its in-flight cap nothing is claimed: the pushes in flight go on to
@@ -57,8 +58,8 @@ while #chunks < max_chunks do
                            'rs')
     if target_state(target, led[1], led[9] or led[6]) == want then
       redis.call('HSET', inflight_key, n, id)
-      table.insert(items, {n, led[2], led[3] or '', led[4] or '0', led[5] or '',
-                           led[6] or '', led[7] or '', led[8] or '0'})
+      table.insert(items, chunk_item(n, led[2], led[3] or '', led[4] or '0', led[5] or '',
+                                     led[6] or '', led[7] or '', led[8] or '0'))
     else
       -- The ledger moved after staging (or its block is routed elsewhere only) and nothing
       -- re-staged it: stage what it says now.

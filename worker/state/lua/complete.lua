@@ -1,9 +1,10 @@
 -- Record a chunk's per-number results: confirm, schedule retries, dead-letter, re-stage;
 -- and what the chunk says about its provider (a Retry-After hold, the circuit breaker).
 -- ARGV: prefix, now_ms, chunk JSON (the pusher's own copy), results JSON
---       ({e164: [outcome, reason, detail, retry_after_ms, jitter 0..1, retry window ms,
---       may land 0|1 (not done, and the provider may still carry it out later)]}),
---       options JSON (see worker/state/records.py: CompleteOptions)
+--       ({e164: {outcome, reason, detail, retry_after_ms, jitter (0..1), window_ms (retry
+--       window), may_land (not done, and the provider may still carry it out later)}}: see
+--       worker/state/records.py: ItemResult), options JSON (records.py: CompleteOptions)
+-- Answers {status = 'ok' | 'orphan', counts = {outcome: n}, staged, circuit} (Completion).
 -- Outcomes: done; retry (the number's own failure: an attempt is spent); outage (its
 -- request failed as a whole: no attempt is spent, but a number failing so for longer than
 -- the budget is dead-lettered); permanent; stale (not sent: the ledger moved); unsent (not
@@ -20,7 +21,7 @@ local inflight_key = P .. 'inflight:' .. target
 local add_only = meta(target).add_only
 
 local function sent(r)
-  return r ~= nil and r[1] ~= 'stale' and r[1] ~= 'unsent'
+  return r ~= nil and r.outcome ~= 'stale' and r.outcome ~= 'unsent'
 end
 
 local function held_for_good(n)
@@ -36,22 +37,26 @@ if redis.call('EXISTS', P .. 'chunk:' .. id) == 0 then
   -- is in flight for it. The push in flight now, if any, may have been overtaken by ours:
   -- its answer will not count as a confirmation either (see below).
   for _, item in ipairs(chunk.items) do
-    local n, r = item[1], results[item[1]]
+    local n = item[ITEM.e164]
+    local r = results[n]
     take_mark(target, n, id)
     if sent(r) then
-      if add_only and (r[1] == 'done' or held_for_good(n)) then
+      if add_only and (r.outcome == 'done' or held_for_good(n)) then
         -- Nothing is ever removed there: done is done (and each add may email someone),
         -- and a block confirmed meanwhile stands whatever this late answer says.
-        if r[1] == 'done' then redis.call('HSET', confirmed_key, n, 'blocked:' .. item[2]) end
+        if r.outcome == 'done' then
+          redis.call('HSET', confirmed_key, n, 'blocked:' .. item[ITEM.version])
+        end
       else
         redis.call('HSET', confirmed_key, n, UNKNOWN)
         local owner = redis.call('HGET', inflight_key, n)
         if owner and owner ~= id then redis.call('HSET', unknown_key, n, owner) end
       end
-      local from = r[1] == 'done' and r[2] == 'moved' and string.match(r[3], '^from (.+)$')
+      local from = r.outcome == 'done' and r.reason == 'moved'
+        and string.match(r.detail, '^from (.+)$')
       if from then
         took_from(target, n, from, opt.moved_retry_ms, touched)
-      elseif action == 'remove' or r[1] ~= 'done' then
+      elseif action == 'remove' or r.outcome ~= 'done' then
         unsettle_siblings(target, n, touched)
       end
       if action == 'remove' then note_remove(target, n) end
@@ -176,7 +181,7 @@ local twice = opened_twice(id) and not add_only
 
 local answered, outages, last_outage = 0, 0, ''
 for _, item in ipairs(chunk.items) do
-  local n, version = item[1], item[2]
+  local n, version = item[ITEM.e164], item[ITEM.version]
   if twice then
     may_land_until('late:' .. target, n, NOW + opt.late_ms)
     unsettle_siblings(target, n, touched, NOW + opt.late_ms)
@@ -190,12 +195,14 @@ for _, item in ipairs(chunk.items) do
   local overtaken = mark ~= false
   local unsure = false  -- confirmed by one more push
   local late = false  -- confirmed by one more push once no late request can land
-  local r = results[n] or {'retry', 'no_result', 'the pusher reported nothing', 0, 0.5}
-  local outcome, reason, detail = r[1], r[2], r[3]
+  local r = results[n] or {outcome = 'retry', reason = 'no_result',
+                           detail = 'the pusher reported nothing', retry_after_ms = 0,
+                           jitter = 0.5, window_ms = 0, may_land = false}
+  local outcome, reason, detail = r.outcome, r.reason, r.detail
   -- A request the provider may still carry out later, after the next push (a timeout, a
   -- gateway's 5xx, an answer nobody expected): the number's next push is confirmed by one
   -- more once it no longer can (an add-only target has nothing to undo).
-  local lost = sent(r) and tonumber(r[7] or 0) == 1 and not add_only
+  local lost = sent(r) and r.may_land == true and not add_only
   if lost then may_land_until('late:' .. target, n, NOW + opt.late_ms) end
   local attempts = 0
   local member = target .. '|' .. n
@@ -224,7 +231,7 @@ for _, item in ipairs(chunk.items) do
     counts.done = counts.done + 1
   elseif outcome == 'retry' then
     attempts = attempts_of(n, version, 1)
-    local window = tonumber(r[6] or 0)
+    local window = tonumber(r.window_ms or 0)
     local give_up = attempts >= opt.max_attempts
     if window > 0 then
       -- Retried for a while rather than a number of times (a record not written yet).
@@ -239,7 +246,7 @@ for _, item in ipairs(chunk.items) do
     else
       -- Exponential backoff with jitter, capped; a provider's Retry-After is a floor.
       local delay = math.min(opt.backoff_cap_ms, opt.backoff_base_ms * (2 ^ (attempts - 1)))
-      delay = math.max(delay * (0.5 + r[5] / 2), tonumber(r[4]))
+      delay = math.max(delay * (0.5 + r.jitter / 2), tonumber(r.retry_after_ms))
       redis.call('ZADD', P .. 'retry', int(NOW + delay), member)
       counts.retry = counts.retry + 1
     end
@@ -259,7 +266,7 @@ for _, item in ipairs(chunk.items) do
       -- while the provider answers others (the circuit stays closed) is not sent every
       -- few seconds for a day.
       local wait = math.min(opt.breaker_cap_ms, math.max(opt.backoff_base_ms, failing / 4))
-      local delay = math.max(wait * (0.5 + r[5] / 2), tonumber(r[4]))
+      local delay = math.max(wait * (0.5 + r.jitter / 2), tonumber(r.retry_after_ms))
       redis.call('ZADD', P .. 'retry', int(NOW + delay), member)
       counts.outage = counts.outage + 1
     end
@@ -274,7 +281,7 @@ for _, item in ipairs(chunk.items) do
     counts.stale = counts.stale + 1
   end
   if sent(r) then
-    if r[1] == 'outage' then
+    if r.outcome == 'outage' then
       if reason ~= 'rate_limited' then
         outages = outages + 1
         last_outage = reason .. ': ' .. detail
@@ -285,7 +292,7 @@ for _, item in ipairs(chunk.items) do
     -- A request that failed may still have been applied: what the provider holds is
     -- unknown until the number's next push answers (an add-only target's confirmation
     -- stands: nothing there is ever removed).
-    local ambiguous = r[1] == 'retry' or r[1] == 'outage'
+    local ambiguous = r.outcome == 'retry' or r.outcome == 'outage'
     if overtaken or unsure or late or (ambiguous and not held_for_good(n)) then
       redis.call('HSET', confirmed_key, n, UNKNOWN)
     end
@@ -302,7 +309,7 @@ for _, item in ipairs(chunk.items) do
     if action == 'remove' then
       note_remove(target, n)
       if overtaken or lost then unsettle_siblings(target, n, touched, lost_until) end
-    elseif r[1] == 'retry' or r[1] == 'outage' then
+    elseif r.outcome == 'retry' or r.outcome == 'outage' then
       -- A failed add may have moved the entry, or still may.
       unsettle_siblings(target, n, touched, lost_until)
     end

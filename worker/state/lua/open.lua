@@ -6,28 +6,29 @@
 -- twice pushes the chunk twice at once, and the one that completes second is like a
 -- recovered chunk's late pusher (release.lua, complete.lua).
 -- ARGV: prefix, now_ms, chunk id, lease ms
--- Answers {} when the chunk is gone (completed, or recovered), else
--- {chunk JSON, stopped 0|1, state, version, state, version, ...} in the chunk's order; a
--- number an add-only target holds already (its push answered while this chunk waited) has
--- state 'held': it is not sent again.
+-- Answers {chunk = false} when the chunk is gone (completed, or recovered), else {chunk =
+-- its JSON, stopped = true|false, states = {e164: state}, versions = {e164: version}}
+-- (records.py: OpenChunk); a number an add-only target holds already (its push answered
+-- while this chunk waited) has state 'held': it is not sent again.
 local id = ARGV[3]
 local raw = redis.call('GET', P .. 'chunk:' .. id)
-if not raw then return {} end
+if not raw then return cjson.encode({chunk = false}) end
 redis.call('ZADD', P .. 'leases', 'GT', NOW + tonumber(ARGV[4]), id)
 redis.call('HINCRBY', P .. 'opened', id, 1)
 local chunk = cjson.decode(raw)
-local stopped = redis.call('HEXISTS', P .. 'paused', chunk.provider)
-if tonumber(redis.call('GET', P .. 'hold:' .. chunk.provider) or '0') > NOW then stopped = 1 end
-local out = {raw, stopped}
+local stopped = redis.call('HEXISTS', P .. 'paused', chunk.provider) == 1
+if tonumber(redis.call('GET', P .. 'hold:' .. chunk.provider) or '0') > NOW then stopped = true end
+local states, versions = {}, {}
 local add_only = meta(chunk.target).add_only
 for _, item in ipairs(chunk.items) do
-  local led = redis.call('HMGET', P .. 'num:' .. item[1], 's', 'v', 'rs', 'src')
+  local n = item[ITEM.e164]
+  local led = redis.call('HMGET', P .. 'num:' .. n, 's', 'v', 'rs', 'src')
   local state = target_state(chunk.target, led[1] or '', led[3] or led[4])
   if add_only then
-    local conf = redis.call('HGET', P .. 'confirmed:' .. chunk.target, item[1])
+    local conf = redis.call('HGET', P .. 'confirmed:' .. chunk.target, n)
     if conf and string.sub(conf, 1, 8) == 'blocked:' then state = 'held' end
   end
-  out[#out + 1] = state
-  out[#out + 1] = led[2] or ''
+  states[n] = state
+  versions[n] = led[2] or ''
 end
-return out
+return cjson.encode({chunk = raw, stopped = stopped, states = states, versions = versions})

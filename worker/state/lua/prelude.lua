@@ -23,6 +23,16 @@ local function want_state(action)
   return 'unblocked'
 end
 
+-- A chunk's item as `chunk:{id}` keeps it: a list, these fields at these positions
+-- (worker/state/records.py: ChunkItem has the same fields in the same order). A list, not
+-- an object: a chunk written by one version is read by the next during an upgrade.
+local ITEM = {e164 = 1, version = 2, name = 3, expires_ms = 4, context = 5, source = 6,
+              reason = 7, updated_ms = 8}
+
+local function chunk_item(e164, version, name, expires_ms, context, source, reason, updated_ms)
+  return {e164, version, name, expires_ms, context, source, reason, updated_ms}
+end
+
 local function action_for(state)
   if state == 'blocked' then return 'add' end
   return 'remove'
@@ -515,7 +525,8 @@ local function staged_summary(touched)
     local act = string.sub(tk, sep + 1)
     local count = redis.call('ZCARD', P .. 'stage:' .. target .. ':' .. act)
     local inflight = redis.call('HLEN', P .. 'inflight:' .. target)
-    table.insert(out, {target, act, count, before, inflight})
+    table.insert(out, {target = target, action = act, count = count, before = before,
+                       in_flight = inflight})
   end
   return out
 end

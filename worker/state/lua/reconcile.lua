@@ -6,6 +6,7 @@
 -- never held gets an entry that says unblocked (version 1, no remove time: any opt-out,
 -- however old, still wins over it) so that its remove is versioned like any other.
 -- ARGV: prefix, now_ms, target, numbers JSON, mode ('missing' | 'extra'), who, audit cap
+-- Answers {numbers = how many it staged, kept, staged} (records.py: Repaired).
 local target, mode, who, cap = ARGV[3], ARGV[5], ARGV[6], tonumber(ARGV[7])
 local touched = {}
 local staged, kept = 0, 0
@@ -28,4 +29,4 @@ for _, n in ipairs(cjson.decode(ARGV[4])) do
     if restage(target, n, true, touched) then staged = staged + 1 end
   end
 end
-return cjson.encode({staged = staged, kept = kept, summary = staged_summary(touched)})
+return cjson.encode({numbers = staged, kept = kept, staged = staged_summary(touched)})

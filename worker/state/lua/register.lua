@@ -9,8 +9,9 @@
 -- which targets a block is owed to (prelude.lua: target_state).
 -- ARGV: prefix, now_ms, metas JSON ({target: {provider, add_only, needs_ctx, ...}}), TTL ms,
 --       routes JSON ({source: {include = [...], exclude = [...]}}; absent: left as they are)
--- Answers {live = [[target, catch_up?], ...] for the targets that became live, routes =
--- 'changed' (other routes were announced before), 'new' (none were) or false}.
+-- Answers {live = [{target, catch_up}, ...] for the targets that became live, routes =
+-- 'changed' (other routes were announced before), 'new' (none were) or false}
+-- (records.py: Registered).
 local metas = cjson.decode(ARGV[3])
 local ttl = tonumber(ARGV[4])
 local live_key = P .. 'targets:live'
@@ -45,7 +46,7 @@ for target, m in pairs(metas) do
   redis.call('HSET', P .. 'targets', target, cjson.encode(m))
   local until_ms = tonumber(redis.call('ZSCORE', live_key, target) or '0')
   if until_ms < NOW then
-    table.insert(new, {target, start_catch_up(target)})
+    table.insert(new, {target = target, catch_up = start_catch_up(target)})
   end
   redis.call('ZADD', live_key, 'GT', NOW + ttl, target)
 end

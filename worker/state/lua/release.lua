@@ -9,6 +9,7 @@
 -- A chunk handed back by one push while another delivery of its task pushes it too is
 -- treated as recovered.
 -- ARGV: prefix, now_ms, chunk id, mode ('return' | 'recover'), late ms
+-- Answers {status = 'ok' | 'gone' | 'alive', staged} (records.py: Released).
 local id, recovering = ARGV[3], ARGV[4] == 'recover'
 local late_ms = tonumber(ARGV[5])
 local raw = redis.call('GET', P .. 'chunk:' .. id)
@@ -29,7 +30,7 @@ local target = chunk.target
 local add_only = meta(target).add_only
 local touched = {}
 for _, item in ipairs(chunk.items) do
-  local n = item[1]
+  local n = item[ITEM.e164]
   if redis.call('HGET', P .. 'inflight:' .. target, n) == id then
     redis.call('HDEL', P .. 'inflight:' .. target, n)
   end
@@ -49,4 +50,4 @@ for _, item in ipairs(chunk.items) do
 end
 redis.call('DEL', P .. 'chunk:' .. id)
 redis.call('HDEL', P .. 'opened', id)
-return cjson.encode({status = 'ok', count = #chunk.items, staged = staged_summary(touched)})
+return cjson.encode({status = 'ok', staged = staged_summary(touched)})

@@ -2,10 +2,11 @@
 -- numbers it does not hold yet; numbers confirmed at that state, in flight, retrying or
 -- dead-lettered are left alone.
 -- ARGV: prefix, now_ms, target, numbers JSON
+-- Answers {numbers = how many it staged, staged} (records.py: CaughtUp).
 local target = ARGV[3]
 local touched = {}
 local staged = 0
 for _, n in ipairs(cjson.decode(ARGV[4])) do
   if restage(target, n, false, touched) then staged = staged + 1 end
 end
-return cjson.encode({staged = staged, summary = staged_summary(touched)})
+return cjson.encode({numbers = staged, staged = staged_summary(touched)})
