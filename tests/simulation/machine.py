@@ -16,17 +16,12 @@ past every retry, expiry and lease, dead letters replayed, paused providers resu
 
 from __future__ import annotations
 
-import os
 import random
-import shutil
-import subprocess
 import sys
-import tempfile
-import time
 import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
-from typing import Any, ClassVar
+from typing import Any
 
 import redis
 from hypothesis import strategies as st
@@ -39,6 +34,7 @@ from hypothesis.stateful import (
 )
 
 from config import Settings, load_settings
+from tests.real_redis import RealRedis
 from tests.simulation.models import (
     ANSWERS,
     AUTH,
@@ -61,7 +57,6 @@ from worker.pipeline import push as pushing
 from worker.pipeline.accept import AcceptError, Event, PhoneInput, accept
 from worker.pipeline.context import Context
 from worker.providers.base import Action
-from worker.runtime.embedded import free_port, redis_server_binary
 from worker.state.store import Store
 
 NUMBERS = [f"+97250000000{i}" for i in range(3)]  # few: races need numbers to collide
@@ -121,55 +116,6 @@ class SimClock:
         return self.now
 
 
-class SimRedis:
-    """A redis-server of the simulation's own (no persistence: speed), or REDIS_URL."""
-
-    _url: ClassVar[str | None] = None
-    _process: ClassVar[subprocess.Popen[bytes] | None] = None
-    _dir: ClassVar[str | None] = None
-
-    @classmethod
-    def url(cls) -> str:
-        if cls._url is None:
-            given = os.environ.get("REDIS_URL")
-            if given and _answers(given):
-                cls._url = given
-            else:
-                port = free_port()
-                cls._dir = tempfile.mkdtemp(prefix="optout-sim-redis-")
-                cls._process = subprocess.Popen(
-                    [redis_server_binary(), "--bind", "127.0.0.1", "--port", str(port),
-                     "--save", "", "--appendonly", "no", "--dir", cls._dir],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                )  # fmt: skip
-                url = f"redis://127.0.0.1:{port}/0"
-                deadline = time.monotonic() + 15
-                while not _answers(url):
-                    if time.monotonic() > deadline:
-                        raise RuntimeError("the simulation's redis-server did not start")
-                    time.sleep(0.05)
-                cls._url = url
-        return cls._url
-
-    @classmethod
-    def stop(cls) -> None:
-        if cls._process is not None:
-            cls._process.terminate()
-            cls._process.wait(timeout=10)
-            cls._process = None
-            cls._url = None
-        if cls._dir:
-            shutil.rmtree(cls._dir, ignore_errors=True)
-            cls._dir = None
-
-
-def _answers(url: str) -> bool:
-    try:
-        return bool(redis.Redis.from_url(url, socket_connect_timeout=0.5).ping())
-    except redis.RedisError:
-        return False
-
-
 def sim_settings(prefix: str) -> Settings:
     settings = load_settings(
         {
@@ -200,7 +146,7 @@ class PipelineMachine(RuleBasedStateMachine):
         # Not `random`: hypothesis seeds it alike in every run, and two runs on one Redis
         # (CI beside a long run) would share a prefix.
         self.prefix = f"optout-sim-{uuid.uuid4().hex[:12]}:"
-        self.redis = redis.Redis.from_url(SimRedis.url())
+        self.redis = redis.Redis.from_url(RealRedis.url())
         self.settings = sim_settings(self.prefix)
         # Every number's whole audit trail: the quiescence check derives from it, not from
         # the ledger, which numbers each target should hold.

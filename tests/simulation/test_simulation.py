@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, settings
 
-from tests.simulation.machine import STATS, PipelineMachine, SimRedis
+from tests.real_redis import RealRedis
+from tests.simulation.machine import STATS, PipelineMachine
 from worker.pipeline import batching as work
 from worker.providers.base import Action
 from worker.runtime import logs
@@ -24,9 +25,9 @@ STEPS = int(os.environ.get("OPTOUT_SIM_STEPS", "60"))
 @pytest.fixture(scope="module", autouse=True)
 def _redis() -> Iterator[None]:
     logs.configure("json", level=logging.WARNING)  # thousands of runs: only what matters
-    SimRedis.url()
+    RealRedis.url()
     yield
-    SimRedis.stop()
+    RealRedis.stop()
 
 
 @pytest.mark.timeout(0 if "OPTOUT_SIM_EXAMPLES" in os.environ else 900)

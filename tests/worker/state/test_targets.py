@@ -1,0 +1,108 @@
+"""register.lua, cursor.lua, stage_many.lua and reconcile.lua on a real Redis: announcing
+targets and routes, the directory, catching a target up, repairing what it holds."""
+
+from __future__ import annotations
+
+from tests.conftest import FakeClock
+from tests.worker.state.scene import (
+    N1,
+    N2,
+    N3,
+    OPTIONS,
+    VOICENTER,
+    accept,
+    all_done,
+    hget,
+    lease,
+    live,
+    staged,
+)
+from worker.providers.base import Action
+from worker.state.records import CaughtUp, LiveTarget, Registered, Repaired, Staged
+from worker.state.store import Store
+
+PHONELY = {"provider": "phonely", "add_only": False, "max_batch": 50}
+
+
+def test_a_target_becomes_live_and_is_caught_up_only_when_the_ledger_holds_something(
+    store: Store, clock: FakeClock
+) -> None:
+    assert store.register_targets({"voicenter": VOICENTER}, 60) == Registered(
+        [LiveTarget("voicenter", False)], None
+    )
+    assert store.backfills() == {}
+    assert store.register_targets({"voicenter": VOICENTER}, 60) == Registered([], None)
+    accept(store, Action.ADD, N1)
+    registered = store.register_targets({"phonely:1": PHONELY}, 60)
+    assert registered == Registered([LiveTarget("phonely:1", True)], None)
+    assert store.backfills() == {"phonely:1": "b:0@1"}
+    assert store.directory() == {"voicenter": VOICENTER, "phonely:1": PHONELY}
+    clock.advance(61)  # no process announced them again within their TTL
+    assert store.directory() == {}
+    assert store.known_targets() == ["phonely:1", "voicenter"]
+    back = store.register_targets({"voicenter": VOICENTER}, 60)
+    assert back == Registered([LiveTarget("voicenter", True)], None)
+
+
+def test_routes_announced_new_then_changed_catch_every_live_target_up(store: Store) -> None:
+    live(store)
+    accept(store, Action.ADD, N1)
+    routes = {"sms": {"include": ["voodoosms", "phonely"], "exclude": []}}
+    assert store.register_targets({}, 60, routes).routes == "new"
+    assert store.announced_routes() == {"sms": {"exclude": [], "include": ["phonely", "voodoosms"]}}
+    assert store.backfills() == {"voicenter": "b:0@1"}
+    # the same routes in another order are the same announcement
+    same = {"sms": {"exclude": [], "include": ["phonely", "voodoosms"]}}
+    assert store.register_targets({}, 60, same).routes is None
+    assert store.register_targets({}, 60, None).routes is None  # left as they are
+    assert store.register_targets({}, 60, {}).routes == "changed"
+    assert store.backfills() == {"voicenter": "b:0@2"}
+    assert store.announced_routes() == {}
+
+
+def test_a_catch_up_cursor_moves_on_only_from_the_cursor_its_step_read(store: Store) -> None:
+    live(store)
+    accept(store, Action.ADD, N1)
+    store.register_targets({"phonely:1": PHONELY}, 60)
+    assert store.advance_backfill("phonely:1", "b:0@1", "c:0@1") is True
+    assert store.backfills() == {"phonely:1": "c:0@1"}
+    # a step of an earlier catch-up (the target lapsed and came back meanwhile)
+    assert store.advance_backfill("phonely:1", "b:0@0", None) is False
+    assert store.backfills() == {"phonely:1": "c:0@1"}
+    assert store.advance_backfill("phonely:1", "c:0@1", None) is True
+    assert store.backfills() == {}
+
+
+def test_a_catch_up_step_stages_what_the_target_lacks_and_nothing_it_holds(store: Store) -> None:
+    accept(store, Action.ADD, N1, N2, N3)  # before any target was live
+    live(store)
+    store.redis.hset(store.key("confirmed", "voicenter"), N2, "blocked:1")
+    store.redis.zadd(store.key("retry"), {f"voicenter|{N3}": store.now_ms() + 1000})
+    position, page = store.blocked_page("0", 100)
+    assert (position, sorted(page)) == ("0", [N1, N2, N3])
+    caught_up = store.stage_many("voicenter", [N1, N2, N3])
+    assert caught_up == CaughtUp(1, [Staged("voicenter", Action.ADD, 1, 0, 0)])
+    assert staged(store) == [N1]
+    assert store.confirmed_page("voicenter", "0", 100) == ("0", [N2])
+
+
+def test_a_repair_pushes_missing_numbers_again_and_removes_extras_unless_blocked_now(
+    store: Store,
+) -> None:
+    live(store)
+    accept(store, Action.ADD, N1)
+    chunk = lease(store)
+    store.complete(chunk, all_done(chunk), OPTIONS)
+    assert store.repair("voicenter", [N1], "missing", "reconcile") == Repaired(
+        1, 0, [Staged("voicenter", Action.ADD, 1, 0, 0)]
+    )
+    assert hget(store, "confirmed:voicenter", N1) == "?"
+    # an extra the ledger blocks now stays; one it never held gets a versioned remove
+    repaired = store.repair("voicenter", [N1, N2], "extra", "reconcile")
+    assert repaired == Repaired(1, 1, [Staged("voicenter", Action.REMOVE, 1, 0, 0)])
+    ledger = store.ledger(N2)
+    assert (ledger["s"], ledger["v"], ledger["e"], ledger["src"]) == (
+        "unblocked", "1", "reconcile", "reconcile"
+    )  # fmt: skip
+    assert store.audit(N2)[0]["res"] == "extra"
+    assert staged(store, action=Action.REMOVE) == [N2]
