@@ -354,6 +354,11 @@ def test_numbers_not_sent_are_staged_again_and_one_not_reported_is_a_retry(
     assert hget(store, "confirmed:voicenter", N1) is None  # nothing was sent
     assert json.loads(hget(store, "answer:voicenter", N3) or "")["rsn"] == "no_result"
     assert retry_at(store, N3) is not None
+    # It may have been sent: the next push of it is confirmed only once no late request of
+    # this one can land (the others were not sent at all).
+    assert hget(store, "late:voicenter", N3) == str(store.now_ms() + OPTIONS.late_ms)
+    assert hget(store, "late:voicenter", N1) is None
+    assert hget(store, "late:voicenter", N2) is None
 
 
 def test_a_request_that_may_land_later_and_a_retry_after_hold(store: Store) -> None:

@@ -195,9 +195,10 @@ for _, item in ipairs(chunk.items) do
   local overtaken = mark ~= false
   local unsure = false  -- confirmed by one more push
   local late = false  -- confirmed by one more push once no late request can land
+  -- A number the pusher reported nothing of may have been sent: its request may still land.
   local r = results[n] or {outcome = 'retry', reason = 'no_result',
                            detail = 'the pusher reported nothing', retry_after_ms = 0,
-                           jitter = 0.5, window_ms = 0, may_land = false}
+                           jitter = 0.5, window_ms = 0, may_land = true}
   local outcome, reason, detail = r.outcome, r.reason, r.detail
   -- A request the provider may still carry out later, after the next push (a timeout, a
   -- gateway's 5xx, an answer nobody expected): the number's next push is confirmed by one
