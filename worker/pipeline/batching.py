@@ -16,7 +16,7 @@ log = structlog.get_logger("optout.pipeline")
 #: Flush modes: see worker/state/lua/claim.lua.
 FULL, ALL, DUE = "full", "all", "due"
 #: Chunks one claim leases at most; a flush claims again while claims come back full. Small,
-#: for the same reason as accept's WRITE_CHUNK: a claim of 50 chunks held Redis for ~35 ms.
+#: for the same reason as accept's WRITE_CHUNK: a long script holds every other Redis call.
 CLAIM_CHUNKS = 10
 #: A flush to enqueue: target, action, mode, delay in seconds.
 Flush = tuple[str, Action, str, float]

@@ -25,8 +25,8 @@ log = structlog.get_logger("optout.pipeline")
 
 #: After its chunk, a push claims the next full chunk of the same batch and pushes it too,
 #: for up to this long: a backlog drains without a flush task, a push task and their two
-#: broker messages per chunk (Celery's per-task cost was a third of the worker's CPU on the
-#: bulk path). Short, so that a warm shutdown still waits little for the task in hand.
+#: broker messages per chunk (Celery's per-task cost is a large share of a bulk worker's
+#: CPU). Short, so that a warm shutdown still waits little for the task in hand.
 CHAIN_SECONDS = 2.0
 
 
@@ -219,7 +219,7 @@ def push_chunk(ctx: Context, opened: OpenChunk) -> dict[str, int]:
 
 def _count(chunk: Chunk, encoded: dict[str, ItemResult], status: str, now_ms: int) -> None:
     # Counted per outcome, not per number: in multiprocess mode every increment is a locked
-    # write to a shared file, and a sixth of a chunk's push CPU went to them.
+    # write to a shared file.
     metrics.BATCH.labels(chunk.provider).observe(len(chunk.items))
     for outcome, count in Counter(r.outcome for r in encoded.values()).items():
         metrics.PUSHED.labels(chunk.provider, outcome).inc(count)
