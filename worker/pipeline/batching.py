@@ -98,8 +98,8 @@ def sweep(ctx: Context) -> int:
     backfill(ctx)
     ctx.store.adopt_step()
     expired = ctx.store.expire_due()
-    if expired.lifted:
-        log.info("blocks_expired", count=expired.lifted)
+    if expired.count:
+        log.info("blocks_expired", count=expired.count)
     schedule(ctx, expired.staged)
     swept = ctx.store.sweep_retries()
     schedule(ctx, swept.staged)
@@ -108,7 +108,7 @@ def sweep(ctx: Context) -> int:
     for target, action, _size, oldest in ctx.store.staged_batches(sorted(ctx.directory())):
         if oldest + linger <= now_ms:
             ctx.dispatcher.flush(target, action, DUE)
-    return swept.moved
+    return swept.count
 
 
 def backfill(ctx: Context, page: int = 2000) -> int:
@@ -147,7 +147,7 @@ def backfill(ctx: Context, page: int = 2000) -> int:
         if wanted:
             caught_up = ctx.store.stage_many(target, wanted)
             schedule(ctx, caught_up.staged)
-            staged_total += caught_up.numbers
+            staged_total += caught_up.count
         if not ctx.store.advance_backfill(target, cursor, next_cursor):
             log.info("catch_up_restarted", target=target)  # it became live again meanwhile
             continue
@@ -179,4 +179,4 @@ def replay(ctx: Context, ids: list[str], who: str) -> int:
     """Stage dead letters again; each leaves the store when its push succeeds."""
     replayed = ctx.store.replay(ids, who)
     schedule(ctx, replayed.staged)
-    return replayed.replayed
+    return replayed.count

@@ -19,7 +19,7 @@ from worker.state.records import (
     ItemResult,
     OpenChunk,
     Released,
-    Swept,
+    Tally,
 )
 
 
@@ -88,10 +88,10 @@ class Chunks(Keyspace):
         ids = self.redis.zrangebyscore(self.key("leases"), "-inf", self.now_ms(), 0, limit)
         return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
 
-    def sweep_retries(self, limit: int = 1000) -> Swept:
-        """Move due retries into their batches; drop the work of targets that are not live
-        (see sweep.lua)."""
-        return Swept.decode(self._run("sweep", limit))
+    def sweep_retries(self, limit: int = 1000) -> Tally:
+        """Move due retries into their batches (the count: how many); drop the work of targets
+        that are not live (see sweep.lua)."""
+        return Tally.decode(self._run("sweep", limit))
 
     def staged_batches(self, targets: Iterable[str]) -> list[tuple[str, Action, int, int]]:
         """(target, action, size, oldest staged ms) of every non-empty batch."""

@@ -7,7 +7,7 @@ from typing import Any, cast
 
 from worker.state.codec import decode, text
 from worker.state.keyspace import Keyspace
-from worker.state.records import Replayed
+from worker.state.records import Tally
 
 
 class DeadLetters(Keyspace):
@@ -21,9 +21,9 @@ class DeadLetters(Keyspace):
         raw = cast(list[Any], self.redis.hmget(self.key("dlq"), [text(i) for i in ids]))
         return [decode(entry) for entry in raw if entry is not None]
 
-    def replay(self, ids: list[str], who: str) -> Replayed:
-        """Stage dead letters again (see lua/replay.lua)."""
-        return Replayed.decode(self._run("replay", json.dumps(ids), who, self.audit_cap))
+    def replay(self, ids: list[str], who: str) -> Tally:
+        """Stage dead letters again (see lua/replay.lua); the count: how many."""
+        return Tally.decode(self._run("replay", json.dumps(ids), who, self.audit_cap))
 
     def purge(self, ids: list[str], who: str) -> int:
         return int(self._run("purge", json.dumps(ids), who, self.audit_cap))

@@ -10,7 +10,7 @@ from typing import Any, cast
 from worker.runtime import fastjson
 from worker.state.codec import decode, text
 from worker.state.keyspace import Keyspace
-from worker.state.records import AcceptOutcome, Expired
+from worker.state.records import AcceptOutcome, Tally
 from worker.state.replication import Replication
 
 
@@ -68,9 +68,9 @@ class Ledger(Keyspace):
         replication.check(int(acked))
         return AcceptOutcome.decode(answer)
 
-    def expire_due(self, limit: int = 1000) -> Expired:
-        """Lift temporary blocks whose expiry has passed."""
-        return Expired.decode(self._run("expire", limit, self.audit_cap))
+    def expire_due(self, limit: int = 1000) -> Tally:
+        """Lift temporary blocks whose expiry has passed; the count: numbers unblocked."""
+        return Tally.decode(self._run("expire", limit, self.audit_cap))
 
     def adopt_step(self, count: int = 200) -> bool:
         """One page of the pass that adopts blocks written before blocks kept their source

@@ -238,55 +238,18 @@ class Released:
 
 
 @dataclass(frozen=True, slots=True)
-class Swept:
-    """sweep.lua: how many due retries it took, and the batches it staged them into."""
+class Tally:
+    """A script's count and the batches it staged: the due retries sweep.lua moved, the
+    numbers expire.lua unblocked, the dead letters replay.lua replayed, the numbers a
+    catch-up step (stage_many.lua) staged."""
 
-    moved: int
+    count: int
     staged: list[Staged]
 
     @classmethod
-    def decode(cls, raw_answer: Any) -> Swept:
+    def decode(cls, raw_answer: Any) -> Tally:
         raw = lua_json(raw_answer)
-        return cls(int(raw["moved"]), Staged.batches(raw.get("staged")))
-
-
-@dataclass(frozen=True, slots=True)
-class Expired:
-    """expire.lua: how many numbers it unblocked, and the batches it staged."""
-
-    lifted: int
-    staged: list[Staged]
-
-    @classmethod
-    def decode(cls, raw_answer: Any) -> Expired:
-        raw = lua_json(raw_answer)
-        return cls(int(raw["lifted"]), Staged.batches(raw.get("staged")))
-
-
-@dataclass(frozen=True, slots=True)
-class Replayed:
-    """replay.lua: how many dead letters it replayed, and the batches it staged."""
-
-    replayed: int
-    staged: list[Staged]
-
-    @classmethod
-    def decode(cls, raw_answer: Any) -> Replayed:
-        raw = lua_json(raw_answer)
-        return cls(int(raw["replayed"]), Staged.batches(raw.get("staged")))
-
-
-@dataclass(frozen=True, slots=True)
-class CaughtUp:
-    """stage_many.lua: how many of the numbers a catch-up step staged, and the batches."""
-
-    numbers: int
-    staged: list[Staged]
-
-    @classmethod
-    def decode(cls, raw_answer: Any) -> CaughtUp:
-        raw = lua_json(raw_answer)
-        return cls(int(raw["numbers"]), Staged.batches(raw.get("staged")))
+        return cls(int(raw["count"]), Staged.batches(raw.get("staged")))
 
 
 @dataclass(frozen=True, slots=True)

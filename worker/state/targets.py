@@ -8,7 +8,7 @@ from typing import Any, cast
 
 from worker.state.codec import decode, ms, text
 from worker.state.keyspace import Keyspace
-from worker.state.records import CaughtUp, Registered, Repaired
+from worker.state.records import Registered, Repaired, Tally
 
 
 class Targets(Keyspace):
@@ -77,9 +77,10 @@ class Targets(Keyspace):
         fresh catch-up replaced it meanwhile (answers False then)."""
         return bool(self._run("cursor", target, read, cursor or ""))
 
-    def stage_many(self, target: str, numbers: list[str]) -> CaughtUp:
-        """A catch-up step: stage what the ledger says for numbers the target lacks."""
-        return CaughtUp.decode(self._run("stage_many", target, json.dumps(numbers)))
+    def stage_many(self, target: str, numbers: list[str]) -> Tally:
+        """A catch-up step: stage what the ledger says for numbers the target lacks; the
+        count: how many of them were staged."""
+        return Tally.decode(self._run("stage_many", target, json.dumps(numbers)))
 
     def repair(self, target: str, numbers: list[str], mode: str, who: str) -> Repaired:
         """Stage what a reconciliation found (lua/reconcile.lua): 'missing' numbers pushed

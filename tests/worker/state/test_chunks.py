@@ -34,7 +34,7 @@ from worker.state.records import (
     Completion,
     Released,
     Staged,
-    Swept,
+    Tally,
 )
 from worker.state.store import Store
 
@@ -241,7 +241,7 @@ def test_the_last_attempt_dead_letters_the_number(store: Store, clock: FakeClock
         clock.advance(10)
         if attempt < OPTIONS.max_attempts:
             assert done.counts == _counts(retry=1)
-            assert store.sweep_retries().moved == 1
+            assert store.sweep_retries().count == 1
     assert done.counts == _counts(dead=1)
     entry = dead_letter(store, N1)
     assert entry is not None
@@ -287,7 +287,7 @@ def test_an_outage_spends_no_attempt_and_opens_the_circuit_at_the_threshold(
     assert retry_at(store, N1) == now + 500  # the backoff base at first, half by jitter
     assert store.circuit("voicenter") is None  # failing, not open
     clock.advance(0.5)
-    assert store.sweep_retries().moved == 1
+    assert store.sweep_retries().count == 1
     chunk = lease(store)
     done = store.complete(chunk, down, OPTIONS)
     assert done.circuit == "open"
@@ -304,7 +304,7 @@ def test_an_outage_spends_no_attempt_and_opens_the_circuit_at_the_threshold(
     assert _claim(store) == Claimed("held", [], [])
     # once the hold has passed, one chunk probes; an answer closes the circuit
     clock.advance(2)
-    assert store.sweep_retries().moved == 1
+    assert store.sweep_retries().count == 1
     chunk = lease(store)
     assert store.complete(chunk, all_done(chunk), OPTIONS).circuit == "closed"
     assert store.circuit("voicenter") is None
@@ -330,7 +330,7 @@ def test_a_retry_window_dead_letters_once_spent_whatever_the_attempts(
         chunk = lease(store)
         assert store.complete(chunk, waiting, OPTIONS).counts == _counts(retry=1)
         clock.advance(5)
-        assert store.sweep_retries().moved == 1
+        assert store.sweep_retries().count == 1
     chunk = lease(store)
     assert store.complete(chunk, waiting, OPTIONS).counts == _counts(dead=1)  # 20 s spent
     entry = dead_letter(store, N1)
@@ -441,14 +441,14 @@ def test_the_sweep_moves_due_retries_and_drops_the_work_of_targets_not_live(
     accept(store, Action.ADD, N1, N2)
     chunk = lease(store)
     store.complete(chunk, {n: answer("retry", "server_error") for n in (N1, N2)}, OPTIONS)
-    assert store.sweep_retries() == Swept(0, [])
+    assert store.sweep_retries() == Tally(0, [])
     clock.advance(0.5)
-    assert store.sweep_retries() == Swept(2, [Staged("voicenter", Action.ADD, 2, 0, 0)])
+    assert store.sweep_retries() == Tally(2, [Staged("voicenter", Action.ADD, 2, 0, 0)])
     assert retry_at(store, N1) is None
     assert store.staged_batches(["voicenter"]) == [("voicenter", Action.ADD, 2, store.now_ms())]
     clock.advance(3600)  # no process announced it for its TTL
     store.redis.zadd(store.key("retry"), {f"voicenter|{N1}": store.now_ms()})
-    assert store.sweep_retries() == Swept(1, [])
+    assert store.sweep_retries() == Tally(1, [])
     assert staged(store) == []
     assert retry_at(store, N1) is None
 

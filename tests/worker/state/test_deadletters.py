@@ -16,7 +16,7 @@ from tests.worker.state.scene import (
     staged,
 )
 from worker.providers.base import Action
-from worker.state.records import Replayed, Staged
+from worker.state.records import Staged, Tally
 from worker.state.store import Store
 
 
@@ -44,8 +44,8 @@ def test_a_replay_stages_the_number_again_once_however_often_it_is_replayed(
     accept(store, Action.ADD, N1)
     _dead(store, N1)
     member = f"voicenter|{N1}"
-    assert store.replay([member], "ops") == Replayed(1, [Staged("voicenter", Action.ADD, 1, 0, 0)])
-    assert store.replay([member, "voicenter|+0"], "ops") == Replayed(
+    assert store.replay([member], "ops") == Tally(1, [Staged("voicenter", Action.ADD, 1, 0, 0)])
+    assert store.replay([member, "voicenter|+0"], "ops") == Tally(
         1, [Staged("voicenter", Action.ADD, 1, 1, 0)]
     )  # the unknown one is skipped
     assert staged(store) == [N1]
@@ -69,7 +69,7 @@ def test_a_replay_for_a_target_not_live_waits_and_counts_nothing(
     accept(store, Action.ADD, N1)
     _dead(store, N1)
     clock.advance(3601)
-    assert store.replay([f"voicenter|{N1}"], "ops") == Replayed(0, [])
+    assert store.replay([f"voicenter|{N1}"], "ops") == Tally(0, [])
     assert store.audit(N1)[0]["res"] == "target_not_live"
     assert dead_letter(store, N1) is not None
     assert (dead_letter(store, N1) or {}).get("replays") == 0
@@ -81,7 +81,7 @@ def test_a_replay_with_nothing_left_to_push_drops_the_dead_letter(store: Store) 
     _dead(store, N1)
     # the target holds what the ledger says now (as after a reconciliation)
     store.redis.hset(store.key("confirmed", "voicenter"), N1, "blocked:1")
-    assert store.replay([f"voicenter|{N1}"], "ops") == Replayed(1, [])
+    assert store.replay([f"voicenter|{N1}"], "ops") == Tally(1, [])
     assert store.dead_letters() == []
     assert store.oldest_dead_letter_ms() is None
     assert store.audit(N1)[0]["res"] == "nothing_to_push"

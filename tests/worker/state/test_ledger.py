@@ -8,7 +8,7 @@ import json
 from tests.conftest import FakeClock
 from tests.worker.state.scene import N1, N2, VOICENTER, WEYA, accept, event, lease, live, staged
 from worker.providers.base import Action
-from worker.state.records import AcceptOutcome, Expired, Staged
+from worker.state.records import AcceptOutcome, Staged, Tally
 from worker.state.store import Store
 
 ROUTE = {"include": [], "exclude": [], "call": False}
@@ -133,10 +133,10 @@ def test_an_expired_block_is_lifted_as_a_new_version_and_staged_for_removal(
     live(store)
     accept(store, Action.ADD, N1, expires_in_ms=10_000)
     lease(store)  # the add is in flight when its block ends
-    assert store.expire_due() == Expired(0, [])  # not yet
+    assert store.expire_due() == Tally(0, [])  # not yet
     clock.advance(10)
     expired = store.expire_due()
-    assert expired.lifted == 1
+    assert expired.count == 1
     # in flight: the completion of the add stages the remove (restage skips it now)
     assert expired.staged == []
     ledger = store.ledger(N1)
@@ -147,7 +147,7 @@ def test_an_expired_block_is_lifted_as_a_new_version_and_staged_for_removal(
     assert store.redis.zscore(store.key("expiry"), N1) is None
     assert store.audit(N1)[0]["res"] == "applied"
     assert store.audit(N1)[0]["act"] == "expire"
-    assert store.expire_due() == Expired(0, [])  # once
+    assert store.expire_due() == Tally(0, [])  # once
 
 
 def test_an_expiry_stages_the_remove_for_a_target_not_pushing_the_number(
@@ -157,7 +157,7 @@ def test_an_expiry_stages_the_remove_for_a_target_not_pushing_the_number(
     accept(store, Action.ADD, N1, expires_in_ms=10_000)
     clock.advance(11)
     expired = store.expire_due()
-    assert expired == Expired(1, [Staged("voicenter", Action.REMOVE, 1, 0, 0)])
+    assert expired == Tally(1, [Staged("voicenter", Action.REMOVE, 1, 0, 0)])
     assert staged(store) == []
     assert staged(store, action=Action.REMOVE) == [N1]
 
@@ -173,7 +173,7 @@ def test_one_sources_block_ending_under_anothers_narrows_the_sources_only(
     assert store.blocked_until([N1], store.now_ms() + 5_000, "sms") == {N1}
     assert store.blocked_until([N1], 0, "crm") == {N1}
     clock.advance(11)
-    assert store.expire_due().lifted == 0
+    assert store.expire_due().count == 0
     ledger = store.ledger(N1)
     assert (ledger["s"], ledger["v"], ledger["rs"]) == ("blocked", "2", "crm")
     assert store.audit(N1)[0]["res"] == "narrowed"

@@ -18,7 +18,7 @@ from tests.worker.state.scene import (
     staged,
 )
 from worker.providers.base import Action
-from worker.state.records import CaughtUp, LiveTarget, Registered, Repaired, Staged
+from worker.state.records import LiveTarget, Registered, Repaired, Staged, Tally
 from worker.state.store import Store
 
 PHONELY = {"provider": "phonely", "add_only": False, "max_batch": 50}
@@ -81,7 +81,7 @@ def test_a_catch_up_step_stages_what_the_target_lacks_and_nothing_it_holds(store
     position, page = store.blocked_page("0", 100)
     assert (position, sorted(page)) == ("0", [N1, N2, N3])
     caught_up = store.stage_many("voicenter", [N1, N2, N3])
-    assert caught_up == CaughtUp(1, [Staged("voicenter", Action.ADD, 1, 0, 0)])
+    assert caught_up == Tally(1, [Staged("voicenter", Action.ADD, 1, 0, 0)])
     assert staged(store) == [N1]
     assert store.confirmed_page("voicenter", "0", 100) == ("0", [N2])
 

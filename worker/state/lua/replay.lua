@@ -33,4 +33,4 @@ for _, member in ipairs(ids) do
     replayed = replayed + 1
   end
 end
-return cjson.encode({replayed = replayed, staged = staged_summary(touched)})
+return cjson.encode({count = replayed, staged = staged_summary(touched)})

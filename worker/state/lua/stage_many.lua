@@ -9,4 +9,4 @@ local staged = 0
 for _, n in ipairs(cjson.decode(ARGV[4])) do
   if restage(target, n, false, touched) then staged = staged + 1 end
 end
-return cjson.encode({numbers = staged, staged = staged_summary(touched)})
+return cjson.encode({count = staged, staged = staged_summary(touched)})

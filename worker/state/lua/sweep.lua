@@ -22,4 +22,4 @@ for _, member in ipairs(due) do
   redis.call('ZREM', P .. 'retry', member)
   if live[target] then restage(target, string.sub(member, sep + 1), true, touched) end
 end
-return cjson.encode({moved = #due, staged = staged_summary(touched)})
+return cjson.encode({count = #due, staged = staged_summary(touched)})
