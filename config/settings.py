@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, ClassVar, TypeVar
 
 from pydantic import (
     Field,
@@ -101,6 +101,8 @@ class Settings(EnvSettings):
     CELERY_BROKER_URL; each provider's own in `providers`), validated once at start."""
 
     model_config = SettingsConfigDict(env_prefix="OPTOUT_")
+    #: Fields no variable sets: each provider's settings are read by its own model.
+    not_from_environment: ClassVar[frozenset[str]] = frozenset({"providers"})
 
     redis_url: str | None = Field(default=None, validation_alias="REDIS_URL")
     celery_broker_url: str | None = Field(default=None, validation_alias="CELERY_BROKER_URL")

@@ -9,6 +9,7 @@ from contextvars import ContextVar
 from typing import Annotated, Any, ClassVar
 
 from pydantic import AfterValidator, BeforeValidator, SecretStr
+from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -25,6 +26,18 @@ ENVIRON: ContextVar[Mapping[str, str] | None] = ContextVar("optout_environ", def
 class _Environ(EnvSettingsSource):
     """The environment source, reading the mapping `load_settings` was given when there is one
     (tests, tools), else os.environ."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        # A field named by `validation_alias` (REDIS_URL) is read under that name only, not
+        # also as OPTOUT_REDIS_URL; a field the environment does not set (`providers`, read
+        # from each provider's own model) is not read at all.
+        if field_name in getattr(self.settings_cls, "not_from_environment", ()):
+            return None, field_name, False
+        alias = field.validation_alias
+        if isinstance(alias, str):
+            key = alias if self.case_sensitive else alias.lower()
+            return self.env_vars.get(key), key, self.field_is_complex(field)
+        return super().get_field_value(field, field_name)
 
     def _load_env_vars(self) -> Mapping[str, str | None]:
         environ = ENVIRON.get()

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CLI = (sys.executable, "-m", "worker.cli.main")
+CLI = (sys.executable, "-m", "worker.cli")
 
 
 class Processes:

@@ -115,7 +115,7 @@ class Lab:
     ) -> subprocess.Popen[bytes]:
         """A worker (`optout worker`: its groups in one process group) with the lab's
         settings, or with `env` instead (another target set)."""
-        args = [sys.executable, "-m", "worker.cli.main", "worker", "--concurrency", "2"]
+        args = [sys.executable, "-m", "worker.cli", "worker", "--concurrency", "2"]
         if beat:
             args.append("--beat")
         (self.workdir / "data").mkdir(parents=True, exist_ok=True)

@@ -100,6 +100,9 @@ def test_lists_and_pairs_are_read_as_text_not_json() -> None:
         ({"WEYA_API_TOKEN": "t"}, "WEYA_BASE_URL is required when WEYA_API_TOKEN is set"),
         ({"PHONELY_API_KEY": "k", "PHONELY_AGENT_IDS": "a"}, "PHONELY_UID is required"),
         ({"WEYA_NOT_FOUND_RETRY_SECONDS": "0"}, "WEYA_NOT_FOUND_RETRY_SECONDS"),
+        # An empty wanted value would make every CDR without the field an opt-out.
+        ({"OPTOUT_VOICENTER_OPTOUT_CUSTOMDATA": "var_optout="}, "'var_optout=': expected"),
+        ({"OPTOUT_ROUTES": "=voicenter"}, "'=voicenter': expected"),
     ],
 )  # fmt: skip
 def test_a_bad_list_or_pair_fails_naming_its_variable_and_item(
@@ -159,3 +162,19 @@ def test_variables_name_every_setting_once() -> None:
     shown = dict(load_settings({"PHONELY_UID": "u"}).variables())
     assert shown["PHONELY_UID"] == "u"
     assert shown["OPTOUT_BATCH_SIZE"] == 100
+
+
+@pytest.mark.parametrize(
+    ("variable", "field"),
+    [("OPTOUT_REDIS_URL", "redis_url"), ("OPTOUT_CELERY_BROKER_URL", "celery_broker_url")],
+)
+def test_a_url_is_read_under_its_own_name_only(variable: str, field: str) -> None:
+    # With REDIS_URL unset, a stray OPTOUT_REDIS_URL must not choose where the ledger lives.
+    settings = load_settings({variable: "redis://elsewhere.invalid:6379/0"})
+    assert getattr(settings, field) is None
+    assert load_settings({"REDIS_URL": "redis://h:1/0"}).redis_url == "redis://h:1/0"
+
+
+def test_no_variable_sets_the_providers_field() -> None:
+    settings = load_settings({"OPTOUT_PROVIDERS": "voicenter", "VOICENTER_API_CODE": "abc"})
+    assert settings.enabled_providers() == ["voicenter"]

@@ -131,7 +131,7 @@ class WorkerProcess:
         Path(self.env["OPTOUT_DATA_DIR"]).mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "worker.cli.main", "worker", "--beat", "--concurrency", "2"],
+            [sys.executable, "-m", "worker.cli", "worker", "--beat", "--concurrency", "2"],
             env=self.env,
             cwd=ROOT,
             stdout=log,

@@ -44,7 +44,7 @@ def broker(request: pytest.FixtureRequest, redis_url: str, prefix: str) -> Itera
 
 class Consumer:
     def __init__(self, env: dict[str, str], url: str, queue: str, log: Path) -> None:
-        self.argv = [sys.executable, "-m", "worker.cli.main", "consume", "--url", url,
+        self.argv = [sys.executable, "-m", "worker.cli", "consume", "--url", url,
                      "--queue", queue, "--prefetch", "20", "--visibility-timeout", "5"]  # fmt: skip
         self.env = {**os.environ, **env}
         self.log = log

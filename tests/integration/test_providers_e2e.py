@@ -111,7 +111,7 @@ def test_a_wrong_key_pauses_and_resume_delivers_everything_staged(
     fixed = {**old, "VOODOOSMS_API_KEY": "new-key"}
     start_worker(**fixed)
     result = subprocess.run(
-        [sys.executable, "-m", "worker.cli.main", "provider", "resume", "voodoosms"],
+        [sys.executable, "-m", "worker.cli", "provider", "resume", "voodoosms"],
         env={**os.environ, **fixed},
         cwd=ROOT,
         capture_output=True,

@@ -33,7 +33,7 @@ def start_up(tmp_path: Path, fake_url: str, port: int) -> subprocess.Popen[bytes
     )
     log = (tmp_path / "up.log").open("ab")
     return subprocess.Popen(
-        [sys.executable, "-m", "worker.cli.main", "up", "--port", str(port)],
+        [sys.executable, "-m", "worker.cli", "up", "--port", str(port)],
         env=env,
         cwd=tmp_path,
         stdout=log,

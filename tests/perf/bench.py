@@ -314,7 +314,7 @@ def feed_import(s: Stack, first: int, count: int) -> float:
         out.writerows([number(i)] for i in range(first, first + count))
     started = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "-m", "worker.cli.main", "import", str(path), "--source", "bench"],
+        [sys.executable, "-m", "worker.cli", "import", str(path), "--source", "bench"],
         env=s.procs.env, cwd=ROOT, capture_output=True, check=False,
     )  # fmt: skip
     if done.returncode != 0:

@@ -344,7 +344,7 @@ class OneList(Model):
     target is a database. An add creates the entry, or (it exists) finds it and, unless it
     is in this database with this expiry, moves it here by its id (answered as moved from
     the database it was in); a remove finds the entry in its own database and deletes it by
-    id, wherever it has been moved meanwhile. Tally entries stay (they no longer block)."""
+    id, wherever it has been moved meanwhile. Expired entries stay (they no longer block)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -158,7 +158,7 @@ def up(host: HostOpt = "127.0.0.1", port: PortOpt = 8000) -> None:
     env["OPTOUT_DATA_DIR"] = str(data_dir)
     # One metrics directory for the whole tree: the API's /metrics shows the worker's too.
     env["PROMETHEUS_MULTIPROC_DIR"] = str(fresh_dir(data_dir / "metrics" / "up"))
-    me = [sys.executable, "-m", "worker.cli.main"]
+    me = [sys.executable, "-m", "worker.cli"]
     roles = {
         "api": [*me, "api", "--host", host, "--port", str(port)],
         "worker": [*me, "worker"],

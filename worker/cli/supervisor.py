@@ -26,7 +26,7 @@ def supervise_groups(
     supervisor above (`optout up`, systemd, Kubernetes) to restart."""
     children: dict[str, subprocess.Popen[bytes]] = {}
     for name in groups:
-        argv = [sys.executable, "-m", "worker.cli.main", "worker", "--group", name]
+        argv = [sys.executable, "-m", "worker.cli", "worker", "--group", name]
         if name == groups[0]:
             argv += [*(["--concurrency", str(concurrency)] if concurrency else []),
                      *(["--beat"] if beat else []),

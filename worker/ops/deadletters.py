@@ -18,8 +18,12 @@ class DeadLetterFilter:
     ids: tuple[str, ...] = ()
 
     def empty(self) -> bool:
-        """Nothing chosen: every dead letter matches."""
-        return self == DeadLetterFilter()
+        """Nothing chosen: every dead letter matches (an empty value chooses nothing, as
+        `matches` reads it: `--provider "$UNSET"` is no choice)."""
+        return not (
+            self.ids or self.provider or self.action or self.reason or self.phone
+            or self.older_than_seconds
+        )  # fmt: skip
 
     def matches(self, entry: dict[str, Any], now_ms: int) -> bool:
         if self.ids and entry.get("id") not in self.ids:

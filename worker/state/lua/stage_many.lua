@@ -2,7 +2,7 @@
 -- numbers it does not hold yet; numbers confirmed at that state, in flight, retrying or
 -- dead-lettered are left alone.
 -- ARGV: prefix, now_ms, target, numbers JSON
--- Answers {numbers = how many it staged, staged} (records.py: CaughtUp).
+-- Answers {count = how many it staged, staged} (records.py: Tally).
 local target = ARGV[3]
 local touched = {}
 local staged = 0
