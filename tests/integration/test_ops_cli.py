@@ -69,8 +69,8 @@ def test_import_100k_rows_with_bad_ones_twice(cli_env: dict[str, str], tmp_path:
             writer.writerow([f"customer {i}", phone])
     result = run("import", str(path), "--source", "crm")
     assert result.exit_code == 0, result.output
-    assert "rows 100000: accepted 99997, rejected 3" in result.output
-    report = list(csv.reader((tmp_path / "crm.csv.rejected.csv").open()))
+    assert "rows 100000: accepted 99997, duplicates 0, rejected 3" in result.output
+    report = list(csv.reader((tmp_path / "crm.rejected.csv").open()))
     assert report[0] == ["line", "input", "reason"]
     assert sorted((r[1], r[2]) for r in report[1:]) == sorted(
         [("not-a-number", "contains_letters"), ("12", "too_short"),

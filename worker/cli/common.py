@@ -18,8 +18,9 @@ from worker.runtime import logs
 if TYPE_CHECKING:
     from worker.pipeline.context import Context
 
-console = Console()
-err = Console(stderr=True)
+# Whole lines: a message an operator (or a script) reads is never broken at the window width.
+console = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 HostOpt = Annotated[str, typer.Option(help="Address to listen on.")]
 PortOpt = Annotated[int, typer.Option(help="Port to listen on.")]

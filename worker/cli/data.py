@@ -29,12 +29,13 @@ def import_cmd(
     ] = None,
     column: Annotated[str | None, typer.Option(help="Phone column (default: phone).")] = None,
     report: Annotated[
-        Path | None, typer.Option(help="Rejected rows go here (default FILE.rejected.csv).")
+        Path | None,
+        typer.Option(help="Rejected rows go here (default FILE.rejected.csv), if there are any."),
     ] = None,
 ) -> None:
     """Import a CSV of numbers, streamed; rejected rows and reasons go to a report file.
     Safe to run twice: each batch is idempotent."""
-    from worker.ingress.importer import import_csv
+    from worker.ingress.importer import ColumnError, import_csv
     from worker.pipeline.accept import AcceptError
     from worker.providers.base import Action
 
@@ -55,7 +56,7 @@ def import_cmd(
                   " opt-outs made after it must not be undone)")  # fmt: skip
         raise typer.Exit(2)
     ctx = open_context()
-    report_path = report or file.with_name(file.name + ".rejected.csv")
+    report_path = report or file.with_suffix(".rejected.csv")
     progress, advance = progress_over(file, "importing")
     try:
         with progress:
@@ -69,13 +70,23 @@ def import_cmd(
                 column=column,
                 progress=advance,
             )
+    except ColumnError as exc:
+        err.print(f"[red]--column: {exc}[/red]")
+        raise typer.Exit(2) from None
     except (AcceptError, ValueError) as exc:
         err.print(f"[red]import stopped: {getattr(exc, 'message', exc)}[/red] (re-run to resume)")
         raise typer.Exit(1) from None
+    where = f" (see {report_path})" if result.report_written else ""
     console.print(
-        f"rows {result.rows}: accepted {result.accepted}, rejected {result.rejected} "
-        f"(see {report_path}), already imported batches {result.repeated_batches}"
+        f"rows {result.rows}: accepted {result.accepted}, duplicates {result.duplicates}, "
+        f"rejected {result.rejected}{where}, already imported batches {result.repeated_batches}"
     )
+    if result.rows == 0:
+        err.print(f"[red]{file} has no data rows[/red]")
+        raise typer.Exit(1)
+    if result.accepted == 0 and result.duplicates == 0:
+        err.print(f"[red]nothing accepted: every row was rejected[/red] (reasons in {report_path})")
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -94,7 +105,7 @@ def scrub(
         with progress:
             result = scrub_csv(ctx, file, out_path, column=column, progress=advance)
     except ValueError as exc:
-        err.print(f"[red]scrub stopped: {exc}[/red]")
+        err.print(f"[red]--column: {exc}[/red]")
         raise typer.Exit(2) from None
     console.print(
         f"rows {result.rows}: dialable {result.dialable} (written to {out_path}), "

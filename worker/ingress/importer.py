@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from worker.domain.phones import Normalised, normalise
 from worker.pipeline.accept import AcceptError, Event, PhoneInput, accept
@@ -26,9 +26,40 @@ Progress = Callable[[int], None]  # bytes read so far
 @dataclass
 class ImportReport:
     rows: int = 0
-    accepted: int = 0
-    rejected: int = 0
+    accepted: int = 0  # distinct numbers accepted
+    rejected: int = 0  # rows refused, each in the report with its reason
+    duplicates: int = 0  # rows repeating a number an earlier row of the file had
     repeated_batches: int = 0  # batches already imported (a re-run)
+    report_written: bool = False  # the report exists only when a row was rejected
+
+
+class _Report:
+    """The rejected rows' report, written only once there is a row to put in it (a report
+    left from an earlier run of the same file is removed)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.path.unlink(missing_ok=True)
+        self._out: IO[str] | None = None
+        self._writer: Any = None
+
+    def add(self, line: int, phone: str, reason: str | None) -> None:
+        if self._writer is None:
+            self._out = self.path.open("w", newline="", encoding="utf-8")
+            self._writer = csv.writer(self._out)
+            self._writer.writerow(["line", "input", "reason"])
+        self._writer.writerow([line, phone, reason or ""])
+
+    def close(self) -> bool:
+        """Whether a report was written."""
+        if self._out is not None:
+            self._out.close()
+        return self._out is not None
+
+
+def _fingerprint(e164: str) -> int:
+    # 8 bytes a number, not the string: a million distinct numbers stay a few tens of MB.
+    return int.from_bytes(hashlib.blake2b(e164.encode(), digest_size=8).digest(), "big")
 
 
 class _CountingReader:
@@ -54,26 +85,63 @@ class _Table:
     rows: Iterator[list[str]]
 
 
+#: Header names taken as the phone column when `--column` is not given (compared without
+#: case, spaces, '_' or '-').
+PHONE_HEADERS = ("phone", "phonenumber", "mobile", "mobilenumber", "tel", "telephone",
+                 "number", "msisdn", "cell")  # fmt: skip
+
+
+class ColumnError(ValueError):
+    """`--column` names a column the header lacks: a wrong option, not a failed import."""
+
+
+def _bare(name: str) -> str:
+    return "".join(ch for ch in name.strip().lower() if ch not in " _-")
+
+
 def _table(rows: Iterator[list[str]], column: str | None) -> _Table | None:
-    """The table of a CSV (None when it is empty): the phone is the column named `column`
-    (default `phone`) in a header row, else the first column of a file without a header;
-    naming a column the header lacks is an error, not a guess."""
+    """The table of a CSV (None when it is empty). The first row is a header when it names
+    the phone column (`column`, else one of PHONE_HEADERS) or holds no digit at all (a
+    data row of a phone list does); the phone is that column, else the first. Naming a
+    column the header lacks is an error, not a guess."""
     first = next(rows, None)
     if first is None:
         return None
-    lowered = [c.strip().lower() for c in first]
-    wanted = (column or "phone").lower()
-    if wanted in lowered:
-        name_at = lowered.index("name") if "name" in lowered else None
-        return _Table(first, lowered.index(wanted), name_at, rows)
-    if column:
-        raise ValueError(f"no column named {column!r} in the header {first!r}")
-    return _Table(None, 0, None, _chain(first, rows))
+    bare = [_bare(c) for c in first]
+    wanted = [_bare(column)] if column else list(PHONE_HEADERS)
+    found = next((bare.index(w) for w in wanted if w in bare), None)
+    is_header = found is not None or not any(ch.isdigit() for cell in first for ch in cell)
+    if column and found is None:
+        shown = ", ".join(repr(c.strip()) for c in first) if is_header else "none"
+        raise ColumnError(f"no column named {column!r}; the file's columns: {shown}")
+    if not is_header:
+        return _Table(None, 0, None, _chain(first, rows))
+    name_at = bare.index("name") if "name" in bare else None
+    return _Table(first, found or 0, name_at, rows)
 
 
-def _rows(reader: _CountingReader, column: str | None) -> Iterator[tuple[int, str, str]]:
+Dialect = type[csv.Dialect] | csv.Dialect
+
+
+def _dialect(handle: IO[str]) -> Dialect:
+    """The file's own delimiter (comma, semicolon, tab or pipe), sniffed from its start; a
+    comma when it cannot tell."""
+    sample = handle.read(64 * 1024)
+    handle.seek(0)
+    try:
+        return csv.Sniffer().sniff(sample, ",;\t|")
+    except csv.Error:
+        return csv.excel
+
+
+def _reader(handle: IO[str], counting: _CountingReader) -> Iterator[list[str]]:
+    """CSV rows read with the file's own dialect."""
+    return csv.reader(counting, _dialect(handle))
+
+
+def _rows(rows: Iterator[list[str]], column: str | None) -> Iterator[tuple[int, str, str]]:
     """(line number, phone cell, name cell) for every data row."""
-    table = _table(csv.reader(reader), column)
+    table = _table(rows, column)
     if table is None:
         return
     line = 0 if table.header is None else 1
@@ -128,47 +196,64 @@ def import_csv(
     if action is Action.REMOVE and as_of is None:
         raise AcceptError("remove_needs_as_of", "a remove import needs --as-of TIME")
     report = ImportReport()
-    with (
-        path.open(newline="", encoding="utf-8-sig") as handle,
-        report_path.open("w", newline="", encoding="utf-8") as out,
-    ):
-        writer = csv.writer(out)
-        writer.writerow(["line", "input", "reason"])
-        counting = _CountingReader(handle)
-        for batch in _batches(_rows(counting, column), BATCH):
-            report.rows += len(batch)
-            digest = hashlib.sha256(
-                "\n".join(f"{p}\t{n}" for _, p, n in batch).encode()
-            ).hexdigest()
-            event = Event(
-                source=source,
-                action=action,
-                phones=[PhoneInput(p, n) for _, p, n in batch],
-                reason=f"import {path.name}",
-                idempotency_key=f"import:{action.value}:{digest}",
-                occurred_at=as_of,
-            )
-            try:
-                result = accept(ctx, event)
-            except AcceptError as exc:
-                if exc.reason != "no_valid_phones":
-                    raise
-                for line, phone, _ in batch:
-                    reason = normalise(phone, ctx.settings.region_for(source))
-                    why = reason.reason if not isinstance(reason, Normalised) else exc.reason
-                    writer.writerow([line, phone, why])
-                report.rejected += len(batch)
-            else:
-                report.repeated_batches += int(result.duplicate)
-                for (line, phone, _), outcome in zip(batch, result.phones, strict=True):
-                    if outcome.status == "rejected":
-                        writer.writerow([line, phone, outcome.reason])
-                        report.rejected += 1
-                    else:
-                        report.accepted += 1
-            if progress is not None:
-                progress(counting.read)
+    rejected = _Report(report_path)
+    seen: set[int] = set()
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            counting = _CountingReader(handle)
+            for batch in _batches(_rows(_reader(handle, counting), column), BATCH):
+                report.rows += len(batch)
+                _import_batch(ctx, path, batch, action, source, as_of, report, rejected, seen)
+                if progress is not None:
+                    progress(counting.read)
+    finally:
+        report.report_written = rejected.close()
     return report
+
+
+def _import_batch(
+    ctx: Context,
+    path: Path,
+    batch: list[tuple[int, str, str]],
+    action: Action,
+    source: str,
+    as_of: datetime | None,
+    report: ImportReport,
+    rejected: _Report,
+    seen: set[int],
+) -> None:
+    digest = hashlib.sha256("\n".join(f"{p}\t{n}" for _, p, n in batch).encode()).hexdigest()
+    event = Event(
+        source=source,
+        action=action,
+        phones=[PhoneInput(p, n) for _, p, n in batch],
+        reason=f"import {path.name}",
+        idempotency_key=f"import:{action.value}:{digest}",
+        occurred_at=as_of,
+    )
+    try:
+        result = accept(ctx, event)
+    except AcceptError as exc:
+        if exc.reason != "no_valid_phones":
+            raise
+        for line, phone, _ in batch:
+            reason = normalise(phone, ctx.settings.region_for(source))
+            why = reason.reason if not isinstance(reason, Normalised) else exc.reason
+            rejected.add(line, phone, why)
+        report.rejected += len(batch)
+        return
+    report.repeated_batches += int(result.duplicate)
+    for (line, phone, _), outcome in zip(batch, result.phones, strict=True):
+        if outcome.status == "rejected":
+            rejected.add(line, phone, outcome.reason)
+            report.rejected += 1
+            continue
+        mark = _fingerprint(outcome.phone or phone)
+        if mark in seen:
+            report.duplicates += 1
+        else:
+            seen.add(mark)
+            report.accepted += 1
 
 
 @dataclass
@@ -195,8 +280,10 @@ def scrub_csv(
         out_path.open("w", newline="", encoding="utf-8") as out,
     ):
         counting = _CountingReader(handle)
-        writer = csv.writer(out)
-        table = _table(csv.reader(counting), column)
+        dialect = _dialect(handle)
+        # The dialable rows go out as they came in (a semicolon list stays one).
+        writer = csv.writer(out, dialect, lineterminator="\n")
+        table = _table(csv.reader(counting, dialect), column)
         if table is None:
             return report
         if table.header is not None:

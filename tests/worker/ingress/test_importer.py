@@ -106,3 +106,47 @@ def test_a_file_without_a_header_is_read_from_its_first_column(
     assert (report.rows, report.accepted) == (2, 2)
     scrubbed = scrub_csv(ctx, bare, tmp_path / "out.csv")
     assert (scrubbed.rows, scrubbed.blocked, scrubbed.dialable) == (2, 2, 0)
+
+
+def test_a_semicolon_list_with_a_spelled_out_header_is_read(
+    ctx: Context, dispatcher: QueueDispatcher, tmp_path: Path
+) -> None:
+    listed = tmp_path / "crm.csv"
+    listed.write_text("Phone Number;Name\n0501234567;Dana\n0521234567;Avi\n")
+    report = import_csv(ctx, listed, action=Action.ADD, source="crm", as_of=None,
+                        report_path=tmp_path / "crm.rejected.csv")  # fmt: skip
+    assert (report.rows, report.accepted, report.rejected) == (2, 2, 0)
+    assert not report.report_written and not (tmp_path / "crm.rejected.csv").exists()
+    dial = tmp_path / "dial.csv"
+    dial.write_text("Mobile;Name\n0501234567;Dana\n0531234567;Noa\n")
+    scrubbed = scrub_csv(ctx, dial, tmp_path / "out.csv")
+    assert (scrubbed.blocked, scrubbed.dialable) == (1, 1)
+    assert (tmp_path / "out.csv").read_text() == "Mobile;Name\n0531234567;Noa\n"
+
+
+def test_repeated_numbers_are_counted_as_duplicates_not_accepted(
+    ctx: Context, dispatcher: QueueDispatcher, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(importer, "BATCH", 2)  # repeats across batches too
+    listed = _rows(
+        tmp_path / "crm.csv",
+        [["phone"], ["0501234567"], ["+972501234567"], ["972501234567"], ["0521234567"],
+         ["0521234567"], ["x"], ["0531234567"]],
+    )  # fmt: skip
+    report = import_csv(ctx, listed, action=Action.ADD, source="crm", as_of=None,
+                        report_path=tmp_path / "r.csv")  # fmt: skip
+    assert (report.rows, report.accepted, report.duplicates, report.rejected) == (7, 3, 3, 1)
+    assert report.report_written
+    with (tmp_path / "r.csv").open() as f:
+        assert [row["reason"] for row in csv.DictReader(f)] == ["contains_letters"]
+
+
+def test_a_report_left_by_an_earlier_run_goes_when_nothing_is_rejected(
+    ctx: Context, dispatcher: QueueDispatcher, tmp_path: Path
+) -> None:
+    stale = tmp_path / "r.csv"
+    stale.write_text("line,input,reason\n2,x,contains_letters\n")
+    listed = _rows(tmp_path / "crm.csv", [["phone"], ["0501234567"]])
+    report = import_csv(ctx, listed, action=Action.ADD, source="crm", as_of=None,
+                        report_path=stale)  # fmt: skip
+    assert report.accepted == 1 and not stale.exists()

@@ -1,0 +1,68 @@
+"""`optout import` and `scrub`: exit codes and the summary an operator (or a script) reads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from tests.fakes.dispatch import QueueDispatcher
+from tests.worker.cli.test_main import cli_ctx  # noqa: F401  (fixture)
+from worker.cli.main import app
+from worker.pipeline.context import Context
+
+runner = CliRunner()
+
+
+def test_an_import_that_accepts_nothing_exits_1_and_names_the_report(
+    cli_ctx: Context,  # noqa: F811
+    dispatcher: QueueDispatcher,
+    tmp_path: Path,
+) -> None:
+    listed = tmp_path / "list.csv"
+    listed.write_text("phone\nnot a phone\nxx\n")
+    result = runner.invoke(app, ["import", str(listed)])
+    assert result.exit_code == 1, result.output
+    assert "rows 2: accepted 0, duplicates 0, rejected 2" in result.output
+    assert "nothing accepted" in result.output
+    assert (tmp_path / "list.rejected.csv").exists()
+
+
+def test_a_clean_import_exits_0_and_writes_no_report(
+    cli_ctx: Context,  # noqa: F811
+    dispatcher: QueueDispatcher,
+    tmp_path: Path,
+) -> None:
+    listed = tmp_path / "list.csv"
+    listed.write_text("Phone Number;Name\n0501234567;Dana\n0501234567;Dana\n")
+    result = runner.invoke(app, ["import", str(listed)])
+    assert result.exit_code == 0, result.output
+    assert "rows 2: accepted 1, duplicates 1, rejected 0, already" in result.output
+    assert not (tmp_path / "list.rejected.csv").exists()
+
+
+def test_a_missing_column_is_a_wrong_option_for_both(
+    cli_ctx: Context,  # noqa: F811
+    dispatcher: QueueDispatcher,
+    tmp_path: Path,
+) -> None:
+    listed = tmp_path / "list.csv"
+    listed.write_text("phone,name\n0501234567,Dana\n")
+    for command in ("import", "scrub"):
+        result = runner.invoke(app, [command, str(listed), "--column", "tel"])
+        assert result.exit_code == 2, result.output
+        assert "no column named 'tel'" in result.output
+        assert "'phone', 'name'" in result.output
+        assert "re-run" not in result.output
+
+
+def test_an_empty_file_exits_1(
+    cli_ctx: Context,  # noqa: F811
+    dispatcher: QueueDispatcher,
+    tmp_path: Path,
+) -> None:
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    result = runner.invoke(app, ["import", str(empty)])
+    assert result.exit_code == 1
+    assert "no data rows" in result.output
