@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Callable
+from http import HTTPStatus
 from typing import Annotated, Any
 
 import structlog
@@ -12,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from kombu.connection import Connection
 from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from worker.domain.errors import OptoutError
 from worker.domain.phones import Rejected, normalise
@@ -98,14 +100,25 @@ def create_api(context: ContextFactory) -> FastAPI:
         return answer(exc)
 
     @api.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = [
             {"field": ".".join(str(p) for p in e.get("loc", ())), "message": e.get("msg", "")}
             for e in exc.errors()
         ]
-        return error_response(
-            422, "invalid_request", "the request does not match the schema", problems=problems
-        )
+        message = "the request does not match the schema"
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind != "application/json" and any(p["field"].startswith("body") for p in problems):
+            # curl -d sends a form by default: the body was never read as JSON.
+            message = "send the body as JSON, with Content-Type: application/json"
+        return error_response(422, "invalid_request", message, problems=problems)
+
+    # 404, 405 and the like in the documented shape, {"error", "message"}.
+    @api.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        word = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_").replace("-", "_")
+        response = error_response(exc.status_code, word, str(exc.detail).lower())
+        response.headers.update(exc.headers or {})
+        return response
 
     @api.post(
         "/v1/optouts",

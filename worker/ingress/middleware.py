@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import orjson
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -55,24 +56,42 @@ class AccessLog:
             return
         started = time.perf_counter()
         status = 500
+        body = bytearray()
 
         async def sending(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+            elif status >= 400 and len(body) < _ERROR_BODY_BYTES:
+                body.extend(message.get("body", b"")[:_ERROR_BODY_BYTES])
             await send(message)
 
         try:
             await self.app(scope, receive, sending)
         finally:
-            # The path only: a webhook token may ride in the query string.
+            # The path only: a webhook token may ride in the query string; of an error, its
+            # word only, never the body (it can echo what was sent).
             log.info(
                 "http",
                 method=scope["method"],
                 path=scope["path"],
                 status=status,
                 ms=round((time.perf_counter() - started) * 1000, 1),
+                **({"error": _error_word(bytes(body))} if status >= 400 else {}),
             )
+
+
+#: An error body is read this far for its `error` word.
+_ERROR_BODY_BYTES = 4096
+
+
+def _error_word(body: bytes) -> str:
+    """The `error` of an error body ({"error": word, ...}); "-" when there is none."""
+    try:
+        word = orjson.loads(body).get("error")
+    except (orjson.JSONDecodeError, AttributeError):
+        return "-"
+    return word if isinstance(word, str) and word.isidentifier() else "-"
 
 
 class _TooLargeError(Exception):

@@ -177,3 +177,35 @@ def test_an_input_beyond_64_bits_is_answered_not_a_500(client: TestClient) -> No
     assert response.status_code == 202, response.text
     assert response.json()["phones"][0] == {"input": 10**30, "status": "rejected",
                                             "reason": "too_long"}  # fmt: skip
+
+
+def test_unknown_paths_and_methods_answer_in_the_documented_shape(client: TestClient) -> None:
+    missing = client.get("/v1/nothing-here", headers=AUTH)
+    assert missing.status_code == 404
+    assert missing.json() == {"error": "not_found", "message": "not found"}
+    wrong = client.delete("/v1/optouts", headers=AUTH)
+    assert wrong.status_code == 405
+    assert wrong.json()["error"] == "method_not_allowed"
+    assert "POST" in wrong.headers["allow"]
+
+
+def test_a_form_body_is_told_to_send_json(client: TestClient) -> None:
+    # What `curl -d` sends unless told otherwise.
+    answer = client.post(
+        "/v1/optouts",
+        headers={**AUTH, "Content-Type": "application/x-www-form-urlencoded"},
+        content=b"action=add&phones=0501234567",
+    )
+    assert answer.status_code == 422
+    assert answer.json()["message"] == "send the body as JSON, with Content-Type: application/json"
+
+
+def test_the_access_log_of_an_error_names_its_word_never_its_body(client: TestClient) -> None:
+    import structlog
+
+    with structlog.testing.capture_logs() as events:
+        client.post("/v1/optouts", json={"action": "add", "phones": ["0501234567"]})
+        client.post("/v1/optouts", headers=AUTH, json={"action": "add", "phones": ["0501234567"]})
+    lines = [e for e in events if e["event"] == "http"]
+    assert [(e["status"], e.get("error")) for e in lines] == [(401, "unauthorized"), (202, None)]
+    assert all("0501234567" not in str(e) for e in lines)
