@@ -186,7 +186,8 @@ def push_chunk(ctx: Context, opened: OpenChunk) -> dict[str, int]:
     done = ctx.store.complete(chunk, encoded, ctx.complete_options(hold))
     schedule(ctx, done.staged)
     _count(chunk, encoded, done.status, ctx.store.now_ms())
-    log.info(
+    became = chunk_result(done.status, done.counts, len(chunk.items))
+    (log.info if became in ("delivered", "not_sent") else log.warning)(
         "chunk_pushed",
         chunk=chunk.id,
         provider=chunk.provider,
@@ -194,7 +195,7 @@ def push_chunk(ctx: Context, opened: OpenChunk) -> dict[str, int]:
         action=chunk.action.value,
         size=len(chunk.items),
         requests=work.requests,
-        status=done.status,
+        result=became,
         duration_ms=round((time.perf_counter() - started) * 1000, 1),
         **done.counts,
     )
@@ -202,7 +203,8 @@ def push_chunk(ctx: Context, opened: OpenChunk) -> dict[str, int]:
         log.warning("circuit_open", provider=chunk.provider, chunk=chunk.id)
     for n, r in encoded.items():
         if r.outcome in ("retry", "outage", "permanent"):
-            log.info(
+            # A permanent answer dead-letters the number at once: ops must see it.
+            (log.warning if r.outcome == "permanent" else log.info)(
                 "number_failed",
                 phone=mask(n),
                 provider=chunk.provider,
@@ -215,6 +217,23 @@ def push_chunk(ctx: Context, opened: OpenChunk) -> dict[str, int]:
         log.warning("lease_lost", chunk=chunk.id, provider=chunk.provider)
         return {**done.counts, "lease_lost": len(chunk.items)}
     return done.counts
+
+
+def chunk_result(status: str, counts: dict[str, int], size: int) -> str:
+    """One word for what became of a chunk, for its log line: delivered (every number done
+    or stale), dead_lettered (some given up on), retrying (none delivered, some to retry),
+    partly_delivered, not_sent (handed back unsent), or orphan (recovered meanwhile: its
+    answer confirms nothing)."""
+    if status != "ok":
+        return "orphan"
+    delivered = counts.get("done", 0) + counts.get("stale", 0)
+    if counts.get("dead", 0):
+        return "dead_lettered"
+    if delivered >= size:
+        return "delivered"
+    if counts.get("unsent", 0) + counts.get("stale", 0) >= size:
+        return "not_sent"
+    return "partly_delivered" if counts.get("done", 0) else "retrying"
 
 
 def _count(chunk: Chunk, encoded: dict[str, ItemResult], status: str, now_ms: int) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from tests.conftest import FakeClock
 from tests.fakes.dispatch import QueueDispatcher
 from tests.fakes.voicenter import ADD, REMOVE, FakeVoicenter
@@ -334,3 +336,36 @@ def test_a_push_does_not_go_on_while_the_provider_is_paused(
     assert pushing.push(ctx, _claim_one(ctx))["paused"] == 100
     assert len(fake_voicenter.bodies) == 1  # one request, no second chunk
     assert ctx.store.paused()
+
+
+@pytest.mark.parametrize(
+    ("status", "counts", "word"),
+    [
+        ("ok", {"done": 99, "stale": 1}, "delivered"),
+        ("ok", {"retry": 100}, "retrying"),
+        ("ok", {"outage": 60, "retry": 40}, "retrying"),
+        ("ok", {"done": 50, "retry": 50}, "partly_delivered"),
+        ("ok", {"done": 99, "dead": 1}, "dead_lettered"),
+        ("ok", {"unsent": 100}, "not_sent"),
+        ("orphan", {"orphan": 100}, "orphan"),
+    ],
+)
+def test_a_chunks_log_line_says_what_became_of_it(
+    status: str, counts: dict[str, int], word: str
+) -> None:
+    assert pushing.chunk_result(status, counts, 100) == word
+
+
+def test_a_chunk_that_delivered_nothing_is_logged_as_a_warning(
+    ctx: Context, dispatcher: QueueDispatcher, fake_voicenter: FakeVoicenter
+) -> None:
+    import structlog
+
+    fake_voicenter.permanent.add("972500000001")
+    with structlog.testing.capture_logs() as events:
+        accept(ctx, add(*numbers(3)))
+        dispatcher.drain(ctx)
+    (line,) = [e for e in events if e["event"] == "chunk_pushed"]
+    assert (line["result"], line["log_level"]) == ("dead_lettered", "warning")
+    failed = [e for e in events if e["event"] == "number_failed"]
+    assert [(e["outcome"], e["log_level"]) for e in failed] == [("permanent", "warning")]
