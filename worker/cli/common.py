@@ -114,3 +114,20 @@ def multiprocess_metrics(default: Path) -> None:
     multiprocess mode before it is first imported."""
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(fresh_dir(default))
+
+
+def span(seconds: float) -> str:
+    """A duration as an operator says it: 45s, 90m is 1h 30m, 2d 3h."""
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    days, rest = divmod(whole, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [(days, "d"), (hours, "h"), (minutes, "m")] + ([(secs, "s")] if not days else [])
+    return " ".join(f"{n}{unit}" for n, unit in parts if n)
+
+
+def count_of(n: int, thing: str) -> str:
+    """'1 dead letter', '2 dead letters'."""
+    return f"{n} {thing}" if n == 1 else f"{n} {thing}s"

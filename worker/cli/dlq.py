@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -11,6 +12,7 @@ from rich.table import Table
 
 from worker.cli.common import (
     console,
+    count_of,
     err,
     in_batches,
     ms_to_text,
@@ -59,7 +61,7 @@ def dlq_list(
     from worker.ops.deadletters import select
 
     flt = _dead_letter_filter(provider, action, reason, phone, older_than, None)
-    entries = select(ctx.store.dead_letters(), flt, ctx.store.now_ms())
+    entries = select(ctx.store.dead_letters(), _in_e164(flt, ctx), ctx.store.now_ms())
     total = len(entries)
     entries = entries[offset:]
     if as_json:
@@ -123,7 +125,7 @@ def _bulk(verb: str, run: Callable[[Context, list[str]], None]) -> Callable[...,
 def _purge(ctx: Context, ids: list[str]) -> None:
     """Drop dead letters (giving up on them at that provider); each purge is audited."""
     done = in_batches(ids, lambda batch: int(ctx.store.purge(batch, who())), "purging")
-    console.print(f"purged {done} dead letters")
+    console.print(f"purged {count_of(done, 'dead letter')}")
 
 
 def _replay(ctx: Context, ids: list[str]) -> None:
@@ -131,7 +133,7 @@ def _replay(ctx: Context, ids: list[str]) -> None:
     from worker.pipeline.batching import replay
 
     done = in_batches(ids, lambda batch: replay(ctx, batch, who()), "replaying")
-    console.print(f"replayed {done} dead letters")
+    console.print(f"replayed {count_of(done, 'dead letter')}")
     if done < len(ids):
         console.print(
             f"{len(ids) - done} not replayed: gone meanwhile, or their target is not live "
@@ -155,10 +157,25 @@ def _chosen(
     ctx = open_context()
     from worker.ops.deadletters import select
 
+    flt = _in_e164(flt, ctx)
     ids = [e["id"] for e in select(ctx.store.dead_letters(), flt, ctx.store.now_ms())]
     if not dry_run:
         return ids, ctx
-    console.print(f"would {verb} {len(ids)} dead letters")
+    console.print(f"would {verb} {count_of(len(ids), 'dead letter')}")
     for entry_id in ids[:50]:
         console.print(f"  {entry_id}")
     return None
+
+
+def _in_e164(flt: DeadLetterFilter, ctx: Context) -> DeadLetterFilter:
+    """The filter with its phone in E.164 (dead letters are kept by it): `--phone
+    0561111111` means the national number; a phone that is not one is refused."""
+    if not flt.phone:
+        return flt
+    from worker.domain.phones import Rejected, normalise
+
+    normal = normalise(flt.phone, ctx.settings.default_region)
+    if isinstance(normal, Rejected):
+        err.print(f"[red]--phone {flt.phone!r} is not a phone number: {normal.reason}[/red]")
+        raise typer.Exit(2)
+    return replace(flt, phone=normal.e164)

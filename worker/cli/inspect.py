@@ -15,6 +15,7 @@ from worker.cli.common import (
     ms_to_text,
     open_context,
     read_settings,
+    span,
 )
 
 app = typer.Typer()
@@ -91,10 +92,9 @@ def sla(
     seconds = ctx.settings.sla_seconds if age is None else duration(age)
     late = overdue(ctx, seconds, limit=limit)
     table = Table("phone", "state", "age", "still pending at", title=f"not confirmed after "
-                  f"{seconds / 3600:g} h: {len(late)}")  # fmt: skip
+                  f"{span(seconds)}: {len(late)}")  # fmt: skip
     for row in late:
-        table.add_row(row.phone, row.state, f"{row.age_seconds / 3600:.1f} h",
-                      ", ".join(row.pending))  # fmt: skip
+        table.add_row(row.phone, row.state, span(row.age_seconds), ", ".join(row.pending))
     console.print(table)
     raise typer.Exit(1 if late else 0)
 

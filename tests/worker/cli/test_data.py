@@ -66,3 +66,11 @@ def test_an_empty_file_exits_1(
     result = runner.invoke(app, ["import", str(empty)])
     assert result.exit_code == 1
     assert "no data rows" in result.output
+
+
+def test_durations_read_as_an_operator_says_them() -> None:
+    from worker.cli.common import span
+
+    assert [span(s) for s in (1, 59.6, 90 * 60, 86400 + 3 * 3600 + 5)] == [
+        "1s", "1m", "1h 30m", "1d 3h"
+    ]  # fmt: skip

@@ -78,6 +78,11 @@ def test_dlq_list_and_replay(
     ]
     none = runner.invoke(app, ["dlq", "list", "--json", "--provider", "other"])
     assert none.output == ""
+    national = runner.invoke(app, ["dlq", "list", "--json", "--phone", "0501234567"])
+    assert [json.loads(line)["id"] for line in national.output.splitlines()] == [
+        "voicenter|+972501234567"
+    ]
+    assert runner.invoke(app, ["dlq", "list", "--phone", "not-a-number"]).exit_code == 2
 
     assert runner.invoke(app, ["dlq", "replay"]).exit_code == 2  # says what to replay
     dry = runner.invoke(app, ["dlq", "replay", "--all", "--dry-run"])
@@ -89,7 +94,7 @@ def test_dlq_list_and_replay(
     fake_voicenter.permanent.clear()
     replayed = runner.invoke(app, ["dlq", "replay", "--provider", "voicenter"])
     assert replayed.exit_code == 0, replayed.output
-    assert "replayed 1" in replayed.output
+    assert "replayed 1 dead letter\n" in replayed.output
     dispatcher.drain(cli_ctx)
     assert cli_ctx.store.dead_letters() == []
     assert "972501234567" in fake_voicenter.blacklist
