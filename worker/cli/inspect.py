@@ -6,6 +6,7 @@ import json
 from typing import Annotated, Any
 
 import typer
+from pydantic import SecretStr
 from rich.table import Table
 
 from worker.cli.common import (
@@ -101,25 +102,39 @@ def sla(
 
 @app.command("check-config")
 def check_config() -> None:
-    """Validate the configuration and print it, secrets masked."""
+    """Validate the configuration and print it, secrets masked, each value in the syntax its
+    variable takes."""
     settings = read_settings()
     table = Table("variable", "value", title="effective configuration")
     for variable, value in settings.variables():
-        table.add_row(variable, _show(value))
+        shown = _show(value, _SEPARATORS.get(variable, ":"))
+        if variable == "OPTOUT_ADMIN_TOKEN" and value is None:
+            local = settings.data_dir / "admin-token"
+            shown = f"- (optout up uses {local})" if local.exists() else "- (admin API off)"
+        table.add_row(variable, shown)
     console.print(table)
     enabled = settings.enabled_providers()
     console.print(f"providers enabled: {', '.join(enabled) if enabled else 'none'}")
 
 
-def _show(value: Any) -> str:
-    from pydantic import SecretStr
+#: The separator of each `key<sep>value` variable (the others' is ':').
+_SEPARATORS = {
+    "OPTOUT_ROUTES": "=",
+    "OPTOUT_PROVIDER_LIMITS": "=",
+    "OPTOUT_VOICENTER_CALL_TYPES": "=",
+    "OPTOUT_VOICENTER_OPTOUT_CUSTOMDATA": "=",
+    "DAKTELA_FIELDS": "=",
+}
 
+
+def _show(value: Any, sep: str = ":") -> str:
+    """A value as its variable would be written, secrets masked ("-": unset or empty)."""
     if isinstance(value, SecretStr):
         return "***" if value.get_secret_value() else "(empty)"
     if isinstance(value, dict):
-        return ", ".join(f"{k}:{_show(v)}" for k, v in value.items()) or "-"
+        return ",".join(_pair(k, v, sep) for k, v in value.items()) or "-"
     if isinstance(value, list):
-        return ", ".join(_show(v) for v in value) or "-"
+        return ",".join(_show(v) for v in value) or "-"
     if value is None:
         return "-"
     if isinstance(value, str) and "@" in value and "://" in value:
@@ -127,3 +142,17 @@ def _show(value: Any) -> str:
         scheme, _, rest = value.partition("://")
         return f"{scheme}://***@{rest.split('@', 1)[1]}"
     return str(value)
+
+
+def _pair(key: str, value: Any, sep: str) -> str:
+    if isinstance(value, dict):  # a route: include and exclude lists
+        picks = [*value.get("include", []), *(f"-{p}" for p in value.get("exclude", []))]
+        return ",".join(f"{key}{sep}{p}" for p in picks)
+    if isinstance(value, tuple):  # a provider's limits
+        rps, concurrency = value
+        return f"{key}{sep}{rps:g}/{concurrency}"
+    if isinstance(value, list) and all(isinstance(v, SecretStr) for v in value):
+        return ",".join(f"{key}{sep}{_show(v)}" for v in value)
+    if isinstance(value, list):  # call types: field|field
+        return f"{key}{sep}{'|'.join(str(v) for v in value)}"
+    return f"{key}{sep}{_show(value)}"
