@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -10,6 +11,7 @@ import typer
 
 from worker.cli.common import (
     console,
+    count_of,
     err,
     open_context,
     progress_over,
@@ -111,3 +113,25 @@ def scrub(
         f"rows {result.rows}: dialable {result.dialable} (written to {out_path}), "
         f"blocked {result.blocked}, not a phone number {result.rejected}"
     )
+
+
+@app.command()
+def export(
+    out: Annotated[Path | None, typer.Option(help="Write here (default: standard output).")] = None,
+) -> None:
+    """Every blocked number as CSV (phone,expires_at_ms,updated_ms), streamed: what
+    GET /v1/export answers."""
+    from worker.ops.export import blocked_csv
+
+    ctx = open_context()
+    if out is None:
+        for text in blocked_csv(ctx):
+            sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    lines = 0
+    with out.open("w", encoding="utf-8", newline="") as handle:
+        for text in blocked_csv(ctx):
+            handle.write(text)
+            lines += text.count("\n")
+    console.print(f"exported {count_of(lines - 1, 'blocked number')} to {out}")

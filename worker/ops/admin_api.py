@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import csv
-import io
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
@@ -13,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from worker.domain.phones import Normalised, normalise
 from worker.ops.deadletters import DeadLetterFilter, select
+from worker.ops.export import blocked_csv
 from worker.pipeline import batching as work
 from worker.pipeline.context import Context
 
@@ -142,22 +141,8 @@ def admin_router(
     @router.get("/v1/export", response_class=StreamingResponse)
     def export() -> StreamingResponse:
         """Every blocked number as CSV (`phone,expires_at_ms,updated_ms`), streamed."""
-        ctx = context()
-
-        def rows() -> Iterator[str]:
-            out = io.StringIO()
-            writer = csv.writer(out)
-            writer.writerow(["phone", "expires_at_ms", "updated_ms"])
-            for page in ctx.store.blocked_pages(1000):
-                for phone, expires, updated in page:
-                    writer.writerow([phone, expires or "", updated or ""])
-                yield out.getvalue()
-                out.seek(0)
-                out.truncate()
-            yield out.getvalue()
-
         return StreamingResponse(
-            rows(),
+            blocked_csv(context()),
             media_type="text/csv",
             headers={"Content-Disposition": 'attachment; filename="blocked.csv"'},
         )

@@ -74,3 +74,22 @@ def test_durations_read_as_an_operator_says_them() -> None:
     assert [span(s) for s in (1, 59.6, 90 * 60, 86400 + 3 * 3600 + 5)] == [
         "1s", "1m", "1h 30m", "1d 3h"
     ]  # fmt: skip
+
+
+def test_export_writes_the_blocked_list_to_a_pipe_or_a_file(
+    cli_ctx: Context,  # noqa: F811
+    dispatcher: QueueDispatcher,
+    tmp_path: Path,
+) -> None:
+    from worker.pipeline.accept import Event, PhoneInput, accept
+    from worker.providers.base import Action
+
+    accept(cli_ctx, Event("api", Action.ADD, [PhoneInput("0501234567"), PhoneInput("0521234567")]))
+    piped = runner.invoke(app, ["export"])
+    assert piped.exit_code == 0, piped.output
+    lines = piped.output.splitlines()
+    assert lines[0] == "phone,expires_at_ms,updated_ms"
+    assert sorted(line.split(",")[0] for line in lines[1:]) == ["+972501234567", "+972521234567"]
+    saved = runner.invoke(app, ["export", "--out", str(tmp_path / "blocked.csv")])
+    assert "exported 2 blocked numbers to" in saved.output
+    assert (tmp_path / "blocked.csv").read_text() == piped.output
