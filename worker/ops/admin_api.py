@@ -128,13 +128,15 @@ def admin_router(
             else:
                 rejected.append({"input": raw, "reason": result.reason})
         blocked_set = ctx.store.blocked_among(sorted(set(by_input.values())))
-        blocked = [
-            {"input": raw, "phone": e164} for raw, e164 in by_input.items() if e164 in blocked_set
-        ]
+        blocked: list[dict[str, Any]] = []
+        dialable: list[dict[str, Any]] = []
+        for raw, e164 in by_input.items():
+            (blocked if e164 in blocked_set else dialable).append({"input": raw, "phone": e164})
         return {
             "checked": len(body.phones),
             "blocked": blocked,
-            "dialable": len(by_input) - len(blocked),
+            "dialable": len(dialable),
+            "dialable_phones": dialable,
             "rejected": rejected,
         }
 

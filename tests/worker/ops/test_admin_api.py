@@ -100,6 +100,7 @@ def test_scrub_answers_which_are_blocked(
         {"input": "972501111111", "phone": "+972501111111"},
     ]
     assert result["dialable"] == 1
+    assert result["dialable_phones"] == [{"input": "+972501111112", "phone": "+972501111112"}]
     assert result["rejected"] == [{"input": "nope", "reason": "contains_letters"}]
     too_many = {"phones": ["1"] * 10_001}
     assert client.post("/v1/scrub", json=too_many, headers=AUTH).status_code == 422
