@@ -8,9 +8,10 @@ from http import HTTPStatus
 from typing import Annotated, Any
 
 import structlog
-from fastapi import Depends, FastAPI, Header, Request
+from fastapi import Depends, FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from kombu.connection import Connection
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -63,8 +64,20 @@ NUMBER_EXAMPLE = {
 }  # fmt: skip
 
 
+#: The admin token, as OpenAPI's bearer scheme (the docs' Authorize button).
+_BEARER = HTTPBearer(auto_error=False, description="OPTOUT_ADMIN_TOKEN")
+
+
 def _example(value: Any) -> dict[str, Any]:
     return {"content": {"application/json": {"example": value}}}
+
+
+#: What every `/v1/*` route can answer besides its own: a missing or wrong token, the admin
+#: API off, Redis unavailable.
+ADMIN_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: _example({"error": "unauthorized", "message": "missing or wrong admin token"}),
+    503: _example({"error": "store_unavailable", "message": "Redis unavailable"}),
+}
 
 
 def create_api(context: ContextFactory) -> FastAPI:
@@ -81,17 +94,17 @@ def create_api(context: ContextFactory) -> FastAPI:
     api.include_router(webhook_router(context))
 
     # async: a check without I/O must not cost a thread-pool hop on every request.
-    async def admin(authorization: Annotated[str | None, Header()] = None) -> None:
+    async def admin(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_BEARER)] = None,
+    ) -> None:
         token = context().settings.admin_token
         if token is None:
             raise RefusedError("admin_disabled", "the admin API is off: set OPTOUT_ADMIN_TOKEN")
-        scheme, _, given = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            given.encode(), token.get_secret_value().encode()
-        ):
+        given = credentials.credentials if credentials is not None else ""
+        if not hmac.compare_digest(given.encode(), token.get_secret_value().encode()):
             raise RefusedError("unauthorized", "missing or wrong admin token")
 
-    api.include_router(admin_router(context, admin))
+    api.include_router(admin_router(context, admin, ADMIN_RESPONSES))
 
     # These two only: any other error (a ConfigError, say) stays a server error.
     @api.exception_handler(AcceptError)
@@ -125,12 +138,11 @@ def create_api(context: ContextFactory) -> FastAPI:
         status_code=202,
         dependencies=[Depends(admin)],
         responses={
+            **ADMIN_RESPONSES,
             202: _example(ACCEPTED_EXAMPLE),
-            401: _example({"error": "unauthorized", "message": "missing or wrong admin token"}),
             409: _example({"error": "idempotency_conflict", "message": "..."}),
             413: _example({"error": "body_too_large", "message": "..."}),
             422: _example({"error": "remove_needs_occurred_at", "message": "..."}),
-            503: _example({"error": "store_unavailable", "message": "Redis unavailable"}),
         },
     )
     async def post_optouts(body: OptoutRequest) -> JSONResponse:
@@ -152,7 +164,11 @@ def create_api(context: ContextFactory) -> FastAPI:
     @api.get(
         "/v1/numbers/{phone}",
         dependencies=[Depends(admin)],
-        responses={200: _example(NUMBER_EXAMPLE), 422: _example({"error": "too_short"})},
+        responses={
+            **ADMIN_RESPONSES,
+            200: _example(NUMBER_EXAMPLE),
+            422: _example({"error": "too_short"}),
+        },
     )
     def get_number(phone: str) -> JSONResponse:
         """A number's desired state, expiry, audit trail and each provider's status."""

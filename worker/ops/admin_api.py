@@ -57,9 +57,13 @@ class ScrubRequest(BaseModel):
 
 
 def admin_router(
-    context: Callable[[], Context], admin: Callable[..., Awaitable[None]]
+    context: Callable[[], Context],
+    admin: Callable[..., Awaitable[None]],
+    responses: dict[int | str, dict[str, Any]],
 ) -> APIRouter:
-    router = APIRouter(dependencies=[Depends(admin)], tags=["ops"])
+    """The ops routes, each behind `admin` (the token check) and documenting `responses`
+    (what that check and Redis can answer)."""
+    router = APIRouter(dependencies=[Depends(admin)], tags=["ops"], responses=responses)
 
     @router.get("/v1/dead-letters")
     def list_dead_letters(

@@ -209,3 +209,23 @@ def test_the_access_log_of_an_error_names_its_word_never_its_body(client: TestCl
     lines = [e for e in events if e["event"] == "http"]
     assert [(e["status"], e.get("error")) for e in lines] == [(401, "unauthorized"), (202, None)]
     assert all("0501234567" not in str(e) for e in lines)
+
+
+def test_openapi_documents_the_bearer_token_and_every_v1_answer(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    schemes = spec["components"]["securitySchemes"]
+    assert [s["scheme"].lower() for s in schemes.values()] == ["bearer"]
+    for path, item in spec["paths"].items():
+        if not path.startswith("/v1/"):
+            continue
+        for method, op in item.items():
+            assert op.get("security"), (method, path)
+            assert {"401", "503"} <= set(op["responses"]), (method, path)
+
+
+def test_the_token_is_read_from_a_bearer_header_of_any_case(client: TestClient) -> None:
+    phone = {"action": "add", "phones": ["0501234567"]}
+    lower = {"Authorization": f"bearer {TOKEN}"}
+    assert client.post("/v1/optouts", json=phone, headers=lower).status_code == 202
+    basic = {"Authorization": f"Basic {TOKEN}"}
+    assert client.post("/v1/optouts", json=phone, headers=basic).status_code == 401
