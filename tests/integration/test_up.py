@@ -76,6 +76,7 @@ def test_up_accepts_pushes_and_keeps_state_across_restart(
     finally:
         code = stop(process)
     assert code == 0, (tmp_path / "up.log").read_text()[-3000:]
+    assert "providers: voicenter\n" in (tmp_path / "up.log").read_text()
     assert (tmp_path / "var" / "redis" / "optout.aof").exists() or any(
         (tmp_path / "var" / "redis").rglob("optout.aof*")
     )

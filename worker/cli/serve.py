@@ -150,7 +150,10 @@ def up(host: HostOpt = "127.0.0.1", port: PortOpt = 8000) -> None:
     if settings.admin_token is None:
         env["OPTOUT_ADMIN_TOKEN"] = local_admin_token(data_dir)
         console.print(f"admin token: {data_dir / 'admin-token'} (set OPTOUT_ADMIN_TOKEN to choose)")
-    if not settings.enabled_providers():
+    enabled = settings.enabled_providers()
+    if enabled:
+        console.print(f"providers: {', '.join(enabled)}")
+    else:
         console.print(
             "[yellow]no provider is configured: opt-outs are kept in the ledger and pushed "
             "once one is (see README, Configuration)[/yellow]"
