@@ -42,8 +42,8 @@ class DeadLetterSelection(BaseModel):
         )  # fmt: skip
 
     def says_which(self) -> bool:
-        return bool(self.ids or self.all or self.provider or self.action or self.reason
-                    or self.phone or self.older_than_seconds is not None)  # fmt: skip
+        """Something chosen, by the same rule as the CLI's (an empty value is no choice)."""
+        return self.all or not self.filter().empty()
 
 
 class ScrubRequest(BaseModel):

@@ -25,9 +25,15 @@ def lua_json(raw: Any) -> Any:
     return orjson.loads(raw)
 
 
+# cjson writes an empty Lua table as {} (Redis) or [] (fakeredis): both mean "none".
+
+
 def as_list(value: Any) -> list[Any]:
-    # cjson writes an empty Lua table as {} (Redis) or [] (fakeredis): both mean "none".
     return value if isinstance(value, list) else []
+
+
+def as_object(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 def text(value: Any) -> str:

@@ -7,12 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from worker.providers.base import Action
-from worker.state.codec import as_list, lua_json
-
-
-def _object(raw: Any) -> dict[str, Any]:
-    # cjson writes an empty Lua table as {} (Redis) or [] (fakeredis): both mean "none".
-    return raw if isinstance(raw, dict) else {}
+from worker.state.codec import as_list, as_object, lua_json
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,14 +144,14 @@ class OpenChunk:
     @classmethod
     def decode(cls, raw_answer: Any) -> OpenChunk | None:
         """None when open.lua found no chunk (completed or recovered)."""
-        raw = _object(lua_json(raw_answer))
+        raw = as_object(lua_json(raw_answer))
         if not raw.get("chunk"):
             return None
         return cls(
             Chunk.parse(str(raw["chunk"])),
             bool(raw["stopped"]),
-            _object(raw.get("states")),  # (strings as cjson wrote them: no copies)
-            _object(raw.get("versions")),
+            as_object(raw.get("states")),  # (strings as cjson wrote them: no copies)
+            as_object(raw.get("versions")),
         )
 
 
@@ -217,7 +212,7 @@ class Completion:
         raw = lua_json(raw_answer)
         return cls(
             str(raw["status"]),
-            {str(k): int(v) for k, v in _object(raw.get("counts")).items()},
+            {str(k): int(v) for k, v in as_object(raw.get("counts")).items()},
             Staged.batches(raw.get("staged")),
             str(raw.get("circuit") or "closed"),
         )

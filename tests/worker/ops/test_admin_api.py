@@ -66,6 +66,11 @@ def test_replay_by_id_with_dry_run_then_for_real(
     )
     assert dry.json() == {"dry_run": True, "matched": 1, "replayed": 0, "ids": [entry]}
     assert client.post("/v1/dead-letters/replay", json={}, headers=AUTH).status_code == 422
+    for empty in ({"provider": ""}, {"reason": ""}, {"older_than_seconds": 0}, {"ids": []}):
+        # An empty value chooses nothing (as in the CLI): it must not take every entry.
+        answer = client.post("/v1/dead-letters/purge", json=empty, headers=AUTH)
+        assert answer.status_code == 422, empty
+    assert len(ops.store.dead_letters()) == 2
     for _ in range(2):  # twice: pushed once
         assert client.post("/v1/dead-letters/replay", json={"ids": [entry], "who": "dana"},
                            headers=AUTH).json()["replayed"] == 1  # fmt: skip
