@@ -13,26 +13,40 @@ from worker.cli.common import (
     console,
     count_of,
     err,
+    group,
     open_context,
     progress_over,
 )
 
-app = typer.Typer()
+app = group()
 
 
 @app.command("import")
 def import_cmd(
-    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],
-    action: Annotated[str, typer.Option(help="add (opt-out) or remove (opt-in).")] = "add",
-    source: Annotated[str, typer.Option(help="Source recorded on every row.")] = "import",
+    file: Annotated[
+        Path, typer.Argument(metavar="FILE", exists=True, dir_okay=False, readable=True)
+    ],
+    action: Annotated[
+        str, typer.Option(metavar="add|remove", help="add (opt-out) or remove (opt-in).")
+    ] = "add",
+    source: Annotated[
+        str, typer.Option(metavar="NAME", help="Source recorded on every row.")
+    ] = "import",
     as_of: Annotated[
         str | None,
-        typer.Option(help="When the list was true (ISO 8601). Required for remove."),
+        typer.Option(
+            metavar="TIME", help="When the list was true (ISO 8601). Required for remove."
+        ),
     ] = None,
-    column: Annotated[str | None, typer.Option(help="Phone column (default: phone).")] = None,
+    column: Annotated[
+        str | None, typer.Option(metavar="NAME", help="Phone column (default: phone).")
+    ] = None,
     report: Annotated[
         Path | None,
-        typer.Option(help="Rejected rows go here (default FILE.rejected.csv), if there are any."),
+        typer.Option(
+            metavar="FILE",
+            help="Rejected rows go here (default FILE.rejected.csv), if there are any.",
+        ),
     ] = None,
 ) -> None:
     """Import a CSV of numbers, streamed; rejected rows and reasons go to a report file.
@@ -93,9 +107,15 @@ def import_cmd(
 
 @app.command()
 def scrub(
-    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],
-    out: Annotated[Path | None, typer.Option(help="Default FILE.dialable.csv.")] = None,
-    column: Annotated[str | None, typer.Option(help="Phone column (default: phone).")] = None,
+    file: Annotated[
+        Path, typer.Argument(metavar="FILE", exists=True, dir_okay=False, readable=True)
+    ],
+    out: Annotated[
+        Path | None, typer.Option(metavar="FILE", help="Default FILE.dialable.csv.")
+    ] = None,
+    column: Annotated[
+        str | None, typer.Option(metavar="NAME", help="Phone column (default: phone).")
+    ] = None,
 ) -> None:
     """Write the dialable rows of a campaign list: numbers the ledger does not block."""
     from worker.ingress.importer import scrub_csv
@@ -117,7 +137,9 @@ def scrub(
 
 @app.command()
 def export(
-    out: Annotated[Path | None, typer.Option(help="Write here (default: standard output).")] = None,
+    out: Annotated[
+        Path | None, typer.Option(metavar="FILE", help="Write here (default: standard output).")
+    ] = None,
 ) -> None:
     """Every blocked number as CSV (phone,expires_at_ms,updated_ms), streamed: what
     GET /v1/export answers."""

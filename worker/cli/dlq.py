@@ -8,23 +8,23 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.table import Table
 
 from worker.cli.common import (
     console,
     count_of,
     err,
+    group,
     in_batches,
-    ms_to_text,
     open_context,
     who,
 )
+from worker.cli.output import Col, JsonOpt, iso, json_lines, table
 from worker.ops.deadletters import DeadLetterFilter
 
 if TYPE_CHECKING:
     from worker.pipeline.context import Context
 
-app = typer.Typer(help="Inspect and replay dead letters.", no_args_is_help=True)
+app = group(help="Inspect and replay dead letters.", no_args_is_help=True)
 
 
 def _dead_letter_filter(
@@ -38,11 +38,17 @@ def _dead_letter_filter(
     return DeadLetterFilter(provider, action, reason, phone, older_than, tuple(ids or ()))
 
 
-ProviderOpt = Annotated[str | None, typer.Option(help="Only this provider (or target).")]
-ActionOpt = Annotated[str | None, typer.Option(help="Only add or remove.")]
-ReasonOpt = Annotated[str | None, typer.Option(help="Only reasons containing this.")]
-PhoneOpt = Annotated[str | None, typer.Option(help="Only this E.164 number.")]
-OlderOpt = Annotated[float | None, typer.Option(help="Only entries older than N seconds.")]
+ProviderOpt = Annotated[
+    str | None, typer.Option(metavar="TARGET", help="Only this provider (or target).")
+]
+ActionOpt = Annotated[str | None, typer.Option(metavar="add|remove", help="Only add or remove.")]
+ReasonOpt = Annotated[
+    str | None, typer.Option(metavar="TEXT", help="Only reasons containing this.")
+]
+PhoneOpt = Annotated[str | None, typer.Option(metavar="NUMBER", help="Only this E.164 number.")]
+OlderOpt = Annotated[
+    float | None, typer.Option(metavar="SECONDS", help="Only entries older than N seconds.")
+]
 
 
 @app.command("list")
@@ -52,9 +58,9 @@ def dlq_list(
     reason: ReasonOpt = None,
     phone: PhoneOpt = None,
     older_than: OlderOpt = None,
-    limit: Annotated[int, typer.Option(help="Show at most N.")] = 100,
-    offset: Annotated[int, typer.Option(help="Skip the first N (paging).")] = 0,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    limit: Annotated[int, typer.Option(metavar="N", help="Show at most N.")] = 100,
+    offset: Annotated[int, typer.Option(metavar="N", help="Skip the first N (paging).")] = 0,
+    as_json: Annotated[bool, JsonOpt] = False,
 ) -> None:
     """List dead letters, oldest first."""
     ctx = open_context()
@@ -65,26 +71,28 @@ def dlq_list(
     total = len(entries)
     entries = entries[offset:]
     if as_json:
-        for e in entries[:limit]:
-            typer.echo(json.dumps(e, sort_keys=True))
+        json_lines(entries[:limit])
         return
-    table = Table("id", "action", "reason", "last error", "attempts", "first", "last",
-                  title=f"dead letters: {total}")  # fmt: skip
-    for e in entries[:limit]:
-        table.add_row(
-            e["id"],
-            e.get("action", ""),
-            e.get("reason", ""),
-            str(e.get("last_error", ""))[:60],
-            str(e.get("attempts", "")),
-            ms_to_text(e.get("first_at")),
-            ms_to_text(e.get("last_at")),
-        )
-    console.print(table)
+    shown = entries[:limit]
+    title = f"dead letters: {total}"
+    if len(shown) < total:
+        title += f" (showing {offset + 1}-{offset + len(shown)}; --offset, --limit)"
+    table(
+        title,
+        [Col("id", whole=True), Col("action"), Col("reason"), Col("attempts"), Col("last"),
+         Col("last error")],
+        [
+            (e["id"], e.get("action"), e.get("reason"), e.get("attempts"),
+             iso(e.get("last_at")), e.get("last_error"))
+            for e in shown
+        ],
+    )  # fmt: skip
 
 
 @app.command("show")
-def dlq_show(entry_id: str) -> None:
+def dlq_show(
+    entry_id: Annotated[str, typer.Argument(metavar="ID", help="As dlq list shows it.")],
+) -> None:
     """One dead letter in full, with the number's audit trail."""
     ctx = open_context()
     entry = next((e for e in ctx.store.dead_letters() if e["id"] == entry_id), None)
@@ -95,7 +103,9 @@ def dlq_show(entry_id: str) -> None:
     typer.echo(json.dumps(ctx.store.audit(entry["phone"], limit=20), indent=2))
 
 
-IdsOpt = Annotated[list[str] | None, typer.Option("--id", help="Entry id (repeatable).")]
+IdsOpt = Annotated[
+    list[str] | None, typer.Option("--id", metavar="ID", help="Entry id (repeatable).")
+]
 AllOpt = Annotated[bool, typer.Option("--all", help="Every entry the filters match.")]
 DryRunOpt = Annotated[bool, typer.Option(help="Show what would be done, and do nothing.")]
 

@@ -7,25 +7,17 @@ from typing import Annotated, Any
 
 import typer
 from pydantic import SecretStr
-from rich.table import Table
 
-from worker.cli.common import (
-    console,
-    duration,
-    err,
-    ms_to_text,
-    open_context,
-    read_settings,
-    span,
-)
+from worker.cli.common import duration, err, group, open_context, read_settings, span
+from worker.cli.output import JsonOpt, columns, iso, listing, say, table
 
-app = typer.Typer()
+app = group()
 
 
 @app.command()
 def status(
-    phone: str,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the record as JSON.")] = False,
+    phone: Annotated[str, typer.Argument(metavar="PHONE", help="The number, national or E.164.")],
+    as_json: Annotated[bool, typer.Option("--json", help="The record as one JSON object.")] = False,
 ) -> None:
     """Show one number: desired state, expiry, each provider's status, the audit trail."""
     ctx = open_context()
@@ -40,51 +32,47 @@ def status(
     if as_json:
         typer.echo(json.dumps(view, sort_keys=True))
     if not view["known"]:
-        console.print(f"{normal.e164}: no opt-out or opt-in recorded")
+        err.print(f"{normal.e164}: no opt-out or opt-in recorded", highlight=False)
         raise typer.Exit(1)
     if as_json:
         return
-    console.print(
-        f"[bold]{view['phone']}[/bold]  state={view['state']}  version={view['version']}  "
-        f"expires={ms_to_text(view['expires_at_ms'])}"
+    say(
+        f"{view['phone']}  state={view['state']}  version={view['version']}  "
+        f"expires={iso(view['expires_at_ms']) or '-'}"
     )
-    table = Table("provider", "confirmed", "staged", "in flight", "attempts", "dead letter",
-                  "last answer", title="providers")  # fmt: skip
+    rows = []
     for target, row in view["providers"].items():
         answer = row["last_answer"] or {}
-        table.add_row(
-            target,
-            row["confirmed"] or "-",
-            row["staged"] or "-",
-            row["in_flight_chunk"] or "-",
-            str(row["attempts"]),
-            (row["dead_letter"] or {}).get("reason", "-"),
-            f"{answer.get('act', '')} {answer.get('out', '')} {answer.get('rsn', '')}".strip()
-            or "-",
-        )
-    console.print(table)
-    audit = Table("time", "event", "what", "result", "detail", title="audit (newest first)")
+        rows.append((
+            target, row["confirmed"], row["staged"], row["in_flight_chunk"], row["attempts"],
+            iso(row["retry_at_ms"]), (row["dead_letter"] or {}).get("reason"),
+            " ".join(str(answer[k]) for k in ("act", "out", "rsn") if answer.get(k)),
+        ))  # fmt: skip
+    table("providers", columns("target", "confirmed", "staged", "in_flight", "attempts",
+          "retry_at", "dead_letter", "last_answer"), rows)  # fmt: skip
+    audit = []
     for entry in view["audit"]:
         what = entry.get("act", "")
         if entry.get("prov"):
             what = f"{what} -> {entry['prov']}"
-        audit.add_row(
-            ms_to_text(entry.get("at")),
-            str(entry.get("ev", ""))[:12],
-            what,
-            str(entry.get("res") or entry.get("out") or ""),
+        audit.append((
+            iso(entry.get("at")), str(entry.get("ev", ""))[:12], what,
+            entry.get("res") or entry.get("out"),
             ": ".join(str(entry[k]) for k in ("src", "rsn", "det") if entry.get(k)),
-        )
-    console.print(audit)
+        ))  # fmt: skip
+    table("audit (newest first)", columns("time", "event", "what", "result", "detail"), audit)
 
 
 @app.command()
 def sla(
     age: Annotated[
         str | None,
-        typer.Option(help="Older than this: 24h, 90m, 3600 (default OPTOUT_SLA_SECONDS)."),
+        typer.Option(
+            metavar="AGE", help="Older than this: 24h, 90m, 3600 (default OPTOUT_SLA_SECONDS)."
+        ),
     ] = None,
-    limit: Annotated[int, typer.Option(help="Show at most N.")] = 200,
+    limit: Annotated[int, typer.Option(metavar="N", help="Show at most N.")] = 200,
+    as_json: Annotated[bool, JsonOpt] = False,
 ) -> None:
     """Numbers whose latest state is not yet confirmed on every provider after AGE."""
     ctx = open_context()
@@ -92,29 +80,32 @@ def sla(
 
     seconds = ctx.settings.sla_seconds if age is None else duration(age)
     late = overdue(ctx, seconds, limit=limit)
-    table = Table("phone", "state", "age", "still pending at", title=f"not confirmed after "
-                  f"{span(seconds)}: {len(late)}")  # fmt: skip
-    for row in late:
-        table.add_row(row.phone, row.state, span(row.age_seconds), ", ".join(row.pending))
-    console.print(table)
+    records = [
+        {"phone": r.phone, "state": r.state, "age": span(r.age_seconds),
+         "age_seconds": round(r.age_seconds), "pending": r.pending}
+        for r in late
+    ]  # fmt: skip
+    title = f"not confirmed after {span(seconds)}: {len(late)}"
+    listing(title, columns("phone", "state", "age", "pending"), records, as_json)
     raise typer.Exit(1 if late else 0)
 
 
 @app.command("check-config")
-def check_config() -> None:
+def check_config(as_json: Annotated[bool, JsonOpt] = False) -> None:
     """Validate the configuration and print it, secrets masked, each value in the syntax its
     variable takes."""
     settings = read_settings()
-    table = Table("variable", "value", title="effective configuration")
+    records = []
     for variable, value in settings.variables():
         shown = _show(value, _SEPARATORS.get(variable, ":"))
         if variable == "OPTOUT_ADMIN_TOKEN" and value is None:
             local = settings.data_dir / "admin-token"
             shown = f"- (optout up uses {local})" if local.exists() else "- (admin API off)"
-        table.add_row(variable, shown)
-    console.print(table)
-    enabled = settings.enabled_providers()
-    console.print(f"providers enabled: {', '.join(enabled) if enabled else 'none'}")
+        records.append({"variable": variable, "value": shown})
+    listing("effective configuration", columns("variable", "value"), records, as_json)
+    if not as_json:
+        enabled = settings.enabled_providers()
+        say(f"providers enabled: {', '.join(enabled) if enabled else 'none'}")
 
 
 #: The separator of each `key<sep>value` variable (the others' is ':').

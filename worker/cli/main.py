@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import typer
-
 from worker.cli import data, dlq, inspect, provider, serve
+from worker.cli.common import group
 
-app = typer.Typer(help="optout-worker: durable opt-out propagation.", no_args_is_help=True)
+app = group(help="optout-worker: durable opt-out propagation.", no_args_is_help=True)
 app.add_typer(serve.app)
 app.add_typer(data.app)
 app.add_typer(inspect.app)

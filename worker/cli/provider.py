@@ -5,36 +5,42 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.table import Table
 
 from worker.cli.common import (
     console,
     err,
+    group,
     open_context,
     who,
 )
+from worker.cli.output import JsonOpt, columns, listing, say
 
 if TYPE_CHECKING:
     from worker.pipeline.context import Context
     from worker.providers.base import Provider
 
-app = typer.Typer(help="Provider status, probes and resume.", no_args_is_help=True)
+app = group(help="Provider status, probes and resume.", no_args_is_help=True)
 #: Top-level commands of this group (`optout reconcile`).
-commands = typer.Typer()
+commands = group()
+
+
+NameArg = Annotated[
+    str, typer.Argument(metavar="PROVIDER", help="A provider: voicenter, phonely...")
+]
 
 
 @app.command("list")
-def provider_list() -> None:
-    """Each provider target: paused or not, staged, in flight; retry and dead-letter totals."""
+def provider_list(as_json: Annotated[bool, JsonOpt] = False) -> None:
+    """Each provider target: active, paused or holding; staged, in flight, retrying and
+    dead-lettered numbers."""
     ctx = open_context()
     paused = ctx.store.paused()
     targets = ctx.targets()
     counts = ctx.store.counts(sorted(targets))
     retrying = ctx.store.retry_counts()
     dead_by_target = ctx.store.dead_letter_counts()
-    table = Table("target", "provider", "state", "staged add", "staged remove", "in flight",
-                  "retrying", "dead letters")  # fmt: skip
     circuits = ctx.store.open_circuits(set(targets.values()))
+    records = []
     for target in sorted(targets):
         provider = targets[target]
         state = "paused: " + paused[provider]["reason"] if provider in paused else "active"
@@ -44,14 +50,21 @@ def provider_list() -> None:
         elif not paused.get(provider) and held:
             state = f"holding {held:.0f}s (Retry-After)"
         c = counts[target]
-        table.add_row(target, provider, state, str(c["staged_add"]), str(c["staged_remove"]),
-                      str(c["in_flight"]), str(retrying.get(target, 0)),
-                      str(dead_by_target.get(target, 0)))  # fmt: skip
-    console.print(table)
-    console.print(f"dead letters: {sum(dead_by_target.values())}")
+        records.append({
+            "target": target, "provider": provider, "state": state,
+            "staged_add": c["staged_add"], "staged_remove": c["staged_remove"],
+            "in_flight": c["in_flight"], "retrying": retrying.get(target, 0),
+            "dead_letters": dead_by_target.get(target, 0),
+        })  # fmt: skip
+    cols = columns("target", "provider", "state", "staged_add", "staged_remove", "in_flight",
+                   "retrying", "dead_letters")  # fmt: skip
+    listing(None, cols, records, as_json)
+    if as_json:
+        return
+    say(f"dead letters: {sum(dead_by_target.values())}")
     for provider, info in paused.items():
-        console.print(f"[red]{provider} paused[/red]: {info['reason']}; fix {info['setting']}, "
-                      f"then: optout provider resume {provider}")  # fmt: skip
+        say(f"{provider} paused: {info['reason']}; fix {info['setting']}, "
+            f"then: optout provider resume {provider}")  # fmt: skip
 
 
 def _provider(ctx: Context, name: str) -> Provider:
@@ -65,7 +78,7 @@ def _provider(ctx: Context, name: str) -> Provider:
 
 
 @app.command("test")
-def provider_test(name: str) -> None:
+def provider_test(name: NameArg) -> None:
     """Probe a provider's credentials with a call that changes nothing."""
     ctx = open_context()
     from worker.providers.errors import AuthError, ProviderError
@@ -82,7 +95,7 @@ def provider_test(name: str) -> None:
 
 
 @app.command("resume")
-def provider_resume(name: str) -> None:
+def provider_resume(name: NameArg) -> None:
     """Probe a paused provider and, if it answers, resume it and push what is staged."""
     provider_test(name)
     ctx = open_context()
@@ -100,10 +113,13 @@ def provider_resume(name: str) -> None:
 
 @commands.command("reconcile")
 def reconcile_cmd(
-    provider: Annotated[str | None, typer.Argument(help="One provider (default: all).")] = None,
+    provider: Annotated[
+        str | None, typer.Argument(metavar="PROVIDER", help="One provider (default: all).")
+    ] = None,
     remove_extras: Annotated[
         bool, typer.Option(help="Remove numbers a provider holds that the ledger does not block.")
     ] = False,
+    as_json: Annotated[bool, JsonOpt] = False,
 ) -> None:
     """Compare each provider's list with the ledger (Phonely, VoodooSMS, Daktela): re-push
     what is missing, report what is extra."""
@@ -120,16 +136,16 @@ def reconcile_cmd(
         except ProviderError as exc:
             err.print(f"[red]reconcile stopped: {exc}[/red]")
             raise typer.Exit(1) from None
-    table = Table("target", "provider holds", "ledger blocks", "missing (re-pushed)",
-                  "extra", "extra being removed", title="reconciliation")  # fmt: skip
-    for r in reports:
-        table.add_row(r.target, str(r.listed), str(r.blocked), str(len(r.missing)),
-                      str(len(r.extras)), str(r.removing))  # fmt: skip
     for r in reports:
         for n in r.extras[:20]:
-            console.print(f"extra at {r.target}: {n}")
+            say(f"extra at {r.target}: {n}")
     if not reports:
-        console.print(
-            "no enabled provider can list its blacklist (Phonely, VoodooSMS, Daktela can)"
-        )
-    console.print(table)
+        say("no enabled provider can list its blacklist (Phonely, VoodooSMS, Daktela can)")
+        return
+    records = [
+        {"target": r.target, "provider_holds": r.listed, "ledger_blocks": r.blocked,
+         "missing_repushed": len(r.missing), "extra": len(r.extras), "extra_removing": r.removing}
+        for r in reports
+    ]  # fmt: skip
+    cols = columns(*records[0])
+    listing("reconciliation", cols, records, as_json)

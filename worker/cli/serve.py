@@ -15,13 +15,14 @@ from worker.cli.common import (
     console,
     err,
     fresh_dir,
+    group,
     multiprocess_metrics,
     open_context,
     read_settings,
 )
 from worker.cli.supervisor import keep_running, local_admin_token, supervise_groups
 
-app = typer.Typer()
+app = group()
 
 
 @app.command()
@@ -29,7 +30,7 @@ def api(
     host: HostOpt = "127.0.0.1",
     port: PortOpt = 8000,
     workers: Annotated[
-        int, typer.Option(min=1, help="Server processes (each its own event loop).")
+        int, typer.Option(metavar="N", min=1, help="Server processes (each its own event loop).")
     ] = 1,
 ) -> None:
     """Serve the HTTP API."""
@@ -59,18 +60,20 @@ def api(
 @app.command()
 def worker(
     concurrency: Annotated[
-        int | None, typer.Option(help="Worker processes of the main group.")
+        int | None, typer.Option(metavar="N", help="Worker processes of the main group.")
     ] = None,
     beat: Annotated[bool, typer.Option(help="Also run the beat scheduler in-process.")] = False,
     metrics_port: Annotated[
-        int | None, typer.Option(help="Serve Prometheus metrics of this machine on this port.")
+        int | None,
+        typer.Option(metavar="PORT", help="Serve Prometheus metrics of this machine on this port."),
     ] = None,
     group: Annotated[
         str | None,
         typer.Option(
+            metavar="main|per-number",
             help="Run one group only: main (flushes, sweeps, bulk providers) or per-number "
             "(providers without a bulk endpoint, reconciliation). Default: each group that "
-            "has work, in a process of its own."
+            "has work, in a process of its own.",
         ),
     ] = None,
 ) -> None:
@@ -175,15 +178,22 @@ def up(host: HostOpt = "127.0.0.1", port: PortOpt = 8000) -> None:
 
 @app.command()
 def consume(
-    url: Annotated[str, typer.Option(help="Broker URL: amqp://... or redis://...")],
-    queue: Annotated[str, typer.Option(help="Queue to consume (declared durable).")],
-    prefetch: Annotated[int, typer.Option(help="Unacked messages in hand at most.")] = 10,
+    url: Annotated[str, typer.Option(metavar="URL", help="Broker URL: amqp://... or redis://...")],
+    queue: Annotated[
+        str, typer.Option(metavar="QUEUE", help="Queue to consume (declared durable).")
+    ],
+    prefetch: Annotated[
+        int, typer.Option(metavar="N", help="Unacked messages in hand at most.")
+    ] = 10,
     allow_remove: Annotated[
         bool, typer.Option(help="Accept removes too (otherwise they are parked).")
     ] = False,
     visibility_timeout: Annotated[
         float,
-        typer.Option(help="Redis transport: seconds before a dead consumer's messages return."),
+        typer.Option(
+            metavar="SECONDS",
+            help="Redis transport: seconds before a dead consumer's messages return.",
+        ),
     ] = 60.0,
 ) -> None:
     """Consume opt-out messages from a broker queue; ack each only once it is staged.
@@ -208,7 +218,8 @@ def consume(
 @app.command()
 def healthcheck(
     url: Annotated[
-        str | None, typer.Option(help="An HTTP URL to GET instead (the API's /healthz).")
+        str | None,
+        typer.Option(metavar="URL", help="An HTTP URL to GET instead (the API's /healthz)."),
     ] = None,
 ) -> None:
     """Exit 0 when healthy: the URL answers 2xx, or Redis and the broker answer. For
