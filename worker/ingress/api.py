@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from worker.domain.errors import OptoutError
 from worker.domain.phones import Rejected, normalise
+from worker.ingress.docs import add_docs
 from worker.ingress.http_errors import RefusedError, answer, error_response
 from worker.ingress.middleware import AccessLog, BodyLimit
 from worker.ingress.schemas import OptoutRequest, optout_event
@@ -87,7 +88,11 @@ def create_api(context: ContextFactory) -> FastAPI:
         version="0.1.0",
         description="Durable opt-out (Do-Not-Call) intake and propagation to provider "
         "blacklists. `/v1/*` needs the admin token as `Authorization: Bearer`.",
+        # Replaced by add_docs: FastAPI's own pages load their scripts from public CDNs.
+        docs_url=None,
+        redoc_url=None,
     )
+    add_docs(api)
 
     api.add_middleware(BodyLimit, max_bytes=context().settings.max_body_bytes)
     api.add_middleware(AccessLog)
