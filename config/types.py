@@ -84,10 +84,18 @@ class ProviderSettings(EnvSettings):
 
     #: The field holding the credential.
     credential: ClassVar[str]
+    #: Fields the provider needs whenever its credential is set (its model checks them).
+    needs: ClassVar[tuple[str, ...]] = ()
 
     @property
     def enabled(self) -> bool:
         return is_set(getattr(self, self.credential))
+
+    @classmethod
+    def credential_variables(cls) -> list[str]:
+        """The variables a process must set to have this provider: its credential first."""
+        names = cls.env_names()
+        return [names[cls.credential], *(names[f] for f in cls.needs)]
 
 
 def is_set(secret: SecretStr | None) -> bool:

@@ -6,6 +6,7 @@ import pytest
 
 from config import ConfigError, load_settings
 from config.settings import variables
+from worker.providers import PROVIDERS, SETTINGS
 
 
 def test_defaults_leave_every_provider_off() -> None:
@@ -178,3 +179,14 @@ def test_a_url_is_read_under_its_own_name_only(variable: str, field: str) -> Non
 def test_no_variable_sets_the_providers_field() -> None:
     settings = load_settings({"OPTOUT_PROVIDERS": "voicenter", "VOICENTER_API_CODE": "abc"})
     assert settings.enabled_providers() == ["voicenter"]
+
+
+@pytest.mark.parametrize("name", PROVIDERS)
+def test_a_providers_credential_variables_are_exactly_what_turns_it_on(name: str) -> None:
+    # What `optout provider test` tells an operator to set must be enough, and each needed.
+    variables = SETTINGS[name].credential_variables()
+    value = {v: "https://p.example" if v.endswith("_BASE_URL") else "x" for v in variables}
+    assert load_settings(value).enabled_providers() == [name]
+    for left_out in variables[1:]:
+        with pytest.raises(ConfigError, match=left_out):
+            load_settings({k: v for k, v in value.items() if k != left_out})

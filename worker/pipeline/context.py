@@ -28,6 +28,17 @@ BREAKER_CAP_SECONDS = 60.0
 DIRECTORY_SECONDS = 5.0
 
 
+@dataclass(frozen=True, slots=True)
+class DeploymentTarget:
+    """A target of the deployment as an ops command sees it: its provider, whether it is
+    live (some running process announces it), and whether this process has the provider's
+    credentials (needed to probe it or read its list, not to look at or resume it)."""
+
+    provider: str
+    live: bool
+    here: bool
+
+
 class Dispatcher(Protocol):
     """Where pipeline work is sent: Celery in production, a direct call in unit tests."""
 
@@ -63,6 +74,20 @@ class Context:
         """Every target of the deployment (announced by any process, live or not), and this
         process's own: what status views and the SLA look at."""
         return sorted(set(self.store.known_targets()) | set(self.targets()))
+
+    def deployment(self) -> dict[str, DeploymentTarget]:
+        """Every target of the deployment (announced by any process, live or not) and this
+        process's own: an ops command in another terminal sees what the workers registered,
+        not only what its own environment enables."""
+        own = self.targets()
+        out = {
+            target: DeploymentTarget(seen.provider, seen.live, seen.provider in self.providers)
+            for target, seen in self.store.announced().items()
+        }
+        for target, provider in own.items():
+            if target not in out:
+                out[target] = DeploymentTarget(provider, live=False, here=True)
+        return dict(sorted(out.items()))
 
     def route(self, source: str, action: Action, has_call: bool) -> dict[str, Any]:
         """Which providers an event from `source` goes to (accept.lua applies it to every

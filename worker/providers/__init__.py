@@ -24,26 +24,40 @@ class Registration:
     settings: type[ProviderSettings]
     #: Builds the adapter from the provider's own settings (None when it is off).
     factory: Callable[[Any, httpx.Client], Provider | None]
-    capabilities: Capabilities
+    #: The adapter's class: its capabilities, and whether it can list its blacklist.
+    adapter: type[Any]
+
+    @property
+    def capabilities(self) -> Capabilities:
+        caps: Capabilities = self.adapter.capabilities
+        return caps
+
+    @property
+    def reconcilable(self) -> bool:
+        """Reconciliation can compare its list with the ledger: it lists its numbers, and
+        needs no call record to add one (a missing number could not be pushed again)."""
+        return callable(getattr(self.adapter, "list_numbers", None)) and not (
+            self.capabilities.needs_call_context
+        )
 
 
 REGISTRY: dict[str, Registration] = {
     "voicenter": Registration(
         voicenter.VoicenterSettings,
         voicenter.from_settings,
-        voicenter.VoicenterProvider.capabilities,
+        voicenter.VoicenterProvider,
     ),
     "phonely": Registration(
-        phonely.PhonelySettings, phonely.from_settings, phonely.PhonelyProvider.capabilities
+        phonely.PhonelySettings, phonely.from_settings, phonely.PhonelyProvider
     ),
     "voodoosms": Registration(
         voodoosms.VoodooSmsSettings,
         voodoosms.from_settings,
-        voodoosms.VoodooSmsProvider.capabilities,
+        voodoosms.VoodooSmsProvider,
     ),
-    "weya": Registration(weya.WeyaSettings, weya.from_settings, weya.WeyaProvider.capabilities),
+    "weya": Registration(weya.WeyaSettings, weya.from_settings, weya.WeyaProvider),
     "daktela": Registration(
-        daktela.DaktelaSettings, daktela.from_settings, daktela.DaktelaProvider.capabilities
+        daktela.DaktelaSettings, daktela.from_settings, daktela.DaktelaProvider
     ),
 }
 
@@ -53,6 +67,8 @@ PROVIDERS: tuple[str, ...] = tuple(REGISTRY)
 SETTINGS: dict[str, type[ProviderSettings]] = {n: r.settings for n, r in REGISTRY.items()}
 #: Each provider's capabilities, known without building it (the worker groups need them).
 CAPABILITIES: dict[str, Capabilities] = {n: r.capabilities for n, r in REGISTRY.items()}
+#: The providers reconciliation can compare with the ledger.
+RECONCILABLE: tuple[str, ...] = tuple(n for n, r in REGISTRY.items() if r.reconcilable)
 
 
 def build_providers(

@@ -92,6 +92,7 @@ class DaktelaSettings(ProviderSettings):
 
     model_config = SettingsConfigDict(env_prefix="DAKTELA_")
     credential: ClassVar[str] = "access_token"
+    needs: ClassVar[tuple[str, ...]] = ("base_url",)
 
     access_token: SecretStr | None = None
     base_url: BaseUrl | None = None

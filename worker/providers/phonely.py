@@ -31,6 +31,7 @@ class PhonelySettings(ProviderSettings):
 
     model_config = SettingsConfigDict(env_prefix="PHONELY_")
     credential: ClassVar[str] = "api_key"
+    needs: ClassVar[tuple[str, ...]] = ("uid", "agent_ids")
 
     api_key: SecretStr | None = None
     uid: str | None = None

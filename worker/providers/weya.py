@@ -33,6 +33,7 @@ class WeyaSettings(ProviderSettings):
 
     model_config = SettingsConfigDict(env_prefix="WEYA_")
     credential: ClassVar[str] = "api_token"
+    needs: ClassVar[tuple[str, ...]] = ("base_url",)
 
     api_token: SecretStr | None = None
     base_url: BaseUrl | None = None

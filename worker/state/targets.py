@@ -4,11 +4,21 @@ catching a target up from the ledger (backfill) or repairing what a reconciliati
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any, cast
 
 from worker.state.codec import decode, ms, text
 from worker.state.keyspace import Keyspace
 from worker.state.records import Registered, Repaired, Tally
+
+
+@dataclass(frozen=True, slots=True)
+class Announced:
+    """A target some process has announced: its provider, and whether it is live (announced
+    within its TTL: accepts stage for it, the workers push to it)."""
+
+    provider: str
+    live: bool
 
 
 class Targets(Keyspace):
@@ -46,6 +56,22 @@ class Targets(Keyspace):
     def known_targets(self) -> list[str]:
         """Every target any process has announced, live or not."""
         return sorted(text(t) for t in cast(list[Any], self.redis.hkeys(self.key("targets"))))
+
+    def announced(self) -> dict[str, Announced]:
+        """Every target any process has announced, live or not -> its provider and whether
+        it is live: the deployment as the workers registered it, whatever this process's
+        own settings."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zrangebyscore(self.key("targets:live"), self.now_ms(), "+inf")
+        pipe.hgetall(self.key("targets"))
+        live, metas = pipe.execute()
+        alive = {text(t) for t in live}
+        out: dict[str, Announced] = {}
+        for raw, meta in cast(dict[Any, Any], metas).items():
+            target = text(raw)
+            provider = decode(meta).get("provider") if meta else None
+            out[target] = Announced(str(provider or target.split(":")[0]), target in alive)
+        return out
 
     def directory(self) -> dict[str, dict[str, Any]]:
         """The live targets (announced within their TTL) -> their capabilities."""

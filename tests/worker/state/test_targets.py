@@ -20,6 +20,7 @@ from tests.worker.state.scene import (
 from worker.providers.base import Action
 from worker.state.records import LiveTarget, Registered, Repaired, Staged, Tally
 from worker.state.store import Store
+from worker.state.targets import Announced
 
 PHONELY = {"provider": "phonely", "add_only": False, "max_batch": 50}
 
@@ -106,3 +107,16 @@ def test_a_repair_pushes_missing_numbers_again_and_removes_extras_unless_blocked
     )  # fmt: skip
     assert store.audit(N2)[0]["res"] == "extra"
     assert staged(store, action=Action.REMOVE) == [N2]
+
+
+def test_announced_holds_every_target_ever_announced_with_its_provider_and_liveness(
+    store: Store, clock: FakeClock
+) -> None:
+    store.register_targets({"phonely:1": PHONELY}, 60)
+    clock.advance(61)  # the process that had Phonely has gone
+    store.register_targets({"voicenter": VOICENTER}, 60)
+
+    assert store.announced() == {
+        "phonely:1": Announced("phonely", live=False),
+        "voicenter": Announced("voicenter", live=True),
+    }
