@@ -219,7 +219,9 @@ class Settings(EnvSettings):
     @property
     def state_redis_url(self) -> str:
         if not self.redis_url:
-            raise ConfigError("REDIS_URL is not set (optout up starts an embedded Redis for you)")
+            from worker.runtime.embedded import redis_url_missing
+
+            raise ConfigError(redis_url_missing(self))
         return self.redis_url
 
     def region_for(self, source: str) -> str:

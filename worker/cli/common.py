@@ -6,7 +6,7 @@ import datetime as dt
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -45,20 +45,36 @@ def group(**options: Any) -> typer.Typer:
     return typer.Typer(rich_markup_mode=None, pretty_exceptions_enable=False, **options)
 
 
+def fail(message: str, code: int = 2) -> NoReturn:
+    """Say why on stderr (red, the text as it is: paths and URLs hold brackets) and exit."""
+    err.print(message, style="red", markup=False, highlight=False)
+    raise typer.Exit(code)
+
+
 def read_settings() -> Settings:
     """The settings, or exit 2 with the reason; logs configured to match."""
     try:
         settings = load_settings()
     except ConfigError as exc:
-        err.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from None
+        fail(str(exc))
     logs.configure(settings.log_format)
     return settings
 
 
+def require_redis(settings: Settings) -> None:
+    """Exit 2 unless REDIS_URL is set, saying where a running `optout up` was looked for
+    and how to point the command at a deployment (the serving commands: they never join a
+    running `optout up` by themselves)."""
+    if not settings.redis_url:
+        from worker.runtime.embedded import redis_url_missing
+
+        fail(redis_url_missing(settings))
+
+
 def open_context() -> Context:
     """This process's pipeline (on the embedded Redis of a running `optout up` when REDIS_URL
-    is unset), or exit 2 with the reason."""
+    is unset), or exit 2 with the reason (with no Redis: where it looked, and how to point
+    the command at a deployment)."""
     settings = read_settings()
     from worker.runtime import wiring
     from worker.runtime.embedded import running_url
@@ -71,8 +87,7 @@ def open_context() -> Context:
     try:
         return wiring.context()
     except ConfigError as exc:
-        err.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from None
+        fail(str(exc))
 
 
 def ms_to_text(ms: int | None) -> str:

@@ -14,11 +14,13 @@ from worker.cli.common import (
     PortOpt,
     console,
     err,
+    fail,
     fresh_dir,
     group,
     multiprocess_metrics,
     open_context,
     read_settings,
+    require_redis,
 )
 from worker.cli.supervisor import keep_running, local_admin_token, supervise_groups
 
@@ -35,11 +37,9 @@ def api(
 ) -> None:
     """Serve the HTTP API."""
     settings = read_settings()
+    require_redis(settings)
     import uvicorn
 
-    if not settings.redis_url:
-        err.print("[red]REDIS_URL is not set[/red] (optout up starts an embedded Redis)")
-        raise typer.Exit(2)
     if workers > 1:
         # Each process counts its own requests; /metrics must add them up.
         multiprocess_metrics(settings.data_dir / "metrics" / f"api-{os.getpid()}")
@@ -81,6 +81,7 @@ def worker(
     provider without a bulk endpoint is on, the per-number group beside it, so a slow
     provider's backlog never holds up the others."""
     settings = read_settings()
+    require_redis(settings)
     from worker.runtime.celery_app import MAIN, PER_NUMBER, worker_groups
 
     groups = worker_groups(settings)
@@ -127,6 +128,7 @@ def worker(
 def beat_cmd() -> None:
     """Run the beat scheduler (exactly one per deployment): sweeps and lease recovery."""
     settings = read_settings()
+    require_redis(settings)
     from worker.runtime.wiring import celery_app
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -234,8 +236,11 @@ def healthcheck(
     else:
         settings = read_settings()
         from worker.ingress.api import broker_check
+        from worker.runtime.embedded import redis_url_missing
         from worker.runtime.wiring import redis_client
 
+        if not settings.redis_url:
+            fail(f"unhealthy: {redis_url_missing(settings)}", 1)
         try:
             ok = bool(redis_client(settings).ping()) and broker_check(settings.broker_url) == "ok"
         except Exception:  # noqa: BLE001

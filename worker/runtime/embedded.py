@@ -7,10 +7,14 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import redis
 
 from worker.runtime.children import die_with_parent
+
+if TYPE_CHECKING:
+    from config import Settings
 
 
 def redis_server_binary() -> str:
@@ -28,17 +32,60 @@ def free_port() -> int:
 URL_FILE = "redis.url"
 
 
+def url_file(data_dir: Path) -> Path:
+    """Where a running `optout up` with this data dir names its embedded Redis."""
+    return data_dir / "redis" / URL_FILE
+
+
+def _named_url(data_dir: Path) -> str | None:
+    try:
+        return url_file(data_dir).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _answers(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=0.5).ping())
+    except (redis.RedisError, ValueError):
+        return False
+
+
 def running_url(data_dir: Path) -> str | None:
     """The URL of an embedded Redis that `optout up` runs for this data dir, if any."""
-    path = data_dir / "redis" / URL_FILE
-    if not path.exists():
-        return None
-    url = path.read_text().strip()
-    try:
-        redis.Redis.from_url(url, socket_connect_timeout=0.5).ping()
-    except redis.RedisError:
-        return None
-    return url
+    url = _named_url(data_dir)
+    return url if url and _answers(url) else None
+
+
+def redis_url_missing(settings: Settings) -> str:
+    """What every command that needs Redis says when REDIS_URL is unset: where it looked for
+    a running `optout up` (the data dir, and which setting chose it), what it found, and how
+    to point the command at a deployment."""
+    data_dir = settings.data_dir.resolve()
+    if "data_dir" in settings.model_fields_set:
+        chosen = f"OPTOUT_DATA_DIR={settings.data_dir}"
+    else:
+        chosen = f"./{settings.data_dir} in {Path.cwd()}, as OPTOUT_DATA_DIR is unset"
+    named = _named_url(data_dir)
+    if named and _answers(named):
+        # Reached by a command that does not join a running `optout up` by itself (api,
+        # worker, beat: a second beat in one deployment would double its schedule).
+        return (
+            f"REDIS_URL is not set. An `optout up` runs with this data dir ({chosen}) on "
+            f"{named}, with an API, a worker and beat of its own. To add this process to "
+            f"that deployment anyway: REDIS_URL={named}"
+        )
+    if named:
+        found = f"it names {named}, which does not answer (that `optout up` has stopped)"
+    else:
+        found = "there is no such file (a running `optout up` writes it)"
+    return (
+        f"REDIS_URL is not set, and no running `optout up` answered: looked for "
+        f"{url_file(data_dir)} (the data dir: {chosen}); {found}.\n"
+        "To use a deployment: set REDIS_URL (REDIS_URL=redis://HOST:6379/0 optout ...), run "
+        "the command in the folder where `optout up` runs, or set OPTOUT_DATA_DIR to that "
+        "`optout up`'s data dir. `optout up` starts a deployment with an embedded Redis."
+    )
 
 
 class EmbeddedRedis:
