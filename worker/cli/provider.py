@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from worker.cli.common import (
-    console,
-    err,
-    group,
-    open_context,
-    who,
-)
-from worker.cli.output import JsonOpt, columns, listing, say
+from worker.cli.common import console, err, fail, group, open_context, who
+from worker.cli.output import JsonOpt, columns, json_lines, listing, say, table
 
 if TYPE_CHECKING:
-    from worker.pipeline.context import Context
+    from worker.pipeline.context import Context, DeploymentTarget
     from worker.providers.base import Provider
 
 app = group(help="Provider status, probes and resume.", no_args_is_help=True)
@@ -28,21 +22,39 @@ NameArg = Annotated[
     str, typer.Argument(metavar="PROVIDER", help="A provider: voicenter, phonely...")
 ]
 
+LIST_COLUMNS = columns(
+    "target", "provider", "live", "state", "staged_add", "staged_remove", "in_flight",
+    "retrying", "dead_letters", "credentials_here",
+)  # fmt: skip
+
+
+def credential_variables(name: str) -> str:
+    """The variables that give a process this provider, as an operator types them."""
+    from worker.providers import SETTINGS
+
+    return ", ".join(SETTINGS[name].credential_variables())
+
+
+def live_providers(deployment: dict[str, DeploymentTarget]) -> list[str]:
+    """The providers the deployment pushes to: some running process announces a target."""
+    return sorted({d.provider for d in deployment.values() if d.live})
+
 
 @app.command("list")
 def provider_list(as_json: Annotated[bool, JsonOpt] = False) -> None:
-    """Each provider target: active, paused or holding; staged, in flight, retrying and
-    dead-lettered numbers."""
+    """Each target of the deployment, as the running processes announced it in Redis (live
+    or not), whatever this terminal's own settings: active, paused or holding; staged, in
+    flight, retrying and dead-lettered numbers; whether this process has its credentials."""
     ctx = open_context()
+    deployment = ctx.deployment()
     paused = ctx.store.paused()
-    targets = ctx.targets()
-    counts = ctx.store.counts(sorted(targets))
+    counts = ctx.store.counts(list(deployment))
     retrying = ctx.store.retry_counts()
     dead_by_target = ctx.store.dead_letter_counts()
-    circuits = ctx.store.open_circuits(set(targets.values()))
+    circuits = ctx.store.open_circuits({d.provider for d in deployment.values()})
     records = []
-    for target in sorted(targets):
-        provider = targets[target]
+    for target, seen in deployment.items():
+        provider = seen.provider
         state = "paused: " + paused[provider]["reason"] if provider in paused else "active"
         held = ctx.store.held_for(provider)
         if not paused.get(provider) and provider in circuits:
@@ -51,59 +63,113 @@ def provider_list(as_json: Annotated[bool, JsonOpt] = False) -> None:
             state = f"holding {held:.0f}s (Retry-After)"
         c = counts[target]
         records.append({
-            "target": target, "provider": provider, "state": state,
+            "target": target, "provider": provider, "live": seen.live, "state": state,
             "staged_add": c["staged_add"], "staged_remove": c["staged_remove"],
             "in_flight": c["in_flight"], "retrying": retrying.get(target, 0),
-            "dead_letters": dead_by_target.get(target, 0),
+            "dead_letters": dead_by_target.get(target, 0), "credentials_here": seen.here,
         })  # fmt: skip
-    cols = columns("target", "provider", "state", "staged_add", "staged_remove", "in_flight",
-                   "retrying", "dead_letters")  # fmt: skip
-    listing(None, cols, records, as_json)
     if as_json:
+        json_lines(records)
         return
+    table(None, LIST_COLUMNS, [[_yes_no(r[c.header]) for c in LIST_COLUMNS] for r in records])
+    if not deployment:
+        say("no target announced: no worker has run with a provider's credentials")
     say(f"dead letters: {sum(dead_by_target.values())}")
     for provider, info in paused.items():
         say(f"{provider} paused: {info['reason']}; fix {info['setting']}, "
             f"then: optout provider resume {provider}")  # fmt: skip
+    if lapsed := [t for t, d in deployment.items() if not d.live]:
+        say(f"not live (no running process announces it; nothing is pushed there): "
+            f"{', '.join(lapsed)}")  # fmt: skip
+    for provider in sorted({d.provider for d in deployment.values() if not d.here}):
+        say(f"no credentials here for {provider} (set {credential_variables(provider)}): "
+            "provider test and reconcile need them; list and resume do not")  # fmt: skip
 
 
-def _provider(ctx: Context, name: str) -> Provider:
+def _yes_no(value: Any) -> Any:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return value
+
+
+def not_here(ctx: Context, name: str, action: str) -> str:
+    """Why this process cannot `action` provider `name`: it lacks the credentials of a
+    provider the deployment has on (and which variables to set), or the provider is on
+    nowhere (and which are), or there is no such provider."""
+    from worker.providers import PROVIDERS
+
+    deployment = ctx.deployment()
+    on = live_providers(deployment)
+    elsewhere = f"on in the deployment: {', '.join(on) or 'none'}"
+    if name not in PROVIDERS:
+        return f"{name} is not a provider (providers: {', '.join(PROVIDERS)}); {elsewhere}"
+    if name in on:
+        return (
+            f"{name} is on in the deployment, but this process has no credentials for it: "
+            f"to {action} it from here, set {credential_variables(name)} (as the workers have "
+            "them)"
+        )
+    if any(d.provider == name for d in deployment.values()):
+        return f"{name} is not on: no running process announces it any more; {elsewhere}"
+    return (
+        f"{name} is not on: no process of the deployment announces it, and this process has "
+        f"no credentials for it; {elsewhere}"
+    )
+
+
+def _provider(ctx: Context, name: str, action: str) -> Provider:
+    """This process's adapter of `name`, or exit 2 saying why there is none."""
     provider = ctx.providers.get(name)
     if provider is None:
-        err.print(
-            f"[red]{name} is not enabled[/red] (enabled: {', '.join(ctx.providers) or 'none'})"
-        )
-        raise typer.Exit(2)
+        fail(not_here(ctx, name, action))
     return provider
+
+
+def _probe(ctx: Context, name: str, provider: Provider) -> None:
+    """Probe with this process's credentials; exit 1 when refused or failing."""
+    from worker.providers.errors import AuthError, ProviderError
+
+    try:
+        provider.probe()
+    except AuthError as exc:
+        fail(f"{name}: credentials refused ({exc.reason}); fix {exc.setting}", 1)
+    except ProviderError as exc:
+        fail(f"{name}: probe failed: {exc}", 1)
 
 
 @app.command("test")
 def provider_test(name: NameArg) -> None:
-    """Probe a provider's credentials with a call that changes nothing."""
+    """Probe a provider's credentials (this process's: set them here) with a call that
+    changes nothing."""
     ctx = open_context()
-    from worker.providers.errors import AuthError, ProviderError
-
-    try:
-        _provider(ctx, name).probe()
-    except AuthError as exc:
-        err.print(f"[red]{name}: credentials refused ({exc.reason}); fix {exc.setting}[/red]")
-        raise typer.Exit(1) from None
-    except ProviderError as exc:
-        err.print(f"[red]{name}: probe failed: {exc}[/red]")
-        raise typer.Exit(1) from None
+    _probe(ctx, name, _provider(ctx, name, "probe"))
     console.print(f"{name}: ok")
+    if name not in live_providers(ctx.deployment()):
+        say(f"note: no running process announces {name}: the deployment does not push to it")
 
 
 @app.command("resume")
 def provider_resume(name: NameArg) -> None:
-    """Probe a paused provider and, if it answers, resume it and push what is staged."""
-    provider_test(name)
+    """Resume a paused provider and push what is staged for it. With its credentials here,
+    probe first and resume only if it answers; without them (a terminal beside the workers),
+    resume without a probe: the workers' next push tests their credentials, and pauses it
+    again if they are still refused."""
     ctx = open_context()
     from worker.pipeline.batching import ALL
     from worker.providers.base import Action
 
+    provider = ctx.providers.get(name)
+    if provider is not None:
+        _probe(ctx, name, provider)
+    elif name in live_providers(ctx.deployment()):
+        say(f"{name}: probe skipped: this process has no credentials for it (set "
+            f"{credential_variables(name)} to probe first); the workers' next push tests "
+            f"theirs, and pauses it again if they are refused")  # fmt: skip
+    else:
+        fail(not_here(ctx, name, "resume"))
     was_paused = ctx.store.resume(name)
-    for target in _provider(ctx, name).targets():
+    targets = [t for t, d in ctx.deployment().items() if d.provider == name and (d.live or d.here)]
+    for target in targets:
         for action in Action:
             ctx.dispatcher.flush(target, action, ALL)
     console.print(
@@ -122,30 +188,42 @@ def reconcile_cmd(
     as_json: Annotated[bool, JsonOpt] = False,
 ) -> None:
     """Compare each provider's list with the ledger (Phonely, VoodooSMS, Daktela): re-push
-    what is missing, report what is extra."""
+    what is missing, report what is extra. Reading a list takes the provider's credentials
+    in this process."""
     ctx = open_context()
     from worker.ops.reconcile import reconcile
+    from worker.providers import PROVIDERS, RECONCILABLE
     from worker.providers.errors import ProviderError
 
-    if provider and provider not in ctx.providers:
-        err.print(f"[red]{provider} is not enabled[/red]")
-        raise typer.Exit(2)
+    if provider in PROVIDERS and provider not in RECONCILABLE:
+        fail(f"{provider} cannot list its blacklist: reconcile compares "
+             f"{', '.join(RECONCILABLE)} with the ledger")  # fmt: skip
+    if provider:
+        _provider(ctx, provider, "reconcile")
+    lacking = [
+        p for p in live_providers(ctx.deployment())
+        if p in RECONCILABLE and p not in ctx.providers and provider in (None, p)
+    ]  # fmt: skip
+    for name in lacking:
+        err.print(f"skipped {name}: this process has no credentials for it (set "
+                  f"{credential_variables(name)} to read its list)", style="yellow",
+                  markup=False, highlight=False)  # fmt: skip
     with console.status("listing provider blacklists ..."):
         try:
             reports = reconcile(ctx, provider, remove_extras, who=who())
         except ProviderError as exc:
-            err.print(f"[red]reconcile stopped: {exc}[/red]")
-            raise typer.Exit(1) from None
+            fail(f"reconcile stopped: {exc}", 1)
     for r in reports:
         for n in r.extras[:20]:
             say(f"extra at {r.target}: {n}")
     if not reports:
-        say("no enabled provider can list its blacklist (Phonely, VoodooSMS, Daktela can)")
+        if lacking:
+            raise typer.Exit(2)
+        say(f"no provider on here can list its blacklist ({', '.join(RECONCILABLE)} can)")
         return
     records = [
         {"target": r.target, "provider_holds": r.listed, "ledger_blocks": r.blocked,
          "missing_repushed": len(r.missing), "extra": len(r.extras), "extra_removing": r.removing}
         for r in reports
     ]  # fmt: skip
-    cols = columns(*records[0])
-    listing("reconciliation", cols, records, as_json)
+    listing("reconciliation", columns(*records[0]), records, as_json)

@@ -1,15 +1,22 @@
-"""`optout check-config`: every value shown in the syntax its variable takes."""
+"""`optout check-config`: every value shown in the syntax its variable takes; `status` shows
+the deployment's targets, whatever the terminal's own settings."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from config import load_settings
+from tests.fakes.dispatch import QueueDispatcher
 from worker.cli.main import app
+from worker.pipeline.accept import Event, PhoneInput, accept
+from worker.pipeline.context import Context
+from worker.providers.base import Action
 
+runner = CliRunner()
 PAIRS = {
     "OPTOUT_ROUTES": "sms=voodoosms,crm=-weya,crm=-phonely",
     "OPTOUT_PROVIDER_LIMITS": "voicenter=10/4,phonely=2.5/1",
@@ -46,3 +53,19 @@ def test_each_value_shown_reads_back_as_the_same_setting(
     (tmp_path / "admin-token").write_text("t\n")
     result = CliRunner().invoke(app, ["check-config"])
     assert f"- (optout up uses {tmp_path / 'admin-token'})" in result.output
+
+
+def test_status_in_a_terminal_without_credentials_shows_the_deployments_targets(
+    bare_cli: Context, ctx: Context, dispatcher: QueueDispatcher
+) -> None:
+    accept(ctx, Event("crm", Action.ADD, [PhoneInput("0501234567")]))
+    dispatcher.drain(ctx)  # the worker, which has Voicenter's credentials, pushed it
+
+    result = runner.invoke(app, ["status", "0501234567"])
+    as_json = runner.invoke(app, ["status", "0501234567", "--json"])
+
+    assert result.exit_code == 0, result.output
+    header, first, *_ = result.stdout.splitlines()
+    assert header.startswith("target\tconfirmed\t")
+    assert first.startswith("voicenter\tblocked:1\t")
+    assert json.loads(as_json.stdout)["providers"]["voicenter"]["confirmed"] == "blocked:1"

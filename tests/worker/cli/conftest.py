@@ -1,0 +1,54 @@
+"""CLI fixtures: a second terminal, with no provider's credentials, beside a worker that has
+announced its targets in the same Redis."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+
+import fakeredis
+import httpx
+import pytest
+
+from tests.conftest import FakeClock, make_settings
+from tests.fakes.dispatch import QueueDispatcher
+from tests.fakes.server import mock_transport
+from tests.fakes.voicenter import FakeVoicenter
+from worker.pipeline.context import Context
+from worker.providers import SETTINGS
+from worker.runtime import wiring
+from worker.runtime.wiring import build_context
+
+
+@pytest.fixture
+def bare_cli(
+    ctx: Context,
+    redis_fake: fakeredis.FakeRedis,
+    dispatcher: QueueDispatcher,
+    fake_voicenter: FakeVoicenter,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Context]:
+    """The CLI's context in a terminal whose environment enables no provider, on the Redis
+    where `ctx` (a worker with Voicenter's credentials) has announced its targets; a
+    terminal 80 columns wide, and stdout a pipe (CliRunner's)."""
+    ctx.ensure_registered(force=True)
+    for cls in SETTINGS.values():
+        for variable in cls.env_names().values():
+            monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("REDIS_URL", "redis://unused.invalid:1/0")
+    monkeypatch.setenv("COLUMNS", "80")
+    here = build_context(
+        make_settings({}),
+        client=redis_fake,
+        http=httpx.Client(transport=mock_transport(fake_voicenter.handle)),
+        dispatcher=dispatcher,
+        clock=clock,
+        rng=random.Random(7),
+    )
+    assert here.providers == {}
+    # The CLI configures the wiring from the environment; it then builds this terminal's.
+    monkeypatch.setattr(wiring, "build_context", lambda *_, **__: here)
+    monkeypatch.setattr(wiring, "_settings", None)
+    yield here
+    wiring.reset()
