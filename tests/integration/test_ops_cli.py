@@ -84,7 +84,7 @@ def test_import_100k_rows_with_bad_ones_twice(cli_env: dict[str, str], tmp_path:
     status = run("status", "+972530000001", "--json")
     view = json.loads(status.output)
     assert view["state"] == "blocked" and view["version"] == 1
-    assert view["audit"][0]["src"] == "crm"
+    assert view["audit"][0]["source"] == "crm"
 
     assert run("import", str(path), "--action", "remove").exit_code == 2  # needs --as-of
     older = run("import", str(path), "--action", "remove", "--as-of", "2020-01-01T00:00:00Z")
@@ -118,29 +118,30 @@ def test_dlq_list_show_replay_purge_and_provider_list(
     drain(ctx)
     listed = run("dlq", "list", "--json")
     ids = [json.loads(line)["id"] for line in listed.output.splitlines()]
-    assert ids == ["voicenter|+972501111111", "voicenter|+972501111112"]
-    shown = run("dlq", "show", "voicenter|+972501111111")
-    assert shown.exit_code == 0 and '"reason": "bad_format"' in shown.output
-    assert run("dlq", "show", "voicenter|+972500000000").exit_code == 1
+    assert ids == ["voicenter:+972501111111", "voicenter:+972501111112"]
+    shown = run("dlq", "show", "voicenter:+972501111111", "--json")
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.output)["dead_letter"]["reason"] == "bad_format"
+    assert run("dlq", "show", "voicenter:+972500000000").exit_code == 1
     providers = run("provider", "list")
     assert "voicenter" in providers.output and "dead letters: 2" in providers.output
 
     fake.permanent.clear()
-    dry = run("dlq", "replay", "--id", "voicenter|+972501111111", "--dry-run")
+    dry = run("dlq", "replay", "--id", "voicenter:+972501111111", "--dry-run")
     assert "would replay 1" in dry.output
-    replayed = run("dlq", "replay", "--id", "voicenter|+972501111111")
+    replayed = run("dlq", "replay", "--id", "voicenter:0501111111")  # national
     assert "replayed 1" in replayed.output
     assert "replayed 1" in run("dlq", "replay", "--id", "voicenter|+972501111111").output
     drain(ctx)
     assert fake.numbers_sent().count("972501111111") == 2  # the failure, then one replay
     assert [json.loads(x)["id"] for x in run("dlq", "list", "--json").output.splitlines()] == [
-        "voicenter|+972501111112"
+        "voicenter:+972501111112"
     ]
     purged = run("dlq", "purge", "--all")
     assert "purged 1" in purged.output
     assert run("dlq", "list", "--json").output == ""
     status = run("status", "+972501111112", "--json")
-    assert json.loads(status.output)["audit"][0]["act"] == "purge"
+    assert json.loads(status.output)["audit"][0]["action"] == "purge"
 
 
 def test_reconcile_repushes_missing_and_reports_extras(

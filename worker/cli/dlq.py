@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import replace
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -18,8 +17,10 @@ from worker.cli.common import (
     open_context,
     who,
 )
-from worker.cli.output import Col, JsonOpt, iso, json_lines, table
-from worker.ops.deadletters import DeadLetterFilter
+from worker.cli.inspect import audit_table
+from worker.cli.output import Col, JsonOpt, fields, json_lines, table
+from worker.ops.deadletters import ChoiceError, DeadLetterFilter, external_id, internal_id
+from worker.ops.views import dead_letter, words
 
 if TYPE_CHECKING:
     from worker.pipeline.context import Context
@@ -45,7 +46,9 @@ ActionOpt = Annotated[str | None, typer.Option(metavar="add|remove", help="Only 
 ReasonOpt = Annotated[
     str | None, typer.Option(metavar="TEXT", help="Only reasons containing this.")
 ]
-PhoneOpt = Annotated[str | None, typer.Option(metavar="NUMBER", help="Only this E.164 number.")]
+PhoneOpt = Annotated[
+    str | None, typer.Option(metavar="NUMBER", help="Only this number (national or E.164).")
+]
 OlderOpt = Annotated[
     float | None, typer.Option(metavar="SECONDS", help="Only entries older than N seconds.")
 ]
@@ -67,13 +70,12 @@ def dlq_list(
     from worker.ops.deadletters import select
 
     flt = _dead_letter_filter(provider, action, reason, phone, older_than, None)
-    entries = select(ctx.store.dead_letters(), _in_e164(flt, ctx), ctx.store.now_ms())
+    entries = select(ctx.store.dead_letters(), _in_store_terms(flt, ctx), ctx.store.now_ms())
     total = len(entries)
-    entries = entries[offset:]
+    shown = [dead_letter(e) for e in entries[offset : offset + limit]]
     if as_json:
-        json_lines(entries[:limit])
+        json_lines(shown)
         return
-    shown = entries[:limit]
     title = f"dead letters: {total}"
     if len(shown) < total:
         title += f" (showing {offset + 1}-{offset + len(shown)}; --offset, --limit)"
@@ -82,8 +84,8 @@ def dlq_list(
         [Col("id", whole=True), Col("action"), Col("reason"), Col("attempts"), Col("last"),
          Col("last error")],
         [
-            (e["id"], e.get("action"), e.get("reason"), e.get("attempts"),
-             iso(e.get("last_at")), e.get("last_error"))
+            (e["id"], e.get("action"), e.get("reason"), e.get("attempts"), e.get("last_at"),
+             e.get("last_error"))
             for e in shown
         ],
     )  # fmt: skip
@@ -91,16 +93,40 @@ def dlq_list(
 
 @app.command("show")
 def dlq_show(
-    entry_id: Annotated[str, typer.Argument(metavar="ID", help="As dlq list shows it.")],
+    entry_id: Annotated[
+        str,
+        typer.Argument(
+            metavar="ID", help="As dlq list shows it: TARGET:NUMBER (voicenter:+972501234567)."
+        ),
+    ],
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON object: dead_letter and audit.")
+    ] = False,
 ) -> None:
     """One dead letter in full, with the number's audit trail."""
     ctx = open_context()
-    entry = next((e for e in ctx.store.dead_letters() if e["id"] == entry_id), None)
+    member = _member(entry_id, ctx)
+    entry = next((e for e in ctx.store.dead_letters() if e["id"] == member), None)
     if entry is None:
-        err.print(f"[red]no dead letter {entry_id}[/red] (ids look like voicenter|+972501234567)")
+        err.print(
+            f"no dead letter {external_id(member)} (optout dlq list shows them)", highlight=False
+        )
         raise typer.Exit(1)
-    typer.echo(json.dumps(entry, indent=2, sort_keys=True))
-    typer.echo(json.dumps(ctx.store.audit(entry["phone"], limit=20), indent=2))
+    shown = dead_letter(entry)
+    audit = [words(a) for a in ctx.store.audit(entry["phone"], limit=20)]
+    if as_json:
+        typer.echo(json.dumps({"dead_letter": shown, "audit": audit}, sort_keys=True))
+        return
+    fields(shown, first=_SHOW_FIRST)
+    typer.echo("")
+    audit_table(audit)
+
+
+#: `dlq show`'s order: what it is, why, since when; then the rest as stored.
+_SHOW_FIRST = (
+    "id", "target", "provider", "phone", "action", "reason", "last_error", "attempts",
+    "first_at", "last_at", "version", "events", "replays", "replayed_at",
+)  # fmt: skip
 
 
 IdsOpt = Annotated[
@@ -167,25 +193,31 @@ def _chosen(
     ctx = open_context()
     from worker.ops.deadletters import select
 
-    flt = _in_e164(flt, ctx)
+    flt = _in_store_terms(flt, ctx)
     ids = [e["id"] for e in select(ctx.store.dead_letters(), flt, ctx.store.now_ms())]
     if not dry_run:
         return ids, ctx
     console.print(f"would {verb} {count_of(len(ids), 'dead letter')}")
     for entry_id in ids[:50]:
-        console.print(f"  {entry_id}")
+        console.print(f"  {external_id(entry_id)}", highlight=False)
     return None
 
 
-def _in_e164(flt: DeadLetterFilter, ctx: Context) -> DeadLetterFilter:
-    """The filter with its phone in E.164 (dead letters are kept by it): `--phone
-    0561111111` means the national number; a phone that is not one is refused."""
-    if not flt.phone:
-        return flt
-    from worker.domain.phones import Rejected, normalise
+def _in_store_terms(flt: DeadLetterFilter, ctx: Context) -> DeadLetterFilter:
+    """The filter as the store keeps dead letters (ids as its members, the phone in E.164:
+    `--phone 0561111111` means the national number); exit 2 on an id or a phone that names
+    none."""
+    try:
+        return flt.in_store_terms(ctx.settings.default_region)
+    except ChoiceError as exc:
+        err.print(f"[red]{exc.message}[/red]", highlight=False)
+        raise typer.Exit(2) from None
 
-    normal = normalise(flt.phone, ctx.settings.default_region)
-    if isinstance(normal, Rejected):
-        err.print(f"[red]--phone {flt.phone!r} is not a phone number: {normal.reason}[/red]")
-        raise typer.Exit(2)
-    return replace(flt, phone=normal.e164)
+
+def _member(entry_id: str, ctx: Context) -> str:
+    """The store's member for an id as given (exit 2 when it is not one)."""
+    try:
+        return internal_id(entry_id, ctx.settings.default_region)
+    except ChoiceError as exc:
+        err.print(f"[red]{exc.message}[/red]", highlight=False)
+        raise typer.Exit(2) from None

@@ -9,7 +9,7 @@ import typer
 from pydantic import SecretStr
 
 from worker.cli.common import duration, err, group, open_context, read_settings, span
-from worker.cli.output import JsonOpt, columns, iso, listing, say, table
+from worker.cli.output import JsonOpt, columns, listing, say, table
 
 app = group()
 
@@ -22,11 +22,11 @@ def status(
     """Show one number: desired state, expiry, each provider's status, the audit trail."""
     ctx = open_context()
     from worker.domain.phones import Rejected, normalise
-    from worker.ingress.api import number_view
+    from worker.ops.views import number_view
 
     normal = normalise(phone, ctx.settings.default_region)
     if isinstance(normal, Rejected):
-        err.print(f"[red]not a phone number: {normal.reason}[/red]")
+        err.print(f"[red]{phone!r} is not a phone number: {normal.reason}[/red]")
         raise typer.Exit(2)
     view = number_view(ctx, normal.e164)
     if as_json:
@@ -38,29 +38,35 @@ def status(
         return
     say(
         f"{view['phone']}  state={view['state']}  version={view['version']}  "
-        f"expires={iso(view['expires_at_ms']) or '-'}"
+        f"expires={view['expires_at'] or '-'}"
     )
     rows = []
     for target, row in view["providers"].items():
         answer = row["last_answer"] or {}
         rows.append((
             target, row["confirmed"], row["staged"], row["in_flight_chunk"], row["attempts"],
-            iso(row["retry_at_ms"]), (row["dead_letter"] or {}).get("reason"),
-            " ".join(str(answer[k]) for k in ("act", "out", "rsn") if answer.get(k)),
+            row["retry_at"], (row["dead_letter"] or {}).get("reason"),
+            " ".join(str(answer[k]) for k in ("action", "outcome", "reason") if answer.get(k)),
         ))  # fmt: skip
     table("providers", columns("target", "confirmed", "staged", "in_flight", "attempts",
           "retry_at", "dead_letter", "last_answer"), rows)  # fmt: skip
-    audit = []
-    for entry in view["audit"]:
-        what = entry.get("act", "")
-        if entry.get("prov"):
-            what = f"{what} -> {entry['prov']}"
-        audit.append((
-            iso(entry.get("at")), str(entry.get("ev", ""))[:12], what,
-            entry.get("res") or entry.get("out"),
-            ": ".join(str(entry[k]) for k in ("src", "rsn", "det") if entry.get(k)),
+    audit_table(view["audit"])
+
+
+def audit_table(entries: list[dict[str, Any]]) -> None:
+    """A number's audit trail as shown (worker/ops/views.py: words), newest first."""
+    rows = []
+    for entry in entries:
+        what = entry.get("action", "")
+        if entry.get("target"):
+            what = f"{what} -> {entry['target']}"
+        rows.append((
+            entry.get("at"), str(entry.get("event_id", ""))[:12], what,
+            entry.get("result") or entry.get("outcome"),
+            ": ".join(str(entry[k]) for k in ("source", "by", "reason", "detail")
+                      if entry.get(k)),
         ))  # fmt: skip
-    table("audit (newest first)", columns("time", "event", "what", "result", "detail"), audit)
+    table("audit (newest first)", columns("time", "event", "what", "result", "detail"), rows)
 
 
 @app.command()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -30,16 +29,6 @@ class Col:
 def columns(*headers: str, whole: int = 1) -> list[Col]:
     """Columns by header, the first `whole` of them kept whole (the id, number or target)."""
     return [Col(h, whole=i < whole) for i, h in enumerate(headers)]
-
-
-def iso(ms: int | float | None) -> str | None:
-    """A time in ms since the epoch as ISO 8601 UTC (2026-12-03T21:52:28Z); None when unknown."""
-    if not ms:
-        return None
-    when = dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC)
-    return when.strftime("%Y-%m-%dT%H:%M:%S") + (
-        f".{when.microsecond // 1000:03d}Z" if when.microsecond // 1000 else "Z"
-    )
 
 
 def cell(value: Any) -> str:
@@ -119,3 +108,15 @@ def json_lines(records: Sequence[Mapping[str, Any]]) -> None:
 def say(text: str) -> None:
     """A summary line: on stdout for a person, on stderr in a pipe (stdout holds rows)."""
     (console if console.is_terminal else err).print(text, highlight=False, markup=False)
+
+
+def fields(record: Mapping[str, Any], first: Sequence[str] = ()) -> None:
+    """One record as `key  value` lines on stdout (the keys in `first` first, then the rest
+    as they come): whole values, read by a person and by grep alike."""
+    keys = [k for k in first if k in record] + [k for k in record if k not in first]
+    pad = max((len(k) for k in keys), default=0)
+    for key in keys:
+        value = record[key]
+        shown = json.dumps(value, sort_keys=True) if isinstance(value, Mapping) else cell(value)
+        shown = shown.replace("\n", " ")
+        typer.echo(f"{key:<{pad}}  {shown}")

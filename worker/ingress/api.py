@@ -11,6 +11,7 @@ import structlog
 from fastapi import Depends, FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from kombu.connection import Connection
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -25,7 +26,9 @@ from worker.ingress.schemas import OptoutRequest, optout_event
 from worker.ingress.webhooks import webhook_router
 from worker.ops import metrics
 from worker.ops.admin_api import admin_router
+from worker.ops.deadletters import ChoiceError
 from worker.ops.sla import overdue
+from worker.ops.views import NUMBER_EXAMPLE, number_view
 from worker.pipeline.accept import AcceptError, accept_async
 from worker.pipeline.context import Context
 from worker.providers import PROVIDERS
@@ -46,22 +49,6 @@ ACCEPTED_EXAMPLE = {
          "flags": ["unknown_range"], "ledger": "applied"},
         {"input": "050abc", "status": "rejected", "reason": "contains_letters"},
     ],
-}  # fmt: skip
-NUMBER_EXAMPLE = {
-    "phone": "+972501234567",
-    "known": True,
-    "state": "blocked",
-    "version": 1,
-    "expires_at_ms": None,
-    "event_time_ms": 1795000000000,
-    "last_event_id": "8a818628875441e3a3959d8ec65f71cd",
-    "providers": {
-        "voicenter": {"confirmed": "blocked:1", "staged": None, "in_flight_chunk": None,
-                      "retry_at_ms": None, "attempts": 0, "dead_letter": None,
-                      "last_answer": {"act": "add", "out": "done", "v": 1}},
-    },
-    "audit": [{"act": "add", "out": "done", "prov": "voicenter", "v": 1},
-              {"act": "add", "res": "applied", "src": "api", "ev": "8a81..."}],
 }  # fmt: skip
 
 
@@ -111,9 +98,10 @@ def create_api(context: ContextFactory) -> FastAPI:
 
     api.include_router(admin_router(context, admin, ADMIN_RESPONSES))
 
-    # These two only: any other error (a ConfigError, say) stays a server error.
+    # These only: any other error (a ConfigError, say) stays a server error.
     @api.exception_handler(AcceptError)
     @api.exception_handler(RefusedError)
+    @api.exception_handler(ChoiceError)
     async def _answer(_: Request, exc: OptoutError) -> JSONResponse:
         return answer(exc)
 
@@ -230,7 +218,29 @@ def create_api(context: ContextFactory) -> FastAPI:
             media_type=CONTENT_TYPE_LATEST,
         )
 
+    def openapi() -> dict[str, Any]:
+        if api.openapi_schema is None:
+            api.openapi_schema = _with_whole_examples(FastAPI.openapi(api), api.routes)
+        return api.openapi_schema
+
+    api.openapi = openapi  # type: ignore[method-assign]
     return api
+
+
+def _with_whole_examples(schema: dict[str, Any], routes: list[Any]) -> dict[str, Any]:
+    """The OpenAPI document with each route's answer examples as written: FastAPI drops
+    every null from them, and a documented shape's `"expires_at": null` is part of it."""
+    for route in routes:
+        if not isinstance(route, APIRoute) or not route.include_in_schema:
+            continue
+        for status, spec in route.responses.items():
+            example = spec.get("content", {}).get("application/json", {}).get("example")
+            if example is None:
+                continue
+            for method in route.methods or ():
+                documented = schema["paths"][route.path_format][method.lower()]["responses"]
+                documented[str(status)]["content"]["application/json"]["example"] = example
+    return schema
 
 
 def state_gauges(ctx: Context) -> dict[str, float]:
@@ -257,21 +267,3 @@ def broker_check(url: str) -> str:
         return "ok"
     except Exception as exc:  # noqa: BLE001
         return f"down: {type(exc).__name__}"  # any broker failure means "not ready"
-
-
-def number_view(ctx: Context, e164: str) -> dict[str, Any]:
-    """Everything known about one number (API and `optout status`)."""
-    ledger = ctx.store.ledger(e164)
-    targets = ctx.known_targets()
-    expires = int(ledger.get("x", "0") or 0)
-    return {
-        "phone": e164,
-        "known": bool(ledger),
-        "state": ledger.get("s", "unknown"),
-        "version": int(ledger.get("v", "0") or 0),
-        "expires_at_ms": expires or None,
-        "event_time_ms": int(ledger.get("t", "0") or 0) or None,
-        "last_event_id": ledger.get("e"),
-        "providers": ctx.store.provider_view(e164, targets),
-        "audit": ctx.store.audit(e164),
-    }

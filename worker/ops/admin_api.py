@@ -10,8 +10,9 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from worker.domain.phones import Normalised, normalise
-from worker.ops.deadletters import DeadLetterFilter, select
+from worker.ops.deadletters import DeadLetterFilter, external_id, internal_id, select
 from worker.ops.export import blocked_csv
+from worker.ops.views import DEAD_LETTER_EXAMPLE, dead_letter
 from worker.pipeline import batching as work
 from worker.pipeline.context import Context
 
@@ -23,13 +24,23 @@ class DeadLetterSelection(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={"examples": [{"provider": "voicenter", "reason": "bad_format"}]},
+        json_schema_extra={
+            "examples": [
+                {"provider": "voicenter", "reason": "bad_format"},
+                {"ids": ["voicenter:+972501234567"], "dry_run": True},
+            ]
+        },
     )
-    ids: list[str] = Field(default_factory=list, max_length=100_000)
+    ids: list[str] = Field(
+        default_factory=list,
+        max_length=100_000,
+        description="As listed: TARGET:NUMBER (voicenter:+972501234567; the number national "
+        "or E.164; the old TARGET|NUMBER too)",
+    )
     provider: str | None = None
     action: str | None = None
     reason: str | None = None
-    phone: str | None = None
+    phone: str | None = Field(default=None, description="National or E.164")
     older_than_seconds: float | None = Field(default=None, ge=0)
     all: bool = False
     dry_run: bool = False
@@ -65,12 +76,23 @@ def admin_router(
     (what that check and Redis can answer)."""
     router = APIRouter(dependencies=[Depends(admin)], tags=["ops"], responses=responses)
 
-    @router.get("/v1/dead-letters")
+    @router.get(
+        "/v1/dead-letters",
+        responses={
+            200: {
+                "content": {
+                    "application/json": {
+                        "example": {"total": 1, "offset": 0, "items": [DEAD_LETTER_EXAMPLE]}
+                    }
+                }
+            }
+        },
+    )
     def list_dead_letters(
         provider: str | None = None,
         action: str | None = None,
         reason: str | None = None,
-        phone: str | None = None,
+        phone: Annotated[str | None, Query(description="National or E.164")] = None,
         older_than_seconds: Annotated[float | None, Query(ge=0)] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         offset: Annotated[int, Query(ge=0)] = 0,
@@ -78,11 +100,16 @@ def admin_router(
         """Dead letters, oldest first, filtered and paginated."""
         ctx = context()
         flt = DeadLetterFilter(provider, action, reason, phone, older_than_seconds)
+        flt = flt.in_store_terms(ctx.settings.default_region)
         chosen = select(ctx.store.dead_letters(), flt, ctx.store.now_ms())
-        return {"total": len(chosen), "offset": offset, "items": chosen[offset : offset + limit]}
+        items = [dead_letter(e) for e in chosen[offset : offset + limit]]
+        return {"total": len(chosen), "offset": offset, "items": items}
 
     def chosen_ids(ctx: Context, body: DeadLetterSelection) -> list[str]:
-        entries = select(ctx.store.dead_letters(), body.filter(), ctx.store.now_ms())
+        """The store's members of the dead letters chosen (ChoiceError: an id or a phone
+        that names none, answered 422)."""
+        flt = body.filter().in_store_terms(ctx.settings.default_region)
+        entries = select(ctx.store.dead_letters(), flt, ctx.store.now_ms())
         return [str(e["id"]) for e in entries]
 
     @router.post("/v1/dead-letters/replay")
@@ -96,7 +123,7 @@ def admin_router(
         ids = chosen_ids(ctx, body)
         replayed = 0 if body.dry_run else work.replay(ctx, ids, f"api:{body.who}")
         return JSONResponse({"dry_run": body.dry_run, "matched": len(ids), "replayed": replayed,
-                             "ids": ids[:1000]})  # fmt: skip
+                             "ids": [external_id(i) for i in ids[:1000]]})  # fmt: skip
 
     @router.post("/v1/dead-letters/purge")
     def purge_dead_letters(body: DeadLetterSelection) -> JSONResponse:
@@ -111,10 +138,14 @@ def admin_router(
 
     @router.delete("/v1/dead-letters/{entry_id:path}")
     def delete_dead_letter(entry_id: str) -> JSONResponse:
-        """Drop one dead letter by id (`target|+E164`)."""
-        purged = context().store.purge([entry_id], "api")
+        """Drop one dead letter by id, as listed: `voicenter:+972501234567` (the number
+        national or E.164; the old `voicenter|+972501234567` too)."""
+        ctx = context()
+        member = internal_id(entry_id, ctx.settings.default_region)
+        purged = ctx.store.purge([member], "api")
         if not purged:
-            return JSONResponse({"error": "not_found", "message": entry_id}, status_code=404)
+            message = f"no dead letter {external_id(member)}"
+            return JSONResponse({"error": "not_found", "message": message}, status_code=404)
         return JSONResponse({"purged": purged})
 
     @router.post("/v1/scrub")

@@ -41,7 +41,9 @@ def test_status_shows_state_providers_and_audit(
     view = json.loads(runner.invoke(app, ["status", "0501234567", "--json"]).output)
     assert view["state"] == "blocked"
     assert view["providers"]["voicenter"]["confirmed"] == "blocked:1"
-    assert view["audit"][0]["prov"] == "voicenter"
+    assert view["audit"][0]["target"] == "voicenter"
+    assert view["audit"][-1]["source"] == "crm"
+    assert view["event_time"] == "2027-01-15T08:00:00Z"  # the test clock, as ISO 8601
     assert "+972501234567" in result.output
     assert "blocked" in result.output
     assert "voicenter" in result.output
@@ -73,14 +75,14 @@ def test_dlq_list_and_replay(
     assert "dead letters: 1" in listed.output
     as_json = runner.invoke(app, ["dlq", "list", "--json", "--reason", "bad_format"])
     entries = [json.loads(line) for line in as_json.output.splitlines()]
-    assert [(e["id"], e["action"], e["attempts"]) for e in entries] == [
-        ("voicenter|+972501234567", "add", 1)
+    assert [(e["id"], e["action"], e["attempts"], e["first_at"]) for e in entries] == [
+        ("voicenter:+972501234567", "add", 1, "2027-01-15T08:00:00Z")
     ]
     none = runner.invoke(app, ["dlq", "list", "--json", "--provider", "other"])
     assert none.output == ""
     national = runner.invoke(app, ["dlq", "list", "--json", "--phone", "0501234567"])
     assert [json.loads(line)["id"] for line in national.output.splitlines()] == [
-        "voicenter|+972501234567"
+        "voicenter:+972501234567"
     ]
     assert runner.invoke(app, ["dlq", "list", "--phone", "not-a-number"]).exit_code == 2
 
@@ -162,3 +164,59 @@ def test_worker_refuses_an_unknown_group_or_one_with_nothing_to_do(
     assert idle.exit_code == 2
     assert "no provider without a bulk endpoint" in idle.output
     wiring.reset()
+
+
+def test_dlq_show_takes_the_id_as_listed_the_old_one_or_a_national_number(
+    cli_ctx: Context, dispatcher: QueueDispatcher, fake_voicenter: FakeVoicenter
+) -> None:
+    fake_voicenter.permanent.add("972501234567")
+    accept(cli_ctx, Event("api", Action.ADD, [PhoneInput("+972501234567")], reason="asked"))
+    dispatcher.drain(cli_ctx)
+    listed = runner.invoke(app, ["dlq", "list"])  # stdout a pipe: header, tab-separated rows
+    entry_id = listed.stdout.splitlines()[1].split("\t")[0]
+    assert entry_id == "voicenter:+972501234567"
+
+    for given in (entry_id, "voicenter|+972501234567", "voicenter:0501234567"):
+        shown = runner.invoke(app, ["dlq", "show", given, "--json"])
+        assert shown.exit_code == 0, shown.output
+        view = json.loads(shown.stdout)
+        assert view["dead_letter"]["id"] == entry_id
+        assert view["dead_letter"]["last_at"] == "2027-01-15T08:00:00Z"
+        assert [a.get("outcome") or a.get("result") for a in view["audit"]] == ["dead", "applied"]
+
+    human = runner.invoke(app, ["dlq", "show", entry_id])
+    assert human.exit_code == 0, human.output
+    lines = human.stdout.splitlines()
+    assert lines[0].split() == ["id", entry_id]
+    assert ["reason", "bad_format"] in [line.split() for line in lines]
+    assert ["first_at", "2027-01-15T08:00:00Z"] in [line.split() for line in lines]
+    assert "act" not in human.stdout.split() and "1800000000000" not in human.stdout
+
+    assert runner.invoke(app, ["dlq", "show", "voicenter:+972500000000"]).exit_code == 1
+    refused = runner.invoke(app, ["dlq", "show", "voicenter:hello"])
+    assert refused.exit_code == 2
+    assert "not a phone number: contains_letters" in refused.output
+
+
+def test_dlq_replay_and_purge_take_ids_with_national_numbers(
+    cli_ctx: Context, dispatcher: QueueDispatcher, fake_voicenter: FakeVoicenter
+) -> None:
+    fake_voicenter.permanent |= {"972501234567", "972501234568"}
+    phones = [PhoneInput("+972501234567"), PhoneInput("+972501234568")]
+    accept(cli_ctx, Event("api", Action.ADD, phones))
+    dispatcher.drain(cli_ctx)
+    dry = runner.invoke(app, ["dlq", "purge", "--id", "voicenter:0501234567", "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert "  voicenter:+972501234567" in dry.output.splitlines()
+    assert runner.invoke(app, ["dlq", "purge", "--id", "voicenter:nope"]).exit_code == 2
+    assert runner.invoke(app, ["dlq", "purge", "--id", "voicenter"]).exit_code == 2
+    assert len(cli_ctx.store.dead_letters()) == 2  # a refused id purges nothing
+
+    purged = runner.invoke(app, ["dlq", "purge", "--id", "voicenter:0501234568"])
+    assert "purged 1 dead letter" in purged.output
+    assert [d["phone"] for d in cli_ctx.store.dead_letters()] == ["+972501234567"]
+    fake_voicenter.permanent.clear()
+    replayed = runner.invoke(app, ["dlq", "replay", "--phone", "050-123-4567"])
+    assert "replayed 1 dead letter" in replayed.output
+    dispatcher.drain(cli_ctx)
+    assert cli_ctx.store.dead_letters() == []

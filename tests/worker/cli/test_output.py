@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from worker.cli import output
 from worker.cli.main import app
-from worker.cli.output import columns, iso
+from worker.cli.output import columns
 
 ID = "phonely:agent-with-a-long-name:+972501234567"
 ROWS = [(ID, "add", "bad_format", 3, "the provider said the number is not valid " * 3)]
@@ -68,13 +68,6 @@ def test_json_lines_one_object_a_line(capsys: pytest.CaptureFixture[str]) -> Non
     output.listing("t", columns("id"), [{"id": "a", "n": 1}, {"id": "b", "n": None}], True)
     lines = capsys.readouterr().out.splitlines()
     assert [json.loads(line) for line in lines] == [{"id": "a", "n": 1}, {"id": "b", "n": None}]
-
-
-def test_times_are_iso_8601_utc() -> None:
-    assert iso(1_796_342_400_000) == "2026-12-04T00:00:00Z"
-    assert iso(1_796_342_400_123) == "2026-12-04T00:00:00.123Z"
-    assert iso(None) is None
-    assert iso(0) is None
 
 
 COMMANDS = [

@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 from tests.conftest import make_settings
 from tests.fakes.dispatch import QueueDispatcher
 from worker.ingress.api import create_api
+from worker.ops.views import DEAD_LETTER_EXAMPLE, NUMBER_EXAMPLE
 from worker.pipeline.context import Context
 from worker.runtime.embedded import free_port
 from worker.runtime.wiring import build_context
@@ -157,7 +158,8 @@ def test_number_lookup_shows_state_audit_and_providers(
     view = response.json()
     assert view["state"] == "blocked"
     assert view["providers"]["voicenter"]["staged"] == "add"
-    assert view["audit"][0]["act"] == "add"
+    assert view["audit"][0]["action"] == "add"
+    assert view["audit"][0]["at"] == "2027-01-15T08:00:00Z"  # the test clock, as ISO 8601
     assert client.get("/v1/numbers/abc", headers=AUTH).status_code == 422
     assert client.get("/v1/numbers/+972501234567").status_code == 401
 
@@ -169,6 +171,17 @@ def test_healthz(client: TestClient) -> None:
 def test_openapi_is_served(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
     assert "/v1/optouts" in spec["paths"]
+
+
+def test_openapi_shows_the_documented_shapes(client: TestClient) -> None:
+    """The examples are the ones tests/worker/ops/test_views.py holds the real views to."""
+    paths = client.get("/openapi.json").json()["paths"]
+
+    def example(path: str) -> Any:
+        return paths[path]["get"]["responses"]["200"]["content"]["application/json"]["example"]
+
+    assert example("/v1/numbers/{phone}") == NUMBER_EXAMPLE
+    assert example("/v1/dead-letters")["items"] == [DEAD_LETTER_EXAMPLE]
 
 
 def test_an_input_beyond_64_bits_is_answered_not_a_500(client: TestClient) -> None:

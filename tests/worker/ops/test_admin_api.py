@@ -50,6 +50,12 @@ def test_list_filter_and_paginate(
     assert len(rest["items"]) == 1
     one = client.get("/v1/dead-letters?phone=%2B972501111112", headers=AUTH).json()
     assert [i["phone"] for i in one["items"]] == ["+972501111112"]
+    national = client.get("/v1/dead-letters?phone=050-111-1112", headers=AUTH).json()
+    assert [i["id"] for i in national["items"]] == ["voicenter:+972501111112"]
+    assert national["items"][0]["first_at"] == "2027-01-15T08:00:00Z"  # ISO, not epoch ms
+    bad = client.get("/v1/dead-letters?phone=hello", headers=AUTH)
+    assert bad.status_code == 422
+    assert bad.json()["error"] == "contains_letters"
     assert client.get("/v1/dead-letters?provider=nope", headers=AUTH).json()["total"] == 0
     assert client.get("/v1/dead-letters?reason=bad_format", headers=AUTH).json()["total"] == 3
     assert client.get("/v1/dead-letters").status_code == 401
@@ -60,11 +66,18 @@ def test_replay_by_id_with_dry_run_then_for_real(
 ) -> None:
     dead_letter(ops, dispatcher, fake_voicenter, "+972501111111", "+972501111112")
     fake_voicenter.permanent.clear()
-    entry = "voicenter|+972501111111"
-    dry = client.post(
-        "/v1/dead-letters/replay", json={"ids": [entry], "dry_run": True}, headers=AUTH
-    )
-    assert dry.json() == {"dry_run": True, "matched": 1, "replayed": 0, "ids": [entry]}
+    entry = "voicenter:+972501111111"
+    for given in (entry, "voicenter|+972501111111", "voicenter:0501111111"):
+        dry = client.post(
+            "/v1/dead-letters/replay", json={"ids": [given], "dry_run": True}, headers=AUTH
+        )
+        assert dry.json() == {"dry_run": True, "matched": 1, "replayed": 0, "ids": [entry]}
+    for bad in ("voicenter", "voicenter:hello"):
+        refused = client.post("/v1/dead-letters/purge", json={"ids": [bad]}, headers=AUTH)
+        assert refused.status_code == 422, bad
+        assert bad in refused.json()["message"]
+    national = {"phone": "0501111112", "dry_run": True}
+    assert client.post("/v1/dead-letters/purge", json=national, headers=AUTH).json()["matched"] == 1
     assert client.post("/v1/dead-letters/replay", json={}, headers=AUTH).status_code == 422
     for empty in ({"provider": ""}, {"reason": ""}, {"older_than_seconds": 0}, {"ids": []}):
         # An empty value chooses nothing (as in the CLI): it must not take every entry.
@@ -77,7 +90,7 @@ def test_replay_by_id_with_dry_run_then_for_real(
     dispatcher.drain(ops)
     assert fake_voicenter.numbers_sent().count("972501111111") == 2  # the failure, the replay
     remaining = client.get("/v1/dead-letters", headers=AUTH).json()
-    assert [i["id"] for i in remaining["items"]] == ["voicenter|+972501111112"]
+    assert [i["id"] for i in remaining["items"]] == ["voicenter:+972501111112"]
     audit = ops.store.audit("+972501111111")
     assert any(a.get("act") == "replay" and a.get("by") == "api:dana" for a in audit)
 
@@ -86,12 +99,17 @@ def test_purge_is_audited(
     client: TestClient, ops: Context, dispatcher: QueueDispatcher, fake_voicenter: FakeVoicenter
 ) -> None:
     dead_letter(ops, dispatcher, fake_voicenter, "+972501111111", "+972501111112")
+    one = client.delete("/v1/dead-letters/voicenter:0501111112", headers=AUTH)  # national
+    assert one.json() == {"purged": 1}
     purged = client.post("/v1/dead-letters/purge", json={"all": True}, headers=AUTH).json()
-    assert purged["purged"] == 2
+    assert purged["purged"] == 1
     assert ops.store.dead_letters() == []
     assert ops.store.audit("+972501111111")[0]["act"] == "purge"
-    gone = client.delete("/v1/dead-letters/voicenter|+972501111111", headers=AUTH)
-    assert gone.status_code == 404
+    for gone in ("voicenter:+972501111111", "voicenter|+972501111111"):
+        answer = client.delete(f"/v1/dead-letters/{gone}", headers=AUTH)
+        assert answer.status_code == 404
+        assert answer.json()["message"] == "no dead letter voicenter:+972501111111"
+    assert client.delete("/v1/dead-letters/voicenter", headers=AUTH).status_code == 422
 
 
 def test_scrub_answers_which_are_blocked(
