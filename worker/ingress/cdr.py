@@ -120,7 +120,7 @@ def interpret(
         refused.append(f"{name}: {result.reason}")
     if chosen is None:
         return Review("no_customer_number", "; ".join(refused) or "fields empty", cdr)
-    occurred = _time(cdr.get("time"))
+    occurred = call_time(cdr.get("time"))
     what = f"layer {trigger['layer']}" if "layer" in trigger else trigger["custom_data"]
     return Event(
         source=SOURCE,
@@ -151,14 +151,60 @@ def book(store: Store, outcome: Event | Ignored | Review) -> Event | None:
     metrics.CDRS.labels(outcome.reason).inc()
     store.count("voicenter_cdr", outcome.reason)
     if isinstance(outcome, Review):
-        store.keep_for_review(
+        pushed_out = store.keep_for_review(
             SOURCE, {"reason": outcome.reason, "detail": outcome.detail, "cdr": outcome.cdr}
         )
         log.warning("cdr_review", reason=outcome.reason, call_id=outcome.cdr.get("ivruniqueid"))
+        for old in pushed_out:
+            # The queue is full: the oldest case leaves it unread. Its call id in the logs
+            # is what is left to find the opt-out by.
+            log.error(
+                "review_overflowed",
+                reason=old.get("reason"),
+                call_id=(old.get("cdr") or {}).get("ivruniqueid"),
+                received_ms=old.get("at"),
+            )
     return None
 
 
-def _time(value: Any) -> datetime | None:
+#: CDR fields that may hold the customer's number whatever the call type (the call-type
+#: table's fields are looked at too).
+NUMBER_FIELDS = ("target", "callerPhone", "caller")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A number a CDR kept for review holds: the field, its value, and the number it reads
+    as (E.164), or why it is not one."""
+
+    field: str
+    value: str
+    phone: str | None = None
+    rejected: str | None = None
+
+
+def candidates(
+    cdr: Mapping[str, Any], settings: Settings, own_numbers: frozenset[str]
+) -> list[Candidate]:
+    """The numbers a person may choose the customer from, each field once: the call type's
+    fields first, then the other fields that hold numbers."""
+    table = settings.voicenter_call_types.get(str(cdr.get("type") or ""), [])
+    others = [f for fields in settings.voicenter_call_types.values() for f in fields]
+    region = settings.region_for(SOURCE)
+    out: list[Candidate] = []
+    for name in dict.fromkeys([*table, *NUMBER_FIELDS, *others]):
+        value = cdr.get(name)
+        if value in (None, "") or isinstance(value, dict | list):
+            continue
+        result = normalise(value, region, Convention.NATIONAL, own_numbers)
+        if isinstance(result, Normalised):
+            out.append(Candidate(name, str(value), phone=result.e164))
+        else:
+            out.append(Candidate(name, str(value), rejected=result.reason))
+    return out
+
+
+def call_time(value: Any) -> datetime | None:
     """The CDR's call time; none (the time of receipt is used) when it is missing, not a
     time, or an unset clock (before 2000: Voicenter cannot be asked to send it again)."""
     try:

@@ -2,26 +2,90 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+from dataclasses import dataclass
 from typing import Any, cast
 
 from worker.state.codec import decode, text
 from worker.state.keyspace import Keyspace
 
+#: Review cases kept per source. More would be dropped oldest first: each drop is answered
+#: (and counted as `overflowed`) so it is logged and visible, never silent.
+REVIEW_KEEP = 1000
+#: Settled cases (accepted, dropped) kept per source; each is also an `audit` log line.
+REVIEWED_KEEP = 1000
+
+
+@dataclass(frozen=True)
+class KeptReview:
+    """A review case as Redis holds it: its source, the exact stored JSON (what identifies
+    it: removing one takes its exact text) and that JSON decoded."""
+
+    source: str
+    raw: str
+    entry: dict[str, Any]
+
+    @property
+    def id(self) -> str:
+        """Stable while it is kept, and safe to type in a shell: source-hexdigits."""
+        return f"{self.source}-{hashlib.sha256(self.raw.encode()).hexdigest()[:12]}"
+
 
 class Bookkeeping(Keyspace):
-    """`review:{source}` and `counts:{group}`."""
+    """`review:{source}`, `reviews`, `reviewed:{source}` and `counts:{group}`."""
 
-    def keep_for_review(self, source: str, entry: dict[str, Any], keep: int = 1000) -> None:
-        """Keep an input we would not guess about for a person to read (newest first)."""
+    def keep_for_review(
+        self, source: str, entry: dict[str, Any], keep: int = REVIEW_KEEP
+    ) -> list[dict[str, Any]]:
+        """Keep an input we would not guess about for a person to read (newest first);
+        answer the oldest ones the cap pushed out (none, as a rule)."""
         key = self.key("review", source)
-        pipe = self.redis.pipeline()
+        pipe = self.redis.pipeline()  # MULTI: what is read past the cap is what is trimmed
         pipe.lpush(key, json.dumps({"at": self.now_ms(), **entry}, default=str))
+        pipe.lrange(key, keep, -1)
         pipe.ltrim(key, 0, keep - 1)
-        pipe.execute()
+        pipe.sadd(self.key("reviews"), source)
+        _, pushed_out, _, _ = pipe.execute()
+        if pushed_out:
+            self.redis.hincrby(self.key("counts", "review", source), "overflowed", len(pushed_out))
+        return [decode(raw) for raw in pushed_out]
 
     def reviews(self, source: str, limit: int = 100) -> list[dict[str, Any]]:
         raw = cast(list[Any], self.redis.lrange(self.key("review", source), 0, limit - 1))
+        return [decode(entry) for entry in raw]
+
+    def review_sources(self) -> set[str]:
+        """The sources that have kept a case for review."""
+        return {text(s) for s in cast(set[Any], self.redis.smembers(self.key("reviews")))}
+
+    def kept_reviews(self, source: str) -> list[KeptReview]:
+        """Every case kept for `source`, oldest first."""
+        raw = cast(list[Any], self.redis.lrange(self.key("review", source), 0, -1))
+        return [KeptReview(source, text(r), decode(r)) for r in reversed(raw)]
+
+    def reviews_waiting(self, sources: list[str]) -> dict[str, int]:
+        pipe = self.redis.pipeline(transaction=False)
+        for source in sources:
+            pipe.llen(self.key("review", source))
+        return dict(zip(sources, (int(n) for n in pipe.execute()), strict=True))
+
+    def settle_review(
+        self, kept: KeptReview, outcome: str, record: dict[str, Any], *, always: bool = False
+    ) -> bool:
+        """Take a case off the queue and record how it was settled (`reviewed:{source}`,
+        counted by outcome) in one step (lua/settle.lua): only the call that removed it
+        records it, unless `always` (an opt-out made for it is recorded even when the case
+        went meanwhile). Whether this call removed it."""
+        answer = self._run(
+            "settle", kept.source, kept.raw, outcome, json.dumps(record, default=str),
+            "1" if always else "0", REVIEWED_KEEP,
+        )  # fmt: skip
+        return bool(int(answer))
+
+    def reviewed(self, source: str, limit: int = 100) -> list[dict[str, Any]]:
+        """How cases of `source` were settled, newest first."""
+        raw = cast(list[Any], self.redis.lrange(self.key("reviewed", source), 0, limit - 1))
         return [decode(entry) for entry in raw]
 
     def count(self, group: str, name: str) -> None:

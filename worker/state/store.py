@@ -87,8 +87,14 @@ key                            type    holds
 ``turn:{name}``                string  a scheduled run's turn (expiring): its token
 ``slots:{provider}``           zset    request token -> lease expiry (concurrency cap)
 ``rate:{provider}``            zset    request token -> start (ms), last second (rate cap)
-``review:{source}``            list    inputs kept for a person (e.g. CDRs of unknown type)
-``counts:{group}``             hash    counters (e.g. CDRs ignored / reviewed, by reason)
+``review:{source}``            list    inputs kept for a person (e.g. CDRs of unknown type),
+                                       newest first, capped (what the cap pushes out is
+                                       logged and counted: ``overflowed``)
+``reviews``                    set     the sources that kept an input for review
+``reviewed:{source}``          list    how cases were settled (accepted, dropped; by whom),
+                                       newest first, capped
+``counts:{group}``             hash    counters (e.g. CDRs ignored / reviewed, by reason;
+                                       ``review:{source}``: cases settled, by outcome)
 =============================  ======  ====================================================
 """
 
