@@ -24,7 +24,7 @@ from worker.ingress.http_errors import RefusedError, answer, error_response
 from worker.ingress.middleware import AccessLog, BodyLimit
 from worker.ingress.schemas import OptoutRequest, optout_event
 from worker.ingress.webhooks import webhook_router
-from worker.ops import metrics
+from worker.ops import metrics, reviews
 from worker.ops.admin_api import admin_router
 from worker.ops.deadletters import ChoiceError
 from worker.ops.sla import overdue
@@ -243,9 +243,15 @@ def _with_whole_examples(schema: dict[str, Any], routes: list[Any]) -> dict[str,
     return schema
 
 
-def state_gauges(ctx: Context) -> dict[str, float]:
+def state_gauges(ctx: Context) -> dict[str, float | metrics.Labelled]:
     """What Redis says right now, as numbers for Prometheus."""
     store = ctx.store
+    waiting = reviews.waiting(ctx)
+    settled: dict[tuple[str, ...], float] = {
+        (source, outcome): float(n)
+        for source in waiting
+        for outcome, n in store.counts_of(f"review:{source}").items()
+    }
     oldest = store.oldest_dead_letter_ms()
     dead = sum(store.dead_letter_counts().values())
     staged = sum(sum(c.values()) for c in store.counts(ctx.known_targets()).values())
@@ -257,6 +263,17 @@ def state_gauges(ctx: Context) -> dict[str, float]:
         "sla_overdue_numbers": float(len(overdue(ctx, ctx.settings.sla_seconds))),
         "paused_providers": float(len(store.paused())),
         "open_circuits": float(len(store.open_circuits(PROVIDERS))),
+        "reviews_waiting": metrics.Labelled(
+            ("source",),
+            {(s,): float(n) for s, n in waiting.items()},
+            "Inputs kept for a person to review, by source",
+        ),
+        "reviews_total": metrics.Labelled(
+            ("source", "outcome"),
+            settled,
+            "Review cases settled (accepted, dropped) or pushed out by the cap (overflowed)",
+            counter=True,
+        ),
     }
 
 

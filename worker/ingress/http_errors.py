@@ -19,7 +19,9 @@ class RefusedError(OptoutError):
 #: Every reason not here is the sender's to fix in the request: 422.
 STATUS_BY_REASON = {
     "unauthorized": 401,
+    "not_found": 404,
     "idempotency_conflict": 409,
+    "accepted_for_another_number": 409,
     "too_many_phones": 413,
     "store_unavailable": 503,  # the sender retries (Retry-After)
     "admin_disabled": 503,

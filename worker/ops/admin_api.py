@@ -1,15 +1,18 @@
-"""Admin HTTP endpoints for ops: dead letters, scrubbing a dial list, exporting the blocked list."""
+"""Admin HTTP endpoints for ops: dead letters, reviews, scrubbing a dial list, the blocked list."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
+import redis
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from worker.domain.phones import Normalised, normalise
+from worker.ingress.http_errors import error_response, status_of
+from worker.ops import reviews
 from worker.ops.deadletters import DeadLetterFilter, external_id, internal_id, select
 from worker.ops.export import blocked_csv
 from worker.ops.views import DEAD_LETTER_EXAMPLE, dead_letter
@@ -55,6 +58,50 @@ class DeadLetterSelection(BaseModel):
     def says_which(self) -> bool:
         """Something chosen, by the same rule as the CLI's (an empty value is no choice)."""
         return self.all or not self.filter().empty()
+
+
+class ReviewAccept(BaseModel):
+    """The number a person chose for a review case, and who chose it."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"phone": "0501234567", "who": "dana"}]},
+    )
+    phone: str | None = Field(
+        default=None, max_length=64,
+        description="National (default region) or E.164; may be left out when the case "
+        "has exactly one candidate number.",
+    )  # fmt: skip
+    who: str = Field(default="api", min_length=1, max_length=100)
+    note: str = Field(default="", max_length=200)
+
+
+class ReviewDrop(BaseModel):
+    """Who drops a review case, and why."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"who": "dana", "note": "a test call"}]}
+    )
+    who: str = Field(default="api", min_length=1, max_length=100)
+    note: str = Field(default="", max_length=200)
+
+
+REVIEW_EXAMPLE = {
+    "id": "voicenter-3f9c2a71b04e",
+    "source": "voicenter",
+    "received_at": "2026-11-22T10:00:03Z",
+    "reason": "unknown_call_type",
+    "detail": "type 'Conference' is not in the table",
+    "call_id": "2020072818dcDHFJcc804",
+    "call_time": "2026-11-22T10:00:00Z",
+    "call_type": "Conference",
+    "direction": "outgoing",
+    "phones": ["+972501234567", "+972722776772"],
+    "candidates": [
+        {"field": "target", "value": "0501234567", "phone": "+972501234567"},
+        {"field": "caller", "value": "0722776772", "phone": "+972722776772"},
+    ],
+}
 
 
 class ScrubRequest(BaseModel):
@@ -148,6 +195,70 @@ def admin_router(
             return JSONResponse({"error": "not_found", "message": message}, status_code=404)
         return JSONResponse({"purged": purged})
 
+    @router.get("/v1/reviews", responses={200: _example({"total": 1, "waiting": {
+        "voicenter": 1}, "offset": 0, "items": [REVIEW_EXAMPLE]})})  # fmt: skip
+    def list_reviews(
+        source: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> JSONResponse:
+        """Inputs kept for a person (CDRs whose customer cannot be told safely: unknown call
+        type, internal call, no valid customer number), oldest first, with the candidate
+        numbers found in each."""
+
+        def run() -> dict[str, Any]:
+            ctx = context()
+            cases = reviews.kept(ctx, source)
+            page = [reviews.view(ctx, c) for c in cases[offset : offset + limit]]
+            return {"total": len(cases), "waiting": reviews.waiting(ctx), "offset": offset,
+                    "items": page}  # fmt: skip
+
+        return _answer(run)
+
+    @router.get(
+        "/v1/reviews/{review_id}",
+        responses={200: _example({**REVIEW_EXAMPLE, "input": {"ivruniqueid": "..."}}),
+                   404: _example({"error": "not_found", "message": "no review ..."})},
+    )  # fmt: skip
+    def show_review(review_id: str) -> JSONResponse:
+        """One review case, with the input it was kept for."""
+        ctx = context()
+        return _answer(lambda: reviews.view(ctx, reviews.find(ctx, review_id), full=True))
+
+    @router.post(
+        "/v1/reviews/{review_id}/accept",
+        responses={
+            200: _example({"id": "voicenter-3f9c2a71b04e", "phone": "+972501234567",
+                           "event_id": "8a818628875441e3a3959d8ec65f71cd", "duplicate": False,
+                           "ledger": "applied", "occurred_at": "2026-11-22T10:00:00Z"}),
+            404: _example({"error": "not_found", "message": "no review ..."}),
+            409: _example({"error": "accepted_for_another_number", "message": "..."}),
+            422: _example({"error": "choose_phone", "message": "say which number ..."}),
+        },
+    )  # fmt: skip
+    def accept_review(review_id: str, body: ReviewAccept | None = None) -> JSONResponse:
+        """Opt out the number a person chose for a case (`phone`; may be left out when the
+        case has one candidate), through accept like any opt-out: dated at the call, so a
+        later opt-in of the number still wins (`ledger: stale`); idempotent per call. The
+        number's audit trail records `api:{who}`."""
+        given = body or ReviewAccept()
+        by = f"api:{given.who}"
+        return _answer(
+            lambda: reviews.accept_review(context(), review_id, given.phone, by, given.note)
+        )
+
+    @router.post(
+        "/v1/reviews/{review_id}/drop",
+        responses={200: _example({"id": "voicenter-3f9c2a71b04e", "dropped": True}),
+                   404: _example({"error": "not_found", "message": "no review ..."})},
+    )  # fmt: skip
+    def drop_review(review_id: str, body: ReviewDrop | None = None) -> JSONResponse:
+        """Take a case off the queue without an opt-out; recorded with `api:{who}` and the
+        note."""
+        given = body or ReviewDrop()
+        by = f"api:{given.who}"
+        return _answer(lambda: reviews.drop_review(context(), review_id, by, given.note))
+
     @router.post("/v1/scrub")
     def scrub(body: ScrubRequest) -> dict[str, Any]:
         """Which of these numbers are blocked (dialers scrub a campaign list before dialing).
@@ -185,3 +296,17 @@ def admin_router(
         )
 
     return router
+
+
+def _example(value: Any) -> dict[str, Any]:
+    return {"content": {"application/json": {"example": value}}}
+
+
+def _answer(run: Callable[[], dict[str, Any]]) -> JSONResponse:
+    """What a review action answers; its refusal, or Redis down, as the API's error body."""
+    try:
+        return JSONResponse(run())
+    except reviews.ReviewError as exc:
+        return error_response(status_of(exc), exc.reason, exc.message)
+    except redis.RedisError as exc:
+        return error_response(503, "store_unavailable", f"Redis unavailable: {type(exc).__name__}")

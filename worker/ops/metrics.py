@@ -7,7 +7,8 @@ PROMETHEUS_MULTIPROC_DIR is set (`optout up` sets it; Celery's prefork children 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 
 from prometheus_client import (
     CollectorRegistry,
@@ -17,7 +18,7 @@ from prometheus_client import (
     multiprocess,
     start_http_server,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import REGISTRY, Collector
 
 EVENTS = Counter(
@@ -57,19 +58,39 @@ PROPAGATION = Histogram(
 )
 
 
-class StateCollector(Collector):
-    """Gauges read from Redis at scrape time: dead letters, oldest age, SLA, paused."""
+@dataclass(frozen=True)
+class Labelled:
+    """A family read from Redis with labels: its values by label values; `counter`: a
+    count kept in Redis (one for every process and machine), else a gauge."""
 
-    def __init__(self, read: Callable[[], dict[str, float]]) -> None:
+    labels: tuple[str, ...]
+    values: Mapping[tuple[str, ...], float]
+    help: str = ""
+    counter: bool = False
+
+
+class StateCollector(Collector):
+    """Families read from Redis at scrape time: dead letters, oldest age, SLA, paused,
+    reviews."""
+
+    def __init__(self, read: Callable[[], Mapping[str, float | Labelled]]) -> None:
         self._read = read
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         try:
             values = self._read()
         except Exception:  # noqa: BLE001
             values = {"redis_up": 0.0}  # a scrape must not fail because Redis is down
         for name, value in values.items():
-            yield GaugeMetricFamily(f"optout_{name}", name.replace("_", " "), value=value)
+            if not isinstance(value, Labelled):
+                yield GaugeMetricFamily(f"optout_{name}", name.replace("_", " "), value=value)
+                continue
+            kind = CounterMetricFamily if value.counter else GaugeMetricFamily
+            family = kind(f"optout_{name}", value.help or name.replace("_", " "),
+                          labels=list(value.labels))  # fmt: skip
+            for labels, number in sorted(value.values.items()):
+                family.add_metric(list(labels), number)
+            yield family
 
 
 def process_registry() -> CollectorRegistry:

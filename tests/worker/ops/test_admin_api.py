@@ -1,4 +1,4 @@
-"""Ops endpoints: dead letters (list, replay, purge), scrub, export."""
+"""Ops endpoints: dead letters (list, replay, purge), reviews, scrub, export."""
 
 from __future__ import annotations
 
@@ -137,3 +137,112 @@ def test_export_streams_the_blocked_list(client: TestClient, ops: Context) -> No
     rows = list(csv.reader(io.StringIO(response.text)))
     assert rows[0] == ["phone", "expires_at_ms", "updated_ms"]
     assert sorted(r[0] for r in rows[1:]) == phones
+
+
+@pytest.fixture
+def reviewing(make_ctx: Any) -> Context:
+    from tests.worker.ops.test_reviews import REVIEW_SETTINGS
+
+    return make_ctx(**REVIEW_SETTINGS, admin_token="admin")  # type: ignore[no-any-return]
+
+
+def test_reviews_are_listed_shown_accepted_and_dropped(
+    reviewing: Context, dispatcher: QueueDispatcher, fake_voicenter: FakeVoicenter
+) -> None:
+    from tests.worker.ops.test_reviews import keep
+
+    client = TestClient(create_api(lambda: reviewing))
+    first = keep(reviewing, type="Conference", caller="0527654321")
+    second = keep(reviewing, direction="internal", ivruniqueid="call-2")
+    assert client.get("/v1/reviews").status_code == 401
+
+    page = client.get("/v1/reviews", headers=AUTH).json()
+    assert (page["total"], page["waiting"]) == (2, {"voicenter": 2})
+    assert [i["id"] for i in page["items"]] == [first, second]
+    assert page["items"][0]["phones"] == ["+972501234567", "+972527654321"]
+    assert "input" not in page["items"][0]
+    assert client.get("/v1/reviews?source=dnc", headers=AUTH).json()["total"] == 0
+    shown = client.get(f"/v1/reviews/{first}", headers=AUTH).json()
+    assert shown["input"]["ivruniqueid"] == "2020072818dcDHFJcc804"
+
+    unsure = client.post(f"/v1/reviews/{first}/accept", json={}, headers=AUTH)
+    assert unsure.status_code == 422
+    assert unsure.json()["error"] == "choose_phone"
+    accepted = client.post(f"/v1/reviews/{first}/accept", headers=AUTH,
+                           json={"phone": "0527654321", "who": "dana"})  # fmt: skip
+    assert accepted.status_code == 200, accepted.text
+    assert accepted.json()["phone"] == "+972527654321"
+    assert accepted.json()["ledger"] == "applied"
+    (entry,) = [e for e in reviewing.store.audit("+972527654321") if "ev" in e]
+    assert entry["ctx"]["by"] == "api:dana"
+    dispatcher.drain(reviewing)
+    assert fake_voicenter.pushed() == [["972527654321"]]
+
+    dropped = client.post(f"/v1/reviews/{second}/drop", json={"note": "test call"},
+                          headers=AUTH)  # fmt: skip
+    assert dropped.json() == {"id": second, "dropped": True}
+    assert [(r["outcome"], r["by"]) for r in reviewing.store.reviewed("voicenter")] == [
+        ("dropped", "api:api"), ("accepted", "api:dana"),
+    ]  # fmt: skip
+    assert client.get("/v1/reviews", headers=AUTH).json()["total"] == 0
+
+
+def test_review_refusals_answer_in_the_documented_shape(reviewing: Context) -> None:
+    from tests.worker.ops.test_reviews import keep
+
+    client = TestClient(create_api(lambda: reviewing))
+    case = keep(reviewing, type="Conference")
+    for path in ("/v1/reviews/voicenter-000000000000", "/v1/reviews/nope"):
+        missing = client.get(path, headers=AUTH)
+        assert missing.status_code == 404
+        assert missing.json()["error"] == "not_found"
+        assert client.post(f"{path}/drop", headers=AUTH).status_code == 404
+        assert client.post(f"{path}/accept", json={"phone": "0501234567"},
+                           headers=AUTH).status_code == 404  # fmt: skip
+    bad = client.post(f"/v1/reviews/{case}/accept", json={"phone": "201"}, headers=AUTH)
+    assert bad.status_code == 422
+    assert bad.json() == {"error": "too_short",
+                          "message": "'201' is not a customer's number: too_short"}  # fmt: skip
+    assert client.post(f"/v1/reviews/{case}/accept", json={"phone": "0501234567",
+                       "extra": 1}, headers=AUTH).status_code == 422  # fmt: skip
+    assert reviewing.store.ledger("+972501234567") == {}
+    assert len(client.get("/v1/reviews", headers=AUTH).json()["items"]) == 1
+
+
+def test_review_routes_answer_503_while_redis_is_down() -> None:
+    from tests.conftest import make_settings
+    from worker.runtime.embedded import free_port
+    from worker.runtime.wiring import build_context
+
+    settings = make_settings(admin_token="admin", redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    down = build_context(settings, dispatcher=QueueDispatcher())
+    client = TestClient(create_api(lambda: down))
+    for answer in (
+        client.get("/v1/reviews", headers=AUTH),
+        client.get("/v1/reviews/voicenter-000000000000", headers=AUTH),
+        client.post("/v1/reviews/voicenter-000000000000/accept", json={"phone": "0501234567"},
+                    headers=AUTH),
+        client.post("/v1/reviews/voicenter-000000000000/drop", headers=AUTH),
+    ):  # fmt: skip
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["error"] == "store_unavailable"
+        assert answer.headers["Retry-After"]
+
+
+def test_reviews_waiting_and_settled_are_metrics(reviewing: Context) -> None:
+    from tests.worker.ops.test_reviews import keep
+    from tests.worker.runtime.test_observability import samples, value
+
+    client = TestClient(create_api(lambda: reviewing))
+    for call in ("a", "b", "c"):
+        keep(reviewing, type="Conference", ivruniqueid=call)
+    first, second, _ = (c["id"] for c in client.get("/v1/reviews", headers=AUTH).json()["items"])
+    # No body: the case's only candidate, by "api".
+    assert client.post(f"/v1/reviews/{first}/accept", headers=AUTH).status_code == 200
+    assert client.post(f"/v1/reviews/{second}/drop", headers=AUTH).status_code == 200
+
+    scraped = samples(client.get("/metrics").text)
+
+    assert value(scraped, "optout_reviews_waiting", source="voicenter") == 1
+    assert value(scraped, "optout_reviews_total", source="voicenter", outcome="accepted") == 1
+    assert value(scraped, "optout_reviews_total", source="voicenter", outcome="dropped") == 1
