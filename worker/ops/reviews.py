@@ -125,7 +125,7 @@ def accept_review(
             ) from exc
         raise ReviewError(exc.reason, exc.message) from exc
     (answer,) = result.phones
-    ledger = answer.ledger or "unchanged"
+    ledger = answer.ledger  # applied, extended, unchanged or stale; none for a repeat
     record = {"id": case.id, "by": who, "phone": e164, "event_id": result.event_id,
               "call_id": call_id, "ledger": ledger, "note": note[:200] or None}  # fmt: skip
     # A repeat (`duplicate`) is recorded only if it is what takes the case off: the first
