@@ -74,7 +74,8 @@ COMMANDS = [
     ["api"], ["worker"], ["beat"], ["up"], ["consume"], ["healthcheck"], ["import"], ["scrub"],
     ["export"], ["status"], ["sla"], ["check-config"], ["reconcile"], ["dlq", "list"],
     ["dlq", "show"], ["dlq", "purge"], ["dlq", "replay"], ["provider", "list"],
-    ["provider", "test"], ["provider", "resume"],
+    ["provider", "test"], ["provider", "resume"], ["review", "list"], ["review", "show"],
+    ["review", "accept"], ["review", "drop"],
 ]  # fmt: skip
 
 
