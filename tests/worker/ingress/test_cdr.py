@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog.testing
 
 from tests.conftest import make_settings
 from worker.domain.phones import normalise_own_numbers
@@ -132,3 +133,43 @@ def test_a_sip_extension_is_not_a_customer() -> None:
 def test_unparseable_cdrs(bad: dict[str, Any]) -> None:
     with pytest.raises(cdrs.UnparseableCdrError):
         cdrs.decode(bad)
+
+
+def test_candidates_are_the_call_types_fields_first_then_every_number_field() -> None:
+    settings = make_settings()
+    own = normalise_own_numbers(["0722776772"], "IL")
+    cdr = fixture("cdr_inbound_queue.json")
+    found = cdrs.candidates(cdr, settings, own)
+    assert [(c.field, c.phone, c.rejected) for c in found] == [
+        ("callerPhone", "+972527654321", None),
+        ("caller", "+972527654321", None),
+        ("target", None, "too_short"),  # an extension
+    ]
+    cdr["type"], cdr["caller"] = "Conference", "0722776772"
+    assert [(c.field, c.phone, c.rejected) for c in cdrs.candidates(cdr, settings, own)] == [
+        ("target", None, "too_short"),
+        ("callerPhone", "+972527654321", None),
+        ("caller", None, "own_number"),
+    ]
+
+
+class _FullQueue:
+    """A store whose review queue is full: keeping a case pushes the oldest out."""
+
+    def __init__(self) -> None:
+        self.counted: list[tuple[str, str]] = []
+
+    def count(self, group: str, name: str) -> None:
+        self.counted.append((group, name))
+
+    def keep_for_review(self, source: str, entry: dict[str, Any]) -> list[dict[str, Any]]:
+        return [{"at": 1, "reason": "internal_call", "cdr": {"ivruniqueid": "oldest-call"}}]
+
+
+def test_a_case_the_cap_pushes_out_is_logged_as_an_error_with_its_call() -> None:
+    review = interpret({**fixture("cdr_outbound.json"), "type": "Conference"})
+    with structlog.testing.capture_logs() as events:
+        cdrs.book(_FullQueue(), review)  # type: ignore[arg-type]
+    (lost,) = [e for e in events if e["event"] == "review_overflowed"]
+    assert lost["log_level"] == "error"
+    assert (lost["call_id"], lost["reason"]) == ("oldest-call", "internal_call")
