@@ -10,6 +10,7 @@ import structlog
 from worker.domain.errors import OptoutError
 from worker.domain.phones import Normalised, normalise
 from worker.ingress import cdr as cdrs
+from worker.ops.views import iso
 from worker.pipeline.accept import AcceptError, Event, PhoneInput, accept
 from worker.pipeline.context import Context
 from worker.providers.base import Action
@@ -64,11 +65,11 @@ def view(ctx: Context, case: KeptReview, *, full: bool = False) -> dict[str, Any
     out: dict[str, Any] = {
         "id": case.id,
         "source": case.source,
-        "received_at": _iso(int(entry.get("at") or 0)),
+        "received_at": iso(int(entry.get("at") or 0)),
         "reason": entry.get("reason"),
         "detail": entry.get("detail") or None,
         "call_id": _text(cdr.get("ivruniqueid")),
-        "call_time": _iso(int(when.timestamp() * 1000)) if when else None,
+        "call_time": iso(int(when.timestamp() * 1000)) if when else None,
         "call_type": _text(cdr.get("type")),
         "direction": _text(cdr.get("direction")),
         "phones": list(dict.fromkeys(c.phone for c in found if c.phone)),
@@ -141,7 +142,7 @@ def accept_review(
         "event_id": result.event_id,
         "duplicate": result.duplicate,
         "ledger": ledger,
-        "occurred_at": _iso(int(occurred.timestamp() * 1000)),
+        "occurred_at": iso(int(occurred.timestamp() * 1000)),
     }
 
 
@@ -181,15 +182,6 @@ def _input(case: KeptReview) -> dict[str, Any]:
     """The CDR a case was kept for ({} for a case of another kind)."""
     cdr = case.entry.get("cdr")
     return cdr if isinstance(cdr, dict) else {}
-
-
-def _iso(ms: int) -> str | None:
-    if not ms:
-        return None
-    when = datetime.fromtimestamp(ms / 1000, tz=UTC)
-    return when.strftime("%Y-%m-%dT%H:%M:%S") + (
-        f".{when.microsecond // 1000:03d}Z" if when.microsecond // 1000 else "Z"
-    )
 
 
 def _text(value: Any) -> str | None:
