@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -45,6 +46,16 @@ def start_up(
     )
 
 
+SUMMARY = """optout up
+  API          http://127.0.0.1:{port} (docs: /docs)
+  Redis        embedded {redis} (AOF always, data in ./var)
+  providers    voicenter (targets: voicenter)
+  admin token  ./var/admin-token (set OPTOUT_ADMIN_TOKEN to choose)
+  logs         ./var/logs/optout.log (optout --verbose up: here too)
+Ctrl-C to stop
+"""
+
+
 def healthy(url: str) -> bool:
     try:
         return httpx.get(url + "/readyz", timeout=1).status_code == 200
@@ -76,7 +87,8 @@ def test_up_accepts_pushes_and_keeps_state_across_restart(
     finally:
         code = stop(process)
     assert code == 0, (tmp_path / "up.log").read_text()[-3000:]
-    assert "providers: voicenter\n" in (tmp_path / "up.log").read_text()
+    said = (tmp_path / "up.log").read_text()
+    assert "  providers    voicenter (targets: voicenter)\n" in said, said
     assert (tmp_path / "var" / "redis" / "optout.aof").exists() or any(
         (tmp_path / "var" / "redis").rglob("optout.aof*")
     )
@@ -111,10 +123,47 @@ def test_ctrl_c_stops_the_parts_before_redis_without_an_error(
     code = process.wait(timeout=45)
     log = (tmp_path / "up.log").read_text()
     assert code == 0, log[-3000:]
-    tail = log[log.index("stopping ...") :]
+    # The terminal: the summary, then the stop, and nothing else (no banner, no log line).
+    assert log == SUMMARY.format(port=port, redis=redis_url) + "stopping ...\nstopped\n", log
+    # The parts' output is in the log file, the stop included.
+    parts = (tmp_path / "var" / "logs" / "optout.log").read_text()
+    for line in ("[queues]", '"logger":"celery.apps.worker"', "Warm shutdown", '"part_started"'):
+        assert line in parts, parts[-3000:]
+    stop_lines = parts[parts.rindex("Warm shutdown") :]
     for sign in ("Connection to broker lost", "Error", "refused", "Traceback"):
-        assert sign not in tail, tail[-3000:]
+        assert sign not in stop_lines, stop_lines[-3000:]
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
     with pytest.raises(redis.ConnectionError):
         redis.Redis.from_url(redis_url, socket_connect_timeout=1).ping()
+
+
+def test_a_part_that_keeps_failing_is_shown_with_its_last_lines(
+    tmp_path: Path, fake_voicenter_server: tuple[FakeVoicenter, str]
+) -> None:
+    _, fake_url = fake_voicenter_server
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        process = start_up(tmp_path, fake_url, port)
+        try:
+            code = process.wait(timeout=90)
+        finally:
+            if process.poll() is None:
+                stop(process)
+    said = (tmp_path / "up.log").read_text()
+    assert code == 1, said
+    notes = [line for line in said.splitlines() if line.startswith("api exited")]
+    assert len(notes) == 6, said
+    assert notes[0] == (
+        "api exited with 3 (restarting it); its last lines on stderr "
+        "(all in ./var/logs/optout.log):"
+    )
+    assert notes[-1].startswith("api exited with 3 (the sixth time in a minute: stopping)")
+    bind = f"('127.0.0.1', {port}): address already in use"
+    assert (
+        f"  error uvicorn.error: [Errno 98] error while attempting to bind on address {bind}\n"
+        in said
+    )
+    assert said.endswith("stopping ...\nstopped\n"), said

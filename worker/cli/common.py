@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 from collections.abc import Callable
@@ -51,13 +52,38 @@ def fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
-def read_settings() -> Settings:
-    """The settings, or exit 2 with the reason; logs configured to match."""
+class Verbosity:
+    """`optout --verbose`: log lines on stderr, beside the command's own output."""
+
+    on = False
+
+
+def log_dir(settings: Settings) -> Path:
+    return settings.data_dir / "logs"
+
+
+def here(path: Path) -> str:
+    """A path as an operator types it: relative to the current folder when under it."""
+    try:
+        return "./" + str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def read_settings(*, service: bool = False) -> Settings:
+    """The settings, or exit 2 with the reason; logs configured to match: a service's (api,
+    worker, beat, consume) on stderr, where containers and systemd read them; a command's
+    in a file under the data dir, so its output is its messages (stderr with --verbose)."""
     try:
         settings = load_settings()
     except ConfigError as exc:
         fail(str(exc))
-    logs.configure(settings.log_format)
+    sink = None
+    if not (service or Verbosity.on):
+        # No writable data dir here: stderr, as before, rather than nowhere.
+        with contextlib.suppress(OSError):
+            sink = logs.LogFile(log_dir(settings) / "cli.log")
+    logs.configure(settings.log_format, sink=sink)
     return settings
 
 
@@ -71,11 +97,11 @@ def require_redis(settings: Settings) -> None:
         fail(redis_url_missing(settings))
 
 
-def open_context() -> Context:
+def open_context(*, service: bool = False) -> Context:
     """This process's pipeline (on the embedded Redis of a running `optout up` when REDIS_URL
     is unset), or exit 2 with the reason (with no Redis: where it looked, and how to point
     the command at a deployment)."""
-    settings = read_settings()
+    settings = read_settings(service=service)
     from worker.runtime import wiring
     from worker.runtime.embedded import running_url
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
+import typer
+
 from worker.cli import data, dlq, inspect, provider, review, serve
-from worker.cli.common import group
+from worker.cli.common import Verbosity, group
 
 app = group(help="optout-worker: durable opt-out propagation.", no_args_is_help=True)
 app.add_typer(serve.app)
@@ -13,6 +17,23 @@ app.add_typer(provider.commands)
 app.add_typer(dlq.app, name="dlq")
 app.add_typer(provider.app, name="provider")
 app.add_typer(review.app, name="review")
+
+
+@app.callback()
+def options(
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose",
+            "-v",
+            help="Log lines on stderr: a command's (else in DATA_DIR/logs/cli.log), and with "
+            "`up` its parts' too (always in DATA_DIR/logs/optout.log). api, worker, beat "
+            "and consume always log to stderr.",
+        ),
+    ] = False,
+) -> None:
+    """optout-worker: durable opt-out propagation."""
+    Verbosity.on = verbose
 
 
 def main() -> None:

@@ -5,24 +5,29 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from worker.cli.common import (
     HostOpt,
     PortOpt,
+    Verbosity,
     console,
     err,
     fail,
     fresh_dir,
     group,
+    here,
     multiprocess_metrics,
     open_context,
     read_settings,
     require_redis,
 )
 from worker.cli.supervisor import keep_running, local_admin_token, supervise_groups
+
+if TYPE_CHECKING:
+    from config import Settings
 
 app = group()
 
@@ -36,7 +41,7 @@ def api(
     ] = 1,
 ) -> None:
     """Serve the HTTP API."""
-    settings = read_settings()
+    settings = read_settings(service=True)
     require_redis(settings)
     import uvicorn
 
@@ -80,7 +85,7 @@ def worker(
     """Run the Celery workers: the main group (flushes, sweeps, bulk providers) and, when a
     provider without a bulk endpoint is on, the per-number group beside it, so a slow
     provider's backlog never holds up the others."""
-    settings = read_settings()
+    settings = read_settings(service=True)
     require_redis(settings)
     from worker.runtime.celery_app import MAIN, PER_NUMBER, worker_groups
 
@@ -127,7 +132,7 @@ def worker(
 @app.command("beat")
 def beat_cmd() -> None:
     """Run the beat scheduler (exactly one per deployment): sweeps and lease recovery."""
-    settings = read_settings()
+    settings = read_settings(service=True)
     require_redis(settings)
     from worker.runtime.wiring import celery_app
 
@@ -140,29 +145,39 @@ def beat_cmd() -> None:
 @app.command()
 def up(host: HostOpt = "127.0.0.1", port: PortOpt = 8000) -> None:
     """Run everything on this machine: Redis (embedded when REDIS_URL is unset), the API,
-    a worker and beat. Ctrl-C stops all of it; a restart keeps every accepted opt-out."""
-    settings = read_settings()
+    a worker and beat; a short summary here, their logs in DATA_DIR/logs/optout.log
+    (optout --verbose up: here too). Ctrl-C stops all of it; a restart keeps every accepted
+    opt-out."""
+    settings = read_settings(service=True)
+    from worker.runtime import logs
     from worker.runtime.embedded import EmbeddedRedis
 
     env = dict(os.environ)
     embedded: EmbeddedRedis | None = None
     data_dir = settings.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
+    # Every part's output (Celery's banner, warnings, JSON lines) goes here, and this
+    # process's own lines too: the terminal keeps the summary and what needs a person.
+    log = logs.LogFile(data_dir / "logs" / "optout.log",
+                       echo=sys.stderr if Verbosity.on else None)  # fmt: skip
+    logs.configure(settings.log_format, sink=log)
+    summary = [("API", f"http://{host}:{port} (docs: /docs)")]
     if not settings.redis_url:
         embedded = EmbeddedRedis(data_dir / "redis").start()
         env["REDIS_URL"] = embedded.url
-        console.print(f"embedded Redis on {embedded.url} (AOF always, data in {data_dir})")
+        summary.append(("Redis", f"embedded {embedded.url} (AOF always, data in {here(data_dir)})"))
+    else:
+        summary.append(("Redis", _without_password(settings.redis_url)))
+    summary.append(("providers", _providers(settings)))
     if settings.admin_token is None:
         env["OPTOUT_ADMIN_TOKEN"] = local_admin_token(data_dir)
-        console.print(f"admin token: {data_dir / 'admin-token'} (set OPTOUT_ADMIN_TOKEN to choose)")
-    enabled = settings.enabled_providers()
-    if enabled:
-        console.print(f"providers: {', '.join(enabled)}")
+        where = f"{here(data_dir / 'admin-token')} (set OPTOUT_ADMIN_TOKEN to choose)"
     else:
-        console.print(
-            "[yellow]no provider is configured: opt-outs are kept in the ledger and pushed "
-            "once one is (see README, Configuration)[/yellow]"
-        )
+        where = "from OPTOUT_ADMIN_TOKEN"
+    summary.append(("admin token", where))
+    summary.append(
+        ("logs", here(log.path) + ("" if Verbosity.on else " (optout --verbose up: here too)"))
+    )
     env["OPTOUT_DATA_DIR"] = str(data_dir)
     # One metrics directory for the whole tree: the API's /metrics shows the worker's too.
     env["PROMETHEUS_MULTIPROC_DIR"] = str(fresh_dir(data_dir / "metrics" / "up"))
@@ -172,10 +187,35 @@ def up(host: HostOpt = "127.0.0.1", port: PortOpt = 8000) -> None:
         "worker": [*me, "worker"],
         "beat": [*me, "beat"],
     }
-    code = keep_running(
-        roles, env, embedded, started=f"optout up: API on http://{host}:{port}  (Ctrl-C to stop)"
+    width = max(len(name) for name, _ in summary)
+    started = "\n".join(
+        ["optout up", *(f"  {name:<{width}}  {value}" for name, value in summary), "Ctrl-C to stop"]
     )
-    raise typer.Exit(code)
+    raise typer.Exit(keep_running(roles, env, embedded, started, log))
+
+
+def _without_password(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    if sep and "@" in rest:
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
+
+
+def _providers(settings: Settings) -> str:
+    """Each provider that is on and its targets (the blacklists it keeps), or how to turn
+    one on."""
+    import httpx
+
+    from worker.providers import build_providers
+
+    # Offline: building an adapter only reads its settings (targets: Phonely's agents...).
+    with httpx.Client() as client:
+        providers = build_providers(settings.providers, lambda _: client)
+        shown = [f"{name} (targets: {', '.join(p.targets())})" for name, p in providers.items()]
+    if shown:
+        return ", ".join(shown)
+    return ("none: opt-outs are kept in the ledger and pushed once one is on "
+            "(e.g. VOICENTER_API_CODE=...; see README, Configuration)")  # fmt: skip
 
 
 @app.command()
@@ -201,7 +241,7 @@ def consume(
     """Consume opt-out messages from a broker queue; ack each only once it is staged.
     Invalid messages go to QUEUE.rejected with the reason. SIGTERM finishes the message in
     hand and stops."""
-    ctx = open_context()
+    ctx = open_context(service=True)
     from worker.ingress.consumer import OptoutConsumer, connect
 
     with connect(url, ctx.settings.key_prefix, visibility_timeout) as connection:
@@ -234,7 +274,7 @@ def healthcheck(
         except httpx.HTTPError:
             ok = False
     else:
-        settings = read_settings()
+        settings = read_settings(service=True)
         from worker.ingress.api import broker_check
         from worker.runtime.embedded import redis_url_missing
         from worker.runtime.wiring import redis_client

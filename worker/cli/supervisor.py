@@ -3,20 +3,28 @@ stopping."""
 
 from __future__ import annotations
 
+import json
 import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections import deque
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from worker.cli.common import console, err
+import structlog
+
+from worker.cli.common import console, err, here
 from worker.runtime.children import die_with_parent
 
 if TYPE_CHECKING:
     from worker.runtime.embedded import EmbeddedRedis
+    from worker.runtime.logs import LogFile
+
+log_line = structlog.get_logger("optout.up")
 
 
 def supervise_groups(
@@ -50,23 +58,55 @@ def keep_running(
     env: dict[str, str],
     embedded: EmbeddedRedis | None,
     started: str,
+    log: LogFile,
 ) -> int:
     """Run each role's command as a child (and the embedded Redis, if any) until SIGTERM or
     Ctrl-C, restarting what exits, unless a role exits more than five times in a minute;
-    then stop them all. The exit code: 0, or 1 when a role kept exiting."""
+    then stop them all. Every child's output goes to `log`; a child that exits on its own
+    is reported here with the last lines it wrote to stderr. The exit code: 0, or 1 when a
+    role kept exiting."""
     children: dict[str, subprocess.Popen[bytes]] = {}
+    pumps: dict[str, list[_Pump]] = {}
     stop = StopSignal()
     code = 0
     restarts: dict[str, list[float]] = {role: [] for role in roles}
 
     def spawn(role: str) -> None:
         # Own session: Ctrl-C reaches only us, and we stop each child exactly once.
-        children[role] = subprocess.Popen(roles[role], env=env, start_new_session=True)  # noqa: S603
+        child = subprocess.Popen(  # noqa: S603
+            roles[role],
+            env=env,
+            start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert child.stdout is not None and child.stderr is not None
+        children[role] = child
+        log_line.info("part_started", part=role, pid=child.pid)
+        pumps[role] = [_Pump(child.stdout, log), _Pump(child.stderr, log, keep=_TAIL)]
+
+    def exited(role: str, child: subprocess.Popen[bytes], then: str) -> None:
+        for pump in pumps[role]:
+            pump.join(timeout=2)  # the lines it wrote last
+        log_line.warning("part_exited", part=role, pid=child.pid, code=child.returncode)
+        tail = pumps[role][1].tail
+        note = f"{role} exited with {child.returncode} ({then})"
+        if tail:
+            note += "; its last lines on stderr" + (
+                "" if log.echo else f" (all in {here(log.path)})"
+            )
+            note += ":"
+        elif not log.echo:
+            note += f"; its output is in {here(log.path)}"
+        err.print(note, highlight=False, markup=False)
+        for line in tail:
+            err.print(f"  {readable(line)}", highlight=False, markup=False)
 
     try:
         for role in roles:
             spawn(role)
-        console.print(started)
+        console.print(started, highlight=False, markup=False)
         while not stop.requested:
             if embedded is not None and not embedded.alive():
                 err.print(
@@ -79,11 +119,11 @@ def keep_running(
                 now = time.monotonic()
                 restarts[role] = [t for t in restarts[role] if now - t < 60] + [now]
                 if len(restarts[role]) > 5:
-                    err.print(f"[red]{role} keeps exiting ({child.returncode}); stopping[/red]")
+                    exited(role, child, "the sixth time in a minute: stopping")
                     stop.requested = True
                     code = 1
                 else:
-                    err.print(f"[yellow]{role} exited with {child.returncode}; restarting[/yellow]")
+                    exited(role, child, "restarting it")
                     spawn(role)
             time.sleep(0.3)
     finally:
@@ -94,8 +134,48 @@ def keep_running(
         stop_children([c for r, c in children.items() if r == "beat"], timeout=30)
         if embedded is not None:
             embedded.stop()
+        for pump in (p for each in pumps.values() for p in each):
+            pump.join(timeout=2)
         console.print("stopped")
     return code
+
+
+def readable(line: str) -> str:
+    """A JSON log line as a person reads it (`error uvicorn.error: ...`, a traceback's last
+    line); any other line as it is."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return line
+    if not isinstance(record, dict) or "event" not in record:
+        return line
+    text = f"{record.get('level', '')} {record.get('logger', '')}: {record['event']}".strip()
+    if exception := record.get("exception"):
+        text += f" ({str(exception).strip().splitlines()[-1]})"
+    return text
+
+
+#: Lines of a child's stderr kept to show when it exits on its own.
+_TAIL = 5
+
+
+class _Pump(threading.Thread):
+    """Copies a child's output to the log file, line by line, keeping the last `keep`."""
+
+    def __init__(self, stream: IO[bytes], log: LogFile, keep: int = 0) -> None:
+        super().__init__(daemon=True)
+        self.stream = stream
+        self.log = log
+        self.tail: deque[str] = deque(maxlen=keep)
+        self.start()
+
+    def run(self) -> None:
+        with self.stream:
+            for raw in self.stream:
+                line = raw.decode("utf-8", "replace").rstrip("\r\n")
+                self.log.write(line + "\n")
+                if line.strip():
+                    self.tail.append(line)
 
 
 class StopSignal:

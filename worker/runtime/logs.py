@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
+import threading
 from collections.abc import MutableMapping
-from typing import Any, TextIO
+from pathlib import Path
+from typing import Any, Protocol, TextIO
 
 import structlog
 
@@ -54,46 +57,135 @@ def _dumps(value: Any, **_: Any) -> str:
     return fastjson.dumps(value).decode()
 
 
+def _line_logger(sink: Sink | None) -> Any:
+    def factory(name: str = "optout", *_: Any) -> _NamedWriteLogger:
+        # A line and its newline in one write: PrintLogger's print() writes them apart, and
+        # on an unbuffered stderr (PYTHONUNBUFFERED, as in the image; Celery's prefork
+        # children) lines of processes sharing it merged into one.
+        return _NamedWriteLogger(sink or sys.stderr, name)
+
+    return factory
+
+
+class Sink(Protocol):
+    """Where log lines go: sys.stderr, or a LogFile."""
+
+    def write(self, text: str, /) -> int: ...
+    def flush(self) -> None: ...
+    def isatty(self) -> bool: ...
+
+
+class LogFile:
+    """Whole lines appended to `path`, size-capped: past `max_bytes` the file becomes
+    `path.1` (and `.1` becomes `.2`, up to `backups`), so a long-running `optout up` never
+    fills the disk. With `echo`, each line is written there too (`--verbose`).
+
+    One writer per file is exact; a second process (two CLI commands at once) notices the
+    file was rotated under it and follows, so at worst a rotation keeps a few lines less."""
+
+    def __init__(
+        self,
+        path: Path,
+        max_bytes: int = 10 * 2**20,
+        backups: int = 3,
+        echo: TextIO | None = None,
+    ) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.backups = backups
+        self.echo = echo
+        self._lock = threading.Lock()  # the supervisor's reader threads share one file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._handle = self._open()
+
+    def _open(self) -> TextIO:
+        return self.path.open("a", encoding="utf-8", errors="replace")
+
+    def write(self, text: str, /) -> int:
+        with self._lock:
+            self._follow_or_rotate(len(text))
+            self._handle.write(text)
+            self._handle.flush()
+        if self.echo is not None:
+            self.echo.write(text)
+            self.echo.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        """Every line is flushed as it is written."""
+
+    def isatty(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        with self._lock:
+            self._handle.close()
+
+    def _follow_or_rotate(self, adding: int) -> None:
+        try:
+            on_disk = os.stat(self.path)
+        except FileNotFoundError:
+            on_disk = None
+        if on_disk is None or on_disk.st_ino != os.fstat(self._handle.fileno()).st_ino:
+            # Rotated (or removed) by another writer: write where the name now points.
+            self._handle.close()
+            self._handle = self._open()
+            return
+        if on_disk.st_size and on_disk.st_size + adding > self.max_bytes:
+            self._handle.close()
+            for n in range(self.backups - 1, 0, -1):
+                older = self.path.with_name(f"{self.path.name}.{n}")
+                if older.exists():
+                    older.replace(self.path.with_name(f"{self.path.name}.{n + 1}"))
+            if self.backups:
+                self.path.replace(self.path.with_name(f"{self.path.name}.1"))
+            else:
+                self.path.unlink()
+            self._handle = self._open()
+
+
 class _NamedWriteLogger(structlog.WriteLogger):
     """A WriteLogger that knows the name it was asked for, for the `logger` key."""
 
-    def __init__(self, file: TextIO | None = None, name: str = "optout") -> None:
+    def __init__(self, file: Any = None, name: str = "optout") -> None:
         super().__init__(file)
         self.name = name
 
 
-def _stderr_logger(name: str = "optout", *_: Any) -> _NamedWriteLogger:
-    # A line and its newline in one write: PrintLogger's print() writes them apart, and on an
-    # unbuffered stderr (PYTHONUNBUFFERED, as in the image; Celery's prefork children) lines
-    # of processes sharing it merged into one.
-    return _NamedWriteLogger(sys.stderr, name)
+class _LineHandler(logging.Handler):
+    """Writes each formatted record and its newline in one write, as our own lines go out;
+    the sink is looked up at each record (sys.stderr may be replaced), as for our own lines."""
 
-
-class _StderrHandler(logging.Handler):
-    """Writes each formatted record and its newline to sys.stderr in one write, as our own
-    lines go out; sys.stderr is looked up at each record, as for our own lines."""
+    def __init__(self, sink: Sink | None) -> None:
+        super().__init__()
+        self.sink = sink
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             line = self.format(record) + "\n"
-            stream = sys.stderr
+            stream = self.sink or sys.stderr
             stream.write(line)
             stream.flush()
         except Exception:  # noqa: BLE001
             self.handleError(record)
 
 
-def configure(log_format: str = "auto", level: int = logging.INFO) -> None:
+def configure(
+    log_format: str = "auto", level: int = logging.INFO, sink: Sink | None = None
+) -> None:
     """Configure structlog and the standard library's logging, once per process or again.
 
     Records of the standard library (Celery, kombu, uvicorn, httpx, warnings) go through the
     same processors as our own lines: the same keys, the same masking, the same renderer,
-    on stderr. Whatever handlers the root logger had are replaced."""
-    json_out = log_format == "json" or (log_format == "auto" and not sys.stderr.isatty())
+    on stderr (the services: containers and systemd read it) or on `sink` (a LogFile: the
+    CLI's own output stays its messages). Whatever handlers the root logger had are
+    replaced."""
+    tty = (sink or sys.stderr).isatty()
+    json_out = log_format == "json" or (log_format == "auto" and not tty)
     renderer: Any = (
         structlog.processors.JSONRenderer(serializer=_dumps)
         if json_out
-        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        else structlog.dev.ConsoleRenderer(colors=tty)
     )
     before: list[Any] = [
         structlog.contextvars.merge_contextvars,
@@ -107,10 +199,10 @@ def configure(log_format: str = "auto", level: int = logging.INFO) -> None:
         processors=[*before, *after],
         wrapper_class=structlog.make_filtering_bound_logger(level),
         # Looked up at each call, so a replaced sys.stderr (tests, daemons) is honoured.
-        logger_factory=_stderr_logger,
+        logger_factory=_line_logger(sink),
         cache_logger_on_first_use=False,
     )
-    handler = _StderrHandler()
+    handler = _LineHandler(sink)
     # A record's extra fields are left out: they can nest values scrub does not reach.
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(

@@ -1,10 +1,12 @@
-"""CLI fixtures: a second terminal, with no provider's credentials, beside a worker that has
-announced its targets in the same Redis."""
+"""CLI fixtures: every test's data dir (the CLI's log file among it) in its own folder; a
+second terminal, with no provider's credentials, beside a worker that has announced its
+targets in the same Redis."""
 
 from __future__ import annotations
 
 import random
 from collections.abc import Iterator
+from pathlib import Path
 
 import fakeredis
 import httpx
@@ -18,6 +20,12 @@ from worker.pipeline.context import Context
 from worker.providers import SETTINGS
 from worker.runtime import wiring
 from worker.runtime.wiring import build_context
+
+
+@pytest.fixture(autouse=True)
+def _data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("OPTOUT_DATA_DIR", str(tmp_path / "var"))
+    return tmp_path / "var"
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -93,3 +94,39 @@ def test_export_writes_the_blocked_list_to_a_pipe_or_a_file(
     saved = runner.invoke(app, ["export", "--out", str(tmp_path / "blocked.csv")])
     assert "exported 2 blocked numbers to" in saved.output
     assert (tmp_path / "blocked.csv").read_text() == piped.output
+
+
+def test_an_import_prints_its_summary_and_logs_to_the_data_dir(
+    cli_ctx: Context,  # noqa: F811
+    dispatcher: QueueDispatcher,
+    tmp_path: Path,
+) -> None:
+    listed = tmp_path / "list.csv"
+    listed.write_text("phone\n0501234567\n")
+    result = runner.invoke(app, ["import", str(listed)])
+    assert result.exit_code == 0, result.output
+    assert result.stderr == ""
+    assert result.stdout.splitlines()[-1] == (
+        "rows 1: accepted 1, duplicates 0, rejected 0, already imported batches 0"
+    )
+    assert "{" not in result.stdout
+    logged = (tmp_path / "var/logs/cli.log").read_text().splitlines()
+    audit = [json.loads(line) for line in logged if '"event":"audit"' in line]
+    assert [(n["phone"], n["ledger"]) for n in audit[0]["numbers"]] == [
+        ("+97250***4567", "applied")
+    ]
+
+
+def test_verbose_puts_the_log_lines_on_stderr_instead(
+    cli_ctx: Context,  # noqa: F811
+    dispatcher: QueueDispatcher,
+    tmp_path: Path,
+) -> None:
+    listed = tmp_path / "list.csv"
+    listed.write_text("phone\n0501234567\n")
+    result = runner.invoke(app, ["--verbose", "import", str(listed)])
+    assert result.exit_code == 0, result.output
+    events = [json.loads(line)["event"] for line in result.stderr.splitlines()]
+    assert "audit" in events
+    assert "{" not in result.stdout
+    assert not (tmp_path / "var/logs/cli.log").exists()

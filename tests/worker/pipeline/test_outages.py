@@ -5,6 +5,7 @@ refused credentials keeps what already succeeded."""
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from typing import Any
 
 import fakeredis
@@ -160,6 +161,7 @@ def test_an_open_circuit_shows_in_readyz_metrics_and_provider_list(
     fake_voicenter: FakeVoicenter,
     clock: FakeClock,
     monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
     from fastapi.testclient import TestClient
     from typer.testing import CliRunner
@@ -179,6 +181,7 @@ def test_an_open_circuit_shows_in_readyz_metrics_and_provider_list(
     assert state_gauges(ctx)["open_circuits"] == 1.0
     # The CLI configures the wiring from the environment; it then builds this test's context.
     monkeypatch.setattr(wiring, "build_context", lambda *_, **__: ctx)
+    monkeypatch.setenv("OPTOUT_DATA_DIR", str(tmp_path))  # its log file
     monkeypatch.setattr(console, "width", 200)  # one line a row
     listed = CliRunner().invoke(app, ["provider", "list"])
     assert "circuit open, next probe in" in listed.output
