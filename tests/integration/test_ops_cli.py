@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -189,3 +191,39 @@ def test_sla_lists_numbers_not_yet_confirmed(cli_env: dict[str, str]) -> None:
     assert "+972501111111" in late.output and "voicenter" in late.output
     assert run("sla").exit_code == 0  # nothing older than 24 h
     assert run("sla", "--age", "soon").exit_code == 2
+
+
+def test_an_import_in_its_own_process_shows_in_the_apis_metrics(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from tests.processes import CLI, ROOT
+    from tests.worker.runtime.test_observability import samples, value
+    from worker.ingress.api import create_api
+
+    ctx = local(env)
+    api = TestClient(create_api(lambda: ctx))
+    before = samples(api.get("/metrics").text)
+    path = tmp_path / "list.csv"
+    path.write_text("phone\n" + "".join(f"+97254{i:07d}\n" for i in range(1500)) + "12\nabc\n")
+    child_env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    done = subprocess.run(
+        [*CLI, "import", str(path), "--source", "crm-list"],
+        env={**child_env, **env, "COLUMNS": "80"}, cwd=ROOT, capture_output=True, text=True,
+        check=False,
+        timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "rows 1502: accepted 1500, duplicates 0, rejected 2" in done.stdout
+    assert "{" not in done.stdout + done.stderr  # the log lines are in the data dir's file
+    assert '"event":"audit"' in (Path(env["OPTOUT_DATA_DIR"]) / "logs" / "cli.log").read_text()
+    after = samples(api.get("/metrics").text)
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert delta("optout_events_total", source="crm-list", outcome="accepted") == 2  # batches
+    assert delta("optout_numbers_accepted_total", source="crm-list") == 1500
+    assert delta("optout_numbers_rejected_total", source="crm-list", reason="too_short") == 1
+    assert delta("optout_numbers_rejected_total", source="crm-list", reason="contains_letters") == 1

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
+import structlog
 import typer
 from rich.console import Console
 from rich.progress import Progress
@@ -18,6 +19,7 @@ from config import ConfigError, Settings, load_settings
 from worker.runtime import logs
 
 if TYPE_CHECKING:
+    from worker.ops.metrics import HandOver
     from worker.pipeline.context import Context
 
 # Whole lines: a message an operator (or a script) reads is never broken at the window width.
@@ -111,9 +113,36 @@ def open_context(*, service: bool = False) -> Context:
     wiring.configure(settings)
 
     try:
-        return wiring.context()
+        ctx = wiring.context()
     except ConfigError as exc:
         fail(str(exc))
+    if not service:
+        # Nothing scrapes this process: what it counts goes to the API's /metrics through
+        # Redis when the command ends (a service hands over as it runs).
+        from worker.ops import metrics
+
+        _hand_overs.append(metrics.HandOver(ctx.store))
+    return ctx
+
+
+_hand_overs: list[HandOver] = []
+
+
+def hand_over_counts() -> None:
+    """At the end of a command, however it ends (the root command's close): hand the
+    counts of the pipelines it opened over."""
+    while _hand_overs:
+        hand_over_quietly(_hand_overs.pop())
+
+
+def hand_over_quietly(hand_over: HandOver) -> None:
+    """Hand this process's counts over; a count lost is no reason to fail a command."""
+    try:
+        hand_over()
+    except Exception as exc:  # noqa: BLE001
+        structlog.get_logger("optout.metrics").warning(
+            "metrics_not_handed_over", error=type(exc).__name__
+        )
 
 
 def ms_to_text(ms: int | None) -> str:

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from worker.cli import data, dlq, inspect, provider, review, serve
-from worker.cli.common import Verbosity, group
+from worker.cli.common import Verbosity, group, hand_over_counts
 
 app = group(help="optout-worker: durable opt-out propagation.", no_args_is_help=True)
 app.add_typer(serve.app)
@@ -21,6 +21,7 @@ app.add_typer(review.app, name="review")
 
 @app.callback()
 def options(
+    command: typer.Context,
     verbose: Annotated[
         bool,
         typer.Option(
@@ -34,6 +35,7 @@ def options(
 ) -> None:
     """optout-worker: durable opt-out propagation."""
     Verbosity.on = verbose
+    command.call_on_close(hand_over_counts)
 
 
 def main() -> None:

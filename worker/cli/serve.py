@@ -18,6 +18,7 @@ from worker.cli.common import (
     fail,
     fresh_dir,
     group,
+    hand_over_quietly,
     here,
     multiprocess_metrics,
     open_context,
@@ -243,9 +244,18 @@ def consume(
     hand and stops."""
     ctx = open_context(service=True)
     from worker.ingress.consumer import OptoutConsumer, connect
+    from worker.ops.metrics import HandOver
 
+    # Nothing scrapes a consumer: its counts reach the API's /metrics through Redis.
+    hand_over = HandOver(ctx.store)
     with connect(url, ctx.settings.key_prefix, visibility_timeout) as connection:
         consumer = OptoutConsumer(ctx, connection, queue, prefetch, allow_remove)
+
+        def tick() -> None:
+            if hand_over.due():
+                hand_over_quietly(hand_over)
+
+        consumer.tick = tick
 
         def stop(*_: Any) -> None:
             consumer.should_stop = True
@@ -254,6 +264,7 @@ def consume(
         signal.signal(signal.SIGINT, stop)
         console.print(f"consuming {queue} (rejected messages go to {queue}.rejected)")
         consumer.run()
+    hand_over_quietly(hand_over)
     console.print(f"stopped after {consumer.handled} messages")
 
 

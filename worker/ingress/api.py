@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 from collections.abc import Callable
 from http import HTTPStatus
 from typing import Annotated, Any
 
+import redis
 import structlog
 from fastapi import Depends, FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
@@ -211,8 +213,11 @@ def create_api(context: ContextFactory) -> FastAPI:
 
     @api.get("/metrics", include_in_schema=False)
     def prometheus() -> Response:
-        """Prometheus exposition: this machine's processes, plus gauges read from Redis."""
+        """Prometheus exposition: this machine's processes, the counts CLI commands handed
+        over, plus gauges read from Redis."""
         ctx = context()
+        with contextlib.suppress(redis.RedisError):  # a scrape must not fail on Redis
+            metrics.take_over(ctx.store)
         return Response(
             metrics.render(metrics.StateCollector(lambda: state_gauges(ctx))),
             media_type=CONTENT_TYPE_LATEST,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -113,6 +114,11 @@ class OptoutConsumer(ConsumerMixin):  # type: ignore[misc]
         self.prefetch = prefetch
         self.allow_remove = allow_remove
         self.handled = 0
+        #: Called about once a second while consuming (e.g. to hand metrics over).
+        self.tick: Callable[[], None] = lambda: None
+
+    def on_iteration(self) -> None:
+        self.tick()
 
     def get_consumers(self, consumer_cls: Any, channel: Any) -> list[Any]:
         self.parking.bind(channel).declare()

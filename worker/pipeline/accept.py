@@ -392,6 +392,8 @@ def _answer(
         )
     duplicate = outcome.status == "duplicate"
     metrics.EVENTS.labels(event.source, "duplicate" if duplicate else "accepted").inc()
+    if not duplicate:
+        metrics.ACCEPTED.labels(event.source).inc(len(numbers))
     flushes: list[Flush] = []
     if not duplicate:
         ledger_results = iter(outcome.results)

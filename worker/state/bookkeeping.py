@@ -33,7 +33,8 @@ class KeptReview:
 
 
 class Bookkeeping(Keyspace):
-    """`review:{source}`, `reviews`, `reviewed:{source}` and `counts:{group}`."""
+    """`review:{source}`, `reviews`, `reviewed:{source}`, `counts:{group}` and
+    `metrics:handed`."""
 
     def keep_for_review(
         self, source: str, entry: dict[str, Any], keep: int = REVIEW_KEEP
@@ -93,4 +94,19 @@ class Bookkeeping(Keyspace):
 
     def counts_of(self, group: str) -> dict[str, int]:
         raw = cast(dict[Any, Any], self.redis.hgetall(self.key("counts", group)))
+        return {text(k): int(v) for k, v in raw.items()}
+
+    def hand_over_counts(self, counts: dict[str, int]) -> None:
+        """Add a process's metric counts for the API's /metrics to take (metrics.HandOver)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for field, count in counts.items():
+            pipe.hincrby(self.key("metrics", "handed"), field, count)
+        pipe.execute()
+
+    def take_handed_counts(self) -> dict[str, int]:
+        """The counts handed over since the last take, and none left: one taker gets each."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hgetall(self.key("metrics", "handed"))
+        pipe.delete(self.key("metrics", "handed"))
+        raw, _ = pipe.execute()
         return {text(k): int(v) for k, v in raw.items()}

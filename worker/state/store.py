@@ -95,6 +95,9 @@ key                            type    holds
                                        newest first, capped
 ``counts:{group}``             hash    counters (e.g. CDRs ignored / reviewed, by reason;
                                        ``review:{source}``: cases settled, by outcome)
+``metrics:handed``             hash    ``["metric", {labels}]`` (JSON) -> count: what
+                                       processes nothing scrapes (the CLI) counted, until
+                                       an API's /metrics takes it into its own counters
 =============================  ======  ====================================================
 """
 
