@@ -215,8 +215,7 @@ def _providers(settings: Settings) -> str:
         shown = [f"{name} (targets: {', '.join(p.targets())})" for name, p in providers.items()]
     if shown:
         return ", ".join(shown)
-    return ("none: opt-outs are kept in the ledger and pushed once one is on "
-            "(e.g. VOICENTER_API_CODE=...; see README, Configuration)")  # fmt: skip
+    return "none (opt-outs wait in the ledger): set e.g. VOICENTER_API_CODE"
 
 
 @app.command()
