@@ -112,6 +112,9 @@ def test_ctrl_c_stops_the_parts_before_redis_without_an_error(
     process = start_up(tmp_path, fake_url, port, own_group=True)
     try:
         wait_for(lambda: healthy(f"http://127.0.0.1:{port}"), timeout=60, what="optout up ready")
+        # The worker too (readyz answers before it is): its stop is what is checked.
+        parts_log = tmp_path / "var" / "logs" / "optout.log"
+        wait_for(lambda: " ready." in parts_log.read_text(), timeout=60, what="worker ready")
         redis_url = (tmp_path / "var" / "redis" / "redis.url").read_text().strip()
     finally:
         os.killpg(process.pid, signal.SIGINT)
@@ -126,7 +129,7 @@ def test_ctrl_c_stops_the_parts_before_redis_without_an_error(
     # The terminal: the summary, then the stop, and nothing else (no banner, no log line).
     assert log == SUMMARY.format(port=port, redis=redis_url) + "stopping ...\nstopped\n", log
     # The parts' output is in the log file, the stop included.
-    parts = (tmp_path / "var" / "logs" / "optout.log").read_text()
+    parts = parts_log.read_text()
     for line in ("[queues]", '"logger":"celery.apps.worker"', "Warm shutdown", '"part_started"'):
         assert line in parts, parts[-3000:]
     stop_lines = parts[parts.rindex("Warm shutdown") :]
