@@ -84,6 +84,16 @@ def test_up_accepts_pushes_and_keeps_state_across_restart(
         )
         assert response.status_code == 202, response.text
         wait_for(lambda: "972501234567" in fake.blacklist, timeout=30, what="pushed to Voicenter")
+
+        # A second `optout up` on the same data dir: refused, before it starts a second Redis
+        # on the same append-only file; the running one is still found by the ops commands.
+        redis_url = (tmp_path / "var" / "redis" / "redis.url").read_text()
+        second = start_up(tmp_path, fake_url, free_port())
+        assert second.wait(timeout=60) == 2
+        said = (tmp_path / "up.log").read_text()
+        assert "an `optout up` already runs with the data dir ./var (pid " in said, said
+        assert (tmp_path / "var" / "redis" / "redis.url").read_text() == redis_url
+        assert healthy(url)
     finally:
         code = stop(process)
     assert code == 0, (tmp_path / "up.log").read_text()[-3000:]

@@ -25,7 +25,7 @@ from worker.cli.common import (
     read_settings,
     require_redis,
 )
-from worker.cli.supervisor import keep_running, local_admin_token, supervise_groups
+from worker.cli.supervisor import claim, keep_running, local_admin_token, supervise_groups
 
 if TYPE_CHECKING:
     from config import Settings
@@ -157,6 +157,12 @@ def up(host: HostOpt = "127.0.0.1", port: PortOpt = 8000) -> None:
     embedded: EmbeddedRedis | None = None
     data_dir = settings.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
+    lock = claim(data_dir)
+    if lock is None:
+        holder = (data_dir / "up.lock").read_text().strip() or "?"
+        fail(f"an `optout up` already runs with the data dir {here(data_dir)} (pid {holder}): "
+             "use it (the ops commands find it from this folder), stop it first, or give this "
+             "one another OPTOUT_DATA_DIR")  # fmt: skip
     # Every part's output (Celery's banner, warnings, JSON lines) goes here, and this
     # process's own lines too: the terminal keeps the summary and what needs a person.
     log = logs.LogFile(data_dir / "logs" / "optout.log",

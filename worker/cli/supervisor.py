@@ -205,6 +205,26 @@ def stop_children(children: Iterable[subprocess.Popen[bytes]], timeout: float) -
             child.wait()
 
 
+def claim(data_dir: Path) -> IO[str] | None:
+    """Hold the data dir for this `optout up` (a lock the kernel lets go when the process
+    ends, however it ends), or None when another holds it: a second `optout up` there would
+    start a second Redis on the same append-only file and remove the first one's
+    `redis.url` when it stops, so the ops commands lose the running deployment."""
+    import fcntl
+    import os
+
+    handle = (data_dir / "up.lock").open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    handle.truncate(0)
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
 def local_admin_token(data_dir: Path) -> str:
     path = data_dir / "admin-token"
     if path.exists():
