@@ -118,8 +118,7 @@ def dlq_show(
         typer.echo(json.dumps({"dead_letter": shown, "audit": audit}, sort_keys=True))
         return
     fields(shown, first=_SHOW_FIRST)
-    typer.echo("")
-    audit_table(audit)
+    audit_table(audit, after=True)
 
 
 #: `dlq show`'s order: what it is, why, since when; then the rest as stored.

@@ -50,10 +50,10 @@ def status(
         ))  # fmt: skip
     table("providers", columns("target", "confirmed", "staged", "in_flight", "attempts",
           "retry_at", "dead_letter", "last_answer"), rows)  # fmt: skip
-    audit_table(view["audit"])
+    audit_table(view["audit"], after=True)
 
 
-def audit_table(entries: list[dict[str, Any]]) -> None:
+def audit_table(entries: list[dict[str, Any]], after: bool = False) -> None:
     """A number's audit trail as shown (worker/ops/views.py: words), newest first."""
     rows = []
     for entry in entries:
@@ -66,7 +66,8 @@ def audit_table(entries: list[dict[str, Any]]) -> None:
             ": ".join(str(entry[k]) for k in ("source", "by", "reason", "detail")
                       if entry.get(k)),
         ))  # fmt: skip
-    table("audit (newest first)", columns("time", "event", "what", "result", "detail"), rows)
+    table("audit (newest first)", columns("time", "event", "what", "result", "detail"), rows,
+          after)  # fmt: skip
 
 
 @app.command()

@@ -46,17 +46,25 @@ _SHORT = 20
 _FREE = 16
 
 
-def table(title: str | None, cols: Sequence[Col], rows: Sequence[Sequence[Any]]) -> None:
+def table(
+    title: str | None, cols: Sequence[Col], rows: Sequence[Sequence[Any]], after: bool = False
+) -> None:
     """Rows on stdout: on a terminal a table that keeps whole values whole; in a pipe one
     tab-separated line a row under a header line, the title on stderr (so a script reads
-    rows only)."""
+    rows only). `after`: this table follows other output on stdout, a blank line between
+    (in a pipe, where one table's rows end)."""
     texts = [[cell(v).replace("\t", " ").replace("\n", " ") for v in row] for row in rows]
+    if after:
+        typer.echo("")
     if not console.is_terminal:
         if title:
             err.print(title, highlight=False, markup=False)
         typer.echo("\t".join(c.header for c in cols))
         for row in texts:
             typer.echo("\t".join(row))
+        return
+    if not texts:
+        console.print(f"{title or ''}: none".lstrip(": "), highlight=False, markup=False)
         return
     widths = [max([len(c.header), *(len(row[i]) for row in texts)]) for i, c in enumerate(cols)]
     fixed = [c.whole or w <= _SHORT for c, w in zip(cols, widths, strict=True)]

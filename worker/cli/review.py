@@ -100,7 +100,8 @@ def _print_case(case: dict[str, Any]) -> None:
     found = [(c["field"], c["value"], c.get("phone"), c.get("rejected"))
              for c in case["candidates"]]  # fmt: skip
     if found:
-        table("numbers found", columns("field", "value", "phone", "rejected", whole=3), found)
+        table("numbers found", columns("field", "value", "phone", "rejected", whole=3), found,
+              after=True)  # fmt: skip
     else:
         say("numbers found: none")
     say("input:")

@@ -103,3 +103,21 @@ def _plain(text: str) -> str:
     import re
 
     return re.sub(r"\x1b\[[0-9;]*m", "", text)
+
+
+def test_an_empty_table_says_none_in_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    screen = terminal(monkeypatch)
+    output.table("providers", columns("target", "confirmed"), [])
+    assert _plain(screen.getvalue()) == "providers: none\n"
+
+
+def test_tables_one_after_another_are_split_by_a_blank_line_in_a_pipe(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(output, "console", Console(file=io.StringIO()))  # not a terminal
+    output.table("providers", columns("target", "confirmed"), [("voicenter", "blocked:1")])
+    output.table("audit", columns("time", "what"), [("2026-12-03T21:52:28Z", "add")], after=True)
+    assert capsys.readouterr().out.split("\n\n") == [
+        "target\tconfirmed\nvoicenter\tblocked:1",
+        "time\twhat\n2026-12-03T21:52:28Z\tadd\n",
+    ]
