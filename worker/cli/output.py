@@ -64,7 +64,10 @@ def table(
             typer.echo("\t".join(row))
         return
     if not texts:
-        console.print(f"{title or ''}: none".lstrip(": "), highlight=False, markup=False)
+        # A title with a count ("dead letters: 0") says it already; a bare one gets "none".
+        if title:
+            console.print(title if ":" in title else f"{title}: none", highlight=False,
+                          markup=False)  # fmt: skip
         return
     widths = [max([len(c.header), *(len(row[i]) for row in texts)]) for i, c in enumerate(cols)]
     fixed = [c.whole or w <= _SHORT for c, w in zip(cols, widths, strict=True)]

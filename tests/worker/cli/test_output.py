@@ -108,7 +108,9 @@ def _plain(text: str) -> str:
 def test_an_empty_table_says_none_in_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
     screen = terminal(monkeypatch)
     output.table("providers", columns("target", "confirmed"), [])
-    assert _plain(screen.getvalue()) == "providers: none\n"
+    output.table("dead letters: 0", columns("id"), [])
+    output.table(None, columns("target"), [])  # the caller says why there is nothing
+    assert _plain(screen.getvalue()) == "providers: none\ndead letters: 0\n"
 
 
 def test_tables_one_after_another_are_split_by_a_blank_line_in_a_pipe(
