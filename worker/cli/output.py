@@ -71,12 +71,14 @@ def table(
         return
     widths = [max([len(c.header), *(len(row[i]) for row in texts)]) for i, c in enumerate(cols)]
     fixed = [c.whole or w <= _SHORT for c, w in zip(cols, widths, strict=True)]
-    # Each cell pads one space a side; free text needs room for a few words a line.
+    # Two spaces between columns; free text needs room for a few words a line.
     needed = sum(w if f else _FREE for w, f in zip(widths, fixed, strict=True)) + 2 * len(cols)
     if needed > console.width:
         _blocks(title, cols, texts)
         return
-    grid = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False)
+    # Two spaces between columns and none at the edges: the widths counted above.
+    grid = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left", show_edge=False,
+                 pad_edge=False, padding=(0, 1, 0, 0))  # fmt: skip
     for col, width, whole in zip(cols, widths, fixed, strict=True):
         if whole:
             grid.add_column(col.header, no_wrap=True, min_width=width)
