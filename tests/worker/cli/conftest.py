@@ -44,7 +44,6 @@ def bare_cli(
     for cls in SETTINGS.values():
         for variable in cls.env_names().values():
             monkeypatch.delenv(variable, raising=False)
-    monkeypatch.setenv("REDIS_URL", "redis://unused.invalid:1/0")
     monkeypatch.setenv("COLUMNS", "80")
     here = build_context(
         make_settings({}),
@@ -55,8 +54,22 @@ def bare_cli(
         rng=random.Random(7),
     )
     assert here.providers == {}
-    # The CLI configures the wiring from the environment; it then builds this terminal's.
-    monkeypatch.setattr(wiring, "build_context", lambda *_, **__: here)
-    monkeypatch.setattr(wiring, "_settings", None)
+    cli_builds(here, monkeypatch)
     yield here
+    wiring.reset()
+
+
+def cli_builds(ctx: Context, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI configures the wiring from the environment; it then builds `ctx`."""
+    monkeypatch.setenv("REDIS_URL", "redis://unused.invalid:1/0")
+    monkeypatch.setattr(wiring, "build_context", lambda *_, **__: ctx)
+    monkeypatch.setattr(wiring, "_settings", None)
+
+
+@pytest.fixture
+def cli_ctx(ctx: Context, monkeypatch: pytest.MonkeyPatch) -> Iterator[Context]:
+    """The CLI on the test's context, with Voicenter's credentials."""
+    monkeypatch.setenv("VOICENTER_API_CODE", "good-code")
+    cli_builds(ctx, monkeypatch)
+    yield ctx
     wiring.reset()

@@ -8,7 +8,6 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from tests.fakes.dispatch import QueueDispatcher
-from tests.worker.cli.test_main import cli_ctx  # noqa: F401  (fixture)
 from worker.cli.main import app
 from worker.pipeline.context import Context
 
@@ -16,7 +15,7 @@ runner = CliRunner()
 
 
 def test_an_import_that_accepts_nothing_exits_1_and_names_the_report(
-    cli_ctx: Context,  # noqa: F811
+    cli_ctx: Context,
     dispatcher: QueueDispatcher,
     tmp_path: Path,
 ) -> None:
@@ -30,7 +29,7 @@ def test_an_import_that_accepts_nothing_exits_1_and_names_the_report(
 
 
 def test_a_clean_import_exits_0_and_writes_no_report(
-    cli_ctx: Context,  # noqa: F811
+    cli_ctx: Context,
     dispatcher: QueueDispatcher,
     tmp_path: Path,
 ) -> None:
@@ -43,7 +42,7 @@ def test_a_clean_import_exits_0_and_writes_no_report(
 
 
 def test_a_missing_column_is_a_wrong_option_for_both(
-    cli_ctx: Context,  # noqa: F811
+    cli_ctx: Context,
     dispatcher: QueueDispatcher,
     tmp_path: Path,
 ) -> None:
@@ -58,7 +57,7 @@ def test_a_missing_column_is_a_wrong_option_for_both(
 
 
 def test_an_empty_file_exits_1(
-    cli_ctx: Context,  # noqa: F811
+    cli_ctx: Context,
     dispatcher: QueueDispatcher,
     tmp_path: Path,
 ) -> None:
@@ -78,7 +77,7 @@ def test_durations_read_as_an_operator_says_them() -> None:
 
 
 def test_export_writes_the_blocked_list_to_a_pipe_or_a_file(
-    cli_ctx: Context,  # noqa: F811
+    cli_ctx: Context,
     dispatcher: QueueDispatcher,
     tmp_path: Path,
 ) -> None:
@@ -97,7 +96,7 @@ def test_export_writes_the_blocked_list_to_a_pipe_or_a_file(
 
 
 def test_an_import_prints_its_summary_and_logs_to_the_data_dir(
-    cli_ctx: Context,  # noqa: F811
+    cli_ctx: Context,
     dispatcher: QueueDispatcher,
     tmp_path: Path,
 ) -> None:
@@ -118,7 +117,7 @@ def test_an_import_prints_its_summary_and_logs_to_the_data_dir(
 
 
 def test_verbose_puts_the_log_lines_on_stderr_instead(
-    cli_ctx: Context,  # noqa: F811
+    cli_ctx: Context,
     dispatcher: QueueDispatcher,
     tmp_path: Path,
 ) -> None:

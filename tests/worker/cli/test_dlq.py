@@ -7,7 +7,6 @@ from typer.testing import CliRunner
 
 from tests.fakes.dispatch import QueueDispatcher
 from tests.fakes.voicenter import FakeVoicenter
-from tests.worker.cli.test_main import cli_ctx  # noqa: F401  (fixture)
 from worker.cli.main import app
 from worker.pipeline.accept import Event, PhoneInput, accept
 from worker.pipeline.context import Context
@@ -18,7 +17,7 @@ runner = CliRunner()
 
 @pytest.mark.parametrize("option", ["--provider", "--reason", "--phone", "--action"])
 def test_purge_with_an_empty_filter_value_refuses(
-    cli_ctx: Context,  # noqa: F811
+    cli_ctx: Context,
     dispatcher: QueueDispatcher,
     fake_voicenter: FakeVoicenter,
     option: str,

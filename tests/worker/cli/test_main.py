@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 from typer.testing import CliRunner
@@ -18,17 +17,6 @@ from worker.providers.base import Action
 from worker.runtime import wiring
 
 runner = CliRunner()
-
-
-@pytest.fixture
-def cli_ctx(ctx: Context, monkeypatch: pytest.MonkeyPatch) -> Iterator[Context]:
-    monkeypatch.setenv("REDIS_URL", "redis://unused.invalid:1/0")
-    monkeypatch.setenv("VOICENTER_API_CODE", "good-code")
-    # The CLI configures the wiring from the environment; it then builds this test's context.
-    monkeypatch.setattr(wiring, "build_context", lambda *_, **__: ctx)
-    monkeypatch.setattr(wiring, "_settings", None)
-    yield ctx
-    wiring.reset()
 
 
 def test_status_shows_state_providers_and_audit(

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from tests.conftest import FakeClock
 from tests.fakes.dispatch import QueueDispatcher
 from tests.fakes.voicenter import FakeVoicenter
+from tests.worker.cli.conftest import cli_builds
 from tests.worker.cli.test_output import _plain, terminal
 from tests.worker.ops.test_reviews import REVIEW_SETTINGS, keep
 from worker.cli.main import app
@@ -25,11 +26,9 @@ runner = CliRunner()
 @pytest.fixture
 def review_ctx(make_ctx: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Context]:
     ctx: Context = make_ctx(**REVIEW_SETTINGS)
-    monkeypatch.setenv("REDIS_URL", "redis://unused.invalid:1/0")
     monkeypatch.setenv("COLUMNS", "80")
     monkeypatch.setenv("USER", "dana")
-    monkeypatch.setattr(wiring, "build_context", lambda *_, **__: ctx)
-    monkeypatch.setattr(wiring, "_settings", None)
+    cli_builds(ctx, monkeypatch)
     yield ctx
     wiring.reset()
 
