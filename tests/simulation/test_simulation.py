@@ -606,3 +606,19 @@ def test_case_an_add_accepted_on_old_routes_reaches_a_target_the_new_ones_owe_it
     m.answer_all()
     m.routes_changed()
     _done(m)
+
+
+def test_case_a_call_record_from_an_add_routed_elsewhere_reaches_the_add_only_target() -> None:
+    # Found by the simulation (once its examples changed): an add from a source routed
+    # everywhere, without a call record (the add-only target, which needs one, was not
+    # applicable), then one with a call record from a source routed to `bulk` only. The
+    # ledger kept the call record and owes the block to the add-only target through the
+    # first add, but the accept staged only the targets its own event was routed to.
+    m = _machine({"addonly", "bulk"}, profile="ops")
+    n = m.numbers[0]
+    m.accept_event(n, Action.ADD, None, None, False, "api", "sim")
+    m.workers_catch_up()
+    m.answer_all()
+    m.accept_event(n, Action.ADD, None, None, True, "api", "sms")
+    m.settle()
+    _done(m)

@@ -46,6 +46,17 @@ for _, t in ipairs(live_targets()) do
 end
 table.sort(targets)
 table.sort(na)
+-- Live targets that need a call record and that this event is not routed to.
+local unrouted_ctx = {}
+if ev.cctx then
+  local routed = {}
+  for _, t in ipairs(targets) do routed[t] = true end
+  for _, t in ipairs(na) do routed[t] = true end
+  for _, t in ipairs(live_targets()) do
+    if meta(t).needs_ctx and not routed[t] then table.insert(unrouted_ctx, t) end
+  end
+  table.sort(unrouted_ctx)
+end
 if #na == 0 then na = nil end
 
 local idem_key = P .. 'idem:' .. ev.source .. ':' .. ev.key
@@ -169,6 +180,15 @@ for _, pair in ipairs(numbers) do
   -- one for (an earlier add's), as a catch-up, a retry or a completion would stage it.
   if na and ev.action == 'add' and result ~= 'stale' and ns == 'blocked' and c and c ~= '' then
     for _, target in ipairs(na) do
+      restage(target, n, changed, touched, led, fresh)
+    end
+  end
+  -- The first call record, on an add routed elsewhere: a target that needs one may be owed
+  -- the block through an earlier add routed there that had none (restage judges by the
+  -- sources behind the block); nothing else would ever push it there.
+  if ev.cctx and (not cur[8] or cur[8] == '') and ev.action == 'add' and result ~= 'stale'
+      and ns == 'blocked' then
+    for _, target in ipairs(unrouted_ctx) do
       restage(target, n, changed, touched, led, fresh)
     end
   end
