@@ -85,7 +85,7 @@ PROFILES = {
 }
 FOREIGN = ["+972509999990", "+972509999991"]  # never in the ledger: put there by someone else
 CALL = {"batchId": "b1", "requestUUID": "r1"}
-UNKNOWN_MARK = b"?"  # confirmed:{target}: what the provider holds is unknown
+UNKNOWN = "?"  # a confirmation: what the provider holds is unknown
 ALL = "all"  # the full deployment; "nonative": the native provider's credentials removed
 TTL = 60.0
 LISTABLE = ("bulk", "lookup", "native", "onelist")
@@ -583,6 +583,22 @@ class PipelineMachine(RuleBasedStateMachine):
         self.note(f"killed {push.name}")
         self.gate.wake(push)
 
+    @precondition(lambda self: self.on("old_api"))
+    @rule(data=st.data())
+    def confirmation_written_the_old_way(self, data: st.DataObject) -> None:
+        """A release that kept confirmations in `confirmed:{target}` wrote this one (a
+        rolling upgrade): the same word, where the ledger's newer code must still read it
+        first, and the sweep moves it back (Store.move_confirmations)."""
+        held = [(t, n, c) for t in self.all_targets() for n, c in self.confirmations(t).items()]
+        if not held:
+            return
+        target, n, claim = data.draw(st.sampled_from(sorted(held)))
+        field = self.store.confirmation_field(target)
+        assert field is not None
+        self.redis.hdel(self.store.key("num", n), field)
+        self.redis.hset(self.store.key("confirmed", target), n, claim)
+        self.note(f"confirmation of {n} at {target} written the old way: {claim}")
+
     @precondition(lambda self: self.store.paused())
     @rule()
     def resume_providers(self) -> None:
@@ -761,8 +777,7 @@ class PipelineMachine(RuleBasedStateMachine):
         for target in self.all_targets():
             model = self.model_of(target)
             others = [t for t in model.targets() if t != target and model.capabilities.one_list]
-            for raw_n, raw in self.redis.hgetall(self.store.key("confirmed", target)).items():
-                n, claim = raw_n.decode(), raw.decode()
+            for n, claim in self.confirmations(target).items():
                 if claim == "?" or n in FOREIGN:
                     continue  # (someone else puts foreign numbers there behind our back)
                 if any((t, n) in busy or (t, n) in in_flight for t in [target, *others]):
@@ -799,6 +814,17 @@ class PipelineMachine(RuleBasedStateMachine):
     def given_up(self, target: str, n: str) -> bool:
         """An operator purged its dead letter, and the number has not changed since."""
         return self.purged.get((target, n)) == self.store.ledger(n).get("v", "")
+
+    def confirmations(self, target: str) -> dict[str, str]:
+        """Every number the target has a confirmation for -> that confirmation."""
+        found: dict[str, str] = {}
+        cursor = "0"
+        while True:
+            cursor, numbers = self.store.confirmed_page(target, cursor, 500)
+            claims = self.store.confirmations(target, numbers)
+            found.update({n: c for n, c in zip(numbers, claims, strict=True) if c})
+            if cursor == "0":
+                return found
 
     def all_targets(self) -> list[str]:
         return [t for k, m in self.models.items() if k in self.kinds for t in m.targets()]
@@ -918,7 +944,7 @@ class PipelineMachine(RuleBasedStateMachine):
             if model.capabilities.one_list and target not in live:
                 continue  # a database no process names any more: nobody's list
             assert not self.redis.hlen(self.store.key("unknown", target)), target
-            confirmed = self.store.key("confirmed", target)
+            confirmed = self.confirmations(target)
             for n in numbers:
                 ledger = self.store.ledger(n)
                 blocked = self.owed(n, model.name)
@@ -927,7 +953,7 @@ class PipelineMachine(RuleBasedStateMachine):
                 held = model.holds(target, n, now)
                 if model.capabilities.supports_remove:
                     assert held == blocked, (target, n, ledger, held, self.log[-60:])
-                    assert self.redis.hget(confirmed, n) != UNKNOWN_MARK, (target, n)
+                    assert confirmed.get(n) != UNKNOWN, (target, n)
                 elif blocked and ledger.get("c"):
                     assert held, (target, n, ledger, self.log[-60:])
 

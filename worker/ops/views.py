@@ -154,15 +154,22 @@ NUMBER_EXAMPLE: dict[str, Any] = {
     "providers": {
         "voicenter": {
             "confirmed": "blocked:1", "staged": None, "in_flight_chunk": None,
-            "retry_at": None, "attempts": 0, "dead_letter": None,
-            "last_answer": {"at": "2026-12-03T21:52:28.412Z", "action": "add",
-                            "outcome": "done", "reason": "", "detail": "", "version": 1,
-                            "attempts": 0},
+            "retry_at": None, "attempts": 0, "dead_letter": None, "last_answer": None,
+        },
+        "phonely:agent1": {
+            "confirmed": "?", "staged": None, "in_flight_chunk": None,
+            "retry_at": "2026-12-03T21:52:30.412Z", "attempts": 1, "dead_letter": None,
+            "last_answer": {"at": "2026-12-03T21:52:28.398Z", "action": "add",
+                            "outcome": "retry", "reason": "server_error",
+                            "detail": "HTTP 503", "version": 1, "attempts": 1},
         },
     },
     "audit": [
         {"at": "2026-12-03T21:52:28.412Z", "target": "voicenter", "action": "add",
          "outcome": "done", "reason": "", "detail": "", "version": 1, "attempts": 0},
+        {"at": "2026-12-03T21:52:28.398Z", "target": "phonely:agent1", "action": "add",
+         "outcome": "retry", "reason": "server_error", "detail": "HTTP 503", "version": 1,
+         "attempts": 1},
         {"at": "2026-12-03T21:52:27.901Z", "event_id": "8a818628875441e3a3959d8ec65f71cd",
          "source": "api", "action": "add", "reason": "", "event_time": "2026-12-03T21:52:27.901Z",
          "expires_at": None, "result": "applied", "version": 1},

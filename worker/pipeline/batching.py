@@ -97,6 +97,7 @@ def sweep(ctx: Context) -> int:
     ctx.ensure_registered()
     backfill(ctx)
     ctx.store.adopt_step()
+    ctx.store.move_confirmations()
     expired = ctx.store.expire_due()
     if expired.count:
         log.info("blocks_expired", count=expired.count)

@@ -36,7 +36,8 @@ def accept_args(
 
 
 class Ledger(Keyspace):
-    """The ledger (`num:{e164}`), its audit trail, the `blocked` set and the `expiry` index."""
+    """The ledger (`num:{e164}`, with each target's confirmation: `targets:codes`), its
+    audit trail, the `blocked` set and the `expiry` index."""
 
     def accept(
         self,
@@ -158,13 +159,53 @@ class Ledger(Keyspace):
                 out.append([text(last)] if last else [""])
         return out
 
+    def confirmation_field(self, target: str) -> str | None:
+        """The ledger hash field a target's confirmations are kept in (lua/prelude.lua:
+        conf_field); None while the target has none."""
+        code = self.redis.hget(self.key("targets:codes"), target)
+        return None if code is None else f"k{text(code)}"
+
+    def confirmations(self, target: str, numbers: list[str]) -> list[str | None]:
+        """What the target is confirmed to hold for each number (`{state}:{version}`, `?`
+        for unknown), or None: lua/prelude.lua's `confirmed`, read from outside."""
+        field = self.confirmation_field(target)
+        pipe = self.redis.pipeline(transaction=False)
+        for n in numbers:
+            pipe.hget(self.key("confirmed", target), n)  # kept the old way: the newer word
+            pipe.hget(self.key("num", n), field or "k")
+        raw = pipe.execute()
+        out: list[str | None] = []
+        for old, new in zip(raw[::2], raw[1::2], strict=True):
+            value = old if old is not None else new if field is not None else None
+            out.append(None if value is None else text(value))
+        return out
+
+    def confirmation(self, target: str, e164: str) -> str | None:
+        return self.confirmations(target, [e164])[0]
+
+    def confirmed_page(self, target: str, cursor: str, count: int) -> tuple[str, list[str]]:
+        """A page of the ledger (SCAN over `num:*`) and of it the numbers the target has a
+        confirmation for: the keyspace cursor moves on whatever the page holds."""
+        next_cursor, keys = self.redis.scan(
+            int(cursor), match=self.key("num", "*"), count=count, _type="hash"
+        )
+        skip = len(self.key("num", ""))
+        numbers = [text(k)[skip:] for k in keys]
+        held = self.confirmations(target, numbers)
+        return str(next_cursor), [n for n, c in zip(numbers, held, strict=True) if c]
+
+    def move_confirmations(self, count: int = 200) -> int:
+        """One step of moving confirmations kept the old way (`confirmed:{target}`) into
+        the ledger (lua/move.lua); 0 once none is left."""
+        return int(self._run("move", count))
+
     def provider_view(self, e164: str, targets: list[str]) -> dict[str, dict[str, Any]]:
         """Where one number stands at each target: confirmed, staged, in flight, retrying,
         dead-lettered, and the provider's last answer."""
+        confirmed = {t: self.confirmation(t, e164) for t in targets}
         pipe = self.redis.pipeline(transaction=False)
         for target in targets:
             member = f"{target}|{e164}"
-            pipe.hget(self.key("confirmed", target), e164)
             pipe.zscore(self.key("stage", target, "add"), e164)
             pipe.zscore(self.key("stage", target, "remove"), e164)
             pipe.hget(self.key("inflight", target), e164)
@@ -175,10 +216,11 @@ class Ledger(Keyspace):
         answers = pipe.execute()
         view: dict[str, dict[str, Any]] = {}
         for i, target in enumerate(targets):
-            conf, s_add, s_rem, infl, retry, att, dead, answer = answers[8 * i : 8 * i + 8]
+            s_add, s_rem, infl, retry, att, dead, answer = answers[7 * i : 7 * i + 7]
+            conf = confirmed[target]
             staged = "add" if s_add is not None else "remove" if s_rem is not None else None
             view[target] = {
-                "confirmed": text(conf) if conf else None,
+                "confirmed": conf,
                 "staged": staged,
                 "in_flight_chunk": text(infl) if infl else None,
                 "retry_at_ms": int(retry) if retry is not None else None,

@@ -32,7 +32,10 @@ key                            type    holds
                                        context JSON), u (updated ms), xr (1: unblocked
                                        because its expiry passed), rs (the sources of the
                                        adds behind the block, one a line: routes for
-                                       catch-up and reconcile)
+                                       catch-up and reconcile), k{code} (per target:
+                                       ``{state}:{version}`` the provider holds, or
+                                       ``?``: unknown, a push whose answer no longer
+                                       counts may have landed after a newer one)
 ``audit:{e164}``               list    JSON audit entries, newest first, capped
 ``blocked``                    set     numbers the ledger blocks now
 ``expiry``                     zset    temporarily blocked numbers -> expiry (ms)
@@ -46,9 +49,12 @@ key                            type    holds
 ``opened``                     hash    chunk id -> pushes that opened it (a task delivered
                                        twice pushes it twice)
 ``chunkseq``                   string  chunk id counter
-``confirmed:{target}``         hash    number -> ``{state}:{version}`` the provider holds, or
-                                       ``?`` (unknown: a push whose answer no longer
-                                       counts may have landed after a newer one)
+``targets:codes``              hash    target -> its code, the ``k{code}`` field of its
+                                       confirmations in ``num:{e164}`` (given once)
+``targets:codeseq``            string  the last code given
+``confirmed:{target}``         hash    number -> confirmation, as versions before the
+                                       ledger kept them: the newer word while it exists;
+                                       the sweep moves them into ``num:{e164}``
 ``unknown:{target}``           hash    number -> the chunk in flight whose answer will not
                                        count (a recovered chunk's request may follow it)
 ``late:{target}``              hash    number -> until when (ms) a request its push lost
@@ -58,7 +64,8 @@ key                            type    holds
 ``latesib:{provider}``         hash    the same for a late request at a provider that keeps
                                        a number in one list (Daktela: it may take another
                                        target's entry): for adds there
-``answer:{target}``            hash    number -> JSON of the provider's last answer
+``answer:{target}``            hash    number -> JSON of the provider's last answer while
+                                       it is a failure (a success is in the audit trail)
 ``fails:{target}``             hash    number -> ``{version}:{count}``: failed attempts of
                                        that ledger version since its last success
 ``outage:{target}``            hash    number -> ``{version}:{first}:{last}`` (ms): its
@@ -77,7 +84,8 @@ key                            type    holds
 ``targets:live``               zset    target -> live until (ms): announced by a process
                                        that has it enabled; accepts stage for these
 ``backfill``                   hash    target -> catch-up cursor: ``b:{n}`` over
-                                       ``blocked``, then ``c:{n}`` over ``confirmed``,
+                                       ``blocked``, then ``c:{n}`` over the ledger's
+                                       numbers with a confirmation there,
                                        each ``@{generation}`` (one per catch-up)
 ``backfill:seq``               string  catch-up generation counter
 ``routes``                     string  the announced OPTOUT_ROUTES (JSON), what decides where

@@ -91,13 +91,6 @@ class Targets(Keyspace):
         raw = cast(dict[Any, Any], self.redis.hgetall(self.key("backfill")))
         return {text(k): text(v) for k, v in raw.items()}
 
-    def confirmed_page(self, target: str, cursor: str, count: int) -> tuple[str, list[str]]:
-        """A page of the numbers a target has a confirmation for (HSCAN)."""
-        next_cursor, entries = self.redis.hscan(
-            self.key("confirmed", target), int(cursor), count=count
-        )
-        return str(next_cursor), [text(n) for n in entries]
-
     def advance_backfill(self, target: str, read: str, cursor: str | None) -> bool:
         """Move a catch-up on from the cursor `read` to `cursor` (None: done), unless a
         fresh catch-up replaced it meanwhile (answers False then)."""

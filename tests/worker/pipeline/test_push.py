@@ -254,19 +254,24 @@ def test_a_redelivered_push_of_a_completed_chunk_does_nothing(
     assert len(fake_voicenter.requests) == 1
 
 
-def test_a_push_is_recorded_in_the_trail_and_as_the_last_answer(
-    ctx: Context, dispatcher: QueueDispatcher
+def test_a_push_is_recorded_in_the_trail_and_a_failure_as_the_last_answer(
+    ctx: Context, dispatcher: QueueDispatcher, fake_voicenter: FakeVoicenter
 ) -> None:
-    n = numbers(1)[0]
-    accept(ctx, add(n))
+    n, bad = numbers(2)
+    fake_voicenter.permanent.add(bad[1:])
+    accept(ctx, add(n, bad))
     dispatcher.drain(ctx)
     newest, accepted = ctx.store.audit(n)
     assert accepted["act"] == "add" and accepted["res"] == "applied"
     assert {k: newest[k] for k in ("prov", "act", "out", "v", "n")} == {
         "prov": "voicenter", "act": "add", "out": "done", "v": 1, "n": 0,
     }  # fmt: skip
-    last = ctx.store.provider_view(n, ["voicenter"])["voicenter"]["last_answer"]
-    assert last == {k: v for k, v in newest.items() if k != "prov"}
+    # A success is in the trail only: nothing is kept beside the number for it.
+    assert ctx.store.provider_view(n, ["voicenter"])["voicenter"]["last_answer"] is None
+    failed = ctx.store.audit(bad)[0]
+    last = ctx.store.provider_view(bad, ["voicenter"])["voicenter"]["last_answer"]
+    assert last == {k: v for k, v in failed.items() if k != "prov"}
+    assert last["out"] == "dead"
 
 
 def test_the_trail_keeps_the_newest_entries_up_to_the_cap(

@@ -188,15 +188,18 @@ def test_done_confirms_the_version_and_clears_the_chunk(store: Store) -> None:
     chunk = lease(store)
     done = store.complete(chunk, all_done(chunk), OPTIONS)
     assert done == Completion("ok", _counts(done=1), [], "closed")
-    assert hget(store, "confirmed:voicenter", N1) == "blocked:1"
+    assert store.confirmation("voicenter", N1) == "blocked:1"
     assert hget(store, "inflight:voicenter", N1) is None
     for key in ("chunk:" + chunk.id,):
         assert store.redis.exists(store.prefix + key) == 0
     assert store.redis.zscore(store.key("leases"), chunk.id) is None
     assert hget(store, "opened", chunk.id) is None
-    last = json.loads(hget(store, "answer:voicenter", N1) or "")
-    assert (last["act"], last["out"], last["v"], last["n"]) == ("add", "done", 1, 0)
-    assert store.audit(N1)[0]["prov"] == "voicenter"
+    # A success is in the audit trail; the last answer stays only while it is a failure.
+    assert hget(store, "answer:voicenter", N1) is None
+    last = store.audit(N1)[0]
+    assert (last["prov"], last["act"], last["out"], last["v"], last["n"]) == (
+        "voicenter", "add", "done", 1, 0,
+    )  # fmt: skip
 
 
 def test_a_ledger_that_moved_during_the_push_is_staged_again(store: Store) -> None:
@@ -208,7 +211,7 @@ def test_a_ledger_that_moved_during_the_push_is_staged_again(store: Store) -> No
     done = store.complete(chunk, all_done(chunk), OPTIONS)
     assert done.staged == [Staged("voicenter", Action.REMOVE, 1, 0, 0)]
     # the add landed: confirmed as what it pushed, and the newest state goes out next
-    assert hget(store, "confirmed:voicenter", N1) == "blocked:1"
+    assert store.confirmation("voicenter", N1) == "blocked:1"
     assert staged(store, action=Action.REMOVE) == [N1]
 
 
@@ -227,7 +230,7 @@ def test_a_retry_spends_an_attempt_backs_off_and_leaves_the_state_unknown(
     now = store.now_ms()
     assert (retry_at(store, N1), retry_at(store, N2)) == (now + 500, now + 5000)
     assert hget(store, "fails:voicenter", N1) == "1:1"
-    assert hget(store, "confirmed:voicenter", N1) == "?"  # it may have been applied
+    assert store.confirmation("voicenter", N1) == "?"  # it may have been applied
     assert store.retry_counts() == {"voicenter": 2}
     assert store.provider_view(N1, ["voicenter"])["voicenter"]["attempts"] == 1
 
@@ -351,7 +354,7 @@ def test_numbers_not_sent_are_staged_again_and_one_not_reported_is_a_retry(
     assert done.counts == _counts(stale=1, unsent=1, retry=1)
     assert done.staged == [Staged("voicenter", Action.ADD, 2, 0, 0)]
     assert staged(store) == [N1, N2]
-    assert hget(store, "confirmed:voicenter", N1) is None  # nothing was sent
+    assert store.confirmation("voicenter", N1) is None  # nothing was sent
     assert json.loads(hget(store, "answer:voicenter", N3) or "")["rsn"] == "no_result"
     assert retry_at(store, N3) is not None
     # It may have been sent: the next push of it is confirmed only once no late request of
@@ -382,7 +385,7 @@ def test_a_done_for_a_recovered_chunk_is_an_orphan_and_confirms_nothing(
     assert store.expired_leases() == [chunk.id]
     released = store.release(chunk.id, recover=True, late_ms=OPTIONS.late_ms)
     assert released == Released("ok", [Staged("voicenter", Action.ADD, 1, 0, 0)])
-    assert hget(store, "confirmed:voicenter", N1) == "?"
+    assert store.confirmation("voicenter", N1) == "?"
     assert hget(store, "late:voicenter", N1) == str(store.now_ms() + OPTIONS.late_ms)
     assert store.redis.exists(store.key("chunk", chunk.id)) == 0
     assert store.expired_leases() == []
@@ -390,10 +393,10 @@ def test_a_done_for_a_recovered_chunk_is_an_orphan_and_confirms_nothing(
     newer = lease(store)
     late = store.complete(chunk, all_done(chunk), OPTIONS)
     assert late == Completion("orphan", _counts(orphan=1), [], "closed")
-    assert hget(store, "confirmed:voicenter", N1) == "?"
+    assert store.confirmation("voicenter", N1) == "?"
     assert hget(store, "unknown:voicenter", N1) == newer.id  # the push in flight won't count
     store.complete(newer, all_done(newer), OPTIONS)
-    assert hget(store, "confirmed:voicenter", N1) == "?"  # overtaken: one more push
+    assert store.confirmation("voicenter", N1) == "?"  # overtaken: one more push
     assert staged(store) == [N1]
 
 
@@ -417,7 +420,7 @@ def test_a_chunk_handed_back_unsent_is_staged_with_nothing_unknown(store: Store)
     chunk = lease(store)
     released = store.release(chunk.id, recover=False, late_ms=OPTIONS.late_ms)
     assert released == Released("ok", [Staged("voicenter", Action.ADD, 1, 0, 0)])
-    assert hget(store, "confirmed:voicenter", N1) is None
+    assert store.confirmation("voicenter", N1) is None
     assert hget(store, "late:voicenter", N1) is None
     assert hget(store, "inflight:voicenter", N1) is None
 
@@ -430,7 +433,7 @@ def test_a_chunk_pushed_twice_leaves_late_marks_for_its_numbers(store: Store) ->
     store.complete(chunk, all_done(chunk), OPTIONS)
     assert hget(store, "late:voicenter", N1) == str(store.now_ms() + OPTIONS.late_ms)
     # confirmed by one more push once the other delivery's request can no longer land
-    assert hget(store, "confirmed:voicenter", N1) == "?"
+    assert store.confirmation("voicenter", N1) == "?"
     assert retry_at(store, N1) == store.now_ms() + OPTIONS.late_ms + 1
 
 
@@ -462,4 +465,4 @@ def test_a_failed_push_of_an_add_only_target_keeps_its_confirmation(
     chunk = lease(store)
     store.redis.hset(store.key("confirmed", "voicenter"), N1, "blocked:1")
     store.complete(chunk, {N1: answer(outcome, "x")}, OPTIONS)
-    assert hget(store, "confirmed:voicenter", N1) == "blocked:1"
+    assert store.confirmation("voicenter", N1) == "blocked:1"

@@ -1,12 +1,26 @@
-"""accept.lua, expire.lua and adopt.lua on a real Redis: what each answers and what it leaves
-in the ledger, the audit trail, the blocked set, the expiry index and the batches."""
+"""accept.lua, expire.lua, adopt.lua and move.lua on a real Redis: what each answers and what
+it leaves in the ledger (each target's confirmation among it), the audit trail, the blocked
+set, the expiry index and the batches."""
 
 from __future__ import annotations
 
 import json
 
 from tests.conftest import FakeClock
-from tests.worker.state.scene import N1, N2, VOICENTER, WEYA, accept, event, lease, live, staged
+from tests.worker.state.scene import (
+    N1,
+    N2,
+    N3,
+    OPTIONS,
+    VOICENTER,
+    WEYA,
+    accept,
+    all_done,
+    event,
+    lease,
+    live,
+    staged,
+)
 from worker.providers.base import Action
 from worker.state.records import AcceptOutcome, Staged, Tally
 from worker.state.store import Store
@@ -219,3 +233,75 @@ def test_reads_of_a_number_pages_and_where_it_stands_at_a_target(store: Store) -
     }  # fmt: skip
     assert store.audit(N1, limit=1)[0]["res"] == "applied"
     assert store.ledger("+972509999999") == {}
+
+
+def _confirmed_everywhere(store: Store, target: str = "voicenter") -> dict[str, str]:
+    found: dict[str, str] = {}
+    cursor = "0"
+    while True:
+        cursor, numbers = store.confirmed_page(target, cursor, 10)
+        claims = store.confirmations(target, numbers)
+        found.update({n: c for n, c in zip(numbers, claims, strict=True) if c})
+        if cursor == "0":
+            return found
+
+
+def test_a_confirmation_is_a_field_of_the_numbers_ledger_not_a_hash_per_target(
+    store: Store,
+) -> None:
+    live(store)
+    accept(store, Action.ADD, N1, N2)
+    store.complete((chunk := lease(store)), all_done(chunk), OPTIONS)
+    field = store.confirmation_field("voicenter")
+    assert field is not None
+    assert store.redis.hget(store.key("num", N1), field) == b"blocked:1"
+    assert store.confirmation("voicenter", N1) == "blocked:1"
+    assert store.redis.exists(store.key("confirmed", "voicenter")) == 0
+    # The catch-up's second pass finds them by scanning the ledger.
+    assert _confirmed_everywhere(store) == {N1: "blocked:1", N2: "blocked:1"}
+    assert _confirmed_everywhere(store, "phonely:1") == {}
+    # A code is a target's for good: another target gets another field.
+    live(store, **{"phonely:1": {"provider": "phonely", "max_batch": 100}})
+    store.stage_many("phonely:1", [N1])  # (reads its confirmation: none yet)
+    other = store.confirmation_field("phonely:1")
+    assert other is not None and other != field
+
+
+def test_confirmations_kept_the_old_way_win_while_they_last_and_are_moved(store: Store) -> None:
+    live(store)
+    accept(store, Action.ADD, N1, N2, N3)
+    store.complete((chunk := lease(store)), all_done(chunk), OPTIONS)
+    # What a release before the ledger kept them left, or an older process of a rolling
+    # upgrade wrote since: the newer word.
+    legacy = store.key("confirmed", "voicenter")
+    store.redis.hset(legacy, mapping={N1: "?", N2: "blocked:1"})
+    assert store.confirmation("voicenter", N1) == "?"
+    assert store.stage_many("voicenter", [N1, N2, N3]).count == 1  # N1 is pushed again
+    assert staged(store) == [N1]
+    assert store.move_confirmations(count=100) == 2
+    assert store.redis.exists(legacy) == 0
+    assert store.move_confirmations() == 0
+    assert store.confirmations("voicenter", [N1, N2, N3]) == ["?", "blocked:1", "blocked:1"]
+    # A write takes the old entry out, so it can no longer outvote the ledger's.
+    store.redis.hset(legacy, N3, "?")
+    store.complete((chunk := lease(store)), all_done(chunk), OPTIONS)  # N1 again
+    assert store.confirmation("voicenter", N1) == "blocked:1"
+    assert store.confirmation("voicenter", N3) == "?"
+    assert store.redis.hexists(legacy, N1) is False
+
+
+def test_moving_old_confirmations_goes_a_page_at_a_time_until_none_is_left(
+    store: Store,
+) -> None:
+    live(store)
+    many = [f"+9725{i:08d}" for i in range(600)]  # past any listpack
+    store.accept(event(store, Action.ADD), [(n, "") for n in many], ROUTE, 3600)
+    legacy = store.key("confirmed", "voicenter")
+    store.redis.hset(legacy, mapping={n: "blocked:1" for n in many})  # a hash table, not a list
+    steps = []
+    while moved := store.move_confirmations(count=50):
+        steps.append(moved)
+    assert sum(steps) == 600 and len(steps) > 2
+    assert max(steps) < 300  # a page, not the lot: a long script stalls every other call
+    assert store.redis.exists(legacy) == 0
+    assert set(store.confirmations("voicenter", many)) == {"blocked:1"}

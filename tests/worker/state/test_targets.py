@@ -12,7 +12,6 @@ from tests.worker.state.scene import (
     VOICENTER,
     accept,
     all_done,
-    hget,
     lease,
     live,
     staged,
@@ -97,7 +96,7 @@ def test_a_repair_pushes_missing_numbers_again_and_removes_extras_unless_blocked
     assert store.repair("voicenter", [N1], "missing", "reconcile") == Repaired(
         1, 0, [Staged("voicenter", Action.ADD, 1, 0, 0)]
     )
-    assert hget(store, "confirmed:voicenter", N1) == "?"
+    assert store.confirmation("voicenter", N1) == "?"
     # an extra the ledger blocks now stays; one it never held gets a versioned remove
     repaired = store.repair("voicenter", [N1, N2], "extra", "reconcile")
     assert repaired == Repaired(1, 1, [Staged("voicenter", Action.REMOVE, 1, 0, 0)])

@@ -15,7 +15,6 @@ local opt = cjson.decode(ARGV[5])
 local target, action, id = chunk.target, chunk.action, chunk.id
 local touched = {}
 local counts = {done = 0, retry = 0, dead = 0, stale = 0, orphan = 0, outage = 0, unsent = 0}
-local confirmed_key = P .. 'confirmed:' .. target
 local unknown_key = P .. 'unknown:' .. target
 local inflight_key = P .. 'inflight:' .. target
 local add_only = meta(target).add_only
@@ -26,7 +25,7 @@ end
 
 local function held_for_good(n)
   if not add_only then return false end
-  local conf = redis.call('HGET', confirmed_key, n)
+  local conf = confirmed(target, n)
   return conf ~= false and conf ~= nil and string.sub(conf, 1, 8) == 'blocked:'
 end
 
@@ -45,10 +44,10 @@ if redis.call('EXISTS', P .. 'chunk:' .. id) == 0 then
         -- Nothing is ever removed there: done is done (and each add may email someone),
         -- and a block confirmed meanwhile stands whatever this late answer says.
         if r.outcome == 'done' then
-          redis.call('HSET', confirmed_key, n, 'blocked:' .. item[ITEM.version])
+          confirm(target, n, 'blocked:' .. item[ITEM.version])
         end
       else
-        redis.call('HSET', confirmed_key, n, UNKNOWN)
+        confirm(target, n, UNKNOWN)
         local owner = redis.call('HGET', inflight_key, n)
         if owner and owner ~= id then redis.call('HSET', unknown_key, n, owner) end
       end
@@ -208,7 +207,7 @@ for _, item in ipairs(chunk.items) do
   local attempts = 0
   local member = target .. '|' .. n
   if outcome == 'done' then
-    redis.call('HSET', confirmed_key, n, want_state(action) .. ':' .. version)
+    confirm(target, n, want_state(action) .. ':' .. version)
     local from = reason == 'moved' and string.match(detail, '^from (.+)$')
     if from and took_from(target, n, from, opt.moved_retry_ms, touched) then
       -- A remove there may have looked the entry up before we took it and deleted it
@@ -295,11 +294,18 @@ for _, item in ipairs(chunk.items) do
     -- stands: nothing there is ever removed).
     local ambiguous = r.outcome == 'retry' or r.outcome == 'outage'
     if overtaken or unsure or late or (ambiguous and not held_for_good(n)) then
-      redis.call('HSET', confirmed_key, n, UNKNOWN)
+      confirm(target, n, UNKNOWN)
     end
     local answer = cjson.encode({at = NOW, act = action, out = outcome, rsn = reason,
                                  det = detail, v = tonumber(version), n = attempts})
-    redis.call('HSET', P .. 'answer:' .. target, n, answer)
+    -- The last answer stays beside the number only while it is a failure (what ops look
+    -- at); a success is in the audit trail, and keeping it would cost every number
+    -- confirmed everywhere a hash entry per target.
+    if outcome == 'done' then
+      redis.call('HDEL', P .. 'answer:' .. target, n)
+    else
+      redis.call('HSET', P .. 'answer:' .. target, n, answer)
+    end
     -- The audit entry is the answer plus the target: spliced, not encoded a second time.
     audit_raw(n, '{"prov":' .. cjson.encode(target) .. ',' .. string.sub(answer, 2), opt.audit_cap)
   end

@@ -25,7 +25,7 @@ for _, item in ipairs(chunk.items) do
   local led = redis.call('HMGET', P .. 'num:' .. n, 's', 'v', 'rs', 'src')
   local state = target_state(chunk.target, led[1] or '', led[3] or led[4])
   if add_only then
-    local conf = redis.call('HGET', P .. 'confirmed:' .. chunk.target, n)
+    local conf = confirmed(chunk.target, n)
     if conf and string.sub(conf, 1, 8) == 'blocked:' then state = 'held' end
   end
   states[n] = state

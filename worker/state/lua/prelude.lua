@@ -223,10 +223,57 @@ local function hold_until(provider, until_ms)
   return current
 end
 
--- What `confirmed:{target}` holds for a number whose state at the provider is unknown (a
--- push whose answer no longer counts may have landed after a newer one): it matches no
--- ledger state, so the number is pushed again.
+-- What a confirmation (conf_field) holds for a number whose state at the provider is
+-- unknown (a push whose answer no longer counts may have landed after a newer one): it
+-- matches no ledger state, so the number is pushed again.
 local UNKNOWN = '?'
+
+-- Where a target's confirmation for a number is kept: a field of the number's own ledger
+-- hash, `k{code}` (the target's code in `targets:codes`, given once and never reused), so a
+-- number confirmed at every target costs a few bytes a target, not an entry in a hash per
+-- target (worker/state/store.py). Confirmations written before were kept in
+-- `confirmed:{target}`: while that hash exists (move.lua empties it; an older process of
+-- a rolling upgrade may still write it), its entry is the newer word, and a write here
+-- takes it out.
+local CODES = {}
+local function conf_field(target)
+  local field = CODES[target]
+  if field == nil then
+    local code = redis.call('HGET', P .. 'targets:codes', target)
+    if not code then
+      code = redis.call('INCR', P .. 'targets:codeseq')
+      redis.call('HSET', P .. 'targets:codes', target, code)
+    end
+    field = 'k' .. code
+    CODES[target] = field
+  end
+  return field
+end
+
+local LEGACY = {}
+local function legacy_confirmed(target)
+  local key = LEGACY[target]
+  if key == nil then
+    key = P .. 'confirmed:' .. target
+    if redis.call('EXISTS', key) == 0 then key = false end
+    LEGACY[target] = key
+  end
+  return key
+end
+
+-- What the target is confirmed to hold for the number ('{state}:{version}', UNKNOWN), or false.
+local function confirmed(target, n)
+  local legacy = legacy_confirmed(target)
+  local conf = legacy and redis.call('HGET', legacy, n)
+  if conf then return conf end
+  return redis.call('HGET', P .. 'num:' .. n, conf_field(target))
+end
+
+local function confirm(target, n, value)
+  redis.call('HSET', P .. 'num:' .. n, conf_field(target), value)
+  local legacy = legacy_confirmed(target)
+  if legacy then redis.call('HDEL', legacy, n) end
+end
 
 -- `unknown:{target}` marks the push in flight for a number whose answer will not count: its
 -- chunk id when a recovered chunk's late request may have landed after it (pushed again at
@@ -382,7 +429,7 @@ local function restage(target, n, force, touched, led, fresh)
   local state = target_state(target, led[1], led[5] or led[6])
   if state ~= led[1] then
     -- A block routed elsewhere only: a remove, but only where a block may be held.
-    local conf = not fresh and redis.call('HGET', P .. 'confirmed:' .. target, n)
+    local conf = not fresh and confirmed(target, n)
     if m.add_only or not conf or string.sub(conf, 1, 10) == 'unblocked:' then
       redis.call('ZREM', P .. 'stage:' .. target .. ':add', n)
       if not fresh then
@@ -398,7 +445,7 @@ local function restage(target, n, force, touched, led, fresh)
     if fresh then
       if state ~= 'blocked' then return false end
     else
-      local conf = redis.call('HGET', P .. 'confirmed:' .. target, n)
+      local conf = confirmed(target, n)
       if state ~= 'blocked' or (conf and string.sub(conf, 1, 8) == 'blocked:') then
         redis.call('ZREM', P .. 'stage:' .. target .. ':add', n)
         redis.call('ZREM', P .. 'retry', member)
@@ -408,12 +455,12 @@ local function restage(target, n, force, touched, led, fresh)
   end
   if m.needs_ctx and (not led[3] or led[3] == '') then return false end
   if m.native_expiry and led[1] == 'unblocked' and led[4] == '1'
-      and redis.call('HGET', P .. 'confirmed:' .. target, n)
+      and confirmed(target, n)
         == 'blocked:' .. int(tonumber(led[2]) - 1) then
     -- The provider holds the very block that just expired (expire.lua lifts it as the next
     -- version), with its expiry: it lifted it itself, nothing to send. Anything else there
     -- (an older, longer block; an unknown state) gets a remove.
-    redis.call('HSET', P .. 'confirmed:' .. target, n, led[1] .. ':' .. led[2])
+    confirm(target, n, led[1] .. ':' .. led[2])
     redis.call('ZREM', P .. 'stage:' .. target .. ':add', n)
     redis.call('ZREM', P .. 'stage:' .. target .. ':remove', n)
     redis.call('ZREM', P .. 'retry', member)
@@ -437,7 +484,7 @@ local function restage(target, n, force, touched, led, fresh)
   if not fresh then
     redis.call('ZREM', P .. 'stage:' .. target .. ':' .. opposite(act), n)
     redis.call('ZREM', P .. 'retry', member)
-    if redis.call('HGET', P .. 'confirmed:' .. target, n) == state .. ':' .. led[2] then
+    if confirmed(target, n) == state .. ':' .. led[2] then
       redis.call('ZREM', key, n)
       return false
     end
@@ -469,9 +516,9 @@ local function unsettle_siblings(target, n, touched, late_until_ms)
       if raw and cjson.decode(raw).action == 'add' then
         redis.call('HSET', P .. 'unknown:' .. other, n, owner)
       end
-      local conf = redis.call('HGET', P .. 'confirmed:' .. other, n)
+      local conf = confirmed(other, n)
       if conf and string.sub(conf, 1, 8) == 'blocked:' then
-        redis.call('HSET', P .. 'confirmed:' .. other, n, UNKNOWN)
+        confirm(other, n, UNKNOWN)
         -- A target that is not live now is caught up when it comes back.
         if is_live(other) and not owner then restage(other, n, true, touched) end
       end
@@ -500,7 +547,7 @@ end
 -- late push of a target that is gone), at once.
 local function took_from(target, n, from, delay_ms, touched)
   if from == target or redis.call('HEXISTS', P .. 'targets', from) == 0 then return false end
-  redis.call('HSET', P .. 'confirmed:' .. from, n, UNKNOWN)
+  confirm(from, n, UNKNOWN)
   local owner = redis.call('HGET', P .. 'inflight:' .. from, n)
   if owner then
     redis.call('HSETNX', P .. 'unknown:' .. from, n, 'm:' .. owner .. '>' .. target)

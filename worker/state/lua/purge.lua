@@ -9,6 +9,8 @@ for _, member in ipairs(ids) do
     local entry = cjson.decode(raw)
     redis.call('HDEL', P .. 'dlq', member)
     redis.call('ZREM', P .. 'dlq:age', member)
+    -- The failure it answered is in the audit trail; nothing will replace it now.
+    redis.call('HDEL', P .. 'answer:' .. entry.target, entry.phone)
     -- Nothing pushes the number there again until it changes: a late mark whose time has
     -- passed would stay for good (one still running is kept for that next push, and one a
     -- push in flight still needs).

@@ -25,7 +25,7 @@ for _, n in ipairs(cjson.decode(ARGV[4])) do
       audit(n, {at = NOW, ev = 'reconcile', act = 'reconcile', res = 'extra', prov = target,
                 by = who}, cap)
     end
-    redis.call('HSET', P .. 'confirmed:' .. target, n, UNKNOWN)
+    confirm(target, n, UNKNOWN)
     if restage(target, n, true, touched) then staged = staged + 1 end
   end
 end

@@ -18,7 +18,8 @@ local live_key = P .. 'targets:live'
 local new = {}
 local function start_catch_up(target)
   local catch_up = redis.call('SCARD', P .. 'blocked') > 0
-    or redis.call('HLEN', P .. 'confirmed:' .. target) > 0
+    or redis.call('HEXISTS', P .. 'targets:codes', target) == 1
+    or redis.call('EXISTS', P .. 'confirmed:' .. target) == 1
   if catch_up then
     -- '@' and a number of its own: a step of an earlier catch-up, still at 'b:0' itself,
     -- must not take this one for its own (cursor.lua compares whole cursors).

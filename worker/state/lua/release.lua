@@ -34,10 +34,10 @@ for _, item in ipairs(chunk.items) do
   if redis.call('HGET', P .. 'inflight:' .. target, n) == id then
     redis.call('HDEL', P .. 'inflight:' .. target, n)
   end
-  local conf = redis.call('HGET', P .. 'confirmed:' .. target, n)
+  local conf = confirmed(target, n)
   -- An add-only target's confirmation stands: it never loses a number.
   if recovering and not (add_only and conf and string.sub(conf, 1, 8) == 'blocked:') then
-    redis.call('HSET', P .. 'confirmed:' .. target, n, UNKNOWN)
+    confirm(target, n, UNKNOWN)
   end
   -- Its answer was not going to count (complete.lua); there will be none now.
   take_mark(target, n, id)
