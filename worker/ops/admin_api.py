@@ -69,8 +69,8 @@ class ReviewAccept(BaseModel):
     )
     phone: str | None = Field(
         default=None, max_length=64,
-        description="National (default region) or E.164; may be left out when the case "
-        "has exactly one candidate number.",
+        description="One of the case's candidate numbers (`phones`), national (in the "
+        "source's region) or E.164; may be left out when the case has exactly one.",
     )  # fmt: skip
     who: str = Field(default="api", min_length=1, max_length=100)
     note: str = Field(default="", max_length=200)
@@ -101,6 +101,36 @@ REVIEW_EXAMPLE = {
         {"field": "target", "value": "0501234567", "phone": "+972501234567"},
         {"field": "caller", "value": "0722776772", "phone": "+972722776772"},
     ],
+}
+
+
+#: What accepting a review case answers when it has no number to opt out.
+REVIEW_ACCEPT_REFUSED = {
+    "description": "No number to opt out: `choose_phone` (several candidates and none chosen, "
+    "or none at all), `not_a_candidate` (the number given is not one of the case's `phones`, "
+    "the customer numbers found in its CDR), or the number's rejection reason (`too_short`, "
+    "`own_number`, ...)",
+    "content": {
+        "application/json": {
+            "examples": {
+                "choose_phone": {
+                    "value": {
+                        "error": "choose_phone",
+                        "message": "say which number to opt out (candidates: +972501234567, "
+                        "+972527654321)",
+                    }
+                },
+                "not_a_candidate": {
+                    "value": {
+                        "error": "not_a_candidate",
+                        "message": "+972561111111 is not a number found in this case's CDR "
+                        "(candidates: +972501234567, +972527654321); a number the CDR lacks "
+                        "is opted out with /v1/optouts, not through a review",
+                    }
+                },
+            }
+        }
+    },
 }
 
 
@@ -233,14 +263,15 @@ def admin_router(
                            "ledger": "applied", "occurred_at": "2026-11-22T10:00:00Z"}),
             404: _example({"error": "not_found", "message": "no review ..."}),
             409: _example({"error": "accepted_for_another_number", "message": "..."}),
-            422: _example({"error": "choose_phone", "message": "say which number ..."}),
+            422: REVIEW_ACCEPT_REFUSED,
         },
     )  # fmt: skip
     def accept_review(review_id: str, body: ReviewAccept | None = None) -> JSONResponse:
-        """Opt out the number a person chose for a case (`phone`; may be left out when the
-        case has one candidate), through accept like any opt-out: dated at the call, so a
-        later opt-in of the number still wins (`ledger: stale`); idempotent per call. The
-        number's audit trail records `api:{who}`."""
+        """Opt out the number a person chose for a case (`phone`, one of the case's
+        `phones`: the customer numbers found in its CDR, national in the source's region or
+        E.164; may be left out when the case has one), through accept like any opt-out:
+        dated at the call, so a later opt-in of the number still wins (`ledger: stale`);
+        idempotent per call. The number's audit trail records `api:{who}`."""
         given = body or ReviewAccept()
         by = f"api:{given.who}"
         return _answer(

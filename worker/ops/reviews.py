@@ -20,8 +20,8 @@ audit_log = structlog.get_logger("optout.audit")
 
 
 class ReviewError(OptoutError):
-    """A review action refused: `reason` says why (not_found, choose_phone, a phone's
-    rejection reason, accepted_for_another_number)."""
+    """A review action refused: `reason` says why (not_found, choose_phone, not_a_candidate,
+    a phone's rejection reason, accepted_for_another_number)."""
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message, reason)
@@ -164,17 +164,33 @@ def drop_review(ctx: Context, review_id: str, who: str, note: str = "") -> dict[
 
 
 def _chosen(ctx: Context, case: KeptReview, phone: str | None) -> str:
-    """The number to opt out: the one given (national or E.164), or the case's only
-    candidate; never a guess between several."""
+    """The number to opt out: one of the case's candidates (the customer numbers found in
+    its CDR, as `view` lists them), the one given (national in the source's region, or
+    E.164) or the only one; never a guess between several, never a number the CDR lacks."""
+    phones: list[str] = view(ctx, case)["phones"]
+    found = ", ".join(phones) if phones else "none"
     if phone is None or phone == "":
-        phones = view(ctx, case)["phones"]
         if len(phones) == 1:
-            return str(phones[0])
-        found = ", ".join(phones) if phones else "none"
+            return phones[0]
+        if not phones:
+            raise ReviewError(
+                "choose_phone",
+                "this case has no candidate number (none found in the CDR is a customer's): "
+                "drop it, and opt the number out with /v1/optouts if you know it",
+            )
         raise ReviewError("choose_phone", f"say which number to opt out (candidates: {found})")
-    normal = normalise(phone, ctx.settings.default_region, own_numbers=ctx.own_numbers)
+    # Read as the CDR's own numbers were: a national number means the source's region.
+    region = ctx.settings.region_for(case.source)
+    normal = normalise(phone, region, own_numbers=ctx.own_numbers)
     if not isinstance(normal, Normalised):
         raise ReviewError(normal.reason, f"{phone!r} is not a customer's number: {normal.reason}")
+    if normal.e164 not in phones:
+        # A typo here would opt out a stranger and leave the caller who asked dialable.
+        raise ReviewError(
+            "not_a_candidate",
+            f"{normal.e164} is not a number found in this case's CDR (candidates: {found}); "
+            "a number the CDR lacks is opted out with /v1/optouts, not through a review",
+        )
     return normal.e164
 
 

@@ -132,6 +132,20 @@ def test_accept_makes_the_opt_out_as_the_operator(
     assert [c["id"] for c in _listed()] == [second]
 
 
+def test_accept_refuses_a_number_the_cdr_does_not_hold(
+    review_ctx: Context, clock: FakeClock
+) -> None:
+    first, _ = two_cases(review_ctx, clock)
+    refused = runner.invoke(app, ["review", "accept", first, "--phone", "0561111111"])
+    assert refused.exit_code == 2
+    assert refused.stdout == ""
+    said = " ".join(refused.stderr.split())  # as wrapped at 80 columns
+    assert "+972561111111 is not a number found in this case's CDR" in said
+    assert "(candidates: +972501234567, +972527654321)" in said
+    assert review_ctx.store.ledger("+972561111111") == {}
+    assert len(_listed()) == 2
+
+
 def test_drop_takes_the_case_off_as_the_operator(review_ctx: Context, clock: FakeClock) -> None:
     first, second = two_cases(review_ctx, clock)
     result = runner.invoke(app, ["review", "drop", second, "--note", "a test call"])

@@ -209,6 +209,29 @@ def test_review_refusals_answer_in_the_documented_shape(reviewing: Context) -> N
     assert len(client.get("/v1/reviews", headers=AUTH).json()["items"]) == 1
 
 
+def test_accepting_a_number_the_cdr_does_not_hold_is_422_not_a_candidate(
+    reviewing: Context,
+) -> None:
+    from tests.worker.ops.test_reviews import keep
+
+    client = TestClient(create_api(lambda: reviewing))
+    case = keep(reviewing, type="Conference", caller="0527654321")
+    refused = client.post(f"/v1/reviews/{case}/accept", json={"phone": "0561111111"},
+                          headers=AUTH)  # fmt: skip
+    assert refused.status_code == 422
+    body = refused.json()
+    assert set(body) == {"error", "message"} and body["error"] == "not_a_candidate"
+    assert "+972501234567, +972527654321" in body["message"]
+    assert reviewing.store.ledger("+972561111111") == {}
+    assert client.get("/v1/reviews", headers=AUTH).json()["total"] == 1
+    # The OpenAPI document names the refusal beside choose_phone.
+    spec = client.get("/openapi.json").json()
+    answers = spec["paths"]["/v1/reviews/{review_id}/accept"]["post"]["responses"]["422"]
+    examples = answers["content"]["application/json"]["examples"]
+    assert {e["value"]["error"] for e in examples.values()} == {"choose_phone", "not_a_candidate"}
+    assert "not_a_candidate" in answers["description"]
+
+
 def test_review_routes_answer_503_while_redis_is_down() -> None:
     from tests.conftest import make_settings
     from worker.runtime.embedded import free_port

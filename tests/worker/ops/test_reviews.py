@@ -141,6 +141,45 @@ def test_a_number_that_is_not_a_customers_is_refused(
     assert rctx.store.reviewed("voicenter") == []
 
 
+def test_a_number_the_cdr_does_not_hold_is_refused_naming_the_candidates(
+    rctx: Context,
+) -> None:
+    # A typo in the chosen number must not opt out a stranger and leave the caller dialable.
+    case = keep(rctx, type="Conference", caller="0527654321")
+    with pytest.raises(ReviewError) as refused:
+        reviews.accept_review(rctx, case, "0561111111", "cli:dana")
+    assert refused.value.reason == "not_a_candidate"
+    assert "+972561111111" in refused.value.message
+    assert "+972501234567" in refused.value.message and "+972527654321" in refused.value.message
+    assert rctx.store.ledger("+972561111111") == {}
+    assert [c.id for c in reviews.kept(rctx)] == [case]
+    assert rctx.store.reviewed("voicenter") == []
+
+
+def test_a_case_without_a_candidate_can_only_be_dropped(rctx: Context) -> None:
+    # The target is too short and the caller is the company's own number: nothing to choose.
+    case = keep(rctx, type="Conference", target="201")
+    assert reviews.view(rctx, reviews.find(rctx, case))["phones"] == []
+    for phone in (None, "0501234567"):
+        with pytest.raises(ReviewError) as refused:
+            reviews.accept_review(rctx, case, phone, "cli:dana")
+        assert refused.value.reason == ("choose_phone" if phone is None else "not_a_candidate")
+        assert "/v1/optouts" in refused.value.message
+    assert rctx.store.ledger("+972501234567") == {}
+    assert [c.id for c in reviews.kept(rctx)] == [case]
+
+
+def test_a_national_number_is_read_in_the_sources_region(make_ctx: Any) -> None:
+    # Voicenter's numbers are British here while the default region is Israel: the number
+    # a person types is read as the CDR's were, not as an Israeli one.
+    ctx = make_ctx(**REVIEW_SETTINGS, source_regions="voicenter:GB")
+    case = keep(ctx, type="Conference", target="07700900123", caller=None)
+    assert reviews.view(ctx, reviews.find(ctx, case))["phones"] == ["+447700900123"]
+    done = reviews.accept_review(ctx, case, "07700900123", "cli:dana")
+    assert done["phone"] == "+447700900123"
+    assert ctx.store.ledger("+447700900123")["s"] == "blocked"
+
+
 def test_an_opt_in_after_the_call_still_wins(
     rctx: Context, dispatcher: QueueDispatcher, fake_voicenter: FakeVoicenter
 ) -> None:
