@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
@@ -85,7 +85,8 @@ def accept_review(
 ) -> dict[str, Any]:
     """Make the opt-out a case was kept for, for the number a person chose (or its only
     candidate), through accept: dated at the call (a later opt-in of the number wins, as
-    over any late event), idempotent per call, then taken off the queue. Accepting again
+    over any late event; never later than the receipt plus the allowed clock skew),
+    idempotent per call, then taken off the queue. Accepting again
     after a crash between the two finds the opt-out made and only takes the case off."""
     case = find(ctx, review_id)
     e164 = _chosen(ctx, case, phone)
@@ -95,7 +96,11 @@ def accept_review(
     # Per call, not per case: Voicenter may send a CDR twice, and both copies are kept.
     key = f"review:{call_id or case.id}"
     received = datetime.fromtimestamp(int(entry.get("at") or 0) / 1000, tz=UTC)
-    occurred = cdrs.call_time(cdr.get("time")) or received
+    # A call time ahead of the receipt is the sender's clock, capped as accept caps any add
+    # at its receipt: accept's own cap is the moment of this accept, days later maybe, and
+    # an opt-out dated then would make the real events until then look stale.
+    ahead = timedelta(seconds=ctx.settings.clock_skew_seconds)
+    occurred = min(cdrs.call_time(cdr.get("time")) or received, received + ahead)
     context = {
         "review": case.id,
         "by": who,

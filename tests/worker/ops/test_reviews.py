@@ -15,6 +15,7 @@ from tests.worker.ingress.test_cdr import fixture
 from worker.ingress import cdr as cdrs
 from worker.ops import reviews
 from worker.ops.reviews import ReviewError
+from worker.ops.views import iso
 from worker.pipeline.accept import Event, PhoneInput, accept
 from worker.pipeline.context import Context
 from worker.providers.base import Action
@@ -215,6 +216,35 @@ def test_a_cdr_without_a_time_is_dated_when_it_was_received_not_when_accepted(
     clock.advance(3 * 86400)
     reviews.accept_review(rctx, case, None, "cli:dana")
     assert int(rctx.store.ledger("+972501234567")["t"]) == received_ms
+
+
+def test_a_call_time_ahead_of_the_receipt_is_capped_at_receipt_plus_the_clock_skew(
+    rctx: Context, clock: FakeClock
+) -> None:
+    # A CDR dated ten days ahead (the PBX clock is wrong), accepted three days later: an
+    # opt-out dated ten days ahead would make every real event until then look stale.
+    received_ms = int(clock.now * 1000)
+    skew_ms = int(rctx.settings.clock_skew_seconds * 1000)
+    case = keep(rctx, type="Conference", time=int(clock.now) + 10 * 86400)
+    clock.advance(3 * 86400)
+
+    done = reviews.accept_review(rctx, case, None, "cli:dana")
+
+    assert int(rctx.store.ledger("+972501234567")["t"]) == received_ms + skew_ms
+    assert done["occurred_at"] == iso(received_ms + skew_ms)
+    # The customer opted in again a day after the call: that later event wins.
+    later = datetime.fromtimestamp(received_ms / 1000 + 86400, tz=UTC)
+    remove = Event("crm", Action.REMOVE, [PhoneInput("+972501234567")], occurred_at=later)
+    assert accept(rctx, remove).phones[0].ledger == "applied"
+    assert rctx.store.ledger("+972501234567")["s"] == "unblocked"
+
+
+def test_a_call_time_within_the_clock_skew_is_kept(rctx: Context, clock: FakeClock) -> None:
+    received_s = int(clock.now)
+    case = keep(rctx, type="Conference", time=received_s + 60)
+    clock.advance(86400)
+    reviews.accept_review(rctx, case, None, "cli:dana")
+    assert int(rctx.store.ledger("+972501234567")["t"]) == (received_s + 60) * 1000
 
 
 def test_a_crash_between_the_opt_out_and_settling_leaves_one_opt_out(
