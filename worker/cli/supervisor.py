@@ -22,7 +22,7 @@ from worker.runtime.children import die_with_parent
 
 if TYPE_CHECKING:
     from worker.runtime.embedded import EmbeddedRedis
-    from worker.runtime.logs import LogFile
+    from worker.runtime.logs import LogFile, Sink
 
 log_line = structlog.get_logger("optout.up")
 
@@ -160,22 +160,30 @@ _TAIL = 5
 
 
 class _Pump(threading.Thread):
-    """Copies a child's output to the log file, line by line, keeping the last `keep`."""
+    """Copies a child's output to the log file, line by line, keeping the last `keep`; a
+    line the log cannot take is counted in `lost` and the reading goes on."""
 
-    def __init__(self, stream: IO[bytes], log: LogFile, keep: int = 0) -> None:
+    def __init__(self, stream: IO[bytes], log: Sink, keep: int = 0) -> None:
         super().__init__(daemon=True)
         self.stream = stream
         self.log = log
         self.tail: deque[str] = deque(maxlen=keep)
+        self.lost = 0
         self.start()
 
     def run(self) -> None:
         with self.stream:
             for raw in self.stream:
                 line = raw.decode("utf-8", "replace").rstrip("\r\n")
-                self.log.write(line + "\n")
                 if line.strip():
                     self.tail.append(line)
+                try:
+                    self.log.write(line + "\n")
+                except Exception:  # noqa: BLE001
+                    # Disk full, permission denied, a closed file: the line is lost, but
+                    # the pipe must still be drained: a reader that stops leaves the child
+                    # blocked on a full pipe, or dying on a closed one.
+                    self.lost += 1
 
 
 class StopSignal:
