@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -81,7 +82,14 @@ class LogFile:
     fills the disk. With `echo`, each line is written there too (`--verbose`).
 
     One writer per file is exact; a second process (two CLI commands at once) notices the
-    file was rotated under it and follows, so at worst a rotation keeps a few lines less."""
+    file was rotated under it and follows, so at worst a rotation keeps a few lines less.
+
+    Writing never raises: logging is never worth stopping a service, or the reader of a
+    child's output, for. A line the file cannot take (disk full, permission denied) is
+    dropped and counted in `dropped`; a rotation that fails (a rename refused) is counted
+    in `failed_rotations`, and the lines go on into the current file, the next rotation
+    tried once it has grown by another tenth of `max_bytes`. Each of the two is said once
+    on stderr, the first time it happens."""
 
     def __init__(
         self,
@@ -94,21 +102,39 @@ class LogFile:
         self.max_bytes = max_bytes
         self.backups = backups
         self.echo = echo
+        self.dropped = 0
+        self.failed_rotations = 0
+        self._rotate_from = 0  # after a failed rotation: the size to try again at
+        self._said: set[str] = set()
         self._lock = threading.Lock()  # the supervisor's reader threads share one file
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._handle = self._open()
+        # Opened here, so a command can tell at once that it cannot log to the file.
+        self._handle: TextIO | None = self._open()
 
     def _open(self) -> TextIO:
         return self.path.open("a", encoding="utf-8", errors="replace")
 
     def write(self, text: str, /) -> int:
         with self._lock:
-            self._follow_or_rotate(len(text))
-            self._handle.write(text)
-            self._handle.flush()
+            try:
+                self._follow_or_rotate(len(text))
+                if self._handle is None:
+                    self._handle = self._open()
+                self._handle.write(text)
+                self._handle.flush()
+            except (OSError, ValueError) as exc:
+                # Dropped, not kept to retry: a buffer of unwritten lines would grow for as
+                # long as the disk stays full. The handle goes too (its buffer still holds
+                # the line); the next line opens the file again.
+                self._close()
+                self.dropped += 1
+                self._say_once("write", f"cannot write the log file {self.path} ({exc}): "
+                               "its lines are dropped until it can be written again")  # fmt: skip
         if self.echo is not None:
-            self.echo.write(text)
-            self.echo.flush()
+            # The echo is a terminal that may be gone (a closed ssh session): the file has it.
+            with contextlib.suppress(OSError, ValueError):
+                self.echo.write(text)
+                self.echo.flush()
         return len(text)
 
     def flush(self) -> None:
@@ -119,29 +145,61 @@ class LogFile:
 
     def close(self) -> None:
         with self._lock:
-            self._handle.close()
+            self._close()
+
+    def _close(self) -> None:
+        if self._handle is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self._handle.close()
+            self._handle = None
 
     def _follow_or_rotate(self, adding: int) -> None:
         try:
-            on_disk = os.stat(self.path)
-        except FileNotFoundError:
+            on_disk: os.stat_result | None = os.stat(self.path)
+        except OSError:
             on_disk = None
+        if self._handle is None:
+            return  # opened by the write, where the name points now
         if on_disk is None or on_disk.st_ino != os.fstat(self._handle.fileno()).st_ino:
             # Rotated (or removed) by another writer: write where the name now points.
-            self._handle.close()
-            self._handle = self._open()
+            self._close()
             return
-        if on_disk.st_size and on_disk.st_size + adding > self.max_bytes:
-            self._handle.close()
-            for n in range(self.backups - 1, 0, -1):
-                older = self.path.with_name(f"{self.path.name}.{n}")
-                if older.exists():
-                    older.replace(self.path.with_name(f"{self.path.name}.{n + 1}"))
-            if self.backups:
-                self.path.replace(self.path.with_name(f"{self.path.name}.1"))
+        size = on_disk.st_size
+        if size and size + adding > self.max_bytes and size >= self._rotate_from:
+            self._close()
+            try:
+                self._rotate()
+            except OSError as exc:
+                # The file stays where it is and the lines go on into it: a log that grows
+                # past its cap is better than one that stops. Tried again a little later,
+                # not at every line.
+                self.failed_rotations += 1
+                self._rotate_from = size + max(1, self.max_bytes // 10)
+                self._say_once("rotate", f"cannot rotate the log file {self.path} ({exc}): "
+                               "writing on into it past its size cap")  # fmt: skip
             else:
-                self.path.unlink()
-            self._handle = self._open()
+                self._rotate_from = 0
+            # Either way the write opens `path`: the new file, or the current one again.
+
+    def _rotate(self) -> None:
+        for n in range(self.backups - 1, 0, -1):
+            older = self.path.with_name(f"{self.path.name}.{n}")
+            if older.exists():
+                older.replace(self.path.with_name(f"{self.path.name}.{n + 1}"))
+        if self.backups:
+            self.path.replace(self.path.with_name(f"{self.path.name}.1"))
+        else:
+            self.path.unlink()
+
+    def _say_once(self, kind: str, message: str) -> None:
+        """One line on stderr the first time a kind of failure happens: the file cannot
+        say it, and a line per failure would drown the terminal."""
+        if kind in self._said:
+            return
+        self._said.add(kind)
+        with contextlib.suppress(OSError, ValueError):
+            sys.stderr.write(f"optout: {message}\n")
+            sys.stderr.flush()
 
 
 class _NamedWriteLogger(structlog.WriteLogger):

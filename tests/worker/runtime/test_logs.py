@@ -1,9 +1,12 @@
-"""The log file `optout up` and the CLI write: whole lines, size-capped, rotated."""
+"""The log file `optout up` and the CLI write: whole lines, size-capped, rotated; a line it
+cannot write dropped, a rotation that fails survived."""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -57,3 +60,75 @@ def test_echo_writes_each_line_there_too(tmp_path: Path) -> None:
     log.write("one\n")
     echoed.close()
     assert (tmp_path / "echo").read_text() == (tmp_path / "optout.log").read_text() == "one\n"
+
+
+def test_a_line_the_disk_cannot_take_is_dropped_and_said_once(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full here")
+    log = LogFile(Path("/dev/full"))  # every write: ENOSPC, as on a full disk
+    for n in range(3):
+        assert log.write(f"line {n}\n") == len(f"line {n}\n")
+    assert log.dropped == 3
+    said = capsys.readouterr().err.splitlines()
+    assert len(said) == 1
+    assert said[0].startswith("optout: cannot write the log file /dev/full (")
+    assert "No space left on device" in said[0]
+    log.close()
+
+
+def test_writing_resumes_when_the_file_can_be_written_again(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "optout.log"
+    echoed = io.StringIO()
+    log = LogFile(path, echo=echoed)
+    log.write("before\n")
+    path.unlink()
+    path.mkdir()  # the name no longer leads to a file that can be opened for writing
+    log.write("lost 1\n")
+    log.write("lost 2\n")
+    assert log.dropped == 2
+    path.rmdir()
+    log.write("after\n")
+    log.close()
+    assert path.read_text() == "after\n"
+    assert echoed.getvalue() == "before\nlost 1\nlost 2\nafter\n"  # the echo had them all
+    assert len(capsys.readouterr().err.splitlines()) == 1
+
+
+def test_an_echo_that_is_gone_is_left_out(tmp_path: Path) -> None:
+    echoed = (tmp_path / "echo").open("w")
+    echoed.close()  # a terminal that went away
+    log = LogFile(tmp_path / "optout.log", echo=echoed)
+    log.write("one\n")
+    log.close()
+    assert (tmp_path / "optout.log").read_text() == "one\n"
+
+
+def test_a_failed_rotation_writes_on_into_the_current_file_and_recovers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "optout.log"
+    blocker = tmp_path / "optout.log.1"
+    blocker.mkdir()
+    (blocker / "x").touch()  # renaming the log onto a folder fails (EISDIR)
+    log = LogFile(path, max_bytes=100, backups=1)
+    lines = [f"{n:02d} " + "x" * 36 + "\n" for n in range(6)]  # 40 bytes each
+    for line in lines[:4]:
+        log.write(line)
+    assert log.failed_rotations >= 1 and log.dropped == 0
+    assert path.read_text() == "".join(lines[:4])  # past the cap, nothing lost
+    said = capsys.readouterr().err.splitlines()
+    assert len(said) == 1 and said[0].startswith(f"optout: cannot rotate the log file {path} (")
+
+    (blocker / "x").unlink()
+    blocker.rmdir()
+    for line in lines[4:]:
+        log.write(line)
+    log.close()
+    # Tried again at the next line (the file had grown past where it failed): rotated.
+    assert blocker.read_text() == "".join(lines[:4])
+    assert path.read_text() == "".join(lines[4:])
+    assert capsys.readouterr().err == ""
