@@ -1,0 +1,42 @@
+"""The memory benchmark still runs end to end (2,000 numbers; figures printed, not asserted)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.perf.memory import GOAL_BYTES, MAIN_FAMILIES, main, measure
+from worker.pipeline.context import Context
+
+pytestmark = pytest.mark.integration
+
+
+def test_memory_report_is_well_formed_and_its_parts_add_up() -> None:
+    archived: list[Context] = []
+    report = measure(2000, 3, progress=None, archive=archived.append)
+    assert len(archived) == 1  # the archive step ran once, before measuring
+    assert report.numbers == 2000
+    assert report.targets == ("voicenter", "phonely:agent-a", "phonely:agent-b")
+    assert report.total > 0 and report.per_number > 0
+    for name in MAIN_FAMILIES:
+        family = report.family(name)
+        assert family.keys > 0 and family.bytes > 0, name
+    # One ledger hash and one audit list per number; one confirmed and answer hash a target.
+    assert report.family("num:*").keys == 2000
+    assert report.family("audit:*").keys == 2000
+    assert report.family("confirmed:*").keys == 3
+    assert report.family("answer:*").keys == 3
+    # What the families measure adds up to used_memory's growth, roughly: the rest is the
+    # allocator's and the clients'.
+    assert abs(report.parts - report.total) <= 0.25 * report.total
+    assert report.goal_ratio == pytest.approx(report.per_number / GOAL_BYTES)
+    lines = report.lines()
+    assert lines[0].startswith("Redis memory per blocked number: 2,000 numbers, 3 targets")
+    assert any(line.split()[0] == "num:*" for line in lines[2:])
+    assert any("projection to 10,000,000 numbers" in line for line in lines)
+
+
+def test_the_command_prints_the_report(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--numbers", "300", "--targets", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "300 numbers, 1 target (voicenter)" in out
+    assert "bytes per number" in out and "the goal is for 3" in out
