@@ -156,8 +156,9 @@ class Report:
             f"  families add up to {self.parts:,} bytes = {self.parts / total:.1%} of "
             "used_memory's growth"
         )
+        count = len(self.targets)
         goal_note = (
-            "" if len(self.targets) == GOAL_TARGETS else f" (the goal is for {GOAL_TARGETS})"
+            "" if count == GOAL_TARGETS else f" (this run: {count} target{'s' * (count > 1)})"
         )
         out.append(
             f"  projection to {PROJECT_NUMBERS:,} numbers: {self.projected / 2**30:,.2f} GiB; "

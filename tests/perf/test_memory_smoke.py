@@ -39,4 +39,4 @@ def test_the_command_prints_the_report(capsys: pytest.CaptureFixture[str]) -> No
     assert main(["--numbers", "300", "--targets", "1"]) == 0
     out = capsys.readouterr().out
     assert "300 numbers, 1 target (voicenter)" in out
-    assert "bytes per number" in out and "the goal is for 3" in out
+    assert "bytes per number" in out and "the goal (this run: 1 target)" in out
