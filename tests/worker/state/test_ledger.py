@@ -40,8 +40,9 @@ def test_a_new_add_blocks_audits_records_its_key_and_stages_it(store: Store) -> 
     )
     assert outcome.staged[0].opened  # this event started the batch's linger
     now = store.now_ms()
+    # No expiry (x) and no remove yet (rt) are no fields: readers take 0 and -1.
     assert store.ledger(N1) == {
-        "s": "blocked", "v": "1", "x": "0", "u": str(now), "t": str(ev["t"]), "rt": "-1",
+        "s": "blocked", "v": "1", "u": str(now), "t": str(ev["t"]),
         "bl": json.dumps([[ev["t"], 0, "api"]], separators=(",", ":")), "rs": "api",
         "e": ev["id"], "src": "api", "r": "asked", "n": "Dana",
     }  # fmt: skip
@@ -254,7 +255,7 @@ def test_a_confirmation_is_a_field_of_the_numbers_ledger_not_a_hash_per_target(
     store.complete((chunk := lease(store)), all_done(chunk), OPTIONS)
     field = store.confirmation_field("voicenter")
     assert field is not None
-    assert store.redis.hget(store.key("num", N1), field) == b"blocked:1"
+    assert store.redis.hget(store.key("num", N1), field) == b"b1"  # blocked:1, kept short
     assert store.confirmation("voicenter", N1) == "blocked:1"
     assert store.redis.exists(store.key("confirmed", "voicenter")) == 0
     # The catch-up's second pass finds them by scanning the ledger.
@@ -305,3 +306,16 @@ def test_moving_old_confirmations_goes_a_page_at_a_time_until_none_is_left(
     assert max(steps) < 300  # a page, not the lot: a long script stalls every other call
     assert store.redis.exists(legacy) == 0
     assert set(store.confirmations("voicenter", many)) == {"blocked:1"}
+
+
+def test_an_expiry_and_a_remove_time_are_fields_only_while_they_say_something(
+    store: Store,
+) -> None:
+    live(store)
+    store.accept(event(store, Action.ADD, expires_in_ms=60_000), [(N1, "")], ROUTE, 3600)
+    assert "x" in store.ledger(N1)
+    store.accept(event(store, Action.ADD), [(N1, "")], ROUTE, 3600)  # for good now
+    assert "x" not in store.ledger(N1) and "rt" not in store.ledger(N1)
+    store.accept(event(store, Action.REMOVE, ago_ms=0), [(N1, "")], ROUTE, 3600)
+    ledger = store.ledger(N1)
+    assert ledger["s"] == "unblocked" and int(ledger["rt"]) > 0 and "x" not in ledger

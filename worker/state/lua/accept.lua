@@ -128,7 +128,9 @@ for _, pair in ipairs(numbers) do
   if t > ct then ct = t end
   -- One HSET per number: the ledger fields an event always writes, and those it writes
   -- when it changed the state.
-  local fields = {'t', int(ct), 'rt', int(rt), 'bl', encode_blocks(blocks)}
+  local fields = {'t', int(ct), 'bl', encode_blocks(blocks)}
+  -- No remove yet is no field (readers take -1).
+  if rt >= 0 then table.insert(fields, 'rt'); table.insert(fields, int(rt)) end
   local c, xr, sources = cur[8], cur[7], cur[9] or cur[10]
   if ev.cctx and ev.action == 'add' and result ~= 'stale' then
     -- The call this opt-out came from: call-record providers (Weya) need it to add.

@@ -18,7 +18,7 @@ for _, target in ipairs(redis.call('HKEYS', P .. 'targets')) do
       local entries = page[2]
       for i = 1, #entries, 2 do
         local n = entries[i]
-        redis.call('HSET', P .. 'num:' .. n, conf_field(target), entries[i + 1])
+        redis.call('HSET', P .. 'num:' .. n, conf_field(target), pack_conf(entries[i + 1]))
         redis.call('HDEL', legacy, n)
         moved = moved + 1
       end

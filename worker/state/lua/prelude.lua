@@ -196,8 +196,15 @@ end
 -- `extra`: more field/value pairs for the same HSET. `fresh`: the ledger did not hold the
 -- number before this script (see restage).
 local function set_state(key, n, state, x, v, extra, fresh)
-  redis.call('HSET', key, 's', state, 'x', int(x), 'v', int(v), 'u', int(NOW),
-             unpack(extra or {}))
+  -- No expiry is no field (readers take 0): most blocks are for good, and every byte of a
+  -- ledger hash counts ten million times.
+  if x > 0 then
+    redis.call('HSET', key, 's', state, 'x', int(x), 'v', int(v), 'u', int(NOW),
+               unpack(extra or {}))
+  else
+    redis.call('HSET', key, 's', state, 'v', int(v), 'u', int(NOW), unpack(extra or {}))
+    if not fresh then redis.call('HDEL', key, 'x') end
+  end
   if state == 'blocked' then
     redis.call('SADD', P .. 'blocked', n)
   else
@@ -261,16 +268,31 @@ local function legacy_confirmed(target)
   return key
 end
 
+-- A confirmation as the ledger keeps it: 'b3' for 'blocked:3', 'u3' for 'unblocked:3' (a
+-- few bytes a target are what tips a ledger hash into the next allocation size).
+local function pack_conf(value)
+  local state, v = string.match(value, '^(%l)%l*:(%d+)$')
+  if state then return state .. v end
+  return value
+end
+
+local function unpack_conf(raw)
+  local kind = raw and string.sub(raw, 1, 1)
+  if kind == 'b' then return 'blocked:' .. string.sub(raw, 2) end
+  if kind == 'u' then return 'unblocked:' .. string.sub(raw, 2) end
+  return raw
+end
+
 -- What the target is confirmed to hold for the number ('{state}:{version}', UNKNOWN), or false.
 local function confirmed(target, n)
   local legacy = legacy_confirmed(target)
   local conf = legacy and redis.call('HGET', legacy, n)
   if conf then return conf end
-  return redis.call('HGET', P .. 'num:' .. n, conf_field(target))
+  return unpack_conf(redis.call('HGET', P .. 'num:' .. n, conf_field(target)))
 end
 
 local function confirm(target, n, value)
-  redis.call('HSET', P .. 'num:' .. n, conf_field(target), value)
+  redis.call('HSET', P .. 'num:' .. n, conf_field(target), pack_conf(value))
   local legacy = legacy_confirmed(target)
   if legacy then redis.call('HDEL', legacy, n) end
 end

@@ -19,7 +19,7 @@ for _, n in ipairs(cjson.decode(ARGV[4])) do
   else
     if mode == 'extra' then
       if not state then
-        redis.call('HSET', key, 's', 'unblocked', 'v', 1, 'x', 0, 'bl', '[]', 'e', 'reconcile',
+        redis.call('HSET', key, 's', 'unblocked', 'v', 1, 'bl', '[]', 'e', 'reconcile',
                    'src', 'reconcile', 'u', int(NOW))
       end
       audit(n, {at = NOW, ev = 'reconcile', act = 'reconcile', res = 'extra', prov = target,
