@@ -35,6 +35,26 @@ def accept_args(
     ]
 
 
+#: The sets the blocked numbers are split into (lua/prelude.lua: BLOCKED_BUCKETS).
+BLOCKED_BUCKETS = 32768
+
+
+def blocked_bucket(e164: str) -> int:
+    """The bucket of the blocked index a number is in (lua/prelude.lua: blocked_bucket)."""
+    return int(e164[-6:]) % BLOCKED_BUCKETS
+
+
+def _set_bits(bitmap: bytes, start: int) -> list[int]:
+    """The positions of the bits set in a Redis bitmap (most significant bit first), from
+    `start` on."""
+    out: list[int] = []
+    for i in range(start // 8, len(bitmap)):
+        byte = bitmap[i]
+        if byte:
+            out.extend(i * 8 + j for j in range(8) if byte & (0x80 >> j) and i * 8 + j >= start)
+    return out
+
+
 class Ledger(Keyspace):
     """The ledger (`num:{e164}`, with each target's confirmation: `targets:codes`), its
     audit trail, the `blocked` set and the `expiry` index."""
@@ -96,11 +116,14 @@ class Ledger(Keyspace):
         return [decode(entry) for entry in raw]
 
     def blocked_among(self, numbers: list[str]) -> set[str]:
-        """Which of these numbers the ledger blocks now."""
+        """Which of these numbers the ledger blocks now (its own word, not the index's: an
+        older process of a rolling upgrade keeps only the old index)."""
         if not numbers:
             return set()
-        flags = self.redis.smismember(self.key("blocked"), numbers)
-        return {n for n, flag in zip(numbers, flags, strict=True) if flag}
+        pipe = self.redis.pipeline(transaction=False)
+        for n in numbers:
+            pipe.hget(self.key("num", n), "s")
+        return {n for n, s in zip(numbers, pipe.execute(), strict=True) if s == b"blocked"}
 
     def blocked_until(self, numbers: list[str], until_ms: int, source: str) -> set[str]:
         """Which of these numbers a block of `source`'s own holds at least until `until_ms`
@@ -125,8 +148,37 @@ class Ledger(Keyspace):
         return out
 
     def blocked_page(self, cursor: str, count: int) -> tuple[str, list[str]]:
-        next_cursor, members = self.redis.sscan(self.key("blocked"), int(cursor), count=count)
-        return str(next_cursor), [text(m) for m in members]
+        """About `count` of the numbers the ledger blocks, from `cursor` ("0": the start; "0"
+        back: the end). The index is BLOCKED_BUCKETS sets (lua/prelude.lua: block_number),
+        read a bucket at a time (`k{bucket}`), after the one set a deployment from before
+        kept them in while it is not yet moved (an SSCAN cursor: plain digits, as cursors
+        stored before read). Nothing moved out of the old set during its scan is missed:
+        the buckets are read after it."""
+        if cursor == "0" and not self.redis.exists(self.key("blocked")):
+            cursor = "k0"
+        if not cursor.startswith("k"):
+            raw, members = self.redis.sscan(self.key("blocked"), int(cursor), count=count)
+            return ("k0" if int(raw) == 0 else str(raw)), [text(m) for m in members]
+        start, numbers = int(cursor[1:]), list[str]()
+        used = _set_bits(cast(bytes, self.redis.get(self.key("blocked:used")) or b""), start)
+        taken = 0
+        # Buckets a round trip at a time, more of them while they turn out sparse: a few
+        # for a page at hundreds of numbers a bucket, hundreds at a few.
+        step = max(1, min(512, count // 256))
+        while taken < len(used) and len(numbers) < count:
+            pipe = self.redis.pipeline(transaction=False)
+            for b in used[taken : taken + step]:
+                pipe.smembers(self.key("blocked", str(b)))
+            found = 0
+            for members in pipe.execute():
+                numbers.extend("+" + text(m) for m in members)
+                found += len(members)
+            taken += step
+            if found * 4 < count:
+                step = min(step * 4, 4096)
+        if taken >= len(used):
+            return "0", numbers
+        return f"k{used[taken]}", numbers
 
     def blocked_pages(self, count: int) -> Iterator[list[tuple[str, str, str]]]:
         """(number, expiry ms, updated ms) of every blocked number, a page at a time."""
@@ -136,9 +188,11 @@ class Ledger(Keyspace):
             if numbers:
                 pipe = self.redis.pipeline(transaction=False)
                 for n in numbers:
-                    pipe.hmget(self.key("num", n), "x", "u")
+                    pipe.hmget(self.key("num", n), "s", "x", "u")
                 rows = []
-                for n, (x, u) in zip(numbers, pipe.execute(), strict=True):
+                for n, (state, x, u) in zip(numbers, pipe.execute(), strict=True):
+                    if state != b"blocked":
+                        continue  # (the index of an older process of a rolling upgrade)
                     expires = text(x) if x and text(x) != "0" else ""
                     rows.append((n, expires, text(u) if u else ""))
                 yield rows

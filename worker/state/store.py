@@ -37,7 +37,13 @@ key                            type    holds
                                        ``?``: unknown, a push whose answer no longer
                                        counts may have landed after a newer one)
 ``audit:{e164}``               list    JSON audit entries, newest first, capped
-``blocked``                    set     numbers the ledger blocks now
+``blocked:{bucket}``           set     the digits of the numbers the ledger blocks now,
+                                       32,768 sets by the last six digits (intsets: ~10
+                                       bytes a number; ledger.py: blocked_bucket)
+``blocked:count``              string  how many numbers those sets hold
+``blocked:used``               string  bitmap: the buckets that hold any number
+``blocked``                    set     numbers the ledger blocked, as versions before
+                                       kept them: the sweep moves them into the buckets
 ``expiry``                     zset    temporarily blocked numbers -> expiry (ms)
 ``stage:{target}:{action}``    zset    staged numbers -> time staged (ms): the batch
 ``inflight:{target}``          hash    number -> chunk id pushing it (at most one)
@@ -84,7 +90,7 @@ key                            type    holds
 ``targets:live``               zset    target -> live until (ms): announced by a process
                                        that has it enabled; accepts stage for these
 ``backfill``                   hash    target -> catch-up cursor: ``b:{n}`` over
-                                       ``blocked``, then ``c:{n}`` over the ledger's
+                                       the blocked index, then ``c:{n}`` over the ledger's
                                        numbers with a confirmation there,
                                        each ``@{generation}`` (one per catch-up)
 ``backfill:seq``               string  catch-up generation counter

@@ -22,6 +22,7 @@ from tests.worker.state.scene import (
     staged,
 )
 from worker.providers.base import Action
+from worker.state.ledger import blocked_bucket
 from worker.state.records import AcceptOutcome, Staged, Tally
 from worker.state.store import Store
 
@@ -215,8 +216,12 @@ def test_the_adoption_pass_gives_a_legacy_block_the_sources_the_ledger_named(
     assert json.loads(store.ledger(N1)["bl"]) == [[now - 10, now + 5000, "sms"]]
     assert store.ledger(N1)["rs"] == "sms"
     assert store.redis.zscore(store.key("expiry"), N1) == now + 5000
-    assert store.adopt_step() is False  # the pass has ended
+    steps = 0
+    while store.adopt_step():  # the buckets after the set of before: a few steps
+        steps += 1
+        assert steps < 20
     assert store.redis.get(store.key("adopted")) == b"done"
+    assert store.adopt_step() is False  # the pass has ended
 
 
 def test_reads_of_a_number_pages_and_where_it_stands_at_a_target(store: Store) -> None:
@@ -319,3 +324,81 @@ def test_an_expiry_and_a_remove_time_are_fields_only_while_they_say_something(
     store.accept(event(store, Action.REMOVE, ago_ms=0), [(N1, "")], ROUTE, 3600)
     ledger = store.ledger(N1)
     assert ledger["s"] == "unblocked" and int(ledger["rt"]) > 0 and "x" not in ledger
+
+
+def _all_blocked(store: Store, count: int) -> list[str]:
+    seen, cursor = [], "0"
+    while True:
+        cursor, page = store.blocked_page(cursor, count)
+        seen.extend(page)
+        if cursor == "0":
+            return seen
+
+
+def test_blocked_numbers_are_indexed_as_digits_in_buckets_by_their_last_digits(
+    store: Store,
+) -> None:
+    live(store)
+    accept(store, Action.ADD, N1, N2)
+    bucket = store.key("blocked", str(blocked_bucket(N1)))
+    assert store.redis.sismember(bucket, N1[1:])
+    assert store.redis.object("encoding", bucket) == b"intset"  # integers: ~8 bytes each
+    assert store.redis.get(store.key("blocked:count")) == b"2"
+    assert store.redis.exists(store.key("blocked")) == 0  # the one set of before: never
+    assert sorted(_all_blocked(store, 100)) == [N1, N2]
+    assert store.blocked_among([N1, N2, N3]) == {N1, N2}
+    store.accept(event(store, Action.REMOVE, ago_ms=0), [(N1, "")], ROUTE, 3600)
+    assert not store.redis.sismember(bucket, N1[1:])
+    assert store.redis.get(store.key("blocked:count")) == b"1"
+    assert _all_blocked(store, 100) == [N2]
+
+
+def test_a_page_of_the_blocked_index_is_about_its_count_and_every_number_is_read_once(
+    store: Store,
+) -> None:
+    many = [f"+9725{i:08d}" for i in range(0, 3_000_000, 997)]  # 3,010, spread like real ones
+    store.accept(event(store, Action.ADD), [(n, "") for n in many], ROUTE, 3600)
+    seen, cursor, pages = [], "0", 0
+    while True:
+        cursor, page = store.blocked_page(cursor, 500)
+        seen.extend(page)
+        pages += 1
+        assert len(page) < 1000
+        if cursor == "0":
+            break
+    assert sorted(seen) == sorted(many) and 5 <= pages <= 10
+
+
+def test_numbers_blocked_in_the_one_set_of_before_stay_blocked_and_are_moved(
+    store: Store,
+) -> None:
+    live(store)
+    many = [f"+9725{i:08d}" for i in range(600)]
+    store.accept(event(store, Action.ADD), [(n, "") for n in many], ROUTE, 3600)
+    # As a deployment from before left them: one set, no buckets.
+    for n in many:
+        store.redis.srem(store.key("blocked", str(blocked_bucket(n))), n[1:])
+    store.redis.delete(store.key("blocked:count"))
+    store.redis.sadd(store.key("blocked"), *many)
+    # A catch-up that was under way goes on from its old cursor, then reads the buckets.
+    cursor, first = store.blocked_page("0", 100)
+    assert cursor.isdigit() and cursor != "0"
+    rest = _all_blocked_from(store, cursor)
+    assert set(first + rest) == set(many)
+    assert store.blocked_among(many[:3]) == set(many[:3])
+    # A number lifted meanwhile leaves both.
+    store.accept(event(store, Action.REMOVE, ago_ms=0), [(many[0], "")], ROUTE, 3600)
+    assert not store.redis.sismember(store.key("blocked"), many[0])
+    while store.move_confirmations(count=100):
+        pass
+    assert store.redis.exists(store.key("blocked")) == 0
+    assert store.redis.get(store.key("blocked:count")) == b"599"
+    assert sorted(_all_blocked(store, 1000)) == sorted(many[1:])
+
+
+def _all_blocked_from(store: Store, cursor: str) -> list[str]:
+    seen = []
+    while cursor != "0":
+        cursor, page = store.blocked_page(cursor, 100)
+        seen.extend(page)
+    return seen

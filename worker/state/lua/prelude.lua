@@ -192,6 +192,49 @@ local function encode_blocks(blocks)
   return '[' .. table.concat(parts, ',') .. ']'
 end
 
+-- The numbers the ledger blocks, in BLOCKED_BUCKETS sets by the last six digits (the same
+-- split as worker/state/ledger.py: blocked_bucket), each member the number's digits: a set
+-- of a few hundred integers is a compact array of them (an intset, up to Redis's
+-- set-max-intset-entries, 512 by default: from ~50,000 to ~15 million numbers), about 10
+-- bytes a number where one set of strings costs 50. `blocked:count` counts them, and the
+-- bitmap `blocked:used` marks the buckets that hold any (a scan of a small ledger reads a
+-- handful of buckets, not all of them).
+-- A deployment from before kept them in one set, `blocked`: while it exists its members
+-- count as blocked too, and move.lua moves them here.
+local BLOCKED_BUCKETS = 32768
+local function blocked_bucket_of(n)
+  return tonumber(string.sub(n, -6)) % BLOCKED_BUCKETS
+end
+
+local OLD_BLOCKED = nil
+local function old_blocked()
+  if OLD_BLOCKED == nil then
+    OLD_BLOCKED = redis.call('EXISTS', P .. 'blocked') == 1
+  end
+  return OLD_BLOCKED
+end
+
+local function block_number(n)
+  local bucket = blocked_bucket_of(n)
+  if redis.call('SADD', P .. 'blocked:' .. bucket, string.sub(n, 2)) == 1 then
+    redis.call('INCR', P .. 'blocked:count')
+    redis.call('SETBIT', P .. 'blocked:used', bucket, 1)
+  end
+  if old_blocked() then redis.call('SREM', P .. 'blocked', n) end
+end
+
+local function unblock_number(n)
+  local bucket = blocked_bucket_of(n)
+  local key = P .. 'blocked:' .. bucket
+  if redis.call('SREM', key, string.sub(n, 2)) == 1 then
+    redis.call('DECR', P .. 'blocked:count')
+    if redis.call('EXISTS', key) == 0 then
+      redis.call('SETBIT', P .. 'blocked:used', bucket, 0)
+    end
+  end
+  if old_blocked() then redis.call('SREM', P .. 'blocked', n) end
+end
+
 -- Write a number's new derived state: version, the blocked set, the expiry index.
 -- `extra`: more field/value pairs for the same HSET. `fresh`: the ledger did not hold the
 -- number before this script (see restage).
@@ -206,9 +249,9 @@ local function set_state(key, n, state, x, v, extra, fresh)
     if not fresh then redis.call('HDEL', key, 'x') end
   end
   if state == 'blocked' then
-    redis.call('SADD', P .. 'blocked', n)
-  else
-    redis.call('SREM', P .. 'blocked', n)
+    block_number(n)
+  elseif not fresh then
+    unblock_number(n)
   end
   -- A temporary block waits in `expiry` for the sweep that lifts it.
   if state == 'blocked' and x > 0 then

@@ -17,7 +17,8 @@ local ttl = tonumber(ARGV[4])
 local live_key = P .. 'targets:live'
 local new = {}
 local function start_catch_up(target)
-  local catch_up = redis.call('SCARD', P .. 'blocked') > 0
+  local catch_up = tonumber(redis.call('GET', P .. 'blocked:count') or '0') > 0
+    or redis.call('EXISTS', P .. 'blocked') == 1
     or redis.call('HEXISTS', P .. 'targets:codes', target) == 1
     or redis.call('EXISTS', P .. 'confirmed:' .. target) == 1
   if catch_up then
