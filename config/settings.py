@@ -139,6 +139,16 @@ class Settings(EnvSettings):
     reconcile_remove_extras: bool = False
     log_format: str = "auto"
     sla_seconds: float = Field(default=86400.0, gt=0)
+    #: The audit archive: postgresql://user:password@host/db, or sqlite:///path (default:
+    #: SQLite in DATA_DIR/archive.sqlite3).
+    archive_url: str | None = None
+    archive_batch: int = Field(default=5000, ge=1, le=100_000)
+    archive_interval_seconds: float = Field(default=1.0, gt=0)
+    audit_retention_days: int = Field(default=1826, ge=1)
+    #: Entries waiting for the archive above which it is an alarm (logged, /readyz)...
+    audit_backlog_alarm: int = Field(default=1_000_000, ge=1)
+    #: ... and above which accepts are refused with 503 until it drains (never dropped).
+    audit_backlog_limit: int = Field(default=10_000_000, ge=1)
 
     webhook_tokens: Annotated[
         dict[str, list[SecretStr]],
@@ -198,8 +208,22 @@ class Settings(EnvSettings):
             raise ValueError("must be auto, json or console")
         return value
 
+    @field_validator("archive_url")
+    @classmethod
+    def _archive_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        scheme = value.partition("://")[0].lower()
+        if scheme not in {"postgresql", "postgres", "postgresql+psycopg", "sqlite"}:
+            raise ValueError("must be postgresql://user:password@host/db or sqlite:///path")
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
+        if self.audit_backlog_limit < self.audit_backlog_alarm:
+            raise ValueError(
+                "OPTOUT_AUDIT_BACKLOG_LIMIT must be at least OPTOUT_AUDIT_BACKLOG_ALARM"
+            )
         if self.retry_max_seconds < self.retry_base_seconds:
             raise ValueError("OPTOUT_RETRY_MAX_SECONDS must be at least OPTOUT_RETRY_BASE_SECONDS")
         if self.lease_seconds < 2 * self.http_timeout_seconds:
@@ -223,6 +247,13 @@ class Settings(EnvSettings):
 
             raise ConfigError(redis_url_missing(self))
         return self.redis_url
+
+    @property
+    def archive_database_url(self) -> str:
+        """OPTOUT_ARCHIVE_URL, or the embedded default: SQLite in the data dir."""
+        if self.archive_url:
+            return self.archive_url
+        return f"sqlite:///{(self.data_dir / 'archive.sqlite3').resolve()}"
 
     def region_for(self, source: str) -> str:
         return self.source_regions.get(source, self.default_region)

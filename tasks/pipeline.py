@@ -1,10 +1,12 @@
 """The pipeline's Celery tasks: flush a batch, push a chunk, sweep, recover, replay,
-reconcile."""
+reconcile; archive the audit stream and purge what retention lets go."""
 
 from __future__ import annotations
 
 import redis
 
+from worker.archive.archiver import archive_pending
+from worker.archive.retention import purge_expired
 from worker.celery import app
 from worker.ops.reconcile import scheduled_reconcile
 from worker.pipeline import batching as work
@@ -12,6 +14,8 @@ from worker.pipeline import push as pushing
 from worker.providers.base import Action
 from worker.runtime import wiring
 from worker.runtime.celery_app import (
+    ARCHIVE_TASK,
+    AUDIT_PURGE_TASK,
     FLUSH_TASK,
     PUSH_TASK,
     RECONCILE_TASK,
@@ -61,3 +65,14 @@ def replay(ids: list[str], who: str) -> int:
 @app.task(name=RECONCILE_TASK, **_RETRY)  # type: ignore[untyped-decorator]
 def reconcile() -> int:
     return scheduled_reconcile(wiring.context())
+
+
+@app.task(name=ARCHIVE_TASK, **_RETRY)  # type: ignore[untyped-decorator]
+def archive() -> int:
+    return archive_pending(wiring.context())
+
+
+@app.task(name=AUDIT_PURGE_TASK, **_RETRY)  # type: ignore[untyped-decorator]
+def audit_purge() -> int:
+    ctx = wiring.context()
+    return work.on_schedule(ctx, "audit_purge", 3600.0, purge_expired)

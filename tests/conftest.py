@@ -37,6 +37,8 @@ BASE_ENV = {
     "REDIS_URL": "redis://unused.invalid:1/0",
     "OPTOUT_RETRY_BASE_SECONDS": "1",
     "OPTOUT_RETRY_MAX_SECONDS": "8",
+    # Each test's pipeline its own archive, in memory (one with the schema: archive_ready).
+    "OPTOUT_ARCHIVE_URL": "sqlite://",
 }
 
 

@@ -716,8 +716,152 @@ def drill_two_target_sets(workdir: Path, numbers: int, ttl: float) -> Result:
         return lab.compare(result, phones, targets)
 
 
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+class OwnPostgres:
+    """A PostgreSQL of the drill's own (initdb in a temporary directory, a free port, trust
+    auth), run as the `postgres` user when the drill runs as root: PostgreSQL refuses root."""
+
+    def __init__(self, workdir: Path) -> None:
+        from worker.runtime.embedded import free_port
+
+        self.dir = workdir / "pg"
+        self.port = free_port()
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/optout"
+
+    def _run(self, *argv: str) -> None:
+        prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        subprocess.run([*prefix, *argv], check=True, capture_output=True, timeout=120)
+
+    def init(self) -> OwnPostgres:
+        self.dir.mkdir(parents=True)
+        if os.geteuid() == 0:
+            import shutil
+
+            shutil.chown(self.dir, "postgres", "postgres")
+            shutil.chown(self.dir.parent, "postgres")
+        self._run(str(PG_BIN / "initdb"), "-D", str(self.dir / "data"), "-A", "trust",
+                  "-U", "postgres", "--no-sync")  # fmt: skip
+        self.start()
+        import psycopg
+
+        admin = self.url.rsplit("/", 1)[0] + "/postgres"
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute("CREATE DATABASE optout")
+        return self
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._run(str(PG_BIN / "pg_ctl"), "-D", str(self.dir / "data"), "-o", options,
+                  "-l", str(self.dir / "log"), "-w", "start")  # fmt: skip
+
+    def stop(self, mode: str = "immediate") -> None:
+        self._run(str(PG_BIN / "pg_ctl"), "-D", str(self.dir / "data"), "-m", mode, "-w",
+                  "stop")  # fmt: skip
+
+    def missing(self) -> str | None:
+        """Why this machine cannot run one, or None."""
+        if not (PG_BIN / "initdb").exists():
+            return f"no PostgreSQL binaries in {PG_BIN}"
+        return None
+
+
+def drill_archive_down(workdir: Path, numbers: int, down_seconds: float) -> Result:
+    """The audit archive's PostgreSQL stopped (`pg_ctl stop -m immediate`) while opt-outs
+    stream in, then started again: accepts go on, entries wait in Redis, the lag drains, and
+    every audit entry of every number is archived exactly once (an accept and Voicenter's
+    answer each: the provider never fails here)."""
+    result = Result("archive database down")
+    pg = OwnPostgres(workdir)
+    if (why := pg.missing()) is not None:
+        result.notes.append(f"skipped: {why}")
+        result.accepted = result.delivered = 1
+        return result
+    pg.init()
+    with ExitStack() as stack:
+        stack.callback(_quietly, pg.stop, "fast")
+        url, _ = stack.enter_context(redis_for_drill(workdir))
+        lab = Lab(stack, url, workdir, providers=("voicenter",), OPTOUT_ARCHIVE_URL=pg.url,
+                  OPTOUT_ARCHIVE_INTERVAL_SECONDS="0.3")  # fmt: skip
+        lab.start_worker(beat=True)
+        phones = [f"+97259{i:07d}" for i in range(numbers)]
+        stream = lab.ctx.store
+        peak = {"entries": 0, "lag": 0.0}
+
+        def watch() -> None:
+            while not done.is_set():
+                with contextlib.suppress(redis.RedisError):
+                    backlog = stream.audit_backlog()
+                    lag = (stream.now_ms() - backlog.oldest_ms) / 1000 if backlog.oldest_ms else 0
+                    peak["entries"] = max(peak["entries"], backlog.entries)
+                    peak["lag"] = max(peak["lag"], lag)
+                time.sleep(0.2)
+
+        done = threading.Event()
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        per_event = 10
+        third = len(phones) // (3 * per_event)
+        for k, start in enumerate(range(0, len(phones), per_event)):
+            if k == third:
+                pg.stop("immediate")
+                stopped = time.monotonic()
+            if k == 2 * third:
+                time.sleep(max(0.0, down_seconds - (time.monotonic() - stopped)))
+                pg.start()
+                restarted = time.monotonic()
+            batch = [PhoneInput(p) for p in phones[start : start + per_event]]
+            accept_all(lab.ctx, [Event("drill", Action.ADD, batch)], result)
+            time.sleep(0.02)  # a steady stream, not one burst
+        if not lab.wait_settled(120):
+            result.problems.append("did not settle in 120 s")
+        deadline = time.monotonic() + 120
+        while stream.audit_backlog().entries and time.monotonic() < deadline:
+            time.sleep(0.2)
+        drained = time.monotonic() - restarted
+        done.set()
+        watcher.join()
+        left = stream.audit_backlog().entries
+        if left:
+            result.problems.append(f"{left} entries still wait in Redis after 120 s")
+        result.notes.append(
+            f"archive down {down_seconds:.0f} s: backlog peaked at {peak['entries']} entries, "
+            f"lag at {peak['lag']:.1f} s; drained {drained:.1f} s after PostgreSQL returned"
+        )
+        _check_archived_once(lab, phones, result)
+        return lab.compare(result, phones)
+
+
+def _quietly(stop: Callable[[str], None], mode: str) -> None:
+    with contextlib.suppress(Exception):
+        stop(mode)
+
+
+def _check_archived_once(lab: Lab, phones: list[str], result: Result) -> None:
+    """Each number's entries in the archive: its accept and Voicenter's answer, once each."""
+    from worker.archive.database import Archive
+
+    archive = Archive(lab.env["OPTOUT_ARCHIVE_URL"])
+    try:
+        wrong = 0
+        for n in phones:
+            entries = [e for e in archive.between(None, None, n)]
+            kinds = sorted("answer" if e.raw.get("prov") else "accept" for e in entries)
+            if kinds != ["accept", "answer"] or any("~" in e.entry_id for e in entries):
+                wrong += 1
+        tails = [k for k in lab.ctx.store.redis.scan_iter(match=lab.prefix + "audit:+*")]
+        result.notes.append(f"numbers whose archived trail is not exactly accept + answer: "
+                            f"{wrong}; audit tails left in Redis: {len(tails)}")  # fmt: skip
+        result.lost += wrong
+        if tails:
+            result.problems.append(f"{len(tails)} audit tails left in Redis")
+    finally:
+        archive.close()
+
+
 DRILLS = ["worker_kills", "redis_kill", "random_failures", "provider_down", "slow_provider",
-          "reconcile_during_accepts", "two_target_sets"]  # fmt: skip
+          "reconcile_during_accepts", "two_target_sets", "archive_down"]  # fmt: skip
 
 
 def run(quick: bool, only: str | None = None) -> list[Result]:
@@ -729,6 +873,7 @@ def run(quick: bool, only: str | None = None) -> list[Result]:
         "slow_provider": (60, 12) if quick else (1_000, 30),
         "reconcile_during_accepts": (100, 6) if quick else (2_000, 10),
         "two_target_sets": (100, 10.0) if quick else (2_000, 30.0),
+        "archive_down": (400, 5.0) if quick else (20_000, 60.0),
     }
     drills: dict[str, Callable[[Path], Result]] = {
         "worker_kills": lambda d: drill_worker_kills(d, *sizes["worker_kills"]),
@@ -740,6 +885,7 @@ def run(quick: bool, only: str | None = None) -> list[Result]:
             d, *sizes["reconcile_during_accepts"]
         ),
         "two_target_sets": lambda d: drill_two_target_sets(d, *sizes["two_target_sets"]),
+        "archive_down": lambda d: drill_archive_down(d, *sizes["archive_down"]),
     }
     results = []
     for name, drill in drills.items():

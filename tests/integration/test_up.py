@@ -50,6 +50,7 @@ SUMMARY = """optout up
   API          http://127.0.0.1:{port} (docs: /docs)
   Redis        embedded {redis} (AOF always, data in ./var)
   providers    voicenter (targets: voicenter)
+  archive      SQLite ./var/archive.sqlite3
   admin token  ./var/admin-token (set OPTOUT_ADMIN_TOKEN to choose)
   logs         ./var/logs/optout.log (optout --verbose up: here too)
 Ctrl-C to stop
@@ -109,6 +110,9 @@ def test_up_accepts_pushes_and_keeps_state_across_restart(
         view = httpx.get(url + "/v1/numbers/+972501234567", headers=auth).json()
         assert view["state"] == "blocked"
         assert view["providers"]["voicenter"]["confirmed"] == "blocked:1"
+        # The accept and Voicenter's answer: archived by the worker, read back merged.
+        assert view["archive"] == "ok"
+        assert [e["action"] for e in view["audit"]] == ["add", "add"]
     finally:
         assert stop(process) == 0
 

@@ -6,12 +6,16 @@ Invariants, checked after every step:
 - a confirmation claims what the provider holds: for a (target, number) confirmed as
   `{state}:{version}` with no request for it outstanding, the provider's list agrees
   (blocks a native-expiry provider has let expire count as lifted).
+- every number's history (the archive and the Redis tail, merged) is every audit entry
+  written for it, each once, whatever batches were archived, with the archive down or a
+  drain cut short between its commit and its cleanup.
 And at quiescence (`settle`: providers healed, every request answered, every task run, time
 past every retry, expiry and lease, dead letters replayed, paused providers resumed):
 - nothing is staged, in flight, retrying, dead-lettered, leased or unknown;
 - every target's list equals the ledger for every number (an add-only target holds every
   number the ledger blocks with a call record), but for a dead letter purged since the
-  number last changed.
+  number last changed;
+- once the archive has drained, no number has an audit key left in Redis.
 """
 
 from __future__ import annotations
@@ -51,6 +55,9 @@ from tests.simulation.models import (
     SimDispatcher,
     capabilities,
 )
+from worker.archive.archiver import archive_pending
+from worker.archive.database import Archive, ArchiveError
+from worker.archive.history import history
 from worker.ops.reconcile import reconcile
 from worker.pipeline import batching as work
 from worker.pipeline import push as pushing
@@ -65,11 +72,12 @@ KINDS = ("bulk", "lookup", "addonly", "native", "onelist")
 #: answered) that an example may use. Swarm testing: each example draws a profile, and one
 #: that runs only a few kinds of step goes deeper into them.
 OPTIONAL = ("lose", "redeliver", "kill", "reconcile", "toggle", "dead_letter", "old_api",
-            "bad_answers", "expiry", "time", "beat", "one_task", "routes")  # fmt: skip
+            "bad_answers", "expiry", "time", "beat", "one_task", "routes",
+            "archive")  # fmt: skip
 STORM = ("accept", "workers", "leases", "apply", "answer", "overtake", "late", "fails")
 PROFILES = {
     "core": set(),
-    "faults": {"lose", "redeliver", "kill", "bad_answers", "beat"},
+    "faults": {"lose", "redeliver", "kill", "bad_answers", "beat", "archive"},
     "ops": {
         "reconcile",
         "toggle",
@@ -79,6 +87,7 @@ PROFILES = {
         "bad_answers",
         "beat",
         "routes",
+        "archive",
     },
     "time": {"time", "expiry", "beat", "one_task", "bad_answers", "routes"},
     "everything": set(OPTIONAL),
@@ -151,6 +160,12 @@ class PipelineMachine(RuleBasedStateMachine):
         # Every number's whole audit trail: the quiescence check derives from it, not from
         # the ledger, which numbers each target should hold.
         self.store = Store(self.redis, prefix=self.prefix, clock=self.clock, audit_cap=100_000)
+        # The audit archive every process shares, and every entry written (id -> number),
+        # as seen in the stream before anything could take it away.
+        self.archive = Archive("sqlite://")
+        self.archive.migrate()
+        self.archive_down = False
+        self.written: dict[str, str] = {}
         self.gate = Gate()
         self.dispatcher = SimDispatcher()
         self.outstanding: list[Request] = []
@@ -216,6 +231,7 @@ class PipelineMachine(RuleBasedStateMachine):
                 dispatcher=self.dispatcher,
                 rng=random.Random(len(self.processes)),
                 monotonic=self.clock,
+                archive=self.archive,
             )
             self.processes[name] = ctx
         return ctx
@@ -288,6 +304,7 @@ class PipelineMachine(RuleBasedStateMachine):
                     self.gate.cond.notify_all()
             self.gate.wait_idle()
         finally:
+            self.archive.close()
             keys = list(self.redis.scan_iter(match=self.prefix + "*", count=1000))
             for start in range(0, len(keys), 500):
                 self.redis.delete(*keys[start : start + 500])
@@ -728,7 +745,63 @@ class PipelineMachine(RuleBasedStateMachine):
         self.note(f"{self.old_db} no longer announced")
         self.old_db = None
 
+    # -- rules: the audit archive -------------------------------------------------------------
+
+    def note_written(self) -> None:
+        """Every entry in the stream now: entries leave it only when archived (below)."""
+        for entry in self.store.pending_audit(100_000):
+            self.written.setdefault(entry.entry_id, entry.number)
+
+    @precondition(lambda self: self.on("archive"))
+    @rule(size=st.sampled_from([1, 3, 1000]), crash=st.booleans())
+    def archive_a_batch(self, size: int, crash: bool) -> None:
+        """A drain of the oldest `size` entries; `crash`: the worker dies after the archive
+        committed, before Redis forgot them (the next drain inserts them again)."""
+        self.note_written()
+        batch = self.store.pending_audit(size)
+        try:
+            if self.archive_down:
+                raise ArchiveError("archive unavailable: the simulation's outage")
+            self.archive.write(batch)
+        except ArchiveError:
+            self.note(f"archive down: {len(batch)} entries wait")
+            return
+        if not crash:
+            self.store.forget_archived([e.entry_id for e in batch])
+        self.note(f"archived {len(batch)}{' (crashed before cleanup)' if crash else ''}")
+        if crash:
+            STATS["a drain cut short between commit and cleanup"] += 1
+
+    @precondition(lambda self: self.on("archive"))
+    @rule()
+    def archive_goes_down_or_returns(self) -> None:
+        self.archive_down = not self.archive_down
+        self.note(f"archive {'down' if self.archive_down else 'back'}")
+
+    def drain_archive(self) -> None:
+        self.archive_down = False
+        self.note_written()
+        while archive_pending(self.worker):
+            pass
+
+    def audit_of(self, n: str) -> list[dict[str, Any]]:
+        """A number's whole audit history, the archive's and the Redis tail's, each once."""
+        return [e.raw for e in history(self.worker, n, 1_000_000).entries]
+
     # -- invariants ----------------------------------------------------------------------------
+
+    @invariant()
+    def every_audit_entry_is_in_the_archive_or_the_tail_once(self) -> None:
+        if self.on("archive"):
+            self.check_audit_complete()
+
+    def check_audit_complete(self) -> None:
+        self.note_written()
+        for n in NUMBERS + FOREIGN:
+            page = history(self.worker, n, 1_000_000)
+            ids = [e.entry_id for e in page.entries]
+            assert len(ids) == len(set(ids)), (n, ids)
+            assert set(ids) == {i for i, m in self.written.items() if m == n}, (n, self.log[-30:])
 
     @invariant()
     def count_what_was_reached(self) -> None:
@@ -911,6 +984,12 @@ class PipelineMachine(RuleBasedStateMachine):
         self.settle()
         assert self.idle(), self.busy()
         self.lists_equal_the_ledger(NUMBERS + FOREIGN)
+        # Everything archived: every entry once, and no number keeps an audit key in Redis.
+        self.drain_archive()
+        self.check_audit_complete()
+        left = [k for k in self.redis.scan_iter(match=self.store.key("audit", "*"))
+                if not k.endswith(b"audit:log")]  # fmt: skip
+        assert not left, left
 
     def owed(self, n: str, provider: str | None) -> bool:
         """Whether `provider` (None: any) should hold the number now, by the events
@@ -919,7 +998,7 @@ class PipelineMachine(RuleBasedStateMachine):
         out. Independent of the ledger's own bookkeeping of blocks and their sources."""
         now = self.clock_ms()
         events = [
-            e for e in self.store.audit(n)
+            e for e in self.audit_of(n)
             if e.get("act") in ("add", "remove") and "prov" not in e  # not a push's answer
         ]  # fmt: skip
         lifted = max((int(e["t"]) for e in events if e["act"] == "remove"), default=-1)

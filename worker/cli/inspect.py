@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from pydantic import SecretStr
 
-from worker.cli.common import duration, err, group, open_context, read_settings, span
+from worker.cli.common import duration, err, fail, group, open_context, read_settings, span
 from worker.cli.output import JsonOpt, columns, listing, say, table
+
+if TYPE_CHECKING:
+    from worker.pipeline.context import Context
 
 app = group()
 
@@ -18,9 +21,21 @@ app = group()
 def status(
     phone: Annotated[str, typer.Argument(metavar="PHONE", help="The number, national or E.164.")],
     as_json: Annotated[bool, typer.Option("--json", help="The record as one JSON object.")] = False,
+    limit: Annotated[
+        int, typer.Option(metavar="N", min=1, max=1000, help="Audit entries to show.")
+    ] = 50,
+    before: Annotated[
+        str | None,
+        typer.Option(
+            metavar="CURSOR",
+            help="Older audit entries: the cursor the page before printed, or an ISO time.",
+        ),
+    ] = None,
 ) -> None:
-    """Show one number: desired state, expiry, each provider's status, the audit trail."""
+    """Show one number: desired state, expiry, each provider's status, its audit history
+    newest first (from the archive and Redis, a page of --limit entries)."""
     ctx = open_context()
+    from worker.archive.history import CursorError
     from worker.domain.phones import Rejected, normalise
     from worker.ops.views import number_view
 
@@ -28,7 +43,11 @@ def status(
     if isinstance(normal, Rejected):
         err.print(f"[red]{phone!r} is not a phone number: {normal.reason}[/red]")
         raise typer.Exit(2)
-    view = number_view(ctx, normal.e164)
+    try:
+        view = number_view(ctx, normal.e164, limit, before)
+    except CursorError as exc:
+        fail(exc.message)
+    _say_backlog_alarm(ctx)
     if as_json:
         typer.echo(json.dumps(view, sort_keys=True))
     if not view["known"]:
@@ -51,6 +70,20 @@ def status(
     table("providers", columns("target", "confirmed", "staged", "in_flight", "attempts",
           "retry_at", "dead_letter", "last_answer"), rows)  # fmt: skip
     audit_table(view["audit"], after=True)
+    if view["archive"] != "ok":
+        say(f"archive: {view['archive']} (older entries may be missing)")
+    if view["audit_next"]:
+        say(f"older entries: optout status {view['phone']} --before {view['audit_next']}")
+
+
+def _say_backlog_alarm(ctx: Context) -> None:
+    """On stderr, when the audit archive is behind beyond the alarm."""
+    from worker.archive.archiver import backlog_report
+    from worker.cli.archive import alarm_text
+
+    report = backlog_report(ctx)
+    if report["alarm"]:
+        err.print(alarm_text(report), style="red", highlight=False, markup=False)
 
 
 def audit_table(entries: list[dict[str, Any]], after: bool = False) -> None:
@@ -108,6 +141,11 @@ def check_config(as_json: Annotated[bool, JsonOpt] = False) -> None:
         if variable == "OPTOUT_ADMIN_TOKEN" and value is None:
             local = settings.data_dir / "admin-token"
             shown = f"- (optout up uses {local})" if local.exists() else "- (admin API off)"
+        elif variable == "OPTOUT_ARCHIVE_URL":
+            from worker.archive.database import describe
+
+            shown = describe(settings.archive_database_url)
+            shown = shown if value else f"- ({shown})"
         records.append({"variable": variable, "value": shown})
     listing("effective configuration", columns("variable", "value"), records, as_json)
     if not as_json:

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from worker.cli import data, dlq, inspect, provider, review, serve
+from worker.cli import archive, data, dlq, inspect, provider, review, serve
 from worker.cli.common import Verbosity, group, hand_over_counts
 
 app = group(help="optout-worker: durable opt-out propagation.", no_args_is_help=True)
@@ -17,6 +17,8 @@ app.add_typer(provider.commands)
 app.add_typer(dlq.app, name="dlq")
 app.add_typer(provider.app, name="provider")
 app.add_typer(review.app, name="review")
+app.add_typer(archive.app, name="archive")
+app.add_typer(archive.audit, name="audit")
 
 
 @app.callback()

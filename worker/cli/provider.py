@@ -167,7 +167,7 @@ def provider_resume(name: NameArg) -> None:
             f"theirs, and pauses it again if they are refused")  # fmt: skip
     else:
         fail(not_here(ctx, name, "resume"))
-    was_paused = ctx.store.resume(name)
+    was_paused = ctx.store.resume(name, who())
     targets = [t for t, d in ctx.deployment().items() if d.provider == name and (d.live or d.here)]
     for target in targets:
         for action in Action:

@@ -176,6 +176,7 @@ def up(host: HostOpt = "127.0.0.1", port: PortOpt = 8000) -> None:
     else:
         summary.append(("Redis", _without_password(settings.redis_url)))
     summary.append(("providers", _providers(settings)))
+    summary.append(("archive", _archive(settings)))
     if settings.admin_token is None:
         env["OPTOUT_ADMIN_TOKEN"] = local_admin_token(data_dir)
         where = f"{here(data_dir / 'admin-token')} (set OPTOUT_ADMIN_TOKEN to choose)"
@@ -206,6 +207,24 @@ def _without_password(url: str) -> str:
     if sep and "@" in rest:
         return f"{scheme}://***@{rest.split('@', 1)[1]}"
     return url
+
+
+def _archive(settings: Settings) -> str:
+    """The audit archive, migrated now (the workers would on first use): what it is, or why
+    it cannot be reached (audit entries wait in Redis until it can)."""
+    from worker.archive.database import Archive, ArchiveError
+
+    archive = Archive(settings.archive_database_url)
+    shown = archive.describe()
+    if archive.dialect == "sqlite" and not settings.archive_url:
+        shown = f"SQLite {here(settings.data_dir / 'archive.sqlite3')}"
+    try:
+        archive.migrate()
+        return shown
+    except ArchiveError as exc:
+        return f"{shown}: {exc.message} (entries wait in Redis)"
+    finally:
+        archive.close()
 
 
 def _providers(settings: Settings) -> str:
@@ -298,9 +317,17 @@ def healthcheck(
         if not settings.redis_url:
             fail(f"unhealthy: {redis_url_missing(settings)}", 1)
         try:
-            ok = bool(redis_client(settings).ping()) and broker_check(settings.broker_url) == "ok"
+            client = redis_client(settings)
+            ok = bool(client.ping()) and broker_check(settings.broker_url) == "ok"
+            backlog = int(client.xlen(settings.key_prefix + "audit:log"))
         except Exception:  # noqa: BLE001
             ok = False  # whatever failed, the process is not healthy
+            backlog = 0
+        if ok and backlog > settings.audit_backlog_alarm:
+            # Said, not failed: a restart would not help, and the workers are what drains it.
+            err.print(f"audit archive behind: {backlog} entries wait in Redis (alarm above "
+                      f"{settings.audit_backlog_alarm}; opt-outs refused at "
+                      f"{settings.audit_backlog_limit})")  # fmt: skip
     if not ok:
         err.print("unhealthy")
         raise typer.Exit(1)

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import redis
 import structlog
-from fastapi import Depends, FastAPI, Request, Security
+from fastapi import Depends, FastAPI, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
@@ -19,6 +19,8 @@ from kombu.connection import Connection
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from worker.archive.archiver import backlog_report
+from worker.archive.history import CursorError
 from worker.domain.errors import OptoutError
 from worker.domain.phones import Rejected, normalise
 from worker.ingress.docs import add_docs
@@ -165,13 +167,26 @@ def create_api(context: ContextFactory) -> FastAPI:
             422: _example({"error": "too_short"}),
         },
     )
-    def get_number(phone: str) -> JSONResponse:
-        """A number's desired state, expiry, audit trail and each provider's status."""
+    def get_number(
+        phone: str,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+        before: Annotated[
+            str | None,
+            Query(description="The page before's `audit_next`, or an ISO 8601 time"),
+        ] = None,
+    ) -> JSONResponse:
+        """A number's desired state, expiry, each provider's status, and its audit history
+        newest first (the archive and what Redis holds yet), `limit` entries a page: the
+        next page is `before=` the answer's `audit_next` (null: no more). `archive` says
+        "ok", or why older entries may be missing (the archive unreachable)."""
         ctx = context()
         normal = normalise(phone, ctx.settings.default_region)
         if isinstance(normal, Rejected):
             return error_response(422, normal.reason, f"not a phone number: {normal.reason}")
-        return JSONResponse(number_view(ctx, normal.e164))
+        try:
+            return JSONResponse(number_view(ctx, normal.e164, limit, before))
+        except CursorError as exc:
+            return error_response(422, exc.reason, exc.message)
 
     @api.get("/healthz", responses={200: _example({"status": "ok"})})
     def healthz() -> dict[str, str]:
@@ -188,6 +203,15 @@ def create_api(context: ContextFactory) -> FastAPI:
                     "broker": "ok",
                     "paused_providers": {},
                     "open_circuits": {},
+                    "audit_backlog": {
+                        "entries": 12,
+                        "oldest_at": "2026-12-03T21:52:28.412Z",
+                        "lag_seconds": 0.8,
+                        "alarm": False,
+                        "alarm_above": 1000000,
+                        "refusing_accepts": False,
+                        "limit": 10000000,
+                    },
                 }
             ),
             503: _example({"status": "not_ready", "redis": "down: ConnectionError"}),
@@ -202,10 +226,14 @@ def create_api(context: ContextFactory) -> FastAPI:
             checks["redis"] = "ok" if ctx.store.ping() else "down"
             checks["paused_providers"] = ctx.store.paused()
             checks["open_circuits"] = ctx.store.open_circuits(PROVIDERS)
+            checks["audit_backlog"] = backlog_report(ctx)
         except Exception as exc:  # noqa: BLE001
             checks["redis"] = f"down: {type(exc).__name__}"  # readiness reports, never raises
         checks["broker"] = broker_check(ctx.settings.broker_url)
-        ready = checks["redis"] == "ok" and checks["broker"] == "ok"
+        # Above the alarm it is said here (and logged by the archiver); at the limit accepts
+        # are refused, so this API is not ready for them.
+        refusing = bool(checks.get("audit_backlog", {}).get("refusing_accepts"))
+        ready = checks["redis"] == "ok" and checks["broker"] == "ok" and not refusing
         return JSONResponse(
             {"status": "ready" if ready else "not_ready", **checks},
             status_code=200 if ready else 503,
@@ -260,8 +288,11 @@ def state_gauges(ctx: Context) -> dict[str, float | metrics.Labelled]:
     oldest = store.oldest_dead_letter_ms()
     dead = sum(store.dead_letter_counts().values())
     staged = sum(sum(c.values()) for c in store.counts(ctx.known_targets()).values())
+    backlog = backlog_report(ctx)
     return {
         "redis_up": 1.0,
+        "audit_backlog_entries": float(backlog["entries"]),
+        "audit_archive_lag_seconds": float(backlog["lag_seconds"]),
         "dead_letters": float(dead),
         "dead_letter_oldest_age_seconds": (store.now_ms() - oldest) / 1000 if oldest else 0.0,
         "staged_or_in_flight_numbers": float(staged),

@@ -24,6 +24,7 @@ STATUS_BY_REASON = {
     "accepted_for_another_number": 409,
     "too_many_phones": 413,
     "store_unavailable": 503,  # the sender retries (Retry-After)
+    "audit_backlog": 503,  # the archive is far behind: the sender retries
     "admin_disabled": 503,
 }
 

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import itertools
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 import redis
 from fastapi import APIRouter, Depends, Query
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from worker.archive.database import ArchiveError
+from worker.archive.export import evidence, render
 from worker.domain.phones import Normalised, normalise
 from worker.ingress.http_errors import error_response, status_of
 from worker.ops import reviews
 from worker.ops.deadletters import DeadLetterFilter, external_id, internal_id, select
 from worker.ops.export import blocked_csv
-from worker.ops.views import DEAD_LETTER_EXAMPLE, dead_letter
+from worker.ops.views import AUDIT_ENTRY_EXAMPLE, DEAD_LETTER_EXAMPLE, dead_letter
 from worker.pipeline import batching as work
 from worker.pipeline.context import Context
 
@@ -326,7 +330,65 @@ def admin_router(
             headers={"Content-Disposition": 'attachment; filename="blocked.csv"'},
         )
 
+    @router.get(
+        "/v1/audit",
+        response_class=StreamingResponse,
+        responses={
+            200: {"content": {"application/x-ndjson": {"example": AUDIT_ENTRY_EXAMPLE},
+                              "text/csv": {}}},
+            422: _example({"error": "choose_entries", "message": "give phone, or since"}),
+        },
+    )  # fmt: skip
+    def audit_export(
+        phone: Annotated[str | None, Query(description="National or E.164")] = None,
+        since: Annotated[str | None, Query(description="ISO 8601: at or after")] = None,
+        until: Annotated[str | None, Query(description="ISO 8601: before")] = None,
+        fmt: Annotated[str, Query(alias="format", pattern="^(jsonl|csv)$")] = "jsonl",
+    ) -> Response:
+        """Audit entries as an evidence file, oldest first, streamed: one number's
+        (`phone`), or every entry of a time range (`since`, `until`); JSON Lines (one
+        entry a line, as in a number's `audit`) or CSV (the common fields, then the whole
+        entry as JSON). From the archive and the entries still waiting in Redis; 503 when
+        the archive cannot be read (a file without its archived part would mislead)."""
+        ctx = context()
+        if phone is None and since is None:
+            return error_response(422, "choose_entries", "give phone, or since (and until)")
+        number = None
+        if phone is not None:
+            normal = normalise(phone, ctx.settings.default_region)
+            if not isinstance(normal, Normalised):
+                return error_response(422, normal.reason, f"not a phone number: {normal.reason}")
+            number = normal.e164
+        try:
+            since_ms, until_ms = _ms("since", since), _ms("until", until)
+            rows = evidence(ctx, number, since_ms, until_ms)
+            first = next(rows, None)  # the archive answers before the 200 is sent
+        except ValueError as exc:
+            return error_response(422, "bad_time", str(exc))
+        except ArchiveError as exc:
+            return error_response(503, exc.reason, exc.message)
+        entries = itertools.chain([first] if first is not None else [], rows)
+        media = "text/csv" if fmt == "csv" else "application/x-ndjson"
+        name = f"audit-{(number or 'range').lstrip('+')}.{fmt}"
+        return StreamingResponse(
+            render(fmt)(entries), media_type=media,
+            headers={"Content-Disposition": f'attachment; filename="{name}"'},
+        )  # fmt: skip
+
     return router
+
+
+def _ms(name: str, value: str | None) -> int | None:
+    """An ISO 8601 query value in ms (UTC when it names no zone)."""
+    if value is None:
+        return None
+    try:
+        when = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{name}: {value!r} is not an ISO 8601 time") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return int(when.timestamp() * 1000)
 
 
 def _example(value: Any) -> dict[str, Any]:

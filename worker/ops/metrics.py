@@ -70,6 +70,10 @@ PROPAGATION = Histogram(
     buckets=(0.5, 1, 2, 5, 10, 30, 60, 300, 3600, 86400),
 )
 
+ARCHIVED = Counter(
+    "optout_audit_archived_entries_total", "Audit entries moved from Redis into the archive"
+)
+
 
 #: The counters a process hands over (histograms stay where they were observed).
 _COUNTERS = {f"{c._name}_total": c for c in (EVENTS, ACCEPTED, REJECTED, CDRS, PUSHED, RECONCILED)}

@@ -83,6 +83,15 @@ def _number(value: Any) -> int | float | None:
     return None
 
 
+def audit_entry(entry_id: str | None, phone: str, raw: Mapping[str, Any]) -> dict[str, Any]:
+    """An audit entry as shown (a number's history, an evidence export): its id (the audit
+    stream's; None for an entry written before entries had one), the number (None for a
+    provider's entry: a pause, a resume), then the entry in words (AUDIT_ENTRY_EXAMPLE)."""
+    shown: dict[str, Any] = {"id": entry_id, "phone": phone or None}
+    shown.update(words({k: v for k, v in raw.items() if k != "id"}))
+    return shown
+
+
 def dead_letter(raw: Mapping[str, Any]) -> dict[str, Any]:
     """A stored dead letter as shown: its id as operators write it (deadletters.external_id),
     the rest in words."""
@@ -107,21 +116,30 @@ def provider_row(raw: Mapping[str, Any]) -> dict[str, Any]:
     return shown
 
 
-def number_view(ctx: Context, e164: str) -> dict[str, Any]:
+def number_view(
+    ctx: Context, e164: str, limit: int = 50, before: str | None = None
+) -> dict[str, Any]:
     """Everything known about one number (`GET /v1/numbers/{phone}`, `optout status`):
-    NUMBER_EXAMPLE's shape."""
+    NUMBER_EXAMPLE's shape. `audit`: a page of its history, newest first, merged from the
+    archive and the entries Redis still holds (`limit` of them, older than `before`: the
+    `audit_next` of the page before); `archive`: ok, or why the page may lack older ones."""
+    from worker.archive.history import history
+
     ledger = ctx.store.ledger(e164)
     providers = ctx.store.provider_view(e164, ctx.known_targets())
+    page = history(ctx, e164, limit, before)
     return {
         "phone": e164,
-        "known": bool(ledger),
+        "known": bool(ledger) or bool(page.entries),
         "state": ledger.get("s", "unknown"),
         "version": int(ledger.get("v", "0") or 0),
         "expires_at": iso(int(ledger.get("x", "0") or 0)),
         "event_time": iso(int(ledger.get("t", "0") or 0)),
         "last_event_id": ledger.get("e"),
         "providers": {target: provider_row(row) for target, row in providers.items()},
-        "audit": [words(entry) for entry in ctx.store.audit(e164)],
+        "audit": [audit_entry(e.entry_id or None, e.number, e.raw) for e in page.entries],
+        "audit_next": page.next_before,
+        "archive": page.archive,
     }
 
 
@@ -165,13 +183,23 @@ NUMBER_EXAMPLE: dict[str, Any] = {
         },
     },
     "audit": [
-        {"at": "2026-12-03T21:52:28.412Z", "target": "voicenter", "action": "add",
-         "outcome": "done", "reason": "", "detail": "", "version": 1, "attempts": 0},
-        {"at": "2026-12-03T21:52:28.398Z", "target": "phonely:agent1", "action": "add",
-         "outcome": "retry", "reason": "server_error", "detail": "HTTP 503", "version": 1,
-         "attempts": 1},
-        {"at": "2026-12-03T21:52:27.901Z", "event_id": "8a818628875441e3a3959d8ec65f71cd",
-         "source": "api", "action": "add", "reason": "", "event_time": "2026-12-03T21:52:27.901Z",
-         "expires_at": None, "result": "applied", "version": 1},
+        {"id": "1796334748412-0", "phone": "+972501234567", "at": "2026-12-03T21:52:28.412Z",
+         "target": "voicenter", "action": "add", "outcome": "done", "reason": "", "detail": "",
+         "version": 1, "attempts": 0},
+        {"id": "1796334748398-0", "phone": "+972501234567", "at": "2026-12-03T21:52:28.398Z",
+         "target": "phonely:agent1", "action": "add", "outcome": "retry",
+         "reason": "server_error", "detail": "HTTP 503", "version": 1, "attempts": 1},
+        {"id": "1796334747901-0", "phone": "+972501234567", "at": "2026-12-03T21:52:27.901Z",
+         "event_id": "8a818628875441e3a3959d8ec65f71cd", "source": "api", "action": "add",
+         "reason": "", "event_time": "2026-12-03T21:52:27.901Z", "expires_at": None,
+         "result": "applied", "version": 1},
     ],
+    "audit_next": None,
+    "archive": "ok",
 }  # fmt: skip
+
+#: One audit entry as shown (`optout audit export --format jsonl`, `GET /v1/audit`, the
+#: items of a number's `audit`): id, phone (None for a provider's own entry), then the
+#: entry's fields in words, which differ by kind (accept, push answer, retry, dead letter,
+#: replay, purge, expiry, reconcile, pause, resume).
+AUDIT_ENTRY_EXAMPLE: dict[str, Any] = NUMBER_EXAMPLE["audit"][-1]

@@ -42,6 +42,25 @@ class StoreUnavailableError(AcceptError):
         super().__init__("store_unavailable", message)
 
 
+class AuditBacklogError(StoreUnavailableError):
+    """The audit archive is so far behind (OPTOUT_AUDIT_BACKLOG_LIMIT entries wait in Redis)
+    that accepts stop until it catches up: the sender retries (503), nothing is dropped."""
+
+    def __init__(self, entries: int) -> None:
+        AcceptError.__init__(
+            self, "audit_backlog", f"the audit archive is behind ({entries} entries wait in "
+            "Redis): opt-outs are refused until it catches up; retry later",
+        )  # fmt: skip
+
+
+def _refuse_when_backlogged(ctx: Context) -> None:
+    from worker.archive.archiver import over_limit
+
+    entries = over_limit(ctx)
+    if entries is not None:
+        raise AuditBacklogError(entries)
+
+
 @dataclass(frozen=True)
 class PhoneInput:
     """One phone as the sender wrote it, with an optional label."""
@@ -203,6 +222,7 @@ def accept(ctx: Context, event: Event) -> AcceptResult:
     every target in one Redis round trip; then enqueue the flushes that are due."""
     with _refusals_counted(event):
         with _store_errors():  # the plan reads the server's clock and live targets
+            _refuse_when_backlogged(ctx)
             plan = _plan(ctx, event)
             ctx.ensure_registered()
             outcome = _write(ctx, plan)
@@ -228,6 +248,7 @@ async def accept_async(ctx: Context, event: Event) -> AcceptResult:
     if aio is None or len(event.phones) > INLINE_PHONES:
         return await anyio.to_thread.run_sync(accept, ctx, event)
     with _refusals_counted(event), _store_errors():
+        _refuse_when_backlogged(ctx)  # a look at Redis once a second per process
         due = ctx.announce_due()  # reads the server's clock
     if due:
         return await anyio.to_thread.run_sync(accept, ctx, event)

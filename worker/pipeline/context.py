@@ -12,6 +12,7 @@ from typing import Any, Protocol
 import structlog
 
 from config import Settings, routes_allow
+from worker.archive.database import Archive
 from worker.providers.base import Action, Provider
 from worker.state.async_accept import AsyncAccept
 from worker.state.records import Claimed, CompleteOptions
@@ -62,6 +63,10 @@ class Context:
     async_accept: AsyncAccept | None = None
     #: Seconds for durations (the push chain, the directory's age); tests pass a fake.
     monotonic: Callable[[], float] = time.monotonic
+    #: The audit archive (OPTOUT_ARCHIVE_URL); connects on first use.
+    archive: Archive = field(default_factory=lambda: Archive("sqlite://"))
+    #: (monotonic time, entries) of the last look at the audit backlog (accept's bound).
+    backlog_seen: tuple[float, int] = (float("-inf"), 0)
     _announced: float = 0.0
     _directory: tuple[float, dict[str, dict[str, Any]]] | None = None
 

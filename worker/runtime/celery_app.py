@@ -22,6 +22,8 @@ SWEEP_TASK = "optout.sweep"
 RECOVER_TASK = "optout.recover"
 REPLAY_TASK = "optout.replay"
 RECONCILE_TASK = "optout.reconcile"
+ARCHIVE_TASK = "optout.archive"
+AUDIT_PURGE_TASK = "optout.audit_purge"
 #: Worker groups: `optout worker` runs each as its own Celery worker (see worker_groups).
 MAIN, PER_NUMBER = "main", "per-number"
 
@@ -109,6 +111,20 @@ def create_celery(settings: Settings) -> Celery:
                 "task": RECOVER_TASK,
                 "schedule": timedelta(seconds=settings.recover_interval_seconds),
                 "options": {"queue": default_queue(settings.queue_namespace)},
+            },
+            # The audit stream into the archive: often, so the Redis tail stays short.
+            "archive": {
+                "task": ARCHIVE_TASK,
+                "schedule": timedelta(seconds=settings.archive_interval_seconds),
+                "options": {"queue": default_queue(settings.queue_namespace)},
+            },
+            "audit_purge": {
+                "task": AUDIT_PURGE_TASK,
+                "schedule": timedelta(days=1),
+                "options": {
+                    "queue": settings.queue_namespace + BACKGROUND_QUEUE,
+                    "expires": 86400,
+                },
             },
             **_reconcile_schedule(settings),
         },

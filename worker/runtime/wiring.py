@@ -22,6 +22,7 @@ from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 
 from config import Settings, load_settings
+from worker.archive.database import Archive
 from worker.domain.phones import normalise_own_numbers
 from worker.pipeline.context import Context, Dispatcher
 from worker.providers import build_providers
@@ -148,6 +149,7 @@ def build_context(
         else CeleryDispatcher(celery_app(), settings.queue_namespace),
         rng=rng or random.Random(),
         own_numbers=normalise_own_numbers(settings.own_numbers, settings.default_region),
+        archive=Archive(settings.archive_database_url),
     )
     if async_client is not None:
         ctx.async_accept = AsyncAccept(store, async_client, ctx.replication())

@@ -8,11 +8,11 @@ import uuid
 from collections.abc import Iterable
 from typing import Any, cast
 
+from worker.state.auditlog import AuditLog
 from worker.state.codec import decode, ms, text
-from worker.state.keyspace import Keyspace
 
 
-class Limits(Keyspace):
+class Limits(AuditLog):
     """`slots:*`, `rate:*`, `paused`, `hold:*`, `breaker:*` and `turn:*`."""
 
     def acquire_slot(
@@ -28,11 +28,16 @@ class Limits(Keyspace):
         self._run("slot", "release", provider, token, 0, 0, 0)
 
     def pause(self, provider: str, reason: str, setting: str, detail: str) -> None:
+        """Pause a provider for every worker; the archive records it."""
         info = {"reason": reason, "setting": setting, "detail": detail, "at": self.now_ms()}
-        self.redis.hset(self.key("paused"), provider, json.dumps(info))
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(self.key("paused"), provider, json.dumps(info))
+        self.audit_provider(provider, {"act": "pause", "rsn": reason, "det": detail}, pipe)
+        pipe.execute()
 
-    def resume(self, provider: str) -> bool:
-        return bool(self.redis.hdel(self.key("paused"), provider))
+    def resume(self, provider: str, who: str = "") -> bool:
+        """Resume a paused provider; the archive records it (one not paused: no entry)."""
+        return bool(self._run("resume", provider, who))
 
     def paused(self) -> dict[str, dict[str, Any]]:
         raw = cast(dict[Any, Any], self.redis.hgetall(self.key("paused")))

@@ -12,6 +12,7 @@ module              holds
 ``deadletters.py``  dead letters: list, count, replay, purge
 ``targets.py``      targets announced, the live directory, catch-up and repair
 ``limits.py``       request slots, pauses, holds, circuits, turns of scheduled runs
+``auditlog.py``     the audit stream the archive drains (worker/archive/), its backlog
 ``bookkeeping.py``  ingress inputs kept for review, counters
 ``records.py``      the typed records the scripts answer with and are given
 ``async_accept.py`` accept from an event loop, with group commit (the HTTP API)
@@ -26,17 +27,25 @@ key                            type    holds
 ``idem:{source}:{key}``        string  ``{body hash}|{event id}``; expires (30 days default)
 ``num:{e164}``                 hash    ledger: s (blocked/unblocked), v (version), t (newest
                                        event time ms), rt (latest remove time), bl (blocks
-                                       newer than rt: JSON [[t, expiry], ...]), x (expiry ms
-                                       the blocks add up to, 0 = none), e (last
+                                       newer than rt: JSON [[t, expiry], ...]; no rt: none
+                                       yet), x (expiry ms
+                                       the blocks add up to; none: for good), e (last
                                        event id), n (label), src, r (reason), c (call
                                        context JSON), u (updated ms), xr (1: unblocked
                                        because its expiry passed), rs (the sources of the
                                        adds behind the block, one a line: routes for
                                        catch-up and reconcile), k{code} (per target:
-                                       ``{state}:{version}`` the provider holds, or
-                                       ``?``: unknown, a push whose answer no longer
-                                       counts may have landed after a newer one)
-``audit:{e164}``               list    JSON audit entries, newest first, capped
+                                       what the provider holds, ``b{version}`` blocked,
+                                       ``u{version}`` unblocked, or ``?``: unknown, a push
+                                       whose answer no longer counts may have landed
+                                       after a newer one)
+``audit:log``                  stream  every audit entry until the archive (worker/archive/)
+                                       has committed it: n (the number; empty for a
+                                       provider's entry: pause, resume), e (the entry's
+                                       JSON); the stream id is the entry's id for good
+``audit:{e164}``               list    the number's entries not yet archived, newest first,
+                                       capped: each entry's JSON with its stream id spliced
+                                       in as "id" (gone once all are archived)
 ``blocked:{bucket}``           set     the digits of the numbers the ledger blocks now,
                                        32,768 sets by the last six digits (intsets: ~10
                                        bytes a number; ledger.py: blocked_bucket)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from tests.conftest import FakeClock
 from tests.worker.state.scene import (
     N1,
@@ -52,7 +54,7 @@ def test_a_replay_stages_the_number_again_once_however_often_it_is_replayed(
     entry = dead_letter(store, N1)
     assert entry is not None
     assert (entry["replays"], entry["replayed_at"]) == (2, store.now_ms())
-    assert store.audit(N1)[0] == {
+    assert _without_id(store.audit(N1)[0]) == {
         "at": store.now_ms(), "act": "replay", "prov": "voicenter", "by": "ops",
         "rsn": "bad_format", "res": "staged",
     }  # fmt: skip
@@ -100,9 +102,15 @@ def test_a_purge_drops_the_entry_leaves_an_audit_line_and_a_spent_late_mark_goes
     assert store.purge(members, "ops") == 2
     assert store.dead_letters() == []
     assert store.redis.zcard(store.key("dlq:age")) == 0
-    assert store.audit(N1)[0] == {
+    assert _without_id(store.audit(N1)[0]) == {
         "at": store.now_ms(), "act": "purge", "prov": "voicenter", "by": "ops", "rsn": "bad_format",
     }  # fmt: skip
     assert hget(store, "late:voicenter", N1) is None  # passed: nothing would clear it
     assert hget(store, "late:voicenter", N2) is not None  # still running: the next push's
     assert store.purge(members, "ops") == 0
+
+
+def _without_id(entry: dict[str, Any]) -> dict[str, Any]:
+    """A tail entry without its stream id (what the archive keys it by: a real id)."""
+    assert "-" in entry["id"]
+    return {k: v for k, v in entry.items() if k != "id"}

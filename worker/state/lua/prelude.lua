@@ -43,12 +43,19 @@ local function opposite(action)
   return 'add'
 end
 
--- Push an audit entry (JSON text) onto a number's trail, keeping the newest `cap`.
+-- Write an audit entry (a JSON object's text) for number `n`: to the stream `audit:log`
+-- the archiver drains into the database (worker/archive/), and onto the number's tail
+-- `audit:{n}` (newest first, the newest `cap`) with the stream id spliced in as "id", so
+-- that a read merges the tail with the archive without duplicates and the archiver removes
+-- exactly this value once the entry is archived (lua/archived.lua builds it the same way).
+-- Answers the stream id.
 local function audit_raw(n, json, cap)
+  local id = redis.call('XADD', P .. 'audit:log', '*', 'n', n, 'e', json)
   local key = P .. 'audit:' .. n
-  if redis.call('LPUSH', key, json) > cap then
+  if redis.call('LPUSH', key, '{"id":"' .. id .. '",' .. string.sub(json, 2)) > cap then
     redis.call('LTRIM', key, 0, cap - 1)
   end
+  return id
 end
 
 local function audit(n, entry, cap)

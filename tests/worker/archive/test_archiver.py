@@ -1,0 +1,162 @@
+"""The archiver: entries move from Redis into the archive exactly once, a number keeps no
+audit key in Redis once all are archived, an archive that is down loses nothing, and the
+backlog raises an alarm, then holds accepts back."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from structlog.testing import capture_logs
+
+from tests.fakes.dispatch import QueueDispatcher
+from worker.archive.archiver import archive_pending, backlog_report, drain
+from worker.archive.database import Archive, ArchiveError
+from worker.ingress.api import create_api
+from worker.pipeline.accept import AuditBacklogError, Event, PhoneInput, accept
+from worker.pipeline.context import Context
+from worker.providers.base import Action
+
+PHONES = [f"+9725012345{i:02d}" for i in range(20)]
+
+
+def opt_out(ctx: Context, dispatcher: QueueDispatcher, phones: list[str] = PHONES) -> None:
+    accept(ctx, Event("api", Action.ADD, [PhoneInput(p) for p in phones]))
+    dispatcher.drain(ctx)  # pushed: each number has its accept and its provider's answer
+
+
+def audit_keys(ctx: Context) -> list[bytes]:
+    return [k for k in ctx.store.redis.keys(ctx.store.key("audit", "*")) if not k.endswith(b":log")]
+
+
+def test_a_drain_archives_every_entry_once_and_leaves_no_tail(
+    actx: Context, dispatcher: QueueDispatcher
+) -> None:
+    opt_out(actx, dispatcher)
+    written = {e.entry_id for e in actx.store.pending_audit(1000)}
+    assert len(written) == 40 and audit_keys(actx)
+    assert archive_pending(actx) == 40
+    assert audit_keys(actx) == []
+    assert actx.store.audit_backlog().entries == 0
+    archived = list(actx.archive.between(None, None))
+    assert {e.entry_id for e in archived} == written
+    assert {e.number for e in archived} == set(PHONES)
+
+
+def test_batches_go_in_order_until_the_stream_is_empty(
+    make_ctx: Any, archive: Archive, dispatcher: QueueDispatcher
+) -> None:
+    ctx = make_ctx(archive_batch=7)
+    ctx.archive = archive
+    opt_out(ctx, dispatcher)
+    assert drain(ctx) == 40
+    assert archive.count(None, None) == 40
+
+
+def test_a_crash_between_commit_and_cleanup_archives_nothing_twice(
+    actx: Context, dispatcher: QueueDispatcher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opt_out(actx, dispatcher)
+
+    def crash(_: list[str]) -> int:
+        raise ConnectionError("the worker died here")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(actx.store, "forget_archived", crash)
+        with pytest.raises(ConnectionError):
+            drain(actx)
+    assert actx.store.audit_backlog().entries == 40  # still in Redis
+    assert drain(actx) == 40  # the next drain inserts them again: no-ops
+    assert actx.archive.count(None, None) == 40
+    assert audit_keys(actx) == []
+
+
+def test_an_archive_that_is_down_loses_nothing_and_catches_up(
+    actx: Context, dispatcher: QueueDispatcher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opt_out(actx, dispatcher)
+    working = actx.archive
+
+    def down(*_: Any) -> int:
+        raise ArchiveError("archive unavailable: OperationalError: connection refused")
+
+    monkeypatch.setattr("worker.archive.archiver._complaints.last", {})
+    with monkeypatch.context() as patched:
+        patched.setattr(working, "write", down)
+        with capture_logs() as logs:
+            assert archive_pending(actx) == 0
+        assert [e["event"] for e in logs if e["log_level"] == "warning"] == ["archive_unavailable"]
+        opt_out(actx, dispatcher, ["+972509999999"])  # accepts go on meanwhile
+    assert actx.store.audit_backlog().entries == 42
+    assert archive_pending(actx) == 42
+    assert actx.archive.count(None, None) == 42
+
+
+def test_only_one_drain_runs_at_a_time(actx: Context, dispatcher: QueueDispatcher) -> None:
+    opt_out(actx, dispatcher)
+    token = actx.store.take_turn("archive", 30)
+    assert token is not None
+    assert archive_pending(actx) == 0  # another holds the turn
+    actx.store.give_turn_back("archive", token)
+    assert archive_pending(actx) == 40
+
+
+def test_the_backlog_reports_the_oldest_entrys_age(
+    actx: Context, dispatcher: QueueDispatcher, clock: Any
+) -> None:
+    opt_out(actx, dispatcher)
+    clock.advance(90)
+    report = backlog_report(actx)
+    assert (report["entries"], report["lag_seconds"], report["alarm"]) == (40, 90.0, False)
+
+
+def test_above_the_alarm_an_error_is_logged_and_readyz_says_so(
+    make_ctx: Any, archive: Archive, dispatcher: QueueDispatcher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ctx = make_ctx(audit_backlog_alarm=10, admin_token="admin")
+    ctx.archive = archive
+    opt_out(ctx, dispatcher)
+    monkeypatch.setattr("worker.archive.archiver._complaints.last", {})
+    monkeypatch.setattr(ctx.store, "take_turn", lambda *_: None)  # no drain gets its turn
+    with capture_logs() as logs:
+        archive_pending(ctx)
+    alarms = [e for e in logs if e["event"] == "audit_backlog_alarm"]
+    assert alarms and alarms[0]["log_level"] == "error" and alarms[0]["entries"] == 40
+    monkeypatch.setattr("worker.ingress.api.broker_check", lambda _: "ok")
+    ready = TestClient(create_api(lambda: ctx)).get("/readyz")
+    assert ready.status_code == 200  # an alarm, not yet a refusal
+    assert ready.json()["audit_backlog"]["alarm"] is True
+
+
+def test_at_the_limit_accepts_are_refused_with_503_until_it_drains(
+    make_ctx: Any, archive: Archive, dispatcher: QueueDispatcher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ctx = make_ctx(audit_backlog_alarm=10, audit_backlog_limit=30, admin_token="admin")
+    ctx.archive = archive
+    opt_out(ctx, dispatcher)
+    ctx.backlog_seen = (float("-inf"), 0)  # look again now, not in a second
+    with pytest.raises(AuditBacklogError):
+        accept(ctx, Event("api", Action.ADD, [PhoneInput("+972509999999")]))
+    api = TestClient(create_api(lambda: ctx))
+    ctx.backlog_seen = (float("-inf"), 0)
+    refused = api.post("/v1/optouts", headers={"Authorization": "Bearer admin"},
+                       json={"action": "add", "phones": ["+972509999999"]})  # fmt: skip
+    assert refused.status_code == 503 and refused.json()["error"] == "audit_backlog"
+    assert refused.headers["Retry-After"]
+    monkeypatch.setattr("worker.ingress.api.broker_check", lambda _: "ok")
+    assert api.get("/readyz").status_code == 503
+    drain(ctx)
+    ctx.backlog_seen = (float("-inf"), 0)
+    accept(ctx, Event("api", Action.ADD, [PhoneInput("+972509999999")]))
+    assert ctx.store.ledger("+972509999999")["s"] == "blocked"
+
+
+def test_the_metrics_show_backlog_and_lag(
+    actx: Context, dispatcher: QueueDispatcher, clock: Any
+) -> None:
+    opt_out(actx, dispatcher)
+    clock.advance(5)
+    text = TestClient(create_api(lambda: actx)).get("/metrics").text
+    assert "optout_audit_backlog_entries 40.0" in text
+    assert "optout_audit_archive_lag_seconds 5.0" in text

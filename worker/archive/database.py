@@ -1,0 +1,363 @@
+"""The archive database: its engine (PostgreSQL through psycopg, or SQLite), migrations, and
+the statements that write, read and purge audit entries."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import structlog
+from sqlalchemy import Engine, and_, create_engine, delete, event, inspect, or_, select
+from sqlalchemy import text as sql
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.pool import StaticPool
+
+from worker.archive.schema import VERSION_TABLE, audit_entries
+from worker.domain.errors import OptoutError
+from worker.state.auditlog import PendingEntry
+
+log = structlog.get_logger("optout.archive")
+
+#: Rows per statement when the archive is read page by page (an export, a purge).
+PAGE = 5000
+#: PostgreSQL advisory lock key: one process migrates at a time (the others wait, then
+#: find the schema current).
+_MIGRATION_LOCK = 0x6F70746F  # "opto"
+
+
+class ArchiveError(OptoutError, reason="archive_unavailable"):
+    """The archive database could not be reached, or refused a statement."""
+
+
+def sqlalchemy_url(url: str) -> URL:
+    """OPTOUT_ARCHIVE_URL as SQLAlchemy takes it: postgresql:// (or postgres://) through
+    psycopg 3; sqlite:///path as it is."""
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def masked(url: str) -> str:
+    """The URL as logs and check-config show it: the password, if any, as ***."""
+    try:
+        return sqlalchemy_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001
+        return "(unparseable URL)"  # never echo what could not be parsed: it may be a secret
+
+
+def describe(url: str) -> str:
+    """What the archive is, for a person: 'PostgreSQL postgresql+psycopg://u:***@h/db' or
+    'SQLite /path/archive.sqlite3'."""
+    parsed = sqlalchemy_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return f"SQLite {parsed.database or '(in memory)'}"
+    return f"PostgreSQL {masked(url)}"
+
+
+def _sqlite_pragmas(connection: Any, _: Any) -> None:
+    cursor = connection.cursor()
+    # WAL: readers (the API, exports) never block the archiver's writes. FULL: a commit is on
+    # disk before the archiver drops the entries from Redis, power loss or not.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def create(url: str) -> Engine:
+    """An engine for the archive URL; connects on first use. A PostgreSQL that is down fails
+    a statement within seconds (the entries wait in Redis), not after a TCP timeout."""
+    parsed = sqlalchemy_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        memory = parsed.database in (None, "", ":memory:")
+        if memory:
+            # One connection for the whole process: each would be a database of its own.
+            engine = create_engine(parsed, poolclass=StaticPool,
+                                   connect_args={"check_same_thread": False})  # fmt: skip
+        else:
+            Path(str(parsed.database)).parent.mkdir(parents=True, exist_ok=True)
+            engine = create_engine(parsed, connect_args={"check_same_thread": False,
+                                                         "timeout": 30})  # fmt: skip
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(
+        parsed, pool_pre_ping=True, pool_size=2, max_overflow=4, pool_recycle=1800,
+        connect_args={"connect_timeout": 3},
+    )  # fmt: skip
+
+
+def seq_of(entry_id: str) -> int:
+    """A stream id (`{ms}-{n}`, maybe with a ~suffix) as one integer in the order written."""
+    ms, _, rest = entry_id.partition("-")
+    n = rest.split("~", 1)[0]
+    try:
+        return int(ms) * 1_000_000 + int(n or 0)
+    except ValueError:
+        return 0
+
+
+@dataclass(frozen=True, slots=True)
+class ArchivedEntry:
+    """An audit entry as the archive (or Redis) holds it: id, number ('' for a provider's),
+    time (ms), write order, and the entry's fields as the scripts wrote them."""
+
+    entry_id: str
+    number: str
+    at: int
+    seq: int
+    raw: dict[str, Any]
+
+    @property
+    def key(self) -> tuple[int, int]:
+        """The order entries are shown in: by time, then as written."""
+        return (self.at, self.seq)
+
+
+def _row(entry: PendingEntry) -> dict[str, Any]:
+    try:
+        raw = orjson.loads(entry.body)
+    except orjson.JSONDecodeError:
+        raw = {}
+    if not isinstance(raw, dict):
+        raw = {}
+    return {
+        "entry_id": entry.entry_id,
+        "number": entry.number,
+        "at": _int(raw.get("at")) or seq_of(entry.entry_id) // 1_000_000,
+        "seq": seq_of(entry.entry_id),
+        "action": str(raw.get("act") or "")[:32],
+        "source": str(raw.get("src") or "")[:100],
+        "event_id": str(raw.get("ev") or "")[:100],
+        "target": str(raw.get("prov") or "")[:100],
+        "body": entry.body,
+    }
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _entry(row: Any) -> ArchivedEntry:
+    try:
+        raw = orjson.loads(row.body)
+    except orjson.JSONDecodeError:
+        raw = {"unreadable": row.body}
+    return ArchivedEntry(row.entry_id, row.number, int(row.at), int(row.seq), raw)
+
+
+class Archive:
+    """The archive database for one URL; the engine is made on first use (after a fork:
+    each process its own). Migrations run once per process before the first write
+    (`ensure_schema`), or explicitly (`optout archive migrate`)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._engine: Engine | None = None
+        self._migrated = False
+        self._ready = False
+        self._lock = threading.Lock()
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            with self._lock:
+                if self._engine is None:
+                    self._engine = create(self.url)
+        return self._engine
+
+    @property
+    def dialect(self) -> str:
+        return sqlalchemy_url(self.url).get_backend_name()
+
+    def describe(self) -> str:
+        return describe(self.url)
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+            self._migrated = self._ready = False
+
+    def migrate(self) -> str:
+        """Bring the schema to the newest version (Alembic); the version it is at."""
+        from alembic import command
+        from alembic.config import Config
+        from alembic.runtime.migration import MigrationContext
+
+        config = Config()
+        config.set_main_option("script_location", "worker.archive:migrations")
+        try:
+            with self.engine.begin() as connection:
+                if connection.dialect.name == "postgresql":
+                    connection.execute(sql("SELECT pg_advisory_xact_lock(:k)"),
+                                       {"k": _MIGRATION_LOCK})  # fmt: skip
+                config.attributes["connection"] = connection
+                command.upgrade(config, "head")
+                context = MigrationContext.configure(
+                    connection, opts={"version_table": VERSION_TABLE}
+                )
+                version = context.get_current_revision() or "none"
+        except SQLAlchemyError as exc:
+            raise ArchiveError(f"archive unavailable: {_reason(exc)}") from exc
+        self._migrated = True
+        return version
+
+    def ensure_schema(self) -> None:
+        """Migrate, once per process (the archiver's first write)."""
+        if not self._migrated:
+            self.migrate()
+
+    def ready(self) -> bool:
+        """Whether the schema is there (a reader never migrates: it may lack the rights)."""
+        if self._migrated or self._ready:
+            return True
+        try:
+            # Once there, always there: asked once per process, not on every read.
+            self._ready = inspect(self.engine).has_table(audit_entries.name)
+        except SQLAlchemyError as exc:
+            raise ArchiveError(f"archive unavailable: {_reason(exc)}") from exc
+        return self._ready
+
+    def write(self, entries: Sequence[PendingEntry]) -> int:
+        """Insert entries in one transaction; an entry already there (a drain repeated after
+        a crash between commit and cleanup) is skipped. How many rows are new. An id already
+        there with another body (a Redis that started over, on a clock behind the one
+        before) is kept as well, under its id with a suffix, and logged: evidence is never
+        dropped."""
+        if not entries:
+            return 0
+        rows = [_row(e) for e in entries]
+        table = audit_entries
+        dialect_insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+        stmt = dialect_insert(table).on_conflict_do_nothing(index_elements=["entry_id"])
+        try:
+            with self.engine.begin() as connection:
+                new = {r[0] for r in connection.execute(stmt.returning(table.c.entry_id), rows)}
+                if len(new) < len(rows):
+                    repeated = [r for r in rows if r["entry_id"] not in new]
+                    clashes = self._clashes(connection, repeated)
+                    if clashes:
+                        connection.execute(stmt, clashes)
+                        new.update(r["entry_id"] for r in clashes)
+        except SQLAlchemyError as exc:
+            raise ArchiveError(f"archive unavailable: {_reason(exc)}") from exc
+        return len(new)
+
+    def _clashes(self, connection: Any, repeated: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Of rows whose id is taken, those whose body differs, under a suffixed id."""
+        table = audit_entries
+        held: dict[str, str] = {}
+        ids = [r["entry_id"] for r in repeated]
+        for start in range(0, len(ids), 1000):
+            found = connection.execute(
+                select(table.c.entry_id, table.c.body).where(
+                    table.c.entry_id.in_(ids[start : start + 1000])
+                )
+            )
+            held.update({r.entry_id: r.body for r in found})
+        out = []
+        for row in repeated:
+            if held.get(row["entry_id"]) == row["body"]:
+                continue
+            digest = hashlib.sha256(row["body"].encode()).hexdigest()[:12]
+            log.error("audit_entry_id_reused", entry_id=row["entry_id"], kept_as_suffix=digest)
+            out.append({**row, "entry_id": f"{row['entry_id']}~{digest}"})
+        return out
+
+    def page(
+        self, number: str, limit: int, before: tuple[int, int] | None = None
+    ) -> list[ArchivedEntry]:
+        """A number's newest `limit` entries older than `before` ((at, seq)), newest first."""
+        table = audit_entries
+        query = select(table).where(table.c.number == number)
+        if before is not None:
+            query = query.where(_older_than(before))
+        query = query.order_by(table.c.at.desc(), table.c.seq.desc()).limit(limit)
+        return self._read(query)
+
+    def between(
+        self, since_ms: int | None, until_ms: int | None, number: str | None = None
+    ) -> Iterator[ArchivedEntry]:
+        """Entries at or after `since_ms` and before `until_ms` (of a number), oldest first,
+        read a page at a time (a five-year export never sits in memory)."""
+        table = audit_entries
+        after: tuple[int, int] | None = None
+        while True:
+            query = select(table)
+            if number is not None:
+                query = query.where(table.c.number == number)
+            if since_ms is not None:
+                query = query.where(table.c.at >= since_ms)
+            if until_ms is not None:
+                query = query.where(table.c.at < until_ms)
+            if after is not None:
+                at, seq = after
+                query = query.where(or_(table.c.at > at, and_(table.c.at == at, table.c.seq > seq)))
+            rows = self._read(query.order_by(table.c.at, table.c.seq).limit(PAGE))
+            yield from rows
+            if len(rows) < PAGE:
+                return
+            after = rows[-1].key
+
+    def count(self, since_ms: int | None, until_ms: int | None, number: str | None = None) -> int:
+        from sqlalchemy import func
+
+        table = audit_entries
+        query = select(func.count()).select_from(table)
+        if number is not None:
+            query = query.where(table.c.number == number)
+        if since_ms is not None:
+            query = query.where(table.c.at >= since_ms)
+        if until_ms is not None:
+            query = query.where(table.c.at < until_ms)
+        try:
+            with self.engine.connect() as connection:
+                return int(connection.execute(query).scalar_one())
+        except SQLAlchemyError as exc:
+            raise ArchiveError(f"archive unavailable: {_reason(exc)}") from exc
+
+    def delete_before(self, cutoff_ms: int, batch: int = 10_000) -> int:
+        """Delete up to `batch` of the entries older than `cutoff_ms`, oldest first, in one
+        short transaction; how many went."""
+        table = audit_entries
+        chosen = select(table.c.entry_id).where(table.c.at < cutoff_ms)
+        chosen = chosen.order_by(table.c.at).limit(batch)
+        try:
+            with self.engine.begin() as connection:
+                ids = [r[0] for r in connection.execute(chosen)]
+                if ids:
+                    connection.execute(delete(table).where(table.c.entry_id.in_(ids)))
+        except SQLAlchemyError as exc:
+            raise ArchiveError(f"archive unavailable: {_reason(exc)}") from exc
+        return len(ids)
+
+    def _read(self, query: Any) -> list[ArchivedEntry]:
+        try:
+            with self.engine.connect() as connection:
+                return [_entry(r) for r in connection.execute(query)]
+        except SQLAlchemyError as exc:
+            raise ArchiveError(f"archive unavailable: {_reason(exc)}") from exc
+
+
+def _older_than(before: tuple[int, int]) -> Any:
+    at, seq = before
+    table = audit_entries
+    return or_(table.c.at < at, and_(table.c.at == at, table.c.seq < seq))
+
+
+def _reason(exc: SQLAlchemyError) -> str:
+    """Why a statement failed, in one line and without the URL (it may hold a password)."""
+    original = getattr(exc, "orig", None)
+    first = str(original or exc).strip().splitlines()
+    return f"{type(original or exc).__name__}: {first[0] if first else ''}"[:200]

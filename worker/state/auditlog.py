@@ -1,0 +1,84 @@
+"""The audit stream: entries waiting for the archive, read in order and forgotten once it
+has committed them; the backlog it makes; and entries of a provider rather than a number."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, cast
+
+from worker.state.codec import text
+from worker.state.keyspace import Keyspace
+
+#: Ids per cleanup script: a long script stalls every other call (as accept's WRITE_CHUNK).
+FORGET_CHUNK = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class PendingEntry:
+    """An audit entry in `audit:log`: its stream id (the entry's id everywhere after), its
+    number ('' for a provider's entry) and its JSON as the script wrote it."""
+
+    entry_id: str
+    number: str
+    body: str
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    """What waits for the archive: entries in the stream, and the time (ms, as the entry
+    says) of the oldest; 0 when none wait."""
+
+    entries: int
+    oldest_ms: int
+
+
+class AuditLog(Keyspace):
+    """`audit:log`, the stream every audit entry is written to (lua/prelude.lua: audit_raw)."""
+
+    def pending_audit(self, count: int, after: str | None = None) -> list[PendingEntry]:
+        """The oldest `count` entries waiting for the archive (after stream id `after`)."""
+        start = f"({after}" if after else "-"
+        rows = cast(list[Any], self.redis.xrange(self.key("audit", "log"), start, "+", count))
+        out = []
+        for raw_id, fields in rows:
+            out.append(PendingEntry(text(raw_id), text(fields.get(b"n", b"")),
+                                    text(fields.get(b"e", b"{}"))))  # fmt: skip
+        return out
+
+    def forget_archived(self, entry_ids: list[str]) -> int:
+        """Drop entries the archive has committed from the stream and their numbers' tails;
+        how many left the stream."""
+        removed = 0
+        for start in range(0, len(entry_ids), FORGET_CHUNK):
+            chunk = entry_ids[start : start + FORGET_CHUNK]
+            removed += int(self._run("archived", json.dumps(chunk)))
+        return removed
+
+    def audit_backlog(self) -> Backlog:
+        key = self.key("audit", "log")
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.xlen(key)
+        pipe.xrange(key, "-", "+", 1)
+        length, first = pipe.execute()
+        if not first:
+            return Backlog(int(length), 0)
+        raw_id, fields = first[0]
+        try:
+            at = int(json.loads(fields.get(b"e", b"{}")).get("at") or 0)
+        except (ValueError, TypeError, AttributeError):
+            at = 0
+        # An entry without a time of its own: the stream id's, the server's clock.
+        return Backlog(int(length), at or int(text(raw_id).split("-", 1)[0]))
+
+    def audit_backlog_length(self) -> int:
+        return int(self.redis.xlen(self.key("audit", "log")))
+
+    def audit_provider(self, provider: str, entry: dict[str, Any], pipe: Any = None) -> None:
+        """An audit entry of a provider rather than a number (a pause, a resume): to the
+        archive only (through the stream), with the provider as its target. `pipe`: a
+        transaction to write it in, beside the change it records."""
+        body = json.dumps({"at": self.now_ms(), "prov": provider, **entry}, separators=(",", ":"))
+        (pipe if pipe is not None else self.redis).xadd(
+            self.key("audit", "log"), {"n": "", "e": body}
+        )
