@@ -132,9 +132,14 @@ def backfill(ctx: Context, page: int = 2000) -> int:
         where, at, generation = cursor.partition("@")
         phase, _, position = where.rpartition(":")
         if phase == "c":
+            # The release before's second pass: an HSCAN cursor over `confirmed:{target}`.
+            # Taken for a SCAN cursor of the keyspace it would go on from an arbitrary
+            # bucket, past numbers the target holds that the ledger lifted: start over.
+            phase, position = "k", "0"
+        if phase == "k":
             position, numbers = ctx.store.confirmed_page(target, position, page)
             wanted = numbers
-            next_cursor = None if position == "0" else f"c:{position}"
+            next_cursor = None if position == "0" else f"k:{position}"
         else:
             position, numbers = ctx.store.blocked_page(position, page)
             sources = ctx.store.ledger_sources(numbers)
@@ -142,7 +147,7 @@ def backfill(ctx: Context, page: int = 2000) -> int:
                 n for n, srcs in zip(numbers, sources, strict=True)
                 if ctx.routed_by_any(srcs, provider, table)
             ]  # fmt: skip
-            next_cursor = "c:0" if position == "0" else f"b:{position}"
+            next_cursor = "k:0" if position == "0" else f"b:{position}"
         if next_cursor is not None:
             next_cursor += at + generation  # this catch-up's own, to the end
         if wanted:

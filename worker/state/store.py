@@ -99,8 +99,12 @@ key                            type    holds
 ``targets:live``               zset    target -> live until (ms): announced by a process
                                        that has it enabled; accepts stage for these
 ``backfill``                   hash    target -> catch-up cursor: ``b:{n}`` over
-                                       the blocked index, then ``c:{n}`` over the ledger's
-                                       numbers with a confirmation there,
+                                       the blocked index (``{n}`` an SSCAN cursor of the
+                                       one set of before, then ``k{bucket}``), then
+                                       ``k:{n}`` (a SCAN cursor) over the ledger's
+                                       numbers with a confirmation there (``c:{n}``, an
+                                       HSCAN cursor of the release before, starts that
+                                       pass over),
                                        each ``@{generation}`` (one per catch-up)
 ``backfill:seq``               string  catch-up generation counter
 ``routes``                     string  the announced OPTOUT_ROUTES (JSON), what decides where

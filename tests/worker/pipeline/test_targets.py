@@ -893,3 +893,55 @@ def test_a_temporary_stop_kept_without_its_source_runs_out_after_the_adoption_pa
     _settle(ctx)
     assert _phonely_holds(router, n) == [True, True]
     assert n[1:] not in router.fakes["voodoosms"].listed()
+
+
+def test_a_catch_up_left_by_the_release_before_in_its_second_pass_starts_the_ledger_scan_over(
+) -> None:  # fmt: skip
+    # Found by the review of confirmations in the ledger: the release before kept a catch-up's
+    # second pass as `c:{n}`, n an HSCAN cursor over `confirmed:{target}`; this one read the
+    # same `c:{n}` as a SCAN cursor over the whole keyspace and went on from there, past
+    # numbers the target still held blocked while the ledger had lifted them (the remove was
+    # never pushed: a stale block at the provider).
+    redis, router, both, ctx = _two_providers()
+    clock, dispatcher = ctx.store.clock, ctx.dispatcher
+    assert isinstance(clock, FakeClock) and isinstance(dispatcher, QueueDispatcher)
+    n = "+972501111111"
+    accept(ctx, Event("api", Action.ADD, [PhoneInput(n)]))
+    dispatcher.drain(ctx)
+    voodoo = router.fakes["voodoosms"]
+    assert voodoo.listed() == {n[1:]}
+    # VoodooSMS lapses; the remove is accepted while no process has it.
+    without = build(redis, router, env_for("voicenter", "http://voicenter.test"))
+    without.store.clock, without.dispatcher = clock, dispatcher
+    clock.advance(ctx.settings.target_ttl_seconds + 1)
+    work.sweep(without)
+    clock.advance(1)
+    when = datetime.fromtimestamp(clock.now, tz=UTC)
+    accept(without, Event("api", Action.REMOVE, [PhoneInput(n)], occurred_at=when))
+    dispatcher.drain(without)
+    # It is back; the release before took its catch-up through the blocked numbers and some
+    # way into the second pass (an HSCAN cursor of a large `confirmed:voodoosms`) when the
+    # upgrade replaced it.
+    back = build(redis, router, both)
+    back.store.clock, back.dispatcher = clock, dispatcher
+    back.ensure_registered()
+    generation = back.store.backfills()["voodoosms"].partition("@")[2]
+    redis.hset(back.store.key("backfill"), "voodoosms", f"c:98304@{generation}")
+    # (The fake's SCAN remembers the cursors it gave and starts over at one it never gave,
+    # unlike Redis's, which goes on from that bucket: what the scan is started at is checked.)
+    scanned: list[str] = []
+    page = back.store.confirmed_page
+
+    def recorded(target: str, cursor: str, count: int) -> tuple[str, list[str]]:
+        if target == "voodoosms":
+            scanned.append(cursor)
+        return page(target, cursor, count)
+
+    back.store.confirmed_page = recorded  # type: ignore[method-assign]
+    for _ in range(4):
+        clock.advance(2)
+        work.sweep(back)
+        dispatcher.drain(back)
+    assert back.store.backfills() == {}
+    assert scanned[:1] == ["0"]
+    assert voodoo.listed() == set()
