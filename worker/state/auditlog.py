@@ -12,6 +12,10 @@ from worker.state.keyspace import Keyspace
 
 #: Ids per cleanup script: a long script stalls every other call (as accept's WRITE_CHUNK).
 FORGET_CHUNK = 1000
+#: Keys a step of the pass over audit tails looks at (SCAN COUNT), and tails per script
+#: (each up to OPTOUT_AUDIT_CAP entries to move).
+TAILS_PAGE = 1000
+TAILS_CHUNK = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +58,33 @@ class AuditLog(Keyspace):
             chunk = entry_ids[start : start + FORGET_CHUNK]
             removed += int(self._run("archived", json.dumps(chunk)))
         return removed
+
+    def adopt_tails(self, count: int = TAILS_PAGE) -> int:
+        """One step of a pass over the numbers' audit tails (SCAN) that gives the stream the
+        entries kept there only (lua/tails.lua: the release before wrote them so, and so
+        does an old process of a rolling upgrade); how many it gave. A pass that gave any is
+        followed by another (an old process may have written more behind it); one that gave
+        none ends it for good (`adopted:tails`)."""
+        mark = self.key("adopted", "tails")
+        raw = text(self.redis.get(mark) or b"0")
+        if raw == "done":
+            return 0
+        cursor, _, found = raw.partition("+")
+        next_cursor, keys = self.redis.scan(
+            int(cursor), match=self.key("audit", "*"), count=count, _type="list"
+        )
+        skip = len(self.key("audit", ""))
+        numbers = [text(k)[skip:] for k in keys]
+        given = 0
+        for start in range(0, len(numbers), TAILS_CHUNK):
+            chunk = numbers[start : start + TAILS_CHUNK]
+            given += int(self._run("tails", json.dumps(chunk)))
+        found_any = bool(found) or given > 0
+        if int(next_cursor) == 0:
+            self.redis.set(mark, "0" if found_any else "done")
+        else:
+            self.redis.set(mark, f"{int(next_cursor)}{'+' if found_any else ''}")
+        return given
 
     def audit_backlog(self) -> Backlog:
         key = self.key("audit", "log")

@@ -45,7 +45,12 @@ key                            type    holds
                                        JSON); the stream id is the entry's id for good
 ``audit:{e164}``               list    the number's entries not yet archived, newest first,
                                        capped: each entry's JSON with its stream id spliced
-                                       in as "id" (gone once all are archived)
+                                       in as "id" (gone once all are archived); one without
+                                       an id (the release before, an old process) is given
+                                       to the stream by the drains (lua/tails.lua)
+``adopted:tails``              string  where that pass over the tails stands (a SCAN
+                                       cursor, ``+``: it gave some; ``done``: a whole pass
+                                       gave none)
 ``blocked:{bucket}``           set     the digits of the numbers the ledger blocks now,
                                        32,768 sets by the last six digits (intsets: ~10
                                        bytes a number; ledger.py: blocked_bucket)

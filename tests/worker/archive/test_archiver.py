@@ -160,3 +160,31 @@ def test_the_metrics_show_backlog_and_lag(
     text = TestClient(create_api(lambda: actx)).get("/metrics").text
     assert "optout_audit_backlog_entries 40.0" in text
     assert "optout_audit_archive_lag_seconds 5.0" in text
+
+
+def test_entries_the_release_before_kept_in_a_tail_only_are_archived_too(
+    actx: Context, dispatcher: QueueDispatcher
+) -> None:
+    # Found by review: the release before wrote an audit entry onto the number's tail only
+    # (no stream, no id), and so does an old process during a rolling upgrade. The drains
+    # read the stream alone: such an entry (a provider's answer: the only record that an
+    # opt-out was honoured there) never reached the archive, no evidence export held it,
+    # and the first backlog longer than the cap trimmed it out of Redis for good.
+    from worker.archive.export import evidence
+
+    n = PHONES[0]
+    old = [
+        '{"at":1700000000000,"ev":"e1","src":"api","act":"add","rsn":"","t":1700000000000,'
+        '"x":0,"res":"applied","v":1}',
+        '{"prov":"voicenter","at":1700000001000,"act":"add","out":"done","rsn":"","det":"",'
+        '"v":1,"n":0}',
+    ]
+    for entry in old:
+        actx.store.redis.lpush(actx.store.key("audit", n), entry)
+    opt_out(actx, dispatcher, [n])
+    archive_pending(actx)
+    assert audit_keys(actx) == []
+    archived = [e.raw for e in actx.archive.between(None, None, n)]
+    assert [e.get("at") for e in archived][:2] == [1700000000000, 1700000001000]
+    assert len(archived) == 4
+    assert [e.get("outcome") for e in evidence(actx, n)][:2] == [None, "done"]
