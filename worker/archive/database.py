@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 import structlog
-from sqlalchemy import Engine, and_, create_engine, delete, event, inspect, or_, select
+from sqlalchemy import Engine, Select, and_, create_engine, delete, event, inspect, or_, select
 from sqlalchemy import text as sql
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
@@ -294,13 +294,7 @@ class Archive:
         table = audit_entries
         after: tuple[int, int] | None = None
         while True:
-            query = select(table)
-            if number is not None:
-                query = query.where(table.c.number == number)
-            if since_ms is not None:
-                query = query.where(table.c.at >= since_ms)
-            if until_ms is not None:
-                query = query.where(table.c.at < until_ms)
+            query = _within(select(table), since_ms, until_ms, number)
             if after is not None:
                 at, seq = after
                 query = query.where(or_(table.c.at > at, and_(table.c.at == at, table.c.seq > seq)))
@@ -314,13 +308,7 @@ class Archive:
         from sqlalchemy import func
 
         table = audit_entries
-        query = select(func.count()).select_from(table)
-        if number is not None:
-            query = query.where(table.c.number == number)
-        if since_ms is not None:
-            query = query.where(table.c.at >= since_ms)
-        if until_ms is not None:
-            query = query.where(table.c.at < until_ms)
+        query = _within(select(func.count()).select_from(table), since_ms, until_ms, number)
         try:
             with self.engine.connect() as connection:
                 return int(connection.execute(query).scalar_one())
@@ -348,6 +336,19 @@ class Archive:
                 return [_entry(r) for r in connection.execute(query)]
         except SQLAlchemyError as exc:
             raise ArchiveError(f"archive unavailable: {_reason(exc)}") from exc
+
+
+def _within(query: Select[Any], since_ms: int | None, until_ms: int | None,
+            number: str | None) -> Select[Any]:  # fmt: skip
+    """The query narrowed to a number's entries and to [since, until) when given."""
+    table = audit_entries
+    if number is not None:
+        query = query.where(table.c.number == number)
+    if since_ms is not None:
+        query = query.where(table.c.at >= since_ms)
+    if until_ms is not None:
+        query = query.where(table.c.at < until_ms)
+    return query
 
 
 def _older_than(before: tuple[int, int]) -> Any:

@@ -5,6 +5,7 @@ set, the expiry index and the batches."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 from tests.conftest import FakeClock
 from tests.worker.state.scene import (
@@ -241,15 +242,20 @@ def test_reads_of_a_number_pages_and_where_it_stands_at_a_target(store: Store) -
     assert store.ledger("+972509999999") == {}
 
 
-def _confirmed_everywhere(store: Store, target: str = "voicenter") -> dict[str, str]:
-    found: dict[str, str] = {}
-    cursor = "0"
+def _walk(page: Callable[[str], tuple[str, list[str]]], cursor: str = "0") -> list[str]:
+    """Every number a paged read gives, from `cursor` to its end ("0")."""
+    seen: list[str] = []
     while True:
-        cursor, numbers = store.confirmed_page(target, cursor, 10)
-        claims = store.confirmations(target, numbers)
-        found.update({n: c for n, c in zip(numbers, claims, strict=True) if c})
+        cursor, numbers = page(cursor)
+        seen.extend(numbers)
         if cursor == "0":
-            return found
+            return seen
+
+
+def _confirmed_everywhere(store: Store, target: str = "voicenter") -> dict[str, str]:
+    numbers = _walk(lambda cursor: store.confirmed_page(target, cursor, 10))
+    claims = store.confirmations(target, numbers)
+    return {n: c for n, c in zip(numbers, claims, strict=True) if c}
 
 
 def test_a_confirmation_is_a_field_of_the_numbers_ledger_not_a_hash_per_target(
@@ -327,12 +333,7 @@ def test_an_expiry_and_a_remove_time_are_fields_only_while_they_say_something(
 
 
 def _all_blocked(store: Store, count: int) -> list[str]:
-    seen, cursor = [], "0"
-    while True:
-        cursor, page = store.blocked_page(cursor, count)
-        seen.extend(page)
-        if cursor == "0":
-            return seen
+    return _walk(lambda cursor: store.blocked_page(cursor, count))
 
 
 def test_blocked_numbers_are_indexed_as_digits_in_buckets_by_their_last_digits(
@@ -397,8 +398,4 @@ def test_numbers_blocked_in_the_one_set_of_before_stay_blocked_and_are_moved(
 
 
 def _all_blocked_from(store: Store, cursor: str) -> list[str]:
-    seen = []
-    while cursor != "0":
-        cursor, page = store.blocked_page(cursor, 100)
-        seen.extend(page)
-    return seen
+    return _walk(lambda at: store.blocked_page(at, 100), cursor)
