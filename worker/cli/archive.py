@@ -57,7 +57,8 @@ def status(as_json: Annotated[bool, JsonOpt] = False) -> None:
 
 def alarm_text(report: dict[str, Any]) -> str:
     """What says the backlog is above the alarm (and whether accepts are refused)."""
-    text = (f"audit archive behind: {report['entries']} entries wait in Redis (alarm above "
+    waiting = "1 entry waits" if report["entries"] == 1 else f"{report['entries']} entries wait"
+    text = (f"audit archive behind: {waiting} in Redis (alarm above "
             f"{report['alarm_above']}, oldest {report['lag_seconds']:.0f} s ago)")  # fmt: skip
     if report["refusing_accepts"]:
         text += f"; opt-outs refused (503) until below {report['limit']}"

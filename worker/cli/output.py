@@ -32,9 +32,11 @@ def columns(*headers: str, whole: int = 1) -> list[Col]:
 
 
 def cell(value: Any) -> str:
-    """A value as a table shows it: "-" for nothing, lists comma-joined."""
+    """A value as a table shows it: "-" for nothing, yes or no, lists comma-joined."""
     if value is None or value == "":
         return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if isinstance(value, (list, tuple)):
         return ",".join(str(v) for v in value) or "-"
     return str(value)

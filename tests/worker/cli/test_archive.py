@@ -49,7 +49,8 @@ def test_status_shows_the_backlog_and_exits_1_above_the_alarm(
     monkeypatch.setattr(cli_ctx, "settings", lower)
     alarmed = CliRunner().invoke(app, ["archive", "status"])
     assert alarmed.exit_code == 1
-    assert "audit archive behind: 1 entries wait in Redis" in alarmed.output
+    assert "audit archive behind: 1 entry waits in Redis" in alarmed.output
+    assert "alarm             yes" in alarmed.stdout  # words, not a Python boolean
 
 
 def test_check_config_shows_the_archive_url_masked(monkeypatch: pytest.MonkeyPatch) -> None:
