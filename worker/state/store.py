@@ -26,10 +26,10 @@ key                            type    holds
 =============================  ======  ====================================================
 ``idem:{source}:{key}``        string  ``{body hash}|{event id}``; expires (30 days default)
 ``num:{e164}``                 hash    ledger: s (blocked/unblocked), v (version), t (newest
-                                       event time ms), rt (latest remove time), bl (blocks
-                                       newer than rt: JSON [[t, expiry], ...]; no rt: none
-                                       yet), x (expiry ms
-                                       the blocks add up to; none: for good), e (last
+                                       event time ms), rt (latest remove time; absent: no
+                                       remove yet), bl (blocks newer than rt: JSON
+                                       [[t, expiry, source], ...]), x (expiry ms the
+                                       blocks add up to; absent: for good), e (last
                                        event id), n (label), src, r (reason), c (call
                                        context JSON), u (updated ms), xr (1: unblocked
                                        because its expiry passed), rs (the sources of the
