@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import uuid
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -375,7 +375,9 @@ def _plan(ctx: Context, event: Event) -> _Plan:
     call = call_context(event.context)
     route = ctx.route(event.source, event.action, call is not None)
     payload = {
-        "id": uuid.uuid4().hex,
+        # 80 random bits as 20 hex digits: unique among billions of events, and 12 bytes
+        # shorter than a UUID's 32 in every number's ledger hash (`e`).
+        "id": secrets.token_hex(10),
         "source": event.source,
         "key": key,
         "hash": body_hash,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -16,6 +16,21 @@ def decode(raw: Any) -> Any:
     if isinstance(raw, bytes):
         raw = raw.decode()
     return json.loads(raw)
+
+
+#: A ledger's `bl` for its one permanent block at its event time `t` from its one source `rs`
+#: (lua/prelude.lua: BLOCK_AT_T).
+BLOCK_AT_T = "="
+
+
+def ledger_blocks(bl: Any, t: Any, rs: Any) -> list[list[Any]]:
+    """A ledger's blocks, [start ms, end ms (0: for good), source?] each, from its `bl`, `t`
+    and `rs` fields as Redis answers them (bytes, str or None)."""
+    if not bl:
+        return []
+    if text(bl) == BLOCK_AT_T:
+        return [[int(t or 0), 0, text(rs or b"")]]
+    return cast(list[list[Any]], decode(bl))
 
 
 def lua_json(raw: Any) -> Any:

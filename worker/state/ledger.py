@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from typing import Any, cast
 
 from worker.runtime import fastjson
-from worker.state.codec import decode, text
+from worker.state.codec import decode, ledger_blocks, text
 from worker.state.keyspace import Keyspace
 from worker.state.records import AcceptOutcome, Tally
 from worker.state.replication import Replication
@@ -131,16 +131,16 @@ class Ledger(Keyspace):
         (prelude.lua, target_state)."""
         pipe = self.redis.pipeline(transaction=False)
         for n in numbers:
-            pipe.hmget(self.key("num", n), "s", "bl", "rs", "src")
+            pipe.hmget(self.key("num", n), "s", "bl", "rs", "src", "t")
         out = set()
-        for n, (state, bl, rs, src) in zip(numbers, pipe.execute(), strict=True):
+        for n, (state, bl, rs, src, t) in zip(numbers, pipe.execute(), strict=True):
             if state != b"blocked":
                 continue
             # A block written before blocks kept their source stands for each source the
             # ledger named behind it (prelude.lua: adopt_legacy).
             known = text(rs or src or b"").split("\n")
             ends = [
-                int(b[1]) for b in (decode(bl) if bl else [])
+                int(b[1]) for b in ledger_blocks(bl, t, rs)
                 if (b[2] == source if len(b) > 2 else source in known)
             ]  # fmt: skip
             if any(held == 0 or (until_ms != 0 and held >= until_ms) for held in ends):

@@ -21,6 +21,7 @@ from worker.pipeline.accept import AcceptError, Event, PhoneInput, accept
 from worker.pipeline.context import Context
 from worker.providers.base import Action
 from worker.runtime.wiring import build_context
+from worker.state.codec import ledger_blocks
 from worker.state.records import Registered
 
 
@@ -780,7 +781,7 @@ def test_a_temporary_opt_out_running_out_under_another_sources_block_lifts_it_th
     _settle(ctx)
     if stop_kept == "before sources were kept":
         key = ctx.store.key("num", n)
-        legacy = [b[:2] for b in json.loads(redis.hget(key, "bl"))]
+        legacy = [b[:2] for b in ledger_blocks(*redis.hmget(key, "bl", "t", "rs"))]
         redis.hset(key, "bl", json.dumps(legacy))
     clock.advance(1)
     until = datetime.fromtimestamp(clock.now + 30, tz=UTC)
@@ -881,7 +882,7 @@ def test_a_temporary_stop_kept_without_its_source_runs_out_after_the_adoption_pa
     accept(ctx, Event("crm", Action.ADD, [PhoneInput(n)]))
     _settle(ctx)
     key = ctx.store.key("num", n)
-    blocks = json.loads(redis.hget(key, "bl"))
+    blocks = ledger_blocks(*redis.hmget(key, "bl", "t", "rs"))
     written = [b[:2] if b[2] == "sms" else b for b in blocks]
     redis.hset(key, mapping={"bl": json.dumps(written), "rs": "sms\ncrm"})
     assert n[1:] in router.fakes["voodoosms"].listed()

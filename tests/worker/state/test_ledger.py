@@ -23,6 +23,7 @@ from tests.worker.state.scene import (
     staged,
 )
 from worker.providers.base import Action
+from worker.state.codec import ledger_blocks
 from worker.state.ledger import blocked_bucket
 from worker.state.records import AcceptOutcome, Staged, Tally
 from worker.state.store import Store
@@ -45,7 +46,7 @@ def test_a_new_add_blocks_audits_records_its_key_and_stages_it(store: Store) -> 
     # No expiry (x) and no remove yet (rt) are no fields: readers take 0 and -1.
     assert store.ledger(N1) == {
         "s": "blocked", "v": "1", "u": str(now), "t": str(ev["t"]),
-        "bl": json.dumps([[ev["t"], 0, "api"]], separators=(",", ":")), "rs": "api",
+        "bl": "=", "rs": "api",
         "e": ev["id"], "src": "api", "r": "asked", "n": "Dana",
     }  # fmt: skip
     assert store.blocked_among([N1, N2]) == {N1}
@@ -330,6 +331,46 @@ def test_an_expiry_and_a_remove_time_are_fields_only_while_they_say_something(
     store.accept(event(store, Action.REMOVE, ago_ms=0), [(N1, "")], ROUTE, 3600)
     ledger = store.ledger(N1)
     assert ledger["s"] == "unblocked" and int(ledger["rt"]) > 0 and "x" not in ledger
+
+
+def _blocks(store: Store, n: str) -> list[list[object]]:
+    ledger = store.ledger(n)
+    return ledger_blocks(ledger.get("bl"), ledger.get("t"), ledger.get("rs"))
+
+
+def test_one_permanent_block_at_the_event_time_is_kept_short_any_other_as_json(
+    store: Store, clock: FakeClock
+) -> None:
+    live(store)
+    first = event(store, Action.ADD, ago_ms=5000, source="crm")
+    store.accept(first, [(N1, "")], ROUTE, 3600)
+    assert store.ledger(N1)["bl"] == "="
+    assert _blocks(store, N1) == [[first["t"], 0, "crm"]]
+    # another source's temporary block beside it: both, as JSON
+    temp = event(store, Action.ADD, ago_ms=1000, source="sms", expires_in_ms=5000)
+    store.accept(temp, [(N1, "")], ROUTE, 3600)
+    assert sorted(_blocks(store, N1)) == [[first["t"], 0, "crm"], [temp["t"], temp["x"], "sms"]]
+    assert store.ledger(N1)["bl"] != "="
+    # the temporary one ends: one permanent block again, but older than the ledger's time
+    clock.advance(6)
+    store.expire_due()
+    ledger = store.ledger(N1)
+    assert (ledger["s"], ledger["rs"], int(ledger["t"])) == ("blocked", "crm", temp["t"])
+    assert json.loads(ledger["bl"]) == [[first["t"], 0, "crm"]]
+    assert store.blocked_until([N1], 0, "crm") == {N1}
+    assert store.blocked_until([N1], 0, "sms") == set()
+    # the same source again, newer: short again, and read back by every reader
+    again = event(store, Action.ADD, ago_ms=0, source="crm")
+    store.accept(again, [(N1, "")], ROUTE, 3600)
+    assert store.ledger(N1)["bl"] == "="
+    assert _blocks(store, N1) == [[again["t"], 0, "crm"]]
+    assert store.blocked_until([N1], 0, "crm") == {N1}
+    # a remove older than the block lifts nothing; a newer one lifts it
+    assert accept(store, Action.REMOVE, N1, ago_ms=10) == ["stale"]
+    assert _blocks(store, N1) == [[again["t"], 0, "crm"]]
+    clock.advance(1)
+    assert accept(store, Action.REMOVE, N1, ago_ms=0) == ["applied"]
+    assert store.ledger(N1)["bl"] == "[]" and store.ledger(N1)["s"] == "unblocked"
 
 
 def _all_blocked(store: Store, count: int) -> list[str]:

@@ -101,7 +101,7 @@ for _, pair in ipairs(numbers) do
   -- Every number's first event writes its state (see below): no state, a new number.
   local fresh = not state
   local rt, ct = tonumber(cur[4] or '-1'), tonumber(cur[6] or '0')
-  local blocks = adopt_legacy(decode_blocks(cur[5]), cur[9] or cur[10])
+  local blocks = adopt_legacy(decode_blocks(cur[5], cur[6], cur[9]), cur[9] or cur[10])
   local result = nil
   if ev.action == 'add' then
     if t < rt then
@@ -128,7 +128,7 @@ for _, pair in ipairs(numbers) do
   if t > ct then ct = t end
   -- One HSET per number: the ledger fields an event always writes, and those it writes
   -- when it changed the state.
-  local fields = {'t', int(ct), 'bl', encode_blocks(blocks)}
+  local fields = {'t', int(ct)}
   -- No remove yet is no field (readers take -1).
   if rt >= 0 then table.insert(fields, 'rt'); table.insert(fields, int(rt)) end
   local c, xr, sources = cur[8], cur[7], cur[9] or cur[10]
@@ -152,6 +152,7 @@ for _, pair in ipairs(numbers) do
     end
     sources = from_blocks
   end
+  table.insert(fields, 'bl'); table.insert(fields, encode_blocks(blocks, ct, from_blocks or cur[9]))
   if changed then
     v = v + 1
     for _, f in ipairs({'e', ev.id, 'src', ev.source, 'r', ev.reason or ''}) do

@@ -8,11 +8,12 @@
 local adopted = 0
 for _, n in ipairs(cjson.decode(ARGV[3])) do
   local key = P .. 'num:' .. n
-  local led = redis.call('HMGET', key, 's', 'bl', 'rs', 'src')
-  local raw = led[1] == 'blocked' and decode_blocks(led[2]) or {}
+  local led = redis.call('HMGET', key, 's', 'bl', 'rs', 'src', 't')
+  local raw = led[1] == 'blocked' and decode_blocks(led[2], led[5], led[3]) or {}
   local blocks = adopt_legacy(raw, led[3] or led[4])
   if blocks ~= raw then  -- (the same table back: nothing to adopt)
-    redis.call('HSET', key, 'bl', encode_blocks(blocks), 'rs', block_sources(blocks, led[3]))
+    local rs = block_sources(blocks, led[3])
+    redis.call('HSET', key, 'bl', encode_blocks(blocks, led[5], rs), 'rs', rs)
     local soonest = next_expiry(blocks)
     if soonest then redis.call('ZADD', P .. 'expiry', soonest, n) end
     adopted = adopted + 1

@@ -14,14 +14,14 @@ local lifted = 0
 for _, n in ipairs(due) do
   redis.call('ZREM', P .. 'expiry', n)
   local key = P .. 'num:' .. n
-  local led = redis.call('HMGET', key, 's', 'v', 'x', 'bl', 'rs', 'src')
-  local blocks = keep_blocks(adopt_legacy(decode_blocks(led[4]), led[5] or led[6]),
+  local led = redis.call('HMGET', key, 's', 'v', 'x', 'bl', 'rs', 'src', 't')
+  local blocks = keep_blocks(adopt_legacy(decode_blocks(led[4], led[7], led[5]), led[5] or led[6]),
                              function(b) return b[2] == 0 or b[2] > NOW end)
   local ns, nx = derive(blocks)
-  redis.call('HSET', key, 'bl', encode_blocks(blocks))
   -- A source's temporary block ran out while another's keeps the number blocked: where
   -- only that source was routed, the block is lifted (target_state).
   local rs = ns == 'blocked' and block_sources(blocks, led[5])
+  redis.call('HSET', key, 'bl', encode_blocks(blocks, led[7], rs or led[5]))
   local lifted_some = rs and sources_shrank(led[5], rs)
   if rs and rs ~= led[5] then redis.call('HSET', key, 'rs', rs) end
   if lifted_some and ns == led[1] and nx == tonumber(led[3] or '0') then
