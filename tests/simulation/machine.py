@@ -767,7 +767,7 @@ class PipelineMachine(RuleBasedStateMachine):
             self.note(f"archive down: {len(batch)} entries wait")
             return
         if not crash:
-            self.store.forget_archived([e.entry_id for e in batch])
+            self.store.forget_archived(batch)
         self.note(f"archived {len(batch)}{' (crashed before cleanup)' if crash else ''}")
         if crash:
             STATS["a drain cut short between commit and cleanup"] += 1

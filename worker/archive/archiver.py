@@ -75,7 +75,7 @@ def drain(ctx: Context, budget_seconds: float = BUDGET_SECONDS) -> int:
         batch = ctx.store.pending_audit(size)
         if batch:
             ctx.archive.write(batch)
-            ctx.store.forget_archived([e.entry_id for e in batch])
+            ctx.store.forget_archived(batch)
             moved += len(batch)
             metrics.ARCHIVED.inc(len(batch))
         if time.monotonic() >= deadline:

@@ -14,7 +14,6 @@ import orjson
 import structlog
 from sqlalchemy import Engine, Select, and_, create_engine, delete, event, inspect, or_, select
 from sqlalchemy import text as sql
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import StaticPool
@@ -121,24 +120,66 @@ class ArchivedEntry:
         return (self.at, self.seq)
 
 
-def _row(entry: PendingEntry) -> dict[str, Any]:
+#: The archive's columns in the order `_row` gives them.
+_COLUMNS = ("entry_id", "number", "at", "seq", "action", "source", "event_id", "target", "body")
+_BODY = _COLUMNS.index("body")
+_NAMES = ", ".join(_COLUMNS)
+# Statements built from the schema's own names, never from input.
+_INSERT = (
+    f"INSERT INTO {audit_entries.name} ({_NAMES}) "  # noqa: S608
+    f"VALUES ({', '.join('?' * len(_COLUMNS))}) ON CONFLICT (entry_id) DO NOTHING"
+)
+_INCOMING = f"incoming_{audit_entries.name}"
+_FROM_INCOMING = (
+    f"INSERT INTO {audit_entries.name} ({_NAMES}) SELECT {_NAMES} FROM {_INCOMING} "  # noqa: S608
+    "ON CONFLICT (entry_id) DO NOTHING"
+)
+
+
+def _row(entry: PendingEntry) -> tuple[Any, ...]:
     try:
         raw = orjson.loads(entry.body)
     except orjson.JSONDecodeError:
         raw = {}
     if not isinstance(raw, dict):
         raw = {}
-    return {
-        "entry_id": entry.entry_id,
-        "number": entry.number,
-        "at": _int(raw.get("at")) or seq_of(entry.entry_id) // 1_000_000,
-        "seq": seq_of(entry.entry_id),
-        "action": str(raw.get("act") or "")[:32],
-        "source": str(raw.get("src") or "")[:100],
-        "event_id": str(raw.get("ev") or "")[:100],
-        "target": str(raw.get("prov") or "")[:100],
-        "body": entry.body,
-    }
+    seq = seq_of(entry.entry_id)
+    return (
+        entry.entry_id,
+        entry.number,
+        _int(raw.get("at")) or seq // 1_000_000,
+        seq,
+        str(raw.get("act") or "")[:32],
+        str(raw.get("src") or "")[:100],
+        str(raw.get("ev") or "")[:100],
+        str(raw.get("prov") or "")[:100],
+        entry.body,
+    )
+
+
+def _insert_rows(connection: Any, rows: list[tuple[Any, ...]]) -> int:
+    """Rows through the driver's executemany, a taken id skipped; how many were new."""
+    qmark = connection.dialect.paramstyle == "qmark"
+    statement = _INSERT if qmark else _INSERT.replace("?", "%s")
+    result = connection.exec_driver_sql(statement, rows)
+    return max(0, int(result.rowcount))
+
+
+def _copy_rows(connection: Any, rows: list[tuple[Any, ...]]) -> int:
+    """PostgreSQL: rows by COPY into a temporary table, then on into the archive, a taken id
+    skipped (COPY alone cannot skip); how many were new."""
+    connection.exec_driver_sql(
+        f"CREATE TEMPORARY TABLE IF NOT EXISTS {_INCOMING} "
+        f"(LIKE {audit_entries.name} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+    )
+    with (
+        connection.connection.driver_connection.cursor() as cursor,
+        cursor.copy(f"COPY {_INCOMING} ({_NAMES}) FROM STDIN") as copy,
+    ):
+        for row in rows:
+            copy.write_row(row)
+    result = connection.exec_driver_sql(_FROM_INCOMING)
+    return max(0, int(result.rowcount))
 
 
 def _int(value: Any) -> int:
@@ -238,27 +279,28 @@ class Archive:
         if not entries:
             return 0
         rows = [_row(e) for e in entries]
-        table = audit_entries
-        dialect_insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
-        stmt = dialect_insert(table).on_conflict_do_nothing(index_elements=["entry_id"])
         try:
             with self.engine.begin() as connection:
-                new = {r[0] for r in connection.execute(stmt.returning(table.c.entry_id), rows)}
-                if len(new) < len(rows):
-                    repeated = [r for r in rows if r["entry_id"] not in new]
-                    clashes = self._clashes(connection, repeated)
+                # The driver's own bulk path, not a compiled statement per row: the drain
+                # runs in the workers' processes, beside the pushes.
+                if self.dialect == "postgresql":
+                    new = _copy_rows(connection, rows)
+                else:
+                    new = _insert_rows(connection, rows)
+                if new < len(rows):
+                    clashes = self._clashes(connection, rows)
                     if clashes:
-                        connection.execute(stmt, clashes)
-                        new.update(r["entry_id"] for r in clashes)
+                        new += _insert_rows(connection, clashes)
         except SQLAlchemyError as exc:
             raise ArchiveError(f"archive unavailable: {_reason(exc)}") from exc
-        return len(new)
+        return new
 
-    def _clashes(self, connection: Any, repeated: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Of rows whose id is taken, those whose body differs, under a suffixed id."""
+    def _clashes(self, connection: Any, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        """Of rows whose id is taken, those whose body differs, under a suffixed id (rows
+        this transaction inserted hold their own body: never a clash)."""
         table = audit_entries
         held: dict[str, str] = {}
-        ids = [r["entry_id"] for r in repeated]
+        ids = [r[0] for r in rows]
         for start in range(0, len(ids), 1000):
             found = connection.execute(
                 select(table.c.entry_id, table.c.body).where(
@@ -267,12 +309,13 @@ class Archive:
             )
             held.update({r.entry_id: r.body for r in found})
         out = []
-        for row in repeated:
-            if held.get(row["entry_id"]) == row["body"]:
+        for row in rows:
+            body = row[_BODY]
+            if held.get(row[0]) == body:
                 continue
-            digest = hashlib.sha256(row["body"].encode()).hexdigest()[:12]
-            log.error("audit_entry_id_reused", entry_id=row["entry_id"], kept_as_suffix=digest)
-            out.append({**row, "entry_id": f"{row['entry_id']}~{digest}"})
+            digest = hashlib.sha256(body.encode()).hexdigest()[:12]
+            log.error("audit_entry_id_reused", entry_id=row[0], kept_as_suffix=digest)
+            out.append((f"{row[0]}~{digest}", *row[1:]))
         return out
 
     def page(

@@ -4,8 +4,11 @@ has committed them; the backlog it makes; and entries of a provider rather than 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
+
+import orjson
 
 from worker.state.codec import text
 from worker.state.keyspace import Keyspace
@@ -50,13 +53,13 @@ class AuditLog(Keyspace):
                                     text(fields.get(b"e", b"{}"))))  # fmt: skip
         return out
 
-    def forget_archived(self, entry_ids: list[str]) -> int:
-        """Drop entries the archive has committed from the stream and their numbers' tails;
-        how many left the stream."""
+    def forget_archived(self, entries: Sequence[PendingEntry]) -> int:
+        """Drop entries the archive has committed (as pending_audit read them) from the
+        stream and their numbers' tails; how many left the stream."""
         removed = 0
-        for start in range(0, len(entry_ids), FORGET_CHUNK):
-            chunk = entry_ids[start : start + FORGET_CHUNK]
-            removed += int(self._run("archived", json.dumps(chunk)))
+        for start in range(0, len(entries), FORGET_CHUNK):
+            chunk = [[e.entry_id, e.number, e.body] for e in entries[start : start + FORGET_CHUNK]]
+            removed += int(self._run("archived", orjson.dumps(chunk).decode()))
         return removed
 
     def adopt_tails(self, count: int = TAILS_PAGE) -> int:

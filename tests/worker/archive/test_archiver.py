@@ -59,7 +59,7 @@ def test_a_crash_between_commit_and_cleanup_archives_nothing_twice(
 ) -> None:
     opt_out(actx, dispatcher)
 
-    def crash(_: list[str]) -> int:
+    def crash(_: object) -> int:
         raise ConnectionError("the worker died here")
 
     with monkeypatch.context() as patched:

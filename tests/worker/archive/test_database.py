@@ -61,6 +61,22 @@ def test_an_id_reused_with_another_body_is_kept_under_a_suffix(archive: Archive)
     assert any(e.entry_id.startswith("1796000000000-0~") for e in kept)
 
 
+def test_a_batch_of_new_repeated_and_clashing_entries_keeps_each_once(archive: Archive) -> None:
+    archive.write([entry("1796000000000-0"), entry("1796000000000-1", rsn="first")])
+    # The bulk path (COPY on PostgreSQL, executemany on SQLite) in one batch: a new entry, a
+    # repeat, an id reused with another body; then a batch wholly new (the same session).
+    mixed = [
+        entry("1796000000000-0"),
+        entry("1796000000000-1", rsn="second"),
+        entry("1796000000000-2"),
+    ]
+    assert archive.write(mixed) == 2
+    assert archive.write([entry(f"1796000000001-{i}") for i in range(500)]) == 500
+    assert archive.count(None, None) == 504
+    kept = archive.page("+972501234567", 10, before=(1796000000001, 0))
+    assert sorted(e.raw.get("rsn", "") for e in kept) == ["", "", "first", "second"]
+
+
 def test_a_page_is_newest_first_and_continues_before_a_cursor(archive: Archive) -> None:
     n = "+972501234567"
     archive.write([entry(f"1796000000000-{i}", n) for i in range(12)]

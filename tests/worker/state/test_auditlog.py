@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 
 from tests.conftest import FakeClock
-from tests.worker.state.scene import N1, OPTIONS, accept, answer, lease, live
+from tests.worker.state.scene import N1, OPTIONS, accept, answer, event, lease, live
 from worker.providers.base import Action
 from worker.state.store import Store
+
+ROUTE = {"include": [], "exclude": [], "call": False}
 
 
 def dead_letter_one(store: Store, n: str) -> None:
@@ -30,16 +32,23 @@ def test_an_entry_goes_to_the_stream_and_to_its_tail_with_the_stream_id(store: S
 
 
 def test_forgetting_archived_entries_removes_exactly_those(store: Store) -> None:
-    dead_letter_one(store, N1)
-    first = [e.entry_id for e in store.pending_audit(100)]
+    live(store)
+    # A reason no ASCII escapes alone would round-trip: the tail's value must match exactly.
+    ev = {**event(store, Action.ADD), "reason": 'לקוח ביקש "הסר" \\ ✓ \u2028'}
+    store.accept(ev, [(N1, "")], ROUTE, 3600)
+    store.complete(lease(store), {N1: answer("permanent", "bad_format")}, OPTIONS)
+    first = store.pending_audit(100)
+    assert len(first) == 2
     store.purge([f"voicenter|{N1}"], "ops")  # one more, not archived
     assert store.forget_archived(first) == len(first)
     assert store.forget_archived(first) == 0  # a drain that ran twice
     left = store.audit(N1)
     assert [e["act"] for e in left] == ["purge"]
-    assert [e.entry_id for e in store.pending_audit(100)] == [left[0]["id"]]
-    store.forget_archived([left[0]["id"]])
+    (last,) = store.pending_audit(100)
+    assert last.entry_id == left[0]["id"]
+    store.forget_archived([last])
     assert not store.redis.exists(store.key("audit", N1))  # no tail once all are archived
+    assert store.audit_backlog().entries == 0
 
 
 def test_the_tail_stays_capped_while_the_stream_keeps_everything(store: Store) -> None:
