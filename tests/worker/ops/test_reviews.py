@@ -3,6 +3,7 @@ call, idempotent per call) or dropped, each settled and recorded once."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -88,6 +89,12 @@ def test_ids_stay_the_same_while_other_cases_come_and_go(rctx: Context) -> None:
     assert reviews.find(rctx, second).entry["cdr"]["ivruniqueid"] == "call-2"
 
 
+def settled_entries(rctx: Context) -> list[dict[str, Any]]:
+    """The audit entries of settled cases on their way to the archive (no number's)."""
+    entries = [json.loads(e.body) for e in rctx.store.pending_audit(1000) if not e.number]
+    return [e for e in entries if e.get("act") == "review"]
+
+
 def test_accept_opts_the_chosen_number_out_dated_at_the_call(
     rctx: Context, dispatcher: QueueDispatcher, fake_voicenter: FakeVoicenter
 ) -> None:
@@ -116,6 +123,10 @@ def test_accept_opts_the_chosen_number_out_dated_at_the_call(
     assert record["outcome"] == "accepted" and record["by"] == "cli:dana"
     assert record["event_id"] == done["event_id"] and record["note"] == "heard it on the call"
     assert rctx.store.counts_of("review:voicenter") == {"accepted": 1}
+    (settled,) = settled_entries(rctx)
+    assert (settled["res"], settled["by"], settled["phone"]) == ("accepted", "cli:dana",
+                                                                 "+972501234567")  # fmt: skip
+    assert settled["ev"] == done["event_id"]
     dispatcher.drain(rctx)
     assert fake_voicenter.pushed() == [["972501234567"]]
 
@@ -308,6 +319,11 @@ def test_drop_takes_the_case_off_and_records_who_and_why(rctx: Context) -> None:
     assert record["call_id"] == "2020072818dcDHFJcc804"
     assert rctx.store.counts_of("review:voicenter") == {"dropped": 1}
     assert rctx.store.ledger("+972501234567") == {}
+    # on its way to the archive, as evidence of who dropped it and why
+    (settled,) = settled_entries(rctx)
+    assert settled["act"] == "review" and settled["res"] == "dropped"
+    assert (settled["src"], settled["review"], settled["by"]) == ("voicenter", case, "cli:dana")
+    assert (settled["rsn"], settled["note"]) == ("internal_call", "a test call")
     with pytest.raises(ReviewError) as again:
         reviews.drop_review(rctx, case, "cli:dana")
     assert again.value.reason == "not_found"
