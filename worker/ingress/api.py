@@ -44,7 +44,7 @@ ContextFactory = Callable[[], Context]
 
 
 ACCEPTED_EXAMPLE = {
-    "event_id": "8a818628875441e3a3959d8ec65f71cd",
+    "event_id": "8a818628875441e3a395",
     "duplicate": False,
     "accepted": 1,
     "rejected": 1,

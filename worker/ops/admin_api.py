@@ -263,7 +263,7 @@ def admin_router(
         "/v1/reviews/{review_id}/accept",
         responses={
             200: _example({"id": "voicenter-3f9c2a71b04e", "phone": "+972501234567",
-                           "event_id": "8a818628875441e3a3959d8ec65f71cd", "duplicate": False,
+                           "event_id": "8a818628875441e3a395", "duplicate": False,
                            "ledger": "applied", "occurred_at": "2026-11-22T10:00:00Z"}),
             404: _example({"error": "not_found", "message": "no review ..."}),
             409: _example({"error": "accepted_for_another_number", "message": "..."}),

@@ -156,7 +156,7 @@ DEAD_LETTER_EXAMPLE: dict[str, Any] = {
     "version": 1,
     "first_at": "2026-12-03T21:52:28.412Z",
     "last_at": "2026-12-03T21:52:28.412Z",
-    "events": ["8a818628875441e3a3959d8ec65f71cd"],
+    "events": ["8a818628875441e3a395"],
     "replays": 0,
 }
 
@@ -168,7 +168,7 @@ NUMBER_EXAMPLE: dict[str, Any] = {
     "version": 1,
     "expires_at": None,
     "event_time": "2026-12-03T21:52:27.901Z",
-    "last_event_id": "8a818628875441e3a3959d8ec65f71cd",
+    "last_event_id": "8a818628875441e3a395",
     "providers": {
         "voicenter": {
             "confirmed": "blocked:1", "staged": None, "in_flight_chunk": None,
@@ -190,7 +190,7 @@ NUMBER_EXAMPLE: dict[str, Any] = {
          "target": "phonely:agent1", "action": "add", "outcome": "retry",
          "reason": "server_error", "detail": "HTTP 503", "version": 1, "attempts": 1},
         {"id": "1796334747901-0", "phone": "+972501234567", "at": "2026-12-03T21:52:27.901Z",
-         "event_id": "8a818628875441e3a3959d8ec65f71cd", "source": "api", "action": "add",
+         "event_id": "8a818628875441e3a395", "source": "api", "action": "add",
          "reason": "", "event_time": "2026-12-03T21:52:27.901Z", "expires_at": None,
          "result": "applied", "version": 1},
     ],
