@@ -10,7 +10,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from worker.cli.common import console, err, fail, group, open_context, read_settings
+from worker.cli.common import (
+    console,
+    err,
+    fail,
+    group,
+    open_context,
+    progress_bar,
+    read_settings,
+)
 from worker.cli.output import JsonOpt, fields, json_lines, say
 
 if TYPE_CHECKING:
@@ -145,10 +153,8 @@ def _with_progress(
     since_ms: int | None, until_ms: int | None,
 ) -> Iterator[dict[str, Any]]:  # fmt: skip
     """A progress bar on stderr over the archived entries (a terminal only)."""
-    from rich.progress import Progress
-
     total = ctx.archive.count(since_ms, until_ms, number) if ctx.archive.ready() else None
-    with Progress(console=err, transient=True) as progress:
+    with progress_bar() as progress:
         task = progress.add_task("exporting", total=total)
         for entry in entries:
             yield entry

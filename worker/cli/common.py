@@ -12,7 +12,16 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 import structlog
 import typer
 from rich.console import Console
-from rich.progress import Progress
+from rich.progress import (
+    BarColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TaskProgressColumn,
+    TextColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
 from typer.core import TyperArgument
 
 from config import ConfigError, Settings, load_settings
@@ -164,11 +173,64 @@ def duration(text: str) -> float:
         raise typer.Exit(2) from None
 
 
+class _Count(ProgressColumn):
+    """How many of how many, grouped in thousands (`412,000/10,000,000`); the count alone
+    while the total is not known."""
+
+    def render(self, task: Task) -> Text:
+        done = f"{int(task.completed):,}"
+        return Text(done if task.total is None else f"{done}/{int(task.total):,}")
+
+
+def progress_bar(*, counts: bool = True, show: bool = True) -> Progress:
+    """A progress display on stderr while the command works, only on a terminal: a pipe or
+    a file gets nothing (its reader wants the output, not the frames), and it is gone once
+    done (transient), leaving the command's own summary. `counts`: the numbers done of the
+    total beside the bar (a file's bytes read say nothing to an operator); `show`: False
+    when the command's output goes to the same terminal (the bar would tear it)."""
+    columns: list[str | ProgressColumn] = [
+        TextColumn("{task.description}"), BarColumn(bar_width=20), TaskProgressColumn(),
+    ]  # fmt: skip
+    if counts:
+        columns.append(_Count())
+    columns.append(TimeRemainingColumn())
+    # stdout stays where it points: rich would send what is written there to the bar's
+    # console meanwhile, stderr (`optout export > list.csv` would write the list there).
+    return Progress(*columns, console=err, transient=True, disable=not (show and err.is_terminal),
+                    redirect_stdout=False, redirect_stderr=False)  # fmt: skip
+
+
 def progress_over(path: Path, label: str) -> Any:
-    """A rich progress bar over a file's bytes, and the callback that advances it."""
-    progress = Progress(console=console, transient=False)
+    """A progress bar over a file's bytes, and the callback that advances it."""
+    progress = progress_bar(counts=False)
     task = progress.add_task(label, total=path.stat().st_size)
     return progress, lambda done: progress.update(task, completed=done)
+
+
+class Bars:
+    """A scan's progress (worker/ops/progress.py) as bars on stderr, one a stage the scan
+    names, each at `done` of `total` (None: a count while the total is not known); on a
+    terminal only, see `progress_bar`. A context manager."""
+
+    def __init__(self, *, show: bool = True) -> None:
+        self.progress = progress_bar(show=show)
+        self._tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> Bars:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.progress.stop()
+
+    def __call__(self, what: str, done: int, total: int | None) -> None:
+        # A total read at the start (blocked:count) can fall behind what the scan finds
+        # while opt-outs arrive: the bar ends full, not past its end.
+        shown = None if total is None else max(total, done)
+        task = self._tasks.get(what)
+        if task is None:
+            task = self._tasks[what] = self.progress.add_task(what, total=shown)
+        self.progress.update(task, completed=done, total=shown)
 
 
 def in_batches(
@@ -176,7 +238,7 @@ def in_batches(
 ) -> int:
     """Run `run` over `items` in batches under a progress bar; the sum of what it returned."""
     done = 0
-    with Progress(console=console, transient=False) as progress:
+    with progress_bar() as progress:
         task = progress.add_task(label, total=len(items))
         for start in range(0, len(items), size):
             batch = items[start : start + size]
