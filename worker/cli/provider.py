@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from worker.cli.common import console, err, fail, group, open_context, who
+from worker.cli.common import Bars, console, err, fail, group, open_context, who
 from worker.cli.output import JsonOpt, columns, json_lines, listing, say, table
 
 if TYPE_CHECKING:
@@ -208,14 +208,16 @@ def reconcile_cmd(
         err.print(f"skipped {name}: this process has no credentials for it (set "
                   f"{credential_variables(name)} to read its list)", style="yellow",
                   markup=False, highlight=False)  # fmt: skip
-    with console.status("listing provider blacklists ..."):
+    with Bars() as bars:
         try:
-            reports = reconcile(ctx, provider, remove_extras, who=who())
+            reports = reconcile(ctx, provider, remove_extras, who=who(), progress=bars)
         except ProviderError as exc:
             fail(f"reconcile stopped: {exc}", 1)
     for r in reports:
-        for n in r.extras[:20]:
+        for n in r.extras_sample:
             say(f"extra at {r.target}: {n}")
+        if r.extras > len(r.extras_sample):
+            say(f"extra at {r.target}: {r.extras - len(r.extras_sample)} more")
     if not reports:
         if lacking:
             raise typer.Exit(2)
@@ -223,7 +225,7 @@ def reconcile_cmd(
         return
     records = [
         {"target": r.target, "provider_holds": r.listed, "ledger_blocks": r.blocked,
-         "missing_repushed": len(r.missing), "extra": len(r.extras), "extra_removing": r.removing}
+         "missing_repushed": r.missing, "extra": r.extras, "extra_removing": r.removing}
         for r in reports
     ]  # fmt: skip
     listing("reconciliation", columns(*records[0]), records, as_json)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -97,8 +98,10 @@ def unexpected(error: Exception) -> NumberResult:
 class ListsNumbers(Protocol):
     """A provider that can list what its blacklist holds (for reconciliation)."""
 
-    def list_numbers(self, target: str) -> list[str]:
-        """Every number the target's list holds now, in the provider's own format."""
+    def list_numbers(self, target: str) -> Iterable[str]:
+        """Every number the target's list holds now, in the provider's own format, as the
+        provider serves them: a provider that pages its list is read a page at a time
+        while the caller goes through it (a reconciliation never holds it whole)."""
         ...
 
 

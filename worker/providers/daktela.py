@@ -19,6 +19,7 @@ both are settings (DAKTELA_MODEL, DAKTELA_FIELDS). Expiry is written in UTC.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
 from typing import Annotated, Any, ClassVar
 
 import httpx
@@ -263,10 +264,9 @@ class DaktelaProvider:
         if status >= 400 or _errors(body):
             raise PermanentError(f"http_{status}", "; ".join(_errors(body))[:300])
 
-    def list_numbers(self, target: str) -> list[str]:
-        """Every number in the target database (for reconciliation), paged."""
+    def list_numbers(self, target: str) -> Iterator[str]:
+        """Every number in the target database (for reconciliation), paged as it is read."""
         database = target.split(":", 1)[1] if ":" in target else self._database
-        out: list[str] = []
         skip = 0
         previous: list[dict[str, Any]] | None = None
         while True:
@@ -290,9 +290,9 @@ class DaktelaProvider:
             for r in rows:
                 expires = parse_expiry(r.get(self._fields["expired"]))
                 if expires is None or expires > now:  # an expired entry no longer blocks
-                    out.append(str(r.get(self._fields["number"], "")))
+                    yield str(r.get(self._fields["number"], ""))
             if len(rows) < 500:
-                return out
+                return
             skip += 500
 
 

@@ -10,6 +10,7 @@ Never use the GDPR "forget" endpoint: it purges the number from the blacklist to
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import httpx
@@ -106,15 +107,14 @@ class VoodooSmsProvider:
         if status >= 400 and _error_code(body) not in (LIST_EMPTY,):
             raise PermanentError(f"http_{status}", _error_msg(body))
 
-    def list_numbers(self, target: str) -> list[str]:
-        """Every listed number (for reconciliation), paged 1000 at a time."""
-        out: list[str] = []
+    def list_numbers(self, target: str) -> Iterator[str]:
+        """Every listed number (for reconciliation), paged 1000 at a time as it is read."""
         skip = 0
         previous: list[Any] | None = None
         while True:
             status, body = self._request("GET", self._url, params={"skip": skip, "limit": 1000})
             if _error_code(body) == LIST_EMPTY:
-                return out
+                return
             if status >= 400:
                 raise RetryableError(f"http_{status}", _error_msg(body))
             entries = _entries(body)
@@ -123,9 +123,9 @@ class VoodooSmsProvider:
                 # the per-number worker group's thread).
                 raise RetryableError("listing_not_paging", f"skip={skip} repeated a page")
             previous = entries
-            out.extend(str(e.get("number")) for e in entries if isinstance(e, dict))
+            yield from (str(e.get("number")) for e in entries if isinstance(e, dict))
             if len(entries) < 1000:
-                return out
+                return
             skip += 1000
 
 

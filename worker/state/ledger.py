@@ -180,6 +180,16 @@ class Ledger(Keyspace):
             return "0", numbers
         return f"k{used[taken]}", numbers
 
+    def blocked_total(self) -> int:
+        """How many numbers the blocked index holds (`blocked:count`, kept by the scripts,
+        and what the one set of a deployment from before still holds): what a scan of it
+        goes through."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.get(self.key("blocked:count"))
+        pipe.scard(self.key("blocked"))
+        count, legacy = pipe.execute()
+        return int(count or 0) + int(legacy)
+
     def blocked_pages(self, count: int) -> Iterator[list[tuple[str, str, str]]]:
         """(number, expiry ms, updated ms) of every blocked number, a page at a time."""
         cursor = "0"

@@ -14,6 +14,7 @@ module              holds
 ``limits.py``       request slots, pauses, holds, circuits, turns of scheduled runs
 ``auditlog.py``     the audit stream the archive drains (worker/archive/), its backlog
 ``bookkeeping.py``  ingress inputs kept for review, counters
+``comparison.py``   a reconciliation's comparison of the ledger with a provider's lists
 ``records.py``      the typed records the scripts answer with and are given
 ``async_accept.py`` accept from an event loop, with group commit (the HTTP API)
 ``lua/``            the scripts, each after ``prelude.lua``'s shared helpers
@@ -127,6 +128,10 @@ key                            type    holds
                                        newest first, capped
 ``counts:{group}``             hash    counters (e.g. CDRs ignored / reviewed, by reason;
                                        ``review:{source}``: cases settled, by outcome)
+``reconcile:{r}:want:{b}``     set     while reconciliation run r runs (expiring): the
+                                       digits of the numbers the ledger blocks and owes
+                                       the provider, by the blocked index's buckets b
+``reconcile:{r}:has:{t}:{b}``  set     the same for what target t's list holds
 ``metrics:handed``             hash    ``["metric", {labels}]`` (JSON) -> count: what
                                        processes nothing scrapes (the CLI) counted, until
                                        an API's /metrics takes it into its own counters
@@ -137,13 +142,14 @@ from __future__ import annotations
 
 from worker.state.bookkeeping import Bookkeeping
 from worker.state.chunks import Chunks
+from worker.state.comparison import Comparison
 from worker.state.deadletters import DeadLetters
 from worker.state.ledger import Ledger
 from worker.state.limits import Limits
 from worker.state.targets import Targets
 
 
-class Store(Ledger, Chunks, DeadLetters, Targets, Limits, Bookkeeping):
+class Store(Ledger, Chunks, DeadLetters, Targets, Limits, Bookkeeping, Comparison):
     """The Redis state of optout-worker: one object with every part's methods, each part in
-    a module of its own (ledger, chunks, deadletters, targets, limits, bookkeeping) over the
-    keyspace they share (worker/state/keyspace.py)."""
+    a module of its own (ledger, chunks, deadletters, targets, limits, bookkeeping,
+    comparison) over the keyspace they share (worker/state/keyspace.py)."""

@@ -4,16 +4,21 @@ see the deployment's targets in Redis, and say what needs credentials this proce
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
+import pytest
 from typer.testing import CliRunner
 
 from tests.conftest import FakeClock
 from tests.fakes.dispatch import QueueDispatcher
 from tests.fakes.voicenter import FakeVoicenter
+from tests.worker.cli.conftest import cli_builds
+from tests.worker.providers.test_all_providers import World
 from worker.cli.main import app
 from worker.pipeline.accept import Event, PhoneInput, accept
 from worker.pipeline.context import Context
 from worker.providers.base import Action
+from worker.runtime import wiring
 
 runner = CliRunner()
 PHONELY = {"provider": "phonely", "add_only": False, "max_batch": 100}
@@ -149,3 +154,37 @@ def test_reconcile_without_credentials_here_says_so(bare_cli: Context, ctx: Cont
     assert "skipped phonely: this process has no credentials for it" in every.stderr
     assert unlistable.exit_code == 2
     assert "voicenter cannot list its blacklist" in unlistable.stderr
+
+
+@pytest.fixture
+def phonely_here(monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
+    """A terminal with Phonely's credentials, beside its fake."""
+    w = World("phonely")
+    cli_builds(w.ctx, monkeypatch)
+    yield w
+    wiring.reset()
+
+
+def test_reconcile_in_a_pipe_prints_rows_and_a_sample_of_extras_without_a_bar(
+    phonely_here: World,
+) -> None:
+    w = phonely_here
+    w.add("+972501234567")
+    w.settle()
+    for i in range(25):  # numbers someone else put on agent-a's list
+        w.fake.listed("agent-a").add(f"97259{i:07d}")
+
+    result = runner.invoke(app, ["reconcile", "phonely"])
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == [
+        "target\tprovider_holds\tledger_blocks\tmissing_repushed\textra\textra_removing",
+        "phonely:agent-a\t26\t1\t0\t25\t0",
+        "phonely:agent-b\t1\t1\t0\t0\t0",
+    ]
+    notes = result.stderr.splitlines()
+    assert notes[:2] == ["extra at phonely:agent-a: +972590000000",
+                         "extra at phonely:agent-a: +972590000001"]  # fmt: skip
+    assert "extra at phonely:agent-a: 5 more" in notes
+    assert len([n for n in notes if n.startswith("extra at")]) == 21
+    assert not set("━─│╸╺") & set(result.output)  # no bar, no box drawing

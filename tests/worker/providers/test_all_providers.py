@@ -250,10 +250,10 @@ def test_a_listing_that_ignores_skip_stops_instead_of_spinning(name: str) -> Non
         preload(w.fake, targets_of(name)[0], f"97250{i:07d}")
     provider = w.ctx.providers[name]
     assert isinstance(provider, ListsNumbers)
-    assert len(provider.list_numbers(targets_of(name)[0])) == 1200
+    assert len(list(provider.list_numbers(targets_of(name)[0]))) == 1200
     w.fake.ignore_skip = True
     with pytest.raises(RetryableError) as stopped:
-        provider.list_numbers(targets_of(name)[0])
+        list(provider.list_numbers(targets_of(name)[0]))
     assert stopped.value.reason == "listing_not_paging"
 
 
