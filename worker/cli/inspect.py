@@ -8,7 +8,16 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from pydantic import SecretStr
 
-from worker.cli.common import duration, err, fail, group, open_context, read_settings, span
+from worker.cli.common import (
+    Bars,
+    duration,
+    err,
+    fail,
+    group,
+    open_context,
+    read_settings,
+    span,
+)
 from worker.cli.output import JsonOpt, columns, listing, say, table
 
 if TYPE_CHECKING:
@@ -111,7 +120,7 @@ def sla(
             metavar="AGE", help="Older than this: 24h, 90m, 3600 (default OPTOUT_SLA_SECONDS)."
         ),
     ] = None,
-    limit: Annotated[int, typer.Option(metavar="N", help="Show at most N.")] = 200,
+    limit: Annotated[int, typer.Option(metavar="N", min=1, help="Show at most N.")] = 200,
     as_json: Annotated[bool, JsonOpt] = False,
 ) -> None:
     """Numbers whose latest state is not yet confirmed on every provider after AGE."""
@@ -119,13 +128,16 @@ def sla(
     from worker.ops.sla import overdue
 
     seconds = ctx.settings.sla_seconds if age is None else duration(age)
-    late = overdue(ctx, seconds, limit=limit)
+    with Bars() as bars:
+        late = overdue(ctx, seconds, limit=limit, progress=bars)
     records = [
         {"phone": r.phone, "state": r.state, "age": span(r.age_seconds),
          "age_seconds": round(r.age_seconds), "pending": r.pending}
         for r in late
     ]  # fmt: skip
     title = f"not confirmed after {span(seconds)}: {len(late)}"
+    if len(late) >= limit:
+        title += f" (the first {limit} found; --limit N for more)"
     listing(title, columns("phone", "state", "age", "pending"), records, as_json)
     raise typer.Exit(1 if late else 0)
 

@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from config import load_settings
+from tests.conftest import FakeClock
 from tests.fakes.dispatch import QueueDispatcher
 from worker.cli.main import app
 from worker.pipeline.accept import Event, PhoneInput, accept
@@ -69,3 +70,24 @@ def test_status_in_a_terminal_without_credentials_shows_the_deployments_targets(
     assert header.startswith("target\tconfirmed\t")
     assert first.startswith("voicenter\tblocked:1\t")
     assert json.loads(as_json.stdout)["providers"]["voicenter"]["confirmed"] == "blocked:1"
+
+
+def test_sla_in_a_pipe_prints_rows_without_a_bar_and_says_when_the_limit_cut_it(
+    bare_cli: Context, ctx: Context, clock: FakeClock
+) -> None:
+    accept(ctx, Event("api", Action.ADD, [PhoneInput("0501234567"), PhoneInput("0521234567")]))
+    clock.advance(7200)  # nothing pushed them
+
+    every = runner.invoke(app, ["sla", "--age", "1h"])
+    first = runner.invoke(app, ["sla", "--age", "1h", "--limit", "1"])
+
+    assert every.exit_code == first.exit_code == 1
+    assert every.stdout.splitlines() == [
+        "phone\tstate\tage\tpending",
+        "+972501234567\tblocked\t2h\tvoicenter",
+        "+972521234567\tblocked\t2h\tvoicenter",
+    ]
+    assert every.stderr == "not confirmed after 1h: 2\n"
+    assert len(first.stdout.splitlines()) == 2
+    assert first.stderr == "not confirmed after 1h: 1 (the first 1 found; --limit N for more)\n"
+    assert not set("━─│╸╺") & set(every.output + first.output)  # no bar, no box drawing
