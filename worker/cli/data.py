@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from worker.cli.common import (
+    Bars,
     console,
     count_of,
     err,
@@ -146,14 +147,16 @@ def export(
     from worker.ops.export import blocked_csv
 
     ctx = open_context()
-    if out is None:
-        for text in blocked_csv(ctx):
-            sys.stdout.write(text)
-        sys.stdout.flush()
-        return
-    lines = 0
-    with out.open("w", encoding="utf-8", newline="") as handle:
-        for text in blocked_csv(ctx):
-            handle.write(text)
-            lines += text.count("\n")
+    # A bar on stderr while the list goes to a file or a pipe; none over it in a terminal.
+    with Bars(show=out is not None or not sys.stdout.isatty()) as bars:
+        if out is None:
+            for text in blocked_csv(ctx, progress=bars):
+                sys.stdout.write(text)
+            sys.stdout.flush()
+            return
+        lines = 0
+        with out.open("w", encoding="utf-8", newline="") as handle:
+            for text in blocked_csv(ctx, progress=bars):
+                handle.write(text)
+                lines += text.count("\n")
     console.print(f"exported {count_of(lines - 1, 'blocked number')} to {out}")

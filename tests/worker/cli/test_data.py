@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import json
+import re
 from pathlib import Path
 
+import pytest
+from rich.console import Console
 from typer.testing import CliRunner
 
 from tests.fakes.dispatch import QueueDispatcher
@@ -129,3 +133,25 @@ def test_verbose_puts_the_log_lines_on_stderr_instead(
     assert "audit" in events
     assert "{" not in result.stdout
     assert not (tmp_path / "var/logs/cli.log").exists()
+
+
+def test_export_to_a_file_shows_its_progress_on_a_terminals_stderr(
+    cli_ctx: Context, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from worker.cli import common
+    from worker.pipeline.accept import Event, PhoneInput, accept
+    from worker.providers.base import Action
+
+    numbers = [PhoneInput(f"05{i:08d}") for i in range(1100)]  # two pages
+    accept(cli_ctx, Event("api", Action.ADD, numbers))
+    screen = io.StringIO()
+    monkeypatch.setattr(common, "err", Console(file=screen, force_terminal=True, width=80))
+
+    saved = runner.invoke(app, ["export", "--out", str(tmp_path / "blocked.csv")])
+
+    assert saved.exit_code == 0, saved.output
+    assert saved.stdout == f"exported 1100 blocked numbers to {tmp_path / 'blocked.csv'}\n"
+    drawn = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen.getvalue())
+    assert "blocked numbers" in drawn and "1,100/1,100" in drawn
+    assert all(len(line) <= 80 for line in re.split(r"[\r\n]", drawn))
+    assert len((tmp_path / "blocked.csv").read_text().splitlines()) == 1101
