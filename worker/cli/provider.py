@@ -24,7 +24,7 @@ NameArg = Annotated[
 
 LIST_COLUMNS = columns(
     "target", "provider", "live", "state", "staged_add", "staged_remove", "in_flight",
-    "retrying", "dead_letters", "credentials_here",
+    "retrying", "dead_letters", "catch_up", "credentials_here",
 )  # fmt: skip
 
 
@@ -46,7 +46,10 @@ def provider_list(as_json: Annotated[bool, JsonOpt] = False) -> None:
     or not), whatever this terminal's own settings: active, paused or holding; staged, in
     flight, retrying and dead-lettered numbers; whether this process has its credentials."""
     ctx = open_context()
+    from worker.pipeline.batching import catch_ups
+
     deployment = ctx.deployment()
+    catching_up = catch_ups(ctx)
     paused = ctx.store.paused()
     counts = ctx.store.counts(list(deployment))
     retrying = ctx.store.retry_counts()
@@ -66,15 +69,18 @@ def provider_list(as_json: Annotated[bool, JsonOpt] = False) -> None:
             "target": target, "provider": provider, "live": seen.live, "state": state,
             "staged_add": c["staged_add"], "staged_remove": c["staged_remove"],
             "in_flight": c["in_flight"], "retrying": retrying.get(target, 0),
-            "dead_letters": dead_by_target.get(target, 0), "credentials_here": seen.here,
+            "dead_letters": dead_by_target.get(target, 0), "catch_up": catching_up.get(target),
+            "credentials_here": seen.here,
         })  # fmt: skip
     if as_json:
         json_lines(records)
         return
-    table(None, LIST_COLUMNS, [[_yes_no(r[c.header]) for c in LIST_COLUMNS] for r in records])
+    table(None, LIST_COLUMNS, [[_cell(r[c.header]) for c in LIST_COLUMNS] for r in records])
     if not deployment:
         say("no target announced: no worker has run with a provider's credentials")
     say(f"dead letters: {sum(dead_by_target.values())}")
+    for target, at in catching_up.items():
+        say(catch_up_text(target, at))
     for provider, info in paused.items():
         say(f"{provider} paused: {info['reason']}; fix {info['setting']}, "
             f"then: optout provider resume {provider}")  # fmt: skip
@@ -86,10 +92,26 @@ def provider_list(as_json: Annotated[bool, JsonOpt] = False) -> None:
             "provider test and reconcile need them; list and resume do not")  # fmt: skip
 
 
-def _yes_no(value: Any) -> Any:
+def _cell(value: Any) -> Any:
     if isinstance(value, bool):
         return "yes" if value else "no"
+    if isinstance(value, dict):  # a catch-up: its pass and how far
+        percent = value["percent"]
+        return value["stage"] if percent is None else f"{value['stage']} {percent}%"
     return value
+
+
+def catch_up_text(target: str, at: dict[str, Any]) -> str:
+    """Where a target's catch-up stands, as a line: the blocked numbers it has gone
+    through (about: read from its place in the index), or its pass over the ledger."""
+    percent = at["percent"]
+    if at["stage"] == "ledger":
+        return (f"catching up {target}: blocked numbers done; ledger {percent}% (what it "
+                "held before, checked again)")  # fmt: skip
+    if percent is None:
+        return f"catching up {target}: reading the blocked index of the release before"
+    return (f"catching up {target}: blocked numbers {percent}% (about {at['done_about']:,} "
+            f"of {at['blocked']:,})")  # fmt: skip
 
 
 def not_here(ctx: Context, name: str, action: str) -> str:

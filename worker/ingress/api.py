@@ -34,6 +34,7 @@ from worker.ops.deadletters import ChoiceError
 from worker.ops.sla import overdue
 from worker.ops.views import NUMBER_EXAMPLE, number_view
 from worker.pipeline.accept import AcceptError, accept_async
+from worker.pipeline.batching import catch_ups
 from worker.pipeline.context import Context
 from worker.providers import PROVIDERS
 from worker.runtime.fastjson import JSONResponse
@@ -289,6 +290,11 @@ def state_gauges(ctx: Context) -> dict[str, float | metrics.Labelled]:
     dead = sum(store.dead_letter_counts().values())
     staged = sum(sum(c.values()) for c in store.counts(ctx.known_targets()).values())
     backlog = backlog_report(ctx)
+    progress: dict[tuple[str, ...], float] = {
+        (target, at["stage"]): at["ratio"]
+        for target, at in catch_ups(ctx).items()
+        if at["ratio"] is not None
+    }
     return {
         "redis_up": 1.0,
         "audit_backlog_entries": float(backlog["entries"]),
@@ -297,6 +303,14 @@ def state_gauges(ctx: Context) -> dict[str, float | metrics.Labelled]:
         "dead_letter_oldest_age_seconds": (store.now_ms() - oldest) / 1000 if oldest else 0.0,
         "staged_or_in_flight_numbers": float(staged),
         "sla_overdue_numbers": float(len(overdue(ctx, ctx.settings.sla_seconds))),
+        "blocked_numbers": float(store.blocked_total()),
+        "expiry_due_numbers": float(store.expiry_due_count()),
+        "catch_up_done_ratio": metrics.Labelled(
+            ("target", "stage"),
+            progress,
+            "How far each catch-up of a target from the ledger is through its pass: the "
+            "blocked numbers, then the ledger (from its cursor; 1 at the end of a pass)",
+        ),
         "paused_providers": float(len(store.paused())),
         "open_circuits": float(len(store.open_circuits(PROVIDERS))),
         "reviews_waiting": metrics.Labelled(

@@ -4,12 +4,14 @@ catch-up, lease recovery, replay)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import structlog
 
 from worker.pipeline.context import Context
 from worker.providers.base import Action
 from worker.state.records import Staged
+from worker.state.targets import CatchUp
 
 log = structlog.get_logger("optout.pipeline")
 
@@ -100,7 +102,8 @@ def sweep(ctx: Context) -> int:
     ctx.store.move_confirmations()
     expired = ctx.store.expire_due()
     if expired.count:
-        log.info("blocks_expired", count=expired.count)
+        # A wave of blocks ending at once is lifted 1,000 a tick: how many are still due.
+        log.info("blocks_expired", count=expired.count, due=ctx.store.expiry_due_count())
     schedule(ctx, expired.staged)
     swept = ctx.store.sweep_retries()
     schedule(ctx, swept.staged)
@@ -112,12 +115,21 @@ def sweep(ctx: Context) -> int:
     return swept.count
 
 
+#: How many numbers a target's batch may hold before its catch-up waits for the pushes to
+#: take them: at a per-number provider's 20 a second, a catch-up of ten million numbers
+#: would otherwise stage them all within hours and keep them in Redis for days (~1 GB).
+CATCH_UP_AHEAD = 20_000
+
+
 def backfill(ctx: Context, page: int = 2000) -> int:
     """Catch up targets that became live (new, or back after no process had them for their
     TTL) from the ledger, one page per call (the sweep calls it every tick): first every
     blocked number (routed by the sources of the adds behind its block), then every number the
     target was confirmed to hold, or is unknown at, whose ledger state has moved since. So
-    enabling a provider, adding an agent or restoring credentials never leaves a gap."""
+    enabling a provider, adding an agent or restoring credentials never leaves a gap. A
+    target whose batch holds CATCH_UP_AHEAD numbers already waits (its provider is slower
+    than the catch-up, or paused). Where each stands is logged at every whole percent of a
+    pass (`catch_up`), and shown by `optout provider list` and /metrics."""
     backfills = ctx.store.backfills()
     if not backfills:
         return 0
@@ -128,20 +140,17 @@ def backfill(ctx: Context, page: int = 2000) -> int:
         meta = directory.get(target)
         if meta is None:
             continue  # not live: it starts again from the top when it comes back
+        backlog = ctx.store.counts([target])[target]
+        if backlog["staged_add"] + backlog["staged_remove"] >= CATCH_UP_AHEAD:
+            continue  # the pushes have not taken the pages before: Redis would hold them
         provider = str(meta.get("provider"))
-        where, at, generation = cursor.partition("@")
-        phase, _, position = where.rpartition(":")
-        if phase == "c":
-            # The release before's second pass: an HSCAN cursor over `confirmed:{target}`.
-            # Taken for a SCAN cursor of the keyspace it would go on from an arbitrary
-            # bucket, past numbers the target holds that the ledger lifted: start over.
-            phase, position = "k", "0"
-        if phase == "k":
-            position, numbers = ctx.store.confirmed_page(target, position, page)
+        at = CatchUp.read(cursor)
+        if at.phase == "k":
+            position, numbers = ctx.store.confirmed_page(target, at.position, page)
             wanted = numbers
             next_cursor = None if position == "0" else f"k:{position}"
         else:
-            position, numbers = ctx.store.blocked_page(position, page)
+            position, numbers = ctx.store.blocked_page(at.position, page)
             sources = ctx.store.ledger_sources(numbers)
             wanted = [
                 n for n, srcs in zip(numbers, sources, strict=True)
@@ -149,22 +158,69 @@ def backfill(ctx: Context, page: int = 2000) -> int:
             ]  # fmt: skip
             next_cursor = "k:0" if position == "0" else f"b:{position}"
         if next_cursor is not None:
-            next_cursor += at + generation  # this catch-up's own, to the end
+            next_cursor += at.generation  # this catch-up's own, to the end
+        staged = 0
         if wanted:
             caught_up = ctx.store.stage_many(target, wanted)
             schedule(ctx, caught_up.staged)
-            staged_total += caught_up.count
+            staged = caught_up.count
+            staged_total += staged
         if not ctx.store.advance_backfill(target, cursor, next_cursor):
             log.info("catch_up_restarted", target=target)  # it became live again meanwhile
             continue
-        log.info(
-            "catch_up",
-            target=target,
-            staged=staged_total,
-            scanned=len(numbers),
-            done=next_cursor is None,
-        )
+        _log_catch_up(ctx, target, at, next_cursor, staged, len(numbers))
     return staged_total
+
+
+def catch_ups(ctx: Context) -> dict[str, dict[str, Any]]:
+    """Every catch-up under way -> where it stands: `stage` (blocked, then ledger),
+    `ratio` and `percent` of that pass done (None while it reads the index of before,
+    which comes first), `done_about` (the blocked pass: the numbers behind it, from its
+    place in the index) and `blocked` (the numbers it goes through: `blocked:count`)."""
+    positions = ctx.store.catch_ups()
+    if not positions:
+        return {}
+    total = ctx.store.blocked_total()
+    out: dict[str, dict[str, Any]] = {}
+    for target, at in sorted(positions.items()):
+        fraction = at.fraction()
+        about = fraction is not None and at.stage == "blocked"
+        out[target] = {
+            "stage": at.stage,
+            "ratio": fraction,
+            "percent": None if fraction is None else int(100 * fraction),
+            "done_about": round(fraction * total) if fraction is not None and about else None,
+            "blocked": total,
+        }
+    return out
+
+
+def _log_catch_up(
+    ctx: Context, target: str, before: CatchUp, cursor: str | None, staged: int, scanned: int
+) -> None:
+    """A `catch_up` line when a step began a pass, ended it or crossed a whole percent of
+    it: ~100 lines a pass whatever the ledger's size, not one a page."""
+    after = CatchUp.read(cursor) if cursor is not None else None
+    ended = after is None or after.stage != before.stage
+    was = before.fraction()
+    now = 1.0 if after is None or ended else after.fraction()
+    began = was == 0.0
+    crossed = was is not None and now is not None and int(100 * now) > int(100 * was)
+    if not (began or ended or crossed):
+        return
+    total = ctx.store.blocked_total()
+    log.info(
+        "catch_up",
+        target=target,
+        stage=before.stage,
+        percent=None if now is None else round(100 * now),
+        # From the cursor's place in the index: the numbers spread evenly over its buckets.
+        done_about=round(now * total) if now is not None and before.stage == "blocked" else None,
+        blocked=total,
+        staged=staged,
+        scanned=scanned,
+        done=cursor is None,
+    )
 
 
 def recover(ctx: Context) -> int:

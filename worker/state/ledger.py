@@ -93,6 +93,11 @@ class Ledger(Keyspace):
         """Lift temporary blocks whose expiry has passed; the count: numbers unblocked."""
         return Tally.decode(self._run("expire", limit, self.audit_cap))
 
+    def expiry_due_count(self) -> int:
+        """Temporary blocks whose end has passed and that the sweep has yet to lift (it
+        lifts up to 1,000 a tick)."""
+        return int(self.redis.zcount(self.key("expiry"), "-inf", self.now_ms()))
+
     def adopt_step(self, count: int = 200) -> bool:
         """One page of the pass that adopts blocks written before blocks kept their source
         (lua/adopt.lua), from where the last step left it; False once it has ended. Pages

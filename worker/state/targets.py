@@ -9,6 +9,7 @@ from typing import Any, cast
 
 from worker.state.codec import decode, ms, text
 from worker.state.keyspace import Keyspace
+from worker.state.ledger import BLOCKED_BUCKETS
 from worker.state.records import Registered, Repaired, Tally
 
 
@@ -19,6 +20,54 @@ class Announced:
 
     provider: str
     live: bool
+
+
+def scan_fraction(cursor: int) -> float:
+    """How much of the keyspace a SCAN (or a set's SSCAN) has covered at `cursor`: Redis
+    walks its table's buckets in reverse-binary order, so the cursor's bits read backwards
+    are the share behind it, whatever the table's size (more bits only add precision)."""
+    return int(f"{cursor:064b}"[::-1], 2) / 2**64
+
+
+@dataclass(frozen=True, slots=True)
+class CatchUp:
+    """Where a target's catch-up stands, its `backfill` cursor read (store.py: the key
+    scheme): `phase` "b", the blocked index (`position` "0", then `k{bucket}`; plain
+    digits, an SSCAN cursor of the one set of before), then "k", the ledger's numbers (a
+    SCAN cursor; "c", the release before's HSCAN cursor, starts that pass over);
+    `generation` is ``@{n}``, this catch-up's own, carried to the end."""
+
+    phase: str
+    position: str
+    generation: str
+
+    @classmethod
+    def read(cls, cursor: str) -> CatchUp:
+        where, at, generation = cursor.partition("@")
+        phase, _, position = where.rpartition(":")
+        if phase == "c":
+            # Taken for a SCAN cursor of the keyspace it would go on from an arbitrary
+            # bucket, past numbers the target holds that the ledger lifted: start over.
+            phase, position = "k", "0"
+        return cls("k" if phase == "k" else "b", position, at + generation)
+
+    @property
+    def stage(self) -> str:
+        """The pass, as an operator reads it: `blocked` (every blocked number), then
+        `ledger` (what the target was confirmed to hold, checked again)."""
+        return "ledger" if self.phase == "k" else "blocked"
+
+    def fraction(self) -> float | None:
+        """How far through its pass, 0 to 1, read from the cursor (numbers spread evenly
+        over the index's buckets and the keyspace's table); None while it reads the one
+        set of before, which comes ahead of the buckets."""
+        if self.position == "0":
+            return 0.0
+        if self.phase == "k":
+            return scan_fraction(int(self.position))
+        if self.position.startswith("k"):
+            return int(self.position[1:]) / BLOCKED_BUCKETS
+        return None
 
 
 class Targets(Keyspace):
@@ -90,6 +139,10 @@ class Targets(Keyspace):
     def backfills(self) -> dict[str, str]:
         raw = cast(dict[Any, Any], self.redis.hgetall(self.key("backfill")))
         return {text(k): text(v) for k, v in raw.items()}
+
+    def catch_ups(self) -> dict[str, CatchUp]:
+        """Every catch-up under way, where it stands."""
+        return {target: CatchUp.read(cursor) for target, cursor in self.backfills().items()}
 
     def advance_backfill(self, target: str, read: str, cursor: str | None) -> bool:
         """Move a catch-up on from the cursor `read` to `cursor` (None: done), unless a

@@ -188,3 +188,29 @@ def test_reconcile_in_a_pipe_prints_rows_and_a_sample_of_extras_without_a_bar(
     assert "extra at phonely:agent-a: 5 more" in notes
     assert len([n for n in notes if n.startswith("extra at")]) == 21
     assert not set("━─│╸╺") & set(result.output)  # no bar, no box drawing
+
+
+def test_provider_list_shows_where_a_catch_up_stands(bare_cli: Context, ctx: Context) -> None:
+    from worker.pipeline import batching as work
+
+    numbers = [f"+97250{(i * 109) % 32768:07d}" for i in range(300)]  # spread over the index
+    accept(ctx, Event("api", Action.ADD, [PhoneInput(n) for n in numbers]))
+    announce(ctx, "phonely:agent-a", PHONELY)  # a worker with Phonely starts: a catch-up
+    ctx.directory(refresh=True)
+    work.backfill(ctx, page=100)
+
+    result = runner.invoke(app, ["provider", "list"])
+    as_json = runner.invoke(app, ["provider", "list", "--json"])
+
+    listed = {r["target"]: r for r in rows(result.stdout)}
+    assert listed["voicenter"]["catch_up"] == "-"
+    percent = int(listed["phonely:agent-a"]["catch_up"].removeprefix("blocked ").rstrip("%"))
+    assert 0 < percent < 100
+    (line,) = [n for n in result.stderr.splitlines() if n.startswith("catching up")]
+    assert line.startswith(f"catching up phonely:agent-a: blocked numbers {percent}% (about ")
+    assert line.endswith(" of 300)")
+    assert not set("━─│╸╺") & set(result.output)
+    records = {r["target"]: r for r in map(json.loads, as_json.stdout.splitlines())}
+    assert records["voicenter"]["catch_up"] is None
+    at = records["phonely:agent-a"]["catch_up"]
+    assert (at["stage"], at["percent"], at["blocked"]) == ("blocked", percent, 300)

@@ -23,6 +23,7 @@ from worker.providers.base import Action
 from worker.runtime.wiring import build_context
 from worker.state.codec import ledger_blocks
 from worker.state.records import Registered
+from worker.state.targets import CatchUp
 
 
 def every_provider_env() -> dict[str, str]:
@@ -946,3 +947,88 @@ def test_a_catch_up_left_by_the_release_before_in_its_second_pass_starts_the_led
     assert back.store.backfills() == {}
     assert scanned[:1] == ["0"]
     assert voodoo.listed() == set()
+
+
+def _spread(count: int) -> list[str]:
+    """Numbers one to a bucket of the blocked index, spread over all of it by their last six
+    digits (65 is odd: every multiple of it mod 32,768 is another bucket), as real numbers
+    spread."""
+    return [f"+97250{(i * 65) % 32768:07d}" for i in range(count)]
+
+
+def _phonely_joins(count: int) -> tuple[FakePhonely, Context]:
+    """`count` numbers blocked and pushed to Voicenter; then a worker with Phonely's two
+    agents starts: each agent is caught up from the ledger."""
+    redis, clock = fakeredis.FakeRedis(), FakeClock()
+    phonely = FakePhonely()
+    router = Router({"voicenter": make_fake("voicenter"), "phonely": phonely})
+    first = build(redis, router, _env("voicenter"), clock)
+    numbers = _spread(count)
+    accept(first, Event("api", Action.ADD, [PhoneInput(n) for n in numbers]))
+    dispatcher = first.dispatcher
+    assert isinstance(dispatcher, QueueDispatcher)
+    dispatcher.drain(first)
+    both = build(redis, router, _env("voicenter", "phonely"), clock)
+    both.ensure_registered(force=True)
+    assert set(both.store.backfills()) == {"phonely:agent-a", "phonely:agent-b"}
+    return phonely, both
+
+
+def test_a_catch_up_waits_while_its_batch_holds_what_the_pushes_have_not_taken(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(work, "CATCH_UP_AHEAD", 150)
+    phonely, ctx = _phonely_joins(500)
+    dispatcher = ctx.dispatcher
+    assert isinstance(dispatcher, QueueDispatcher)
+
+    def staged() -> int:
+        return int(ctx.store.counts(["phonely:agent-a"])["phonely:agent-a"]["staged_add"])
+
+    while staged() < 150:
+        work.backfill(ctx, page=100)
+    cursors = ctx.store.backfills()
+    assert staged() < 500 and all(c.startswith("b:k") for c in cursors.values())
+
+    work.backfill(ctx, page=100)  # Phonely has taken nothing yet: Redis would hold more
+
+    assert ctx.store.backfills() == cursors
+    dispatcher.drain(ctx)  # the pushes take what was staged
+    while ctx.store.backfills():
+        work.backfill(ctx, page=100)
+        dispatcher.drain(ctx)
+    assert len(phonely.listed("agent-a")) == len(phonely.listed("agent-b")) == 500
+
+
+def test_a_catch_ups_place_shows_as_blocked_numbers_done_of_blocked_count() -> None:
+    _, ctx = _phonely_joins(500)
+    assert work.catch_ups(ctx)["phonely:agent-a"] == {
+        "stage": "blocked", "ratio": 0.0, "percent": 0, "done_about": 0, "blocked": 500
+    }  # fmt: skip
+    for _ in range(2):
+        work.backfill(ctx, page=100)
+    at = work.catch_ups(ctx)["phonely:agent-a"]
+    read = ctx.store.counts(["phonely:agent-a"])["phonely:agent-a"]["staged_add"]
+    assert 0 < read < 500  # each read number staged: none was there
+    # From the cursor's place in the index: the numbers, spread evenly, behind it.
+    assert at["stage"] == "blocked" and at["ratio"] == pytest.approx(read / 500, abs=0.01)
+    assert at["percent"] == int(100 * at["ratio"])
+    assert abs(at["done_about"] - read) <= 5 and at["blocked"] == 500
+
+
+def test_a_catch_up_logs_a_line_at_each_whole_percent_not_one_a_page() -> None:
+    from structlog.testing import capture_logs
+
+    _, ctx = _phonely_joins(500)
+    steps = 0
+    with capture_logs() as logs:
+        while ctx.store.catch_ups().get("phonely:agent-a", CatchUp("k", "", "")).phase == "b":
+            work.backfill(ctx, page=2)  # 250 pages of the blocked pass
+            steps += 1
+    lines = [e for e in logs if e["event"] == "catch_up" and e["target"] == "phonely:agent-a"]
+    blocked = [e for e in lines if e["stage"] == "blocked"]
+    assert steps >= 250 and len(blocked) <= 102
+    percents = [e["percent"] for e in blocked]
+    assert percents == sorted(percents) and len(set(percents)) >= 90
+    assert blocked[-1]["percent"] == 100 and blocked[-1]["done_about"] == 500
+    assert all(e["blocked"] == 500 for e in blocked)

@@ -222,3 +222,34 @@ def test_a_worker_writes_only_json_lines_to_stderr(tmp_path: Path) -> None:
     assert {tuple(sorted(r)) for r in records() if "error" not in r} == {
         ("event", "level", "logger", "timestamp")
     }
+
+
+def test_metrics_show_the_blocked_count_each_catch_up_and_expiries_due(
+    make_ctx: Any, clock: Any
+) -> None:
+    import datetime as dt
+
+    from worker.pipeline import batching as work
+    from worker.pipeline.accept import Event, PhoneInput, accept
+    from worker.providers.base import Action
+
+    ctx = make_ctx(admin_token="admin")
+    client = TestClient(create_api(lambda: ctx))
+    numbers = [f"+97250{(i * 109) % 32768:07d}" for i in range(300)]  # spread over the index
+    accept(ctx, Event("api", Action.ADD, [PhoneInput(n) for n in numbers]))
+    soon = dt.datetime.fromtimestamp(clock.now + 60, tz=dt.UTC)
+    accept(ctx, Event("api", Action.ADD, [PhoneInput("+972521111111")], expires_at=soon))
+    ctx.store.register_targets({"phonely:agent-a": {"provider": "phonely"}}, 600)
+    ctx.directory(refresh=True)
+    work.backfill(ctx, page=100)
+    clock.advance(61)
+
+    scraped = samples(client.get("/metrics").text)
+
+    assert value(scraped, "optout_blocked_numbers") == 301
+    assert value(scraped, "optout_expiry_due_numbers") == 1  # the sweep has yet to lift it
+    ratio = value(scraped, "optout_catch_up_done_ratio", target="phonely:agent-a", stage="blocked")
+    assert 0 < ratio < 1
+    assert ("optout_catch_up_done_ratio", (("stage", "blocked"), ("target", "voicenter"))) not in (
+        scraped
+    )

@@ -3,6 +3,8 @@ targets and routes, the directory, catching a target up, repairing what it holds
 
 from __future__ import annotations
 
+import pytest
+
 from tests.conftest import FakeClock
 from tests.worker.state.scene import (
     N1,
@@ -19,7 +21,7 @@ from tests.worker.state.scene import (
 from worker.providers.base import Action
 from worker.state.records import LiveTarget, Registered, Repaired, Staged, Tally
 from worker.state.store import Store
-from worker.state.targets import Announced
+from worker.state.targets import Announced, CatchUp, scan_fraction
 
 PHONELY = {"provider": "phonely", "add_only": False, "max_batch": 50}
 
@@ -127,3 +129,30 @@ def test_announced_holds_every_target_ever_announced_with_its_provider_and_liven
         "phonely:1": Announced("phonely", live=False),
         "voicenter": Announced("voicenter", live=True),
     }
+
+
+def test_a_catch_ups_cursor_reads_as_its_pass_and_how_far_through_it() -> None:
+    assert CatchUp.read("b:0@3") == CatchUp("b", "0", "@3")
+    assert CatchUp.read("b:k8192@3").fraction() == 0.25
+    assert CatchUp.read("b:k8192@3").stage == "blocked"
+    assert CatchUp.read("b:4711@3").fraction() is None  # the one set of before, first
+    assert CatchUp.read("k:0@3").stage == "ledger"
+    assert CatchUp.read("c:98304@3") == CatchUp("k", "0", "@3")  # starts that pass over
+    assert CatchUp.read("b:k1").generation == ""  # a cursor from before generations
+
+
+def test_a_scan_cursor_says_how_much_of_the_keyspace_is_behind_it(store: Store) -> None:
+    # The share is of the whole table, whatever else it holds: of this test's own keys,
+    # spread over it by their hashes, about as many are behind the cursor.
+    pipe = store.redis.pipeline(transaction=False)
+    for i in range(5000):
+        pipe.set(store.key("k", str(i)), 1)
+    pipe.execute()
+    cursor, seen = 0, 0
+    while True:
+        cursor, keys = store.redis.scan(cursor, match=store.key("k", "*"), count=500)
+        seen += len(keys)
+        if cursor == 0:
+            break
+        assert scan_fraction(cursor) == pytest.approx(seen / 5000, abs=0.05)
+    assert seen == 5000
