@@ -24,6 +24,7 @@ from worker.archive.history import CursorError
 from worker.domain.errors import OptoutError
 from worker.domain.phones import Rejected, normalise
 from worker.ingress.docs import add_docs
+from worker.ingress.fast_accept import FastAccept, accepted_body
 from worker.ingress.http_errors import RefusedError, answer, error_response
 from worker.ingress.middleware import AccessLog, BodyLimit
 from worker.ingress.schemas import OptoutRequest, optout_event
@@ -73,8 +74,10 @@ ADMIN_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def create_api(context: ContextFactory) -> FastAPI:
-    """The ASGI app; `context` builds (or returns) this process's pipeline context."""
+def create_api(context: ContextFactory, fast_accept: bool = True) -> FastAPI:
+    """The ASGI app; `context` builds (or returns) this process's pipeline context.
+    `fast_accept=False` leaves every `/v1/optouts` request to its FastAPI route (the tests
+    compare the two)."""
     api = FastAPI(
         title="optout-worker",
         version="0.1.0",
@@ -86,6 +89,10 @@ def create_api(context: ContextFactory) -> FastAPI:
     )
     add_docs(api)
 
+    # Innermost of ours (the last added runs first): the body limit and the access log see
+    # every request, the fast path's too.
+    if fast_accept:
+        api.add_middleware(FastAccept, context=context)
     api.add_middleware(BodyLimit, max_bytes=context().settings.max_body_bytes)
     api.add_middleware(AccessLog)
     api.include_router(webhook_router(context))
@@ -148,16 +155,7 @@ def create_api(context: ContextFactory) -> FastAPI:
         number is durably staged in Redis; 503 (retry) when it cannot be; 409 when the
         idempotency key was used with another body; a remove needs `occurred_at`."""
         result = await accept_async(context(), optout_event(body))
-        return JSONResponse(
-            {
-                "event_id": result.event_id,
-                "duplicate": result.duplicate,
-                "accepted": result.accepted,
-                "rejected": result.rejected,
-                "phones": [p.as_dict() for p in result.phones],
-            },
-            status_code=202,
-        )
+        return JSONResponse(accepted_body(result), status_code=202)
 
     @api.get(
         "/v1/numbers/{phone}",
