@@ -139,7 +139,9 @@ def reconcile(
             wanted = _want(ctx, run, name, buckets, progress)
             for target in targets:
                 report = TargetReport(target, blocked=wanted)
+                ctx.store.keep_wanted(run, buckets)
                 report.listed = _has(ctx, run, provider, target, buckets, progress)
+                ctx.store.keep_wanted(run, buckets)
                 _compare(ctx, run, report, buckets, remove_extras, who, progress)
                 metrics.RECONCILED.labels(target, "missing").inc(report.missing)
                 metrics.RECONCILED.labels(target, "extra").inc(report.extras)

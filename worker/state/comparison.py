@@ -63,6 +63,16 @@ class Comparison(Keyspace):
         if keys:
             self._add(keys)
 
+    def keep_wanted(self, run: str, buckets: Buckets) -> None:
+        """Renew the want side's expiry: it is written once and compared with one target
+        after another, and a run over several slow lists can outlast it."""
+        chosen = list(buckets)
+        for start in range(0, len(chosen), 512):
+            pipe = self.redis.pipeline(transaction=False)
+            for bucket in chosen[start : start + 512]:
+                pipe.expire(self._want_key(run, bucket), SCRATCH_TTL_SECONDS)
+            pipe.execute()
+
     def has(self, run: str, target: str, digits: Iterable[str], buckets: Buckets) -> int:
         """Add numbers (digits, none empty) a target's list holds; the count of those not
         added before (a list that repeats a number, or shifts under its paging, counts it

@@ -34,3 +34,16 @@ def test_differences_are_what_each_side_lacks_and_nothing_is_left(store: Store) 
     assert not list(store.redis.scan_iter(match=store.key("reconcile", "r1", "has", "*")))
     store.drop_comparison("r1", ["phonely:agent-a"], buckets)
     assert not list(store.redis.scan_iter(match=store.key("reconcile", "*")))
+
+
+def test_the_want_side_is_kept_for_a_day_from_each_renewal(store: Store) -> None:
+    """Found by review: written once and compared with one slow list after another, the
+    want side could expire under a run, and every later target lacked nothing."""
+    buckets = Buckets()
+    store.want("r2", ["+972501234567", "+972507654321"], buckets)
+    keys = [store.key("reconcile", "r2", "want", str(b)) for b in buckets]
+    for key in keys:
+        store.redis.expire(key, 5)
+    store.keep_wanted("r2", buckets)
+    assert all(store.redis.ttl(key) > 3600 for key in keys)
+    store.drop_comparison("r2", [], buckets)

@@ -7,6 +7,9 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
+import pytest
+import redis
+
 from tests.conftest import FakeClock
 from tests.worker.state.scene import (
     N1,
@@ -73,6 +76,25 @@ def test_a_repeated_key_is_a_duplicate_and_another_body_under_it_a_conflict(
     # force: taken as a new event whatever its key says
     forced = store.accept(other, [(N1, "")], ROUTE, 3600, force=True)
     assert (forced.status, forced.event_id) == ("ok", other["id"])
+
+
+def test_an_event_that_fails_partway_leaves_its_key_unrecorded_so_its_retry_writes_the_rest(
+    store: Store,
+) -> None:
+    """Found by review: the key was recorded before the numbers, and Redis keeps what a
+    failing script wrote; an old release's script failing on a ledger it cannot read (or a
+    write refused for memory) answered the retry as a duplicate, the rest never written."""
+    live(store)
+    store.redis.hset(store.key("num", N2), mapping={"s": "blocked", "v": "1", "bl": "{nope"})
+    first = event(store, Action.ADD, key="k1")
+    with pytest.raises(redis.ResponseError):
+        store.accept(first, [(N1, ""), (N2, ""), (N3, "")], ROUTE, 3600)
+    assert store.ledger(N1)["s"] == "blocked"  # written before the failure, and kept
+    assert store.redis.get(store.key("idem", "api", "k1")) is None
+    store.redis.delete(store.key("num", N2))  # whatever failed is mended
+    retry = {**event(store, Action.ADD, key="k1"), "hash": first["hash"]}
+    assert store.accept(retry, [(N1, ""), (N2, ""), (N3, "")], ROUTE, 3600).status == "ok"
+    assert [store.ledger(n)["s"] for n in (N1, N2, N3)] == ["blocked"] * 3
 
 
 def test_a_reserved_large_event_is_finished_under_its_first_id_by_a_retry(store: Store) -> None:

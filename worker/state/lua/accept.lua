@@ -78,12 +78,6 @@ if not force and (mode == 'once' or mode == 'reserve') then
     ev.id = first_id  -- a retry of an event not fully written: finish it
   end
 end
-if mode == 'once' or mode == 'record' then
-  redis.call('SET', idem_key, ev.hash .. '|' .. ev.id, 'EX', idem_ttl)
-elseif mode == 'reserve' then
-  redis.call('SET', idem_key, ev.hash .. '|' .. ev.id .. '|p', 'EX', idem_ttl)
-end
-
 local t = tonumber(ev.t)
 local x = tonumber(ev.x)
 local touched = {}
@@ -196,6 +190,16 @@ for _, pair in ipairs(numbers) do
     end
   end
   table.insert(results, result)
+end
+
+-- The key is recorded once every number is written: Redis keeps what a script wrote before
+-- it failed (a write refused for memory, a ledger field it cannot read), and a key recorded
+-- first would answer the sender's retry as a duplicate while the numbers after the failure
+-- were never written.
+if mode == 'once' or mode == 'record' then
+  redis.call('SET', idem_key, ev.hash .. '|' .. ev.id, 'EX', idem_ttl)
+elseif mode == 'reserve' then
+  redis.call('SET', idem_key, ev.hash .. '|' .. ev.id .. '|p', 'EX', idem_ttl)
 end
 
 return cjson.encode({status = 'ok', event_id = ev.id, results = results,
