@@ -65,14 +65,15 @@ def digits(i: int) -> str:
 class Procs(Processes):
     """Our processes, with what the bench measures of them."""
 
-    def wait_ready(self, name: str) -> None:
-        """Until the Celery worker says it is ready: start-up is not throughput."""
+    def wait_ready(self, name: str, marker: bytes = b" ready.") -> None:
+        """Until the Celery worker (or beat: its own `marker`) says it is ready: start-up
+        is not throughput."""
         log = self.log(name)
 
         def ready() -> bool:
             with log.open("rb") as f:
                 f.seek(self.log_offsets[name])
-                return b" ready." in f.read()
+                return marker in f.read()
 
         if not wait(ready, 60, every=0.1):
             raise RuntimeError(f"{name} did not start (see {log})")
@@ -200,7 +201,10 @@ def stack(
     worker: bool = True,
     env_extra: dict[str, str] | None = None,
     worker_argv: tuple[str, ...] | None = None,
+    beat: bool = False,
 ) -> Iterator[Stack]:
+    """`beat`: `optout beat` as a process of its own too (pass a `worker_argv` without
+    `--beat`, or the sweeps run twice)."""
     with ExitStack() as exits:
         exits.callback(bench.fresh_redis)
         env = {
@@ -236,12 +240,21 @@ def stack(
             argv = worker_argv or (*CLI, "worker", "--beat",
                                    "--concurrency", str(bench.worker_concurrency))  # fmt: skip
             procs.start("worker", *argv)
+        if beat:
+            procs.start("beat", *CLI, "beat")
         url = f"http://127.0.0.1:{port}"
         if not wait(lambda: _up(url + "/healthz"), 60, every=0.1):
             raise RuntimeError(f"the API did not start (see {bench.logs / 'api.log'})")
         if worker:
             procs.wait_ready("worker")
+        if beat:
+            procs.wait_ready("beat", BEAT_READY)
         yield Stack(fakes, procs, url)
+
+
+#: The last line of Celery beat's banner, printed as its scheduler starts (its own log
+#: lines are quiet below WARNING).
+BEAT_READY = b". maxinterval ->"
 
 
 def _up(url: str) -> bool:
@@ -582,9 +595,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def machine() -> str:
+    """This machine in a few words: cores, memory, CPU model."""
+    return f"{os.cpu_count()} cores, {_mem_gib():.0f} GiB, {_cpu_model()}"
+
+
 def _machine(args: argparse.Namespace) -> str:
     return (
-        f"machine: {os.cpu_count()} cores, {_mem_gib():.0f} GiB, {_cpu_model()}\n"
+        f"machine: {machine()}\n"
         f"API {args.api_workers} processes; worker processes (ours and the baseline's): "
         f"{args.concurrency or '2, or 16 with provider latency'}; "
         f"Redis embedded, AOF always; batch linger {LINGER_MS} ms"
