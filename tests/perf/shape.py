@@ -1,0 +1,375 @@
+"""Issue 16's bulk speed, from outside, in the README's one-machine production shape.
+
+    python -m tests.perf.shape                 # 50,000 numbers; wrk 10 s over 64 connections
+    python -m tests.perf.shape --numbers 2000 --seconds 1
+
+One deployment, started as the README starts it: `optout api --workers 2`, one `optout
+worker` (its default 2 processes, no `--beat`) and one `optout beat`, each its own process,
+on the bench's own embedded Redis (AOF `appendfsync always`), with a fake Voicenter on
+loopback HTTP and provider rate limits lifted (tests/perf/bench.py `stack()`). On it, one
+after the other:
+
+- bulk: `--numbers` numbers as 1,000-number `POST /v1/optouts` requests, 4 in flight
+  (tests/perf/load.py), timed from the first request until the fake holds every number;
+- events: `wrk` for `--seconds` over `--connections` connections, one number per `POST
+  /v1/optouts`, each request a number of its own (a counter per wrk thread, the thread in
+  the number). Two figures: the rate wrk saw answered 2xx, and the rate end to end, from
+  wrk's start until the fake holds as many of wrk's numbers as were answered 2xx;
+- no-op: `wrk` as above against `GET /healthz` of the same API (no I/O): the accepts ratio
+  is the events' 2xx rate over the no-op's.
+
+The baseline (tests/perf/baseline.py: one Celery task and one HTTP request per number,
+prefork `-c 2`) runs on the same Redis before and after, and the ratios are against the
+mean of its two runs. Figures, ratios and issue 16's goals (bulk >= 25x the baseline, events
+>= 4x, accepts >= 0.5 of the no-op) are printed, never asserted. Needs `wrk` on PATH
+(Debian: `apt-get install wrk`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.fakes.providers import listed
+from tests.perf.bench import (
+    TOKEN,
+    Bench,
+    Figure,
+    Stack,
+    baseline,
+    digits,
+    feed_http,
+    machine,
+    stack,
+    wait,
+)
+from tests.processes import CLI, ROOT
+from worker.runtime.embedded import EmbeddedRedis
+
+WIDTH = 80
+API_WORKERS = 2
+CONCURRENCY = 2  # `optout worker`'s default processes, and the baseline's
+PER_REQUEST = 1000  # bulk numbers a request
+#: Numbers are `+97259` and 7 digits: each wrk thread counts in a block of its own.
+THREAD_BLOCK = 1_000_000
+NUMBER_SPACE = 10_000_000
+GOALS = {"bulk": 25.0, "events": 4.0, "accepts": 0.5}
+
+#: Every wrk run: each thread counts its answers, 2xx or not, and `done()` prints one JSON
+#: line with those, wrk's own error counts and what each thread generated.
+COUNTS_LUA = """
+local threads = {}
+
+function setup(thread)
+  thread:set("id", #threads)
+  table.insert(threads, thread)
+end
+
+sent, ok, other = 0, 0, 0
+
+function response(status, headers, body)
+  if status >= 200 and status < 300 then ok = ok + 1 else other = other + 1 end
+end
+
+function done(summary, latency, requests)
+  local sent, ok, other = {}, 0, 0
+  for _, t in ipairs(threads) do
+    table.insert(sent, string.format("%d", t:get("sent")))
+    ok = ok + t:get("ok")
+    other = other + t:get("other")
+  end
+  local e = summary.errors
+  io.write(string.format(
+    '{"duration_us":%d,"requests":%d,"ok":%d,"other":%d,"sent":[%s],'
+    .. '"connect":%d,"read":%d,"write":%d,"timeout":%d,"p50_us":%d,"p99_us":%d}\\n',
+    summary.duration, summary.requests, ok, other, table.concat(sent, ","),
+    e.connect, e.read, e.write, e.timeout,
+    latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+#: Events: request k of thread t opts out number `first + t * block + k`.
+OPTOUTS_LUA = """
+local first, block, token = 0, 0, ""
+
+function init(args)
+  first, block, token = tonumber(args[1]), tonumber(args[2]), args[3]
+end
+
+function request()
+  local i = first + id * block + sent
+  sent = sent + 1
+  return wrk.format("POST", "/v1/optouts",
+    {["Content-Type"] = "application/json", ["Authorization"] = "Bearer " .. token},
+    string.format('{"action":"add","phones":["+97259%07d"]}', i))
+end
+"""
+
+
+@dataclass
+class Wrk:
+    """What one wrk run saw."""
+
+    seconds: float
+    ok: int  # answered 2xx
+    other: int  # answered otherwise
+    errors: int  # connect, read, write errors and timeouts
+    p99_ms: float
+    cpu: float  # wrk's own CPU seconds
+    sent: list[int] = field(default_factory=list)  # requests each thread made
+
+    @property
+    def rate(self) -> float:
+        return self.ok / self.seconds
+
+
+def wrk(url: str, script: str, logs: Path, name: str, seconds: float, connections: int,
+        *args: str) -> Wrk:  # fmt: skip
+    path = logs / f"{name}.lua"
+    path.write_text(script)
+    threads = min(connections, os.cpu_count() or 1)
+    argv = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds:g}s",
+            "--timeout", "30s", "-s", str(path), url, *(["--", *args] if args else [])]  # fmt: skip
+    cpu = _children_cpu()
+    out = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, check=False)
+    cpu = _children_cpu() - cpu
+    (logs / f"{name}.out").write_text(out.stdout + out.stderr)
+    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
+    if out.returncode != 0 or not lines:
+        raise RuntimeError(f"wrk failed ({out.returncode}): {(out.stdout + out.stderr)[-2000:]}")
+    got: dict[str, Any] = json.loads(lines[-1])
+    errors = sum(got[k] for k in ("connect", "read", "write", "timeout"))
+    return Wrk(got["duration_us"] / 1e6, got["ok"], got["other"], errors,
+               got["p99_us"] / 1000, cpu, got["sent"])  # fmt: skip
+
+
+def _children_cpu() -> float:
+    """CPU seconds of this process's children it has waited for (wrk, once it has run)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+# -- the measured paths ------------------------------------------------------------------
+
+
+@dataclass
+class Phase:
+    """One path on the deployment: its figure and the CPU each part spent on it."""
+
+    figure: Figure
+    cpu: dict[str, float]
+
+
+def cpu_meter(s: Stack, bench: Bench) -> Callable[[], dict[str, float]]:
+    """CPU seconds each part of the deployment spends from now until the answer is called."""
+
+    def now() -> dict[str, float]:
+        parts = {name: s.procs.cpu_seconds(name) for name in ("api", "worker", "beat")}
+        return {**parts, "redis": bench.redis_cpu()}
+
+    before = now()
+    return lambda: {name: spent - before[name] for name, spent in now().items()}
+
+
+def bulk(s: Stack, bench: Bench, count: int) -> Phase:
+    spent = cpu_meter(s, bench)
+    started = feed_http("optouts", PER_REQUEST)(s, 0, count)
+    if not wait(lambda: s.holds(0, count), 3600, every=0.05):
+        raise RuntimeError("bulk: not every number arrived")
+    seconds = time.monotonic() - started
+    cpu = spent()
+    return Phase(Figure("bulk", count, seconds, s.provider_requests(), load_cpu=s.load_cpu), cpu)
+
+
+def events(s: Stack, bench: Bench, first: int, seconds: float,
+           connections: int) -> tuple[Wrk, Phase, int]:  # fmt: skip
+    """wrk's figures, the end-to-end phase (as many of wrk's numbers at the fake as it saw
+    answered 2xx), and how many of wrk's numbers the fake held in the end."""
+    spent = cpu_meter(s, bench)
+    before = sum(s.provider_requests().values())
+    started = time.monotonic()
+    seen = wrk(s.url + "/v1/optouts", COUNTS_LUA + OPTOUTS_LUA, s.procs.logs, "wrk-events",
+               seconds, connections, str(first), str(THREAD_BLOCK), TOKEN)  # fmt: skip
+    # wrk makes one request before the run to check the script (thread 0's first number):
+    # it is in `sent` but never reaches the server, which is harmless here.
+    sent = {digits(first + t * THREAD_BLOCK + k) for t, n in enumerate(seen.sent)
+            for k in range(n)}  # fmt: skip
+    fake = s.fakes["voicenter"]
+
+    def held() -> int:
+        with fake.lock:
+            return len(sent & listed(fake, "voicenter"))
+
+    if not wait(lambda: held() >= seen.ok, 3600, every=0.05):
+        raise RuntimeError("events: not every accepted number arrived")
+    end_to_end = time.monotonic() - started
+    cpu = spent()
+    # Requests in flight when wrk stopped may have been accepted too: let them land.
+    time.sleep(2)
+    requests = {"voicenter": s.provider_requests()["voicenter"] - before}
+    figure = Figure("events", seen.ok, end_to_end, requests)
+    return seen, Phase(figure, cpu), held()
+
+
+def noop(s: Stack, seconds: float, connections: int) -> Wrk:
+    return wrk(s.url + "/healthz", COUNTS_LUA, s.procs.logs, "wrk-noop", seconds, connections)
+
+
+# -- report ------------------------------------------------------------------------------
+
+
+@dataclass
+class Report:
+    numbers: int
+    seconds: float
+    connections: int
+    bases: list[Figure]
+    bulk: Phase
+    events: Phase
+    wrk_events: Wrk
+    held: int
+    wrk_noop: Wrk
+    load: tuple[str, str] = ("", "")  # load averages at the start and the end
+    code: str = ""
+
+    def lines(self) -> list[str]:
+        mean = sum(b.rate for b in self.bases) / len(self.bases)
+        bulk = self.bulk.figure.rate / mean
+        events = self.events.figure.rate / mean
+        accepts = self.wrk_events.rate / self.wrk_noop.rate
+        head = f"{'':34}{'numbers':>9}{'seconds':>8}{'per s':>9}{'ratio':>7}{'goal':>6}{'met':>5}"
+        rows = [head, "-" * len(head)]
+
+        def row(label: str, count: int | None, seconds: float | None, rate: float | None,
+                ratio: str = "", goal: str = "", met: bool | None = None) -> None:  # fmt: skip
+            cells = (
+                f"{label:34}{'' if count is None else f'{count:,}':>9}"
+                f"{'' if seconds is None else f'{seconds:.1f}':>8}"
+                f"{'' if rate is None else f'{rate:,.0f}':>9}{ratio:>7}{goal:>6}"
+                f"{'' if met is None else ('yes' if met else 'no'):>5}"
+            )
+            rows.append(cells.rstrip())
+
+        for label, base in zip(("start", "end"), self.bases, strict=False):
+            row(f"baseline ({label})", base.count, base.seconds, base.rate)
+        row("baseline: mean of the two", None, None, mean)
+        row(f"bulk: {PER_REQUEST:,} a request, 4 in flight", self.bulk.figure.count,
+            self.bulk.figure.seconds, self.bulk.figure.rate, f"{bulk:.1f}x",
+            f"≥{GOALS['bulk']:g}x", bulk >= GOALS["bulk"])  # fmt: skip
+        w = self.wrk_events
+        row("events: wrk, answered 2xx", w.ok, w.seconds, w.rate)
+        row("events: end to end", self.events.figure.count, self.events.figure.seconds,
+            self.events.figure.rate, f"{events:.1f}x", f"≥{GOALS['events']:g}x",
+            events >= GOALS["events"])  # fmt: skip
+        n = self.wrk_noop
+        row("no-op: wrk GET /healthz, 2xx", n.ok, n.seconds, n.rate)
+        row("accepts: events 2xx / no-op", None, None, None, f"{accepts:.2f}",
+            f"≥{GOALS['accepts']:g}", accepts >= GOALS["accepts"])  # fmt: skip
+        notes = [
+            f"events: {sum(w.sent):,} requests made by wrk's threads, {w.ok:,} answered 2xx, "
+            f"{w.other:,} otherwise, {w.errors:,} socket errors or timeouts; the fake holds "
+            f"{self.held:,} of wrk's numbers (those in flight when wrk stopped count if they "
+            f"were accepted); p99 {w.p99_ms:.1f} ms. No-op: {n.other:,} not 2xx, "
+            f"{n.errors:,} socket errors; p99 {n.p99_ms:.1f} ms.",
+            f"CPU seconds, bulk: {_cpu(self.bulk.cpu)}, load generator "
+            f"{self.bulk.figure.load_cpu or 0:.1f}; events (end to end): "
+            f"{_cpu(self.events.cpu)}, wrk {w.cpu:.1f}; no-op: wrk {n.cpu:.1f}.",
+            f"Voicenter requests: bulk {self.bulk.figure.requests['voicenter']:,}, "
+            f"events {self.events.figure.requests['voicenter']:,}.",
+        ]
+        out = [*self._header(), "", *rows, ""]
+        for note in notes:
+            out += textwrap.wrap(note, WIDTH)
+        return out
+
+    def _header(self) -> list[str]:
+        header = [
+            f"Issue 16's bulk speed, one-machine production shape (code {self.code or '?'})",
+            f"machine: {machine()}",
+            f"load average at the start: {self.load[0]}; at the end: {self.load[1]}",
+            f"optout api --workers {API_WORKERS}, optout worker ({CONCURRENCY} processes), "
+            "optout beat; embedded Redis, AOF always; a fake Voicenter on loopback, limits "
+            f"lifted. Bulk {self.numbers:,} numbers; wrk {self.seconds:g} s over "
+            f"{self.connections} connections; baseline: a Celery task and a request per "
+            f"number, prefork -c {CONCURRENCY}, before and after.",
+        ]
+        return [line for text in header for line in textwrap.wrap(text, WIDTH)]
+
+
+def _cpu(parts: dict[str, float]) -> str:
+    names = {"api": "API", "worker": "worker", "beat": "beat", "redis": "Redis"}
+    return ", ".join(f"{names[k]} {v:.1f}" for k, v in parts.items())
+
+
+def _load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def _code() -> str:
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                         capture_output=True, text=True, check=False)  # fmt: skip
+    return out.stdout.strip()
+
+
+def measure(numbers: int, seconds: float, connections: int, baseline_numbers: int,
+            logs: Path) -> Report:  # fmt: skip
+    first = THREAD_BLOCK * (numbers // THREAD_BLOCK + 1)  # wrk's numbers above the bulk's
+    threads = min(connections, os.cpu_count() or 1)
+    if first + threads * THREAD_BLOCK > NUMBER_SPACE:
+        raise ValueError(f"{numbers:,} bulk numbers leave too few for {threads} wrk threads")
+    load_start, code = _load(), _code()
+    redis_server = EmbeddedRedis(logs / "redis").start()
+    try:
+        bench = Bench(redis_server.url, logs, 0.0, API_WORKERS, CONCURRENCY)
+        bases = [baseline(bench, baseline_numbers, CONCURRENCY)]
+        print(f"baseline: {bases[0].rate:,.0f} numbers/s", file=sys.stderr, flush=True)
+        worker = (*CLI, "worker", "--concurrency", str(CONCURRENCY))
+        with stack(bench, ("voicenter",), worker_argv=worker, beat=True) as s:
+            bulk_phase = bulk(s, bench, numbers)
+            print(f"bulk: {bulk_phase.figure.rate:,.0f} numbers/s", file=sys.stderr, flush=True)
+            seen, events_phase, held = events(s, bench, first, seconds, connections)
+            print(f"events: {seen.rate:,.0f} accepted/s, {events_phase.figure.rate:,.0f}/s "
+                  "end to end", file=sys.stderr, flush=True)  # fmt: skip
+            no_op = noop(s, seconds, connections)
+        bases.append(baseline(bench, baseline_numbers, CONCURRENCY))
+    finally:
+        redis_server.stop()
+    return Report(numbers, seconds, connections, bases, bulk_phase, events_phase, seen, held,
+                  no_op, (load_start, _load()), code)  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--numbers", type=int, default=50_000,
+                        help=f"bulk numbers, a multiple of {PER_REQUEST:,}")  # fmt: skip
+    parser.add_argument("--seconds", type=float, default=10, help="each wrk run")
+    parser.add_argument("--connections", type=int, default=64, help="wrk's connections")
+    parser.add_argument("--baseline-numbers", type=int, default=None,
+                        help="each baseline run (default: min(numbers, 10000))")  # fmt: skip
+    args = parser.parse_args(argv)
+    if args.numbers <= 0 or args.numbers % PER_REQUEST:
+        parser.error(f"--numbers must be a positive multiple of {PER_REQUEST:,}")
+    if shutil.which("wrk") is None:
+        print("wrk is not on PATH (Debian: apt-get install wrk)", file=sys.stderr)
+        return 2
+    nb = args.baseline_numbers or min(args.numbers, 10_000)
+    with tempfile.TemporaryDirectory(prefix="optout-shape-") as tmp:
+        report = measure(args.numbers, args.seconds, args.connections, nb, Path(tmp))
+    print("\n".join(report.lines()), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""The production-shape benchmark still runs end to end (2,000 numbers, wrk 1 s; figures
+printed, never asserted)."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from tests.perf.shape import main
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(
+        shutil.which("wrk") is None,
+        reason="wrk is not on PATH (Debian: apt-get install wrk; .ci/run installs it as root)",
+    ),
+]
+
+
+def test_shape_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--numbers", "2000", "--seconds", "1", "--connections", "16",
+            "--baseline-numbers", "200"]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert all(len(line) <= 80 for line in lines), max(lines, key=len)
+    assert "optout api --workers 2, optout worker (2 processes), optout beat" in out
+    assert "bulk: 1,000 a request, 4 in flight    2,000" in out
+    for row in ("baseline (start)", "baseline (end)", "events: wrk, answered 2xx",
+                "events: end to end", "no-op: wrk GET /healthz, 2xx",
+                "accepts: events 2xx / no-op"):  # fmt: skip
+        assert any(line.startswith(row) for line in lines), row
+    assert "≥25x" in out and "≥4x" in out and "≥0.5" in out
+    words = " ".join(out.split())  # the notes wrap at 80 columns
+    assert "0 otherwise, 0 socket errors or timeouts" in words
