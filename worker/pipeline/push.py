@@ -185,7 +185,7 @@ def push_chunk(ctx: Context, opened: OpenChunk) -> dict[str, int]:
     hold = max((r.retry_after or 0.0 for r in work.results.values()), default=0.0)
     done = ctx.store.complete(chunk, encoded, ctx.complete_options(hold))
     schedule(ctx, done.staged)
-    _count(chunk, encoded, done.status, ctx.store.now_ms())
+    _count(chunk, encoded, done.status, done.now_ms or ctx.store.now_ms())
     became = chunk_result(done.status, done.counts, len(chunk.items))
     (log.info if became in ("delivered", "not_sent") else log.warning)(
         "chunk_pushed",

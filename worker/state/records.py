@@ -200,12 +200,14 @@ class CompleteOptions:
 @dataclass(frozen=True, slots=True)
 class Completion:
     """What complete.lua did: 'ok' or 'orphan' (the chunk was recovered meanwhile), counts
-    per outcome, the batches it touched, and the provider's circuit after it."""
+    per outcome, the batches it touched, the provider's circuit after it, and the server's
+    time it ran at (0 from a script that did not say)."""
 
     status: str
     counts: dict[str, int]
     staged: list[Staged]
     circuit: str = "closed"  # closed | failing | open
+    now_ms: int = 0
 
     @classmethod
     def decode(cls, raw_answer: Any) -> Completion:
@@ -215,6 +217,7 @@ class Completion:
             {str(k): int(v) for k, v in as_object(raw.get("counts")).items()},
             Staged.batches(raw.get("staged")),
             str(raw.get("circuit") or "closed"),
+            int(raw.get("now") or 0),
         )
 
 

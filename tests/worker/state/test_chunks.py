@@ -187,7 +187,7 @@ def test_done_confirms_the_version_and_clears_the_chunk(store: Store) -> None:
     accept(store, Action.ADD, N1)
     chunk = lease(store)
     done = store.complete(chunk, all_done(chunk), OPTIONS)
-    assert done == Completion("ok", _counts(done=1), [], "closed")
+    assert done == Completion("ok", _counts(done=1), [], "closed", store.now_ms())
     assert store.confirmation("voicenter", N1) == "blocked:1"
     assert hget(store, "inflight:voicenter", N1) is None
     for key in ("chunk:" + chunk.id,):
@@ -392,7 +392,7 @@ def test_a_done_for_a_recovered_chunk_is_an_orphan_and_confirms_nothing(
     # the presumed-dead pusher answers after all: its answer must not count
     newer = lease(store)
     late = store.complete(chunk, all_done(chunk), OPTIONS)
-    assert late == Completion("orphan", _counts(orphan=1), [], "closed")
+    assert late == Completion("orphan", _counts(orphan=1), [], "closed", store.now_ms())
     assert store.confirmation("voicenter", N1) == "?"
     assert hget(store, "unknown:voicenter", N1) == newer.id  # the push in flight won't count
     store.complete(newer, all_done(newer), OPTIONS)

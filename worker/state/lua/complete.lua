@@ -4,7 +4,7 @@
 --       ({e164: {outcome, reason, detail, retry_after_ms, jitter (0..1), window_ms (retry
 --       window), may_land (not done, and the provider may still carry it out later)}}: see
 --       worker/state/records.py: ItemResult), options JSON (records.py: CompleteOptions)
--- Answers {status = 'ok' | 'orphan', counts = {outcome: n}, staged, circuit} (Completion).
+-- Answers {status = 'ok' | 'orphan', counts = {outcome: n}, staged, circuit, now} (Completion).
 -- Outcomes: done; retry (the number's own failure: an attempt is spent); outage (its
 -- request failed as a whole: no attempt is spent, but a number failing so for longer than
 -- the budget is dead-lettered); permanent; stale (not sent: the ledger moved); unsent (not
@@ -63,7 +63,8 @@ if redis.call('EXISTS', P .. 'chunk:' .. id) == 0 then
       counts.orphan = counts.orphan + 1
     end
   end
-  return cjson.encode({status = 'orphan', counts = counts, staged = staged_summary(touched)})
+  return cjson.encode({status = 'orphan', counts = counts, staged = staged_summary(touched),
+                       now = NOW})
 end
 
 -- A number's failures count for the version of its ledger state that failed: a newer state
@@ -376,4 +377,4 @@ elseif outages > 0 then
   end
 end
 return cjson.encode({status = 'ok', counts = counts, staged = staged_summary(touched),
-                     circuit = circuit})
+                     circuit = circuit, now = NOW})
