@@ -46,12 +46,11 @@ class AuditLog(Keyspace):
     def pending_audit(self, count: int, after: str | None = None) -> list[PendingEntry]:
         """The oldest `count` entries waiting for the archive (after stream id `after`)."""
         start = f"({after}" if after else "-"
-        rows = cast(list[Any], self.redis.xrange(self.key("audit", "log"), start, "+", count))
-        out = []
-        for raw_id, fields in rows:
-            out.append(PendingEntry(text(raw_id), text(fields.get(b"n", b"")),
-                                    text(fields.get(b"e", b"{}"))))  # fmt: skip
-        return out
+        flat = cast(list[Any], self._run("pending", start, count))
+        return [
+            PendingEntry(text(flat[i]), text(flat[i + 1]), text(flat[i + 2]))
+            for i in range(0, len(flat), 3)
+        ]
 
     def forget_archived(self, entries: Sequence[PendingEntry]) -> int:
         """Drop entries the archive has committed (as pending_audit read them) from the

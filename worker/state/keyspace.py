@@ -18,7 +18,7 @@ Clock = Callable[[], float]
 _SCRIPTS = (
     "accept", "claim", "complete", "release", "sweep", "replay", "renew", "register",
     "stage_many", "adopt", "slot", "purge", "expire", "open", "hold", "reconcile", "cursor",
-    "turn", "settle", "move", "archived", "resume", "tails",
+    "turn", "settle", "move", "archived", "resume", "tails", "pending",
 )  # fmt: skip
 
 
