@@ -117,6 +117,12 @@ def create_api(context: ContextFactory, fast_accept: bool = True) -> FastAPI:
     async def _answer(_: Request, exc: OptoutError) -> JSONResponse:
         return answer(exc)
 
+    # Any route that finds Redis unreachable says so, as the accept does: 503 with
+    # Retry-After, not a bare 500 (the accept answers its own, with what it wrote).
+    @api.exception_handler(redis.RedisError)
+    async def _store_down(_: Request, exc: redis.RedisError) -> JSONResponse:
+        return error_response(503, "store_unavailable", f"Redis unavailable: {type(exc).__name__}")
+
     @api.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = [

@@ -147,6 +147,17 @@ def test_redis_down_is_503_and_nothing_claimed(registered: bool) -> None:
     assert response.headers["Retry-After"]
     assert "event_id" not in response.json()
     assert client.get("/readyz").status_code == 503
+    # Every other route that reads Redis says so the same way, not with a bare 500.
+    for method, path in (
+        ("GET", "/v1/numbers/+972501234567"),
+        ("GET", "/v1/dead-letters"),
+        ("GET", "/v1/reviews"),
+        ("POST", "/v1/dead-letters/replay"),
+    ):
+        answer = client.request(method, path, headers=AUTH, json={"all": True})
+        assert answer.status_code == 503, (method, path, answer.text)
+        assert answer.json()["error"] == "store_unavailable"
+        assert answer.headers["Retry-After"]
 
 
 def test_number_lookup_shows_state_audit_and_providers(
