@@ -7,7 +7,6 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from worker.ingress.http_errors import answer
@@ -54,18 +53,21 @@ class FastAccept:
         if not (_is_json(headers) and _authorised(headers, ctx)):
             await self.app(scope, receive, send)
             return
-        chunks: list[bytes] = []
+        received: list[Message] = []
         while True:
             message = await receive()
+            received.append(message)
             if message["type"] != "http.request":
-                return  # the client went away before its body was read
-            chunks.append(message.get("body", b""))
+                # The client went away before its body was read: the route says what it
+                # always said of that (and the access log with it).
+                await self.app(scope, _replay(received, receive), send)
+                return
             if not message.get("more_body"):
                 break
-        body = b"".join(chunks)
+        body = b"".join(m.get("body", b"") for m in received)
         request = _valid(body)
         if request is None:
-            await self.app(scope, _replay(body, receive), send)
+            await self.app(scope, _replay(received, receive), send)
             return
         try:
             result = await accept_async(ctx, optout_event(request))
@@ -93,6 +95,7 @@ def _authorised(headers: Sequence[tuple[bytes, bytes]], ctx: Context) -> bool:
     for name, value in headers:
         if name == b"authorization":
             scheme, _, given = value.decode("latin-1").partition(" ")
+            given = given.strip()  # as FastAPI's bearer scheme reads it
             if scheme.lower() != "bearer" or not given:
                 return False
             return hmac.compare_digest(given.encode(), token.get_secret_value().encode())
@@ -101,22 +104,20 @@ def _authorised(headers: Sequence[tuple[bytes, bytes]], ctx: Context) -> bool:
 
 def _valid(body: bytes) -> OptoutRequest | None:
     """The body as the route's model, or None when the route must answer it (its 422 names
-    every problem)."""
+    every problem; its 400 a body it cannot parse at all, nested too deep among them)."""
     try:
         return OptoutRequest.model_validate(json.loads(body))
-    except (ValueError, ValidationError):  # JSONDecodeError and UnicodeDecodeError too
+    except Exception:  # noqa: BLE001  (whatever the route answers, it answers)
         return None
 
 
-def _replay(body: bytes, receive: Receive) -> Receive:
-    """A receive that hands the route the body already read, then the connection's own."""
-    sent = False
+def _replay(received: list[Message], receive: Receive) -> Receive:
+    """A receive that hands the route the messages already read, then the connection's."""
+    left = list(received)
 
     async def replay() -> Message:
-        nonlocal sent
-        if sent:
-            return await receive()
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
+        if left:
+            return left.pop(0)
+        return await receive()
 
     return replay

@@ -90,11 +90,15 @@ def test_an_event_that_fails_partway_leaves_its_key_unrecorded_so_its_retry_writ
     with pytest.raises(redis.ResponseError):
         store.accept(first, [(N1, ""), (N2, ""), (N3, "")], ROUTE, 3600)
     assert store.ledger(N1)["s"] == "blocked"  # written before the failure, and kept
-    assert store.redis.get(store.key("idem", "api", "k1")) is None
+    # reserved, not recorded complete
+    assert store.redis.get(store.key("idem", "api", "k1")) == f"body|{first['id']}|p".encode()
     store.redis.delete(store.key("num", N2))  # whatever failed is mended
     retry = {**event(store, Action.ADD, key="k1"), "hash": first["hash"]}
-    assert store.accept(retry, [(N1, ""), (N2, ""), (N3, "")], ROUTE, 3600).status == "ok"
+    done = store.accept(retry, [(N1, ""), (N2, ""), (N3, "")], ROUTE, 3600)
+    assert (done.status, done.event_id) == ("ok", first["id"])  # finished under its first id
     assert [store.ledger(n)["s"] for n in (N1, N2, N3)] == ["blocked"] * 3
+    assert {store.ledger(n)["e"] for n in (N1, N2, N3)} == {first["id"]}
+    assert store.redis.get(store.key("idem", "api", "k1")) == f"body|{first['id']}".encode()
 
 
 def test_a_reserved_large_event_is_finished_under_its_first_id_by_a_retry(store: Store) -> None:

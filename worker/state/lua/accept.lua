@@ -78,6 +78,12 @@ if not force and (mode == 'once' or mode == 'reserve') then
     ev.id = first_id  -- a retry of an event not fully written: finish it
   end
 end
+-- Reserved before any number is written, complete only after (below): a retry of an event
+-- whose script failed partway finds the reservation and finishes it under its first id.
+if mode == 'once' or mode == 'reserve' then
+  redis.call('SET', idem_key, ev.hash .. '|' .. ev.id .. '|p', 'EX', idem_ttl)
+end
+
 local t = tonumber(ev.t)
 local x = tonumber(ev.x)
 local touched = {}
@@ -192,14 +198,12 @@ for _, pair in ipairs(numbers) do
   table.insert(results, result)
 end
 
--- The key is recorded once every number is written: Redis keeps what a script wrote before
--- it failed (a write refused for memory, a ledger field it cannot read), and a key recorded
--- first would answer the sender's retry as a duplicate while the numbers after the failure
--- were never written.
+-- The key is recorded complete once every number is written (reserved above): Redis keeps
+-- what a script wrote before it failed (a write refused for memory, a ledger field it cannot
+-- read), and a key recorded complete first would answer the sender's retry as a duplicate
+-- while the numbers after the failure were never written.
 if mode == 'once' or mode == 'record' then
   redis.call('SET', idem_key, ev.hash .. '|' .. ev.id, 'EX', idem_ttl)
-elseif mode == 'reserve' then
-  redis.call('SET', idem_key, ev.hash .. '|' .. ev.id .. '|p', 'EX', idem_ttl)
 end
 
 return cjson.encode({status = 'ok', event_id = ev.id, results = results,
