@@ -3,6 +3,7 @@ both answer every request alike."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import anyio
@@ -122,16 +123,23 @@ CASES: list[tuple[dict[str, str], Any]] = [
 ]
 
 
+def _each_path(
+    make_ctx: Any, redis_fake: fakeredis.FakeRedis, token: str = TOKEN
+) -> Iterator[TestClient]:
+    """The API with the fast path, then without it, each on an empty Redis."""
+    for fast in (True, False):
+        redis_fake.flushall()
+        ctx: Context = make_ctx(aio=True, admin_token=token)
+        ctx.ensure_registered()
+        yield TestClient(create_api(lambda ctx=ctx: ctx, fast_accept=fast))
+
+
 @pytest.mark.parametrize(("headers", "body"), CASES)
 def test_both_paths_answer_alike(
     make_ctx: Any, redis_fake: fakeredis.FakeRedis, headers: dict[str, str], body: Any
 ) -> None:
     answers = []
-    for fast in (True, False):
-        redis_fake.flushall()
-        ctx: Context = make_ctx(aio=True, admin_token=TOKEN)
-        ctx.ensure_registered()
-        client = TestClient(create_api(lambda ctx=ctx: ctx, fast_accept=fast))
+    for client in _each_path(make_ctx, redis_fake):
         # The same idempotency key twice: the second answer is the duplicate (or conflict).
         first = client.post("/v1/optouts", json=body, headers=headers)
         again = client.post("/v1/optouts", json={**body, "reason": "other"}, headers=headers)
@@ -166,11 +174,7 @@ def test_both_paths_answer_alike_raw(
     content: bytes,
 ) -> None:
     answers = []
-    for fast in (True, False):
-        redis_fake.flushall()
-        ctx: Context = make_ctx(aio=True, admin_token=token)
-        ctx.ensure_registered()
-        client = TestClient(create_api(lambda ctx=ctx: ctx, fast_accept=fast))
+    for client in _each_path(make_ctx, redis_fake, token):
         response = client.post(
             "/v1/optouts", content=content, headers={"Content-Type": "application/json", **headers}
         )
