@@ -124,8 +124,9 @@ CATCH_UP_AHEAD = 20_000
 def backfill(ctx: Context, page: int = 2000) -> int:
     """Catch up targets that became live (new, or back after no process had them for their
     TTL) from the ledger, one page per call (the sweep calls it every tick): first every
-    blocked number (routed by the sources of the adds behind its block), then every number the
-    target was confirmed to hold, or is unknown at, whose ledger state has moved since. So
+    blocked number (routed by the sources of the adds behind its block), then (unless the
+    target was never confirmed anything) every number the target was confirmed to hold, or
+    is unknown at, whose ledger state has moved since. So
     enabling a provider, adding an agent or restoring credentials never leaves a gap. A
     target whose batch holds CATCH_UP_AHEAD numbers already waits (its provider is slower
     than the catch-up, or paused). Where each stands is logged at every whole percent of a
@@ -156,7 +157,9 @@ def backfill(ctx: Context, page: int = 2000) -> int:
                 n for n, srcs in zip(numbers, sources, strict=True)
                 if ctx.routed_by_any(srcs, provider, table)
             ]  # fmt: skip
-            next_cursor = "k:0" if position == "0" else f"b:{position}"
+            # Past the blocked pass: the ledger's, unless there is none to do.
+            after = None if at.blocked_only else "k:0"
+            next_cursor = after if position == "0" else f"b:{position}"
         if next_cursor is not None:
             next_cursor += at.generation  # this catch-up's own, to the end
         staged = 0

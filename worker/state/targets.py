@@ -35,7 +35,8 @@ class CatchUp:
     scheme): `phase` "b", the blocked index (`position` "0", then `k{bucket}`; plain
     digits, an SSCAN cursor of the one set of before), then "k", the ledger's numbers (a
     SCAN cursor; "c", the release before's HSCAN cursor, starts that pass over);
-    `generation` is ``@{n}``, this catch-up's own, carried to the end."""
+    `generation` is ``@{n}``, this catch-up's own, carried to the end, with ``!`` when the
+    target was never confirmed anything: then the blocked numbers are the whole of it."""
 
     phase: str
     position: str
@@ -50,6 +51,12 @@ class CatchUp:
             # bucket, past numbers the target holds that the ledger lifted: start over.
             phase, position = "k", "0"
         return cls("k" if phase == "k" else "b", position, at + generation)
+
+    @property
+    def blocked_only(self) -> bool:
+        """No pass over the ledger after the blocked numbers (register.lua: a target never
+        confirmed anything holds nothing of ours whose state could have moved)."""
+        return self.generation.endswith("!")
 
     @property
     def stage(self) -> str:

@@ -1032,3 +1032,33 @@ def test_a_catch_up_logs_a_line_at_each_whole_percent_not_one_a_page() -> None:
     assert percents == sorted(percents) and len(set(percents)) >= 90
     assert blocked[-1]["percent"] == 100 and blocked[-1]["done_about"] == 500
     assert all(e["blocked"] == 500 for e in blocked)
+
+
+def test_a_new_targets_catch_up_ends_with_the_blocked_numbers_and_an_old_ones_does_not() -> None:
+    """A target never confirmed anything has no ledger pass to make (at a million numbers,
+    517 of the catch-up's 879 steps): it ends once every blocked number is staged. One
+    that was confirmed before, back after a lapse, makes it."""
+    phonely, ctx = _phonely_joins(300)
+
+    def catch_up() -> set[str]:
+        stages: set[str] = set()
+        for _ in range(50):
+            at = ctx.store.catch_ups()
+            if not at:
+                break
+            stages |= {c.stage for c in at.values()}
+            work.backfill(ctx, page=100)
+        assert ctx.store.catch_ups() == {}
+        return stages
+
+    assert all(c.blocked_only for c in ctx.store.catch_ups().values())
+    assert catch_up() == {"blocked"}
+    dispatcher = ctx.dispatcher
+    assert isinstance(dispatcher, QueueDispatcher)
+    dispatcher.drain(ctx)
+    assert len(phonely.listed("agent-a")) == len(phonely.listed("agent-b")) == 300
+    # Confirmed everything now: back after a lapse, it goes over the ledger too.
+    ctx.store.redis.delete(ctx.store.key("targets", "live"))  # nobody announced them
+    ctx.ensure_registered(force=True)
+    assert not any(c.blocked_only for c in ctx.store.catch_ups().values())
+    assert catch_up() == {"blocked", "ledger"}

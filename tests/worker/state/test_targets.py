@@ -37,7 +37,7 @@ def test_a_target_becomes_live_and_is_caught_up_only_when_the_ledger_holds_somet
     accept(store, Action.ADD, N1)
     registered = store.register_targets({"phonely:1": PHONELY}, 60)
     assert registered == Registered([LiveTarget("phonely:1", True)], None)
-    assert store.backfills() == {"phonely:1": "b:0@1"}
+    assert store.backfills() == {"phonely:1": "b:0@1!"}  # never confirmed anything: "!"
     assert store.directory() == {"voicenter": VOICENTER, "phonely:1": PHONELY}
     clock.advance(61)  # no process announced them again within their TTL
     assert store.directory() == {}
@@ -46,19 +46,38 @@ def test_a_target_becomes_live_and_is_caught_up_only_when_the_ledger_holds_somet
     assert back == Registered([LiveTarget("voicenter", True)], None)
 
 
+def test_a_target_confirmed_anything_before_is_caught_up_over_the_ledger_too(
+    store: Store, clock: FakeClock
+) -> None:
+    """The ledger pass finds what the target was confirmed to hold whose state moved since:
+    a target never confirmed anything skips it ('!'); once it has been, it never does."""
+    accept(store, Action.ADD, N1)
+    store.register_targets({"phonely:1": PHONELY}, 60)
+    assert store.backfills() == {"phonely:1": "b:0@1!"}
+    store.stage_many("phonely:1", [N1])
+    chunk = lease(store, target="phonely:1")
+    store.complete(chunk, all_done(chunk), OPTIONS)
+    clock.advance(61)  # it lapses, and comes back
+    assert store.register_targets({"phonely:1": PHONELY}, 60).live == [
+        LiveTarget("phonely:1", True)
+    ]
+    assert store.backfills() == {"phonely:1": "b:0@2"}
+    assert not CatchUp.read("b:0@2").blocked_only and CatchUp.read("b:0@1!").blocked_only
+
+
 def test_routes_announced_new_then_changed_catch_every_live_target_up(store: Store) -> None:
     live(store)
     accept(store, Action.ADD, N1)
     routes = {"sms": {"include": ["voodoosms", "phonely"], "exclude": []}}
     assert store.register_targets({}, 60, routes).routes == "new"
     assert store.announced_routes() == {"sms": {"exclude": [], "include": ["phonely", "voodoosms"]}}
-    assert store.backfills() == {"voicenter": "b:0@1"}
+    assert store.backfills() == {"voicenter": "b:0@1!"}
     # the same routes in another order are the same announcement
     same = {"sms": {"exclude": [], "include": ["phonely", "voodoosms"]}}
     assert store.register_targets({}, 60, same).routes is None
     assert store.register_targets({}, 60, None).routes is None  # left as they are
     assert store.register_targets({}, 60, {}).routes == "changed"
-    assert store.backfills() == {"voicenter": "b:0@2"}
+    assert store.backfills() == {"voicenter": "b:0@2!"}
     assert store.announced_routes() == {}
 
 
@@ -66,7 +85,7 @@ def test_a_catch_up_cursor_moves_on_only_from_the_cursor_its_step_read(store: St
     live(store)
     accept(store, Action.ADD, N1)
     store.register_targets({"phonely:1": PHONELY}, 60)
-    assert store.advance_backfill("phonely:1", "b:0@1", "c:0@1") is True
+    assert store.advance_backfill("phonely:1", "b:0@1!", "c:0@1") is True
     assert store.backfills() == {"phonely:1": "c:0@1"}
     # a step of an earlier catch-up (the target lapsed and came back meanwhile)
     assert store.advance_backfill("phonely:1", "b:0@0", None) is False

@@ -23,9 +23,17 @@ local function start_catch_up(target)
     or redis.call('EXISTS', P .. 'confirmed:' .. target) == 1
   if catch_up then
     -- '@' and a number of its own: a step of an earlier catch-up, still at 'b:0' itself,
-    -- must not take this one for its own (cursor.lua compares whole cursors).
+    -- must not take this one for its own (cursor.lua compares whole cursors). A target that
+    -- was never confirmed anything (no code, no hash of the release before) holds nothing
+    -- of ours whose ledger state could have moved: its catch-up ends after the blocked
+    -- numbers ('!'), without the pass over the whole ledger for what it was confirmed to
+    -- hold. (What it is confirmed from now on, while live, every change stages for it; if
+    -- it lapses, it comes back to a whole catch-up.)
     local generation = redis.call('INCR', P .. 'backfill:seq')
-    redis.call('HSET', P .. 'backfill', target, 'b:0@' .. generation)
+    local never = redis.call('HEXISTS', P .. 'targets:codes', target) == 0
+      and redis.call('EXISTS', P .. 'confirmed:' .. target) == 0
+    redis.call('HSET', P .. 'backfill', target,
+               'b:0@' .. generation .. (never and '!' or ''))
   else
     redis.call('HDEL', P .. 'backfill', target)
   end
