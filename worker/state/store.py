@@ -111,7 +111,9 @@ key                            type    holds
                                        numbers with a confirmation there (``c:{n}``, an
                                        HSCAN cursor of the release before, starts that
                                        pass over),
-                                       each ``@{generation}`` (one per catch-up)
+                                       each ``@{generation}`` (one per catch-up), with
+                                       ``!`` for a target never confirmed anything: no
+                                       pass over the ledger
 ``backfill:seq``               string  catch-up generation counter
 ``routes``                     string  the announced OPTOUT_ROUTES (JSON), what decides where
                                        a block is owed

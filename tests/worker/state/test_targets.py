@@ -65,6 +65,31 @@ def test_a_target_confirmed_anything_before_is_caught_up_over_the_ledger_too(
     assert not CatchUp.read("b:0@2").blocked_only and CatchUp.read("b:0@1!").blocked_only
 
 
+@pytest.mark.parametrize("ends", ["completed late", "recovered"])
+def test_a_new_targets_push_in_flight_across_a_lapse_is_set_right_without_a_ledger_pass(
+    store: Store, clock: FakeClock, ends: str
+) -> None:
+    """Review of the skipped ledger pass: the one way a target with no code can hold a
+    number of ours is a push in flight (its worker died) while it lapses and the number is
+    removed; it comes back with '!', and the push's completion or recovery stages the
+    remove, since the ledger pass would not."""
+    live(store)
+    store.register_targets({"phonely:1": PHONELY}, 60)
+    accept(store, Action.ADD, N2)  # new to the ledger: staged for both, no code needed
+    chunk = lease(store, target="phonely:1")  # pushed; its worker dies
+    clock.advance(61)  # phonely:1 lapses
+    accept(store, Action.REMOVE, N2)
+    accept(store, Action.ADD, N1)  # something blocked: a catch-up to make
+    store.register_targets({"phonely:1": PHONELY}, 60)  # back, as a target never confirmed
+    assert store.backfills()["phonely:1"].endswith("!")
+    if ends == "completed late":
+        store.complete(chunk, all_done(chunk), OPTIONS)
+    else:
+        clock.advance(60)
+        assert store.release(chunk.id, recover=True, late_ms=90_000).status == "ok"
+    assert staged(store, "phonely:1", Action.REMOVE) == [N2]
+
+
 def test_routes_announced_new_then_changed_catch_every_live_target_up(store: Store) -> None:
     live(store)
     accept(store, Action.ADD, N1)
