@@ -814,8 +814,11 @@ class PipelineMachine(RuleBasedStateMachine):
             STATS["two pushes in flight at once"] += 1
         if self.overlapping():
             STATS["two requests out for one number"] += 1
-        if self.store.backfills():
+        backfills = self.store.backfills()
+        if backfills:
             STATS["a target catching up"] += 1
+        if any(cursor.endswith("!") for cursor in backfills.values()):
+            STATS["a target new to the deployment catching up (no ledger pass)"] += 1
         if self.old_db is not None:
             STATS["a rolling change of the one-list database"] += 1
         if self.old_routes:
