@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hmac
 from collections.abc import Callable
 from http import HTTPStatus
 from typing import Annotated, Any
@@ -28,6 +27,7 @@ from worker.ingress.fast_accept import FastAccept, accepted_body
 from worker.ingress.http_errors import RefusedError, answer, error_response
 from worker.ingress.middleware import AccessLog, BodyLimit
 from worker.ingress.schemas import OptoutRequest, optout_event
+from worker.ingress.tokens import same_secret
 from worker.ingress.webhooks import webhook_router
 from worker.ops import metrics, reviews
 from worker.ops.admin_api import admin_router
@@ -105,7 +105,7 @@ def create_api(context: ContextFactory, fast_accept: bool = True) -> FastAPI:
         if token is None:
             raise RefusedError("admin_disabled", "the admin API is off: set OPTOUT_ADMIN_TOKEN")
         given = credentials.credentials if credentials is not None else ""
-        if not hmac.compare_digest(given.encode(), token.get_secret_value().encode()):
+        if not same_secret(given, token):
             raise RefusedError("unauthorized", "missing or wrong admin token")
 
     api.include_router(admin_router(context, admin, ADMIN_RESPONSES))

@@ -18,6 +18,7 @@ from worker.domain.phones import Normalised, normalise
 from worker.pipeline.accept import AcceptError, Event, PhoneInput, accept
 from worker.pipeline.context import Context
 from worker.providers.base import Action
+from worker.runtime.iterables import batched
 
 BATCH = 1000
 Progress = Callable[[int], None]  # bytes read so far
@@ -163,19 +164,6 @@ def _chain(first: list[str], rest: Iterator[list[str]]) -> Iterator[list[str]]:
     yield from rest
 
 
-def _batches(
-    rows: Iterator[tuple[int, str, str]], size: int
-) -> Iterator[list[tuple[int, str, str]]]:
-    batch: list[tuple[int, str, str]] = []
-    for row in rows:
-        batch.append(row)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
 def import_csv(
     ctx: Context,
     path: Path,
@@ -201,7 +189,7 @@ def import_csv(
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:
             counting = _CountingReader(handle)
-            for batch in _batches(_rows(_reader(handle, counting), column), BATCH):
+            for batch in batched(_rows(_reader(handle, counting), column), BATCH):
                 report.rows += len(batch)
                 _import_batch(ctx, path, batch, action, source, as_of, report, rejected, seen)
                 if progress is not None:

@@ -7,7 +7,6 @@ Webhooks only ever add: a remove needs the admin API.
 
 from __future__ import annotations
 
-import hmac
 import json
 from collections.abc import Callable
 from typing import Any
@@ -20,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from worker.ingress import cdr as cdrs
 from worker.ingress.http_errors import RefusedError, status_of
 from worker.ingress.schemas import DncTrigger, dnc_event
+from worker.ingress.tokens import same_secret
 from worker.ops import metrics
 from worker.pipeline.accept import AcceptError, AcceptResult, Event, accept_async
 from worker.pipeline.context import Context
@@ -39,7 +39,7 @@ def token_ok(ctx: Context, source: str, request: Request) -> bool:
     ok = False
     for token in ctx.settings.webhook_tokens.get(source, []):
         # Compare against every token so timing says nothing about which one matched.
-        ok |= hmac.compare_digest(given.encode(), token.get_secret_value().encode())
+        ok |= same_secret(given, token)
     return bool(given) and ok
 
 

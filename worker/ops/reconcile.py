@@ -4,7 +4,6 @@ repair the difference through the pipeline."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import structlog
@@ -16,6 +15,7 @@ from worker.pipeline.batching import schedule
 from worker.pipeline.context import Context
 from worker.providers.base import ListsNumbers
 from worker.providers.errors import ProviderError
+from worker.runtime.iterables import batched
 from worker.state.comparison import Buckets
 
 log = structlog.get_logger("optout.reconcile")
@@ -64,17 +64,6 @@ def _want(ctx: Context, run: str, provider: str, buckets: Buckets, progress: Pro
     return wanted
 
 
-def _pages(numbers: Iterable[str]) -> Iterator[list[str]]:
-    page: list[str] = []
-    for n in numbers:
-        page.append(n)
-        if len(page) == PAGE:
-            yield page
-            page = []
-    if page:
-        yield page
-
-
 def _has(
     ctx: Context, run: str, provider: ListsNumbers, target: str, buckets: Buckets,
     progress: Progress,
@@ -82,7 +71,7 @@ def _has(
     """Put what the target's list holds into the comparison as the provider serves it;
     how many numbers it holds."""
     listed = read = 0
-    for page in _pages(provider.list_numbers(target)):
+    for page in batched(provider.list_numbers(target), PAGE):
         listed += ctx.store.has(run, target, [d for d in map(digits, page) if d], buckets)
         read += len(page)
         progress(f"listing {target}", read, None)

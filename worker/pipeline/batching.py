@@ -126,8 +126,8 @@ def backfill(ctx: Context, page: int = 2000) -> int:
     TTL) from the ledger, one page per call (the sweep calls it every tick): first every
     blocked number (routed by the sources of the adds behind its block), then (unless the
     target was never confirmed anything) every number the target was confirmed to hold, or
-    is unknown at, whose ledger state has moved since. So
-    enabling a provider, adding an agent or restoring credentials never leaves a gap. A
+    is unknown at, whose ledger state has moved since. So enabling a provider, adding an
+    agent or restoring credentials never leaves a gap. A
     target whose batch holds CATCH_UP_AHEAD numbers already waits (its provider is slower
     than the catch-up, or paused). Where each stands is logged at every whole percent of a
     pass (`catch_up`), and shown by `optout provider list` and /metrics."""
