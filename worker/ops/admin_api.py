@@ -7,7 +7,6 @@ import itertools
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
-import redis
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -396,10 +395,9 @@ def _example(value: Any) -> dict[str, Any]:
 
 
 def _answer(run: Callable[[], dict[str, Any]]) -> JSONResponse:
-    """What a review action answers; its refusal, or Redis down, as the API's error body."""
+    """What a review action answers; its refusal as the API's error body (Redis down is
+    every route's 503: the API's handler for Redis errors)."""
     try:
         return JSONResponse(run())
     except reviews.ReviewError as exc:
         return error_response(status_of(exc), exc.reason, exc.message)
-    except redis.RedisError as exc:
-        return error_response(503, "store_unavailable", f"Redis unavailable: {type(exc).__name__}")
