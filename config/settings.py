@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, TypeVar
+from urllib.parse import quote
 
 from pydantic import (
     Field,
@@ -131,6 +132,12 @@ class Settings(EnvSettings):
     audit_cap: int = Field(default=50, ge=1, le=10_000)
     max_phones_per_request: int = Field(default=10_000, ge=1, le=100_000)
     max_body_bytes: int = Field(default=2_000_000, ge=1024)
+    #: Redis behind Sentinel (instead of REDIS_URL): the Sentinels as host:port,host:port,
+    #: the master's name, and the passwords of the Sentinels and of the Redis nodes.
+    redis_sentinels: Csv = Field(default_factory=list)
+    redis_sentinel_master: str | None = None
+    redis_sentinel_password: SecretStr | None = None
+    redis_password: SecretStr | None = None
     redis_wait_replicas: int = Field(default=0, ge=0)
     redis_wait_timeout_ms: int = Field(default=1000, ge=1, le=60_000)
     worker_concurrency: int = Field(default=2, ge=1, le=64)
@@ -201,6 +208,15 @@ class Settings(EnvSettings):
             raise ValueError(f"{value!r} is not a region phonenumbers knows (e.g. IL, GB, US)")
         return region
 
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _sentinels(cls, value: list[str]) -> list[str]:
+        for item in value:
+            host, _, port = item.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"{item!r}: expected host:port,host:port (e.g. redis-a:26379)")
+        return value
+
     @field_validator("log_format")
     @classmethod
     def _log_format(cls, value: str) -> str:
@@ -220,6 +236,13 @@ class Settings(EnvSettings):
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
+        if self.redis_sentinels and self.redis_url:
+            raise ValueError(
+                "set REDIS_URL or OPTOUT_REDIS_SENTINELS, not both (with Sentinel, the primary "
+                "is whichever Redis the Sentinels name)"
+            )
+        if self.redis_sentinels and not self.redis_sentinel_master:
+            raise ValueError("OPTOUT_REDIS_SENTINELS needs OPTOUT_REDIS_SENTINEL_MASTER")
         if self.audit_backlog_limit < self.audit_backlog_alarm:
             raise ValueError(
                 "OPTOUT_AUDIT_BACKLOG_LIMIT must be at least OPTOUT_AUDIT_BACKLOG_ALARM"
@@ -235,9 +258,22 @@ class Settings(EnvSettings):
         return self
 
     @property
+    def redis_configured(self) -> bool:
+        """A Redis to use was named: REDIS_URL, or Sentinels."""
+        return bool(self.redis_url or self.redis_sentinels)
+
+    @property
+    def sentinel_addresses(self) -> list[tuple[str, int]]:
+        """The Sentinels as (host, port); empty without Sentinel."""
+        return [(h.strip("[]"), int(p)) for h, _, p in (s.rpartition(":") for s in
+                                                       self.redis_sentinels)]  # fmt: skip
+
+    @property
     def broker_url(self) -> str:
         if self.celery_broker_url:
             return self.celery_broker_url
+        if self.redis_sentinels:
+            return sentinel_broker_url(self.sentinel_addresses, self.redis_password)
         return kombu_url(self.state_redis_url)
 
     @property
@@ -278,6 +314,21 @@ class Settings(EnvSettings):
         for provider in self.providers.values():
             out += [(env, getattr(provider, name)) for name, env in provider.env_names().items()]
         return out
+
+
+def sentinel_broker_url(sentinels: list[tuple[str, int]], password: SecretStr | None) -> str:
+    """kombu's Sentinel broker URL: `sentinel://:password@host:port/0` for each Sentinel,
+    joined by ';' with none trailing (a trailing ';' makes kombu add localhost). The password
+    is the Redis nodes' (kombu uses the first URL's); the Sentinels' own goes in the
+    transport options."""
+    auth = ""
+    if password is not None and password.get_secret_value():
+        auth = ":" + quote(password.get_secret_value(), safe="") + "@"
+    return ";".join(f"sentinel://{auth}{_host(h)}:{p}/0" for h, p in sentinels)
+
+
+def _host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 def kombu_url(url: str) -> str:

@@ -190,3 +190,34 @@ def test_a_providers_credential_variables_are_exactly_what_turns_it_on(name: str
     for left_out in variables[1:]:
         with pytest.raises(ConfigError, match=left_out):
             load_settings({k: v for k, v in value.items() if k != left_out})
+
+
+def test_sentinels_are_read_as_host_port_pairs() -> None:
+    settings = load_settings({"OPTOUT_REDIS_SENTINELS": "redis-a:26379, [::1]:26380,",
+                              "OPTOUT_REDIS_SENTINEL_MASTER": "optout"})  # fmt: skip
+    assert settings.sentinel_addresses == [("redis-a", 26379), ("::1", 26380)]
+    assert settings.redis_configured and settings.redis_url is None
+    assert settings.broker_url == "sentinel://redis-a:26379/0;sentinel://[::1]:26380/0"
+
+
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        ({"OPTOUT_REDIS_SENTINELS": "redis-a"}, "'redis-a': expected host:port"),
+        ({"OPTOUT_REDIS_SENTINELS": "redis-a:0"}, "'redis-a:0': expected host:port"),
+        ({"OPTOUT_REDIS_SENTINELS": "a:1"}, "needs OPTOUT_REDIS_SENTINEL_MASTER"),
+        ({"OPTOUT_REDIS_SENTINELS": "a:1", "OPTOUT_REDIS_SENTINEL_MASTER": "m",
+          "REDIS_URL": "redis://h:6379/0"}, "set REDIS_URL or OPTOUT_REDIS_SENTINELS, not both"),
+    ],
+)  # fmt: skip
+def test_a_bad_sentinel_setting_says_what_is_wrong(env: dict[str, str], says: str) -> None:
+    with pytest.raises(ConfigError, match=says):
+        load_settings(env)
+
+
+def test_redis_passwords_are_secrets() -> None:
+    settings = load_settings({"REDIS_URL": "redis://h:6379/0", "OPTOUT_REDIS_PASSWORD": "pw",
+                              "OPTOUT_REDIS_SENTINEL_PASSWORD": "spw"})  # fmt: skip
+    assert "pw" not in repr(settings)
+    assert settings.redis_password is not None
+    assert settings.redis_password.get_secret_value() == "pw"

@@ -102,7 +102,7 @@ def require_redis(settings: Settings) -> None:
     """Exit 2 unless REDIS_URL is set, saying where a running `optout up` was looked for
     and how to point the command at a deployment (the serving commands: they never join a
     running `optout up` by themselves)."""
-    if not settings.redis_url:
+    if not settings.redis_configured:
         from worker.runtime.embedded import redis_url_missing
 
         fail(redis_url_missing(settings))
@@ -116,7 +116,7 @@ def open_context(*, service: bool = False) -> Context:
     from worker.runtime import wiring
     from worker.runtime.embedded import running_url
 
-    if not settings.redis_url and (url := running_url(settings.data_dir)):
+    if not settings.redis_configured and (url := running_url(settings.data_dir)):
         # `optout up` is running here with its embedded Redis.
         settings = settings.model_copy(update={"redis_url": url})
     wiring.configure(settings)

@@ -145,7 +145,7 @@ def sla(
 @app.command("check-config")
 def check_config(as_json: Annotated[bool, JsonOpt] = False) -> None:
     """Validate the configuration and print it, secrets masked, each value in the syntax its
-    variable takes."""
+    variable takes; with Sentinel, the Redis primary the Sentinels name now."""
     settings = read_settings()
     records = []
     for variable, value in settings.variables():
@@ -163,6 +163,12 @@ def check_config(as_json: Annotated[bool, JsonOpt] = False) -> None:
     if not as_json:
         enabled = settings.enabled_providers()
         say(f"providers enabled: {', '.join(enabled) if enabled else 'none'}")
+    if settings.redis_sentinels:
+        from worker.runtime.redis_clients import primary_or_reason
+
+        # Asked, not assumed: which node takes writes now, as the Sentinels say.
+        say(f"Redis primary: {primary_or_reason(settings)} (Sentinel master "
+            f"{settings.redis_sentinel_master})")  # fmt: skip
 
 
 #: The separator of each `key<sep>value` variable (the others' is ':').

@@ -169,12 +169,17 @@ def up(host: HostOpt = "127.0.0.1", port: PortOpt = 8000) -> None:
                        echo=sys.stderr if Verbosity.on else None)  # fmt: skip
     logs.configure(settings.log_format, sink=log)
     summary = [("API", f"http://{host}:{port} (docs: /docs)")]
-    if not settings.redis_url:
+    if not settings.redis_configured:
         embedded = EmbeddedRedis(data_dir / "redis").start()
         env["REDIS_URL"] = embedded.url
         summary.append(("Redis", f"embedded {embedded.url} (AOF always, data in {here(data_dir)})"))
-    else:
+    elif settings.redis_url:
         summary.append(("Redis", _without_password(settings.redis_url)))
+    else:
+        from worker.runtime.redis_clients import primary_or_reason
+
+        summary.append(("Redis", f"Sentinel master {settings.redis_sentinel_master}, primary "
+                                 f"{primary_or_reason(settings)}"))  # fmt: skip
     summary.append(("providers", _providers(settings)))
     summary.append(("archive", _archive(settings)))
     if settings.admin_token is None:
@@ -245,7 +250,13 @@ def _providers(settings: Settings) -> str:
 
 @app.command()
 def consume(
-    url: Annotated[str, typer.Option(metavar="URL", help="Broker URL: amqp://... or redis://...")],
+    url: Annotated[
+        str,
+        typer.Option(
+            metavar="URL",
+            help="Broker URL: amqp://..., redis://... or sentinel://host:port;sentinel://...",
+        ),
+    ],
     queue: Annotated[
         str, typer.Option(metavar="QUEUE", help="Queue to consume (declared durable).")
     ],
@@ -269,10 +280,12 @@ def consume(
     ctx = open_context(service=True)
     from worker.ingress.consumer import OptoutConsumer, connect
     from worker.ops.metrics import HandOver
+    from worker.runtime.broker import SentinelOptions
 
     # Nothing scrapes a consumer: its counts reach the API's /metrics through Redis.
     hand_over = HandOver(ctx.store)
-    with connect(url, ctx.settings.key_prefix, visibility_timeout) as connection:
+    sentinel = SentinelOptions.of(ctx.settings)
+    with connect(url, ctx.settings.key_prefix, visibility_timeout, sentinel) as connection:
         consumer = OptoutConsumer(ctx, connection, queue, prefetch, allow_remove)
 
         def tick() -> None:
@@ -300,7 +313,9 @@ def healthcheck(
     ] = None,
 ) -> None:
     """Exit 0 when healthy: the URL answers 2xx, or Redis and the broker answer. For
-    container HEALTHCHECKs and systemd watchdogs."""
+    container HEALTHCHECKs and systemd watchdogs. Healthy Redis is named: the primary in use
+    (with Sentinel, the one the Sentinels name now)."""
+    where = ""
     if url:
         import httpx
 
@@ -312,13 +327,14 @@ def healthcheck(
         settings = read_settings(service=True)
         from worker.ingress.api import broker_check
         from worker.runtime.embedded import redis_url_missing
-        from worker.runtime.wiring import redis_client
+        from worker.runtime.redis_clients import primary, redis_client
 
-        if not settings.redis_url:
+        if not settings.redis_configured:
             fail(f"unhealthy: {redis_url_missing(settings)}", 1)
         try:
             client = redis_client(settings)
-            ok = bool(client.ping()) and broker_check(settings.broker_url) == "ok"
+            ok = bool(client.ping()) and broker_check(settings) == "ok"
+            where = f" (Redis primary {primary(settings)})"
             backlog = int(client.xlen(settings.key_prefix + "audit:log"))
         except Exception:  # noqa: BLE001
             ok = False  # whatever failed, the process is not healthy
@@ -331,4 +347,4 @@ def healthcheck(
     if not ok:
         err.print("unhealthy")
         raise typer.Exit(1)
-    console.print("healthy")
+    console.print("healthy" + where)

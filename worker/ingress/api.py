@@ -18,6 +18,7 @@ from kombu.connection import Connection
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from config import Settings
 from worker.archive.archiver import backlog_report
 from worker.archive.history import CursorError
 from worker.domain.errors import OptoutError
@@ -38,7 +39,9 @@ from worker.pipeline.accept import AcceptError, accept_async
 from worker.pipeline.batching import catch_ups
 from worker.pipeline.context import Context
 from worker.providers import PROVIDERS
+from worker.runtime.broker import SentinelOptions, sentinel_options
 from worker.runtime.fastjson import JSONResponse
+from worker.runtime.redis_clients import primary_or_reason
 
 log = structlog.get_logger("optout.api")
 
@@ -205,6 +208,7 @@ def create_api(context: ContextFactory, fast_accept: bool = True) -> FastAPI:
                 {
                     "status": "ready",
                     "redis": "ok",
+                    "redis_primary": "10.0.3.7:6379",
                     "broker": "ok",
                     "paused_providers": {},
                     "open_circuits": {},
@@ -223,8 +227,9 @@ def create_api(context: ContextFactory, fast_accept: bool = True) -> FastAPI:
         },
     )
     def readyz() -> JSONResponse:
-        """Redis and the broker answer; paused providers and open circuits (a provider
-        whose requests keep failing, held and probed with backoff) are listed."""
+        """Redis and the broker answer; the Redis primary in use is named (with Sentinel, the
+        one the Sentinels name now); paused providers and open circuits (a provider whose
+        requests keep failing, held and probed with backoff) are listed."""
         ctx = context()
         checks: dict[str, Any] = {}
         try:
@@ -234,7 +239,8 @@ def create_api(context: ContextFactory, fast_accept: bool = True) -> FastAPI:
             checks["audit_backlog"] = backlog_report(ctx)
         except Exception as exc:  # noqa: BLE001
             checks["redis"] = f"down: {type(exc).__name__}"  # readiness reports, never raises
-        checks["broker"] = broker_check(ctx.settings.broker_url)
+        checks["redis_primary"] = primary_or_reason(ctx.settings)
+        checks["broker"] = broker_check(ctx.settings)
         # Above the alarm it is said here (and logged by the archiver); at the limit accepts
         # are refused, so this API is not ready for them.
         refusing = bool(checks.get("audit_backlog", {}).get("refusing_accepts"))
@@ -331,9 +337,12 @@ def state_gauges(ctx: Context) -> dict[str, float | metrics.Labelled]:
     }
 
 
-def broker_check(url: str) -> str:
+def broker_check(settings: Settings) -> str:
+    """ "ok", or "down: <error>": the broker takes a connection within about a second."""
+    url = settings.broker_url
     try:
-        with Connection(url, connect_timeout=1) as conn:
+        options = sentinel_options(url, SentinelOptions.of(settings))
+        with Connection(url, connect_timeout=1, transport_options=options) as conn:
             conn.ensure_connection(max_retries=1, timeout=1)
         return "ok"
     except Exception as exc:  # noqa: BLE001

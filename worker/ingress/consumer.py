@@ -29,7 +29,7 @@ from worker.ingress.schemas import DncTrigger, OptoutRequest, dnc_event, optout_
 from worker.pipeline.accept import AcceptError, Event, StoreUnavailableError, accept
 from worker.pipeline.context import Context
 from worker.providers.base import Action
-from worker.runtime.broker import transport_for
+from worker.runtime.broker import REDIS_SCHEMES, SentinelOptions, sentinel_options, transport_for
 
 log = structlog.get_logger("optout.consumer")
 
@@ -169,13 +169,19 @@ class OptoutConsumer(ConsumerMixin):  # type: ignore[misc]
         log.warning("message_parked", queue=self.queue.name, reason=reason[:200])
 
 
-def connect(url: str, key_prefix: str = "", visibility_timeout: float = 60.0) -> Connection:
+def connect(
+    url: str,
+    key_prefix: str = "",
+    visibility_timeout: float = 60.0,
+    sentinel: SentinelOptions | None = None,
+) -> Connection:
     """A broker connection. On Redis its keys carry our prefix, like Celery's do, and a
     message taken by a consumer that died is given back after `visibility_timeout` (RabbitMQ
-    gives it back as soon as the connection drops)."""
+    gives it back as soon as the connection drops). A sentinel:// URL takes the master's name
+    and the Sentinels' password from `sentinel`."""
     url = kombu_url(url)
-    options: dict[str, Any] = {}
-    if url.startswith(("redis://", "rediss://", "redis+socket://")):
+    options: dict[str, Any] = sentinel_options(url, sentinel)
+    if url.startswith(REDIS_SCHEMES):
         options["visibility_timeout"] = visibility_timeout
         # kombu's default sweep for expired unacked messages runs only every ~100 s
         # (10 s x a throttle of 10), whatever the visibility timeout: make it follow it.

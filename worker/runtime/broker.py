@@ -1,35 +1,92 @@
-"""kombu's Redis transport, changed so a Celery worker survives a Redis restart."""
+"""kombu's Redis transports (plain and Sentinel), changed so a Celery worker survives a Redis
+restart or failover, and the transport options every broker connection of ours takes."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import redis
 from kombu.transport import redis as kombu_redis
 
-#: What `broker_transport` names to use this module's transport.
+from config import ConfigError, Settings
+
+#: What `broker_transport` names to use this module's transports.
 TRANSPORT = "worker.runtime.broker:Transport"
+SENTINEL_TRANSPORT = "worker.runtime.broker:SentinelTransport"
+#: Broker URLs on Redis, in kombu's spelling.
+REDIS_SCHEMES = ("redis://", "rediss://", "redis+socket://", "sentinel://")
 
 
 def transport_for(url: str) -> str | None:
-    """The transport to name for a broker URL: ours for redis:// and rediss://, else None
-    (kombu's own; redis+socket:// names its transport in the URL, which would win anyway)."""
+    """The transport to name for a broker URL: ours for redis://, rediss:// and sentinel://,
+    else None (kombu's own; redis+socket:// names its transport in the URL, which would win
+    anyway)."""
+    if url.startswith("sentinel://"):
+        return SENTINEL_TRANSPORT
     return TRANSPORT if url.startswith(("redis://", "rediss://")) else None
+
+
+@dataclass(frozen=True, slots=True)
+class SentinelOptions:
+    """What a sentinel:// broker URL cannot say: the master's name and the Sentinels' own
+    password (the Redis nodes' goes in the URL)."""
+
+    master: str
+    password: str | None = None
+
+    @classmethod
+    def of(cls, settings: Settings) -> SentinelOptions | None:
+        if not settings.redis_sentinel_master:
+            return None
+        secret = settings.redis_sentinel_password
+        return cls(settings.redis_sentinel_master, secret.get_secret_value() if secret else None)
+
+    def transport_options(self) -> dict[str, Any]:
+        # Sentinels that are down or stopped must not hold the connection: ask the next.
+        kwargs: dict[str, Any] = {"socket_timeout": 1, "socket_connect_timeout": 1}
+        if self.password:
+            kwargs["password"] = self.password
+        return {"master_name": self.master, "sentinel_kwargs": kwargs}
+
+
+def sentinel_options(url: str, sentinel: SentinelOptions | None) -> dict[str, Any]:
+    """The transport options a sentinel:// URL needs (none for other URLs); a clear error when
+    the master's name is missing, instead of kombu's."""
+    if not url.startswith("sentinel://"):
+        return {}
+    if sentinel is None:
+        raise ConfigError("a sentinel:// broker URL needs OPTOUT_REDIS_SENTINEL_MASTER")
+    return sentinel.transport_options()
+
+
+def _closed(channel: Any) -> None:
+    # When Redis drops the connection, kombu releases it and then still acks, rejects or
+    # restores unacknowledged messages through this closed channel: AttributeError on
+    # `None`, "Unrecoverable error", and the worker exits (celery/kombu#582 and #970;
+    # seen here on Redis restarts with work in flight). As a connection error it is what
+    # kombu and Celery already handle: logged, the message left unacknowledged (the
+    # visibility timeout returns it, and the pipeline's own sweep and lease recovery
+    # redo its work long before), and the worker reconnects.
+    if channel.connection is None or channel.connection.client is None:
+        raise redis.exceptions.ConnectionError("the broker channel is closed")
 
 
 class Channel(kombu_redis.Channel):  # type: ignore[misc]
     def _connparams(self, asynchronous: bool = False) -> Any:
-        # When Redis drops the connection, kombu releases it and then still acks, rejects or
-        # restores unacknowledged messages through this closed channel: AttributeError on
-        # `None`, "Unrecoverable error", and the worker exits (celery/kombu#582 and #970;
-        # seen here on Redis restarts with work in flight). As a connection error it is what
-        # kombu and Celery already handle: logged, the message left unacknowledged (the
-        # visibility timeout returns it, and the pipeline's own sweep and lease recovery
-        # redo its work long before), and the worker reconnects.
-        if self.connection is None or self.connection.client is None:
-            raise redis.exceptions.ConnectionError("the broker channel is closed")
+        _closed(self)
+        return super()._connparams(asynchronous=asynchronous)
+
+
+class SentinelChannel(kombu_redis.SentinelChannel):  # type: ignore[misc]
+    def _connparams(self, asynchronous: bool = False) -> Any:
+        _closed(self)
         return super()._connparams(asynchronous=asynchronous)
 
 
 class Transport(kombu_redis.Transport):  # type: ignore[misc]
     Channel = Channel
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):  # type: ignore[misc]
+    Channel = SentinelChannel

@@ -12,7 +12,7 @@ from kombu.entity import Exchange, Queue
 
 from config import Settings
 from worker.providers.base import Action
-from worker.runtime.broker import transport_for
+from worker.runtime.broker import REDIS_SCHEMES, SentinelOptions, sentinel_options, transport_for
 
 DEFAULT_QUEUE = "optout.default"  # prefixed with OPTOUT_QUEUE_NAMESPACE when set
 BACKGROUND_QUEUE = "optout.background"  # long work (scheduled reconciliation)
@@ -71,10 +71,11 @@ def create_celery(settings: Settings) -> Celery:
     """A Celery app configured for at-least-once, JSON-only, one-task-at-a-time work."""
     app = Celery("optout", broker=settings.broker_url, include=["tasks.pipeline"])
     transport: dict[str, Any] = {"visibility_timeout": 3600}
-    if settings.broker_url.startswith(("redis://", "rediss://", "unix://", "redis+socket://")):
+    if settings.broker_url.startswith((*REDIS_SCHEMES, "unix://")):
         # Broker keys share the state's prefix, so one Redis can hold several deployments
         # (and tests can clean exactly what they wrote).
         transport["global_keyprefix"] = settings.key_prefix + "broker:"
+    transport.update(sentinel_options(settings.broker_url, SentinelOptions.of(settings)))
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],

@@ -82,7 +82,8 @@ def redis_url_missing(settings: Settings) -> str:
     return (
         f"REDIS_URL is not set, and no running `optout up` answered: looked for "
         f"{url_file(data_dir)} (the data dir: {chosen}); {found}.\n"
-        "To use a deployment: set REDIS_URL (REDIS_URL=redis://HOST:6379/0 optout ...), run "
+        "To use a deployment: set REDIS_URL (REDIS_URL=redis://HOST:6379/0 optout ...) or "
+        "OPTOUT_REDIS_SENTINELS with OPTOUT_REDIS_SENTINEL_MASTER, run "
         "the command in the folder where `optout up` runs, or set OPTOUT_DATA_DIR to that "
         "`optout up`'s data dir. `optout up` starts a deployment with an embedded Redis."
     )

@@ -12,14 +12,10 @@ from typing import Any
 
 import httpx
 import redis
-import redis.asyncio as aredis
 import structlog
 from celery import Celery
 from celery.signals import setup_logging, worker_process_init, worker_ready, worker_shutdown
 from celery.utils.log import get_multiprocessing_logger
-from redis.asyncio.retry import Retry as AsyncRetry
-from redis.backoff import ExponentialBackoff, NoBackoff
-from redis.retry import Retry
 
 from config import Settings, load_settings
 from worker.archive.database import Archive
@@ -29,6 +25,7 @@ from worker.providers import build_providers
 from worker.providers.ratelimit import SharedLimitTransport
 from worker.runtime import logs
 from worker.runtime.celery_app import CeleryDispatcher, create_celery
+from worker.runtime.redis_clients import async_redis_client, clock_client, redis_client
 from worker.state.async_accept import AsyncAccept, AsyncClientFactory
 from worker.state.clock import ServerClock
 from worker.state.keyspace import Clock
@@ -58,35 +55,6 @@ def settings() -> Settings:
 @functools.cache
 def celery_app() -> Celery:
     return create_celery(settings())
-
-
-def redis_client(settings: Settings) -> redis.Redis:
-    return redis.Redis.from_url(settings.state_redis_url, **_redis_options(Retry))
-
-
-def async_redis_client(settings: Settings) -> aredis.Redis:
-    """The same client for an event loop (the API's accept path)."""
-    return aredis.Redis.from_url(settings.state_redis_url, **_redis_options(AsyncRetry))
-
-
-def clock_client(settings: Settings) -> redis.Redis:
-    """A client for the server clock's readings, quick to give up: the first reading is taken
-    on the caller's thread (the API's event loop too), later ones in the background."""
-    return redis.Redis.from_url(
-        settings.state_redis_url, socket_timeout=1, socket_connect_timeout=1,
-        retry=Retry(NoBackoff(), 0),
-    )  # fmt: skip
-
-
-def _redis_options(retry: type[Retry] | type[AsyncRetry]) -> dict[str, Any]:
-    # Fail within about a second when Redis is down: the API answers 503 so the sender
-    # retries, and Celery retries tasks, so long client-side retry loops only add latency.
-    return {
-        "socket_timeout": 5,
-        "socket_connect_timeout": 1,
-        "health_check_interval": 30,
-        "retry": retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
-    }
 
 
 def provider_client(settings: Settings, store: Store, provider: str) -> httpx.Client:

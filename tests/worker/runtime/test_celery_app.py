@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+from typing import Any
+from urllib.parse import urlsplit
+
 import pytest
 import redis
 
+from config import ConfigError, Settings
 from tests.conftest import make_settings
 from tests.fakes.providers import env_for
-from worker.runtime.broker import TRANSPORT, Channel, Transport
+from worker.runtime.broker import (
+    SENTINEL_TRANSPORT,
+    TRANSPORT,
+    Channel,
+    SentinelChannel,
+    SentinelTransport,
+    Transport,
+    sentinel_options,
+    transport_for,
+)
 from worker.runtime.celery_app import (
     BACKGROUND_QUEUE,
     DEFAULT_QUEUE,
@@ -109,3 +122,42 @@ def test_beats_sweep_and_recover_carry_no_expiry_a_hosts_clock_would_judge() -> 
     assert "expires" not in schedule["recover"]["options"]
     # And no arguments: a worker not upgraded yet takes none.
     assert "args" not in schedule["sweep"] and "args" not in schedule["recover"]
+
+
+def _sentinel_settings(**extra: Any) -> Settings:
+    return make_settings(redis_url=None, redis_sentinels=["10.0.0.1:26379", "10.0.0.2:26380"],
+                         redis_sentinel_master="optout", **extra)  # fmt: skip
+
+
+def test_a_sentinel_broker_names_every_sentinel_and_the_master() -> None:
+    settings = _sentinel_settings(redis_password="p@ss;", redis_sentinel_password="s-secret")
+    # No trailing ';' (kombu would add localhost), the nodes' password in each URL, quoted.
+    assert settings.broker_url == (
+        "sentinel://:p%40ss%3B@10.0.0.1:26379/0;sentinel://:p%40ss%3B@10.0.0.2:26380/0"
+    )
+    app = create_celery(settings)
+    options = app.conf.broker_transport_options
+    assert options["master_name"] == "optout"
+    assert options["sentinel_kwargs"]["password"] == "s-secret"
+    assert options["sentinel_kwargs"]["socket_timeout"] <= 1  # a stopped Sentinel is skipped
+    assert options["global_keyprefix"] == settings.key_prefix + "broker:"
+    assert app.conf.broker_transport == SENTINEL_TRANSPORT
+    connection = app.connection_for_write()
+    assert isinstance(connection.transport, SentinelTransport)
+    assert connection.password == "p@ss;"
+    assert [urlsplit(u).port for u in connection.alt] == [26379, 26380]
+
+
+def test_a_sentinel_channel_closed_under_it_raises_a_connection_error() -> None:
+    channel = SentinelChannel.__new__(SentinelChannel)
+    channel.connection = None
+    with pytest.raises(redis.exceptions.ConnectionError):
+        channel._connparams()
+
+
+def test_an_explicit_sentinel_broker_url_needs_the_master_name() -> None:
+    settings = make_settings(celery_broker_url="sentinel://10.0.0.1:26379")
+    with pytest.raises(ConfigError, match="OPTOUT_REDIS_SENTINEL_MASTER"):
+        create_celery(settings)
+    assert sentinel_options("amqp://h//", None) == {}
+    assert transport_for("amqp://h//") is None

@@ -1,0 +1,110 @@
+"""The state store's Redis clients: one Redis at REDIS_URL, or whichever primary Sentinel names."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+from urllib.parse import urlsplit
+
+import redis
+import redis.asyncio as aredis
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.retry import Retry
+from redis.sentinel import Sentinel
+
+from config import Settings
+
+#: How long one Sentinel may take to answer before the next is asked: a Sentinel that is down
+#: or stopped must not hold a client that the others could answer.
+SENTINEL_TIMEOUT = 1.0
+
+
+def redis_client(settings: Settings) -> redis.Redis:
+    """The store's client. With Sentinel it asks the Sentinels for the primary on every new
+    connection, so after a failover its next attempt reaches the new primary (a write to the
+    old one, back as a replica, is a connection error: retried, or a 503 for the sender)."""
+    options = _options(Retry)
+    if settings.redis_sentinels:
+        sentinel = Sentinel(settings.sentinel_addresses, sentinel_kwargs=_sentinel_kwargs(settings),
+                            **_node_auth(settings))  # fmt: skip
+        return cast("redis.Redis", sentinel.master_for(_master(settings), **options))
+    return redis.Redis.from_url(settings.state_redis_url, **_node_auth(settings), **options)
+
+
+def async_redis_client(settings: Settings) -> aredis.Redis:
+    """The same client for an event loop (the API's accept path)."""
+    options = _options(AsyncRetry)
+    if settings.redis_sentinels:
+        sentinel = AsyncSentinel(settings.sentinel_addresses,
+                                 sentinel_kwargs=_sentinel_kwargs(settings),
+                                 **_node_auth(settings))  # fmt: skip
+        return cast("aredis.Redis", sentinel.master_for(_master(settings), **options))
+    return aredis.Redis.from_url(settings.state_redis_url, **_node_auth(settings), **options)
+
+
+def clock_client(settings: Settings) -> redis.Redis:
+    """A client for the server clock's readings, quick to give up: the first reading is taken
+    on the caller's thread (the API's event loop too), later ones in the background."""
+    options: dict[str, Any] = {"socket_timeout": 1, "socket_connect_timeout": 1,
+                               "retry": Retry(NoBackoff(), 0)}  # fmt: skip
+    if settings.redis_sentinels:
+        sentinel = Sentinel(settings.sentinel_addresses, sentinel_kwargs=_sentinel_kwargs(settings),
+                            **_node_auth(settings))  # fmt: skip
+        return cast("redis.Redis", sentinel.master_for(_master(settings), **options))
+    return redis.Redis.from_url(settings.state_redis_url, **_node_auth(settings), **options)
+
+
+def primary(settings: Settings) -> str:
+    """Where the store's writes go now, for people: `host:port` from the Sentinels (the first
+    that answers), or REDIS_URL's host. Raises redis.RedisError when no Sentinel answers."""
+    if settings.redis_sentinels:
+        sentinel = Sentinel(settings.sentinel_addresses, sentinel_kwargs=_sentinel_kwargs(settings))
+        host, port = sentinel.discover_master(_master(settings))
+        return f"{host}:{port}"
+    url = urlsplit(settings.state_redis_url)
+    if url.scheme == "unix":
+        return f"unix:{url.path}"
+    return f"{url.hostname or 'localhost'}:{url.port or 6379}"
+
+
+def primary_or_reason(settings: Settings) -> str:
+    """`primary`, or "unknown: <error>" when no Sentinel answers (for reports that never
+    raise: /readyz, check-config)."""
+    try:
+        return primary(settings)
+    except redis.RedisError as exc:
+        return f"unknown: {type(exc).__name__}"
+
+
+def _options(retry: type[Retry] | type[AsyncRetry]) -> dict[str, Any]:
+    # Fail within about a second when Redis is down: the API answers 503 so the sender
+    # retries, and Celery retries tasks, so long client-side retry loops only add latency.
+    return {
+        "socket_timeout": 5,
+        "socket_connect_timeout": 1,
+        "health_check_interval": 30,
+        "retry": retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
+    }
+
+
+def _master(settings: Settings) -> str:
+    assert settings.redis_sentinel_master is not None  # the settings refuse Sentinels without
+    return settings.redis_sentinel_master
+
+
+def _sentinel_kwargs(settings: Settings) -> dict[str, Any]:
+    """How to talk to the Sentinels themselves: their own password, and short timeouts."""
+    kwargs: dict[str, Any] = {"socket_timeout": SENTINEL_TIMEOUT,
+                              "socket_connect_timeout": SENTINEL_TIMEOUT}  # fmt: skip
+    if settings.redis_sentinel_password is not None:
+        kwargs["password"] = settings.redis_sentinel_password.get_secret_value() or None
+    return kwargs
+
+
+def _node_auth(settings: Settings) -> dict[str, Any]:
+    """The Redis nodes' password (OPTOUT_REDIS_PASSWORD), when set; REDIS_URL may carry its
+    own instead."""
+    if settings.redis_password is None or not settings.redis_password.get_secret_value():
+        return {}
+    return {"password": settings.redis_password.get_secret_value()}
