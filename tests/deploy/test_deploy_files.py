@@ -65,6 +65,14 @@ def test_compose_uses_only_cli_commands_and_known_variables() -> None:
     assert "deploy" not in services["worker"]  # scaled with --scale worker=N
 
 
+def test_compose_redis_accepts_the_other_containers() -> None:
+    # redis.conf's protected-mode yes, with no password, admits only loopback clients: the
+    # api, worker and beat containers would get DENIED.
+    (compose,) = load_all(DEPLOY / "compose.yaml")
+    command = " ".join(compose["services"]["redis"]["command"])
+    assert "--protected-mode no" in command or "--requirepass" in command
+
+
 def test_redis_conf_is_durable() -> None:
     conf = (DEPLOY / "redis.conf").read_text()
     assert re.search(r"^appendonly yes$", conf, re.M)
