@@ -44,6 +44,7 @@ from worker.providers.base import Action
 from worker.runtime import logs
 from worker.runtime.celery_app import celery_dispatcher
 from worker.runtime.embedded import EmbeddedRedis
+from worker.runtime.redis_clients import redis_client
 from worker.runtime.wiring import build_context
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -160,7 +161,7 @@ class Lab:
             except subprocess.TimeoutExpired:
                 self.kill(process)
         try:
-            client = redis.Redis.from_url(self.env["REDIS_URL"])
+            client = redis_client(load_settings(self.env))
             keys = list(client.scan_iter(match=self.prefix + "*", count=1000))
             for start in range(0, len(keys), 500):
                 client.delete(*keys[start : start + 500])
@@ -861,7 +862,14 @@ def _check_archived_once(lab: Lab, phones: list[str], result: Result) -> None:
 
 
 DRILLS = ["worker_kills", "redis_kill", "random_failures", "provider_down", "slow_provider",
-          "reconcile_during_accepts", "two_target_sets", "archive_down"]  # fmt: skip
+          "reconcile_during_accepts", "two_target_sets", "archive_down", "sentinel_failover",
+          "sentinel_failover_rabbitmq"]  # fmt: skip
+
+
+def _failover(workdir: Path, numbers: int, rabbitmq: bool) -> Result:
+    from tests.chaos.failover import drill_sentinel_failover  # it builds on this module
+
+    return drill_sentinel_failover(workdir, numbers, rabbitmq)
 
 
 def run(quick: bool, only: str | None = None) -> list[Result]:
@@ -874,6 +882,7 @@ def run(quick: bool, only: str | None = None) -> list[Result]:
         "reconcile_during_accepts": (100, 6) if quick else (2_000, 10),
         "two_target_sets": (100, 10.0) if quick else (2_000, 30.0),
         "archive_down": (400, 5.0) if quick else (20_000, 60.0),
+        "sentinel_failover": 300 if quick else 3_000,
     }
     drills: dict[str, Callable[[Path], Result]] = {
         "worker_kills": lambda d: drill_worker_kills(d, *sizes["worker_kills"]),
@@ -886,6 +895,8 @@ def run(quick: bool, only: str | None = None) -> list[Result]:
         ),
         "two_target_sets": lambda d: drill_two_target_sets(d, *sizes["two_target_sets"]),
         "archive_down": lambda d: drill_archive_down(d, *sizes["archive_down"]),
+        "sentinel_failover": lambda d: _failover(d, sizes["sentinel_failover"], False),
+        "sentinel_failover_rabbitmq": lambda d: _failover(d, sizes["sentinel_failover"], True),
     }
     results = []
     for name, drill in drills.items():

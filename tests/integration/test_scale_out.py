@@ -1,5 +1,6 @@
 """Scale-out: two API processes and three worker processes (plus one beat) against one Redis,
-10,000 opt-outs spread over both APIs; with Redis and with RabbitMQ as the broker."""
+10,000 opt-outs spread over both APIs; with Redis and with RabbitMQ as the broker, and once
+against Redis behind Sentinel."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from tests.fakes.server import LoopbackServer
 from tests.integration.conftest import wait_for
 from tests.integration.test_consumer_e2e import RABBIT, rabbit_up
 from tests.processes import CLI, Processes
+from tests.sentinel_cluster import SentinelCluster
 from worker.runtime.embedded import free_port
 from worker.runtime.wiring import build_context
 
@@ -40,10 +42,24 @@ def fakes() -> Iterator[dict[str, tuple[FakeProvider, str]]]:
         yield out
 
 
-@pytest.fixture(params=["redis-broker", "rabbitmq-broker"])
-def broker_env(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
+@pytest.fixture(params=["redis-broker", "rabbitmq-broker", "sentinel"])
+def broker_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
     if request.param == "redis-broker":
         yield {}
+        return
+    if request.param == "sentinel":
+        # Once against Redis behind Sentinel (a primary, two replicas, three Sentinels): the
+        # state store and the broker found through the Sentinels, every accept on a replica.
+        with SentinelCluster(tmp_path / "ha", password="node-pw", sentinel_password="s-pw",
+                             min_replicas_to_write=1) as cluster:  # fmt: skip
+            yield {
+                "REDIS_URL": "",
+                "OPTOUT_REDIS_SENTINELS": cluster.sentinel_setting,
+                "OPTOUT_REDIS_SENTINEL_MASTER": cluster.master_name,
+                "OPTOUT_REDIS_PASSWORD": "node-pw",
+                "OPTOUT_REDIS_SENTINEL_PASSWORD": "s-pw",
+                "OPTOUT_REDIS_WAIT_REPLICAS": "1",
+            }
         return
     if not rabbit_up():
         pytest.skip("no RabbitMQ answers on 127.0.0.1:5672")
