@@ -60,6 +60,11 @@ class Stream:
             ends = [end for start, end, status in self.answers if start >= fault and status < 300]
         return min(ends) - fault if ends else None
 
+    def longest(self) -> float:
+        """The longest a sender waited for one answer, whatever it was."""
+        with self.lock:
+            return max((end - start for start, end, _ in self.answers), default=0.0)
+
     def refusals_between(self, start: float, end: float) -> int:
         with self.lock:
             return sum(1 for s, _e, status in self.answers if start <= s < end and status >= 300)
@@ -179,7 +184,8 @@ def drill_sentinel_failover(workdir: Path, numbers: int, rabbitmq: bool = False)
         result.notes.append(
             f"refused while the primary was away: "
             f"{stream.refusals_between(primary_fault, replica_fault)}; after the replica kill: "
-            f"{stream.refusals_between(replica_fault, fed)} ({refused or 'none'})"
+            f"{stream.refusals_between(replica_fault, fed)} ({refused or 'none'}); longest "
+            f"answer {stream.longest():.1f} s"
         )
         if recovered is None:
             result.problems.append("no 2xx after the primary was killed")
