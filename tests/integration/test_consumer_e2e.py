@@ -162,3 +162,63 @@ def test_consumer_accepts_every_message_once_parks_poison_and_survives_a_kill(
 
 def _text(body: bytes | str) -> str:
     return body.decode() if isinstance(body, bytes) else body
+
+
+def test_consumer_on_sentinel_keeps_consuming_across_a_failover(
+    env: dict[str, str],
+    fake_voicenter_server: tuple[FakeVoicenter, str],
+    tmp_path: Path,
+) -> None:
+    # `optout consume --url sentinel://...;sentinel://...`: the input queue and the state
+    # store both on Redis behind Sentinel; the primary is killed mid-stream. Every message
+    # must still be accepted, by the same consumer process, with no restart.
+    from config import load_settings
+    from tests.sentinel_cluster import SentinelCluster
+    from worker.runtime.broker import SentinelOptions
+    from worker.runtime.redis_clients import redis_client
+
+    with SentinelCluster(tmp_path / "ha", password="node-pw", sentinel_password="s-pw") as ha:
+        ha_env = {**env, "REDIS_URL": "", "OPTOUT_REDIS_SENTINELS": ha.sentinel_setting,
+                  "OPTOUT_REDIS_SENTINEL_MASTER": ha.master_name,
+                  "OPTOUT_REDIS_PASSWORD": "node-pw", "OPTOUT_REDIS_SENTINEL_PASSWORD": "s-pw"}  # fmt: skip
+        settings = load_settings(ha_env)
+        url = ";".join(f"sentinel://:node-pw@{h}:{p}" for h, p in ha.sentinels)
+        options = SentinelOptions.of(settings)
+        prefix = settings.key_prefix
+        queue = "optout-test-ha"
+        numbers = [f"+97253{i:07d}" for i in range(400)]
+        bodies: list[Any] = [{"action": "add", "phones": [n], "idempotency_key": f"h-{i}"}
+                             for i, n in enumerate(numbers)]  # fmt: skip
+
+        def send(part: list[Any]) -> None:
+            from kombu import Exchange, Queue
+
+            q = Queue(queue, Exchange(queue, type="direct"), routing_key=queue, durable=True)
+            with connect(url, prefix, sentinel=options) as conn, conn.Producer() as producer:
+                for body in part:
+                    producer.publish(json.dumps(body).encode(), exchange=q.exchange,
+                                     routing_key=queue, declare=[q], serializer=None,
+                                     content_type="application/json",
+                                     content_encoding="utf-8")  # fmt: skip
+            # On every replica before anything is killed: the publisher's part is done.
+            client = ha.client(ha.primary_node())
+            client.set(prefix + "sent", "1")
+            replicas = len(ha.replica_nodes())
+            assert client.wait(replicas, 1000) == replicas
+
+        store = redis_client(settings)
+
+        def accepted() -> int:
+            return sum(1 for _ in store.scan_iter(match=prefix + "num:*", count=1000))
+
+        send(bodies[:200])
+        consumer = Consumer(ha_env, url, queue, tmp_path / "consumer.log").start()
+        wait_for(lambda: accepted() >= 100, timeout=60, what="consumer under way")
+        old = ha.primary()
+        ha.kill(ha.primary_node())
+        ha.wait_failover(old, timeout=60)
+        send(bodies[200:])
+        wait_for(lambda: accepted() == 400, timeout=120,
+                 what=lambda: f"400 accepted: {accepted()}; log {tmp_path / 'consumer.log'}")  # fmt: skip
+        assert consumer.process is not None and consumer.process.poll() is None
+        assert consumer.term() == 0
