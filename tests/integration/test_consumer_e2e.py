@@ -178,9 +178,14 @@ def test_consumer_on_sentinel_keeps_consuming_across_a_failover(
     from worker.runtime.redis_clients import redis_client
 
     with SentinelCluster(tmp_path / "ha", password="node-pw", sentinel_password="s-pw") as ha:
-        ha_env = {**env, "REDIS_URL": "", "OPTOUT_REDIS_SENTINELS": ha.sentinel_setting,
-                  "OPTOUT_REDIS_SENTINEL_MASTER": ha.master_name,
-                  "OPTOUT_REDIS_PASSWORD": "node-pw", "OPTOUT_REDIS_SENTINEL_PASSWORD": "s-pw"}  # fmt: skip
+        ha_env = {
+            **env,
+            "REDIS_URL": "",
+            "OPTOUT_REDIS_SENTINELS": ha.sentinel_setting,
+            "OPTOUT_REDIS_SENTINEL_MASTER": ha.master_name,
+            "OPTOUT_REDIS_PASSWORD": "node-pw",
+            "OPTOUT_REDIS_SENTINEL_PASSWORD": "s-pw",
+        }
         settings = load_settings(ha_env)
         url = ";".join(f"sentinel://:node-pw@{h}:{p}" for h, p in ha.sentinels)
         options = SentinelOptions.of(settings)
@@ -218,7 +223,8 @@ def test_consumer_on_sentinel_keeps_consuming_across_a_failover(
         ha.kill(ha.primary_node())
         ha.wait_failover(old, timeout=60)
         send(bodies[200:])
+        log = tmp_path / "consumer.log"
         wait_for(lambda: accepted() == 400, timeout=120,
-                 what=lambda: f"400 accepted: {accepted()}; log {tmp_path / 'consumer.log'}")  # fmt: skip
+                 what=lambda: f"400 accepted: {accepted()}; log {log}")  # fmt: skip
         assert consumer.process is not None and consumer.process.poll() is None
         assert consumer.term() == 0
