@@ -12,7 +12,7 @@ import redis.asyncio as aredis
 
 from worker.state.ledger import accept_args
 from worker.state.records import AcceptOutcome
-from worker.state.replication import Replication, ReplicationError
+from worker.state.replication import FENCE, Replication, ReplicationError
 from worker.state.store import Store
 
 AsyncClientFactory = Callable[[], aredis.Redis]
@@ -140,9 +140,12 @@ class AsyncAccept:
             for args in calls:
                 pipe.evalsha(self._script.sha, 0, *args)
             if self.replication is not None:
-                pipe.wait(self.replication.replicas, self.replication.timeout_ms)
+                self.replication.wait_in(pipe, self.store.key(FENCE))
             answers = list(await pipe.execute(raise_on_error=False))
         if self.replication is None:
             return answers, 0
         acked = answers.pop()
+        fenced = answers.pop()
+        if isinstance(fenced, Exception):
+            raise fenced  # e.g. READONLY: the WAIT after it counts nothing of this group
         return answers, int(acked) if isinstance(acked, int) else 0

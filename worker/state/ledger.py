@@ -11,7 +11,7 @@ from worker.runtime import fastjson
 from worker.state.codec import decode, ledger_blocks, text
 from worker.state.keyspace import Keyspace
 from worker.state.records import AcceptOutcome, Tally
-from worker.state.replication import Replication
+from worker.state.replication import FENCE, Replication
 
 
 def accept_args(
@@ -84,8 +84,8 @@ class Ledger(Keyspace):
             return AcceptOutcome.decode(script(keys=[], args=args))
         pipe = self.redis.pipeline(transaction=False)
         script(keys=[], args=args, client=pipe)
-        pipe.wait(replication.replicas, replication.timeout_ms)
-        answer, acked = pipe.execute()
+        replication.wait_in(pipe, self.key(FENCE))
+        answer, _, acked = pipe.execute()
         replication.check(int(acked))
         return AcceptOutcome.decode(answer)
 
