@@ -164,10 +164,10 @@ def check_config(as_json: Annotated[bool, JsonOpt] = False) -> None:
         enabled = settings.enabled_providers()
         say(f"providers enabled: {', '.join(enabled) if enabled else 'none'}")
     if settings.redis_sentinels:
-        from worker.runtime.redis_clients import primary_or_reason
+        from worker.runtime.redis_clients import primary_or_reason, redis_client
 
         # Asked, not assumed: which node takes writes now, as the Sentinels say.
-        say(f"Redis primary: {primary_or_reason(settings)} (Sentinel master "
+        say(f"Redis primary: {primary_or_reason(redis_client(settings))} (Sentinel master "
             f"{settings.redis_sentinel_master})")  # fmt: skip
 
 

@@ -176,10 +176,12 @@ def up(host: HostOpt = "127.0.0.1", port: PortOpt = 8000) -> None:
     elif settings.redis_url:
         summary.append(("Redis", _without_password(settings.redis_url)))
     else:
-        from worker.runtime.redis_clients import primary_or_reason
+        from worker.runtime.redis_clients import primary_or_reason, redis_client
 
-        summary.append(("Redis", f"Sentinel master {settings.redis_sentinel_master}, primary "
-                                 f"{primary_or_reason(settings)}"))  # fmt: skip
+        where = primary_or_reason(redis_client(settings))
+        summary.append(
+            ("Redis", f"Sentinel master {settings.redis_sentinel_master}, primary {where}")
+        )
     summary.append(("providers", _providers(settings)))
     summary.append(("archive", _archive(settings)))
     if settings.admin_token is None:
@@ -334,7 +336,7 @@ def healthcheck(
         try:
             client = redis_client(settings)
             ok = bool(client.ping()) and broker_check(settings) == "ok"
-            where = f" (Redis primary {primary(settings)})"
+            where = f" (Redis primary {primary(client)})"
             backlog = int(client.xlen(settings.key_prefix + "audit:log"))
         except Exception:  # noqa: BLE001
             ok = False  # whatever failed, the process is not healthy

@@ -239,7 +239,7 @@ def create_api(context: ContextFactory, fast_accept: bool = True) -> FastAPI:
             checks["audit_backlog"] = backlog_report(ctx)
         except Exception as exc:  # noqa: BLE001
             checks["redis"] = f"down: {type(exc).__name__}"  # readiness reports, never raises
-        checks["redis_primary"] = primary_or_reason(ctx.settings)
+        checks["redis_primary"] = primary_or_reason(ctx.store.redis)
         checks["broker"] = broker_check(ctx.settings)
         # Above the alarm it is said here (and logged by the archiver); at the limit accepts
         # are refused, so this API is not ready for them.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from typing import Any, cast
-from urllib.parse import urlsplit
 
 import redis
 import redis.asyncio as aredis
@@ -11,7 +10,7 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
-from redis.sentinel import Sentinel
+from redis.sentinel import Sentinel, SentinelConnectionPool
 
 from config import Settings
 
@@ -24,23 +23,13 @@ def redis_client(settings: Settings) -> redis.Redis:
     """The store's client. With Sentinel it asks the Sentinels for the primary on every new
     connection, so after a failover its next attempt reaches the new primary (a write to the
     old one, back as a replica, is a connection error: retried, or a 503 for the sender)."""
-    options = _options(Retry)
-    if settings.redis_sentinels:
-        sentinel = Sentinel(settings.sentinel_addresses, sentinel_kwargs=_sentinel_kwargs(settings),
-                            **_node_auth(settings))  # fmt: skip
-        return cast("redis.Redis", sentinel.master_for(_master(settings), **options))
-    return redis.Redis.from_url(settings.state_redis_url, **_node_auth(settings), **options)
+    return cast("redis.Redis", _client(settings, Sentinel, redis.Redis, _options(Retry)))
 
 
 def async_redis_client(settings: Settings) -> aredis.Redis:
     """The same client for an event loop (the API's accept path)."""
     options = _options(AsyncRetry)
-    if settings.redis_sentinels:
-        sentinel = AsyncSentinel(settings.sentinel_addresses,
-                                 sentinel_kwargs=_sentinel_kwargs(settings),
-                                 **_node_auth(settings))  # fmt: skip
-        return cast("aredis.Redis", sentinel.master_for(_master(settings), **options))
-    return aredis.Redis.from_url(settings.state_redis_url, **_node_auth(settings), **options)
+    return cast("aredis.Redis", _client(settings, AsyncSentinel, aredis.Redis, options))
 
 
 def clock_client(settings: Settings) -> redis.Redis:
@@ -48,33 +37,46 @@ def clock_client(settings: Settings) -> redis.Redis:
     on the caller's thread (the API's event loop too), later ones in the background."""
     options: dict[str, Any] = {"socket_timeout": 1, "socket_connect_timeout": 1,
                                "retry": Retry(NoBackoff(), 0)}  # fmt: skip
-    if settings.redis_sentinels:
-        sentinel = Sentinel(settings.sentinel_addresses, sentinel_kwargs=_sentinel_kwargs(settings),
-                            **_node_auth(settings))  # fmt: skip
-        return cast("redis.Redis", sentinel.master_for(_master(settings), **options))
-    return redis.Redis.from_url(settings.state_redis_url, **_node_auth(settings), **options)
+    return cast("redis.Redis", _client(settings, Sentinel, redis.Redis, options))
 
 
-def primary(settings: Settings) -> str:
-    """Where the store's writes go now, for people: `host:port` from the Sentinels (the first
-    that answers), or REDIS_URL's host. Raises redis.RedisError when no Sentinel answers."""
-    if settings.redis_sentinels:
-        sentinel = Sentinel(settings.sentinel_addresses, sentinel_kwargs=_sentinel_kwargs(settings))
-        host, port = sentinel.discover_master(_master(settings))
+def primary(client: redis.Redis) -> str:
+    """Where `client`'s writes go now, for people: `host:port` as the Sentinels name it (the
+    first that answers), or the host it was given. Raises redis.RedisError when no Sentinel
+    answers."""
+    pool = client.connection_pool
+    if isinstance(pool, SentinelConnectionPool):
+        host, port = pool.get_master_address()  # type: ignore[no-untyped-call]
         return f"{host}:{port}"
-    url = urlsplit(settings.state_redis_url)
-    if url.scheme == "unix":
-        return f"unix:{url.path}"
-    return f"{url.hostname or 'localhost'}:{url.port or 6379}"
+    given = pool.connection_kwargs
+    if "path" in given:
+        return f"unix:{given['path']}"
+    return f"{given.get('host', 'localhost')}:{given.get('port', 6379)}"
 
 
-def primary_or_reason(settings: Settings) -> str:
+def primary_or_reason(client: redis.Redis) -> str:
     """`primary`, or "unknown: <error>" when no Sentinel answers (for reports that never
     raise: /readyz, check-config)."""
     try:
-        return primary(settings)
+        return primary(client)
     except redis.RedisError as exc:
         return f"unknown: {type(exc).__name__}"
+
+
+def _client(
+    settings: Settings,
+    sentinel: type[Sentinel | AsyncSentinel],
+    plain: type[Any],
+    options: dict[str, Any],
+) -> Any:
+    """A client of the primary the Sentinels name, or of REDIS_URL: sync or asyncio by the
+    classes given."""
+    auth = _node_auth(settings)
+    if settings.redis_sentinels:
+        found = sentinel(settings.sentinel_addresses, sentinel_kwargs=_sentinel_kwargs(settings),
+                         **auth)  # fmt: skip
+        return found.master_for(_master(settings), redis_class=plain, **options)
+    return plain.from_url(settings.state_redis_url, **auth, **options)
 
 
 def _options(retry: type[Retry] | type[AsyncRetry]) -> dict[str, Any]:
