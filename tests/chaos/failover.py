@@ -23,15 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-from kombu import Connection
 
 from config import load_settings
 from tests.chaos.drills import ROOT, Lab, Result
+from tests.rabbitmq import RABBIT, delete_queues, rabbit_up
 from tests.sentinel_cluster import SentinelCluster
 from worker.runtime.celery_app import queue_names
 from worker.runtime.embedded import free_port
 
-RABBITMQ = "amqp://guest:guest@127.0.0.1:5672//"
 TOKEN = "drill-admin-token"
 #: Senders: each posts its share of the numbers one at a time, as a telephony platform would.
 SENDERS = 4
@@ -118,8 +117,8 @@ def wait_for(acked: Stream, count: int, timeout: float) -> None:
 def drill_sentinel_failover(workdir: Path, numbers: int, rabbitmq: bool = False) -> Result:
     """kill -9 the primary mid-stream (it comes back as a replica), later a replica."""
     result = Result("sentinel failover" + (", RabbitMQ broker" if rabbitmq else ""))
-    if rabbitmq and not rabbitmq_answers():
-        result.problems.append(f"RabbitMQ does not answer at {RABBITMQ}")
+    if rabbitmq and not rabbit_up():
+        result.problems.append(f"RabbitMQ does not answer at {RABBIT}")
         return result
     with ExitStack() as stack:
         cluster = stack.enter_context(
@@ -137,9 +136,9 @@ def drill_sentinel_failover(workdir: Path, numbers: int, rabbitmq: bool = False)
             "OPTOUT_ADMIN_TOKEN": TOKEN,
         }
         if rabbitmq:
-            env["CELERY_BROKER_URL"] = RABBITMQ
+            env["CELERY_BROKER_URL"] = RABBIT
             env["OPTOUT_QUEUE_NAMESPACE"] = f"drill-{uuid.uuid4().hex[:8]}."
-            stack.callback(_delete_queues, env)
+            stack.callback(delete_queues, queue_names(load_settings(env)))
         lab = Lab(stack, "", workdir, **env)
         worker = lab.start_worker(beat=True)
         port = free_port()
@@ -200,25 +199,3 @@ def drill_sentinel_failover(workdir: Path, numbers: int, rabbitmq: bool = False)
                 result.problems.append(f"the {name} exited ({process.returncode}): a failover "
                                        "must not need a restart")  # fmt: skip
         return lab.compare(result, stream.acked)
-
-
-def _delete_queues(env: dict[str, str]) -> None:
-    """The drill's own queues on the shared RabbitMQ, and nothing else."""
-    settings = load_settings(env)
-    try:
-        with Connection(RABBITMQ, connect_timeout=3) as conn:
-            channel = conn.default_channel
-            for name in queue_names(settings):
-                channel.queue_delete(name)
-                channel.exchange_delete(name)
-    except Exception:  # noqa: BLE001
-        pass  # cleanup is best effort: RabbitMQ may be the thing that is down
-
-
-def rabbitmq_answers() -> bool:
-    try:
-        with Connection(RABBITMQ, connect_timeout=2) as conn:
-            conn.ensure_connection(max_retries=1, timeout=2)
-        return True
-    except Exception:  # noqa: BLE001
-        return False

@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 
 from tests.chaos.drills import DRILLS, run
-from tests.chaos.failover import rabbitmq_answers
+from tests.rabbitmq import rabbit_up
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.mark.parametrize("drill", DRILLS)
 def test_quick_drill_loses_nothing(drill: str) -> None:
-    if drill.endswith("_rabbitmq") and not rabbitmq_answers():
+    if drill.endswith("_rabbitmq") and not rabbit_up():
         pytest.skip("no RabbitMQ at 127.0.0.1:5672 (CI has one)")
     (result,) = run(quick=True, only=drill)
     assert result.lost == 0, result.show()

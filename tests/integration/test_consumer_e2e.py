@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import uuid
@@ -18,18 +17,10 @@ import redis as redis_lib
 
 from tests.fakes.voicenter import FakeVoicenter
 from tests.integration.conftest import ROOT, wait_for
+from tests.rabbitmq import RABBIT, delete_queues, rabbit_up
 from worker.ingress.consumer import REASON_HEADER, connect
 
 pytestmark = pytest.mark.integration
-RABBIT = "amqp://guest:guest@127.0.0.1:5672//"
-
-
-def rabbit_up() -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", 5672), timeout=1):
-            return True
-    except OSError:
-        return False
 
 
 @pytest.fixture(params=["rabbitmq", "redis"])
@@ -94,19 +85,6 @@ def parked(url: str, prefix: str, queue: str) -> list[tuple[bytes, str]]:
     return out
 
 
-def delete_queues(url: str, prefix: str, queue: str) -> None:
-    if not url.startswith("amqp"):
-        return  # Redis keys carry the test prefix and are cleaned with it
-    with connect(url, prefix) as conn:
-        channel = conn.channel()
-        for name in (queue, queue + ".rejected"):
-            try:
-                channel.queue_delete(name)
-                channel.exchange_delete(name)
-            except Exception:  # noqa: BLE001
-                channel = conn.channel()  # already gone: the channel closed, open another
-
-
 def test_consumer_accepts_every_message_once_parks_poison_and_survives_a_kill(
     broker: str,
     env: dict[str, str],
@@ -157,7 +135,8 @@ def test_consumer_accepts_every_message_once_parks_poison_and_survives_a_kill(
         assert reasons == ["not_json", "remove_not_allowed"]
         assert "this is not json" in [_text(body) for body, _ in rejected]
     finally:
-        delete_queues(broker, prefix, queue)
+        if broker == RABBIT:  # Redis keys carry the test prefix and are cleaned with it
+            delete_queues([queue, queue + ".rejected"])
 
 
 def _text(body: bytes | str) -> str:

@@ -20,8 +20,8 @@ from tests.fakes.dispatch import QueueDispatcher
 from tests.fakes.providers import env_for, make_fake
 from tests.fakes.server import LoopbackServer
 from tests.integration.conftest import wait_for
-from tests.integration.test_consumer_e2e import RABBIT, rabbit_up
 from tests.processes import CLI, Processes
+from tests.rabbitmq import RABBIT, delete_queues, rabbit_up
 from tests.sentinel_cluster import SentinelCluster
 from worker.runtime.embedded import free_port
 from worker.runtime.wiring import build_context
@@ -65,17 +65,8 @@ def broker_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[
         pytest.skip("no RabbitMQ answers on 127.0.0.1:5672")
     namespace = f"t{uuid.uuid4().hex[:8]}."
     yield {"CELERY_BROKER_URL": RABBIT, "OPTOUT_QUEUE_NAMESPACE": namespace}
-    from kombu import Connection
-
-    with Connection(RABBIT) as conn:
-        channel = conn.channel()
-        for queue in ("optout.default", "optout.background",
-                      *(f"optout.push.{p}" for p in PROVIDERS)):  # fmt: skip
-            try:
-                channel.queue_delete(namespace + queue)
-                channel.exchange_delete(namespace + queue)
-            except Exception:  # noqa: BLE001
-                channel = conn.channel()  # gone already: the channel closed, open another
+    delete_queues(namespace + q for q in ("optout.default", "optout.background",
+                                          *(f"optout.push.{p}" for p in PROVIDERS)))  # fmt: skip
 
 
 def test_two_apis_three_workers_push_every_number_once_in_batches(
