@@ -20,11 +20,13 @@ import redis.asyncio as aredis
 
 from config import load_settings
 from tests.fakes.dispatch import QueueDispatcher
+from worker.ingress import cdr as cdrs
 from worker.pipeline.accept import Event, PhoneInput, StoreUnavailableError, accept, accept_async
 from worker.pipeline.context import Context
 from worker.providers.base import Action
 from worker.runtime.embedded import free_port, redis_server_binary
 from worker.runtime.wiring import build_context
+from worker.state.replication import ReplicationError
 
 pytestmark = pytest.mark.integration
 
@@ -268,3 +270,24 @@ def test_a_replay_is_not_answered_before_a_replica_has_what_it_replays(
     finally:
         os.kill(replica.pid, signal.SIGCONT)
     assert accept(_pipeline(url), event).duplicate
+
+
+def test_a_cdr_kept_for_review_is_answered_only_once_a_replica_has_it(
+    primary_and_replica: tuple[str, subprocess.Popen[bytes]],
+) -> None:
+    # Voicenter is told 200 "kept for review" and never sends the CDR again: a failover that
+    # lost the case would lose a probable opt-out meant for a person. The review queue's
+    # write waits for a replica as an accept does; too few is a 503, and Voicenter retries.
+    url, replica = primary_and_replica
+    review = cdrs.Review("unknown_call_type", "Conference", {"ivruniqueid": "call-1"})
+    os.kill(replica.pid, signal.SIGSTOP)
+    try:
+        impatient = _pipeline(url, wait_ms=300)
+        with pytest.raises(ReplicationError):
+            cdrs.book(impatient.store, review, impatient.replication())
+    finally:
+        os.kill(replica.pid, signal.SIGCONT)
+    ctx = _pipeline(url)
+    assert cdrs.book(ctx.store, review, ctx.replication()) is None
+    calls = [case["cdr"]["ivruniqueid"] for case in ctx.store.reviews(cdrs.SOURCE)]
+    assert calls == ["call-1", "call-1"]  # the refused try is kept too: a person sees both

@@ -23,6 +23,7 @@ from worker.domain.phones import Convention, Normalised, normalise
 from worker.ops import metrics
 from worker.pipeline.accept import EARLIEST, Event, PhoneInput
 from worker.providers.base import Action
+from worker.state.replication import Replication
 from worker.state.store import Store
 
 log = structlog.get_logger("optout.cdr")
@@ -142,9 +143,12 @@ def interpret(
     )
 
 
-def book(store: Store, outcome: Event | Ignored | Review) -> Event | None:
-    """Count a CDR's outcome (Redis and Prometheus) and keep a review case for a person;
-    answer the event still to accept, if any. Every CDR ingress calls this."""
+def book(
+    store: Store, outcome: Event | Ignored | Review, replication: Replication | None = None
+) -> Event | None:
+    """Count a CDR's outcome (Redis and Prometheus) and keep a review case for a person (on
+    `replication`'s replicas before it returns: the sender is told it is kept, and will not
+    send it again); answer the event still to accept, if any. Every CDR ingress calls this."""
     if isinstance(outcome, Event):
         metrics.CDRS.labels("optout").inc()
         return outcome
@@ -152,7 +156,9 @@ def book(store: Store, outcome: Event | Ignored | Review) -> Event | None:
     store.count("voicenter_cdr", outcome.reason)
     if isinstance(outcome, Review):
         pushed_out = store.keep_for_review(
-            SOURCE, {"reason": outcome.reason, "detail": outcome.detail, "cdr": outcome.cdr}
+            SOURCE,
+            {"reason": outcome.reason, "detail": outcome.detail, "cdr": outcome.cdr},
+            replication=replication,
         )
         log.warning("cdr_review", reason=outcome.reason, call_id=outcome.cdr.get("ivruniqueid"))
         for old in pushed_out:

@@ -88,7 +88,7 @@ def interpret(
             return dnc_event(DncTrigger.model_validate(data))
         if kind == "cdr":
             outcome = cdrs.interpret(cdrs.decode(data), ctx.settings, ctx.own_numbers)
-            return cdrs.book(ctx.store, outcome)
+            return cdrs.book(ctx.store, outcome, ctx.replication())
     except ValidationError as exc:
         raise RejectedMessageError(f"invalid_{kind}", _problems(exc)) from None
     except cdrs.UnparseableCdrError as exc:

@@ -157,5 +157,5 @@ async def _book_and_accept(
         cdrs.book(ctx.store, outcome)  # an opt-out is only counted, in this process
         return await accept_async(ctx, outcome)
     # Counting an ignored CDR, or keeping one for review, writes to Redis: off the loop.
-    await run_in_threadpool(cdrs.book, ctx.store, outcome)
+    await run_in_threadpool(cdrs.book, ctx.store, outcome, ctx.replication())
     return None

@@ -9,6 +9,7 @@ from typing import Any, cast
 
 from worker.state.codec import decode, text
 from worker.state.keyspace import Keyspace
+from worker.state.replication import Replication
 
 #: Review cases kept per source. More would be dropped oldest first: each drop is answered
 #: (and counted as `overflowed`) so it is logged and visible, never silent.
@@ -37,20 +38,19 @@ class Bookkeeping(Keyspace):
     `metrics:handed`."""
 
     def keep_for_review(
-        self, source: str, entry: dict[str, Any], keep: int = REVIEW_KEEP
+        self,
+        source: str,
+        entry: dict[str, Any],
+        keep: int = REVIEW_KEEP,
+        replication: Replication | None = None,
     ) -> list[dict[str, Any]]:
         """Keep an input we would not guess about for a person to read (newest first);
-        answer the oldest ones the cap pushed out (none, as a rule)."""
-        key = self.key("review", source)
-        pipe = self.redis.pipeline()  # MULTI: what is read past the cap is what is trimmed
-        pipe.lpush(key, json.dumps({"at": self.now_ms(), **entry}, default=str))
-        pipe.lrange(key, keep, -1)
-        pipe.ltrim(key, 0, keep - 1)
-        pipe.sadd(self.key("reviews"), source)
-        _, pushed_out, _, _ = pipe.execute()
-        if pushed_out:
-            self.redis.hincrby(self.key("counts", "review", source), "overflowed", len(pushed_out))
-        return [decode(raw) for raw in pushed_out]
+        answer the oldest ones the cap pushed out (none, as a rule). With `replication` it
+        returns only once enough replicas have the case (the sender is told it is kept)."""
+        raw = json.dumps({"at": self.now_ms(), **entry}, default=str)
+        args = self.argv(source, raw, keep)
+        pushed_out = cast(list[Any], self._run_replicated("review", args, replication))
+        return [decode(old) for old in pushed_out]
 
     def reviews(self, source: str, limit: int = 100) -> list[dict[str, Any]]:
         raw = cast(list[Any], self.redis.lrange(self.key("review", source), 0, limit - 1))

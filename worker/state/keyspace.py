@@ -12,13 +12,14 @@ from redis.commands.core import Script
 
 from worker.state.clock import ServerClock
 from worker.state.codec import ms
+from worker.state.replication import FENCE, Replication
 
 Clock = Callable[[], float]
 
 _SCRIPTS = (
     "accept", "claim", "complete", "release", "sweep", "replay", "renew", "register",
     "stage_many", "adopt", "slot", "purge", "expire", "open", "hold", "reconcile", "cursor",
-    "turn", "settle", "move", "archived", "resume", "tails", "pending",
+    "turn", "settle", "move", "archived", "resume", "tails", "pending", "review",
 )  # fmt: skip
 
 
@@ -63,6 +64,21 @@ class Keyspace:
 
     def _run(self, name: str, *args: Any) -> Any:
         return self._scripts[name](keys=[], args=self.argv(*args))
+
+    def _run_replicated(self, name: str, args: list[Any], replication: Replication | None) -> Any:
+        """A script's answer (`args`: all of them, see `argv`), given only once `replication`
+        counts enough replicas holding its write, when it is set: the WAIT follows the script
+        on the same connection (a pipeline), after the fence (Replication.wait_in); on any
+        other it would not count this write. ReplicationError (a RedisError) when too few."""
+        script = self._scripts[name]
+        if replication is None:
+            return script(keys=[], args=args)
+        pipe = self.redis.pipeline(transaction=False)
+        script(keys=[], args=args, client=pipe)
+        replication.wait_in(pipe, self.key(FENCE))
+        answer, _, acked = pipe.execute()
+        replication.check(int(acked))
+        return answer
 
     def ping(self) -> bool:
         return bool(self.redis.ping())

@@ -11,7 +11,7 @@ from worker.runtime import fastjson
 from worker.state.codec import decode, ledger_blocks, text
 from worker.state.keyspace import Keyspace
 from worker.state.records import AcceptOutcome, Tally
-from worker.state.replication import FENCE, Replication
+from worker.state.replication import Replication
 
 
 def accept_args(
@@ -79,15 +79,7 @@ class Ledger(Keyspace):
                 idempotency_mode, force,
             )
         )  # fmt: skip
-        script = self._scripts["accept"]
-        if replication is None:
-            return AcceptOutcome.decode(script(keys=[], args=args))
-        pipe = self.redis.pipeline(transaction=False)
-        script(keys=[], args=args, client=pipe)
-        replication.wait_in(pipe, self.key(FENCE))
-        answer, _, acked = pipe.execute()
-        replication.check(int(acked))
-        return AcceptOutcome.decode(answer)
+        return AcceptOutcome.decode(self._run_replicated("accept", args, replication))
 
     def expire_due(self, limit: int = 1000) -> Tally:
         """Lift temporary blocks whose expiry has passed; the count: numbers unblocked."""

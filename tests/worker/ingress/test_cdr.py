@@ -162,7 +162,9 @@ class _FullQueue:
     def count(self, group: str, name: str) -> None:
         self.counted.append((group, name))
 
-    def keep_for_review(self, source: str, entry: dict[str, Any]) -> list[dict[str, Any]]:
+    def keep_for_review(
+        self, source: str, entry: dict[str, Any], replication: Any = None
+    ) -> list[dict[str, Any]]:
         return [{"at": 1, "reason": "internal_call", "cdr": {"ivruniqueid": "oldest-call"}}]
 
 
