@@ -10,6 +10,7 @@ import redis
 from kombu.transport import redis as kombu_redis
 
 from config import ConfigError, Settings
+from worker.runtime.redis_clients import sentinel_kwargs
 
 #: What `broker_transport` names to use this module's transports.
 TRANSPORT = "worker.runtime.broker:Transport"
@@ -43,11 +44,7 @@ class SentinelOptions:
         return cls(settings.redis_sentinel_master, secret.get_secret_value() if secret else None)
 
     def transport_options(self) -> dict[str, Any]:
-        # Sentinels that are down or stopped must not hold the connection: ask the next.
-        kwargs: dict[str, Any] = {"socket_timeout": 1, "socket_connect_timeout": 1}
-        if self.password:
-            kwargs["password"] = self.password
-        return {"master_name": self.master, "sentinel_kwargs": kwargs}
+        return {"master_name": self.master, "sentinel_kwargs": sentinel_kwargs(self.password)}
 
 
 def sentinel_options(url: str, sentinel: SentinelOptions | None) -> dict[str, Any]:

@@ -95,13 +95,19 @@ def _master(settings: Settings) -> str:
     return settings.redis_sentinel_master
 
 
-def _sentinel_kwargs(settings: Settings) -> dict[str, Any]:
-    """How to talk to the Sentinels themselves: their own password, and short timeouts."""
+def sentinel_kwargs(password: str | None) -> dict[str, Any]:
+    """How to talk to the Sentinels themselves (redis-py's and kombu's `sentinel_kwargs`):
+    their own password, and short timeouts."""
     kwargs: dict[str, Any] = {"socket_timeout": SENTINEL_TIMEOUT,
                               "socket_connect_timeout": SENTINEL_TIMEOUT}  # fmt: skip
-    if settings.redis_sentinel_password is not None:
-        kwargs["password"] = settings.redis_sentinel_password.get_secret_value() or None
+    if password:
+        kwargs["password"] = password
     return kwargs
+
+
+def _sentinel_kwargs(settings: Settings) -> dict[str, Any]:
+    secret = settings.redis_sentinel_password
+    return sentinel_kwargs(secret.get_secret_value() if secret else None)
 
 
 def _node_auth(settings: Settings) -> dict[str, Any]:
