@@ -7,14 +7,21 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from kombu.transport import TRANSPORT_ALIASES
 from kombu.transport import redis as kombu_redis
 
 from config import ConfigError, Settings
-from worker.runtime.redis_clients import sentinel_kwargs
+from worker.runtime.redis_clients import OutageParser, sentinel_kwargs
 
 #: What `broker_transport` names to use this module's transports.
 TRANSPORT = "worker.runtime.broker:Transport"
 SENTINEL_TRANSPORT = "worker.runtime.broker:SentinelTransport"
+# kombu moves to the next URL of a list (each Sentinel is one) by that URL's scheme alone,
+# forgetting the transport it was given (kombu.Connection.switch): after a failover a worker
+# ran on kombu's own Sentinel transport, read NOREPLICAS as unrecoverable and exited (the
+# failover drill). So each scheme names ours, whichever URL of the list is in use.
+TRANSPORT_ALIASES.update({"redis": TRANSPORT, "rediss": TRANSPORT,
+                          "sentinel": SENTINEL_TRANSPORT})  # fmt: skip
 #: Broker URLs on Redis, in kombu's spelling.
 REDIS_SCHEMES = ("redis://", "rediss://", "redis+socket://", "sentinel://")
 
@@ -69,16 +76,22 @@ def _closed(channel: Any) -> None:
         raise redis.exceptions.ConnectionError("the broker channel is closed")
 
 
+def _params(params: dict[str, Any]) -> dict[str, Any]:
+    # A primary refusing writes (NOREPLICAS) is a broker outage: read as a connection error,
+    # which kombu and Celery reconnect from, not one that stops the worker.
+    return {**params, "parser_class": OutageParser}
+
+
 class Channel(kombu_redis.Channel):  # type: ignore[misc]
     def _connparams(self, asynchronous: bool = False) -> Any:
         _closed(self)
-        return super()._connparams(asynchronous=asynchronous)
+        return _params(super()._connparams(asynchronous=asynchronous))
 
 
 class SentinelChannel(kombu_redis.SentinelChannel):  # type: ignore[misc]
     def _connparams(self, asynchronous: bool = False) -> Any:
         _closed(self)
-        return super()._connparams(asynchronous=asynchronous)
+        return _params(super()._connparams(asynchronous=asynchronous))
 
 
 class Transport(kombu_redis.Transport):  # type: ignore[misc]

@@ -19,16 +19,48 @@ from config import Settings
 SENTINEL_TIMEOUT = 1.0
 
 
+class WritesRefusedError(redis.ConnectionError):
+    """The primary refuses writes for now (NOREPLICAS: fewer replicas than its
+    `min-replicas-to-write`, as right after a failover or while a replica is down). An outage
+    to wait out, as a lost connection is: the client retries it, the API answers 503, tasks
+    retry, kombu reconnects; as redis-py's plain ResponseError it was none of these, and a
+    Celery worker on a Redis broker exited ("Unrecoverable error") on its first ack."""
+
+
+def _refused(response: str) -> bool:
+    # Redis 7 answers a script's refused write with the code itself; 6.x wraps it in ERR
+    # ("Error running script ...: -NOREPLICAS Not enough ...").
+    return response.startswith("NOREPLICAS ") or "-NOREPLICAS " in response
+
+
+def _outage_parser(base: type[Any]) -> type[Any]:
+    """redis-py's parser `base` (hiredis when installed), with a refused write read as an
+    outage (WritesRefusedError)."""
+
+    def parse_error(response: str) -> Exception:
+        if _refused(response):
+            return WritesRefusedError(response)
+        return cast(Exception, base.parse_error(response))
+
+    # A classmethod in redis-py, bound once as hiredis' reply-error callback.
+    return type(f"Outage{base.__name__}", (base,), {"parse_error": staticmethod(parse_error)})
+
+
+OutageParser = _outage_parser(redis.connection.DefaultParser)
+AsyncOutageParser = _outage_parser(aredis.connection.DefaultParser)
+
+
 def redis_client(settings: Settings) -> redis.Redis:
     """The store's client. With Sentinel it asks the Sentinels for the primary on every new
     connection, so after a failover its next attempt reaches the new primary (a write to the
     old one, back as a replica, is a connection error: retried, or a 503 for the sender)."""
-    return cast("redis.Redis", _client(settings, Sentinel, redis.Redis, _options(Retry)))
+    options = {**_options(Retry), "parser_class": OutageParser}
+    return cast("redis.Redis", _client(settings, Sentinel, redis.Redis, options))
 
 
 def async_redis_client(settings: Settings) -> aredis.Redis:
     """The same client for an event loop (the API's accept path)."""
-    options = _options(AsyncRetry)
+    options = {**_options(AsyncRetry), "parser_class": AsyncOutageParser}
     return cast("aredis.Redis", _client(settings, AsyncSentinel, aredis.Redis, options))
 
 

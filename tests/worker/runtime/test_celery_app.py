@@ -161,3 +161,17 @@ def test_an_explicit_sentinel_broker_url_needs_the_master_name() -> None:
         create_celery(settings)
     assert sentinel_options("amqp://h//", None) == {}
     assert transport_for("amqp://h//") is None
+
+
+def test_the_next_url_of_a_broker_list_keeps_our_transport() -> None:
+    # kombu moves to the next Sentinel's URL by its scheme alone: with kombu's own transport
+    # there, a worker read NOREPLICAS after a failover as unrecoverable and exited.
+    app = create_celery(_sentinel_settings())
+    connection = app.connection_for_write()
+    connection.maybe_switch_next()
+    assert connection.port == 26380
+    assert isinstance(connection.transport, SentinelTransport)
+    plain = create_celery(make_settings(celery_broker_url="redis://a:1/0;redis://b:2/0"))
+    connection = plain.connection_for_write()
+    connection.maybe_switch_next()
+    assert connection.hostname == "b" and isinstance(connection.transport, Transport)

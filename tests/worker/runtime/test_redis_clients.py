@@ -4,6 +4,8 @@ failover, for the sync, asyncio and clock clients alike."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,10 @@ import redis
 
 from config import load_settings
 from tests.sentinel_cluster import SentinelCluster
+from worker.runtime.celery_app import create_celery
+from worker.runtime.embedded import free_port, redis_server_binary
 from worker.runtime.redis_clients import (
+    WritesRefusedError,
     async_redis_client,
     clock_client,
     primary,
@@ -72,3 +77,53 @@ def test_every_client_follows_the_primary_sentinel_names(tmp_path: Path) -> None
                 await async_client.aclose()
 
         assert asyncio.run(through_the_event_loop()) == b"async"
+
+
+@pytest.mark.integration
+def test_a_primary_refusing_writes_is_an_outage_not_an_error(tmp_path: Path) -> None:
+    # NOREPLICAS (fewer replicas than min-replicas-to-write: right after a failover, or a
+    # replica down) came back as a plain ResponseError: no client retry, a task that did not
+    # retry, and a Celery worker on the Redis broker that exited on its next ack.
+    port = free_port()
+    server = subprocess.Popen(
+        [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--dir", str(tmp_path), "--min-replicas-to-write", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        settings = load_settings({"REDIS_URL": f"redis://127.0.0.1:{port}/0"})
+        client = redis_client(settings)
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        with pytest.raises(WritesRefusedError):
+            client.set("k", "v")
+        with pytest.raises(WritesRefusedError):
+            client.eval("redis.call('SET', KEYS[1], 'v')", 1, "k")
+        assert client.get("k") is None  # reads still answer
+
+        async def on_the_loop() -> None:
+            async_client = async_redis_client(settings)
+            try:
+                await async_client.set("k", "v")
+            finally:
+                await async_client.aclose()
+
+        with pytest.raises(WritesRefusedError):
+            asyncio.run(on_the_loop())
+
+        # The broker's connections read it so too: kombu reconnects instead of giving up.
+        app = create_celery(settings)
+        with app.connection_for_write() as connection:
+            channel = connection.default_channel
+            with pytest.raises(connection.connection_errors):
+                channel.client.lpush("q", "message")
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
