@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -164,6 +165,9 @@ def test_consumer_on_sentinel_keeps_consuming_across_a_failover(
             "OPTOUT_REDIS_SENTINEL_MASTER": ha.master_name,
             "OPTOUT_REDIS_PASSWORD": "node-pw",
             "OPTOUT_REDIS_SENTINEL_PASSWORD": "s-pw",
+            # Acked only once a replica has the opt-out: without it, a message acked just
+            # before the kill was on the old primary alone.
+            "OPTOUT_REDIS_WAIT_REPLICAS": "1",
         }
         settings = load_settings(ha_env)
         url = ";".join(f"sentinel://:node-pw@{h}:{p}" for h, p in ha.sentinels)
@@ -203,7 +207,18 @@ def test_consumer_on_sentinel_keeps_consuming_across_a_failover(
         ha.wait_failover(old, timeout=60)
         send(bodies[200:])
         log = tmp_path / "consumer.log"
-        wait_for(lambda: accepted() == 400, timeout=120,
-                 what=lambda: f"400 accepted: {accepted()}; log {log}")  # fmt: skip
+
+        def missing(part: list[str]) -> list[str]:
+            return [n for n in part if not store.exists(prefix + "num:" + n)]
+
+        # Everything sent after the failover arrives; of what was in the queue at the kill,
+        # kombu's Redis transport may lose the one message it was popping then (its record of
+        # the message as unacked is written an instant after the pop, and may not have
+        # reached the replica): the window README, Broker consumer, names. Waited for past
+        # the visibility timeout, in case that record made it and the message returns.
+        wait_for(lambda: not missing(numbers[200:]) and len(missing(numbers[:200])) <= 1,
+                 timeout=120, what=lambda: f"400 accepted: {accepted()}; log {log}")  # fmt: skip
+        time.sleep(6)  # the visibility timeout (5 s): a message still recorded comes back
+        assert len(missing(numbers[:200])) <= 1, missing(numbers[:200])
         assert consumer.process is not None and consumer.process.poll() is None
         assert consumer.term() == 0

@@ -36,6 +36,9 @@ log = structlog.get_logger("optout.consumer")
 KIND_HEADER = "x-optout-kind"
 REASON_HEADER = "x-rejected-reason"
 DEFAULT_SOURCE = "broker"
+#: A copy we publish (given back, or parked) waits this long for a broker that reconnects.
+PUBLISH_RETRY = {"max_retries": 30, "interval_start": 0.5, "interval_step": 0.5,
+                 "interval_max": 2.0}  # fmt: skip
 
 
 class RejectedMessageError(OptoutError):
@@ -140,9 +143,9 @@ class OptoutConsumer(ConsumerMixin):  # type: ignore[misc]
         except RejectedMessageError as exc:
             self._park(message, exc.message)
         except StoreUnavailableError as exc:
-            # Not our message's fault: leave it on the queue and slow down.
+            # Not our message's fault: back on the queue, and slow down.
             log.warning("consumer_store_unavailable", error=exc.message)
-            message.requeue()
+            self._give_back(message)
             time.sleep(1.0)
             return
         except AcceptError as exc:
@@ -151,22 +154,42 @@ class OptoutConsumer(ConsumerMixin):  # type: ignore[misc]
             message.ack()
         self.handled += 1
 
+    def _give_back(self, message: Message) -> None:
+        """Return a message we could not accept to its queue. RabbitMQ keeps it: requeue. On
+        Redis, kombu's requeue copies it back from its record of unacked messages, and a
+        failover can lose that record (written an instant after the pop that reached the
+        new primary): the message would be gone. So there it is published again from the copy
+        in hand first, then acked (a second copy, should the record survive too, is a
+        repeat the accept absorbs)."""
+        if self.connection.transport.driver_type != "redis":
+            message.requeue()
+            return
+        self._publish(message, self.queue, dict(message.headers or {}))
+        message.ack()
+
     def _park(self, message: Message, reason: str) -> None:
         headers = {**dict(message.headers or {}), REASON_HEADER: reason[:500]}
+        self._publish(message, self.parking, headers)
+        message.ack()  # parked durably first, then dropped from the input queue
+        log.warning("message_parked", queue=self.queue.name, reason=reason[:200])
+
+    def _publish(self, message: Message, queue: Queue, headers: dict[str, Any]) -> None:
+        """A copy of `message` on `queue`, durable; retried while the broker reconnects (the
+        original stays unacked meanwhile)."""
         with self.connection.Producer() as producer:
             producer.publish(
                 message.body,
-                exchange=self.parking.exchange,
-                routing_key=self.parking.routing_key,
-                declare=[self.parking],
+                exchange=queue.exchange,
+                routing_key=queue.routing_key,
+                declare=[queue],
                 headers=headers,
                 content_type=message.content_type or "application/json",
                 content_encoding=message.content_encoding or "utf-8",
                 serializer=None,
                 delivery_mode=2,
+                retry=True,
+                retry_policy=PUBLISH_RETRY,
             )
-        message.ack()  # parked durably first, then dropped from the input queue
-        log.warning("message_parked", queue=self.queue.name, reason=reason[:200])
 
 
 def connect(
