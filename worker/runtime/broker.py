@@ -3,7 +3,12 @@ restart or failover, and the transport options every broker connection of ours t
 
 from __future__ import annotations
 
+import logging
+import select
+import socket
 from dataclasses import dataclass
+from queue import Empty
+from time import monotonic
 from typing import Any
 
 import redis
@@ -24,6 +29,9 @@ TRANSPORT_ALIASES.update({"redis": TRANSPORT, "rediss": TRANSPORT,
                           "sentinel": SENTINEL_TRANSPORT})  # fmt: skip
 #: Broker URLs on Redis, in kombu's spelling.
 REDIS_SCHEMES = ("redis://", "rediss://", "redis+socket://", "sentinel://")
+#: kombu's `health_check_interval` on Redis (its default is 25): how often it checks the BRPOP
+#: and pub/sub connections, so a consumer left stalled (`Poller`) goes on within 2 x this + 1 s.
+HEALTH_CHECK_SECONDS = 10
 
 
 def transport_for(url: str) -> str | None:
@@ -94,9 +102,73 @@ class SentinelChannel(kombu_redis.SentinelChannel):  # type: ignore[misc]
         return _params(super()._connparams(asynchronous=asynchronous))
 
 
+log = logging.getLogger(__name__)
+
+
+def _readable(sock: socket.socket) -> bool:
+    """Whether a reply waits on `sock`, without reading it."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+class Poller(kombu_redis.MultiChannelPoller):  # type: ignore[misc]
+    """kombu's poller, whose BRPOP check also frees a channel whose reply waits unread.
+
+    kombu drops a BRPOP connection whose reply is overdue and whose socket has nothing to
+    read (half-open), but passes over one whose reply is there, trusting the event loop to
+    read it. When the loop no longer polls that socket (a reconnect kombu did not see: the
+    channel counts as registered and sends each BRPOP on a socket nobody reads), the worker
+    stops consuming for good without exiting; the failover drill saw it with refused pops
+    (kombu#2629 is one such path). A reply overdue by `brpop_timeout + health_check_interval`,
+    while the channel may take messages, is one the loop is not reading: this reads it (a
+    message is delivered, a refusal drops the connection) and forgets the socket, so the next
+    tick registers whichever socket the connection holds."""
+
+    def maybe_check_brpop_health(self) -> None:
+        now = monotonic()
+        for channel in list(self._channels):
+            connection = channel._in_poll
+            sock = getattr(connection, "_sock", None)
+            if (sock is None or channel._brpop_sent_at is None or not channel.brpop_timeout
+                    or not channel.health_check_interval):  # fmt: skip
+                continue
+            waited = now - channel._brpop_sent_at
+            if waited < channel.brpop_timeout + channel.health_check_interval:
+                continue
+            if sock.fileno() in self._paused_brpop or not channel.qos.can_consume():
+                continue  # held unread on purpose until the worker has room
+            if not _readable(sock):
+                continue  # half-open: kombu's own check below drops it
+            log.warning("a BRPOP reply waited %.0f s unread: reading it and registering "
+                        "the connection again", waited)  # fmt: skip
+            self._forget(channel)
+            try:
+                channel._brpop_read()
+            except Empty:
+                pass
+            except channel.connection_errors:
+                pass  # dropped by _brpop_read: the next tick reconnects
+        super().maybe_check_brpop_health()
+
+    def _forget(self, channel: Any) -> None:
+        self._chan_to_sock.pop((channel, channel.client, "BRPOP"), None)
+        for fd, (owner, kind) in list(self._fd_to_chan.items()):
+            if owner is channel and kind == "BRPOP":
+                del self._fd_to_chan[fd]
+
+
 class Transport(kombu_redis.Transport):  # type: ignore[misc]
     Channel = Channel
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.cycle = Poller()
 
 
 class SentinelTransport(kombu_redis.SentinelTransport):  # type: ignore[misc]
     Channel = SentinelChannel
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.cycle = Poller()

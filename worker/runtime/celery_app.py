@@ -12,7 +12,13 @@ from kombu.entity import Exchange, Queue
 
 from config import Settings
 from worker.providers.base import Action
-from worker.runtime.broker import REDIS_SCHEMES, SentinelOptions, sentinel_options, transport_for
+from worker.runtime.broker import (
+    HEALTH_CHECK_SECONDS,
+    REDIS_SCHEMES,
+    SentinelOptions,
+    sentinel_options,
+    transport_for,
+)
 
 DEFAULT_QUEUE = "optout.default"  # prefixed with OPTOUT_QUEUE_NAMESPACE when set
 BACKGROUND_QUEUE = "optout.background"  # long work (scheduled reconciliation)
@@ -75,6 +81,7 @@ def create_celery(settings: Settings) -> Celery:
         # Broker keys share the state's prefix, so one Redis can hold several deployments
         # (and tests can clean exactly what they wrote).
         transport["global_keyprefix"] = settings.key_prefix + "broker:"
+        transport["health_check_interval"] = HEALTH_CHECK_SECONDS
     transport.update(sentinel_options(settings.broker_url, SentinelOptions.of(settings)))
     app.conf.update(
         task_serializer="json",
