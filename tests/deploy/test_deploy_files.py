@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import runpy
 import shutil
 import subprocess
 import sys
@@ -17,9 +18,12 @@ import pytest
 import redis
 import typer
 import yaml
+from celery import Celery
 
 from config.settings import load_settings, variables
+from tests.real_redis import RealRedis
 from worker.cli.main import app
+from worker.runtime.celery_app import create_celery
 from worker.runtime.embedded import free_port, redis_server_binary
 from worker.runtime.redis_clients import primary, redis_client
 
@@ -314,8 +318,9 @@ def test_every_redis_node_is_durable_and_needs_a_replica_to_write() -> None:
         assert config["appendonly"] == "yes", name
         assert config["appendfsync"] == "always", name
         assert config["maxmemory-policy"] == "noeviction", name
-        # WAIT answers for acknowledged writes; a primary refusing writes stalls Celery on it.
-        assert int(config.get("min-replicas-to-write", 0)) == 0, name
+        # Cut off from every replica, a primary takes no writes (WAIT covers only the API's).
+        assert config["min-replicas-to-write"] == "1", name
+        assert config["min-replicas-max-lag"] == "10", name
         assert config["replica-announce-ip"] == name  # how the Sentinels reach it
         assert config.get("replicaof") == (None if name == "redis" else "redis 6379"), name
 
@@ -353,6 +358,65 @@ def test_the_sentinel_override_puts_the_app_on_the_sentinels() -> None:
         assert settings.sentinel_addresses == [(f"sentinel-{i}", 26379) for i in (1, 2, 3)]
         assert settings.broker_url.startswith("sentinel://sentinel-1:26379/0;")
         assert settings.redis_wait_replicas == 1
+
+
+FLOWER_CONFIG = "/etc/flower/flower_celeryconfig.py"
+
+
+def _flower_conf(env: dict[str, str]) -> dict[str, Any]:
+    """Celery's settings as Flower's container reads flower_celeryconfig.py with `env`."""
+    saved = os.environ.copy()
+    try:
+        os.environ.clear()
+        os.environ.update(env)
+        return runpy.run_path(str(DEPLOY / "flower" / "flower_celeryconfig.py"))
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+@pytest.mark.parametrize("files", [("compose.yaml",), ("compose.yaml", "compose.sentinel.yaml")])
+def test_flower_reads_the_broker_the_workers_read(files: tuple[str, ...]) -> None:
+    services = compose_services(*files)
+    flower = services["flower"]
+    assert flower["command"][:2] == ["celery", "--config=flower_celeryconfig"]
+    assert host_path(flower, FLOWER_CONFIG) == DEPLOY / "flower" / "flower_celeryconfig.py"
+    assert flower["environment"]["PYTHONPATH"] == str(Path(FLOWER_CONFIG).parent)
+    conf = _flower_conf({k: str(v) for k, v in flower["environment"].items()})
+    ours = create_celery(load_settings(app_environment(services["worker"]))).conf
+
+    def hosts(url: str) -> list[str]:
+        return [part.removesuffix("/0") for part in url.split(";")]
+
+    assert hosts(conf["broker_url"]) == hosts(ours.broker_url)
+    options = conf["broker_transport_options"]
+    assert options["global_keyprefix"] == ours.broker_transport_options["global_keyprefix"]
+    assert options.get("master_name") == ours.broker_transport_options.get("master_name")
+    if len(files) > 1:
+        assert options["master_name"] == "optout"
+        for needed in SENTINEL_PROFILE:
+            assert flower["depends_on"][needed] == {"condition": "service_healthy"}
+
+
+def test_flower_sees_the_queues_the_app_fills() -> None:
+    prefix = f"test-flower-{os.getpid()}:"
+    url = RealRedis.url()
+    settings = load_settings({"REDIS_URL": url, "OPTOUT_KEY_PREFIX": prefix})
+    ours = create_celery(settings)
+    conf = _flower_conf({"CELERY_BROKER_URL": url, "OPTOUT_KEY_PREFIX": prefix})
+    flower = Celery("flower")
+    flower.conf.update(broker_url=conf["broker_url"],
+                       broker_transport_options=conf["broker_transport_options"])  # fmt: skip
+    queue = ours.conf.task_default_queue
+    try:
+        ours.send_task("test.flower", queue=queue)
+        with flower.connection() as connection:
+            assert connection.default_channel._size(queue) == 1
+    finally:
+        ours.close()
+        with redis.Redis.from_url(url) as client:
+            for key in client.scan_iter(match=prefix + "*"):
+                client.delete(key)
 
 
 def _entrypoint_stub(tmp_path: Path, script: str) -> dict[str, str]:
@@ -443,11 +507,10 @@ def test_the_sentinel_setup_runs(tmp_path: Path) -> None:
             ))  # fmt: skip
             if name == "primary":
                 _until(lambda: _answers(primary_client), "the primary")
-                # Durable; writes without a replica (WAIT guards what is acknowledged).
+                # Durable, and no writes until a replica is linked.
                 assert primary_client.config_get("appendfsync") == {"appendfsync": "always"}
-                assert primary_client.config_get("min-replicas-to-write") == {
-                    "min-replicas-to-write": "0"
-                }
+                with pytest.raises(redis.ResponseError, match="NOREPLICAS"):
+                    primary_client.set("optout:seed-test", "1")
 
         def linked() -> bool:
             info = primary_client.info("replication")
