@@ -40,6 +40,8 @@ from types import TracebackType
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from worker.runtime.children import die_with_parent
 from worker.runtime.embedded import free_port, redis_server_binary
@@ -319,6 +321,15 @@ class SentinelCluster:
         """kill -9 Sentinel `i` and reap it."""
         _kill(self.sentinel_nodes[i])
 
+    def pause_sentinel(self, i: int) -> None:
+        """SIGSTOP Sentinel `i`: a hung host, which takes connections and never answers (every
+        client must time out on it and move on), unlike a dead one that refuses at once."""
+        _signal(self.sentinel_nodes[i], signal.SIGSTOP)
+
+    def resume_sentinel(self, i: int) -> None:
+        """SIGCONT Sentinel `i` after `pause_sentinel`."""
+        _signal(self.sentinel_nodes[i], signal.SIGCONT)
+
     def restart_sentinel(self, i: int, timeout: float = WAIT_TIMEOUT) -> None:
         """Start Sentinel `i` again on its port with its config file (as it last rewrote it);
         returns once it answers and reports a primary."""
@@ -470,6 +481,9 @@ class SentinelCluster:
             "socket_timeout": REPLY_TIMEOUT,
             "decode_responses": True,
             "protocol": 2,
+            # Every wait polls anyway; redis-py's default retries (ten, backing off) made one
+            # question to a hung Sentinel take 26 s.
+            "retry": Retry(NoBackoff(), 0),
         }
         return redis.Redis(host=host, port=port, **{**options, **kwargs})
 

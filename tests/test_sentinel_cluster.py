@@ -65,6 +65,18 @@ def test_a_failover_keeps_an_acknowledged_write_and_the_old_primary_rejoins_as_a
         cluster.wait_replicas(2, timeout=PATIENT)
         cluster.wait_ready(timeout=PATIENT)  # ready for the next failover
 
+        # A paused Sentinel holds connections without answering; the others still report.
+        cluster.pause_sentinel(0)
+        with (
+            cluster.sentinel_client(0, socket_timeout=0.5) as hung,
+            pytest.raises(redis.TimeoutError),
+        ):
+            hung.ping()
+        assert cluster.primary() == new
+        cluster.resume_sentinel(0)
+        with cluster.sentinel_client(0) as back:
+            assert back.ping()
+
         # A stopped process does not hold up the exit.
         processes = [s.process for s in [*cluster.nodes, *cluster.sentinel_nodes]]
         for stopped in (cluster.replica_nodes()[0], cluster.sentinel_nodes[0]):

@@ -1,12 +1,13 @@
 """The Redis failover drill: opt-outs through the API while Sentinel replaces a killed primary.
 
 One primary, two replicas and three Sentinels on loopback (tests/sentinel_cluster.py), AOF
-always on every node (and `min-replicas-to-write 1` with RabbitMQ as the broker); `optout
+always and `min-replicas-to-write 1` on every node; `optout
 api` and `optout worker --beat` as processes of their own, configured with the Sentinels
 only, `OPTOUT_REDIS_WAIT_REPLICAS=1`; senders POST one number a request and retry whatever
 is not 2xx. Mid-run the primary is `kill -9`ed, later the new primary's one replica while
 the old primary is still down (no replica left: nothing may be answered 2xx), then both
-come back. Passes when every number answered 2xx is blocked in the new primary's ledger and
+come back; then the primary is killed again while the first-listed Sentinel is hung
+(SIGSTOP). Passes when every number answered 2xx is blocked in the new primary's ledger and
 listed at every provider, nothing is stale, and no process needed a restart. Run from
 tests/chaos/drills.py (`--drill sentinel_failover`, `--drill sentinel_failover_rabbitmq`).
 """
@@ -45,6 +46,15 @@ class Stream:
     refused: dict[str, int] = field(default_factory=dict)  # status or error -> count
     answers: list[tuple[float, float, int]] = field(default_factory=list)  # start, end, status
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: Senders wait once this many are answered, until `go`: the last faults need a cluster
+    #: back in shape and numbers still to send.
+    hold_at: int | None = None
+    go: threading.Event = field(default_factory=threading.Event)
+
+    def wait_turn(self, stop: threading.Event) -> None:
+        while (self.hold_at is not None and len(self.acked) >= self.hold_at
+               and not self.go.is_set() and not stop.is_set()):  # fmt: skip
+            self.go.wait(0.1)
 
     def note(self, start: float, status: int, what: str, phone: str | None = None) -> None:
         with self.lock:
@@ -80,6 +90,7 @@ def send(url: str, phones: list[str], stream: Stream, stop: threading.Event) -> 
     headers = {"Authorization": f"Bearer {TOKEN}"}
     with httpx.Client(base_url=url, headers=headers, timeout=10) as client:
         for phone in phones:
+            stream.wait_turn(stop)
             while not stop.is_set():
                 start = time.monotonic()
                 try:
@@ -122,18 +133,20 @@ def wait_for(acked: Stream, count: int, timeout: float) -> None:
 
 
 def drill_sentinel_failover(workdir: Path, numbers: int, rabbitmq: bool = False) -> Result:
-    """kill -9 the primary mid-stream (it comes back as a replica), later a replica."""
+    """kill -9 the primary mid-stream (it comes back as a replica), later a replica, then
+    the primary again with the first Sentinel hung."""
     result = Result("sentinel failover" + (", RabbitMQ broker" if rabbitmq else ""))
     if rabbitmq and not rabbit_up():
         result.problems.append(f"RabbitMQ does not answer at {RABBIT}")
         return result
     with ExitStack() as stack:
-        # As README, High availability, sets it up: `min-replicas-to-write` only where Celery's
-        # broker is not this Redis (a primary refusing writes stalls kombu's Redis transport).
+        # As README, High availability, sets it up: `min-replicas-to-write 1`, so every pop of
+        # a Redis broker is refused while no replica is left (what once stalled a worker for
+        # good; broker.Poller).
         cluster = stack.enter_context(
             SentinelCluster(workdir / "ha", password="node-secret",
                             sentinel_password="sentinel-secret",
-                            min_replicas_to_write=1 if rabbitmq else 0)
+                            min_replicas_to_write=1)
         )  # fmt: skip
         env = {
             "REDIS_URL": "",
@@ -154,24 +167,26 @@ def drill_sentinel_failover(workdir: Path, numbers: int, rabbitmq: bool = False)
         port = free_port()
         api = start_api(lab, port)
         phones = [f"+97257{i:07d}" for i in range(numbers)]
-        stream, stop = Stream(), threading.Event()
+        stream, stop = Stream(hold_at=3 * numbers // 4), threading.Event()
         senders = [threading.Thread(target=send, args=(f"http://127.0.0.1:{port}",
                                                        phones[k::SENDERS], stream, stop))
                    for k in range(SENDERS)]  # fmt: skip
         for sender in senders:
             sender.start()
         stack.callback(stop.set)
+        stack.callback(stream.go.set)
 
-        wait_for(stream, numbers // 3, 120)
+        wait_for(stream, numbers // 4, 120)
         old = cluster.primary()
         (was_primary,) = [node for node in cluster.nodes if node.port == old[1]]
         cluster.kill(was_primary)  # returns once it is dead: nothing later is on it
         primary_fault = time.monotonic()
         failover = cluster.wait_failover(old, timeout=60)
+        first_new = cluster.primary()
 
         # The new primary's one replica next, while the old primary is still down: no replica
         # is left to take a write, so nothing may be answered 2xx until one is back.
-        wait_for(stream, 2 * numbers // 3, 120)
+        wait_for(stream, numbers // 2, 120)
         (replica,) = cluster.replica_nodes()
         cluster.kill(replica)
         replica_fault = time.monotonic()
@@ -179,6 +194,25 @@ def drill_sentinel_failover(workdir: Path, numbers: int, rabbitmq: bool = False)
         replica_back = time.monotonic()
         cluster.restart(replica)
         cluster.restart(was_primary)  # back as a replica of the new primary
+
+        # The primary killed a second time, with the first-listed Sentinel hung (SIGSTOP: it
+        # takes connections and never answers, so every client's discovery has to time out
+        # on it and ask the next); the other two elect and promote.
+        wait_for(stream, 3 * numbers // 4, 120)
+        cluster.wait_ready(60)
+        cluster.pause_sentinel(0)
+        second = cluster.primary()
+        stream.go.set()
+        wait_for(stream, 3 * numbers // 4 + 2 * SENDERS, 60)
+        cluster.kill(cluster.node_at(second))
+        second_fault = time.monotonic()
+        second_failover = cluster.wait_failover(second, timeout=60)
+        # Some answers from the newest primary while the Sentinel is still hung.
+        wait_for(stream, min(numbers, len(stream.acked) + SENDERS), 60)
+        # Back as a replica first (the primary it is told is the live Sentinels'), then the
+        # hung Sentinel: for a moment it still names the dead primary, now a replica.
+        cluster.restart(cluster.node_at(second))
+        cluster.resume_sentinel(0)
 
         for sender in senders:
             sender.join(timeout=300)
@@ -189,19 +223,25 @@ def drill_sentinel_failover(workdir: Path, numbers: int, rabbitmq: bool = False)
 
         recovered = stream.recovered_after(primary_fault)
         rejoined = stream.recovered_after(replica_back)
+        again = stream.recovered_after(second_fault)
         refused = ", ".join(f"{n} x {what}" for what, n in sorted(stream.refused.items()))
         result.notes.append(
-            f"primary {old[0]}:{old[1]} killed; Sentinel named {cluster.primary()[1]} after "
+            f"primary {old[0]}:{old[1]} killed; Sentinel named {first_new[1]} after "
             f"{failover:.1f} s; first 2xx after {recovered or 0:.1f} s"
         )
         result.notes.append(
             f"refused while the primary was away: "
             f"{stream.refusals_between(primary_fault, replica_fault)}; with no replica: "
-            f"{stream.refusals_between(replica_fault, fed)}, first 2xx "
+            f"{stream.refusals_between(replica_fault, second_fault)}, first 2xx "
             f"{rejoined or 0:.1f} s after its restart began ({refused or 'none'}); longest "
             f"answer {stream.longest():.1f} s"
         )
-        if recovered is None or rejoined is None:
+        result.notes.append(
+            f"primary {second[0]}:{second[1]} killed too, the first Sentinel hung: the next "
+            f"named after {second_failover:.1f} s; first 2xx after {again or 0:.1f} s; refused "
+            f"{stream.refusals_between(second_fault, fed)}"
+        )
+        if recovered is None or rejoined is None or again is None:
             result.problems.append("no 2xx after a fault")
         if early := stream.successes_within(replica_fault, replica_back):
             result.problems.append(f"{early} answered 2xx while no replica could have it")
