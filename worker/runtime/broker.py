@@ -3,6 +3,7 @@ restart or failover, and the transport options every broker connection of ours t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import select
 import socket
@@ -122,8 +123,9 @@ class Poller(kombu_redis.MultiChannelPoller):  # type: ignore[misc]
     stops consuming for good without exiting; the failover drill saw it with refused pops
     (kombu#2629 is one such path). A reply overdue by `brpop_timeout + health_check_interval`,
     while the channel may take messages, is one the loop is not reading: this reads it (a
-    message is delivered, a refusal drops the connection) and forgets the socket, so the next
-    tick registers whichever socket the connection holds."""
+    message is delivered, a refusal drops the connection and is raised, as kombu's own handler
+    raises it) and forgets the socket, so the next tick registers whichever socket the
+    connection holds."""
 
     def maybe_check_brpop_health(self) -> None:
         now = monotonic()
@@ -143,12 +145,14 @@ class Poller(kombu_redis.MultiChannelPoller):  # type: ignore[misc]
             log.warning("a BRPOP reply waited %.0f s unread: reading it and registering "
                         "the connection again", waited)  # fmt: skip
             self._forget(channel)
-            try:
+            with contextlib.suppress(Empty):  # its BRPOP timed out: nothing to deliver
                 channel._brpop_read()
-            except Empty:
-                pass
-            except channel.connection_errors:
-                pass  # dropped by _brpop_read: the next tick reconnects
+            # Any other error goes on up, as from kombu's own handler: the read's (the
+            # connection dropped) and the delivery's alike (the consumer's callback, e.g. an
+            # ack refused with NOREPLICAS). Swallowed, the message stayed unacked on a
+            # channel nobody reconnected, holding its prefetch credit: at the prefetch
+            # limit the channel never consumed again. Celery's loop and drain_events'
+            # callers reconnect from a connection error, with a fresh channel.
         super().maybe_check_brpop_health()
 
     def _forget(self, channel: Any) -> None:

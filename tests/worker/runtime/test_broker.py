@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -14,6 +15,7 @@ from kombu.asynchronous import Hub
 
 from tests.real_redis import RealRedis
 from worker.runtime.broker import SENTINEL_TRANSPORT, TRANSPORT, Poller
+from worker.runtime.redis_clients import WritesRefusedError
 
 #: kombu checks BRPOP replies every `health_check_interval` seconds; short, for the test.
 CHECK_SECONDS = 1
@@ -80,3 +82,54 @@ def test_a_brpop_reply_the_loop_stopped_reading_is_read_and_consuming_goes_on(
         producer.publish({"n": 3})  # and the connection is polled again
         assert _spin(hub, lambda: len(received) == 3, 5)
     hub.close()
+
+
+@pytest.mark.parametrize("loop", ["drain_events", "celery_hub"])
+def test_an_error_raised_delivering_an_unread_reply_reaches_the_consumer(
+    prefix: str, loop: str
+) -> None:
+    # The consumer's callback fails (here its ack is refused: NOREPLICAS) for a message our
+    # poller read. Raised, it is a connection error the consumer reconnects from (kombu's
+    # ConsumerMixin around drain_events, Celery's loop, which propagates its connection
+    # errors out of timers), as when kombu's own handler delivers. Swallowed, the message
+    # held the channel's only prefetch slot, and the channel never consumed again.
+    options = {"global_keyprefix": prefix, "health_check_interval": CHECK_SECONDS}
+    queue = Queue("refused", Exchange("refused", type="direct"), routing_key="refused")
+    seen: list[Any] = []
+
+    def on_message(message: Any) -> None:
+        seen.append(message.payload)
+        raise WritesRefusedError("NOREPLICAS Not enough good replicas to write.")
+
+    with (
+        Connection(RealRedis.url(), transport=TRANSPORT, transport_options=options) as ours,
+        Connection(RealRedis.url(), transport=TRANSPORT, transport_options=options) as theirs,
+    ):
+        hub = Hub()
+        if loop == "celery_hub":
+            ours.transport.register_with_event_loop(ours.connection, hub)
+            hub.propagate_errors = ours.connection_errors  # as celery.worker.loops.asynloop
+        channel = ours.default_channel
+        producer = Producer(theirs.default_channel, exchange=queue.exchange,
+                            routing_key="refused", serializer="json")  # fmt: skip
+        producer.publish({"n": 1}, declare=[queue])
+        Consumer(channel, [queue], accept=["json"], on_message=on_message,
+                 prefetch_count=1).consume()  # fmt: skip
+        cycle = ours.transport.cycle
+        cycle.on_poll_start()  # the BRPOP goes out, and its reply (the message) comes back
+        assert channel._in_poll
+        fd = channel.client.connection._sock.fileno()  # ... to a socket nobody polls
+        del cycle._fd_to_chan[fd]
+        cycle.poller.unregister(fd)
+
+        deadline = time.monotonic() + 10 + 2 * CHECK_SECONDS
+        with pytest.raises(WritesRefusedError):
+            if loop == "celery_hub":
+                _spin(hub, lambda: False, deadline - time.monotonic())
+            while time.monotonic() < deadline:
+                with contextlib.suppress(TimeoutError):
+                    ours.drain_events(timeout=1)
+        assert seen == [{"n": 1}]
+        with redis.Redis.from_url(RealRedis.url()) as client:  # unacked: given back, not lost
+            assert client.hlen(prefix + "unacked") == 1
+        hub.close()
