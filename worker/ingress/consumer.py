@@ -30,7 +30,6 @@ from worker.pipeline.accept import AcceptError, Event, StoreUnavailableError, ac
 from worker.pipeline.context import Context
 from worker.providers.base import Action
 from worker.runtime.broker import (
-    HEALTH_CHECK_SECONDS,
     REDIS_SCHEMES,
     SentinelOptions,
     sentinel_options,
@@ -216,7 +215,6 @@ def connect(
         # (10 s x a throttle of 10), whatever the visibility timeout: make it follow it.
         options["unacked_restore_interval"] = max(1, min(10, int(visibility_timeout / 2)))
         options["unacked_restore_throttle"] = 1
-        options["health_check_interval"] = HEALTH_CHECK_SECONDS
         if key_prefix:
             options["global_keyprefix"] = key_prefix + "ingress:"
     return Connection(url, transport=transport_for(url), heartbeat=30, connect_timeout=5,

@@ -30,9 +30,6 @@ TRANSPORT_ALIASES.update({"redis": TRANSPORT, "rediss": TRANSPORT,
                           "sentinel": SENTINEL_TRANSPORT})  # fmt: skip
 #: Broker URLs on Redis, in kombu's spelling.
 REDIS_SCHEMES = ("redis://", "rediss://", "redis+socket://", "sentinel://")
-#: kombu's `health_check_interval` on Redis (its default is 25): how often it checks the BRPOP
-#: and pub/sub connections, so a consumer left stalled (`Poller`) goes on within 2 x this + 1 s.
-HEALTH_CHECK_SECONDS = 10
 
 
 def transport_for(url: str) -> str | None:

@@ -13,7 +13,6 @@ from kombu.entity import Exchange, Queue
 from config import Settings
 from worker.providers.base import Action
 from worker.runtime.broker import (
-    HEALTH_CHECK_SECONDS,
     REDIS_SCHEMES,
     SentinelOptions,
     sentinel_options,
@@ -81,7 +80,6 @@ def create_celery(settings: Settings) -> Celery:
         # Broker keys share the state's prefix, so one Redis can hold several deployments
         # (and tests can clean exactly what they wrote).
         transport["global_keyprefix"] = settings.key_prefix + "broker:"
-        transport["health_check_interval"] = HEALTH_CHECK_SECONDS
     transport.update(sentinel_options(settings.broker_url, SentinelOptions.of(settings)))
     app.conf.update(
         task_serializer="json",
