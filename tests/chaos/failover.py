@@ -1,15 +1,15 @@
 """The Redis failover drill: opt-outs through the API while Sentinel replaces a killed primary.
 
 One primary, two replicas and three Sentinels on loopback (tests/sentinel_cluster.py), AOF
-always and `min-replicas-to-write 1` on every node; `optout
-api` and `optout worker --beat` as processes of their own, configured with the Sentinels
-only, `OPTOUT_REDIS_WAIT_REPLICAS=1`; senders POST one number a request and retry whatever
-is not 2xx. Mid-run the primary is `kill -9`ed, later the new primary's one replica while
-the old primary is still down (no replica left: nothing may be answered 2xx), then both
-come back; then the primary is killed again while the first-listed Sentinel is hung
-(SIGSTOP). Passes when every number answered 2xx is blocked in the new primary's ledger and
-listed at every provider, nothing is stale, and no process needed a restart. Run from
-tests/chaos/drills.py (`--drill sentinel_failover`, `--drill sentinel_failover_rabbitmq`).
+always and `min-replicas-to-write 1` on every node; `optout api` and `optout worker --beat` as
+processes of their own, configured with the Sentinels only, `OPTOUT_REDIS_WAIT_REPLICAS=1`;
+senders POST one number a request and retry whatever is not 2xx. Mid-run the primary is
+`kill -9`ed, later the new primary's one replica while the old primary is still down (no replica
+left: nothing may be answered 2xx), then both come back; then the primary is killed again while
+the first-listed Sentinel is hung (SIGSTOP). Passes when every number answered 2xx is blocked
+in the new primary's ledger and listed at every provider, nothing is stale, and no process
+needed a restart. Run from tests/chaos/drills.py (`--drill sentinel_failover`, `--drill
+sentinel_failover_rabbitmq`).
 """
 
 from __future__ import annotations
@@ -145,8 +145,7 @@ def drill_sentinel_failover(workdir: Path, numbers: int, rabbitmq: bool = False)
         # good; broker.Poller).
         cluster = stack.enter_context(
             SentinelCluster(workdir / "ha", password="node-secret",
-                            sentinel_password="sentinel-secret",
-                            min_replicas_to_write=1)
+                            sentinel_password="sentinel-secret", min_replicas_to_write=1)
         )  # fmt: skip
         env = {
             "REDIS_URL": "",
@@ -178,7 +177,7 @@ def drill_sentinel_failover(workdir: Path, numbers: int, rabbitmq: bool = False)
 
         wait_for(stream, numbers // 4, 120)
         old = cluster.primary()
-        (was_primary,) = [node for node in cluster.nodes if node.port == old[1]]
+        was_primary = cluster.node_at(old)
         cluster.kill(was_primary)  # returns once it is dead: nothing later is on it
         primary_fault = time.monotonic()
         failover = cluster.wait_failover(old, timeout=60)

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 import redis
@@ -365,14 +366,8 @@ FLOWER_CONFIG = "/etc/flower/flower_celeryconfig.py"
 
 def _flower_conf(env: dict[str, str]) -> dict[str, Any]:
     """Celery's settings as Flower's container reads flower_celeryconfig.py with `env`."""
-    saved = os.environ.copy()
-    try:
-        os.environ.clear()
-        os.environ.update(env)
+    with mock.patch.dict(os.environ, env, clear=True):
         return runpy.run_path(str(DEPLOY / "flower" / "flower_celeryconfig.py"))
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
 
 
 @pytest.mark.parametrize("files", [("compose.yaml",), ("compose.yaml", "compose.sentinel.yaml")])

@@ -29,12 +29,7 @@ from worker.ingress.schemas import DncTrigger, OptoutRequest, dnc_event, optout_
 from worker.pipeline.accept import AcceptError, Event, StoreUnavailableError, accept
 from worker.pipeline.context import Context
 from worker.providers.base import Action
-from worker.runtime.broker import (
-    REDIS_SCHEMES,
-    SentinelOptions,
-    sentinel_options,
-    transport_for,
-)
+from worker.runtime.broker import REDIS_SCHEMES, SentinelOptions, sentinel_options, transport_for
 
 log = structlog.get_logger("optout.consumer")
 

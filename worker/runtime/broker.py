@@ -4,7 +4,6 @@ restart or failover, and the transport options every broker connection of ours t
 from __future__ import annotations
 
 import contextlib
-import logging
 import select
 import socket
 from dataclasses import dataclass
@@ -13,11 +12,14 @@ from time import monotonic
 from typing import Any
 
 import redis
+import structlog
 from kombu.transport import TRANSPORT_ALIASES
 from kombu.transport import redis as kombu_redis
 
 from config import ConfigError, Settings
 from worker.runtime.redis_clients import OutageParser, sentinel_kwargs
+
+log = structlog.get_logger("optout.broker")
 
 #: What `broker_transport` names to use this module's transports.
 TRANSPORT = "worker.runtime.broker:Transport"
@@ -82,25 +84,23 @@ def _closed(channel: Any) -> None:
         raise redis.exceptions.ConnectionError("the broker channel is closed")
 
 
-def _params(params: dict[str, Any]) -> dict[str, Any]:
-    # A primary refusing writes (NOREPLICAS) is a broker outage: read as a connection error,
-    # which kombu and Celery reconnect from, not one that stops the worker.
-    return {**params, "parser_class": OutageParser}
+class _OurChannel:
+    """What our channels change in kombu's (plain and Sentinel alike)."""
 
-
-class Channel(kombu_redis.Channel):  # type: ignore[misc]
     def _connparams(self, asynchronous: bool = False) -> Any:
         _closed(self)
-        return _params(super()._connparams(asynchronous=asynchronous))
+        params = super()._connparams(asynchronous=asynchronous)  # type: ignore[misc]
+        # A primary refusing writes (NOREPLICAS) is a broker outage: read as a connection
+        # error, which kombu and Celery reconnect from, not one that stops the worker.
+        return {**params, "parser_class": OutageParser}
 
 
-class SentinelChannel(kombu_redis.SentinelChannel):  # type: ignore[misc]
-    def _connparams(self, asynchronous: bool = False) -> Any:
-        _closed(self)
-        return _params(super()._connparams(asynchronous=asynchronous))
+class Channel(_OurChannel, kombu_redis.Channel):  # type: ignore[misc]
+    pass
 
 
-log = logging.getLogger(__name__)
+class SentinelChannel(_OurChannel, kombu_redis.SentinelChannel):  # type: ignore[misc]
+    pass
 
 
 def _readable(sock: socket.socket) -> bool:
@@ -139,8 +139,8 @@ class Poller(kombu_redis.MultiChannelPoller):  # type: ignore[misc]
                 continue  # held unread on purpose until the worker has room
             if not _readable(sock):
                 continue  # half-open: kombu's own check below drops it
-            log.warning("a BRPOP reply waited %.0f s unread: reading it and registering "
-                        "the connection again", waited)  # fmt: skip
+            log.warning("broker_reply_unread", waited_seconds=round(waited),
+                        action="reading it, registering the connection again")  # fmt: skip
             self._forget(channel)
             with contextlib.suppress(Empty):  # its BRPOP timed out: nothing to deliver
                 channel._brpop_read()
@@ -159,17 +159,17 @@ class Poller(kombu_redis.MultiChannelPoller):  # type: ignore[misc]
                 del self._fd_to_chan[fd]
 
 
-class Transport(kombu_redis.Transport):  # type: ignore[misc]
+class _OurTransport:
+    """What our transports change in kombu's: the poller."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.cycle = Poller()
+
+
+class Transport(_OurTransport, kombu_redis.Transport):  # type: ignore[misc]
     Channel = Channel
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.cycle = Poller()
 
-
-class SentinelTransport(kombu_redis.SentinelTransport):  # type: ignore[misc]
+class SentinelTransport(_OurTransport, kombu_redis.SentinelTransport):  # type: ignore[misc]
     Channel = SentinelChannel
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.cycle = Poller()

@@ -12,12 +12,7 @@ from kombu.entity import Exchange, Queue
 
 from config import Settings
 from worker.providers.base import Action
-from worker.runtime.broker import (
-    REDIS_SCHEMES,
-    SentinelOptions,
-    sentinel_options,
-    transport_for,
-)
+from worker.runtime.broker import REDIS_SCHEMES, SentinelOptions, sentinel_options, transport_for
 
 DEFAULT_QUEUE = "optout.default"  # prefixed with OPTOUT_QUEUE_NAMESPACE when set
 BACKGROUND_QUEUE = "optout.background"  # long work (scheduled reconciliation)

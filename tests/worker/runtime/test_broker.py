@@ -39,6 +39,16 @@ def _spin(hub: Hub, done: Callable[[], bool], seconds: float) -> bool:
     return done()
 
 
+def _stop_polling(connection: Connection, channel: Any) -> None:
+    """The state a reconnect kombu did not see leaves behind (kombu#2629): the channel counts
+    as registered, but the loop no longer polls its socket, so the reply to the BRPOP out now
+    waits unread, and no other BRPOP is sent."""
+    cycle = connection.transport.cycle
+    fd = channel.client.connection._sock.fileno()
+    del cycle._fd_to_chan[fd]
+    cycle._unregister_from_poll(fd)  # the event loop's remove_reader, when there is one
+
+
 def test_our_transports_use_the_poller_that_reads_an_unread_reply() -> None:
     for name in (TRANSPORT, SENTINEL_TRANSPORT):
         with Connection("redis://unused.invalid:1/0", transport=name) as connection:
@@ -68,14 +78,7 @@ def test_a_brpop_reply_the_loop_stopped_reading_is_read_and_consuming_goes_on(
         assert _spin(hub, lambda: received == [{"n": 1}], 10)
         assert _spin(hub, lambda: bool(channel._in_poll), 5)  # the next BRPOP is out
 
-        # The state a reconnect kombu did not see leaves behind (kombu#2629): the channel
-        # counts as registered, but the loop no longer polls its socket, so the reply to
-        # the BRPOP out now (here its timeout's empty answer) waits unread, and no other
-        # BRPOP is sent.
-        cycle = ours.transport.cycle
-        fd = channel.client.connection._sock.fileno()
-        del cycle._fd_to_chan[fd]
-        hub.remove_reader(fd)
+        _stop_polling(ours, channel)  # the BRPOP's reply: its timeout's empty answer
 
         producer.publish({"n": 2})
         assert _spin(hub, lambda: received == [{"n": 1}, {"n": 2}], 10 + 2 * CHECK_SECONDS)
@@ -115,12 +118,9 @@ def test_an_error_raised_delivering_an_unread_reply_reaches_the_consumer(
         producer.publish({"n": 1}, declare=[queue])
         Consumer(channel, [queue], accept=["json"], on_message=on_message,
                  prefetch_count=1).consume()  # fmt: skip
-        cycle = ours.transport.cycle
-        cycle.on_poll_start()  # the BRPOP goes out, and its reply (the message) comes back
-        assert channel._in_poll
-        fd = channel.client.connection._sock.fileno()  # ... to a socket nobody polls
-        del cycle._fd_to_chan[fd]
-        cycle.poller.unregister(fd)
+        ours.transport.cycle.on_poll_start()  # the BRPOP goes out; its reply, the message,
+        assert channel._in_poll  # comes back
+        _stop_polling(ours, channel)  # ... to a socket nobody polls
 
         deadline = time.monotonic() + 10 + 2 * CHECK_SECONDS
         with pytest.raises(WritesRefusedError):
