@@ -50,8 +50,8 @@ def broker_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[
     if request.param == "sentinel":
         # Once against Redis behind Sentinel (a primary, two replicas, three Sentinels): the
         # state store and the broker found through the Sentinels, every accept on a replica.
-        with SentinelCluster(tmp_path / "ha", password="node-pw",
-                             sentinel_password="s-pw") as cluster:  # fmt: skip
+        with SentinelCluster(tmp_path / "ha", password="node-pw", sentinel_password="s-pw",
+                             min_replicas_to_write=1) as cluster:  # fmt: skip
             yield {
                 "REDIS_URL": "",
                 "OPTOUT_REDIS_SENTINELS": cluster.sentinel_setting,
