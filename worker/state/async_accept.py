@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,12 +31,15 @@ class _Loop:
 
 class AsyncAccept:
     """The accept script from an event loop, for the HTTP API, with group commit: events
-    that arrive while one write is in flight go to Redis together in the next pipeline.
+    that arrive while one write is in flight go to Redis together in the next call.
 
     Through a worker thread and the sync client a one-number event cost ~0.5 ms of API CPU
     (GIL hand-offs); awaited one by one ~0.13 ms; grouped ~0.04 ms, on one connection, and
-    Redis fsyncs a group once. Each event is still its own script call, so its atomicity,
-    idempotency and answer are its own; each answer still waits for the AOF fsync."""
+    Redis fsyncs a group once. A group is one call of the script (lua/accept.lua takes
+    several events): under load a group holds ~15 events, and a call of its own cost each
+    about as much Redis time again as its accept. Each event is still accepted as a call of
+    its own would accept it, with its own idempotency and answer, and an event the script
+    could not accept fails alone; each answer still waits for the AOF fsync."""
 
     #: Events per pipeline at most: one slow group must not hold thousands of answers.
     GROUP = 200
@@ -70,7 +74,7 @@ class AsyncAccept:
         args = accept_args(event, numbers, route, idempotency_ttl_seconds, store.audit_cap, "once")
         state = self._here()
         answer = state.loop.create_future()
-        state.pending.append((store.argv(*args), answer))
+        state.pending.append((args, answer))
         if state.writer is None:
             # Started on demand and gone when idle: nothing is left running on a loop that
             # closes (tests start and stop loops).
@@ -94,16 +98,7 @@ class AsyncAccept:
         self, client: aredis.Redis, group: list[tuple[list[Any], asyncio.Future[Any]]]
     ) -> None:
         try:
-            answers, acked = await self._pipeline(client, [args for args, _ in group])
-            if any(isinstance(a, redis.exceptions.NoScriptError) for a in answers):
-                # Redis restarted (its script cache is empty): load once, redo those calls.
-                await client.script_load(self._script.script)
-                redo = [i for i, a in enumerate(answers)
-                        if isinstance(a, redis.exceptions.NoScriptError)]  # fmt: skip
-                again, acked_again = await self._pipeline(client, [group[i][0] for i in redo])
-                for i, a in zip(redo, again, strict=True):
-                    answers[i] = a
-                acked = min(acked, acked_again)
+            answers, acked = await self._call(client, [args for args, _ in group])
         except BaseException as exc:
             # Every event of a failed group is answered with the error (the API says 503,
             # retry); the next group gets its own try.
@@ -130,22 +125,47 @@ class AsyncAccept:
             else:
                 answer.set_result(result)
 
-    async def _pipeline(
-        self, client: aredis.Redis, calls: list[list[Any]]
-    ) -> tuple[list[Any], int]:
-        """The calls' answers, and how many replicas have them (when asked to wait)."""
+    async def _call(self, client: aredis.Redis, events: list[list[Any]]) -> tuple[list[Any], int]:
+        """Each event's answer (or the error it failed with), and how many replicas have
+        them (when asked to wait)."""
+        answer, acked = await self._pipeline(client, events)
+        if isinstance(answer, redis.exceptions.NoScriptError):
+            # Redis restarted (its script cache is empty): load once, call again.
+            await client.script_load(self._script.script)
+            answer, acked = await self._pipeline(client, events)
+        if isinstance(answer, Exception):
+            return [answer] * len(events), acked  # the call failed: every event with it
+        answers = [answer] if len(events) == 1 else list(answer)
+        return [_failed(a) or a for a in answers], acked
+
+    async def _pipeline(self, client: aredis.Redis, events: list[list[Any]]) -> tuple[Any, int]:
+        """The group's call's answer (or its error), and how many replicas have it (when
+        asked to wait)."""
+        flat = [arg for args in events for arg in args]
         # EVALSHA by hand: a pipeline's registered scripts cost a SCRIPT EXISTS round trip on
-        # every execute; NOSCRIPT is handled in _send.
+        # every execute; NOSCRIPT is handled in _call.
         async with client.pipeline(transaction=False) as pipe:
-            for args in calls:
-                pipe.evalsha(self._script.sha, 0, *args)
+            pipe.evalsha(self._script.sha, 0, *self.store.argv(*flat))
             if self.replication is not None:
                 self.replication.wait_in(pipe, self.store.key(FENCE))
             answers = list(await pipe.execute(raise_on_error=False))
         if self.replication is None:
-            return answers, 0
+            return answers[0], 0
         acked = answers.pop()
         fenced = answers.pop()
         if isinstance(fenced, Exception):
             raise fenced  # e.g. READONLY: the WAIT after it counts nothing of this group
-        return answers, int(acked) if isinstance(acked, int) else 0
+        return answers[0], int(acked) if isinstance(acked, int) else 0
+
+
+def _failed(answer: Any) -> redis.ResponseError | None:
+    """An event of a group the script could not accept (lua/accept.lua): its error, as a
+    call of its own would have raised it."""
+    raw = answer.decode() if isinstance(answer, bytes) else answer
+    if not isinstance(raw, str) or not raw.startswith('{"status":"error"'):
+        return None
+    try:
+        message = json.loads(raw).get("error")
+    except ValueError:
+        message = None
+    return redis.ResponseError(str(message or "the accept script failed"))

@@ -1,0 +1,121 @@
+"""The API's group commit on a real Redis: a group of events is one call of accept.lua, and
+each event in it is accepted, answered and refused as a call of its own would be."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio as aredis
+
+from tests.real_redis import RealRedis
+from tests.worker.state.scene import event, live
+from worker.providers.base import Action
+from worker.state.async_accept import AsyncAccept
+from worker.state.ledger import accept_args
+from worker.state.records import AcceptOutcome
+from worker.state.store import Store
+
+ROUTE = {"include": [], "exclude": [], "call": False}
+
+
+class Counting(aredis.Redis):
+    """Counts the script calls its pipelines send."""
+
+    evalshas = 0
+
+    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Any:
+        pipe = super().pipeline(transaction, shard_hint)
+        send = pipe.evalsha
+
+        def evalsha(*args: Any) -> Any:
+            Counting.evalshas += 1
+            return send(*args)
+
+        pipe.evalsha = evalsha  # type: ignore[method-assign]
+        return pipe
+
+
+def _accept_all(store: Store, events: list[tuple[dict[str, Any], str]]) -> list[Any]:
+    """Accept the events together (one group: all are queued before the writer runs);
+    each one's outcome or the error it was refused with."""
+    group = AsyncAccept(store, lambda: Counting.from_url(RealRedis.url()))
+    Counting.evalshas = 0
+
+    async def run() -> list[Any]:
+        calls = [group.accept(ev, [(n, "")], ROUTE, 3600) for ev, n in events]
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    return asyncio.run(run())
+
+
+def _state(store: Store, n: str) -> str | None:
+    raw = store.redis.hget(store.key("num", n), "s")
+    return raw.decode() if isinstance(raw, bytes) else raw
+
+
+def test_a_group_is_one_call_and_each_event_keeps_its_own_answer(store: Store) -> None:
+    live(store)
+    numbers = [f"+97250{i:07d}" for i in range(100, 120)]
+    twice = event(store, Action.ADD, key="twice")
+    other_body = {**event(store, Action.ADD, key="twice"), "hash": "another body"}
+    events = [(event(store, Action.ADD), n) for n in numbers]
+    events += [(twice, "+972501000000"), (twice, "+972501000000"),
+               (other_body, "+972501000000")]  # fmt: skip
+    store.redis.script_load(store.script("accept").script)  # no NOSCRIPT round trip
+    outcomes = _accept_all(store, events)
+    assert Counting.evalshas == 1  # 23 events, one call
+    assert all(isinstance(o, AcceptOutcome) for o in outcomes)
+    assert [o.status for o in outcomes[:20]] == ["ok"] * 20
+    assert [o.results for o in outcomes[:20]] == [["applied"]] * 20
+    assert len({o.event_id for o in outcomes[:20]}) == 20
+    assert all(_state(store, n) == "blocked" for n in numbers)
+    # The same key in one group: as calls one after the other would answer it.
+    first, again, clash = outcomes[20:]
+    assert (first.status, again.status, clash.status) == ("ok", "duplicate", "conflict")
+    assert again.event_id == clash.event_id == first.event_id
+    # Each event staged its number and says so, as a call of its own would.
+    assert all(o.staged and o.staged[0].target == "voicenter" for o in outcomes[:20])
+
+
+def test_an_event_the_script_cannot_accept_fails_alone(store: Store) -> None:
+    live(store)
+    good = [f"+97250{i:07d}" for i in range(200, 205)]
+    bad = "+972502000099"
+    store.redis.set(store.key("num", bad), "not a ledger hash")  # HMGET: WRONGTYPE
+    bad_event = event(store, Action.ADD, key="retry-me")
+    events = [(event(store, Action.ADD), good[0]), (bad_event, bad)]
+    events += [(event(store, Action.ADD), n) for n in good[1:]]
+    outcomes = _accept_all(store, events)
+    refused = outcomes[1]
+    assert isinstance(refused, redis.ResponseError) and "WRONGTYPE" in str(refused)
+    accepted = [outcomes[0], *outcomes[2:]]
+    assert all(isinstance(o, AcceptOutcome) and o.status == "ok" for o in accepted)
+    assert all(_state(store, n) == "blocked" for n in good)
+    # Its key is only reserved (the number was never written): once the ledger can be
+    # read, the sender's retry is accepted, not answered as a duplicate.
+    store.redis.delete(store.key("num", bad))
+    (retried,) = _accept_all(store, [(bad_event, bad)])
+    assert isinstance(retried, AcceptOutcome)
+    assert (retried.status, retried.event_id, retried.results) == ("ok", bad_event["id"],
+                                                                   ["applied"])  # fmt: skip
+    assert _state(store, bad) == "blocked"
+
+
+def test_one_event_is_answered_and_refused_as_before(store: Store) -> None:
+    """A call of one event (the workers' accepts, a group of one) answers the event's own
+    JSON and raises its error: the group's array is for groups only."""
+    live(store)
+
+    def call(n: str) -> Any:
+        args = accept_args(event(store, Action.ADD), [(n, "")], ROUTE, 3600, 20, "once")
+        return store.script("accept")(keys=[], args=store.argv(*args))
+
+    assert AcceptOutcome.decode(call("+972503000001")).results == ["applied"]
+    store.redis.set(store.key("num", "+972503000002"), "not a ledger hash")
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        call("+972503000002")
+    (alone,) = _accept_all(store, [(event(store, Action.ADD), "+972503000003")])
+    assert isinstance(alone, AcceptOutcome) and alone.results == ["applied"]
