@@ -25,7 +25,8 @@ class _Loop:
 
     loop: asyncio.AbstractEventLoop
     client: aredis.Redis
-    pending: list[tuple[list[Any], asyncio.Future[Any]]] = field(default_factory=list)
+    #: Each waiting event: its script arguments, its answer, and how many numbers it has.
+    pending: list[tuple[list[Any], asyncio.Future[Any], int]] = field(default_factory=list)
     writer: asyncio.Task[None] | None = None
 
 
@@ -41,8 +42,11 @@ class AsyncAccept:
     its own would accept it, with its own idempotency and answer, and an event the script
     could not accept fails alone; each answer still waits for the AOF fsync."""
 
-    #: Events per pipeline at most: one slow group must not hold thousands of answers.
+    #: Events per call at most: one slow group must not hold thousands of answers.
     GROUP = 200
+    #: Numbers per call at most (as accept's WRITE_CHUNK): a group is one script, and a
+    #: long script stalls every other Redis call; a larger event still goes alone.
+    GROUP_NUMBERS = 200
 
     def __init__(
         self,
@@ -74,7 +78,7 @@ class AsyncAccept:
         args = accept_args(event, numbers, route, idempotency_ttl_seconds, store.audit_cap, "once")
         state = self._here()
         answer = state.loop.create_future()
-        state.pending.append((args, answer))
+        state.pending.append((args, answer, len(numbers)))
         if state.writer is None:
             # Started on demand and gone when idle: nothing is left running on a loop that
             # closes (tests start and stop loops).
@@ -84,12 +88,18 @@ class AsyncAccept:
     async def _write(self, state: _Loop) -> None:
         try:
             while state.pending:
-                group = state.pending[: self.GROUP]
-                del state.pending[: self.GROUP]
+                size, numbers = 1, state.pending[0][2]
+                while size < min(self.GROUP, len(state.pending)):
+                    numbers += state.pending[size][2]
+                    if numbers > self.GROUP_NUMBERS:
+                        break
+                    size += 1
+                group = [(args, answer) for args, answer, _ in state.pending[:size]]
+                del state.pending[:size]
                 await self._send(state.client, group)
         finally:
             state.writer = None
-            for _, answer in state.pending:  # only when this task was cancelled
+            for _, answer, _ in state.pending:  # only when this task was cancelled
                 if not answer.done():
                     answer.set_exception(redis.ConnectionError("the accept writer stopped"))
             state.pending.clear()
@@ -136,6 +146,10 @@ class AsyncAccept:
         if isinstance(answer, Exception):
             return [answer] * len(events), acked  # the call failed: every event with it
         answers = [answer] if len(events) == 1 else list(answer)
+        if len(answers) != len(events):
+            # Never expected; but an event left without an answer would hang its request.
+            failure = redis.ResponseError(f"{len(answers)} answers for {len(events)} events")
+            return [failure] * len(events), acked
         return [_failed(a) or a for a in answers], acked
 
     async def _pipeline(self, client: aredis.Redis, events: list[list[Any]]) -> tuple[Any, int]:

@@ -47,7 +47,7 @@ class Counting(aredis.Redis):
             Counting.evalshas += 1
             return send(*args)
 
-        pipe.evalsha = evalsha  # type: ignore[method-assign]
+        pipe.evalsha = evalsha  # type: ignore[method-assign,assignment]
         return pipe
 
 
@@ -247,3 +247,24 @@ def test_a_primary_refusing_writes_refuses_a_group_as_an_outage(
             outcomes = asyncio.run(_together(group, store, numbers))
             assert all(isinstance(o, WritesRefusedError) for o in outcomes), outcomes
         assert store.redis.keys("t:num:*") == []
+
+
+def test_a_group_holds_no_more_numbers_than_a_write_chunk(store: Store) -> None:
+    """A group is one script: as many numbers as accept writes in one call at most (a long
+    script stalls every other Redis call), the events after them in the next group."""
+    live(store)
+    store.redis.script_load(store.script("accept").script)
+    group = AsyncAccept(store, lambda: Counting.from_url(RealRedis.url()))
+    sizes = [90, 90, 90, 1, 1]
+    numbers = [[(f"+9725040{e}{i:04d}", "") for i in range(size)] for e, size in
+               enumerate(sizes)]  # fmt: skip
+    Counting.evalshas = 0
+
+    async def run() -> list[Any]:
+        calls = [group.accept(event(store, Action.ADD), ns, ROUTE, 3600) for ns in numbers]
+        return await asyncio.gather(*calls)
+
+    outcomes = asyncio.run(run())
+    assert Counting.evalshas == 2  # 90 + 90, then 90 + 1 + 1
+    assert [len(o.results) for o in outcomes] == sizes
+    assert all(_state(store, n) == "blocked" for ns in numbers for n, _ in ns)

@@ -261,8 +261,9 @@ for i = 0, math.floor((#ARGV - 2) / 7) - 1 do
                            ARGV[b + 4], ARGV[b + 5], ARGV[b + 6])
   if not ok then
     refused(answer)
-    -- A redis.call error is a table ({err = ...}); a Lua one a string. Written by hand so
-    -- that "status" comes first (cjson keeps no order): async_accept.py looks for it there.
+    -- The error's message (Redis 7.0's pcall gives a redis.call error as a string, others
+    -- as a table {err = ...}). Written by hand so that "status" comes first (cjson keeps no
+    -- order): async_accept.py looks for it there.
     local message = type(answer) == 'table' and answer.err or answer
     answer = '{"status":"error","error":' .. cjson.encode(tostring(message)) .. '}'
   end
