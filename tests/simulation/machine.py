@@ -20,6 +20,7 @@ past every retry, expiry and lease, dead letters replayed, paused providers resu
 
 from __future__ import annotations
 
+import asyncio
 import random
 import sys
 import uuid
@@ -28,6 +29,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
+import redis.asyncio as aredis
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -61,9 +63,10 @@ from worker.archive.history import history
 from worker.ops.reconcile import reconcile
 from worker.pipeline import batching as work
 from worker.pipeline import push as pushing
-from worker.pipeline.accept import AcceptError, Event, PhoneInput, accept
+from worker.pipeline.accept import AcceptError, Event, PhoneInput, accept, accept_async
 from worker.pipeline.context import Context
 from worker.providers.base import Action
+from worker.state.async_accept import AsyncAccept
 from worker.state.store import Store
 
 NUMBERS = [f"+97250000000{i}" for i in range(3)]  # few: races need numbers to collide
@@ -354,6 +357,47 @@ class PipelineMachine(RuleBasedStateMachine):
         n = self.numbers[i % len(self.numbers)]
         self.accept_event(n, action, offset, expires, call, via, source)
 
+    @rule(
+        picks=st.lists(
+            st.tuples(
+                st.integers(0, len(NUMBERS) - 1),
+                st.sampled_from([Action.ADD, Action.REMOVE]),
+                st.sampled_from([None, -30, -1, 0, 2]),
+                st.booleans(),
+            ),
+            min_size=2,
+            max_size=4,
+        )
+    )
+    def accept_group(self, picks: list[tuple[int, Action, int | None, bool]]) -> None:
+        """Events that reach the API together: one group, one call of the accept script
+        (worker/state/async_accept.py), the same number maybe twice in it."""
+        ctx = self.process("api")
+        if ctx.async_accept is None:
+            url = RealRedis.url()
+            ctx.async_accept = AsyncAccept(self.store, lambda: aredis.Redis.from_url(url))
+        # Announced now, so that the group takes the event loop's path (an event that finds
+        # the targets due to be announced is accepted in a thread, alone).
+        ctx.ensure_registered()
+        numbers = [self.numbers[i % len(self.numbers)] for i, _, _, _ in picks]
+        events = [
+            self.event_for(n, action, offset, None, call, "sim", f"-g{k}")
+            for k, (n, (_, action, offset, call)) in enumerate(zip(numbers, picks, strict=True))
+        ]
+
+        async def together() -> list[Any]:
+            return await asyncio.gather(*(accept_async(ctx, e) for e in events),
+                                        return_exceptions=True)  # fmt: skip
+
+        for event, result in zip(events, asyncio.run(together()), strict=True):
+            what = f"{event.action.value} {str(event.phones[0].raw)[-1]}"
+            if isinstance(result, AcceptError):
+                self.note(f"refused {result.reason} (in a group)")
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                self.note(f"accept {what} in a group of {len(events)}")
+
     def accept_event(
         self,
         n: str,
@@ -364,6 +408,24 @@ class PipelineMachine(RuleBasedStateMachine):
         via: str,
         source: str = "sim",
     ) -> None:
+        event = self.event_for(n, action, offset, expires, call, source)
+        try:
+            accept(self.process(via), event)
+            self.note(f"accept {action.value} {n[-1]} t{offset} x{expires} via {via} from {source}")
+        except AcceptError as exc:
+            self.note(f"refused {exc.reason}")
+
+    def event_for(
+        self,
+        n: str,
+        action: Action,
+        offset: int | None,
+        expires: int | None,
+        call: bool,
+        source: str,
+        tag: str = "",
+    ) -> Event:
+        """`tag`: to tell apart events made at the same step (a group's)."""
         now = datetime.fromtimestamp(self.clock.now, tz=UTC)
         if not self.on("time"):
             # Without time steps every event is newer than the last: each one counts.
@@ -373,20 +435,15 @@ class PipelineMachine(RuleBasedStateMachine):
         if action is Action.REMOVE:
             occurred = occurred or now
             expires = None
-        event = Event(
+        return Event(
             source=source,
             action=action,
             phones=[PhoneInput(n)],
-            reason=f"e{self._ids}-{len(self.log)}",
+            reason=f"e{self._ids}-{len(self.log)}{tag}",
             occurred_at=occurred,
             expires_at=now + timedelta(seconds=expires) if expires else None,
             context=dict(CALL) if call else {},
         )
-        try:
-            accept(self.process(via), event)
-            self.note(f"accept {action.value} {n[-1]} t{offset} x{expires} via {via} from {source}")
-        except AcceptError as exc:
-            self.note(f"refused {exc.reason}")
 
     # -- rules: Celery -------------------------------------------------------------------
 

@@ -419,6 +419,21 @@ def test_case_a_keyless_repeat_after_a_remove_blocks_again() -> None:
     _done(m)  # quiescence: the provider holds it again
 
 
+def test_case_a_group_holding_one_number_twice_ends_as_its_newest_event() -> None:
+    # The API's group commit sends a group as one call of accept.lua: events for the same
+    # number in it are taken in the order they came, as separate calls took them; an add
+    # and a newer remove leave the number unblocked at every provider, and the other way
+    # round blocked.
+    m = _machine({"bulk", "lookup"}, numbers=2)
+    first, second = m.numbers
+    m.accept_group([(0, Action.ADD, -30, False), (0, Action.REMOVE, -1, False),
+                    (1, Action.REMOVE, -30, False), (1, Action.ADD, -1, True)])  # fmt: skip
+    assert m.store.ledger(first)["s"] == "unblocked"
+    assert m.store.ledger(second)["s"] == "blocked"
+    m.settle()
+    _done(m)  # quiescence: every provider's list equals the ledger
+
+
 def test_case_an_outage_longer_than_every_attempt_dead_letters_nothing() -> None:
     # Issue 13, smaller items: whole requests failing are an outage, not the numbers'
     # failures. Three attempts (the simulation's setting) would be spent many times over.
