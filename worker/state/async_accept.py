@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -83,6 +84,7 @@ class AsyncAccept:
             # Started on demand and gone when idle: nothing is left running on a loop that
             # closes (tests start and stop loops).
             state.writer = state.loop.create_task(self._write(state))
+            state.writer.add_done_callback(functools.partial(_stopped, state))
         return AcceptOutcome.decode(await answer)
 
     async def _write(self, state: _Loop) -> None:
@@ -99,10 +101,7 @@ class AsyncAccept:
                 await self._send(state.client, group)
         finally:
             state.writer = None
-            for _, answer, _ in state.pending:  # only when this task was cancelled
-                if not answer.done():
-                    answer.set_exception(redis.ConnectionError("the accept writer stopped"))
-            state.pending.clear()
+            _fail_pending(state)  # only when this task was cancelled
 
     async def _send(
         self, client: aredis.Redis, group: list[tuple[list[Any], asyncio.Future[Any]]]
@@ -170,6 +169,21 @@ class AsyncAccept:
         if isinstance(fenced, Exception):
             raise fenced  # e.g. READONLY: the WAIT after it counts nothing of this group
         return answers[0], int(acked) if isinstance(acked, int) else 0
+
+
+def _fail_pending(state: _Loop) -> None:
+    for _, answer, _ in state.pending:
+        if not answer.done():
+            answer.set_exception(redis.ConnectionError("the accept writer stopped"))
+    state.pending.clear()
+
+
+def _stopped(state: _Loop, writer: asyncio.Task[None]) -> None:
+    """A writer cancelled before its first step never ran `_write` (nor its `finally`): its
+    events are answered here, and the next event starts a writer of its own."""
+    if state.writer is writer:
+        state.writer = None
+        _fail_pending(state)
 
 
 def _failed(answer: Any) -> redis.ResponseError | None:

@@ -269,3 +269,32 @@ def test_a_group_holds_no_more_numbers_than_a_write_chunk(store: Store) -> None:
     assert Counting.evalshas == 2  # 90 + 90, then 90 + 1 + 1
     assert [len(o.results) for o in outcomes] == sizes
     assert all(_state(store, n) == "blocked" for ns in numbers for n, _ in ns)
+
+
+def test_a_writer_cancelled_before_it_ran_leaves_no_request_waiting(store: Store) -> None:
+    """A task cancelled before its first step never runs its coroutine, so `_write`'s
+    `finally` never answers the events queued for it: they are answered all the same (503,
+    retry), and the next event starts a writer of its own instead of waiting forever."""
+    live(store)
+    store.redis.script_load(store.script("accept").script)
+    group = AsyncAccept(store, lambda: aredis.Redis.from_url(RealRedis.url()))
+
+    async def run() -> tuple[Any, Any]:
+        first = asyncio.ensure_future(
+            group.accept(event(store, Action.ADD), [("+972504100001", "")], ROUTE, 3600)
+        )
+        await asyncio.sleep(0)  # `first` queued its event and made the writer, not yet run
+        assert group._state is not None and group._state.writer is not None
+        group._state.writer.cancel()
+        (stopped,) = await asyncio.wait_for(asyncio.gather(first, return_exceptions=True), 5)
+        later = group.accept(event(store, Action.ADD), [("+972504100002", "")], ROUTE, 3600)
+        try:
+            return stopped, await asyncio.wait_for(later, 5)
+        finally:
+            await group._state.client.aclose()
+
+    stopped, later = asyncio.run(run())
+    assert isinstance(stopped, redis.ConnectionError), stopped
+    assert isinstance(later, AcceptOutcome) and later.results == ["applied"]
+    assert _state(store, "+972504100001") is None  # never sent
+    assert _state(store, "+972504100002") == "blocked"
