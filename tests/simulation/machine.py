@@ -199,6 +199,7 @@ class PipelineMachine(RuleBasedStateMachine):
         self.purged: dict[tuple[str, str], str] = {}  # (target, number) -> ledger version
         self.log: list[str] = []
         self.events = 0
+        self.async_clients: list[aredis.Redis] = []
 
     # -- the deployment --------------------------------------------------------------------
 
@@ -374,8 +375,7 @@ class PipelineMachine(RuleBasedStateMachine):
         (worker/state/async_accept.py), the same number maybe twice in it."""
         ctx = self.process("api")
         if ctx.async_accept is None:
-            url = RealRedis.url()
-            ctx.async_accept = AsyncAccept(self.store, lambda: aredis.Redis.from_url(url))
+            ctx.async_accept = AsyncAccept(self.store, self.async_client)
         # Announced now, so that the group takes the event loop's path (an event that finds
         # the targets due to be announced is accepted in a thread, alone).
         ctx.ensure_registered()
@@ -386,8 +386,13 @@ class PipelineMachine(RuleBasedStateMachine):
         ]
 
         async def together() -> list[Any]:
-            return await asyncio.gather(*(accept_async(ctx, e) for e in events),
-                                        return_exceptions=True)  # fmt: skip
+            try:
+                return await asyncio.gather(*(accept_async(ctx, e) for e in events),
+                                            return_exceptions=True)  # fmt: skip
+            finally:
+                # Each group has an event loop of its own: its client closes with it.
+                while self.async_clients:
+                    await self.async_clients.pop().aclose()
 
         for event, result in zip(events, asyncio.run(together()), strict=True):
             what = f"{event.action.value} {str(event.phones[0].raw)[-1]}"
@@ -397,6 +402,12 @@ class PipelineMachine(RuleBasedStateMachine):
                 raise result
             else:
                 self.note(f"accept {what} in a group of {len(events)}")
+
+    def async_client(self) -> aredis.Redis:
+        """A client for AsyncAccept (one an event loop), closed at the end of its group."""
+        client = aredis.Redis.from_url(RealRedis.url())
+        self.async_clients.append(client)
+        return client
 
     def accept_event(
         self,

@@ -3,6 +3,7 @@ found so far as a named case. OPTOUT_SIM_EXAMPLES runs it longer (CI: the defaul
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from collections.abc import Iterator
@@ -432,6 +433,38 @@ def test_case_a_group_holding_one_number_twice_ends_as_its_newest_event() -> Non
     assert m.store.ledger(second)["s"] == "blocked"
     m.settle()
     _done(m)  # quiescence: every provider's list equals the ledger
+
+
+def _sockets() -> int:
+    """The sockets this process has open (Linux)."""
+    fds = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            fds.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            continue  # the listing's own fd, gone
+    return sum(link.startswith("socket:") for link in fds)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts sockets in /proc")
+def test_case_a_group_closes_its_asyncio_client_with_its_event_loop() -> None:
+    # Each group runs in an event loop of its own (asyncio.run): the asyncio client it
+    # connected with must close with it, not wait for the garbage collector (a Redis
+    # connection and an "unclosed transport" warning per group until then).
+    m = _machine({"bulk"}, numbers=2)
+    group = [(0, Action.ADD, -30, False), (1, Action.ADD, -20, False)]
+    m.accept_group(group)  # the sync client's connection, once
+    gc.collect()
+    gc.disable()
+    try:
+        before = _sockets()
+        for _ in range(3):
+            m.accept_group(group)
+        opened = _sockets() - before
+    finally:
+        gc.enable()
+        m._clean_up()
+    assert opened == 0
 
 
 def test_case_an_outage_longer_than_every_attempt_dead_letters_nothing() -> None:
