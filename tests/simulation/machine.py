@@ -63,7 +63,14 @@ from worker.archive.history import history
 from worker.ops.reconcile import reconcile
 from worker.pipeline import batching as work
 from worker.pipeline import push as pushing
-from worker.pipeline.accept import AcceptError, Event, PhoneInput, accept, accept_async
+from worker.pipeline.accept import (
+    AcceptError,
+    Event,
+    PhoneInput,
+    StoreUnavailableError,
+    accept,
+    accept_async,
+)
 from worker.pipeline.context import Context
 from worker.providers.base import Action
 from worker.state.async_accept import AsyncAccept
@@ -396,6 +403,8 @@ class PipelineMachine(RuleBasedStateMachine):
 
         for event, result in zip(events, asyncio.run(together()), strict=True):
             what = f"{event.action.value} {str(event.phones[0].raw)[-1]}"
+            if isinstance(result, StoreUnavailableError):
+                raise result  # this Redis never refuses a write: the group path failed
             if isinstance(result, AcceptError):
                 self.note(f"refused {result.reason} (in a group)")
             elif isinstance(result, BaseException):
