@@ -39,9 +39,9 @@ class AsyncAccept:
     (GIL hand-offs); awaited one by one ~0.13 ms; grouped ~0.04 ms, on one connection, and
     Redis fsyncs a group once. A group is one call of the script (lua/accept.lua takes
     several events): under load a group holds ~15 events, and a call of its own cost each
-    about as much Redis time again as its accept. Each event is still accepted as a call of
-    its own would accept it, with its own idempotency and answer, and an event the script
-    could not accept fails alone; each answer still waits for the AOF fsync."""
+    about a fifth more Redis time (the script's fixed cost). Each event is still accepted
+    as a call of its own would accept it, with its own idempotency and answer, and an event
+    the script could not accept fails alone; each answer still waits for the AOF fsync."""
 
     #: Events per call at most: one slow group must not hold thousands of answers.
     GROUP = 200
