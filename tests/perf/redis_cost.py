@@ -141,7 +141,7 @@ def lines(numbers: int, events: int, results: list[Run], server: str = "") -> li
     )
     out = [
         *textwrap.wrap(head, 80),
-        *textwrap.wrap(f"on {server}, AOF off" if server else "", 80),
+        *textwrap.wrap(f"on {server}, AOF off" if server else "", 80, break_on_hyphens=False),
         "",
         f"{'step':20}{'us/number':>11}{'range':>17}",
     ]

@@ -336,7 +336,9 @@ class Report:
             f"{self.connections} connections; baseline: a Celery task and a request per "
             f"number, prefork -c {CONCURRENCY}, before and after.",
         ]
-        return [line for text in header for line in textwrap.wrap(text, WIDTH)]
+        return [
+            line for text in header for line in textwrap.wrap(text, WIDTH, break_on_hyphens=False)
+        ]
 
 
 def _cpu(parts: dict[str, float]) -> str:
