@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from tests.perf.servers import packaged_redis_server
 from tests.real_redis import RealRedis
 from tests.worker.state.scene import event, live
 from worker.providers.base import Action
-from worker.runtime.embedded import free_port
+from worker.runtime.embedded import EmbeddedRedis
 from worker.runtime.redis_clients import AsyncOutageParser, WritesRefusedError, async_redis_client
 from worker.state.async_accept import AsyncAccept
 from worker.state.ledger import accept_args
@@ -65,8 +64,7 @@ def _accept_all(store: Store, events: list[tuple[dict[str, Any], str]]) -> list[
 
 
 def _state(store: Store, n: str) -> str | None:
-    raw = store.redis.hget(store.key("num", n), "s")
-    return raw.decode() if isinstance(raw, bytes) else raw
+    return store.ledger(n).get("s")
 
 
 def test_a_group_is_one_call_and_each_event_keeps_its_own_answer(store: Store) -> None:
@@ -152,31 +150,14 @@ def _production_redis() -> str:
 def _servers(tmp_path: Path, count: int) -> Iterator[list[int]]:
     """`count` redis-servers of this test's own; their ports."""
     binary = _production_redis()
-    ports, processes = [], []
+    servers: list[EmbeddedRedis] = []
     try:
         for i in range(count):
-            port = free_port()
-            (tmp_path / str(i)).mkdir()
-            processes.append(subprocess.Popen(
-                [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                 "--appendonly", "no", "--dir", str(tmp_path / str(i))],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            ))  # fmt: skip
-            ports.append(port)
-            deadline = time.monotonic() + 15
-            while True:
-                try:
-                    redis.Redis(port=port).ping()
-                    break
-                except redis.ConnectionError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.05)
-        yield ports
+            servers.append(EmbeddedRedis(tmp_path / str(i), binary=binary).start())
+        yield [server.port for server in servers]
     finally:
-        for process in processes:
-            process.terminate()
-            process.wait(timeout=10)
+        for server in servers:
+            server.stop()
 
 
 class _Sentinels:
