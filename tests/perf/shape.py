@@ -199,6 +199,7 @@ def settle(s: Stack, bench: Bench) -> float:
         busy = client.info("persistence")
         return (
             client.xlen(prefix + "audit:log") == 0
+            and client.xlen(prefix + "audit:batches") == 0
             and client.zcard(prefix + "leases") == 0
             and not busy["aof_rewrite_in_progress"]
             and not busy["aof_rewrite_scheduled"]

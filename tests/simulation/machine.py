@@ -15,7 +15,7 @@ past every retry, expiry and lease, dead letters replayed, paused providers resu
 - every target's list equals the ledger for every number (an add-only target holds every
   number the ledger blocks with a call record), but for a dead letter purged since the
   number last changed;
-- once the archive has drained, no number has an audit key left in Redis.
+- once the archive has drained, no number has an audit key left in Redis, and no row waits.
 """
 
 from __future__ import annotations
@@ -1081,9 +1081,11 @@ class PipelineMachine(RuleBasedStateMachine):
         # Everything archived: every entry once, and no number keeps an audit key in Redis.
         self.drain_archive()
         self.check_audit_complete()
+        shared = {self.store.key("audit", k).encode() for k in ("log", "batches", "rows")}
         left = [k for k in self.redis.scan_iter(match=self.store.key("audit", "*"))
-                if not k.endswith(b"audit:log")]  # fmt: skip
+                if k not in shared]  # fmt: skip
         assert not left, left
+        assert self.store.audit_backlog().entries == 0, self.store.audit_backlog()
 
     def owed(self, n: str, provider: str | None) -> bool:
         """Whether `provider` (None: any) should hold the number now, by the events

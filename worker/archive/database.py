@@ -20,7 +20,7 @@ from sqlalchemy.pool import StaticPool
 
 from worker.archive.schema import VERSION_TABLE, audit_entries
 from worker.domain.errors import OptoutError
-from worker.state.auditlog import PendingEntry
+from worker.state.auditlog import PendingEntry, seq_of
 
 log = structlog.get_logger("optout.archive")
 
@@ -91,16 +91,6 @@ def create(url: str) -> Engine:
         parsed, pool_pre_ping=True, pool_size=2, max_overflow=4, pool_recycle=1800,
         connect_args={"connect_timeout": 3},
     )  # fmt: skip
-
-
-def seq_of(entry_id: str) -> int:
-    """A stream id (`{ms}-{n}`, maybe with a ~suffix) as one integer in the order written."""
-    ms, _, rest = entry_id.partition("-")
-    n = rest.split("~", 1)[0]
-    try:
-        return int(ms) * 1_000_000 + int(n or 0)
-    except ValueError:
-        return 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,8 +10,9 @@ import json
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from worker.archive.database import ArchivedEntry, seq_of
+from worker.archive.database import ArchivedEntry
 from worker.ops.views import audit_entry
+from worker.state.auditlog import seq_of
 
 if TYPE_CHECKING:
     from worker.pipeline.context import Context

@@ -7,8 +7,9 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from worker.archive.database import ArchivedEntry, ArchiveError, seq_of
+from worker.archive.database import ArchivedEntry, ArchiveError
 from worker.domain.errors import OptoutError
+from worker.state.auditlog import seq_of
 
 if TYPE_CHECKING:
     from worker.pipeline.context import Context

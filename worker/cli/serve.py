@@ -330,6 +330,7 @@ def healthcheck(
         from worker.ingress.api import broker_check
         from worker.runtime.embedded import redis_url_missing
         from worker.runtime.redis_clients import primary, redis_client
+        from worker.state.store import Store
 
         if not settings.redis_configured:
             fail(f"unhealthy: {redis_url_missing(settings)}", 1)
@@ -337,7 +338,7 @@ def healthcheck(
             client = redis_client(settings)
             ok = bool(client.ping()) and broker_check(settings) == "ok"
             where = f" (Redis primary {primary(client)})"
-            backlog = int(client.xlen(settings.key_prefix + "audit:log"))
+            backlog = Store(client, prefix=settings.key_prefix).audit_backlog_length()
         except Exception:  # noqa: BLE001
             ok = False  # whatever failed, the process is not healthy
             backlog = 0

@@ -20,6 +20,7 @@ _SCRIPTS = (
     "accept", "claim", "complete", "release", "sweep", "replay", "renew", "register",
     "stage_many", "adopt", "slot", "purge", "expire", "open", "hold", "reconcile", "cursor",
     "turn", "settle", "move", "archived", "resume", "tails", "pending", "review",
+    "batches_archived", "recent",
 )  # fmt: skip
 
 

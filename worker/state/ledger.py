@@ -107,11 +107,6 @@ class Ledger(Keyspace):
         raw = cast(dict[Any, Any], self.redis.hgetall(self.key("num", e164)))
         return {text(k): text(v) for k, v in raw.items()}
 
-    def audit(self, e164: str, limit: int | None = None) -> list[dict[str, Any]]:
-        end = -1 if limit is None else limit - 1
-        raw = cast(list[Any], self.redis.lrange(self.key("audit", e164), 0, end))
-        return [decode(entry) for entry in raw]
-
     def blocked_among(self, numbers: list[str]) -> set[str]:
         """Which of these numbers the ledger blocks now (its own word, not the index's: an
         older process of a rolling upgrade keeps only the old index)."""

@@ -40,15 +40,24 @@ key                            type    holds
                                        ``u{version}`` unblocked, or ``?``: unknown, a push
                                        whose answer no longer counts may have landed
                                        after a newer one)
-``audit:log``                  stream  every audit entry until the archive (worker/archive/)
-                                       has committed it: n (the number; empty for a
-                                       provider's entry: pause, resume), e (the entry's
-                                       JSON); the stream id is the entry's id for good
-``audit:{e164}``               list    the number's entries not yet archived, newest first,
-                                       capped: each entry's JSON with its stream id spliced
-                                       in as "id" (gone once all are archived); one without
-                                       an id (the release before, an old process) is given
-                                       to the stream by the drains (lua/tails.lua)
+``audit:batches``              stream  a script call's audit entries until the archive
+                                       (worker/archive/) has committed them, one stream entry
+                                       a call: n (the numbers), e (each number's entry's
+                                       JSON), each joined by newlines; a row's id for good is
+                                       ``{stream id}.{place}`` (auditlog.py); a number's
+                                       history reads its rows here until then (lua/recent.lua)
+``audit:rows``                 string  how many rows those hold (the backlog's count)
+``audit:log``                  stream  one audit entry a stream entry, until the archive has
+                                       committed it: a provider's (pause, resume, review),
+                                       and every entry of the release before (an old process
+                                       of a rolling upgrade): n (the number; empty for a
+                                       provider's), e (the entry's JSON); the stream id is
+                                       the entry's id for good
+``audit:{e164}``               list    the release before's: the number's entries not yet
+                                       archived, newest first, each with its stream id
+                                       spliced in as "id" (gone once all are archived); one
+                                       without an id (an older release) is given to
+                                       ``audit:log`` by the drains (lua/tails.lua)
 ``adopted:tails``              string  where that pass over the tails stands (a SCAN
                                        cursor, ``+``: it gave some; ``done``: a whole pass
                                        gave none)

@@ -13,7 +13,6 @@ from worker.archive.database import (
     ArchiveError,
     describe,
     masked,
-    seq_of,
     sqlalchemy_url,
 )
 from worker.state.auditlog import PendingEntry
@@ -30,12 +29,6 @@ def test_postgres_urls_go_through_psycopg_and_passwords_never_show() -> None:
     assert "pw" not in masked("postgresql://u:pw@db:5432/optout")
     assert masked("postgresql://u:pw@db:5432/optout") == "postgresql+psycopg://u:***@db:5432/optout"
     assert describe("sqlite:////var/archive.sqlite3") == "SQLite /var/archive.sqlite3"
-
-
-def test_stream_ids_order_as_written() -> None:
-    assert seq_of("1796000000000-10") > seq_of("1796000000000-9")
-    assert seq_of("1796000000001-0") > seq_of("1796000000000-99")
-    assert seq_of("1796000000000-3~abc") == seq_of("1796000000000-3")
 
 
 def test_migrating_twice_changes_nothing(archive: Archive) -> None:

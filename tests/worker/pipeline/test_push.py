@@ -274,17 +274,17 @@ def test_a_push_is_recorded_in_the_trail_and_a_failure_as_the_last_answer(
     assert last["out"] == "dead"
 
 
-def test_the_trail_keeps_the_newest_entries_up_to_the_cap(
+def test_the_trail_keeps_every_entry_until_the_archive_has_it(
     make_ctx: Any, dispatcher: QueueDispatcher
 ) -> None:
-    ctx = make_ctx(audit_cap=3)
+    ctx = make_ctx(audit_cap=3)  # what the release before capped a number's tail at
     n = numbers(1)[0]
     for i in range(4):
         accept(ctx, Event("api", Action.ADD, [PhoneInput(n)], reason=f"r{i}"))
-    assert [e.get("rsn") for e in ctx.store.audit(n)] == ["r3", "r2", "r1"]
+    assert [e.get("rsn") for e in ctx.store.audit(n)] == ["r3", "r2", "r1", "r0"]
     dispatcher.drain(ctx)
     trail = ctx.store.audit(n)
-    assert len(trail) == 3
+    assert len(trail) == 5
     assert trail[0]["out"] == "done"
 
 

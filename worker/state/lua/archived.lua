@@ -1,9 +1,10 @@
--- Forget audit entries the archive has committed: each leaves the stream `audit:log` and
--- its number's tail `audit:{e164}` (the exact value prelude.lua's audit_raw pushed: the
--- entry with its stream id spliced in). The drain passes each entry as it read it from the
--- stream (id, number, JSON): a stream entry never changes, and looking each up again cost
--- Redis a third of the cleanup. An entry already gone (a drain that ran twice) is skipped.
--- A tail that loses its last entry goes with it.
+-- Forget audit entries of `audit:log` the archive has committed: each leaves the stream and
+-- its number's tail `audit:{e164}` (the exact value the release before's audit_raw pushed,
+-- as an old process of a rolling upgrade still does: the entry with its stream id spliced
+-- in; a provider's entry has no number and no tail). The drain passes each entry as it
+-- read it from the stream (id, number, JSON): a stream entry never changes, and looking
+-- each up again cost Redis a third of the cleanup. An entry already gone (a drain that ran
+-- twice) is skipped. A tail that loses its last entry goes with it.
 -- ARGV: prefix, now_ms, entries JSON ([id, number, JSON] each)
 -- Answers how many entries left the stream.
 local log = P .. 'audit:log'

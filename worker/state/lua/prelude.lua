@@ -43,23 +43,33 @@ local function opposite(action)
   return 'add'
 end
 
--- Write an audit entry (a JSON object's text) for number `n`: to the stream `audit:log`
--- the archiver drains into the database (worker/archive/), and onto the number's tail
--- `audit:{n}` (newest first, the newest `cap`) with the stream id spliced in as "id", so
--- that a read merges the tail with the archive without duplicates and the archiver removes
--- exactly this value once the entry is archived (lua/archived.lua builds it the same way).
--- Answers the stream id.
+-- Audit entries (a JSON object's text each, for number `n`) are gathered while a script runs
+-- and written by audit_flush as one entry of the stream `audit:batches`: the numbers and the
+-- entries, each joined by newlines (compact JSON has none), which the archiver drains into the
+-- database (worker/archive/) as one row per number (worker/state/auditlog.py). One entry a
+-- call, not a stream entry and a tail entry per number, each removed again by the drain:
+-- that was a third of Redis's time per pushed number. Until the drain, a number's history
+-- reads them from the stream (lua/recent.lua). `audit:rows` counts the rows waiting (the
+-- backlog accepts are bounded by). A script that audits calls audit_flush before it answers.
+-- `cap`: what the tails of the release before kept (`audit:{e164}`, lua/archived.lua).
+local AUDIT_NUMBERS, AUDIT_ENTRIES = {}, {}
+
 local function audit_raw(n, json, cap)
-  local id = redis.call('XADD', P .. 'audit:log', '*', 'n', n, 'e', json)
-  local key = P .. 'audit:' .. n
-  if redis.call('LPUSH', key, '{"id":"' .. id .. '",' .. string.sub(json, 2)) > cap then
-    redis.call('LTRIM', key, 0, cap - 1)
-  end
-  return id
+  AUDIT_NUMBERS[#AUDIT_NUMBERS + 1] = n
+  AUDIT_ENTRIES[#AUDIT_ENTRIES + 1] = json
 end
 
 local function audit(n, entry, cap)
   audit_raw(n, cjson.encode(entry), cap)
+end
+
+local function audit_flush()
+  local count = #AUDIT_NUMBERS
+  if count == 0 then return end
+  redis.call('XADD', P .. 'audit:batches', '*', 'n', table.concat(AUDIT_NUMBERS, '\n'),
+             'e', table.concat(AUDIT_ENTRIES, '\n'))
+  redis.call('INCRBY', P .. 'audit:rows', count)
+  AUDIT_NUMBERS, AUDIT_ENTRIES = {}, {}
 end
 
 -- The ledger keeps, per number, the latest remove time `rt` and the blocks (event time t,

@@ -3,7 +3,8 @@
 -- during a rolling upgrade. Nothing else would ever archive them (the drains read the
 -- stream alone), and the first backlog longer than the cap would trim them away. Each is
 -- appended to the stream, oldest first, and rewritten in place with its stream id spliced
--- in, exactly as prelude.lua's audit_raw writes one, so archived.lua forgets it the same way.
+-- in, exactly as the release before's audit_raw wrote one, so archived.lua forgets it the
+-- same way.
 -- ARGV: prefix, now_ms, numbers JSON (those whose tail a SCAN found)
 -- Answers how many entries it gave the stream.
 local given = 0
