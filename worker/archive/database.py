@@ -93,6 +93,10 @@ def create(url: str) -> Engine:
     )  # fmt: skip
 
 
+#: Where an entry stands in the order entries are shown in: (at, seq, entry id).
+Key = tuple[int, int, str]
+
+
 @dataclass(frozen=True, slots=True)
 class ArchivedEntry:
     """An audit entry as the archive (or Redis) holds it: id, number ('' for a provider's),
@@ -105,9 +109,13 @@ class ArchivedEntry:
     raw: dict[str, Any]
 
     @property
-    def key(self) -> tuple[int, int]:
-        """The order entries are shown in: by time, then as written."""
-        return (self.at, self.seq)
+    def key(self) -> Key:
+        """The order entries are shown in: by time, then as written, then by id. The id
+        breaks ties: `audit:log` and `audit:batches` number their ids each on its own, so a
+        stream entry `{ms}-0` and a batch's row `{ms}-0.0` of the same ms have the same seq
+        (and an id kept under a suffix has its first's); a page that ended on one of them
+        must not skip the other."""
+        return (self.at, self.seq, self.entry_id)
 
 
 #: The archive's columns in the order `_row` gives them.
@@ -308,16 +316,20 @@ class Archive:
             out.append((f"{row[0]}~{digest}", *row[1:]))
         return out
 
-    def page(
-        self, number: str, limit: int, before: tuple[int, int] | None = None
-    ) -> list[ArchivedEntry]:
-        """A number's newest `limit` entries older than `before` ((at, seq)), newest first."""
+    def page(self, number: str, limit: int, before: Key | None = None) -> list[ArchivedEntry]:
+        """A number's newest `limit` entries older than `before` (a key), newest first."""
         table = audit_entries
+        entry_id = self._ordered_id()
         query = select(table).where(table.c.number == number)
         if before is not None:
-            query = query.where(_older_than(before))
-        query = query.order_by(table.c.at.desc(), table.c.seq.desc()).limit(limit)
-        return self._read(query)
+            at, seq, last = before
+            query = query.where(or_(
+                table.c.at < at,
+                and_(table.c.at == at, or_(table.c.seq < seq,
+                                           and_(table.c.seq == seq, entry_id < last))),
+            ))  # fmt: skip
+        query = query.order_by(table.c.at.desc(), table.c.seq.desc(), entry_id.desc())
+        return self._read(query.limit(limit))
 
     def between(
         self, since_ms: int | None, until_ms: int | None, number: str | None = None
@@ -325,13 +337,18 @@ class Archive:
         """Entries at or after `since_ms` and before `until_ms` (of a number), oldest first,
         read a page at a time (a five-year export never sits in memory)."""
         table = audit_entries
-        after: tuple[int, int] | None = None
+        entry_id = self._ordered_id()
+        after: Key | None = None
         while True:
             query = _within(select(table), since_ms, until_ms, number)
             if after is not None:
-                at, seq = after
-                query = query.where(or_(table.c.at > at, and_(table.c.at == at, table.c.seq > seq)))
-            rows = self._read(query.order_by(table.c.at, table.c.seq).limit(PAGE))
+                at, seq, last = after
+                query = query.where(or_(
+                    table.c.at > at,
+                    and_(table.c.at == at, or_(table.c.seq > seq,
+                                               and_(table.c.seq == seq, entry_id > last))),
+                ))  # fmt: skip
+            rows = self._read(query.order_by(table.c.at, table.c.seq, entry_id).limit(PAGE))
             yield from rows
             if len(rows) < PAGE:
                 return
@@ -363,6 +380,14 @@ class Archive:
             raise ArchiveError(f"archive unavailable: {_reason(exc)}") from exc
         return len(ids)
 
+    def _ordered_id(self) -> Any:
+        """The entry id as the order compares it: by its characters' codes, as Python
+        compares the ids of the entries still in Redis that a read merges with these
+        (PostgreSQL's default collation may not; SQLite's is already so)."""
+        if self.dialect == "postgresql":
+            return audit_entries.c.entry_id.collate("C")
+        return audit_entries.c.entry_id
+
     def _read(self, query: Any) -> list[ArchivedEntry]:
         try:
             with self.engine.connect() as connection:
@@ -382,12 +407,6 @@ def _within(query: Select[Any], since_ms: int | None, until_ms: int | None,
     if until_ms is not None:
         query = query.where(table.c.at < until_ms)
     return query
-
-
-def _older_than(before: tuple[int, int]) -> Any:
-    at, seq = before
-    table = audit_entries
-    return or_(table.c.at < at, and_(table.c.at == at, table.c.seq < seq))
 
 
 def _reason(exc: SQLAlchemyError) -> str:

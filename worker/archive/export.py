@@ -10,7 +10,7 @@ import json
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from worker.archive.database import ArchivedEntry
+from worker.archive.database import ArchivedEntry, Key
 from worker.ops.views import audit_entry
 from worker.state.auditlog import seq_of
 
@@ -65,15 +65,13 @@ def evidence(
     pending = waiting(ctx, number, since_ms, until_ms)
     archived = ctx.archive.between(since_ms, until_ms, number) if ctx.archive.ready() else iter(())
     merged = heapq.merge(archived, pending, key=lambda e: e.key)
-    last_key: tuple[int, int] | None = None
-    ids_at_key: set[str] = set()
+    last_key: Key | None = None
     for entry in merged:
-        # An entry archived while this ran is in both, with the same key: side by side here.
-        if entry.key != last_key:
-            last_key, ids_at_key = entry.key, set()
-        if entry.entry_id in ids_at_key:
+        # An entry archived while this ran is in both, with the same key (its id is part of
+        # it): side by side here.
+        if entry.key == last_key:
             continue
-        ids_at_key.add(entry.entry_id)
+        last_key = entry.key
         yield audit_entry(entry.entry_id, entry.number, entry.raw)
 
 

@@ -7,7 +7,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from worker.archive.database import ArchivedEntry, ArchiveError
+from worker.archive.database import ArchivedEntry, ArchiveError, Key
 from worker.domain.errors import OptoutError
 from worker.state.auditlog import seq_of
 
@@ -35,11 +35,12 @@ def cursor(entry: ArchivedEntry) -> str:
     return f"{entry.at}:{entry.entry_id}"
 
 
-def parse_before(text: str) -> tuple[int, int]:
-    """(at, seq) from a page's cursor, or from an ISO 8601 time (entries before it)."""
+def parse_before(text: str) -> Key:
+    """The key (at, seq, entry id) of a page's cursor, or of an ISO 8601 time (entries
+    before it)."""
     at, sep, entry_id = text.partition(":")
     if sep and at.isdigit() and (not entry_id or entry_id[0].isdigit()):
-        return int(at), seq_of(entry_id) if entry_id else 0
+        return int(at), seq_of(entry_id) if entry_id else 0, entry_id
     try:
         when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
@@ -48,7 +49,7 @@ def parse_before(text: str) -> tuple[int, int]:
         ) from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.UTC)
-    return int(when.timestamp() * 1000), 0
+    return int(when.timestamp() * 1000), 0, ""
 
 
 def tail(store: Store, number: str) -> list[ArchivedEntry]:

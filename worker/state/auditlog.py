@@ -209,8 +209,11 @@ class AuditLog(Keyspace):
         )
 
 
-def _order(entry: dict[str, Any]) -> tuple[int, int]:
-    return int(entry.get("at") or 0), seq_of(str(entry.get("id") or ""))
+def _order(entry: dict[str, Any]) -> tuple[int, int, str]:
+    """As the archive orders entries (worker/archive/database.py: ArchivedEntry.key): an
+    older process's `{ms}-0` and a batch's row `{ms}-0.0` have the same time and seq."""
+    entry_id = str(entry.get("id") or "")
+    return int(entry.get("at") or 0), seq_of(entry_id), entry_id
 
 
 def _time_of(entry: tuple[bytes, dict[bytes, bytes]]) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from worker.ops.views import number_view
 from worker.pipeline.accept import Event, PhoneInput, accept
 from worker.pipeline.context import Context
 from worker.providers.base import Action
+from worker.state.auditlog import PendingEntry
 
 N = "+972501234567"
 
@@ -67,8 +69,10 @@ def test_with_the_archive_down_the_redis_tail_still_shows(
 
 
 def test_a_cursor_or_an_iso_time_bounds_a_page() -> None:
-    assert parse_before("1800000000000:1796000000000-2") == (1800000000000, 1796000000000000002)
-    assert parse_before("2027-01-15T08:00:00Z") == (1800000000000, 0)
+    assert parse_before("1800000000000:1796000000000-2") == (
+        1800000000000, 1796000000000000002, "1796000000000-2"
+    )  # fmt: skip
+    assert parse_before("2027-01-15T08:00:00Z") == (1800000000000, 0, "")
     with pytest.raises(CursorError):
         parse_before("yesterday")
 
@@ -86,3 +90,25 @@ def test_the_api_pages_a_numbers_history(
     assert len(rest.json()["audit"]) == 1 and rest.json()["audit_next"] is None
     bad = api.get(f"/v1/numbers/{N}?before=soon", headers=auth)
     assert bad.status_code == 422 and bad.json()["error"] == "bad_cursor"
+
+
+def test_a_page_that_ends_between_entries_of_one_time_and_order_skips_neither(
+    actx: Context, dispatcher: QueueDispatcher, clock: Any
+) -> None:
+    # An older process's entry in `audit:log` and a new one's row of `audit:batches`,
+    # written in the same ms (a rolling upgrade): one time, one seq, two ids.
+    events(actx, dispatcher, 1, clock)
+    (row,) = [e for e in actx.store.pending_audit(100) if e.number == N][:1]
+    at = json.loads(row.body)["at"]
+    ms = row.entry_id.split("-", 1)[0]
+    legacy = PendingEntry(f"{ms}-0", N, json.dumps({"at": at, "act": "add", "rsn": "old"}))
+    actx.archive.write([legacy, PendingEntry(f"{ms}-0.0", N, row.body)])
+    ids, before = [], None
+    while True:
+        page = history(actx, N, 1, before)
+        ids += [e.entry_id for e in page.entries]
+        if page.next_before is None:
+            break
+        before = page.next_before
+    assert f"{ms}-0" in ids and f"{ms}-0.0" in ids
+    assert len(ids) == len(set(ids))
