@@ -25,8 +25,11 @@ _SCRIPTS = (
 
 
 def _load_script(name: str) -> str:
+    """A script as Redis runs it: the prelude, then the script's body as a function that
+    the prelude's `audited` runs (its audit entries written however it ends)."""
     lua = resources.files("worker.state") / "lua"
-    return (lua / "prelude.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
+    body = (lua / f"{name}.lua").read_text()
+    return (lua / "prelude.lua").read_text() + "\nreturn audited(function()\n" + body + "\nend)\n"
 
 
 class Keyspace:

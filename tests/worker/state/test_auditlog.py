@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import redis
 
 from tests.conftest import FakeClock
 from tests.worker.state.scene import N1, N2, N3, OPTIONS, accept, answer, event, lease, live
@@ -182,3 +183,26 @@ def test_an_older_processs_entry_is_drained_from_its_stream_and_its_tail(store: 
     assert store.forget_archived(pending) == 2
     assert not store.redis.exists(store.key("audit", N1))
     assert store.audit(N1) == [] and store.audit_backlog_length() == 0
+
+
+def test_a_call_that_fails_partway_audits_what_it_wrote_before(store: Store) -> None:
+    # Redis keeps what a script wrote before it failed (a ledger it cannot read): each
+    # change it made keeps its entry, as when each entry was written as it was made.
+    live(store)
+    store.redis.set(store.key("num", N2), "not a ledger hash")  # HMGET: WRONGTYPE
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        store.accept(event(store, Action.ADD), [(N1, ""), (N2, "")], ROUTE, 3600)
+    assert store.ledger(N1)["s"] == "blocked"
+    assert [(e["act"], e["res"]) for e in store.audit(N1)] == [("add", "applied")]
+    # A chunk's completion that fails at its last number: the answers before it.
+    store.redis.delete(store.key("num", N2))
+    accept(store, Action.ADD, N2, N3)
+    chunk = lease(store)
+    store.redis.delete(store.key("num", N3))
+    store.redis.set(store.key("num", N3), "not a ledger hash")
+    answers = {n: answer("done") for n in (N1, N2, N3)}
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        store.complete(chunk, answers, OPTIONS)
+    for n in (N1, N2):
+        assert store.audit(n)[0].get("out") == "done", store.audit(n)
+    assert store.audit_backlog().entries == len(store.pending_audit(100))

@@ -229,14 +229,13 @@ local function accept_event(ev_json, ttl_arg, cap_arg, route_json, numbers_json,
                        staged = staged_summary(touched)})
 end
 
--- The audit entries are written once the call's events are (audit_flush): one stream entry
--- a call. A call of one event that fails partway writes none for the numbers it wrote (it
--- raises before the flush); it is answered as an error, and the sender's retry finds the
--- event's reservation and writes every number again under its first id, audited then.
+-- The audit entries are written once the call's events are (prelude.lua: audited): one
+-- stream entry a call. A call of one event that fails partway is answered as an error, and
+-- the numbers it wrote before the failure keep their entries (a sender's retry finds the
+-- event's reservation and writes every number again, each then `unchanged`: the entry that
+-- says what the event changed is the first call's).
 if #ARGV <= 9 then
-  local answer = accept_event(ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9])
-  audit_flush()
-  return answer
+  return accept_event(ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9])
 end
 -- Refusals of the server's, not of an event's: each refuses every write of the call (a
 -- primary turned replica, fewer replicas than min-replicas-to-write, a disk error; OOM only
@@ -275,7 +274,6 @@ for i = 0, math.floor((#ARGV - 2) / 7) - 1 do
   end
   out[#out + 1] = answer
 end
--- A failed event's entries too, for the numbers it wrote before its failure (as its own
--- call's would have been before groups); a refusal (above) raised before: nothing written.
-audit_flush()
+-- A failed event's entries are written too (prelude.lua: audited), for the numbers it wrote
+-- before its failure, as its own call's are; a refusal (above) raised before: nothing written.
 return out

@@ -376,6 +376,5 @@ elseif outages > 0 then
     circuit = 'open'
   end
 end
-audit_flush()
 return cjson.encode({status = 'ok', counts = counts, staged = staged_summary(touched),
                      circuit = circuit, now = NOW})

@@ -50,5 +50,4 @@ for _, n in ipairs(due) do
     if soonest then redis.call('ZADD', P .. 'expiry', soonest, n) end
   end
 end
-audit_flush()
 return cjson.encode({count = lifted, staged = staged_summary(touched)})

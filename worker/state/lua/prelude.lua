@@ -50,7 +50,8 @@ end
 -- call, not a stream entry and a tail entry per number, each removed again by the drain:
 -- that was a third of Redis's time per pushed number. Until the drain, a number's history
 -- reads them from the stream (lua/recent.lua). `audit:rows` counts the rows waiting (the
--- backlog accepts are bounded by). A script that audits calls audit_flush before it answers.
+-- backlog accepts are bounded by). Every script runs through `audited` (below, as
+-- worker/state/keyspace.py loads it), which flushes once it has answered or failed.
 -- `cap`: what the tails of the release before kept (`audit:{e164}`, lua/archived.lua).
 local AUDIT_NUMBERS, AUDIT_ENTRIES = {}, {}
 
@@ -70,6 +71,29 @@ local function audit_flush()
              'e', table.concat(AUDIT_ENTRIES, '\n'))
   redis.call('INCRBY', P .. 'audit:rows', count)
   AUDIT_NUMBERS, AUDIT_ENTRIES = {}, {}
+end
+
+-- A script's body, run so that its audit entries are written whether it answers or fails:
+-- Redis keeps what a script wrote before it failed (a ledger field it cannot read, a key of
+-- another type), and each change it made must keep its entry, as when every entry was
+-- written as it was made. Its error is raised again as the call would have answered it
+-- without pcall: Redis 7 answers a Redis error with its code first (WRONGTYPE; a refusal of
+-- the server's, READONLY, NOREPLICAS, OOM, which redis-py and worker/runtime/redis_clients.py
+-- read by it; those come at a call's first write, before any entry) when it is raised as a
+-- table, and 7.0's pcall gives it as a string, which raised as one would answer ERR; Redis 6
+-- takes only strings (its handler of a table error fails), wrapped in ERR as before.
+local function audited(body)
+  local ok, answer = pcall(body)
+  audit_flush()
+  if not ok then
+    if type(answer) == 'table' then error(answer) end
+    answer = tostring(answer)
+    if redis.REDIS_VERSION and string.match(answer, '^%-?%u+ ') then
+      error({err = (string.gsub(answer, '^%-', ''))})
+    end
+    error(answer, 0)
+  end
+  return answer
 end
 
 -- The ledger keeps, per number, the latest remove time `rt` and the blocks (event time t,

@@ -26,5 +26,4 @@ for _, member in ipairs(ids) do
     purged = purged + 1
   end
 end
-audit_flush()
 return purged

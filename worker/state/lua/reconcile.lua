@@ -29,5 +29,4 @@ for _, n in ipairs(cjson.decode(ARGV[4])) do
     if restage(target, n, true, touched) then staged = staged + 1 end
   end
 end
-audit_flush()
 return cjson.encode({numbers = staged, kept = kept, staged = staged_summary(touched)})

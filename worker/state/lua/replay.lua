@@ -33,5 +33,4 @@ for _, member in ipairs(ids) do
     replayed = replayed + 1
   end
 end
-audit_flush()
 return cjson.encode({count = replayed, staged = staged_summary(touched)})
