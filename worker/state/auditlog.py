@@ -30,9 +30,10 @@ RECENT_PAGE = 500
 
 def seq_of(entry_id: str) -> int:
     """An entry's id as one integer in the order written: a stream id (`{ms}-{n}`) as
-    ms * 1,000,000 + n; a batch's row (`{ms}-{n}.{k}`, k < 1,000: a script writes at most a
-    few hundred) as ms * 1,000,000 + n * 1,000 + k; either maybe with a ~suffix (an id the
-    archive found taken)."""
+    ms * 1,000,000 + n; a batch's row (`{ms}-{n}.{k}`, k < 1,000: prelude.lua's
+    AUDIT_BATCH_ROWS) as ms * 1,000,000 + n * 1,000 + k; either maybe with a ~suffix (an id
+    the archive found taken). The two streams number their ids each on its own: an id
+    breaks a tie (worker/archive/database.py: ArchivedEntry.key)."""
     ms, _, rest = entry_id.partition("-")
     n, _, k = rest.split("~", 1)[0].partition(".")
     try:

@@ -206,3 +206,26 @@ def test_a_call_that_fails_partway_audits_what_it_wrote_before(store: Store) -> 
     for n in (N1, N2):
         assert store.audit(n)[0].get("out") == "done", store.audit(n)
     assert store.audit_backlog().entries == len(store.pending_audit(100))
+
+
+def test_a_call_of_many_entries_writes_batches_whose_rows_order_before_later_ids(
+    store: Store,
+) -> None:
+    # A row's seq is ms * 1,000,000 + n * 1,000 + k: a row at k >= 1,000 would share its
+    # seq with the first rows of the next batch of its ms and order after them. The admin
+    # API purges (or replays) every chosen dead letter in one call: up to 100,000.
+    members = {f"voicenter|+9725010{i:05d}": json.dumps({
+        "id": f"voicenter|+9725010{i:05d}", "target": "voicenter", "provider": "voicenter",
+        "phone": f"+9725010{i:05d}", "reason": "bad_format"}) for i in range(2345)}  # fmt: skip
+    store.redis.hset(store.key("dlq"), mapping=members)
+    assert store.purge(list(members), "api:ops") == len(members)
+    rows = store.pending_audit(10_000)
+    assert [e.number for e in rows] == [m.split("|")[1] for m in members]
+    assert store.audit_backlog().entries == len(rows)
+    seqs = [seq_of(e.entry_id) for e in rows]
+    assert seqs == sorted(set(seqs))
+    for e in rows:
+        ms, n = e.batch.split("-")
+        assert seq_of(e.entry_id) < seq_of(f"{ms}-{int(n) + 1}.0"), e.entry_id
+    assert store.forget_archived(rows) == len(rows)
+    assert store.audit_backlog() == Backlog(0, 0)

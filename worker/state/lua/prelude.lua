@@ -64,11 +64,21 @@ local function audit(n, entry, cap)
   audit_raw(n, cjson.encode(entry), cap)
 end
 
+-- Rows a batch holds at most: a row's order is ms * 1,000,000 + n * 1,000 + its place
+-- (worker/state/auditlog.py: seq_of), so a place of 1,000 or more would share it with the
+-- next batch's rows of the same ms, and order after them. A call of more entries (the admin
+-- API purges or replays every chosen dead letter in one call) writes several batches.
+local AUDIT_BATCH_ROWS = 1000
+
 local function audit_flush()
   local count = #AUDIT_NUMBERS
   if count == 0 then return end
-  redis.call('XADD', P .. 'audit:batches', '*', 'n', table.concat(AUDIT_NUMBERS, '\n'),
-             'e', table.concat(AUDIT_ENTRIES, '\n'))
+  for first = 1, count, AUDIT_BATCH_ROWS do
+    local last = math.min(first + AUDIT_BATCH_ROWS - 1, count)
+    redis.call('XADD', P .. 'audit:batches', '*',
+               'n', table.concat(AUDIT_NUMBERS, '\n', first, last),
+               'e', table.concat(AUDIT_ENTRIES, '\n', first, last))
+  end
   redis.call('INCRBY', P .. 'audit:rows', count)
   AUDIT_NUMBERS, AUDIT_ENTRIES = {}, {}
 end
