@@ -7,8 +7,9 @@ Invariants, checked after every step:
   `{state}:{version}` with no request for it outstanding, the provider's list agrees
   (blocks a native-expiry provider has let expire count as lifted).
 - every number's history (the archive and the Redis tail, merged) is every audit entry
-  written for it, each once, whatever batches were archived, with the archive down or a
-  drain cut short between its commit and its cleanup.
+  written for it, each once, newest first, whatever batches were archived, with the archive
+  down or a drain cut short between its commit and its cleanup (at quiescence also read in
+  pages of three, as the API's `before` pages it).
 And at quiescence (`settle`: providers healed, every request answered, every task run, time
 past every retry, expiry and lease, dead letters replayed, paused providers resumed):
 - nothing is staged, in flight, retrying, dead-lettered, leased or unknown;
@@ -886,13 +887,26 @@ class PipelineMachine(RuleBasedStateMachine):
         if self.on("archive"):
             self.check_audit_complete()
 
-    def check_audit_complete(self) -> None:
+    def check_audit_complete(self, page: int = 1_000_000) -> None:
+        """Every number's history, read `page` entries a page (as the API's `before` pages
+        it), is every entry written for it, each once, newest first."""
         self.note_written()
         for n in NUMBERS + FOREIGN:
-            page = history(self.worker, n, 1_000_000)
-            ids = [e.entry_id for e in page.entries]
+            keys = self.history_keys(n, page)
+            ids = [entry_id for *_, entry_id in keys]
             assert len(ids) == len(set(ids)), (n, ids)
             assert set(ids) == {i for i, m in self.written.items() if m == n}, (n, self.log[-30:])
+            assert keys == sorted(keys, reverse=True), (n, keys)
+
+    def history_keys(self, n: str, page: int) -> list[tuple[int, int, str]]:
+        keys: list[tuple[int, int, str]] = []
+        before = None
+        while True:
+            found = history(self.worker, n, page, before)
+            keys += [e.key for e in found.entries]
+            if found.next_before is None:
+                return keys
+            before = found.next_before
 
     @invariant()
     def count_what_was_reached(self) -> None:
@@ -1078,9 +1092,12 @@ class PipelineMachine(RuleBasedStateMachine):
         self.settle()
         assert self.idle(), self.busy()
         self.lists_equal_the_ledger(NUMBERS + FOREIGN)
-        # Everything archived: every entry once, and no number keeps an audit key in Redis.
+        # Everything archived: every entry once (read whole, and in pages of a few), and no
+        # number keeps an audit key in Redis.
+        self.check_audit_complete(page=3)
         self.drain_archive()
         self.check_audit_complete()
+        self.check_audit_complete(page=3)
         shared = {self.store.key("audit", k).encode() for k in ("log", "batches", "rows")}
         left = [k for k in self.redis.scan_iter(match=self.store.key("audit", "*"))
                 if k not in shared]  # fmt: skip
