@@ -42,7 +42,8 @@ key                            type    holds
                                        after a newer one)
 ``audit:batches``              stream  a script call's audit entries until the archive
                                        (worker/archive/) has committed them, one stream entry
-                                       a call: n (the numbers), e (each number's entry's
+                                       a call (of 1,000 at most; more take several): n (the
+                                       numbers), e (each number's entry's
                                        JSON), each joined by newlines; a row's id for good is
                                        ``{stream id}.{place}`` (auditlog.py); a number's
                                        history reads its rows here until then (lua/recent.lua)
