@@ -121,6 +121,7 @@ class ArchivedEntry:
 #: The archive's columns in the order `_row` gives them.
 _COLUMNS = ("entry_id", "number", "at", "seq", "action", "source", "event_id", "target", "body")
 _BODY = _COLUMNS.index("body")
+_NUMBER = _COLUMNS.index("number")
 _NAMES = ", ".join(_COLUMNS)
 # Statements built from the schema's own names, never from input.
 _INSERT = (
@@ -294,24 +295,25 @@ class Archive:
         return new
 
     def _clashes(self, connection: Any, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-        """Of rows whose id is taken, those whose body differs, under a suffixed id (rows
-        this transaction inserted hold their own body: never a clash)."""
+        """Of rows whose id is taken, those of another number or body, under a suffixed id
+        (rows this transaction inserted hold their own: never a clash). The number counts:
+        a chunk's answers have one body for all of its numbers."""
         table = audit_entries
-        held: dict[str, str] = {}
+        held: dict[str, tuple[str, str]] = {}
         ids = [r[0] for r in rows]
         for start in range(0, len(ids), 1000):
             found = connection.execute(
-                select(table.c.entry_id, table.c.body).where(
+                select(table.c.entry_id, table.c.number, table.c.body).where(
                     table.c.entry_id.in_(ids[start : start + 1000])
                 )
             )
-            held.update({r.entry_id: r.body for r in found})
+            held.update({r.entry_id: (r.number, r.body) for r in found})
         out = []
         for row in rows:
-            body = row[_BODY]
-            if held.get(row[0]) == body:
+            number, body = row[_NUMBER], row[_BODY]
+            if held.get(row[0]) == (number, body):
                 continue
-            digest = hashlib.sha256(body.encode()).hexdigest()[:12]
+            digest = hashlib.sha256(f"{number}\n{body}".encode()).hexdigest()[:12]
             log.error("audit_entry_id_reused", entry_id=row[0], kept_as_suffix=digest)
             out.append((f"{row[0]}~{digest}", *row[1:]))
         return out
