@@ -13,6 +13,7 @@ from tests.conftest import FakeClock
 from tests.worker.state.scene import N1, accept, live
 from worker.providers.base import Action
 from worker.state.clock import ServerClock
+from worker.state.keyspace import _SCRIPTS, _load_script
 from worker.state.records import ChunkItem
 from worker.state.store import Store
 
@@ -53,3 +54,14 @@ def test_without_one_they_run_by_the_servers_clock(real_redis: redis.Redis) -> N
         keys = list(real_redis.scan_iter(match=store.prefix + "*"))
         if keys:
             real_redis.delete(*keys)
+
+
+def test_every_script_is_loaded_and_compiles_on_a_real_redis(real_redis: redis.Redis) -> None:
+    # Each body runs as a function (keyspace.py: audited), so every prelude local it names is
+    # an upvalue of that function, and Lua 5.1 allows 60 (the prelude has more): a script
+    # no test happens to run would fail only in production. SCRIPT LOAD compiles each.
+    lua = resources.files("worker.state") / "lua"
+    files = {p.name.removesuffix(".lua") for p in lua.iterdir() if p.name.endswith(".lua")}
+    assert files - {"prelude"} == set(_SCRIPTS)
+    for name in _SCRIPTS:
+        real_redis.script_load(_load_script(name))
