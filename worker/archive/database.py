@@ -20,7 +20,7 @@ from sqlalchemy.pool import StaticPool
 
 from worker.archive.schema import VERSION_TABLE, audit_entries
 from worker.domain.errors import OptoutError
-from worker.state.auditlog import PendingEntry, seq_of
+from worker.state.auditlog import PendingEntry, seq_of, time_of
 
 log = structlog.get_logger("optout.archive")
 
@@ -146,7 +146,7 @@ def _row(entry: PendingEntry) -> tuple[Any, ...]:
     return (
         entry.entry_id,
         entry.number,
-        _int(raw.get("at")) or seq // 1_000_000,
+        time_of(raw, seq),
         seq,
         str(raw.get("act") or "")[:32],
         str(raw.get("src") or "")[:100],
@@ -179,13 +179,6 @@ def _copy_rows(connection: Any, rows: list[tuple[Any, ...]]) -> int:
             copy.write_row(row)
     result = connection.exec_driver_sql(_FROM_INCOMING)
     return max(0, int(result.rowcount))
-
-
-def _int(value: Any) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return 0
 
 
 def _entry(row: Any) -> ArchivedEntry:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from worker.archive.database import ArchivedEntry, Key
 from worker.ops.views import audit_entry
-from worker.state.auditlog import seq_of
+from worker.state.auditlog import seq_of, time_of
 
 if TYPE_CHECKING:
     from worker.pipeline.context import Context
@@ -41,13 +41,13 @@ def waiting(
                 raw = json.loads(pending.body)
             except ValueError:
                 raw = {"unreadable": pending.body}
-            at = int(raw.get("at") or 0) if isinstance(raw, dict) else 0
+            seq = seq_of(pending.entry_id)
+            at = time_of(raw, seq)
             if since_ms is not None and at < since_ms:
                 continue
             if until_ms is not None and at >= until_ms:
                 continue
-            out.append(ArchivedEntry(pending.entry_id, pending.number, at,
-                                     seq_of(pending.entry_id), raw))  # fmt: skip
+            out.append(ArchivedEntry(pending.entry_id, pending.number, at, seq, raw))
         if len(batch) < _STREAM_PAGE:
             break
         after = batch[-1].entry_id

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from worker.archive.database import ArchivedEntry, ArchiveError, Key
 from worker.domain.errors import OptoutError
-from worker.state.auditlog import seq_of
+from worker.state.auditlog import seq_of, time_of
 
 if TYPE_CHECKING:
     from worker.pipeline.context import Context
@@ -57,9 +57,8 @@ def tail(store: Store, number: str) -> list[ArchivedEntry]:
     out = []
     for raw in store.audit(number):
         entry_id = str(raw.pop("id", "") or "")
-        at = raw.get("at")
-        out.append(ArchivedEntry(entry_id, number, int(at) if isinstance(at, (int, float)) else 0,
-                                 seq_of(entry_id) if entry_id else 0, raw))  # fmt: skip
+        seq = seq_of(entry_id) if entry_id else 0
+        out.append(ArchivedEntry(entry_id, number, time_of(raw, seq), seq, raw))
     return out
 
 

@@ -44,6 +44,18 @@ def seq_of(entry_id: str) -> int:
         return 0
 
 
+def time_of(raw: Any, seq: int) -> int:
+    """An entry's time (ms) as the archive keeps and orders it: its own `at`, or, for one
+    without (a batch kept whole as unpaired), its id's (`seq`: seq_of). Redis's readers
+    (a history's tail, an export's waiting entries) take it alike, so that an entry in both
+    places has one key (worker/archive/database.py: ArchivedEntry.key)."""
+    at: Any = raw.get("at") if isinstance(raw, dict) else None
+    try:
+        return int(at) or seq // 1_000_000
+    except (TypeError, ValueError):
+        return seq // 1_000_000
+
+
 @dataclass(frozen=True, slots=True)
 class PendingEntry:
     """An audit entry waiting for the archive: its id (the entry's id everywhere after), its

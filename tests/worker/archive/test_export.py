@@ -102,3 +102,23 @@ def test_the_cli_writes_an_evidence_file(
     assert piped.exit_code == 0
     assert len([x for x in piped.stdout.splitlines() if x.startswith("{")]) == 5
     assert CliRunner().invoke(app, ["audit", "export"]).exit_code == 2
+
+
+def test_an_entry_without_a_time_of_its_own_is_exported_once_and_in_range(
+    actx: Context, dispatcher: QueueDispatcher, clock: Any
+) -> None:
+    # A batch whose numbers and entries do not pair up is kept as one row with no `at`
+    # (auditlog.py: _rows): the archive times it by its id. Waiting in Redis it must stand
+    # where it will stand archived, or an export that meets it on both sides (archived, not
+    # yet cleaned up) gives it twice, and a time range keeps it on one side only.
+    history(actx, dispatcher, clock)
+    drain(actx)
+    batch = actx.store.redis.xadd(actx.store.key("audit", "batches"), {"n": "a\nb", "e": "{}"})
+    written_ms = int(batch.decode().split("-")[0])
+    actx.archive.write(actx.store.pending_audit(10))  # archived, not yet cleaned up
+    unpaired = [e for e in evidence(actx) if "unpaired" in e.get("entry", e)]
+    assert len(unpaired) == 1, unpaired
+    # Its id's time, inside a range and outside one, on both sides alike.
+    inside = list(evidence(actx, since_ms=written_ms, until_ms=written_ms + 1))
+    assert [e["id"] for e in inside] == [e["id"] for e in unpaired]
+    assert not [e for e in evidence(actx, since_ms=written_ms + 1) if "unpaired" in e]
