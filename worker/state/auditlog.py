@@ -96,7 +96,8 @@ def _rows(batch_id: str, fields: dict[bytes, bytes]) -> list[PendingEntry]:
 
 
 class AuditLog(Keyspace):
-    """`audit:log`, the stream every audit entry is written to (lua/prelude.lua: audit_raw)."""
+    """The audit streams: `audit:batches` (a script call's entries, lua/prelude.lua:
+    audit_flush) and `audit:log` (a provider's, and the release before's)."""
 
     def pending_audit(self, count: int, after: str | None = None) -> list[PendingEntry]:
         """The oldest entries waiting for the archive, about `count` (a batch is read whole:
@@ -202,7 +203,7 @@ class AuditLog(Keyspace):
         pipe.xrange(self.key("audit", "log"), "-", "+", 1)
         pipe.xrange(self.key("audit", "batches"), "-", "+", 1)
         length, rows, *firsts = pipe.execute()
-        oldest = [_time_of(first[0]) for first in firsts if first]
+        oldest = [_first_time(first[0]) for first in firsts if first]
         return Backlog(int(length) + int(rows or 0), min(oldest) if oldest else 0)
 
     def audit_backlog_length(self) -> int:
@@ -226,16 +227,16 @@ def _order(entry: dict[str, Any]) -> tuple[int, int, str]:
     """As the archive orders entries (worker/archive/database.py: ArchivedEntry.key): an
     older process's `{ms}-0` and a batch's row `{ms}-0.0` have the same time and seq."""
     entry_id = str(entry.get("id") or "")
-    return int(entry.get("at") or 0), seq_of(entry_id), entry_id
+    seq = seq_of(entry_id)
+    return time_of(entry, seq), seq, entry_id
 
 
-def _time_of(entry: tuple[bytes, dict[bytes, bytes]]) -> int:
-    """The time of a stream entry (a batch's: its first row's), as the entry says; one
-    without a time of its own: the stream id's, the server's clock."""
+def _first_time(entry: tuple[bytes, dict[bytes, bytes]]) -> int:
+    """The time of a stream entry (a batch's: its first row's), as time_of gives it."""
     raw_id, fields = entry
     first = fields.get(b"e", b"{}").split(b"\n", 1)[0]
     try:
-        at = int(json.loads(first).get("at") or 0)
-    except (ValueError, TypeError, AttributeError):
-        at = 0
-    return at or int(text(raw_id).split("-", 1)[0])
+        raw = json.loads(first)
+    except ValueError:
+        raw = None
+    return time_of(raw, seq_of(text(raw_id)))
