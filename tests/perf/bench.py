@@ -171,6 +171,7 @@ class Stack:
     procs: Procs
     url: str
     load_cpu: float | None = None  # the load generator's, when one fed this stack
+    load_seconds: float | None = None  # how long the load generator's requests took
 
     def holds(self, first: int, count: int) -> bool:
         for name, fake in self.fakes.items():
@@ -313,6 +314,7 @@ def feed_http(kind: str, per_request: int = 1) -> Feed:
         out = load(s.url, kind, s.procs.logs, first=first // per, count=count // per,
                    per_request=per, connections=64 if per == 1 else 4)  # fmt: skip
         s.load_cpu = out["cpu_seconds"]
+        s.load_seconds = float(out["seconds"])
         # The generator's own start, not its process's start-up.
         return float(out["started"])
 

@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -173,6 +174,9 @@ class Phase:
 
     figure: Figure
     cpu: dict[str, float]
+    #: The bulk's: seconds until the API had answered every request, and how many numbers
+    #: the fake held by then.
+    split: tuple[float, int] | None = None
 
 
 def cpu_meter(s: Stack, bench: Bench) -> Callable[[], dict[str, float]]:
@@ -212,12 +216,32 @@ def settle(s: Stack, bench: Bench) -> float:
 
 def bulk(s: Stack, bench: Bench, count: int) -> Phase:
     spent = cpu_meter(s, bench)
-    started = feed_http("optouts", PER_REQUEST)(s, 0, count)
-    if not wait(lambda: s.holds(0, count), 3600, every=0.05):
-        raise RuntimeError("bulk: not every number arrived")
+    samples: list[tuple[float, int]] = []
+    stop = threading.Event()
+    fake = s.fakes["voicenter"]
+
+    def sample() -> None:
+        # How many numbers the fake held when: the push rate while the API still accepted
+        # and after it had answered every request.
+        while not stop.wait(0.05):
+            with fake.lock:
+                samples.append((time.monotonic(), len(listed(fake, "voicenter"))))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        started = feed_http("optouts", PER_REQUEST)(s, 0, count)
+        if not wait(lambda: s.holds(0, count), 3600, every=0.05):
+            raise RuntimeError("bulk: not every number arrived")
+    finally:
+        stop.set()
+        sampler.join()
     seconds = time.monotonic() - started
     cpu = spent()
-    return Phase(Figure("bulk", count, seconds, s.provider_requests(), load_cpu=s.load_cpu), cpu)
+    figure = Figure("bulk", count, seconds, s.provider_requests(), load_cpu=s.load_cpu)
+    accepted = s.load_seconds or seconds
+    held = max((n for t, n in samples if t <= started + accepted), default=0)
+    return Phase(figure, cpu, (accepted, held))
 
 
 def events(s: Stack, bench: Bench, first: int, seconds: float,
@@ -315,6 +339,7 @@ class Report:
             f"CPU seconds, bulk: {_cpu(self.bulk.cpu)}, load generator "
             f"{self.bulk.figure.load_cpu or 0:.1f}; events (end to end): "
             f"{_cpu(self.events.cpu)}, wrk {w.cpu:.1f}; no-op: wrk {n.cpu:.1f}.",
+            *self._split(),
             f"Voicenter requests: bulk {self.bulk.figure.requests['voicenter']:,}, "
             f"events {self.events.figure.requests['voicenter']:,}.",
             f"Settled before the next phase (audit entries archived, no AOF rewrite, no "
@@ -325,6 +350,23 @@ class Report:
         for note in notes:
             out += textwrap.wrap(note, WIDTH)
         return out
+
+    def _split(self) -> list[str]:
+        if self.bulk.split is None:
+            return []
+        accepted, held = self.bulk.split
+        rest = self.bulk.figure.seconds - accepted
+        after = (
+            f"the other {self.bulk.figure.count - held:,} in the {rest:.1f} s after "
+            f"({(self.bulk.figure.count - held) / rest:,.0f}/s)"
+            if rest > 0
+            else "none after"
+        )
+        return [
+            f"Bulk: the API answered every request in {accepted:.1f} s "
+            f"({self.bulk.figure.count / accepted:,.0f} numbers/s); the fake held "
+            f"{held:,} by then ({held / accepted:,.0f}/s), {after}."
+        ]
 
     def _header(self) -> list[str]:
         header = [

@@ -218,9 +218,17 @@ class Context:
         )
 
     def claim(
-        self, target: str, provider: str, action: Action, mode: str, max_chunks: int
+        self,
+        target: str,
+        provider: str,
+        action: Action,
+        mode: str,
+        max_chunks: int,
+        *,
+        open_first: bool = False,
     ) -> Claimed:
-        """Lease staged numbers of one batch as chunks, within the target's in-flight cap."""
+        """Lease staged numbers of one batch as chunks, within the target's in-flight cap
+        (`open_first`: see Store.claim)."""
         return self.store.claim(
             target,
             provider,
@@ -231,4 +239,5 @@ class Context:
             linger_ms=self.settings.batch_linger_ms,
             max_chunks=max_chunks,
             max_in_flight=self.max_in_flight(provider),
+            open_first=open_first,
         )

@@ -13,30 +13,51 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass
 
 #: Renews the current chunk's lease; False when the chunk was recovered meanwhile.
 Renew = Callable[[], bool]
 
-_current: ContextVar[Renew | None] = ContextVar("optout_lease", default=None)
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """The lease a push holds: how to renew it, and which chunk it is for and for how long
+    (a request's slot renews it in the same round trip: `worker/providers/ratelimit.py`;
+    empty when the holder gave only `renew`)."""
+
+    renew: Renew
+    chunk_id: str = ""
+    seconds: float = 0.0
+
+
+_current: ContextVar[Lease | None] = ContextVar("optout_lease", default=None)
 
 
 class LeaseLostError(Exception):
     """The chunk was recovered while it was being pushed: send nothing more for it."""
 
+    def __init__(self, message: str = "the chunk's lease ran out and it was recovered") -> None:
+        super().__init__(message)
+
 
 @contextmanager
-def holding(renew_lease: Renew) -> Iterator[None]:
+def holding(renew_lease: Renew, chunk_id: str = "", seconds: float = 0.0) -> Iterator[None]:
     """Within this block, every provider request renews the lease first."""
-    token = _current.set(renew_lease)
+    token = _current.set(Lease(renew_lease, chunk_id, seconds))
     try:
         yield
     finally:
         _current.reset(token)
 
 
+def current() -> Lease | None:
+    """The lease of the push this request is for; None outside a push."""
+    return _current.get()
+
+
 def renew() -> None:
     """Renew the current chunk's lease before a request; raise LeaseLostError if it is
     gone. Outside a push (probes, reconcile listings) there is nothing to renew."""
-    current = _current.get()
-    if current is not None and not current():
-        raise LeaseLostError("the chunk's lease ran out and it was recovered")
+    held = _current.get()
+    if held is not None and not held.renew():
+        raise LeaseLostError()

@@ -103,17 +103,21 @@ def push(ctx: Context, chunk_id: str) -> dict[str, int]:
     started = ctx.monotonic()
     totals: Counter[str] = Counter(push_chunk(ctx, opened))
     while chunk.provider in ctx.providers and not totals.keys() & {"paused", "lease_lost"}:
-        claimed = ctx.claim(chunk.target, chunk.provider, chunk.action, FULL, max_chunks=1)
+        # Past the chain's time, the chunk claimed goes to a new push task, which opens it
+        # itself; within it, the claim opens the chunk too: one round trip, not two.
+        more = ctx.monotonic() - started < CHAIN_SECONDS
+        claimed = ctx.claim(
+            chunk.target, chunk.provider, chunk.action, FULL, max_chunks=1, open_first=more
+        )
         schedule(ctx, claimed.staged)
         if claimed.status != "ok" or not claimed.chunks:
             break
-        if ctx.monotonic() - started >= CHAIN_SECONDS:
+        if not more:
             ctx.dispatcher.push(claimed.chunks[0], chunk.provider)
             break
-        following = ctx.store.open_chunk(claimed.chunks[0], ctx.settings.lease_seconds)
-        if following is None:
+        if claimed.opened is None:
             break  # recovered already (its lease cannot have run out yet, but be safe)
-        totals.update(push_chunk(ctx, following))
+        totals.update(push_chunk(ctx, claimed.opened))
     return dict(totals)
 
 
@@ -145,7 +149,8 @@ def push_chunk(ctx: Context, opened: OpenChunk) -> dict[str, int]:
     stopped: AuthError | LeaseLostError | None = None
     if live:
         try:
-            with lease.holding(lambda: ctx.store.renew(chunk.id, ctx.settings.lease_seconds)):
+            seconds = ctx.settings.lease_seconds
+            with lease.holding(lambda: ctx.store.renew(chunk.id, seconds), chunk.id, seconds):
                 work.run(live)
         except (AuthError, LeaseLostError) as exc:
             stopped = exc

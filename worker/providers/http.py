@@ -10,6 +10,7 @@ import httpx
 
 from worker.pipeline import lease
 from worker.providers.errors import AuthError, RetryableError
+from worker.providers.ratelimit import LimitedClient
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -41,11 +42,13 @@ def send(
     """Make one request; raise for what is not the adapter's to interpret.
 
     Renews the pushed chunk's lease first (a request whose chunk was recovered is not
-    sent: `worker/pipeline/lease.py`). Returns 2xx and non-auth 4xx responses (the adapter reads
-    vendor codes from them). Failures of the request as a whole (timeouts, connection
+    sent: `worker/pipeline/lease.py`); a LimitedClient's transport renews it itself, in the
+    round trip that takes the request's slot. Returns 2xx and non-auth 4xx responses (the
+    adapter reads vendor codes from them). Failures of the request as a whole (timeouts, connection
     errors, 429, 5xx) are outages: they say nothing about the numbers in it.
     """
-    lease.renew()
+    if not isinstance(client, LimitedClient):
+        lease.renew()
     # Whether a request that failed may still be carried out later (RetryableError): one
     # that changes something, and reached the provider.
     changes = method.upper() != "GET"

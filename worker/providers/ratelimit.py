@@ -5,16 +5,20 @@ from __future__ import annotations
 import math
 import time
 import uuid
+from typing import Any
 
 import httpx
 
+from worker.pipeline import lease
 from worker.state.store import Store
 
 
 class SharedLimitTransport(httpx.BaseTransport):
     """Wraps a provider's transport: every request first takes a slot in Redis (leased, so a
     killed worker leaks none), and none is sent while a Retry-After holds the provider for
-    all workers: those answer a local 429 with the time left."""
+    all workers: those answer a local 429 with the time left. A request of a push renews
+    its chunk's lease in the slot's round trip (`worker/pipeline/lease.py`), and raises
+    LeaseLostError, unsent, when the chunk is gone."""
 
     def __init__(
         self,
@@ -38,6 +42,13 @@ class SharedLimitTransport(httpx.BaseTransport):
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         token = uuid.uuid4().hex
         deadline = time.monotonic() + self._max_wait
+        held = lease.current()
+        renew = None
+        if held is not None:
+            if held.chunk_id:
+                renew = (held.chunk_id, held.seconds)
+            else:
+                lease.renew()  # a holder that named no chunk renews its own way
         while True:
             wait_ms = self._store.acquire_slot(
                 self._provider,
@@ -45,7 +56,10 @@ class SharedLimitTransport(httpx.BaseTransport):
                 rps=self._rps,
                 concurrency=self._concurrency,
                 lease_seconds=self._lease,
+                renew=renew,
             )
+            if wait_ms is None:
+                raise lease.LeaseLostError()
             if wait_ms == 0:
                 break
             if wait_ms < 0:
@@ -67,3 +81,12 @@ class SharedLimitTransport(httpx.BaseTransport):
 
     def close(self) -> None:
         self._inner.close()
+
+
+class LimitedClient(httpx.Client):
+    """A provider's client whose every request goes through a SharedLimitTransport, which
+    renews the push's lease with the request's slot: `worker/providers/http.py`'s `send`
+    leaves the renewal to it (one round trip a request instead of two)."""
+
+    def __init__(self, transport: SharedLimitTransport, **kwargs: Any) -> None:
+        super().__init__(transport=transport, **kwargs)

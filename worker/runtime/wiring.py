@@ -22,7 +22,7 @@ from worker.archive.database import Archive
 from worker.domain.phones import normalise_own_numbers
 from worker.pipeline.context import Context, Dispatcher
 from worker.providers import build_providers
-from worker.providers.ratelimit import SharedLimitTransport
+from worker.providers.ratelimit import LimitedClient, SharedLimitTransport
 from worker.runtime import logs
 from worker.runtime.celery_app import CeleryDispatcher, create_celery
 from worker.runtime.redis_clients import async_redis_client, clock_client, redis_client
@@ -68,12 +68,13 @@ def provider_client(settings: Settings, store: Store, provider: str) -> httpx.Cl
         rps=rps,
         concurrency=concurrency,
         lease_seconds=timeout * 2 + 5,
-        # A request renews its chunk's lease before it waits for a slot: slot wait plus the
-        # request (at most half the lease, see config) must end well inside the lease.
+        # A request renews its chunk's lease with each try for a slot, the last just before
+        # it is sent; the wait is bounded all the same, so that a push stuck behind a full
+        # cap gives its chunk back in time rather than holding it.
         max_wait_seconds=min(30.0, settings.lease_seconds / 4),
     )
-    return httpx.Client(
-        transport=transport,
+    return LimitedClient(
+        transport,
         timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
         headers={"User-Agent": "optout-worker/0.1"},
     )

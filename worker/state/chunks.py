@@ -39,9 +39,11 @@ class Chunks(Keyspace):
         linger_ms: int,
         max_chunks: int,
         max_in_flight: int = 0,
+        open_first: bool = False,
     ) -> Claimed:
         """Lease staged numbers as chunks (see lua/claim.lua); `max_in_flight`: claim none
-        while the target has that many chunks' worth of numbers in flight (0: no cap)."""
+        while the target has that many chunks' worth of numbers in flight (0: no cap);
+        `open_first`: open the first chunk claimed too (`Claimed.opened`, as `open_chunk`)."""
         return Claimed.decode(
             self._run(
                 "claim",
@@ -54,6 +56,7 @@ class Chunks(Keyspace):
                 linger_ms,
                 max_chunks,
                 max_in_flight,
+                "1" if open_first else "0",
             )
         )
 

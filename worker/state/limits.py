@@ -16,13 +16,25 @@ class Limits(AuditLog):
     """`slots:*`, `rate:*`, `paused`, `hold:*`, `breaker:*` and `turn:*`."""
 
     def acquire_slot(
-        self, provider: str, token: str, *, rps: float, concurrency: int, lease_seconds: float
-    ) -> int:
+        self,
+        provider: str,
+        token: str,
+        *,
+        rps: float,
+        concurrency: int,
+        lease_seconds: float,
+        renew: tuple[str, float] | None = None,
+    ) -> int | None:
         """Take a request slot shared by every worker: 0 when taken, ms to wait when none is
-        free, or minus the ms left while a Retry-After holds the provider."""
-        return int(
-            self._run("slot", "acquire", provider, token, rps, concurrency, ms(lease_seconds))
-        )
+        free, or minus the ms left while a Retry-After holds the provider. `renew`: (chunk
+        id, lease seconds) of the push the request is for, its lease renewed first in the
+        same round trip; None when that chunk is gone (the request must not be sent)."""
+        chunk, chunk_lease = renew if renew is not None else ("", 0.0)
+        answer = self._run(
+            "slot", "acquire", provider, token, rps, concurrency, ms(lease_seconds),
+            chunk, ms(chunk_lease),
+        )  # fmt: skip
+        return None if answer is None else int(answer)
 
     def release_slot(self, provider: str, token: str) -> None:
         self._run("slot", "release", provider, token, 0, 0, 0)

@@ -68,19 +68,23 @@ class AcceptOutcome:
 @dataclass(frozen=True, slots=True)
 class Claimed:
     """What claim.lua leased: 'ok', or why nothing ('inactive', 'paused', 'held',
-    'probing'); the chunks' ids; the batches it re-staged numbers into."""
+    'probing'); the chunks' ids; the batches it re-staged numbers into; the first chunk
+    opened, when the claim was asked to open it (None otherwise, or when none was claimed)."""
 
     status: str
     chunks: list[str]
     staged: list[Staged] = field(default_factory=list)
+    opened: OpenChunk | None = None
 
     @classmethod
     def decode(cls, raw_answer: Any) -> Claimed:
         raw = lua_json(raw_answer)
+        opened = raw.get("opened")
         return cls(
             str(raw["status"]),
             [str(c) for c in as_list(raw.get("chunks"))],
             Staged.batches(raw.get("staged")),
+            OpenChunk.from_answer(opened) if opened else None,
         )
 
 
@@ -144,7 +148,12 @@ class OpenChunk:
     @classmethod
     def decode(cls, raw_answer: Any) -> OpenChunk | None:
         """None when open.lua found no chunk (completed or recovered)."""
-        raw = as_object(lua_json(raw_answer))
+        return cls.from_answer(lua_json(raw_answer))
+
+    @classmethod
+    def from_answer(cls, answer: Any) -> OpenChunk | None:
+        """From open.lua's answer, decoded (claim.lua's `opened` too)."""
+        raw = as_object(answer)
         if not raw.get("chunk"):
             return None
         return cls(

@@ -10,7 +10,9 @@ import httpx
 import pytest
 
 from tests.conftest import FakeClock
-from worker.providers.ratelimit import SharedLimitTransport
+from worker.pipeline import lease
+from worker.providers.http import send
+from worker.providers.ratelimit import LimitedClient, SharedLimitTransport
 from worker.state.store import Store
 
 
@@ -89,3 +91,50 @@ def test_requests_through_the_transport_never_exceed_the_cap() -> None:
     for t in threads:
         t.join()
     assert peak == 2
+
+
+def test_a_push_s_request_renews_its_lease_with_its_slot_and_is_not_sent_once_it_is_gone(
+    store: Store, clock: FakeClock
+) -> None:
+    sent: list[httpx.Request] = []
+    inner = httpx.MockTransport(lambda r: sent.append(r) or httpx.Response(200))
+    transport = SharedLimitTransport(inner, store, "p", rps=0, concurrency=2, lease_seconds=5)
+    client = LimitedClient(transport)
+    store.redis.set(store.key("chunk", "7"), "{}")
+    store.redis.zadd(store.key("leases"), {"7": store.now_ms() + 1000})
+    renewals: list[int] = []
+
+    def renew() -> bool:  # the push's own renewal: a LimitedClient's request needs none
+        renewals.append(1)
+        return True
+
+    clock.advance(0.5)
+    with lease.holding(renew, "7", 60):
+        assert send(client, "POST", "http://p.test/x", auth_setting="P_KEY").status_code == 200
+        assert store.redis.zscore(store.key("leases"), "7") == store.now_ms() + 60_000
+        store.redis.delete(store.key("chunk", "7"))  # completed or recovered meanwhile
+        with pytest.raises(lease.LeaseLostError):
+            send(client, "POST", "http://p.test/x", auth_setting="P_KEY")
+    assert len(sent) == 1
+    assert renewals == []
+    assert store.redis.zcard(store.key("slots", "p")) == 0  # the slot taken was given back
+    # Outside a push, nothing is renewed; a plain client's request renews by `send`.
+    assert client.get("http://p.test/y").status_code == 200
+    with lease.holding(renew, "7", 60):
+        plain = httpx.Client(transport=inner)
+        assert send(plain, "GET", "http://p.test/z", auth_setting="P_KEY").status_code == 200
+    assert renewals == [1]
+
+
+def test_a_holder_that_names_no_chunk_is_renewed_its_own_way_before_the_slot(
+    store: Store,
+) -> None:
+    sent: list[httpx.Request] = []
+    inner = httpx.MockTransport(lambda r: sent.append(r) or httpx.Response(200))
+    client = LimitedClient(
+        SharedLimitTransport(inner, store, "p", rps=0, concurrency=0, lease_seconds=5)
+    )
+    with lease.holding(lambda: False), pytest.raises(lease.LeaseLostError):
+        client.get("http://p.test/x")
+    assert sent == []
+    assert store.redis.zcard(store.key("slots", "p")) == 0

@@ -146,6 +146,25 @@ def test_open_answers_the_chunk_its_numbers_ledger_now_and_restarts_the_lease(
     assert store.open_chunk("404", 60) is None
 
 
+def test_a_claim_asked_to_open_answers_its_first_chunk_as_open_does(store: Store) -> None:
+    live(store)
+    accept(store, Action.ADD, N1, N2, N3)
+    claimed = _claim(store, max_chunks=2, open_first=True)
+    assert claimed.chunks == ["1", "2"]
+    assert claimed.opened == store.open_chunk("1", 60)  # opened once more by the check
+    assert claimed.opened is not None
+    assert [i.e164 for i in claimed.opened.chunk.items] == [N1, N2]
+    assert claimed.opened.states == {N1: "blocked", N2: "blocked"}
+    assert (claimed.opened.stopped, claimed.opened.versions) == (False, {N1: "1", N2: "1"})
+    assert hget(store, "opened", "1") == "2"  # counted as an opening, like open.lua's
+    assert hget(store, "opened", "2") is None
+    assert store.redis.zscore(store.key("leases"), "1") == store.now_ms() + 60_000
+    # Not asked, or nothing claimed: nothing opened.
+    accept(store, Action.ADD, N1, N2, key="again", ago_ms=0)
+    assert _claim(store).opened is None
+    assert _claim(store, open_first=True) == Claimed("ok", [], [])
+
+
 def test_open_says_stopped_while_the_provider_is_paused_or_held(store: Store) -> None:
     live(store)
     accept(store, Action.ADD, N1)

@@ -1,7 +1,10 @@
 -- Claim staged numbers of one target|action as leased chunks ready to push.
 -- ARGV: prefix, now_ms, target, provider, action, max per chunk, lease ms, mode, linger ms,
---       max chunks, max in flight (chunks' worth of numbers in flight to the target; 0: any)
--- Answers {status, chunks = [id, ...], staged} (records.py: Claimed).
+--       max chunks, max in flight (chunks' worth of numbers in flight to the target; 0: any),
+--       open ('1': open the first chunk claimed, as open.lua does: a push chain takes its
+--       next chunk in one round trip, not two)
+-- Answers {status, chunks = [id, ...], staged, opened = open.lua's answer for the first
+-- chunk, when asked and one was claimed} (records.py: Claimed).
 -- mode: 'full' takes only full chunks, 'all' takes everything, 'due' takes everything once
 -- the oldest staged number has waited the linger time.
 -- With the target at its in-flight cap nothing is claimed: the pushes in flight go on to
@@ -11,6 +14,7 @@ local target, provider, action = ARGV[3], ARGV[4], ARGV[5]
 local size, lease, mode = tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8]
 local linger, max_chunks = tonumber(ARGV[9]), tonumber(ARGV[10])
 local max_inflight = tonumber(ARGV[11] or '0')
+local open_first = ARGV[12] == '1'
 local inflight_key = P .. 'inflight:' .. target
 
 -- A target no process has announced within its TTL gets no pushes: the sweep drops what it
@@ -74,4 +78,6 @@ while #chunks < max_chunks do
     table.insert(chunks, id)
   end
 end
-return cjson.encode({status = 'ok', chunks = chunks, staged = staged_summary(touched)})
+local answer = {status = 'ok', chunks = chunks, staged = staged_summary(touched)}
+if open_first and chunks[1] then answer.opened = open_chunk(chunks[1], lease) end
+return cjson.encode(answer)

@@ -2,7 +2,11 @@
 -- worker killed mid-request leaks nothing) and a requests-per-second cap over the last second.
 -- An acquire also answers a Retry-After hold on the provider (see Store.hold), as a negative
 -- number of ms left: one round trip per request instead of two.
--- ARGV: prefix, now_ms, 'acquire'|'release', provider, token, rps, concurrency, lease ms
+-- An acquire for a push's request renews the chunk's lease first, as renew.lua does (the
+-- same round trip), and answers nil when the chunk is gone: the request is not sent
+-- (worker/pipeline/lease.py).
+-- ARGV: prefix, now_ms, 'acquire'|'release', provider, token, rps, concurrency, lease ms,
+--       the chunk to renew ('' for none), its lease ms
 local op, provider, token = ARGV[3], ARGV[4], ARGV[5]
 local rps, cap, lease = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 local slots = P .. 'slots:' .. provider
@@ -10,6 +14,11 @@ local rate = P .. 'rate:' .. provider
 if op == 'release' then
   redis.call('ZREM', slots, token)
   return 0
+end
+local chunk = ARGV[9] or ''
+if chunk ~= '' then
+  if redis.call('EXISTS', P .. 'chunk:' .. chunk) == 0 then return false end
+  redis.call('ZADD', P .. 'leases', 'GT', NOW + tonumber(ARGV[10]), chunk)
 end
 local hold = tonumber(redis.call('GET', P .. 'hold:' .. provider) or '0')
 if hold > NOW then
