@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import logging
 import random
+import ssl
 import threading
 from typing import Any
 
@@ -57,12 +58,17 @@ def celery_app() -> Celery:
     return create_celery(settings())
 
 
-def provider_client(settings: Settings, store: Store, provider: str) -> httpx.Client:
-    """A provider's own HTTP client, its requests limited across all workers."""
+def provider_client(
+    settings: Settings, store: Store, provider: str, tls: ssl.SSLContext | None = None
+) -> httpx.Client:
+    """A provider's own HTTP client, its requests limited across all workers; `tls`: the
+    TLS settings every provider's client of a process shares (loading the CA bundle costs
+    tens of ms of CPU per client), by default its own."""
     rps, concurrency = settings.limits_for(provider)
     timeout = settings.http_timeout_seconds
+    limits = httpx.Limits(max_connections=20, max_keepalive_connections=10)
     transport = SharedLimitTransport(
-        httpx.HTTPTransport(limits=httpx.Limits(max_connections=20, max_keepalive_connections=10)),
+        httpx.HTTPTransport(verify=tls or httpx.create_ssl_context(), limits=limits),
         store,
         provider,
         rps=rps,
@@ -104,8 +110,14 @@ def build_context(
         audit_cap=settings.audit_cap,
     )
 
+    tls: list[ssl.SSLContext] = []
+
     def client_for(provider: str) -> httpx.Client:
-        return http if http is not None else provider_client(settings, store, provider)
+        if http is not None:
+            return http
+        if not tls:
+            tls.append(httpx.create_ssl_context())
+        return provider_client(settings, store, provider, tls[0])
 
     if async_client is None and client is None:
         async_client = functools.partial(async_redis_client, settings)
@@ -162,6 +174,15 @@ def _our_logging(**_: Any) -> None:
 def _fresh_process_state(**_: Any) -> None:
     # Connections and HTTP clients must never be shared across a fork.
     reset()
+    # Built now, before the process takes a task (it connects to nothing yet), so that the
+    # first opt-out after a start does not wait for it; on any failure, on first use.
+    try:
+        context()
+    except Exception as exc:  # noqa: BLE001
+        reset()
+        structlog.get_logger("optout.worker").warning(
+            "context_deferred", error=type(exc).__name__, detail=str(exc)[:200]
+        )
 
 
 _announcing = threading.Event()
