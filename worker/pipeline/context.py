@@ -229,15 +229,19 @@ class Context:
     ) -> Claimed:
         """Lease staged numbers of one batch as chunks, within the target's in-flight cap
         (`open_first`: see Store.claim)."""
-        return self.store.claim(
-            target,
-            provider,
-            action,
-            size=self.batch_size(target),
-            lease_seconds=self.settings.lease_seconds,
-            mode=mode,
-            linger_ms=self.settings.batch_linger_ms,
-            max_chunks=max_chunks,
-            max_in_flight=self.max_in_flight(provider),
-            open_first=open_first,
-        )
+        options = self.claim_options(target, provider, mode, max_chunks, open_first=open_first)
+        return self.store.claim(target, provider, action, **options)
+
+    def claim_options(
+        self, target: str, provider: str, mode: str, max_chunks: int, *, open_first: bool
+    ) -> dict[str, Any]:
+        """Store.claim's keyword arguments for a claim of this target's (`claim`)."""
+        return {
+            "size": self.batch_size(target),
+            "lease_seconds": self.settings.lease_seconds,
+            "mode": mode,
+            "linger_ms": self.settings.batch_linger_ms,
+            "max_chunks": max_chunks,
+            "max_in_flight": self.max_in_flight(provider),
+            "open_first": open_first,
+        }

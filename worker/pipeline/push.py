@@ -19,7 +19,7 @@ from worker.pipeline.context import Context
 from worker.pipeline.lease import LeaseLostError
 from worker.providers.base import Action, NumberResult, Provider, PushItem, unexpected
 from worker.providers.errors import AuthError, PermanentError, PushInterrupted, RetryableError
-from worker.state.records import Chunk, ChunkItem, ItemResult, OpenChunk
+from worker.state.records import Chunk, ChunkItem, Claimed, ItemResult, OpenChunk
 
 log = structlog.get_logger("optout.pipeline")
 
@@ -99,41 +99,37 @@ def push(ctx: Context, chunk_id: str) -> dict[str, int]:
     if opened is None:
         # Completed or recovered already: a redelivered task has nothing left to do.
         return {}
-    chunk = opened.chunk
-    started = ctx.monotonic()
-    totals: Counter[str] = Counter(push_chunk(ctx, opened))
-    while chunk.provider in ctx.providers and not totals.keys() & {"paused", "lease_lost"}:
-        # Past the chain's time, the chunk claimed goes to a new push task, which opens it
-        # itself; within it, the claim opens the chunk too: one round trip, not two.
-        more = ctx.monotonic() - started < CHAIN_SECONDS
-        claimed = ctx.claim(
-            chunk.target, chunk.provider, chunk.action, FULL, max_chunks=1, open_first=more
-        )
-        schedule(ctx, claimed.staged)
-        if claimed.status != "ok" or not claimed.chunks:
-            break
-        if not more:
-            ctx.dispatcher.push(claimed.chunks[0], chunk.provider)
-            break
-        if claimed.opened is None:
-            break  # recovered already (its lease cannot have run out yet, but be safe)
-        totals.update(push_chunk(ctx, claimed.opened))
+    totals: Counter[str] = Counter()
+    chain_until = ctx.monotonic() + CHAIN_SECONDS
+    while opened is not None:
+        counts, opened = _push_chunk(ctx, opened, chain_until)
+        totals.update(counts)
     return dict(totals)
+
+
+def push_chunk(ctx: Context, opened: OpenChunk) -> dict[str, int]:
+    """Push one leased chunk and record every number's outcome."""
+    return _push_chunk(ctx, opened, None)[0]
 
 
 _STALE = ItemResult("stale", "stale")
 _UNSENT = ItemResult("unsent", "unsent")
 
 
-def push_chunk(ctx: Context, opened: OpenChunk) -> dict[str, int]:
-    """Push one leased chunk and record every number's outcome."""
+def _push_chunk(
+    ctx: Context, opened: OpenChunk, chain_until: float | None
+) -> tuple[dict[str, int], OpenChunk | None]:
+    """Push one leased chunk and record every number's outcome. In a chain (`chain_until`:
+    until when, monotonic), the round trip that completes it also claims the batch's next
+    full chunk: opened, to push next (the second answer), or past that time handed to a
+    new push task. Paused or its lease lost, the chain ends."""
     started = time.perf_counter()
     chunk = opened.chunk
     provider = ctx.providers.get(chunk.provider)
     if provider is None or opened.stopped:
         # Not for this worker, or its provider is paused or held: staged again, unsent.
         schedule(ctx, ctx.store.release(chunk.id, recover=False, late_ms=ctx.late_ms).staged)
-        return {}
+        return {}, None
 
     want = "blocked" if chunk.action is Action.ADD else "unblocked"
     stale: set[str] = set()
@@ -188,7 +184,16 @@ def push_chunk(ctx: Context, opened: OpenChunk) -> dict[str, int]:
         )
     # One worker's Retry-After holds the provider for every worker.
     hold = max((r.retry_after or 0.0 for r in work.results.values()), default=0.0)
-    done = ctx.store.complete(chunk, encoded, ctx.complete_options(hold))
+    options = ctx.complete_options(hold)
+    claimed: Claimed | None = None
+    if chain_until is None or stopped is not None:
+        done = ctx.store.complete(chunk, encoded, options)
+    else:
+        # Past the chain's time the chunk claimed goes to a new push task, which opens it
+        # itself; within it, the claim opens it too.
+        more = ctx.monotonic() < chain_until
+        claim = ctx.claim_options(chunk.target, chunk.provider, FULL, 1, open_first=more)
+        done, claimed = ctx.store.complete_then_claim(chunk, encoded, options, **claim)
     schedule(ctx, done.staged)
     _count(chunk, encoded, done.status, done.now_ms or ctx.store.now_ms())
     became = chunk_result(done.status, done.counts, len(chunk.items))
@@ -217,11 +222,24 @@ def push_chunk(ctx: Context, opened: OpenChunk) -> dict[str, int]:
                 reason=r.reason,
             )
     if isinstance(stopped, AuthError):
-        return {**done.counts, "paused": len(chunk.items)}
+        return {**done.counts, "paused": len(chunk.items)}, None
     if stopped is not None:
         log.warning("lease_lost", chunk=chunk.id, provider=chunk.provider)
-        return {**done.counts, "lease_lost": len(chunk.items)}
-    return done.counts
+        return {**done.counts, "lease_lost": len(chunk.items)}, None
+    return done.counts, _next(ctx, chunk, claimed)
+
+
+def _next(ctx: Context, chunk: Chunk, claimed: Claimed | None) -> OpenChunk | None:
+    """The chain's next chunk, from the claim that came with the completion: opened, or
+    handed to a push task of its own (claimed without opening: past the chain's time)."""
+    if claimed is None:
+        return None
+    schedule(ctx, claimed.staged)
+    if claimed.status != "ok" or not claimed.chunks:
+        return None
+    if claimed.opened is None:
+        ctx.dispatcher.push(claimed.chunks[0], chunk.provider)
+    return claimed.opened
 
 
 def chunk_result(status: str, counts: dict[str, int], size: int) -> str:

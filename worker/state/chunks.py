@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import asdict
+from typing import Any
 
 from worker.providers.base import Action
 from worker.runtime import fastjson
@@ -44,21 +45,28 @@ class Chunks(Keyspace):
         """Lease staged numbers as chunks (see lua/claim.lua); `max_in_flight`: claim none
         while the target has that many chunks' worth of numbers in flight (0: no cap);
         `open_first`: open the first chunk claimed too (`Claimed.opened`, as `open_chunk`)."""
-        return Claimed.decode(
-            self._run(
-                "claim",
-                target,
-                provider,
-                action.value,
-                size,
-                ms(lease_seconds),
-                mode,
-                linger_ms,
-                max_chunks,
-                max_in_flight,
-                "1" if open_first else "0",
-            )
-        )
+        args = self._claim_args(target, provider, action, size=size,
+                                lease_seconds=lease_seconds, mode=mode, linger_ms=linger_ms,
+                                max_chunks=max_chunks, max_in_flight=max_in_flight,
+                                open_first=open_first)  # fmt: skip
+        return Claimed.decode(self._run("claim", *args))
+
+    @staticmethod
+    def _claim_args(
+        target: str,
+        provider: str,
+        action: Action,
+        *,
+        size: int,
+        lease_seconds: float,
+        mode: str,
+        linger_ms: int,
+        max_chunks: int,
+        max_in_flight: int = 0,
+        open_first: bool = False,
+    ) -> tuple[Any, ...]:
+        return (target, provider, action.value, size, ms(lease_seconds), mode, linger_ms,
+                max_chunks, max_in_flight, "1" if open_first else "0")  # fmt: skip
 
     def open_chunk(self, chunk_id: str, lease_seconds: float) -> OpenChunk | None:
         """A chunk about to be pushed, whether its provider is stopped, and its numbers'
@@ -76,9 +84,32 @@ class Chunks(Keyspace):
         options: CompleteOptions,
     ) -> Completion:
         """Record a chunk's per-number results (see lua/complete.lua)."""
+        return Completion.decode(
+            self._run("complete", *self._complete_args(chunk, results, options))
+        )
+
+    def complete_then_claim(
+        self,
+        chunk: Chunk,
+        results: dict[str, ItemResult],
+        options: CompleteOptions,
+        **claim: Any,
+    ) -> tuple[Completion, Claimed]:
+        """`complete`, then `claim` (its keyword arguments) right after it, in one round
+        trip: a push chain's next chunk. The claim runs after the completion, as two calls
+        would: the chunk completed no longer counts against the target's in-flight cap."""
+        done, claimed = self._run_in_order(
+            [("complete", self._complete_args(chunk, results, options)),
+             ("claim", self._claim_args(chunk.target, chunk.provider, chunk.action, **claim))]
+        )  # fmt: skip
+        return Completion.decode(done), Claimed.decode(claimed)
+
+    def _complete_args(
+        self, chunk: Chunk, results: dict[str, ItemResult], options: CompleteOptions
+    ) -> tuple[Any, ...]:
         opts = {**asdict(options), "audit_cap": self.audit_cap}
         encoded = fastjson.dumps({n: r.encode() for n, r in results.items()})
-        return Completion.decode(self._run("complete", chunk.raw, encoded, json.dumps(opts)))
+        return (chunk.raw, encoded, json.dumps(opts))
 
     def release(self, chunk_id: str, *, recover: bool, late_ms: int) -> Released:
         """Give a chunk's numbers back to staging: handed back unsent by its pusher, or

@@ -165,6 +165,24 @@ def test_a_claim_asked_to_open_answers_its_first_chunk_as_open_does(store: Store
     assert _claim(store, open_first=True) == Claimed("ok", [], [])
 
 
+def test_complete_then_claim_claims_after_the_completion_in_one_round_trip(
+    store: Store,
+) -> None:
+    live(store)
+    accept(store, Action.ADD, N1, N2, N3)
+    (first,) = _claim(store, max_chunks=1, max_in_flight=1).chunks
+    chunk = opened(store, first).chunk
+    assert _claim(store, max_in_flight=1) == Claimed("ok", [], [])  # at the cap
+    options = {"size": 2, "lease_seconds": 60, "mode": "all", "linger_ms": 0, "max_chunks": 1,
+               "max_in_flight": 1, "open_first": True}  # fmt: skip
+    done, claimed = store.complete_then_claim(chunk, all_done(chunk), OPTIONS, **options)
+    assert (done.status, done.counts) == ("ok", _counts(done=2))
+    # The completed chunk no longer counts against the cap: the claim after it takes one.
+    assert claimed.chunks == ["2"]
+    assert claimed.opened is not None
+    assert [i.e164 for i in claimed.opened.chunk.items] == [N3]
+
+
 def test_open_says_stopped_while_the_provider_is_paused_or_held(store: Store) -> None:
     live(store)
     accept(store, Action.ADD, N1)

@@ -3,10 +3,13 @@ chunk's item named alike in prelude.lua and records.py."""
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import fields
 from importlib import resources
 
+import fakeredis
+import pytest
 import redis
 
 from tests.conftest import FakeClock
@@ -14,7 +17,7 @@ from tests.worker.state.scene import N1, accept, live
 from worker.providers.base import Action
 from worker.state.clock import ServerClock
 from worker.state.keyspace import _SCRIPTS, _load_script
-from worker.state.records import ChunkItem
+from worker.state.records import ChunkItem, Claimed
 from worker.state.store import Store
 
 
@@ -65,3 +68,22 @@ def test_every_script_is_loaded_and_compiles_on_a_real_redis(real_redis: redis.R
     assert files - {"prelude"} == set(_SCRIPTS)
     for name in _SCRIPTS:
         real_redis.script_load(_load_script(name))
+
+
+def test_scripts_run_in_order_in_one_round_trip_load_again_after_a_restart(
+    clock: FakeClock,
+) -> None:
+    # fakeredis: SCRIPT FLUSH on the shared server would empty every other test's cache.
+    store = Store(fakeredis.FakeRedis(), prefix="order:", clock=clock)
+    live(store)
+    accept(store, Action.ADD, N1)
+    args = ("voicenter", "voicenter", "add", 100, 60_000, "all", 0, 1, 0, "0")
+    # The open runs after the claim: it finds the chunk the claim just made.
+    claimed, found = store._run_in_order([("claim", args), ("open", ("1", 60_000))])
+    assert Claimed.decode(claimed).chunks == ["1"]
+    assert json.loads(found)["chunk"]
+    store.redis.script_flush()  # Redis started over: its script cache is empty
+    renewed, gone = store._run_in_order([("renew", ("1", 60_000)), ("renew", ("404", 60_000))])
+    assert (renewed, gone) == (1, 0)
+    with pytest.raises(redis.ResponseError):
+        store._run_in_order([("renew", ("1", "x")), ("renew", ("1", 60_000))])  # an error
