@@ -97,11 +97,20 @@ class Chunks(Keyspace):
     ) -> tuple[Completion, Claimed]:
         """`complete`, then `claim` (its keyword arguments) right after it, in one round
         trip: a push chain's next chunk. The claim runs after the completion, as two calls
-        would: the chunk completed no longer counts against the target's in-flight cap."""
-        done, claimed = self._run_in_order(
+        would: the chunk completed no longer counts against the target's in-flight cap.
+        When the completion fails, the chunks the claim took are given back to staging
+        before its error is raised: the chain that would push them ends with it."""
+        done, claimed = self._answers_in_order(
             [("complete", self._complete_args(chunk, results, options)),
              ("claim", self._claim_args(chunk.target, chunk.provider, chunk.action, **claim))]
         )  # fmt: skip
+        if isinstance(done, Exception):
+            if not isinstance(claimed, Exception):
+                for chunk_id in Claimed.decode(claimed).chunks:
+                    self.release(chunk_id, recover=False, late_ms=0)  # never sent
+            raise done
+        if isinstance(claimed, Exception):
+            raise claimed
         return Completion.decode(done), Claimed.decode(claimed)
 
     def _complete_args(

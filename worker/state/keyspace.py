@@ -78,6 +78,15 @@ class Keyspace:
         is run again on its own, which loads it: after the calls that followed it, as if
         another process's calls had come between (every script allows that). Any other
         error is raised, the first, once every call has been tried."""
+        answers = self._answers_in_order(calls)
+        for answer in answers:
+            if isinstance(answer, Exception):
+                raise answer
+        return answers
+
+    def _answers_in_order(self, calls: list[tuple[str, tuple[Any, ...]]]) -> list[Any]:
+        """`_run_in_order`'s answers, a call's error (a RedisError) in its place rather than
+        raised: a caller whose later call depends on an earlier one's success can undo it."""
         for name in {name for name, _ in calls} - self._preloaded:
             self.redis.script_load(self._scripts[name].script)
             self._preloaded.add(name)
@@ -87,10 +96,10 @@ class Keyspace:
         answers = list(pipe.execute(raise_on_error=False))
         for i, (name, args) in enumerate(calls):
             if isinstance(answers[i], redis.exceptions.NoScriptError):
-                answers[i] = self._run(name, *args)
-        for answer in answers:
-            if isinstance(answer, Exception):
-                raise answer
+                try:
+                    answers[i] = self._run(name, *args)
+                except redis.RedisError as exc:
+                    answers[i] = exc
         return answers
 
     def _run_replicated(self, name: str, args: list[Any], replication: Replication | None) -> Any:

@@ -7,6 +7,7 @@ import json
 from dataclasses import replace
 
 import pytest
+import redis
 
 from tests.conftest import FakeClock
 from tests.worker.state.scene import (
@@ -181,6 +182,26 @@ def test_complete_then_claim_claims_after_the_completion_in_one_round_trip(
     assert claimed.chunks == ["2"]
     assert claimed.opened is not None
     assert [i.e164 for i in claimed.opened.chunk.items] == [N3]
+
+
+def test_a_completion_that_fails_leaves_nothing_claimed_by_the_claim_that_came_with_it(
+    store: Store,
+) -> None:
+    live(store)
+    accept(store, Action.ADD, N1, N2, N3)
+    (first,) = _claim(store, max_chunks=1).chunks
+    chunk = opened(store, first).chunk
+    broken = replace(chunk, raw=chunk.raw[:-1])  # complete.lua cannot read it: it fails
+    options = {"size": 2, "lease_seconds": 60, "mode": "all", "linger_ms": 0, "max_chunks": 1,
+               "max_in_flight": 0, "open_first": True}  # fmt: skip
+    with pytest.raises(redis.ResponseError):
+        store.complete_then_claim(broken, all_done(chunk), OPTIONS, **options)
+    # The push fails with its chunk still leased (recovered once the lease runs out); the
+    # chain it would have gone on with does not exist, so nothing else may stay leased,
+    # opened and pushed by nobody: the claim's numbers wait staged again.
+    assert store.redis.zrange(store.key("leases"), 0, -1) == [first.encode()]
+    assert staged(store) == [N3]
+    assert store.redis.hlen(store.key("inflight", "voicenter")) == 2
 
 
 def test_open_says_stopped_while_the_provider_is_paused_or_held(store: Store) -> None:
