@@ -19,7 +19,7 @@ from worker.pipeline.context import Context
 from worker.pipeline.lease import LeaseLostError
 from worker.providers.base import Action, NumberResult, Provider, PushItem, unexpected
 from worker.providers.errors import AuthError, PermanentError, PushInterrupted, RetryableError
-from worker.state.records import Chunk, ChunkItem, Claimed, ItemResult, OpenChunk
+from worker.state.records import Chunk, ChunkItem, Claimed, Completion, ItemResult, OpenChunk
 
 log = structlog.get_logger("optout.pipeline")
 
@@ -194,6 +194,28 @@ def _push_chunk(
         more = ctx.monotonic() < chain_until
         claim = ctx.claim_options(chunk.target, chunk.provider, FULL, 1, open_first=more)
         done, claimed = ctx.store.complete_then_claim(chunk, encoded, options, **claim)
+    try:
+        return _recorded(ctx, chunk, encoded, work, stopped, done, claimed, started)
+    except BaseException:
+        if claimed is not None:
+            # The chain ends here: what its round trip claimed is pushed by nobody.
+            for chunk_id in claimed.chunks:
+                ctx.store.release(chunk_id, recover=False, late_ms=ctx.late_ms)
+        raise
+
+
+def _recorded(
+    ctx: Context,
+    chunk: Chunk,
+    encoded: dict[str, ItemResult],
+    work: _Push,
+    stopped: AuthError | LeaseLostError | None,
+    done: Completion,
+    claimed: Claimed | None,
+    started: float,
+) -> tuple[dict[str, int], OpenChunk | None]:
+    """After a chunk's completion: flushes it calls for, metrics and log lines, and the
+    chain's next chunk (`_push_chunk`)."""
     schedule(ctx, done.staged)
     _count(chunk, encoded, done.status, done.now_ms or ctx.store.now_ms())
     became = chunk_result(done.status, done.counts, len(chunk.items))

@@ -374,3 +374,31 @@ def test_a_chunk_that_delivered_nothing_is_logged_as_a_warning(
     assert (line["result"], line["log_level"]) == ("dead_lettered", "warning")
     failed = [e for e in events if e["event"] == "number_failed"]
     assert [(e["outcome"], e["log_level"]) for e in failed] == [("permanent", "warning")]
+
+
+def test_a_chain_that_fails_after_its_round_trip_leaves_the_next_chunk_to_nobody_leased(
+    ctx: Context,
+    dispatcher: QueueDispatcher,
+    fake_voicenter: FakeVoicenter,
+    clock: FakeClock,
+    monkeypatch: Any,
+) -> None:
+    batch = numbers(200)
+    accept(ctx, add(*batch))
+    dispatcher.tasks.clear()
+    ctx.monotonic = lambda: 0.0  # within the chain's time: the claim opens the next chunk
+    first = _claim_one(ctx)
+    clock.advance(1)
+    accept(ctx, remove(clock, batch[0]))  # its completion stages the remove: a flush is due
+
+    def broker_down(*args: Any) -> None:
+        raise OSError("broker unreachable")
+
+    monkeypatch.setattr(dispatcher, "flush", broker_down)
+    with pytest.raises(OSError, match="broker"):
+        pushing.push(ctx, first)
+    assert [len(r) for r in fake_voicenter.pushed()] == [99]
+    # The chunk the round trip claimed (and opened) for the chain is pushed by nobody: it is
+    # given back, not left leased until its recovery.
+    assert ctx.store.redis.zcard(ctx.store.key("leases")) == 0
+    assert ctx.store.redis.zcard(ctx.store.key("stage", "voicenter", "add")) == 100
