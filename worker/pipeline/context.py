@@ -218,24 +218,17 @@ class Context:
         )
 
     def claim(
-        self,
-        target: str,
-        provider: str,
-        action: Action,
-        mode: str,
-        max_chunks: int,
-        *,
-        open_first: bool = False,
+        self, target: str, provider: str, action: Action, mode: str, max_chunks: int
     ) -> Claimed:
-        """Lease staged numbers of one batch as chunks, within the target's in-flight cap
-        (`open_first`: see Store.claim)."""
-        options = self.claim_options(target, provider, mode, max_chunks, open_first=open_first)
+        """Lease staged numbers of one batch as chunks, within the target's in-flight cap."""
+        options = self.claim_options(target, provider, mode, max_chunks, open_first=False)
         return self.store.claim(target, provider, action, **options)
 
     def claim_options(
         self, target: str, provider: str, mode: str, max_chunks: int, *, open_first: bool
     ) -> dict[str, Any]:
-        """Store.claim's keyword arguments for a claim of this target's (`claim`)."""
+        """Store.claim's keyword arguments for a claim of this target's (`open_first`: see
+        Store.claim_args)."""
         return {
             "size": self.batch_size(target),
             "lease_seconds": self.settings.lease_seconds,

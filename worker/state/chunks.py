@@ -28,31 +28,15 @@ class Chunks(Keyspace):
     """`stage:*`, `inflight:*`, `chunk:*`, `leases`, `opened` and `retry`, and what a
     completion records per target (`confirmed:*`, `fails:*`, ...: lua/complete.lua)."""
 
-    def claim(
-        self,
-        target: str,
-        provider: str,
-        action: Action,
-        *,
-        size: int,
-        lease_seconds: float,
-        mode: str,
-        linger_ms: int,
-        max_chunks: int,
-        max_in_flight: int = 0,
-        open_first: bool = False,
-    ) -> Claimed:
-        """Lease staged numbers as chunks (see lua/claim.lua); `max_in_flight`: claim none
-        while the target has that many chunks' worth of numbers in flight (0: no cap);
-        `open_first`: open the first chunk claimed too (`Claimed.opened`, as `open_chunk`)."""
-        args = self._claim_args(target, provider, action, size=size,
-                                lease_seconds=lease_seconds, mode=mode, linger_ms=linger_ms,
-                                max_chunks=max_chunks, max_in_flight=max_in_flight,
-                                open_first=open_first)  # fmt: skip
-        return Claimed.decode(self._run("claim", *args))
+    def claim(self, target: str, provider: str, action: Action, **options: Any) -> Claimed:
+        """Lease staged numbers as chunks (see lua/claim.lua); the options are
+        `claim_args`'s."""
+        return Claimed.decode(
+            self._run("claim", *self.claim_args(target, provider, action, **options))
+        )
 
     @staticmethod
-    def _claim_args(
+    def claim_args(
         target: str,
         provider: str,
         action: Action,
@@ -65,6 +49,9 @@ class Chunks(Keyspace):
         max_in_flight: int = 0,
         open_first: bool = False,
     ) -> tuple[Any, ...]:
+        """claim.lua's arguments. `max_in_flight`: claim none while the target has that many
+        chunks' worth of numbers in flight (0: no cap); `open_first`: open the first chunk
+        claimed too (`Claimed.opened`, as `open_chunk`)."""
         return (target, provider, action.value, size, ms(lease_seconds), mode, linger_ms,
                 max_chunks, max_in_flight, "1" if open_first else "0")  # fmt: skip
 
@@ -102,7 +89,7 @@ class Chunks(Keyspace):
         before its error is raised: the chain that would push them ends with it."""
         done, claimed = self._answers_in_order(
             [("complete", self._complete_args(chunk, results, options)),
-             ("claim", self._claim_args(chunk.target, chunk.provider, chunk.action, **claim))]
+             ("claim", self.claim_args(chunk.target, chunk.provider, chunk.action, **claim))]
         )  # fmt: skip
         if isinstance(done, Exception):
             if not isinstance(claimed, Exception):
