@@ -10,12 +10,15 @@ from dataclasses import dataclass, field
 
 import phonenumbers
 from phonenumbers import NumberParseException, ValidationResult
+from phonenumbers import phonenumberutil as pnu
 
 _SEPARATORS = re.compile(r"[\s\-.()/]")
 _SPREADSHEET_INT = re.compile(r"^\+?\d+\.0+$")
 #: One dot and one or two digits after it: a decimal (972501234567.25), not a separator.
 _DECIMAL = re.compile(r"^\+?\d+\.\d{1,2}$")
 _DIGITS = re.compile(r"^\d+$")
+#: What most senders send: nothing to clean (the rules below leave it as it is).
+_PLAIN = re.compile(r"\+?[0-9]{1,17}")
 _LETTER = re.compile(r"[^\W\d_]")
 #: Dashes that are not ASCII (hyphen, non-breaking hyphen, en and em dash, minus sign, ...).
 _DASHES = frozenset("\u2010\u2011\u2012\u2013\u2014\u2015\u2212\u2043\ufe58\ufe63\uff0d")
@@ -101,6 +104,8 @@ def _clean(raw: object) -> str | Rejected:
         return Rejected("decimal_number", "a decimal is not a phone number")
     if not isinstance(raw, str):
         return Rejected("not_a_number", "not a string or integer")
+    if _PLAIN.fullmatch(raw):
+        return raw
     text = _plain(raw).strip()
     if not text:
         return Rejected("empty")
@@ -154,6 +159,56 @@ def _parse(text: str, region: str | None) -> phonenumbers.PhoneNumber | Rejected
         return Rejected(_PARSE_REASONS.get(exc.error_type, "not_a_number"), str(exc))
 
 
+_NOT_VIABLE = (ValidationResult.TOO_SHORT, ValidationResult.IS_POSSIBLE_LOCAL_ONLY)
+
+
+def _parse_plus(body: str) -> phonenumbers.PhoneNumber | None:
+    """`+{body}` as phonenumbers.parse(..., None) reads it, for ASCII digits only; None
+    when the input is not the plain case this covers (too short, no known country code)
+    and phonenumbers must read it. parse spends most of its time on what a plain `+` and
+    digits never has (an IDD prefix, letters, an extension, Unicode digits, a
+    phone-context): this is parse's own path for the rest, through its own helpers, and
+    tests/worker/domain/test_phones.py holds it equal to parse."""
+    if not 4 <= len(body) <= 17:
+        return None
+    code, rest = pnu._extract_country_code(body)
+    if code == 0 or len(rest) < 2:
+        return None
+    metadata = phonenumbers.PhoneMetadata.metadata_for_region_or_calling_code(
+        code, phonenumbers.region_code_for_country_code(code)
+    )
+    if metadata is None:
+        return None
+    national = rest
+    _, stripped, _ = pnu._maybe_strip_national_prefix_carrier_code(rest, metadata)
+    result = pnu._test_number_length(stripped, metadata)
+    if result not in _NOT_VIABLE and result != ValidationResult.INVALID_LENGTH:
+        national = stripped
+    if not 2 <= len(national) <= 17:
+        return None
+    number = phonenumbers.PhoneNumber(country_code=code)
+    pnu._set_italian_leading_zeros_for_phone_number(national, number)
+    number.national_number = int(national)
+    return number
+
+
+def _parse_international(cleaned: str) -> phonenumbers.PhoneNumber | Rejected:
+    """`cleaned` (`+` and ASCII digits) read as the international number it says it is."""
+    parsed = _parse_plus(cleaned[1:])
+    return _parse(cleaned, None) if parsed is None else parsed
+
+
+def _international_reading(digits: str) -> phonenumbers.PhoneNumber | None:
+    """ASCII `digits` read with a `+` before them; None when that reading fails, for
+    callers that only ask whether it does (a failed international reading leaves the
+    national one, whose reason is the answer). Without a known country code at their
+    start, phonenumbers refuses `+` and the digits whatever follows: no parse needed."""
+    if pnu._extract_country_code(digits)[0] == 0:
+        return None
+    parsed = _parse_international("+" + digits)
+    return None if isinstance(parsed, Rejected) else parsed
+
+
 def _possible(number: phonenumbers.PhoneNumber) -> Rejected | None:
     result = phonenumbers.is_possible_number_with_reason(number)
     if result == ValidationResult.IS_POSSIBLE:
@@ -165,12 +220,46 @@ def _e164(number: phonenumbers.PhoneNumber) -> str:
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
-def _accept(number: phonenumbers.PhoneNumber) -> Normalised:
+def _accept(number: phonenumbers.PhoneNumber, valid: bool | None = None) -> Normalised:
     flags: tuple[str, ...] = ()
-    if not phonenumbers.is_valid_number(number):
+    if not (phonenumbers.is_valid_number(number) if valid is None else valid):
         # Refusing a real customer's opt-out is worse than storing one number too many.
         flags = ("unknown_range",)
     return Normalised(_e164(number), flags)
+
+
+class _Readings:
+    """The ways one input without a `+` can be read, each parsed and checked at most once
+    (the rules below ask for the same reading several times)."""
+
+    def __init__(self, cleaned: str, region: str) -> None:
+        self.cleaned = cleaned
+        self.region = region
+
+    @functools.cached_property
+    def national(self) -> phonenumbers.PhoneNumber | Rejected:
+        return _parse(self.cleaned, self.region)
+
+    @functools.cached_property
+    def national_valid(self) -> bool:
+        national = self.national
+        return not isinstance(national, Rejected) and phonenumbers.is_valid_number(national)
+
+    @functools.cached_property
+    def international(self) -> phonenumbers.PhoneNumber | None:
+        return _international_reading(self.cleaned)
+
+    @functools.cached_property
+    def possible_international(self) -> phonenumbers.PhoneNumber | None:
+        """The international reading if it is a possible number."""
+        number = self.international
+        return number if number is not None and _possible(number) is None else None
+
+    @functools.cached_property
+    def valid_international(self) -> phonenumbers.PhoneNumber | None:
+        """The international reading if it is a valid number."""
+        number = self.international
+        return number if number is not None and phonenumbers.is_valid_number(number) else None
 
 
 def normalise(
@@ -211,64 +300,56 @@ def _normalise(raw: object, region: str, convention: Convention) -> Normalised |
     if isinstance(cleaned, Rejected):
         return cleaned
     if cleaned.startswith("+"):
-        parsed = _parse(cleaned, None)
+        parsed = _parse_international(cleaned)
         if isinstance(parsed, Rejected):
             return parsed
         return _possible(parsed) or _accept(parsed)
 
-    international = _parse("+" + cleaned, None)
-    if (
-        convention is Convention.INTERNATIONAL
-        and not isinstance(international, Rejected)
-        and _possible(international) is None
-    ):
-        return _accept(international)
+    read = _Readings(cleaned, region)
+    if convention is Convention.INTERNATIONAL and read.possible_international:
+        return _accept(read.possible_international)
 
-    trunk = _trunk_prefix_first(cleaned, region)
+    trunk = _trunk_prefix_first(read)
     if trunk is not None:
         return trunk
-    national = _parse(cleaned, region)
+    national = read.national
     if isinstance(national, Rejected):
-        if not isinstance(international, Rejected) and _possible(international) is None:
-            return _accept(international)
+        if read.possible_international:
+            return _accept(read.possible_international)
         return national
     problem = _possible(national)
-    national_valid = problem is None and phonenumbers.is_valid_number(national)
-    if (
-        not national_valid
-        and not isinstance(international, Rejected)
-        and phonenumbers.is_valid_number(international)
-    ):
+    national_valid = problem is None and read.national_valid
+    if not national_valid and read.valid_international:
         # 447911123456 in region IL: the national reading is not a real number, the
         # international one is, so the sender meant the country code.
-        return _accept(international)
+        return _accept(read.valid_international, valid=True)
     if problem is not None:
         if phonenumbers.region_code_for_number(national) != region.upper():
             return Rejected("invalid_for_region", problem.reason)
         return problem
-    return _accept(national)
+    return _accept(national, valid=national_valid)
 
 
-def _trunk_prefix_first(cleaned: str, region: str) -> Normalised | Rejected | None:
+def _trunk_prefix_first(read: _Readings) -> Normalised | Rejected | None:
     """A national trunk prefix written before a full international number: `0` then
     `972501234567` in region IL. Read as a national number it would be +972972501234567, a
     number nobody has. Read as the international number when that is possible (or, for
     another country's code, valid); refused with a reason when it is neither. None when the
     input is no such thing (a valid national number always stays national: 097234567)."""
-    metadata = phonenumbers.PhoneMetadata.metadata_for_region(region.upper())
+    metadata = phonenumbers.PhoneMetadata.metadata_for_region(read.region.upper())
     if metadata is None or not metadata.national_prefix:
         return None
     prefix = metadata.national_prefix
+    cleaned = read.cleaned
     if not cleaned.startswith(prefix) or cleaned.startswith(prefix * 2):
         return None
-    national = _parse(cleaned, region)
-    if not isinstance(national, Rejected) and phonenumbers.is_valid_number(national):
+    if read.national_valid:
         return None
     rest = cleaned[len(prefix) :]
-    international = _parse("+" + rest, None)
+    international = _international_reading(rest)
     code = str(metadata.country_code)
     if rest.startswith(code) and len(rest) >= len(code) + 7:
-        if not isinstance(international, Rejected) and _possible(international) is None:
+        if international is not None and _possible(international) is None:
             result = _accept(international)
             return Normalised(result.e164, (*result.flags, "trunk_prefix_removed"))
         return Rejected(
@@ -280,7 +361,7 @@ def _trunk_prefix_first(cleaned: str, region: str) -> Normalised | Rejected | No
     # national number, and a real number read internationally.
     if (
         len(rest) >= 10
-        and not isinstance(international, Rejected)
+        and international is not None
         and phonenumbers.is_valid_number(international)
     ):
         return Normalised(_e164(international), ("trunk_prefix_removed",))

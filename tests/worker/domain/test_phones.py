@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import phonenumbers
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from worker.domain import phones
 from worker.domain.phones import (
     REJECTION_REASONS,
     Convention,
@@ -166,3 +170,61 @@ def test_a_repeated_number_is_parsed_once() -> None:
 
 def test_a_non_string_input_is_still_normalised() -> None:
     assert normalise(972501234567, "IL") == normalise("972501234567", "IL")
+
+
+# The fast readings below stand in for phonenumbers.parse on the inputs most senders send;
+# phonenumbers' answer is the definition, and these hold them to it.
+_COUNTRY_CODES = sorted(phonenumbers.COUNTRY_CODE_TO_REGION_CODE)
+
+
+def _parsed(text: str) -> phonenumbers.PhoneNumber | None:
+    try:
+        return phonenumbers.parse(text, None)
+    except phonenumbers.NumberParseException:
+        return None
+
+
+@given(st.sampled_from(_COUNTRY_CODES), st.text("0123456789", max_size=16))
+@settings(max_examples=3000, deadline=None)
+def test_a_plain_international_number_is_read_as_phonenumbers_reads_it(
+    code: int, rest: str
+) -> None:
+    digits = f"{code}{rest}"
+    fast = phones._parse_plus(digits)
+    if fast is not None:
+        assert fast == _parsed("+" + digits)
+    assert phones._international_reading(digits) == _parsed("+" + digits)
+
+
+@given(st.text("0123456789", max_size=20))
+@settings(max_examples=1000, deadline=None)
+def test_any_digits_are_read_as_phonenumbers_reads_them(digits: str) -> None:
+    fast = phones._parse_plus(digits)
+    if fast is not None:
+        assert fast == _parsed("+" + digits)
+    assert phones._international_reading(digits) == _parsed("+" + digits)
+
+
+def test_every_country_code_takes_the_fast_reading() -> None:
+    # Each country's own shape, and a leading zero (Italy keeps it; elsewhere it is the
+    # trunk prefix parse strips when what is left is still a possible number).
+    for code in _COUNTRY_CODES:
+        region = phonenumbers.region_code_for_country_code(code)
+        example = phonenumbers.example_number_for_non_geo_entity(code) or (
+            phonenumbers.example_number(region) if region != "001" else None
+        )
+        if example is None:
+            continue
+        nsn = phonenumbers.national_significant_number(example)
+        for body in (f"{code}{nsn}", f"{code}0{nsn}"):
+            fast = phones._parse_plus(body)
+            assert fast is not None, body
+            assert fast == _parsed("+" + body), body
+
+
+def test_a_plain_number_skips_the_cleaning_and_is_read_the_same() -> None:
+    for raw in ("+972501234567", "0501234567", "972501234567", "+3906698812345"):
+        assert phones._clean(raw) == raw
+        assert phones._normalise(raw, "IL", Convention.NATIONAL) == phones._normalise(
+            f" {raw} ", "IL", Convention.NATIONAL
+        )
