@@ -151,6 +151,9 @@ class Settings(EnvSettings):
     archive_url: str | None = None
     archive_batch: int = Field(default=5000, ge=1, le=100_000)
     archive_interval_seconds: float = Field(default=1.0, gt=0)
+    #: While pushes are in flight a drain waits, up to this long (its oldest entry's age):
+    #: the opt-outs reach the providers first. 0: never waits.
+    archive_defer_seconds: float = Field(default=30.0, ge=0)
     audit_retention_days: int = Field(default=1826, ge=1)
     #: Entries waiting for the archive above which it is an alarm (logged, /readyz)...
     audit_backlog_alarm: int = Field(default=1_000_000, ge=1)

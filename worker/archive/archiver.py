@@ -44,14 +44,17 @@ _complaints = _Complaints({})
 
 def archive_pending(ctx: Context, budget_seconds: float = BUDGET_SECONDS) -> int:
     """The scheduled run: drain what waits, unless another drain holds the turn (two at once
-    would be harmless, only wasted: the same rows inserted twice as no-ops). With the
-    archive down, nothing leaves Redis: logged (once a minute), retried next run."""
+    would be harmless, only wasted: the same rows inserted twice as no-ops) or it waits for
+    the pushes (`deferred`). With the archive down, nothing leaves Redis: logged (once a
+    minute), retried next run."""
     try:
+        if deferred(ctx):
+            return 0
         token = ctx.store.take_turn("archive", TURN_SECONDS)
         if token is None:
             return 0
         try:
-            return drain(ctx, budget_seconds)
+            return drain(ctx, budget_seconds, yielding=True)
         except ArchiveError as exc:
             if _complaints.due("down"):
                 log.warning("archive_unavailable", error=exc.message,
@@ -63,10 +66,33 @@ def archive_pending(ctx: Context, budget_seconds: float = BUDGET_SECONDS) -> int
         check_alarm(ctx)
 
 
-def drain(ctx: Context, budget_seconds: float = BUDGET_SECONDS) -> int:
+def deferred(ctx: Context) -> bool:
+    """Whether the backlog is left for a later run: while numbers wait to be pushed or are
+    being pushed, until its oldest entry has waited OPTOUT_ARCHIVE_DEFER_SECONDS, and never
+    above the alarm. A drain shares the worker's processes and cores with the pushes (in a
+    bulk it held one of two pool processes for seconds while opt-outs waited), and an
+    opt-out reaching its providers comes before its evidence reaching the archive, which
+    loses nothing by waiting: the entries stay in Redis, where a number's history reads
+    them meanwhile."""
+    settings = ctx.settings
+    if settings.archive_defer_seconds <= 0 or not _pushing(ctx):
+        return False
+    backlog = ctx.store.audit_backlog()
+    if not backlog.entries or backlog.entries > settings.audit_backlog_alarm:
+        return False
+    waited = (ctx.store.now_ms() - backlog.oldest_ms) / 1000
+    return waited < settings.archive_defer_seconds
+
+
+def _pushing(ctx: Context) -> bool:
+    return ctx.store.leased() > 0 or bool(ctx.store.staged_batches(sorted(ctx.directory())))
+
+
+def drain(ctx: Context, budget_seconds: float = BUDGET_SECONDS, yielding: bool = False) -> int:
     """Move batches from the stream into the archive until it is empty or the budget is
-    spent; how many entries moved. Each batch: inserted in one transaction, then dropped
-    from the stream and from its numbers' tails in Redis."""
+    spent (`yielding`: or the pushes have begun meanwhile, see `deferred`); how many entries
+    moved. Each batch: inserted in one transaction, then dropped from the stream and from
+    its numbers' tails in Redis."""
     ctx.archive.ensure_schema()
     size = ctx.settings.archive_batch
     deadline = time.monotonic() + budget_seconds
@@ -78,7 +104,7 @@ def drain(ctx: Context, budget_seconds: float = BUDGET_SECONDS) -> int:
             ctx.store.forget_archived(batch)
             moved += len(batch)
             metrics.ARCHIVED.inc(len(batch))
-        if time.monotonic() >= deadline:
+        if time.monotonic() >= deadline or (yielding and batch and deferred(ctx)):
             break
         # Caught up: entries an older release kept in numbers' tails only go to the stream
         # now, a page of tails at a time, so that they never swell the backlog accepts are

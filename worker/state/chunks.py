@@ -114,6 +114,10 @@ class Chunks(Keyspace):
         mode = "recover" if recover else "return"
         return Released.decode(self._run("release", chunk_id, mode, late_ms))
 
+    def leased(self) -> int:
+        """How many chunks are leased: being pushed now (or lost, until recovered)."""
+        return int(self.redis.zcard(self.key("leases")))
+
     def expired_leases(self, limit: int = 100) -> list[str]:
         ids = self.redis.zrangebyscore(self.key("leases"), "-inf", self.now_ms(), 0, limit)
         return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]

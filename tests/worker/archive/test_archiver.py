@@ -15,7 +15,9 @@ from worker.archive.archiver import archive_pending, backlog_report, drain
 from worker.archive.database import Archive, ArchiveError
 from worker.ingress.api import create_api
 from worker.pipeline.accept import AuditBacklogError, Event, PhoneInput, accept
+from worker.pipeline.batching import ALL
 from worker.pipeline.context import Context
+from worker.pipeline.push import push
 from worker.providers.base import Action
 
 PHONES = [f"+9725012345{i:02d}" for i in range(20)]
@@ -192,3 +194,80 @@ def test_entries_the_release_before_kept_in_a_tail_only_are_archived_too(
     assert [e.get("at") for e in archived][:2] == [1700000000000, 1700000001000]
     assert len(archived) == 4
     assert [e.get("outcome") for e in evidence(actx, n)][:2] == [None, "done"]
+
+
+def _staged(ctx: Context, phones: list[str] = PHONES) -> None:
+    """Accepted and not pushed yet: the flushes are queued, never run."""
+    accept(ctx, Event("api", Action.ADD, [PhoneInput(p) for p in phones]))
+
+
+def _leased(ctx: Context) -> str:
+    """Everything staged, taken for a push that has not answered yet: its chunk."""
+    options = ctx.claim_options("voicenter", "voicenter", ALL, 10, open_first=False)
+    (chunk,) = ctx.store.claim("voicenter", "voicenter", Action.ADD, **options).chunks
+    return chunk
+
+
+def test_a_run_waits_while_numbers_wait_to_be_pushed(
+    actx: Context, dispatcher: QueueDispatcher
+) -> None:
+    _staged(actx)
+    assert archive_pending(actx) == 0
+    assert actx.store.audit_backlog().entries == 20  # waiting in Redis, nothing lost
+
+
+def test_a_run_waits_while_a_push_is_in_flight(actx: Context, dispatcher: QueueDispatcher) -> None:
+    _staged(actx)
+    chunk = _leased(actx)
+    assert actx.store.leased() == 1
+    assert archive_pending(actx) == 0
+    push(actx, chunk)  # it answers
+    assert archive_pending(actx) == 40
+
+
+def test_a_run_waits_no_longer_than_the_defer_time(
+    actx: Context, dispatcher: QueueDispatcher, clock: Any
+) -> None:
+    _staged(actx)
+    clock.advance(actx.settings.archive_defer_seconds - 1)
+    assert archive_pending(actx) == 0
+    clock.advance(1)
+    assert archive_pending(actx) == 20
+
+
+@pytest.mark.parametrize("overrides", [{"audit_backlog_alarm": 10}, {"archive_defer_seconds": 0}])
+def test_a_run_never_waits_above_the_alarm_or_with_the_defer_time_zero(
+    make_ctx: Any, archive: Archive, overrides: dict[str, Any]
+) -> None:
+    ctx = make_ctx(**overrides)
+    ctx.archive = archive
+    _staged(ctx)
+    assert archive_pending(ctx) == 20
+
+
+def test_a_drain_that_finds_the_pushes_begun_gives_them_the_worker_back(
+    make_ctx: Any, archive: Archive, dispatcher: QueueDispatcher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("worker.state.auditlog.BATCH_PAGE", 1)  # batches of 7 rows, or more
+    ctx = make_ctx(archive_batch=7)
+    for i in range(0, 20, 5):
+        opt_out(ctx, dispatcher, PHONES[i : i + 5])  # 40 entries in 8 stream entries of 5
+
+    class StagingMidway:
+        """The archive, while a bulk arrives after the drain's first batch."""
+
+        def __init__(self) -> None:
+            self.sizes: list[int] = []
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(archive, name)
+
+        def write(self, batch: Any) -> int:
+            self.sizes.append(len(batch))
+            if len(self.sizes) == 1:
+                _staged(ctx, ["+972509999999"])
+            return archive.write(batch)
+
+    ctx.archive = staging = StagingMidway()  # type: ignore[assignment]
+    assert archive_pending(ctx) == staging.sizes[0] == 10
+    assert drain(ctx) == 40 + 1 - 10  # an operator's drain does not wait: all that is left
