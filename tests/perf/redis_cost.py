@@ -6,11 +6,12 @@
 Redis is where the bulk path's push phase is bound and a third of an event's cost goes
 (README: the production shape). This drives the real scripts on a fresh embedded Redis (AOF
 off: the scripts' own CPU, without the fsyncs) through one target's whole path: bulk accepts
-of 200 numbers a call (the API's parts), claims of up to 10 chunks a call, each chunk
-opened and completed as delivered, the archive drain's reads and cleanups; then one-number
-events pipelined 200 at a time (the API's group commit). Each step's figure is the Redis
-main thread's CPU (`INFO cpu`) it took, per number, so that a change to a script is measured
-on its own: far steadier than the end-to-end figures, which move with the machine.
+of 200 numbers a call (the API's parts), claims of one chunk a call, opened in the same
+call (as a push chain takes its next chunk), each completed as delivered, the archive
+drain's reads and cleanups; then one-number events pipelined 200 at a time (the API's
+group commit). Each step's figure is the Redis main thread's CPU (`INFO cpu`) it took, per
+number, so that a change to a script is measured on its own: far steadier than the
+end-to-end figures, which move with the machine.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from worker.state.ledger import accept_args
 from worker.state.store import Store
 
 ROUTE = {"include": [], "exclude": [], "call": False}
-STEPS = ("accept (bulk)", "claim", "open", "complete", "archive drain", "accept (event)")
+STEPS = ("accept (bulk)", "claim and open", "complete", "archive drain", "accept (event)")
 
 
 def _cpu(client: redis.Redis) -> float:
@@ -68,24 +69,20 @@ def one_run(client: redis.Redis, prefix: str, numbers: int, events: int) -> Run:
             assert store.accept(event(store, Action.ADD), part, ROUTE, 3600).status == "ok"
 
     chunks: list[str] = []
+    opened = []
 
     def claim() -> None:
+        # As a push chain takes its next chunk: one a call, opened in the same call.
         while True:
             claimed = store.claim(
                 "voicenter", "voicenter", Action.ADD, size=100, lease_seconds=60, mode="all",
-                linger_ms=0, max_chunks=10,
+                linger_ms=0, max_chunks=1, open_first=True,
             )  # fmt: skip
             if claimed.status != "ok" or not claimed.chunks:
                 return
+            assert claimed.opened is not None
             chunks.extend(claimed.chunks)
-
-    opened = []
-
-    def open_all() -> None:
-        for chunk_id in chunks:
-            found = store.open_chunk(chunk_id, 60)
-            assert found is not None
-            opened.append(found)
+            opened.append(claimed.opened)
 
     def complete_all() -> None:
         for found in opened:
@@ -108,10 +105,9 @@ def one_run(client: redis.Redis, prefix: str, numbers: int, events: int) -> Run:
 
     step(STEPS[0], numbers, accept_bulk)
     step(STEPS[1], numbers, claim)
-    step(STEPS[2], numbers, open_all)
-    step(STEPS[3], numbers, complete_all)
-    step(STEPS[4], numbers, drain)
-    step(STEPS[5], events, accept_events)
+    step(STEPS[2], numbers, complete_all)
+    step(STEPS[3], numbers, drain)
+    step(STEPS[4], events, accept_events)
     run.chunks = len(chunks)
     return run
 

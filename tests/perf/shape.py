@@ -45,6 +45,7 @@ from typing import Any
 
 import redis
 
+from config.settings import Settings
 from tests.fakes.providers import listed
 from tests.perf import servers
 from tests.perf.bench import (
@@ -64,7 +65,9 @@ from worker.runtime.embedded import EmbeddedRedis
 
 WIDTH = 80
 API_WORKERS = 2
-CONCURRENCY = 2  # `optout worker`'s default processes, and the baseline's
+CONCURRENCY = 2  # the baseline's processes (issue 16: prefork -c 2)
+#: `optout worker`'s main group as it starts with no option: OPTOUT_WORKER_CONCURRENCY's default.
+WORKER_PROCESSES = int(Settings.model_fields["worker_concurrency"].default)
 PER_REQUEST = 1000  # bulk numbers a request
 #: Numbers are `+97259` and 7 digits: each wrk thread counts in a block of its own.
 THREAD_BLOCK = 1_000_000
@@ -296,6 +299,7 @@ class Report:
     code: str = ""
     settled: tuple[float, float] = (0.0, 0.0)  # waits after the bulk and after the events
     redis: str = "embedded Redis"  # servers.describe()
+    worker_processes: int = WORKER_PROCESSES
 
     def lines(self) -> list[str]:
         mean = sum(b.rate for b in self.bases) / len(self.bases)
@@ -373,7 +377,8 @@ class Report:
             f"Issue 16's bulk speed, one-machine production shape (code {self.code or '?'})",
             f"machine: {machine()}",
             f"load average at the start: {self.load[0]}; at the end: {self.load[1]}",
-            f"optout api --workers {API_WORKERS}, optout worker ({CONCURRENCY} processes), "
+            f"optout api --workers {API_WORKERS}, optout worker ({self.worker_processes} "
+            "processes), "
             f"optout beat; {self.redis}, AOF always; a fake Voicenter on loopback, limits "
             f"lifted. Bulk {self.numbers:,} numbers; wrk {self.seconds:g} s over "
             f"{self.connections} connections; baseline: a Celery task and a request per "
@@ -400,7 +405,8 @@ def _code() -> str:
 
 
 def measure(numbers: int, seconds: float, connections: int, baseline_numbers: int,
-            logs: Path, server_binary: str | None = None) -> Report:  # fmt: skip
+            logs: Path, server_binary: str | None = None,
+            worker_processes: int = WORKER_PROCESSES) -> Report:  # fmt: skip
     """`server_binary`: the redis-server to run (None: the embedded one)."""
     first = THREAD_BLOCK * (numbers // THREAD_BLOCK + 1)  # wrk's numbers above the bulk's
     threads = min(connections, os.cpu_count() or 1)
@@ -412,7 +418,7 @@ def measure(numbers: int, seconds: float, connections: int, baseline_numbers: in
         bench = Bench(redis_server.url, logs, 0.0, API_WORKERS, CONCURRENCY)
         bases = [baseline(bench, baseline_numbers, CONCURRENCY)]
         print(f"baseline: {bases[0].rate:,.0f} numbers/s", file=sys.stderr, flush=True)
-        worker = (*CLI, "worker", "--concurrency", str(CONCURRENCY))
+        worker = (*CLI, "worker", "--concurrency", str(worker_processes))
         with stack(bench, ("voicenter",), worker_argv=worker, beat=True) as s:
             bulk_phase = bulk(s, bench, numbers)
             print(f"bulk: {bulk_phase.figure.rate:,.0f} numbers/s", file=sys.stderr, flush=True)
@@ -427,7 +433,7 @@ def measure(numbers: int, seconds: float, connections: int, baseline_numbers: in
         redis_server.stop()
     return Report(numbers, seconds, connections, bases, bulk_phase, events_phase, seen, held,
                   no_op, (load_start, _load()), code, (after_bulk, after_events),
-                  servers.describe(server_binary))  # fmt: skip
+                  servers.describe(server_binary), worker_processes)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -438,6 +444,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=64, help="wrk's connections")
     parser.add_argument("--baseline-numbers", type=int, default=None,
                         help="each baseline run (default: min(numbers, 10000))")  # fmt: skip
+    parser.add_argument("--worker-processes", type=int, default=WORKER_PROCESSES,
+                        help="optout worker --concurrency (default: its own default, "
+                        f"{WORKER_PROCESSES})")  # fmt: skip
     servers.add_option(parser)
     args = parser.parse_args(argv)
     if args.numbers <= 0 or args.numbers % PER_REQUEST:
@@ -448,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     nb = args.baseline_numbers or min(args.numbers, 10_000)
     with tempfile.TemporaryDirectory(prefix="optout-shape-") as tmp:
         report = measure(args.numbers, args.seconds, args.connections, nb, Path(tmp),
-                         args.redis_server)  # fmt: skip
+                         args.redis_server, args.worker_processes)  # fmt: skip
     print("\n".join(report.lines()), flush=True)
     return 0
 

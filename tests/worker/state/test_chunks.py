@@ -166,6 +166,24 @@ def test_a_claim_asked_to_open_answers_its_first_chunk_as_open_does(store: Store
     assert _claim(store, open_first=True) == Claimed("ok", [], [])
 
 
+def test_a_claim_that_opens_answers_as_open_does_for_held_and_moved_numbers(
+    store: Store,
+) -> None:
+    # The claim hands open_chunk the states and versions it read itself: held (an add-only
+    # target holds the number already) and a number whose ledger moved after staging (not
+    # in the chunk) must come out as open.lua, reading them again, says.
+    live(store, voicenter={**VOICENTER, "add_only": True})
+    accept(store, Action.ADD, N1, N2, N3)
+    store.redis.hset(store.key("confirmed", "voicenter"), N2, "blocked:1")
+    store.redis.hset(store.key("num", N3), "s", "unblocked")  # moved, nothing re-staged
+    claimed = _claim(store, size=3, max_chunks=1, open_first=True)
+    assert claimed.opened is not None
+    assert [i.e164 for i in claimed.opened.chunk.items] == [N1, N2]
+    assert claimed.opened.states == {N1: "blocked", N2: "held"}
+    assert claimed.opened.versions == {N1: "1", N2: "1"}
+    assert claimed.opened == store.open_chunk(claimed.chunks[0], 60)
+
+
 def test_complete_then_claim_claims_after_the_completion_in_one_round_trip(
     store: Store,
 ) -> None:

@@ -49,6 +49,8 @@ end
 local want = want_state(action)
 local chunks = {}
 local touched = {}
+-- The first chunk's states and versions as read here, when it is to be opened (open_chunk).
+local first = nil
 while #chunks < max_chunks do
   if max_inflight > 0 and redis.call('HLEN', inflight_key) >= max_inflight * size then break end
   local count = redis.call('ZCARD', key)
@@ -57,10 +59,14 @@ while #chunks < max_chunks do
   redis.call('ZREM', key, unpack(members))
   local id = int(redis.call('INCR', P .. 'chunkseq'))
   local items = {}
+  local known = nil
+  if open_first and #chunks == 0 then known = {states = {}, versions = {}} end
   for _, n in ipairs(members) do
     local led = redis.call('HMGET', P .. 'num:' .. n, 's', 'v', 'n', 'x', 'c', 'src', 'r', 'u',
                            'rs')
-    if target_state(target, led[1], led[9] or led[6]) == want then
+    local state = target_state(target, led[1], led[9] or led[6])
+    if state == want then
+      if known then known.states[n], known.versions[n] = state, led[2] or '' end
       redis.call('HSET', inflight_key, n, id)
       table.insert(items, chunk_item(n, led[2], led[3] or '', led[4] or '0', led[5] or '',
                                      led[6] or '', led[7] or '', led[8] or '0'))
@@ -71,13 +77,18 @@ while #chunks < max_chunks do
     end
   end
   if #items > 0 then
-    redis.call('SET', P .. 'chunk:' .. id, cjson.encode({
-      id = id, target = target, provider = provider, action = action,
-      items = items, created = NOW}))
+    local chunk = {id = id, target = target, provider = provider, action = action,
+                   items = items, created = NOW}
+    local raw = cjson.encode(chunk)
+    redis.call('SET', P .. 'chunk:' .. id, raw)
     redis.call('ZADD', P .. 'leases', NOW + lease, id)
     table.insert(chunks, id)
+    if known then
+      known.raw, known.chunk = raw, chunk
+      first = known
+    end
   end
 end
 local answer = {status = 'ok', chunks = chunks, staged = staged_summary(touched)}
-if open_first and chunks[1] then answer.opened = open_chunk(chunks[1], lease) end
+if open_first and chunks[1] then answer.opened = open_chunk(chunks[1], lease, first) end
 return cjson.encode(answer)

@@ -711,12 +711,14 @@ end
 -- A push's first look at a chunk (open.lua; claim.lua hands a chain its next chunk opened):
 -- the chunk, whether its provider is stopped, each number's state and version, the lease
 -- started again and the opening counted. Returns {chunk = false} when the chunk is gone.
-local function open_chunk(id, lease_ms)
-  local raw = redis.call('GET', P .. 'chunk:' .. id)
+-- `known` (claim.lua, for the chunk it has just written in the same call): its JSON, its
+-- table and each number's state and version as that call read them, not read again.
+local function open_chunk(id, lease_ms, known)
+  local raw = known and known.raw or redis.call('GET', P .. 'chunk:' .. id)
   if not raw then return {chunk = false} end
   redis.call('ZADD', P .. 'leases', 'GT', NOW + lease_ms, id)
   redis.call('HINCRBY', P .. 'opened', id, 1)
-  local chunk = cjson.decode(raw)
+  local chunk = known and known.chunk or cjson.decode(raw)
   local stopped = redis.call('HEXISTS', P .. 'paused', chunk.provider) == 1
   if tonumber(redis.call('GET', P .. 'hold:' .. chunk.provider) or '0') > NOW then
     stopped = true
@@ -725,14 +727,19 @@ local function open_chunk(id, lease_ms)
   local add_only = meta(chunk.target).add_only
   for _, item in ipairs(chunk.items) do
     local n = item[ITEM.e164]
-    local led = redis.call('HMGET', P .. 'num:' .. n, 's', 'v', 'rs', 'src')
-    local state = target_state(chunk.target, led[1] or '', led[3] or led[4])
+    local state, version
+    if known then
+      state, version = known.states[n], known.versions[n]
+    else
+      local led = redis.call('HMGET', P .. 'num:' .. n, 's', 'v', 'rs', 'src')
+      state, version = target_state(chunk.target, led[1] or '', led[3] or led[4]), led[2] or ''
+    end
     if add_only then
       local conf = confirmed(chunk.target, n)
       if conf and string.sub(conf, 1, 8) == 'blocked:' then state = 'held' end
     end
     states[n] = state
-    versions[n] = led[2] or ''
+    versions[n] = version
   end
   return {chunk = raw, stopped = stopped, states = states, versions = versions}
 end
