@@ -192,9 +192,34 @@ def _parse_plus(body: str) -> phonenumbers.PhoneNumber | None:
     return number
 
 
+#: Inputs the fast reading must read as phonenumbers.parse does before it is used: a
+#: phonenumbers release whose private helpers changed turns it off, never into wrong numbers
+#: or a refusal of every number. (Israel, Italy's leading zero, NANP, the UK, Argentina's
+#: mobile 9, a national prefix after the country code, a non-geographic code.)
+_SELF_CHECK = (
+    "972501234567",
+    "390212345678",
+    "12125551234",
+    "447911123456",
+    "5491123456789",
+    "9720501234567",
+    "80012345678",
+)
+
+
+def _fast_reading_agrees() -> bool:
+    try:
+        return all(_parse_plus(d) == phonenumbers.parse("+" + d, None) for d in _SELF_CHECK)
+    except Exception:  # noqa: BLE001
+        return False
+
+
+_FAST = _fast_reading_agrees()
+
+
 def _parse_international(cleaned: str) -> phonenumbers.PhoneNumber | Rejected:
     """`cleaned` (`+` and ASCII digits) read as the international number it says it is."""
-    parsed = _parse_plus(cleaned[1:])
+    parsed = _parse_plus(cleaned[1:]) if _FAST else None
     return _parse(cleaned, None) if parsed is None else parsed
 
 
@@ -203,7 +228,7 @@ def _international_reading(digits: str) -> phonenumbers.PhoneNumber | None:
     callers that only ask whether it does (a failed international reading leaves the
     national one, whose reason is the answer). Without a known country code at their
     start, phonenumbers refuses `+` and the digits whatever follows: no parse needed."""
-    if pnu._extract_country_code(digits)[0] == 0:
+    if _FAST and pnu._extract_country_code(digits)[0] == 0:
         return None
     parsed = _parse_international("+" + digits)
     return None if isinstance(parsed, Rejected) else parsed

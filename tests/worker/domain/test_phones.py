@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import types
+
 import phonenumbers
 import pytest
 from hypothesis import given, settings
@@ -228,3 +230,18 @@ def test_a_plain_number_skips_the_cleaning_and_is_read_the_same() -> None:
         assert phones._normalise(raw, "IL", Convention.NATIONAL) == phones._normalise(
             f" {raw} ", "IL", Convention.NATIONAL
         )
+
+
+def test_a_phonenumbers_whose_helpers_changed_turns_the_fast_reading_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    inputs = ["+972501234567", "0501234567", "447911123456", "+390212345678", "+999123456"]
+    fast = [phones._normalise(raw, "IL", Convention.NATIONAL) for raw in inputs]
+    assert phones._FAST  # this release's helpers read as parse does
+    changed = types.SimpleNamespace(**vars(phones.pnu))
+    changed._extract_country_code = lambda number: (0, number, None)  # a third value now
+    monkeypatch.setattr(phones, "pnu", changed)
+    assert phones._fast_reading_agrees() is False
+    monkeypatch.setattr(phones, "_FAST", False)
+    # Every number then goes through phonenumbers.parse, with the same answers.
+    assert [phones._normalise(raw, "IL", Convention.NATIONAL) for raw in inputs] == fast
