@@ -19,6 +19,9 @@ _DECIMAL = re.compile(r"^\+?\d+\.\d{1,2}$")
 _DIGITS = re.compile(r"^\d+$")
 #: What most senders send: nothing to clean (the rules below leave it as it is).
 _PLAIN = re.compile(r"\+?[0-9]{1,17}")
+#: What the fast readings below take; anything else (a negative integer's text) goes to
+#: phonenumbers.
+_ASCII_DIGITS = re.compile(r"[0-9]+")
 _LETTER = re.compile(r"[^\W\d_]")
 #: Dashes that are not ASCII (hyphen, non-breaking hyphen, en and em dash, minus sign, ...).
 _DASHES = frozenset("\u2010\u2011\u2012\u2013\u2014\u2015\u2212\u2043\ufe58\ufe63\uff0d")
@@ -169,7 +172,7 @@ def _parse_plus(body: str) -> phonenumbers.PhoneNumber | None:
     digits never has (an IDD prefix, letters, an extension, Unicode digits, a
     phone-context): this is parse's own path for the rest, through its own helpers, and
     tests/worker/domain/test_phones.py holds it equal to parse."""
-    if not 4 <= len(body) <= 17:
+    if not 4 <= len(body) <= 17 or not _ASCII_DIGITS.fullmatch(body):
         return None
     code, rest = pnu._extract_country_code(body)
     if code == 0 or len(rest) < 2:
@@ -227,8 +230,9 @@ def _international_reading(digits: str) -> phonenumbers.PhoneNumber | None:
     """ASCII `digits` read with a `+` before them; None when that reading fails, for
     callers that only ask whether it does (a failed international reading leaves the
     national one, whose reason is the answer). Without a known country code at their
-    start, phonenumbers refuses `+` and the digits whatever follows: no parse needed."""
-    if _FAST and pnu._extract_country_code(digits)[0] == 0:
+    start, phonenumbers refuses `+` and the digits whatever follows: no parse needed. Not
+    digits (str(-12125551234): parse reads `+-12125551234` as +12125551234): parse."""
+    if _FAST and _ASCII_DIGITS.fullmatch(digits) and pnu._extract_country_code(digits)[0] == 0:
         return None
     parsed = _parse_international("+" + digits)
     return None if isinstance(parsed, Rejected) else parsed

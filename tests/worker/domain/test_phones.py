@@ -245,3 +245,29 @@ def test_a_phonenumbers_whose_helpers_changed_turns_the_fast_reading_off(
     monkeypatch.setattr(phones, "_FAST", False)
     # Every number then goes through phonenumbers.parse, with the same answers.
     assert [phones._normalise(raw, "IL", Convention.NATIONAL) for raw in inputs] == fast
+
+
+@pytest.mark.parametrize(
+    ("raw", "region", "convention", "answer"),
+    [
+        (-12125551234, "IL", Convention.NATIONAL, Normalised("+12125551234")),
+        (-12125551234, "IL", Convention.INTERNATIONAL, Normalised("+12125551234")),
+        (-447911123456, "US", Convention.NATIONAL, Normalised("+447911123456")),
+        (-447911123456, "US", Convention.INTERNATIONAL, Normalised("+447911123456")),
+        (-972501234567, "GB", Convention.NATIONAL, Rejected("invalid_for_region", "too_long")),
+        (
+            -972501234567,
+            "GB",
+            Convention.INTERNATIONAL,
+            Normalised("+972501234567", ("unknown_range",)),
+        ),
+    ],
+)
+def test_a_negative_integer_is_read_as_phonenumbers_reads_its_text(
+    raw: int, region: str, convention: Convention, answer: Normalised | Rejected
+) -> None:
+    # str(-12125551234) is not digits: the fast readings leave it to phonenumbers, which
+    # reads "+-12125551234" as +12125551234 (not +97212125551234 in IL: someone else), as
+    # normalise did before them (f8794e5~1).
+    assert phones._international_reading(str(raw)) == _parsed(f"+{raw}")
+    assert normalise(raw, region, convention) == answer
