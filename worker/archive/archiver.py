@@ -69,16 +69,17 @@ def archive_pending(ctx: Context, budget_seconds: float = BUDGET_SECONDS) -> int
 def deferred(ctx: Context) -> bool:
     """Whether the backlog is left for a later run: while numbers wait to be pushed or are
     being pushed, until its oldest entry has waited OPTOUT_ARCHIVE_DEFER_SECONDS, and never
-    at half the alarm or more. A drain shares the worker's processes and cores with the pushes (in a
-    bulk it held one of two pool processes for seconds while opt-outs waited), and an
-    opt-out reaching its providers comes before its evidence reaching the archive, which
-    loses nothing by waiting: the entries stay in Redis, where a number's history reads
-    them meanwhile."""
+    at half the alarm or more. A drain shares the worker's processes and cores with the
+    pushes (in a bulk it held one of two pool processes for seconds while opt-outs waited),
+    and an opt-out reaching its providers comes before its evidence reaching the archive,
+    which loses nothing by waiting: the entries stay in Redis, where a number's history
+    reads them meanwhile."""
     settings = ctx.settings
     if settings.archive_defer_seconds <= 0 or not _pushing(ctx):
         return False
     backlog = ctx.store.audit_backlog()
-    # Half the alarm: waiting must never be what raises it.
+    # Half the alarm, so that the waiting never raises it, nor reaches the limit where
+    # accepts are refused (the settings keep it at the alarm or above).
     if not backlog.entries or backlog.entries >= settings.audit_backlog_alarm / 2:
         return False
     waited = (ctx.store.now_ms() - backlog.oldest_ms) / 1000

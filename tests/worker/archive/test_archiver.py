@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from structlog.testing import capture_logs
 
 from tests.fakes.dispatch import QueueDispatcher
-from worker.archive.archiver import archive_pending, backlog_report, drain
+from worker.archive.archiver import archive_pending, backlog_report, drain, over_limit
 from worker.archive.database import Archive, ArchiveError
 from worker.ingress.api import create_api
 from worker.pipeline.accept import AuditBacklogError, Event, PhoneInput, accept
@@ -271,3 +271,17 @@ def test_a_drain_that_finds_the_pushes_begun_gives_them_the_worker_back(
     ctx.archive = staging = StagingMidway()  # type: ignore[assignment]
     assert archive_pending(ctx) == staging.sizes[0] == 10
     assert drain(ctx) == 40 + 1 - 10  # an operator's drain does not wait: all that is left
+
+
+def test_a_run_never_waits_while_accepts_are_refused(make_ctx: Any, archive: Archive) -> None:
+    # Found by review: OPTOUT_AUDIT_BACKLOG_LIMIT may equal the alarm, and a backlog at it
+    # (not above the alarm) was left waiting for the pushes while accepts were refused:
+    # opt-outs answered 503 for up to OPTOUT_ARCHIVE_DEFER_SECONDS for nothing.
+    ctx = make_ctx(audit_backlog_alarm=20, audit_backlog_limit=20)
+    ctx.archive = archive
+    _staged(ctx)
+    ctx.backlog_seen = (float("-inf"), 0)  # looked at again now
+    assert over_limit(ctx) == 20  # refusing
+    assert archive_pending(ctx) == 20
+    ctx.backlog_seen = (float("-inf"), 0)
+    assert over_limit(ctx) is None
