@@ -106,12 +106,15 @@ def drain(ctx: Context, budget_seconds: float = BUDGET_SECONDS, yielding: bool =
             ctx.store.forget_archived(batch)
             moved += len(batch)
             metrics.ARCHIVED.inc(len(batch))
-        if time.monotonic() >= deadline or (yielding and batch and deferred(ctx)):
+        if time.monotonic() >= deadline:
             break
         # Caught up: entries an older release kept in numbers' tails only go to the stream
         # now, a page of tails at a time, so that they never swell the backlog accepts are
-        # bounded by.
+        # bounded by. Before yielding to the pushes: with accepts and pushes never pausing,
+        # a drain that yielded first would never reach this step.
         if len(batch) < size and not ctx.store.adopt_tails():
+            break
+        if yielding and batch and deferred(ctx):
             break
     if moved:
         log.info("audit_archived", entries=moved)

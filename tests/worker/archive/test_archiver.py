@@ -285,3 +285,39 @@ def test_a_run_never_waits_while_accepts_are_refused(make_ctx: Any, archive: Arc
     assert archive_pending(ctx) == 20
     ctx.backlog_seen = (float("-inf"), 0)
     assert over_limit(ctx) is None
+
+
+def test_a_drain_that_yields_to_the_pushes_still_adopts_the_tails(
+    make_ctx: Any, archive: Archive, clock: Any
+) -> None:
+    # Found by review: a drain that caught up and found new pushes gave the worker back
+    # before the tails' step, and the next run waits again for new entries: with accepts
+    # and pushes never pausing for 30 s, entries the release before (or an old process of
+    # a rolling upgrade) kept in a tail only never reached the stream, where the old
+    # process's cap could trim them out of Redis for good.
+    ctx = make_ctx()
+    n = PHONES[0]
+    old = '{"at":1700000000000,"ev":"e1","src":"api","act":"add","rsn":"","t":1700000000000,"x":0,"res":"applied","v":1}'  # noqa: E501
+    ctx.store.redis.lpush(ctx.store.key("audit", n), old)
+    _staged(ctx)
+    clock.advance(ctx.settings.archive_defer_seconds)
+
+    class Busy:
+        """The archive, while accepts and pushes go on: each write, another number."""
+
+        def __init__(self) -> None:
+            self.writes = 0
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(archive, name)
+
+        def write(self, batch: Any) -> int:
+            self.writes += 1
+            _staged(ctx, [f"+9725099999{self.writes:02d}"])
+            return archive.write(batch)
+
+    ctx.archive = Busy()  # type: ignore[assignment]
+    archive_pending(ctx)
+    archived = [e.raw.get("at") for e in archive.between(None, None, n)]
+    waiting = [e.body for e in ctx.store.pending_audit(1000) if e.number == n]
+    assert 1700000000000 in archived or any("1700000000000" in b for b in waiting)
