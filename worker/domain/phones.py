@@ -335,23 +335,25 @@ def _normalise(raw: object, region: str, convention: Convention) -> Normalised |
         return _possible(parsed) or _accept(parsed)
 
     read = _Readings(cleaned, region)
-    if convention is Convention.INTERNATIONAL and read.possible_international:
-        return _accept(read.possible_international)
+    if convention is Convention.INTERNATIONAL:
+        international = read.possible_international
+        if international is not None:
+            return _accept(international)
 
     trunk = _trunk_prefix_first(read)
     if trunk is not None:
         return trunk
     national = read.national
     if isinstance(national, Rejected):
-        if read.possible_international:
-            return _accept(read.possible_international)
-        return national
+        international = read.possible_international
+        return national if international is None else _accept(international)
     problem = _possible(national)
     national_valid = problem is None and read.national_valid
-    if not national_valid and read.valid_international:
+    valid_international = None if national_valid else read.valid_international
+    if valid_international is not None:
         # 447911123456 in region IL: the national reading is not a real number, the
         # international one is, so the sender meant the country code.
-        return _accept(read.valid_international, valid=True)
+        return _accept(valid_international, valid=True)
     if problem is not None:
         if phonenumbers.region_code_for_number(national) != region.upper():
             return Rejected("invalid_for_region", problem.reason)
