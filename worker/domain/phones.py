@@ -162,7 +162,12 @@ def _parse(text: str, region: str | None) -> phonenumbers.PhoneNumber | Rejected
         return Rejected(_PARSE_REASONS.get(exc.error_type, "not_a_number"), str(exc))
 
 
-_NOT_VIABLE = (ValidationResult.TOO_SHORT, ValidationResult.IS_POSSIBLE_LOCAL_ONLY)
+#: parse keeps the national prefix when what is left after it would be any of these.
+_PREFIX_KEPT = (
+    ValidationResult.TOO_SHORT,
+    ValidationResult.IS_POSSIBLE_LOCAL_ONLY,
+    ValidationResult.INVALID_LENGTH,
+)
 
 
 def _parse_plus(body: str) -> phonenumbers.PhoneNumber | None:
@@ -185,7 +190,7 @@ def _parse_plus(body: str) -> phonenumbers.PhoneNumber | None:
     national = rest
     _, stripped, _ = pnu._maybe_strip_national_prefix_carrier_code(rest, metadata)
     result = pnu._test_number_length(stripped, metadata)
-    if result not in _NOT_VIABLE and result != ValidationResult.INVALID_LENGTH:
+    if result not in _PREFIX_KEPT:
         national = stripped
     if not 2 <= len(national) <= 17:
         return None

@@ -87,7 +87,7 @@ class Chunks(Keyspace):
         would: the chunk completed no longer counts against the target's in-flight cap.
         When the completion fails, the chunks the claim took are given back to staging
         before its error is raised: the chain that would push them ends with it."""
-        done, claimed = self._answers_in_order(
+        done, claimed = self._run_in_order(
             [("complete", self._complete_args(chunk, results, options)),
              ("claim", self.claim_args(chunk.target, chunk.provider, chunk.action, **claim))]
         )  # fmt: skip

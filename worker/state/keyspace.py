@@ -72,21 +72,13 @@ class Keyspace:
 
     def _run_in_order(self, calls: list[tuple[str, tuple[Any, ...]]]) -> list[Any]:
         """Several scripts' answers (each `(name, args)` as for `_run`), run one after the
-        other in one round trip. EVALSHA by hand: a pipeline's registered scripts would cost
-        a SCRIPT EXISTS round trip on every execute; instead each is loaded once, before its
-        first such call. A script Redis does not hold all the same (it started over since)
-        is run again on its own, which loads it: after the calls that followed it, as if
-        another process's calls had come between (every script allows that). Any other
-        error is raised, the first, once every call has been tried."""
-        answers = self._answers_in_order(calls)
-        for answer in answers:
-            if isinstance(answer, Exception):
-                raise answer
-        return answers
-
-    def _answers_in_order(self, calls: list[tuple[str, tuple[Any, ...]]]) -> list[Any]:
-        """`_run_in_order`'s answers, a call's error (a RedisError) in its place rather than
-        raised: a caller whose later call depends on an earlier one's success can undo it."""
+        other in one round trip; a call's error (a RedisError) is answered in its place,
+        not raised, so that a caller whose later call depended on an earlier one's success
+        can undo it. EVALSHA by hand: a pipeline's registered scripts would cost a SCRIPT
+        EXISTS round trip on every execute; instead each is loaded once, before its first
+        such call. A script Redis does not hold all the same (it started over since) is run
+        again on its own, which loads it: after the calls that followed it, as if another
+        process's calls had come between (every script allows that)."""
         for name in {name for name, _ in calls} - self._preloaded:
             self.redis.script_load(self._scripts[name].script)
             self._preloaded.add(name)

@@ -11,11 +11,11 @@ from fastapi.testclient import TestClient
 from structlog.testing import capture_logs
 
 from tests.fakes.dispatch import QueueDispatcher
+from tests.worker.state.scene import lease
 from worker.archive.archiver import archive_pending, backlog_report, drain, over_limit
 from worker.archive.database import Archive, ArchiveError
 from worker.ingress.api import create_api
 from worker.pipeline.accept import AuditBacklogError, Event, PhoneInput, accept
-from worker.pipeline.batching import ALL
 from worker.pipeline.context import Context
 from worker.pipeline.push import push
 from worker.providers.base import Action
@@ -201,13 +201,6 @@ def _staged(ctx: Context, phones: list[str] = PHONES) -> None:
     accept(ctx, Event("api", Action.ADD, [PhoneInput(p) for p in phones]))
 
 
-def _leased(ctx: Context) -> str:
-    """Everything staged, taken for a push that has not answered yet: its chunk."""
-    options = ctx.claim_options("voicenter", "voicenter", ALL, 10, open_first=False)
-    (chunk,) = ctx.store.claim("voicenter", "voicenter", Action.ADD, **options).chunks
-    return chunk
-
-
 def test_a_run_waits_while_numbers_wait_to_be_pushed(
     actx: Context, dispatcher: QueueDispatcher
 ) -> None:
@@ -218,10 +211,10 @@ def test_a_run_waits_while_numbers_wait_to_be_pushed(
 
 def test_a_run_waits_while_a_push_is_in_flight(actx: Context, dispatcher: QueueDispatcher) -> None:
     _staged(actx)
-    chunk = _leased(actx)
+    chunk = lease(actx.store)  # taken for a push that has not answered yet
     assert actx.store.leased() == 1
     assert archive_pending(actx) == 0
-    push(actx, chunk)  # it answers
+    push(actx, chunk.id)  # it answers
     assert archive_pending(actx) == 40
 
 
