@@ -81,13 +81,14 @@ class Procs(Processes):
     def peak_rss_mib(self, name: str) -> float:
         """High-water RSS of a process and all its children (uvicorn and Celery fork)."""
         root = self.running[name].pid
-        return sum(_hwm_kib(pid) for pid in _tree(root)) / 1024
+        return sum(_hwm_kib(pid) for pid in process_tree(root)) / 1024
 
     def cpu_seconds(self, name: str) -> float:
-        return sum(_cpu_seconds(pid) for pid in _tree(self.running[name].pid))
+        return sum(_cpu_seconds(pid) for pid in process_tree(self.running[name].pid))
 
 
-def _tree(root: int) -> list[int]:
+def process_tree(root: int) -> list[int]:
+    """`root` and every process below it."""
     parents: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:

@@ -18,6 +18,11 @@ after the other:
 - no-op: `wrk` as above against `GET /healthz` of the same API (no I/O): the accepts ratio
   is the events' 2xx rate over the no-op's.
 
+Events and no-op run `--rounds` times, alternated (each round's events numbers of their
+own), and the table shows the round whose accepts ratio is the median: one 10 s pair moved
+by 0.1 either way between runs of the same code (the machine, and how wrk's connections
+fell to the two API processes, which the report counts). Every round is listed below it.
+
 The baseline (tests/perf/baseline.py: one Celery task and one HTTP request per number,
 prefork `-c 2`) runs on the same Redis before and after, and the ratios are against the
 mean of its two runs. Figures, ratios and issue 16's goals (bulk >= 25x the baseline, events
@@ -38,7 +43,7 @@ import tempfile
 import textwrap
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +62,7 @@ from tests.perf.bench import (
     digits,
     feed_http,
     machine,
+    process_tree,
     stack,
     wait,
 )
@@ -73,6 +79,8 @@ PER_REQUEST = 1000  # bulk numbers a request
 THREAD_BLOCK = 1_000_000
 NUMBER_SPACE = 10_000_000
 GOALS = {"bulk": 25.0, "events": 4.0, "accepts": 0.5}
+#: Events and no-op runs, alternated: the accepts ratio of one pair moved by 0.1 between runs.
+ROUNDS = 3
 
 #: Every wrk run: each thread counts its answers, 2xx or not, and `done()` prints one JSON
 #: line with those, wrk's own error counts and what each thread generated.
@@ -136,6 +144,9 @@ class Wrk:
     p99_ms: float
     cpu: float  # wrk's own CPU seconds
     sent: list[int] = field(default_factory=list)  # requests each thread made
+    #: wrk's connections each API process held, a second in (most first): all on one
+    #: process halves what two can answer.
+    spread: list[int] = field(default_factory=list)
 
     @property
     def rate(self) -> float:
@@ -143,15 +154,23 @@ class Wrk:
 
 
 def wrk(url: str, script: str, logs: Path, name: str, seconds: float, connections: int,
-        *args: str) -> Wrk:  # fmt: skip
+        *args: str, servers: Callable[[], list[int]] | None = None) -> Wrk:  # fmt: skip
+    """`servers`: what `spread` counts, looked at a second into the run (or halfway)."""
     path = logs / f"{name}.lua"
     path.write_text(script)
     threads = min(connections, os.cpu_count() or 1)
     argv = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds:g}s",
             "--timeout", "30s", "-s", str(path), url, *(["--", *args] if args else [])]  # fmt: skip
+    spread: list[int] = []
+    look = threading.Timer(
+        min(1.0, seconds / 2), lambda: spread.extend(servers() if servers else [])
+    )
+    look.start()
     cpu = _children_cpu()
     out = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, check=False)
     cpu = _children_cpu() - cpu
+    look.cancel()
+    look.join()
     (logs / f"{name}.out").write_text(out.stdout + out.stderr)
     lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
     if out.returncode != 0 or not lines:
@@ -159,7 +178,63 @@ def wrk(url: str, script: str, logs: Path, name: str, seconds: float, connection
     got: dict[str, Any] = json.loads(lines[-1])
     errors = sum(got[k] for k in ("connect", "read", "write", "timeout"))
     return Wrk(got["duration_us"] / 1e6, got["ok"], got["other"], errors,
-               got["p99_us"] / 1000, cpu, got["sent"])  # fmt: skip
+               got["p99_us"] / 1000, cpu, got["sent"], spread)  # fmt: skip
+
+
+def api_connections(s: Stack) -> Callable[[], list[int]]:
+    """The established connections on the API's port each of its server processes holds
+    (those holding its listening socket, the supervisor aside), most first: from /proc,
+    empty where there is none to read."""
+    port = int(s.url.rsplit(":", 1)[1])
+    root = s.procs.running["api"].pid
+
+    def count() -> list[int]:
+        listening, established = _sockets(port)
+        held: list[int] = []
+        for pid in process_tree(root):
+            inodes = _socket_inodes(pid)
+            if pid != root and inodes & listening:
+                held.append(len(inodes & established))
+        return sorted(held, reverse=True)
+
+    return count
+
+
+def _sockets(port: int) -> tuple[set[int], set[int]]:
+    """Inodes of the TCP sockets on local `port`: listening, and established."""
+    listening: set[int] = set()
+    established: set[int] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) != port:
+                continue
+            state, inode = fields[3], int(fields[9])
+            if state == "0A":
+                listening.add(inode)
+            elif state == "01":
+                established.add(inode)
+    return listening, established
+
+
+def _socket_inodes(pid: int) -> set[int]:
+    found: set[int] = set()
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return found
+    for fd in fds:
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            found.add(int(target[8:-1]))
+    return found
 
 
 def _children_cpu() -> float:
@@ -247,15 +322,16 @@ def bulk(s: Stack, bench: Bench, count: int) -> Phase:
     return Phase(figure, cpu, (accepted, held))
 
 
-def events(s: Stack, bench: Bench, first: int, seconds: float,
-           connections: int) -> tuple[Wrk, Phase, int]:  # fmt: skip
+def events(s: Stack, bench: Bench, first: int, seconds: float, connections: int,
+           name: str = "wrk-events") -> tuple[Wrk, Phase, int]:  # fmt: skip
     """wrk's figures, the end-to-end phase (as many of wrk's numbers at the fake as it saw
     answered 2xx), and how many of wrk's numbers the fake held in the end."""
     spent = cpu_meter(s, bench)
     before = sum(s.provider_requests().values())
     started = time.monotonic()
-    seen = wrk(s.url + "/v1/optouts", COUNTS_LUA + OPTOUTS_LUA, s.procs.logs, "wrk-events",
-               seconds, connections, str(first), str(THREAD_BLOCK), TOKEN)  # fmt: skip
+    seen = wrk(s.url + "/v1/optouts", COUNTS_LUA + OPTOUTS_LUA, s.procs.logs, name, seconds,
+               connections, str(first), str(THREAD_BLOCK), TOKEN,
+               servers=api_connections(s))  # fmt: skip
     # wrk makes one request before the run to check the script (thread 0's first number):
     # it is in `sent` but never reaches the server, which is harmless here.
     sent = {digits(first + t * THREAD_BLOCK + k) for t, n in enumerate(seen.sent)
@@ -277,8 +353,29 @@ def events(s: Stack, bench: Bench, first: int, seconds: float,
     return seen, Phase(figure, cpu), held()
 
 
-def noop(s: Stack, seconds: float, connections: int) -> Wrk:
-    return wrk(s.url + "/healthz", COUNTS_LUA, s.procs.logs, "wrk-noop", seconds, connections)
+def noop(s: Stack, seconds: float, connections: int, name: str = "wrk-noop") -> Wrk:
+    return wrk(s.url + "/healthz", COUNTS_LUA, s.procs.logs, name, seconds, connections,
+               servers=api_connections(s))  # fmt: skip
+
+
+@dataclass
+class Round:
+    """One events run and the no-op run after it."""
+
+    wrk_events: Wrk
+    events: Phase
+    held: int  # wrk's numbers the fake held in the end
+    wrk_noop: Wrk
+    settled: float  # seconds waited after the events
+
+    @property
+    def accepts(self) -> float:
+        return self.wrk_events.rate / self.wrk_noop.rate
+
+
+def median_round(rounds: list[Round]) -> Round:
+    """The round whose accepts ratio is the median (the lower of the two middle ones)."""
+    return sorted(rounds, key=lambda r: r.accepts)[(len(rounds) - 1) // 2]
 
 
 # -- report ------------------------------------------------------------------------------
@@ -291,21 +388,19 @@ class Report:
     connections: int
     bases: list[Figure]
     bulk: Phase
-    events: Phase
-    wrk_events: Wrk
-    held: int
-    wrk_noop: Wrk
+    rounds: list[Round]
     load: tuple[str, str] = ("", "")  # load averages at the start and the end
     code: str = ""
-    settled: tuple[float, float] = (0.0, 0.0)  # waits after the bulk and after the events
+    settled: float = 0.0  # the wait after the bulk
     redis: str = "embedded Redis"  # servers.describe()
     worker_processes: int = WORKER_PROCESSES
 
     def lines(self) -> list[str]:
         mean = sum(b.rate for b in self.bases) / len(self.bases)
         bulk = self.bulk.figure.rate / mean
-        events = self.events.figure.rate / mean
-        accepts = self.wrk_events.rate / self.wrk_noop.rate
+        shown = median_round(self.rounds)
+        events = shown.events.figure.rate / mean
+        accepts = shown.accepts
         head = f"{'':34}{'numbers':>9}{'seconds':>8}{'per s':>9}{'ratio':>7}{'goal':>6}{'met':>5}"
         rows = [head, "-" * len(head)]
 
@@ -325,34 +420,56 @@ class Report:
         row(f"bulk: {PER_REQUEST:,} a request, 4 in flight", self.bulk.figure.count,
             self.bulk.figure.seconds, self.bulk.figure.rate, f"{bulk:.1f}x",
             f"≥{GOALS['bulk']:g}x", bulk >= GOALS["bulk"])  # fmt: skip
-        w = self.wrk_events
-        row("events: wrk, answered 2xx", w.ok, w.seconds, w.rate)
-        row("events: end to end", self.events.figure.count, self.events.figure.seconds,
-            self.events.figure.rate, f"{events:.1f}x", f"≥{GOALS['events']:g}x",
+        w = shown.wrk_events
+        which = f" (round {self.rounds.index(shown) + 1})" if len(self.rounds) > 1 else ""
+        row(f"events{which}: wrk, 2xx", w.ok, w.seconds, w.rate)
+        row("events: end to end", shown.events.figure.count, shown.events.figure.seconds,
+            shown.events.figure.rate, f"{events:.1f}x", f"≥{GOALS['events']:g}x",
             events >= GOALS["events"])  # fmt: skip
-        n = self.wrk_noop
+        n = shown.wrk_noop
         row("no-op: wrk GET /healthz, 2xx", n.ok, n.seconds, n.rate)
-        row("accepts: events 2xx / no-op", None, None, None, f"{accepts:.2f}",
-            f"≥{GOALS['accepts']:g}", accepts >= GOALS["accepts"])  # fmt: skip
+        label = "accepts: events 2xx / no-op" + (", median" if len(self.rounds) > 1 else "")
+        row(label, None, None, None, f"{accepts:.2f}", f"≥{GOALS['accepts']:g}",
+            accepts >= GOALS["accepts"])  # fmt: skip
+        ok = sum(r.wrk_events.ok for r in self.rounds)
         notes = [
-            f"events: {sum(w.sent):,} requests made by wrk's threads, {w.ok:,} answered 2xx, "
-            f"{w.other:,} otherwise, {w.errors:,} socket errors or timeouts; the fake holds "
-            f"{self.held:,} of wrk's numbers (those in flight when wrk stopped count if they "
-            f"were accepted); p99 {w.p99_ms:.1f} ms. No-op: {n.other:,} not 2xx, "
-            f"{n.errors:,} socket errors; p99 {n.p99_ms:.1f} ms.",
+            f"events: {sum(sum(r.wrk_events.sent) for r in self.rounds):,} requests made by "
+            f"wrk's threads, {ok:,} answered 2xx, "
+            f"{sum(r.wrk_events.other for r in self.rounds):,} otherwise, "
+            f"{sum(r.wrk_events.errors for r in self.rounds):,} socket errors or timeouts; "
+            f"the fake holds {sum(r.held for r in self.rounds):,} of wrk's numbers (those in "
+            "flight when wrk stopped count if they were accepted); p99 "
+            f"{_ms(r.wrk_events.p99_ms for r in self.rounds)}. No-op: "
+            f"{sum(r.wrk_noop.other for r in self.rounds):,} not 2xx, "
+            f"{sum(r.wrk_noop.errors for r in self.rounds):,} socket errors; p99 "
+            f"{_ms(r.wrk_noop.p99_ms for r in self.rounds)}.",
             f"CPU seconds, bulk: {_cpu(self.bulk.cpu)}, load generator "
-            f"{self.bulk.figure.load_cpu or 0:.1f}; events (end to end): "
-            f"{_cpu(self.events.cpu)}, wrk {w.cpu:.1f}; no-op: wrk {n.cpu:.1f}.",
+            f"{self.bulk.figure.load_cpu or 0:.1f}; events (end to end{which.replace(' (', ', ')}: "
+            f"{_cpu(shown.events.cpu)}, wrk {w.cpu:.1f}; no-op: wrk {n.cpu:.1f}.",
             *self._split(),
             f"Voicenter requests: bulk {self.bulk.figure.requests['voicenter']:,}, "
-            f"events {self.events.figure.requests['voicenter']:,}.",
+            f"events{which} {shown.events.figure.requests['voicenter']:,}.",
             f"Settled before the next phase (audit entries archived, no AOF rewrite, no "
-            f"chunk leased): {self.settled[0]:.1f} s after the bulk, {self.settled[1]:.1f} s "
-            "after the events.",
+            f"chunk leased): {self.settled:.1f} s after the bulk, "
+            f"{_seconds(r.settled for r in self.rounds)} after the events.",
         ]
         out = [*self._header(), "", *rows, ""]
         for note in notes:
             out += textwrap.wrap(note, WIDTH)
+        return [*out, "", *self._rounds()]
+
+    def _rounds(self) -> list[str]:
+        """Each round: rates, ratio, and wrk's connections per API process."""
+        head = f"{'round':<6}{'events 2xx/s':>13}{'end to end/s':>13}{'no-op/s':>9}{'accepts':>8}"
+        out = [head + "  connections per API process", "-" * WIDTH]
+        for i, r in enumerate(self.rounds, 1):
+            spread = (
+                f"{_spread(r.wrk_events.spread)} (events), {_spread(r.wrk_noop.spread)} (no-op)"
+            )
+            out.append(
+                f"{i:<6}{r.wrk_events.rate:>13,.0f}{r.events.figure.rate:>13,.0f}"
+                f"{r.wrk_noop.rate:>9,.0f}{r.accepts:>8.2f}  {spread}"
+            )
         return out
 
     def _split(self) -> list[str]:
@@ -389,6 +506,18 @@ class Report:
         ]
 
 
+def _spread(counts: list[int]) -> str:
+    return "/".join(str(c) for c in counts) or "?"
+
+
+def _ms(values: Iterable[float]) -> str:
+    return ", ".join(f"{v:.1f}" for v in values) + " ms"
+
+
+def _seconds(values: Iterable[float]) -> str:
+    return ", ".join(f"{v:.1f}" for v in values) + " s"
+
+
 def _cpu(parts: dict[str, float]) -> str:
     names = {"api": "API", "worker": "worker", "beat": "beat", "redis": "Redis"}
     return ", ".join(f"{names[k]} {v:.1f}" for k, v in parts.items())
@@ -406,12 +535,14 @@ def _code() -> str:
 
 def measure(numbers: int, seconds: float, connections: int, baseline_numbers: int,
             logs: Path, server_binary: str | None = None,
-            worker_processes: int = WORKER_PROCESSES) -> Report:  # fmt: skip
+            worker_processes: int = WORKER_PROCESSES, rounds: int = ROUNDS) -> Report:  # fmt: skip
     """`server_binary`: the redis-server to run (None: the embedded one)."""
     first = THREAD_BLOCK * (numbers // THREAD_BLOCK + 1)  # wrk's numbers above the bulk's
     threads = min(connections, os.cpu_count() or 1)
     if first + threads * THREAD_BLOCK > NUMBER_SPACE:
         raise ValueError(f"{numbers:,} bulk numbers leave too few for {threads} wrk threads")
+    # Each round's numbers: a slice of each wrk thread's block.
+    per_round = THREAD_BLOCK // rounds
     load_start, code = _load(), _code()
     redis_server = EmbeddedRedis(logs / "redis", binary=server_binary).start()
     try:
@@ -419,21 +550,29 @@ def measure(numbers: int, seconds: float, connections: int, baseline_numbers: in
         bases = [baseline(bench, baseline_numbers, CONCURRENCY)]
         print(f"baseline: {bases[0].rate:,.0f} numbers/s", file=sys.stderr, flush=True)
         worker = (*CLI, "worker", "--concurrency", str(worker_processes))
+        done: list[Round] = []
         with stack(bench, ("voicenter",), worker_argv=worker, beat=True) as s:
             bulk_phase = bulk(s, bench, numbers)
             print(f"bulk: {bulk_phase.figure.rate:,.0f} numbers/s", file=sys.stderr, flush=True)
             after_bulk = settle(s, bench)
-            seen, events_phase, held = events(s, bench, first, seconds, connections)
-            print(f"events: {seen.rate:,.0f} accepted/s, {events_phase.figure.rate:,.0f}/s "
-                  "end to end", file=sys.stderr, flush=True)  # fmt: skip
-            after_events = settle(s, bench)
-            no_op = noop(s, seconds, connections)
+            for i in range(rounds):
+                seen, events_phase, held = events(s, bench, first + i * per_round, seconds,
+                                                  connections, f"wrk-events-{i + 1}")  # fmt: skip
+                if max(seen.sent, default=0) > per_round:
+                    raise RuntimeError(f"a wrk thread sent more than a round's {per_round:,} "
+                                       "numbers: fewer --rounds")  # fmt: skip
+                after_events = settle(s, bench)
+                no_op = noop(s, seconds, connections, f"wrk-noop-{i + 1}")
+                done.append(Round(seen, events_phase, held, no_op, after_events))
+                print(f"round {i + 1}: events {seen.rate:,.0f} accepted/s, "
+                      f"{events_phase.figure.rate:,.0f}/s end to end; no-op {no_op.rate:,.0f}/s; "
+                      f"accepts {done[-1].accepts:.2f}", file=sys.stderr, flush=True)  # fmt: skip
         bases.append(baseline(bench, baseline_numbers, CONCURRENCY))
     finally:
         redis_server.stop()
-    return Report(numbers, seconds, connections, bases, bulk_phase, events_phase, seen, held,
-                  no_op, (load_start, _load()), code, (after_bulk, after_events),
-                  servers.describe(server_binary), worker_processes)  # fmt: skip
+    return Report(numbers, seconds, connections, bases, bulk_phase, done,
+                  (load_start, _load()), code, after_bulk, servers.describe(server_binary),
+                  worker_processes)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -442,6 +581,9 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"bulk numbers, a multiple of {PER_REQUEST:,}")  # fmt: skip
     parser.add_argument("--seconds", type=float, default=10, help="each wrk run")
     parser.add_argument("--connections", type=int, default=64, help="wrk's connections")
+    parser.add_argument("--rounds", type=int, default=ROUNDS,
+                        help=f"events and no-op runs, alternated (default {ROUNDS}); the table "
+                        "shows the round of the median accepts ratio")  # fmt: skip
     parser.add_argument("--baseline-numbers", type=int, default=None,
                         help="each baseline run (default: min(numbers, 10000))")  # fmt: skip
     parser.add_argument("--worker-processes", type=int, default=WORKER_PROCESSES,
@@ -451,13 +593,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.numbers <= 0 or args.numbers % PER_REQUEST:
         parser.error(f"--numbers must be a positive multiple of {PER_REQUEST:,}")
+    if not 1 <= args.rounds <= 10:
+        parser.error("--rounds must be 1 to 10")
     if shutil.which("wrk") is None:
         print("wrk is not on PATH (Debian: apt-get install wrk)", file=sys.stderr)
         return 2
     nb = args.baseline_numbers or min(args.numbers, 10_000)
     with tempfile.TemporaryDirectory(prefix="optout-shape-") as tmp:
         report = measure(args.numbers, args.seconds, args.connections, nb, Path(tmp),
-                         args.redis_server, args.worker_processes)  # fmt: skip
+                         args.redis_server, args.worker_processes, args.rounds)  # fmt: skip
     print("\n".join(report.lines()), flush=True)
     return 0
 
