@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import time
 from collections import Counter
@@ -19,6 +21,7 @@ from worker.pipeline.context import Context
 from worker.pipeline.lease import LeaseLostError
 from worker.providers.base import Action, NumberResult, Provider, PushItem, unexpected
 from worker.providers.errors import AuthError, PermanentError, PushInterrupted, RetryableError
+from worker.state.keyspace import Slot
 from worker.state.records import Chunk, ChunkItem, Claimed, Completion, ItemResult, OpenChunk
 
 log = structlog.get_logger("optout.pipeline")
@@ -141,59 +144,76 @@ def _push_chunk(
         else:
             live.append(_push_item(item))
 
-    work = _Push(ctx, chunk, provider)
-    stopped: AuthError | LeaseLostError | None = None
-    if live:
-        try:
-            seconds = ctx.settings.lease_seconds
-            with lease.holding(lambda: ctx.store.renew(chunk.id, seconds), chunk.id, seconds):
-                work.run(live)
-        except (AuthError, LeaseLostError) as exc:
-            stopped = exc
-    if isinstance(stopped, AuthError):
-        ctx.store.pause(chunk.provider, stopped.reason, stopped.setting, stopped.detail)
-        log.error(
-            "provider_paused",
-            provider=chunk.provider,
-            reason=stopped.reason,
-            fix=stopped.setting,
-            hint=f"fix {stopped.setting}, then run: optout provider resume {chunk.provider}",
-        )
-
-    encoded: dict[str, ItemResult] = {}
-    for item in chunk.items:
-        if item.e164 in stale:
-            encoded[item.e164] = _STALE
-            continue
-        result = work.results.get(item.e164)
-        if result is None:
-            # Not sent: interrupted before its request (paused, lease lost), or the adapter
-            # did not mention it (never assumed done; it may have been sent).
-            encoded[item.e164] = (
-                _UNSENT if stopped else ItemResult("retry", "no_answer", jitter=0.5, may_land=True)
+    # The request slots its requests are done with go back in the completion's round trip
+    # (lease.Slots); on the way there an error gives them back in one of their own.
+    slots = lease.Slots()
+    given: list[Slot] = []  # handed to the completion's round trip
+    completed = False
+    try:
+        work = _Push(ctx, chunk, provider)
+        stopped: AuthError | LeaseLostError | None = None
+        if live:
+            try:
+                seconds = ctx.settings.lease_seconds
+                renew = functools.partial(ctx.store.renew, chunk.id, seconds)
+                with lease.holding(renew, chunk.id, seconds, slots):
+                    work.run(live)
+            except (AuthError, LeaseLostError) as exc:
+                stopped = exc
+        if isinstance(stopped, AuthError):
+            ctx.store.pause(chunk.provider, stopped.reason, stopped.setting, stopped.detail)
+            log.error(
+                "provider_paused",
+                provider=chunk.provider,
+                reason=stopped.reason,
+                fix=stopped.setting,
+                hint=f"fix {stopped.setting}, then run: optout provider resume {chunk.provider}",
             )
-            continue
-        encoded[item.e164] = ItemResult(
-            outcome=result.outcome.value,
-            reason=result.reason,
-            detail=result.detail[:300],
-            retry_after_ms=int((result.retry_after or 0.0) * 1000),
-            jitter=ctx.rng.random(),
-            window_ms=int((result.retry_window or 0.0) * 1000),
-            may_land=result.may_land,
-        )
-    # One worker's Retry-After holds the provider for every worker.
-    hold = max((r.retry_after or 0.0 for r in work.results.values()), default=0.0)
-    options = ctx.complete_options(hold)
-    claimed: Claimed | None = None
-    if chain_until is None or stopped is not None:
-        done = ctx.store.complete(chunk, encoded, options)
-    else:
-        # Past the chain's time the chunk claimed goes to a new push task, which opens it
-        # itself; within it, the claim opens it too.
-        more = ctx.monotonic() < chain_until
-        claim = ctx.claim_options(chunk.target, chunk.provider, FULL, 1, open_first=more)
-        done, claimed = ctx.store.complete_then_claim(chunk, encoded, options, **claim)
+
+        encoded: dict[str, ItemResult] = {}
+        for item in chunk.items:
+            if item.e164 in stale:
+                encoded[item.e164] = _STALE
+                continue
+            result = work.results.get(item.e164)
+            if result is None:
+                # Not sent: interrupted before its request (paused, lease lost), or the adapter
+                # did not mention it (never assumed done; it may have been sent).
+                encoded[item.e164] = (
+                    _UNSENT
+                    if stopped
+                    else ItemResult("retry", "no_answer", jitter=0.5, may_land=True)
+                )
+                continue
+            encoded[item.e164] = ItemResult(
+                outcome=result.outcome.value,
+                reason=result.reason,
+                detail=result.detail[:300],
+                retry_after_ms=int((result.retry_after or 0.0) * 1000),
+                jitter=ctx.rng.random(),
+                window_ms=int((result.retry_window or 0.0) * 1000),
+                may_land=result.may_land,
+            )
+        # One worker's Retry-After holds the provider for every worker.
+        hold = max((r.retry_after or 0.0 for r in work.results.values()), default=0.0)
+        options = ctx.complete_options(hold)
+        claimed: Claimed | None = None
+        given = slots.take()
+        if chain_until is None or stopped is not None:
+            done = ctx.store.complete(chunk, encoded, options, given)
+        else:
+            # Past the chain's time the chunk claimed goes to a new push task, which opens it
+            # itself; within it, the claim opens it too.
+            more = ctx.monotonic() < chain_until
+            claim = ctx.claim_options(chunk.target, chunk.provider, FULL, 1, open_first=more)
+            done, claimed = ctx.store.complete_then_claim(chunk, encoded, options, given, **claim)
+        completed = True
+    finally:
+        # (Given back twice when the completion's round trip failed after giving them back:
+        # a ZREM of what is gone does nothing.)
+        if left := slots.take() + ([] if completed else given):
+            with contextlib.suppress(redis.RedisError):  # else their leases run out
+                ctx.store.give_back_slots(left)
     try:
         return _recorded(ctx, chunk, encoded, work, stopped, done, claimed, started)
     except BaseException:

@@ -18,7 +18,8 @@ class SharedLimitTransport(httpx.BaseTransport):
     killed worker leaks none), and none is sent while a Retry-After holds the provider for
     all workers: those answer a local 429 with the time left. A request of a push renews
     its chunk's lease in the slot's round trip (`worker/pipeline/lease.py`), and raises
-    LeaseLostError, unsent, when the chunk is gone."""
+    LeaseLostError, unsent, when the chunk is gone; its slot is given back in the push's
+    next round trip (`lease.Slots`), else at once."""
 
     def __init__(
         self,
@@ -49,15 +50,23 @@ class SharedLimitTransport(httpx.BaseTransport):
                 renew = (held.chunk_id, held.seconds)
             else:
                 lease.renew()  # a holder that named no chunk renews its own way
+        done = held.slots if held is not None else None
         while True:
-            wait_ms = self._store.acquire_slot(
-                self._provider,
-                token,
-                rps=self._rps,
-                concurrency=self._concurrency,
-                lease_seconds=self._lease,
-                renew=renew,
-            )
+            give_back = done.take() if done is not None else []
+            try:
+                wait_ms = self._store.acquire_slot(
+                    self._provider,
+                    token,
+                    rps=self._rps,
+                    concurrency=self._concurrency,
+                    lease_seconds=self._lease,
+                    renew=renew,
+                    give_back=give_back,
+                )
+            except BaseException:
+                if done is not None:
+                    done.keep(give_back)  # the push's completion gives them back
+                raise
             if wait_ms is None:
                 raise lease.LeaseLostError()
             if wait_ms == 0:
@@ -77,7 +86,10 @@ class SharedLimitTransport(httpx.BaseTransport):
             response.read()  # the slot covers the whole exchange
             return response
         finally:
-            self._store.release_slot(self._provider, token)
+            if done is not None:
+                done.done_with((self._provider, token))  # given back in the push's next trip
+            else:
+                self._store.release_slot(self._provider, token)
 
     def close(self) -> None:
         self._inner.close()

@@ -4,14 +4,14 @@ releasing them, retries due again, and what is staged or in flight per target.""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from typing import Any
 
 from worker.providers.base import Action
 from worker.runtime import fastjson
 from worker.state.codec import ms, text
-from worker.state.keyspace import Keyspace
+from worker.state.keyspace import Keyspace, Slot
 from worker.state.records import (
     Chunk,
     Claimed,
@@ -69,17 +69,24 @@ class Chunks(Keyspace):
         chunk: Chunk,
         results: dict[str, ItemResult],
         options: CompleteOptions,
+        give_back: Sequence[Slot] = (),
     ) -> Completion:
-        """Record a chunk's per-number results (see lua/complete.lua)."""
-        return Completion.decode(
-            self._run("complete", *self._complete_args(chunk, results, options))
-        )
+        """Record a chunk's per-number results (see lua/complete.lua); `give_back`: the
+        request slots its push is done with, given back first in the same round trip."""
+        args = self._complete_args(chunk, results, options)
+        if not give_back:
+            return Completion.decode(self._run("complete", *args))
+        [done] = self._run_in_order([("complete", args)], give_back)
+        if isinstance(done, Exception):
+            raise done
+        return Completion.decode(done)
 
     def complete_then_claim(
         self,
         chunk: Chunk,
         results: dict[str, ItemResult],
         options: CompleteOptions,
+        give_back: Sequence[Slot] = (),
         **claim: Any,
     ) -> tuple[Completion, Claimed]:
         """`complete`, then `claim` (its keyword arguments) right after it, in one round
@@ -89,7 +96,8 @@ class Chunks(Keyspace):
         before its error is raised: the chain that would push them ends with it."""
         done, claimed = self._run_in_order(
             [("complete", self._complete_args(chunk, results, options)),
-             ("claim", self.claim_args(chunk.target, chunk.provider, chunk.action, **claim))]
+             ("claim", self.claim_args(chunk.target, chunk.provider, chunk.action, **claim))],
+            give_back,
         )  # fmt: skip
         if isinstance(done, Exception):
             if not isinstance(claimed, Exception):

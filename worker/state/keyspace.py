@@ -3,7 +3,7 @@ and the Lua scripts (lua/) loaded into Redis; every part of the store builds on 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from importlib import resources
 from typing import Any
 
@@ -15,6 +15,8 @@ from worker.state.codec import ms
 from worker.state.replication import FENCE, Replication
 
 Clock = Callable[[], float]
+#: A request slot taken (lua/slot.lua): the provider, and the request's token.
+Slot = tuple[str, str]
 
 _SCRIPTS = (
     "accept", "claim", "complete", "release", "sweep", "replay", "renew", "register",
@@ -70,7 +72,9 @@ class Keyspace:
     def _run(self, name: str, *args: Any) -> Any:
         return self._scripts[name](keys=[], args=self.argv(*args))
 
-    def _run_in_order(self, calls: list[tuple[str, tuple[Any, ...]]]) -> list[Any]:
+    def _run_in_order(
+        self, calls: list[tuple[str, tuple[Any, ...]]], give_back: Sequence[Slot] = ()
+    ) -> list[Any]:
         """Several scripts' answers (each `(name, args)` as for `_run`), run one after the
         other in one round trip; a call's error (a RedisError) is answered in its place,
         not raised, so that a caller whose later call depended on an earlier one's success
@@ -78,14 +82,16 @@ class Keyspace:
         EXISTS round trip on every execute; instead each is loaded once, before its first
         such call. A script Redis does not hold all the same (it started over since) is run
         again on its own, which loads it: after the calls that followed it, as if another
-        process's calls had come between (every script allows that)."""
+        process's calls had come between (every script allows that). `give_back`: request
+        slots given back first, in the same round trip (see `give_back_slots`)."""
         for name in {name for name, _ in calls} - self._preloaded:
             self.redis.script_load(self._scripts[name].script)
             self._preloaded.add(name)
         pipe = self.redis.pipeline(transaction=False)
+        self._give_back_in(pipe, give_back)
         for name, args in calls:
             pipe.evalsha(self._scripts[name].sha, 0, *self.argv(*args))
-        answers = list(pipe.execute(raise_on_error=False))
+        answers = list(pipe.execute(raise_on_error=False))[len(give_back) :]
         for i, (name, args) in enumerate(calls):
             if isinstance(answers[i], redis.exceptions.NoScriptError):
                 try:
@@ -93,6 +99,20 @@ class Keyspace:
                 except redis.RedisError as exc:
                     answers[i] = exc
         return answers
+
+    def give_back_slots(self, slots: Sequence[Slot]) -> None:
+        """Give back request slots (`(provider, token)`: see lua/slot.lua) a push is done
+        with, in a round trip of their own: its completion, which gives them back in its
+        own, did not come (an error on the way)."""
+        if slots:
+            pipe = self.redis.pipeline(transaction=False)
+            self._give_back_in(pipe, slots)
+            pipe.execute()
+
+    def _give_back_in(self, pipe: Any, slots: Sequence[Slot]) -> None:
+        # As slot.lua's release does: a plain ZREM, no script's fixed cost.
+        for provider, token in slots:
+            pipe.zrem(self.key("slots", provider), token)
 
     def _run_replicated(self, name: str, args: list[Any], replication: Replication | None) -> Any:
         """A script's answer (`args`: all of them, see `argv`), given only once `replication`

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, cast
 
 from worker.state.auditlog import AuditLog
 from worker.state.codec import decode, ms, text
+from worker.state.keyspace import Slot
 
 
 class Limits(AuditLog):
@@ -24,16 +25,23 @@ class Limits(AuditLog):
         concurrency: int,
         lease_seconds: float,
         renew: tuple[str, float] | None = None,
+        give_back: Sequence[Slot] = (),
     ) -> int | None:
         """Take a request slot shared by every worker: 0 when taken, ms to wait when none is
         free, or minus the ms left while a Retry-After holds the provider. `renew`: (chunk
         id, lease seconds) of the push the request is for, its lease renewed first in the
-        same round trip; None when that chunk is gone (the request must not be sent)."""
+        same round trip; None when that chunk is gone (the request must not be sent).
+        `give_back`: slots the push's earlier requests are done with, given back first in
+        the same round trip (whatever this one answers)."""
         chunk, chunk_lease = renew if renew is not None else ("", 0.0)
-        answer = self._run(
-            "slot", "acquire", provider, token, rps, concurrency, ms(lease_seconds),
-            chunk, ms(chunk_lease),
-        )  # fmt: skip
+        args = ("acquire", provider, token, rps, concurrency, ms(lease_seconds), chunk,
+                ms(chunk_lease))  # fmt: skip
+        if not give_back:
+            answer = self._run("slot", *args)
+        else:
+            [answer] = self._run_in_order([("slot", args)], give_back)
+            if isinstance(answer, Exception):
+                raise answer
         return None if answer is None else int(answer)
 
     def release_slot(self, provider: str, token: str) -> None:

@@ -3,12 +3,16 @@ holds, stale states, the push chain."""
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
+import fakeredis
 import pytest
+import redis
 
-from tests.conftest import FakeClock
+from tests.conftest import FakeClock, make_settings
 from tests.fakes.dispatch import QueueDispatcher
+from tests.fakes.server import mock_transport
 from tests.fakes.voicenter import ADD, REMOVE, FakeVoicenter
 from tests.worker.pipeline.test_batching import add, numbers, remove, settle
 from worker.pipeline import batching as work
@@ -16,7 +20,10 @@ from worker.pipeline import push as pushing
 from worker.pipeline.accept import Event, PhoneInput, accept
 from worker.pipeline.context import Context
 from worker.providers.base import Action
+from worker.providers.ratelimit import LimitedClient, SharedLimitTransport
+from worker.runtime.wiring import build_context
 from worker.state.records import ItemResult
+from worker.state.store import Store
 
 
 def test_code_2_retries_that_number_alone_then_succeeds(
@@ -402,3 +409,55 @@ def test_a_chain_that_fails_after_its_round_trip_leaves_the_next_chunk_to_nobody
     # given back, not left leased until its recovery.
     assert ctx.store.redis.zcard(ctx.store.key("leases")) == 0
     assert ctx.store.redis.zcard(ctx.store.key("stage", "voicenter", "add")) == 100
+
+
+@pytest.fixture
+def limited_ctx(
+    redis_fake: fakeredis.FakeRedis,
+    fake_voicenter: FakeVoicenter,
+    dispatcher: QueueDispatcher,
+    clock: FakeClock,
+) -> Context:
+    """The pipeline with Voicenter's requests through shared slots, one at a time (as
+    `worker/runtime/wiring.py` builds a provider's client), a slot waited for half a second
+    at most."""
+    settings = make_settings()
+    store = Store(redis_fake, prefix=settings.key_prefix, clock=clock)
+    transport = SharedLimitTransport(mock_transport(fake_voicenter.handle), store, "voicenter",
+                                     rps=0, concurrency=1, lease_seconds=30,
+                                     max_wait_seconds=0.5)  # fmt: skip
+    return build_context(settings, client=redis_fake, http=LimitedClient(transport),
+                         dispatcher=dispatcher, clock=clock, rng=random.Random(7))  # fmt: skip
+
+
+def test_a_push_gives_its_request_slots_back_in_its_completions_round_trip(
+    limited_ctx: Context, dispatcher: QueueDispatcher, fake_voicenter: FakeVoicenter
+) -> None:
+    ctx = limited_ctx
+    calls: list[str] = []
+    release = ctx.store.release_slot
+    ctx.store.release_slot = lambda *a: calls.append("release") or release(*a)  # type: ignore[method-assign]
+    accept(ctx, add(*numbers(300)))  # three chunks, one chain: each request on the one slot
+    dispatcher.drain(ctx)
+    assert sorted(len(r) for r in fake_voicenter.pushed()) == [100, 100, 100]
+    assert calls == []  # none in a round trip of its own
+    assert ctx.store.redis.zcard(ctx.store.key("slots", "voicenter")) == 0
+
+
+def test_a_push_whose_completion_failed_gives_its_slots_back_all_the_same(
+    limited_ctx: Context, dispatcher: QueueDispatcher, fake_voicenter: FakeVoicenter
+) -> None:
+    ctx = limited_ctx
+    accept(ctx, add(*numbers(100)))
+    dispatcher.tasks.clear()
+    [chunk_id] = ctx.claim("voicenter", "voicenter", Action.ADD, work.ALL, 1).chunks
+
+    def down(*args: Any, **kwargs: Any) -> Any:
+        raise redis.ConnectionError("Redis went away")
+
+    ctx.store.complete_then_claim = down  # type: ignore[method-assign]
+    with pytest.raises(redis.ConnectionError):
+        pushing.push(ctx, chunk_id)
+    assert len(fake_voicenter.pushed()) == 1
+    # Not left held until its lease runs out: the next push's request is not kept waiting.
+    assert ctx.store.redis.zcard(ctx.store.key("slots", "voicenter")) == 0

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 import fakeredis
 import httpx
 import pytest
+import redis
 
 from tests.conftest import FakeClock
 from worker.pipeline import lease
@@ -138,3 +140,73 @@ def test_a_holder_that_names_no_chunk_is_renewed_its_own_way_before_the_slot(
         client.get("http://p.test/x")
     assert sent == []
     assert store.redis.zcard(store.key("slots", "p")) == 0
+
+
+def test_a_push_s_slot_is_given_back_in_its_next_round_trip_not_one_of_its_own(
+    store: Store,
+) -> None:
+    held: list[int] = []
+    slots_key = store.key("slots", "p")
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        held.append(int(store.redis.zcard(slots_key)))  # slots counted while it is sent
+        return httpx.Response(200)
+
+    # A cap of one: had the second request waited for the first's slot to be given back
+    # by the push's completion, it would never have been sent (`max_wait_seconds`).
+    client = LimitedClient(
+        SharedLimitTransport(
+            httpx.MockTransport(handler),
+            store,
+            "p",
+            rps=0,
+            concurrency=1,
+            lease_seconds=5,
+            max_wait_seconds=0.2,
+        )
+    )
+    store.redis.set(store.key("chunk", "7"), "{}")
+    done = lease.Slots()
+    calls: list[str] = []
+    original = store.release_slot
+    store.release_slot = lambda *a: calls.append("release") or original(*a)  # type: ignore[method-assign]
+    with lease.holding(lambda: True, "7", 60, done):
+        assert client.get("http://p.test/1").status_code == 200
+        assert store.redis.zcard(slots_key) == 1  # kept for the push's next round trip
+        assert client.get("http://p.test/2").status_code == 200  # which gave it back
+    assert held == [1, 1]
+    assert calls == []  # no round trip of its own
+    left = done.take()
+    assert [provider for provider, _ in left] == ["p"]
+    assert store.redis.zcard(slots_key) == 1
+    store.give_back_slots(left)  # as the push's completion does, in its own round trip
+    assert store.redis.zcard(slots_key) == 0
+
+
+def test_slots_taken_for_an_acquire_that_failed_are_kept_for_a_later_round_trip(
+    store: Store,
+) -> None:
+    client = LimitedClient(
+        SharedLimitTransport(
+            httpx.MockTransport(lambda r: httpx.Response(200)),
+            store,
+            "p",
+            rps=0,
+            concurrency=0,
+            lease_seconds=5,
+        )
+    )
+    store.redis.set(store.key("chunk", "7"), "{}")
+    done = lease.Slots()
+    with lease.holding(lambda: True, "7", 60, done):
+        client.get("http://p.test/1")
+        original = store.acquire_slot
+
+        def down(*args: Any, **kwargs: Any) -> int | None:
+            raise redis.ConnectionError("Redis went away")
+
+        store.acquire_slot = down  # type: ignore[method-assign]
+        with pytest.raises(redis.ConnectionError):
+            client.get("http://p.test/2")
+        store.acquire_slot = original  # type: ignore[method-assign]
+    assert len(done.take()) == 1  # still to give back: the push's error path does
