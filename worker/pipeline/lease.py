@@ -24,11 +24,11 @@ Renew = Callable[[], bool]
 
 class Slots:
     """The request slots a push's requests are done with (`worker/providers/ratelimit.py`),
-    given back in the push's next round trip to Redis, its next request's or its
-    completion's, not in one of their own: each such round trip waited behind every script
-    queued in Redis (a sixth of a pushing process's time in a bulk). Meanwhile the slot
-    still counts against the provider's cap: a few milliseconds more. Thread-safe: a
-    provider's fan-out sends a push's requests from several threads."""
+    given back in the push's next round trip to Redis (its completion's, or the next part's
+    of a bulk request it halved), not in one of their own: each such round trip waited
+    behind every script queued in Redis (a sixth of a pushing process's time in a bulk).
+    Meanwhile the slot still counts against the provider's cap: a few milliseconds more.
+    Only a bulk provider's push keeps them (`worker/pipeline/push.py`)."""
 
     def __init__(self) -> None:
         self._done: list[Slot] = []

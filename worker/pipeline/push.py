@@ -144,9 +144,15 @@ def _push_chunk(
         else:
             live.append(_push_item(item))
 
-    # The request slots its requests are done with go back in the completion's round trip
-    # (lease.Slots); on the way there an error gives them back in one of their own.
+    # A bulk provider's request (one a chunk) gives its slot back in the completion's round
+    # trip (lease.Slots); on the way there an error gives it back in one of its own. A
+    # per-number provider's requests give theirs back at once, each: given back in the next
+    # request's round trip, a slot would pass straight to the same push (from one fan-out
+    # thread to the next), and other workers waiting on a small cap would get no turn
+    # within a chunk; a thread with nothing left to send would hold its slot until the
+    # slowest request of the chunk was answered.
     slots = lease.Slots()
+    deferred = slots if provider.capabilities.bulk else None
     given: list[Slot] = []  # handed to the completion's round trip
     completed = False
     try:
@@ -156,7 +162,7 @@ def _push_chunk(
             try:
                 seconds = ctx.settings.lease_seconds
                 renew = functools.partial(ctx.store.renew, chunk.id, seconds)
-                with lease.holding(renew, chunk.id, seconds, slots):
+                with lease.holding(renew, chunk.id, seconds, deferred):
                     work.run(live)
             except (AuthError, LeaseLostError) as exc:
                 stopped = exc

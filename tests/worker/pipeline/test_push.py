@@ -4,14 +4,17 @@ holds, stale states, the push chain."""
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from typing import Any
 
 import fakeredis
+import httpx
 import pytest
 import redis
 
 from tests.conftest import FakeClock, make_settings
 from tests.fakes.dispatch import QueueDispatcher
+from tests.fakes.providers import env_for, listed, make_fake
 from tests.fakes.server import mock_transport
 from tests.fakes.voicenter import ADD, REMOVE, FakeVoicenter
 from tests.worker.pipeline.test_batching import add, numbers, remove, settle
@@ -411,43 +414,65 @@ def test_a_chain_that_fails_after_its_round_trip_leaves_the_next_chunk_to_nobody
     assert ctx.store.redis.zcard(ctx.store.key("stage", "voicenter", "add")) == 100
 
 
+class _Limits:
+    """A provider's requests through shared slots (as `worker/runtime/wiring.py` builds
+    its client, over `handle`), one at a time, a slot waited for half a second at most; and
+    each slot given back in a round trip of its own, counted."""
+
+    def __init__(
+        self, store: Store, provider: str, handle: Callable[[httpx.Request], httpx.Response]
+    ) -> None:
+        self.given: list[str] = []
+        release = store.release_slot
+        store.release_slot = lambda *a: self.given.append("back") or release(*a)  # type: ignore[method-assign]
+        transport = SharedLimitTransport(httpx.MockTransport(handle), store, provider, rps=0,
+                                         concurrency=1, lease_seconds=30,
+                                         max_wait_seconds=0.5)  # fmt: skip
+        self.client = LimitedClient(transport)
+
+
+def _limited(
+    env: dict[str, str] | None,
+    provider: str,
+    handle: Callable[[httpx.Request], httpx.Response],
+    redis_fake: fakeredis.FakeRedis,
+    dispatcher: QueueDispatcher,
+    clock: FakeClock,
+) -> tuple[Context, _Limits]:
+    settings = make_settings(env)
+    limits = _Limits(Store(redis_fake, prefix=settings.key_prefix, clock=clock), provider, handle)
+    ctx = build_context(settings, client=redis_fake, http=limits.client, dispatcher=dispatcher,
+                        clock=clock, rng=random.Random(7))  # fmt: skip
+    return ctx, limits
+
+
 @pytest.fixture
 def limited_ctx(
     redis_fake: fakeredis.FakeRedis,
     fake_voicenter: FakeVoicenter,
     dispatcher: QueueDispatcher,
     clock: FakeClock,
-) -> Context:
-    """The pipeline with Voicenter's requests through shared slots, one at a time (as
-    `worker/runtime/wiring.py` builds a provider's client), a slot waited for half a second
-    at most."""
-    settings = make_settings()
-    store = Store(redis_fake, prefix=settings.key_prefix, clock=clock)
-    transport = SharedLimitTransport(mock_transport(fake_voicenter.handle), store, "voicenter",
-                                     rps=0, concurrency=1, lease_seconds=30,
-                                     max_wait_seconds=0.5)  # fmt: skip
-    return build_context(settings, client=redis_fake, http=LimitedClient(transport),
-                         dispatcher=dispatcher, clock=clock, rng=random.Random(7))  # fmt: skip
+) -> tuple[Context, _Limits]:
+    """The pipeline with Voicenter's requests through shared slots."""
+    handle = mock_transport(fake_voicenter.handle).handle_request
+    return _limited(None, "voicenter", handle, redis_fake, dispatcher, clock)
 
 
 def test_a_push_gives_its_request_slots_back_in_its_completions_round_trip(
-    limited_ctx: Context, dispatcher: QueueDispatcher, fake_voicenter: FakeVoicenter
+    limited_ctx: tuple[Context, _Limits], dispatcher: QueueDispatcher, fake_voicenter: FakeVoicenter
 ) -> None:
-    ctx = limited_ctx
-    calls: list[str] = []
-    release = ctx.store.release_slot
-    ctx.store.release_slot = lambda *a: calls.append("release") or release(*a)  # type: ignore[method-assign]
+    ctx, limits = limited_ctx
     accept(ctx, add(*numbers(300)))  # three chunks, one chain: each request on the one slot
     dispatcher.drain(ctx)
     assert sorted(len(r) for r in fake_voicenter.pushed()) == [100, 100, 100]
-    assert calls == []  # none in a round trip of its own
+    assert limits.given == []  # none in a round trip of its own
     assert ctx.store.redis.zcard(ctx.store.key("slots", "voicenter")) == 0
 
 
 def test_a_push_whose_completion_failed_gives_its_slots_back_all_the_same(
-    limited_ctx: Context, dispatcher: QueueDispatcher, fake_voicenter: FakeVoicenter
+    limited_ctx: tuple[Context, _Limits], dispatcher: QueueDispatcher, fake_voicenter: FakeVoicenter
 ) -> None:
-    ctx = limited_ctx
+    ctx, _ = limited_ctx
     accept(ctx, add(*numbers(100)))
     dispatcher.tasks.clear()
     [chunk_id] = ctx.claim("voicenter", "voicenter", Action.ADD, work.ALL, 1).chunks
@@ -461,3 +486,24 @@ def test_a_push_whose_completion_failed_gives_its_slots_back_all_the_same(
     assert len(fake_voicenter.pushed()) == 1
     # Not left held until its lease runs out: the next push's request is not kept waiting.
     assert ctx.store.redis.zcard(ctx.store.key("slots", "voicenter")) == 0
+
+
+def test_a_per_number_providers_requests_give_their_slots_back_at_once(
+    redis_fake: fakeredis.FakeRedis, dispatcher: QueueDispatcher, clock: FakeClock
+) -> None:
+    # Given back in the next request's round trip, a slot would pass straight to the same
+    # push, and other workers waiting on a small cap would get no turn within a chunk.
+    fake = make_fake("voodoosms")
+    sent: list[str] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        sent.append(request.url.path)
+        return mock_transport(fake.handle).handle_request(request)
+
+    env = env_for("voodoosms", "http://voodoosms.test")
+    ctx, limits = _limited(env, "voodoosms", handle, redis_fake, dispatcher, clock)
+    accept(ctx, add(*numbers(3)))
+    dispatcher.drain(ctx)
+    assert listed(fake, "voodoosms") == {n[1:] for n in numbers(3)}
+    assert len(sent) >= 3
+    assert len(limits.given) == len(sent)  # each its own, as soon as its answer was read
