@@ -89,7 +89,7 @@ class SharedLimitTransport(httpx.BaseTransport):
             if done is not None:
                 done.done_with((self._provider, token))  # given back in the push's next trip
             else:
-                self._store.release_slot(self._provider, token)
+                self._store.give_back_slots([(self._provider, token)])
 
     def close(self) -> None:
         self._inner.close()

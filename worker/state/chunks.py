@@ -74,12 +74,7 @@ class Chunks(Keyspace):
         """Record a chunk's per-number results (see lua/complete.lua); `give_back`: the
         request slots its push is done with, given back first in the same round trip."""
         args = self._complete_args(chunk, results, options)
-        if not give_back:
-            return Completion.decode(self._run("complete", *args))
-        [done] = self._run_in_order([("complete", args)], give_back)
-        if isinstance(done, Exception):
-            raise done
-        return Completion.decode(done)
+        return Completion.decode(self._run_giving_back(give_back, "complete", *args))
 
     def complete_then_claim(
         self,

@@ -100,17 +100,26 @@ class Keyspace:
                     answers[i] = exc
         return answers
 
+    def _run_giving_back(self, give_back: Sequence[Slot], name: str, *args: Any) -> Any:
+        """`_run`, with request slots given back first in the same round trip."""
+        if not give_back:
+            return self._run(name, *args)
+        [answer] = self._run_in_order([(name, args)], give_back)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
     def give_back_slots(self, slots: Sequence[Slot]) -> None:
-        """Give back request slots (`(provider, token)`: see lua/slot.lua) a push is done
-        with, in a round trip of their own: its completion, which gives them back in its
-        own, did not come (an error on the way)."""
+        """Give back request slots (`(provider, token)`: see lua/slot.lua) in a round trip
+        of their own: a request outside a bulk push, or a push whose completion, which gives
+        them back in its own, did not come (an error on the way)."""
         if slots:
             pipe = self.redis.pipeline(transaction=False)
             self._give_back_in(pipe, slots)
             pipe.execute()
 
     def _give_back_in(self, pipe: Any, slots: Sequence[Slot]) -> None:
-        # As slot.lua's release does: a plain ZREM, no script's fixed cost.
+        # A plain ZREM: no script's fixed cost.
         for provider, token in slots:
             pipe.zrem(self.key("slots", provider), token)
 

@@ -34,18 +34,11 @@ class Limits(AuditLog):
         `give_back`: slots the push's earlier requests are done with, given back first in
         the same round trip (whatever this one answers)."""
         chunk, chunk_lease = renew if renew is not None else ("", 0.0)
-        args = ("acquire", provider, token, rps, concurrency, ms(lease_seconds), chunk,
-                ms(chunk_lease))  # fmt: skip
-        if not give_back:
-            answer = self._run("slot", *args)
-        else:
-            [answer] = self._run_in_order([("slot", args)], give_back)
-            if isinstance(answer, Exception):
-                raise answer
+        answer = self._run_giving_back(
+            give_back, "slot", provider, token, rps, concurrency, ms(lease_seconds), chunk,
+            ms(chunk_lease),
+        )  # fmt: skip
         return None if answer is None else int(answer)
-
-    def release_slot(self, provider: str, token: str) -> None:
-        self._run("slot", "release", provider, token, 0, 0, 0)
 
     def pause(self, provider: str, reason: str, setting: str, detail: str) -> None:
         """Pause a provider for every worker; the archive records it."""

@@ -423,8 +423,8 @@ class _Limits:
         self, store: Store, provider: str, handle: Callable[[httpx.Request], httpx.Response]
     ) -> None:
         self.given: list[str] = []
-        release = store.release_slot
-        store.release_slot = lambda *a: self.given.append("back") or release(*a)  # type: ignore[method-assign]
+        release = store.give_back_slots
+        store.give_back_slots = lambda *a: self.given.append("back") or release(*a)  # type: ignore[method-assign]
         transport = SharedLimitTransport(httpx.MockTransport(handle), store, provider, rps=0,
                                          concurrency=1, lease_seconds=30,
                                          max_wait_seconds=0.5)  # fmt: skip

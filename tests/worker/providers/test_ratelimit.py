@@ -28,7 +28,7 @@ def test_the_concurrency_cap_is_shared_and_leases_expire(store: Store, clock: Fa
     assert store.acquire_slot("p", "a", **take) == 0  # type: ignore[arg-type]
     assert store.acquire_slot("p", "b", **take) == 0  # type: ignore[arg-type]
     assert store.acquire_slot("p", "c", **take) > 0  # type: ignore[arg-type]
-    store.release_slot("p", "a")
+    store.give_back_slots([("p", "a")])
     assert store.acquire_slot("p", "c", **take) == 0  # type: ignore[arg-type]
     # A worker killed mid-request never releases: its lease runs out instead.
     clock.advance(11)
@@ -40,7 +40,7 @@ def test_the_rate_cap_counts_the_last_second(store: Store, clock: FakeClock) -> 
     take = {"rps": 3.0, "concurrency": 0, "lease_seconds": 10.0}
     for token in "abc":
         assert store.acquire_slot("p", token, **take) == 0  # type: ignore[arg-type]
-        store.release_slot("p", token)
+        store.give_back_slots([("p", token)])
     wait = store.acquire_slot("p", "d", **take)  # type: ignore[arg-type]
     assert 0 < wait <= 1000
     clock.advance(1.001)
@@ -168,8 +168,8 @@ def test_a_push_s_slot_is_given_back_in_its_next_round_trip_not_one_of_its_own(
     store.redis.set(store.key("chunk", "7"), "{}")
     done = lease.Slots()
     calls: list[str] = []
-    original = store.release_slot
-    store.release_slot = lambda *a: calls.append("release") or original(*a)  # type: ignore[method-assign]
+    original = store.give_back_slots
+    store.give_back_slots = lambda *a: calls.append("release") or original(*a)  # type: ignore[method-assign]
     with lease.holding(lambda: True, "7", 60, done):
         assert client.get("http://p.test/1").status_code == 200
         assert store.redis.zcard(slots_key) == 1  # kept for the push's next round trip

@@ -14,12 +14,12 @@ def test_a_slot_is_taken_waited_for_or_refused_while_the_provider_is_held(
     assert store.acquire_slot("p", "a", **TAKE) == 0  # type: ignore[arg-type]
     wait = store.acquire_slot("p", "b", **TAKE)  # type: ignore[arg-type]
     assert 5 <= wait <= 50  # ms until a lease may free one, bounded
-    store.release_slot("p", "a")
+    store.give_back_slots([("p", "a")])
     assert store.acquire_slot("p", "b", **TAKE) == 0  # type: ignore[arg-type]
     store.hold("p", 3)
     assert store.acquire_slot("p", "c", **TAKE) == -3000  # type: ignore[arg-type]
     clock.advance(3)
-    store.release_slot("p", "b")
+    store.give_back_slots([("p", "b")])
     assert store.acquire_slot("p", "c", **TAKE) == 0  # type: ignore[arg-type]
 
 

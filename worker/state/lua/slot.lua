@@ -5,20 +5,18 @@
 -- An acquire for a push's request renews the chunk's lease first, as renew.lua does (the
 -- same round trip), and answers nil when the chunk is gone: the request is not sent
 -- (worker/pipeline/lease.py).
--- ARGV: prefix, now_ms, 'acquire'|'release', provider, token, rps, concurrency, lease ms,
---       the chunk to renew ('' for none), its lease ms
-local op, provider, token = ARGV[3], ARGV[4], ARGV[5]
-local rps, cap, lease = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+-- A slot is given back by a plain ZREM of its token (worker/state/keyspace.py:
+-- give_back_slots), in a round trip of its own or in the push's next one.
+-- ARGV: prefix, now_ms, provider, token, rps, concurrency, lease ms, the chunk to renew (''
+--       for none), its lease ms
+local provider, token = ARGV[3], ARGV[4]
+local rps, cap, lease = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local slots = P .. 'slots:' .. provider
 local rate = P .. 'rate:' .. provider
-if op == 'release' then
-  redis.call('ZREM', slots, token)
-  return 0
-end
-local chunk = ARGV[9] or ''
+local chunk = ARGV[8] or ''
 if chunk ~= '' then
   if redis.call('EXISTS', P .. 'chunk:' .. chunk) == 0 then return false end
-  redis.call('ZADD', P .. 'leases', 'GT', NOW + tonumber(ARGV[10]), chunk)
+  redis.call('ZADD', P .. 'leases', 'GT', NOW + tonumber(ARGV[9]), chunk)
 end
 local hold = tonumber(redis.call('GET', P .. 'hold:' .. provider) or '0')
 if hold > NOW then
