@@ -310,6 +310,12 @@ class Settings(EnvSettings):
         """(requests per second, concurrent requests) shared by every worker; 0 = no limit."""
         return self.provider_limits.get(provider, (20.0, 8))
 
+    @property
+    def slot_lease_seconds(self) -> float:
+        """How long a provider request's slot is held at most: a request's whole exchange
+        with time to spare, so that a worker killed mid-request leaks its slot only so long."""
+        return self.http_timeout_seconds * 2 + 5
+
     def variables(self) -> list[tuple[str, Any]]:
         """Every setting as (environment variable, value), each provider's after the rest."""
         out = [(env, getattr(self, name)) for name, env in self.env_names().items()

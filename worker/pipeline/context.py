@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -15,6 +16,7 @@ from config import Settings, routes_allow
 from worker.archive.database import Archive
 from worker.providers.base import Action, Provider
 from worker.state.async_accept import AsyncAccept
+from worker.state.keyspace import FirstSlot
 from worker.state.records import Claimed, CompleteOptions
 from worker.state.replication import Replication
 from worker.state.store import Store
@@ -187,6 +189,17 @@ class Context:
         would only wait for a request slot), or with no cap two per worker process."""
         _, concurrency = self.settings.limits_for(provider)
         return concurrency if concurrency > 0 else 2 * self.settings.worker_concurrency
+
+    def first_slot(self, providers: Iterable[str]) -> FirstSlot | None:
+        """A push's first request slot, to take as its chunk is opened, for those of
+        `providers` this process has that send a chunk in one request (a per-number
+        provider's requests give their slots back at once: worker/pipeline/push.py)."""
+        terms = {
+            name: (*self.settings.limits_for(name), self.settings.slot_lease_seconds)
+            for name in providers
+            if (provider := self.providers.get(name)) is not None and provider.capabilities.bulk
+        }
+        return FirstSlot(uuid.uuid4().hex, terms) if terms else None
 
     def replication(self) -> Replication | None:
         """How many replicas an accepted write must reach before it is answered."""

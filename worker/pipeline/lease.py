@@ -11,6 +11,7 @@ context into its threads.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -22,6 +23,12 @@ from worker.state.keyspace import Slot
 Renew = Callable[[], bool]
 
 
+#: How long after its chunk's opening a push's first request may still be sent on the slot
+#: that opening took: well within the slot's lease (twice the HTTP timeout and more), so that
+#: the request's whole exchange counts against the provider's cap.
+FIRST_SLOT_SECONDS = 1.0
+
+
 class Slots:
     """The request slots a push's requests are done with (`worker/providers/ratelimit.py`),
     given back in the push's next round trip to Redis (its completion's, or the next part's
@@ -30,18 +37,37 @@ class Slots:
     Meanwhile the slot still counts against the provider's cap: a few milliseconds more.
     Only a bulk provider's push keeps them (`worker/pipeline/push.py`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, first: Slot | None = None, taken_at: float = 0.0) -> None:
         self._done: list[Slot] = []
         self._lock = threading.Lock()
+        self._first = first
+        self._first_until = taken_at + FIRST_SLOT_SECONDS
+
+    def first(self, provider: str) -> Slot | None:
+        """The slot taken for the push's first request as its chunk was opened (`taken_at`,
+        monotonic: when that round trip answered, which renewed the lease and found the
+        provider not held too), once. None when there is none, it is another provider's, or
+        it was taken more than FIRST_SLOT_SECONDS ago: the request then asks for one as any
+        other, renewing the lease, and this one is given back with the rest."""
+        with self._lock:
+            slot = self._first
+            if slot is None or slot[0] != provider or time.monotonic() > self._first_until:
+                return None
+            self._first = None
+            return slot
 
     def done_with(self, slot: Slot) -> None:
         with self._lock:
             self._done.append(slot)
 
     def take(self) -> list[Slot]:
-        """The slots to give back now: the caller's round trip gives them back."""
+        """The slots to give back now (a first slot not used too): the caller's round trip
+        gives them back."""
         with self._lock:
             done, self._done = self._done, []
+            if self._first is not None:
+                done.append(self._first)
+                self._first = None
         return done
 
     def keep(self, slots: list[Slot]) -> None:

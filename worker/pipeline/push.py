@@ -98,7 +98,9 @@ def push(ctx: Context, chunk_id: str) -> dict[str, int]:
     """Push one leased chunk and record every number's outcome; then go on to the full
     chunks its batch holds (claimed one at a time, within the target's in-flight cap) for
     up to CHAIN_SECONDS, and hand the next one to a new push task."""
-    opened = ctx.store.open_chunk(chunk_id, ctx.settings.lease_seconds)
+    # (Which provider the chunk is for is known once it is opened: terms for each of ours.)
+    first_slot = ctx.first_slot(ctx.providers)
+    opened = ctx.store.open_chunk(chunk_id, ctx.settings.lease_seconds, first_slot)
     if opened is None:
         # Completed or recovered already: a redelivered task has nothing left to do.
         return {}
@@ -129,8 +131,12 @@ def _push_chunk(
     started = time.perf_counter()
     chunk = opened.chunk
     provider = ctx.providers.get(chunk.provider)
+    first = (chunk.provider, opened.slot) if opened.slot else None
     if provider is None or opened.stopped:
         # Not for this worker, or its provider is paused or held: staged again, unsent.
+        if first is not None:
+            with contextlib.suppress(redis.RedisError):  # else its lease runs out
+                ctx.store.give_back_slots([first])
         schedule(ctx, ctx.store.release(chunk.id, recover=False, late_ms=ctx.late_ms).staged)
         return {}, None
 
@@ -144,14 +150,15 @@ def _push_chunk(
         else:
             live.append(_push_item(item))
 
-    # A bulk provider's request (one a chunk) gives its slot back in the completion's round
-    # trip (lease.Slots); on the way there an error gives it back in one of its own. A
+    # A bulk provider's request (one a chunk) takes its slot in the round trip that opened
+    # the chunk (`first`, when one was free) and gives it back in the completion's
+    # (lease.Slots); on the way there an error gives it back in one of its own. A
     # per-number provider's requests give theirs back at once, each: given back in the next
     # request's round trip, a slot would pass straight to the same push (from one fan-out
     # thread to the next), and other workers waiting on a small cap would get no turn
     # within a chunk; a thread with nothing left to send would hold its slot until the
     # slowest request of the chunk was answered.
-    slots = lease.Slots()
+    slots = lease.Slots(first, opened.slot_at)
     deferred = slots if provider.capabilities.bulk else None
     given: list[Slot] = []  # handed to the completion's round trip
     completed = False
@@ -212,6 +219,7 @@ def _push_chunk(
             # itself; within it, the claim opens it too.
             more = ctx.monotonic() < chain_until
             claim = ctx.claim_options(chunk.target, chunk.provider, FULL, 1, open_first=more)
+            claim["first_slot"] = ctx.first_slot([chunk.provider]) if more else None
             done, claimed = ctx.store.complete_then_claim(chunk, encoded, options, given, **claim)
         completed = True
     finally:
@@ -227,6 +235,9 @@ def _push_chunk(
             # The chain ends here: what its round trip claimed is pushed by nobody.
             for chunk_id in claimed.chunks:
                 ctx.store.release(chunk_id, recover=False, late_ms=ctx.late_ms)
+            if claimed.opened is not None and claimed.opened.slot:
+                with contextlib.suppress(redis.RedisError):  # else its lease runs out
+                    ctx.store.give_back_slots([(chunk.provider, claimed.opened.slot)])
         raise
 
 

@@ -19,7 +19,8 @@ class SharedLimitTransport(httpx.BaseTransport):
     all workers: those answer a local 429 with the time left. A request of a push renews
     its chunk's lease in the slot's round trip (`worker/pipeline/lease.py`), and raises
     LeaseLostError, unsent, when the chunk is gone; its slot is given back in the push's
-    next round trip (`lease.Slots`), else at once."""
+    next round trip (`lease.Slots`), else at once. A bulk push's first request has its slot
+    already, taken in the round trip that opened the chunk (`lease.Slots.first`)."""
 
     def __init__(
         self,
@@ -41,16 +42,36 @@ class SharedLimitTransport(httpx.BaseTransport):
         self._max_wait = max_wait_seconds
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
+        held = lease.current()
+        done = held.slots if held is not None else None
+        first = done.first(self._provider) if done is not None else None
+        acquired = first[1] if first is not None else self._acquire(request, held, done)
+        if isinstance(acquired, httpx.Response):
+            return acquired
+        token = acquired
+        try:
+            response = self._inner.handle_request(request)
+            response.read()  # the slot covers the whole exchange
+            return response
+        finally:
+            if done is not None:
+                done.done_with((self._provider, token))  # given back in the push's next trip
+            else:
+                self._store.give_back_slots([(self._provider, token)])
+
+    def _acquire(
+        self, request: httpx.Request, held: lease.Lease | None, done: lease.Slots | None
+    ) -> str | httpx.Response:
+        """A slot's token, once one is free; a local 429 while a Retry-After holds the
+        provider."""
         token = uuid.uuid4().hex
         deadline = time.monotonic() + self._max_wait
-        held = lease.current()
         renew = None
         if held is not None:
             if held.chunk_id:
                 renew = (held.chunk_id, held.seconds)
             else:
                 lease.renew()  # a holder that named no chunk renews its own way
-        done = held.slots if held is not None else None
         while True:
             give_back = done.take() if done is not None else []
             try:
@@ -70,7 +91,7 @@ class SharedLimitTransport(httpx.BaseTransport):
             if wait_ms is None:
                 raise lease.LeaseLostError()
             if wait_ms == 0:
-                break
+                return token
             if wait_ms < 0:
                 return httpx.Response(
                     429,
@@ -81,15 +102,6 @@ class SharedLimitTransport(httpx.BaseTransport):
             if time.monotonic() > deadline:
                 raise httpx.PoolTimeout("no free provider slot", request=request)
             time.sleep(wait_ms / 1000)
-        try:
-            response = self._inner.handle_request(request)
-            response.read()  # the slot covers the whole exchange
-            return response
-        finally:
-            if done is not None:
-                done.done_with((self._provider, token))  # given back in the push's next trip
-            else:
-                self._store.give_back_slots([(self._provider, token)])
 
     def close(self) -> None:
         self._inner.close()

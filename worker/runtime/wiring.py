@@ -73,7 +73,7 @@ def provider_client(
         provider,
         rps=rps,
         concurrency=concurrency,
-        lease_seconds=timeout * 2 + 5,
+        lease_seconds=settings.slot_lease_seconds,
         # A request renews its chunk's lease with each try for a slot, the last just before
         # it is sent; the wait is bounded all the same, so that a push stuck behind a full
         # cap gives its chunk back in time rather than holding it.

@@ -3,15 +3,18 @@ releasing them, retries due again, and what is staged or in flight per target.""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from typing import Any
 
+import redis
+
 from worker.providers.base import Action
 from worker.runtime import fastjson
 from worker.state.codec import ms, text
-from worker.state.keyspace import Keyspace, Slot
+from worker.state.keyspace import FirstSlot, Keyspace, Slot
 from worker.state.records import (
     Chunk,
     Claimed,
@@ -48,18 +51,24 @@ class Chunks(Keyspace):
         max_chunks: int,
         max_in_flight: int = 0,
         open_first: bool = False,
+        first_slot: FirstSlot | None = None,
     ) -> tuple[Any, ...]:
         """claim.lua's arguments. `max_in_flight`: claim none while the target has that many
         chunks' worth of numbers in flight (0: no cap); `open_first`: open the first chunk
-        claimed too (`Claimed.opened`, as `open_chunk`)."""
+        claimed too (`Claimed.opened`, as `open_chunk`, `first_slot` with it)."""
         return (target, provider, action.value, size, ms(lease_seconds), mode, linger_ms,
-                max_chunks, max_in_flight, "1" if open_first else "0")  # fmt: skip
+                max_chunks, max_in_flight, "1" if open_first else "0",
+                first_slot.encode() if first_slot else "")  # fmt: skip
 
-    def open_chunk(self, chunk_id: str, lease_seconds: float) -> OpenChunk | None:
+    def open_chunk(
+        self, chunk_id: str, lease_seconds: float, first_slot: FirstSlot | None = None
+    ) -> OpenChunk | None:
         """A chunk about to be pushed, whether its provider is stopped, and its numbers'
         ledger states; its lease starts again now. None when the chunk is gone (completed
-        or recovered)."""
-        return OpenChunk.decode(self._run("open", chunk_id, ms(lease_seconds)))
+        or recovered). With `first_slot`, its first request's slot is taken too, when its
+        provider has terms there, is not stopped and has one free (`OpenChunk.slot`)."""
+        slot = first_slot.encode() if first_slot else ""
+        return OpenChunk.decode(self._run("open", chunk_id, ms(lease_seconds), slot))
 
     def renew(self, chunk_id: str, lease_seconds: float) -> bool:
         return bool(self._run("renew", chunk_id, ms(lease_seconds)))
@@ -88,7 +97,8 @@ class Chunks(Keyspace):
         trip: a push chain's next chunk. The claim runs after the completion, as two calls
         would: the chunk completed no longer counts against the target's in-flight cap.
         When the completion fails, the chunks the claim took are given back to staging
-        before its error is raised: the chain that would push them ends with it."""
+        (and the slot its opening took) before its error is raised: the chain that would
+        push them ends with it."""
         done, claimed = self._run_in_order(
             [("complete", self._complete_args(chunk, results, options)),
              ("claim", self.claim_args(chunk.target, chunk.provider, chunk.action, **claim))],
@@ -96,8 +106,12 @@ class Chunks(Keyspace):
         )  # fmt: skip
         if isinstance(done, Exception):
             if not isinstance(claimed, Exception):
-                for chunk_id in Claimed.decode(claimed).chunks:
+                took = Claimed.decode(claimed)
+                for chunk_id in took.chunks:
                     self.release(chunk_id, recover=False, late_ms=0)  # never sent
+                if took.opened is not None and took.opened.slot:
+                    with contextlib.suppress(redis.RedisError):  # else its lease runs out
+                        self.give_back_slots([(chunk.provider, took.opened.slot)])
             raise done
         if isinstance(claimed, Exception):
             raise claimed

@@ -3,7 +3,9 @@ and the Lua scripts (lua/) loaded into Redis; every part of the store builds on 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -17,6 +19,22 @@ from worker.state.replication import FENCE, Replication
 Clock = Callable[[], float]
 #: A request slot taken (lua/slot.lua): the provider, and the request's token.
 Slot = tuple[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class FirstSlot:
+    """A push's first request slot, asked for in the round trip that opens its chunk
+    (lua/prelude.lua: open_chunk): the request's token, and the slot's terms (requests per
+    second, concurrent requests, lease seconds) for each provider whose chunk may take one
+    there."""
+
+    token: str
+    terms: dict[str, tuple[float, int, float]]
+
+    def encode(self) -> str:
+        terms = {p: [rps, cap, ms(lease)] for p, (rps, cap, lease) in self.terms.items()}
+        return json.dumps({"token": self.token, "terms": terms})
+
 
 _SCRIPTS = (
     "accept", "claim", "complete", "release", "sweep", "replay", "renew", "register",

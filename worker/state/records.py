@@ -3,6 +3,7 @@ script names it (a script answers a JSON object whose keys are the record's fiel
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -144,6 +145,8 @@ class OpenChunk:
     stopped: bool
     states: dict[str, str]
     versions: dict[str, str]
+    slot: str = ""  # the token of its first request's slot, taken as it was opened
+    slot_at: float = field(default=0.0, compare=False)  # when that answer came (monotonic)
 
     @classmethod
     def decode(cls, raw_answer: Any) -> OpenChunk | None:
@@ -161,6 +164,8 @@ class OpenChunk:
             bool(raw["stopped"]),
             as_object(raw.get("states")),  # (strings as cjson wrote them: no copies)
             as_object(raw.get("versions")),
+            str(raw.get("slot") or ""),
+            time.monotonic(),
         )
 
 

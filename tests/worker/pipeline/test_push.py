@@ -412,6 +412,7 @@ def test_a_chain_that_fails_after_its_round_trip_leaves_the_next_chunk_to_nobody
     # given back, not left leased until its recovery.
     assert ctx.store.redis.zcard(ctx.store.key("leases")) == 0
     assert ctx.store.redis.zcard(ctx.store.key("stage", "voicenter", "add")) == 100
+    assert ctx.store.redis.zcard(ctx.store.key("slots", "voicenter")) == 0  # nor its slot
 
 
 class _Limits:
@@ -423,6 +424,9 @@ class _Limits:
         self, store: Store, provider: str, handle: Callable[[httpx.Request], httpx.Response]
     ) -> None:
         self.given: list[str] = []
+        self.asked: list[str] = []  # acquires, in round trips of their own
+        acquire = store.acquire_slot
+        store.acquire_slot = lambda p, t, **kw: self.asked.append(t) or acquire(p, t, **kw)  # type: ignore[method-assign]
         release = store.give_back_slots
         store.give_back_slots = lambda *a: self.given.append("back") or release(*a)  # type: ignore[method-assign]
         transport = SharedLimitTransport(httpx.MockTransport(handle), store, provider, rps=0,
@@ -466,6 +470,36 @@ def test_a_push_gives_its_request_slots_back_in_its_completions_round_trip(
     dispatcher.drain(ctx)
     assert sorted(len(r) for r in fake_voicenter.pushed()) == [100, 100, 100]
     assert limits.given == []  # none in a round trip of its own
+    assert ctx.store.redis.zcard(ctx.store.key("slots", "voicenter")) == 0
+
+
+def test_a_bulk_push_sends_each_chunks_request_on_the_slot_its_opening_took(
+    limited_ctx: tuple[Context, _Limits], dispatcher: QueueDispatcher, fake_voicenter: FakeVoicenter
+) -> None:
+    # The push task's own opening takes the first chunk's, and the chain's claim (in the
+    # completion's round trip) the next one's: no request asks in a round trip of its own.
+    ctx, limits = limited_ctx
+    accept(ctx, add(*numbers(300)))
+    dispatcher.drain(ctx)
+    assert sorted(len(r) for r in fake_voicenter.pushed()) == [100, 100, 100]
+    assert limits.asked == []
+    assert ctx.store.redis.zcard(ctx.store.key("slots", "voicenter")) == 0
+
+
+def test_a_push_that_sends_nothing_gives_back_the_slot_its_opening_took(
+    limited_ctx: tuple[Context, _Limits],
+    dispatcher: QueueDispatcher,
+    fake_voicenter: FakeVoicenter,
+    clock: FakeClock,
+) -> None:
+    ctx, _ = limited_ctx
+    accept(ctx, add(*numbers(100)))
+    dispatcher.tasks.clear()
+    [chunk_id] = ctx.claim("voicenter", "voicenter", Action.ADD, work.ALL, 1).chunks
+    clock.advance(1)
+    accept(ctx, remove(clock, *numbers(100)))  # every number stale before the push opens
+    pushing.push(ctx, chunk_id)
+    assert fake_voicenter.pushed() == []
     assert ctx.store.redis.zcard(ctx.store.key("slots", "voicenter")) == 0
 
 

@@ -210,3 +210,68 @@ def test_slots_taken_for_an_acquire_that_failed_are_kept_for_a_later_round_trip(
             client.get("http://p.test/2")
         store.acquire_slot = original  # type: ignore[method-assign]
     assert len(done.take()) == 1  # still to give back: the push's error path does
+
+
+def _counting_acquires(store: Store) -> list[str]:
+    asked: list[str] = []
+    original = store.acquire_slot
+
+    def acquire(provider: str, token: str, **kwargs: Any) -> int | None:
+        asked.append(token)
+        return original(provider, token, **kwargs)
+
+    store.acquire_slot = acquire  # type: ignore[method-assign]
+    return asked
+
+
+def test_a_push_s_first_request_is_sent_on_the_slot_its_chunk_s_opening_took(
+    store: Store,
+) -> None:
+    client = LimitedClient(
+        SharedLimitTransport(
+            httpx.MockTransport(lambda r: httpx.Response(200)),
+            store,
+            "p",
+            rps=0,
+            concurrency=0,
+            lease_seconds=5,
+        )
+    )
+    store.redis.set(store.key("chunk", "7"), "{}")
+    assert store.acquire_slot("p", "opened", rps=0, concurrency=0, lease_seconds=5) == 0
+    asked = _counting_acquires(store)
+    done = lease.Slots(("p", "opened"), time.monotonic())
+    with lease.holding(lambda: True, "7", 60, done):
+        client.get("http://p.test/1")  # on the slot the opening took: no round trip
+        assert asked == []
+        client.get("http://p.test/2")  # (a bulk request halved) asks as any other
+    assert len(asked) == 1
+    assert done.take() == [("p", asked[0])]  # the first was given back in that acquire
+    assert store.redis.zrange(store.key("slots", "p"), 0, -1) == [asked[0].encode()]
+
+
+def test_a_first_slot_of_another_provider_or_taken_too_long_ago_is_given_back_not_used(
+    store: Store,
+) -> None:
+    client = LimitedClient(
+        SharedLimitTransport(
+            httpx.MockTransport(lambda r: httpx.Response(200)),
+            store,
+            "p",
+            rps=0,
+            concurrency=0,
+            lease_seconds=5,
+        )
+    )
+    store.redis.set(store.key("chunk", "7"), "{}")
+    asked = _counting_acquires(store)
+    now = time.monotonic()
+    for slot, taken_at in ((("q", "other"), now), (("p", "old"), now - 1.01)):
+        store.redis.zadd(store.key("slots", slot[0]), {slot[1]: store.now_ms() + 5000})
+        done = lease.Slots(slot, taken_at)
+        with lease.holding(lambda: True, "7", 60, done):
+            client.get("http://p.test/1")  # its lease renewed with a slot of its own
+        assert len(asked) == 1
+        assert store.redis.zscore(store.key("slots", slot[0]), slot[1]) is None
+        store.give_back_slots(done.take())
+        asked.clear()

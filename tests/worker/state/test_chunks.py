@@ -28,6 +28,7 @@ from tests.worker.state.scene import (
     staged,
 )
 from worker.providers.base import Action
+from worker.state.keyspace import FirstSlot
 from worker.state.records import (
     Chunk,
     ChunkItem,
@@ -166,6 +167,58 @@ def test_a_claim_asked_to_open_answers_its_first_chunk_as_open_does(store: Store
     assert _claim(store, open_first=True) == Claimed("ok", [], [])
 
 
+def _slots(store: Store) -> dict[str, float]:
+    held = store.redis.zrange(store.key("slots", "voicenter"), 0, -1, withscores=True)
+    return {token.decode(): score for token, score in held}
+
+
+def test_an_opening_takes_its_first_requests_slot_when_asked_and_one_is_free(
+    store: Store,
+) -> None:
+    live(store)
+    accept(store, Action.ADD, N1, N2, N3)
+    claimed = _claim(store, max_chunks=2)
+    first = FirstSlot("tok", {"voicenter": (0.0, 1, 30.0)})
+    found = store.open_chunk(claimed.chunks[0], 60, first)
+    assert found is not None and found.slot == "tok"
+    assert _slots(store) == {"tok": store.now_ms() + 30_000}  # leased as slot.lua leases it
+    assert store.redis.zscore(store.key("rate", "voicenter"), "tok") == store.now_ms()
+    # The cap of one is taken: the next opening gets none, and its request asks as any other.
+    again = store.open_chunk(claimed.chunks[1], 60, FirstSlot("two", first.terms))
+    assert again is not None and again.slot == ""
+    assert list(_slots(store)) == ["tok"]
+    # None asked, or none for this provider: none taken.
+    store.give_back_slots([("voicenter", "tok")])
+    assert store.open_chunk(claimed.chunks[1], 60) == replace(again, slot="")
+    other = store.open_chunk(claimed.chunks[1], 60, FirstSlot("x", {"phonely": (0.0, 0, 30.0)}))
+    assert other is not None and other.slot == ""
+    assert _slots(store) == {}
+
+
+def test_an_opening_takes_no_slot_while_its_provider_is_held(store: Store) -> None:
+    live(store)
+    accept(store, Action.ADD, N1)
+    [chunk_id] = _claim(store).chunks
+    store.hold("voicenter", 5)
+    found = store.open_chunk(chunk_id, 60, FirstSlot("tok", {"voicenter": (0.0, 0, 30.0)}))
+    assert found is not None and found.stopped and found.slot == ""
+    assert _slots(store) == {}
+
+
+def test_a_claim_that_opens_takes_the_first_requests_slot_with_it(store: Store) -> None:
+    live(store)
+    accept(store, Action.ADD, N1, N2, N3)
+    first = FirstSlot("tok", {"voicenter": (0.0, 0, 30.0)})
+    claimed = _claim(store, max_chunks=2, open_first=True, first_slot=first)  # type: ignore[arg-type]
+    assert claimed.opened is not None and claimed.opened.slot == "tok"
+    assert list(_slots(store)) == ["tok"]  # one: for the chunk opened only
+    # A claim that opens nothing takes none.
+    store.give_back_slots([("voicenter", "tok")])
+    accept(store, Action.ADD, N1, N2, key="again", ago_ms=0)
+    assert _claim(store, first_slot=first).opened is None  # type: ignore[arg-type]
+    assert _slots(store) == {}
+
+
 def test_a_claim_that_opens_answers_as_open_does_for_held_and_moved_numbers(
     store: Store,
 ) -> None:
@@ -211,9 +264,11 @@ def test_a_completion_that_fails_leaves_nothing_claimed_by_the_claim_that_came_w
     chunk = opened(store, first).chunk
     broken = replace(chunk, raw=chunk.raw[:-1])  # complete.lua cannot read it: it fails
     options = {"size": 2, "lease_seconds": 60, "mode": "all", "linger_ms": 0, "max_chunks": 1,
-               "max_in_flight": 0, "open_first": True}  # fmt: skip
+               "max_in_flight": 0, "open_first": True,
+               "first_slot": FirstSlot("tok", {"voicenter": (0.0, 0, 30.0)})}  # fmt: skip
     with pytest.raises(redis.ResponseError):
         store.complete_then_claim(broken, all_done(chunk), OPTIONS, **options)
+    assert _slots(store) == {}  # nor the slot its opening took
     # The push fails with its chunk still leased (recovered once the lease runs out); the
     # chain it would have gone on with does not exist, so nothing else may stay leased,
     # opened and pushed by nobody: the claim's numbers wait staged again.

@@ -2,7 +2,7 @@
 -- ARGV: prefix, now_ms, target, provider, action, max per chunk, lease ms, mode, linger ms,
 --       max chunks, max in flight (chunks' worth of numbers in flight to the target; 0: any),
 --       open ('1': open the first chunk claimed, as open.lua does: a push chain takes its
---       next chunk in one round trip, not two)
+--       next chunk in one round trip, not two), slot terms for its opening (open.lua)
 -- Answers {status, chunks = [id, ...], staged, opened = open.lua's answer for the first
 -- chunk, when asked and one was claimed} (records.py: Claimed).
 -- mode: 'full' takes only full chunks, 'all' takes everything, 'due' takes everything once
@@ -15,6 +15,7 @@ local size, lease, mode = tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8]
 local linger, max_chunks = tonumber(ARGV[9]), tonumber(ARGV[10])
 local max_inflight = tonumber(ARGV[11] or '0')
 local open_first = ARGV[12] == '1'
+local slot = open_first and slot_terms(ARGV[13]) or nil
 local inflight_key = P .. 'inflight:' .. target
 
 -- A target no process has announced within its TTL gets no pushes: the sweep drops what it
@@ -90,5 +91,5 @@ while #chunks < max_chunks do
   end
 end
 local answer = {status = 'ok', chunks = chunks, staged = staged_summary(touched)}
-if open_first and chunks[1] then answer.opened = open_chunk(chunks[1], lease, first) end
+if open_first and chunks[1] then answer.opened = open_chunk(chunks[1], lease, first, slot) end
 return cjson.encode(answer)

@@ -6,9 +6,10 @@
 -- twice pushes the chunk twice at once, and the one that completes second is like a
 -- recovered chunk's late pusher (release.lua, complete.lua). The work is prelude.lua's
 -- open_chunk, which claim.lua shares.
--- ARGV: prefix, now_ms, chunk id, lease ms
+-- ARGV: prefix, now_ms, chunk id, lease ms, slot terms ('' or absent: none; see slot_terms)
 -- Answers {chunk = false} when the chunk is gone (completed, or recovered), else {chunk =
--- its JSON, stopped = true|false, states = {e164: state}, versions = {e164: version}}
+-- its JSON, stopped = true|false, states = {e164: state}, versions = {e164: version},
+-- slot = the token of the first request's slot, when one was taken}
 -- (records.py: OpenChunk); a number an add-only target holds already (its push answered
 -- while this chunk waited) has state 'held': it is not sent again.
-return cjson.encode(open_chunk(ARGV[3], tonumber(ARGV[4])))
+return cjson.encode(open_chunk(ARGV[3], tonumber(ARGV[4]), nil, slot_terms(ARGV[5])))

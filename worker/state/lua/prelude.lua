@@ -713,7 +713,44 @@ end
 -- started again and the opening counted. Returns {chunk = false} when the chunk is gone.
 -- `known` (claim.lua, for the chunk it has just written in the same call): its JSON, its
 -- table and each number's state and version as that call read them, not read again.
-local function open_chunk(id, lease_ms, known)
+-- A request slot of `provider` for `token`, if its caps allow one now (slot.lua): a
+-- concurrency cap held as leases that expire (a worker killed mid-request leaks nothing)
+-- and a requests-per-second cap over the last second. Answers 0 when taken, else the ms to
+-- wait before asking again.
+local function take_slot(provider, token, rps, cap, lease)
+  local slots = P .. 'slots:' .. provider
+  local rate = P .. 'rate:' .. provider
+  redis.call('ZREMRANGEBYSCORE', slots, '-inf', NOW)
+  redis.call('ZREMRANGEBYSCORE', rate, '-inf', NOW - 1000)
+  if cap > 0 and redis.call('ZCARD', slots) >= cap then
+    local first = redis.call('ZRANGE', slots, 0, 0, 'WITHSCORES')
+    return math.max(5, math.min(50, tonumber(first[2]) - NOW))
+  end
+  if rps > 0 and redis.call('ZCARD', rate) >= rps then
+    local oldest = redis.call('ZRANGE', rate, 0, 0, 'WITHSCORES')
+    return math.max(1, tonumber(oldest[2]) + 1000 - NOW)
+  end
+  redis.call('ZADD', slots, NOW + lease, token)
+  redis.call('ZADD', rate, NOW, token)
+  redis.call('PEXPIRE', slots, lease + 1000)
+  redis.call('PEXPIRE', rate, 2000)
+  return 0
+end
+
+-- What a push's open (or its chain's claim) passes for its chunk's first request slot:
+-- one JSON argument, {token = ..., terms = {provider = [rps, cap, lease ms], ...}} (the
+-- providers whose first request may take one: a bulk provider's push), or '' (absent) for
+-- none.
+local function slot_terms(raw)
+  if raw == nil or raw == '' then return nil end
+  return cjson.decode(raw)
+end
+
+-- `slot`: slot_terms. The chunk's first request slot is taken in this round trip when its
+-- provider has terms there, is not stopped and its caps allow (`slot` in the answer: the
+-- token): a bulk provider's push sends that request next, and a round trip of its own for
+-- the slot waited behind every script queued in Redis (worker/pipeline/push.py).
+local function open_chunk(id, lease_ms, known, slot)
   local raw = known and known.raw or redis.call('GET', P .. 'chunk:' .. id)
   if not raw then return {chunk = false} end
   redis.call('ZADD', P .. 'leases', 'GT', NOW + lease_ms, id)
@@ -741,5 +778,11 @@ local function open_chunk(id, lease_ms, known)
     states[n] = state
     versions[n] = version
   end
-  return {chunk = raw, stopped = stopped, states = states, versions = versions}
+  local taken = nil
+  local terms = slot and slot.terms[chunk.provider]
+  if terms and not stopped
+      and take_slot(chunk.provider, slot.token, terms[1], terms[2], terms[3]) == 0 then
+    taken = slot.token
+  end
+  return {chunk = raw, stopped = stopped, states = states, versions = versions, slot = taken}
 end
