@@ -19,6 +19,7 @@ from tests.fakes.server import mock_transport
 from tests.fakes.voicenter import ADD, REMOVE, FakeVoicenter
 from tests.worker.pipeline.test_batching import add, numbers, remove, settle
 from worker.pipeline import batching as work
+from worker.pipeline import lease
 from worker.pipeline import push as pushing
 from worker.pipeline.accept import Event, PhoneInput, accept
 from worker.pipeline.context import Context
@@ -474,10 +475,14 @@ def test_a_push_gives_its_request_slots_back_in_its_completions_round_trip(
 
 
 def test_a_bulk_push_sends_each_chunks_request_on_the_slot_its_opening_took(
-    limited_ctx: tuple[Context, _Limits], dispatcher: QueueDispatcher, fake_voicenter: FakeVoicenter
+    limited_ctx: tuple[Context, _Limits],
+    dispatcher: QueueDispatcher,
+    fake_voicenter: FakeVoicenter,
+    monkeypatch: Any,
 ) -> None:
     # The push task's own opening takes the first chunk's, and the chain's claim (in the
     # completion's round trip) the next one's: no request asks in a round trip of its own.
+    monkeypatch.setattr(lease, "FIRST_SLOT_SECONDS", 60.0)  # however slow this machine is
     ctx, limits = limited_ctx
     accept(ctx, add(*numbers(300)))
     dispatcher.drain(ctx)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import threading
 import time
 from typing import Any
@@ -225,8 +227,9 @@ def _counting_acquires(store: Store) -> list[str]:
 
 
 def test_a_push_s_first_request_is_sent_on_the_slot_its_chunk_s_opening_took(
-    store: Store,
+    store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(lease, "FIRST_SLOT_SECONDS", 60.0)  # however slow this machine is
     client = LimitedClient(
         SharedLimitTransport(
             httpx.MockTransport(lambda r: httpx.Response(200)),
@@ -275,3 +278,33 @@ def test_a_first_slot_of_another_provider_or_taken_too_long_ago_is_given_back_no
         assert store.redis.zscore(store.key("slots", slot[0]), slot[1]) is None
         store.give_back_slots(done.take())
         asked.clear()
+
+
+def test_a_first_slot_is_not_sent_so_late_that_the_next_seconds_request_follows_it_closely(
+    store: Store, clock: FakeClock
+) -> None:
+    # The rate cap counts a request from when its slot was taken. A first slot taken as its
+    # chunk was opened and sent half a second later (the chain's round trip was followed by
+    # a slow broker publish: push.py's _recorded) would leave its rate entry lapsing half a
+    # second after the request went out: another worker's request then follows it within
+    # half a second, two requests in one second under a cap of one.
+    sent: list[int] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        sent.append(store.now_ms())
+        return httpx.Response(200)
+
+    inner = httpx.MockTransport(answer)
+    transport = SharedLimitTransport(
+        inner, store, "p", rps=1, concurrency=0, lease_seconds=5, max_wait_seconds=0.01
+    )
+    client = LimitedClient(transport)
+    store.redis.set(store.key("chunk", "7"), "{}")
+    assert store.acquire_slot("p", "opened", rps=1, concurrency=0, lease_seconds=5) == 0
+    clock.advance(0.5)
+    done = lease.Slots(("p", "opened"), time.monotonic() - 0.5)
+    with lease.holding(lambda: True, "7", 60, done), contextlib.suppress(httpx.PoolTimeout):
+        client.get("http://p.test/chunk")
+    clock.advance(0.5)
+    client.get("http://p.test/other-worker")  # outside any push: a slot of its own
+    assert all(b - a >= 1000 for a, b in itertools.pairwise(sent)), sent
