@@ -14,6 +14,7 @@ import structlog
 
 from config import Settings, routes_allow
 from worker.archive.database import Archive
+from worker.pipeline import lease
 from worker.providers.base import Action, Provider
 from worker.state.async_accept import AsyncAccept
 from worker.state.keyspace import FirstSlot
@@ -199,7 +200,7 @@ class Context:
             for name in providers
             if (provider := self.providers.get(name)) is not None and provider.capabilities.bulk
         }
-        return FirstSlot(uuid.uuid4().hex, terms) if terms else None
+        return FirstSlot(uuid.uuid4().hex, terms, lease.FIRST_SLOT_SECONDS) if terms else None
 
     def replication(self) -> Replication | None:
         """How many replicas an accepted write must reach before it is answered."""

@@ -24,12 +24,12 @@ Renew = Callable[[], bool]
 
 
 #: How long after its chunk's opening a push's first request may still be sent on the slot
-#: that opening took. The rate cap counts a request from when its slot is taken, over the
-#: last second: one sent d later leaves its count d before its second has passed, and the
-#: next requests (any worker's) may follow it within 1 - d, so d is kept to a tenth of the
-#: rate's window (a whole second would let two requests out together under a cap of one). It
-#: bounds too how long a Retry-After hold that lands after the opening goes unseen, and keeps
-#: the request's exchange within the slot's lease (twice the HTTP timeout and more).
+#: that opening took. The rate cap counts that request from the end of this time (counted
+#: from when the slot was taken, one sent later would leave the last second's count early,
+#: and the next requests, any worker's, could follow it closer than the cap allows), so it
+#: is short: each such request holds its place in the rate cap this much longer. It bounds
+#: too how long a Retry-After hold that lands after the opening goes unseen, and keeps the
+#: request's exchange within the slot's lease (twice the HTTP timeout and more).
 FIRST_SLOT_SECONDS = 0.1
 
 

@@ -233,11 +233,11 @@ def _push_chunk(
     except BaseException:
         if claimed is not None:
             # The chain ends here: what its round trip claimed is pushed by nobody.
-            for chunk_id in claimed.chunks:
-                ctx.store.release(chunk_id, recover=False, late_ms=ctx.late_ms)
             if claimed.opened is not None and claimed.opened.slot:
                 with contextlib.suppress(redis.RedisError):  # else its lease runs out
                     ctx.store.give_back_slots([(chunk.provider, claimed.opened.slot)])
+            for chunk_id in claimed.chunks:
+                ctx.store.release(chunk_id, recover=False, late_ms=ctx.late_ms)
         raise
 
 

@@ -107,11 +107,11 @@ class Chunks(Keyspace):
         if isinstance(done, Exception):
             if not isinstance(claimed, Exception):
                 took = Claimed.decode(claimed)
-                for chunk_id in took.chunks:
-                    self.release(chunk_id, recover=False, late_ms=0)  # never sent
                 if took.opened is not None and took.opened.slot:
                     with contextlib.suppress(redis.RedisError):  # else its lease runs out
                         self.give_back_slots([(chunk.provider, took.opened.slot)])
+                for chunk_id in took.chunks:
+                    self.release(chunk_id, recover=False, late_ms=0)  # never sent
             raise done
         if isinstance(claimed, Exception):
             raise claimed

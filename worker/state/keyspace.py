@@ -24,16 +24,18 @@ Slot = tuple[str, str]
 @dataclass(frozen=True, slots=True)
 class FirstSlot:
     """A push's first request slot, asked for in the round trip that opens its chunk
-    (lua/prelude.lua: open_chunk): the request's token, and the slot's terms (requests per
+    (lua/prelude.lua: open_chunk): the request's token, the slot's terms (requests per
     second, concurrent requests, lease seconds) for each provider whose chunk may take one
-    there."""
+    there, and the seconds within which the request is sent on it, or not at all (the rate
+    cap counts it from the end of those)."""
 
     token: str
     terms: dict[str, tuple[float, int, float]]
+    within: float = 0.0
 
     def encode(self) -> str:
         terms = {p: [rps, cap, ms(lease)] for p, (rps, cap, lease) in self.terms.items()}
-        return json.dumps({"token": self.token, "terms": terms})
+        return json.dumps({"token": self.token, "within": ms(self.within), "terms": terms})
 
 
 _SCRIPTS = (

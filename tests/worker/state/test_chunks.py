@@ -195,6 +195,25 @@ def test_an_opening_takes_its_first_requests_slot_when_asked_and_one_is_free(
     assert _slots(store) == {}
 
 
+def test_the_rate_cap_counts_a_first_slots_request_from_the_last_moment_it_may_be_sent(
+    store: Store, clock: FakeClock
+) -> None:
+    # Sent up to `within` after its slot was taken: counted from then, the next second's
+    # requests could follow it closer than a cap of one a second allows.
+    live(store)
+    accept(store, Action.ADD, N1)
+    [chunk_id] = _claim(store).chunks
+    first = FirstSlot("tok", {"voicenter": (1.0, 0, 30.0)}, within=0.1)
+    found = store.open_chunk(chunk_id, 60, first)
+    assert found is not None and found.slot == "tok"
+    assert store.redis.zscore(store.key("rate", "voicenter"), "tok") == store.now_ms() + 100
+    take = {"rps": 1.0, "concurrency": 0, "lease_seconds": 30.0}
+    clock.advance(1.0)
+    assert store.acquire_slot("voicenter", "next", **take) > 0  # type: ignore[arg-type]
+    clock.advance(0.1)
+    assert store.acquire_slot("voicenter", "next", **take) == 0  # type: ignore[arg-type]
+
+
 def test_an_opening_takes_no_slot_while_its_provider_is_held(store: Store) -> None:
     live(store)
     accept(store, Action.ADD, N1)

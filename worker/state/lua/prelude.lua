@@ -715,9 +715,11 @@ end
 -- table and each number's state and version as that call read them, not read again.
 -- A request slot of `provider` for `token`, if its caps allow one now (slot.lua): a
 -- concurrency cap held as leases that expire (a worker killed mid-request leaks nothing)
--- and a requests-per-second cap over the last second. Answers 0 when taken, else the ms to
--- wait before asking again.
-local function take_slot(provider, token, rps, cap, lease)
+-- and a requests-per-second cap over the last second. `within`: ms within which the request
+-- goes out (0: at once): the rate cap counts it from the latest of those, so that one sent a
+-- little after its slot was taken never lets the next second's requests follow it closer
+-- than the cap allows. Answers 0 when taken, else the ms to wait before asking again.
+local function take_slot(provider, token, rps, cap, lease, within)
   local slots = P .. 'slots:' .. provider
   local rate = P .. 'rate:' .. provider
   redis.call('ZREMRANGEBYSCORE', slots, '-inf', NOW)
@@ -731,16 +733,16 @@ local function take_slot(provider, token, rps, cap, lease)
     return math.max(1, tonumber(oldest[2]) + 1000 - NOW)
   end
   redis.call('ZADD', slots, NOW + lease, token)
-  redis.call('ZADD', rate, NOW, token)
+  redis.call('ZADD', rate, NOW + (within or 0), token)
   redis.call('PEXPIRE', slots, lease + 1000)
-  redis.call('PEXPIRE', rate, 2000)
+  redis.call('PEXPIRE', rate, 2000 + (within or 0))
   return 0
 end
 
 -- What a push's open (or its chain's claim) passes for its chunk's first request slot:
--- one JSON argument, {token = ..., terms = {provider = [rps, cap, lease ms], ...}} (the
--- providers whose first request may take one: a bulk provider's push), or '' (absent) for
--- none.
+-- one JSON argument, {token = ..., within = ms the request goes out within (take_slot),
+-- terms = {provider = [rps, cap, lease ms], ...}} (the providers whose first request may
+-- take one: a bulk provider's push), or '' (absent) for none.
 local function slot_terms(raw)
   if raw == nil or raw == '' then return nil end
   return cjson.decode(raw)
@@ -781,7 +783,8 @@ local function open_chunk(id, lease_ms, known, slot)
   local taken = nil
   local terms = slot and slot.terms[chunk.provider]
   if terms and not stopped
-      and take_slot(chunk.provider, slot.token, terms[1], terms[2], terms[3]) == 0 then
+      and take_slot(chunk.provider, slot.token, terms[1], terms[2], terms[3], slot.within)
+        == 0 then
     taken = slot.token
   end
   return {chunk = raw, stopped = stopped, states = states, versions = versions, slot = taken}
