@@ -708,11 +708,6 @@ local function staged_summary(touched)
   return out
 end
 
--- A push's first look at a chunk (open.lua; claim.lua hands a chain its next chunk opened):
--- the chunk, whether its provider is stopped, each number's state and version, the lease
--- started again and the opening counted. Returns {chunk = false} when the chunk is gone.
--- `known` (claim.lua, for the chunk it has just written in the same call): its JSON, its
--- table and each number's state and version as that call read them, not read again.
 -- A request slot of `provider` for `token`, if its caps allow one now (slot.lua): a
 -- concurrency cap held as leases that expire (a worker killed mid-request leaks nothing)
 -- and a requests-per-second cap over the last second. `within`: ms within which the request
@@ -748,6 +743,11 @@ local function slot_terms(raw)
   return cjson.decode(raw)
 end
 
+-- A push's first look at a chunk (open.lua; claim.lua hands a chain its next chunk opened):
+-- the chunk, whether its provider is stopped, each number's state and version, the lease
+-- started again and the opening counted. Returns {chunk = false} when the chunk is gone.
+-- `known` (claim.lua, for the chunk it has just written in the same call): its JSON, its
+-- table and each number's state and version as that call read them, not read again.
 -- `slot`: slot_terms. The chunk's first request slot is taken in this round trip when its
 -- provider has terms there, is not stopped and its caps allow (`slot` in the answer: the
 -- token): a bulk provider's push sends that request next, and a round trip of its own for
