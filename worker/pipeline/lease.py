@@ -49,7 +49,7 @@ class Slots:
 
     def first(self, provider: str) -> Slot | None:
         """The slot taken for the push's first request as its chunk was opened (`taken_at`,
-        monotonic: when that round trip answered, which renewed the lease and found the
+        monotonic: when that round trip was sent, which renewed the lease and found the
         provider not held too), once. None when there is none, it is another provider's, or
         it was taken more than FIRST_SLOT_SECONDS ago: the request then asks for one as any
         other, renewing the lease, and this one is given back with the rest."""

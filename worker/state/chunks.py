@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 import redis
@@ -68,7 +69,10 @@ class Chunks(Keyspace):
         or recovered). With `first_slot`, its first request's slot is taken too, when its
         provider has terms there, is not stopped and has one free (`OpenChunk.slot`)."""
         slot = first_slot.encode() if first_slot else ""
-        return OpenChunk.decode(self._run("open", chunk_id, ms(lease_seconds), slot))
+        sent = time.monotonic()
+        return _sent_at(
+            OpenChunk.decode(self._run("open", chunk_id, ms(lease_seconds), slot)), sent
+        )
 
     def renew(self, chunk_id: str, lease_seconds: float) -> bool:
         return bool(self._run("renew", chunk_id, ms(lease_seconds)))
@@ -99,6 +103,7 @@ class Chunks(Keyspace):
         When the completion fails, the chunks the claim took are given back to staging
         (and the slot its opening took) before its error is raised: the chain that would
         push them ends with it."""
+        sent = time.monotonic()
         done, claimed = self._run_in_order(
             [("complete", self._complete_args(chunk, results, options)),
              ("claim", self.claim_args(chunk.target, chunk.provider, chunk.action, **claim))],
@@ -115,7 +120,8 @@ class Chunks(Keyspace):
             raise done
         if isinstance(claimed, Exception):
             raise claimed
-        return Completion.decode(done), Claimed.decode(claimed)
+        took = Claimed.decode(claimed)
+        return Completion.decode(done), replace(took, opened=_sent_at(took.opened, sent))
 
     def _complete_args(
         self, chunk: Chunk, results: dict[str, ItemResult], options: CompleteOptions
@@ -184,3 +190,8 @@ class Chunks(Keyspace):
             target = text(member[0]).split("|", 1)[0]
             out[target] = out.get(target, 0) + 1
         return out
+
+
+def _sent_at(opened: OpenChunk | None, sent: float) -> OpenChunk | None:
+    """`opened` with when the round trip that took its first request's slot was sent."""
+    return replace(opened, slot_at=sent) if opened is not None and opened.slot else opened

@@ -3,7 +3,6 @@ script names it (a script answers a JSON object whose keys are the record's fiel
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -146,7 +145,9 @@ class OpenChunk:
     states: dict[str, str]
     versions: dict[str, str]
     slot: str = ""  # the token of its first request's slot, taken as it was opened
-    slot_at: float = field(default=0.0, compare=False)  # when that answer came (monotonic)
+    # When the round trip that took it was sent (monotonic; set by worker/state/chunks.py):
+    # the slot was taken after it.
+    slot_at: float = field(default=0.0, compare=False)
 
     @classmethod
     def decode(cls, raw_answer: Any) -> OpenChunk | None:
@@ -165,7 +166,6 @@ class OpenChunk:
             as_object(raw.get("states")),  # (strings as cjson wrote them: no copies)
             as_object(raw.get("versions")),
             str(raw.get("slot") or ""),
-            time.monotonic(),
         )
 
 

@@ -4,7 +4,9 @@ and what each leaves of batches, chunks, leases, confirmations, retries and dead
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import replace
+from typing import Any
 
 import pytest
 import redis
@@ -212,6 +214,41 @@ def test_the_rate_cap_counts_a_first_slots_request_from_the_last_moment_it_may_b
     assert store.acquire_slot("voicenter", "next", **take) > 0  # type: ignore[arg-type]
     clock.advance(0.1)
     assert store.acquire_slot("voicenter", "next", **take) == 0  # type: ignore[arg-type]
+
+
+def test_a_first_slot_is_dated_from_when_its_round_trip_was_sent_not_answered(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # lease.Slots counts the tenth of a second its request goes out within from then: the
+    # slot was taken after it, and the rate cap counts the request from a tenth after that.
+    live(store)
+    accept(store, Action.ADD, N1, N2, N3)
+    [first_id] = _claim(store, max_chunks=1).chunks
+    monkeypatch.setattr(store, "_run", _slowly(store._run))
+    before = time.monotonic()
+    found = store.open_chunk(first_id, 60, FirstSlot("tok", {"voicenter": (0.0, 0, 30.0)}))
+    assert found is not None and found.slot == "tok"
+    assert before <= found.slot_at < before + 0.05
+    assert store.open_chunk(first_id, 60) == replace(found, slot="")  # none: undated
+    # The chain's claim too, sent with the completion.
+    chunk = found.chunk
+    options = {"size": 2, "lease_seconds": 60, "mode": "all", "linger_ms": 0, "max_chunks": 1,
+               "max_in_flight": 0, "open_first": True,
+               "first_slot": FirstSlot("two", {"voicenter": (0.0, 0, 30.0)})}  # fmt: skip
+    monkeypatch.setattr(store, "_run_in_order", _slowly(store._run_in_order))
+    before = time.monotonic()
+    _, claimed = store.complete_then_claim(chunk, all_done(chunk), OPTIONS, **options)
+    assert claimed.opened is not None and claimed.opened.slot == "two"
+    assert before <= claimed.opened.slot_at < before + 0.05
+
+
+def _slowly(call: Any) -> Any:
+    def slow(*args: Any) -> Any:
+        answer = call(*args)
+        time.sleep(0.05)
+        return answer
+
+    return slow
 
 
 def test_an_opening_takes_no_slot_while_its_provider_is_held(store: Store) -> None:
