@@ -131,12 +131,10 @@ def _push_chunk(
     started = time.perf_counter()
     chunk = opened.chunk
     provider = ctx.providers.get(chunk.provider)
-    first = (chunk.provider, opened.slot) if opened.slot else None
     if provider is None or opened.stopped:
-        # Not for this worker, or its provider is paused or held: staged again, unsent.
-        if first is not None:
-            with contextlib.suppress(redis.RedisError):  # else its lease runs out
-                ctx.store.give_back_slots([first])
+        # Not for this worker, or its provider is paused or held: staged again, unsent. (No
+        # first slot was taken: an opening takes none for a stopped provider, and is given
+        # terms only for this worker's own.)
         schedule(ctx, ctx.store.release(chunk.id, recover=False, late_ms=ctx.late_ms).staged)
         return {}, None
 
@@ -158,6 +156,7 @@ def _push_chunk(
     # thread to the next), and other workers waiting on a small cap would get no turn
     # within a chunk; a thread with nothing left to send would hold its slot until the
     # slowest request of the chunk was answered.
+    first = (chunk.provider, opened.slot) if opened.slot else None
     slots = lease.Slots(first, opened.slot_at)
     deferred = slots if provider.capabilities.bulk else None
     given: list[Slot] = []  # handed to the completion's round trip

@@ -463,31 +463,21 @@ def limited_ctx(
     return _limited(None, "voicenter", handle, redis_fake, dispatcher, clock)
 
 
-def test_a_push_gives_its_request_slots_back_in_its_completions_round_trip(
-    limited_ctx: tuple[Context, _Limits], dispatcher: QueueDispatcher, fake_voicenter: FakeVoicenter
-) -> None:
-    ctx, limits = limited_ctx
-    accept(ctx, add(*numbers(300)))  # three chunks, one chain: each request on the one slot
-    dispatcher.drain(ctx)
-    assert sorted(len(r) for r in fake_voicenter.pushed()) == [100, 100, 100]
-    assert limits.given == []  # none in a round trip of its own
-    assert ctx.store.redis.zcard(ctx.store.key("slots", "voicenter")) == 0
-
-
-def test_a_bulk_push_sends_each_chunks_request_on_the_slot_its_opening_took(
+def test_a_bulk_push_takes_its_slot_with_the_opening_and_gives_it_back_with_the_completion(
     limited_ctx: tuple[Context, _Limits],
     dispatcher: QueueDispatcher,
     fake_voicenter: FakeVoicenter,
     monkeypatch: Any,
 ) -> None:
-    # The push task's own opening takes the first chunk's, and the chain's claim (in the
-    # completion's round trip) the next one's: no request asks in a round trip of its own.
+    # Three chunks, one chain, each request on the one slot: the push task's own opening
+    # takes the first chunk's, the chain's claim (in the completion's round trip) the next
+    # one's, and each completion gives it back; none in a round trip of its own.
     monkeypatch.setattr(lease, "FIRST_SLOT_SECONDS", 60.0)  # however slow this machine is
     ctx, limits = limited_ctx
     accept(ctx, add(*numbers(300)))
     dispatcher.drain(ctx)
     assert sorted(len(r) for r in fake_voicenter.pushed()) == [100, 100, 100]
-    assert limits.asked == []
+    assert (limits.asked, limits.given) == ([], [])
     assert ctx.store.redis.zcard(ctx.store.key("slots", "voicenter")) == 0
 
 

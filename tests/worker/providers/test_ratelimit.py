@@ -185,19 +185,17 @@ def test_a_push_s_slot_is_given_back_in_its_next_round_trip_not_one_of_its_own(
     assert store.redis.zcard(slots_key) == 0
 
 
+def _unlimited(store: Store) -> LimitedClient:
+    """Provider `p`'s client, its requests answered 200, through slots with no cap."""
+    transport = SharedLimitTransport(httpx.MockTransport(lambda r: httpx.Response(200)), store,
+                                     "p", rps=0, concurrency=0, lease_seconds=5)  # fmt: skip
+    return LimitedClient(transport)
+
+
 def test_slots_taken_for_an_acquire_that_failed_are_kept_for_a_later_round_trip(
     store: Store,
 ) -> None:
-    client = LimitedClient(
-        SharedLimitTransport(
-            httpx.MockTransport(lambda r: httpx.Response(200)),
-            store,
-            "p",
-            rps=0,
-            concurrency=0,
-            lease_seconds=5,
-        )
-    )
+    client = _unlimited(store)
     store.redis.set(store.key("chunk", "7"), "{}")
     done = lease.Slots()
     with lease.holding(lambda: True, "7", 60, done):
@@ -230,16 +228,7 @@ def test_a_push_s_first_request_is_sent_on_the_slot_its_chunk_s_opening_took(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(lease, "FIRST_SLOT_SECONDS", 60.0)  # however slow this machine is
-    client = LimitedClient(
-        SharedLimitTransport(
-            httpx.MockTransport(lambda r: httpx.Response(200)),
-            store,
-            "p",
-            rps=0,
-            concurrency=0,
-            lease_seconds=5,
-        )
-    )
+    client = _unlimited(store)
     store.redis.set(store.key("chunk", "7"), "{}")
     assert store.acquire_slot("p", "opened", rps=0, concurrency=0, lease_seconds=5) == 0
     asked = _counting_acquires(store)
@@ -256,16 +245,7 @@ def test_a_push_s_first_request_is_sent_on_the_slot_its_chunk_s_opening_took(
 def test_a_first_slot_of_another_provider_or_taken_too_long_ago_is_given_back_not_used(
     store: Store,
 ) -> None:
-    client = LimitedClient(
-        SharedLimitTransport(
-            httpx.MockTransport(lambda r: httpx.Response(200)),
-            store,
-            "p",
-            rps=0,
-            concurrency=0,
-            lease_seconds=5,
-        )
-    )
+    client = _unlimited(store)
     store.redis.set(store.key("chunk", "7"), "{}")
     asked = _counting_acquires(store)
     now = time.monotonic()
